@@ -1,0 +1,102 @@
+//! Benchmarks: each result is one line `BENCH <key> <value> <unit>`, which
+//! `qemu-run.sh bench` collects into `target/bench/latest.csv`.
+
+use dmaengine::drivers::{edu, lsi53c895a};
+use dmaengine::mmio::MmioRegion;
+
+use crate::exit::ExitCode;
+use crate::mem::{PAGE_SIZE, frames, phys_to_virt};
+use crate::{devices, println, time};
+
+/// Prints one benchmark result line.
+pub fn report(key: &str, value: f64, unit: &str) {
+    println!("BENCH {key} {value:.3} {unit}");
+}
+
+/// Runs `f` `iterations` times and returns the mean nanoseconds per call.
+pub fn ns_per_iter(iterations: u64, mut f: impl FnMut()) -> f64 {
+    let start = time::rdtsc();
+    for _ in 0..iterations {
+        f();
+    }
+    time::cycles_to_ns(time::rdtsc() - start) as f64 / iterations as f64
+}
+
+/// Runs the benchmarks whose keys start with `filter` (all if `None`).
+pub fn run(filter: Option<&str>) -> ExitCode {
+    let wanted = |group: &str| filter.is_none_or(|f| group.starts_with(f) || f.starts_with(group));
+    if wanted("mmio") {
+        mmio();
+    }
+    if wanted("cpu") {
+        cpu_copy();
+    }
+    ExitCode::Success
+}
+
+fn mmio_pair(name: &str, regs: &MmioRegion, read_at: usize, write_at: usize) {
+    const N: u64 = 20_000;
+    let read = ns_per_iter(N, || {
+        core::hint::black_box(regs.read32(read_at));
+    });
+    report(&alloc::format!("mmio.{name}.read32.ns"), read, "ns");
+    let write = ns_per_iter(N, || regs.write32(write_at, 0x5a5a_5a5a));
+    report(&alloc::format!("mmio.{name}.write32.ns"), write, "ns");
+}
+
+fn mmio() {
+    if let Some(regs) = devices::find(lsi53c895a::regs::VENDOR_ID, lsi53c895a::regs::DEVICE_ID)
+        .and_then(|d| devices::map_bar(d, lsi53c895a::regs::MMIO_BAR))
+    {
+        mmio_pair(
+            "lsi",
+            &regs,
+            lsi53c895a::regs::SCRATCHA,
+            lsi53c895a::regs::SCRATCHA,
+        );
+    }
+    if let Some(regs) = devices::find(edu::regs::VENDOR_ID, edu::regs::DEVICE_ID)
+        .and_then(|d| devices::map_bar(d, 0))
+    {
+        mmio_pair("edu", &regs, edu::regs::ID, edu::regs::LIVENESS);
+    }
+}
+
+/// Copy bandwidth of `copy_nonoverlapping` between two physically
+/// contiguous buffers, the CPU baseline for the DMA engines.
+fn cpu_copy() {
+    const MAX: usize = 16 << 20;
+    let frames_needed = MAX / PAGE_SIZE as usize;
+    let (Ok(src), Ok(dst)) = (
+        frames::alloc_contiguous(frames_needed, 1),
+        frames::alloc_contiguous(frames_needed, 1),
+    ) else {
+        println!("cpu copy benchmark skipped: no 2 x 16 MiB of contiguous memory");
+        return;
+    };
+    let (s, d) = (phys_to_virt(src), phys_to_virt(dst));
+    // SAFETY: both runs were just allocated to us and are in the direct map.
+    unsafe {
+        s.write_bytes(0x3c, MAX);
+        d.write_bytes(0, MAX);
+    }
+    for (label, size) in [
+        ("4KiB", 4 << 10),
+        ("64KiB", 64 << 10),
+        ("1MiB", 1 << 20),
+        ("16MiB", MAX),
+    ] {
+        let iterations = (64 << 20) / size as u64;
+        // SAFETY: `size <= MAX`; the buffers are distinct allocations.
+        let ns = ns_per_iter(iterations.max(2), || unsafe {
+            core::ptr::copy_nonoverlapping(s, d, size)
+        });
+        report(
+            &alloc::format!("cpu.copy.{label}.gbps"),
+            size as f64 / ns,
+            "GB/s",
+        );
+    }
+    let _ = frames::free_contiguous(src, frames_needed);
+    let _ = frames::free_contiguous(dst, frames_needed);
+}

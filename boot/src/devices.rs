@@ -1,0 +1,31 @@
+//! Reaching the emulated devices: PCI lookup and MMIO windows over BARs.
+
+use core::ptr::NonNull;
+
+use dmaengine::mmio::MmioRegion;
+
+use crate::mem::{DIRECT_MAP_SIZE, phys_to_virt};
+use crate::{pci, platform};
+
+/// Finds a device by ID and enables memory decoding and bus mastering.
+pub fn find(vendor: u16, device: u16) -> Option<&'static pci::Device> {
+    let dev = pci::find(&platform().pci, vendor, device)?;
+    dev.enable(true, true, true);
+    Some(dev)
+}
+
+/// An MMIO window over memory BAR `slot` of `dev`.
+///
+/// The direct map covers the PCI hole below 4 GiB uncached (see
+/// `mem::paging`), so a BAR there needs no new mapping.
+pub fn map_bar(dev: &pci::Device, slot: usize) -> Option<MmioRegion> {
+    let (pa, len) = dev.mem_bar(slot)?;
+    if pa == 0 || pa + len > DIRECT_MAP_SIZE {
+        return None;
+    }
+    let base = NonNull::new(phys_to_virt(pa))?;
+    // SAFETY: the BAR is assigned device memory (firmware programmed it and
+    // memory decoding is on), mapped uncached by the direct map for the
+    // kernel's life, and the kernel never makes references into it.
+    Some(unsafe { MmioRegion::new(base, len as usize) })
+}

@@ -1,0 +1,70 @@
+//! The GDT and the TSS: kernel and user segments, and a separate stack for
+//! double faults so a kernel stack overflow is reported instead of becoming
+//! a triple fault.
+
+use x86_64::PrivilegeLevel::{Ring0, Ring3};
+use x86_64::VirtAddr;
+use x86_64::instructions::segmentation::{CS, DS, ES, SS, Segment};
+use x86_64::instructions::tables::load_tss;
+use x86_64::registers::segmentation::SegmentSelector;
+use x86_64::structures::gdt::{Descriptor, GlobalDescriptorTable};
+use x86_64::structures::tss::TaskStateSegment;
+
+/// Index in the TSS interrupt stack table used by the double-fault gate.
+pub const DOUBLE_FAULT_IST: u8 = 0;
+/// Kernel code segment selector (GDT entry 1).
+pub const KERNEL_CODE: SegmentSelector = SegmentSelector::new(1, Ring0);
+/// Kernel data segment selector (GDT entry 2).
+pub const KERNEL_DATA: SegmentSelector = SegmentSelector::new(2, Ring0);
+/// User data segment selector (GDT entry 3), before user code as SYSRET wants.
+pub const USER_DATA: SegmentSelector = SegmentSelector::new(3, Ring3);
+/// User code segment selector (GDT entry 4).
+pub const USER_CODE: SegmentSelector = SegmentSelector::new(4, Ring3);
+
+const STACK_SIZE: usize = 32 * 1024;
+
+#[repr(C, align(16))]
+struct Stack([u8; STACK_SIZE]);
+
+static mut DOUBLE_FAULT_STACK: Stack = Stack([0; STACK_SIZE]);
+static mut RING0_STACK: Stack = Stack([0; STACK_SIZE]);
+
+static TSS: spin::Once<TaskStateSegment> = spin::Once::new();
+static GDT: spin::Once<GlobalDescriptorTable<8>> = spin::Once::new();
+
+fn stack_top(stack: *mut Stack) -> VirtAddr {
+    VirtAddr::from_ptr(stack) + STACK_SIZE as u64
+}
+
+/// Loads the GDT and TSS and reloads every segment register.
+pub fn init() {
+    let tss = TSS.call_once(|| {
+        let mut tss = TaskStateSegment::new();
+        tss.interrupt_stack_table[DOUBLE_FAULT_IST as usize] =
+            stack_top(&raw mut DOUBLE_FAULT_STACK);
+        tss.privilege_stack_table[0] = stack_top(&raw mut RING0_STACK);
+        tss
+    });
+    let gdt = GDT.call_once(|| {
+        let mut gdt = GlobalDescriptorTable::new();
+        let selectors = [
+            gdt.append(Descriptor::kernel_code_segment()),
+            gdt.append(Descriptor::kernel_data_segment()),
+            gdt.append(Descriptor::user_data_segment()),
+            gdt.append(Descriptor::user_code_segment()),
+        ];
+        assert_eq!(selectors, [KERNEL_CODE, KERNEL_DATA, USER_DATA, USER_CODE]);
+        gdt.append(Descriptor::tss_segment(tss));
+        gdt
+    });
+    gdt.load();
+    // SAFETY: the selectors name the descriptors appended above in the GDT
+    // just loaded; the TSS selector is entry 5 (a 16-byte system descriptor).
+    unsafe {
+        CS::set_reg(KERNEL_CODE);
+        SS::set_reg(KERNEL_DATA);
+        DS::set_reg(KERNEL_DATA);
+        ES::set_reg(KERNEL_DATA);
+        load_tss(SegmentSelector::new(5, Ring0));
+    }
+}

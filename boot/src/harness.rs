@@ -1,0 +1,95 @@
+//! The in-guest test harness: a static list of named functions, run one by
+//! one under [`recover::catch`] with a watchdog, reported line by line.
+//!
+//! A test fails by panicking (`assert!` and friends), by taking an
+//! unexpected exception, or by running past its deadline; the next test runs
+//! either way. The last line is always `N passed, M failed`.
+
+use core::sync::atomic::{AtomicU64, Ordering};
+
+use crate::exit::ExitCode;
+use crate::{print, println, recover, time};
+
+/// One guest test.
+#[derive(Clone, Copy)]
+pub struct Test {
+    /// Dotted name, matched by the command-line filter.
+    pub name: &'static str,
+    /// The test body; it fails by panicking.
+    pub run: fn(),
+    /// Watchdog deadline in milliseconds.
+    pub timeout_ms: u64,
+}
+
+/// The default watchdog deadline: generous for TCG on a loaded machine.
+const DEFAULT_TIMEOUT_MS: u64 = 20_000;
+
+impl Test {
+    /// A test with the default deadline.
+    pub const fn new(name: &'static str, run: fn()) -> Test {
+        Test {
+            name,
+            run,
+            timeout_ms: DEFAULT_TIMEOUT_MS,
+        }
+    }
+
+    /// The same test with its own deadline.
+    pub const fn timeout_ms(self, timeout_ms: u64) -> Test {
+        Test { timeout_ms, ..self }
+    }
+}
+
+/// TSC nanoseconds after which the running test is declared hung (0: none).
+static DEADLINE_NS: AtomicU64 = AtomicU64::new(0);
+
+/// Whether the running test is past its deadline; called from the timer
+/// interrupt. Fires once per test.
+pub fn watchdog_expired() -> bool {
+    let deadline = DEADLINE_NS.load(Ordering::Acquire);
+    if deadline != 0 && time::now_ns() > deadline {
+        DEADLINE_NS.store(0, Ordering::Release);
+        return true;
+    }
+    false
+}
+
+/// Runs the tests whose names contain `filter` (all if `None`).
+pub fn run(tests: &[Test], filter: Option<&str>) -> ExitCode {
+    let selected = || {
+        tests
+            .iter()
+            .filter(|t| filter.is_none_or(|f| t.name.contains(f)))
+    };
+    let count = selected().count();
+    if count == 0 {
+        println!("error: no test matches filter {:?}", filter.unwrap_or(""));
+        return ExitCode::NoTestMatched;
+    }
+    println!("running {count} tests");
+    let (mut passed, mut failed) = (0, 0);
+    for test in selected() {
+        print!("test {} ... ", test.name);
+        let start = time::now_ns();
+        DEADLINE_NS.store(start + test.timeout_ms * 1_000_000, Ordering::Release);
+        let outcome = recover::catch(test.run);
+        DEADLINE_NS.store(0, Ordering::Release);
+        let ms = (time::now_ns() - start) / 1_000_000;
+        match outcome {
+            Ok(()) => {
+                passed += 1;
+                println!("ok ({ms} ms)");
+            }
+            Err(why) => {
+                failed += 1;
+                println!("FAILED: {why}");
+            }
+        }
+    }
+    println!("{passed} passed, {failed} failed");
+    if failed == 0 {
+        ExitCode::Success
+    } else {
+        ExitCode::Failure
+    }
+}

@@ -1,0 +1,100 @@
+//! The tiny kernel that boots `dmaengine` in QEMU and exercises it: boot,
+//! memory, interrupts, PCI, the drivers, the tests and the benchmarks.
+//!
+//! The command line (`-append`) picks the mode: `demo` (default), `test
+//! [filter]`, `bench [filter]` or `selftest` (the harness's own canaries,
+//! which must fail).
+#![no_std]
+#![no_main]
+#![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
+
+extern crate alloc;
+
+mod bench;
+mod demo;
+mod devices;
+mod entry;
+mod exit;
+mod gdt;
+mod harness;
+mod irq;
+mod mem;
+mod pci;
+mod pvh;
+mod recover;
+mod serial;
+mod tests;
+mod time;
+mod trap;
+
+use alloc::vec::Vec;
+
+use exit::{ExitCode, exit_qemu};
+
+/// What boot found, for the modes and tests.
+pub struct Platform {
+    /// The boot memory map and command line.
+    pub boot: pvh::BootInfo,
+    /// Every PCI function on bus 0.
+    pub pci: Vec<pci::Device>,
+    /// The calibrated TSC frequency.
+    pub tsc_hz: u64,
+    /// Free frames right after the allocator was built.
+    pub frames_at_boot: usize,
+    /// Whether EFER.NXE is on.
+    pub nx: bool,
+}
+
+static PLATFORM: spin::Once<Platform> = spin::Once::new();
+
+/// The platform, once boot is done.
+pub fn platform() -> &'static Platform {
+    PLATFORM.get().expect("platform used before boot finished")
+}
+
+fn fatal(what: &str, why: &dyn core::fmt::Display) -> ! {
+    println!("FATAL: {what}: {why}");
+    exit_qemu(ExitCode::Failure)
+}
+
+/// Entered from `entry.rs` in 64-bit mode with `.bss` zeroed and interrupts
+/// off; `start_info` is the physical address of the PVH start info.
+#[unsafe(no_mangle)]
+extern "C" fn kernel_main(start_info: u32) -> ! {
+    serial::init();
+    println!("dmaengine tiny kernel: booted");
+    gdt::init();
+    trap::init();
+    let boot = pvh::parse(start_info.into()).unwrap_or_else(|e| fatal("boot info", &e));
+    let frames_at_boot = mem::frames::init(&boot);
+    let nx = mem::paging::init(&boot).unwrap_or_else(|e| fatal("paging", &e));
+    mem::heap::init().unwrap_or_else(|e| fatal("heap", &e));
+    irq::init();
+    let tsc_hz = time::init();
+    irq::unmask(0);
+    x86_64::instructions::interrupts::enable();
+    let pci = pci::enumerate();
+    let platform = PLATFORM.call_once(|| Platform {
+        boot,
+        pci,
+        tsc_hz,
+        frames_at_boot,
+        nx,
+    });
+
+    let cmdline = platform.boot.cmdline();
+    let mut words = cmdline.split_whitespace();
+    let mode = words.next().unwrap_or("demo");
+    let filter = words.next();
+    let code = match mode {
+        "demo" => demo::run(),
+        "test" => harness::run(&tests::all(), filter),
+        "selftest" => harness::run(&tests::selftest(), filter),
+        "bench" => bench::run(filter),
+        other => {
+            println!("error: unknown mode {other:?} (expected demo, test, bench or selftest)");
+            ExitCode::BadCommandLine
+        }
+    };
+    exit_qemu(code)
+}

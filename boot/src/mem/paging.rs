@@ -1,0 +1,83 @@
+//! Refines the boot page tables once the memory map is known: device memory
+//! in the direct map becomes uncached, page 0 of the identity map is removed
+//! (a null dereference faults) and EFER.NXE is turned on when supported.
+
+use x86_64::PhysAddr;
+use x86_64::registers::control::Cr3;
+use x86_64::registers::model_specific::{Efer, EferFlags};
+use x86_64::structures::paging::{PageTable, PageTableFlags as F};
+
+use super::{PAGE_SIZE, frames, phys_to_virt};
+use crate::pvh::{BootInfo, E820_RAM};
+
+/// The PML4 slot of the direct map (`PHYS_OFFSET`).
+const DIRECT_MAP_SLOT: usize = 256;
+/// Size of a 2 MiB page.
+const HUGE: u64 = 2 << 20;
+
+/// A page table reached through the direct map.
+///
+/// # Safety
+/// `pa` must be the physical address of a page table that nothing else
+/// accesses while the returned reference lives.
+unsafe fn table(pa: PhysAddr) -> &'static mut PageTable {
+    // SAFETY: per the caller's contract, `pa` is a page table in RAM, which
+    // the direct map covers, and the reference is exclusive.
+    unsafe { &mut *phys_to_virt(pa.as_u64()).cast::<PageTable>() }
+}
+
+/// The physical address of the active PML4.
+pub fn root() -> PhysAddr {
+    Cr3::read().0.start_address()
+}
+
+fn nx_supported() -> bool {
+    let leaf = core::arch::x86_64::__cpuid(0x8000_0001);
+    leaf.edx & (1 << 20) != 0
+}
+
+/// Applies the refinements; returns whether NX is available.
+pub fn init(info: &BootInfo) -> Result<bool, frames::FrameError> {
+    let nx = nx_supported();
+    if nx {
+        // SAFETY: setting NXE only makes bit 63 of PTEs meaningful; no
+        // current entry sets it.
+        unsafe { Efer::update(|e| e.insert(EferFlags::NO_EXECUTE_ENABLE)) };
+    }
+    let is_ram = |start: u64, end: u64| {
+        info.regions()
+            .iter()
+            .any(|r| r.kind == E820_RAM && r.start < end && start < r.end())
+    };
+    // SAFETY: the boot page tables are only modified here, at boot, on one
+    // CPU; the entry code built the shape walked below.
+    unsafe {
+        let pml4 = table(root());
+        let pdpt = table(pml4[DIRECT_MAP_SLOT].addr());
+        for (g, pdpt_entry) in pdpt.iter().take(4).enumerate() {
+            let pd = table(pdpt_entry.addr());
+            for (i, entry) in pd.iter_mut().enumerate() {
+                let pa = (g as u64 * 512 + i as u64) * HUGE;
+                if !is_ram(pa, pa + HUGE) {
+                    let mut flags = entry.flags() | F::NO_CACHE | F::WRITE_THROUGH;
+                    if nx {
+                        flags |= F::NO_EXECUTE;
+                    }
+                    entry.set_addr(PhysAddr::new(pa), flags);
+                }
+            }
+        }
+        let pt_pa = PhysAddr::new(frames::alloc_zeroed()?);
+        let pt = table(pt_pa);
+        for (i, entry) in pt.iter_mut().enumerate().skip(1) {
+            entry.set_addr(
+                PhysAddr::new(i as u64 * PAGE_SIZE),
+                F::PRESENT | F::WRITABLE,
+            );
+        }
+        let pd_low = table(table(pml4[0].addr())[0].addr());
+        pd_low[0].set_addr(pt_pa, F::PRESENT | F::WRITABLE);
+    }
+    x86_64::instructions::tlb::flush_all();
+    Ok(nx)
+}

@@ -1,0 +1,21 @@
+//! The guest test suite, grouped by subsystem.
+
+use alloc::vec::Vec;
+
+use crate::harness::Test;
+
+mod kernel;
+mod selftest;
+
+/// Every guest test, in the order they run.
+pub fn all() -> Vec<Test> {
+    let mut tests = Vec::new();
+    tests.extend_from_slice(kernel::TESTS);
+    tests
+}
+
+/// The harness's own canaries (`qemu-run.sh selftest`): one passes, every
+/// other one must be reported as a failure.
+pub fn selftest() -> Vec<Test> {
+    selftest::TESTS.to_vec()
+}

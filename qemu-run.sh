@@ -1,0 +1,89 @@
+#!/usr/bin/env bash
+# Build the tiny kernel and boot it in QEMU.
+#
+#   ./qemu-run.sh                 demo: a short report of what the stack does
+#   ./qemu-run.sh test [filter]   the guest test suite (tests whose name contains filter)
+#   ./qemu-run.sh bench [filter]  benchmarks -> target/bench/latest.csv and a table
+#   ./qemu-run.sh selftest        the harness's canaries (must report failures)
+#   ./qemu-run.sh MODE [filter] -- EXTRA QEMU ARGS
+#
+# Environment: ACCEL=tcg|kvm (default tcg: the KVM here is a slow software
+# one), TIMEOUT=seconds (whole run), QEMU=path to qemu-system-x86_64.
+# Exit status: 0 when the guest reports success, non-zero otherwise (guest
+# failure, unknown mode, filter matching nothing, timeout, triple fault).
+set -uo pipefail
+cd "$(dirname "$0")" || exit 2
+
+die() { echo "qemu-run: $*" >&2; exit 2; }
+usage() { sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; }
+
+mode=${1:-demo}
+[ $# -gt 0 ] && shift
+case "$mode" in
+    demo|test|bench|selftest) ;;
+    -h|--help|help) usage; exit 0 ;;
+    *) usage >&2; die "unknown mode '$mode' (expected demo, test, bench or selftest)" ;;
+esac
+filter=""
+if [ $# -gt 0 ] && [ "$1" != "--" ]; then filter=$1; shift; fi
+if [ $# -gt 0 ] && [ "$1" = "--" ]; then shift; fi
+extra=("$@")
+case "$filter" in *[[:space:]]*) die "a filter is one word, got '$filter'" ;; esac
+
+# Prerequisites: cargo (rustup installs the pinned toolchain and target from
+# rust-toolchain.toml), and QEMU.
+command -v cargo >/dev/null || die "cargo not found: install rustup (https://rustup.rs), then rerun"
+if command -v rustup >/dev/null && ! rustup target list --installed 2>/dev/null | grep -qx x86_64-unknown-none; then
+    rustup target add x86_64-unknown-none >&2 || die "could not add the target: run 'rustup target add x86_64-unknown-none'"
+fi
+QEMU=${QEMU:-qemu-system-x86_64}
+if ! command -v "$QEMU" >/dev/null; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        echo "qemu-run: installing qemu-system-x86 with apt-get" >&2
+        { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends qemu-system-x86; } >&2 \
+            || die "apt-get could not install qemu-system-x86"
+    else
+        die "$QEMU not found: run 'sudo apt-get install qemu-system-x86' (Debian/Ubuntu)"
+    fi
+fi
+
+# The kernel builds into its own target directory, so a `cargo test` that is
+# running this script never waits on its own build lock.
+cargo build --release --quiet -p dmaengine-boot --target x86_64-unknown-none --target-dir target/kernel \
+    || die "kernel build failed"
+kernel=target/kernel/x86_64-unknown-none/release/dmaengine-boot
+
+accel=${ACCEL:-tcg}
+case "$mode" in demo|selftest) default_timeout=120 ;; *) default_timeout=1200 ;; esac
+timeout_s=${TIMEOUT:-$default_timeout}
+
+mkdir -p target/qemu
+log=target/qemu/$mode${filter:+-$filter}.log
+timeout -k 5 "$timeout_s" "$QEMU" \
+    -machine pc -accel "$accel" -m 2G \
+    -display none -monitor none -serial stdio -no-reboot -nic none -vga none \
+    -device lsi53c895a -device edu \
+    -device isa-debug-exit,iobase=0xf4,iosize=0x04 \
+    -kernel "$kernel" -append "$mode $filter" \
+    "${extra[@]}" | tee "$log"
+status=${PIPESTATUS[0]}
+
+case "$status" in
+    33) rc=0 ;;
+    35) echo "qemu-run: the guest reported failures (log: $log)" >&2; rc=1 ;;
+    37) echo "qemu-run: no test matches filter '$filter'" >&2; rc=2 ;;
+    39) echo "qemu-run: the kernel rejected the command line '$mode $filter'" >&2; rc=2 ;;
+    124|137) echo "qemu-run: timed out after ${timeout_s}s (TIMEOUT=seconds to change)" >&2; rc=1 ;;
+    0) echo "qemu-run: QEMU exited with status 0: a triple fault or reset, never a pass" >&2; rc=1 ;;
+    *) echo "qemu-run: QEMU exited with unexpected status $status" >&2; rc=1 ;;
+esac
+
+if [ "$mode" = bench ] && [ "$rc" = 0 ]; then
+    mkdir -p target/bench
+    csv=target/bench/latest.csv
+    { echo "key,value,unit"; awk '$1 == "BENCH" { printf "%s,%s,%s\n", $2, $3, $4 }' "$log" | tr -d '\r'; } > "$csv"
+    echo
+    awk -F, 'NR > 1 { printf "  %-44s %14s %s\n", $1, $2, $3 }' "$csv"
+    echo "wrote $csv ($(($(wc -l < "$csv") - 1)) results)"
+fi
+exit "$rc"

@@ -1,0 +1,4 @@
+//! Drivers for the DMA-capable devices QEMU emulates.
+
+pub mod edu;
+pub mod lsi53c895a;

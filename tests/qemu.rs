@@ -1,0 +1,81 @@
+//! Runs the guest suite in QEMU through `qemu-run.sh`, and checks that the
+//! harness really reports failures (so this test can fail).
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn qemu_run(args: &[&str]) -> (Output, String) {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let output = Command::new(root.join("qemu-run.sh"))
+        .args(args)
+        .current_dir(root)
+        .output()
+        .expect("run qemu-run.sh");
+    let text = format!(
+        "{}\n--- stderr ---\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (output, text)
+}
+
+/// The last `N passed, M failed` line of a run.
+fn summary(text: &str) -> Option<(u32, u32)> {
+    let line = text
+        .lines()
+        .rev()
+        .find(|l| l.ends_with(" failed") && l.contains(" passed, "))?;
+    let mut numbers = line
+        .split(|c: char| !c.is_ascii_digit())
+        .filter(|s| !s.is_empty());
+    Some((numbers.next()?.parse().ok()?, numbers.next()?.parse().ok()?))
+}
+
+#[test]
+fn guest_suite_passes() {
+    let (output, text) = qemu_run(&["test"]);
+    let summary = summary(&text);
+    assert!(
+        output.status.success() && matches!(summary, Some((passed, 0)) if passed > 0),
+        "guest suite failed ({:?}, summary {summary:?}):\n{text}",
+        output.status
+    );
+}
+
+#[test]
+fn harness_reports_every_kind_of_failure() {
+    let (output, text) = qemu_run(&["selftest"]);
+    assert!(
+        !output.status.success(),
+        "a failing guest run must exit non-zero:\n{text}"
+    );
+    assert_eq!(summary(&text), Some((1, 4)), "{text}");
+    for (name, why) in [
+        ("selftest.assertion_fails", "deliberate assertion failure"),
+        ("selftest.panics", "deliberate panic"),
+        ("selftest.unexpected_page_fault", "cr2 0x4000dead0000"),
+        ("selftest.hangs", "watchdog expired"),
+    ] {
+        let line = text
+            .lines()
+            .find(|l| l.starts_with(&format!("test {name} ... ")));
+        assert!(
+            line.is_some_and(|l| l.contains("FAILED") && text.contains(why)),
+            "{name} not reported as failed with {why:?}:\n{text}"
+        );
+    }
+}
+
+#[test]
+fn bad_command_lines_are_clear_errors() {
+    let (output, text) = qemu_run(&["nosuchmode"]);
+    assert_eq!(output.status.code(), Some(2), "{text}");
+    assert!(text.contains("unknown mode 'nosuchmode'"), "{text}");
+
+    let (output, text) = qemu_run(&["test", "no.such.test"]);
+    assert_eq!(output.status.code(), Some(2), "{text}");
+    assert!(
+        text.contains("no test matches filter 'no.such.test'"),
+        "{text}"
+    );
+}
