@@ -1,8 +1,11 @@
 //! `dmaengine`: asynchronous memory-copy engines and page-table insertion for
 //! remapped frames, for `no_std` x86_64 kernels.
 //!
+//! - [`engine`]: the asynchronous copy API: channels, cookies, `issue_pending`,
+//!   status and bounded waits, fill and zero, and the [`engine::Engine`] trait.
+//! - [`drivers`]: the LSI53C895A SCRIPTS engine, the CPU engine, QEMU's edu.
+//! - [`hal`]: what the host kernel provides (DMA memory), and owned buffers.
 //! - [`mmio`]: register windows accessed through volatile pointers.
-//! - [`drivers`]: the devices QEMU really emulates (LSI53C895A SCRIPTS, edu).
 //!
 //! The crate builds for `x86_64-unknown-none` and for the host, where its
 //! unit tests run with plain `cargo test`.
@@ -14,4 +17,6 @@
 )]
 
 pub mod drivers;
+pub mod engine;
+pub mod hal;
 pub mod mmio;

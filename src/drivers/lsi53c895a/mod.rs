@@ -1,4 +1,548 @@
 //! The LSI53C895A SCSI controller's SCRIPTS processor (`-device lsi53c895a`,
 //! PCI 1000:0012), used as a memory-to-memory copy engine.
+//!
+//! # The ring
+//! Requests become SCRIPTS instructions in a ring of 32-bit words in DMA
+//! memory: one Memory Move per copy (zeroing copies from a zero buffer;
+//! fills write 8 pattern bytes, then double them). Each issued batch ends
+//! with one *write-back* Memory Move, which copies the batch's last cookie
+//! into a completion word in memory (as I/OAT writes CHANSTS), followed by a
+//! *tail* INT that stops the processor. Requests that ask for a callback or
+//! an interrupt get their own write-back, plus an INTFLY for an interrupt.
+//! The values a Memory Move copies from (cookies, fill patterns) sit in a
+//! *shadow* array beside the ring: the words of the instruction at ring word
+//! `w` own shadow words `w..`, so they live and die with the instruction.
+//!
+//! # Appending to a running chain
+//! A new batch is written after the tail; then the tail INT is turned into a
+//! JUMP to it (operand first, opcode last, so a fetch sees either the old
+//! INT or the complete JUMP). One read of ISTAT1 then tells whether the
+//! processor is still running, in which case it will take the JUMP, or has
+//! stopped. If it stopped after writing back the previous batch it stopped
+//! at that batch's tail, and one write of DSP starts the new batch; if it
+//! stopped anywhere else it stopped on an error, which [`Engine::poll`]
+//! reports. So an issue costs at most two register accesses and preparing a
+//! descriptor none. This matters in QEMU, which runs at most 100
+//! instructions inside the DSP write and the rest from a timer, 100 every
+//! 500 us, with ISTAT1.SRUN set meanwhile (QEMU-FACTS.md).
 
 pub mod regs;
+pub mod script;
+
+use core::marker::PhantomData;
+use core::ptr::NonNull;
+use core::sync::atomic::{Ordering, fence};
+
+use regs::{Dmode, Dstat, Istat, Istat1};
+use script::{MOVE_WORDS, TC_WORDS};
+
+use crate::engine::{
+    Capabilities, Cookie, DmaError, Engine, ErrorKind, Fault, Limits, Notify, Op, Progress, RingFull,
+};
+use crate::hal::{DmaAddr, Hal, PAGE_SIZE};
+use crate::mmio::MmioRegion;
+
+/// Words in the instruction ring (64 KiB: about 5400 Memory Moves).
+const RING_WORDS: u32 = 16 * 1024;
+/// Size of the zero buffer that zeroing copies from.
+const ZERO_BYTES: u32 = 64 * 1024;
+/// Requests tracked at once: every request takes at least one Memory Move.
+const MAX_ENTRIES: u32 = RING_WORDS / MOVE_WORDS + 1;
+/// Ring words kept free so `issue` always finds room for a write-back move
+/// and a tail INT, each possibly preceded by a wrap JUMP and the words the
+/// wrap leaves unused.
+const ISSUE_RESERVE: u32 = MOVE_WORDS + TC_WORDS + 2 * TC_WORDS + MOVE_WORDS + TC_WORDS;
+/// The value of every tail INT (it lands in DSPS).
+const TAIL_MARK: u32 = 0x7a11_0001;
+
+/// Byte offsets in the engine's DMA block.
+const RING_OFF: usize = 0;
+const SHADOW_OFF: usize = RING_OFF + RING_WORDS as usize * 4;
+const STATUS_OFF: usize = SHADOW_OFF + RING_WORDS as usize * 4;
+const ZERO_OFF: usize = STATUS_OFF + PAGE_SIZE;
+const ENTRY_OFF: usize = ZERO_OFF + ZERO_BYTES as usize;
+const BLOCK_BYTES: usize = ENTRY_OFF + MAX_ENTRIES as usize * size_of::<Entry>();
+
+/// One request in the ring: its cookie and the ring word after its last
+/// instruction. Its instructions start where the previous entry ended.
+#[derive(Clone, Copy, Debug)]
+#[repr(C)]
+struct Entry {
+    cookie: i32,
+    end: u32,
+}
+
+/// A saved preparation point (see [`Engine::mark`]).
+#[derive(Clone, Copy, Debug)]
+pub struct Mark {
+    head: u32,
+    used: u32,
+    entries: u32,
+    last_cookie: Option<Cookie>,
+    last_written_back: bool,
+    inject: bool,
+}
+
+/// The LSI53C895A SCRIPTS processor as a copy [`Engine`].
+pub struct Lsi53c895a<H: Hal> {
+    regs: MmioRegion,
+    block: NonNull<u8>,
+    block_dma: DmaAddr,
+    block_pages: usize,
+    /// Next free ring word.
+    head: u32,
+    /// Ring word of the live tail INT.
+    tail: u32,
+    /// Words in use from `free_from` up to `head`, wrap waste included.
+    used: u32,
+    /// Oldest ring word still in use.
+    free_from: u32,
+    /// Index of the oldest entry, entries in the queue, and how many of
+    /// them (from the oldest) are issued.
+    first_entry: u32,
+    entries: u32,
+    issued: u32,
+    /// The last prepared request, and whether its own instructions write
+    /// its cookie back.
+    last_cookie: Option<Cookie>,
+    last_written_back: bool,
+    /// The cookie the last issued batch writes back.
+    expected: Option<Cookie>,
+    /// The completion word's value when last processed.
+    last_seen: u32,
+    halted: bool,
+    fault: Option<Fault>,
+    manual_start: bool,
+    inject: bool,
+    _hal: PhantomData<H>,
+}
+
+// SAFETY: the engine owns its DMA block and register window; nothing in it
+// is tied to the creating thread.
+unsafe impl<H: Hal> Send for Lsi53c895a<H> {}
+
+impl<H: Hal> Lsi53c895a<H> {
+    /// Takes over the chip behind `regs` (BAR1, with memory decoding and bus
+    /// mastering enabled): soft-resets it (firmware may have used it) and
+    /// sets up an empty ring in DMA memory below 4 GiB.
+    pub fn new(regs: MmioRegion) -> Result<Self, DmaError> {
+        let block_pages = BLOCK_BYTES.div_ceil(PAGE_SIZE);
+        let (block_dma, block) = H::dma_alloc(block_pages).ok_or(DmaError::NoMemory)?;
+        let mut engine = Lsi53c895a {
+            regs,
+            block,
+            block_dma,
+            block_pages,
+            head: 0,
+            tail: 0,
+            used: 0,
+            free_from: 0,
+            first_entry: 0,
+            entries: 0,
+            issued: 0,
+            last_cookie: None,
+            last_written_back: true,
+            expected: None,
+            last_seen: 0,
+            halted: false,
+            fault: None,
+            manual_start: false,
+            inject: false,
+            _hal: PhantomData,
+        };
+        // Dropping `engine` on this error path frees the block.
+        if block_dma + BLOCK_BYTES as u64 - 1 > u32::MAX as u64 {
+            return Err(DmaError::BeyondDmaMask);
+        }
+        engine.reset()?;
+        Ok(engine)
+    }
+
+    /// The register window (its access count is how benchmarks count MMIO).
+    pub fn regs(&self) -> &MmioRegion {
+        &self.regs
+    }
+
+    /// Whether SCRIPTS are running (ISTAT1.SRUN), paused between QEMU's
+    /// 100-instruction slices included.
+    pub fn is_running(&self) -> bool {
+        Istat1::from_bits_retain(self.regs.read8(regs::ISTAT1)).contains(Istat1::SRUN)
+    }
+
+    /// Sets DMODE.MAN: writing DSP no longer starts SCRIPTS, so issued
+    /// requests stay in progress until the channel is terminated. A way to
+    /// test timeouts and stalls; `reset` keeps the setting.
+    pub fn set_manual_start(&mut self, on: bool) {
+        self.manual_start = on;
+        self.regs.write8(regs::DMODE, if on { Dmode::MAN.bits() } else { 0 });
+    }
+
+    /// Fault injection: the next prepared request starts with an illegal
+    /// instruction, so the chip stops on it with DSTAT.IID.
+    pub fn inject_illegal_instruction(&mut self) {
+        self.inject = true;
+    }
+
+    fn ring_addr(&self, word: u32) -> u32 {
+        (self.block_dma + RING_OFF as u64) as u32 + word * 4
+    }
+
+    fn shadow_addr(&self, word: u32) -> u32 {
+        (self.block_dma + SHADOW_OFF as u64) as u32 + word * 4
+    }
+
+    fn completion_addr(&self) -> u32 {
+        (self.block_dma + STATUS_OFF as u64) as u32
+    }
+
+    fn zero_addr(&self) -> u32 {
+        (self.block_dma + ZERO_OFF as u64) as u32
+    }
+
+    /// A pointer to the `u32` at byte `offset` of the block.
+    fn word_ptr(&self, offset: usize) -> *mut u32 {
+        debug_assert!(offset + 4 <= ENTRY_OFF && offset.is_multiple_of(4));
+        // SAFETY: `offset` is inside the block (all callers derive it from a
+        // ring word below RING_WORDS), which is one allocation.
+        unsafe { self.block.as_ptr().add(offset).cast() }
+    }
+
+    fn write_ring(&mut self, word: u32, words: &[u32]) {
+        for (i, &w) in words.iter().enumerate() {
+            let ptr = self.word_ptr(RING_OFF + (word as usize + i) * 4);
+            // SAFETY: ring words are in our DMA block; the device only reads
+            // them, and volatile keeps each store a single, ordered access.
+            unsafe { ptr.write_volatile(w) }
+        }
+    }
+
+    fn write_shadow(&mut self, word: u32, value: u32) {
+        let ptr = self.word_ptr(SHADOW_OFF + word as usize * 4);
+        // SAFETY: as for `write_ring`; this shadow word belongs to an
+        // instruction not yet linked into the running chain.
+        unsafe { ptr.write_volatile(value) }
+    }
+
+    fn read_completion(&self) -> u32 {
+        // SAFETY: the completion word is in our DMA block; the device writes
+        // it, so it is only ever read with a volatile load.
+        unsafe { self.word_ptr(STATUS_OFF).read_volatile() }
+    }
+
+    fn entry_ptr(&self, index: u32) -> *mut Entry {
+        let index = (index % MAX_ENTRIES) as usize;
+        // SAFETY: the entry array occupies MAX_ENTRIES entries at ENTRY_OFF
+        // in the block, and `index < MAX_ENTRIES`.
+        unsafe { self.block.as_ptr().add(ENTRY_OFF).cast::<Entry>().add(index) }
+    }
+
+    fn entry(&self, index: u32) -> Entry {
+        // SAFETY: `entry_ptr` is in bounds and aligned; the array is only
+        // touched by this engine (never by the device) and zeroed at
+        // allocation, a valid `Entry`.
+        unsafe { self.entry_ptr(index).read() }
+    }
+
+    fn push_entry(&mut self, entry: Entry) {
+        let ptr = self.entry_ptr(self.first_entry + self.entries);
+        // SAFETY: as for `entry`.
+        unsafe { ptr.write(entry) };
+        self.entries += 1;
+    }
+
+    /// Claims `n` contiguous ring words, leaving `keep` words free, and
+    /// returns the first. Wraps to word 0 with a JUMP when the end is near.
+    fn reserve(&mut self, n: u32, keep: u32) -> Result<u32, RingFull> {
+        let wraps = self.head + n + TC_WORDS > RING_WORDS;
+        let waste = if wraps { RING_WORDS - self.head } else { 0 };
+        if self.used + waste + n + keep > RING_WORDS {
+            return Err(RingFull);
+        }
+        let at = if wraps {
+            let start = self.ring_addr(0);
+            self.write_ring(self.head, &script::jump(start));
+            0
+        } else {
+            self.head
+        };
+        self.used += waste + n;
+        self.head = at + n;
+        Ok(at)
+    }
+
+    fn emit_move(&mut self, count: u32, src: u32, dst: u32, keep: u32) -> Result<(), RingFull> {
+        let at = self.reserve(MOVE_WORDS, keep)?;
+        self.write_ring(at, &script::memory_move(count, src, dst));
+        Ok(())
+    }
+
+    fn emit_writeback(&mut self, cookie: Cookie, keep: u32) -> Result<(), RingFull> {
+        let at = self.reserve(MOVE_WORDS, keep)?;
+        self.write_shadow(at, cookie.get() as u32);
+        let (src, dst) = (self.shadow_addr(at), self.completion_addr());
+        self.write_ring(at, &script::memory_move(4, src, dst));
+        Ok(())
+    }
+
+    /// Pops the issued entries the completion word says are done; returns
+    /// the newest of them.
+    fn collect(&mut self) -> Option<Cookie> {
+        let written = self.read_completion();
+        if written == self.last_seen {
+            return None;
+        }
+        self.last_seen = written;
+        let done = (0..self.issued).find(|&k| self.entry(self.first_entry + k).cookie as u32 == written)?;
+        let entry = self.entry(self.first_entry + done);
+        self.used -= (entry.end + RING_WORDS - self.free_from) % RING_WORDS;
+        self.free_from = entry.end;
+        self.first_entry = (self.first_entry + done + 1) % MAX_ENTRIES;
+        self.entries -= done + 1;
+        self.issued -= done + 1;
+        Cookie::new(entry.cookie)
+    }
+
+    /// The issued request whose instructions include ring word `word`.
+    fn owner_of(&self, word: u32) -> Option<Cookie> {
+        let mut start = self.free_from;
+        for k in 0..self.issued {
+            let entry = self.entry(self.first_entry + k);
+            let inside = if start <= entry.end {
+                (start..entry.end).contains(&word)
+            } else {
+                word >= start || word < entry.end
+            };
+            if inside {
+                return Cookie::new(entry.cookie);
+            }
+            start = entry.end;
+        }
+        None
+    }
+
+    /// Records the failure behind error bits read from DSTAT.
+    fn note_errors(&mut self, dstat: Dstat) {
+        let errors = dstat & Dstat::ERRORS;
+        if errors.is_empty() || self.halted || self.issued == 0 {
+            return;
+        }
+        // DSP has moved past the instruction that failed: 8 bytes for the
+        // two-dword instructions that raise IID.
+        let failed_at = self.regs.read32(regs::DSP).wrapping_sub(8);
+        let word = failed_at.wrapping_sub(self.ring_addr(0)) / 4;
+        let oldest = Cookie::new(self.entry(self.first_entry).cookie);
+        let cookie = (word < RING_WORDS).then(|| self.owner_of(word)).flatten().or(oldest);
+        let kind = if errors.contains(Dstat::IID) {
+            ErrorKind::InvalidDescriptor
+        } else if errors.contains(Dstat::ABRT) {
+            ErrorKind::Aborted
+        } else {
+            ErrorKind::BusFault
+        };
+        if let Some(cookie) = cookie {
+            self.fault = Some(Fault { cookie, kind });
+        }
+        self.halted = true;
+    }
+
+    fn stop(&self) {
+        // ABRT alone leaves QEMU's resume timer armed; the soft reset that
+        // follows stops the processor for good (QEMU-FACTS.md, "Abort").
+        self.regs.write8(regs::ISTAT, Istat::ABRT.bits());
+        self.regs.write8(regs::ISTAT, Istat::SRST.bits());
+        self.regs.write8(regs::ISTAT, 0);
+    }
+}
+
+impl<H: Hal> Engine for Lsi53c895a<H> {
+    type Mark = Mark;
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::COPY | Capabilities::FILL | Capabilities::INTERRUPT
+    }
+
+    fn limits(&self) -> Limits {
+        Limits { max_len: script::MAX_MOVE as usize, dma_mask: u32::MAX as u64, align: 1 }
+    }
+
+    fn mark(&self) -> Mark {
+        Mark {
+            head: self.head,
+            used: self.used,
+            entries: self.entries,
+            last_cookie: self.last_cookie,
+            last_written_back: self.last_written_back,
+            inject: self.inject,
+        }
+    }
+
+    fn rewind(&mut self, mark: Mark) {
+        self.head = mark.head;
+        self.used = mark.used;
+        self.entries = mark.entries;
+        self.last_cookie = mark.last_cookie;
+        self.last_written_back = mark.last_written_back;
+        self.inject = mark.inject;
+    }
+
+    fn prep(&mut self, cookie: Cookie, op: Op, end: Option<Notify>) -> Result<(), RingFull> {
+        if self.halted || (end.is_some() && self.entries == MAX_ENTRIES) {
+            return Err(RingFull);
+        }
+        let keep = ISSUE_RESERVE;
+        if self.inject {
+            self.inject = false;
+            let at = self.reserve(TC_WORDS, keep)?;
+            self.write_ring(at, &script::illegal());
+        }
+        // The channel checked every address against the 32-bit DMA mask and
+        // every length against MAX_MOVE, so these casts are exact.
+        match op {
+            Op::Copy { dst, src, len } => self.emit_move(len as u32, src as u32, dst as u32, keep)?,
+            Op::Zero { dst, len } => {
+                let zeros = self.zero_addr();
+                let mut done = 0;
+                while done < len as u32 {
+                    let n = (len as u32 - done).min(ZERO_BYTES);
+                    self.emit_move(n, zeros, dst as u32 + done, keep)?;
+                    done += n;
+                }
+            }
+            Op::Fill { dst, len, pattern } => {
+                let (dst, len) = (dst as u32, len as u32);
+                let at = self.reserve(MOVE_WORDS, keep)?;
+                self.write_shadow(at, pattern as u32);
+                self.write_shadow(at + 1, (pattern >> 32) as u32);
+                let src = self.shadow_addr(at);
+                self.write_ring(at, &script::memory_move(len.min(8), src, dst));
+                // Double what is there: each move copies the bytes already
+                // filled, which end on a multiple of 8, so the phase holds.
+                let mut done = len.min(8);
+                while done < len {
+                    let n = done.min(len - done);
+                    self.emit_move(n, dst, dst + done, keep)?;
+                    done += n;
+                }
+            }
+        }
+        if let Some(notify) = end {
+            let written_back = notify.writeback || notify.interrupt;
+            if written_back {
+                self.emit_writeback(cookie, keep)?;
+            }
+            if notify.interrupt {
+                let at = self.reserve(TC_WORDS, keep)?;
+                self.write_ring(at, &script::intfly(cookie.get() as u32));
+            }
+            self.push_entry(Entry { cookie: cookie.get(), end: self.head });
+            self.last_cookie = Some(cookie);
+            self.last_written_back = written_back;
+        }
+        Ok(())
+    }
+
+    fn issue(&mut self) {
+        let Some(last) = self.last_cookie.filter(|_| self.entries > self.issued && !self.halted) else {
+            return;
+        };
+        // ISSUE_RESERVE guarantees the room for both of these.
+        if !self.last_written_back && self.emit_writeback(last, 0).is_err() {
+            return;
+        }
+        let Ok(new_tail) = self.reserve(TC_WORDS, 0) else { return };
+        self.write_ring(new_tail, &script::int(TAIL_MARK));
+        let old_tail = self.tail;
+        let start = self.ring_addr(old_tail + TC_WORDS);
+        // Everything the JUMP leads to must be in memory before the JUMP,
+        // and its operand before its opcode.
+        fence(Ordering::Release);
+        self.write_ring(old_tail + 1, &[start]);
+        fence(Ordering::Release);
+        self.write_ring(old_tail, &[script::JUMP]);
+        self.tail = new_tail;
+        self.issued = self.entries;
+        self.last_written_back = true;
+        let previous = self.expected.replace(last);
+        let running = Istat1::from_bits_retain(self.regs.read8(regs::ISTAT1)).contains(Istat1::SRUN);
+        if !running && previous.is_none_or(|p| self.read_completion() == p.get() as u32) {
+            self.regs.write32(regs::DSP, start);
+        }
+    }
+
+    fn poll(&mut self, check_hardware: bool) -> Progress {
+        let mut completed = self.collect();
+        if check_hardware && self.issued > 0 && !self.halted && !self.is_running() {
+            // Stopped with work outstanding: finished meanwhile, failed, or
+            // never started (manual start mode).
+            completed = self.collect().or(completed);
+            if self.issued > 0 {
+                let dstat = Dstat::from_bits_retain(self.regs.read8(regs::DSTAT));
+                self.note_errors(dstat);
+            }
+        }
+        Progress { completed, fault: self.fault.take() }
+    }
+
+    fn handle_interrupt(&mut self) -> bool {
+        let istat = Istat::from_bits_retain(self.regs.read8(regs::ISTAT));
+        if !istat.intersects(Istat::INTF | Istat::DIP | Istat::SIP) {
+            return false;
+        }
+        // The clearing order QEMU needs before the EOI (QEMU-FACTS.md):
+        // INTF first, then DSTAT, then SIST0/SIST1.
+        if istat.contains(Istat::INTF) {
+            self.regs.write8(regs::ISTAT, Istat::INTF.bits());
+        }
+        let dstat = Dstat::from_bits_retain(self.regs.read8(regs::DSTAT));
+        self.regs.read8(regs::SIST0);
+        self.regs.read8(regs::SIST1);
+        self.note_errors(dstat);
+        // A tail INT leaves DIP set without asking for an interrupt.
+        istat.contains(Istat::INTF) || dstat.intersects(Dstat::ERRORS)
+    }
+
+    fn terminate(&mut self) -> Option<Cookie> {
+        self.stop();
+        let done = self.collect();
+        self.halted = true;
+        self.entries = 0;
+        self.issued = 0;
+        self.fault = None;
+        done
+    }
+
+    fn reset(&mut self) -> Result<(), DmaError> {
+        self.stop();
+        self.regs.write8(regs::DIEN, Dstat::ERRORS.bits());
+        self.regs.write8(regs::DMODE, if self.manual_start { Dmode::MAN.bits() } else { 0 });
+        // SAFETY: the chip is stopped, so nothing reads the ring, shadow or
+        // completion word while they are cleared; all three are in the block.
+        unsafe { self.block.as_ptr().write_bytes(0, ZERO_OFF) };
+        self.write_ring(0, &script::int(TAIL_MARK));
+        self.head = TC_WORDS;
+        self.tail = 0;
+        self.used = TC_WORDS;
+        self.free_from = 0;
+        self.first_entry = 0;
+        self.entries = 0;
+        self.issued = 0;
+        self.last_cookie = None;
+        self.last_written_back = true;
+        self.expected = None;
+        self.last_seen = 0;
+        self.halted = false;
+        self.fault = None;
+        self.inject = false;
+        Ok(())
+    }
+}
+
+impl<H: Hal> Drop for Lsi53c895a<H> {
+    fn drop(&mut self) {
+        self.stop();
+        // SAFETY: the chip is stopped for good (abort + soft reset), so the
+        // block is no longer used by the device; these are the values
+        // `dma_alloc` returned.
+        unsafe { H::dma_dealloc(self.block_dma, self.block, self.block_pages) }
+    }
+}

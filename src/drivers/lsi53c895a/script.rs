@@ -1,0 +1,96 @@
+//! SCRIPTS instruction encodings: the few the copy engine uses.
+//!
+//! Source: LSI53C895A Technical Manual, chapter 6 "SCRIPTS Instruction Set":
+//! the first dword's bits 31-30 select the type (11 = Memory Move, 10 =
+//! Transfer Control); the encodings below were also checked against QEMU
+//! 7.2 (QEMU-FACTS.md, "Instruction encodings that worked").
+
+/// Memory Move, first dword: bits 31-29 = 110 (bit 29 clear: not Load/Store),
+/// bits 23-0 the byte count. The second dword is the source, the third the
+/// destination (32-bit addresses).
+pub const MEMORY_MOVE: u32 = 0xc000_0000;
+/// The largest Memory Move byte count (24 bits).
+pub const MAX_MOVE: u32 = 0x00ff_ffff;
+/// Transfer Control JUMP: bits 31-30 = 10, opcode (29-27) = 000, bit 19 =
+/// jump if true with no condition tested: always taken. Dword two: target.
+pub const JUMP: u32 = 0x8008_0000;
+/// Transfer Control INT: opcode 011, bit 19 set (without it QEMU treats the
+/// instruction as a no-op). Stops SCRIPTS; dword two lands in DSPS.
+pub const INT: u32 = 0x9808_0000;
+/// INT with bit 20 (interrupt on the fly): sets ISTAT.INTF and asserts the
+/// interrupt without stopping.
+pub const INTFLY: u32 = 0x9818_0000;
+/// Transfer Control with the reserved opcode 100: always an illegal
+/// instruction (DSTAT.IID). Only for fault injection.
+pub const ILLEGAL: u32 = 0xa008_0000;
+
+/// Words in a Memory Move.
+pub const MOVE_WORDS: u32 = 3;
+/// Words in a Transfer Control instruction.
+pub const TC_WORDS: u32 = 2;
+
+/// A Memory Move of `count` bytes (at most [`MAX_MOVE`]) from `src` to `dst`.
+pub const fn memory_move(count: u32, src: u32, dst: u32) -> [u32; 3] {
+    assert!(count <= MAX_MOVE, "Memory Move count is 24 bits");
+    [MEMORY_MOVE | count, src, dst]
+}
+
+/// An unconditional JUMP to `target`.
+pub const fn jump(target: u32) -> [u32; 2] {
+    [JUMP, target]
+}
+
+/// An INT that stops SCRIPTS with `value` in DSPS.
+pub const fn int(value: u32) -> [u32; 2] {
+    [INT, value]
+}
+
+/// An INTFLY: interrupt without stopping.
+pub const fn intfly(value: u32) -> [u32; 2] {
+    [INTFLY, value]
+}
+
+/// An illegal instruction, for fault injection.
+pub const fn illegal() -> [u32; 2] {
+    [ILLEGAL, 0]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bits(word: u32, high: u32, low: u32) -> u32 {
+        (word >> low) & ((1 << (high - low + 1)) - 1)
+    }
+
+    #[test]
+    fn memory_move_fields() {
+        let [op, src, dst] = memory_move(0x12_3456, 0x1000, 0x2000);
+        assert_eq!(bits(op, 31, 30), 0b11, "type: memory move / load-store");
+        assert_eq!(bits(op, 29, 29), 0, "not load/store");
+        assert_eq!(bits(op, 23, 0), 0x12_3456, "byte count");
+        assert_eq!((src, dst), (0x1000, 0x2000));
+        assert_eq!(memory_move(MAX_MOVE, 0, 0)[0], 0xc0ff_ffff);
+        assert_eq!(memory_move(0, 0, 0)[0], 0xc000_0000);
+    }
+
+    #[test]
+    #[should_panic(expected = "24 bits")]
+    fn memory_move_count_is_24_bits() {
+        let _ = memory_move(MAX_MOVE + 1, 0, 0);
+    }
+
+    #[test]
+    fn transfer_control_fields() {
+        for (word, opcode) in [(jump(0)[0], 0b000), (int(0)[0], 0b011), (intfly(0)[0], 0b011), (illegal()[0], 0b100)] {
+            assert_eq!(bits(word, 31, 30), 0b10, "{word:#x}: transfer control");
+            assert_eq!(bits(word, 29, 27), opcode, "{word:#x}: opcode");
+            assert_eq!(bits(word, 19, 19), 1, "{word:#x}: jump-if-true, so the instruction acts");
+            assert_eq!(bits(word, 18, 17) | bits(word, 21, 21), 0, "{word:#x}: no condition tested");
+        }
+        assert_eq!(bits(intfly(0)[0], 20, 20), 1, "interrupt on the fly");
+        assert_eq!(bits(int(0)[0], 20, 20), 0);
+        assert_eq!(jump(0xdead_beef)[1], 0xdead_beef);
+        assert_eq!(int(0x42)[1], 0x42);
+    }
+}

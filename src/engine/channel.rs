@@ -1,0 +1,443 @@
+//! A channel: one engine's ring seen through cookies.
+
+use core::sync::atomic::{AtomicU32, Ordering};
+use core::time::Duration;
+
+use embedded_hal::delay::DelayNs;
+
+use super::{
+    Callback, Capabilities, Cookie, DmaError, Engine, ErrorKind, Fault, Notify, Op, PrepFlags,
+    Snapshot, Status,
+};
+use crate::hal::{DmaAddr, PAGE_SIZE};
+
+/// Callbacks a channel holds at once (requests with callbacks in flight).
+const MAX_CALLBACKS: usize = 64;
+/// Failures whose cookies a channel still answers `Error` for.
+const FAILURE_HISTORY: usize = 8;
+
+static NEXT_CHANNEL_ID: AtomicU32 = AtomicU32::new(1);
+
+/// One failure or termination: the cookies it ended.
+#[derive(Clone, Copy, Debug)]
+struct Failure {
+    /// The request that failed, and how (none for a termination).
+    failed: Option<(Cookie, ErrorKind)>,
+    /// The requests it ended are those in `(before, last]`.
+    before: i32,
+    last: i32,
+}
+
+impl Failure {
+    fn kind_of(&self, cookie: Cookie) -> Option<ErrorKind> {
+        if let Some((failed, kind)) = self.failed
+            && failed == cookie
+        {
+            return Some(kind);
+        }
+        let ended = !super::is_complete(cookie, self.before, self.last);
+        ended.then_some(ErrorKind::Aborted)
+    }
+}
+
+/// The answer of [`Channel::status`]: the request's status and the
+/// channel's snapshot it was decided from (the seed's `last` and `used`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TxState {
+    /// Where the request stands.
+    pub status: Status,
+    /// The channel's `(last_completed, last_used)`.
+    pub snapshot: Snapshot,
+}
+
+/// A DMA channel over engine `E`.
+///
+/// Methods take `&mut self`: a kernel that also services the engine's
+/// interrupt wraps the channel in a lock taken with interrupts disabled.
+/// Nothing on the submit and completion paths allocates.
+pub struct Channel<E: Engine> {
+    engine: E,
+    id: u32,
+    last_used: i32,
+    last_completed: i32,
+    /// Something is prepared and not yet issued.
+    prepared: bool,
+    halted: bool,
+    failures: [Option<Failure>; FAILURE_HISTORY],
+    next_failure: usize,
+    callbacks: [Option<(Cookie, Callback)>; MAX_CALLBACKS],
+    callback_head: usize,
+    callback_len: usize,
+}
+
+impl<E: Engine> Channel<E> {
+    /// A channel over `engine`, whose ring must be empty.
+    pub fn new(engine: E) -> Self {
+        Channel {
+            engine,
+            id: NEXT_CHANNEL_ID.fetch_add(1, Ordering::Relaxed),
+            last_used: 0,
+            last_completed: 0,
+            prepared: false,
+            halted: false,
+            failures: [None; FAILURE_HISTORY],
+            next_failure: 0,
+            callbacks: [None; MAX_CALLBACKS],
+            callback_head: 0,
+            callback_len: 0,
+        }
+    }
+
+    /// A number unique to this channel among all channels created.
+    pub fn id(&self) -> u32 {
+        self.id
+    }
+
+    /// The engine.
+    pub fn engine(&self) -> &E {
+        &self.engine
+    }
+
+    /// The engine, for driver-specific controls. Changing the ring behind
+    /// the channel's back breaks its bookkeeping; drivers document which of
+    /// their methods are safe to call here.
+    pub fn engine_mut(&mut self) -> &mut E {
+        &mut self.engine
+    }
+
+    /// The `(last_completed, last_used)` snapshot.
+    pub fn snapshot(&self) -> Snapshot {
+        Snapshot { last_completed: self.last_completed, last_used: self.last_used }
+    }
+
+    /// Whether the channel stopped after a failure or `terminate`.
+    pub fn is_halted(&self) -> bool {
+        self.halted
+    }
+
+    /// Whether every request prepared so far has ended.
+    pub fn is_idle(&self) -> bool {
+        self.last_completed == self.last_used
+    }
+
+    /// Makes the next cookie `next`. Only on an idle channel: it is how a
+    /// test reaches the wrap at `i32::MAX` without two billion requests.
+    pub fn set_next_cookie(&mut self, next: Cookie) -> Result<(), DmaError> {
+        if !self.is_idle() || self.prepared {
+            return Err(DmaError::Busy);
+        }
+        let previous = if next == Cookie::FIRST { i32::MAX } else { next.get() - 1 };
+        self.last_used = previous;
+        self.last_completed = previous;
+        Ok(())
+    }
+
+    fn validate(&self, op: &Op, flags: PrepFlags) -> Result<(), DmaError> {
+        if self.halted {
+            return Err(DmaError::Halted);
+        }
+        let caps = self.engine.capabilities();
+        let limits = self.engine.limits();
+        let (dst, src, len, needs) = match *op {
+            Op::Copy { dst, src, len } => (dst, Some(src), len, Capabilities::COPY),
+            Op::Fill { dst, len, .. } | Op::Zero { dst, len } => (dst, None, len, Capabilities::FILL),
+        };
+        if !caps.contains(needs) || (flags.contains(PrepFlags::INTERRUPT) && !caps.contains(Capabilities::INTERRUPT)) {
+            return Err(DmaError::NotSupported);
+        }
+        if len == 0 {
+            return Err(DmaError::ZeroLength);
+        }
+        let within_mask = |addr: DmaAddr| {
+            addr.checked_add(len as u64 - 1).is_some_and(|last| last <= limits.dma_mask)
+        };
+        if !within_mask(dst) || !src.is_none_or(within_mask) {
+            return Err(DmaError::BeyondDmaMask);
+        }
+        let align = limits.align.max(1) as u64;
+        let aligned = |v: u64| v.is_multiple_of(align);
+        if !aligned(dst) || !aligned(len as u64) || !src.is_none_or(aligned) {
+            return Err(DmaError::Misaligned);
+        }
+        if let Some(src) = src
+            && dst < src + len as u64
+            && src < dst + len as u64
+        {
+            return Err(DmaError::Overlap);
+        }
+        Ok(())
+    }
+
+    /// Prepares `op`, split into descriptors the engine accepts. Nothing is
+    /// prepared if it fails.
+    ///
+    /// # Safety
+    /// Every byte the request reads or writes must stay valid DMA memory,
+    /// not accessed by the CPU in a conflicting way (no reads of the
+    /// destination, no writes of either side), until the request has ended
+    /// (complete or error) as reported by this channel.
+    pub unsafe fn prep(&mut self, op: Op, flags: PrepFlags, callback: Option<Callback>) -> Result<Cookie, DmaError> {
+        self.validate(&op, flags)?;
+        if callback.is_some() && self.callback_len == MAX_CALLBACKS {
+            return Err(DmaError::RingFull);
+        }
+        let cookie = Cookie::new(self.last_used).map_or(Cookie::FIRST, Cookie::next);
+        let max = self.engine.limits().max_len;
+        let align = self.engine.limits().align.max(1);
+        let piece_max = (max / align * align).max(align);
+        let (dst, len) = match op {
+            Op::Copy { dst, len, .. } | Op::Fill { dst, len, .. } | Op::Zero { dst, len } => (dst, len),
+        };
+        let mark = self.engine.mark();
+        let mut done = 0;
+        while done < len {
+            let n = (len - done).min(piece_max);
+            let at = done as u64;
+            let piece = match op {
+                Op::Copy { src, .. } => Op::Copy { dst: dst + at, src: src + at, len: n },
+                // Keep the pattern's phase across pieces.
+                Op::Fill { pattern, .. } => {
+                    Op::Fill { dst: dst + at, len: n, pattern: pattern.rotate_right(8 * (done % 8) as u32) }
+                }
+                Op::Zero { .. } => Op::Zero { dst: dst + at, len: n },
+            };
+            done += n;
+            let end = (done == len).then_some(Notify {
+                writeback: callback.is_some(),
+                interrupt: flags.contains(PrepFlags::INTERRUPT),
+            });
+            if self.engine.prep(cookie, piece, end).is_err() {
+                self.engine.rewind(mark);
+                return Err(DmaError::RingFull);
+            }
+        }
+        self.last_used = cookie.get();
+        self.prepared = true;
+        if let Some(callback) = callback {
+            let slot = (self.callback_head + self.callback_len) % MAX_CALLBACKS;
+            self.callbacks[slot] = Some((cookie, callback));
+            self.callback_len += 1;
+        }
+        Ok(cookie)
+    }
+
+    /// Prepares a copy of `len` bytes from `src` to `dst` (DMA addresses).
+    ///
+    /// # Safety
+    /// As for [`Channel::prep`].
+    pub unsafe fn prep_copy(&mut self, dst: DmaAddr, src: DmaAddr, len: usize, flags: PrepFlags) -> Result<Cookie, DmaError> {
+        // SAFETY: the caller upholds `prep`'s contract.
+        unsafe { self.prep(Op::Copy { dst, src, len }, flags, None) }
+    }
+
+    /// The seed's `dma_async_memcpy_buf_to_buf`: copy between two buffers.
+    ///
+    /// # Safety
+    /// As for [`Channel::prep`].
+    pub unsafe fn memcpy_buf_to_buf(&mut self, dst: DmaAddr, src: DmaAddr, len: usize) -> Result<Cookie, DmaError> {
+        // SAFETY: the caller upholds `prep`'s contract.
+        unsafe { self.prep_copy(dst, src, len, PrepFlags::empty()) }
+    }
+
+    /// The seed's `dma_async_memcpy_buf_to_pg`: copy a buffer into the page
+    /// at `page` (page-aligned), from `offset`, within that page.
+    ///
+    /// # Safety
+    /// As for [`Channel::prep`].
+    pub unsafe fn memcpy_buf_to_page(&mut self, page: DmaAddr, offset: usize, src: DmaAddr, len: usize) -> Result<Cookie, DmaError> {
+        let dst = page_range(page, offset, len)?;
+        // SAFETY: the caller upholds `prep`'s contract.
+        unsafe { self.prep_copy(dst, src, len, PrepFlags::empty()) }
+    }
+
+    /// The seed's `dma_async_memcpy_pg_to_pg`: copy within two pages.
+    ///
+    /// # Safety
+    /// As for [`Channel::prep`].
+    pub unsafe fn memcpy_page_to_page(
+        &mut self,
+        dst_page: DmaAddr,
+        dst_offset: usize,
+        src_page: DmaAddr,
+        src_offset: usize,
+        len: usize,
+    ) -> Result<Cookie, DmaError> {
+        let dst = page_range(dst_page, dst_offset, len)?;
+        let src = page_range(src_page, src_offset, len)?;
+        // SAFETY: the caller upholds `prep`'s contract.
+        unsafe { self.prep_copy(dst, src, len, PrepFlags::empty()) }
+    }
+
+    /// Prepares filling `len` bytes at `dst` with `pattern` repeated (byte
+    /// `i` is byte `i % 8` of `pattern.to_le_bytes()`).
+    ///
+    /// # Safety
+    /// As for [`Channel::prep`].
+    pub unsafe fn fill(&mut self, dst: DmaAddr, len: usize, pattern: u64, flags: PrepFlags) -> Result<Cookie, DmaError> {
+        // SAFETY: the caller upholds `prep`'s contract.
+        unsafe { self.prep(Op::Fill { dst, len, pattern }, flags, None) }
+    }
+
+    /// Prepares zeroing `len` bytes at `dst`.
+    ///
+    /// # Safety
+    /// As for [`Channel::prep`].
+    pub unsafe fn zero(&mut self, dst: DmaAddr, len: usize, flags: PrepFlags) -> Result<Cookie, DmaError> {
+        // SAFETY: the caller upholds `prep`'s contract.
+        unsafe { self.prep(Op::Zero { dst, len }, flags, None) }
+    }
+
+    /// Hands everything prepared to the hardware.
+    pub fn issue_pending(&mut self) {
+        if self.prepared && !self.halted {
+            self.engine.issue();
+            self.prepared = false;
+        }
+    }
+
+    /// Collects completions and failures and runs due callbacks.
+    pub fn poll(&mut self) {
+        let outstanding = !self.is_idle() && !self.halted;
+        self.collect(outstanding);
+    }
+
+    fn collect(&mut self, check_hardware: bool) {
+        if self.halted {
+            return;
+        }
+        let progress = self.engine.poll(check_hardware);
+        if let Some(done) = progress.completed {
+            self.last_completed = done.get();
+        }
+        if let Some(fault) = progress.fault {
+            self.fail(fault);
+        }
+        self.run_callbacks();
+    }
+
+    fn record(&mut self, failure: Failure) {
+        self.failures[self.next_failure] = Some(failure);
+        self.next_failure = (self.next_failure + 1) % FAILURE_HISTORY;
+    }
+
+    fn fail(&mut self, fault: Fault) {
+        let before = if fault.cookie == Cookie::FIRST { i32::MAX } else { fault.cookie.get() - 1 };
+        self.record(Failure { failed: Some((fault.cookie, fault.kind)), before, last: self.last_used });
+        self.end_all();
+    }
+
+    /// Ends every outstanding request: those not yet recorded are now
+    /// covered by the last failure record.
+    fn end_all(&mut self) {
+        self.last_completed = self.last_used;
+        self.halted = true;
+        self.prepared = false;
+    }
+
+    fn classify(&self, cookie: Cookie) -> Status {
+        // Newest failure first: a cookie ended by one is reported by it.
+        for i in 1..=FAILURE_HISTORY {
+            let slot = (self.next_failure + FAILURE_HISTORY - i) % FAILURE_HISTORY;
+            if let Some(kind) = self.failures[slot].and_then(|f| f.kind_of(cookie)) {
+                return Status::Error(kind);
+            }
+        }
+        if self.snapshot().is_complete(cookie) { Status::Complete } else { Status::InProgress }
+    }
+
+    fn run_callbacks(&mut self) {
+        while self.callback_len > 0 {
+            let Some((cookie, callback)) = self.callbacks[self.callback_head] else { break };
+            let status = self.classify(cookie);
+            if status == Status::InProgress {
+                break;
+            }
+            self.callbacks[self.callback_head] = None;
+            self.callback_head = (self.callback_head + 1) % MAX_CALLBACKS;
+            self.callback_len -= 1;
+            (callback.func)(cookie, status, callback.context);
+        }
+    }
+
+    /// Where request `cookie` stands (the seed's `dma_async_memcpy_complete`),
+    /// with the snapshot it was decided from.
+    pub fn status(&mut self, cookie: Cookie) -> TxState {
+        if self.classify(cookie) == Status::InProgress {
+            self.collect(true);
+        }
+        TxState { status: self.classify(cookie), snapshot: self.snapshot() }
+    }
+
+    /// Waits for `cookie` to end, polling with `delay`, for at most
+    /// `timeout`. Issues pending requests first, so the wait can end.
+    pub fn wait(&mut self, cookie: Cookie, delay: &mut impl DelayNs, timeout: Duration) -> Result<(), DmaError> {
+        self.issue_pending();
+        let limit_us = timeout.as_micros().min(u64::MAX as u128) as u64;
+        let mut waited_us = 0u64;
+        let mut step_us = 1u32;
+        loop {
+            match self.status(cookie).status {
+                Status::Complete => return Ok(()),
+                Status::Error(kind) => return Err(DmaError::Failed(kind)),
+                Status::InProgress if waited_us >= limit_us => return Err(DmaError::TimedOut),
+                Status::InProgress => {
+                    let step = (step_us as u64).min(limit_us - waited_us).max(1) as u32;
+                    delay.delay_us(step);
+                    waited_us += step as u64;
+                    step_us = (step_us * 2).min(1000);
+                }
+            }
+        }
+    }
+
+    /// Services the engine's interrupt: collects completions and failures
+    /// and runs callbacks. Returns whether the interrupt was the engine's.
+    pub fn handle_interrupt(&mut self) -> bool {
+        let ours = self.engine.handle_interrupt();
+        if ours {
+            self.collect(false);
+        }
+        ours
+    }
+
+    /// Stops the channel: every request not known complete ends `Aborted`.
+    /// The channel stays halted until [`Channel::reset`].
+    pub fn terminate(&mut self) {
+        if !self.halted {
+            self.collect(false);
+        }
+        if self.halted && self.is_idle() {
+            self.engine.terminate();
+            return;
+        }
+        if let Some(done) = self.engine.terminate() {
+            self.last_completed = done.get();
+        }
+        if !self.is_idle() {
+            self.record(Failure { failed: None, before: self.last_completed, last: self.last_used });
+        }
+        self.end_all();
+        self.run_callbacks();
+    }
+
+    /// Makes a halted channel usable again (terminating it first if it was
+    /// not halted). Cookies keep counting from where they were.
+    pub fn reset(&mut self) -> Result<(), DmaError> {
+        if !self.halted {
+            self.terminate();
+        }
+        self.engine.reset()?;
+        self.halted = false;
+        Ok(())
+    }
+}
+
+fn page_range(page: DmaAddr, offset: usize, len: usize) -> Result<DmaAddr, DmaError> {
+    if !page.is_multiple_of(PAGE_SIZE as u64) {
+        return Err(DmaError::Misaligned);
+    }
+    if offset.checked_add(len).is_none_or(|end| end > PAGE_SIZE) {
+        return Err(DmaError::OutOfPage);
+    }
+    Ok(page + offset as u64)
+}

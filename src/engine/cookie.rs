@@ -1,0 +1,146 @@
+//! Cookies: the handle of one request on one channel.
+//!
+//! A cookie is a positive `i32` assigned in submission order, wrapping from
+//! `i32::MAX` back to 1. Whether a request is done is decided from a snapshot
+//! of the channel's last completed and last used cookies, with the rule the
+//! 2005 I/OAT patch called `dma_async_is_complete`: a cookie is complete
+//! unless it lies in the window `(last_completed, last_used]`, read around the
+//! wrap.
+
+use core::fmt;
+use core::num::NonZeroI32;
+
+/// A request's handle on its channel: a positive `i32`.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Cookie(NonZeroI32);
+
+impl Cookie {
+    /// The first cookie a channel assigns.
+    pub const FIRST: Cookie = Cookie(NonZeroI32::new(1).unwrap());
+
+    /// `value` as a cookie, if it is positive.
+    pub const fn new(value: i32) -> Option<Cookie> {
+        if value > 0 {
+            match NonZeroI32::new(value) {
+                Some(v) => Some(Cookie(v)),
+                None => None,
+            }
+        } else {
+            None
+        }
+    }
+
+    /// The value.
+    pub const fn get(self) -> i32 {
+        self.0.get()
+    }
+
+    /// The cookie assigned after this one: `i32::MAX` wraps back to 1.
+    pub const fn next(self) -> Cookie {
+        match Cookie::new(self.get().wrapping_add(1)) {
+            Some(c) => c,
+            None => Cookie::FIRST,
+        }
+    }
+}
+
+impl fmt::Debug for Cookie {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Cookie({})", self.get())
+    }
+}
+
+impl fmt::Display for Cookie {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.get().fmt(f)
+    }
+}
+
+/// The seed's completion rule: whether `cookie` is complete given the
+/// channel's `last_completed` and `last_used` cookies (0 before any).
+///
+/// The requests in flight are exactly those after `last_completed` up to and
+/// including `last_used`; when the counter has wrapped, that window wraps too.
+pub const fn is_complete(cookie: Cookie, last_completed: i32, last_used: i32) -> bool {
+    let c = cookie.get();
+    if last_completed <= last_used {
+        c <= last_completed || c > last_used
+    } else {
+        c <= last_completed && c > last_used
+    }
+}
+
+/// A channel's `(last_completed, last_used)` at one moment.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Snapshot {
+    /// The most recent cookie known complete (or ended), 0 before any.
+    pub last_completed: i32,
+    /// The most recent cookie assigned, 0 before any.
+    pub last_used: i32,
+}
+
+impl Snapshot {
+    /// [`is_complete`] against this snapshot.
+    pub const fn is_complete(&self, cookie: Cookie) -> bool {
+        is_complete(cookie, self.last_completed, self.last_used)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn c(v: i32) -> Cookie {
+        Cookie::new(v).unwrap()
+    }
+
+    #[test]
+    fn only_positive_values_are_cookies() {
+        assert!(Cookie::new(0).is_none());
+        assert!(Cookie::new(-5).is_none());
+        assert!(Cookie::new(i32::MIN).is_none());
+        assert_eq!(Cookie::new(7).map(Cookie::get), Some(7));
+    }
+
+    #[test]
+    fn next_wraps_to_one() {
+        assert_eq!(c(1).next(), c(2));
+        assert_eq!(c(i32::MAX - 1).next(), c(i32::MAX));
+        assert_eq!(c(i32::MAX).next(), Cookie::FIRST);
+    }
+
+    #[test]
+    fn window_without_wrap() {
+        // 3..=7 in flight.
+        let s = Snapshot { last_completed: 2, last_used: 7 };
+        assert!(s.is_complete(c(1)) && s.is_complete(c(2)));
+        for v in 3..=7 {
+            assert!(!s.is_complete(c(v)), "{v} is in flight");
+        }
+        assert!(s.is_complete(c(8)), "never used: reported complete, as the seed's rule has it");
+    }
+
+    #[test]
+    fn window_across_the_wrap() {
+        // MAX-1, MAX, 1, 2 in flight.
+        let s = Snapshot { last_completed: i32::MAX - 2, last_used: 2 };
+        assert!(s.is_complete(c(i32::MAX - 2)));
+        assert!(s.is_complete(c(i32::MAX - 3)));
+        for v in [i32::MAX - 1, i32::MAX, 1, 2] {
+            assert!(!s.is_complete(c(v)), "{v} is in flight");
+        }
+        assert!(s.is_complete(c(3)));
+        // Completion moves past the wrap: only 2 left.
+        let s = Snapshot { last_completed: 1, last_used: 2 };
+        assert!(s.is_complete(c(i32::MAX)) && s.is_complete(c(1)));
+        assert!(!s.is_complete(c(2)));
+    }
+
+    #[test]
+    fn nothing_in_flight() {
+        let s = Snapshot { last_completed: 9, last_used: 9 };
+        for v in [1, 9, 10, i32::MAX] {
+            assert!(s.is_complete(c(v)));
+        }
+    }
+}

@@ -1,0 +1,284 @@
+//! The asynchronous copy API: cookies, channels, requests, and the
+//! [`Engine`] trait that drivers implement.
+//!
+//! The names follow the 2005 I/OAT proposal (`memcpy_buf_to_buf`,
+//! `issue_pending`, cookies and the `(last_completed, last_used)` snapshot);
+//! the shape follows what today's Linux dmaengine learned since: a general
+//! `prep` with flags, fill and zero as first-class operations, explicit
+//! error kinds, `terminate` and `reset`.
+//!
+//! A request is *prepared* (written into the engine's ring, invisible to the
+//! hardware), then *issued* with [`Channel::issue_pending`], then completes.
+//! Completion is observed with [`Channel::status`] or [`Channel::wait`], or
+//! through an optional per-request [`Callback`].
+
+mod channel;
+mod cookie;
+mod transfer;
+
+use core::fmt;
+
+use bitflags::bitflags;
+
+pub use channel::{Channel, TxState};
+pub use cookie::{Cookie, Snapshot, is_complete};
+pub use transfer::{PrepError, Transfer, TransferError};
+
+use crate::hal::DmaAddr;
+
+bitflags! {
+    /// Per-request flags (the I/OAT / Linux `DMA_PREP_*` flags).
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub struct PrepFlags: u32 {
+        /// Raise the engine's interrupt when this request completes
+        /// (`DMA_PREP_INTERRUPT`). Needs [`Capabilities::INTERRUPT`].
+        const INTERRUPT = 1 << 0;
+        /// Later requests start only after this one has finished
+        /// (`DMA_PREP_FENCE`). Every engine in this crate executes its ring
+        /// strictly in order, which gives this for every request; the flag
+        /// states the dependency for engines that do not.
+        const FENCE = 1 << 1;
+    }
+}
+
+bitflags! {
+    /// What an engine can do.
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub struct Capabilities: u32 {
+        /// Memory-to-memory copy.
+        const COPY = 1 << 0;
+        /// Fill with a 64-bit pattern, and zero.
+        const FILL = 1 << 1;
+        /// Completion interrupts ([`PrepFlags::INTERRUPT`]).
+        const INTERRUPT = 1 << 2;
+    }
+}
+
+/// What an engine accepts in one descriptor.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// The longest transfer one descriptor can do; longer requests are split.
+    pub max_len: usize,
+    /// The highest DMA address the engine can reach (e.g. `0xffff_ffff`).
+    pub dma_mask: u64,
+    /// Required alignment of addresses and lengths in bytes (1: none).
+    pub align: usize,
+}
+
+/// How a request ended badly.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ErrorKind {
+    /// The engine could not read the source.
+    ReadFailed,
+    /// The engine could not write the destination.
+    WriteFailed,
+    /// The engine reported a bus error without saying which side.
+    BusFault,
+    /// The engine rejected the descriptor (an illegal instruction).
+    InvalidDescriptor,
+    /// The request never ran to completion: the channel was terminated, or
+    /// an earlier request on it failed.
+    Aborted,
+}
+
+impl fmt::Display for ErrorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ErrorKind::ReadFailed => "read failed",
+            ErrorKind::WriteFailed => "write failed",
+            ErrorKind::BusFault => "bus fault",
+            ErrorKind::InvalidDescriptor => "invalid descriptor",
+            ErrorKind::Aborted => "aborted",
+        })
+    }
+}
+
+/// Where a request stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Status {
+    /// Done: every byte is at the destination.
+    Complete,
+    /// Prepared or issued, not finished.
+    InProgress,
+    /// Ended without completing.
+    Error(ErrorKind),
+}
+
+/// Errors of the copy API. A call that returns one changed nothing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum DmaError {
+    /// A request of zero bytes.
+    ZeroLength,
+    /// Source and destination overlap.
+    Overlap,
+    /// An address in the request is beyond the engine's DMA mask.
+    BeyondDmaMask,
+    /// An address or length breaks the engine's alignment rule, or a page
+    /// address is not page-aligned.
+    Misaligned,
+    /// A page-relative range runs past the end of the page.
+    OutOfPage,
+    /// A range runs past the end of its buffer.
+    OutOfBounds,
+    /// The ring has no room: wait for completions (or issue what is
+    /// prepared) and retry.
+    RingFull,
+    /// The channel has stopped after an error or `terminate`; `reset` it.
+    Halted,
+    /// The engine cannot do this (see [`Capabilities`]).
+    NotSupported,
+    /// The operation needs an idle channel.
+    Busy,
+    /// `wait` gave up before the request finished.
+    TimedOut,
+    /// The request ended with this error.
+    Failed(ErrorKind),
+    /// DMA memory is exhausted.
+    NoMemory,
+    /// The transfer belongs to another channel.
+    WrongChannel,
+}
+
+impl fmt::Display for DmaError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DmaError::ZeroLength => f.write_str("zero-length request"),
+            DmaError::Overlap => f.write_str("source and destination overlap"),
+            DmaError::BeyondDmaMask => f.write_str("address beyond the engine's DMA mask"),
+            DmaError::Misaligned => f.write_str("misaligned address or length"),
+            DmaError::OutOfPage => f.write_str("range runs past the end of the page"),
+            DmaError::OutOfBounds => f.write_str("range runs past the end of the buffer"),
+            DmaError::RingFull => f.write_str("descriptor ring full"),
+            DmaError::Halted => f.write_str("channel halted; reset it"),
+            DmaError::NotSupported => f.write_str("operation not supported by this engine"),
+            DmaError::Busy => f.write_str("channel busy"),
+            DmaError::TimedOut => f.write_str("timed out"),
+            DmaError::Failed(kind) => write!(f, "request failed: {kind}"),
+            DmaError::NoMemory => f.write_str("out of DMA memory"),
+            DmaError::WrongChannel => f.write_str("transfer belongs to another channel"),
+        }
+    }
+}
+
+impl core::error::Error for DmaError {}
+
+/// A completion callback: `func(cookie, status, context)`, run from
+/// whichever of `status`, `wait`, `poll` or `handle_interrupt` first sees the
+/// request end. It runs with the channel borrowed, so it must not call back
+/// into it.
+#[derive(Clone, Copy, Debug)]
+pub struct Callback {
+    /// The function.
+    pub func: fn(Cookie, Status, usize),
+    /// Passed through as the third argument.
+    pub context: usize,
+}
+
+/// One descriptor's work, at most [`Limits::max_len`] bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Op {
+    /// Copy `len` bytes from `src` to `dst`.
+    Copy {
+        /// Destination DMA address.
+        dst: DmaAddr,
+        /// Source DMA address.
+        src: DmaAddr,
+        /// Bytes.
+        len: usize,
+    },
+    /// Fill `len` bytes at `dst` with `pattern` repeated: byte `i` is byte
+    /// `i % 8` of `pattern.to_le_bytes()`.
+    Fill {
+        /// Destination DMA address.
+        dst: DmaAddr,
+        /// Bytes.
+        len: usize,
+        /// The 8-byte pattern.
+        pattern: u64,
+    },
+    /// Zero `len` bytes at `dst`.
+    Zero {
+        /// Destination DMA address.
+        dst: DmaAddr,
+        /// Bytes.
+        len: usize,
+    },
+}
+
+/// What the engine must do when the last descriptor of a request is done.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Notify {
+    /// Write the request's cookie back now, not only at the end of the batch
+    /// (a callback is waiting for it).
+    pub writeback: bool,
+    /// Raise the completion interrupt.
+    pub interrupt: bool,
+}
+
+/// A failure the engine attributes to one request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Fault {
+    /// The request that failed; every request after it is aborted.
+    pub cookie: Cookie,
+    /// How.
+    pub kind: ErrorKind,
+}
+
+/// What [`Engine::poll`] found.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Progress {
+    /// Every request up to and including this one has completed (`None`:
+    /// nothing new since the last poll).
+    pub completed: Option<Cookie>,
+    /// The engine stopped on this request's failure.
+    pub fault: Option<Fault>,
+}
+
+/// Reported by [`Engine::prep`] when the ring has no room.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RingFull;
+
+/// The driver side of a channel: an engine with a descriptor ring.
+///
+/// The [`Channel`] validates requests, splits them to [`Limits::max_len`],
+/// assigns cookies and tracks their fate; the engine writes descriptors,
+/// starts the hardware and reports completions and failures. Requests
+/// complete in the order they were prepared.
+pub trait Engine {
+    /// A saved ring position for [`Engine::rewind`].
+    type Mark: Copy;
+
+    /// What the engine can do.
+    fn capabilities(&self) -> Capabilities;
+
+    /// What one descriptor may hold.
+    fn limits(&self) -> Limits;
+
+    /// The current end of the prepared descriptors.
+    fn mark(&self) -> Self::Mark;
+
+    /// Forgets every descriptor prepared since `mark` (none was issued).
+    fn rewind(&mut self, mark: Self::Mark);
+
+    /// Writes one descriptor for request `cookie` into the ring, invisible to
+    /// the hardware until [`Engine::issue`]. `end` is `Some` on the request's
+    /// last descriptor.
+    fn prep(&mut self, cookie: Cookie, op: Op, end: Option<Notify>) -> Result<(), RingFull>;
+
+    /// Hands every prepared descriptor to the hardware.
+    fn issue(&mut self);
+
+    /// Collects completions, and with `check_hardware` also asks the device
+    /// whether it stopped on an error (which may cost register accesses).
+    fn poll(&mut self, check_hardware: bool) -> Progress;
+
+    /// Services the engine's interrupt; returns whether it was raised.
+    fn handle_interrupt(&mut self) -> bool;
+
+    /// Stops the hardware for good; returns the last request known complete.
+    /// Every later request is abandoned.
+    fn terminate(&mut self) -> Option<Cookie>;
+
+    /// Brings a stopped engine back to an empty, working ring.
+    fn reset(&mut self) -> Result<(), DmaError>;
+}

@@ -1,0 +1,180 @@
+//! The safe layer: owned DMA buffers moved into a transfer and handed back
+//! when it has ended.
+//!
+//! A [`Transfer`] owns its buffers while the engine may touch them, so no
+//! `&` or `&mut` to them can exist meanwhile. Dropping an unfinished
+//! transfer (or `mem::forget`ting it) leaks its buffers rather than freeing
+//! memory a device may still write: leaking is safe, a use after free is not.
+
+use core::fmt;
+use core::mem::ManuallyDrop;
+use core::time::Duration;
+
+use embedded_hal::delay::DelayNs;
+
+use super::{Channel, Cookie, DmaError, Engine, ErrorKind, Op, PrepFlags, Status};
+use crate::hal::{Dma, DmaAddr, Hal};
+
+/// A request in flight over owned buffers.
+#[must_use = "dropping an unfinished transfer leaks its buffers"]
+pub struct Transfer<H: Hal> {
+    channel: u32,
+    cookie: Cookie,
+    dst: ManuallyDrop<Dma<H>>,
+    src: ManuallyDrop<Option<Dma<H>>>,
+}
+
+impl<H: Hal> fmt::Debug for Transfer<H> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Transfer").field("channel", &self.channel).field("cookie", &self.cookie).finish()
+    }
+}
+
+/// A request that could not be prepared: why, and the buffers back.
+#[derive(Debug)]
+pub struct PrepError<H: Hal> {
+    /// Why (nothing was prepared).
+    pub error: DmaError,
+    /// The destination buffer.
+    pub dst: Dma<H>,
+    /// The source buffer, for a copy.
+    pub src: Option<Dma<H>>,
+}
+
+/// A transfer that did not hand its buffers back as asked.
+#[derive(Debug)]
+pub enum TransferError<H: Hal> {
+    /// Still running (or `wait` timed out): here it is again.
+    Pending(Transfer<H>),
+    /// It ended with an error; the engine no longer touches the buffers.
+    Failed {
+        /// How it ended.
+        kind: ErrorKind,
+        /// The destination buffer (its contents are undefined).
+        dst: Dma<H>,
+        /// The source buffer, for a copy.
+        src: Option<Dma<H>>,
+    },
+    /// It was asked about on a channel it does not belong to.
+    WrongChannel(Transfer<H>),
+}
+
+fn window(buffer_len: usize, offset: usize, len: usize) -> Result<(), DmaError> {
+    if len == 0 {
+        return Err(DmaError::ZeroLength);
+    }
+    match offset.checked_add(len) {
+        Some(end) if end <= buffer_len => Ok(()),
+        _ => Err(DmaError::OutOfBounds),
+    }
+}
+
+impl<H: Hal> Transfer<H> {
+    /// The request's cookie on its channel.
+    pub fn cookie(&self) -> Cookie {
+        self.cookie
+    }
+
+    /// Where the request stands.
+    pub fn status<E: Engine>(&self, channel: &mut Channel<E>) -> Result<Status, DmaError> {
+        if channel.id() != self.channel {
+            return Err(DmaError::WrongChannel);
+        }
+        Ok(channel.status(self.cookie).status)
+    }
+
+    fn release(self) -> (Dma<H>, Option<Dma<H>>) {
+        let Transfer { dst, src, .. } = self;
+        (ManuallyDrop::into_inner(dst), ManuallyDrop::into_inner(src))
+    }
+
+    /// The buffers back if the request has ended: `Ok` when it completed.
+    pub fn finish<E: Engine>(self, channel: &mut Channel<E>) -> Result<(Dma<H>, Option<Dma<H>>), TransferError<H>> {
+        match self.status(channel) {
+            Err(_) => Err(TransferError::WrongChannel(self)),
+            Ok(Status::InProgress) => Err(TransferError::Pending(self)),
+            Ok(Status::Complete) => Ok(self.release()),
+            Ok(Status::Error(kind)) => {
+                let (dst, src) = self.release();
+                Err(TransferError::Failed { kind, dst, src })
+            }
+        }
+    }
+
+    /// Waits up to `timeout` for the request to end, then as [`Transfer::finish`].
+    pub fn wait<E: Engine>(
+        self,
+        channel: &mut Channel<E>,
+        delay: &mut impl DelayNs,
+        timeout: Duration,
+    ) -> Result<(Dma<H>, Option<Dma<H>>), TransferError<H>> {
+        if channel.id() == self.channel {
+            // Timeouts and failures are reported by `finish` below.
+            let _ = channel.wait(self.cookie, delay, timeout);
+        }
+        self.finish(channel)
+    }
+}
+
+impl<E: Engine> Channel<E> {
+    fn owned<H: Hal>(
+        &mut self,
+        op: Op,
+        flags: PrepFlags,
+        dst: Dma<H>,
+        src: Option<Dma<H>>,
+    ) -> Result<Transfer<H>, PrepError<H>> {
+        // SAFETY: both buffers are owned by the transfer built below until
+        // the channel reports the request ended; the transfer never frees
+        // them before that (it leaks them if dropped early), and no reference
+        // to their memory exists meanwhile.
+        match unsafe { self.prep(op, flags, None) } {
+            Ok(cookie) => Ok(Transfer {
+                channel: self.id(),
+                cookie,
+                dst: ManuallyDrop::new(dst),
+                src: ManuallyDrop::new(src),
+            }),
+            Err(error) => Err(PrepError { error, dst, src }),
+        }
+    }
+
+    /// Prepares a copy of `len` bytes from `src[src_offset..]` to
+    /// `dst[dst_offset..]`, taking both buffers until it ends.
+    pub fn copy<H: Hal>(
+        &mut self,
+        dst: Dma<H>,
+        dst_offset: usize,
+        src: Dma<H>,
+        src_offset: usize,
+        len: usize,
+        flags: PrepFlags,
+    ) -> Result<Transfer<H>, PrepError<H>> {
+        if let Err(error) = window(dst.len(), dst_offset, len).and(window(src.len(), src_offset, len)) {
+            return Err(PrepError { error, dst, src: Some(src) });
+        }
+        let op = Op::Copy {
+            dst: dst.paddr() + dst_offset as DmaAddr,
+            src: src.paddr() + src_offset as DmaAddr,
+            len,
+        };
+        self.owned(op, flags, dst, Some(src))
+    }
+
+    /// Prepares filling `dst[offset..offset + len]` with `pattern`, taking
+    /// the buffer until it ends.
+    pub fn fill_buffer<H: Hal>(
+        &mut self,
+        dst: Dma<H>,
+        offset: usize,
+        len: usize,
+        pattern: u64,
+        flags: PrepFlags,
+    ) -> Result<Transfer<H>, PrepError<H>> {
+        if let Err(error) = window(dst.len(), offset, len) {
+            return Err(PrepError { error, dst, src: None });
+        }
+        let op = Op::Fill { dst: dst.paddr() + offset as DmaAddr, len, pattern };
+        self.owned(op, flags, dst, None)
+    }
+}

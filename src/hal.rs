@@ -1,0 +1,116 @@
+//! What the host kernel provides to the crate: DMA memory and the mapping
+//! between the addresses devices use and the addresses the CPU uses.
+//!
+//! Modelled on the `virtio-drivers` crate's `Hal`: associated functions, so a
+//! driver is generic over the kernel without holding a reference to it, and a
+//! fake implementation over host memory can sit next to the real one.
+
+use core::marker::PhantomData;
+use core::ptr::NonNull;
+
+use crate::engine::DmaError;
+
+/// An address as a DMA-capable device sees it (a physical address: this
+/// crate assumes no IOMMU).
+pub type DmaAddr = u64;
+
+/// The size of a page of DMA memory.
+pub const PAGE_SIZE: usize = 4096;
+
+/// The kernel services the drivers need.
+///
+/// # Safety
+/// Implementations must return memory that is physically contiguous, zeroed,
+/// page-aligned, mapped for the CPU at the returned pointer, reachable by
+/// devices at the returned DMA address, coherent between the two (as on
+/// x86), and not used by anything else until `dma_dealloc`.
+pub unsafe trait Hal {
+    /// Allocates `pages` contiguous zeroed pages of DMA memory: their DMA
+    /// address and CPU pointer, or `None` if memory is exhausted.
+    fn dma_alloc(pages: usize) -> Option<(DmaAddr, NonNull<u8>)>;
+
+    /// Frees memory from [`Hal::dma_alloc`].
+    ///
+    /// # Safety
+    /// `paddr`, `vaddr` and `pages` must be exactly those of one earlier
+    /// allocation, which no device or CPU code uses any more.
+    unsafe fn dma_dealloc(paddr: DmaAddr, vaddr: NonNull<u8>, pages: usize);
+
+    /// The CPU pointer through which the kernel reaches DMA address `paddr`
+    /// (the CPU engine copies through it).
+    fn phys_to_virt(paddr: DmaAddr) -> NonNull<u8>;
+}
+
+/// An owned, physically contiguous DMA buffer, freed on drop (like
+/// `virtio-drivers`' `Dma<H>`).
+///
+/// While a `Dma` is owned by the caller no device uses it, so it may be read
+/// and written through slices. Handing it to a transfer moves it away; it
+/// comes back when the transfer has ended.
+#[derive(Debug)]
+pub struct Dma<H: Hal> {
+    paddr: DmaAddr,
+    vaddr: NonNull<u8>,
+    len: usize,
+    pages: usize,
+    _hal: PhantomData<H>,
+}
+
+// SAFETY: a `Dma` owns its memory exclusively; moving it between threads
+// moves that ownership.
+unsafe impl<H: Hal> Send for Dma<H> {}
+// SAFETY: shared access only allows reads through `&[u8]`.
+unsafe impl<H: Hal> Sync for Dma<H> {}
+
+impl<H: Hal> Dma<H> {
+    /// Allocates `len` bytes (rounded up to whole pages), zeroed.
+    pub fn new(len: usize) -> Result<Self, DmaError> {
+        if len == 0 {
+            return Err(DmaError::ZeroLength);
+        }
+        let pages = len.div_ceil(PAGE_SIZE);
+        let (paddr, vaddr) = H::dma_alloc(pages).ok_or(DmaError::NoMemory)?;
+        Ok(Dma { paddr, vaddr, len, pages, _hal: PhantomData })
+    }
+
+    /// The buffer's DMA address.
+    pub fn paddr(&self) -> DmaAddr {
+        self.paddr
+    }
+
+    /// The buffer's length in bytes, as asked for.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Always false: a `Dma` holds at least one byte.
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+
+    /// The CPU pointer to the first byte.
+    pub fn as_ptr(&self) -> *mut u8 {
+        self.vaddr.as_ptr()
+    }
+
+    /// The contents.
+    pub fn as_slice(&self) -> &[u8] {
+        // SAFETY: the memory is ours, mapped and initialised (zeroed at
+        // allocation); no device writes it while we own it.
+        unsafe { core::slice::from_raw_parts(self.vaddr.as_ptr(), self.len) }
+    }
+
+    /// The contents, writable.
+    pub fn as_mut_slice(&mut self) -> &mut [u8] {
+        // SAFETY: as for `as_slice`, and `&mut self` makes this unique.
+        unsafe { core::slice::from_raw_parts_mut(self.vaddr.as_ptr(), self.len) }
+    }
+}
+
+impl<H: Hal> Drop for Dma<H> {
+    fn drop(&mut self) {
+        // SAFETY: these are the values `dma_alloc` returned; we own the
+        // memory and no transfer holds it (a transfer owns the `Dma` itself).
+        unsafe { H::dma_dealloc(self.paddr, self.vaddr, self.pages) }
+    }
+}
