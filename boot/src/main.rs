@@ -13,6 +13,7 @@ extern crate alloc;
 mod bench;
 mod demo;
 mod devices;
+mod dma;
 mod entry;
 mod exit;
 mod gdt;

@@ -8,7 +8,9 @@
 
 use core::marker::PhantomData;
 
-use crate::engine::{Capabilities, Cookie, DmaError, Engine, Limits, Notify, Op, Progress, RingFull};
+use crate::engine::{
+    Capabilities, Cookie, DmaError, Engine, Limits, Notify, Op, Progress, RingFull,
+};
 use crate::hal::Hal;
 
 /// A CPU engine holding up to `N` prepared descriptors.
@@ -28,7 +30,12 @@ impl<H: Hal, const N: usize> Default for CpuEngine<H, N> {
 impl<H: Hal, const N: usize> CpuEngine<H, N> {
     /// An empty engine.
     pub const fn new() -> Self {
-        CpuEngine { queue: [None; N], len: 0, completed: None, _hal: PhantomData }
+        CpuEngine {
+            queue: [None; N],
+            len: 0,
+            completed: None,
+            _hal: PhantomData,
+        }
     }
 
     fn run(op: Op) {
@@ -64,7 +71,11 @@ impl<H: Hal, const N: usize> Engine for CpuEngine<H, N> {
     }
 
     fn limits(&self) -> Limits {
-        Limits { max_len: isize::MAX as usize, dma_mask: u64::MAX, align: 1 }
+        Limits {
+            max_len: isize::MAX as usize,
+            dma_mask: u64::MAX,
+            align: 1,
+        }
     }
 
     fn mark(&self) -> usize {
@@ -96,7 +107,10 @@ impl<H: Hal, const N: usize> Engine for CpuEngine<H, N> {
     }
 
     fn poll(&mut self, _check_hardware: bool) -> Progress {
-        Progress { completed: self.completed.take(), fault: None }
+        Progress {
+            completed: self.completed.take(),
+            fault: None,
+        }
     }
 
     fn handle_interrupt(&mut self) -> bool {

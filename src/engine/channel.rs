@@ -107,7 +107,10 @@ impl<E: Engine> Channel<E> {
 
     /// The `(last_completed, last_used)` snapshot.
     pub fn snapshot(&self) -> Snapshot {
-        Snapshot { last_completed: self.last_completed, last_used: self.last_used }
+        Snapshot {
+            last_completed: self.last_completed,
+            last_used: self.last_used,
+        }
     }
 
     /// Whether the channel stopped after a failure or `terminate`.
@@ -126,7 +129,11 @@ impl<E: Engine> Channel<E> {
         if !self.is_idle() || self.prepared {
             return Err(DmaError::Busy);
         }
-        let previous = if next == Cookie::FIRST { i32::MAX } else { next.get() - 1 };
+        let previous = if next == Cookie::FIRST {
+            i32::MAX
+        } else {
+            next.get() - 1
+        };
         self.last_used = previous;
         self.last_completed = previous;
         Ok(())
@@ -140,16 +147,21 @@ impl<E: Engine> Channel<E> {
         let limits = self.engine.limits();
         let (dst, src, len, needs) = match *op {
             Op::Copy { dst, src, len } => (dst, Some(src), len, Capabilities::COPY),
-            Op::Fill { dst, len, .. } | Op::Zero { dst, len } => (dst, None, len, Capabilities::FILL),
+            Op::Fill { dst, len, .. } | Op::Zero { dst, len } => {
+                (dst, None, len, Capabilities::FILL)
+            }
         };
-        if !caps.contains(needs) || (flags.contains(PrepFlags::INTERRUPT) && !caps.contains(Capabilities::INTERRUPT)) {
+        if !caps.contains(needs)
+            || (flags.contains(PrepFlags::INTERRUPT) && !caps.contains(Capabilities::INTERRUPT))
+        {
             return Err(DmaError::NotSupported);
         }
         if len == 0 {
             return Err(DmaError::ZeroLength);
         }
         let within_mask = |addr: DmaAddr| {
-            addr.checked_add(len as u64 - 1).is_some_and(|last| last <= limits.dma_mask)
+            addr.checked_add(len as u64 - 1)
+                .is_some_and(|last| last <= limits.dma_mask)
         };
         if !within_mask(dst) || !src.is_none_or(within_mask) {
             return Err(DmaError::BeyondDmaMask);
@@ -176,7 +188,12 @@ impl<E: Engine> Channel<E> {
     /// not accessed by the CPU in a conflicting way (no reads of the
     /// destination, no writes of either side), until the request has ended
     /// (complete or error) as reported by this channel.
-    pub unsafe fn prep(&mut self, op: Op, flags: PrepFlags, callback: Option<Callback>) -> Result<Cookie, DmaError> {
+    pub unsafe fn prep(
+        &mut self,
+        op: Op,
+        flags: PrepFlags,
+        callback: Option<Callback>,
+    ) -> Result<Cookie, DmaError> {
         self.validate(&op, flags)?;
         if callback.is_some() && self.callback_len == MAX_CALLBACKS {
             return Err(DmaError::RingFull);
@@ -186,7 +203,9 @@ impl<E: Engine> Channel<E> {
         let align = self.engine.limits().align.max(1);
         let piece_max = (max / align * align).max(align);
         let (dst, len) = match op {
-            Op::Copy { dst, len, .. } | Op::Fill { dst, len, .. } | Op::Zero { dst, len } => (dst, len),
+            Op::Copy { dst, len, .. } | Op::Fill { dst, len, .. } | Op::Zero { dst, len } => {
+                (dst, len)
+            }
         };
         let mark = self.engine.mark();
         let mut done = 0;
@@ -194,12 +213,21 @@ impl<E: Engine> Channel<E> {
             let n = (len - done).min(piece_max);
             let at = done as u64;
             let piece = match op {
-                Op::Copy { src, .. } => Op::Copy { dst: dst + at, src: src + at, len: n },
+                Op::Copy { src, .. } => Op::Copy {
+                    dst: dst + at,
+                    src: src + at,
+                    len: n,
+                },
                 // Keep the pattern's phase across pieces.
-                Op::Fill { pattern, .. } => {
-                    Op::Fill { dst: dst + at, len: n, pattern: pattern.rotate_right(8 * (done % 8) as u32) }
-                }
-                Op::Zero { .. } => Op::Zero { dst: dst + at, len: n },
+                Op::Fill { pattern, .. } => Op::Fill {
+                    dst: dst + at,
+                    len: n,
+                    pattern: pattern.rotate_right(8 * (done % 8) as u32),
+                },
+                Op::Zero { .. } => Op::Zero {
+                    dst: dst + at,
+                    len: n,
+                },
             };
             done += n;
             let end = (done == len).then_some(Notify {
@@ -225,7 +253,13 @@ impl<E: Engine> Channel<E> {
     ///
     /// # Safety
     /// As for [`Channel::prep`].
-    pub unsafe fn prep_copy(&mut self, dst: DmaAddr, src: DmaAddr, len: usize, flags: PrepFlags) -> Result<Cookie, DmaError> {
+    pub unsafe fn prep_copy(
+        &mut self,
+        dst: DmaAddr,
+        src: DmaAddr,
+        len: usize,
+        flags: PrepFlags,
+    ) -> Result<Cookie, DmaError> {
         // SAFETY: the caller upholds `prep`'s contract.
         unsafe { self.prep(Op::Copy { dst, src, len }, flags, None) }
     }
@@ -234,7 +268,12 @@ impl<E: Engine> Channel<E> {
     ///
     /// # Safety
     /// As for [`Channel::prep`].
-    pub unsafe fn memcpy_buf_to_buf(&mut self, dst: DmaAddr, src: DmaAddr, len: usize) -> Result<Cookie, DmaError> {
+    pub unsafe fn memcpy_buf_to_buf(
+        &mut self,
+        dst: DmaAddr,
+        src: DmaAddr,
+        len: usize,
+    ) -> Result<Cookie, DmaError> {
         // SAFETY: the caller upholds `prep`'s contract.
         unsafe { self.prep_copy(dst, src, len, PrepFlags::empty()) }
     }
@@ -244,7 +283,13 @@ impl<E: Engine> Channel<E> {
     ///
     /// # Safety
     /// As for [`Channel::prep`].
-    pub unsafe fn memcpy_buf_to_page(&mut self, page: DmaAddr, offset: usize, src: DmaAddr, len: usize) -> Result<Cookie, DmaError> {
+    pub unsafe fn memcpy_buf_to_page(
+        &mut self,
+        page: DmaAddr,
+        offset: usize,
+        src: DmaAddr,
+        len: usize,
+    ) -> Result<Cookie, DmaError> {
         let dst = page_range(page, offset, len)?;
         // SAFETY: the caller upholds `prep`'s contract.
         unsafe { self.prep_copy(dst, src, len, PrepFlags::empty()) }
@@ -273,7 +318,13 @@ impl<E: Engine> Channel<E> {
     ///
     /// # Safety
     /// As for [`Channel::prep`].
-    pub unsafe fn fill(&mut self, dst: DmaAddr, len: usize, pattern: u64, flags: PrepFlags) -> Result<Cookie, DmaError> {
+    pub unsafe fn fill(
+        &mut self,
+        dst: DmaAddr,
+        len: usize,
+        pattern: u64,
+        flags: PrepFlags,
+    ) -> Result<Cookie, DmaError> {
         // SAFETY: the caller upholds `prep`'s contract.
         unsafe { self.prep(Op::Fill { dst, len, pattern }, flags, None) }
     }
@@ -282,7 +333,12 @@ impl<E: Engine> Channel<E> {
     ///
     /// # Safety
     /// As for [`Channel::prep`].
-    pub unsafe fn zero(&mut self, dst: DmaAddr, len: usize, flags: PrepFlags) -> Result<Cookie, DmaError> {
+    pub unsafe fn zero(
+        &mut self,
+        dst: DmaAddr,
+        len: usize,
+        flags: PrepFlags,
+    ) -> Result<Cookie, DmaError> {
         // SAFETY: the caller upholds `prep`'s contract.
         unsafe { self.prep(Op::Zero { dst, len }, flags, None) }
     }
@@ -321,8 +377,16 @@ impl<E: Engine> Channel<E> {
     }
 
     fn fail(&mut self, fault: Fault) {
-        let before = if fault.cookie == Cookie::FIRST { i32::MAX } else { fault.cookie.get() - 1 };
-        self.record(Failure { failed: Some((fault.cookie, fault.kind)), before, last: self.last_used });
+        let before = if fault.cookie == Cookie::FIRST {
+            i32::MAX
+        } else {
+            fault.cookie.get() - 1
+        };
+        self.record(Failure {
+            failed: Some((fault.cookie, fault.kind)),
+            before,
+            last: self.last_used,
+        });
         self.end_all();
     }
 
@@ -342,12 +406,18 @@ impl<E: Engine> Channel<E> {
                 return Status::Error(kind);
             }
         }
-        if self.snapshot().is_complete(cookie) { Status::Complete } else { Status::InProgress }
+        if self.snapshot().is_complete(cookie) {
+            Status::Complete
+        } else {
+            Status::InProgress
+        }
     }
 
     fn run_callbacks(&mut self) {
         while self.callback_len > 0 {
-            let Some((cookie, callback)) = self.callbacks[self.callback_head] else { break };
+            let Some((cookie, callback)) = self.callbacks[self.callback_head] else {
+                break;
+            };
             let status = self.classify(cookie);
             if status == Status::InProgress {
                 break;
@@ -365,12 +435,20 @@ impl<E: Engine> Channel<E> {
         if self.classify(cookie) == Status::InProgress {
             self.collect(true);
         }
-        TxState { status: self.classify(cookie), snapshot: self.snapshot() }
+        TxState {
+            status: self.classify(cookie),
+            snapshot: self.snapshot(),
+        }
     }
 
     /// Waits for `cookie` to end, polling with `delay`, for at most
     /// `timeout`. Issues pending requests first, so the wait can end.
-    pub fn wait(&mut self, cookie: Cookie, delay: &mut impl DelayNs, timeout: Duration) -> Result<(), DmaError> {
+    pub fn wait(
+        &mut self,
+        cookie: Cookie,
+        delay: &mut impl DelayNs,
+        timeout: Duration,
+    ) -> Result<(), DmaError> {
         self.issue_pending();
         let limit_us = timeout.as_micros().min(u64::MAX as u128) as u64;
         let mut waited_us = 0u64;
@@ -414,7 +492,11 @@ impl<E: Engine> Channel<E> {
             self.last_completed = done.get();
         }
         if !self.is_idle() {
-            self.record(Failure { failed: None, before: self.last_completed, last: self.last_used });
+            self.record(Failure {
+                failed: None,
+                before: self.last_completed,
+                last: self.last_used,
+            });
         }
         self.end_all();
         self.run_callbacks();

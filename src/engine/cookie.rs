@@ -112,18 +112,27 @@ mod tests {
     #[test]
     fn window_without_wrap() {
         // 3..=7 in flight.
-        let s = Snapshot { last_completed: 2, last_used: 7 };
+        let s = Snapshot {
+            last_completed: 2,
+            last_used: 7,
+        };
         assert!(s.is_complete(c(1)) && s.is_complete(c(2)));
         for v in 3..=7 {
             assert!(!s.is_complete(c(v)), "{v} is in flight");
         }
-        assert!(s.is_complete(c(8)), "never used: reported complete, as the seed's rule has it");
+        assert!(
+            s.is_complete(c(8)),
+            "never used: reported complete, as the seed's rule has it"
+        );
     }
 
     #[test]
     fn window_across_the_wrap() {
         // MAX-1, MAX, 1, 2 in flight.
-        let s = Snapshot { last_completed: i32::MAX - 2, last_used: 2 };
+        let s = Snapshot {
+            last_completed: i32::MAX - 2,
+            last_used: 2,
+        };
         assert!(s.is_complete(c(i32::MAX - 2)));
         assert!(s.is_complete(c(i32::MAX - 3)));
         for v in [i32::MAX - 1, i32::MAX, 1, 2] {
@@ -131,14 +140,20 @@ mod tests {
         }
         assert!(s.is_complete(c(3)));
         // Completion moves past the wrap: only 2 left.
-        let s = Snapshot { last_completed: 1, last_used: 2 };
+        let s = Snapshot {
+            last_completed: 1,
+            last_used: 2,
+        };
         assert!(s.is_complete(c(i32::MAX)) && s.is_complete(c(1)));
         assert!(!s.is_complete(c(2)));
     }
 
     #[test]
     fn nothing_in_flight() {
-        let s = Snapshot { last_completed: 9, last_used: 9 };
+        let s = Snapshot {
+            last_completed: 9,
+            last_used: 9,
+        };
         for v in [1, 9, 10, i32::MAX] {
             assert!(s.is_complete(c(v)));
         }

@@ -22,7 +22,7 @@ use bitflags::bitflags;
 
 pub use channel::{Channel, TxState};
 pub use cookie::{Cookie, Snapshot, is_complete};
-pub use transfer::{PrepError, Transfer, TransferError};
+pub use transfer::{Buffers, PrepError, Transfer, TransferError};
 
 use crate::hal::DmaAddr;
 
@@ -282,3 +282,6 @@ pub trait Engine {
     /// Brings a stopped engine back to an empty, working ring.
     fn reset(&mut self) -> Result<(), DmaError>;
 }
+
+#[cfg(test)]
+mod tests;

@@ -15,6 +15,9 @@ use embedded_hal::delay::DelayNs;
 use super::{Channel, Cookie, DmaError, Engine, ErrorKind, Op, PrepFlags, Status};
 use crate::hal::{Dma, DmaAddr, Hal};
 
+/// A finished transfer's buffers: the destination, and the source of a copy.
+pub type Buffers<H> = (Dma<H>, Option<Dma<H>>);
+
 /// A request in flight over owned buffers.
 #[must_use = "dropping an unfinished transfer leaks its buffers"]
 pub struct Transfer<H: Hal> {
@@ -26,12 +29,14 @@ pub struct Transfer<H: Hal> {
 
 impl<H: Hal> fmt::Debug for Transfer<H> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Transfer").field("channel", &self.channel).field("cookie", &self.cookie).finish()
+        f.debug_struct("Transfer")
+            .field("channel", &self.channel)
+            .field("cookie", &self.cookie)
+            .finish()
     }
 }
 
 /// A request that could not be prepared: why, and the buffers back.
-#[derive(Debug)]
 pub struct PrepError<H: Hal> {
     /// Why (nothing was prepared).
     pub error: DmaError,
@@ -42,7 +47,6 @@ pub struct PrepError<H: Hal> {
 }
 
 /// A transfer that did not hand its buffers back as asked.
-#[derive(Debug)]
 pub enum TransferError<H: Hal> {
     /// Still running (or `wait` timed out): here it is again.
     Pending(Transfer<H>),
@@ -69,6 +73,27 @@ fn window(buffer_len: usize, offset: usize, len: usize) -> Result<(), DmaError> 
     }
 }
 
+impl<H: Hal> fmt::Debug for PrepError<H> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PrepError")
+            .field("error", &self.error)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<H: Hal> fmt::Debug for TransferError<H> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TransferError::Pending(t) => f.debug_tuple("Pending").field(t).finish(),
+            TransferError::Failed { kind, .. } => f
+                .debug_struct("Failed")
+                .field("kind", kind)
+                .finish_non_exhaustive(),
+            TransferError::WrongChannel(t) => f.debug_tuple("WrongChannel").field(t).finish(),
+        }
+    }
+}
+
 impl<H: Hal> Transfer<H> {
     /// The request's cookie on its channel.
     pub fn cookie(&self) -> Cookie {
@@ -83,13 +108,16 @@ impl<H: Hal> Transfer<H> {
         Ok(channel.status(self.cookie).status)
     }
 
-    fn release(self) -> (Dma<H>, Option<Dma<H>>) {
+    fn release(self) -> Buffers<H> {
         let Transfer { dst, src, .. } = self;
         (ManuallyDrop::into_inner(dst), ManuallyDrop::into_inner(src))
     }
 
     /// The buffers back if the request has ended: `Ok` when it completed.
-    pub fn finish<E: Engine>(self, channel: &mut Channel<E>) -> Result<(Dma<H>, Option<Dma<H>>), TransferError<H>> {
+    pub fn finish<E: Engine>(
+        self,
+        channel: &mut Channel<E>,
+    ) -> Result<Buffers<H>, TransferError<H>> {
         match self.status(channel) {
             Err(_) => Err(TransferError::WrongChannel(self)),
             Ok(Status::InProgress) => Err(TransferError::Pending(self)),
@@ -107,7 +135,7 @@ impl<H: Hal> Transfer<H> {
         channel: &mut Channel<E>,
         delay: &mut impl DelayNs,
         timeout: Duration,
-    ) -> Result<(Dma<H>, Option<Dma<H>>), TransferError<H>> {
+    ) -> Result<Buffers<H>, TransferError<H>> {
         if channel.id() == self.channel {
             // Timeouts and failures are reported by `finish` below.
             let _ = channel.wait(self.cookie, delay, timeout);
@@ -150,8 +178,14 @@ impl<E: Engine> Channel<E> {
         len: usize,
         flags: PrepFlags,
     ) -> Result<Transfer<H>, PrepError<H>> {
-        if let Err(error) = window(dst.len(), dst_offset, len).and(window(src.len(), src_offset, len)) {
-            return Err(PrepError { error, dst, src: Some(src) });
+        if let Err(error) =
+            window(dst.len(), dst_offset, len).and(window(src.len(), src_offset, len))
+        {
+            return Err(PrepError {
+                error,
+                dst,
+                src: Some(src),
+            });
         }
         let op = Op::Copy {
             dst: dst.paddr() + dst_offset as DmaAddr,
@@ -172,9 +206,17 @@ impl<E: Engine> Channel<E> {
         flags: PrepFlags,
     ) -> Result<Transfer<H>, PrepError<H>> {
         if let Err(error) = window(dst.len(), offset, len) {
-            return Err(PrepError { error, dst, src: None });
+            return Err(PrepError {
+                error,
+                dst,
+                src: None,
+            });
         }
-        let op = Op::Fill { dst: dst.paddr() + offset as DmaAddr, len, pattern };
+        let op = Op::Fill {
+            dst: dst.paddr() + offset as DmaAddr,
+            len,
+            pattern,
+        };
         self.owned(op, flags, dst, None)
     }
 }

@@ -4,6 +4,7 @@ use alloc::vec::Vec;
 
 use crate::harness::Test;
 
+mod dma;
 mod kernel;
 mod selftest;
 
@@ -11,6 +12,7 @@ mod selftest;
 pub fn all() -> Vec<Test> {
     let mut tests = Vec::new();
     tests.extend_from_slice(kernel::TESTS);
+    tests.extend_from_slice(dma::TESTS);
     tests
 }
 

@@ -37,7 +37,8 @@ use regs::{Dmode, Dstat, Istat, Istat1};
 use script::{MOVE_WORDS, TC_WORDS};
 
 use crate::engine::{
-    Capabilities, Cookie, DmaError, Engine, ErrorKind, Fault, Limits, Notify, Op, Progress, RingFull,
+    Capabilities, Cookie, DmaError, Engine, ErrorKind, Fault, Limits, Notify, Op, Progress,
+    RingFull,
 };
 use crate::hal::{DmaAddr, Hal, PAGE_SIZE};
 use crate::mmio::MmioRegion;
@@ -174,7 +175,8 @@ impl<H: Hal> Lsi53c895a<H> {
     /// test timeouts and stalls; `reset` keeps the setting.
     pub fn set_manual_start(&mut self, on: bool) {
         self.manual_start = on;
-        self.regs.write8(regs::DMODE, if on { Dmode::MAN.bits() } else { 0 });
+        self.regs
+            .write8(regs::DMODE, if on { Dmode::MAN.bits() } else { 0 });
     }
 
     /// Fault injection: the next prepared request starts with an illegal
@@ -233,7 +235,13 @@ impl<H: Hal> Lsi53c895a<H> {
         let index = (index % MAX_ENTRIES) as usize;
         // SAFETY: the entry array occupies MAX_ENTRIES entries at ENTRY_OFF
         // in the block, and `index < MAX_ENTRIES`.
-        unsafe { self.block.as_ptr().add(ENTRY_OFF).cast::<Entry>().add(index) }
+        unsafe {
+            self.block
+                .as_ptr()
+                .add(ENTRY_OFF)
+                .cast::<Entry>()
+                .add(index)
+        }
     }
 
     fn entry(&self, index: u32) -> Entry {
@@ -292,7 +300,8 @@ impl<H: Hal> Lsi53c895a<H> {
             return None;
         }
         self.last_seen = written;
-        let done = (0..self.issued).find(|&k| self.entry(self.first_entry + k).cookie as u32 == written)?;
+        let done = (0..self.issued)
+            .find(|&k| self.entry(self.first_entry + k).cookie as u32 == written)?;
         let entry = self.entry(self.first_entry + done);
         self.used -= (entry.end + RING_WORDS - self.free_from) % RING_WORDS;
         self.free_from = entry.end;
@@ -331,7 +340,10 @@ impl<H: Hal> Lsi53c895a<H> {
         let failed_at = self.regs.read32(regs::DSP).wrapping_sub(8);
         let word = failed_at.wrapping_sub(self.ring_addr(0)) / 4;
         let oldest = Cookie::new(self.entry(self.first_entry).cookie);
-        let cookie = (word < RING_WORDS).then(|| self.owner_of(word)).flatten().or(oldest);
+        let cookie = (word < RING_WORDS)
+            .then(|| self.owner_of(word))
+            .flatten()
+            .or(oldest);
         let kind = if errors.contains(Dstat::IID) {
             ErrorKind::InvalidDescriptor
         } else if errors.contains(Dstat::ABRT) {
@@ -362,7 +374,11 @@ impl<H: Hal> Engine for Lsi53c895a<H> {
     }
 
     fn limits(&self) -> Limits {
-        Limits { max_len: script::MAX_MOVE as usize, dma_mask: u32::MAX as u64, align: 1 }
+        Limits {
+            max_len: script::MAX_MOVE as usize,
+            dma_mask: u32::MAX as u64,
+            align: 1,
+        }
     }
 
     fn mark(&self) -> Mark {
@@ -398,7 +414,9 @@ impl<H: Hal> Engine for Lsi53c895a<H> {
         // The channel checked every address against the 32-bit DMA mask and
         // every length against MAX_MOVE, so these casts are exact.
         match op {
-            Op::Copy { dst, src, len } => self.emit_move(len as u32, src as u32, dst as u32, keep)?,
+            Op::Copy { dst, src, len } => {
+                self.emit_move(len as u32, src as u32, dst as u32, keep)?
+            }
             Op::Zero { dst, len } => {
                 let zeros = self.zero_addr();
                 let mut done = 0;
@@ -434,7 +452,10 @@ impl<H: Hal> Engine for Lsi53c895a<H> {
                 let at = self.reserve(TC_WORDS, keep)?;
                 self.write_ring(at, &script::intfly(cookie.get() as u32));
             }
-            self.push_entry(Entry { cookie: cookie.get(), end: self.head });
+            self.push_entry(Entry {
+                cookie: cookie.get(),
+                end: self.head,
+            });
             self.last_cookie = Some(cookie);
             self.last_written_back = written_back;
         }
@@ -442,14 +463,19 @@ impl<H: Hal> Engine for Lsi53c895a<H> {
     }
 
     fn issue(&mut self) {
-        let Some(last) = self.last_cookie.filter(|_| self.entries > self.issued && !self.halted) else {
+        let Some(last) = self
+            .last_cookie
+            .filter(|_| self.entries > self.issued && !self.halted)
+        else {
             return;
         };
         // ISSUE_RESERVE guarantees the room for both of these.
         if !self.last_written_back && self.emit_writeback(last, 0).is_err() {
             return;
         }
-        let Ok(new_tail) = self.reserve(TC_WORDS, 0) else { return };
+        let Ok(new_tail) = self.reserve(TC_WORDS, 0) else {
+            return;
+        };
         self.write_ring(new_tail, &script::int(TAIL_MARK));
         let old_tail = self.tail;
         let start = self.ring_addr(old_tail + TC_WORDS);
@@ -463,7 +489,8 @@ impl<H: Hal> Engine for Lsi53c895a<H> {
         self.issued = self.entries;
         self.last_written_back = true;
         let previous = self.expected.replace(last);
-        let running = Istat1::from_bits_retain(self.regs.read8(regs::ISTAT1)).contains(Istat1::SRUN);
+        let running =
+            Istat1::from_bits_retain(self.regs.read8(regs::ISTAT1)).contains(Istat1::SRUN);
         if !running && previous.is_none_or(|p| self.read_completion() == p.get() as u32) {
             self.regs.write32(regs::DSP, start);
         }
@@ -480,7 +507,10 @@ impl<H: Hal> Engine for Lsi53c895a<H> {
                 self.note_errors(dstat);
             }
         }
-        Progress { completed, fault: self.fault.take() }
+        Progress {
+            completed,
+            fault: self.fault.take(),
+        }
     }
 
     fn handle_interrupt(&mut self) -> bool {
@@ -514,7 +544,14 @@ impl<H: Hal> Engine for Lsi53c895a<H> {
     fn reset(&mut self) -> Result<(), DmaError> {
         self.stop();
         self.regs.write8(regs::DIEN, Dstat::ERRORS.bits());
-        self.regs.write8(regs::DMODE, if self.manual_start { Dmode::MAN.bits() } else { 0 });
+        self.regs.write8(
+            regs::DMODE,
+            if self.manual_start {
+                Dmode::MAN.bits()
+            } else {
+                0
+            },
+        );
         // SAFETY: the chip is stopped, so nothing reads the ring, shadow or
         // completion word while they are cleared; all three are in the block.
         unsafe { self.block.as_ptr().write_bytes(0, ZERO_OFF) };

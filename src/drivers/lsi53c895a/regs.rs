@@ -99,7 +99,10 @@ bitflags! {
 
 impl Dstat {
     /// The bits that mean the script stopped on an error.
-    pub const ERRORS: Dstat = Dstat::MDPE.union(Dstat::BF).union(Dstat::ABRT).union(Dstat::IID);
+    pub const ERRORS: Dstat = Dstat::MDPE
+        .union(Dstat::BF)
+        .union(Dstat::ABRT)
+        .union(Dstat::IID);
 }
 
 bitflags! {

@@ -82,11 +82,24 @@ mod tests {
 
     #[test]
     fn transfer_control_fields() {
-        for (word, opcode) in [(jump(0)[0], 0b000), (int(0)[0], 0b011), (intfly(0)[0], 0b011), (illegal()[0], 0b100)] {
+        for (word, opcode) in [
+            (jump(0)[0], 0b000),
+            (int(0)[0], 0b011),
+            (intfly(0)[0], 0b011),
+            (illegal()[0], 0b100),
+        ] {
             assert_eq!(bits(word, 31, 30), 0b10, "{word:#x}: transfer control");
             assert_eq!(bits(word, 29, 27), opcode, "{word:#x}: opcode");
-            assert_eq!(bits(word, 19, 19), 1, "{word:#x}: jump-if-true, so the instruction acts");
-            assert_eq!(bits(word, 18, 17) | bits(word, 21, 21), 0, "{word:#x}: no condition tested");
+            assert_eq!(
+                bits(word, 19, 19),
+                1,
+                "{word:#x}: jump-if-true, so the instruction acts"
+            );
+            assert_eq!(
+                bits(word, 18, 17) | bits(word, 21, 21),
+                0,
+                "{word:#x}: no condition tested"
+            );
         }
         assert_eq!(bits(intfly(0)[0], 20, 20), 1, "interrupt on the fly");
         assert_eq!(bits(int(0)[0], 20, 20), 0);

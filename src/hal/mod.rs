@@ -10,6 +10,9 @@ use core::ptr::NonNull;
 
 use crate::engine::DmaError;
 
+#[cfg(test)]
+pub mod fake;
+
 /// An address as a DMA-capable device sees it (a physical address: this
 /// crate assumes no IOMMU).
 pub type DmaAddr = u64;
@@ -47,7 +50,6 @@ pub unsafe trait Hal {
 /// While a `Dma` is owned by the caller no device uses it, so it may be read
 /// and written through slices. Handing it to a transfer moves it away; it
 /// comes back when the transfer has ended.
-#[derive(Debug)]
 pub struct Dma<H: Hal> {
     paddr: DmaAddr,
     vaddr: NonNull<u8>,
@@ -70,7 +72,13 @@ impl<H: Hal> Dma<H> {
         }
         let pages = len.div_ceil(PAGE_SIZE);
         let (paddr, vaddr) = H::dma_alloc(pages).ok_or(DmaError::NoMemory)?;
-        Ok(Dma { paddr, vaddr, len, pages, _hal: PhantomData })
+        Ok(Dma {
+            paddr,
+            vaddr,
+            len,
+            pages,
+            _hal: PhantomData,
+        })
     }
 
     /// The buffer's DMA address.
@@ -104,6 +112,15 @@ impl<H: Hal> Dma<H> {
     pub fn as_mut_slice(&mut self) -> &mut [u8] {
         // SAFETY: as for `as_slice`, and `&mut self` makes this unique.
         unsafe { core::slice::from_raw_parts_mut(self.vaddr.as_ptr(), self.len) }
+    }
+}
+
+impl<H: Hal> core::fmt::Debug for Dma<H> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Dma")
+            .field("paddr", &format_args!("{:#x}", self.paddr))
+            .field("len", &self.len)
+            .finish()
     }
 }
 

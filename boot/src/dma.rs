@@ -1,0 +1,62 @@
+//! The kernel's side of `dmaengine`: DMA memory from the frame allocator,
+//! and channels over the devices found on the PCI bus.
+
+use core::ptr::NonNull;
+
+use dmaengine::drivers::cpu::CpuEngine;
+use dmaengine::drivers::lsi53c895a::{self, Lsi53c895a};
+use dmaengine::engine::{Channel, DmaError};
+use dmaengine::hal::{DmaAddr, Hal};
+
+use crate::devices;
+use crate::mem::{frames, phys_to_virt};
+
+/// DMA memory is physical memory reached through the direct map; there is
+/// no IOMMU, so a DMA address is a physical address.
+pub struct KernelHal;
+
+// SAFETY: frames come from the allocator (contiguous, page-aligned, owned
+// until freed), are zeroed here, and the direct map gives the CPU a
+// coherent (write-back, snooped) view of them.
+unsafe impl Hal for KernelHal {
+    fn dma_alloc(pages: usize) -> Option<(DmaAddr, NonNull<u8>)> {
+        let pa = frames::alloc_contiguous(pages, 1).ok()?;
+        let va = phys_to_virt(pa);
+        // SAFETY: the frames were just allocated to us and are mapped.
+        unsafe { va.write_bytes(0, pages * dmaengine::hal::PAGE_SIZE) };
+        Some((pa, NonNull::new(va)?))
+    }
+
+    unsafe fn dma_dealloc(paddr: DmaAddr, _vaddr: NonNull<u8>, pages: usize) {
+        // The caller frees exactly one earlier allocation; an error here
+        // would be a double free, which the allocator refuses.
+        let _ = frames::free_contiguous(paddr, pages);
+    }
+
+    fn phys_to_virt(paddr: DmaAddr) -> NonNull<u8> {
+        NonNull::new(phys_to_virt(paddr)).expect("the direct map has no null address")
+    }
+}
+
+/// A channel over the LSI53C895A's SCRIPTS processor.
+pub type LsiChannel = Channel<Lsi53c895a<KernelHal>>;
+/// A channel over the CPU engine.
+pub type CpuChannel = Channel<CpuEngine<KernelHal>>;
+
+/// The LSI53C895A's PCI function.
+pub fn lsi_device() -> Option<&'static crate::pci::Device> {
+    devices::find(lsi53c895a::regs::VENDOR_ID, lsi53c895a::regs::DEVICE_ID)
+}
+
+/// Takes over the LSI53C895A as a copy channel.
+pub fn lsi_channel() -> Result<LsiChannel, DmaError> {
+    let regs = lsi_device()
+        .and_then(|dev| devices::map_bar(dev, lsi53c895a::regs::MMIO_BAR))
+        .ok_or(DmaError::NotSupported)?;
+    Ok(Channel::new(Lsi53c895a::new(regs)?))
+}
+
+/// A CPU copy channel.
+pub fn cpu_channel() -> CpuChannel {
+    Channel::new(CpuEngine::new())
+}

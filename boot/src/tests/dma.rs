@@ -1,0 +1,689 @@
+//! Guest tests of the copy API on the LSI53C895A SCRIPTS engine and the CPU
+//! engine: bytes at the destination, guard bytes untouched, cookies ending
+//! in the right state, the chip stopping where it must.
+
+use alloc::vec::Vec;
+use core::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use core::time::Duration;
+
+use dmaengine::engine::{
+    Callback, Channel, Cookie, DmaError, Engine, ErrorKind, PrepFlags, Status,
+};
+use dmaengine::hal::Dma;
+use embedded_hal::delay::DelayNs;
+
+use crate::dma::{KernelHal, LsiChannel, cpu_channel, lsi_channel, lsi_device};
+use crate::harness::Test;
+use crate::time::Delay;
+use crate::{irq, time};
+
+pub const TESTS: &[Test] = &[
+    Test::new("dma.lsi.dmatest_small_buffers", lsi_dmatest_small),
+    Test::new("dma.lsi.dmatest_up_to_1MiB", lsi_dmatest_large),
+    Test::new("dma.cpu.dmatest_small_buffers", cpu_dmatest_small),
+    Test::new("dma.cpu.dmatest_up_to_1MiB", cpu_dmatest_large),
+    Test::new(
+        "dma.lsi.batches_across_the_99_instruction_slice",
+        lsi_batches_across_slice,
+    ),
+    Test::new("dma.lsi.fill_and_zero_odd_lengths", lsi_fill_and_zero),
+    Test::new("dma.cpu.fill_and_zero_odd_lengths", cpu_fill_and_zero),
+    Test::new("dma.lsi.cookie_wraparound", lsi_cookie_wraparound),
+    Test::new(
+        "dma.lsi.polling_with_interrupts_off",
+        lsi_polling_with_interrupts_off,
+    ),
+    Test::new(
+        "dma.lsi.completion_interrupt_and_callback",
+        lsi_interrupt_and_callback,
+    ),
+    Test::new(
+        "dma.lsi.illegal_instruction_fails_one_aborts_rest",
+        lsi_illegal_instruction,
+    ),
+    Test::new(
+        "dma.lsi.abort_mid_chain_stops_for_good",
+        lsi_abort_mid_chain,
+    ),
+    Test::new("dma.lsi.stalled_engine_wait_times_out", lsi_stalled_engine),
+    Test::new("dma.lsi.bad_requests_change_nothing", lsi_bad_requests),
+    Test::new("dma.lsi.owned_buffers_round_trip", lsi_owned_buffers),
+];
+
+const TIMEOUT: Duration = Duration::from_secs(5);
+
+/// xorshift64*: a small, seeded generator for lengths and offsets.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+
+    /// A length in `1..=max`, log-uniform so that every size class is hit.
+    fn length(&mut self, max: usize) -> usize {
+        let bits = 64 - (max as u64).leading_zeros() as u64;
+        let cap = 1u64 << self.below(bits + 1);
+        (1 + self.below(cap.min(max as u64))) as usize
+    }
+}
+
+/// Source bytes have bit 7 set, destination bytes have it clear (as Linux's
+/// dmatest does), and both vary with the position.
+fn src_pattern(i: usize) -> u8 {
+    0x80 | ((i ^ (i >> 7) ^ (i >> 15)) as u8 & 0x7f)
+}
+
+fn dst_pattern(i: usize) -> u8 {
+    (i ^ (i >> 9) ^ (i >> 17)) as u8 & 0x7f
+}
+
+fn buffer(len: usize, pattern: fn(usize) -> u8) -> Dma<KernelHal> {
+    let mut buf = Dma::<KernelHal>::new(len).expect("DMA buffer");
+    for (i, b) in buf.as_mut_slice().iter_mut().enumerate() {
+        *b = pattern(i);
+    }
+    buf
+}
+
+/// The first byte of `buf` that differs from `expected(i)`.
+fn first_mismatch(buf: &[u8], expected: impl Fn(usize) -> u8) -> Option<(usize, u8, u8)> {
+    buf.iter()
+        .enumerate()
+        .find(|&(i, &b)| b != expected(i))
+        .map(|(i, &b)| (i, b, expected(i)))
+}
+
+/// Copies `iterations` random windows between two `buf_len` buffers and
+/// checks the whole of both buffers after each.
+fn dmatest<E: Engine>(
+    chan: &mut Channel<E>,
+    iterations: usize,
+    buf_len: usize,
+    max_len: usize,
+    seed: u64,
+) {
+    let src = buffer(buf_len, src_pattern);
+    let mut dst = buffer(buf_len, dst_pattern);
+    let mut rng = Rng(seed);
+    for it in 0..iterations {
+        let len = rng.length(max_len.min(buf_len));
+        let s = rng.below((buf_len - len + 1) as u64) as usize;
+        let d = rng.below((buf_len - len + 1) as u64) as usize;
+        // SAFETY: both windows are inside buffers we own and do not touch
+        // until `wait` has returned.
+        let cookie = unsafe {
+            chan.prep_copy(
+                dst.paddr() + d as u64,
+                src.paddr() + s as u64,
+                len,
+                PrepFlags::empty(),
+            )
+        }
+        .unwrap_or_else(|e| panic!("iteration {it}: prep {len} bytes: {e}"));
+        chan.issue_pending();
+        chan.wait(cookie, &mut Delay, TIMEOUT)
+            .unwrap_or_else(|e| panic!("iteration {it}: {len} bytes: {e}"));
+        if let Some((i, got, want)) = first_mismatch(src.as_slice(), src_pattern) {
+            panic!("iteration {it}: source byte {i} changed to {got:#x} (was {want:#x})");
+        }
+        let expected = |i: usize| {
+            if (d..d + len).contains(&i) {
+                src_pattern(s + i - d)
+            } else {
+                dst_pattern(i)
+            }
+        };
+        if let Some((i, got, want)) = first_mismatch(dst.as_slice(), expected) {
+            panic!(
+                "iteration {it}: copy {len} bytes {s:#x}->{d:#x}: destination byte {i} is {got:#x}, want {want:#x}"
+            );
+        }
+        for (i, b) in dst.as_mut_slice()[d..d + len].iter_mut().enumerate() {
+            *b = dst_pattern(d + i);
+        }
+    }
+}
+
+fn lsi() -> LsiChannel {
+    lsi_channel().unwrap_or_else(|e| panic!("LSI53C895A channel: {e}"))
+}
+
+fn lsi_dmatest_small() {
+    dmatest(&mut lsi(), 2000, 16 << 10, 16 << 10, 0x5eed_0001);
+}
+
+fn lsi_dmatest_large() {
+    dmatest(&mut lsi(), 24, 2 << 20, 1 << 20, 0x5eed_0002);
+}
+
+fn cpu_dmatest_small() {
+    dmatest(&mut cpu_channel(), 2000, 16 << 10, 16 << 10, 0x5eed_0003);
+}
+
+fn cpu_dmatest_large() {
+    dmatest(&mut cpu_channel(), 24, 2 << 20, 1 << 20, 0x5eed_0004);
+}
+
+/// `count` 64-byte copies from `src` slot k to `dst` slot 2k (leaving gaps).
+fn prep_slots(
+    chan: &mut LsiChannel,
+    src: &Dma<KernelHal>,
+    dst: &Dma<KernelHal>,
+    range: core::ops::Range<usize>,
+) -> Vec<Cookie> {
+    range
+        .map(|k| {
+            // SAFETY: slots inside buffers we own, untouched until checked
+            // after the requests have completed.
+            unsafe {
+                chan.prep_copy(
+                    dst.paddr() + 128 * k as u64,
+                    src.paddr() + 64 * k as u64,
+                    64,
+                    PrepFlags::empty(),
+                )
+            }
+            .expect("prep")
+        })
+        .collect()
+}
+
+fn check_slots(src: &Dma<KernelHal>, dst: &Dma<KernelHal>, copied: core::ops::Range<usize>) {
+    let expected = |i: usize| {
+        let (k, within) = (i / 128, i % 128);
+        if copied.contains(&k) && within < 64 {
+            src.as_slice()[64 * k + within]
+        } else {
+            dst_pattern(i)
+        }
+    };
+    if let Some((i, got, want)) = first_mismatch(dst.as_slice(), expected) {
+        panic!(
+            "destination byte {i} (slot {}) is {got:#x}, want {want:#x}",
+            i / 128
+        );
+    }
+}
+
+fn lsi_batches_across_slice() {
+    const N: usize = 600;
+    let mut chan = lsi();
+    let src = buffer(64 * 2 * N, src_pattern);
+    let dst = buffer(128 * 2 * N, dst_pattern);
+    let first = prep_slots(&mut chan, &src, &dst, 0..N);
+    chan.issue_pending();
+    assert!(
+        chan.engine().is_running(),
+        "600 moves must outlast QEMU's first 100-instruction slice"
+    );
+    let last = *first.last().unwrap();
+    assert_eq!(
+        chan.status(last).status,
+        Status::InProgress,
+        "status while SRUN is set"
+    );
+    // Append to the running chain.
+    let second = prep_slots(&mut chan, &src, &dst, N..2 * N);
+    chan.issue_pending();
+    let end = *second.last().unwrap();
+    chan.wait(end, &mut Delay, TIMEOUT)
+        .expect("both batches complete");
+    assert!(!chan.engine().is_running(), "stopped at the tail");
+    for c in first.iter().chain(&second) {
+        assert_eq!(chan.status(*c).status, Status::Complete, "{c:?}");
+    }
+    check_slots(&src, &dst, 0..2 * N);
+}
+
+fn fill_and_zero<E: Engine>(chan: &mut Channel<E>) {
+    const PATTERN: u64 = 0x0123_4567_89ab_cdef;
+    let cases = [
+        (1, 1),
+        (3, 7),
+        (8, 8),
+        (5, 9),
+        (0, 4095),
+        (13, 65_537),
+        (7, (1 << 20) + 3),
+    ];
+    let mut dst = buffer((1 << 20) + 64, dst_pattern);
+    for (offset, len) in cases {
+        for zero in [false, true] {
+            let at = dst.paddr() + offset as u64;
+            // SAFETY: inside `dst`, which we own and read only after `wait`.
+            let cookie = unsafe {
+                if zero {
+                    chan.zero(at, len, PrepFlags::empty())
+                } else {
+                    chan.fill(at, len, PATTERN, PrepFlags::empty())
+                }
+            }
+            .expect("prep");
+            chan.wait(cookie, &mut Delay, TIMEOUT)
+                .expect("fill/zero completes");
+            let expected = |i: usize| {
+                if !(offset..offset + len).contains(&i) {
+                    dst_pattern(i)
+                } else if zero {
+                    0
+                } else {
+                    PATTERN.to_le_bytes()[(i - offset) % 8]
+                }
+            };
+            if let Some((i, got, want)) = first_mismatch(dst.as_slice(), expected) {
+                panic!(
+                    "{} {len} bytes at +{offset}: byte {i} is {got:#x}, want {want:#x}",
+                    if zero { "zero" } else { "fill" }
+                );
+            }
+            for (i, b) in dst
+                .as_mut_slice()
+                .iter_mut()
+                .enumerate()
+                .skip(offset)
+                .take(len)
+            {
+                *b = dst_pattern(i);
+            }
+        }
+    }
+}
+
+fn lsi_fill_and_zero() {
+    fill_and_zero(&mut lsi());
+}
+
+fn cpu_fill_and_zero() {
+    fill_and_zero(&mut cpu_channel());
+}
+
+fn lsi_cookie_wraparound() {
+    let mut chan = lsi();
+    chan.set_next_cookie(Cookie::new(i32::MAX - 9).unwrap())
+        .unwrap();
+    let src = buffer(64 * 30, src_pattern);
+    let dst = buffer(128 * 30, dst_pattern);
+    let mut all = Vec::new();
+    for batch in 0..3 {
+        let cookies = prep_slots(&mut chan, &src, &dst, batch * 10..batch * 10 + 10);
+        chan.issue_pending();
+        chan.wait(*cookies.last().unwrap(), &mut Delay, TIMEOUT)
+            .expect("batch completes");
+        all.extend(cookies);
+    }
+    let values: Vec<i32> = all.iter().map(|c| c.get()).collect();
+    assert_eq!(
+        values[..10],
+        core::array::from_fn::<i32, 10, _>(|i| i32::MAX - 9 + i as i32)
+    );
+    assert_eq!(
+        values[10..],
+        core::array::from_fn::<i32, 20, _>(|i| 1 + i as i32)
+    );
+    for c in &all {
+        assert_eq!(chan.status(*c).status, Status::Complete, "{c:?}");
+    }
+    assert_eq!(
+        (chan.snapshot().last_completed, chan.snapshot().last_used),
+        (20, 20)
+    );
+    check_slots(&src, &dst, 0..30);
+}
+
+fn lsi_polling_with_interrupts_off() {
+    x86_64::instructions::interrupts::without_interrupts(|| {
+        dmatest(&mut lsi(), 100, 8192, 8192, 0x5eed_0005)
+    });
+}
+
+static LSI_FOR_IRQ: spin::Mutex<Option<LsiChannel>> = spin::Mutex::new(None);
+static CALLBACK_STATUS: AtomicU32 = AtomicU32::new(0);
+static CALLBACK_RAN: AtomicBool = AtomicBool::new(false);
+
+fn lsi_irq() {
+    if let Some(chan) = LSI_FOR_IRQ.lock().as_mut() {
+        chan.handle_interrupt();
+    }
+}
+
+fn on_complete(_cookie: Cookie, status: Status, context: usize) {
+    CALLBACK_STATUS.store(
+        if status == Status::Complete {
+            context as u32
+        } else {
+            u32::MAX
+        },
+        Ordering::Release,
+    );
+    CALLBACK_RAN.store(true, Ordering::Release);
+}
+
+fn lsi_interrupt_and_callback() {
+    use x86_64::instructions::interrupts::without_interrupts;
+    let line = lsi_device().expect("LSI").irq_line;
+    let src = buffer(4096, src_pattern);
+    let dst = buffer(4096, dst_pattern);
+    CALLBACK_RAN.store(false, Ordering::Release);
+    let before = irq::count(line);
+    without_interrupts(|| *LSI_FOR_IRQ.lock() = Some(lsi()));
+    irq::register(line, lsi_irq).expect("register LSI handler");
+    let cookie = without_interrupts(|| {
+        let mut guard = LSI_FOR_IRQ.lock();
+        let chan = guard.as_mut().expect("channel");
+        let callback = Callback {
+            func: on_complete,
+            context: 0x600d,
+        };
+        let op = dmaengine::engine::Op::Copy {
+            dst: dst.paddr() + 100,
+            src: src.paddr() + 7,
+            len: 3000,
+        };
+        // SAFETY: inside buffers we own, read only after the callback ran.
+        let cookie = unsafe { chan.prep(op, PrepFlags::INTERRUPT, Some(callback)) }.expect("prep");
+        chan.issue_pending();
+        cookie
+    });
+    let start = time::now_ns();
+    while !CALLBACK_RAN.load(Ordering::Acquire) && time::now_ns() - start < 2_000_000_000 {
+        x86_64::instructions::hlt();
+    }
+    let status =
+        without_interrupts(|| LSI_FOR_IRQ.lock().as_mut().map(|c| c.status(cookie).status));
+    irq::unregister(line, lsi_irq);
+    without_interrupts(|| LSI_FOR_IRQ.lock().take());
+    assert!(
+        CALLBACK_RAN.load(Ordering::Acquire),
+        "no completion callback within 2 s"
+    );
+    assert_eq!(
+        CALLBACK_STATUS.load(Ordering::Acquire),
+        0x600d,
+        "callback saw Complete and its context"
+    );
+    assert!(
+        irq::count(line) > before,
+        "the callback ran from the interrupt on line {line}"
+    );
+    assert_eq!(status, Some(Status::Complete));
+    let expected = |i: usize| {
+        if (100..3100).contains(&i) {
+            src_pattern(i - 93)
+        } else {
+            dst_pattern(i)
+        }
+    };
+    assert_eq!(first_mismatch(dst.as_slice(), expected), None);
+}
+
+fn lsi_illegal_instruction() {
+    let mut chan = lsi();
+    let src = buffer(64 * 8, src_pattern);
+    let dst = buffer(128 * 8, dst_pattern);
+    let mut cookies = prep_slots(&mut chan, &src, &dst, 0..3);
+    chan.engine_mut().inject_illegal_instruction();
+    cookies.extend(prep_slots(&mut chan, &src, &dst, 3..6));
+    chan.issue_pending();
+    let last = cookies[5];
+    assert_eq!(
+        chan.wait(last, &mut Delay, TIMEOUT),
+        Err(DmaError::Failed(ErrorKind::Aborted))
+    );
+    let fates: Vec<Status> = cookies.iter().map(|&c| chan.status(c).status).collect();
+    assert_eq!(
+        fates,
+        [
+            Status::Complete,
+            Status::Complete,
+            Status::Complete,
+            Status::Error(ErrorKind::InvalidDescriptor),
+            Status::Error(ErrorKind::Aborted),
+            Status::Error(ErrorKind::Aborted),
+        ]
+    );
+    check_slots(&src, &dst, 0..3);
+    assert!(chan.is_halted());
+    // SAFETY: never runs: the channel is halted.
+    let refused = unsafe { chan.prep_copy(dst.paddr(), src.paddr(), 64, PrepFlags::empty()) };
+    assert_eq!(refused, Err(DmaError::Halted));
+    chan.reset().expect("reset");
+    let again = prep_slots(&mut chan, &src, &dst, 6..8);
+    chan.wait(again[1], &mut Delay, TIMEOUT)
+        .expect("works after reset");
+    let expected_after = |i: usize| {
+        let (k, within) = (i / 128, i % 128);
+        if !(3..6).contains(&k) && within < 64 {
+            src_pattern(64 * k + within)
+        } else {
+            dst_pattern(i)
+        }
+    };
+    assert_eq!(
+        first_mismatch(dst.as_slice(), expected_after),
+        None,
+        "requests 4-6 never ran"
+    );
+}
+
+fn checksum(buf: &[u8]) -> u64 {
+    buf.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
+        (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
+    })
+}
+
+fn lsi_abort_mid_chain() {
+    const SMALL: usize = 50;
+    const BIG: usize = 500;
+    const BATCHES: usize = 5;
+    let total = SMALL + BIG * BATCHES;
+    let mut chan = lsi();
+    let src = buffer(64 * total, src_pattern);
+    let dst = buffer(128 * total, dst_pattern);
+    // A small first batch completes inside the DSP write; the big ones run
+    // in QEMU's background slices (100 instructions per 500 us).
+    let mut cookies = prep_slots(&mut chan, &src, &dst, 0..SMALL);
+    chan.issue_pending();
+    for b in 0..BATCHES {
+        let start = SMALL + b * BIG;
+        cookies.extend(prep_slots(&mut chan, &src, &dst, start..start + BIG));
+        chan.issue_pending();
+    }
+    assert!(chan.engine().is_running());
+    chan.terminate();
+    let fates: Vec<Status> = cookies.iter().map(|&c| chan.status(c).status).collect();
+    let done = fates.iter().take_while(|&&s| s == Status::Complete).count();
+    assert!(
+        done >= SMALL,
+        "the first batch completed before the abort ({done} complete)"
+    );
+    assert!(
+        done < total,
+        "the last batch cannot have finished ({done} of {total} complete)"
+    );
+    assert!(
+        fates[done..]
+            .iter()
+            .all(|&s| s == Status::Error(ErrorKind::Aborted)),
+        "after the completed prefix, everything is aborted"
+    );
+    // Completed requests are exact; an aborted one may have run before the
+    // abort (it was not written back yet), but never half of a 64-byte move,
+    // and nothing outside the slots is touched.
+    let slot_ok = |k: usize| {
+        let got = &dst.as_slice()[128 * k..128 * k + 64];
+        let copied = got == &src.as_slice()[64 * k..64 * k + 64];
+        let untouched = got
+            .iter()
+            .enumerate()
+            .all(|(i, &b)| b == dst_pattern(128 * k + i));
+        if k < done {
+            copied
+        } else {
+            copied || untouched
+        }
+    };
+    assert!(
+        (0..total).all(slot_ok),
+        "a slot holds neither its copy nor its old bytes"
+    );
+    let gaps_untouched = (0..total)
+        .all(|k| (64..128).all(|i| dst.as_slice()[128 * k + i] == dst_pattern(128 * k + i)));
+    assert!(gaps_untouched, "bytes between slots were written");
+    // QEMU's resume timer survives an abort alone; the soft reset after it
+    // must stop the processor for good.
+    let before = checksum(dst.as_slice());
+    Delay.delay_ms(5);
+    assert_eq!(
+        checksum(dst.as_slice()),
+        before,
+        "the processor kept copying after terminate"
+    );
+    assert!(!chan.engine().is_running());
+    chan.reset().expect("reset");
+    let again = prep_slots(&mut chan, &src, &dst, 0..1);
+    chan.wait(again[0], &mut Delay, TIMEOUT)
+        .expect("works after reset");
+}
+
+fn lsi_stalled_engine() {
+    let mut chan = lsi();
+    chan.engine_mut().set_manual_start(true);
+    let src = buffer(64 * 2, src_pattern);
+    let dst = buffer(128 * 2, dst_pattern);
+    let cookies = prep_slots(&mut chan, &src, &dst, 0..2);
+    let start = time::now_ns();
+    assert_eq!(
+        chan.wait(cookies[1], &mut Delay, Duration::from_millis(20)),
+        Err(DmaError::TimedOut)
+    );
+    let waited_ms = (time::now_ns() - start) / 1_000_000;
+    assert!(waited_ms >= 20, "wait returned after {waited_ms} ms");
+    assert_eq!(chan.status(cookies[0]).status, Status::InProgress);
+    check_slots(&src, &dst, 0..0);
+    chan.terminate();
+    for c in &cookies {
+        assert_eq!(chan.status(*c).status, Status::Error(ErrorKind::Aborted));
+    }
+    chan.engine_mut().set_manual_start(false);
+    chan.reset().expect("reset");
+    let again = prep_slots(&mut chan, &src, &dst, 0..2);
+    chan.wait(again[1], &mut Delay, TIMEOUT)
+        .expect("works after reset");
+    check_slots(&src, &dst, 0..2);
+}
+
+fn lsi_bad_requests() {
+    let mut chan = lsi();
+    let src = buffer(8192, src_pattern);
+    let dst = buffer(8192, dst_pattern);
+    let (s, d) = (src.paddr(), dst.paddr());
+    let before = chan.snapshot();
+    // SAFETY: none of these is accepted, so nothing runs.
+    unsafe {
+        assert_eq!(
+            chan.prep_copy(d, s, 0, PrepFlags::empty()),
+            Err(DmaError::ZeroLength)
+        );
+        assert_eq!(
+            chan.prep_copy(d, d + 100, 200, PrepFlags::empty()),
+            Err(DmaError::Overlap)
+        );
+        assert_eq!(
+            chan.prep_copy(0x1_0000_0000, s, 64, PrepFlags::empty()),
+            Err(DmaError::BeyondDmaMask)
+        );
+        assert_eq!(
+            chan.prep_copy(d, 0xffff_fff0, 64, PrepFlags::empty()),
+            Err(DmaError::BeyondDmaMask)
+        );
+        assert_eq!(
+            chan.fill(0x2_0000_0000, 64, 0, PrepFlags::empty()),
+            Err(DmaError::BeyondDmaMask)
+        );
+        assert_eq!(
+            chan.memcpy_buf_to_page(d + 1, 0, s, 64),
+            Err(DmaError::Misaligned)
+        );
+        assert_eq!(
+            chan.memcpy_page_to_page(d, 4000, s, 0, 200),
+            Err(DmaError::OutOfPage)
+        );
+    }
+    assert_eq!(chan.snapshot(), before);
+    // Ring full: prepare until refused, without issuing.
+    let mut cookies = Vec::new();
+    let refused = loop {
+        // SAFETY: 64-byte copies inside our buffers, checked after `wait`.
+        match unsafe { chan.memcpy_buf_to_buf(d + 64, s, 64) } {
+            Ok(c) => cookies.push(c),
+            Err(e) => break e,
+        }
+        assert!(cookies.len() < 100_000, "the ring never filled");
+    };
+    assert_eq!(refused, DmaError::RingFull);
+    let full = chan.snapshot();
+    // SAFETY: refused like the one before, so nothing runs.
+    let again = unsafe { chan.memcpy_buf_to_buf(d, s, 64) };
+    assert_eq!(again, Err(DmaError::RingFull));
+    assert_eq!(chan.snapshot(), full, "a refused request takes no cookie");
+    chan.wait(*cookies.last().unwrap(), &mut Delay, TIMEOUT)
+        .expect("the full ring drains");
+    assert!(
+        cookies
+            .iter()
+            .all(|&c| chan.status(c).status == Status::Complete)
+    );
+    // The ring is usable again.
+    // SAFETY: inside our buffers, checked after `wait`.
+    let c = unsafe { chan.memcpy_page_to_page(d, 128, s, 64, 256) }.expect("room again");
+    chan.wait(c, &mut Delay, TIMEOUT).expect("completes");
+    assert_eq!(&dst.as_slice()[128..384], &src.as_slice()[64..320]);
+    assert_eq!(&dst.as_slice()[64..128], &src.as_slice()[..64]);
+    crate::println!("    (ring held {} 64-byte copies)", cookies.len());
+}
+
+fn lsi_owned_buffers() {
+    let mut chan = lsi();
+    let src = buffer(10_000, src_pattern);
+    let dst = buffer(10_000, dst_pattern);
+    let transfer = chan
+        .copy(dst, 10, src, 20, 9000, PrepFlags::empty())
+        .expect("prep");
+    let (dst, src) = transfer
+        .wait(&mut chan, &mut Delay, TIMEOUT)
+        .expect("copy completes");
+    let src = src.expect("source back");
+    let expected = |i: usize| {
+        if (10..9010).contains(&i) {
+            src_pattern(i + 10)
+        } else {
+            dst_pattern(i)
+        }
+    };
+    assert_eq!(first_mismatch(dst.as_slice(), expected), None);
+    let transfer = chan
+        .fill_buffer(dst, 1, 9999, 0xfeed_face_dead_beef, PrepFlags::empty())
+        .expect("prep");
+    chan.issue_pending();
+    let (dst, _) = transfer
+        .wait(&mut chan, &mut Delay, TIMEOUT)
+        .expect("fill completes");
+    assert!(
+        dst.as_slice()[1..]
+            .iter()
+            .enumerate()
+            .all(|(i, &b)| b == 0xfeed_face_dead_beefu64.to_le_bytes()[i % 8])
+    );
+    let refused = chan
+        .copy(dst, 0, src, 0, 10_001, PrepFlags::empty())
+        .expect_err("too long");
+    assert_eq!(refused.error, DmaError::OutOfBounds);
+}

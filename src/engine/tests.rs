@@ -1,0 +1,577 @@
+//! Host tests of the channel: a scripted engine for the bookkeeping
+//! (splitting, cookies, failures, termination, callbacks) and the CPU engine
+//! over host memory for real bytes.
+
+use std::cell::RefCell;
+use std::time::Duration;
+
+use embedded_hal::delay::DelayNs;
+
+use super::*;
+use crate::drivers::cpu::CpuEngine;
+use crate::hal::fake::FakeHal;
+use crate::hal::{Dma, PAGE_SIZE};
+
+/// An engine whose hardware is the test: it records descriptors, and
+/// completes or fails them when told to.
+#[derive(Default)]
+struct Scripted {
+    max_len: usize,
+    capacity: usize,
+    prepared: Vec<(Cookie, Op, Option<Notify>)>,
+    issued: Vec<(Cookie, Op, Option<Notify>)>,
+    issues: usize,
+    /// Set by the test: the next poll reports these.
+    complete_upto: Option<Cookie>,
+    fault: Option<Fault>,
+    terminated: usize,
+    resets: usize,
+}
+
+impl Scripted {
+    fn new(max_len: usize, capacity: usize) -> Self {
+        Scripted {
+            max_len,
+            capacity,
+            ..Default::default()
+        }
+    }
+}
+
+impl Engine for Scripted {
+    type Mark = usize;
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::COPY | Capabilities::FILL
+    }
+
+    fn limits(&self) -> Limits {
+        Limits {
+            max_len: self.max_len,
+            dma_mask: 0xffff_ffff,
+            align: 1,
+        }
+    }
+
+    fn mark(&self) -> usize {
+        self.prepared.len()
+    }
+
+    fn rewind(&mut self, mark: usize) {
+        self.prepared.truncate(mark);
+    }
+
+    fn prep(&mut self, cookie: Cookie, op: Op, end: Option<Notify>) -> Result<(), RingFull> {
+        if self.prepared.len() + self.issued.len() >= self.capacity {
+            return Err(RingFull);
+        }
+        self.prepared.push((cookie, op, end));
+        Ok(())
+    }
+
+    fn issue(&mut self) {
+        self.issues += 1;
+        self.issued.append(&mut self.prepared);
+    }
+
+    fn poll(&mut self, _check_hardware: bool) -> Progress {
+        Progress {
+            completed: self.complete_upto.take(),
+            fault: self.fault.take(),
+        }
+    }
+
+    fn handle_interrupt(&mut self) -> bool {
+        false
+    }
+
+    fn terminate(&mut self) -> Option<Cookie> {
+        self.terminated += 1;
+        self.prepared.clear();
+        self.issued.clear();
+        self.complete_upto.take()
+    }
+
+    fn reset(&mut self) -> Result<(), DmaError> {
+        self.resets += 1;
+        Ok(())
+    }
+}
+
+/// A delay that only counts how long it was asked to wait.
+#[derive(Default)]
+struct CountingDelay {
+    waited_ns: u64,
+}
+
+impl DelayNs for CountingDelay {
+    fn delay_ns(&mut self, ns: u32) {
+        self.waited_ns += ns as u64;
+    }
+}
+
+fn copy(chan: &mut Channel<Scripted>, dst: u64, src: u64, len: usize) -> Result<Cookie, DmaError> {
+    // SAFETY: the scripted engine never touches memory.
+    unsafe { chan.prep_copy(dst, src, len, PrepFlags::empty()) }
+}
+
+fn cookie(v: i32) -> Cookie {
+    Cookie::new(v).unwrap()
+}
+
+#[test]
+fn cookies_are_assigned_in_order_and_complete_in_order() {
+    let mut chan = Channel::new(Scripted::new(1 << 20, 64));
+    let a = copy(&mut chan, 0x10000, 0x20000, 64).unwrap();
+    let b = copy(&mut chan, 0x30000, 0x40000, 64).unwrap();
+    assert_eq!((a.get(), b.get()), (1, 2));
+    assert_eq!(
+        chan.status(a).status,
+        Status::InProgress,
+        "prepared, not issued"
+    );
+    chan.issue_pending();
+    chan.issue_pending();
+    assert_eq!(
+        chan.engine().issues,
+        1,
+        "a second issue with nothing prepared does nothing"
+    );
+    chan.engine_mut().complete_upto = Some(a);
+    let state = chan.status(b);
+    assert_eq!(state.status, Status::InProgress);
+    assert_eq!(
+        state.snapshot,
+        Snapshot {
+            last_completed: 1,
+            last_used: 2
+        }
+    );
+    assert_eq!(chan.status(a).status, Status::Complete);
+    chan.engine_mut().complete_upto = Some(b);
+    assert_eq!(chan.status(b).status, Status::Complete);
+    assert!(chan.is_idle());
+}
+
+#[test]
+fn long_requests_are_split_and_the_last_piece_carries_the_notification() {
+    let mut chan = Channel::new(Scripted::new(1000, 64));
+    // SAFETY: the scripted engine never touches memory.
+    let c = unsafe {
+        chan.prep(
+            Op::Copy {
+                dst: 0x100000,
+                src: 0x200000,
+                len: 2500,
+            },
+            PrepFlags::INTERRUPT,
+            None,
+        )
+    };
+    assert_eq!(
+        c,
+        Err(DmaError::NotSupported),
+        "the scripted engine has no interrupt"
+    );
+    let c = copy(&mut chan, 0x100000, 0x200000, 2500).unwrap();
+    let pieces: Vec<_> = chan
+        .engine()
+        .prepared
+        .iter()
+        .map(|&(k, op, end)| (k, op, end.is_some()))
+        .collect();
+    assert_eq!(
+        pieces,
+        vec![
+            (
+                c,
+                Op::Copy {
+                    dst: 0x100000,
+                    src: 0x200000,
+                    len: 1000
+                },
+                false
+            ),
+            (
+                c,
+                Op::Copy {
+                    dst: 0x100000 + 1000,
+                    src: 0x200000 + 1000,
+                    len: 1000
+                },
+                false
+            ),
+            (
+                c,
+                Op::Copy {
+                    dst: 0x100000 + 2000,
+                    src: 0x200000 + 2000,
+                    len: 500
+                },
+                true
+            ),
+        ]
+    );
+}
+
+#[test]
+fn split_fills_keep_the_pattern_phase() {
+    let mut chan = Channel::new(Scripted::new(1003, 64));
+    // SAFETY: the scripted engine never touches memory.
+    unsafe { chan.fill(0x10000, 2500, 0x0807_0605_0403_0201, PrepFlags::empty()) }.unwrap();
+    let patterns: Vec<u64> = chan
+        .engine()
+        .prepared
+        .iter()
+        .map(|(_, op, _)| match op {
+            Op::Fill { pattern, .. } => *pattern,
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    // Piece two starts at byte 1003 (1003 % 8 = 3): its first byte is 0x04.
+    assert_eq!(patterns[1].to_le_bytes()[0], 0x04);
+    assert_eq!(patterns[2].to_le_bytes()[0], (2006 % 8) as u8 + 1);
+}
+
+#[test]
+fn bad_requests_are_errors_and_change_nothing() {
+    let mut chan = Channel::new(Scripted::new(1 << 20, 4));
+    let before = chan.snapshot();
+    assert_eq!(
+        copy(&mut chan, 0x1000, 0x2000, 0),
+        Err(DmaError::ZeroLength)
+    );
+    assert_eq!(
+        copy(&mut chan, 0x1000, 0x1800, 0x1000),
+        Err(DmaError::Overlap)
+    );
+    assert_eq!(
+        copy(&mut chan, 0x1800, 0x1000, 0x1000),
+        Err(DmaError::Overlap)
+    );
+    assert_eq!(
+        copy(&mut chan, 0x1_0000_0000, 0x1000, 16),
+        Err(DmaError::BeyondDmaMask)
+    );
+    assert_eq!(
+        copy(&mut chan, 0xffff_fff0, 0x1000, 17),
+        Err(DmaError::BeyondDmaMask),
+        "the last byte counts"
+    );
+    assert_eq!(
+        copy(&mut chan, 0x1000, u64::MAX - 3, 16),
+        Err(DmaError::BeyondDmaMask),
+        "no overflow"
+    );
+    // SAFETY: the scripted engine never touches memory.
+    unsafe {
+        assert_eq!(
+            chan.memcpy_buf_to_page(0x1001, 0, 0x8000, 16),
+            Err(DmaError::Misaligned)
+        );
+        assert_eq!(
+            chan.memcpy_buf_to_page(0x1000, 4000, 0x8000, 97),
+            Err(DmaError::OutOfPage)
+        );
+        assert_eq!(
+            chan.memcpy_page_to_page(0x1000, 0, 0x2000, 4095, 2),
+            Err(DmaError::OutOfPage)
+        );
+    }
+    assert_eq!(chan.snapshot(), before);
+    assert!(chan.engine().prepared.is_empty());
+    // Ring full: a request that does not fit whole leaves nothing behind.
+    let mut chan = Channel::new(Scripted::new(100, 4));
+    copy(&mut chan, 0x10000, 0x20000, 200).unwrap();
+    let before = chan.snapshot();
+    assert_eq!(
+        copy(&mut chan, 0x10000, 0x20000, 300),
+        Err(DmaError::RingFull)
+    );
+    assert_eq!(
+        chan.engine().prepared.len(),
+        2,
+        "the partial request was rewound"
+    );
+    assert_eq!(chan.snapshot(), before, "no cookie consumed");
+    assert_eq!(
+        copy(&mut chan, 0x10000, 0x20000, 200).map(Cookie::get),
+        Ok(2)
+    );
+}
+
+#[test]
+fn a_fault_fails_one_request_and_aborts_the_rest_until_reset() {
+    let mut chan = Channel::new(Scripted::new(1 << 20, 64));
+    let c: Vec<Cookie> = (0..5)
+        .map(|i| copy(&mut chan, 0x100000 * (i + 1), 0x10000, 64).unwrap())
+        .collect();
+    chan.issue_pending();
+    let late = copy(&mut chan, 0x900000, 0x10000, 64).unwrap();
+    chan.engine_mut().complete_upto = Some(c[0]);
+    chan.engine_mut().fault = Some(Fault {
+        cookie: c[2],
+        kind: ErrorKind::InvalidDescriptor,
+    });
+    chan.poll();
+    assert_eq!(chan.status(c[0]).status, Status::Complete);
+    assert_eq!(
+        chan.status(c[1]).status,
+        Status::Complete,
+        "ran before the failing one"
+    );
+    assert_eq!(
+        chan.status(c[2]).status,
+        Status::Error(ErrorKind::InvalidDescriptor)
+    );
+    for &k in &[c[3], c[4], late] {
+        assert_eq!(
+            chan.status(k).status,
+            Status::Error(ErrorKind::Aborted),
+            "{k:?}"
+        );
+    }
+    assert!(chan.is_halted() && chan.is_idle());
+    assert_eq!(
+        copy(&mut chan, 0x100000, 0x10000, 64),
+        Err(DmaError::Halted)
+    );
+    let mut delay = CountingDelay::default();
+    assert_eq!(
+        chan.wait(c[2], &mut delay, Duration::from_millis(1)),
+        Err(DmaError::Failed(ErrorKind::InvalidDescriptor))
+    );
+    chan.reset().unwrap();
+    let next = copy(&mut chan, 0x100000, 0x10000, 64).unwrap();
+    assert_eq!(next, late.next(), "cookies keep counting");
+    assert_eq!(
+        chan.status(c[3]).status,
+        Status::Error(ErrorKind::Aborted),
+        "old fates are remembered"
+    );
+    chan.engine_mut().complete_upto = Some(next);
+    assert_eq!(
+        chan.wait(next, &mut delay, Duration::from_millis(1)),
+        Ok(())
+    );
+}
+
+#[test]
+fn terminate_aborts_everything_not_written_back() {
+    let mut chan = Channel::new(Scripted::new(1 << 20, 64));
+    let c: Vec<Cookie> = (0..4)
+        .map(|i| copy(&mut chan, 0x100000 * (i + 1), 0x10000, 64).unwrap())
+        .collect();
+    chan.issue_pending();
+    chan.engine_mut().complete_upto = Some(c[1]);
+    chan.terminate();
+    let fates: Vec<Status> = c.iter().map(|&k| chan.status(k).status).collect();
+    assert_eq!(
+        fates,
+        [
+            Status::Complete,
+            Status::Complete,
+            Status::Error(ErrorKind::Aborted),
+            Status::Error(ErrorKind::Aborted)
+        ]
+    );
+    assert!(chan.is_halted());
+    chan.reset().unwrap();
+    assert_eq!((chan.engine().terminated, chan.engine().resets), (1, 1));
+    assert!(!chan.is_halted());
+}
+
+#[test]
+fn wait_times_out_after_the_time_asked() {
+    let mut chan = Channel::new(Scripted::new(1 << 20, 64));
+    let c = copy(&mut chan, 0x100000, 0x10000, 64).unwrap();
+    let mut delay = CountingDelay::default();
+    assert_eq!(
+        chan.wait(c, &mut delay, Duration::from_millis(5)),
+        Err(DmaError::TimedOut)
+    );
+    assert_eq!(chan.engine().issues, 1, "wait issues what is pending");
+    assert!(
+        (5_000_000..5_000_000 + 1_000_000).contains(&delay.waited_ns),
+        "waited {} ns",
+        delay.waited_ns
+    );
+    assert_eq!(
+        chan.status(c).status,
+        Status::InProgress,
+        "a timeout ends nothing"
+    );
+}
+
+#[test]
+fn cookies_wrap_from_max_to_one() {
+    let mut chan = Channel::new(Scripted::new(1 << 20, 64));
+    chan.set_next_cookie(cookie(i32::MAX - 1)).unwrap();
+    let c: Vec<Cookie> = (0..4)
+        .map(|i| copy(&mut chan, 0x100000 * (i + 1), 0x10000, 64).unwrap())
+        .collect();
+    assert_eq!(
+        c.iter().map(|k| k.get()).collect::<Vec<_>>(),
+        [i32::MAX - 1, i32::MAX, 1, 2]
+    );
+    assert_eq!(chan.set_next_cookie(cookie(7)), Err(DmaError::Busy));
+    chan.issue_pending();
+    chan.engine_mut().complete_upto = Some(c[1]);
+    chan.poll();
+    assert_eq!(chan.status(c[1]).status, Status::Complete);
+    assert_eq!(chan.status(c[2]).status, Status::InProgress);
+    assert_eq!(
+        chan.snapshot(),
+        Snapshot {
+            last_completed: i32::MAX,
+            last_used: 2
+        }
+    );
+    chan.engine_mut().complete_upto = Some(c[3]);
+    assert!(c.iter().all(|&k| chan.status(k).status == Status::Complete));
+}
+
+thread_local! {
+    static SEEN: RefCell<Vec<(i32, Status, usize)>> = const { RefCell::new(Vec::new()) };
+}
+
+fn record(cookie: Cookie, status: Status, context: usize) {
+    SEEN.with(|s| s.borrow_mut().push((cookie.get(), status, context)));
+}
+
+#[test]
+fn callbacks_run_once_in_order_with_the_final_status() {
+    let mut chan = Channel::new(Scripted::new(1 << 20, 64));
+    let mut cookies = Vec::new();
+    for i in 0..3 {
+        let op = Op::Copy {
+            dst: 0x100000 * (i + 1),
+            src: 0x10000,
+            len: 8,
+        };
+        // SAFETY: the scripted engine never touches memory.
+        let c = unsafe {
+            chan.prep(
+                op,
+                PrepFlags::empty(),
+                Some(Callback {
+                    func: record,
+                    context: i as usize,
+                }),
+            )
+        };
+        cookies.push(c.unwrap());
+    }
+    assert!(
+        chan.engine()
+            .prepared
+            .iter()
+            .all(|(_, _, end)| end.unwrap().writeback),
+        "callbacks need a write-back"
+    );
+    chan.issue_pending();
+    chan.engine_mut().complete_upto = Some(cookies[0]);
+    chan.poll();
+    chan.poll();
+    chan.terminate();
+    let seen = SEEN.with(|s| s.borrow().clone());
+    assert_eq!(
+        seen,
+        [
+            (1, Status::Complete, 0),
+            (2, Status::Error(ErrorKind::Aborted), 1),
+            (3, Status::Error(ErrorKind::Aborted), 2)
+        ]
+    );
+}
+
+#[test]
+fn cpu_engine_copies_fills_and_zeroes_real_bytes() {
+    let mut chan: Channel<CpuEngine<FakeHal>> = Channel::new(CpuEngine::new());
+    let mut src = Dma::<FakeHal>::new(3 * PAGE_SIZE).unwrap();
+    for (i, b) in src.as_mut_slice().iter_mut().enumerate() {
+        *b = (i * 7 + 3) as u8;
+    }
+    let mut dst = Dma::<FakeHal>::new(3 * PAGE_SIZE).unwrap();
+    dst.as_mut_slice().fill(0xee);
+    let t = chan.copy(dst, 5, src, 1, 8000, PrepFlags::empty()).unwrap();
+    assert_eq!(
+        t.status(&mut chan),
+        Ok(Status::InProgress),
+        "nothing runs before issue_pending"
+    );
+    chan.issue_pending();
+    let (dst, src) = t.finish(&mut chan).unwrap();
+    let src = src.unwrap();
+    assert_eq!(&dst.as_slice()[5..8005], &src.as_slice()[1..8001]);
+    assert!(
+        dst.as_slice()[..5]
+            .iter()
+            .chain(&dst.as_slice()[8005..])
+            .all(|&b| b == 0xee),
+        "guard bytes"
+    );
+
+    let t = chan
+        .fill_buffer(dst, 3, 21, 0x1122_3344_5566_7788, PrepFlags::empty())
+        .unwrap();
+    let mut delay = CountingDelay::default();
+    let (mut dst, _) = t
+        .wait(&mut chan, &mut delay, Duration::from_millis(1))
+        .unwrap();
+    let expect: Vec<u8> = (0..21)
+        .map(|i| 0x1122_3344_5566_7788u64.to_le_bytes()[i % 8])
+        .collect();
+    assert_eq!(&dst.as_slice()[3..24], &expect[..]);
+    assert_eq!(
+        dst.as_slice()[2],
+        0xee,
+        "the byte before the fill is untouched"
+    );
+
+    let paddr = dst.paddr();
+    // SAFETY: `dst` is ours and not otherwise used until the request ends.
+    let c = unsafe { chan.zero(paddr + 1, 4095, PrepFlags::empty()) }.unwrap();
+    chan.wait(c, &mut delay, Duration::from_millis(1)).unwrap();
+    assert!(dst.as_slice()[1..4096].iter().all(|&b| b == 0));
+    assert_ne!(dst.as_slice()[4096], 0);
+    dst.as_mut_slice()[0] = 1;
+}
+
+#[test]
+fn owned_transfers_return_their_buffers_on_errors() {
+    let mut chan: Channel<CpuEngine<FakeHal>> = Channel::new(CpuEngine::new());
+    let live = FakeHal::live_pages();
+    let src = Dma::<FakeHal>::new(100).unwrap();
+    let dst = Dma::<FakeHal>::new(100).unwrap();
+    let err = chan
+        .copy(dst, 50, src, 0, 51, PrepFlags::empty())
+        .unwrap_err();
+    assert_eq!(err.error, DmaError::OutOfBounds);
+    let err = chan
+        .copy(err.dst, 0, err.src.unwrap(), 0, 0, PrepFlags::empty())
+        .unwrap_err();
+    assert_eq!(err.error, DmaError::ZeroLength);
+    drop(err);
+    assert_eq!(FakeHal::live_pages(), live, "buffers handed back and freed");
+    let mut other: Channel<CpuEngine<FakeHal>> = Channel::new(CpuEngine::new());
+    let t = chan
+        .fill_buffer(
+            Dma::<FakeHal>::new(64).unwrap(),
+            0,
+            64,
+            7,
+            PrepFlags::empty(),
+        )
+        .unwrap();
+    let t = match t.finish(&mut other) {
+        Err(TransferError::WrongChannel(t)) => t,
+        other => panic!("expected WrongChannel, got {other:?}"),
+    };
+    let t = match t.finish(&mut chan) {
+        Err(TransferError::Pending(t)) => t,
+        other => panic!("expected Pending, got {other:?}"),
+    };
+    chan.issue_pending();
+    assert!(t.finish(&mut chan).is_ok());
+}
