@@ -1,6 +1,8 @@
 //! Benchmarks: each result is one line `BENCH <key> <value> <unit>`, which
 //! `qemu-run.sh bench` collects into `target/bench/latest.csv`.
 
+mod dma;
+
 use dmaengine::drivers::{edu, lsi53c895a};
 use dmaengine::mmio::MmioRegion;
 
@@ -30,6 +32,9 @@ pub fn run(filter: Option<&str>) -> ExitCode {
     }
     if wanted("cpu") {
         cpu_copy();
+    }
+    if wanted("dma") {
+        dma::run();
     }
     ExitCode::Success
 }

@@ -1,0 +1,214 @@
+//! DMA benchmarks: the copy API on the LSI and CPU engines against
+//! hand-written SCRIPTS (the emulator's own limit), small-copy rates, and
+//! MMIO accesses counted per issue and per descriptor.
+
+use alloc::format;
+use alloc::vec::Vec;
+
+use dmaengine::drivers::lsi53c895a::regs::{self, Dstat, Istat1};
+use dmaengine::drivers::lsi53c895a::script;
+use dmaengine::engine::{Channel, Cookie, Engine, PrepFlags, Status};
+use dmaengine::hal::Dma;
+use dmaengine::mmio::MmioRegion;
+
+use super::report;
+use crate::dma::{KernelHal, LsiChannel, cpu_channel, lsi_channel, lsi_device};
+use crate::{devices, println, time};
+
+const SIZES: [(&str, usize); 4] = [("4KiB", 4 << 10), ("64KiB", 64 << 10), ("1MiB", 1 << 20), ("16MiB", 16 << 20)];
+const BATCHES: [usize; 4] = [1, 16, 256, 4096];
+const SMALL: usize = 64;
+
+/// Bytes copied per size class: enough repetitions to take a few ms.
+fn repetitions(size: usize) -> usize {
+    ((256 << 20) / size).clamp(36, 4000)
+}
+
+/// Rounds in which the API and the hand-written script alternate; each
+/// result is the median of its rounds, so both sides see the same noise.
+const ROUNDS: usize = 9;
+
+/// Hand-written SCRIPTS on the bare chip: the chain is built once in DMA
+/// memory, then each run is one DSP write and a poll of ISTAT1.SRUN. It
+/// shares the chip with an idle engine: both leave it stopped at an INT, and
+/// the engine's next issue restarts it at its own ring.
+struct RawScript {
+    regs: MmioRegion,
+    script: Dma<KernelHal>,
+}
+
+impl RawScript {
+    fn new(words: usize) -> Option<RawScript> {
+        let regs = devices::map_bar(lsi_device()?, regs::MMIO_BAR)?;
+        Some(RawScript { regs, script: Dma::new(words * 4).ok()? })
+    }
+
+    /// Writes `moves` Memory Moves and a final INT.
+    fn build(&mut self, moves: impl Iterator<Item = (u32, u32, u32)>) {
+        let mut words = Vec::new();
+        for (count, src, dst) in moves {
+            words.extend_from_slice(&script::memory_move(count, src, dst));
+        }
+        words.extend_from_slice(&script::int(0));
+        for (i, w) in words.iter().enumerate() {
+            self.script.as_mut_slice()[4 * i..4 * i + 4].copy_from_slice(&w.to_le_bytes());
+        }
+    }
+
+    /// Runs the script `n` times; returns TSC cycles from first start to
+    /// last stop.
+    fn run(&self, n: usize) -> u64 {
+        let start = time::rdtsc();
+        for _ in 0..n {
+            self.regs.write32(regs::DSP, self.script.paddr() as u32);
+            while Istat1::from_bits_retain(self.regs.read8(regs::ISTAT1)).contains(Istat1::SRUN) {
+                core::hint::spin_loop();
+            }
+            let dstat = Dstat::from_bits_retain(self.regs.read8(regs::DSTAT));
+            assert!(dstat.contains(Dstat::SIR), "raw script did not end at its INT: DSTAT {dstat:?}");
+        }
+        time::rdtsc() - start
+    }
+}
+
+fn gbps(bytes: usize, cycles: u64) -> f64 {
+    bytes as f64 / time::cycles_to_ns(cycles.max(1)) as f64
+}
+
+fn per_second(count: usize, cycles: u64) -> f64 {
+    count as f64 * 1e9 / time::cycles_to_ns(cycles.max(1)) as f64
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_unstable_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+/// Spins until `cookie` ends; panics on an error (a benchmark must not
+/// report the speed of a failure).
+fn spin<E: Engine>(chan: &mut Channel<E>, cookie: Cookie) {
+    loop {
+        match chan.status(cookie).status {
+            Status::Complete => return,
+            Status::InProgress => core::hint::spin_loop(),
+            Status::Error(kind) => panic!("benchmark copy failed: {kind}"),
+        }
+    }
+}
+
+/// `n` copies of `size` bytes through the API, one request each; returns
+/// TSC cycles.
+fn api_copies<E: Engine>(chan: &mut Channel<E>, src: u64, dst: u64, size: usize, n: usize) -> u64 {
+    let start = time::rdtsc();
+    for _ in 0..n {
+        // SAFETY: both buffers are ours for the whole benchmark and only the
+        // engine touches them.
+        let c = unsafe { chan.prep_copy(dst, src, size, PrepFlags::empty()) }.expect("prep");
+        chan.issue_pending();
+        spin(chan, c);
+    }
+    time::rdtsc() - start
+}
+
+/// Counts of one batch through the API.
+struct BatchRun {
+    cycles: u64,
+    prep_mmio: u64,
+    issue_mmio: u64,
+}
+
+/// One batch of `batch` 64-byte copies, prepared, issued and waited for.
+fn api_batch(chan: &mut LsiChannel, src: u64, dst: u64, batch: usize) -> BatchRun {
+    let start = time::rdtsc();
+    let before = chan.engine().regs().accesses();
+    let mut last = None;
+    for k in 0..batch {
+        let off = (SMALL * k) as u64;
+        // SAFETY: as in `api_copies`.
+        last = Some(unsafe { chan.prep_copy(dst + off, src + off, SMALL, PrepFlags::empty()) }.expect("prep"));
+    }
+    let prepped = chan.engine().regs().accesses();
+    chan.issue_pending();
+    let issued = chan.engine().regs().accesses();
+    spin(chan, last.expect("batch is not empty"));
+    BatchRun { cycles: time::rdtsc() - start, prep_mmio: prepped - before, issue_mmio: issued - prepped }
+}
+
+pub fn run() {
+    let (Ok(src), Ok(dst)) = (Dma::<KernelHal>::new(16 << 20), Dma::<KernelHal>::new(16 << 20)) else {
+        println!("dma benchmarks skipped: no 2 x 16 MiB of DMA memory");
+        return;
+    };
+    let (s, d) = (src.paddr(), dst.paddr());
+    let mut cpu = cpu_channel();
+    let (mut lsi, mut raw) = match (lsi_channel(), RawScript::new(3 * 4096 + 8)) {
+        (Ok(lsi), Some(raw)) => (lsi, raw),
+        _ => {
+            println!("LSI benchmarks skipped: no LSI53C895A");
+            return;
+        }
+    };
+    for &(label, size) in &SIZES {
+        // One Memory Move moves at most 16 MiB - 1: the 16 MiB copy is that
+        // plus one byte, as the channel splits it.
+        let first = size.min(script::MAX_MOVE as usize) as u32;
+        let rest = size as u32 - first;
+        let tail = (rest > 0).then(|| (rest, s as u32 + first, d as u32 + first));
+        raw.build(core::iter::once((first, s as u32, d as u32)).chain(tail));
+        let n = (repetitions(size) / ROUNDS).max(1);
+        raw.run(1);
+        api_copies(&mut lsi, s, d, size, 1);
+        let (mut raw_v, mut lsi_v) = (Vec::new(), Vec::new());
+        for round in 0..ROUNDS {
+            // Alternate which side goes first, so neither always inherits
+            // the other's cache state.
+            if round % 2 == 0 {
+                raw_v.push(gbps(size * n, raw.run(n)));
+            }
+            lsi_v.push(gbps(size * n, api_copies(&mut lsi, s, d, size, n)));
+            if round % 2 == 1 {
+                raw_v.push(gbps(size * n, raw.run(n)));
+            }
+        }
+        let (raw_m, lsi_m) = (median(raw_v), median(lsi_v));
+        report(&format!("dma.copy.raw.{label}.gbps"), raw_m, "GB/s");
+        report(&format!("dma.copy.lsi.{label}.gbps"), lsi_m, "GB/s");
+        report(&format!("dma.copy.lsi_vs_raw.{label}.ratio"), lsi_m / raw_m, "x");
+    }
+    for &(label, size) in &SIZES {
+        let n = (repetitions(size) / ROUNDS).clamp(1, 8);
+        let cpu_v = (0..3).map(|_| gbps(size * n, api_copies(&mut cpu, s, d, size, n))).collect();
+        report(&format!("dma.copy.cpu.{label}.gbps"), median(cpu_v), "GB/s");
+    }
+    for &batch in &BATCHES {
+        raw.build((0..batch).map(|k| (SMALL as u32, s as u32 + (SMALL * k) as u32, d as u32 + (SMALL * k) as u32)));
+        let n = (16384 / batch / ROUNDS).max(1);
+        raw.run(1);
+        api_batch(&mut lsi, s, d, batch);
+        let (mut raw_v, mut lsi_v) = (Vec::new(), Vec::new());
+        let (mut prep_mmio, mut issue_mmio) = (0, 0);
+        for round in 0..ROUNDS {
+            if round % 2 == 0 {
+                raw_v.push(per_second(batch * n, raw.run(n)));
+            }
+            let mut cycles = 0;
+            for _ in 0..n {
+                let one = api_batch(&mut lsi, s, d, batch);
+                cycles += one.cycles;
+                prep_mmio += one.prep_mmio;
+                issue_mmio += one.issue_mmio;
+            }
+            lsi_v.push(per_second(batch * n, cycles));
+            if round % 2 == 1 {
+                raw_v.push(per_second(batch * n, raw.run(n)));
+            }
+        }
+        let (raw_m, lsi_m) = (median(raw_v), median(lsi_v));
+        let issues = (ROUNDS * n) as f64;
+        report(&format!("dma.small.raw.batch{batch}.copies_per_s"), raw_m, "copies/s");
+        report(&format!("dma.small.lsi.batch{batch}.copies_per_s"), lsi_m, "copies/s");
+        report(&format!("dma.small.lsi_vs_raw.batch{batch}.ratio"), lsi_m / raw_m, "x");
+        report(&format!("dma.lsi.mmio_per_issue.batch{batch}"), issue_mmio as f64 / issues, "count");
+        report(&format!("dma.lsi.mmio_per_desc.batch{batch}"), prep_mmio as f64 / (issues * batch as f64), "count");
+    }
+}
