@@ -15,7 +15,12 @@ use super::report;
 use crate::dma::{KernelHal, LsiChannel, cpu_channel, lsi_channel, lsi_device};
 use crate::{devices, println, time};
 
-const SIZES: [(&str, usize); 4] = [("4KiB", 4 << 10), ("64KiB", 64 << 10), ("1MiB", 1 << 20), ("16MiB", 16 << 20)];
+const SIZES: [(&str, usize); 4] = [
+    ("4KiB", 4 << 10),
+    ("64KiB", 64 << 10),
+    ("1MiB", 1 << 20),
+    ("16MiB", 16 << 20),
+];
 const BATCHES: [usize; 4] = [1, 16, 256, 4096];
 const SMALL: usize = 64;
 
@@ -40,7 +45,10 @@ struct RawScript {
 impl RawScript {
     fn new(words: usize) -> Option<RawScript> {
         let regs = devices::map_bar(lsi_device()?, regs::MMIO_BAR)?;
-        Some(RawScript { regs, script: Dma::new(words * 4).ok()? })
+        Some(RawScript {
+            regs,
+            script: Dma::new(words * 4).ok()?,
+        })
     }
 
     /// Writes `moves` Memory Moves and a final INT.
@@ -65,7 +73,10 @@ impl RawScript {
                 core::hint::spin_loop();
             }
             let dstat = Dstat::from_bits_retain(self.regs.read8(regs::DSTAT));
-            assert!(dstat.contains(Dstat::SIR), "raw script did not end at its INT: DSTAT {dstat:?}");
+            assert!(
+                dstat.contains(Dstat::SIR),
+                "raw script did not end at its INT: DSTAT {dstat:?}"
+            );
         }
         time::rdtsc() - start
     }
@@ -125,17 +136,27 @@ fn api_batch(chan: &mut LsiChannel, src: u64, dst: u64, batch: usize) -> BatchRu
     for k in 0..batch {
         let off = (SMALL * k) as u64;
         // SAFETY: as in `api_copies`.
-        last = Some(unsafe { chan.prep_copy(dst + off, src + off, SMALL, PrepFlags::empty()) }.expect("prep"));
+        last = Some(
+            unsafe { chan.prep_copy(dst + off, src + off, SMALL, PrepFlags::empty()) }
+                .expect("prep"),
+        );
     }
     let prepped = chan.engine().regs().accesses();
     chan.issue_pending();
     let issued = chan.engine().regs().accesses();
     spin(chan, last.expect("batch is not empty"));
-    BatchRun { cycles: time::rdtsc() - start, prep_mmio: prepped - before, issue_mmio: issued - prepped }
+    BatchRun {
+        cycles: time::rdtsc() - start,
+        prep_mmio: prepped - before,
+        issue_mmio: issued - prepped,
+    }
 }
 
 pub fn run() {
-    let (Ok(src), Ok(dst)) = (Dma::<KernelHal>::new(16 << 20), Dma::<KernelHal>::new(16 << 20)) else {
+    let (Ok(src), Ok(dst)) = (
+        Dma::<KernelHal>::new(16 << 20),
+        Dma::<KernelHal>::new(16 << 20),
+    ) else {
         println!("dma benchmarks skipped: no 2 x 16 MiB of DMA memory");
         return;
     };
@@ -173,15 +194,27 @@ pub fn run() {
         let (raw_m, lsi_m) = (median(raw_v), median(lsi_v));
         report(&format!("dma.copy.raw.{label}.gbps"), raw_m, "GB/s");
         report(&format!("dma.copy.lsi.{label}.gbps"), lsi_m, "GB/s");
-        report(&format!("dma.copy.lsi_vs_raw.{label}.ratio"), lsi_m / raw_m, "x");
+        report(
+            &format!("dma.copy.lsi_vs_raw.{label}.ratio"),
+            lsi_m / raw_m,
+            "x",
+        );
     }
     for &(label, size) in &SIZES {
         let n = (repetitions(size) / ROUNDS).clamp(1, 8);
-        let cpu_v = (0..3).map(|_| gbps(size * n, api_copies(&mut cpu, s, d, size, n))).collect();
+        let cpu_v = (0..3)
+            .map(|_| gbps(size * n, api_copies(&mut cpu, s, d, size, n)))
+            .collect();
         report(&format!("dma.copy.cpu.{label}.gbps"), median(cpu_v), "GB/s");
     }
     for &batch in &BATCHES {
-        raw.build((0..batch).map(|k| (SMALL as u32, s as u32 + (SMALL * k) as u32, d as u32 + (SMALL * k) as u32)));
+        raw.build((0..batch).map(|k| {
+            (
+                SMALL as u32,
+                s as u32 + (SMALL * k) as u32,
+                d as u32 + (SMALL * k) as u32,
+            )
+        }));
         let n = (16384 / batch / ROUNDS).max(1);
         raw.run(1);
         api_batch(&mut lsi, s, d, batch);
@@ -205,10 +238,30 @@ pub fn run() {
         }
         let (raw_m, lsi_m) = (median(raw_v), median(lsi_v));
         let issues = (ROUNDS * n) as f64;
-        report(&format!("dma.small.raw.batch{batch}.copies_per_s"), raw_m, "copies/s");
-        report(&format!("dma.small.lsi.batch{batch}.copies_per_s"), lsi_m, "copies/s");
-        report(&format!("dma.small.lsi_vs_raw.batch{batch}.ratio"), lsi_m / raw_m, "x");
-        report(&format!("dma.lsi.mmio_per_issue.batch{batch}"), issue_mmio as f64 / issues, "count");
-        report(&format!("dma.lsi.mmio_per_desc.batch{batch}"), prep_mmio as f64 / (issues * batch as f64), "count");
+        report(
+            &format!("dma.small.raw.batch{batch}.copies_per_s"),
+            raw_m,
+            "copies/s",
+        );
+        report(
+            &format!("dma.small.lsi.batch{batch}.copies_per_s"),
+            lsi_m,
+            "copies/s",
+        );
+        report(
+            &format!("dma.small.lsi_vs_raw.batch{batch}.ratio"),
+            lsi_m / raw_m,
+            "x",
+        );
+        report(
+            &format!("dma.lsi.mmio_per_issue.batch{batch}"),
+            issue_mmio as f64 / issues,
+            "count",
+        );
+        report(
+            &format!("dma.lsi.mmio_per_desc.batch{batch}"),
+            prep_mmio as f64 / (issues * batch as f64),
+            "count",
+        );
     }
 }

@@ -48,6 +48,7 @@ pub const TESTS: &[Test] = &[
     Test::new("dma.lsi.stalled_engine_wait_times_out", lsi_stalled_engine),
     Test::new("dma.lsi.bad_requests_change_nothing", lsi_bad_requests),
     Test::new("dma.lsi.owned_buffers_round_trip", lsi_owned_buffers),
+    Test::new("dma.lsi.fenced_requests_see_earlier_results", lsi_fence),
 ];
 
 const TIMEOUT: Duration = Duration::from_secs(5);
@@ -686,4 +687,26 @@ fn lsi_owned_buffers() {
         .copy(dst, 0, src, 0, 10_001, PrepFlags::empty())
         .expect_err("too long");
     assert_eq!(refused.error, DmaError::OutOfBounds);
+}
+
+/// A -> B, then B -> C with a fence, then C -> D: each copy reads what the
+/// one before wrote, within one batch.
+fn lsi_fence() {
+    let mut chan = lsi();
+    let a = buffer(4096, src_pattern);
+    let bufs: Vec<Dma<KernelHal>> = (0..3).map(|_| buffer(4096, dst_pattern)).collect();
+    let mut last = None;
+    let mut from = a.paddr();
+    for buf in &bufs {
+        // SAFETY: whole buffers we own, read only after `wait`.
+        last = Some(
+            unsafe { chan.prep_copy(buf.paddr(), from, 4096, PrepFlags::FENCE) }.expect("prep"),
+        );
+        from = buf.paddr();
+    }
+    chan.wait(last.expect("three requests"), &mut Delay, TIMEOUT)
+        .expect("chain completes");
+    for buf in &bufs {
+        assert_eq!(buf.as_slice(), a.as_slice());
+    }
 }
