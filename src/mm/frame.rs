@@ -1,0 +1,298 @@
+//! The frame database: per 4 KiB frame a reference count, a map count and a
+//! kind, the analogue of Linux's `struct page` array, and the allocator of
+//! the frames it manages.
+//!
+//! A [`PageRef`] is one counted reference: cloning it takes another,
+//! dropping it gives one back, and the frame returns to the free pool when
+//! the last reference goes. Mapping a page into an address space takes a
+//! reference *and* a map count; unmapping gives both back.
+
+use core::fmt;
+use core::sync::atomic::{AtomicU8, AtomicU32, AtomicUsize, Ordering};
+
+use super::MmError;
+
+/// What a frame is used for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum FrameKind {
+    /// In the free pool.
+    Free = 0,
+    /// An order-0 page allocated to be mapped: the only kind that may be
+    /// inserted into an address space.
+    Normal = 1,
+    /// A page-table page.
+    PageTable = 2,
+    /// Used by the kernel itself (never mapped into user space this way).
+    Kernel = 3,
+    /// Firmware or device memory, or otherwise off limits.
+    Reserved = 4,
+}
+
+impl FrameKind {
+    fn from_u8(v: u8) -> FrameKind {
+        match v {
+            0 => FrameKind::Free,
+            1 => FrameKind::Normal,
+            2 => FrameKind::PageTable,
+            3 => FrameKind::Kernel,
+            _ => FrameKind::Reserved,
+        }
+    }
+}
+
+/// The database entry of one frame.
+#[derive(Debug, Default)]
+pub struct PageInfo {
+    refcount: AtomicU32,
+    mapcount: AtomicU32,
+    kind: AtomicU8,
+}
+
+impl PageInfo {
+    /// A free frame's entry (for building the database's storage).
+    pub const fn new() -> PageInfo {
+        PageInfo {
+            refcount: AtomicU32::new(0),
+            mapcount: AtomicU32::new(0),
+            kind: AtomicU8::new(0),
+        }
+    }
+}
+
+/// The frames `base_pfn .. base_pfn + len` and their entries.
+pub struct FrameDb<'a> {
+    pages: &'a [PageInfo],
+    base_pfn: u64,
+    /// Where the next free-frame search starts.
+    hint: AtomicUsize,
+}
+
+impl fmt::Debug for FrameDb<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FrameDb")
+            .field("base_pfn", &self.base_pfn)
+            .field("frames", &self.pages.len())
+            .finish()
+    }
+}
+
+/// A snapshot of one frame's entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct FrameState {
+    /// Its kind.
+    pub kind: FrameKind,
+    /// References held.
+    pub refcount: u32,
+    /// Page-table entries mapping it.
+    pub mapcount: u32,
+}
+
+impl<'a> FrameDb<'a> {
+    /// A database of the frames from `base_pfn`, one entry each in `pages`,
+    /// every one free and owned by the database from now on.
+    pub fn new(pages: &'a [PageInfo], base_pfn: u64) -> Self {
+        for page in pages {
+            page.refcount.store(0, Ordering::Relaxed);
+            page.mapcount.store(0, Ordering::Relaxed);
+            page.kind.store(FrameKind::Free as u8, Ordering::Relaxed);
+        }
+        FrameDb {
+            pages,
+            base_pfn,
+            hint: AtomicUsize::new(0),
+        }
+    }
+
+    fn info(&self, pfn: u64) -> Option<&PageInfo> {
+        let index = pfn.checked_sub(self.base_pfn)?;
+        self.pages.get(usize::try_from(index).ok()?)
+    }
+
+    /// The first frame number the database covers.
+    pub fn base_pfn(&self) -> u64 {
+        self.base_pfn
+    }
+
+    /// How many frames it covers.
+    pub fn len(&self) -> usize {
+        self.pages.len()
+    }
+
+    /// Whether it covers no frame.
+    pub fn is_empty(&self) -> bool {
+        self.pages.is_empty()
+    }
+
+    /// The entry of frame `pfn`, if the database covers it.
+    pub fn state(&self, pfn: u64) -> Option<FrameState> {
+        self.info(pfn).map(|info| FrameState {
+            kind: FrameKind::from_u8(info.kind.load(Ordering::Acquire)),
+            refcount: info.refcount.load(Ordering::Acquire),
+            mapcount: info.mapcount.load(Ordering::Acquire),
+        })
+    }
+
+    /// Free frames.
+    pub fn free_frames(&self) -> usize {
+        self.pages
+            .iter()
+            .filter(|p| p.kind.load(Ordering::Relaxed) == FrameKind::Free as u8)
+            .count()
+    }
+
+    /// Takes a free frame out of the pool as `kind`, with one reference.
+    fn take_free(&self, kind: FrameKind) -> Result<u64, MmError> {
+        let len = self.pages.len();
+        let start = self.hint.load(Ordering::Relaxed);
+        for step in 0..len {
+            let i = (start + step) % len;
+            let claimed = self.pages[i]
+                .kind
+                .compare_exchange(
+                    FrameKind::Free as u8,
+                    kind as u8,
+                    Ordering::AcqRel,
+                    Ordering::Acquire,
+                )
+                .is_ok();
+            if claimed {
+                self.pages[i].refcount.store(1, Ordering::Release);
+                self.pages[i].mapcount.store(0, Ordering::Release);
+                self.hint.store(i + 1, Ordering::Relaxed);
+                return Ok(self.base_pfn + i as u64);
+            }
+        }
+        Err(MmError::OutOfMemory)
+    }
+
+    /// Allocates an order-0 page for mapping, holding one reference.
+    pub fn alloc_page(&self) -> Result<PageRef<'_>, MmError> {
+        Ok(PageRef {
+            db: self,
+            pfn: self.take_free(FrameKind::Normal)?,
+        })
+    }
+
+    /// Allocates a page-table frame (its one reference is the table's).
+    pub(crate) fn alloc_table(&self) -> Result<u64, MmError> {
+        self.take_free(FrameKind::PageTable)
+    }
+
+    /// Frees a page-table frame from [`FrameDb::alloc_table`].
+    pub(crate) fn free_table(&self, pfn: u64) {
+        if let Some(info) = self.info(pfn) {
+            debug_assert_eq!(
+                info.kind.load(Ordering::Acquire),
+                FrameKind::PageTable as u8
+            );
+            info.refcount.store(0, Ordering::Release);
+            info.kind.store(FrameKind::Free as u8, Ordering::Release);
+        }
+    }
+
+    /// Marks a free frame as `Reserved` or `Kernel` (taking it out of the
+    /// pool), or such a frame free again. Frames in use are refused.
+    pub fn set_kind(&self, pfn: u64, kind: FrameKind) -> Result<(), MmError> {
+        let info = self.info(pfn).ok_or(MmError::NotInsertable)?;
+        let current = FrameKind::from_u8(info.kind.load(Ordering::Acquire));
+        let allowed = matches!(
+            (current, kind),
+            (
+                FrameKind::Free | FrameKind::Reserved | FrameKind::Kernel,
+                FrameKind::Free | FrameKind::Reserved | FrameKind::Kernel
+            )
+        );
+        if !allowed {
+            return Err(MmError::NotInsertable);
+        }
+        info.kind.store(kind as u8, Ordering::Release);
+        Ok(())
+    }
+
+    /// A new reference to the mapped page `pfn` if it is a `Normal` page in
+    /// use (how the page behind a PTE is found again: `vm_normal_page`).
+    pub fn get(&self, pfn: u64) -> Option<PageRef<'_>> {
+        let info = self.info(pfn)?;
+        if info.kind.load(Ordering::Acquire) != FrameKind::Normal as u8
+            || info.refcount.load(Ordering::Acquire) == 0
+        {
+            return None;
+        }
+        info.refcount.fetch_add(1, Ordering::AcqRel);
+        Some(PageRef { db: self, pfn })
+    }
+
+    /// Records one more mapping of a page: a reference and a map count.
+    pub(crate) fn map(&self, pfn: u64) {
+        if let Some(info) = self.info(pfn) {
+            info.refcount.fetch_add(1, Ordering::AcqRel);
+            info.mapcount.fetch_add(1, Ordering::AcqRel);
+        }
+    }
+
+    /// Records one mapping fewer, freeing the page with its last reference.
+    pub(crate) fn unmap(&self, pfn: u64) {
+        if let Some(info) = self.info(pfn) {
+            info.mapcount.fetch_sub(1, Ordering::AcqRel);
+            self.put(info);
+        }
+    }
+
+    fn put(&self, info: &PageInfo) {
+        if info.refcount.fetch_sub(1, Ordering::AcqRel) == 1 {
+            info.kind.store(FrameKind::Free as u8, Ordering::Release);
+        }
+    }
+
+    /// Whether `pfn` may be inserted with `insert_page`: a `Normal` page
+    /// someone holds.
+    pub fn insertable(&self, pfn: u64) -> bool {
+        self.state(pfn)
+            .is_some_and(|s| s.kind == FrameKind::Normal && s.refcount > 0)
+    }
+}
+
+/// One counted reference to a `Normal` page.
+pub struct PageRef<'a> {
+    db: &'a FrameDb<'a>,
+    pfn: u64,
+}
+
+impl PageRef<'_> {
+    /// The page's frame number.
+    pub fn pfn(&self) -> u64 {
+        self.pfn
+    }
+
+    /// The page's physical address.
+    pub fn phys(&self) -> u64 {
+        self.pfn << 12
+    }
+}
+
+impl fmt::Debug for PageRef<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "PageRef({:#x})", self.pfn)
+    }
+}
+
+impl Clone for PageRef<'_> {
+    fn clone(&self) -> Self {
+        if let Some(info) = self.db.info(self.pfn) {
+            info.refcount.fetch_add(1, Ordering::AcqRel);
+        }
+        PageRef {
+            db: self.db,
+            pfn: self.pfn,
+        }
+    }
+}
+
+impl Drop for PageRef<'_> {
+    fn drop(&mut self) {
+        if let Some(info) = self.db.info(self.pfn) {
+            self.db.put(info);
+        }
+    }
+}

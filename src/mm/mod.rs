@@ -1,0 +1,75 @@
+//! Page-table insertion for remapped frames, with the rules Linux settled on
+//! since the 2005 "driver page remapping" work: `insert_page` and
+//! `insert_pages` for counted pages (`VM_MIXEDMAP`), `remap_pfn_range` and
+//! `io_remap_pfn_range` for raw frame ranges (`VM_PFNMAP`, special PTEs),
+//! `insert_pfn`, `zap_range`, `normal_page` and `fork_range`, on x86_64
+//! 4-level page tables.
+//!
+//! - [`frame`]: the frame database (`struct page`: reference and map
+//!   counts, kinds) and counted [`frame::PageRef`]s.
+//! - [`vma`]: areas, their flags and page protection.
+//! - [`pte`]: entry bits, PAT cache modes.
+//! - [`space`]: the address space and every operation on it.
+//! - [`tlb`]: the flushing the kernel supplies.
+//!
+//! Every operation either succeeds or returns an error having changed
+//! nothing: no entry, no count, no page-table page. (`insert_pages` is the
+//! one exception Linux also makes: it reports how many pages went in, and
+//! those stay, fully counted.)
+
+pub mod frame;
+pub mod pte;
+pub mod space;
+pub mod tlb;
+pub mod vma;
+
+use core::fmt;
+
+/// Errors of the mapping operations.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum MmError {
+    /// The address or range is not (wholly) inside the area, not in the
+    /// user half, or overflows.
+    OutOfRange,
+    /// An address or size is not page-aligned, or a size is zero.
+    Misaligned,
+    /// Something is already mapped there.
+    Busy,
+    /// The area's kind forbids this (e.g. `insert_page` into `PFNMAP`).
+    WrongVmaKind,
+    /// A copy-on-write area must be remapped whole.
+    PartialCowRemap,
+    /// The frame may not be inserted: not an allocated order-0 page
+    /// (free, reserved, kernel or page-table frames are refused).
+    NotInsertable,
+    /// No frame for a page table.
+    OutOfMemory,
+    /// No such area in this address space.
+    NoSuchVma,
+    /// The new area overlaps another, or the kernel's half.
+    Overlap,
+    /// The address space has no room for another area.
+    TooManyVmas,
+}
+
+impl fmt::Display for MmError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            MmError::OutOfRange => "address range outside the area",
+            MmError::Misaligned => "address or size not page-aligned",
+            MmError::Busy => "already mapped",
+            MmError::WrongVmaKind => "operation not allowed on this kind of area",
+            MmError::PartialCowRemap => "a copy-on-write area must be remapped whole",
+            MmError::NotInsertable => "frame is not an insertable page",
+            MmError::OutOfMemory => "out of memory for page tables",
+            MmError::NoSuchVma => "no such area",
+            MmError::Overlap => "area overlaps another",
+            MmError::TooManyVmas => "too many areas",
+        })
+    }
+}
+
+impl core::error::Error for MmError {}
+
+#[cfg(test)]
+mod tests;

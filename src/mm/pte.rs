@@ -1,0 +1,176 @@
+//! x86_64 page-table entries and cache modes.
+//!
+//! Source: Intel SDM Vol. 3A, 4.5 "4-Level Paging" (Tables 4-15 to 4-20 for
+//! the entry formats) and 12.12 "Page Attribute Table"; the PAT layout is
+//! the one Linux programs (`arch/x86/mm/pat/memtype.c`).
+
+/// Bit 0: present.
+pub const PRESENT: u64 = 1 << 0;
+/// Bit 1: writable.
+pub const WRITABLE: u64 = 1 << 1;
+/// Bit 2: user-mode accesses allowed.
+pub const USER: u64 = 1 << 2;
+/// Bit 3: page-level write-through (PWT), PAT index bit 0.
+pub const PWT: u64 = 1 << 3;
+/// Bit 4: page-level cache disable (PCD), PAT index bit 1.
+pub const PCD: u64 = 1 << 4;
+/// Bit 5: accessed (set by the MMU).
+pub const ACCESSED: u64 = 1 << 5;
+/// Bit 6: dirty (set by the MMU in leaf entries).
+pub const DIRTY: u64 = 1 << 6;
+/// Bit 7 in a PDE/PDPTE: page size (a 2 MiB / 1 GiB leaf).
+pub const HUGE: u64 = 1 << 7;
+/// Bit 7 in a 4 KiB PTE: PAT index bit 2.
+pub const PAT_4K: u64 = 1 << 7;
+/// Bit 12 in a 2 MiB PDE: PAT index bit 2 (bit 7 is the page size there).
+pub const PAT_2M: u64 = 1 << 12;
+/// Bit 9, ignored by the MMU: a *special* entry, with no frame-database
+/// entry behind it (Linux's `_PAGE_SPECIAL`, set by `remap_pfn_range`).
+pub const SPECIAL: u64 = 1 << 9;
+/// Bit 63: execute disable (needs EFER.NXE).
+pub const NO_EXECUTE: u64 = 1 << 63;
+/// Bits 12-51 of a 4 KiB entry or a table pointer: the physical address.
+pub const ADDR_4K: u64 = 0x000f_ffff_ffff_f000;
+/// Bits 21-51 of a 2 MiB leaf: the physical address (bit 12 is PAT).
+pub const ADDR_2M: u64 = 0x000f_ffff_ffe0_0000;
+
+/// Size of a 4 KiB page.
+pub const PAGE_4K: u64 = 4096;
+/// Size of a 2 MiB page.
+pub const PAGE_2M: u64 = 2 << 20;
+
+/// The PAT MSR (IA32_PAT, 0x277) value Linux programs: entries 0-7 are WB,
+/// WC, UC-, UC, WB, WP, UC-, WT (memory types 6, 1, 7, 0, 6, 5, 7, 4).
+pub const LINUX_PAT: u64 = 0x0407_0506_0007_0106;
+
+/// A memory type for a mapping, selected through the PAT.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum CacheMode {
+    /// Write-back: ordinary memory.
+    WriteBack,
+    /// Write-combining: frame buffers.
+    WriteCombining,
+    /// UC-: uncached, but an MTRR may still make it write-combining.
+    UncachedMinus,
+    /// UC: strictly uncached: device registers.
+    Uncached,
+    /// Write-through.
+    WriteThrough,
+    /// Write-protected.
+    WriteProtected,
+}
+
+impl CacheMode {
+    /// The PAT index of this mode in [`LINUX_PAT`].
+    pub const fn pat_index(self) -> u64 {
+        match self {
+            CacheMode::WriteBack => 0,
+            CacheMode::WriteCombining => 1,
+            CacheMode::UncachedMinus => 2,
+            CacheMode::Uncached => 3,
+            CacheMode::WriteProtected => 5,
+            CacheMode::WriteThrough => 7,
+        }
+    }
+
+    /// The PWT/PCD/PAT bits selecting this mode in a leaf entry: `huge`
+    /// for a 2 MiB entry, whose PAT bit is bit 12 instead of bit 7.
+    pub const fn pte_bits(self, huge: bool) -> u64 {
+        let index = self.pat_index();
+        let pat = if huge { PAT_2M } else { PAT_4K };
+        (if index & 1 != 0 { PWT } else { 0 })
+            | (if index & 2 != 0 { PCD } else { 0 })
+            | (if index & 4 != 0 { pat } else { 0 })
+    }
+
+    /// The mode a leaf entry selects, under [`LINUX_PAT`].
+    pub const fn of_entry(entry: u64, huge: bool) -> CacheMode {
+        let pat = if huge { PAT_2M } else { PAT_4K };
+        let index = (if entry & PWT != 0 { 1 } else { 0 })
+            | (if entry & PCD != 0 { 2 } else { 0 })
+            | (if entry & pat != 0 { 4 } else { 0 });
+        match index {
+            0 | 4 => CacheMode::WriteBack,
+            1 => CacheMode::WriteCombining,
+            2 | 6 => CacheMode::UncachedMinus,
+            3 => CacheMode::Uncached,
+            5 => CacheMode::WriteProtected,
+            _ => CacheMode::WriteThrough,
+        }
+    }
+}
+
+/// The index of `va` in the table at `level` (4 = PML4 ... 1 = PT).
+pub const fn index(va: u64, level: u32) -> usize {
+    ((va >> (12 + 9 * (level - 1))) & 0x1ff) as usize
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn linux_pat_layout() {
+        let types: [u8; 8] = LINUX_PAT.to_le_bytes();
+        // WB=6 WC=1 UC-=7 UC=0 WB=6 WP=5 UC-=7 WT=4 (SDM Table 12-10).
+        assert_eq!(types, [6, 1, 7, 0, 6, 5, 7, 4]);
+    }
+
+    #[test]
+    fn cache_mode_bits_round_trip_at_both_sizes() {
+        use CacheMode::*;
+        for mode in [
+            WriteBack,
+            WriteCombining,
+            UncachedMinus,
+            Uncached,
+            WriteThrough,
+            WriteProtected,
+        ] {
+            for huge in [false, true] {
+                let bits = mode.pte_bits(huge);
+                assert_eq!(
+                    CacheMode::of_entry(bits, huge),
+                    mode,
+                    "{mode:?} huge={huge}"
+                );
+                let memtype = LINUX_PAT.to_le_bytes()[mode.pat_index() as usize];
+                assert_eq!(
+                    memtype,
+                    [6, 1, 7, 0, 4, 5][[
+                        WriteBack,
+                        WriteCombining,
+                        UncachedMinus,
+                        Uncached,
+                        WriteThrough,
+                        WriteProtected
+                    ]
+                    .iter()
+                    .position(|&m| m == mode)
+                    .unwrap()]
+                );
+            }
+        }
+        assert_eq!(Uncached.pte_bits(false), PCD | PWT);
+        assert_eq!(WriteCombining.pte_bits(true), PWT);
+        assert_eq!(
+            WriteThrough.pte_bits(false),
+            PAT_4K | PCD | PWT,
+            "bit 7 in a 4 KiB PTE"
+        );
+        assert_eq!(
+            WriteThrough.pte_bits(true),
+            PAT_2M | PCD | PWT,
+            "bit 12 in a 2 MiB PDE"
+        );
+    }
+
+    #[test]
+    fn indexes() {
+        let va = 0x0000_7f12_3456_7000u64;
+        assert_eq!(index(va, 4), 0xfe);
+        assert_eq!(index(va, 3), 0x48);
+        assert_eq!(index(va, 2), 0x1a2);
+        assert_eq!(index(va, 1), 0x167);
+    }
+}

@@ -1,0 +1,924 @@
+//! Host tests of the mapping rules: page tables in host memory (the fake HAL
+//! maps "physical" addresses 1:1), checked entry by entry and count by count.
+
+use std::alloc::{Layout, alloc_zeroed, dealloc};
+use std::collections::BTreeMap;
+
+use proptest::prelude::*;
+
+use super::MmError;
+use super::frame::{FrameDb, FrameKind, PageInfo, PageRef};
+use super::pte::{self, CacheMode, PAGE_2M, PAGE_4K};
+use super::space::{AddressSpace, Inserted, PartialInsert, VmaId};
+use super::tlb::TlbFlush;
+use super::vma::{PageProt, VmFlags};
+use crate::hal::fake::FakeHal;
+
+/// Records every flush.
+#[derive(Default, Debug)]
+struct Tlb {
+    pages: Vec<u64>,
+    full: usize,
+}
+
+impl TlbFlush for Tlb {
+    fn flush_page(&mut self, va: u64) {
+        self.pages.push(va);
+    }
+    fn flush_all(&mut self) {
+        self.full += 1;
+    }
+}
+
+/// Host memory standing in for the physical frames a database manages.
+struct Memory {
+    base: *mut u8,
+    frames: usize,
+    infos: Vec<PageInfo>,
+}
+
+impl Memory {
+    fn new(frames: usize) -> Memory {
+        let layout = Layout::from_size_align(frames * 4096, 4096).unwrap();
+        // SAFETY: non-zero size.
+        let base = unsafe { alloc_zeroed(layout) };
+        assert!(!base.is_null());
+        Memory {
+            base,
+            frames,
+            infos: (0..frames).map(|_| PageInfo::default()).collect(),
+        }
+    }
+
+    fn db(&self) -> FrameDb<'_> {
+        FrameDb::new(&self.infos, self.base as u64 >> 12)
+    }
+}
+
+impl Drop for Memory {
+    fn drop(&mut self) {
+        // SAFETY: allocated in `new` with this layout.
+        unsafe {
+            dealloc(
+                self.base,
+                Layout::from_size_align(self.frames * 4096, 4096).unwrap(),
+            )
+        }
+    }
+}
+
+type Space<'a> = AddressSpace<'a, FakeHal, Tlb>;
+
+const SHARED_RW: VmFlags = VmFlags::READ
+    .union(VmFlags::WRITE)
+    .union(VmFlags::SHARED)
+    .union(VmFlags::MAYWRITE);
+const COW: VmFlags = VmFlags::READ.union(VmFlags::WRITE).union(VmFlags::MAYWRITE);
+/// A 2 MiB-aligned area start, away from address 0.
+const BASE: u64 = 0x4000_0000;
+
+fn counts(db: &FrameDb<'_>, pfn: u64) -> (u32, u32) {
+    let s = db.state(pfn).unwrap();
+    (s.refcount, s.mapcount)
+}
+
+fn table_frames(db: &FrameDb<'_>) -> usize {
+    (0..db.len() as u64)
+        .filter(|i| db.state(db.base_pfn() + i).unwrap().kind == FrameKind::PageTable)
+        .count()
+}
+
+#[test]
+fn insert_page_rules() {
+    let mem = Memory::new(64);
+    let db = mem.db();
+    let mut space = Space::new(&db, Tlb::default(), true).unwrap();
+    let v = space.map_vma(BASE, BASE + 16 * PAGE_4K, SHARED_RW).unwrap();
+    let page = db.alloc_page().unwrap();
+    assert_eq!(counts(&db, page.pfn()), (1, 0));
+    assert_eq!(
+        space.insert_page(v, BASE + 1, &page),
+        Err(MmError::Misaligned)
+    );
+    assert_eq!(
+        space.insert_page(v, BASE + 16 * PAGE_4K, &page),
+        Err(MmError::OutOfRange)
+    );
+    assert_eq!(
+        space.insert_page(v, BASE - PAGE_4K, &page),
+        Err(MmError::OutOfRange)
+    );
+    space.insert_page(v, BASE + PAGE_4K, &page).unwrap();
+    assert_eq!(
+        counts(&db, page.pfn()),
+        (2, 1),
+        "a reference and a map count"
+    );
+    assert!(space.vma(v).unwrap().flags.contains(VmFlags::MIXEDMAP));
+    let leaf = space.translate(BASE + PAGE_4K + 5).unwrap();
+    assert_eq!(leaf.phys(), page.phys());
+    assert_eq!(
+        leaf.entry & (pte::PRESENT | pte::USER | pte::WRITABLE | pte::NO_EXECUTE),
+        pte::PRESENT | pte::USER | pte::WRITABLE | pte::NO_EXECUTE
+    );
+    assert!(!leaf.is_special());
+    let other = db.alloc_page().unwrap();
+    assert_eq!(
+        space.insert_page(v, BASE + PAGE_4K, &other),
+        Err(MmError::Busy)
+    );
+    assert_eq!(
+        counts(&db, other.pfn()),
+        (1, 0),
+        "a refused insert takes nothing"
+    );
+    // The same page may be mapped twice.
+    space.insert_page(v, BASE + 2 * PAGE_4K, &page).unwrap();
+    assert_eq!(counts(&db, page.pfn()), (3, 2));
+    assert_eq!(
+        space
+            .normal_page(v, BASE + 2 * PAGE_4K)
+            .unwrap()
+            .map(|p| p.pfn()),
+        Some(page.pfn())
+    );
+    assert_eq!(
+        space
+            .normal_page(v, BASE + 3 * PAGE_4K)
+            .unwrap()
+            .map(|p| p.pfn()),
+        None
+    );
+    // Frames that are not allocated pages are refused.
+    let free_pfn = (0..64)
+        .map(|i| db.base_pfn() + i)
+        .find(|&p| db.state(p).unwrap().kind == FrameKind::Free)
+        .unwrap();
+    let root_pfn = space.root() >> 12;
+    for pfn in [free_pfn, root_pfn] {
+        assert!(!db.insertable(pfn));
+    }
+    db.set_kind(free_pfn, FrameKind::Reserved).unwrap();
+    assert!(!db.insertable(free_pfn));
+    // Private writable (copy-on-write) areas map pages read-only.
+    let cow = space
+        .map_vma(BASE + PAGE_2M, BASE + PAGE_2M + PAGE_4K, COW)
+        .unwrap();
+    space.insert_page(cow, BASE + PAGE_2M, &other).unwrap();
+    assert_eq!(
+        space.translate(BASE + PAGE_2M).unwrap().entry & pte::WRITABLE,
+        0
+    );
+    // A PFNMAP area refuses pages.
+    let io = space
+        .map_vma(BASE + 2 * PAGE_2M, BASE + 2 * PAGE_2M + PAGE_4K, SHARED_RW)
+        .unwrap();
+    space
+        .remap_pfn_range(
+            io,
+            BASE + 2 * PAGE_2M,
+            0x1234,
+            PAGE_4K,
+            PageProt::READ_WRITE,
+        )
+        .unwrap();
+    assert_eq!(
+        space.insert_page(io, BASE + 2 * PAGE_2M, &other),
+        Err(MmError::WrongVmaKind)
+    );
+    drop(space);
+    assert_eq!(
+        counts(&db, page.pfn()),
+        (1, 0),
+        "tearing the space down gave everything back"
+    );
+    assert_eq!(counts(&db, other.pfn()), (1, 0));
+    assert_eq!(table_frames(&db), 0, "every page table freed");
+}
+
+#[test]
+fn insert_pages_reports_how_many_went_in() {
+    let mem = Memory::new(128);
+    let db = mem.db();
+    let mut space = Space::new(&db, Tlb::default(), true).unwrap();
+    // Across a page-table boundary: 4 pages before it, 6 after.
+    let start = BASE + PAGE_2M - 4 * PAGE_4K;
+    let v = space
+        .map_vma(start, start + 16 * PAGE_4K, SHARED_RW)
+        .unwrap();
+    let pages: Vec<PageRef<'_>> = (0..10).map(|_| db.alloc_page().unwrap()).collect();
+    let blocker = db.alloc_page().unwrap();
+    space.insert_page(v, start + 7 * PAGE_4K, &blocker).unwrap();
+    let written = space.entries_written();
+    assert_eq!(
+        space.insert_pages(v, start, &pages),
+        Err(PartialInsert {
+            inserted: 7,
+            error: MmError::Busy
+        })
+    );
+    for (i, p) in pages.iter().enumerate() {
+        let want = if i < 7 { (2, 1) } else { (1, 0) };
+        assert_eq!(counts(&db, p.pfn()), want, "page {i}");
+    }
+    assert_eq!(
+        space.entries_written() - written,
+        7 + 1,
+        "7 PTEs and one new PT link"
+    );
+    space.zap_range(v, start, start + 7 * PAGE_4K).unwrap();
+    assert!(pages.iter().all(|p| counts(&db, p.pfn()) == (1, 0)));
+    // Out of range as a whole: nothing goes in.
+    assert_eq!(
+        space.insert_pages(v, start + 8 * PAGE_4K, &pages),
+        Err(PartialInsert {
+            inserted: 0,
+            error: MmError::OutOfRange
+        })
+    );
+    assert!(
+        space
+            .leaves(start, start + 16 * PAGE_4K)
+            .all(|l| l.va == start + 7 * PAGE_4K)
+    );
+    // The good case: 10 pages, one walk per page table.
+    space.zap_range(v, start, start + 16 * PAGE_4K).unwrap();
+    let before = space.entries_written();
+    space.insert_pages(v, start, &pages).unwrap();
+    assert_eq!(
+        space.entries_written() - before,
+        10 + 2 + 2,
+        "10 PTEs, 2 PTs linked, the PD and PDPT re-linked"
+    );
+    assert!(pages.iter().all(|p| counts(&db, p.pfn()) == (2, 1)));
+}
+
+#[test]
+fn remap_pfn_range_uses_special_and_huge_entries() {
+    let mem = Memory::new(64);
+    let db = mem.db();
+    let mut space = Space::new(&db, Tlb::default(), true).unwrap();
+    let size = 2 * PAGE_2M + 3 * PAGE_4K;
+    let v = space.map_vma(BASE, BASE + size, SHARED_RW).unwrap();
+    let pfn = 0x8_0000; // 2 GiB: 2 MiB-aligned
+    space
+        .remap_pfn_range(v, BASE, pfn, size, PageProt::READ_WRITE)
+        .unwrap();
+    let leaves: Vec<_> = space.leaves(BASE, BASE + size).collect();
+    assert_eq!(leaves.iter().filter(|l| l.level == 2).count(), 2);
+    assert_eq!(leaves.iter().filter(|l| l.level == 1).count(), 3);
+    assert!(
+        leaves
+            .iter()
+            .all(|l| l.is_special() && l.phys() == (pfn << 12) + (l.va - BASE))
+    );
+    let flags = space.vma(v).unwrap().flags;
+    assert!(
+        flags.contains(VmFlags::PFNMAP | VmFlags::IO | VmFlags::DONTEXPAND | VmFlags::DONTDUMP)
+    );
+    assert_eq!(
+        space.normal_page(v, BASE).unwrap().map(|p| p.pfn()),
+        None,
+        "special: no page behind it"
+    );
+    // Physically misaligned: 4 KiB entries only.
+    let w = space
+        .map_vma(BASE + 4 * PAGE_2M, BASE + 6 * PAGE_2M, SHARED_RW)
+        .unwrap();
+    space
+        .remap_pfn_range(
+            w,
+            BASE + 4 * PAGE_2M,
+            pfn + 1,
+            2 * PAGE_2M,
+            PageProt::READ_ONLY,
+        )
+        .unwrap();
+    assert!(
+        space
+            .leaves(BASE + 4 * PAGE_2M, BASE + 6 * PAGE_2M)
+            .all(|l| l.level == 1)
+    );
+    assert_eq!(
+        space.leaves(BASE + 4 * PAGE_2M, BASE + 6 * PAGE_2M).count(),
+        1024
+    );
+    // Cache modes through the PAT bits, at both sizes.
+    let x = space
+        .map_vma(BASE + 8 * PAGE_2M, BASE + 9 * PAGE_2M + PAGE_4K, SHARED_RW)
+        .unwrap();
+    space
+        .io_remap_pfn_range(
+            x,
+            BASE + 8 * PAGE_2M,
+            pfn,
+            PAGE_2M + PAGE_4K,
+            PageProt::READ_WRITE,
+            CacheMode::WriteThrough,
+        )
+        .unwrap();
+    let huge = space.translate(BASE + 8 * PAGE_2M).unwrap();
+    let small = space.translate(BASE + 9 * PAGE_2M).unwrap();
+    assert_eq!(
+        huge.entry & (pte::PAT_2M | pte::PCD | pte::PWT),
+        pte::PAT_2M | pte::PCD | pte::PWT
+    );
+    assert_eq!(
+        small.entry & (pte::PAT_4K | pte::PCD | pte::PWT),
+        pte::PAT_4K | pte::PCD | pte::PWT
+    );
+    assert_eq!(
+        CacheMode::of_entry(huge.entry, true),
+        CacheMode::WriteThrough
+    );
+    assert_eq!(
+        CacheMode::of_entry(small.entry, false),
+        CacheMode::WriteThrough
+    );
+    // Remapping over something already there is Busy and leaves nothing.
+    let y = space
+        .map_vma(
+            BASE + 10 * PAGE_2M,
+            BASE + 10 * PAGE_2M + 8 * PAGE_4K,
+            SHARED_RW,
+        )
+        .unwrap();
+    space
+        .remap_pfn_range(
+            y,
+            BASE + 10 * PAGE_2M + 5 * PAGE_4K,
+            0x99,
+            PAGE_4K,
+            PageProt::READ_ONLY,
+        )
+        .unwrap();
+    let before: Vec<_> = space
+        .leaves(BASE + 10 * PAGE_2M, BASE + 11 * PAGE_2M)
+        .collect();
+    assert_eq!(
+        space.remap_pfn_range(
+            y,
+            BASE + 10 * PAGE_2M,
+            0x100,
+            8 * PAGE_4K,
+            PageProt::READ_ONLY
+        ),
+        Err(MmError::Busy)
+    );
+    let after: Vec<_> = space
+        .leaves(BASE + 10 * PAGE_2M, BASE + 11 * PAGE_2M)
+        .collect();
+    assert_eq!(before, after, "the partial remap was undone");
+}
+
+#[test]
+fn copy_on_write_areas_are_remapped_whole() {
+    let mem = Memory::new(32);
+    let db = mem.db();
+    let mut space = Space::new(&db, Tlb::default(), true).unwrap();
+    let v = space.map_vma(BASE, BASE + 4 * PAGE_4K, COW).unwrap();
+    assert_eq!(
+        space.remap_pfn_range(v, BASE, 0x500, 2 * PAGE_4K, PageProt::READ_ONLY),
+        Err(MmError::PartialCowRemap)
+    );
+    assert_eq!(space.vma(v).unwrap().flags, COW, "nothing changed");
+    space
+        .remap_pfn_range(v, BASE, 0x500, 4 * PAGE_4K, PageProt::READ_ONLY)
+        .unwrap();
+    assert_eq!(space.vma(v).unwrap().pgoff, 0x500, "pgoff records the pfn");
+    // A shared area may be remapped in part (the seed's "incomplete" VMAs).
+    let s = space
+        .map_vma(BASE + PAGE_2M, BASE + PAGE_2M + 4 * PAGE_4K, SHARED_RW)
+        .unwrap();
+    space
+        .remap_pfn_range(
+            s,
+            BASE + PAGE_2M + PAGE_4K,
+            0x600,
+            PAGE_4K,
+            PageProt::READ_ONLY,
+        )
+        .unwrap();
+    assert_eq!(space.vma(s).unwrap().pgoff, 0);
+}
+
+#[test]
+fn insert_pfn_rules() {
+    let mem = Memory::new(32);
+    let db = mem.db();
+    let mut space = Space::new(&db, Tlb::default(), true).unwrap();
+    let plain = space.map_vma(BASE, BASE + 4 * PAGE_4K, SHARED_RW).unwrap();
+    assert_eq!(
+        space.insert_pfn(plain, BASE, 0x77),
+        Err(MmError::WrongVmaKind),
+        "needs PFNMAP or MIXEDMAP"
+    );
+    let page = db.alloc_page().unwrap();
+    space.insert_page(plain, BASE, &page).unwrap();
+    assert_eq!(
+        space.insert_pfn(plain, BASE + PAGE_4K, 0x77),
+        Ok(Inserted::New),
+        "MIXEDMAP now"
+    );
+    assert_eq!(
+        space.insert_pfn(plain, BASE, 0x88),
+        Ok(Inserted::AlreadyMapped)
+    );
+    assert_eq!(
+        space.translate(BASE).unwrap().phys(),
+        page.phys(),
+        "the existing entry is left as it is"
+    );
+    let leaf = space.translate(BASE + PAGE_4K).unwrap();
+    assert!(leaf.is_special() && leaf.phys() == 0x77 << 12);
+    // Inserting a counted page's frame as a raw pfn takes no reference.
+    space
+        .insert_pfn(plain, BASE + 2 * PAGE_4K, page.pfn())
+        .unwrap();
+    assert_eq!(counts(&db, page.pfn()), (2, 1));
+    assert_eq!(
+        space
+            .normal_page(plain, BASE + 2 * PAGE_4K)
+            .unwrap()
+            .map(|p| p.pfn()),
+        None
+    );
+    let cow = space
+        .map_vma(BASE + PAGE_2M, BASE + PAGE_2M + PAGE_4K, COW)
+        .unwrap();
+    space
+        .remap_pfn_range(cow, BASE + PAGE_2M, 0x10, PAGE_4K, PageProt::READ_ONLY)
+        .unwrap();
+    assert_eq!(
+        space.insert_pfn(cow, BASE + PAGE_2M, 0x11),
+        Err(MmError::WrongVmaKind),
+        "PFNMAP and copy-on-write"
+    );
+}
+
+#[test]
+fn zap_splits_huge_entries_and_frees_tables() {
+    let mem = Memory::new(64);
+    let db = mem.db();
+    let mut space = Space::new(&db, Tlb::default(), true).unwrap();
+    let v = space.map_vma(BASE, BASE + 2 * PAGE_2M, SHARED_RW).unwrap();
+    space
+        .remap_pfn_range(
+            v,
+            BASE,
+            0x4_0000,
+            2 * PAGE_2M,
+            PageProt::READ_WRITE.with_cache(CacheMode::WriteThrough),
+        )
+        .unwrap();
+    let tables = table_frames(&db);
+    space.tlb_mut().pages.clear();
+    space
+        .zap_range(v, BASE + 3 * PAGE_4K, BASE + 5 * PAGE_4K)
+        .unwrap();
+    assert_eq!(
+        table_frames(&db),
+        tables + 1,
+        "one 2 MiB entry split into a page table"
+    );
+    let leaves: Vec<_> = space.leaves(BASE, BASE + PAGE_2M).collect();
+    assert_eq!(leaves.len(), 510);
+    assert!(
+        leaves.iter().all(|l| l.level == 1
+            && l.is_special()
+            && l.phys() == (0x4_0000 << 12) + (l.va - BASE))
+    );
+    assert!(
+        leaves
+            .iter()
+            .all(|l| CacheMode::of_entry(l.entry, false) == CacheMode::WriteThrough),
+        "PAT bit moved from 12 to 7"
+    );
+    assert!(
+        space.translate(BASE + 3 * PAGE_4K).is_none()
+            && space.translate(BASE + 4 * PAGE_4K).is_none()
+    );
+    assert!(space.tlb_mut().pages.contains(&(BASE + 3 * PAGE_4K)));
+    space.zap_range(v, BASE, BASE + 2 * PAGE_2M).unwrap();
+    assert_eq!(table_frames(&db), 1, "only the root is left");
+    assert!(
+        space.tlb_mut().full > 0,
+        "1024 pages: one full flush, not 1024 invlpg"
+    );
+}
+
+#[test]
+fn fork_copies_entries_and_counts_only_pages() {
+    let mem = Memory::new(64);
+    let db = mem.db();
+    let mut parent = Space::new(&db, Tlb::default(), true).unwrap();
+    let mut child = Space::new(&db, Tlb::default(), true).unwrap();
+    let mixed = parent.map_vma(BASE, BASE + 4 * PAGE_4K, COW).unwrap();
+    let page = db.alloc_page().unwrap();
+    parent.insert_page(mixed, BASE, &page).unwrap();
+    parent.insert_pfn(mixed, BASE + PAGE_4K, 0x42).unwrap();
+    let io = parent
+        .map_vma(BASE + PAGE_2M, BASE + 2 * PAGE_2M, SHARED_RW)
+        .unwrap();
+    parent
+        .remap_pfn_range(
+            io,
+            BASE + PAGE_2M,
+            0x20_0000 >> 12,
+            PAGE_2M,
+            PageProt::READ_WRITE,
+        )
+        .unwrap();
+    let shared = parent
+        .map_vma(BASE + 4 * PAGE_2M, BASE + 4 * PAGE_2M + PAGE_4K, SHARED_RW)
+        .unwrap();
+    let writable = db.alloc_page().unwrap();
+    parent
+        .insert_page(shared, BASE + 4 * PAGE_2M, &writable)
+        .unwrap();
+    for id in [mixed, io, shared] {
+        parent.fork_range(id, &mut child).unwrap();
+    }
+    let p: Vec<_> = parent.leaves(0, 1 << 40).map(|l| (l.va, l.entry)).collect();
+    let c: Vec<_> = child.leaves(0, 1 << 40).map(|l| (l.va, l.entry)).collect();
+    assert_eq!(p, c, "identical entries");
+    assert_eq!(
+        counts(&db, page.pfn()),
+        (3, 2),
+        "the page: one more reference and map count"
+    );
+    assert_eq!(counts(&db, writable.pfn()), (3, 2));
+    assert!(
+        child
+            .translate(BASE + PAGE_2M)
+            .is_some_and(|l| l.level == 2 && l.is_special())
+    );
+    assert!(
+        parent
+            .translate(BASE + 4 * PAGE_2M)
+            .is_some_and(|l| l.entry & pte::WRITABLE != 0),
+        "shared stays writable"
+    );
+    drop(child);
+    assert_eq!(counts(&db, page.pfn()), (2, 1));
+}
+
+#[test]
+fn out_of_memory_changes_nothing() {
+    // Root + exactly two more frames: not enough for PDPT + PD + PT.
+    let mem = Memory::new(4);
+    let db = mem.db();
+    let mut space = Space::new(&db, Tlb::default(), true).unwrap();
+    let page = db.alloc_page().unwrap();
+    let v = space.map_vma(BASE, BASE + PAGE_4K, SHARED_RW).unwrap();
+    assert_eq!(db.free_frames(), 2);
+    assert_eq!(space.insert_page(v, BASE, &page), Err(MmError::OutOfMemory));
+    assert_eq!(
+        db.free_frames(),
+        2,
+        "the tables it managed to allocate were freed"
+    );
+    assert_eq!(counts(&db, page.pfn()), (1, 0));
+    assert!(!space.vma(v).unwrap().flags.contains(VmFlags::MIXEDMAP));
+    assert_eq!(
+        space.remap_pfn_range(v, BASE, 5, PAGE_4K, PageProt::READ_ONLY),
+        Err(MmError::OutOfMemory)
+    );
+    assert_eq!(space.vma(v).unwrap().flags, SHARED_RW);
+    assert_eq!(db.free_frames(), 2);
+}
+
+#[test]
+fn areas_may_not_overlap_each_other_or_the_kernel() {
+    let mem = Memory::new(8);
+    let db = mem.db();
+    let kernel = Space::new(&db, Tlb::default(), true).unwrap();
+    let mut space = Space::new(&db, Tlb::default(), true).unwrap();
+    // SAFETY: `kernel` outlives `space` in this test.
+    unsafe { space.share_kernel_slots(kernel.root(), [0, 256]) };
+    assert_eq!(
+        space.map_vma(0x1000, 0x2000, SHARED_RW),
+        Err(MmError::Overlap),
+        "slot 0 is the kernel's"
+    );
+    let v = space
+        .map_vma(1 << 39, (1 << 39) + 0x4000, SHARED_RW)
+        .unwrap();
+    assert_eq!(
+        space.map_vma((1 << 39) + 0x3000, (1 << 39) + 0x5000, SHARED_RW),
+        Err(MmError::Overlap)
+    );
+    assert_eq!(
+        space.map_vma(0x1001, 0x2000, SHARED_RW),
+        Err(MmError::Misaligned)
+    );
+    assert_eq!(
+        space.map_vma(USER, USER + 0x1000, SHARED_RW),
+        Err(MmError::OutOfRange)
+    );
+    assert!(space.vma(v).is_ok());
+    drop(space);
+    drop(kernel);
+}
+const USER: u64 = super::space::USER_END;
+
+// ---- the model ----
+
+/// What the model says is at a 4 KiB page: a physical frame and whether it
+/// is counted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Mapped {
+    pfn: u64,
+    counted: bool,
+}
+
+#[derive(Clone, Debug)]
+enum Op {
+    InsertPage {
+        area: usize,
+        page: usize,
+        frame: usize,
+    },
+    InsertPages {
+        area: usize,
+        page: usize,
+        frames: Vec<usize>,
+    },
+    Remap {
+        area: usize,
+        page: usize,
+        pages: usize,
+        pfn: u64,
+    },
+    InsertPfn {
+        area: usize,
+        page: usize,
+        pfn: u64,
+    },
+    Zap {
+        area: usize,
+        page: usize,
+        pages: usize,
+    },
+}
+
+/// Areas: (start, pages, flags). The second starts 2 MiB-aligned and spans
+/// two page tables, so huge entries and splits happen.
+const AREAS: [(u64, u64, VmFlags); 3] = [
+    (BASE - 4 * PAGE_4K, 12, SHARED_RW),
+    (BASE + PAGE_2M, 1024, SHARED_RW),
+    (BASE + 4 * PAGE_2M, 6, COW),
+];
+
+fn op() -> impl Strategy<Value = Op> {
+    let area = 0..AREAS.len();
+    prop_oneof![
+        (area.clone(), 0..1030usize, 0..6usize).prop_map(|(area, page, frame)| Op::InsertPage {
+            area,
+            page,
+            frame
+        }),
+        (
+            area.clone(),
+            0..1030usize,
+            prop::collection::vec(0..6usize, 0..20)
+        )
+            .prop_map(|(area, page, frames)| Op::InsertPages { area, page, frames }),
+        (
+            area.clone(),
+            0..1030usize,
+            1..1100usize,
+            prop_oneof![Just(0x10_0000u64), Just(0x10_0200), 0x1000..0x2000u64]
+        )
+            .prop_map(|(area, page, pages, pfn)| Op::Remap {
+                area,
+                page,
+                pages,
+                pfn
+            }),
+        (area.clone(), 0..1030usize, 0x3000..0x3010u64)
+            .prop_map(|(area, page, pfn)| Op::InsertPfn { area, page, pfn }),
+        (area, 0..1030usize, 1..1100usize).prop_map(|(area, page, pages)| Op::Zap {
+            area,
+            page,
+            pages
+        }),
+    ]
+}
+
+struct Model {
+    pages: BTreeMap<u64, Mapped>,
+    flags: [VmFlags; 3],
+}
+
+impl Model {
+    fn busy(&self, start: u64, pages: usize) -> bool {
+        (0..pages as u64).any(|i| self.pages.contains_key(&(start + i * PAGE_4K)))
+    }
+}
+
+fn check(
+    space: &Space<'_>,
+    db: &FrameDb<'_>,
+    model: &Model,
+    pool: &[PageRef<'_>],
+    bad: &[u64],
+) -> Result<(), TestCaseError> {
+    // The tables, page by page, agree with the model.
+    let mut seen = BTreeMap::new();
+    for leaf in space.leaves(0, super::space::USER_END) {
+        for i in 0..leaf.size() / PAGE_4K {
+            let va = leaf.va + i * PAGE_4K;
+            seen.insert(
+                va,
+                Mapped {
+                    pfn: (leaf.phys() >> 12) + i,
+                    counted: !leaf.is_special(),
+                },
+            );
+        }
+    }
+    prop_assert_eq!(&seen, &model.pages);
+    // Counts: our own reference, plus one reference and one map count per
+    // counted mapping.
+    for page in pool {
+        let maps = model
+            .pages
+            .values()
+            .filter(|m| m.counted && m.pfn == page.pfn())
+            .count() as u32;
+        prop_assert_eq!(
+            counts(db, page.pfn()),
+            (1 + maps, maps),
+            "frame {:#x}",
+            page.pfn()
+        );
+    }
+    for &pfn in bad {
+        let state = db.state(pfn).unwrap();
+        prop_assert_eq!(state.mapcount, 0);
+    }
+    // No empty page table survives, and no table leaked.
+    let mut tables = 1;
+    let mut leaf_tables = std::collections::BTreeSet::new();
+    for leaf in space.leaves(0, super::space::USER_END) {
+        leaf_tables.insert((leaf.va >> 21, leaf.level));
+    }
+    let pts = leaf_tables.iter().filter(|(_, level)| *level == 1).count();
+    let pds: std::collections::BTreeSet<u64> = leaf_tables.iter().map(|(k, _)| k >> 9).collect();
+    let pdpts: std::collections::BTreeSet<u64> = pds.iter().map(|k| k >> 9).collect();
+    tables += pts + pds.len() + pdpts.len();
+    prop_assert_eq!(table_frames(db), tables, "page-table frames in use");
+    for (i, area) in AREAS.iter().enumerate() {
+        prop_assert_eq!(
+            space.vma(VmaId::from_test(i)).unwrap().flags,
+            model.flags[i],
+            "flags of area {}",
+            i
+        );
+        let _ = area;
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 96, ..ProptestConfig::default() })]
+
+    #[test]
+    fn random_operations_agree_with_the_model(ops in prop::collection::vec(op(), 1..40)) {
+        let mem = Memory::new(160);
+        let db = mem.db();
+        let mut space = Space::new(&db, Tlb::default(), true).unwrap();
+        let ids: Vec<VmaId> = AREAS.iter().map(|&(s, n, f)| space.map_vma(s, s + n * PAGE_4K, f).unwrap()).collect();
+        // Frames 0-3: pages we hold; 4: a reserved frame; 5: the root table.
+        let pool: Vec<PageRef<'_>> = (0..4).map(|_| db.alloc_page().unwrap()).collect();
+        let reserved = pool[3].pfn() + 1;
+        db.set_kind(reserved, FrameKind::Reserved).unwrap();
+        let bad = [reserved, space.root() >> 12];
+        let frame_pfn = |f: usize| if f < 4 { pool[f].pfn() } else { bad[f - 4] };
+        let mut model = Model { pages: BTreeMap::new(), flags: AREAS.map(|a| a.2) };
+        for op in ops {
+            let before = model.pages.clone();
+            let flushes = (space.tlb_mut().pages.len(), space.tlb_mut().full);
+            match op {
+                Op::InsertPage { area, page, frame } => {
+                    let (start, n, _) = AREAS[area];
+                    let va = start + page as u64 * PAGE_4K;
+                    let pfn = frame_pfn(frame);
+                    if frame >= 4 {
+                        // No reference to a frame that is not an allocated
+                        // page can even be made; the database refuses it.
+                        prop_assert!(!db.insertable(pfn));
+                        prop_assert!(db.get(pfn).is_none());
+                        check(&space, &db, &model, &pool, &bad)?;
+                        continue;
+                    }
+                    let result = space.insert_page(ids[area], va, &pool[frame]);
+                    let expected = if model.flags[area].contains(VmFlags::PFNMAP) { Err(MmError::WrongVmaKind) }
+                        else if page as u64 >= n { Err(MmError::OutOfRange) }
+                        else if model.busy(va, 1) { Err(MmError::Busy) }
+                        else { Ok(()) };
+                    prop_assert_eq!(result, expected);
+                    if result.is_ok() {
+                        model.pages.insert(va, Mapped { pfn, counted: true });
+                        model.flags[area] |= VmFlags::MIXEDMAP;
+                    }
+                }
+                Op::InsertPages { area, page, frames } => {
+                    let (start, n, _) = AREAS[area];
+                    let va = start + page as u64 * PAGE_4K;
+                    let refs: Vec<PageRef<'_>> = frames.iter().filter(|&&f| f < 4).map(|&f| pool[f].clone()).collect();
+                    let result = space.insert_pages(ids[area], va, &refs);
+                    let expected = if model.flags[area].contains(VmFlags::PFNMAP) { Err(PartialInsert { inserted: 0, error: MmError::WrongVmaKind }) }
+                        else if refs.is_empty() { Ok(()) }
+                        else if page as u64 + refs.len() as u64 > n { Err(PartialInsert { inserted: 0, error: MmError::OutOfRange }) }
+                        else {
+                            match (0..refs.len()).find(|&i| model.busy(va + i as u64 * PAGE_4K, 1)) {
+                                Some(i) => Err(PartialInsert { inserted: i, error: MmError::Busy }),
+                                None => Ok(()),
+                            }
+                        };
+                    prop_assert_eq!(result, expected);
+                    let inserted = match result { Ok(()) => refs.len(), Err(p) => p.inserted };
+                    for (i, r) in refs.iter().enumerate().take(inserted) {
+                        model.pages.insert(va + i as u64 * PAGE_4K, Mapped { pfn: r.pfn(), counted: true });
+                    }
+                    if inserted > 0 {
+                        model.flags[area] |= VmFlags::MIXEDMAP;
+                    }
+                }
+                Op::Remap { area, page, pages, pfn } => {
+                    let (start, n, flags) = AREAS[area];
+                    let va = start + page as u64 * PAGE_4K;
+                    let result = space.remap_pfn_range(ids[area], va, pfn, pages as u64 * PAGE_4K, PageProt::READ_WRITE);
+                    let expected = if model.flags[area].contains(VmFlags::MIXEDMAP) { Err(MmError::WrongVmaKind) }
+                        else if (page + pages) as u64 > n { Err(MmError::OutOfRange) }
+                        else if flags.is_cow() && (page != 0 || pages as u64 != n) { Err(MmError::PartialCowRemap) }
+                        else if model.busy(va, pages) { Err(MmError::Busy) }
+                        else { Ok(()) };
+                    if result == Err(MmError::OutOfMemory) {
+                        prop_assert!(expected.is_ok(), "out of memory only where it would have worked");
+                    } else {
+                        prop_assert_eq!(result, expected);
+                    }
+                    if result.is_ok() {
+                        for i in 0..pages as u64 {
+                            model.pages.insert(va + i * PAGE_4K, Mapped { pfn: pfn + i, counted: false });
+                        }
+                        model.flags[area] |= VmFlags::PFNMAP | VmFlags::IO | VmFlags::DONTEXPAND | VmFlags::DONTDUMP;
+                    }
+                }
+                Op::InsertPfn { area, page, pfn } => {
+                    let (start, n, flags) = AREAS[area];
+                    let va = start + page as u64 * PAGE_4K;
+                    let result = space.insert_pfn(ids[area], va, pfn);
+                    let f = model.flags[area];
+                    let expected = if f.contains(VmFlags::PFNMAP) == f.contains(VmFlags::MIXEDMAP) || (f.contains(VmFlags::PFNMAP) && flags.is_cow()) {
+                        Err(MmError::WrongVmaKind)
+                    } else if page as u64 >= n { Err(MmError::OutOfRange) }
+                    else if model.busy(va, 1) { Ok(Inserted::AlreadyMapped) }
+                    else { Ok(Inserted::New) };
+                    if result == Err(MmError::OutOfMemory) {
+                        prop_assert_eq!(expected, Ok(Inserted::New));
+                    } else {
+                        prop_assert_eq!(result, expected);
+                    }
+                    if result == Ok(Inserted::New) {
+                        model.pages.insert(va, Mapped { pfn, counted: false });
+                    }
+                }
+                Op::Zap { area, page, pages } => {
+                    let (start, n, _) = AREAS[area];
+                    let va = start + page as u64 * PAGE_4K;
+                    let result = space.zap_range(ids[area], va, va + pages as u64 * PAGE_4K);
+                    let expected = if (page + pages) as u64 > n { Err(MmError::OutOfRange) } else { Ok(()) };
+                    if result == Err(MmError::OutOfMemory) {
+                        prop_assert!(expected.is_ok());
+                    } else {
+                        prop_assert_eq!(result, expected);
+                    }
+                    if result.is_ok() {
+                        let removed: Vec<u64> = model.pages.range(va..va + pages as u64 * PAGE_4K).map(|(&k, _)| k).collect();
+                        for k in &removed {
+                            model.pages.remove(k);
+                        }
+                        // Every page whose entry went away was flushed.
+                        let tlb = space.tlb_mut();
+                        let full = tlb.full > flushes.1;
+                        for k in removed {
+                            let flushed = tlb.pages[flushes.0..].iter().any(|&p| p >> 12 == k >> 12 || (p >> 21 == k >> 21 && p & (PAGE_2M - 1) == 0));
+                            prop_assert!(full || flushed, "{:#x} unmapped without a flush", k);
+                        }
+                    }
+                }
+            }
+            let _ = before;
+            check(&space, &db, &model, &pool, &bad)?;
+        }
+        drop(space);
+        prop_assert_eq!(table_frames(&db), 0);
+        for page in &pool {
+            prop_assert_eq!(counts(&db, page.pfn()), (1, 0));
+        }
+    }
+}
