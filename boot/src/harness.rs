@@ -74,6 +74,8 @@ pub fn run(tests: &[Test], filter: Option<&str>) -> ExitCode {
         DEADLINE_NS.store(start + test.timeout_ms * 1_000_000, Ordering::Release);
         let outcome = recover::catch(test.run);
         DEADLINE_NS.store(0, Ordering::Release);
+        // A test that failed with its own page tables loaded leaves them.
+        crate::mm::restore_kernel_cr3();
         let ms = (time::now_ns() - start) / 1_000_000;
         match outcome {
             Ok(()) => {

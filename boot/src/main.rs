@@ -20,6 +20,7 @@ mod gdt;
 mod harness;
 mod irq;
 mod mem;
+mod mm;
 mod pci;
 mod pvh;
 mod recover;
@@ -74,6 +75,7 @@ extern "C" fn kernel_main(start_info: u32) -> ! {
     let tsc_hz = time::init();
     irq::unmask(0);
     x86_64::instructions::interrupts::enable();
+    mm::remember_kernel_cr3();
     let pci = pci::enumerate();
     let platform = PLATFORM.call_once(|| Platform {
         boot,

@@ -2,6 +2,7 @@
 //! `qemu-run.sh bench` collects into `target/bench/latest.csv`.
 
 mod dma;
+mod mm;
 
 use dmaengine::drivers::{edu, lsi53c895a};
 use dmaengine::mmio::MmioRegion;
@@ -24,9 +25,16 @@ pub fn ns_per_iter(iterations: u64, mut f: impl FnMut()) -> f64 {
     time::cycles_to_ns(time::rdtsc() - start) as f64 / iterations as f64
 }
 
-/// Runs the benchmarks whose keys start with `filter` (all if `None`).
+/// Runs the benchmark groups `filter` names (all if `None`).
 pub fn run(filter: Option<&str>) -> ExitCode {
-    let wanted = |group: &str| filter.is_none_or(|f| group.starts_with(f) || f.starts_with(group));
+    // A filter names a group (`mm`) or a key under it (`mm.remap_1GiB`).
+    let wanted = |group: &str| {
+        filter.is_none_or(|f| {
+            f == group
+                || f.strip_prefix(group)
+                    .is_some_and(|rest| rest.starts_with('.'))
+        })
+    };
     if wanted("mmio") {
         mmio();
     }
@@ -35,6 +43,9 @@ pub fn run(filter: Option<&str>) -> ExitCode {
     }
     if wanted("dma") {
         dma::run();
+    }
+    if wanted("mm") {
+        mm::run();
     }
     ExitCode::Success
 }

@@ -36,8 +36,31 @@ fn nx_supported() -> bool {
     leaf.edx & (1 << 20) != 0
 }
 
+/// IA32_PAT (Intel SDM Vol. 3A, 12.12.2).
+const IA32_PAT: u32 = 0x277;
+
+/// Programs the PAT with Linux's layout (`dmaengine::mm::pte::LINUX_PAT`),
+/// so the PWT/PCD/PAT bits of `io_remap_pfn_range` mean what the library
+/// says. Entries 0-3 keep their power-on types (WB, WT->WC, UC-, UC), so
+/// existing mappings (WB, and PCD|PWT = UC for devices) are unaffected.
+fn program_pat() {
+    let leaf = core::arch::x86_64::__cpuid(1);
+    if leaf.edx & (1 << 16) == 0 {
+        return;
+    }
+    // SAFETY: the CPU has a PAT (CPUID.1:EDX.PAT). Only entry 1 changes
+    // meaning (WT -> WC) and no mapping selects it yet; the caches and
+    // TLB are flushed after, as the SDM asks of a PAT change.
+    unsafe {
+        x86_64::registers::model_specific::Msr::new(IA32_PAT).write(dmaengine::mm::pte::LINUX_PAT);
+        core::arch::asm!("wbinvd", options(nostack));
+    }
+    x86_64::instructions::tlb::flush_all();
+}
+
 /// Applies the refinements; returns whether NX is available.
 pub fn init(info: &BootInfo) -> Result<bool, frames::FrameError> {
+    program_pat();
     let nx = nx_supported();
     if nx {
         // SAFETY: setting NXE only makes bit 63 of PTEs meaningful; no

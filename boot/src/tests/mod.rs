@@ -6,6 +6,7 @@ use crate::harness::Test;
 
 mod dma;
 mod kernel;
+mod mm;
 mod selftest;
 
 /// Every guest test, in the order they run.
@@ -13,6 +14,7 @@ pub fn all() -> Vec<Test> {
     let mut tests = Vec::new();
     tests.extend_from_slice(kernel::TESTS);
     tests.extend_from_slice(dma::TESTS);
+    tests.extend_from_slice(mm::TESTS);
     tests
 }
 

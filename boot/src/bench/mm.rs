@@ -1,0 +1,188 @@
+//! Page-table benchmarks: inserting 64 MiB one page at a time, in batches of
+//! 512, and with the `x86_64` crate's `OffsetPageTable::map_to` (the mapper
+//! most Rust hobby kernels use); remapping 1 GiB with 4 KiB and 2 MiB
+//! entries. The three mappers alternate in rounds; each value is a median.
+
+use alloc::vec::Vec;
+
+use dmaengine::mm::frame::PageRef;
+use dmaengine::mm::pte::PAGE_4K;
+use dmaengine::mm::vma::{PageProt, VmFlags};
+use x86_64::structures::paging::{
+    FrameAllocator, Mapper, OffsetPageTable, Page, PageTable, PageTableFlags, PhysFrame, Size4KiB,
+};
+use x86_64::{PhysAddr, VirtAddr};
+
+use super::report;
+use crate::mem::{PHYS_OFFSET, frames, phys_to_virt};
+use crate::mm::{Space, db, new_space};
+use crate::{platform, println, time};
+
+const AREA: u64 = 1 << 39;
+const PAGES: usize = (64 << 20) / 4096;
+const ROUNDS: usize = 5;
+const SHARED_RW: VmFlags = VmFlags::READ
+    .union(VmFlags::WRITE)
+    .union(VmFlags::SHARED)
+    .union(VmFlags::MAYWRITE);
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_unstable_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+fn space() -> Option<Space> {
+    new_space(platform().nx).ok()
+}
+
+/// Nanoseconds per page for `insert` over a fresh space (teardown untimed).
+fn time_inserts(
+    pages: &[PageRef<'static>],
+    insert: impl Fn(&mut Space, dmaengine::mm::space::VmaId, &[PageRef<'static>]),
+) -> Option<f64> {
+    let mut space = space()?;
+    let v = space
+        .map_vma(AREA, AREA + PAGES as u64 * PAGE_4K, SHARED_RW)
+        .ok()?;
+    let start = time::rdtsc();
+    insert(&mut space, v, pages);
+    let ns = time::cycles_to_ns(time::rdtsc() - start);
+    let mapped = space.leaves(AREA, AREA + PAGES as u64 * PAGE_4K).count();
+    assert_eq!(mapped, PAGES, "the benchmark must map every page");
+    Some(ns as f64 / PAGES as f64)
+}
+
+/// Page-table frames for `map_to`, from the kernel's allocator.
+struct BootFrames;
+
+// SAFETY: frames from the allocator are unused and owned by the caller
+// until freed by `free_tables`.
+unsafe impl FrameAllocator<Size4KiB> for BootFrames {
+    fn allocate_frame(&mut self) -> Option<PhysFrame<Size4KiB>> {
+        frames::alloc()
+            .ok()
+            .map(|pa| PhysFrame::containing_address(PhysAddr::new(pa)))
+    }
+}
+
+/// Frees every table below `table` (level 4 = PML4), then `table` itself.
+fn free_tables(table: u64, level: u32) {
+    // SAFETY: a table built by `map_to` in `time_map_to`, not loaded, reached
+    // through the direct map; nothing else uses it.
+    let entries = unsafe { &*phys_to_virt(table).cast::<PageTable>() };
+    if level > 1 {
+        for entry in entries.iter().filter(|e| !e.is_unused()) {
+            free_tables(entry.addr().as_u64(), level - 1);
+        }
+    }
+    let _ = frames::free(table);
+}
+
+/// Nanoseconds per page for `OffsetPageTable::map_to` of the same pages.
+fn time_map_to(pages: &[PageRef<'static>]) -> Option<f64> {
+    let root = frames::alloc_zeroed().ok()?;
+    // SAFETY: `root` is a zeroed frame we own, reached through the direct map
+    // at PHYS_OFFSET, which maps all physical memory the tables will use.
+    let mut mapper = unsafe {
+        OffsetPageTable::new(
+            &mut *phys_to_virt(root).cast::<PageTable>(),
+            VirtAddr::new(PHYS_OFFSET),
+        )
+    };
+    let flags = PageTableFlags::PRESENT
+        | PageTableFlags::WRITABLE
+        | PageTableFlags::USER_ACCESSIBLE
+        | PageTableFlags::NO_EXECUTE;
+    let start = time::rdtsc();
+    for (i, page) in pages.iter().enumerate() {
+        let va = Page::<Size4KiB>::containing_address(VirtAddr::new(AREA + i as u64 * PAGE_4K));
+        let frame = PhysFrame::containing_address(PhysAddr::new(page.phys()));
+        // SAFETY: the tables are not loaded anywhere (hence `ignore`), and
+        // the frames are pages we hold.
+        unsafe { mapper.map_to(va, frame, flags, &mut BootFrames) }
+            .expect("map_to")
+            .ignore();
+    }
+    let ns = time::cycles_to_ns(time::rdtsc() - start);
+    free_tables(root, 4);
+    Some(ns as f64 / PAGES as f64)
+}
+
+/// Microseconds and entries written for a 1 GiB remap from `pfn`.
+fn time_remap(pfn: u64) -> Option<(f64, u64)> {
+    let mut space = space()?;
+    let v = space.map_vma(AREA, AREA + (1 << 30), SHARED_RW).ok()?;
+    let before = space.entries_written();
+    let start = time::rdtsc();
+    space
+        .remap_pfn_range(v, AREA, pfn, 1 << 30, PageProt::READ_WRITE)
+        .ok()?;
+    let us = time::cycles_to_ns(time::rdtsc() - start) as f64 / 1000.0;
+    Some((us, space.entries_written() - before))
+}
+
+pub fn run() {
+    let db = db();
+    let Ok(pages) = (0..PAGES)
+        .map(|_| db.alloc_page())
+        .collect::<Result<Vec<_>, _>>()
+    else {
+        println!("mm benchmarks skipped: not enough pages in the frame database");
+        return;
+    };
+    let (mut one, mut batched, mut map_to) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..ROUNDS {
+        let by_one = time_inserts(&pages, |space, v, pages| {
+            for (i, page) in pages.iter().enumerate() {
+                space
+                    .insert_page(v, AREA + i as u64 * PAGE_4K, page)
+                    .expect("insert_page");
+            }
+        });
+        let by_batch = time_inserts(&pages, |space, v, pages| {
+            for (i, chunk) in pages.chunks(512).enumerate() {
+                space
+                    .insert_pages(v, AREA + (i * 512) as u64 * PAGE_4K, chunk)
+                    .expect("insert_pages");
+            }
+        });
+        let (Some(a), Some(b), Some(c)) = (by_one, by_batch, time_map_to(&pages)) else {
+            println!("mm benchmarks skipped: no memory for page tables");
+            return;
+        };
+        one.push(a);
+        batched.push(b);
+        map_to.push(c);
+    }
+    let (one, batched, map_to) = (median(one), median(batched), median(map_to));
+    report("mm.insert_page.ns_per_page", one, "ns");
+    report("mm.insert_pages.ns_per_page", batched, "ns");
+    report("mm.x86_64_map_to.ns_per_page", map_to, "ns");
+    report("mm.insert_pages_vs_insert_page.ratio", batched / one, "x");
+    report("mm.insert_pages_vs_map_to.ratio", batched / map_to, "x");
+    drop(pages);
+
+    // 1 GiB of physical memory from 0: 2 MiB-aligned, so 2 MiB entries; one
+    // page further, only 4 KiB entries fit.
+    let (mut t4k, mut t2m, mut e4k, mut e2m) = (Vec::new(), Vec::new(), 0, 0);
+    for _ in 0..3 {
+        let (Some((a, n4)), Some((b, n2))) = (time_remap(1), time_remap(0)) else {
+            println!("remap benchmark skipped: no memory for page tables");
+            return;
+        };
+        t4k.push(a);
+        t2m.push(b);
+        (e4k, e2m) = (n4, n2);
+    }
+    let (t4k, t2m) = (median(t4k), median(t2m));
+    report("mm.remap_1GiB.4k.us", t4k, "us");
+    report("mm.remap_1GiB.2m.us", t2m, "us");
+    report("mm.remap_1GiB.4k.entries", e4k as f64, "count");
+    report("mm.remap_1GiB.2m.entries", e2m as f64, "count");
+    report(
+        "mm.remap_1GiB.entries_4k_over_2m.ratio",
+        e4k as f64 / e2m as f64,
+        "x",
+    );
+    report("mm.remap_1GiB.time_4k_over_2m.ratio", t4k / t2m, "x");
+}
