@@ -32,10 +32,8 @@ pub const TESTS: &[Test] = &[
         "fault.other_exceptions_are_reported",
         other_exceptions_are_reported,
     ),
-    Test::new(
-        "time.timer_ticks_agree_with_tsc",
-        timer_ticks_agree_with_tsc,
-    ),
+    Test::new("time.timer_interrupts_arrive", timer_interrupts_arrive),
+    Test::new("time.tsc_agrees_with_the_pit", tsc_agrees_with_the_pit),
     Test::new(
         "time.delay_waits_as_long_as_asked",
         delay_waits_as_long_as_asked,
@@ -191,8 +189,8 @@ fn other_exceptions_are_reported() {
     assert_eq!(after.ok(), Some(42));
 }
 
-fn timer_ticks_agree_with_tsc() {
-    const WINDOW_MS: u64 = 400;
+fn timer_interrupts_arrive() {
+    const WINDOW_MS: u64 = 200;
     let start_ticks = time::ticks();
     let start = time::now_ns();
     while time::now_ns() - start < WINDOW_MS * 1_000_000 {
@@ -200,19 +198,46 @@ fn timer_ticks_agree_with_tsc() {
     }
     let ticks = time::ticks() - start_ticks;
     let expected = WINDOW_MS * time::tick_millihz() / 1_000_000;
-    let error_pct = (ticks as i64 - expected as i64).abs() * 100 / expected as i64;
+    // The PIC merges edges that arrive while QEMU's vCPU thread is not
+    // running, so a loaded host loses ticks; it can never add any.
     assert!(
-        error_pct <= 5,
-        "{ticks} PIT ticks over {WINDOW_MS} ms of TSC time, expected {expected} (+-5%)"
+        ticks >= expected / 2 && ticks <= expected * 105 / 100,
+        "{ticks} timer interrupts in {WINDOW_MS} ms, expected about {expected}"
+    );
+}
+
+fn tsc_agrees_with_the_pit() {
+    // 50 ms of the PIT's 1.193182 MHz clock, polled on channel 2, against
+    // the calibrated TSC. A descheduled vCPU only makes one window long, so
+    // the best of five is the clock's own error.
+    const COUNTS: u16 = 59_659;
+    let want_ns = COUNTS as u64 * 1_000_000_000 / time::PIT_HZ;
+    let error_ppm = (0..5)
+        .map(|_| {
+            let ns = time::cycles_to_ns(time::tsc_cycles_over_pit(COUNTS));
+            (ns as i64 - want_ns as i64).unsigned_abs() * 1_000_000 / want_ns
+        })
+        .min()
+        .unwrap_or(u64::MAX);
+    assert!(
+        error_ppm <= 20_000,
+        "the TSC clock is {error_ppm} ppm off the PIT"
     );
 }
 
 fn delay_waits_as_long_as_asked() {
     let start_ticks = time::ticks();
+    let start = time::now_ns();
     time::Delay.delay_ms(200);
+    let elapsed_ms = (time::now_ns() - start) / 1_000_000;
     let ticks = time::ticks() - start_ticks;
     assert!(
-        (190..=215).contains(&ticks),
+        elapsed_ms >= 200,
+        "delay_ms(200) returned after {elapsed_ms} ms"
+    );
+    // Lost ticks (see above) only lower the count.
+    assert!(
+        (100..=215).contains(&ticks),
         "delay_ms(200) took {ticks} PIT ticks"
     );
 }
