@@ -180,16 +180,21 @@ fn mm_section() {
     };
     let flags = VmFlags::READ | VmFlags::WRITE | VmFlags::SHARED | VmFlags::MAYWRITE;
     let area = 1u64 << 39;
-    let (Ok(pages_vma), Ok(io_vma)) =
-        (space.map_vma(area, area + 4 * PAGE_4K, flags), space.map_vma(area + (1 << 30), area + (1 << 30) + PAGE_4K, flags))
-    else {
+    let (Ok(pages_vma), Ok(io_vma)) = (
+        space.map_vma(area, area + 4 * PAGE_4K, flags),
+        space.map_vma(area + (1 << 30), area + (1 << 30) + PAGE_4K, flags),
+    ) else {
         println!("  no areas");
         return;
     };
     let pages: alloc::vec::Vec<_> = (0..4).filter_map(|_| db.alloc_page().ok()).collect();
     for (i, p) in pages.iter().enumerate() {
         // SAFETY: the page is ours, reached through the direct map.
-        unsafe { crate::mem::phys_to_virt(p.phys()).cast::<u64>().write_volatile(0xda7a_0000 + i as u64) };
+        unsafe {
+            crate::mem::phys_to_virt(p.phys())
+                .cast::<u64>()
+                .write_volatile(0xda7a_0000 + i as u64)
+        };
     }
     if let Err(e) = space.insert_pages(pages_vma, area, &pages) {
         println!("  insert_pages: {:?}", e.error);
@@ -197,12 +202,20 @@ fn mm_section() {
     }
     let bar = devices::find(edu::regs::VENDOR_ID, edu::regs::DEVICE_ID).and_then(|d| d.mem_bar(0));
     let remapped = bar.map(|(pa, _)| {
-        space.io_remap_pfn_range(io_vma, area + (1 << 30), pa / PAGE_4K, PAGE_4K, PageProt::READ_ONLY, CacheMode::Uncached)
+        space.io_remap_pfn_range(
+            io_vma,
+            area + (1 << 30),
+            pa / PAGE_4K,
+            PAGE_4K,
+            PageProt::READ_ONLY,
+            CacheMode::Uncached,
+        )
     });
     let (words, id) = crate::mm::with_loaded(&mut space, |_| {
         // SAFETY: these addresses were just mapped in the loaded space.
-        let words: alloc::vec::Vec<u64> =
-            (0..4).map(|i| unsafe { core::ptr::read_volatile((area + i * PAGE_4K) as *const u64) }).collect();
+        let words: alloc::vec::Vec<u64> = (0..4)
+            .map(|i| unsafe { core::ptr::read_volatile((area + i * PAGE_4K) as *const u64) })
+            .collect();
         let id = matches!(remapped, Some(Ok(())))
             // SAFETY: the edu BAR is mapped uncached there.
             .then(|| unsafe { core::ptr::read_volatile((area + (1 << 30)) as *const u32) });
@@ -210,10 +223,15 @@ fn mm_section() {
     });
     println!("  4 pages inserted with insert_pages, read through the MMU: {words:x?}");
     if let Some(p) = pages.first().and_then(|p| db.state(p.pfn())) {
-        println!("  first page: {} references, {} mappings", p.refcount, p.mapcount);
+        println!(
+            "  first page: {} references, {} mappings",
+            p.refcount, p.mapcount
+        );
     }
     match id {
-        Some(id) => println!("  edu BAR remapped uncached with io_remap_pfn_range: ID register {id:#010x}"),
+        Some(id) => {
+            println!("  edu BAR remapped uncached with io_remap_pfn_range: ID register {id:#010x}")
+        }
         None => println!("  edu BAR not remapped: {remapped:?}"),
     }
     let flags = space.vma(io_vma).map(|v| v.flags);

@@ -86,26 +86,33 @@ pub fn init() {
     outb(PIC2_DATA, 0xff);
 }
 
-/// Unmasks `line` at the PIC.
-pub fn unmask(line: u8) {
+/// Sets or clears `line`'s bit in its PIC's interrupt mask register.
+fn set_masked(line: u8, masked: bool) {
     let _guard = MASK_LOCK.lock();
     let (port, bit) = if line < 8 {
         (PIC1_DATA, line)
     } else {
         (PIC2_DATA, line - 8)
     };
-    outb(port, inb(port) & !(1 << bit));
+    let imr = inb(port);
+    outb(
+        port,
+        if masked {
+            imr | (1 << bit)
+        } else {
+            imr & !(1 << bit)
+        },
+    );
+}
+
+/// Unmasks `line` at the PIC.
+pub fn unmask(line: u8) {
+    set_masked(line, false);
 }
 
 /// Masks `line` at the PIC.
 pub fn mask(line: u8) {
-    let _guard = MASK_LOCK.lock();
-    let (port, bit) = if line < 8 {
-        (PIC1_DATA, line)
-    } else {
-        (PIC2_DATA, line - 8)
-    };
-    outb(port, inb(port) | (1 << bit));
+    set_masked(line, true);
 }
 
 /// Registers `handler` for `line` and unmasks the line. Handlers run with
