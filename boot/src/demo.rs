@@ -77,6 +77,7 @@ pub fn run() -> ExitCode {
     );
     dma_section();
     mm_section();
+    user_section();
     println!();
     println!("demo done");
     ExitCode::Success
@@ -236,4 +237,25 @@ fn mm_section() {
     }
     let flags = space.vma(io_vma).map(|v| v.flags);
     println!("  remapped area flags: {flags:?}");
+}
+
+/// A ring-3 process that maps pages, has the LSI53C895A copy into them and
+/// reads a device through its own mapping; then one that faults.
+fn user_section() {
+    use crate::user::{self, Exit};
+
+    println!("== ring-3 processes");
+    match user::run(user::story(), true) {
+        Ok(outcome) => match outcome.exit {
+            Exit::Code(0) => println!("  the process exited 0: every check it made held"),
+            other => println!("  the process ended with {other:?}"),
+        },
+        Err(e) => println!("  could not build the process: {e}"),
+    }
+    match user::run(user::faulting(), false).map(|o| o.exit) {
+        Ok(Exit::Killed(fault)) => println!(
+            "  a process reading an unmapped address was ended: {fault}; the kernel goes on"
+        ),
+        other => println!("  the faulting process: {other:?}"),
+    }
 }

@@ -28,6 +28,7 @@ mod serial;
 mod tests;
 mod time;
 mod trap;
+mod user;
 
 use alloc::vec::Vec;
 

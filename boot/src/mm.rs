@@ -16,6 +16,9 @@ use x86_64::{PhysAddr, VirtAddr};
 use crate::dma::KernelHal;
 use crate::mem::{PAGE_SIZE, frames, paging};
 
+/// The end of the user half of the address space.
+pub use dmaengine::mm::space::USER_END;
+
 /// Frames the database manages (128 MiB).
 const DB_FRAMES: usize = 32 * 1024;
 /// PML4 slots every address space shares with the kernel: 0 (the kernel

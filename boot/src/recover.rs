@@ -139,6 +139,8 @@ pub enum Caught {
     Exception(Fault),
     /// It ran past the watchdog's deadline.
     Watchdog,
+    /// A user process it ran called `exit` with this code.
+    Exited(u64),
 }
 
 impl fmt::Display for Caught {
@@ -147,6 +149,7 @@ impl fmt::Display for Caught {
             Caught::Panic(m) => write!(f, "panicked: {}", m.as_str()),
             Caught::Exception(fault) => write!(f, "unexpected {fault}"),
             Caught::Watchdog => write!(f, "hung: watchdog expired"),
+            Caught::Exited(code) => write!(f, "user process exited with {code}"),
         }
     }
 }
@@ -246,6 +249,14 @@ pub fn exception(fault: Fault, frame: &mut TrapFrame) {
             crate::println!("{frame:#x?}");
             crate::exit::exit_qemu(crate::exit::ExitCode::Failure);
         }
+    }
+}
+
+/// Ends the innermost `catch` (the one running a user process) from a
+/// system call: `exit(code)`.
+pub fn exit_process(frame: &mut TrapFrame, code: u64) {
+    if let Some(rsp) = unlink_current(Caught::Exited(code)) {
+        redirect(frame, rsp);
     }
 }
 

@@ -191,6 +191,9 @@ trap_stub_45: push $0; push $45; jmp trap_common
 trap_stub_46: push $0; push $46; jmp trap_common
     .balign 16
 trap_stub_47: push $0; push $47; jmp trap_common
+    .balign 16
+    .global trap_stub_syscall
+trap_stub_syscall: push $0; push $128; jmp trap_common
 
     .section .rodata
     .balign 8
@@ -251,7 +254,12 @@ trap_stub_table:
 unsafe extern "C" {
     /// Addresses of the 48 entry stubs, in vector order.
     static trap_stub_table: [u64; STUB_COUNT];
+    /// The entry stub of the system-call vector.
+    fn trap_stub_syscall();
 }
+
+/// The system-call vector (`int 0x80`), the one gate ring 3 may use.
+pub const SYSCALL_VECTOR: u8 = 0x80;
 
 /// One 16-byte IDT gate descriptor (Intel SDM Vol. 3A, 6.14.1).
 #[repr(C)]
@@ -280,11 +288,16 @@ impl Gate {
     };
 
     fn interrupt(handler: u64, selector: u16, ist: u8) -> Gate {
+        Gate::with_dpl(handler, selector, ist, 0)
+    }
+
+    /// A gate that code at privilege `dpl` may reach with `int`.
+    fn with_dpl(handler: u64, selector: u16, ist: u8, dpl: u8) -> Gate {
         Gate {
             offset_low: handler as u16,
             selector,
             ist,
-            attributes: 0x8e,
+            attributes: 0x8e | (dpl & 3) << 5,
             offset_mid: (handler >> 16) as u16,
             offset_high: (handler >> 32) as u32,
             reserved: 0,
@@ -312,6 +325,8 @@ pub fn init() {
             };
             idt.0[vector] = Gate::interrupt(stub, gdt::KERNEL_CODE.0, ist);
         }
+        let syscall = trap_stub_syscall as *const () as u64;
+        idt.0[SYSCALL_VECTOR as usize] = Gate::with_dpl(syscall, gdt::KERNEL_CODE.0, 0, 3);
         idt
     });
     let pointer = DescriptorTablePointer {
@@ -369,6 +384,10 @@ pub fn exception_name(vector: u64) -> &'static str {
 /// The one Rust entry point for every vector, called by `trap_common`.
 #[unsafe(no_mangle)]
 extern "C" fn trap_dispatch(frame: &mut TrapFrame) {
+    if frame.vector == SYSCALL_VECTOR as u64 {
+        crate::user::syscall(frame);
+        return;
+    }
     if frame.vector >= 32 {
         irq::dispatch((frame.vector - 32) as u8, frame);
         return;

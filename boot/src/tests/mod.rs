@@ -8,6 +8,7 @@ mod dma;
 mod kernel;
 mod mm;
 mod selftest;
+mod user;
 
 /// Every guest test, in the order they run.
 pub fn all() -> Vec<Test> {
@@ -15,6 +16,7 @@ pub fn all() -> Vec<Test> {
     tests.extend_from_slice(kernel::TESTS);
     tests.extend_from_slice(dma::TESTS);
     tests.extend_from_slice(mm::TESTS);
+    tests.extend_from_slice(user::TESTS);
     tests
 }
 

@@ -1,0 +1,560 @@
+//! Ring-3 processes: an address space built with `dmaengine::mm`, entered
+//! with `iretq`, served through `int 0x80`.
+//!
+//! A process runs synchronously inside [`run`]: the kernel enters ring 3
+//! under [`recover::catch`], and the process comes back by `exit`, by a CPU
+//! exception (which ends the process, not the kernel), or by the test
+//! watchdog. System calls:
+//!
+//! | rax | call | arguments | returns |
+//! |---|---|---|---|
+//! | 0 | exit | code | (does not return) |
+//! | 1 | write | buffer, length | bytes written |
+//! | 2 | map_pages | count | address of `count` fresh pages (`insert_pages`) |
+//! | 3 | dma_copy | dst, src, length | 0, after the LSI53C895A copied between the caller's own pages |
+//! | 4 | map_device | - | address of the edu device's registers (`io_remap_pfn_range`, UC) |
+//!
+//! Errors are negative: -14 (bad address), -12 (no memory), -22 (bad
+//! argument), -5 (the copy failed), -19 (no device). Every user pointer is
+//! checked page by page against the process's own page tables: a bad one is
+//! an error value, never a kernel fault.
+
+use alloc::string::String;
+use alloc::vec::Vec;
+use core::arch::global_asm;
+use core::sync::atomic::{AtomicPtr, Ordering};
+use core::time::Duration;
+
+use dmaengine::drivers::edu;
+use dmaengine::engine::PrepFlags;
+use dmaengine::mm::MmError;
+use dmaengine::mm::frame::PageRef;
+use dmaengine::mm::pte::{self, CacheMode, PAGE_4K};
+use dmaengine::mm::space::VmaId;
+use dmaengine::mm::vma::{PageProt, VmFlags};
+
+use crate::dma::{LsiChannel, lsi_channel};
+use crate::mm::{Space, db, new_space, with_loaded};
+use crate::recover::{self, Caught, Fault};
+use crate::trap::TrapFrame;
+use crate::{devices, gdt, mem, platform, print, time};
+
+/// Where a process's code is loaded (PML4 slot 1; slot 0 is the kernel).
+const CODE: u64 = (1 << 39) + (4 << 20);
+/// The top of its stack.
+const STACK_TOP: u64 = (1 << 39) + (8 << 20);
+const STACK_PAGES: u64 = 4;
+/// Where `map_pages` puts pages.
+const HEAP: u64 = (1 << 39) + (256 << 20);
+const HEAP_SIZE: u64 = 16 << 20;
+/// Where `map_device` puts the edu registers.
+const DEVICE: u64 = (1 << 39) + (512 << 20);
+/// The longest `dma_copy`.
+const MAX_COPY: u64 = 1 << 20;
+
+const SHARED_RW: VmFlags = VmFlags::READ
+    .union(VmFlags::WRITE)
+    .union(VmFlags::SHARED)
+    .union(VmFlags::MAYWRITE);
+
+const EFAULT: i64 = -14;
+const ENOMEM: i64 = -12;
+const EINVAL: i64 = -22;
+const EIO: i64 = -5;
+const ENODEV: i64 = -19;
+
+/// How a process ended.
+#[derive(Debug)]
+pub enum Exit {
+    /// It called `exit(code)`.
+    Code(u64),
+    /// It took this exception and was ended.
+    Killed(Fault),
+    /// The watchdog ended it.
+    Hung,
+}
+
+/// A process's end and everything it wrote.
+#[derive(Debug)]
+pub struct Outcome {
+    /// How it ended.
+    pub exit: Exit,
+    /// Its `write` output.
+    pub output: String,
+}
+
+struct Process {
+    space: Space,
+    heap: VmaId,
+    heap_next: u64,
+    device: VmaId,
+    lsi: Option<LsiChannel>,
+    output: String,
+    echo: bool,
+}
+
+/// The process running now (only while `run` is inside ring 3).
+static CURRENT: AtomicPtr<Process> = AtomicPtr::new(core::ptr::null_mut());
+
+global_asm!(
+    r#"
+    .section .text
+    .global enter_user
+/* noreturn enter_user(rip, rsp, cs, ss) */
+enter_user:
+    push rcx
+    push rsi
+    push 0x202
+    push rdx
+    push rdi
+    xor eax, eax
+    xor ebx, ebx
+    xor ecx, ecx
+    xor edx, edx
+    xor esi, esi
+    xor edi, edi
+    xor ebp, ebp
+    xor r8d, r8d
+    xor r9d, r9d
+    xor r10d, r10d
+    xor r11d, r11d
+    xor r12d, r12d
+    xor r13d, r13d
+    xor r14d, r14d
+    xor r15d, r15d
+    iretq
+"#
+);
+
+unsafe extern "C" {
+    fn enter_user(rip: u64, rsp: u64, cs: u64, ss: u64) -> !;
+}
+
+fn build(program: &[u8], echo: bool) -> Result<Process, MmError> {
+    let mut space = new_space(platform().nx)?;
+    let code_pages = (program.len() as u64).div_ceil(PAGE_4K).max(1);
+    let code = space.map_vma(
+        CODE,
+        CODE + code_pages * PAGE_4K,
+        VmFlags::READ | VmFlags::EXEC,
+    )?;
+    let stack = space.map_vma(STACK_TOP - STACK_PAGES * PAGE_4K, STACK_TOP, SHARED_RW)?;
+    let heap = space.map_vma(HEAP, HEAP + HEAP_SIZE, SHARED_RW)?;
+    let device = space.map_vma(DEVICE, DEVICE + PAGE_4K, SHARED_RW)?;
+    let mut code_frames = Vec::new();
+    for chunk in program.chunks(PAGE_4K as usize) {
+        let page = zeroed_page()?;
+        // SAFETY: the page is ours, not mapped anywhere yet, and at least
+        // `chunk.len()` bytes long.
+        unsafe {
+            core::ptr::copy_nonoverlapping(
+                chunk.as_ptr(),
+                mem::phys_to_virt(page.phys()),
+                chunk.len(),
+            )
+        };
+        code_frames.push(page);
+    }
+    space
+        .insert_pages(code, CODE, &code_frames)
+        .map_err(|e| e.error)?;
+    let stack_frames = (0..STACK_PAGES)
+        .map(|_| zeroed_page())
+        .collect::<Result<Vec<_>, _>>()?;
+    space
+        .insert_pages(stack, STACK_TOP - STACK_PAGES * PAGE_4K, &stack_frames)
+        .map_err(|e| e.error)?;
+    Ok(Process {
+        space,
+        heap,
+        heap_next: HEAP,
+        device,
+        lsi: None,
+        output: String::new(),
+        echo,
+    })
+}
+
+/// A zeroed page from the frame database.
+fn zeroed_page() -> Result<PageRef<'static>, MmError> {
+    let page = db().alloc_page()?;
+    // SAFETY: the page was just allocated to us; the direct map covers it.
+    unsafe { mem::phys_to_virt(page.phys()).write_bytes(0, PAGE_4K as usize) };
+    Ok(page)
+}
+
+/// Runs `program` (position-independent machine code, entered at its first
+/// byte) in ring 3 until it ends. With `echo`, its writes go to the console
+/// as well.
+pub fn run(program: &[u8], echo: bool) -> Result<Outcome, MmError> {
+    let mut process = build(program, echo)?;
+    CURRENT.store(&raw mut process, Ordering::Release);
+    let exit = with_loaded(&mut process.space, |_| {
+        let ended = recover::catch(|| {
+            // SAFETY: the loaded space maps the code at CODE and a stack
+            // below STACK_TOP, and shares the kernel's slots, so the traps
+            // that bring control back all work.
+            unsafe {
+                enter_user(
+                    CODE,
+                    STACK_TOP,
+                    gdt::USER_CODE.0.into(),
+                    gdt::USER_DATA.0.into(),
+                )
+            }
+        });
+        match ended {
+            Ok(()) => unreachable!("ring 3 is left only through a trap"),
+            Err(Caught::Exited(code)) => Exit::Code(code),
+            Err(Caught::Exception(fault)) => Exit::Killed(fault),
+            Err(Caught::Watchdog) => Exit::Hung,
+            Err(Caught::Panic(message)) => {
+                panic!("kernel panic in a system call: {}", message.as_str())
+            }
+        }
+    });
+    CURRENT.store(core::ptr::null_mut(), Ordering::Release);
+    Ok(Outcome {
+        exit,
+        output: core::mem::take(&mut process.output),
+    })
+}
+
+impl Process {
+    /// The physical pieces of `[va, va + len)` in the caller's address space
+    /// if all of it is mapped to counted user pages (writable ones if
+    /// `write`).
+    fn user_range(&self, va: u64, len: u64, write: bool) -> Result<Vec<(u64, u64)>, i64> {
+        let end = va
+            .checked_add(len)
+            .filter(|&e| e <= crate::mm::USER_END)
+            .ok_or(EFAULT)?;
+        let mut pieces = Vec::new();
+        let mut at = va;
+        while at < end {
+            let leaf = self.space.translate(at).ok_or(EFAULT)?;
+            let usable = leaf.entry & pte::USER != 0
+                && !leaf.is_special()
+                && (!write || leaf.entry & pte::WRITABLE != 0);
+            if !usable {
+                return Err(EFAULT);
+            }
+            let n = (leaf.va + leaf.size()).min(end) - at;
+            pieces.push((leaf.phys() + (at - leaf.va), n));
+            at += n;
+        }
+        Ok(pieces)
+    }
+
+    fn write(&mut self, va: u64, len: u64) -> i64 {
+        if len > 4096 {
+            return EINVAL;
+        }
+        let pieces = match self.user_range(va, len, false) {
+            Ok(p) => p,
+            Err(e) => return e,
+        };
+        let mut bytes = Vec::new();
+        for (pa, n) in pieces {
+            // SAFETY: a user page of the caller's, reached through the direct
+            // map; `n` stays inside it.
+            bytes.extend_from_slice(unsafe {
+                core::slice::from_raw_parts(mem::phys_to_virt(pa), n as usize)
+            });
+        }
+        let text = String::from_utf8_lossy(&bytes);
+        if self.echo {
+            print!("{text}");
+        }
+        self.output.push_str(&text);
+        len as i64
+    }
+
+    fn map_pages(&mut self, count: u64) -> i64 {
+        if count == 0 || self.heap_next + count * PAGE_4K > HEAP + HEAP_SIZE {
+            return EINVAL;
+        }
+        let Ok(pages) = (0..count)
+            .map(|_| zeroed_page())
+            .collect::<Result<Vec<_>, _>>()
+        else {
+            return ENOMEM;
+        };
+        let at = self.heap_next;
+        match self.space.insert_pages(self.heap, at, &pages) {
+            Ok(()) => {
+                self.heap_next += count * PAGE_4K;
+                at as i64
+            }
+            Err(partial) => {
+                let _ = self
+                    .space
+                    .zap_range(self.heap, at, at + partial.inserted as u64 * PAGE_4K);
+                ENOMEM
+            }
+        }
+    }
+
+    fn map_device(&mut self) -> i64 {
+        let Some((bar, _)) =
+            devices::find(edu::regs::VENDOR_ID, edu::regs::DEVICE_ID).and_then(|d| d.mem_bar(0))
+        else {
+            return ENODEV;
+        };
+        if self.space.translate(DEVICE).is_some() {
+            return DEVICE as i64;
+        }
+        match self.space.io_remap_pfn_range(
+            self.device,
+            DEVICE,
+            bar / PAGE_4K,
+            PAGE_4K,
+            PageProt::READ_WRITE,
+            CacheMode::Uncached,
+        ) {
+            Ok(()) => DEVICE as i64,
+            Err(_) => ENOMEM,
+        }
+    }
+
+    fn dma_copy(&mut self, dst: u64, src: u64, len: u64) -> i64 {
+        if len == 0 || len > MAX_COPY {
+            return EINVAL;
+        }
+        let (dst, src) = match (
+            self.user_range(dst, len, true),
+            self.user_range(src, len, false),
+        ) {
+            (Ok(d), Ok(s)) => (d, s),
+            _ => return EFAULT,
+        };
+        if self.lsi.is_none() {
+            self.lsi = lsi_channel().ok();
+        }
+        let Some(chan) = self.lsi.as_mut() else {
+            return ENODEV;
+        };
+        // Walk both lists of pieces together, one copy per overlap.
+        let (mut di, mut si, mut doff, mut soff) = (0, 0, 0, 0);
+        let mut last = None;
+        while di < dst.len() && si < src.len() {
+            let n = (dst[di].1 - doff).min(src[si].1 - soff);
+            // SAFETY: both sides are the caller's own mapped pages, which
+            // stay mapped (the process is stopped in this call) until the
+            // copy has ended below.
+            match unsafe {
+                chan.prep_copy(
+                    dst[di].0 + doff,
+                    src[si].0 + soff,
+                    n as usize,
+                    PrepFlags::empty(),
+                )
+            } {
+                Ok(cookie) => last = Some(cookie),
+                Err(_) => return EINVAL,
+            }
+            doff += n;
+            soff += n;
+            if doff == dst[di].1 {
+                (di, doff) = (di + 1, 0);
+            }
+            if soff == src[si].1 {
+                (si, soff) = (si + 1, 0);
+            }
+        }
+        match last.map(|c| chan.wait(c, &mut time::Delay, Duration::from_secs(2))) {
+            Some(Ok(())) => 0,
+            _ => {
+                // Whatever is still in flight must end before we return.
+                chan.terminate();
+                let _ = chan.reset();
+                EIO
+            }
+        }
+    }
+}
+
+/// Serves `int 0x80`.
+pub fn syscall(frame: &mut TrapFrame) {
+    let current = CURRENT.load(Ordering::Acquire);
+    if current.is_null() || frame.cs & 3 != 3 {
+        frame.rax = EINVAL as u64;
+        return;
+    }
+    // SAFETY: CURRENT points at the process `run` is running, whose frame
+    // outlives its time in ring 3; system calls run with interrupts off on
+    // the only CPU, so this is the only reference.
+    let process = unsafe { &mut *current };
+    let (a, b, c) = (frame.rdi, frame.rsi, frame.rdx);
+    let result = match frame.rax {
+        0 => {
+            recover::exit_process(frame, a);
+            return;
+        }
+        1 => process.write(a, b),
+        2 => process.map_pages(a),
+        3 => process.dma_copy(a, b, c),
+        4 => process.map_device(),
+        _ => EINVAL,
+    };
+    frame.rax = result as u64;
+}
+
+// The programs: position-independent code copied into the process.
+global_asm!(
+    r#"
+    .section .rodata.user_programs, "a"
+    .global user_story_start
+    .global user_story_end
+user_story_start:
+    lea rdi, [rip + 90f]
+    lea rsi, [rip + 91f]
+    sub rsi, rdi
+    mov eax, 1
+    int 0x80
+    mov edi, 2
+    mov eax, 2
+    int 0x80
+    test rax, rax
+    js 80f
+    mov r12, rax
+    xor ecx, ecx
+    movabs rdx, 0x9e3779b97f4a7c15
+2:
+    mov rax, rcx
+    imul rax, rdx
+    mov [r12 + rcx*8], rax
+    inc rcx
+    cmp rcx, 512
+    jb 2b
+    lea rdi, [r12 + 4196]
+    lea rsi, [r12 + 8]
+    mov edx, 3000
+    mov eax, 3
+    int 0x80
+    test rax, rax
+    jnz 81f
+    lea rsi, [r12 + 8]
+    lea rdi, [r12 + 4196]
+    mov ecx, 3000
+    repe cmpsb
+    jne 82f
+    cmp byte ptr [r12 + 4195], 0
+    jne 82f
+    cmp byte ptr [r12 + 7196], 0
+    jne 82f
+    movabs rdi, 0xffff800000100000
+    mov rsi, r12
+    mov edx, 16
+    mov eax, 3
+    int 0x80
+    cmp rax, -14
+    jne 83f
+    mov eax, 4
+    int 0x80
+    test rax, rax
+    js 84f
+    mov eax, dword ptr [rax]
+    cmp eax, 0x010000ed
+    jne 85f
+    lea rdi, [rip + 92f]
+    lea rsi, [rip + 93f]
+    sub rsi, rdi
+    mov eax, 1
+    int 0x80
+    xor edi, edi
+    xor eax, eax
+    int 0x80
+80:
+    mov edi, 20
+    jmp 99f
+81:
+    mov edi, 21
+    jmp 99f
+82:
+    mov edi, 22
+    jmp 99f
+83:
+    mov edi, 23
+    jmp 99f
+84:
+    mov edi, 24
+    jmp 99f
+85:
+    mov edi, 25
+99:
+    xor eax, eax
+    int 0x80
+90:
+    .ascii "ring 3: mapping two pages, asking the LSI53C895A to copy between them\n"
+91:
+92:
+    .ascii "ring 3: copy verified; edu ID read through my own mapping\n"
+93:
+user_story_end:
+
+    .global user_fault_start
+    .global user_fault_end
+user_fault_start:
+    movabs rax, 0x10000000000
+    mov rax, [rax]
+    xor edi, edi
+    xor eax, eax
+    int 0x80
+user_fault_end:
+
+    .global user_cli_start
+    .global user_cli_end
+user_cli_start:
+    cli
+    xor edi, edi
+    xor eax, eax
+    int 0x80
+user_cli_end:
+
+    .global user_spin_start
+    .global user_spin_end
+user_spin_start:
+    jmp user_spin_start
+user_spin_end:
+"#
+);
+
+unsafe extern "C" {
+    static user_story_start: u8;
+    static user_story_end: u8;
+    static user_fault_start: u8;
+    static user_fault_end: u8;
+    static user_cli_start: u8;
+    static user_cli_end: u8;
+    static user_spin_start: u8;
+    static user_spin_end: u8;
+}
+
+fn bytes(start: *const u8, end: *const u8) -> &'static [u8] {
+    // SAFETY: the pairs of labels above delimit read-only bytes of the
+    // kernel image, `end` after `start`.
+    unsafe { core::slice::from_raw_parts(start, end.offset_from(start) as usize) }
+}
+
+/// Maps two pages, has the LSI53C895A copy between them, checks the copy,
+/// checks that a kernel address is refused, reads the edu ID through its own
+/// device mapping; exits 0 when all held (20-25 name the step that did not).
+pub fn story() -> &'static [u8] {
+    bytes(&raw const user_story_start, &raw const user_story_end)
+}
+
+/// Reads an address nothing maps.
+pub fn faulting() -> &'static [u8] {
+    bytes(&raw const user_fault_start, &raw const user_fault_end)
+}
+
+/// Executes `cli`, a privileged instruction.
+pub fn privileged() -> &'static [u8] {
+    bytes(&raw const user_cli_start, &raw const user_cli_end)
+}
+
+/// Never ends.
+pub fn spinning() -> &'static [u8] {
+    bytes(&raw const user_spin_start, &raw const user_spin_end)
+}
