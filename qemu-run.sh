@@ -57,12 +57,14 @@ accel=${ACCEL:-tcg}
 case "$mode" in demo|selftest) default_timeout=120 ;; *) default_timeout=1200 ;; esac
 timeout_s=${TIMEOUT:-$default_timeout}
 
+# The edu device gets a 32-bit DMA mask (its default is 28 bits, which
+# would silently truncate buffers above 256 MiB); boot/src/dma.rs assumes it.
 mkdir -p target/qemu
 log=target/qemu/$mode${filter:+-$filter}.log
 timeout -k 5 "$timeout_s" "$QEMU" \
     -machine pc -accel "$accel" -m 2G \
     -display none -monitor none -serial stdio -no-reboot -nic none -vga none \
-    -device lsi53c895a -device edu \
+    -device lsi53c895a -device edu,dma_mask=0xffffffff \
     -device isa-debug-exit,iobase=0xf4,iosize=0x04 \
     -kernel "$kernel" -append "$mode $filter" \
     "${extra[@]}" | tee "$log"

@@ -4,6 +4,7 @@
 use core::ptr::NonNull;
 
 use dmaengine::drivers::cpu::CpuEngine;
+use dmaengine::drivers::edu::{self, EduEngine};
 use dmaengine::drivers::lsi53c895a::{self, Lsi53c895a};
 use dmaengine::engine::{Channel, DmaError};
 use dmaengine::hal::{DmaAddr, Hal};
@@ -54,6 +55,25 @@ pub fn lsi_channel() -> Result<LsiChannel, DmaError> {
         .and_then(|dev| devices::map_bar(dev, lsi53c895a::regs::MMIO_BAR))
         .ok_or(DmaError::NotSupported)?;
     Ok(Channel::new(Lsi53c895a::new(regs)?))
+}
+
+/// A channel over QEMU's edu device.
+pub type EduChannel = Channel<EduEngine<KernelHal>>;
+
+/// The DMA mask `qemu-run.sh` gives the edu device (`dma_mask=0xffffffff`).
+pub const EDU_DMA_MASK: u64 = 0xffff_ffff;
+
+/// The edu device's PCI function.
+pub fn edu_device() -> Option<&'static crate::pci::Device> {
+    devices::find(edu::regs::VENDOR_ID, edu::regs::DEVICE_ID)
+}
+
+/// Takes over the edu device as a copy channel.
+pub fn edu_channel() -> Result<EduChannel, DmaError> {
+    let regs = edu_device()
+        .and_then(|dev| devices::map_bar(dev, 0))
+        .ok_or(DmaError::NotSupported)?;
+    Ok(Channel::new(EduEngine::new(regs, EDU_DMA_MASK)))
 }
 
 /// A CPU copy channel.

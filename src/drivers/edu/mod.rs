@@ -1,3 +1,246 @@
-//! QEMU's `edu` teaching device (`-device edu`, PCI 1234:11e8).
+//! QEMU's `edu` teaching device (`-device edu`, PCI 1234:11e8) as a copy
+//! engine.
+//!
+//! The device moves one block at a time between RAM and its own 4 KiB
+//! buffer, and each transfer completes 100 ms (virtual time) after it
+//! starts, raising its interrupt. A copy of RAM to RAM is therefore two
+//! transfers, into the buffer and out of it, and at most 4095 bytes
+//! (QEMU 7.2's limit); the channel splits longer requests. The engine keeps
+//! a queue of transfers and starts the next one when the device reports the
+//! last one done, from [`Engine::handle_interrupt`] or [`Engine::poll`]: it
+//! is slow on purpose, and the engine that shows the API is really
+//! asynchronous and interrupt-driven.
+//!
+//! The device has no abort: `terminate` waits for the transfer in flight
+//! (at most 100 ms of virtual time) so that nothing writes memory after it.
 
 pub mod regs;
+
+use core::marker::PhantomData;
+
+use crate::engine::{
+    Capabilities, Cookie, DmaError, Engine, Limits, Notify, Op, Progress, RingFull,
+};
+use crate::hal::{DmaAddr, Hal};
+use crate::mmio::MmioRegion;
+
+/// One device transfer.
+#[derive(Clone, Copy, Debug)]
+struct Transfer {
+    /// RAM address.
+    ram: DmaAddr,
+    len: u32,
+    /// Device buffer to RAM (else RAM to device buffer).
+    to_ram: bool,
+    /// The request this transfer completes, if it is the request's last.
+    completes: Option<Cookie>,
+}
+
+/// The edu device as a copy [`Engine`] with room for `N` transfers.
+pub struct EduEngine<H: Hal, const N: usize = 64> {
+    regs: MmioRegion,
+    dma_mask: u64,
+    queue: [Option<Transfer>; N],
+    head: usize,
+    /// Transfers queued, and how many of them (from the head) are issued.
+    len: usize,
+    issued: usize,
+    /// The head transfer is running on the device.
+    running: bool,
+    completed: Option<Cookie>,
+    _hal: PhantomData<H>,
+}
+
+impl<H: Hal, const N: usize> EduEngine<H, N> {
+    /// Takes over the edu device behind `regs` (BAR0, memory decoding and
+    /// bus mastering on), whose `dma_mask` property is `dma_mask`
+    /// ([`regs::DEFAULT_DMA_MASK`] unless QEMU was told otherwise).
+    pub fn new(regs: MmioRegion, dma_mask: u64) -> Self {
+        let engine = EduEngine {
+            regs,
+            dma_mask,
+            queue: [None; N],
+            head: 0,
+            len: 0,
+            issued: 0,
+            running: false,
+            completed: None,
+            _hal: PhantomData,
+        };
+        engine.wait_idle();
+        engine.regs.write32(regs::INTR_ACK, regs::INTR_DMA);
+        engine
+    }
+
+    /// The register window.
+    pub fn regs(&self) -> &MmioRegion {
+        &self.regs
+    }
+
+    fn busy(&self) -> bool {
+        self.regs.read64(regs::DMA_CMD) & regs::DMA_CMD_START != 0
+    }
+
+    /// Spins until the device has no transfer in flight.
+    fn wait_idle(&self) {
+        while self.busy() {
+            core::hint::spin_loop();
+        }
+    }
+
+    fn push(&mut self, transfer: Transfer) {
+        self.queue[(self.head + self.len) % N] = Some(transfer);
+        self.len += 1;
+    }
+
+    fn start_next(&mut self) {
+        if self.running || self.issued == 0 {
+            return;
+        }
+        let Some(t) = self.queue[self.head] else {
+            return;
+        };
+        let (src, dst, direction) = if t.to_ram {
+            (regs::BUFFER, t.ram, regs::DMA_CMD_TO_RAM)
+        } else {
+            (t.ram, regs::BUFFER, 0)
+        };
+        self.regs.write64(regs::DMA_SRC, src);
+        self.regs.write64(regs::DMA_DST, dst);
+        self.regs.write64(regs::DMA_COUNT, t.len.into());
+        self.regs.write64(
+            regs::DMA_CMD,
+            regs::DMA_CMD_START | regs::DMA_CMD_IRQ | direction,
+        );
+        self.running = true;
+    }
+
+    /// Retires the running transfer if the device has finished it; returns
+    /// whether it had.
+    fn retire(&mut self) -> bool {
+        if !self.running || self.busy() {
+            return false;
+        }
+        self.regs.write32(regs::INTR_ACK, regs::INTR_DMA);
+        if let Some(cookie) = self.queue[self.head].take().and_then(|t| t.completes) {
+            self.completed = Some(cookie);
+        }
+        self.head = (self.head + 1) % N;
+        self.len -= 1;
+        self.issued -= 1;
+        self.running = false;
+        true
+    }
+
+    /// Retires the running transfer if it is done and starts the next.
+    fn advance(&mut self) -> bool {
+        let retired = self.retire();
+        if retired {
+            self.start_next();
+        }
+        retired
+    }
+}
+
+impl<H: Hal, const N: usize> Engine for EduEngine<H, N> {
+    type Mark = usize;
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::COPY | Capabilities::INTERRUPT
+    }
+
+    fn limits(&self) -> Limits {
+        Limits {
+            max_len: regs::BUFFER_SIZE - 1,
+            dma_mask: self.dma_mask,
+            align: 1,
+        }
+    }
+
+    fn mark(&self) -> usize {
+        self.len
+    }
+
+    fn rewind(&mut self, mark: usize) {
+        while self.len > mark.max(self.issued) {
+            self.len -= 1;
+            self.queue[(self.head + self.len) % N] = None;
+        }
+    }
+
+    fn prep(&mut self, cookie: Cookie, op: Op, end: Option<Notify>) -> Result<(), RingFull> {
+        let Op::Copy { dst, src, len } = op else {
+            return Err(RingFull);
+        };
+        if self.len + 2 > N {
+            return Err(RingFull);
+        }
+        // The channel split the request to `max_len`, so `len` fits.
+        let len = len as u32;
+        self.push(Transfer {
+            ram: src,
+            len,
+            to_ram: false,
+            completes: None,
+        });
+        self.push(Transfer {
+            ram: dst,
+            len,
+            to_ram: true,
+            completes: end.map(|_| cookie),
+        });
+        Ok(())
+    }
+
+    fn issue(&mut self) {
+        self.issued = self.len;
+        self.start_next();
+    }
+
+    fn poll(&mut self, _check_hardware: bool) -> Progress {
+        while self.advance() {}
+        Progress {
+            completed: self.completed.take(),
+            fault: None,
+        }
+    }
+
+    fn handle_interrupt(&mut self) -> bool {
+        let status = self.regs.read32(regs::INTR_STATUS);
+        if status & regs::INTR_DMA == 0 {
+            return false;
+        }
+        if !self.advance() {
+            // Not from a transfer we are waiting for: clear it all the same,
+            // or the level-triggered line stays asserted.
+            self.regs.write32(regs::INTR_ACK, regs::INTR_DMA);
+        }
+        true
+    }
+
+    fn terminate(&mut self) -> Option<Cookie> {
+        // No abort on this device: let the transfer in flight end, then
+        // forget the rest.
+        self.wait_idle();
+        self.retire();
+        self.running = false;
+        self.queue = [None; N];
+        self.len = 0;
+        self.issued = 0;
+        self.regs.write32(regs::INTR_ACK, regs::INTR_DMA);
+        self.completed.take()
+    }
+
+    fn reset(&mut self) -> Result<(), DmaError> {
+        self.terminate();
+        self.head = 0;
+        Ok(())
+    }
+}
+
+impl<H: Hal, const N: usize> Drop for EduEngine<H, N> {
+    fn drop(&mut self) {
+        self.wait_idle();
+        self.regs.write32(regs::INTR_ACK, regs::INTR_DMA);
+    }
+}

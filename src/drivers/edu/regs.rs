@@ -45,3 +45,13 @@ pub const DMA_CMD_START: u64 = 0x01;
 pub const DMA_CMD_TO_RAM: u64 = 0x02;
 /// DMA command bit 2: raise [`INTR_DMA`] when the transfer completes.
 pub const DMA_CMD_IRQ: u64 = 0x04;
+/// Device address of the edu's internal DMA buffer (`DMA_START` in QEMU's
+/// `hw/misc/edu.c`).
+pub const BUFFER: u64 = 0x40000;
+/// Size of that buffer. QEMU 7.2 aborts on a transfer of the whole 4096
+/// bytes (an off-by-one in its range check, QEMU-FACTS.md): 4095 is the
+/// longest safe transfer.
+pub const BUFFER_SIZE: usize = 4096;
+/// The DMA mask the device applies unless its `dma_mask` property says
+/// otherwise (28 bits; addresses above it are silently truncated).
+pub const DEFAULT_DMA_MASK: u64 = (1 << 28) - 1;
