@@ -10,10 +10,12 @@
 //! A request is *prepared* (written into the engine's ring, invisible to the
 //! hardware), then *issued* with [`Channel::issue_pending`], then completes.
 //! Completion is observed with [`Channel::status`] or [`Channel::wait`], or
-//! through an optional per-request [`Callback`].
+//! through an optional per-request [`Callback`]. Clients that share the
+//! channels of several engines go through the [`registry`].
 
 mod channel;
 mod cookie;
+pub mod registry;
 mod transfer;
 
 use core::fmt;

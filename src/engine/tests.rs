@@ -575,3 +575,114 @@ fn owned_transfers_return_their_buffers_on_errors() {
     chan.issue_pending();
     assert!(t.finish(&mut chan).is_ok());
 }
+
+mod registry {
+    use std::cell::RefCell;
+    use std::time::Duration;
+
+    use super::CountingDelay;
+    use crate::drivers::cpu::CpuEngine;
+    use crate::engine::registry::{
+        ChannelHandle, ClientId, DmaChannel, Event, EventCallback, Registry, RegistryError,
+    };
+    use crate::engine::{Channel, Status};
+    use crate::hal::Dma;
+    use crate::hal::fake::FakeHal;
+
+    thread_local! {
+        static EVENTS: RefCell<Vec<(usize, Event)>> = const { RefCell::new(Vec::new()) };
+    }
+
+    fn record(client: ClientId, event: Event, context: usize) {
+        let _ = client;
+        EVENTS.with(|e| e.borrow_mut().push((context, event)));
+    }
+
+    fn take_events() -> Vec<(usize, Event)> {
+        EVENTS.with(|e| std::mem::take(&mut *e.borrow_mut()))
+    }
+
+    fn cb(context: usize) -> EventCallback {
+        EventCallback {
+            func: record,
+            context,
+        }
+    }
+
+    #[test]
+    fn channels_go_to_clients_as_they_appear_and_come_back() {
+        let mut chans: Vec<Channel<CpuEngine<FakeHal>>> =
+            (0..3).map(|_| Channel::new(CpuEngine::new())).collect();
+        let mut it = chans.iter_mut();
+        let mut reg: Registry<'_, 4, 4> = Registry::new();
+        let a = reg.register_client(cb(1)).unwrap();
+        let b = reg.register_client(cb(2)).unwrap();
+        reg.request_channels(a, 2).unwrap();
+        assert!(take_events().is_empty(), "no channel exists yet");
+        let h0 = reg.add_channel(it.next().unwrap()).unwrap();
+        reg.request_channels(b, 1).unwrap();
+        let h1 = reg.add_channel(it.next().unwrap()).unwrap();
+        let h2 = reg.add_channel(it.next().unwrap()).unwrap();
+        assert_eq!(
+            take_events(),
+            [
+                (1, Event::ChannelAdded(h0)),
+                (1, Event::ChannelAdded(h1)),
+                (2, Event::ChannelAdded(h2))
+            ],
+            "client a first (registered first), up to what it asked"
+        );
+        assert_eq!((reg.channels_of(a), reg.channels_of(b)), (2, 1));
+        assert_eq!(reg.channel(b, h0).err(), Some(RegistryError::NotOwner));
+        // Asking for fewer gives one back (b already holds all it asked for).
+        reg.request_channels(a, 1).unwrap();
+        assert_eq!(take_events(), [(1, Event::ChannelRemoved(h1))]);
+        reg.request_channels(b, 2).unwrap();
+        assert_eq!(take_events(), [(2, Event::ChannelAdded(h1))]);
+        // An engine goes away: its client is told, nobody has a spare.
+        let gone = reg.remove_channel(h0).unwrap();
+        assert_eq!(take_events(), [(1, Event::ChannelRemoved(h0))]);
+        assert_eq!(reg.channels_of(a), 0);
+        // It comes back: a still wants one.
+        let h0 = reg.add_channel(gone).unwrap();
+        assert_eq!(take_events(), [(1, Event::ChannelAdded(h0))]);
+        // Unregistering b frees two channels for a, which wants only one.
+        reg.unregister_client(b).unwrap();
+        assert_eq!(
+            take_events(),
+            [
+                (2, Event::ChannelRemoved(h2)),
+                (2, Event::ChannelRemoved(h1))
+            ]
+        );
+        assert_eq!(reg.channel(b, h1).err(), Some(RegistryError::NotOwner));
+        assert_eq!(reg.request_channels(b, 1), Err(RegistryError::Unknown));
+    }
+
+    #[test]
+    fn a_client_copies_through_its_channel() {
+        let mut chan: Channel<CpuEngine<FakeHal>> = Channel::new(CpuEngine::new());
+        let mut reg: Registry<'_> = Registry::new();
+        let client = reg.register_client(cb(7)).unwrap();
+        reg.request_channels(client, 1).unwrap();
+        let handle: ChannelHandle = reg.add_channel(&mut chan).unwrap();
+        take_events();
+        let mut src = Dma::<FakeHal>::new(256).unwrap();
+        src.as_mut_slice()
+            .iter_mut()
+            .enumerate()
+            .for_each(|(i, b)| *b = i as u8);
+        let dst = Dma::<FakeHal>::new(256).unwrap();
+        let ch: &mut dyn DmaChannel = reg.channel(client, handle).unwrap();
+        // SAFETY: both buffers are ours and not touched until `wait` returns.
+        let cookie = unsafe { ch.memcpy_buf_to_buf(dst.paddr(), src.paddr(), 256) }.unwrap();
+        ch.wait(
+            cookie,
+            &mut CountingDelay::default(),
+            Duration::from_millis(1),
+        )
+        .unwrap();
+        assert_eq!(ch.status(cookie).status, Status::Complete);
+        assert_eq!(dst.as_slice(), src.as_slice());
+    }
+}
