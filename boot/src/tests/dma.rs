@@ -55,6 +55,10 @@ pub const TESTS: &[Test] = &[
     Test::new("dma.edu.copy_completes_by_interrupt", edu_copy_by_interrupt),
     Test::new("dma.edu.split_copy_by_polling", edu_split_copy_by_polling),
     Test::new("dma.edu.unsupported_and_bad_requests", edu_bad_requests),
+    Test::new(
+        "dma.registry.client_gets_and_uses_channels_of_every_engine",
+        registry_with_every_engine,
+    ),
 ];
 
 const TIMEOUT: Duration = Duration::from_secs(5);
@@ -840,4 +844,70 @@ fn edu_bad_requests() {
     }
     assert_eq!(chan.snapshot(), before);
     assert_eq!(first_mismatch(buf.as_slice(), dst_pattern), None);
+}
+
+static REGISTRY_EVENTS: spin::Mutex<Vec<dmaengine::engine::registry::Event>> =
+    spin::Mutex::new(Vec::new());
+
+fn registry_event(
+    _client: dmaengine::engine::registry::ClientId,
+    event: dmaengine::engine::registry::Event,
+    _context: usize,
+) {
+    REGISTRY_EVENTS.lock().push(event);
+}
+
+/// The seed's client flow: a client asks for channels, engines appear and
+/// their channels are handed to it; it copies through each; an engine goes
+/// and the client is told.
+fn registry_with_every_engine() {
+    use dmaengine::engine::registry::{Event, EventCallback, Registry};
+    REGISTRY_EVENTS.lock().clear();
+    let (mut lsi, mut cpu, mut edu) = (lsi(), cpu_channel(), edu());
+    let mut registry: Registry<'_> = Registry::new();
+    let client = registry
+        .register_client(EventCallback {
+            func: registry_event,
+            context: 0,
+        })
+        .unwrap();
+    registry.request_channels(client, 3).unwrap();
+    let handles = [
+        registry.add_channel(&mut lsi).unwrap(),
+        registry.add_channel(&mut cpu).unwrap(),
+        registry.add_channel(&mut edu).unwrap(),
+    ];
+    assert_eq!(*REGISTRY_EVENTS.lock(), handles.map(Event::ChannelAdded));
+    let src = buffer(4096, src_pattern);
+    for (k, &handle) in handles.iter().enumerate() {
+        let dst = buffer(4096, dst_pattern);
+        let chan = registry
+            .channel(client, handle)
+            .expect("the client's channel");
+        // SAFETY: whole buffers we own, read only after `wait`.
+        let cookie =
+            unsafe { chan.memcpy_buf_to_buf(dst.paddr(), src.paddr(), 3000) }.expect("prep");
+        chan.wait(cookie, &mut Delay, TIMEOUT)
+            .unwrap_or_else(|e| panic!("channel {k}: {e}"));
+        let expected = |i: usize| {
+            if i < 3000 {
+                src_pattern(i)
+            } else {
+                dst_pattern(i)
+            }
+        };
+        assert_eq!(
+            first_mismatch(dst.as_slice(), expected),
+            None,
+            "channel {k}"
+        );
+    }
+    registry
+        .remove_channel(handles[0])
+        .expect("remove the LSI channel");
+    assert_eq!(
+        REGISTRY_EVENTS.lock().last(),
+        Some(&Event::ChannelRemoved(handles[0]))
+    );
+    assert_eq!(registry.channels_of(client), 2);
 }
