@@ -11,6 +11,55 @@
 //!
 //! The crate builds for `x86_64-unknown-none` and for the host, where its
 //! unit tests run with plain `cargo test`.
+//!
+//! # Example
+//!
+//! A kernel provides DMA memory through [`hal::Hal`]; here, host memory
+//! stands in for it and the CPU engine does the copy, through the same
+//! channel API the LSI53C895A and edu engines use.
+//!
+//! ```
+//! use core::ptr::NonNull;
+//! use core::time::Duration;
+//! use dmaengine::drivers::cpu::CpuEngine;
+//! use dmaengine::engine::{Channel, PrepFlags};
+//! use dmaengine::hal::{Dma, DmaAddr, Hal, PAGE_SIZE};
+//!
+//! struct HostHal;
+//! // SAFETY: zeroed, page-aligned host memory whose address is its "DMA
+//! // address", freed with the same layout.
+//! unsafe impl Hal for HostHal {
+//!     fn dma_alloc(pages: usize) -> Option<(DmaAddr, NonNull<u8>)> {
+//!         let layout = std::alloc::Layout::from_size_align(pages * PAGE_SIZE, PAGE_SIZE).ok()?;
+//!         // SAFETY: the layout is not empty.
+//!         let ptr = NonNull::new(unsafe { std::alloc::alloc_zeroed(layout) })?;
+//!         Some((ptr.as_ptr() as DmaAddr, ptr))
+//!     }
+//!     unsafe fn dma_dealloc(_paddr: DmaAddr, vaddr: NonNull<u8>, pages: usize) {
+//!         let layout = std::alloc::Layout::from_size_align(pages * PAGE_SIZE, PAGE_SIZE).unwrap();
+//!         // SAFETY: allocated above with this layout.
+//!         unsafe { std::alloc::dealloc(vaddr.as_ptr(), layout) }
+//!     }
+//!     fn phys_to_virt(paddr: DmaAddr) -> NonNull<u8> {
+//!         NonNull::new(paddr as *mut u8).unwrap()
+//!     }
+//! }
+//!
+//! struct NoDelay;
+//! impl embedded_hal::delay::DelayNs for NoDelay {
+//!     fn delay_ns(&mut self, _ns: u32) {}
+//! }
+//!
+//! let mut chan: Channel<CpuEngine<HostHal>> = Channel::new(CpuEngine::new());
+//! let mut src = Dma::<HostHal>::new(4096)?;
+//! src.as_mut_slice().fill(0xab);
+//! let dst = Dma::<HostHal>::new(4096)?;
+//! let transfer = chan.copy(dst, 0, src, 0, 4096, PrepFlags::empty()).map_err(|e| e.error)?;
+//! chan.issue_pending();
+//! let (dst, _src) = transfer.wait(&mut chan, &mut NoDelay, Duration::from_millis(10)).unwrap();
+//! assert!(dst.as_slice().iter().all(|&b| b == 0xab));
+//! # Ok::<(), dmaengine::engine::DmaError>(())
+//! ```
 #![cfg_attr(not(test), no_std)]
 #![deny(
     unsafe_op_in_unsafe_fn,

@@ -225,7 +225,7 @@ fn check_slots(src: &Dma<KernelHal>, dst: &Dma<KernelHal>, copied: core::ops::Ra
 }
 
 fn lsi_batches_across_slice() {
-    const N: usize = 600;
+    const N: usize = 2000;
     let mut chan = lsi();
     let src = buffer(64 * 2 * N, src_pattern);
     let dst = buffer(128 * 2 * N, dst_pattern);
@@ -233,7 +233,7 @@ fn lsi_batches_across_slice() {
     chan.issue_pending();
     assert!(
         chan.engine().is_running(),
-        "600 moves must outlast QEMU's first 100-instruction slice"
+        "2000 moves must outlast QEMU's first 100-instruction slice"
     );
     let last = *first.last().unwrap();
     assert_eq!(
@@ -493,7 +493,7 @@ fn checksum(buf: &[u8]) -> u64 {
 fn lsi_abort_mid_chain() {
     const SMALL: usize = 50;
     const BIG: usize = 500;
-    const BATCHES: usize = 5;
+    const BATCHES: usize = 10;
     let total = SMALL + BIG * BATCHES;
     let mut chan = lsi();
     let src = buffer(64 * total, src_pattern);
