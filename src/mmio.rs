@@ -106,6 +106,39 @@ impl MmioRegion {
     }
 }
 
+/// Register access as a driver needs it: [`MmioRegion`] for real devices,
+/// a fake device in host tests.
+pub trait Registers {
+    /// Reads the 8-bit register at `offset`.
+    fn read8(&self, offset: usize) -> u8;
+    /// Writes the 8-bit register at `offset`.
+    fn write8(&self, offset: usize, value: u8);
+    /// Reads the 32-bit register at `offset`.
+    fn read32(&self, offset: usize) -> u32;
+    /// Writes the 32-bit register at `offset`.
+    fn write32(&self, offset: usize, value: u32);
+    /// Accesses made so far (how benchmarks count MMIO).
+    fn accesses(&self) -> u64;
+}
+
+impl Registers for MmioRegion {
+    fn read8(&self, offset: usize) -> u8 {
+        MmioRegion::read8(self, offset)
+    }
+    fn write8(&self, offset: usize, value: u8) {
+        MmioRegion::write8(self, offset, value)
+    }
+    fn read32(&self, offset: usize) -> u32 {
+        MmioRegion::read32(self, offset)
+    }
+    fn write32(&self, offset: usize, value: u32) {
+        MmioRegion::write32(self, offset, value)
+    }
+    fn accesses(&self) -> u64 {
+        MmioRegion::accesses(self)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -13,8 +13,10 @@ use crate::hal::{DmaAddr, PAGE_SIZE};
 
 /// Callbacks a channel holds at once (requests with callbacks in flight).
 const MAX_CALLBACKS: usize = 64;
-/// Failures whose cookies a channel still answers `Error` for.
-const FAILURE_HISTORY: usize = 8;
+/// Failures (and terminations) whose cookies a channel still answers
+/// `Error` for. Older ones fall back to the seed's snapshot rule, which
+/// calls every cookie outside the in-flight window complete.
+pub const FAILURE_HISTORY: usize = 32;
 
 static NEXT_CHANNEL_ID: AtomicU32 = AtomicU32::new(1);
 
@@ -431,6 +433,12 @@ impl<E: Engine> Channel<E> {
 
     /// Where request `cookie` stands (the seed's `dma_async_memcpy_complete`),
     /// with the snapshot it was decided from.
+    ///
+    /// A request ended by one of the last [`FAILURE_HISTORY`] failures or
+    /// terminations is reported with its error; the channel keeps no more
+    /// (it allocates nothing), so a request ended by an older one reads as
+    /// `Complete`, as the seed's rule has it. Its fate was reported when it
+    /// ended, through `wait`, its callback, or `status` at the time.
     pub fn status(&mut self, cookie: Cookie) -> TxState {
         if self.classify(cookie) == Status::InProgress {
             self.collect(true);

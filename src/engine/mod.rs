@@ -22,7 +22,7 @@ use core::fmt;
 
 use bitflags::bitflags;
 
-pub use channel::{Channel, TxState};
+pub use channel::{Channel, FAILURE_HISTORY, TxState};
 pub use cookie::{Cookie, Snapshot, is_complete};
 pub use transfer::{Buffers, PrepError, Transfer, TransferError};
 

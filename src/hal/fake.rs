@@ -57,3 +57,71 @@ unsafe impl Hal for FakeHal {
         NonNull::new(paddr as *mut u8).expect("null DMA address")
     }
 }
+
+/// Where [`FakeHal32`]'s physical addresses start.
+pub const ARENA_BASE: DmaAddr = 0x1000_0000;
+/// Pages in its arena (32 MiB).
+const ARENA_PAGES: usize = 8192;
+
+struct Arena {
+    base: usize,
+    used: Vec<bool>,
+}
+
+static ARENA: Mutex<Option<Arena>> = Mutex::new(None);
+
+fn with_arena<R>(f: impl FnOnce(&mut Arena) -> R) -> R {
+    let mut guard = ARENA.lock().unwrap_or_else(|e| e.into_inner());
+    let arena = guard.get_or_insert_with(|| {
+        // SAFETY: a non-empty layout; the arena lives for the whole test run.
+        let base = unsafe { alloc_zeroed(layout(ARENA_PAGES)) };
+        assert!(!base.is_null(), "no memory for the fake arena");
+        Arena {
+            base: base as usize,
+            used: vec![false; ARENA_PAGES],
+        }
+    });
+    f(arena)
+}
+
+/// A [`Hal`] with 32-bit physical addresses: a host arena mapped at
+/// [`ARENA_BASE`], for drivers (like the LSI53C895A's) that cannot reach
+/// memory above 4 GiB, and for fake devices that read and write it.
+pub struct FakeHal32;
+
+// SAFETY: allocations are zeroed, page-aligned, contiguous runs of the
+// arena, handed out once and freed once.
+unsafe impl Hal for FakeHal32 {
+    fn dma_alloc(pages: usize) -> Option<(DmaAddr, NonNull<u8>)> {
+        with_arena(|arena| {
+            let start = (0..=ARENA_PAGES.checked_sub(pages)?)
+                .find(|&s| arena.used[s..s + pages].iter().all(|u| !u))?;
+            arena.used[start..start + pages].fill(true);
+            let ptr = (arena.base + start * PAGE_SIZE) as *mut u8;
+            // SAFETY: inside the arena; the run was free, so nobody uses it.
+            unsafe { ptr.write_bytes(0, pages * PAGE_SIZE) };
+            Some((ARENA_BASE + (start * PAGE_SIZE) as u64, NonNull::new(ptr)?))
+        })
+    }
+
+    unsafe fn dma_dealloc(paddr: DmaAddr, _vaddr: NonNull<u8>, pages: usize) {
+        with_arena(|arena| {
+            let start = ((paddr - ARENA_BASE) as usize) / PAGE_SIZE;
+            assert!(
+                arena.used[start..start + pages].iter().all(|&u| u),
+                "double free at {paddr:#x}"
+            );
+            arena.used[start..start + pages].fill(false);
+        })
+    }
+
+    fn phys_to_virt(paddr: DmaAddr) -> NonNull<u8> {
+        let offset = paddr
+            .checked_sub(ARENA_BASE)
+            .filter(|&o| o < (ARENA_PAGES * PAGE_SIZE) as u64);
+        let offset = offset.unwrap_or_else(|| panic!("{paddr:#x} is outside the fake arena"));
+        with_arena(|arena| {
+            NonNull::new((arena.base + offset as usize) as *mut u8).expect("arena is not null")
+        })
+    }
+}

@@ -26,8 +26,12 @@
 //! instructions inside the DSP write and the rest from a timer, 100 every
 //! 500 us, with ISTAT1.SRUN set meanwhile (QEMU-FACTS.md).
 
+#[cfg(test)]
+pub(crate) mod fake;
 pub mod regs;
 pub mod script;
+#[cfg(test)]
+mod tests;
 
 use core::marker::PhantomData;
 use core::ptr::NonNull;
@@ -41,7 +45,7 @@ use crate::engine::{
     RingFull,
 };
 use crate::hal::{DmaAddr, Hal, PAGE_SIZE};
-use crate::mmio::MmioRegion;
+use crate::mmio::{MmioRegion, Registers};
 
 /// Words in the instruction ring (64 KiB: about 5400 Memory Moves).
 const RING_WORDS: u32 = 16 * 1024;
@@ -84,9 +88,10 @@ pub struct Mark {
     inject: bool,
 }
 
-/// The LSI53C895A SCRIPTS processor as a copy [`Engine`].
-pub struct Lsi53c895a<H: Hal> {
-    regs: MmioRegion,
+/// The LSI53C895A SCRIPTS processor as a copy [`Engine`], reached through
+/// registers `R` (its MMIO window; a fake chip in host tests).
+pub struct Lsi53c895a<H: Hal, R: Registers = MmioRegion> {
+    regs: R,
     block: NonNull<u8>,
     block_dma: DmaAddr,
     block_pages: usize,
@@ -120,13 +125,13 @@ pub struct Lsi53c895a<H: Hal> {
 
 // SAFETY: the engine owns its DMA block and register window; nothing in it
 // is tied to the creating thread.
-unsafe impl<H: Hal> Send for Lsi53c895a<H> {}
+unsafe impl<H: Hal, R: Registers + Send> Send for Lsi53c895a<H, R> {}
 
-impl<H: Hal> Lsi53c895a<H> {
+impl<H: Hal, R: Registers> Lsi53c895a<H, R> {
     /// Takes over the chip behind `regs` (BAR1, with memory decoding and bus
     /// mastering enabled): soft-resets it (firmware may have used it) and
     /// sets up an empty ring in DMA memory below 4 GiB.
-    pub fn new(regs: MmioRegion) -> Result<Self, DmaError> {
+    pub fn new(regs: R) -> Result<Self, DmaError> {
         let block_pages = BLOCK_BYTES.div_ceil(PAGE_SIZE);
         let (block_dma, block) = H::dma_alloc(block_pages).ok_or(DmaError::NoMemory)?;
         let mut engine = Lsi53c895a {
@@ -160,7 +165,7 @@ impl<H: Hal> Lsi53c895a<H> {
     }
 
     /// The register window (its access count is how benchmarks count MMIO).
-    pub fn regs(&self) -> &MmioRegion {
+    pub fn regs(&self) -> &R {
         &self.regs
     }
 
@@ -366,7 +371,7 @@ impl<H: Hal> Lsi53c895a<H> {
     }
 }
 
-impl<H: Hal> Engine for Lsi53c895a<H> {
+impl<H: Hal, R: Registers> Engine for Lsi53c895a<H, R> {
     type Mark = Mark;
 
     fn capabilities(&self) -> Capabilities {
@@ -574,7 +579,7 @@ impl<H: Hal> Engine for Lsi53c895a<H> {
     }
 }
 
-impl<H: Hal> Drop for Lsi53c895a<H> {
+impl<H: Hal, R: Registers> Drop for Lsi53c895a<H, R> {
     fn drop(&mut self) {
         self.stop();
         // SAFETY: the chip is stopped for good (abort + soft reset), so the
