@@ -54,7 +54,7 @@ cargo build --release --quiet -p dmaengine-boot --target x86_64-unknown-none --t
 kernel=target/kernel/x86_64-unknown-none/release/dmaengine-boot
 
 accel=${ACCEL:-tcg}
-case "$mode" in demo|selftest) default_timeout=120 ;; *) default_timeout=1200 ;; esac
+case "$mode" in demo|selftest) default_timeout=120 ;; test) default_timeout=300 ;; *) default_timeout=900 ;; esac
 timeout_s=${TIMEOUT:-$default_timeout}
 
 # The edu device gets a 32-bit DMA mask (its default is 28 bits, which

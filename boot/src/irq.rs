@@ -58,6 +58,17 @@ pub enum IrqError {
     LineFull,
 }
 
+impl core::fmt::Display for IrqError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(match self {
+            IrqError::NoSuchLine => "no such interrupt line",
+            IrqError::LineFull => "too many handlers on this line",
+        })
+    }
+}
+
+impl core::error::Error for IrqError {}
+
 fn outb(port: u16, value: u8) {
     // SAFETY: only the PIC ports above are passed here; writing them has no
     // memory effects.

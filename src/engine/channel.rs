@@ -476,6 +476,20 @@ impl<E: Engine> Channel<E> {
         }
     }
 
+    /// Waits until every request prepared so far has ended (issuing what is
+    /// pending first): how a caller that got [`DmaError::RingFull`] waits
+    /// for room. A failure of any of them is returned as `Failed`.
+    pub fn wait_all(
+        &mut self,
+        delay: &mut impl DelayNs,
+        timeout: Duration,
+    ) -> Result<(), DmaError> {
+        match Cookie::new(self.last_used) {
+            Some(last) if !self.is_idle() => self.wait(last, delay, timeout),
+            _ => Ok(()),
+        }
+    }
+
     /// Services the engine's interrupt: collects completions and failures
     /// and runs callbacks. Returns whether the interrupt was the engine's.
     pub fn handle_interrupt(&mut self) -> bool {

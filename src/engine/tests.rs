@@ -686,3 +686,29 @@ mod registry {
         assert_eq!(dst.as_slice(), src.as_slice());
     }
 }
+
+#[test]
+fn wait_all_is_how_a_full_ring_is_waited_out() {
+    let mut chan: Channel<CpuEngine<FakeHal, 4>> = Channel::new(CpuEngine::new());
+    let src = Dma::<FakeHal>::new(4096).unwrap();
+    let dst = Dma::<FakeHal>::new(4096).unwrap();
+    let mut delay = CountingDelay::default();
+    assert_eq!(
+        chan.wait_all(&mut delay, Duration::from_millis(1)),
+        Ok(()),
+        "nothing to wait for"
+    );
+    for i in 0..4 {
+        // SAFETY: inside our buffers, read after `wait_all`.
+        unsafe { chan.prep_copy(dst.paddr() + 64 * i, src.paddr(), 64, PrepFlags::empty()) }
+            .unwrap();
+    }
+    // SAFETY: refused, so nothing runs.
+    let full = unsafe { chan.prep_copy(dst.paddr(), src.paddr(), 64, PrepFlags::empty()) };
+    assert_eq!(full, Err(DmaError::RingFull));
+    chan.wait_all(&mut delay, Duration::from_millis(1)).unwrap();
+    assert!(chan.is_idle());
+    // SAFETY: as above.
+    let again = unsafe { chan.prep_copy(dst.paddr(), src.paddr(), 64, PrepFlags::empty()) };
+    assert!(again.is_ok(), "room again");
+}

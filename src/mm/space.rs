@@ -86,6 +86,14 @@ pub struct PartialInsert {
     pub error: MmError,
 }
 
+impl core::fmt::Display for PartialInsert {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "{} after inserting {} pages", self.error, self.inserted)
+    }
+}
+
+impl core::error::Error for PartialInsert {}
+
 /// A 4-level address space over frames from a [`FrameDb`].
 pub struct AddressSpace<'a, H: Hal, T: TlbFlush> {
     db: &'a FrameDb<'a>,

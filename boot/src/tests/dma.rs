@@ -326,8 +326,7 @@ fn lsi_cookie_wraparound() {
     for batch in 0..3 {
         let cookies = prep_slots(&mut chan, &src, &dst, batch * 10..batch * 10 + 10);
         chan.issue_pending();
-        chan.wait(*cookies.last().unwrap(), &mut Delay, TIMEOUT)
-            .expect("batch completes");
+        chan.wait_all(&mut Delay, TIMEOUT).expect("batch completes");
         all.extend(cookies);
     }
     let values: Vec<i32> = all.iter().map(|c| c.get()).collect();
@@ -645,7 +644,7 @@ fn lsi_bad_requests() {
     let again = unsafe { chan.memcpy_buf_to_buf(d, s, 64) };
     assert_eq!(again, Err(DmaError::RingFull));
     assert_eq!(chan.snapshot(), full, "a refused request takes no cookie");
-    chan.wait(*cookies.last().unwrap(), &mut Delay, TIMEOUT)
+    chan.wait_all(&mut Delay, TIMEOUT)
         .expect("the full ring drains");
     assert!(
         cookies
