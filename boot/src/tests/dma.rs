@@ -112,6 +112,18 @@ fn first_mismatch(buf: &[u8], expected: impl Fn(usize) -> u8) -> Option<(usize, 
         .map(|(i, &b)| (i, b, expected(i)))
 }
 
+/// What a destination filled with `dst_pattern` holds after `len` bytes
+/// from offset `s` of a `src_pattern` source were copied to offset `d`.
+fn window(d: usize, s: usize, len: usize) -> impl Fn(usize) -> u8 {
+    move |i| {
+        if (d..d + len).contains(&i) {
+            src_pattern(s + i - d)
+        } else {
+            dst_pattern(i)
+        }
+    }
+}
+
 /// Copies `iterations` random windows between two `buf_len` buffers and
 /// checks the whole of both buffers after each.
 fn dmatest<E: Engine>(
@@ -145,13 +157,7 @@ fn dmatest<E: Engine>(
         if let Some((i, got, want)) = first_mismatch(src.as_slice(), src_pattern) {
             panic!("iteration {it}: source byte {i} changed to {got:#x} (was {want:#x})");
         }
-        let expected = |i: usize| {
-            if (d..d + len).contains(&i) {
-                src_pattern(s + i - d)
-            } else {
-                dst_pattern(i)
-            }
-        };
+        let expected = window(d, s, len);
         if let Some((i, got, want)) = first_mismatch(dst.as_slice(), expected) {
             panic!(
                 "iteration {it}: copy {len} bytes {s:#x}->{d:#x}: destination byte {i} is {got:#x}, want {want:#x}"
@@ -424,13 +430,7 @@ fn lsi_interrupt_and_callback() {
         "the callback ran from the interrupt on line {line}"
     );
     assert_eq!(status, Some(Status::Complete));
-    let expected = |i: usize| {
-        if (100..3100).contains(&i) {
-            src_pattern(i - 93)
-        } else {
-            dst_pattern(i)
-        }
-    };
+    let expected = window(100, 7, 3000);
     assert_eq!(first_mismatch(dst.as_slice(), expected), None);
 }
 
@@ -675,13 +675,7 @@ fn lsi_owned_buffers() {
         .wait(&mut chan, &mut Delay, TIMEOUT)
         .expect("copy completes");
     let src = src.expect("source back");
-    let expected = |i: usize| {
-        if (10..9010).contains(&i) {
-            src_pattern(i + 10)
-        } else {
-            dst_pattern(i)
-        }
-    };
+    let expected = window(10, 20, 9000);
     assert_eq!(first_mismatch(dst.as_slice(), expected), None);
     let transfer = chan
         .fill_buffer(dst, 1, 9999, 0xfeed_face_dead_beef, PrepFlags::empty())
@@ -788,13 +782,7 @@ fn edu_copy_by_interrupt() {
         "two 100 ms transfers took only {elapsed_ms} ms"
     );
     assert_eq!(status, Some(Status::Complete));
-    let expected = |i: usize| {
-        if (1..4001).contains(&i) {
-            src_pattern(i + 1)
-        } else {
-            dst_pattern(i)
-        }
-    };
+    let expected = window(1, 2, 4000);
     assert_eq!(first_mismatch(dst.as_slice(), expected), None);
 }
 
@@ -808,13 +796,7 @@ fn edu_split_copy_by_polling() {
     let c = unsafe { chan.prep_copy(dst.paddr() + 3, src.paddr(), 9000, PrepFlags::empty()) }
         .expect("prep");
     chan.wait(c, &mut Delay, TIMEOUT).expect("copy completes");
-    let expected = |i: usize| {
-        if (3..9003).contains(&i) {
-            src_pattern(i - 3)
-        } else {
-            dst_pattern(i)
-        }
-    };
+    let expected = window(3, 0, 9000);
     assert_eq!(first_mismatch(dst.as_slice(), expected), None);
 }
 
