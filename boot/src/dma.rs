@@ -1,7 +1,9 @@
 //! The kernel's side of `dmaengine`: DMA memory from the frame allocator,
 //! and channels over the devices found on the PCI bus.
 
+use core::ops::{Deref, DerefMut};
 use core::ptr::NonNull;
+use core::sync::atomic::{AtomicBool, Ordering};
 
 use dmaengine::drivers::cpu::CpuEngine;
 use dmaengine::drivers::edu::{self, EduEngine};
@@ -39,8 +41,56 @@ unsafe impl Hal for KernelHal {
     }
 }
 
+/// A channel that owns its device: at most one exists per device at a
+/// time, since two engines would fight over the chip's registers. Dropping
+/// it stops the engine (its `Drop`) and frees the device for the next.
+pub struct Exclusive<E: dmaengine::engine::Engine> {
+    channel: Channel<E>,
+    taken: &'static AtomicBool,
+}
+
+impl<E: dmaengine::engine::Engine> Exclusive<E> {
+    fn take(
+        taken: &'static AtomicBool,
+        make: impl FnOnce() -> Result<Channel<E>, DmaError>,
+    ) -> Result<Self, DmaError> {
+        if taken.swap(true, Ordering::AcqRel) {
+            return Err(DmaError::Busy);
+        }
+        match make() {
+            Ok(channel) => Ok(Exclusive { channel, taken }),
+            Err(e) => {
+                taken.store(false, Ordering::Release);
+                Err(e)
+            }
+        }
+    }
+}
+
+impl<E: dmaengine::engine::Engine> Deref for Exclusive<E> {
+    type Target = Channel<E>;
+    fn deref(&self) -> &Channel<E> {
+        &self.channel
+    }
+}
+
+impl<E: dmaengine::engine::Engine> DerefMut for Exclusive<E> {
+    fn deref_mut(&mut self) -> &mut Channel<E> {
+        &mut self.channel
+    }
+}
+
+impl<E: dmaengine::engine::Engine> Drop for Exclusive<E> {
+    fn drop(&mut self) {
+        self.taken.store(false, Ordering::Release);
+    }
+}
+
+static LSI_TAKEN: AtomicBool = AtomicBool::new(false);
+static EDU_TAKEN: AtomicBool = AtomicBool::new(false);
+
 /// A channel over the LSI53C895A's SCRIPTS processor.
-pub type LsiChannel = Channel<Lsi53c895a<KernelHal>>;
+pub type LsiChannel = Exclusive<Lsi53c895a<KernelHal>>;
 /// A channel over the CPU engine.
 pub type CpuChannel = Channel<CpuEngine<KernelHal>>;
 
@@ -49,16 +99,19 @@ pub fn lsi_device() -> Option<&'static crate::pci::Device> {
     devices::find(lsi53c895a::regs::VENDOR_ID, lsi53c895a::regs::DEVICE_ID)
 }
 
-/// Takes over the LSI53C895A as a copy channel.
+/// Takes over the LSI53C895A as a copy channel (`Busy` while another
+/// channel holds it).
 pub fn lsi_channel() -> Result<LsiChannel, DmaError> {
-    let regs = lsi_device()
-        .and_then(|dev| devices::map_bar(dev, lsi53c895a::regs::MMIO_BAR))
-        .ok_or(DmaError::NotSupported)?;
-    Ok(Channel::new(Lsi53c895a::new(regs)?))
+    Exclusive::take(&LSI_TAKEN, || {
+        let regs = lsi_device()
+            .and_then(|dev| devices::map_bar(dev, lsi53c895a::regs::MMIO_BAR))
+            .ok_or(DmaError::NotSupported)?;
+        Ok(Channel::new(Lsi53c895a::new(regs)?))
+    })
 }
 
 /// A channel over QEMU's edu device.
-pub type EduChannel = Channel<EduEngine<KernelHal>>;
+pub type EduChannel = Exclusive<EduEngine<KernelHal>>;
 
 /// The DMA mask `qemu-run.sh` gives the edu device (`dma_mask=0xffffffff`).
 pub const EDU_DMA_MASK: u64 = 0xffff_ffff;
@@ -68,12 +121,15 @@ pub fn edu_device() -> Option<&'static crate::pci::Device> {
     devices::find(edu::regs::VENDOR_ID, edu::regs::DEVICE_ID)
 }
 
-/// Takes over the edu device as a copy channel.
+/// Takes over the edu device as a copy channel (`Busy` while another
+/// channel holds it).
 pub fn edu_channel() -> Result<EduChannel, DmaError> {
-    let regs = edu_device()
-        .and_then(|dev| devices::map_bar(dev, 0))
-        .ok_or(DmaError::NotSupported)?;
-    Ok(Channel::new(EduEngine::new(regs, EDU_DMA_MASK)))
+    Exclusive::take(&EDU_TAKEN, || {
+        let regs = edu_device()
+            .and_then(|dev| devices::map_bar(dev, 0))
+            .ok_or(DmaError::NotSupported)?;
+        Ok(Channel::new(EduEngine::new(regs, EDU_DMA_MASK)))
+    })
 }
 
 /// A CPU copy channel.

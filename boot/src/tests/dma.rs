@@ -52,6 +52,7 @@ pub const TESTS: &[Test] = &[
     Test::new("dma.lsi.bad_requests_change_nothing", lsi_bad_requests),
     Test::new("dma.lsi.owned_buffers_round_trip", lsi_owned_buffers),
     Test::new("dma.lsi.fenced_requests_see_earlier_results", lsi_fence),
+    Test::new("dma.lsi.one_channel_per_chip", one_channel_per_chip),
     Test::new("dma.edu.copy_completes_by_interrupt", edu_copy_by_interrupt),
     Test::new("dma.edu.split_copy_by_polling", edu_split_copy_by_polling),
     Test::new("dma.edu.unsupported_and_bad_requests", edu_bad_requests),
@@ -854,9 +855,9 @@ fn registry_with_every_engine() {
         .unwrap();
     registry.request_channels(client, 3).unwrap();
     let handles = [
-        registry.add_channel(&mut lsi).unwrap(),
+        registry.add_channel(&mut *lsi).unwrap(),
         registry.add_channel(&mut cpu).unwrap(),
-        registry.add_channel(&mut edu).unwrap(),
+        registry.add_channel(&mut *edu).unwrap(),
     ];
     assert_eq!(*REGISTRY_EVENTS.lock(), handles.map(Event::ChannelAdded));
     let src = buffer(4096, src_pattern);
@@ -891,4 +892,24 @@ fn registry_with_every_engine() {
         Some(&Event::ChannelRemoved(handles[0]))
     );
     assert_eq!(registry.channels_of(client), 2);
+}
+
+fn one_channel_per_chip() {
+    let first = lsi();
+    assert_eq!(
+        lsi_channel().err(),
+        Some(DmaError::Busy),
+        "a second engine on the same chip"
+    );
+    drop(first);
+    let mut again = lsi();
+    let src = buffer(256, src_pattern);
+    let dst = buffer(256, dst_pattern);
+    // SAFETY: whole buffers we own, read after `wait`.
+    let c = unsafe { again.prep_copy(dst.paddr(), src.paddr(), 256, PrepFlags::empty()) }
+        .expect("prep");
+    again
+        .wait(c, &mut Delay, TIMEOUT)
+        .expect("the chip is free again");
+    assert_eq!(dst.as_slice(), src.as_slice());
 }
