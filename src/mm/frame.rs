@@ -8,7 +8,7 @@
 //! reference *and* a map count; unmapping gives both back.
 
 use core::fmt;
-use core::sync::atomic::{AtomicU8, AtomicU32, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
 
 use super::MmError;
 
@@ -41,11 +41,17 @@ impl FrameKind {
     }
 }
 
+/// One reference, in [`PageInfo::counts`].
+const REF: u64 = 1;
+/// One mapping, in [`PageInfo::counts`].
+const MAP: u64 = 1 << 32;
+
 /// The database entry of one frame.
 #[derive(Debug, Default)]
 pub struct PageInfo {
-    refcount: AtomicU32,
-    mapcount: AtomicU32,
+    /// The reference count (low 32 bits) and the map count (high 32 bits):
+    /// one word, so mapping a page is one atomic add.
+    counts: AtomicU64,
     kind: AtomicU8,
 }
 
@@ -53,10 +59,13 @@ impl PageInfo {
     /// A free frame's entry (for building the database's storage).
     pub const fn new() -> PageInfo {
         PageInfo {
-            refcount: AtomicU32::new(0),
-            mapcount: AtomicU32::new(0),
+            counts: AtomicU64::new(0),
             kind: AtomicU8::new(0),
         }
+    }
+
+    fn refcount(&self) -> u32 {
+        self.counts.load(Ordering::Acquire) as u32
     }
 }
 
@@ -93,8 +102,7 @@ impl<'a> FrameDb<'a> {
     /// every one free and owned by the database from now on.
     pub fn new(pages: &'a [PageInfo], base_pfn: u64) -> Self {
         for page in pages {
-            page.refcount.store(0, Ordering::Relaxed);
-            page.mapcount.store(0, Ordering::Relaxed);
+            page.counts.store(0, Ordering::Relaxed);
             page.kind.store(FrameKind::Free as u8, Ordering::Relaxed);
         }
         FrameDb {
@@ -126,10 +134,13 @@ impl<'a> FrameDb<'a> {
 
     /// The entry of frame `pfn`, if the database covers it.
     pub fn state(&self, pfn: u64) -> Option<FrameState> {
-        self.info(pfn).map(|info| FrameState {
-            kind: FrameKind::from_u8(info.kind.load(Ordering::Acquire)),
-            refcount: info.refcount.load(Ordering::Acquire),
-            mapcount: info.mapcount.load(Ordering::Acquire),
+        self.info(pfn).map(|info| {
+            let counts = info.counts.load(Ordering::Acquire);
+            FrameState {
+                kind: FrameKind::from_u8(info.kind.load(Ordering::Acquire)),
+                refcount: counts as u32,
+                mapcount: (counts >> 32) as u32,
+            }
         })
     }
 
@@ -157,8 +168,7 @@ impl<'a> FrameDb<'a> {
                 )
                 .is_ok();
             if claimed {
-                self.pages[i].refcount.store(1, Ordering::Release);
-                self.pages[i].mapcount.store(0, Ordering::Release);
+                self.pages[i].counts.store(REF, Ordering::Release);
                 self.hint.store(i + 1, Ordering::Relaxed);
                 return Ok(self.base_pfn + i as u64);
             }
@@ -186,7 +196,7 @@ impl<'a> FrameDb<'a> {
                 info.kind.load(Ordering::Acquire),
                 FrameKind::PageTable as u8
             );
-            info.refcount.store(0, Ordering::Release);
+            info.counts.store(0, Ordering::Release);
             info.kind.store(FrameKind::Free as u8, Ordering::Release);
         }
     }
@@ -214,33 +224,44 @@ impl<'a> FrameDb<'a> {
     /// use (how the page behind a PTE is found again: `vm_normal_page`).
     pub fn get(&self, pfn: u64) -> Option<PageRef<'_>> {
         let info = self.info(pfn)?;
-        if info.kind.load(Ordering::Acquire) != FrameKind::Normal as u8
-            || info.refcount.load(Ordering::Acquire) == 0
-        {
+        if info.kind.load(Ordering::Acquire) != FrameKind::Normal as u8 || info.refcount() == 0 {
             return None;
         }
-        info.refcount.fetch_add(1, Ordering::AcqRel);
+        info.counts.fetch_add(REF, Ordering::AcqRel);
         Some(PageRef { db: self, pfn })
+    }
+
+    /// Records one more mapping of `pfn` if it is an insertable page (see
+    /// [`FrameDb::insertable`]); returns whether it was.
+    pub(crate) fn try_map(&self, pfn: u64) -> bool {
+        let Some(info) = self.info(pfn) else {
+            return false;
+        };
+        if info.kind.load(Ordering::Acquire) != FrameKind::Normal as u8 || info.refcount() == 0 {
+            return false;
+        }
+        info.counts.fetch_add(REF + MAP, Ordering::AcqRel);
+        true
     }
 
     /// Records one more mapping of a page: a reference and a map count.
     pub(crate) fn map(&self, pfn: u64) {
         if let Some(info) = self.info(pfn) {
-            info.refcount.fetch_add(1, Ordering::AcqRel);
-            info.mapcount.fetch_add(1, Ordering::AcqRel);
+            info.counts.fetch_add(REF + MAP, Ordering::AcqRel);
         }
     }
 
     /// Records one mapping fewer, freeing the page with its last reference.
     pub(crate) fn unmap(&self, pfn: u64) {
         if let Some(info) = self.info(pfn) {
-            info.mapcount.fetch_sub(1, Ordering::AcqRel);
-            self.put(info);
+            self.put(info, REF + MAP);
         }
     }
 
-    fn put(&self, info: &PageInfo) {
-        if info.refcount.fetch_sub(1, Ordering::AcqRel) == 1 {
+    /// Drops `counts` (a reference, and maybe a mapping); the frame goes
+    /// back to the pool with its last reference.
+    fn put(&self, info: &PageInfo, counts: u64) {
+        if info.counts.fetch_sub(counts, Ordering::AcqRel) as u32 == 1 {
             info.kind.store(FrameKind::Free as u8, Ordering::Release);
         }
     }
@@ -280,7 +301,7 @@ impl fmt::Debug for PageRef<'_> {
 impl Clone for PageRef<'_> {
     fn clone(&self) -> Self {
         if let Some(info) = self.db.info(self.pfn) {
-            info.refcount.fetch_add(1, Ordering::AcqRel);
+            info.counts.fetch_add(REF, Ordering::AcqRel);
         }
         PageRef {
             db: self.db,
@@ -292,7 +313,7 @@ impl Clone for PageRef<'_> {
 impl Drop for PageRef<'_> {
     fn drop(&mut self) {
         if let Some(info) = self.db.info(self.pfn) {
-            self.db.put(info);
+            self.db.put(info, REF);
         }
     }
 }

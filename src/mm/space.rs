@@ -439,19 +439,26 @@ impl<'a, H: Hal, T: TlbFlush> AddressSpace<'a, H, T> {
                 Err(e) => break Err(fail(done, e)),
             };
             let batch_end = pages.len().min(done + 512 - pte::index(va, 1));
+            let (first, batch_start) = (pte::index(va, 1), done);
+            let entries = self.entry_ptr(pt, 0);
             let mut error = None;
             for (i, page) in pages.iter().enumerate().take(batch_end).skip(done) {
-                let index = pte::index(addr + i as u64 * PAGE_4K, 1);
-                if !self.db.insertable(page.pfn()) {
-                    error = Some(fail(i, MmError::NotInsertable));
-                } else if self.read(pt, index) != 0 {
+                // SAFETY: `entries` is the page table `pt` (as `entry_ptr`
+                // promises) and the batch stays inside it: `first + i - batch_start`
+                // is below 512 by the choice of `batch_end`.
+                let slot = unsafe { entries.add(first + i - batch_start) };
+                // SAFETY: as above; a single volatile load of the entry.
+                if unsafe { slot.read_volatile() } != 0 {
                     error = Some(fail(i, MmError::Busy));
-                }
-                if error.is_some() {
                     break;
                 }
-                self.write(pt, index, page.phys() | prot);
-                self.db.map(page.pfn());
+                if !self.db.try_map(page.pfn()) {
+                    error = Some(fail(i, MmError::NotInsertable));
+                    break;
+                }
+                // SAFETY: as above; a single volatile store, never torn.
+                unsafe { slot.write_volatile(page.phys() | prot) };
+                self.entries_written += 1;
                 done = i + 1;
             }
             if let Some(error) = error {
