@@ -67,6 +67,8 @@ pub struct Channel<E: Engine> {
     halted: bool,
     failures: [Option<Failure>; FAILURE_HISTORY],
     next_failure: usize,
+    /// Failures recorded since creation (only the last FAILURE_HISTORY kept).
+    failures_recorded: usize,
     callbacks: [Option<(Cookie, Callback)>; MAX_CALLBACKS],
     callback_head: usize,
     callback_len: usize,
@@ -84,6 +86,7 @@ impl<E: Engine> Channel<E> {
             halted: false,
             failures: [None; FAILURE_HISTORY],
             next_failure: 0,
+            failures_recorded: 0,
             callbacks: [None; MAX_CALLBACKS],
             callback_head: 0,
             callback_len: 0,
@@ -376,6 +379,7 @@ impl<E: Engine> Channel<E> {
     fn record(&mut self, failure: Failure) {
         self.failures[self.next_failure] = Some(failure);
         self.next_failure = (self.next_failure + 1) % FAILURE_HISTORY;
+        self.failures_recorded = self.failures_recorded.saturating_add(1);
     }
 
     fn fail(&mut self, fault: Fault) {
@@ -401,18 +405,18 @@ impl<E: Engine> Channel<E> {
     }
 
     fn classify(&self, cookie: Cookie) -> Status {
+        // In the in-flight window: no failure has ended it yet.
+        if !self.snapshot().is_complete(cookie) {
+            return Status::InProgress;
+        }
         // Newest failure first: a cookie ended by one is reported by it.
-        for i in 1..=FAILURE_HISTORY {
+        for i in 1..=self.failures_recorded.min(FAILURE_HISTORY) {
             let slot = (self.next_failure + FAILURE_HISTORY - i) % FAILURE_HISTORY;
             if let Some(kind) = self.failures[slot].and_then(|f| f.kind_of(cookie)) {
                 return Status::Error(kind);
             }
         }
-        if self.snapshot().is_complete(cookie) {
-            Status::Complete
-        } else {
-            Status::InProgress
-        }
+        Status::Complete
     }
 
     fn run_callbacks(&mut self) {
