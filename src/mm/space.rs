@@ -95,6 +95,9 @@ impl core::fmt::Display for PartialInsert {
 impl core::error::Error for PartialInsert {}
 
 /// A 4-level address space over frames from a [`FrameDb`].
+///
+/// Dropping it unmaps every area (giving back every count) and frees its
+/// page tables, the root included: it must not be loaded in CR3 by then.
 pub struct AddressSpace<'a, H: Hal, T: TlbFlush> {
     db: &'a FrameDb<'a>,
     root: u64,
