@@ -13,6 +13,7 @@
 //! | 2 | map_pages | count | address of `count` fresh pages (`insert_pages`) |
 //! | 3 | dma_copy | dst, src, length | 0, after the LSI53C895A copied between the caller's own pages |
 //! | 4 | map_device | - | address of the edu device's registers (`io_remap_pfn_range`, UC) |
+//! | 5 | unmap | address, count | 0, after `zap_range` of `count` pages from `map_pages` |
 //!
 //! Errors are negative: -14 (bad address), -12 (no memory), -22 (bad
 //! argument), -5 (the copy failed), -19 (no device). Every user pointer is
@@ -45,7 +46,7 @@ const CODE: u64 = (1 << 39) + (4 << 20);
 const STACK_TOP: u64 = (1 << 39) + (8 << 20);
 const STACK_PAGES: u64 = 4;
 /// Where `map_pages` puts pages.
-const HEAP: u64 = (1 << 39) + (256 << 20);
+pub const HEAP: u64 = (1 << 39) + (256 << 20);
 const HEAP_SIZE: u64 = 16 << 20;
 /// Where `map_device` puts the edu registers.
 const DEVICE: u64 = (1 << 39) + (512 << 20);
@@ -295,6 +296,23 @@ impl Process {
         }
     }
 
+    fn unmap(&mut self, va: u64, count: u64) -> i64 {
+        let Some(end) = count
+            .checked_mul(PAGE_4K)
+            .and_then(|len| va.checked_add(len))
+        else {
+            return EINVAL;
+        };
+        if count == 0 || !va.is_multiple_of(PAGE_4K) || va < HEAP || end > self.heap_next {
+            return EINVAL;
+        }
+        // This space is loaded: its flusher invalidates the caller's TLB.
+        match self.space.zap_range(self.heap, va, end) {
+            Ok(()) => 0,
+            Err(_) => ENOMEM,
+        }
+    }
+
     fn map_device(&mut self) -> i64 {
         let Some((bar, _)) =
             devices::find(edu::regs::VENDOR_ID, edu::regs::DEVICE_ID).and_then(|d| d.mem_bar(0))
@@ -395,6 +413,7 @@ pub fn syscall(frame: &mut TrapFrame) {
         2 => process.map_pages(a),
         3 => process.dma_copy(a, b, c),
         4 => process.map_device(),
+        5 => process.unmap(a, b),
         _ => EINVAL,
     };
     frame.rax = result as u64;
@@ -512,6 +531,34 @@ user_cli_start:
     int 0x80
 user_cli_end:
 
+    .global user_unmap_start
+    .global user_unmap_end
+user_unmap_start:
+    mov edi, 1
+    mov eax, 2
+    int 0x80
+    test rax, rax
+    js 3f
+    mov r12, rax
+    mov qword ptr [r12], 0x1234
+    cmp qword ptr [r12], 0x1234
+    jne 3f
+    mov rdi, r12
+    mov esi, 1
+    mov eax, 5
+    int 0x80
+    test rax, rax
+    jnz 3f
+    mov rax, [r12]
+    xor edi, edi
+    xor eax, eax
+    int 0x80
+3:
+    mov edi, 30
+    xor eax, eax
+    int 0x80
+user_unmap_end:
+
     .global user_spin_start
     .global user_spin_end
 user_spin_start:
@@ -527,6 +574,8 @@ unsafe extern "C" {
     static user_fault_end: u8;
     static user_cli_start: u8;
     static user_cli_end: u8;
+    static user_unmap_start: u8;
+    static user_unmap_end: u8;
     static user_spin_start: u8;
     static user_spin_end: u8;
 }
@@ -552,6 +601,12 @@ pub fn faulting() -> &'static [u8] {
 /// Executes `cli`, a privileged instruction.
 pub fn privileged() -> &'static [u8] {
     bytes(&raw const user_cli_start, &raw const user_cli_end)
+}
+
+/// Maps a page, writes it, unmaps it, reads it again: that read must fault
+/// (exit 0 would mean the TLB still held the page; 30 names a failed step).
+pub fn unmapping() -> &'static [u8] {
+    bytes(&raw const user_unmap_start, &raw const user_unmap_end)
 }
 
 /// Never ends.

@@ -18,6 +18,10 @@ pub const TESTS: &[Test] = &[
         "user.privileged_instruction_ends_the_process",
         privileged_instruction,
     ),
+    Test::new(
+        "user.unmapped_page_faults_at_once_in_the_running_process",
+        unmap_faults,
+    ),
     Test::new("user.hung_process_is_ended_by_the_watchdog", hung_process).timeout_ms(300),
 ];
 
@@ -70,4 +74,22 @@ fn privileged_instruction() {
 fn hung_process() {
     let outcome = user::run(user::spinning(), false).expect("process");
     assert!(matches!(outcome.exit, Exit::Hung), "{:?}", outcome.exit);
+}
+
+fn unmap_faults() {
+    let free = db().free_frames();
+    let outcome = user::run(user::unmapping(), false).expect("process");
+    match outcome.exit {
+        Exit::Killed(f) => {
+            assert_eq!(f.vector, 14, "{f}");
+            assert_eq!(f.cr2, user::HEAP, "the page it unmapped");
+            assert_eq!(
+                f.error_code & 0b101,
+                0b100,
+                "a user read of a page not present"
+            );
+        }
+        other => panic!("expected a page fault after unmap, got {other:?}"),
+    }
+    assert_eq!(db().free_frames(), free);
 }
