@@ -398,6 +398,14 @@ extern "C" fn trap_dispatch(frame: &mut TrapFrame) {
     } else {
         0
     };
+    // A user write to a copy-on-write page: copy it and retry the write.
+    let user_mode = frame.cs & 3 == 3;
+    if frame.vector == PAGE_FAULT as u64
+        && user_mode
+        && crate::user::write_fault(cr2, frame.error_code)
+    {
+        return;
+    }
     let fault = recover::Fault {
         vector: frame.vector as u8,
         error_code: frame.error_code,

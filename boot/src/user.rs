@@ -48,6 +48,10 @@ const STACK_PAGES: u64 = 4;
 /// Where `map_pages` puts pages.
 pub const HEAP: u64 = (1 << 39) + (256 << 20);
 const HEAP_SIZE: u64 = 16 << 20;
+/// A copy-on-write page of initial data (private, writable).
+pub const DATA: u64 = (1 << 39) + (12 << 20);
+/// The first word of that page as the process starts.
+pub const DATA_WORD: u64 = 0x1111_2222;
 /// Where `map_device` puts the edu registers.
 const DEVICE: u64 = (1 << 39) + (512 << 20);
 /// The longest `dma_copy`.
@@ -82,10 +86,14 @@ pub struct Outcome {
     pub exit: Exit,
     /// Its `write` output.
     pub output: String,
+    /// The first word of the original data page after the run: a write by
+    /// the process went to its private copy, so this is still `DATA_WORD`.
+    pub original_data_word: u64,
 }
 
 struct Process {
     space: Space,
+    data: PageRef<'static>,
     heap: VmaId,
     heap_next: u64,
     device: VmaId,
@@ -142,6 +150,16 @@ fn build(program: &[u8], echo: bool) -> Result<Process, MmError> {
     let stack = space.map_vma(STACK_TOP - STACK_PAGES * PAGE_4K, STACK_TOP, SHARED_RW)?;
     let heap = space.map_vma(HEAP, HEAP + HEAP_SIZE, SHARED_RW)?;
     let device = space.map_vma(DEVICE, DEVICE + PAGE_4K, SHARED_RW)?;
+    let cow = VmFlags::READ | VmFlags::WRITE | VmFlags::MAYWRITE;
+    let data_vma = space.map_vma(DATA, DATA + PAGE_4K, cow)?;
+    let data = zeroed_page()?;
+    // SAFETY: the page is ours and mapped by the direct map.
+    unsafe {
+        mem::phys_to_virt(data.phys())
+            .cast::<u64>()
+            .write(DATA_WORD)
+    };
+    space.insert_page(data_vma, DATA, &data)?;
     let mut code_frames = Vec::new();
     for chunk in program.chunks(PAGE_4K as usize) {
         let page = zeroed_page()?;
@@ -167,6 +185,7 @@ fn build(program: &[u8], echo: bool) -> Result<Process, MmError> {
         .map_err(|e| e.error)?;
     Ok(Process {
         space,
+        data,
         heap,
         heap_next: HEAP,
         device,
@@ -215,9 +234,13 @@ pub fn run(program: &[u8], echo: bool) -> Result<Outcome, MmError> {
         }
     });
     CURRENT.store(core::ptr::null_mut(), Ordering::Release);
+    // SAFETY: the kernel's own reference keeps the original page alive;
+    // the direct map covers it.
+    let original_data_word = unsafe { mem::phys_to_virt(process.data.phys()).cast::<u64>().read() };
     Ok(Outcome {
         exit,
         output: core::mem::take(&mut process.output),
+        original_data_word,
     })
 }
 
@@ -392,6 +415,24 @@ impl Process {
     }
 }
 
+/// Handles a page fault from ring 3 at `cr2`: a write to a present page of
+/// a copy-on-write area gets the process a private copy. Returns whether the
+/// access can be retried.
+pub fn write_fault(cr2: u64, error_code: u64) -> bool {
+    // Error code bit 0: the page was present; bit 1: a write.
+    if error_code & 0b11 != 0b11 {
+        return false;
+    }
+    let current = CURRENT.load(Ordering::Acquire);
+    if current.is_null() {
+        return false;
+    }
+    // SAFETY: as in `syscall`: the running process, exclusively ours while
+    // this trap runs with interrupts off.
+    let process = unsafe { &mut *current };
+    process.space.handle_write_fault(cr2).is_ok()
+}
+
 /// Serves `int 0x80`.
 pub fn syscall(frame: &mut TrapFrame) {
     let current = CURRENT.load(Ordering::Acquire);
@@ -559,6 +600,29 @@ user_unmap_start:
     int 0x80
 user_unmap_end:
 
+    .global user_cow_start
+    .global user_cow_end
+user_cow_start:
+    movabs r12, 0x8000c00000
+    mov rax, qword ptr [r12]
+    cmp rax, 0x11112222
+    jne 4f
+    mov qword ptr [r12], 0x33334444
+    cmp qword ptr [r12], 0x33334444
+    jne 5f
+    xor edi, edi
+    xor eax, eax
+    int 0x80
+4:
+    mov edi, 40
+    xor eax, eax
+    int 0x80
+5:
+    mov edi, 41
+    xor eax, eax
+    int 0x80
+user_cow_end:
+
     .global user_spin_start
     .global user_spin_end
 user_spin_start:
@@ -576,6 +640,8 @@ unsafe extern "C" {
     static user_cli_end: u8;
     static user_unmap_start: u8;
     static user_unmap_end: u8;
+    static user_cow_start: u8;
+    static user_cow_end: u8;
     static user_spin_start: u8;
     static user_spin_end: u8;
 }
@@ -607,6 +673,13 @@ pub fn privileged() -> &'static [u8] {
 /// (exit 0 would mean the TLB still held the page; 30 names a failed step).
 pub fn unmapping() -> &'static [u8] {
     bytes(&raw const user_unmap_start, &raw const user_unmap_end)
+}
+
+/// Reads its copy-on-write data page, writes it (the write faults and the
+/// kernel gives it a private copy), reads its write back; exits 0 (40 and 41
+/// name the check that failed).
+pub fn copy_on_write() -> &'static [u8] {
+    bytes(&raw const user_cow_start, &raw const user_cow_end)
 }
 
 /// Never ends.

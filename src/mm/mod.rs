@@ -50,6 +50,10 @@ pub enum MmError {
     Overlap,
     /// The address space has no room for another area.
     TooManyVmas,
+    /// Nothing is mapped at the address.
+    NotMapped,
+    /// The area does not allow the access (a write to a read-only area).
+    Protection,
 }
 
 impl fmt::Display for MmError {
@@ -65,6 +69,8 @@ impl fmt::Display for MmError {
             MmError::NoSuchVma => "no such area",
             MmError::Overlap => "area overlaps another",
             MmError::TooManyVmas => "too many areas",
+            MmError::NotMapped => "nothing mapped there",
+            MmError::Protection => "access not allowed by the area",
         })
     }
 }

@@ -77,6 +77,18 @@ pub enum Inserted {
     AlreadyMapped,
 }
 
+/// What [`AddressSpace::handle_write_fault`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WriteFault {
+    /// The page was copied: the faulting address now maps a private copy.
+    Copied,
+    /// The page was the mapping's alone and was made writable in place.
+    Reused,
+    /// The entry is already writable (another CPU or an earlier fault won):
+    /// retrying the access will succeed.
+    Spurious,
+}
+
 /// `insert_pages` stopped: how many pages went in before the error.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PartialInsert {
@@ -637,6 +649,68 @@ impl<'a, H: Hal, T: TlbFlush> AddressSpace<'a, H, T> {
             .translate(addr)
             .filter(|leaf| !leaf.is_special())
             .and_then(|leaf| self.db.get(leaf.phys() >> 12)))
+    }
+
+    // ---- faults ----
+
+    /// Handles a write fault at `addr` on a present, read-only entry of a
+    /// copy-on-write area (Linux's `do_wp_page`): the faulting address gets a
+    /// private, writable copy of the page, or the page itself when this
+    /// mapping is its only holder. A special entry (a raw PFN) is copied into
+    /// a new counted page. Errors: nothing mapped (`NotMapped`), outside any
+    /// area (`OutOfRange`), an area that may not be written (`Protection`),
+    /// or no memory for the copy (nothing changed).
+    pub fn handle_write_fault(&mut self, addr: u64) -> Result<WriteFault, MmError> {
+        let id = self
+            .vmas
+            .iter()
+            .position(|v| v.is_some_and(|v| (v.start..v.end).contains(&addr)))
+            .map(VmaId)
+            .ok_or(MmError::OutOfRange)?;
+        let vma = *self.vma(id)?;
+        if !vma.flags.contains(VmFlags::WRITE) {
+            return Err(MmError::Protection);
+        }
+        let leaf = self.translate(addr).ok_or(MmError::NotMapped)?;
+        if leaf.entry & pte::WRITABLE != 0 {
+            return Ok(WriteFault::Spurious);
+        }
+        if !vma.flags.is_cow() || leaf.level != 1 {
+            return Err(MmError::Protection);
+        }
+        let old_pfn = leaf.phys() >> 12;
+        let counted = !leaf.is_special();
+        let only_holder = counted
+            && self
+                .db
+                .state(old_pfn)
+                .is_some_and(|s| s.refcount == 1 && s.mapcount == 1);
+        if only_holder {
+            self.write(leaf.table, leaf.index, leaf.entry | pte::WRITABLE);
+            self.tlb.flush_page(leaf.va);
+            return Ok(WriteFault::Reused);
+        }
+        let copy = self.db.alloc_page()?;
+        // SAFETY: the source is the frame the entry maps (RAM the HAL maps:
+        // a counted page, or a raw frame a driver remapped), the destination
+        // a page just allocated to us; both are 4 KiB and distinct.
+        unsafe {
+            core::ptr::copy_nonoverlapping(
+                H::phys_to_virt(leaf.phys()).as_ptr(),
+                H::phys_to_virt(copy.phys()).as_ptr(),
+                PAGE_4K as usize,
+            );
+        }
+        // The copy is ordinary memory: write-back, whatever the original was.
+        let cache = pte::PWT | pte::PCD | pte::PAT_4K;
+        let flags = (leaf.entry & !ADDR_4K & !SPECIAL & !cache) | pte::WRITABLE;
+        self.write(leaf.table, leaf.index, copy.phys() | flags);
+        self.db.map(copy.pfn());
+        self.tlb.flush_page(leaf.va);
+        if counted {
+            self.db.unmap(old_pfn);
+        }
+        Ok(WriteFault::Copied)
     }
 
     // ---- removal ----

@@ -922,3 +922,151 @@ proptest! {
         }
     }
 }
+
+fn page_bytes(pa: u64) -> &'static mut [u8] {
+    // SAFETY: test frames are host memory the fake HAL maps 1:1; callers
+    // only use pages they own.
+    unsafe { core::slice::from_raw_parts_mut(pa as *mut u8, 4096) }
+}
+
+#[test]
+fn write_faults_copy_on_write() {
+    use super::space::WriteFault;
+    let mem = Memory::new(64);
+    let db = mem.db();
+    let mut space = Space::new(&db, Tlb::default(), true).unwrap();
+    let cow = space.map_vma(BASE, BASE + 4 * PAGE_4K, COW).unwrap();
+    let page = db.alloc_page().unwrap();
+    page_bytes(page.phys()).fill(0x11);
+    space.insert_page(cow, BASE, &page).unwrap();
+    // The driver still holds the page: the write gets a private copy.
+    assert_eq!(space.handle_write_fault(BASE + 5), Ok(WriteFault::Copied));
+    let leaf = space.translate(BASE).unwrap();
+    assert_ne!(leaf.phys(), page.phys());
+    assert!(leaf.entry & pte::WRITABLE != 0 && !leaf.is_special());
+    assert_eq!(
+        page_bytes(leaf.phys())[100],
+        0x11,
+        "the copy has the contents"
+    );
+    page_bytes(leaf.phys())[100] = 0x22;
+    assert_eq!(
+        page_bytes(page.phys())[100],
+        0x11,
+        "the original is untouched"
+    );
+    assert_eq!(
+        counts(&db, page.pfn()),
+        (1, 0),
+        "the original lost the mapping"
+    );
+    assert_eq!(
+        counts(&db, leaf.phys() >> 12),
+        (1, 1),
+        "the copy is held by the mapping alone"
+    );
+    assert!(space.tlb_mut().pages.contains(&BASE));
+    assert_eq!(space.handle_write_fault(BASE), Ok(WriteFault::Spurious));
+    // A page only the mapping holds is made writable in place.
+    let own = db.alloc_page().unwrap();
+    space.insert_page(cow, BASE + PAGE_4K, &own).unwrap();
+    let own_pfn = own.pfn();
+    drop(own);
+    assert_eq!(
+        space.handle_write_fault(BASE + PAGE_4K),
+        Ok(WriteFault::Reused)
+    );
+    assert_eq!(
+        space.translate(BASE + PAGE_4K).unwrap().phys() >> 12,
+        own_pfn
+    );
+    // Errors change nothing.
+    assert_eq!(
+        space.handle_write_fault(BASE + 2 * PAGE_4K),
+        Err(MmError::NotMapped)
+    );
+    assert_eq!(
+        space.handle_write_fault(BASE + 64 * PAGE_4K),
+        Err(MmError::OutOfRange)
+    );
+    let ro = space
+        .map_vma(BASE + PAGE_2M, BASE + PAGE_2M + PAGE_4K, VmFlags::READ)
+        .unwrap();
+    space.insert_page(ro, BASE + PAGE_2M, &page).unwrap();
+    let before = space.translate(BASE + PAGE_2M);
+    assert_eq!(
+        space.handle_write_fault(BASE + PAGE_2M),
+        Err(MmError::Protection)
+    );
+    assert_eq!(space.translate(BASE + PAGE_2M), before);
+    drop(space);
+    assert_eq!(table_frames(&db), 0);
+    assert_eq!(counts(&db, page.pfn()), (1, 0));
+    assert_eq!(
+        db.free_frames(),
+        64 - 1,
+        "only the test's page is still allocated"
+    );
+}
+
+#[test]
+fn write_faults_copy_remapped_frames_and_forked_pages() {
+    use super::space::WriteFault;
+    let mem = Memory::new(64);
+    let db = mem.db();
+    // A copy-on-write PFNMAP area over a frame we own (so it can be read).
+    let frame = db.alloc_page().unwrap();
+    page_bytes(frame.phys()).fill(0x33);
+    let mut space = Space::new(&db, Tlb::default(), true).unwrap();
+    let io = space.map_vma(BASE, BASE + PAGE_4K, COW).unwrap();
+    space
+        .io_remap_pfn_range(
+            io,
+            BASE,
+            frame.pfn(),
+            PAGE_4K,
+            PageProt::READ_ONLY,
+            CacheMode::Uncached,
+        )
+        .unwrap();
+    assert_eq!(space.handle_write_fault(BASE), Ok(WriteFault::Copied));
+    let leaf = space.translate(BASE).unwrap();
+    assert!(!leaf.is_special(), "the copy is a counted page");
+    assert_eq!(CacheMode::of_entry(leaf.entry, false), CacheMode::WriteBack);
+    assert_eq!(page_bytes(leaf.phys())[7], 0x33);
+    assert_eq!(
+        space.normal_page(io, BASE).unwrap().map(|p| p.pfn()),
+        Some(leaf.phys() >> 12)
+    );
+    assert_eq!(
+        counts(&db, frame.pfn()),
+        (1, 0),
+        "a raw frame is never counted"
+    );
+    // fork: both sides read-only; a write on either side gets its own copy.
+    let mut parent = Space::new(&db, Tlb::default(), true).unwrap();
+    let mut child = Space::new(&db, Tlb::default(), true).unwrap();
+    let v = parent.map_vma(BASE, BASE + PAGE_4K, COW).unwrap();
+    let shared = db.alloc_page().unwrap();
+    parent.insert_page(v, BASE, &shared).unwrap();
+    parent.handle_write_fault(BASE).unwrap();
+    let parent_page = parent.translate(BASE).unwrap().phys();
+    page_bytes(parent_page)[0] = 0x44;
+    parent.fork_range(v, &mut child).unwrap();
+    assert_eq!(
+        parent.translate(BASE).unwrap().entry & pte::WRITABLE,
+        0,
+        "write-protected by fork"
+    );
+    assert_eq!(child.handle_write_fault(BASE), Ok(WriteFault::Copied));
+    let child_page = child.translate(BASE).unwrap().phys();
+    assert_ne!(child_page, parent_page);
+    assert_eq!(page_bytes(child_page)[0], 0x44);
+    assert_eq!(
+        parent.handle_write_fault(BASE),
+        Ok(WriteFault::Reused),
+        "the parent is the page's only holder again"
+    );
+    drop((space, parent, child));
+    assert_eq!(table_frames(&db), 0);
+}

@@ -22,6 +22,10 @@ pub const TESTS: &[Test] = &[
         "user.unmapped_page_faults_at_once_in_the_running_process",
         unmap_faults,
     ),
+    Test::new(
+        "user.write_to_copy_on_write_page_gets_a_private_copy",
+        copy_on_write,
+    ),
     Test::new("user.hung_process_is_ended_by_the_watchdog", hung_process).timeout_ms(300),
 ];
 
@@ -92,4 +96,23 @@ fn unmap_faults() {
         other => panic!("expected a page fault after unmap, got {other:?}"),
     }
     assert_eq!(db().free_frames(), free);
+}
+
+fn copy_on_write() {
+    let free = db().free_frames();
+    let outcome = user::run(user::copy_on_write(), false).expect("process");
+    assert!(matches!(outcome.exit, Exit::Code(0)), "{:?}", outcome.exit);
+    assert_eq!(
+        outcome.original_data_word,
+        user::DATA_WORD,
+        "the write went to a private copy"
+    );
+    assert_eq!(
+        db().free_frames(),
+        free,
+        "the copy was freed with the process"
+    );
+    // Without the fault path the write would end the process.
+    let story = user::run(user::story(), false).expect("process");
+    assert!(matches!(story.exit, Exit::Code(0)));
 }
