@@ -9,7 +9,7 @@
 use core::marker::PhantomData;
 
 use crate::engine::{
-    Capabilities, Cookie, DmaError, Engine, Limits, Notify, Op, Progress, RingFull,
+    Capabilities, Cookie, DmaError, Engine, EngineError, Limits, Notify, Op, Progress,
 };
 use crate::hal::Hal;
 
@@ -87,8 +87,8 @@ impl<H: Hal, const N: usize> Engine for CpuEngine<H, N> {
         self.len = mark;
     }
 
-    fn prep(&mut self, cookie: Cookie, op: Op, end: Option<Notify>) -> Result<(), RingFull> {
-        let slot = self.queue.get_mut(self.len).ok_or(RingFull)?;
+    fn prep(&mut self, cookie: Cookie, op: Op, end: Option<Notify>) -> Result<(), EngineError> {
+        let slot = self.queue.get_mut(self.len).ok_or(EngineError::RingFull)?;
         *slot = Some((cookie, op, end.is_some()));
         self.len += 1;
         Ok(())

@@ -6,8 +6,8 @@ use core::time::Duration;
 use embedded_hal::delay::DelayNs;
 
 use super::{
-    Callback, Capabilities, Cookie, DmaError, Engine, ErrorKind, Fault, Notify, Op, PrepFlags,
-    Snapshot, Status,
+    Callback, Capabilities, Cookie, DmaError, Engine, ErrorKind, Fault, Limits, Notify, Op,
+    PrepFlags, Snapshot, Status,
 };
 use crate::hal::{DmaAddr, PAGE_SIZE};
 
@@ -42,6 +42,18 @@ impl Failure {
     }
 }
 
+/// The cookies [`Channel::prep_batch`] assigned: `first` to `last`, in
+/// order, one per request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Batch {
+    /// The first request's cookie.
+    pub first: Cookie,
+    /// The last request's cookie: when it has ended, every one has.
+    pub last: Cookie,
+    /// How many requests.
+    pub len: usize,
+}
+
 /// The answer of [`Channel::status`]: the request's status and the
 /// channel's snapshot it was decided from (the seed's `last` and `used`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -60,6 +72,9 @@ pub struct TxState {
 pub struct Channel<E: Engine> {
     engine: E,
     id: u32,
+    /// The engine's capabilities and limits, read once (they are fixed).
+    caps: Capabilities,
+    limits: Limits,
     last_used: i32,
     last_completed: i32,
     /// Something is prepared and not yet issued.
@@ -78,6 +93,8 @@ impl<E: Engine> Channel<E> {
     /// A channel over `engine`, whose ring must be empty.
     pub fn new(engine: E) -> Self {
         Channel {
+            caps: engine.capabilities(),
+            limits: engine.limits(),
             engine,
             id: NEXT_CHANNEL_ID.fetch_add(1, Ordering::Relaxed),
             last_used: 0,
@@ -144,12 +161,23 @@ impl<E: Engine> Channel<E> {
         Ok(())
     }
 
+    /// The engine's capabilities (read once, when the channel was made).
+    pub fn capabilities(&self) -> Capabilities {
+        self.caps
+    }
+
+    /// What one descriptor of the engine may hold (read once).
+    pub fn limits(&self) -> Limits {
+        self.limits
+    }
+
+    /// Checks `op` against the engine without changing anything. Every sum
+    /// is checked: addresses and lengths come from callers.
     fn validate(&self, op: &Op, flags: PrepFlags) -> Result<(), DmaError> {
         if self.halted {
             return Err(DmaError::Halted);
         }
-        let caps = self.engine.capabilities();
-        let limits = self.engine.limits();
+        let (caps, limits) = (self.caps, self.limits);
         let (dst, src, len, needs) = match *op {
             Op::Copy { dst, src, len } => (dst, Some(src), len, Capabilities::COPY),
             Op::Fill { dst, len, .. } | Op::Zero { dst, len } => {
@@ -164,10 +192,13 @@ impl<E: Engine> Channel<E> {
         if len == 0 {
             return Err(DmaError::ZeroLength);
         }
-        let within_mask = |addr: DmaAddr| {
-            addr.checked_add(len as u64 - 1)
-                .is_some_and(|last| last <= limits.dma_mask)
+        // The last byte of each side; `None` if the range wraps past 2^64.
+        let last_of = |addr: DmaAddr| {
+            u64::try_from(len - 1)
+                .ok()
+                .and_then(|n| addr.checked_add(n))
         };
+        let within_mask = |addr: DmaAddr| last_of(addr).is_some_and(|last| last <= limits.dma_mask);
         if !within_mask(dst) || !src.is_none_or(within_mask) {
             return Err(DmaError::BeyondDmaMask);
         }
@@ -176,11 +207,58 @@ impl<E: Engine> Channel<E> {
         if !aligned(dst) || !aligned(len as u64) || !src.is_none_or(aligned) {
             return Err(DmaError::Misaligned);
         }
-        if let Some(src) = src
-            && dst < src + len as u64
-            && src < dst + len as u64
+        // Both ends are known not to wrap (they are within the mask).
+        if let (Some(src), Some(dst_last)) = (src, last_of(dst))
+            && let Some(src_last) = last_of(src)
+            && dst <= src_last
+            && src <= dst_last
         {
             return Err(DmaError::Overlap);
+        }
+        Ok(())
+    }
+
+    /// The cookie the next request gets.
+    fn next_cookie(&self) -> Cookie {
+        Cookie::new(self.last_used).map_or(Cookie::FIRST, Cookie::next)
+    }
+
+    /// Writes the descriptors of validated request `op` as `cookie`. On
+    /// error the caller rewinds the engine to its mark.
+    fn emit(&mut self, cookie: Cookie, op: Op, notify: Notify) -> Result<(), DmaError> {
+        let align = self.limits.align.max(1);
+        let piece_max = (self.limits.max_len / align * align).max(align);
+        let (dst, len) = match op {
+            Op::Copy { dst, len, .. } | Op::Fill { dst, len, .. } | Op::Zero { dst, len } => {
+                (dst, len)
+            }
+        };
+        let mut done = 0;
+        while done < len {
+            let n = (len - done).min(piece_max);
+            // `validate` checked that `dst + len - 1` (and `src + len - 1`)
+            // do not wrap, so these sums are exact.
+            let at = done as u64;
+            let piece = match op {
+                Op::Copy { src, .. } => Op::Copy {
+                    dst: dst + at,
+                    src: src + at,
+                    len: n,
+                },
+                // Keep the pattern's phase across pieces.
+                Op::Fill { pattern, .. } => Op::Fill {
+                    dst: dst + at,
+                    len: n,
+                    pattern: pattern.rotate_right(8 * (done % 8) as u32),
+                },
+                Op::Zero { .. } => Op::Zero {
+                    dst: dst + at,
+                    len: n,
+                },
+            };
+            done += n;
+            let end = (done == len).then_some(notify);
+            self.engine.prep(cookie, piece, end)?;
         }
         Ok(())
     }
@@ -203,46 +281,15 @@ impl<E: Engine> Channel<E> {
         if callback.is_some() && self.callback_len == MAX_CALLBACKS {
             return Err(DmaError::RingFull);
         }
-        let cookie = Cookie::new(self.last_used).map_or(Cookie::FIRST, Cookie::next);
-        let max = self.engine.limits().max_len;
-        let align = self.engine.limits().align.max(1);
-        let piece_max = (max / align * align).max(align);
-        let (dst, len) = match op {
-            Op::Copy { dst, len, .. } | Op::Fill { dst, len, .. } | Op::Zero { dst, len } => {
-                (dst, len)
-            }
+        let cookie = self.next_cookie();
+        let notify = Notify {
+            writeback: callback.is_some(),
+            interrupt: flags.contains(PrepFlags::INTERRUPT),
         };
         let mark = self.engine.mark();
-        let mut done = 0;
-        while done < len {
-            let n = (len - done).min(piece_max);
-            let at = done as u64;
-            let piece = match op {
-                Op::Copy { src, .. } => Op::Copy {
-                    dst: dst + at,
-                    src: src + at,
-                    len: n,
-                },
-                // Keep the pattern's phase across pieces.
-                Op::Fill { pattern, .. } => Op::Fill {
-                    dst: dst + at,
-                    len: n,
-                    pattern: pattern.rotate_right(8 * (done % 8) as u32),
-                },
-                Op::Zero { .. } => Op::Zero {
-                    dst: dst + at,
-                    len: n,
-                },
-            };
-            done += n;
-            let end = (done == len).then_some(Notify {
-                writeback: callback.is_some(),
-                interrupt: flags.contains(PrepFlags::INTERRUPT),
-            });
-            if self.engine.prep(cookie, piece, end).is_err() {
-                self.engine.rewind(mark);
-                return Err(DmaError::RingFull);
-            }
+        if let Err(e) = self.emit(cookie, op, notify) {
+            self.engine.rewind(mark);
+            return Err(e);
         }
         self.last_used = cookie.get();
         self.prepared = true;
@@ -252,6 +299,49 @@ impl<E: Engine> Channel<E> {
             self.callback_len += 1;
         }
         Ok(cookie)
+    }
+
+    /// Prepares every request of `ops`, in order, each with its own cookie
+    /// (consecutive, returned as the first and the last), all or nothing:
+    /// every request is validated before any descriptor is written, and if
+    /// the engine refuses one (its ring is full), those written before it
+    /// are taken back. A scatter-gather copy is a batch of copies; waiting
+    /// for the last cookie waits for them all. `flags` apply to the last
+    /// request only (one interrupt for the batch).
+    ///
+    /// # Safety
+    /// As for [`Channel::prep`], for every request.
+    pub unsafe fn prep_batch(&mut self, ops: &[Op], flags: PrepFlags) -> Result<Batch, DmaError> {
+        let (first_op, rest) = ops.split_first().ok_or(DmaError::ZeroLength)?;
+        // Validated in one pass before the ring changes.
+        self.validate(first_op, flags)?;
+        for op in rest {
+            self.validate(op, flags)?;
+        }
+        let first = self.next_cookie();
+        let mut cookie = first;
+        let mark = self.engine.mark();
+        for (i, &op) in ops.iter().enumerate() {
+            let last = i + 1 == ops.len();
+            let notify = Notify {
+                writeback: false,
+                interrupt: last && flags.contains(PrepFlags::INTERRUPT),
+            };
+            if let Err(e) = self.emit(cookie, op, notify) {
+                self.engine.rewind(mark);
+                return Err(e);
+            }
+            if !last {
+                cookie = cookie.next();
+            }
+        }
+        self.last_used = cookie.get();
+        self.prepared = true;
+        Ok(Batch {
+            first,
+            last: cookie,
+            len: ops.len(),
+        })
     }
 
     /// Prepares a copy of `len` bytes from `src` to `dst` (DMA addresses).
@@ -443,6 +533,10 @@ impl<E: Engine> Channel<E> {
     /// (it allocates nothing), so a request ended by an older one reads as
     /// `Complete`, as the seed's rule has it. Its fate was reported when it
     /// ended, through `wait`, its callback, or `status` at the time.
+    ///
+    /// `Error(kind)` means the engine no longer touches the request's
+    /// memory; the destination's contents are undefined (see
+    /// [`ErrorKind::Aborted`]).
     pub fn status(&mut self, cookie: Cookie) -> TxState {
         if self.classify(cookie) == Status::InProgress {
             self.collect(true);
@@ -482,16 +576,55 @@ impl<E: Engine> Channel<E> {
 
     /// Waits until every request prepared so far has ended (issuing what is
     /// pending first): how a caller that got [`DmaError::RingFull`] waits
-    /// for room. A failure of any of them is returned as `Failed`.
+    /// for room. If one of them failed, the error names it and its cause
+    /// ([`DmaError::FailedAt`]), not the `Aborted` of the requests after it;
+    /// requests ended by `terminate` give `FailedAt` with the first of them
+    /// and `Aborted`.
     pub fn wait_all(
         &mut self,
         delay: &mut impl DelayNs,
         timeout: Duration,
     ) -> Result<(), DmaError> {
-        match Cookie::new(self.last_used) {
-            Some(last) if !self.is_idle() => self.wait(last, delay, timeout),
-            _ => Ok(()),
+        let Some(last) = Cookie::new(self.last_used).filter(|_| !self.is_idle()) else {
+            return Ok(());
+        };
+        let waiting_from = self.last_completed;
+        match self.wait(last, delay, timeout) {
+            Err(DmaError::Failed(kind)) => Err(self
+                .cause(waiting_from, last)
+                .unwrap_or(DmaError::FailedAt { cookie: last, kind })),
+            other => other,
         }
+    }
+
+    /// The first failure among the requests in `(after, last]`: the failed
+    /// request of the newest failure record covering them, or the first
+    /// request a termination ended.
+    fn cause(&self, after: i32, last: Cookie) -> Option<DmaError> {
+        for i in 1..=self.failures_recorded.min(FAILURE_HISTORY) {
+            let slot = (self.next_failure + FAILURE_HISTORY - i) % FAILURE_HISTORY;
+            let Some(failure) = self.failures[slot] else {
+                continue;
+            };
+            if failure.kind_of(last).is_none() {
+                continue;
+            }
+            let waited = |c: Cookie| !super::is_complete(c, after, last.get());
+            return Some(match failure.failed {
+                Some((cookie, kind)) if waited(cookie) => DmaError::FailedAt { cookie, kind },
+                _ => {
+                    let next_after = |v: i32| Cookie::new(v).map_or(Cookie::FIRST, Cookie::next);
+                    let first = Some(next_after(failure.before))
+                        .filter(|&c| waited(c))
+                        .unwrap_or(next_after(after));
+                    DmaError::FailedAt {
+                        cookie: first,
+                        kind: ErrorKind::Aborted,
+                    }
+                }
+            });
+        }
+        None
     }
 
     /// Services the engine's interrupt: collects completions and failures

@@ -22,7 +22,7 @@ use core::fmt;
 
 use bitflags::bitflags;
 
-pub use channel::{Channel, FAILURE_HISTORY, TxState};
+pub use channel::{Batch, Channel, FAILURE_HISTORY, TxState};
 pub use cookie::{Cookie, Snapshot, is_complete};
 pub use transfer::{Buffers, PrepError, Transfer, TransferError};
 
@@ -78,8 +78,12 @@ pub enum ErrorKind {
     BusFault,
     /// The engine rejected the descriptor (an illegal instruction).
     InvalidDescriptor,
-    /// The request never ran to completion: the channel was terminated, or
-    /// an earlier request on it failed.
+    /// The request was ended before it was known to be complete: the
+    /// channel was terminated, or an earlier request on it failed. The
+    /// engine no longer touches its memory, but what its destination holds
+    /// is undefined: none, some or all of the bytes may have been written
+    /// (an engine stopped mid-chain may have finished some of the requests
+    /// it then reports aborted).
     Aborted,
 }
 
@@ -135,6 +139,15 @@ pub enum DmaError {
     TimedOut,
     /// The request ended with this error.
     Failed(ErrorKind),
+    /// A request among those waited for ended with `kind`: `cookie` is the
+    /// one that failed first (the cause; the requests after it on the
+    /// channel ended `Aborted`). From [`Channel::wait_all`].
+    FailedAt {
+        /// The request that failed.
+        cookie: Cookie,
+        /// How it failed.
+        kind: ErrorKind,
+    },
     /// DMA memory is exhausted.
     NoMemory,
     /// The transfer belongs to another channel.
@@ -156,6 +169,7 @@ impl fmt::Display for DmaError {
             DmaError::Busy => f.write_str("channel busy"),
             DmaError::TimedOut => f.write_str("timed out"),
             DmaError::Failed(kind) => write!(f, "request failed: {kind}"),
+            DmaError::FailedAt { cookie, kind } => write!(f, "request {cookie} failed: {kind}"),
             DmaError::NoMemory => f.write_str("out of DMA memory"),
             DmaError::WrongChannel => f.write_str("transfer belongs to another channel"),
         }
@@ -236,9 +250,39 @@ pub struct Progress {
     pub fault: Option<Fault>,
 }
 
-/// Reported by [`Engine::prep`] when the ring has no room.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct RingFull;
+/// Why [`Engine::prep`] refused a descriptor.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum EngineError {
+    /// The ring has no room now; completions will make some.
+    RingFull,
+    /// The engine stopped after a failure or `terminate`; only `reset`
+    /// brings it back.
+    Halted,
+    /// The engine cannot do this operation at all.
+    NotSupported,
+}
+
+impl fmt::Display for EngineError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            EngineError::RingFull => "descriptor ring full",
+            EngineError::Halted => "engine halted",
+            EngineError::NotSupported => "operation not supported by this engine",
+        })
+    }
+}
+
+impl core::error::Error for EngineError {}
+
+impl From<EngineError> for DmaError {
+    fn from(e: EngineError) -> DmaError {
+        match e {
+            EngineError::RingFull => DmaError::RingFull,
+            EngineError::Halted => DmaError::Halted,
+            EngineError::NotSupported => DmaError::NotSupported,
+        }
+    }
+}
 
 /// The driver side of a channel: an engine with a descriptor ring.
 ///
@@ -250,10 +294,12 @@ pub trait Engine {
     /// A saved ring position for [`Engine::rewind`].
     type Mark: Copy;
 
-    /// What the engine can do.
+    /// What the engine can do. Fixed for the engine's life: the channel
+    /// reads it once, when it is created.
     fn capabilities(&self) -> Capabilities;
 
-    /// What one descriptor may hold.
+    /// What one descriptor may hold. Fixed for the engine's life: the
+    /// channel reads it once, when it is created.
     fn limits(&self) -> Limits;
 
     /// The current end of the prepared descriptors.
@@ -264,8 +310,9 @@ pub trait Engine {
 
     /// Writes one descriptor for request `cookie` into the ring, invisible to
     /// the hardware until [`Engine::issue`]. `end` is `Some` on the request's
-    /// last descriptor.
-    fn prep(&mut self, cookie: Cookie, op: Op, end: Option<Notify>) -> Result<(), RingFull>;
+    /// last descriptor. On error the channel rewinds to its mark, so a
+    /// partly written request never reaches the hardware.
+    fn prep(&mut self, cookie: Cookie, op: Op, end: Option<Notify>) -> Result<(), EngineError>;
 
     /// Hands every prepared descriptor to the hardware.
     fn issue(&mut self);

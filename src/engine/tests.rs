@@ -6,6 +6,7 @@ use std::cell::RefCell;
 use std::time::Duration;
 
 use embedded_hal::delay::DelayNs;
+use proptest::strategy::Strategy;
 
 use super::*;
 use crate::drivers::cpu::CpuEngine;
@@ -18,6 +19,9 @@ use crate::hal::{Dma, PAGE_SIZE};
 struct Scripted {
     max_len: usize,
     capacity: usize,
+    dma_mask: u64,
+    /// Set by the test: every `prep` is refused with this.
+    refuse: Option<EngineError>,
     prepared: Vec<(Cookie, Op, Option<Notify>)>,
     issued: Vec<(Cookie, Op, Option<Notify>)>,
     issues: usize,
@@ -33,6 +37,7 @@ impl Scripted {
         Scripted {
             max_len,
             capacity,
+            dma_mask: 0xffff_ffff,
             ..Default::default()
         }
     }
@@ -48,7 +53,7 @@ impl Engine for Scripted {
     fn limits(&self) -> Limits {
         Limits {
             max_len: self.max_len,
-            dma_mask: 0xffff_ffff,
+            dma_mask: self.dma_mask,
             align: 1,
         }
     }
@@ -61,9 +66,12 @@ impl Engine for Scripted {
         self.prepared.truncate(mark);
     }
 
-    fn prep(&mut self, cookie: Cookie, op: Op, end: Option<Notify>) -> Result<(), RingFull> {
+    fn prep(&mut self, cookie: Cookie, op: Op, end: Option<Notify>) -> Result<(), EngineError> {
+        if let Some(e) = self.refuse {
+            return Err(e);
+        }
         if self.prepared.len() + self.issued.len() >= self.capacity {
-            return Err(RingFull);
+            return Err(EngineError::RingFull);
         }
         self.prepared.push((cookie, op, end));
         Ok(())
@@ -711,4 +719,265 @@ fn wait_all_is_how_a_full_ring_is_waited_out() {
     // SAFETY: as above.
     let again = unsafe { chan.prep_copy(dst.paddr(), src.paddr(), 64, PrepFlags::empty()) };
     assert!(again.is_ok(), "room again");
+}
+
+#[test]
+fn engine_refusals_keep_their_meaning() {
+    for (refusal, error) in [
+        (EngineError::RingFull, DmaError::RingFull),
+        (EngineError::Halted, DmaError::Halted),
+        (EngineError::NotSupported, DmaError::NotSupported),
+    ] {
+        let mut chan = Channel::new(Scripted::new(1 << 20, 64));
+        chan.engine_mut().refuse = Some(refusal);
+        assert_eq!(copy(&mut chan, 0x1000, 0x2000, 16), Err(error));
+        assert_eq!(chan.snapshot().last_used, 0, "no cookie consumed");
+    }
+}
+
+#[test]
+fn sums_near_the_top_of_the_address_space_are_checked() {
+    let mut chan = Channel::new(Scripted::new(1 << 20, 64));
+    chan.engine_mut().dma_mask = u64::MAX;
+    // A new channel reads the limits once: build it with the mask set.
+    let mut chan = Channel::new(core::mem::take(chan.engine_mut()));
+    let top = u64::MAX;
+    assert!(
+        copy(&mut chan, 0x1000, top - 15, 16).is_ok(),
+        "ends at the last byte"
+    );
+    assert_eq!(
+        copy(&mut chan, 0x1000, top - 7, 16),
+        Err(DmaError::BeyondDmaMask),
+        "wraps"
+    );
+    assert_eq!(
+        copy(&mut chan, top - 15, top - 31, 17),
+        Err(DmaError::BeyondDmaMask)
+    );
+    assert_eq!(
+        copy(&mut chan, top - 15, top - 20, 16),
+        Err(DmaError::Overlap),
+        "overlap at the very top"
+    );
+    assert!(copy(&mut chan, top - 15, top - 31, 16).is_ok());
+    assert_eq!(
+        copy(&mut chan, 2, 1, usize::MAX),
+        Err(DmaError::BeyondDmaMask)
+    );
+    // SAFETY: the scripted engine never touches memory.
+    unsafe {
+        assert_eq!(
+            chan.zero(top, 2, PrepFlags::empty()),
+            Err(DmaError::BeyondDmaMask)
+        );
+        assert_eq!(
+            chan.memcpy_buf_to_page(top & !0xfff, usize::MAX, 0, 2),
+            Err(DmaError::OutOfPage)
+        );
+    }
+}
+
+fn batch(chan: &mut Channel<Scripted>, ops: &[Op]) -> Result<Batch, DmaError> {
+    // SAFETY: the scripted engine never touches memory.
+    unsafe { chan.prep_batch(ops, PrepFlags::empty()) }
+}
+
+#[test]
+fn a_batch_enters_the_ring_whole_or_not_at_all() {
+    let mut chan = Channel::new(Scripted::new(100, 5));
+    let ops = |n: usize, len: usize| -> Vec<Op> {
+        (0..n as u64)
+            .map(|i| Op::Copy {
+                dst: 0x10_0000 + i * 0x1000,
+                src: 0x20_0000 + i * 0x1000,
+                len,
+            })
+            .collect()
+    };
+    // Six descriptors for a ring of five: refused, nothing left behind.
+    assert_eq!(batch(&mut chan, &ops(3, 200)), Err(DmaError::RingFull));
+    assert!(chan.engine().prepared.is_empty());
+    assert_eq!(chan.snapshot().last_used, 0);
+    // A bad request anywhere refuses the batch before the ring changes.
+    let mut bad = ops(3, 50);
+    bad[2] = Op::Copy {
+        dst: 0x1000,
+        src: 0x1010,
+        len: 32,
+    };
+    assert_eq!(batch(&mut chan, &bad), Err(DmaError::Overlap));
+    assert!(chan.engine().prepared.is_empty());
+    assert_eq!(batch(&mut chan, &[]), Err(DmaError::ZeroLength));
+    // One that fits: consecutive cookies, one notification per request.
+    let batch = batch(&mut chan, &ops(3, 50)).unwrap();
+    assert_eq!(
+        (batch.first, batch.last, batch.len),
+        (cookie(1), cookie(3), 3)
+    );
+    let cookies: Vec<_> = chan.engine().prepared.iter().map(|p| p.0).collect();
+    assert_eq!(cookies, vec![cookie(1), cookie(2), cookie(3)]);
+    assert!(chan.engine().prepared.iter().all(|p| p.2.is_some()));
+    chan.issue_pending();
+    chan.engine_mut().complete_upto = Some(batch.last);
+    assert_eq!(chan.status(batch.first).status, Status::Complete);
+}
+
+#[test]
+fn wait_all_names_the_request_that_failed_and_why() {
+    let mut chan = Channel::new(Scripted::new(1 << 20, 64));
+    let cookies: Vec<_> = (0..4)
+        .map(|i| copy(&mut chan, 0x10_0000 + i * 0x1000, 0x20_0000, 64).unwrap())
+        .collect();
+    chan.issue_pending();
+    chan.engine_mut().complete_upto = Some(cookies[0]);
+    chan.engine_mut().fault = Some(Fault {
+        cookie: cookies[1],
+        kind: ErrorKind::InvalidDescriptor,
+    });
+    let mut delay = CountingDelay::default();
+    assert_eq!(
+        chan.wait_all(&mut delay, Duration::from_millis(1)),
+        Err(DmaError::FailedAt {
+            cookie: cookies[1],
+            kind: ErrorKind::InvalidDescriptor
+        })
+    );
+    assert_eq!(
+        chan.status(cookies[3]).status,
+        Status::Error(ErrorKind::Aborted)
+    );
+    // After a reset, a termination names the first request it ended.
+    chan.reset().unwrap();
+    let more: Vec<_> = (0..3)
+        .map(|i| copy(&mut chan, 0x10_0000 + i * 0x1000, 0x20_0000, 64).unwrap())
+        .collect();
+    chan.issue_pending();
+    chan.engine_mut().complete_upto = Some(more[0]);
+    chan.poll();
+    chan.terminate();
+    assert!(chan.is_idle(), "terminated: nothing left to wait for");
+    let mut chan = Channel::new(Scripted::new(1 << 20, 64));
+    let more: Vec<_> = (0..3)
+        .map(|i| copy(&mut chan, 0x10_0000 + i * 0x1000, 0x20_0000, 64).unwrap())
+        .collect();
+    chan.issue_pending();
+    chan.engine_mut().complete_upto = Some(more[0]);
+    chan.poll();
+    // The timeout path: nothing more completes.
+    assert_eq!(
+        chan.wait_all(&mut delay, Duration::from_micros(10)),
+        Err(DmaError::TimedOut)
+    );
+    chan.terminate();
+    assert_eq!(
+        chan.status(more[1]).status,
+        Status::Error(ErrorKind::Aborted)
+    );
+    assert_eq!(chan.status(more[0]).status, Status::Complete);
+}
+
+/// Addresses and lengths a hostile caller picks: small, huge, near every
+/// boundary that a sum can cross.
+fn hostile_u64() -> impl proptest::strategy::Strategy<Value = u64> {
+    use proptest::prelude::*;
+    prop_oneof![
+        0u64..0x10_0000,
+        0xffff_f000u64..0x1_0000_1000,
+        u64::MAX - 0x1000..=u64::MAX,
+        any::<u64>(),
+    ]
+}
+
+/// Whether `[addr, addr + len)` is a range the engine may be given, in
+/// arithmetic that cannot overflow.
+fn fits(addr: u64, len: u64, mask: u64) -> bool {
+    len > 0 && addr as u128 + len as u128 - 1 <= mask as u128
+}
+
+#[derive(Clone, Debug)]
+enum Call {
+    Copy(u64, u64, u64),
+    Fill(u64, u64, u64),
+    Zero(u64, u64),
+    BufToPage(u64, u64, u64, u64),
+    PageToPage(u64, u64, u64, u64, u64),
+    Batch(Vec<(u64, u64, u64)>),
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2000))]
+
+    /// Whatever the numbers, a call returns (never panics, overflow checks
+    /// on); a refused call changes nothing; an accepted one is a request
+    /// whose every byte is within the mask and whose sides do not overlap.
+    #[test]
+    fn hostile_numbers_are_errors_that_change_nothing(
+        calls in proptest::collection::vec(
+            proptest::prop_oneof![
+                (hostile_u64(), hostile_u64(), hostile_u64()).prop_map(|(d, s, l)| Call::Copy(d, s, l)),
+                // Sides close together, where an overlap check is tested.
+                (hostile_u64(), -80i64..80, 0u64..100)
+                    .prop_map(|(d, delta, l)| Call::Copy(d, d.wrapping_add_signed(delta), l)),
+                (hostile_u64(), hostile_u64(), proptest::prelude::any::<u64>()).prop_map(|(d, l, p)| Call::Fill(d, l, p)),
+                (hostile_u64(), hostile_u64()).prop_map(|(d, l)| Call::Zero(d, l)),
+                (hostile_u64(), hostile_u64(), hostile_u64(), hostile_u64()).prop_map(|(p, o, s, l)| Call::BufToPage(p, o, s, l)),
+                (hostile_u64(), hostile_u64(), hostile_u64(), hostile_u64(), hostile_u64()).prop_map(|(a, b, c, d, e)| Call::PageToPage(a, b, c, d, e)),
+                proptest::collection::vec((hostile_u64(), hostile_u64(), hostile_u64()), 0..4).prop_map(Call::Batch),
+            ],
+            1..24,
+        ),
+        wide in proptest::prelude::any::<bool>(),
+    ) {
+        use proptest::prelude::*;
+        let mut engine = Scripted::new(1 << 16, 40);
+        engine.dma_mask = if wide { u64::MAX } else { 0xffff_ffff };
+        let mask = engine.dma_mask;
+        let mut chan = Channel::new(engine);
+        let copy_ok = |d: u64, s: u64, l: u64| {
+            fits(d, l, mask) && fits(s, l, mask)
+                && (d as u128 + l as u128 <= s as u128 || s as u128 + l as u128 <= d as u128)
+        };
+        for call in calls {
+            let before = (chan.snapshot(), chan.engine().prepared.clone());
+            let usz = |v: u64| usize::try_from(v).unwrap_or(usize::MAX);
+            // SAFETY: the scripted engine never touches memory.
+            let (result, valid) = unsafe {
+                match call {
+                    Call::Copy(d, s, l) => (chan.prep_copy(d, s, usz(l), PrepFlags::empty()).map(|_| ()), copy_ok(d, s, l)),
+                    Call::Fill(d, l, p) => (chan.fill(d, usz(l), p, PrepFlags::empty()).map(|_| ()), fits(d, l, mask)),
+                    Call::Zero(d, l) => (chan.zero(d, usz(l), PrepFlags::empty()).map(|_| ()), fits(d, l, mask)),
+                    Call::BufToPage(p, o, s, l) => {
+                        let in_page = p % 4096 == 0 && o as u128 + l as u128 <= 4096;
+                        (chan.memcpy_buf_to_page(p, usz(o), s, usz(l)).map(|_| ()),
+                            in_page && copy_ok(p + o, s, l))
+                    }
+                    Call::PageToPage(dp, doff, sp, soff, l) => {
+                        let in_pages = dp % 4096 == 0 && sp % 4096 == 0
+                            && doff as u128 + l as u128 <= 4096 && soff as u128 + l as u128 <= 4096;
+                        (chan.memcpy_page_to_page(dp, usz(doff), sp, usz(soff), usz(l)).map(|_| ()),
+                            in_pages && copy_ok(dp + doff, sp + soff, l))
+                    }
+                    Call::Batch(ops) => {
+                        let valid = !ops.is_empty() && ops.iter().all(|&(d, s, l)| copy_ok(d, s, l));
+                        let ops: Vec<Op> = ops.iter().map(|&(dst, src, len)| Op::Copy { dst, src, len: usz(len) }).collect();
+                        (chan.prep_batch(&ops, PrepFlags::empty()).map(|_| ()), valid)
+                    }
+                }
+            };
+            match result {
+                Ok(()) => prop_assert!(valid, "accepted an invalid request"),
+                Err(DmaError::RingFull) => {
+                    prop_assert_eq!((chan.snapshot(), chan.engine().prepared.clone()), before);
+                    chan.issue_pending();
+                    chan.terminate();
+                    chan.reset().unwrap();
+                }
+                Err(_) => {
+                    prop_assert!(!valid, "refused a valid request");
+                    prop_assert_eq!((chan.snapshot(), chan.engine().prepared.clone()), before);
+                }
+            }
+        }
+    }
 }

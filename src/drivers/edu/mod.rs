@@ -19,7 +19,7 @@ pub mod regs;
 use core::marker::PhantomData;
 
 use crate::engine::{
-    Capabilities, Cookie, DmaError, Engine, Limits, Notify, Op, Progress, RingFull,
+    Capabilities, Cookie, DmaError, Engine, EngineError, Limits, Notify, Op, Progress,
 };
 use crate::hal::{DmaAddr, Hal};
 use crate::mmio::MmioRegion;
@@ -168,12 +168,12 @@ impl<H: Hal, const N: usize> Engine for EduEngine<H, N> {
         }
     }
 
-    fn prep(&mut self, cookie: Cookie, op: Op, end: Option<Notify>) -> Result<(), RingFull> {
+    fn prep(&mut self, cookie: Cookie, op: Op, end: Option<Notify>) -> Result<(), EngineError> {
         let Op::Copy { dst, src, len } = op else {
-            return Err(RingFull);
+            return Err(EngineError::NotSupported);
         };
         if self.len + 2 > N {
-            return Err(RingFull);
+            return Err(EngineError::RingFull);
         }
         // The channel split the request to `max_len`, so `len` fits.
         let len = len as u32;

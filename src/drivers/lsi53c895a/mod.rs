@@ -41,8 +41,8 @@ use regs::{Dmode, Dstat, Istat, Istat1};
 use script::{MOVE_WORDS, TC_WORDS};
 
 use crate::engine::{
-    Capabilities, Cookie, DmaError, Engine, ErrorKind, Fault, Limits, Notify, Op, Progress,
-    RingFull,
+    Capabilities, Cookie, DmaError, Engine, EngineError, ErrorKind, Fault, Limits, Notify, Op,
+    Progress,
 };
 use crate::hal::{DmaAddr, Hal, PAGE_SIZE};
 use crate::mmio::{MmioRegion, Registers};
@@ -265,11 +265,11 @@ impl<H: Hal, R: Registers> Lsi53c895a<H, R> {
 
     /// Claims `n` contiguous ring words, leaving `keep` words free, and
     /// returns the first. Wraps to word 0 with a JUMP when the end is near.
-    fn reserve(&mut self, n: u32, keep: u32) -> Result<u32, RingFull> {
+    fn reserve(&mut self, n: u32, keep: u32) -> Result<u32, EngineError> {
         let wraps = self.head + n + TC_WORDS > RING_WORDS;
         let waste = if wraps { RING_WORDS - self.head } else { 0 };
         if self.used + waste + n + keep > RING_WORDS {
-            return Err(RingFull);
+            return Err(EngineError::RingFull);
         }
         let at = if wraps {
             let start = self.ring_addr(0);
@@ -283,13 +283,13 @@ impl<H: Hal, R: Registers> Lsi53c895a<H, R> {
         Ok(at)
     }
 
-    fn emit_move(&mut self, count: u32, src: u32, dst: u32, keep: u32) -> Result<(), RingFull> {
+    fn emit_move(&mut self, count: u32, src: u32, dst: u32, keep: u32) -> Result<(), EngineError> {
         let at = self.reserve(MOVE_WORDS, keep)?;
         self.write_ring(at, &script::memory_move(count, src, dst));
         Ok(())
     }
 
-    fn emit_writeback(&mut self, cookie: Cookie, keep: u32) -> Result<(), RingFull> {
+    fn emit_writeback(&mut self, cookie: Cookie, keep: u32) -> Result<(), EngineError> {
         let at = self.reserve(MOVE_WORDS, keep)?;
         self.write_shadow(at, cookie.get() as u32);
         let (src, dst) = (self.shadow_addr(at), self.completion_addr());
@@ -406,9 +406,12 @@ impl<H: Hal, R: Registers> Engine for Lsi53c895a<H, R> {
         self.inject = mark.inject;
     }
 
-    fn prep(&mut self, cookie: Cookie, op: Op, end: Option<Notify>) -> Result<(), RingFull> {
-        if self.halted || (end.is_some() && self.entries == MAX_ENTRIES) {
-            return Err(RingFull);
+    fn prep(&mut self, cookie: Cookie, op: Op, end: Option<Notify>) -> Result<(), EngineError> {
+        if self.halted {
+            return Err(EngineError::Halted);
+        }
+        if end.is_some() && self.entries == MAX_ENTRIES {
+            return Err(EngineError::RingFull);
         }
         let keep = ISSUE_RESERVE;
         if self.inject {
