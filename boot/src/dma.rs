@@ -128,7 +128,7 @@ pub fn edu_channel() -> Result<EduChannel, DmaError> {
         let regs = edu_device()
             .and_then(|dev| devices::map_bar(dev, 0))
             .ok_or(DmaError::NotSupported)?;
-        Ok(Channel::new(EduEngine::new(regs, EDU_DMA_MASK)))
+        Ok(Channel::new(EduEngine::new(regs, EDU_DMA_MASK)?))
     })
 }
 

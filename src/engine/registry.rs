@@ -10,6 +10,7 @@
 //! Channels of any engine are held as `&mut dyn` [`DmaChannel`], the
 //! object-safe face of [`Channel`]; nothing here allocates.
 
+use core::sync::atomic::{AtomicU32, Ordering};
 use core::time::Duration;
 
 use embedded_hal::delay::DelayNs;
@@ -45,6 +46,8 @@ pub trait DmaChannel {
     fn terminate(&mut self);
     /// See [`Channel::reset`].
     fn reset(&mut self) -> Result<(), DmaError>;
+    /// See [`Channel::is_halted`].
+    fn is_halted(&self) -> bool;
 }
 
 impl<E: Engine> DmaChannel for Channel<E> {
@@ -81,6 +84,9 @@ impl<E: Engine> DmaChannel for Channel<E> {
     fn reset(&mut self) -> Result<(), DmaError> {
         Channel::reset(self)
     }
+    fn is_halted(&self) -> bool {
+        Channel::is_halted(self)
+    }
 }
 
 impl dyn DmaChannel + '_ {
@@ -99,13 +105,28 @@ impl dyn DmaChannel + '_ {
     }
 }
 
-/// A registered client.
+/// A registered client. It names one registration in one registry: after
+/// `unregister_client` it is refused ([`RegistryError::Unknown`]) even once
+/// its slot holds another client, and another registry refuses it
+/// ([`RegistryError::Foreign`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct ClientId(usize);
+pub struct ClientId {
+    index: usize,
+    generation: u32,
+    registry: u32,
+}
 
-/// A channel in the registry.
+/// A channel in the registry: one `add_channel` of one registry, refused
+/// once that channel is removed (even if added again: it gets a new handle).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct ChannelHandle(usize);
+pub struct ChannelHandle {
+    index: usize,
+    generation: u32,
+    registry: u32,
+}
+
+/// Registry identities, so a handle of one is refused by another.
+static NEXT_REGISTRY_ID: AtomicU32 = AtomicU32::new(1);
 
 /// What a client's callback is told.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -133,18 +154,25 @@ pub struct EventCallback {
 pub enum RegistryError {
     /// No room for another client or channel.
     Full,
-    /// No such client or channel.
+    /// No such client or channel: never registered, or unregistered or
+    /// removed since (a stale handle).
     Unknown,
+    /// The handle belongs to another registry.
+    Foreign,
     /// The channel is not this client's.
     NotOwner,
+    /// A halted channel could not be reset, so it was not added.
+    ResetFailed,
 }
 
 impl core::fmt::Display for RegistryError {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.write_str(match self {
             RegistryError::Full => "registry full",
-            RegistryError::Unknown => "no such client or channel",
+            RegistryError::Unknown => "no such client or channel (or a stale handle)",
+            RegistryError::Foreign => "handle of another registry",
             RegistryError::NotOwner => "channel belongs to another client",
+            RegistryError::ResetFailed => "the halted channel could not be reset",
         })
     }
 }
@@ -165,6 +193,11 @@ struct Slot<'a> {
 pub struct Registry<'a, const C: usize = 8, const N: usize = 8> {
     clients: [Option<Client>; C],
     channels: [Option<Slot<'a>>; N],
+    /// Bumped each time a slot is emptied, so old handles go stale.
+    client_generations: [u32; C],
+    channel_generations: [u32; N],
+    /// This registry's identity (0 until the first handle is made).
+    id: u32,
 }
 
 impl<const C: usize, const N: usize> Default for Registry<'_, C, N> {
@@ -179,7 +212,53 @@ impl<'a, const C: usize, const N: usize> Registry<'a, C, N> {
         Registry {
             clients: [const { None }; C],
             channels: [const { None }; N],
+            client_generations: [0; C],
+            channel_generations: [0; N],
+            id: 0,
         }
+    }
+
+    fn id(&mut self) -> u32 {
+        if self.id == 0 {
+            self.id = NEXT_REGISTRY_ID.fetch_add(1, Ordering::Relaxed);
+        }
+        self.id
+    }
+
+    fn client_id(&mut self, index: usize) -> ClientId {
+        ClientId {
+            index,
+            generation: self.client_generations[index],
+            registry: self.id(),
+        }
+    }
+
+    fn handle(&mut self, index: usize) -> ChannelHandle {
+        ChannelHandle {
+            index,
+            generation: self.channel_generations[index],
+            registry: self.id(),
+        }
+    }
+
+    /// The slot of a live client, or why `client` names none.
+    fn client_index(&self, client: ClientId) -> Result<usize, RegistryError> {
+        if client.registry != self.id {
+            return Err(RegistryError::Foreign);
+        }
+        let live = self.clients.get(client.index).is_some_and(Option::is_some)
+            && self.client_generations[client.index] == client.generation;
+        live.then_some(client.index).ok_or(RegistryError::Unknown)
+    }
+
+    /// The slot of a live channel, or why `handle` names none.
+    fn channel_index(&self, handle: ChannelHandle) -> Result<usize, RegistryError> {
+        if handle.registry != self.id {
+            return Err(RegistryError::Foreign);
+        }
+        let live = self.channels.get(handle.index).is_some_and(Option::is_some)
+            && self.channel_generations[handle.index] == handle.generation;
+        live.then_some(handle.index).ok_or(RegistryError::Unknown)
     }
 
     /// Registers a client (`dma_async_client_register`). It holds no
@@ -194,14 +273,16 @@ impl<'a, const C: usize, const N: usize> Registry<'a, C, N> {
             callback,
             wanted: 0,
         });
-        Ok(ClientId(slot))
+        Ok(self.client_id(slot))
     }
 
     /// Unregisters a client, taking back its channels (it is told of each)
     /// and offering them to the others.
     pub fn unregister_client(&mut self, client: ClientId) -> Result<(), RegistryError> {
         self.request_channels(client, 0)?;
-        self.clients[client.0] = None;
+        self.clients[client.index] = None;
+        self.client_generations[client.index] =
+            self.client_generations[client.index].wrapping_add(1);
         self.offer();
         Ok(())
     }
@@ -214,31 +295,25 @@ impl<'a, const C: usize, const N: usize> Registry<'a, C, N> {
         client: ClientId,
         count: usize,
     ) -> Result<(), RegistryError> {
-        let entry = self
-            .clients
-            .get_mut(client.0)
-            .and_then(Option::as_mut)
-            .ok_or(RegistryError::Unknown)?;
+        let index = self.client_index(client)?;
+        let entry = self.clients[index].as_mut().ok_or(RegistryError::Unknown)?;
         entry.wanted = count;
         let callback = entry.callback;
-        let mut held = self.held_by(client.0);
+        let mut held = self.held_by(index);
         for index in (0..N).rev() {
             if held <= count {
                 break;
             }
             if let Some(slot) = self.channels[index]
                 .as_mut()
-                .filter(|s| s.owner == Some(client.0))
+                .filter(|s| s.owner == Some(client.index))
             {
                 slot.channel.terminate();
                 let _ = slot.channel.reset();
                 slot.owner = None;
                 held -= 1;
-                (callback.func)(
-                    client,
-                    Event::ChannelRemoved(ChannelHandle(index)),
-                    callback.context,
-                );
+                let handle = self.handle(index);
+                (callback.func)(client, Event::ChannelRemoved(handle), callback.context);
             }
         }
         self.offer();
@@ -268,18 +343,16 @@ impl<'a, const C: usize, const N: usize> Registry<'a, C, N> {
                 if let Some(slot) = self.channels[index].as_mut().filter(|s| s.owner.is_none()) {
                     slot.owner = Some(c);
                     held += 1;
-                    (callback.func)(
-                        ClientId(c),
-                        Event::ChannelAdded(ChannelHandle(index)),
-                        callback.context,
-                    );
+                    let (client, handle) = (self.client_id(c), self.handle(index));
+                    (callback.func)(client, Event::ChannelAdded(handle), callback.context);
                 }
             }
         }
     }
 
     /// Adds a channel (an engine appeared); it goes to a client that wants
-    /// one, if any.
+    /// one, if any. A halted channel is reset first, so no client is handed
+    /// a channel that refuses everything.
     pub fn add_channel(
         &mut self,
         channel: &'a mut dyn DmaChannel,
@@ -289,36 +362,41 @@ impl<'a, const C: usize, const N: usize> Registry<'a, C, N> {
             .iter()
             .position(Option::is_none)
             .ok_or(RegistryError::Full)?;
+        if channel.is_halted() {
+            channel.reset().map_err(|_| RegistryError::ResetFailed)?;
+        }
         self.channels[index] = Some(Slot {
             channel,
             owner: None,
         });
+        let handle = self.handle(index);
         self.offer();
-        Ok(ChannelHandle(index))
+        Ok(handle)
     }
 
-    /// Removes a channel (its engine is going away): it is terminated, its
-    /// client is told, and it is handed back to the caller. The client may
-    /// be offered another channel.
+    /// Removes a channel (its engine is going away): it is terminated (every
+    /// request not complete ends `Aborted`, and the engine stops touching
+    /// memory), its client is told, and it is reset and handed back to the
+    /// caller. The handle is stale from now on. The client may be offered
+    /// another channel.
     pub fn remove_channel(
         &mut self,
         handle: ChannelHandle,
     ) -> Result<&'a mut dyn DmaChannel, RegistryError> {
-        let slot = self
-            .channels
-            .get_mut(handle.0)
-            .and_then(Option::take)
-            .ok_or(RegistryError::Unknown)?;
+        let index = self.channel_index(handle)?;
+        let slot = self.channels[index].take().ok_or(RegistryError::Unknown)?;
+        self.channel_generations[index] = self.channel_generations[index].wrapping_add(1);
         slot.channel.terminate();
         if let Some(owner) = slot.owner
             && let Some(client) = self.clients[owner].as_ref()
         {
-            (client.callback.func)(
-                ClientId(owner),
-                Event::ChannelRemoved(handle),
-                client.callback.context,
-            );
+            let callback = client.callback;
+            let client = self.client_id(owner);
+            (callback.func)(client, Event::ChannelRemoved(handle), callback.context);
         }
+        // A reset that fails leaves the channel halted; `add_channel` tries
+        // again and says so.
+        let _ = slot.channel.reset();
         self.offer();
         Ok(slot.channel)
     }
@@ -329,19 +407,20 @@ impl<'a, const C: usize, const N: usize> Registry<'a, C, N> {
         client: ClientId,
         handle: ChannelHandle,
     ) -> Result<&mut (dyn DmaChannel + 'a), RegistryError> {
-        let slot = self
-            .channels
-            .get_mut(handle.0)
-            .and_then(Option::as_mut)
+        let client = self.client_index(client)?;
+        let index = self.channel_index(handle)?;
+        let slot = self.channels[index]
+            .as_mut()
             .ok_or(RegistryError::Unknown)?;
-        if slot.owner != Some(client.0) {
+        if slot.owner != Some(client) {
             return Err(RegistryError::NotOwner);
         }
         Ok(&mut *slot.channel)
     }
 
-    /// How many channels `client` holds.
+    /// How many channels `client` holds (0 for a stale or foreign id).
     pub fn channels_of(&self, client: ClientId) -> usize {
-        self.held_by(client.0)
+        self.client_index(client)
+            .map_or(0, |index| self.held_by(index))
     }
 }

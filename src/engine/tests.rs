@@ -663,8 +663,59 @@ mod registry {
                 (2, Event::ChannelRemoved(h1))
             ]
         );
-        assert_eq!(reg.channel(b, h1).err(), Some(RegistryError::NotOwner));
+        assert_eq!(reg.channel(b, h1).err(), Some(RegistryError::Unknown));
         assert_eq!(reg.request_channels(b, 1), Err(RegistryError::Unknown));
+    }
+
+    #[test]
+    fn stale_and_foreign_handles_are_refused() {
+        let mut chans: Vec<Channel<CpuEngine<FakeHal>>> =
+            (0..2).map(|_| Channel::new(CpuEngine::new())).collect();
+        let mut it = chans.iter_mut();
+        let mut reg: Registry<'_, 2, 2> = Registry::new();
+        let old = reg.register_client(cb(1)).unwrap();
+        reg.unregister_client(old).unwrap();
+        // The next client takes the same slot; the old id must not reach it.
+        let new = reg.register_client(cb(2)).unwrap();
+        reg.request_channels(new, 1).unwrap();
+        let h = reg.add_channel(it.next().unwrap()).unwrap();
+        take_events();
+        assert_eq!(reg.channel(old, h).err(), Some(RegistryError::Unknown));
+        assert_eq!(reg.request_channels(old, 2), Err(RegistryError::Unknown));
+        assert_eq!(reg.unregister_client(old), Err(RegistryError::Unknown));
+        assert_eq!(reg.channels_of(old), 0);
+        assert_eq!(reg.channels_of(new), 1);
+        // Another registry's ids and handles.
+        let mut other: Registry<'_, 2, 2> = Registry::new();
+        let stranger = other.register_client(cb(3)).unwrap();
+        other.request_channels(stranger, 1).unwrap();
+        let their = other.add_channel(it.next().unwrap()).unwrap();
+        take_events();
+        assert_eq!(reg.channel(stranger, h).err(), Some(RegistryError::Foreign));
+        assert_eq!(reg.channel(new, their).err(), Some(RegistryError::Foreign));
+        assert_eq!(reg.remove_channel(their).err(), Some(RegistryError::Foreign));
+        // A removed channel's handle is stale, even after it comes back.
+        let chan = reg.remove_channel(h).unwrap();
+        assert_eq!(take_events(), [(2, Event::ChannelRemoved(h))]);
+        assert!(!chan.is_halted(), "taken back reset, ready for its next user");
+        let h2 = reg.add_channel(chan).unwrap();
+        assert_ne!(h, h2);
+        assert_eq!(take_events(), [(2, Event::ChannelAdded(h2))]);
+        assert_eq!(reg.channel(new, h).err(), Some(RegistryError::Unknown));
+        assert!(reg.channel(new, h2).is_ok());
+    }
+
+    #[test]
+    fn a_halted_channel_is_reset_when_added() {
+        let mut chan: Channel<CpuEngine<FakeHal>> = Channel::new(CpuEngine::new());
+        chan.terminate();
+        assert!(chan.is_halted());
+        let mut reg: Registry<'_> = Registry::new();
+        let client = reg.register_client(cb(4)).unwrap();
+        reg.request_channels(client, 1).unwrap();
+        let h = reg.add_channel(&mut chan).unwrap();
+        take_events();
+        assert!(!reg.channel(client, h).unwrap().is_halted());
     }
 
     #[test]

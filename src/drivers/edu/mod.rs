@@ -12,7 +12,11 @@
 //! asynchronous and interrupt-driven.
 //!
 //! The device has no abort: `terminate` waits for the transfer in flight
-//! (at most 100 ms of virtual time) so that nothing writes memory after it.
+//! (it ends 100 ms of virtual time after it started) so that nothing writes
+//! memory after it. Every such wait is bounded ([`IDLE_POLLS`] register
+//! reads); a device still busy after that is *wedged*: the engine refuses
+//! new work (`Halted`), `reset` answers `TimedOut`, and the memory of the
+//! transfer in flight must be treated as still in the device's hands.
 
 pub mod regs;
 
@@ -23,6 +27,11 @@ use crate::engine::{
 };
 use crate::hal::{DmaAddr, Hal};
 use crate::mmio::MmioRegion;
+
+/// Reads of the command register a wait for the device to go idle makes
+/// before it gives up: a transfer ends 100 ms of virtual time after it
+/// starts, and a read costs about 60 ns under TCG, so this is seconds.
+pub const IDLE_POLLS: u32 = 50_000_000;
 
 /// One device transfer.
 #[derive(Clone, Copy, Debug)]
@@ -47,6 +56,8 @@ pub struct EduEngine<H: Hal, const N: usize = 64> {
     issued: usize,
     /// The head transfer is running on the device.
     running: bool,
+    /// The device did not go idle within [`IDLE_POLLS`].
+    wedged: bool,
     completed: Option<Cookie>,
     _hal: PhantomData<H>,
 }
@@ -55,8 +66,9 @@ impl<H: Hal, const N: usize> EduEngine<H, N> {
     /// Takes over the edu device behind `regs` (BAR0, memory decoding and
     /// bus mastering on), whose `dma_mask` property is `dma_mask`
     /// ([`regs::DEFAULT_DMA_MASK`] unless QEMU was told otherwise).
-    pub fn new(regs: MmioRegion, dma_mask: u64) -> Self {
-        let engine = EduEngine {
+    /// `TimedOut` if a transfer someone else started never ends.
+    pub fn new(regs: MmioRegion, dma_mask: u64) -> Result<Self, DmaError> {
+        let mut engine = EduEngine {
             regs,
             dma_mask,
             queue: [None; N],
@@ -64,12 +76,15 @@ impl<H: Hal, const N: usize> EduEngine<H, N> {
             len: 0,
             issued: 0,
             running: false,
+            wedged: false,
             completed: None,
             _hal: PhantomData,
         };
-        engine.wait_idle();
+        if !engine.wait_idle() {
+            return Err(DmaError::TimedOut);
+        }
         engine.regs.write32(regs::INTR_ACK, regs::INTR_DMA);
-        engine
+        Ok(engine)
     }
 
     /// The register window.
@@ -81,11 +96,19 @@ impl<H: Hal, const N: usize> EduEngine<H, N> {
         self.regs.read64(regs::DMA_CMD) & regs::DMA_CMD_START != 0
     }
 
-    /// Spins until the device has no transfer in flight.
-    fn wait_idle(&self) {
-        while self.busy() {
+    /// Spins until the device has no transfer in flight, for at most
+    /// [`IDLE_POLLS`] reads; returns whether it went idle. If not, the
+    /// engine is wedged until a later wait (in `reset`) sees it idle.
+    fn wait_idle(&mut self) -> bool {
+        for _ in 0..IDLE_POLLS {
+            if !self.busy() {
+                self.wedged = false;
+                return true;
+            }
             core::hint::spin_loop();
         }
+        self.wedged = true;
+        false
     }
 
     fn push(&mut self, transfer: Transfer) {
@@ -172,6 +195,9 @@ impl<H: Hal, const N: usize> Engine for EduEngine<H, N> {
         let Op::Copy { dst, src, len } = op else {
             return Err(EngineError::NotSupported);
         };
+        if self.wedged {
+            return Err(EngineError::Halted);
+        }
         if self.len + 2 > N {
             return Err(EngineError::RingFull);
         }
@@ -220,9 +246,11 @@ impl<H: Hal, const N: usize> Engine for EduEngine<H, N> {
 
     fn terminate(&mut self) -> Option<Cookie> {
         // No abort on this device: let the transfer in flight end, then
-        // forget the rest.
-        self.wait_idle();
-        self.retire();
+        // forget the rest. If it never ends the engine is wedged (see the
+        // module docs) and its queue is forgotten all the same.
+        if self.wait_idle() {
+            self.retire();
+        }
         self.running = false;
         self.queue = [None; N];
         self.len = 0;
@@ -234,13 +262,17 @@ impl<H: Hal, const N: usize> Engine for EduEngine<H, N> {
     fn reset(&mut self) -> Result<(), DmaError> {
         self.terminate();
         self.head = 0;
+        if self.wedged {
+            return Err(DmaError::TimedOut);
+        }
         Ok(())
     }
 }
 
 impl<H: Hal, const N: usize> Drop for EduEngine<H, N> {
     fn drop(&mut self) {
-        self.wait_idle();
-        self.regs.write32(regs::INTR_ACK, regs::INTR_DMA);
+        if self.wait_idle() {
+            self.regs.write32(regs::INTR_ACK, regs::INTR_DMA);
+        }
     }
 }
