@@ -693,11 +693,17 @@ mod registry {
         take_events();
         assert_eq!(reg.channel(stranger, h).err(), Some(RegistryError::Foreign));
         assert_eq!(reg.channel(new, their).err(), Some(RegistryError::Foreign));
-        assert_eq!(reg.remove_channel(their).err(), Some(RegistryError::Foreign));
+        assert_eq!(
+            reg.remove_channel(their).err(),
+            Some(RegistryError::Foreign)
+        );
         // A removed channel's handle is stale, even after it comes back.
         let chan = reg.remove_channel(h).unwrap();
         assert_eq!(take_events(), [(2, Event::ChannelRemoved(h))]);
-        assert!(!chan.is_halted(), "taken back reset, ready for its next user");
+        assert!(
+            !chan.is_halted(),
+            "taken back reset, ready for its next user"
+        );
         let h2 = reg.add_channel(chan).unwrap();
         assert_ne!(h, h2);
         assert_eq!(take_events(), [(2, Event::ChannelAdded(h2))]);

@@ -44,8 +44,15 @@ pub enum MmError {
     NotInsertable,
     /// No frame for a page table.
     OutOfMemory,
-    /// No such area in this address space.
+    /// No such area in this address space: never created, or unmapped
+    /// since (a stale id).
     NoSuchVma,
+    /// The area id belongs to another address space.
+    ForeignVma,
+    /// The frame is one the frame database counts: a `MIXEDMAP` area takes
+    /// it only as a counted page (`insert_page`), never as a raw PFN whose
+    /// entry would hold no reference.
+    CountedFrame,
     /// The new area overlaps another, or the kernel's half.
     Overlap,
     /// The address space has no room for another area.
@@ -66,7 +73,9 @@ impl fmt::Display for MmError {
             MmError::PartialCowRemap => "a copy-on-write area must be remapped whole",
             MmError::NotInsertable => "frame is not an insertable page",
             MmError::OutOfMemory => "out of memory for page tables",
-            MmError::NoSuchVma => "no such area",
+            MmError::NoSuchVma => "no such area (or a stale id)",
+            MmError::ForeignVma => "area id of another address space",
+            MmError::CountedFrame => "a counted frame must be inserted as a page",
             MmError::Overlap => "area overlaps another",
             MmError::TooManyVmas => "too many areas",
             MmError::NotMapped => "nothing mapped there",
@@ -77,5 +86,7 @@ impl fmt::Display for MmError {
 
 impl core::error::Error for MmError {}
 
+#[cfg(test)]
+mod hardening_tests;
 #[cfg(test)]
 mod tests;

@@ -9,6 +9,7 @@
 //! - 2 MiB leaves are only made by `remap_pfn_range` and are special.
 
 use core::marker::PhantomData;
+use core::sync::atomic::{AtomicU32, Ordering};
 
 use super::frame::FrameDb;
 use super::pte::{self, ADDR_2M, ADDR_4K, HUGE, PAGE_2M, PAGE_4K, PRESENT, SPECIAL};
@@ -22,17 +23,30 @@ pub const MAX_VMAS: usize = 64;
 /// The end of the lower (user) half of the canonical address space.
 pub const USER_END: u64 = 1 << 47;
 
-/// An area's handle in its address space.
+/// An area's handle: one `map_vma` of one address space. Once the area is
+/// unmapped the handle is stale ([`MmError::NoSuchVma`]) even if a new area
+/// takes its slot, and another address space refuses it
+/// ([`MmError::ForeignVma`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct VmaId(usize);
-
-#[cfg(test)]
-impl VmaId {
-    /// The id of the `n`th area created in a fresh space.
-    pub(crate) fn from_test(n: usize) -> VmaId {
-        VmaId(n)
-    }
+pub struct VmaId {
+    index: usize,
+    generation: u32,
+    space: u32,
 }
+
+/// Address-space identities, so a `VmaId` of one is refused by another.
+static NEXT_SPACE_ID: AtomicU32 = AtomicU32::new(1);
+
+/// Page-table frames unlinked and waiting for the TLB flush that must come
+/// before they are reused (Linux's `mmu_gather` of tables): a CPU may hold a
+/// paging-structure entry pointing into a table until then.
+struct TableGather {
+    frames: [u64; GATHER_TABLES],
+    count: usize,
+}
+
+/// Tables one gather holds before it flushes and frees them.
+const GATHER_TABLES: usize = 16;
 
 /// One leaf entry found by a walk.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -53,13 +67,21 @@ impl Leaf {
         if self.level == 2 { PAGE_2M } else { PAGE_4K }
     }
 
-    /// The physical address it maps `va` to.
+    /// The physical address of the frame it maps (of its first byte: for a
+    /// 2 MiB leaf the 2 MiB frame's base, not the address of `va` inside
+    /// it; see [`Leaf::phys_of`]).
     pub fn phys(&self) -> u64 {
         if self.level == 2 {
             self.entry & ADDR_2M
         } else {
             self.entry & ADDR_4K
         }
+    }
+
+    /// The physical address `va` maps to, if this leaf covers `va`.
+    pub fn phys_of(&self, va: u64) -> Option<u64> {
+        let offset = va.checked_sub(self.va).filter(|&o| o < self.size())?;
+        Some(self.phys() + offset)
     }
 
     /// Whether it is special (no frame-database entry behind it).
@@ -113,13 +135,25 @@ impl core::error::Error for PartialInsert {}
 pub struct AddressSpace<'a, H: Hal, T: TlbFlush> {
     db: &'a FrameDb<'a>,
     root: u64,
+    id: u32,
     vmas: [Option<Vma>; MAX_VMAS],
+    /// Bumped when a slot's area is unmapped, so its old ids go stale.
+    vma_generations: [u32; MAX_VMAS],
     /// PML4 slots shared with the kernel, never touched by this space.
     shared: [bool; 512],
     tlb: T,
     nx: bool,
     entries_written: u64,
     _hal: PhantomData<H>,
+}
+
+impl TableGather {
+    const fn new() -> TableGather {
+        TableGather {
+            frames: [0; GATHER_TABLES],
+            count: 0,
+        }
+    }
 }
 
 fn span(level: u32) -> u64 {
@@ -134,7 +168,9 @@ impl<'a, H: Hal, T: TlbFlush> AddressSpace<'a, H, T> {
         let space = AddressSpace {
             db,
             root,
+            id: NEXT_SPACE_ID.fetch_add(1, Ordering::Relaxed),
             vmas: [None; MAX_VMAS],
+            vma_generations: [0; MAX_VMAS],
             shared: [false; 512],
             tlb,
             nx,
@@ -246,29 +282,44 @@ impl<'a, H: Hal, T: TlbFlush> AddressSpace<'a, H, T> {
             flags,
             pgoff: 0,
         });
-        Ok(VmaId(slot))
+        Ok(self.vma_id(slot))
+    }
+
+    fn vma_id(&self, index: usize) -> VmaId {
+        VmaId {
+            index,
+            generation: self.vma_generations[index],
+            space: self.id,
+        }
+    }
+
+    /// The slot of the live area `id` names.
+    fn vma_index(&self, id: VmaId) -> Result<usize, MmError> {
+        if id.space != self.id {
+            return Err(MmError::ForeignVma);
+        }
+        let live = self.vmas.get(id.index).is_some_and(Option::is_some)
+            && self.vma_generations[id.index] == id.generation;
+        live.then_some(id.index).ok_or(MmError::NoSuchVma)
     }
 
     /// The area `id`.
     pub fn vma(&self, id: VmaId) -> Result<&Vma, MmError> {
-        self.vmas
-            .get(id.0)
-            .and_then(Option::as_ref)
-            .ok_or(MmError::NoSuchVma)
+        let index = self.vma_index(id)?;
+        self.vmas[index].as_ref().ok_or(MmError::NoSuchVma)
     }
 
     fn vma_mut(&mut self, id: VmaId) -> Result<&mut Vma, MmError> {
-        self.vmas
-            .get_mut(id.0)
-            .and_then(Option::as_mut)
-            .ok_or(MmError::NoSuchVma)
+        let index = self.vma_index(id)?;
+        self.vmas[index].as_mut().ok_or(MmError::NoSuchVma)
     }
 
-    /// Removes area `id` and everything mapped in it.
+    /// Removes area `id` and everything mapped in it; `id` is stale after.
     pub fn unmap_vma(&mut self, id: VmaId) -> Result<(), MmError> {
         let vma = *self.vma(id)?;
         self.zap(vma.start, vma.end)?;
-        self.vmas[id.0] = None;
+        self.vmas[id.index] = None;
+        self.vma_generations[id.index] = self.vma_generations[id.index].wrapping_add(1);
         Ok(())
     }
 
@@ -354,16 +405,40 @@ impl<'a, H: Hal, T: TlbFlush> AddressSpace<'a, H, T> {
 
     /// The leaf mapping `va`, if any.
     pub fn translate(&self, va: u64) -> Option<Leaf> {
-        self.next_leaf(va, va + 1).filter(|leaf| leaf.va <= va)
+        self.next_leaf(va, va.checked_add(1)?)
+            .filter(|leaf| leaf.va <= va)
     }
 
-    /// Frees the page tables under `[start, end)` that are empty.
+    /// Frees the page tables under `[start, end)` that are empty: unlinks
+    /// them, flushes, then frees them.
     fn prune(&mut self, start: u64, end: u64) {
-        self.prune_level(self.root, 4, start, end);
+        let mut gather = TableGather::new();
+        self.prune_level(&mut gather, self.root, 4, start, end);
+        if gather.count > 0 {
+            self.tlb.flush_all();
+            self.free_gathered(&mut gather);
+        }
     }
 
-    /// Returns whether `table` is empty afterwards.
-    fn prune_level(&mut self, table: u64, level: u32, start: u64, end: u64) -> bool {
+    /// Gives gathered table frames back. Only after a flush that followed
+    /// their unlinking.
+    fn free_gathered(&mut self, gather: &mut TableGather) {
+        for &frame in &gather.frames[..gather.count] {
+            self.db.free_table(frame >> 12);
+        }
+        gather.count = 0;
+    }
+
+    /// Unlinks the empty tables under `table` into `gather` (flushing and
+    /// freeing when it fills); returns whether `table` is empty afterwards.
+    fn prune_level(
+        &mut self,
+        gather: &mut TableGather,
+        table: u64,
+        level: u32,
+        start: u64,
+        end: u64,
+    ) -> bool {
         let size = span(level);
         let mut va = start;
         while va < end {
@@ -374,9 +449,14 @@ impl<'a, H: Hal, T: TlbFlush> AddressSpace<'a, H, T> {
             let shared = level == 4 && self.shared[index];
             if level > 1 && entry & PRESENT != 0 && entry & HUGE == 0 && !shared {
                 let child = entry & ADDR_4K;
-                if self.prune_level(child, level - 1, va, end.min(slot_end)) {
+                if self.prune_level(gather, child, level - 1, va, end.min(slot_end)) {
                     self.write(table, index, 0);
-                    self.db.free_table(child >> 12);
+                    if gather.count == GATHER_TABLES {
+                        self.tlb.flush_all();
+                        self.free_gathered(gather);
+                    }
+                    gather.frames[gather.count] = child;
+                    gather.count += 1;
                 }
             }
             if index == 511 {
@@ -610,7 +690,10 @@ impl<'a, H: Hal, T: TlbFlush> AddressSpace<'a, H, T> {
     /// Maps frame `pfn` at `addr` with a special entry (Linux's
     /// `vmf_insert_pfn`): the area must be `PFNMAP` or `MIXEDMAP` (not both,
     /// and a `PFNMAP` one not copy-on-write). An existing entry is left as it
-    /// is.
+    /// is. In a `MIXEDMAP` area a frame the database counts is refused
+    /// (`CountedFrame`: insert it with `insert_page`); in a `PFNMAP` area
+    /// any frame is taken, as by `remap_pfn_range`, and keeping it alive is
+    /// the driver's business.
     pub fn insert_pfn(&mut self, id: VmaId, addr: u64, pfn: u64) -> Result<Inserted, MmError> {
         let vma = *self.vma(id)?;
         let pfnmap = vma.flags.contains(VmFlags::PFNMAP);
@@ -623,6 +706,11 @@ impl<'a, H: Hal, T: TlbFlush> AddressSpace<'a, H, T> {
             .checked_mul(PAGE_4K)
             .filter(|&p| p < 1 << 52)
             .ok_or(MmError::OutOfRange)?;
+        // Linux refuses a `pfn_valid` frame here: its entry would hold no
+        // reference, so the page could be freed while still mapped.
+        if mixed && self.db.state(pfn).is_some() {
+            return Err(MmError::CountedFrame);
+        }
         if self.translate(addr).is_some() {
             return Ok(Inserted::AlreadyMapped);
         }
@@ -657,26 +745,48 @@ impl<'a, H: Hal, T: TlbFlush> AddressSpace<'a, H, T> {
     /// copy-on-write area (Linux's `do_wp_page`): the faulting address gets a
     /// private, writable copy of the page, or the page itself when this
     /// mapping is its only holder. A special entry (a raw PFN) is copied into
-    /// a new counted page. Errors: nothing mapped (`NotMapped`), outside any
-    /// area (`OutOfRange`), an area that may not be written (`Protection`),
-    /// or no memory for the copy (nothing changed).
+    /// a new counted page; a 2 MiB special entry is first split into 4 KiB
+    /// entries (as Linux's `wp_huge_pmd` falls back to the PTE path) and only
+    /// the faulting page is copied. Errors: nothing mapped (`NotMapped`),
+    /// outside any area (`OutOfRange`), an area that may not be written
+    /// (`Protection`), or no memory for the copy or the split (nothing
+    /// changed).
+    ///
+    /// Where this differs from Linux, on purpose:
+    /// - A counted page that `insert_page` put into a private area is reused
+    ///   in place when this mapping holds its only reference and map count
+    ///   (the driver has dropped its `PageRef`, so no one else can see the
+    ///   page); Linux copies any page it did not allocate as anonymous
+    ///   memory. While the driver holds its reference, the page is copied.
+    /// - A read-only entry in a shared writable area is `Protection`: the
+    ///   driver chose read-only for it (there is no `pfn_mkwrite` hook),
+    ///   where Linux would make it writable.
     pub fn handle_write_fault(&mut self, addr: u64) -> Result<WriteFault, MmError> {
-        let id = self
+        let vma = *self
             .vmas
             .iter()
-            .position(|v| v.is_some_and(|v| (v.start..v.end).contains(&addr)))
-            .map(VmaId)
+            .flatten()
+            .find(|v| (v.start..v.end).contains(&addr))
             .ok_or(MmError::OutOfRange)?;
-        let vma = *self.vma(id)?;
         if !vma.flags.contains(VmFlags::WRITE) {
             return Err(MmError::Protection);
         }
-        let leaf = self.translate(addr).ok_or(MmError::NotMapped)?;
+        let mut leaf = self.translate(addr).ok_or(MmError::NotMapped)?;
         if leaf.entry & pte::WRITABLE != 0 {
             return Ok(WriteFault::Spurious);
         }
-        if !vma.flags.is_cow() || leaf.level != 1 {
+        if !vma.flags.is_cow() {
             return Err(MmError::Protection);
+        }
+        let mut copy = None;
+        if leaf.level == 2 {
+            // The copy's page first: if the split then fails, dropping it
+            // leaves everything as it was.
+            let page = self.db.alloc_page()?;
+            let table = self.db.alloc_table()? << 12;
+            self.split_leaf(&leaf, table);
+            copy = Some(page);
+            leaf = self.translate(addr).ok_or(MmError::NotMapped)?;
         }
         let old_pfn = leaf.phys() >> 12;
         let counted = !leaf.is_special();
@@ -690,7 +800,10 @@ impl<'a, H: Hal, T: TlbFlush> AddressSpace<'a, H, T> {
             self.tlb.flush_page(leaf.va);
             return Ok(WriteFault::Reused);
         }
-        let copy = self.db.alloc_page()?;
+        let copy = match copy {
+            Some(page) => page,
+            None => self.db.alloc_page()?,
+        };
         // SAFETY: the source is the frame the entry maps (RAM the HAL maps:
         // a counted page, or a raw frame a driver remapped), the destination
         // a page just allocated to us; both are 4 KiB and distinct.
@@ -762,13 +875,18 @@ impl<'a, H: Hal, T: TlbFlush> AddressSpace<'a, H, T> {
             }
             va = leaf.va + leaf.size();
         }
-        if unflushed {
+        // Unlink the emptied tables before the last flush, so one flush
+        // covers both the leaves and the paging-structure entries; pages and
+        // tables are given back only after it.
+        let mut gather = TableGather::new();
+        self.prune_level(&mut gather, self.root, 4, start, end);
+        if unflushed || gather.count > 0 {
             self.tlb.flush_all();
         }
         for &pfn in &pending[..count] {
             self.db.unmap(pfn);
         }
-        self.prune(start, end);
+        self.free_gathered(&mut gather);
         Ok(())
     }
 
@@ -794,31 +912,39 @@ impl<'a, H: Hal, T: TlbFlush> AddressSpace<'a, H, T> {
             }
         }
         for (leaf, table) in first.iter().chain(last.iter()).zip(tables) {
-            self.zero_table(table);
-            let base = leaf.entry & ADDR_2M;
-            let mut flags = leaf.entry & !ADDR_2M & !HUGE & !pte::PAT_2M;
-            if leaf.entry & pte::PAT_2M != 0 {
-                flags |= pte::PAT_4K;
-            }
-            for i in 0..512 {
-                self.write(table, i, (base + i as u64 * PAGE_4K) | flags);
-            }
-            self.write(
-                leaf.table,
-                leaf.index,
-                table | PRESENT | pte::WRITABLE | pte::USER,
-            );
-            self.tlb.flush_page(leaf.va);
+            self.split_leaf(leaf, table);
         }
         Ok(())
+    }
+
+    /// Replaces 2 MiB `leaf` by the fresh table frame `table` holding 512
+    /// 4 KiB entries that map the same frames with the same bits.
+    fn split_leaf(&mut self, leaf: &Leaf, table: u64) {
+        self.zero_table(table);
+        let base = leaf.entry & ADDR_2M;
+        let mut flags = leaf.entry & !ADDR_2M & !HUGE & !pte::PAT_2M;
+        if leaf.entry & pte::PAT_2M != 0 {
+            flags |= pte::PAT_4K;
+        }
+        for i in 0..512 {
+            self.write(table, i, (base + i as u64 * PAGE_4K) | flags);
+        }
+        self.write(
+            leaf.table,
+            leaf.index,
+            table | PRESENT | pte::WRITABLE | pte::USER,
+        );
+        self.tlb.flush_page(leaf.va);
     }
 
     // ---- fork ----
 
     /// Copies area `id` and its mappings into `child` as `fork` does:
     /// entries are copied as they are, counted pages gain a reference and a
-    /// map count, special entries gain nothing. In a copy-on-write area,
-    /// writable counted pages are write-protected on both sides.
+    /// map count, special entries gain nothing. In a copy-on-write area
+    /// every writable entry, special ones included, is write-protected on
+    /// both sides (Linux's `copy_present_pte`), so a write in either space
+    /// faults and gets its own copy instead of writing a shared frame.
     pub fn fork_range(
         &mut self,
         id: VmaId,
@@ -826,12 +952,10 @@ impl<'a, H: Hal, T: TlbFlush> AddressSpace<'a, H, T> {
     ) -> Result<VmaId, MmError> {
         let vma = *self.vma(id)?;
         let child_id = child.map_vma(vma.start, vma.end, vma.flags)?;
-        if let Some(slot) = child.vmas[child_id.0].as_mut() {
+        if let Some(slot) = child.vmas[child_id.index].as_mut() {
             slot.pgoff = vma.pgoff;
         }
-        let cow_protect = |leaf: &Leaf| {
-            vma.flags.is_cow() && !leaf.is_special() && leaf.entry & pte::WRITABLE != 0
-        };
+        let cow_protect = |leaf: &Leaf| vma.flags.is_cow() && leaf.entry & pte::WRITABLE != 0;
         let mut va = vma.start;
         while let Some(leaf) = self.next_leaf(va, vma.end) {
             let entry = if cow_protect(&leaf) {
@@ -871,7 +995,7 @@ impl<H: Hal, T: TlbFlush> Drop for AddressSpace<'_, H, T> {
         for slot in 0..MAX_VMAS {
             if self.vmas[slot].is_some() {
                 // Whole areas never split a 2 MiB entry, so this cannot fail.
-                let _ = self.unmap_vma(VmaId(slot));
+                let _ = self.unmap_vma(self.vma_id(slot));
             }
         }
         self.db.free_table(self.root >> 12);

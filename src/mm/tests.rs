@@ -16,9 +16,9 @@ use crate::hal::fake::FakeHal;
 
 /// Records every flush.
 #[derive(Default, Debug)]
-struct Tlb {
-    pages: Vec<u64>,
-    full: usize,
+pub(super) struct Tlb {
+    pub(super) pages: Vec<u64>,
+    pub(super) full: usize,
 }
 
 impl TlbFlush for Tlb {
@@ -31,14 +31,14 @@ impl TlbFlush for Tlb {
 }
 
 /// Host memory standing in for the physical frames a database manages.
-struct Memory {
+pub(super) struct Memory {
     base: *mut u8,
     frames: usize,
     infos: Vec<PageInfo>,
 }
 
 impl Memory {
-    fn new(frames: usize) -> Memory {
+    pub(super) fn new(frames: usize) -> Memory {
         let layout = Layout::from_size_align(frames * 4096, 4096).unwrap();
         // SAFETY: non-zero size.
         let base = unsafe { alloc_zeroed(layout) };
@@ -50,7 +50,7 @@ impl Memory {
         }
     }
 
-    fn db(&self) -> FrameDb<'_> {
+    pub(super) fn db(&self) -> FrameDb<'_> {
         FrameDb::new(&self.infos, self.base as u64 >> 12)
     }
 }
@@ -67,22 +67,22 @@ impl Drop for Memory {
     }
 }
 
-type Space<'a> = AddressSpace<'a, FakeHal, Tlb>;
+pub(super) type Space<'a> = AddressSpace<'a, FakeHal, Tlb>;
 
-const SHARED_RW: VmFlags = VmFlags::READ
+pub(super) const SHARED_RW: VmFlags = VmFlags::READ
     .union(VmFlags::WRITE)
     .union(VmFlags::SHARED)
     .union(VmFlags::MAYWRITE);
-const COW: VmFlags = VmFlags::READ.union(VmFlags::WRITE).union(VmFlags::MAYWRITE);
+pub(super) const COW: VmFlags = VmFlags::READ.union(VmFlags::WRITE).union(VmFlags::MAYWRITE);
 /// A 2 MiB-aligned area start, away from address 0.
-const BASE: u64 = 0x4000_0000;
+pub(super) const BASE: u64 = 0x4000_0000;
 
-fn counts(db: &FrameDb<'_>, pfn: u64) -> (u32, u32) {
+pub(super) fn counts(db: &FrameDb<'_>, pfn: u64) -> (u32, u32) {
     let s = db.state(pfn).unwrap();
     (s.refcount, s.mapcount)
 }
 
-fn table_frames(db: &FrameDb<'_>) -> usize {
+pub(super) fn table_frames(db: &FrameDb<'_>) -> usize {
     (0..db.len() as u64)
         .filter(|i| db.state(db.base_pfn() + i).unwrap().kind == FrameKind::PageTable)
         .count()
@@ -431,18 +431,25 @@ fn insert_pfn_rules() {
     );
     let leaf = space.translate(BASE + PAGE_4K).unwrap();
     assert!(leaf.is_special() && leaf.phys() == 0x77 << 12);
-    // Inserting a counted page's frame as a raw pfn takes no reference.
-    space
-        .insert_pfn(plain, BASE + 2 * PAGE_4K, page.pfn())
-        .unwrap();
-    assert_eq!(counts(&db, page.pfn()), (2, 1));
+    // A counted page's frame as a raw pfn would hold no reference: if the
+    // driver then dropped its page, user space would map a freed frame.
+    // Refused (Linux refuses a `pfn_valid` frame in a MIXEDMAP area).
+    let tables = table_frames(&db);
     assert_eq!(
-        space
-            .normal_page(plain, BASE + 2 * PAGE_4K)
-            .unwrap()
-            .map(|p| p.pfn()),
-        None
+        space.insert_pfn(plain, BASE + 2 * PAGE_4K, page.pfn()),
+        Err(MmError::CountedFrame)
     );
+    let free = db.alloc_page().unwrap();
+    let free_pfn = free.pfn();
+    drop(free);
+    assert_eq!(
+        space.insert_pfn(plain, BASE + 2 * PAGE_4K, free_pfn),
+        Err(MmError::CountedFrame),
+        "a free frame of the database too"
+    );
+    assert_eq!(counts(&db, page.pfn()), (2, 1));
+    assert!(space.translate(BASE + 2 * PAGE_4K).is_none());
+    assert_eq!(table_frames(&db), tables);
     let cow = space
         .map_vma(BASE + PAGE_2M, BASE + PAGE_2M + PAGE_4K, COW)
         .unwrap();
@@ -723,6 +730,7 @@ fn check(
     model: &Model,
     pool: &[PageRef<'_>],
     bad: &[u64],
+    ids: &[VmaId],
 ) -> Result<(), TestCaseError> {
     // The tables, page by page, agree with the model.
     let mut seen = BTreeMap::new();
@@ -771,7 +779,7 @@ fn check(
     prop_assert_eq!(table_frames(db), tables, "page-table frames in use");
     for (i, area) in AREAS.iter().enumerate() {
         prop_assert_eq!(
-            space.vma(VmaId::from_test(i)).unwrap().flags,
+            space.vma(ids[i]).unwrap().flags,
             model.flags[i],
             "flags of area {}",
             i
@@ -810,7 +818,7 @@ proptest! {
                         // page can even be made; the database refuses it.
                         prop_assert!(!db.insertable(pfn));
                         prop_assert!(db.get(pfn).is_none());
-                        check(&space, &db, &model, &pool, &bad)?;
+                        check(&space, &db, &model, &pool, &bad, &ids)?;
                         continue;
                     }
                     let result = space.insert_page(ids[area], va, &pool[frame]);
@@ -913,7 +921,7 @@ proptest! {
                 }
             }
             let _ = before;
-            check(&space, &db, &model, &pool, &bad)?;
+            check(&space, &db, &model, &pool, &bad, &ids)?;
         }
         drop(space);
         prop_assert_eq!(table_frames(&db), 0);
@@ -923,7 +931,7 @@ proptest! {
     }
 }
 
-fn page_bytes(pa: u64) -> &'static mut [u8] {
+pub(super) fn page_bytes(pa: u64) -> &'static mut [u8] {
     // SAFETY: test frames are host memory the fake HAL maps 1:1; callers
     // only use pages they own.
     unsafe { core::slice::from_raw_parts_mut(pa as *mut u8, 4096) }

@@ -1,0 +1,572 @@
+//! Host tests of the rules a hostile caller or a careful auditor checks:
+//! page-table frames freed only after the flush that follows their
+//! unlinking, copy-on-write over 2 MiB and forked special entries, counted
+//! frames refused as raw PFNs, stale and foreign area ids, frame exhaustion
+//! at every position, and arbitrary numbers at every entry point.
+
+use std::alloc::{Layout, alloc_zeroed, dealloc};
+use std::collections::BTreeSet;
+
+use proptest::prelude::*;
+
+use super::MmError;
+use super::frame::{FrameDb, FrameKind, PageRef};
+use super::pte::{self, PAGE_2M, PAGE_4K};
+use super::space::{AddressSpace, PartialInsert, VmaId, WriteFault};
+use super::tests::{BASE, COW, Memory, SHARED_RW, Space, Tlb, counts, page_bytes, table_frames};
+use super::tlb::TlbFlush;
+use super::vma::{PageProt, VmFlags};
+use crate::hal::fake::FakeHal;
+
+/// The page-table frames reachable from `root` (host memory, mapped 1:1).
+fn reachable_tables(root: u64) -> BTreeSet<u64> {
+    fn walk(table: u64, level: u32, out: &mut BTreeSet<u64>) {
+        for i in 0..512 {
+            // SAFETY: `table` is a live page-table frame in host memory.
+            let entry = unsafe { (table as *const u64).add(i).read_volatile() };
+            if entry & pte::PRESENT == 0 || entry & pte::HUGE != 0 {
+                continue;
+            }
+            let child = entry & pte::ADDR_4K;
+            out.insert(child);
+            if level > 2 {
+                walk(child, level - 1, out);
+            }
+        }
+    }
+    let mut out = BTreeSet::new();
+    walk(root, 4, &mut out);
+    out
+}
+
+fn table_set(db: &FrameDb<'_>) -> BTreeSet<u64> {
+    (0..db.len() as u64)
+        .map(|i| db.base_pfn() + i)
+        .filter(|&pfn| db.state(pfn).unwrap().kind == FrameKind::PageTable)
+        .map(|pfn| pfn << 12)
+        .collect()
+}
+
+/// Records, at every full flush, the table frames that are unlinked (not
+/// reachable from the root) but not yet freed: the frames that flush makes
+/// safe to free.
+struct OrderTlb<'a> {
+    db: &'a FrameDb<'a>,
+    root: u64,
+    safe_after_flush: Vec<BTreeSet<u64>>,
+}
+
+impl TlbFlush for OrderTlb<'_> {
+    fn flush_page(&mut self, _va: u64) {}
+    fn flush_all(&mut self) {
+        let reachable = reachable_tables(self.root);
+        let unlinked = table_set(self.db)
+            .into_iter()
+            .filter(|t| *t != self.root && !reachable.contains(t))
+            .collect();
+        self.safe_after_flush.push(unlinked);
+    }
+}
+
+type OrderSpace<'a> = AddressSpace<'a, FakeHal, OrderTlb<'a>>;
+
+fn order_space<'a>(db: &'a FrameDb<'a>) -> OrderSpace<'a> {
+    let tlb = OrderTlb {
+        db,
+        root: 0,
+        safe_after_flush: Vec::new(),
+    };
+    let mut space = OrderSpace::new(db, tlb, true).unwrap();
+    space.tlb_mut().root = space.root();
+    space
+}
+
+/// Runs `op` and checks that every table frame it freed was, at some full
+/// flush during it, already unlinked and not yet freed.
+fn assert_tables_freed_after_flush<'a>(
+    space: &mut OrderSpace<'a>,
+    db: &FrameDb<'_>,
+    what: &str,
+    op: impl FnOnce(&mut OrderSpace<'a>),
+) {
+    let before = table_set(db);
+    space.tlb_mut().safe_after_flush.clear();
+    op(space);
+    let after = table_set(db);
+    let freed: Vec<u64> = before.difference(&after).copied().collect();
+    assert!(!freed.is_empty(), "{what}: the scenario must free tables");
+    let log = &space.tlb_mut().safe_after_flush;
+    for frame in freed {
+        assert!(
+            log.iter().any(|safe| safe.contains(&frame)),
+            "{what}: table {frame:#x} freed without a flush between its unlinking and its freeing"
+        );
+    }
+}
+
+#[test]
+fn page_table_frames_are_freed_only_after_a_flush_that_follows_their_unlinking() {
+    let mem = Memory::new(128);
+    let db = mem.db();
+    let mut space = order_space(&db);
+    let v = space.map_vma(BASE, BASE + 64 * PAGE_2M, SHARED_RW).unwrap();
+    let page = db.alloc_page().unwrap();
+    // A zap that empties two page tables, their directory and its parent.
+    space.insert_page(v, BASE, &page).unwrap();
+    space.insert_page(v, BASE + PAGE_2M, &page).unwrap();
+    assert_tables_freed_after_flush(&mut space, &db, "zap", |s| {
+        s.zap_range(v, BASE, BASE + 2 * PAGE_2M).unwrap()
+    });
+    // More emptied tables than one gather holds.
+    for i in 0..40 {
+        space.insert_page(v, BASE + i * PAGE_2M, &page).unwrap();
+    }
+    assert_tables_freed_after_flush(&mut space, &db, "a zap of 40 tables", |s| {
+        s.zap_range(v, BASE, BASE + 40 * PAGE_2M).unwrap()
+    });
+    assert_eq!(counts(&db, page.pfn()), (1, 0));
+    // A failed remap (busy part-way) undoes what it wrote and prunes.
+    space.insert_page(v, BASE + 3 * PAGE_2M, &page).unwrap();
+    assert_tables_freed_after_flush(&mut space, &db, "remap undo", |s| {
+        assert_eq!(
+            s.remap_pfn_range(v, BASE, 0x100, 3 * PAGE_2M + PAGE_4K, PageProt::READ_ONLY),
+            Err(MmError::WrongVmaKind)
+        );
+        s.zap_range(v, BASE + 3 * PAGE_2M, BASE + 3 * PAGE_2M + PAGE_4K)
+            .unwrap();
+    });
+    drop(space);
+    drop(page);
+    // Frame exhaustion inside `walk_alloc`: the tables it made are freed.
+    let mem = Memory::new(4);
+    let db = mem.db();
+    let mut space = order_space(&db);
+    let page = db.alloc_page().unwrap();
+    let v = space.map_vma(BASE, BASE + PAGE_4K, SHARED_RW).unwrap();
+    let mut tables_made = 0;
+    space.tlb_mut().safe_after_flush.clear();
+    let before = db.free_frames();
+    assert_eq!(space.insert_page(v, BASE, &page), Err(MmError::OutOfMemory));
+    assert_eq!(db.free_frames(), before);
+    for safe in &space.tlb_mut().safe_after_flush {
+        tables_made = tables_made.max(safe.len());
+    }
+    assert_eq!(
+        tables_made, 2,
+        "the PDPT and PD were unlinked, flushed, then freed"
+    );
+}
+
+#[test]
+fn stale_and_foreign_area_ids_are_refused() {
+    let mem = Memory::new(32);
+    let db = mem.db();
+    let mut space = Space::new(&db, Tlb::default(), true).unwrap();
+    let mut other = Space::new(&db, Tlb::default(), true).unwrap();
+    let page = db.alloc_page().unwrap();
+    let old = space.map_vma(BASE, BASE + PAGE_4K, SHARED_RW).unwrap();
+    space.unmap_vma(old).unwrap();
+    // A new area takes the same slot; the old id must not reach it.
+    let new = space.map_vma(BASE, BASE + PAGE_4K, SHARED_RW).unwrap();
+    assert_ne!(old, new);
+    assert_eq!(space.insert_page(old, BASE, &page), Err(MmError::NoSuchVma));
+    assert_eq!(
+        space.zap_range(old, BASE, BASE + PAGE_4K),
+        Err(MmError::NoSuchVma)
+    );
+    assert_eq!(space.unmap_vma(old), Err(MmError::NoSuchVma));
+    let theirs = other.map_vma(BASE, BASE + PAGE_4K, SHARED_RW).unwrap();
+    assert_eq!(
+        space.insert_page(theirs, BASE, &page),
+        Err(MmError::ForeignVma)
+    );
+    assert_eq!(space.vma(theirs).err(), Some(MmError::ForeignVma));
+    assert_eq!(
+        space.insert_pages(theirs, BASE, std::slice::from_ref(&page)),
+        Err(PartialInsert {
+            inserted: 0,
+            error: MmError::ForeignVma
+        })
+    );
+    assert!(space.translate(BASE).is_none() && other.translate(BASE).is_none());
+    assert_eq!(counts(&db, page.pfn()), (1, 0));
+    space.insert_page(new, BASE, &page).unwrap();
+}
+
+/// Host memory that stands for 2 MiB-aligned device frames (not in any
+/// frame database).
+struct HugeFrames {
+    base: *mut u8,
+    layout: Layout,
+}
+
+impl HugeFrames {
+    fn new(count: usize) -> HugeFrames {
+        let layout = Layout::from_size_align(count * PAGE_2M as usize, PAGE_2M as usize).unwrap();
+        // SAFETY: non-zero size.
+        let base = unsafe { alloc_zeroed(layout) };
+        assert!(!base.is_null());
+        HugeFrames { base, layout }
+    }
+    fn pfn(&self) -> u64 {
+        self.base as u64 >> 12
+    }
+}
+
+impl Drop for HugeFrames {
+    fn drop(&mut self) {
+        // SAFETY: allocated in `new` with this layout.
+        unsafe { dealloc(self.base, self.layout) }
+    }
+}
+
+fn fingerprint<T: TlbFlush>(
+    space: &AddressSpace<'_, FakeHal, T>,
+    db: &FrameDb<'_>,
+) -> (Vec<(u64, u64)>, usize, usize) {
+    (
+        space
+            .leaves(0, super::space::USER_END)
+            .map(|l| (l.va, l.entry))
+            .collect(),
+        table_frames(db),
+        db.free_frames(),
+    )
+}
+
+#[test]
+fn a_write_fault_on_a_2mib_copy_on_write_entry_splits_it_and_copies_one_page() {
+    let frames = HugeFrames::new(1);
+    page_bytes((frames.pfn() + 5) << 12).fill(0x5a);
+    let mem = Memory::new(16);
+    let db = mem.db();
+    let mut space = Space::new(&db, Tlb::default(), true).unwrap();
+    let v = space.map_vma(BASE, BASE + PAGE_2M, COW).unwrap();
+    space
+        .remap_pfn_range(v, BASE, frames.pfn(), PAGE_2M, PageProt::READ_ONLY)
+        .unwrap();
+    assert_eq!(space.translate(BASE).unwrap().level, 2);
+    let at = BASE + 5 * PAGE_4K + 123;
+    // Out of memory for the copy, then for the split: nothing changes.
+    let held: Vec<PageRef<'_>> = std::iter::from_fn(|| db.alloc_page().ok()).collect();
+    let before = fingerprint(&space, &db);
+    assert_eq!(space.handle_write_fault(at), Err(MmError::OutOfMemory));
+    assert_eq!(fingerprint(&space, &db), before);
+    let mut held = held;
+    drop(held.pop());
+    let before = fingerprint(&space, &db);
+    assert_eq!(
+        space.handle_write_fault(at),
+        Err(MmError::OutOfMemory),
+        "one frame: the copy, but no table for the split"
+    );
+    assert_eq!(fingerprint(&space, &db), before);
+    drop(held);
+    assert_eq!(space.handle_write_fault(at), Ok(WriteFault::Copied));
+    let leaf = space.translate(at).unwrap();
+    assert_eq!(leaf.level, 1);
+    assert!(!leaf.is_special() && leaf.entry & pte::WRITABLE != 0);
+    assert_ne!(leaf.phys() >> 12, frames.pfn() + 5);
+    assert!(page_bytes(leaf.phys()).iter().all(|&b| b == 0x5a));
+    // The other 511 pages still map the device frames, read-only, special.
+    let rest: Vec<_> = space
+        .leaves(BASE, BASE + PAGE_2M)
+        .filter(|l| l.va != BASE + 5 * PAGE_4K)
+        .collect();
+    assert_eq!(rest.len(), 511);
+    assert!(rest.iter().all(|l| l.level == 1
+        && l.is_special()
+        && l.entry & pte::WRITABLE == 0
+        && l.phys() == (frames.pfn() << 12) + (l.va - BASE)));
+    assert!(
+        page_bytes((frames.pfn() + 5) << 12)
+            .iter()
+            .all(|&b| b == 0x5a)
+    );
+    drop(space);
+    assert_eq!(table_frames(&db), 0);
+    assert_eq!(db.free_frames(), db.len());
+}
+
+#[test]
+fn fork_write_protects_writable_special_entries_of_copy_on_write_areas() {
+    let frames = HugeFrames::new(2);
+    let mem = Memory::new(32);
+    let db = mem.db();
+    let mut parent = Space::new(&db, Tlb::default(), true).unwrap();
+    let mut child = Space::new(&db, Tlb::default(), true).unwrap();
+    // A private area remapped read-write: 4 KiB and 2 MiB special entries.
+    let small = parent.map_vma(BASE, BASE + PAGE_4K, COW).unwrap();
+    parent
+        .remap_pfn_range(small, BASE, frames.pfn(), PAGE_4K, PageProt::READ_WRITE)
+        .unwrap();
+    let huge = parent
+        .map_vma(BASE + PAGE_2M, BASE + 2 * PAGE_2M, COW)
+        .unwrap();
+    parent
+        .remap_pfn_range(
+            huge,
+            BASE + PAGE_2M,
+            frames.pfn() + 512,
+            PAGE_2M,
+            PageProt::READ_WRITE,
+        )
+        .unwrap();
+    assert!(parent.translate(BASE).unwrap().entry & pte::WRITABLE != 0);
+    let small_child = parent.fork_range(small, &mut child).unwrap();
+    let huge_child = parent.fork_range(huge, &mut child).unwrap();
+    for space in [&parent, &child] {
+        for va in [BASE, BASE + PAGE_2M] {
+            assert_eq!(
+                space.translate(va).unwrap().entry & pte::WRITABLE,
+                0,
+                "{va:#x} read-only on both sides"
+            );
+        }
+    }
+    assert!(
+        parent.tlb_mut().pages.contains(&BASE),
+        "the downgrade was flushed"
+    );
+    // A write on either side gets a private copy; the device frames stay.
+    page_bytes(frames.pfn() << 12)[0] = 0x11;
+    assert_eq!(child.handle_write_fault(BASE), Ok(WriteFault::Copied));
+    page_bytes(child.translate(BASE).unwrap().phys())[0] = 0x22;
+    assert_eq!(page_bytes(frames.pfn() << 12)[0], 0x11);
+    assert_eq!(
+        child.handle_write_fault(BASE + PAGE_2M + 7 * PAGE_4K),
+        Ok(WriteFault::Copied)
+    );
+    assert!(parent.translate(BASE + PAGE_2M).unwrap().level == 2);
+    assert_eq!(parent.handle_write_fault(BASE), Ok(WriteFault::Copied));
+    assert_ne!(
+        parent.translate(BASE).unwrap().phys(),
+        child.translate(BASE).unwrap().phys()
+    );
+    let _ = (small_child, huge_child);
+    drop((parent, child));
+    assert_eq!(db.free_frames(), db.len(), "every copy and table came back");
+}
+
+/// Runs `op` on a fresh setup with only `free` frames left in the pool,
+/// for every `free` from 0 until it succeeds; each failure must leave the
+/// state exactly as `expect_after_error` says.
+fn sweep_exhaustion(
+    name: &str,
+    frames: usize,
+    setup: impl Fn(&FrameDb<'_>, &mut Space<'_>) -> VmaId,
+    op: impl for<'a> Fn(&mut Space<'a>, VmaId, &mut Space<'a>) -> Result<(), MmError>,
+) {
+    for free in 0.. {
+        let mem = Memory::new(frames);
+        let db = mem.db();
+        let mut space = Space::new(&db, Tlb::default(), true).unwrap();
+        let mut other = Space::new(&db, Tlb::default(), true).unwrap();
+        let id = setup(&db, &mut space);
+        let mut held: Vec<PageRef<'_>> = std::iter::from_fn(|| db.alloc_page().ok()).collect();
+        held.truncate(held.len().saturating_sub(free));
+        let before = (fingerprint(&space, &db), fingerprint(&other, &db));
+        match op(&mut space, id, &mut other) {
+            Ok(()) => {
+                assert!(free > 0, "{name}: cannot succeed with no frame");
+                return;
+            }
+            Err(e) => {
+                assert_eq!(e, MmError::OutOfMemory, "{name} with {free} free frames");
+                assert_eq!(
+                    (fingerprint(&space, &db), fingerprint(&other, &db)),
+                    before,
+                    "{name}: failed with {free} free frames and changed something"
+                );
+            }
+        }
+        assert!(free < 16, "{name}: never succeeded");
+    }
+}
+
+#[test]
+fn running_out_of_frames_at_any_point_changes_nothing() {
+    let frames = HugeFrames::new(2);
+    let device = frames.pfn();
+    // A 2 MiB (plus 4 KiB) remap: directory, table, at every position.
+    sweep_exhaustion(
+        "remap",
+        64,
+        |_, space| {
+            space
+                .map_vma(BASE, BASE + PAGE_2M + PAGE_4K, SHARED_RW)
+                .unwrap()
+        },
+        |space, id, _| {
+            space.remap_pfn_range(id, BASE, device, PAGE_2M + PAGE_4K, PageProt::READ_ONLY)
+        },
+    );
+    // A zap that must split a 2 MiB entry at each end.
+    sweep_exhaustion(
+        "zap with splits",
+        64,
+        |_, space| {
+            let v = space.map_vma(BASE, BASE + 2 * PAGE_2M, SHARED_RW).unwrap();
+            space
+                .remap_pfn_range(v, BASE, device, 2 * PAGE_2M, PageProt::READ_ONLY)
+                .unwrap();
+            v
+        },
+        |space, id, _| space.zap_range(id, BASE + PAGE_4K, BASE + PAGE_2M + PAGE_4K),
+    );
+    // fork of an area with pages in two page tables.
+    sweep_exhaustion(
+        "fork",
+        64,
+        |db, space| {
+            let v = space.map_vma(BASE, BASE + 2 * PAGE_2M, COW).unwrap();
+            let a = db.alloc_page().unwrap();
+            space.insert_page(v, BASE, &a).unwrap();
+            space.insert_page(v, BASE + PAGE_2M, &a).unwrap();
+            v
+        },
+        |space, id, child| space.fork_range(id, child).map(|_| ()),
+    );
+}
+
+#[test]
+fn insert_pages_out_of_frames_keeps_exactly_what_it_reports() {
+    for free in 0..6 {
+        let mem = Memory::new(64);
+        let db = mem.db();
+        let mut space = Space::new(&db, Tlb::default(), true).unwrap();
+        let v = space.map_vma(BASE, BASE + 4 * PAGE_2M, SHARED_RW).unwrap();
+        // Three pages: one at the end of one table, two in the next.
+        let pages: Vec<PageRef<'_>> = (0..3).map(|_| db.alloc_page().unwrap()).collect();
+        let mut held: Vec<PageRef<'_>> = std::iter::from_fn(|| db.alloc_page().ok()).collect();
+        held.truncate(held.len().saturating_sub(free));
+        let at = BASE + PAGE_2M - PAGE_4K;
+        let result = space.insert_pages(v, at, &pages);
+        let inserted = match result {
+            Ok(()) => 3,
+            Err(PartialInsert {
+                inserted,
+                error: MmError::OutOfMemory,
+            }) => inserted,
+            Err(other) => panic!("unexpected {other:?}"),
+        };
+        let mapped: Vec<_> = space.leaves(0, 1 << 47).map(|l| (l.va, l.phys())).collect();
+        let expected: Vec<_> = (0..inserted)
+            .map(|i| (at + i as u64 * PAGE_4K, pages[i].phys()))
+            .collect();
+        assert_eq!(mapped, expected, "{free} free frames");
+        for (i, page) in pages.iter().enumerate() {
+            let maps = u32::from(i < inserted);
+            assert_eq!(counts(&db, page.pfn()), (1 + maps, maps));
+        }
+        drop(held);
+        if inserted == 3 {
+            assert!(free >= 3, "root's PDPT, PD and two PTs need frames");
+            return;
+        }
+    }
+    panic!("insert_pages never succeeded");
+}
+
+/// Numbers a hostile caller picks: small, huge, near every boundary.
+fn hostile() -> impl Strategy<Value = u64> {
+    prop_oneof![
+        0u64..0x10_0000,
+        (BASE - 0x2000..BASE + 0x40_2000),
+        (1u64 << 47) - 0x2000..(1u64 << 47) + 0x2000,
+        (1u64 << 52) - 0x10..(1u64 << 52) + 0x10,
+        u64::MAX - 0x2000..=u64::MAX,
+        any::<u64>(),
+    ]
+}
+
+#[derive(Clone, Debug)]
+enum Call {
+    MapVma(u64, u64),
+    InsertPage(u64),
+    InsertPages(u64, usize),
+    Remap(u64, u64, u64),
+    InsertPfn(u64, u64),
+    Zap(u64, u64),
+    NormalPage(u64),
+    WriteFault(u64),
+}
+
+fn call() -> impl Strategy<Value = Call> {
+    prop_oneof![
+        (hostile(), hostile()).prop_map(|(a, b)| Call::MapVma(a, b)),
+        hostile().prop_map(Call::InsertPage),
+        (hostile(), 0usize..4).prop_map(|(a, n)| Call::InsertPages(a, n)),
+        (hostile(), hostile(), hostile()).prop_map(|(a, p, s)| Call::Remap(a, p, s)),
+        (hostile(), hostile()).prop_map(|(a, p)| Call::InsertPfn(a, p)),
+        (hostile(), hostile()).prop_map(|(a, b)| Call::Zap(a, b)),
+        hostile().prop_map(Call::NormalPage),
+        hostile().prop_map(Call::WriteFault),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 400, ..ProptestConfig::default() })]
+
+    /// Whatever the numbers: no panic (overflow checks on), and a call that
+    /// returns an error leaves entries, tables, free frames, counts and area
+    /// flags as they were.
+    #[test]
+    fn hostile_numbers_are_errors_that_change_nothing(calls in prop::collection::vec(call(), 1..30)) {
+        let mem = Memory::new(48);
+        let db = mem.db();
+        let mut space = Space::new(&db, Tlb::default(), true).unwrap();
+        let ids = [
+            space.map_vma(BASE, BASE + 4 * PAGE_4K, SHARED_RW).unwrap(),
+            space.map_vma(BASE + PAGE_2M, BASE + 3 * PAGE_2M, COW).unwrap(),
+        ];
+        let pages: Vec<PageRef<'_>> = (0..3).map(|_| db.alloc_page().unwrap()).collect();
+        let state = |space: &Space<'_>| {
+            let flags: Vec<Option<VmFlags>> = ids.iter().map(|&id| space.vma(id).ok().map(|v| v.flags)).collect();
+            let page_counts: Vec<_> = pages.iter().map(|p| counts(&db, p.pfn())).collect();
+            (fingerprint(space, &db), flags, page_counts)
+        };
+        for (i, call) in calls.into_iter().enumerate() {
+            let id = ids[i % 2];
+            let before = state(&space);
+            let failed = match call {
+                Call::MapVma(a, b) => space.map_vma(a, b, SHARED_RW).is_err(),
+                Call::InsertPage(a) => space.insert_page(id, a, &pages[i % 3]).is_err(),
+                Call::InsertPages(a, n) => match space.insert_pages(id, a, &pages[..n]) {
+                    Ok(()) => false,
+                    // Pages inserted before the error stay: not "nothing".
+                    Err(p) => p.inserted == 0,
+                },
+                Call::Remap(a, p, s) => space.remap_pfn_range(id, a, p, s, PageProt::READ_WRITE).is_err(),
+                Call::InsertPfn(a, p) => space.insert_pfn(id, a, p).is_err(),
+                Call::Zap(a, b) => space.zap_range(id, a, b).is_err(),
+                Call::NormalPage(a) => { let _ = space.normal_page(id, a); let _ = space.translate(a); true }
+                Call::WriteFault(a) => space.handle_write_fault(a).is_err(),
+            };
+            if failed {
+                prop_assert_eq!(state(&space), before);
+            }
+        }
+        drop(space);
+        prop_assert_eq!(table_frames(&db), 0);
+        for page in &pages {
+            prop_assert_eq!(counts(&db, page.pfn()), (1, 0));
+        }
+    }
+}
+
+#[test]
+fn kind_of_a_frame_the_database_does_not_cover_is_not_counted() {
+    // Guards the CountedFrame rule's edge: frames outside the database are
+    // raw PFNs and are taken in a MIXEDMAP area.
+    let mem = Memory::new(16);
+    let db = mem.db();
+    let mut space = Space::new(&db, Tlb::default(), true).unwrap();
+    let v = space.map_vma(BASE, BASE + 2 * PAGE_4K, SHARED_RW).unwrap();
+    let page = db.alloc_page().unwrap();
+    space.insert_page(v, BASE, &page).unwrap();
+    let outside = db.base_pfn() + db.len() as u64 + 10;
+    assert!(db.state(outside).is_none());
+    assert!(space.insert_pfn(v, BASE + PAGE_4K, outside).is_ok());
+    assert!(space.vma(v).unwrap().flags.contains(VmFlags::MIXEDMAP));
+}
