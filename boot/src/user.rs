@@ -27,7 +27,7 @@ use core::sync::atomic::{AtomicPtr, Ordering};
 use core::time::Duration;
 
 use dmaengine::drivers::edu;
-use dmaengine::engine::PrepFlags;
+use dmaengine::engine::{DmaError, Op, PrepFlags};
 use dmaengine::mm::MmError;
 use dmaengine::mm::frame::PageRef;
 use dmaengine::mm::pte::{self, CacheMode, PAGE_4K};
@@ -41,7 +41,7 @@ use crate::trap::TrapFrame;
 use crate::{devices, gdt, mem, platform, print, time};
 
 /// Where a process's code is loaded (PML4 slot 1; slot 0 is the kernel).
-const CODE: u64 = (1 << 39) + (4 << 20);
+pub const CODE: u64 = (1 << 39) + (4 << 20);
 /// The top of its stack.
 const STACK_TOP: u64 = (1 << 39) + (8 << 20);
 const STACK_PAGES: u64 = 4;
@@ -52,6 +52,14 @@ const HEAP_SIZE: u64 = 16 << 20;
 pub const DATA: u64 = (1 << 39) + (12 << 20);
 /// The first word of that page as the process starts.
 pub const DATA_WORD: u64 = 0x1111_2222;
+/// Where a script's system calls are read from (read-only to the process).
+pub const SCRIPT: u64 = (1 << 39) + (14 << 20);
+/// Where a script's results are written (one `i64` per call).
+const RESULTS: u64 = (1 << 39) + (15 << 20);
+/// Calls one script holds: a page of 32-byte entries, less the end marker.
+const MAX_SCRIPT_CALLS: usize = (PAGE_4K as usize / 32) - 1;
+/// Heap pages whose bytes [`Outcome::heap`] reports.
+const HEAP_SNAPSHOT_PAGES: u64 = 4;
 /// Where `map_device` puts the edu registers.
 const DEVICE: u64 = (1 << 39) + (512 << 20);
 /// The longest `dma_copy`.
@@ -89,11 +97,21 @@ pub struct Outcome {
     /// The first word of the original data page after the run: a write by
     /// the process went to its private copy, so this is still `DATA_WORD`.
     pub original_data_word: u64,
+    /// What each call of a script returned (empty for other programs).
+    pub results: Vec<i64>,
+    /// The bytes of the first heap pages as the process ended (zeros where
+    /// nothing was mapped).
+    pub heap: Vec<u8>,
 }
+
+/// One system call of a script: number and three arguments.
+pub type Call = [u64; 4];
 
 struct Process {
     space: Space,
     data: PageRef<'static>,
+    /// The script's page and its results page, for `run_script`.
+    script: Option<(PageRef<'static>, PageRef<'static>)>,
     heap: VmaId,
     heap_next: u64,
     device: VmaId,
@@ -139,7 +157,7 @@ unsafe extern "C" {
     fn enter_user(rip: u64, rsp: u64, cs: u64, ss: u64) -> !;
 }
 
-fn build(program: &[u8], echo: bool) -> Result<Process, MmError> {
+fn build(program: &[u8], echo: bool, calls: Option<&[Call]>) -> Result<Process, MmError> {
     let mut space = new_space(platform().nx)?;
     let code_pages = (program.len() as u64).div_ceil(PAGE_4K).max(1);
     let code = space.map_vma(
@@ -183,9 +201,33 @@ fn build(program: &[u8], echo: bool) -> Result<Process, MmError> {
     space
         .insert_pages(stack, STACK_TOP - STACK_PAGES * PAGE_4K, &stack_frames)
         .map_err(|e| e.error)?;
+    let script = match calls {
+        Some(calls) => {
+            let table = zeroed_page()?;
+            let words = calls.iter().flatten().copied().chain([u64::MAX, 0, 0, 0]);
+            for (i, word) in words.enumerate() {
+                // SAFETY: the page is ours; `calls` fits in it (checked by
+                // `run_script`), so `i` stays below 512.
+                unsafe {
+                    mem::phys_to_virt(table.phys())
+                        .cast::<u64>()
+                        .add(i)
+                        .write(word)
+                };
+            }
+            let results = zeroed_page()?;
+            let ro = space.map_vma(SCRIPT, SCRIPT + PAGE_4K, VmFlags::READ)?;
+            space.insert_page(ro, SCRIPT, &table)?;
+            let rw = space.map_vma(RESULTS, RESULTS + PAGE_4K, SHARED_RW)?;
+            space.insert_page(rw, RESULTS, &results)?;
+            Some((table, results))
+        }
+        None => None,
+    };
     Ok(Process {
         space,
         data,
+        script,
         heap,
         heap_next: HEAP,
         device,
@@ -207,7 +249,22 @@ fn zeroed_page() -> Result<PageRef<'static>, MmError> {
 /// byte) in ring 3 until it ends. With `echo`, its writes go to the console
 /// as well.
 pub fn run(program: &[u8], echo: bool) -> Result<Outcome, MmError> {
-    let mut process = build(program, echo)?;
+    run_process(build(program, echo, None)?)
+}
+
+/// Runs a process that makes the system calls `calls` in turn (with any
+/// numbers at all: this is how bad input is thrown at the kernel), records
+/// each result in [`Outcome::results`], and exits 0.
+pub fn run_script(calls: &[Call]) -> Result<Outcome, MmError> {
+    if calls.len() > MAX_SCRIPT_CALLS {
+        return Err(MmError::OutOfRange);
+    }
+    let mut outcome = run_process(build(script_runner(), false, Some(calls))?)?;
+    outcome.results.truncate(calls.len());
+    Ok(outcome)
+}
+
+fn run_process(mut process: Process) -> Result<Outcome, MmError> {
     CURRENT.store(&raw mut process, Ordering::Release);
     let exit = with_loaded(&mut process.space, |_| {
         let ended = recover::catch(|| {
@@ -237,10 +294,31 @@ pub fn run(program: &[u8], echo: bool) -> Result<Outcome, MmError> {
     // SAFETY: the kernel's own reference keeps the original page alive;
     // the direct map covers it.
     let original_data_word = unsafe { mem::phys_to_virt(process.data.phys()).cast::<u64>().read() };
+    let results = process.script.as_ref().map_or_else(Vec::new, |(_, page)| {
+        // SAFETY: the results page is still referenced by us; the direct
+        // map covers it.
+        let words = unsafe {
+            core::slice::from_raw_parts(mem::phys_to_virt(page.phys()).cast::<i64>(), 512)
+        };
+        words.to_vec()
+    });
+    let mut heap = Vec::new();
+    for i in 0..HEAP_SNAPSHOT_PAGES {
+        let va = HEAP + i * PAGE_4K;
+        match process.space.translate(va).and_then(|l| l.phys_of(va)) {
+            // SAFETY: a page the process maps, still alive; direct-mapped.
+            Some(pa) => heap.extend_from_slice(unsafe {
+                core::slice::from_raw_parts(mem::phys_to_virt(pa), PAGE_4K as usize)
+            }),
+            None => heap.resize(heap.len() + PAGE_4K as usize, 0),
+        }
+    }
     Ok(Outcome {
         exit,
         output: core::mem::take(&mut process.output),
         original_data_word,
+        results,
+        heap,
     })
 }
 
@@ -295,7 +373,13 @@ impl Process {
     }
 
     fn map_pages(&mut self, count: u64) -> i64 {
-        if count == 0 || self.heap_next + count * PAGE_4K > HEAP + HEAP_SIZE {
+        // Checked: a huge count must not wrap past the limit (and make the
+        // kernel allocate its whole pool before failing).
+        let fits = count
+            .checked_mul(PAGE_4K)
+            .and_then(|len| self.heap_next.checked_add(len))
+            .is_some_and(|end| end <= HEAP + HEAP_SIZE);
+        if count == 0 || !fits {
             return EINVAL;
         }
         let Ok(pages) = (0..count)
@@ -375,25 +459,19 @@ impl Process {
         let Some(chan) = self.lsi.as_mut() else {
             return ENODEV;
         };
-        // Walk both lists of pieces together, one copy per overlap.
+        // Walk both lists of pieces together, one copy per overlap. The
+        // pieces enter the ring as one batch, whole or not at all: a piece
+        // refused after others were written must not leave those to run
+        // on a later call.
+        let mut ops = Vec::new();
         let (mut di, mut si, mut doff, mut soff) = (0, 0, 0, 0);
-        let mut last = None;
         while di < dst.len() && si < src.len() {
             let n = (dst[di].1 - doff).min(src[si].1 - soff);
-            // SAFETY: both sides are the caller's own mapped pages, which
-            // stay mapped (the process is stopped in this call) until the
-            // copy has ended below.
-            match unsafe {
-                chan.prep_copy(
-                    dst[di].0 + doff,
-                    src[si].0 + soff,
-                    n as usize,
-                    PrepFlags::empty(),
-                )
-            } {
-                Ok(cookie) => last = Some(cookie),
-                Err(_) => return EINVAL,
-            }
+            ops.push(Op::Copy {
+                dst: dst[di].0 + doff,
+                src: src[si].0 + soff,
+                len: n as usize,
+            });
             doff += n;
             soff += n;
             if doff == dst[di].1 {
@@ -403,9 +481,17 @@ impl Process {
                 (si, soff) = (si + 1, 0);
             }
         }
-        match last.map(|c| chan.wait(c, &mut time::Delay, Duration::from_secs(2))) {
-            Some(Ok(())) => 0,
-            _ => {
+        // SAFETY: both sides are the caller's own mapped pages, which stay
+        // mapped (the process is stopped in this call) until the copy has
+        // ended below; a refused batch prepared nothing.
+        let batch = match unsafe { chan.prep_batch(&ops, PrepFlags::empty()) } {
+            Ok(batch) => batch,
+            Err(DmaError::NoMemory) => return ENOMEM,
+            Err(_) => return EINVAL,
+        };
+        match chan.wait(batch.last, &mut time::Delay, Duration::from_secs(2)) {
+            Ok(()) => 0,
+            Err(_) => {
                 // Whatever is still in flight must end before we return.
                 chan.terminate();
                 let _ = chan.reset();
@@ -623,6 +709,29 @@ user_cow_start:
     int 0x80
 user_cow_end:
 
+    .global user_script_start
+    .global user_script_end
+user_script_start:
+    movabs r12, 0x8000e00000
+    movabs r13, 0x8000f00000
+1:
+    mov rax, [r12]
+    cmp rax, -1
+    je 2f
+    mov rdi, [r12 + 8]
+    mov rsi, [r12 + 16]
+    mov rdx, [r12 + 24]
+    int 0x80
+    mov [r13], rax
+    add r12, 32
+    add r13, 8
+    jmp 1b
+2:
+    xor edi, edi
+    xor eax, eax
+    int 0x80
+user_script_end:
+
     .global user_spin_start
     .global user_spin_end
 user_spin_start:
@@ -642,6 +751,8 @@ unsafe extern "C" {
     static user_unmap_end: u8;
     static user_cow_start: u8;
     static user_cow_end: u8;
+    static user_script_start: u8;
+    static user_script_end: u8;
     static user_spin_start: u8;
     static user_spin_end: u8;
 }
@@ -680,6 +791,12 @@ pub fn unmapping() -> &'static [u8] {
 /// name the check that failed).
 pub fn copy_on_write() -> &'static [u8] {
     bytes(&raw const user_cow_start, &raw const user_cow_end)
+}
+
+/// Makes the calls of the script page at SCRIPT, writes each result to
+/// RESULTS, exits 0.
+fn script_runner() -> &'static [u8] {
+    bytes(&raw const user_script_start, &raw const user_script_end)
 }
 
 /// Never ends.

@@ -27,7 +27,207 @@ pub const TESTS: &[Test] = &[
         copy_on_write,
     ),
     Test::new("user.hung_process_is_ended_by_the_watchdog", hung_process).timeout_ms(300),
+    Test::new(
+        "user.failed_dma_copy_changes_no_byte_now_or_later",
+        failed_dma_copy_changes_nothing,
+    ),
+    Test::new(
+        "user.bad_system_call_inputs_get_their_errors_and_change_nothing",
+        bad_system_call_inputs,
+    ),
 ];
+
+const WRITE: u64 = 1;
+const MAP_PAGES: u64 = 2;
+const DMA_COPY: u64 = 3;
+const MAP_DEVICE: u64 = 4;
+const UNMAP: u64 = 5;
+const EFAULT: i64 = -14;
+const EINVAL: i64 = -22;
+const KERNEL: u64 = 0xffff_8000_0010_0000;
+const PAGE: u64 = 4096;
+
+/// A `dma_copy` whose second piece is refused (the pieces overlap) must
+/// leave nothing in the ring: the next successful copy would otherwise run
+/// the first piece too.
+fn failed_dma_copy_changes_nothing() {
+    let free = db().free_frames();
+    let heap = user::HEAP;
+    let outcome = user::run_script(&[
+        [MAP_PAGES, 3, 0, 0],
+        // Bytes worth noticing after the page boundary: the script itself.
+        [DMA_COPY, heap + 4100, user::SCRIPT, 200],
+        // 96 bytes from page 1 into page 0 (fine), then 104 bytes whose
+        // sides overlap (refused): the whole call must do nothing.
+        [DMA_COPY, heap + 4000, heap + 4100, 200],
+        // A later copy that succeeds (and issues whatever is in the ring).
+        [DMA_COPY, heap + 2 * PAGE, user::SCRIPT, 16],
+    ])
+    .expect("process");
+    assert!(matches!(outcome.exit, Exit::Code(0)), "{:?}", outcome.exit);
+    assert_eq!(outcome.results, [heap as i64, 0, EINVAL, 0]);
+    let script_bytes = &outcome.heap[4100..4300];
+    assert!(script_bytes.iter().any(|&b| b != 0));
+    assert!(
+        outcome.heap[4000..4096].iter().all(|&b| b == 0),
+        "the refused call's first piece ran later"
+    );
+    assert_eq!(&outcome.heap[2 * 4096..2 * 4096 + 16], &script_bytes[..16]);
+    assert_eq!(db().free_frames(), free);
+}
+
+/// One row of the bad-input matrix (README.md, "Bad input"): what was
+/// tried, the call, and the error it must get.
+struct Row(&'static str, user::Call, i64);
+
+/// Every bad input tried on the system calls, after `map_pages(2)` gave the
+/// process two heap pages. Keep README.md's matrix in step with this.
+const MATRIX: &[Row] = &[
+    Row("unknown call number", [99, 0, 0, 0], EINVAL),
+    Row("unknown call number, huge", [u64::MAX - 1, 1, 2, 3], EINVAL),
+    Row("write: kernel address", [WRITE, KERNEL, 16, 0], EFAULT),
+    Row("write: null pointer", [WRITE, 0, 8, 0], EFAULT),
+    Row(
+        "write: range wraps past 2^64",
+        [WRITE, u64::MAX - 7, 16, 0],
+        EFAULT,
+    ),
+    Row(
+        "write: longer than 4096",
+        [WRITE, user::HEAP, 4097, 0],
+        EINVAL,
+    ),
+    Row("map_pages: zero pages", [MAP_PAGES, 0, 0, 0], EINVAL),
+    Row(
+        "map_pages: 2^52 pages (wraps the byte count)",
+        [MAP_PAGES, 1 << 52, 0, 0],
+        EINVAL,
+    ),
+    Row(
+        "map_pages: u64::MAX pages",
+        [MAP_PAGES, u64::MAX, 0, 0],
+        EINVAL,
+    ),
+    Row(
+        "map_pages: more than the heap holds",
+        [MAP_PAGES, 4095, 0, 0],
+        EINVAL,
+    ),
+    Row(
+        "dma_copy: zero length",
+        [DMA_COPY, user::HEAP, user::HEAP + PAGE, 0],
+        EINVAL,
+    ),
+    Row(
+        "dma_copy: longer than 1 MiB",
+        [DMA_COPY, user::HEAP, user::HEAP + PAGE, (1 << 20) + 1],
+        EINVAL,
+    ),
+    Row(
+        "dma_copy: length u64::MAX",
+        [DMA_COPY, user::HEAP, user::HEAP + PAGE, u64::MAX],
+        EINVAL,
+    ),
+    Row(
+        "dma_copy: kernel destination",
+        [DMA_COPY, KERNEL, user::HEAP, 16],
+        EFAULT,
+    ),
+    Row(
+        "dma_copy: kernel source",
+        [DMA_COPY, user::HEAP, KERNEL, 16],
+        EFAULT,
+    ),
+    Row(
+        "dma_copy: destination wraps past 2^64",
+        [DMA_COPY, u64::MAX - 7, user::HEAP, 16],
+        EFAULT,
+    ),
+    Row(
+        "dma_copy: source wraps past 2^64",
+        [DMA_COPY, user::HEAP, u64::MAX - 7, 16],
+        EFAULT,
+    ),
+    Row(
+        "dma_copy: read-only destination (code)",
+        [DMA_COPY, user::CODE, user::HEAP, 16],
+        EFAULT,
+    ),
+    Row(
+        "dma_copy: read-only destination (script)",
+        [DMA_COPY, user::SCRIPT, user::HEAP, 16],
+        EFAULT,
+    ),
+    Row(
+        "dma_copy: heap address this process never mapped",
+        [DMA_COPY, user::HEAP + (8 << 20), user::HEAP, 16],
+        EFAULT,
+    ),
+    Row(
+        "dma_copy: destination runs off the mapped pages",
+        [DMA_COPY, user::HEAP + 2 * PAGE - 8, user::HEAP, 16],
+        EFAULT,
+    ),
+    Row(
+        "dma_copy: overlapping sides",
+        [DMA_COPY, user::HEAP, user::HEAP + 16, 32],
+        EINVAL,
+    ),
+    Row("unmap: zero pages", [UNMAP, user::HEAP, 0, 0], EINVAL),
+    Row(
+        "unmap: misaligned address",
+        [UNMAP, user::HEAP + 1, 1, 0],
+        EINVAL,
+    ),
+    Row(
+        "unmap: u64::MAX pages",
+        [UNMAP, user::HEAP, u64::MAX, 0],
+        EINVAL,
+    ),
+    Row(
+        "unmap: 2^52 pages (wraps the byte count)",
+        [UNMAP, user::HEAP, 1 << 52, 0],
+        EINVAL,
+    ),
+    Row(
+        "unmap: outside the heap (code)",
+        [UNMAP, user::CODE, 1, 0],
+        EINVAL,
+    ),
+    Row(
+        "unmap: heap pages never mapped",
+        [UNMAP, user::HEAP + 2 * PAGE, 1, 0],
+        EINVAL,
+    ),
+];
+
+fn bad_system_call_inputs() {
+    let free = db().free_frames();
+    let mut calls = alloc::vec![[MAP_PAGES, 2, 0, 0]];
+    calls.extend(MATRIX.iter().map(|row| row.1));
+    // Afterwards: the next page comes right after the first two (no bad
+    // call moved the heap), the device maps, and the process exits.
+    calls.push([MAP_PAGES, 1, 0, 0]);
+    calls.push([MAP_DEVICE, 0, 0, 0]);
+    let outcome = user::run_script(&calls).expect("process");
+    assert!(matches!(outcome.exit, Exit::Code(0)), "{:?}", outcome.exit);
+    assert_eq!(outcome.results[0], user::HEAP as i64);
+    for (row, &got) in MATRIX.iter().zip(&outcome.results[1..]) {
+        assert_eq!(got, row.2, "{}: {:x?}", row.0, row.1);
+    }
+    let n = MATRIX.len();
+    assert_eq!(outcome.results[n + 1], (user::HEAP + 2 * PAGE) as i64);
+    assert!(
+        outcome.results[n + 2] > 0,
+        "map_device: {}",
+        outcome.results[n + 2]
+    );
+    assert!(
+        outcome.heap.iter().all(|&b| b == 0),
+        "no refused call wrote the heap"
+    );
+    assert_eq!(db().free_frames(), free, "no frame leaked");
+}
 
 fn story() {
     let free = db().free_frames();
