@@ -73,7 +73,7 @@ status=${PIPESTATUS[0]}
 case "$status" in
     33) rc=0 ;;
     35) echo "qemu-run: the guest reported failures (log: $log)" >&2; rc=1 ;;
-    37) echo "qemu-run: no test matches filter '$filter'" >&2; rc=2 ;;
+    37) echo "qemu-run: nothing matches filter '$filter' (no test or benchmark ran)" >&2; rc=2 ;;
     39) echo "qemu-run: the kernel rejected the command line '$mode $filter'" >&2; rc=2 ;;
     124|137) echo "qemu-run: timed out after ${timeout_s}s (TIMEOUT=seconds to change)" >&2; rc=1 ;;
     0) echo "qemu-run: QEMU exited with status 0: a triple fault or reset, never a pass" >&2; rc=1 ;;
@@ -83,9 +83,19 @@ esac
 if [ "$mode" = bench ] && [ "$rc" = 0 ]; then
     mkdir -p target/bench
     csv=target/bench/latest.csv
-    { echo "key,value,unit"; awk '$1 == "BENCH" { printf "%s,%s,%s\n", $2, $3, $4 }' "$log" | tr -d '\r'; } > "$csv"
-    echo
-    awk -F, 'NR > 1 { printf "  %-44s %14s %s\n", $1, $2, $3 }' "$csv"
-    echo "wrote $csv ($(($(wc -l < "$csv") - 1)) results)"
+    # Written aside and moved over the last results only when there are
+    # new ones: a run with none never replaces them.
+    { echo "key,value,unit"; awk '$1 == "BENCH" { printf "%s,%s,%s\n", $2, $3, $4 }' "$log" | tr -d '\r'; } > "$csv.new"
+    results=$(($(wc -l < "$csv.new") - 1))
+    if [ "$results" -le 0 ]; then
+        rm -f "$csv.new"
+        echo "qemu-run: no benchmark results; $csv left as it was" >&2
+        rc=1
+    else
+        mv "$csv.new" "$csv"
+        echo
+        awk -F, 'NR > 1 { printf "  %-44s %14s %s\n", $1, $2, $3 }' "$csv"
+        echo "wrote $csv ($results results)"
+    fi
 fi
 exit "$rc"

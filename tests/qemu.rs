@@ -79,3 +79,23 @@ fn bad_command_lines_are_clear_errors() {
         "{text}"
     );
 }
+
+#[test]
+fn a_bench_run_with_no_results_fails_and_keeps_the_last_results() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let csv = root.join("target/bench/latest.csv");
+    let previous = std::fs::read(&csv).ok();
+    if previous.is_none() {
+        std::fs::create_dir_all(csv.parent().unwrap()).unwrap();
+        std::fs::write(&csv, "key,value,unit\nmarker,1,x\n").unwrap();
+    }
+    let kept = std::fs::read(&csv).unwrap();
+    let (output, text) = qemu_run(&["bench", "no.such.group"]);
+    let after = std::fs::read(&csv).ok();
+    if previous.is_none() {
+        let _ = std::fs::remove_file(&csv);
+    }
+    assert_eq!(output.status.code(), Some(2), "{text}");
+    assert!(text.contains("no benchmark result"), "{text}");
+    assert_eq!(after, Some(kept), "latest.csv must be left as it was");
+}

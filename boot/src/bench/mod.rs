@@ -4,6 +4,8 @@
 mod dma;
 mod mm;
 
+use core::sync::atomic::{AtomicUsize, Ordering};
+
 use dmaengine::drivers::{edu, lsi53c895a};
 use dmaengine::mmio::MmioRegion;
 
@@ -11,8 +13,12 @@ use crate::exit::ExitCode;
 use crate::mem::{PAGE_SIZE, frames, phys_to_virt};
 use crate::{devices, println, time};
 
+/// Results reported in this run.
+static REPORTED: AtomicUsize = AtomicUsize::new(0);
+
 /// Prints one benchmark result line.
 pub fn report(key: &str, value: f64, unit: &str) {
+    REPORTED.fetch_add(1, Ordering::Relaxed);
     println!("BENCH {key} {value:.3} {unit}");
 }
 
@@ -25,7 +31,8 @@ pub fn ns_per_iter(iterations: u64, mut f: impl FnMut()) -> f64 {
     time::cycles_to_ns(time::rdtsc() - start) as f64 / iterations as f64
 }
 
-/// Runs the benchmark groups `filter` names (all if `None`).
+/// Runs the benchmark groups `filter` names (all if `None`); fails when no
+/// result at all was reported.
 pub fn run(filter: Option<&str>) -> ExitCode {
     // A filter names a group (`mm`) or a key under it (`mm.remap_1GiB`).
     let wanted = |group: &str| {
@@ -46,6 +53,12 @@ pub fn run(filter: Option<&str>) -> ExitCode {
     }
     if wanted("mm") {
         mm::run();
+    }
+    // A filter that names no group, or groups whose devices are missing,
+    // is not a successful benchmark run.
+    if REPORTED.load(Ordering::Relaxed) == 0 {
+        println!("error: no benchmark result (filter {:?})", filter.unwrap_or(""));
+        return ExitCode::NoTestMatched;
     }
     ExitCode::Success
 }
