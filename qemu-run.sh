@@ -4,25 +4,28 @@
 #   ./qemu-run.sh                 demo: a short report of what the stack does
 #   ./qemu-run.sh test [filter]   the guest test suite (tests whose name contains filter)
 #   ./qemu-run.sh bench [filter]  benchmarks -> target/bench/latest.csv and a table
+#   ./qemu-run.sh soak [requests] random copies, fills and zeroes (default 1000000)
 #   ./qemu-run.sh selftest        the harness's canaries (must report failures)
 #   ./qemu-run.sh MODE [filter] -- EXTRA QEMU ARGS
 #
 # Environment: ACCEL=tcg|kvm (default tcg: the KVM here is a slow software
-# one), TIMEOUT=seconds (whole run), QEMU=path to qemu-system-x86_64.
+# one), TIMEOUT=seconds (whole run), QEMU=path to qemu-system-x86_64,
+# SEED=n (the seed of the randomized tests; a new one each run otherwise,
+# printed by the guest as its second line).
 # Exit status: 0 when the guest reports success, non-zero otherwise (guest
 # failure, unknown mode, filter matching nothing, timeout, triple fault).
 set -uo pipefail
 cd "$(dirname "$0")" || exit 2
 
 die() { echo "qemu-run: $*" >&2; exit 2; }
-usage() { sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; }
 
 mode=${1:-demo}
 [ $# -gt 0 ] && shift
 case "$mode" in
-    demo|test|bench|selftest) ;;
+    demo|test|bench|soak|selftest) ;;
     -h|--help|help) usage; exit 0 ;;
-    *) usage >&2; die "unknown mode '$mode' (expected demo, test, bench or selftest)" ;;
+    *) usage >&2; die "unknown mode '$mode' (expected demo, test, bench, soak or selftest)" ;;
 esac
 filter=""
 if [ $# -gt 0 ] && [ "$1" != "--" ]; then filter=$1; shift; fi
@@ -54,7 +57,9 @@ cargo build --release --quiet -p dmaengine-boot --target x86_64-unknown-none --t
 kernel=target/kernel/x86_64-unknown-none/release/dmaengine-boot
 
 accel=${ACCEL:-tcg}
-case "$mode" in demo|selftest) default_timeout=120 ;; test) default_timeout=300 ;; *) default_timeout=900 ;; esac
+case "$mode" in demo|selftest) default_timeout=120 ;; test) default_timeout=300 ;; soak) default_timeout=3600 ;; *) default_timeout=900 ;; esac
+seed=${SEED:-$(od -An -N6 -tu8 /dev/urandom | tr -d ' ')}
+case "$seed" in ''|*[!0-9]*) die "SEED must be a decimal number, got '$seed'" ;; esac
 timeout_s=${TIMEOUT:-$default_timeout}
 
 # The edu device gets a 32-bit DMA mask (its default is 28 bits, which
@@ -66,7 +71,7 @@ timeout -k 5 "$timeout_s" "$QEMU" \
     -display none -monitor none -serial stdio -no-reboot -nic none -vga none \
     -device lsi53c895a -device edu,dma_mask=0xffffffff \
     -device isa-debug-exit,iobase=0xf4,iosize=0x04 \
-    -kernel "$kernel" -append "$mode $filter" \
+    -kernel "$kernel" -append "$mode $filter seed=$seed" \
     "${extra[@]}" | tee "$log"
 status=${PIPESTATUS[0]}
 

@@ -2,8 +2,9 @@
 //! memory, interrupts, PCI, the drivers, the tests and the benchmarks.
 //!
 //! The command line (`-append`) picks the mode: `demo` (default), `test
-//! [filter]`, `bench [filter]` or `selftest` (the harness's own canaries,
-//! which must fail).
+//! [filter]`, `bench [filter]`, `soak [requests]` or `selftest` (the
+//! harness's own canaries, which must fail); `seed=N` anywhere seeds the
+//! randomized tests.
 #![no_std]
 #![no_main]
 #![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
@@ -24,7 +25,9 @@ mod mm;
 mod pci;
 mod pvh;
 mod recover;
+mod rng;
 mod serial;
+mod soak;
 mod tests;
 mod time;
 mod trap;
@@ -89,14 +92,32 @@ extern "C" fn kernel_main(start_info: u32) -> ! {
     let cmdline = platform.boot.cmdline();
     let mut words = cmdline.split_whitespace();
     let mode = words.next().unwrap_or("demo");
-    let filter = words.next();
+    let mut filter = None;
+    for word in words {
+        match word.strip_prefix("seed=").map(str::parse::<u64>) {
+            Some(Ok(seed)) => rng::set_seed(seed),
+            Some(Err(_)) => {
+                println!("error: bad seed in {word:?}");
+                exit_qemu(ExitCode::BadCommandLine);
+            }
+            None => filter = Some(word),
+        }
+    }
+    println!(
+        "seed: {} (SEED={} ./qemu-run.sh ... repeats this run)",
+        rng::seed(),
+        rng::seed()
+    );
     let code = match mode {
         "demo" => demo::run(),
         "test" => harness::run(&tests::all(), filter),
         "selftest" => harness::run(&tests::selftest(), filter),
         "bench" => bench::run(filter),
+        "soak" => soak::run(filter),
         other => {
-            println!("error: unknown mode {other:?} (expected demo, test, bench or selftest)");
+            println!(
+                "error: unknown mode {other:?} (expected demo, test, bench, soak or selftest)"
+            );
             ExitCode::BadCommandLine
         }
     };

@@ -57,7 +57,10 @@ pub fn run(filter: Option<&str>) -> ExitCode {
     // A filter that names no group, or groups whose devices are missing,
     // is not a successful benchmark run.
     if REPORTED.load(Ordering::Relaxed) == 0 {
-        println!("error: no benchmark result (filter {:?})", filter.unwrap_or(""));
+        println!(
+            "error: no benchmark result (filter {:?})",
+            filter.unwrap_or("")
+        );
         return ExitCode::NoTestMatched;
     }
     ExitCode::Success

@@ -17,6 +17,7 @@ use crate::dma::{
     lsi_device,
 };
 use crate::harness::Test;
+use crate::rng::Rng;
 use crate::time::Delay;
 use crate::{irq, time};
 
@@ -60,32 +61,199 @@ pub const TESTS: &[Test] = &[
         "dma.registry.client_gets_and_uses_channels_of_every_engine",
         registry_with_every_engine,
     ),
+    Test::new(
+        "dma.lsi.dmatest_random_batches_in_flight",
+        lsi_random_batches,
+    ),
+    Test::new(
+        "dma.cpu.dmatest_random_batches_in_flight",
+        cpu_random_batches,
+    ),
+    Test::new(
+        "dma.registry.engine_removed_mid_transfer_stops_and_aborts",
+        registry_removal_mid_transfer,
+    ),
+    Test::new("dma.lsi_and_edu_in_flight_at_once", lsi_and_edu_at_once),
+    Test::new(
+        "dma.engines_refuse_what_they_cannot_do_with_the_right_error",
+        engine_refusals,
+    ),
 ];
 
-const TIMEOUT: Duration = Duration::from_secs(5);
-
-/// xorshift64*: a small, seeded generator for lengths and offsets.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+fn random_batches<E: Engine>(chan: &mut Channel<E>, stream: u64, requests: u64) {
+    let mut bufs = crate::soak::Buffers::new();
+    let mut rng = crate::rng::Rng::from_seed(stream);
+    let mut stats = crate::soak::Stats::default();
+    while stats.requests < requests {
+        crate::soak::batch(chan, &mut bufs, &mut rng, &mut stats);
+        assert_eq!(
+            stats.error_count(),
+            0,
+            "after {} requests (seed {}): {:?}",
+            stats.requests,
+            crate::rng::seed(),
+            stats.errors
+        );
     }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-
-    /// A length in `1..=max`, log-uniform so that every size class is hit.
-    fn length(&mut self, max: usize) -> usize {
-        let bits = 64 - (max as u64).leading_zeros() as u64;
-        let cap = 1u64 << self.below(bits + 1);
-        (1 + self.below(cap.min(max as u64))) as usize
-    }
+    crate::soak::check_whole(&bufs, &mut stats);
+    assert_eq!(stats.error_count(), 0, "{:?}", stats.errors);
 }
+
+fn lsi_random_batches() {
+    random_batches(&mut *lsi(), 1, 4000);
+}
+
+fn cpu_random_batches() {
+    random_batches(&mut cpu_channel(), 2, 1500);
+}
+
+/// An engine that goes away mid-transfer: the client is told, every
+/// request not complete ends `Aborted` (none is lost), the chip stops, and
+/// the bytes stop changing.
+fn registry_removal_mid_transfer() {
+    use dmaengine::engine::registry::{Event, EventCallback, Registry};
+    const N: usize = 3000;
+    REGISTRY_EVENTS.lock().clear();
+    let mut lsi = lsi();
+    let src = buffer(64 * N, src_pattern);
+    let dst = buffer(128 * N, dst_pattern);
+    let mut registry: Registry<'_> = Registry::new();
+    let client = registry
+        .register_client(EventCallback {
+            func: registry_event,
+            context: 0,
+        })
+        .unwrap();
+    registry.request_channels(client, 1).unwrap();
+    let handle = registry.add_channel(&mut *lsi).unwrap();
+    let chan = registry.channel(client, handle).unwrap();
+    let mut cookies = Vec::new();
+    for k in 0..N {
+        // SAFETY: slots of buffers we own, read only after the removal has
+        // stopped the chip.
+        let cookie = unsafe {
+            chan.memcpy_buf_to_buf(
+                dst.paddr() + 128 * k as u64,
+                src.paddr() + 64 * k as u64,
+                64,
+            )
+        }
+        .expect("prep");
+        cookies.push(cookie);
+    }
+    chan.issue_pending();
+    let chan = registry.remove_channel(handle).expect("remove");
+    assert_eq!(
+        REGISTRY_EVENTS.lock().as_slice(),
+        [Event::ChannelAdded(handle), Event::ChannelRemoved(handle)]
+    );
+    let fates: Vec<Status> = cookies.iter().map(|&c| chan.status(c).status).collect();
+    let done = fates.iter().take_while(|&&s| s == Status::Complete).count();
+    assert!(done < N, "3000 moves cannot finish before the removal");
+    assert!(
+        fates[done..]
+            .iter()
+            .all(|&s| s == Status::Error(ErrorKind::Aborted)),
+        "no cookie lost: every one not complete is aborted"
+    );
+    let before = checksum(dst.as_slice());
+    Delay.delay_ms(5);
+    assert_eq!(checksum(dst.as_slice()), before, "the chip kept copying");
+    assert_eq!(
+        registry.channel(client, handle).err(),
+        Some(dmaengine::engine::registry::RegistryError::Unknown),
+        "the removed channel's handle is stale"
+    );
+    // Taken back reset: usable at once by its next user.
+    // SAFETY: whole buffers we own, read after `wait`.
+    let again = unsafe { chan.memcpy_buf_to_buf(dst.paddr(), src.paddr(), 64) }.expect("prep");
+    chan.wait(again, &mut Delay, TIMEOUT)
+        .expect("works after removal");
+}
+
+/// The edu device's 100 ms transfer and a stream of LSI copies, in flight
+/// together; both verified.
+fn lsi_and_edu_at_once() {
+    let (mut lsi, mut edu) = (lsi(), edu());
+    let src = buffer(8192, src_pattern);
+    let edu_dst = buffer(4096, dst_pattern);
+    let lsi_dst = buffer(8192, dst_pattern);
+    // SAFETY: buffers we own, read after both waits.
+    let slow = unsafe { edu.prep_copy(edu_dst.paddr(), src.paddr(), 4000, PrepFlags::empty()) }
+        .expect("edu prep");
+    edu.issue_pending();
+    let mut lsi_done = 0;
+    while edu.status(slow).status == Status::InProgress {
+        let k = (lsi_done % 64) as u64;
+        // SAFETY: as above.
+        let c = unsafe {
+            lsi.prep_copy(
+                lsi_dst.paddr() + 128 * k,
+                src.paddr() + 4096 + 64 * k,
+                64,
+                PrepFlags::empty(),
+            )
+        }
+        .expect("lsi prep");
+        lsi.wait(c, &mut Delay, TIMEOUT).expect("lsi copy");
+        lsi_done += 1;
+    }
+    edu.wait(slow, &mut Delay, TIMEOUT).expect("edu copy");
+    assert!(
+        lsi_done >= 10,
+        "the LSI ran while the edu copy was in flight ({lsi_done} copies)"
+    );
+    assert_eq!(first_mismatch(edu_dst.as_slice(), window(0, 0, 4000)), None);
+    let slots = lsi_done.min(64);
+    let expected = |i: usize| {
+        let (k, within) = (i / 128, i % 128);
+        if k < slots && within < 64 {
+            src_pattern(4096 + 64 * k + within)
+        } else {
+            dst_pattern(i)
+        }
+    };
+    assert_eq!(first_mismatch(lsi_dst.as_slice(), expected), None);
+}
+
+/// The driver-level answers behind `NotSupported` and `Halted`: never
+/// `RingFull` for something waiting will not fix.
+fn engine_refusals() {
+    use dmaengine::engine::{EngineError, Op};
+    let mut edu = edu();
+    let buf = buffer(4096, dst_pattern);
+    let fill = Op::Fill {
+        dst: buf.paddr(),
+        len: 64,
+        pattern: 0,
+    };
+    assert_eq!(
+        edu.engine_mut().prep(Cookie::FIRST, fill, None),
+        Err(EngineError::NotSupported)
+    );
+    let mut lsi = lsi();
+    let src = buffer(64 * 2, src_pattern);
+    let dst = buffer(128 * 2, dst_pattern);
+    lsi.engine_mut().inject_illegal_instruction();
+    let cookies = prep_slots(&mut lsi, &src, &dst, 0..1);
+    lsi.issue_pending();
+    assert!(lsi.wait(cookies[0], &mut Delay, TIMEOUT).is_err());
+    let copy = Op::Copy {
+        dst: dst.paddr(),
+        src: src.paddr(),
+        len: 64,
+    };
+    assert_eq!(
+        lsi.engine_mut().prep(Cookie::FIRST, copy, None),
+        Err(EngineError::Halted),
+        "a halted ring is not a full one"
+    );
+    // SAFETY: refused: the channel is halted.
+    let refused = unsafe { lsi.prep_copy(dst.paddr(), src.paddr(), 64, PrepFlags::empty()) };
+    assert_eq!(refused, Err(DmaError::Halted));
+}
+
+const TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Source bytes have bit 7 set, destination bytes have it clear (as Linux's
 /// dmatest does), and both vary with the position.
@@ -136,7 +304,7 @@ fn dmatest<E: Engine>(
 ) {
     let src = buffer(buf_len, src_pattern);
     let mut dst = buffer(buf_len, dst_pattern);
-    let mut rng = Rng(seed);
+    let mut rng = Rng::new(seed);
     for it in 0..iterations {
         let len = rng.length(max_len.min(buf_len));
         let s = rng.below((buf_len - len + 1) as u64) as usize;
