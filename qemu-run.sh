@@ -78,7 +78,8 @@ status=${PIPESTATUS[0]}
 case "$status" in
     33) rc=0 ;;
     35) echo "qemu-run: the guest reported failures (log: $log)" >&2; rc=1 ;;
-    37) echo "qemu-run: nothing matches filter '$filter' (no test or benchmark ran)" >&2; rc=2 ;;
+    37) if [ "$mode" = bench ]; then what=benchmark; else what=test; fi
+        echo "qemu-run: no $what matches filter '$filter'" >&2; rc=2 ;;
     39) echo "qemu-run: the kernel rejected the command line '$mode $filter'" >&2; rc=2 ;;
     124|137) echo "qemu-run: timed out after ${timeout_s}s (TIMEOUT=seconds to change)" >&2; rc=1 ;;
     0) echo "qemu-run: QEMU exited with status 0: a triple fault or reset, never a pass" >&2; rc=1 ;;

@@ -50,7 +50,13 @@ pub fn tsc_cycles_over_pit(pit_counts: u16) -> u64 {
     outb(PIT_CH2, (pit_counts >> 8) as u8);
     let start = rdtsc();
     outb(PORT_B, (b & !0x02) | 0x01);
+    // Bounded: no TSC runs so slowly that 2^40 cycles is not minutes past
+    // the longest window (55 ms); a PIT that never counts down is fatal.
     while inb(PORT_B) & 0x20 == 0 {
+        assert!(
+            rdtsc() - start < 1 << 40,
+            "PIT channel 2 never reached terminal count"
+        );
         core::hint::spin_loop();
     }
     let end = rdtsc();

@@ -18,7 +18,10 @@
 //! Errors are negative: -14 (bad address), -12 (no memory), -22 (bad
 //! argument), -5 (the copy failed), -19 (no device). Every user pointer is
 //! checked page by page against the process's own page tables: a bad one is
-//! an error value, never a kernel fault.
+//! an error value, never a kernel fault. Counts and lengths are checked
+//! before any sum, and a call that fails changes nothing: a `dma_copy`
+//! enters the ring as one batch or not at all. README.md's "Bad input"
+//! matrix lists every bad input the tests throw at these calls.
 
 use alloc::string::String;
 use alloc::vec::Vec;

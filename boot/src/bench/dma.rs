@@ -69,7 +69,12 @@ impl RawScript {
         let start = time::rdtsc();
         for _ in 0..n {
             self.regs.write32(regs::DSP, self.script.paddr() as u32);
+            let deadline = time::now_ns() + SPIN_LIMIT_NS;
             while Istat1::from_bits_retain(self.regs.read8(regs::ISTAT1)).contains(Istat1::SRUN) {
+                assert!(
+                    time::now_ns() < deadline,
+                    "raw script still running after 10 s"
+                );
                 core::hint::spin_loop();
             }
             let dstat = Dstat::from_bits_retain(self.regs.read8(regs::DSTAT));
@@ -95,13 +100,18 @@ fn median(mut values: Vec<f64>) -> f64 {
     values[values.len() / 2]
 }
 
-/// Spins until `cookie` ends; panics on an error (a benchmark must not
-/// report the speed of a failure).
+/// How long a benchmark spins for one completion before it gives up.
+const SPIN_LIMIT_NS: u64 = 10_000_000_000;
+
+/// Spins until `cookie` ends; panics on an error or after
+/// [`SPIN_LIMIT_NS`] (a benchmark must not report the speed of a failure).
 fn spin<E: Engine>(chan: &mut Channel<E>, cookie: Cookie) {
+    let deadline = time::now_ns() + SPIN_LIMIT_NS;
     loop {
         match chan.status(cookie).status {
             Status::Complete => return,
-            Status::InProgress => core::hint::spin_loop(),
+            Status::InProgress if time::now_ns() < deadline => core::hint::spin_loop(),
+            Status::InProgress => panic!("benchmark copy still in progress after 10 s"),
             Status::Error(kind) => panic!("benchmark copy failed: {kind}"),
         }
     }
