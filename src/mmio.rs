@@ -117,6 +117,10 @@ pub trait Registers {
     fn read32(&self, offset: usize) -> u32;
     /// Writes the 32-bit register at `offset`.
     fn write32(&self, offset: usize, value: u32);
+    /// Reads the 64-bit register at `offset`.
+    fn read64(&self, offset: usize) -> u64;
+    /// Writes the 64-bit register at `offset`.
+    fn write64(&self, offset: usize, value: u64);
     /// Accesses made so far (how benchmarks count MMIO).
     fn accesses(&self) -> u64;
 }
@@ -133,6 +137,12 @@ impl Registers for MmioRegion {
     }
     fn write32(&self, offset: usize, value: u32) {
         MmioRegion::write32(self, offset, value)
+    }
+    fn read64(&self, offset: usize) -> u64 {
+        MmioRegion::read64(self, offset)
+    }
+    fn write64(&self, offset: usize, value: u64) {
+        MmioRegion::write64(self, offset, value)
     }
     fn accesses(&self) -> u64 {
         MmioRegion::accesses(self)

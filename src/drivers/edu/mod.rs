@@ -18,7 +18,11 @@
 //! new work (`Halted`), `reset` answers `TimedOut`, and the memory of the
 //! transfer in flight must be treated as still in the device's hands.
 
+#[cfg(test)]
+mod fake;
 pub mod regs;
+#[cfg(test)]
+mod tests;
 
 use core::marker::PhantomData;
 
@@ -26,7 +30,7 @@ use crate::engine::{
     Capabilities, Cookie, DmaError, Engine, EngineError, Limits, Notify, Op, Progress,
 };
 use crate::hal::{DmaAddr, Hal};
-use crate::mmio::MmioRegion;
+use crate::mmio::{MmioRegion, Registers};
 
 /// Reads of the command register a wait for the device to go idle makes
 /// before it gives up: a transfer ends 100 ms of virtual time after it
@@ -45,9 +49,12 @@ struct Transfer {
     completes: Option<Cookie>,
 }
 
-/// The edu device as a copy [`Engine`] with room for `N` transfers.
-pub struct EduEngine<H: Hal, const N: usize = 64> {
-    regs: MmioRegion,
+/// The edu device as a copy [`Engine`] with room for `N` transfers, reached
+/// through registers `R` (its BAR0; a fake device in host tests).
+pub struct EduEngine<H: Hal, R: Registers = MmioRegion, const N: usize = 64> {
+    regs: R,
+    /// Reads a wait for idle makes before it gives up ([`IDLE_POLLS`]).
+    idle_polls: u32,
     dma_mask: u64,
     queue: [Option<Transfer>; N],
     head: usize,
@@ -62,14 +69,15 @@ pub struct EduEngine<H: Hal, const N: usize = 64> {
     _hal: PhantomData<H>,
 }
 
-impl<H: Hal, const N: usize> EduEngine<H, N> {
+impl<H: Hal, R: Registers, const N: usize> EduEngine<H, R, N> {
     /// Takes over the edu device behind `regs` (BAR0, memory decoding and
     /// bus mastering on), whose `dma_mask` property is `dma_mask`
     /// ([`regs::DEFAULT_DMA_MASK`] unless QEMU was told otherwise).
     /// `TimedOut` if a transfer someone else started never ends.
-    pub fn new(regs: MmioRegion, dma_mask: u64) -> Result<Self, DmaError> {
+    pub fn new(regs: R, dma_mask: u64) -> Result<Self, DmaError> {
         let mut engine = EduEngine {
             regs,
+            idle_polls: IDLE_POLLS,
             dma_mask,
             queue: [None; N],
             head: 0,
@@ -88,7 +96,7 @@ impl<H: Hal, const N: usize> EduEngine<H, N> {
     }
 
     /// The register window.
-    pub fn regs(&self) -> &MmioRegion {
+    pub fn regs(&self) -> &R {
         &self.regs
     }
 
@@ -100,7 +108,7 @@ impl<H: Hal, const N: usize> EduEngine<H, N> {
     /// [`IDLE_POLLS`] reads; returns whether it went idle. If not, the
     /// engine is wedged until a later wait (in `reset`) sees it idle.
     fn wait_idle(&mut self) -> bool {
-        for _ in 0..IDLE_POLLS {
+        for _ in 0..self.idle_polls {
             if !self.busy() {
                 self.wedged = false;
                 return true;
@@ -165,7 +173,7 @@ impl<H: Hal, const N: usize> EduEngine<H, N> {
     }
 }
 
-impl<H: Hal, const N: usize> Engine for EduEngine<H, N> {
+impl<H: Hal, R: Registers, const N: usize> Engine for EduEngine<H, R, N> {
     type Mark = usize;
 
     fn capabilities(&self) -> Capabilities {
@@ -269,7 +277,7 @@ impl<H: Hal, const N: usize> Engine for EduEngine<H, N> {
     }
 }
 
-impl<H: Hal, const N: usize> Drop for EduEngine<H, N> {
+impl<H: Hal, R: Registers, const N: usize> Drop for EduEngine<H, R, N> {
     fn drop(&mut self) {
         if self.wait_idle() {
             self.regs.write32(regs::INTR_ACK, regs::INTR_DMA);

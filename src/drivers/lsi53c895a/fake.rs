@@ -178,6 +178,17 @@ impl Registers for FakeLsi {
         }
     }
 
+    /// The chip's registers are at most 32 bits wide: a 64-bit access is
+    /// two 32-bit ones, low half first, as the bus splits it.
+    fn read64(&self, offset: usize) -> u64 {
+        u64::from(self.read32(offset)) | u64::from(self.read32(offset + 4)) << 32
+    }
+
+    fn write64(&self, offset: usize, value: u64) {
+        self.write32(offset, value as u32);
+        self.write32(offset + 4, (value >> 32) as u32);
+    }
+
     fn accesses(&self) -> u64 {
         self.state.borrow().accesses
     }

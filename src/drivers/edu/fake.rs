@@ -1,0 +1,159 @@
+//! A fake edu device for host tests: its DMA registers, its 4 KiB buffer,
+//! transfers that finish a set number of command-register reads after they
+//! start (QEMU finishes them 100 ms of virtual time later), the
+//! interrupt-status and acknowledge registers, and a switch that makes a
+//! transfer never finish. Memory is [`FakeHal`]'s (host memory, 1:1).
+
+use core::cell::RefCell;
+
+use super::regs;
+use crate::hal::Hal;
+use crate::hal::fake::FakeHal;
+use crate::mmio::Registers;
+
+#[derive(Debug)]
+struct State {
+    src: u64,
+    dst: u64,
+    count: u64,
+    cmd: u64,
+    intr: u32,
+    buffer: [u8; regs::BUFFER_SIZE],
+    /// Command reads left before the running transfer finishes.
+    left: u32,
+    accesses: u64,
+    transfers: u64,
+}
+
+/// The fake device.
+#[derive(Debug)]
+pub struct FakeEdu {
+    state: RefCell<State>,
+    /// Command reads a transfer takes.
+    pub latency: u32,
+    /// A transfer never finishes while set.
+    pub stuck: core::cell::Cell<bool>,
+}
+
+impl FakeEdu {
+    /// A device whose transfers take `latency` command reads.
+    pub fn new(latency: u32) -> Self {
+        FakeEdu {
+            state: RefCell::new(State {
+                src: 0,
+                dst: 0,
+                count: 0,
+                cmd: 0,
+                intr: 0,
+                buffer: [0; regs::BUFFER_SIZE],
+                left: 0,
+                accesses: 0,
+                transfers: 0,
+            }),
+            latency,
+            stuck: core::cell::Cell::new(false),
+        }
+    }
+
+    /// Transfers started so far.
+    pub fn transfers(&self) -> u64 {
+        self.state.borrow().transfers
+    }
+
+    fn finish(s: &mut State) {
+        let len = s.count as usize;
+        if s.cmd & regs::DMA_CMD_TO_RAM != 0 {
+            let off = (s.src - regs::BUFFER) as usize;
+            let dst = FakeHal::phys_to_virt(s.dst).as_ptr();
+            // SAFETY: the driver points the device only at host memory it
+            // owns; `off + len` is inside the buffer (checked at start).
+            unsafe { core::ptr::copy_nonoverlapping(s.buffer[off..].as_ptr(), dst, len) };
+        } else {
+            let off = (s.dst - regs::BUFFER) as usize;
+            let src = FakeHal::phys_to_virt(s.src).as_ptr();
+            // SAFETY: as above.
+            unsafe { core::ptr::copy_nonoverlapping(src, s.buffer[off..].as_mut_ptr(), len) };
+        }
+        s.cmd &= !regs::DMA_CMD_START;
+        if s.cmd & regs::DMA_CMD_IRQ != 0 {
+            s.intr |= regs::INTR_DMA;
+        }
+    }
+}
+
+impl Registers for FakeEdu {
+    fn read8(&self, _offset: usize) -> u8 {
+        panic!("edu: 1-byte accesses are not allowed");
+    }
+
+    fn write8(&self, _offset: usize, _value: u8) {
+        panic!("edu: 1-byte accesses are not allowed");
+    }
+
+    fn read32(&self, offset: usize) -> u32 {
+        let mut s = self.state.borrow_mut();
+        s.accesses += 1;
+        match offset {
+            regs::INTR_STATUS => s.intr,
+            regs::ID => regs::ID_VALUE,
+            _ => 0,
+        }
+    }
+
+    fn write32(&self, offset: usize, value: u32) {
+        let mut s = self.state.borrow_mut();
+        s.accesses += 1;
+        if offset == regs::INTR_ACK {
+            s.intr &= !value;
+        }
+    }
+
+    fn read64(&self, offset: usize) -> u64 {
+        let mut s = self.state.borrow_mut();
+        s.accesses += 1;
+        if offset != regs::DMA_CMD {
+            return 0;
+        }
+        if s.cmd & regs::DMA_CMD_START != 0 && !self.stuck.get() {
+            s.left = s.left.saturating_sub(1);
+            if s.left == 0 {
+                Self::finish(&mut s);
+            }
+        }
+        s.cmd
+    }
+
+    fn write64(&self, offset: usize, value: u64) {
+        let mut s = self.state.borrow_mut();
+        s.accesses += 1;
+        match offset {
+            regs::DMA_SRC => s.src = value,
+            regs::DMA_DST => s.dst = value,
+            regs::DMA_COUNT => s.count = value,
+            regs::DMA_CMD if value & regs::DMA_CMD_START != 0 => {
+                assert_eq!(s.cmd & regs::DMA_CMD_START, 0, "edu: started while busy");
+                // QEMU 7.2 aborts on a whole-buffer transfer (QEMU-FACTS.md).
+                let device = if value & regs::DMA_CMD_TO_RAM != 0 {
+                    s.src
+                } else {
+                    s.dst
+                };
+                let off = device
+                    .checked_sub(regs::BUFFER)
+                    .expect("edu: not the buffer");
+                assert!(
+                    off + s.count < regs::BUFFER_SIZE as u64,
+                    "edu: QEMU 7.2 would abort on this transfer"
+                );
+                s.cmd = value;
+                s.left = self.latency.max(1);
+                s.transfers += 1;
+            }
+            _ => {}
+        }
+    }
+
+    fn accesses(&self) -> u64 {
+        self.state.borrow().accesses
+    }
+}
