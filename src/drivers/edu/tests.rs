@@ -60,10 +60,8 @@ fn what_the_device_cannot_do_is_not_supported_not_ring_full() {
         Err(EngineError::NotSupported)
     );
     // SAFETY: refused, nothing runs.
-    assert_eq!(
-        unsafe { chan.zero(buf.paddr(), 64, PrepFlags::empty()) },
-        Err(DmaError::NotSupported)
-    );
+    let zero = unsafe { chan.zero(buf.paddr(), 64, PrepFlags::empty()) };
+    assert_eq!(zero, Err(DmaError::NotSupported));
 }
 
 #[test]
