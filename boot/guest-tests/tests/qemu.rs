@@ -5,10 +5,10 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 fn qemu_run(args: &[&str]) -> (Output, String) {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     let output = Command::new(root.join("qemu-run.sh"))
         .args(args)
-        .current_dir(root)
+        .current_dir(&root)
         .output()
         .expect("run qemu-run.sh");
     let text = format!(
@@ -82,7 +82,7 @@ fn bad_command_lines_are_clear_errors() {
 
 #[test]
 fn a_bench_run_with_no_results_fails_and_keeps_the_last_results() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     let csv = root.join("target/bench/latest.csv");
     let previous = std::fs::read(&csv).ok();
     if previous.is_none() {
