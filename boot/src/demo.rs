@@ -4,6 +4,7 @@ use dmaengine::drivers::edu;
 
 use crate::exit::ExitCode;
 use crate::mem::{PAGE_SIZE, frames, heap};
+use crate::mm::{bytes_to_pages, fr, npages, pg};
 use crate::pvh::E820_RAM;
 use crate::recover::{Caught, catch};
 use crate::{devices, dma, irq, platform, println, time, trap};
@@ -182,8 +183,12 @@ fn mm_section() {
     let flags = VmFlags::READ | VmFlags::WRITE | VmFlags::SHARED | VmFlags::MAYWRITE;
     let area = 1u64 << 39;
     let (Ok(pages_vma), Ok(io_vma)) = (
-        space.map_vma(area, area + 4 * PAGE_4K, flags),
-        space.map_vma(area + (1 << 30), area + (1 << 30) + PAGE_4K, flags),
+        space.map_vma(pg(area), npages(area, area + 4 * PAGE_4K), flags),
+        space.map_vma(
+            pg(area + (1 << 30)),
+            npages(area + (1 << 30), area + (1 << 30) + PAGE_4K),
+            flags,
+        ),
     ) else {
         println!("  no areas");
         return;
@@ -192,12 +197,12 @@ fn mm_section() {
     for (i, p) in pages.iter().enumerate() {
         // SAFETY: the page is ours, reached through the direct map.
         unsafe {
-            crate::mem::phys_to_virt(p.phys())
+            crate::mem::phys_to_virt(p.phys().as_u64())
                 .cast::<u64>()
                 .write_volatile(0xda7a_0000 + i as u64)
         };
     }
-    if let Err(e) = space.insert_pages(pages_vma, area, &pages) {
+    if let Err(e) = space.insert_pages(pages_vma, pg(area), &pages) {
         println!("  insert_pages: {:?}", e.error);
         return;
     }
@@ -205,9 +210,9 @@ fn mm_section() {
     let remapped = bar.map(|(pa, _)| {
         space.io_remap_pfn_range(
             io_vma,
-            area + (1 << 30),
-            pa / PAGE_4K,
-            PAGE_4K,
+            pg(area + (1 << 30)),
+            fr(pa / PAGE_4K),
+            bytes_to_pages(PAGE_4K),
             PageProt::READ_ONLY,
             CacheMode::Uncached,
         )
@@ -223,7 +228,7 @@ fn mm_section() {
         (words, id)
     });
     println!("  4 pages inserted with insert_pages, read through the MMU: {words:x?}");
-    if let Some(p) = pages.first().and_then(|p| db.state(p.pfn())) {
+    if let Some(p) = pages.first().and_then(|p| db.state(fr(p.pfn()))) {
         println!(
             "  first page: {} references, {} mappings",
             p.refcount, p.mapcount

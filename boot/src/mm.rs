@@ -9,12 +9,12 @@ use dmaengine::mm::MmError;
 use dmaengine::mm::frame::{FrameDb, PageInfo};
 use dmaengine::mm::space::AddressSpace;
 use dmaengine::mm::tlb::TlbFlush;
+use dmaengine::mm::traits::OffsetMapper;
 use x86_64::registers::control::{Cr3, Cr3Flags};
-use x86_64::structures::paging::PhysFrame;
+use x86_64::structures::paging::{Page, PhysFrame};
 use x86_64::{PhysAddr, VirtAddr};
 
-use crate::dma::KernelHal;
-use crate::mem::{PAGE_SIZE, frames, paging};
+use crate::mem::{PHYS_OFFSET, frames, paging};
 
 /// The end of the user half of the address space.
 pub use dmaengine::mm::space::USER_END;
@@ -32,49 +32,89 @@ pub fn db() -> &'static FrameDb<'static> {
     DB.call_once(|| {
         let base = frames::alloc_contiguous(DB_FRAMES, 1).expect("128 MiB for the frame database");
         let infos: Vec<PageInfo> = (0..DB_FRAMES).map(|_| PageInfo::new()).collect();
-        FrameDb::new(Box::leak(infos.into_boxed_slice()), base / PAGE_SIZE)
+        let first = PhysFrame::containing_address(PhysAddr::new(base));
+        // SAFETY: the frames were just taken from the boot allocator for the
+        // database alone, for the whole run; the direct map covers them.
+        unsafe { FrameDb::new(Box::leak(infos.into_boxed_slice()), first) }
     })
 }
 
-/// Flushes with `invlpg` / a CR3 reload, only while its space is loaded.
-#[derive(Debug)]
-pub struct KernelTlb {
-    root: u64,
+/// Physical memory through the kernel's direct map.
+pub fn mapper() -> OffsetMapper {
+    // SAFETY: the direct map (PML4 slot 256) maps the first 4 GiB of
+    // physical memory read-write, write-back, for the whole run, and every
+    // frame the database and the spaces use lies below it.
+    unsafe { OffsetMapper::new(VirtAddr::new(PHYS_OFFSET)) }
 }
 
+/// Flushes with `invlpg` / a CR3 reload, only while the space is loaded
+/// (one CPU, no PCIDs: loading CR3 drops the translations of the space
+/// unloaded).
+#[derive(Debug, Default)]
+pub struct KernelTlb;
+
 impl KernelTlb {
-    fn active(&self) -> bool {
-        paging::root().as_u64() == self.root
+    fn active(root: PhysFrame) -> bool {
+        paging::root() == root.start_address()
     }
 }
 
-impl TlbFlush for KernelTlb {
-    fn flush_page(&mut self, va: u64) {
-        if self.active() {
-            x86_64::instructions::tlb::flush(VirtAddr::new_truncate(va));
+// SAFETY: the kernel runs on one CPU without PCIDs, so a space's
+// translations live only in this CPU's TLB and only while it is loaded;
+// `invlpg` and a CR3 reload drop them (and the paging-structure caches).
+unsafe impl TlbFlush for KernelTlb {
+    fn flush_page(&mut self, root: PhysFrame, va: VirtAddr) {
+        if Self::active(root) {
+            x86_64::instructions::tlb::flush(va);
         }
     }
 
-    fn flush_all(&mut self) {
-        if self.active() {
+    fn flush_all(&mut self, root: PhysFrame) {
+        if Self::active(root) {
             x86_64::instructions::tlb::flush_all();
         }
     }
 }
 
-/// A user address space in the kernel.
-pub type Space = AddressSpace<'static, KernelHal, KernelTlb>;
+/// A user address space in the kernel: pages and page tables from the
+/// frame database, tables reached through the direct map.
+pub type Space =
+    AddressSpace<&'static FrameDb<'static>, OffsetMapper, &'static FrameDb<'static>, KernelTlb>;
 
 /// A new address space sharing the kernel's slots with the running one.
 pub fn new_space(nx: bool) -> Result<Space, MmError> {
-    // The flusher needs the root, which exists only once the space does:
-    // start with an impossible one and fix it at once.
-    let mut space = AddressSpace::new(db(), KernelTlb { root: u64::MAX }, nx)?;
-    space.tlb_mut().root = space.root();
+    let mut space = AddressSpace::new(db(), mapper(), db(), KernelTlb, nx)?;
+    let kernel_root = PhysFrame::containing_address(paging::root());
     // SAFETY: the kernel's PML4 lives for the whole run, and its slots 0 and
     // 256 map the kernel image and the direct map for good.
-    unsafe { space.share_kernel_slots(paging::root().as_u64(), KERNEL_SLOTS) };
+    unsafe { space.share_kernel_slots(kernel_root, KERNEL_SLOTS) };
     Ok(space)
+}
+
+/// The page starting at `addr`, which must be page-aligned and canonical
+/// (for addresses the kernel computed itself, never for user input).
+pub fn pg(addr: u64) -> Page {
+    Page::from_start_address(VirtAddr::new(addr)).expect("a page-aligned address")
+}
+
+/// The virtual address `addr` (canonical: computed by the kernel).
+pub fn va(addr: u64) -> VirtAddr {
+    VirtAddr::new(addr)
+}
+
+/// The frame with number `pfn`.
+pub fn fr(pfn: u64) -> PhysFrame {
+    PhysFrame::containing_address(PhysAddr::new(pfn << 12))
+}
+
+/// Pages in `[start, end)`.
+pub fn npages(start: u64, end: u64) -> u64 {
+    (end - start) / 4096
+}
+
+/// Whole pages in `bytes`.
+pub fn bytes_to_pages(bytes: u64) -> u64 {
+    bytes / 4096
 }
 
 /// The CR3 the kernel booted with, restored after every test.
@@ -111,7 +151,7 @@ pub fn restore_kernel_cr3() {
 pub fn with_loaded<R>(space: &mut Space, f: impl FnOnce(&mut Space) -> R) -> R {
     // SAFETY: every `Space` shares the kernel slots (see `new_space`) and
     // outlives this call.
-    unsafe { load(space.root()) };
+    unsafe { load(space.root().start_address().as_u64()) };
     let result = f(space);
     restore_kernel_cr3();
     result

@@ -38,7 +38,7 @@ use dmaengine::mm::space::VmaId;
 use dmaengine::mm::vma::{PageProt, VmFlags};
 
 use crate::dma::{LsiChannel, lsi_channel};
-use crate::mm::{Space, db, new_space, with_loaded};
+use crate::mm::{Space, bytes_to_pages, db, fr, new_space, npages, pg, va, with_loaded};
 use crate::recover::{self, Caught, Fault};
 use crate::trap::TrapFrame;
 use crate::{devices, gdt, mem, platform, print, time};
@@ -164,23 +164,27 @@ fn build(program: &[u8], echo: bool, calls: Option<&[Call]>) -> Result<Process, 
     let mut space = new_space(platform().nx)?;
     let code_pages = (program.len() as u64).div_ceil(PAGE_4K).max(1);
     let code = space.map_vma(
-        CODE,
-        CODE + code_pages * PAGE_4K,
+        pg(CODE),
+        npages(CODE, CODE + code_pages * PAGE_4K),
         VmFlags::READ | VmFlags::EXEC,
     )?;
-    let stack = space.map_vma(STACK_TOP - STACK_PAGES * PAGE_4K, STACK_TOP, SHARED_RW)?;
-    let heap = space.map_vma(HEAP, HEAP + HEAP_SIZE, SHARED_RW)?;
-    let device = space.map_vma(DEVICE, DEVICE + PAGE_4K, SHARED_RW)?;
+    let stack = space.map_vma(
+        pg(STACK_TOP - STACK_PAGES * PAGE_4K),
+        npages(STACK_TOP - STACK_PAGES * PAGE_4K, STACK_TOP),
+        SHARED_RW,
+    )?;
+    let heap = space.map_vma(pg(HEAP), npages(HEAP, HEAP + HEAP_SIZE), SHARED_RW)?;
+    let device = space.map_vma(pg(DEVICE), npages(DEVICE, DEVICE + PAGE_4K), SHARED_RW)?;
     let cow = VmFlags::READ | VmFlags::WRITE | VmFlags::MAYWRITE;
-    let data_vma = space.map_vma(DATA, DATA + PAGE_4K, cow)?;
+    let data_vma = space.map_vma(pg(DATA), npages(DATA, DATA + PAGE_4K), cow)?;
     let data = zeroed_page()?;
     // SAFETY: the page is ours and mapped by the direct map.
     unsafe {
-        mem::phys_to_virt(data.phys())
+        mem::phys_to_virt(data.phys().as_u64())
             .cast::<u64>()
             .write(DATA_WORD)
     };
-    space.insert_page(data_vma, DATA, &data)?;
+    space.insert_page(data_vma, pg(DATA), &data)?;
     let mut code_frames = Vec::new();
     for chunk in program.chunks(PAGE_4K as usize) {
         let page = zeroed_page()?;
@@ -189,20 +193,20 @@ fn build(program: &[u8], echo: bool, calls: Option<&[Call]>) -> Result<Process, 
         unsafe {
             core::ptr::copy_nonoverlapping(
                 chunk.as_ptr(),
-                mem::phys_to_virt(page.phys()),
+                mem::phys_to_virt(page.phys().as_u64()),
                 chunk.len(),
             )
         };
         code_frames.push(page);
     }
     space
-        .insert_pages(code, CODE, &code_frames)
+        .insert_pages(code, pg(CODE), &code_frames)
         .map_err(|e| e.error)?;
     let stack_frames = (0..STACK_PAGES)
         .map(|_| zeroed_page())
         .collect::<Result<Vec<_>, _>>()?;
     space
-        .insert_pages(stack, STACK_TOP - STACK_PAGES * PAGE_4K, &stack_frames)
+        .insert_pages(stack, pg(STACK_TOP - STACK_PAGES * PAGE_4K), &stack_frames)
         .map_err(|e| e.error)?;
     let script = match calls {
         Some(calls) => {
@@ -212,17 +216,17 @@ fn build(program: &[u8], echo: bool, calls: Option<&[Call]>) -> Result<Process, 
                 // SAFETY: the page is ours; `calls` fits in it (checked by
                 // `run_script`), so `i` stays below 512.
                 unsafe {
-                    mem::phys_to_virt(table.phys())
+                    mem::phys_to_virt(table.phys().as_u64())
                         .cast::<u64>()
                         .add(i)
                         .write(word)
                 };
             }
             let results = zeroed_page()?;
-            let ro = space.map_vma(SCRIPT, SCRIPT + PAGE_4K, VmFlags::READ)?;
-            space.insert_page(ro, SCRIPT, &table)?;
-            let rw = space.map_vma(RESULTS, RESULTS + PAGE_4K, SHARED_RW)?;
-            space.insert_page(rw, RESULTS, &results)?;
+            let ro = space.map_vma(pg(SCRIPT), npages(SCRIPT, SCRIPT + PAGE_4K), VmFlags::READ)?;
+            space.insert_page(ro, pg(SCRIPT), &table)?;
+            let rw = space.map_vma(pg(RESULTS), npages(RESULTS, RESULTS + PAGE_4K), SHARED_RW)?;
+            space.insert_page(rw, pg(RESULTS), &results)?;
             Some((table, results))
         }
         None => None,
@@ -244,7 +248,7 @@ fn build(program: &[u8], echo: bool, calls: Option<&[Call]>) -> Result<Process, 
 fn zeroed_page() -> Result<PageRef<'static>, MmError> {
     let page = db().alloc_page()?;
     // SAFETY: the page was just allocated to us; the direct map covers it.
-    unsafe { mem::phys_to_virt(page.phys()).write_bytes(0, PAGE_4K as usize) };
+    unsafe { mem::phys_to_virt(page.phys().as_u64()).write_bytes(0, PAGE_4K as usize) };
     Ok(page)
 }
 
@@ -296,22 +300,26 @@ fn run_process(mut process: Process) -> Result<Outcome, MmError> {
     CURRENT.store(core::ptr::null_mut(), Ordering::Release);
     // SAFETY: the kernel's own reference keeps the original page alive;
     // the direct map covers it.
-    let original_data_word = unsafe { mem::phys_to_virt(process.data.phys()).cast::<u64>().read() };
+    let original_data_word = unsafe {
+        mem::phys_to_virt(process.data.phys().as_u64())
+            .cast::<u64>()
+            .read()
+    };
     let results = process.script.as_ref().map_or_else(Vec::new, |(_, page)| {
         // SAFETY: the results page is still referenced by us; the direct
         // map covers it.
         let words = unsafe {
-            core::slice::from_raw_parts(mem::phys_to_virt(page.phys()).cast::<i64>(), 512)
+            core::slice::from_raw_parts(mem::phys_to_virt(page.phys().as_u64()).cast::<i64>(), 512)
         };
         words.to_vec()
     });
     let mut heap = Vec::new();
     for i in 0..HEAP_SNAPSHOT_PAGES {
-        let va = HEAP + i * PAGE_4K;
-        match process.space.translate(va).and_then(|l| l.phys_of(va)) {
+        let at = va(HEAP + i * PAGE_4K);
+        match process.space.translate(at).and_then(|l| l.phys_of(at)) {
             // SAFETY: a page the process maps, still alive; direct-mapped.
             Some(pa) => heap.extend_from_slice(unsafe {
-                core::slice::from_raw_parts(mem::phys_to_virt(pa), PAGE_4K as usize)
+                core::slice::from_raw_parts(mem::phys_to_virt(pa.as_u64()), PAGE_4K as usize)
             }),
             None => heap.resize(heap.len() + PAGE_4K as usize, 0),
         }
@@ -329,23 +337,24 @@ impl Process {
     /// The physical pieces of `[va, va + len)` in the caller's address space
     /// if all of it is mapped to counted user pages (writable ones if
     /// `write`).
-    fn user_range(&self, va: u64, len: u64, write: bool) -> Result<Vec<(u64, u64)>, i64> {
-        let end = va
+    fn user_range(&self, addr: u64, len: u64, write: bool) -> Result<Vec<(u64, u64)>, i64> {
+        let end = addr
             .checked_add(len)
             .filter(|&e| e <= crate::mm::USER_END)
             .ok_or(EFAULT)?;
         let mut pieces = Vec::new();
-        let mut at = va;
+        let mut at = addr;
         while at < end {
-            let leaf = self.space.translate(at).ok_or(EFAULT)?;
+            // Below the end of the user half: canonical.
+            let leaf = self.space.translate(va(at)).ok_or(EFAULT)?;
             let usable = leaf.entry & pte::USER != 0
                 && !leaf.is_special()
                 && (!write || leaf.entry & pte::WRITABLE != 0);
             if !usable {
                 return Err(EFAULT);
             }
-            let n = (leaf.va + leaf.size()).min(end) - at;
-            pieces.push((leaf.phys() + (at - leaf.va), n));
+            let n = (leaf.va.as_u64() + leaf.size()).min(end) - at;
+            pieces.push((leaf.phys().as_u64() + (at - leaf.va.as_u64()), n));
             at += n;
         }
         Ok(pieces)
@@ -392,15 +401,17 @@ impl Process {
             return ENOMEM;
         };
         let at = self.heap_next;
-        match self.space.insert_pages(self.heap, at, &pages) {
+        match self.space.insert_pages(self.heap, pg(at), &pages) {
             Ok(()) => {
                 self.heap_next += count * PAGE_4K;
                 at as i64
             }
             Err(partial) => {
-                let _ = self
-                    .space
-                    .zap_range(self.heap, at, at + partial.inserted as u64 * PAGE_4K);
+                let _ = self.space.zap_range(
+                    self.heap,
+                    pg(at),
+                    npages(at, at + partial.inserted as u64 * PAGE_4K),
+                );
                 ENOMEM
             }
         }
@@ -417,7 +428,7 @@ impl Process {
             return EINVAL;
         }
         // This space is loaded: its flusher invalidates the caller's TLB.
-        match self.space.zap_range(self.heap, va, end) {
+        match self.space.zap_range(self.heap, pg(va), npages(va, end)) {
             Ok(()) => 0,
             Err(_) => ENOMEM,
         }
@@ -429,14 +440,14 @@ impl Process {
         else {
             return ENODEV;
         };
-        if self.space.translate(DEVICE).is_some() {
+        if self.space.translate(va(DEVICE)).is_some() {
             return DEVICE as i64;
         }
         match self.space.io_remap_pfn_range(
             self.device,
-            DEVICE,
-            bar / PAGE_4K,
-            PAGE_4K,
+            pg(DEVICE),
+            fr(bar / PAGE_4K),
+            bytes_to_pages(PAGE_4K),
             PageProt::READ_WRITE,
             CacheMode::Uncached,
         ) {
@@ -519,7 +530,7 @@ pub fn write_fault(cr2: u64, error_code: u64) -> bool {
     // SAFETY: as in `syscall`: the running process, exclusively ours while
     // this trap runs with interrupts off.
     let process = unsafe { &mut *current };
-    process.space.handle_write_fault(cr2).is_ok()
+    process.space.handle_write_fault(va(cr2)).is_ok()
 }
 
 /// Serves `int 0x80`.

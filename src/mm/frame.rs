@@ -10,7 +10,21 @@
 use core::fmt;
 use core::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
 
+use x86_64::PhysAddr;
+use x86_64::structures::paging::{FrameAllocator, FrameDeallocator, PhysFrame, Size4KiB};
+
 use super::MmError;
+use super::traits::{CountedPage, PageCounter};
+
+/// The frame with number `pfn` (`None` past 52 bits of address).
+fn frame_of(pfn: u64) -> Option<PhysFrame> {
+    let addr = PhysAddr::try_new(pfn.checked_mul(4096)?).ok()?;
+    Some(PhysFrame::containing_address(addr))
+}
+
+fn pfn_of(frame: PhysFrame) -> u64 {
+    frame.start_address().as_u64() >> 12
+}
 
 /// What a frame is used for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -56,7 +70,13 @@ pub struct PageInfo {
 }
 
 impl PageInfo {
-    /// A free frame's entry (for building the database's storage).
+    /// A free frame's entry, for building the database's storage; a kernel
+    /// without a heap keeps it in a static:
+    ///
+    /// ```
+    /// use dmaengine::mm::frame::PageInfo;
+    /// static PAGES: [PageInfo; 4096] = [const { PageInfo::new() }; 4096];
+    /// ```
     pub const fn new() -> PageInfo {
         PageInfo {
             counts: AtomicU64::new(0),
@@ -98,9 +118,16 @@ pub struct FrameState {
 }
 
 impl<'a> FrameDb<'a> {
-    /// A database of the frames from `base_pfn`, one entry each in `pages`,
+    /// A database of the frames from `first` on, one entry each in `pages`,
     /// every one free and owned by the database from now on.
-    pub fn new(pages: &'a [PageInfo], base_pfn: u64) -> Self {
+    ///
+    /// # Safety
+    /// Those frames must be RAM that nothing else uses (the database hands
+    /// them out as pages and page tables, which the crate writes through a
+    /// [`TableMapper`](super::traits::TableMapper)), for as long as the
+    /// database lives.
+    pub unsafe fn new(pages: &'a [PageInfo], first: PhysFrame) -> Self {
+        let base_pfn = pfn_of(first);
         for page in pages {
             page.counts.store(0, Ordering::Relaxed);
             page.kind.store(FrameKind::Free as u8, Ordering::Relaxed);
@@ -117,9 +144,16 @@ impl<'a> FrameDb<'a> {
         self.pages.get(usize::try_from(index).ok()?)
     }
 
-    /// The first frame number the database covers.
-    pub fn base_pfn(&self) -> u64 {
-        self.base_pfn
+    /// The first frame the database covers.
+    pub fn first_frame(&self) -> PhysFrame {
+        frame_of(self.base_pfn).expect("checked when the database was made")
+    }
+
+    /// The `index`th frame it covers, if it covers that many.
+    pub fn frame(&self, index: usize) -> Option<PhysFrame> {
+        (index < self.pages.len())
+            .then(|| frame_of(self.base_pfn + index as u64))
+            .flatten()
     }
 
     /// How many frames it covers.
@@ -132,9 +166,9 @@ impl<'a> FrameDb<'a> {
         self.pages.is_empty()
     }
 
-    /// The entry of frame `pfn`, if the database covers it.
-    pub fn state(&self, pfn: u64) -> Option<FrameState> {
-        self.info(pfn).map(|info| {
+    /// The entry of `frame`, if the database covers it.
+    pub fn state(&self, frame: PhysFrame) -> Option<FrameState> {
+        self.info(pfn_of(frame)).map(|info| {
             let counts = info.counts.load(Ordering::Acquire);
             FrameState {
                 kind: FrameKind::from_u8(info.kind.load(Ordering::Acquire)),
@@ -184,13 +218,8 @@ impl<'a> FrameDb<'a> {
         })
     }
 
-    /// Allocates a page-table frame (its one reference is the table's).
-    pub(crate) fn alloc_table(&self) -> Result<u64, MmError> {
-        self.take_free(FrameKind::PageTable)
-    }
-
-    /// Frees a page-table frame from [`FrameDb::alloc_table`].
-    pub(crate) fn free_table(&self, pfn: u64) {
+    /// Frees a page-table frame the database allocated.
+    fn free_table(&self, pfn: u64) {
         if let Some(info) = self.info(pfn) {
             debug_assert_eq!(
                 info.kind.load(Ordering::Acquire),
@@ -203,8 +232,8 @@ impl<'a> FrameDb<'a> {
 
     /// Marks a free frame as `Reserved` or `Kernel` (taking it out of the
     /// pool), or such a frame free again. Frames in use are refused.
-    pub fn set_kind(&self, pfn: u64, kind: FrameKind) -> Result<(), MmError> {
-        let info = self.info(pfn).ok_or(MmError::NotInsertable)?;
+    pub fn set_kind(&self, frame: PhysFrame, kind: FrameKind) -> Result<(), MmError> {
+        let info = self.info(pfn_of(frame)).ok_or(MmError::NotInsertable)?;
         let current = FrameKind::from_u8(info.kind.load(Ordering::Acquire));
         let allowed = matches!(
             (current, kind),
@@ -220,9 +249,10 @@ impl<'a> FrameDb<'a> {
         Ok(())
     }
 
-    /// A new reference to the mapped page `pfn` if it is a `Normal` page in
-    /// use (how the page behind a PTE is found again: `vm_normal_page`).
-    pub fn get(&self, pfn: u64) -> Option<PageRef<'_>> {
+    /// A new reference to the page `frame` if it is a `Normal` page in use
+    /// (how the page behind a PTE is found again: `vm_normal_page`).
+    pub fn get(&self, frame: PhysFrame) -> Option<PageRef<'_>> {
+        let pfn = pfn_of(frame);
         let info = self.info(pfn)?;
         if info.kind.load(Ordering::Acquire) != FrameKind::Normal as u8 || info.refcount() == 0 {
             return None;
@@ -231,10 +261,10 @@ impl<'a> FrameDb<'a> {
         Some(PageRef { db: self, pfn })
     }
 
-    /// Records one more mapping of `pfn` if it is an insertable page (see
+    /// Records one more mapping of `frame` if it is an insertable page (see
     /// [`FrameDb::insertable`]); returns whether it was.
-    pub(crate) fn try_map(&self, pfn: u64) -> bool {
-        let Some(info) = self.info(pfn) else {
+    fn try_map(&self, frame: PhysFrame) -> bool {
+        let Some(info) = self.info(pfn_of(frame)) else {
             return false;
         };
         if info.kind.load(Ordering::Acquire) != FrameKind::Normal as u8 || info.refcount() == 0 {
@@ -244,16 +274,9 @@ impl<'a> FrameDb<'a> {
         true
     }
 
-    /// Records one more mapping of a page: a reference and a map count.
-    pub(crate) fn map(&self, pfn: u64) {
-        if let Some(info) = self.info(pfn) {
-            info.counts.fetch_add(REF + MAP, Ordering::AcqRel);
-        }
-    }
-
     /// Records one mapping fewer, freeing the page with its last reference.
-    pub(crate) fn unmap(&self, pfn: u64) {
-        if let Some(info) = self.info(pfn) {
+    fn unmap(&self, frame: PhysFrame) {
+        if let Some(info) = self.info(pfn_of(frame)) {
             self.put(info, REF + MAP);
         }
     }
@@ -266,11 +289,57 @@ impl<'a> FrameDb<'a> {
         }
     }
 
-    /// Whether `pfn` may be inserted with `insert_page`: a `Normal` page
+    /// Whether `frame` may be inserted with `insert_page`: a `Normal` page
     /// someone holds.
-    pub fn insertable(&self, pfn: u64) -> bool {
-        self.state(pfn)
+    pub fn insertable(&self, frame: PhysFrame) -> bool {
+        self.state(frame)
             .is_some_and(|s| s.kind == FrameKind::Normal && s.refcount > 0)
+    }
+}
+
+// SAFETY: `FrameDb::new`'s contract gives the database RAM nobody else
+// uses; a frame counts as mapped only while it is a held `Normal` page,
+// and is freed only with its last reference.
+unsafe impl<'a> PageCounter for &'a FrameDb<'a> {
+    type Page = PageRef<'a>;
+
+    fn try_map(&self, frame: PhysFrame) -> bool {
+        FrameDb::try_map(self, frame)
+    }
+
+    fn unmap(&self, frame: PhysFrame) {
+        FrameDb::unmap(self, frame)
+    }
+
+    fn covers(&self, frame: PhysFrame) -> bool {
+        self.info(pfn_of(frame)).is_some()
+    }
+
+    fn only_mapping(&self, frame: PhysFrame) -> bool {
+        self.state(frame)
+            .is_some_and(|s| s.kind == FrameKind::Normal && s.refcount == 1 && s.mapcount == 1)
+    }
+
+    fn get(&self, frame: PhysFrame) -> Option<PageRef<'a>> {
+        FrameDb::get(self, frame)
+    }
+
+    fn alloc_page(&self) -> Option<PageRef<'a>> {
+        FrameDb::alloc_page(self).ok()
+    }
+}
+
+// SAFETY: a frame is handed out once (claimed from `Free` atomically) and
+// is RAM nobody else uses (`FrameDb::new`'s contract).
+unsafe impl FrameAllocator<Size4KiB> for &FrameDb<'_> {
+    fn allocate_frame(&mut self) -> Option<PhysFrame> {
+        frame_of(self.take_free(FrameKind::PageTable).ok()?)
+    }
+}
+
+impl FrameDeallocator<Size4KiB> for &FrameDb<'_> {
+    unsafe fn deallocate_frame(&mut self, frame: PhysFrame) {
+        self.free_table(pfn_of(frame));
     }
 }
 
@@ -286,9 +355,20 @@ impl PageRef<'_> {
         self.pfn
     }
 
+    /// The page's frame.
+    pub fn frame(&self) -> PhysFrame {
+        frame_of(self.pfn).expect("a database frame")
+    }
+
     /// The page's physical address.
-    pub fn phys(&self) -> u64 {
-        self.pfn << 12
+    pub fn phys(&self) -> PhysAddr {
+        self.frame().start_address()
+    }
+}
+
+impl CountedPage for PageRef<'_> {
+    fn frame(&self) -> PhysFrame {
+        PageRef::frame(self)
     }
 }
 

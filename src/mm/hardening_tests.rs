@@ -9,14 +9,20 @@ use std::collections::BTreeSet;
 
 use proptest::prelude::*;
 
+use x86_64::structures::paging::{Page, PhysFrame};
+use x86_64::{PhysAddr, VirtAddr};
+
 use super::MmError;
 use super::frame::{FrameDb, FrameKind, PageRef};
 use super::pte::{self, PAGE_2M, PAGE_4K};
 use super::space::{AddressSpace, PartialInsert, VmaId, WriteFault};
-use super::tests::{BASE, COW, Memory, SHARED_RW, Space, Tlb, counts, page_bytes, table_frames};
+use super::tests::{
+    BASE, COW, Memory, SHARED_RW, Space, bytes_to_pages, counts, fr, mapper, new_space, npages,
+    page_bytes, pg, table_frames, va,
+};
 use super::tlb::TlbFlush;
+use super::traits::{OffsetMapper, PageCounter, TableAllocator, TableMapper};
 use super::vma::{PageProt, VmFlags};
-use crate::hal::fake::FakeHal;
 
 /// The page-table frames reachable from `root` (host memory, mapped 1:1).
 fn reachable_tables(root: u64) -> BTreeSet<u64> {
@@ -40,10 +46,10 @@ fn reachable_tables(root: u64) -> BTreeSet<u64> {
 }
 
 fn table_set(db: &FrameDb<'_>) -> BTreeSet<u64> {
-    (0..db.len() as u64)
-        .map(|i| db.base_pfn() + i)
-        .filter(|&pfn| db.state(pfn).unwrap().kind == FrameKind::PageTable)
-        .map(|pfn| pfn << 12)
+    (0..db.len())
+        .map(|i| db.frame(i).unwrap())
+        .filter(|&f| db.state(f).unwrap().kind == FrameKind::PageTable)
+        .map(|f| f.start_address().as_u64())
         .collect()
 }
 
@@ -52,33 +58,31 @@ fn table_set(db: &FrameDb<'_>) -> BTreeSet<u64> {
 /// safe to free.
 struct OrderTlb<'a> {
     db: &'a FrameDb<'a>,
-    root: u64,
     safe_after_flush: Vec<BTreeSet<u64>>,
 }
 
-impl TlbFlush for OrderTlb<'_> {
-    fn flush_page(&mut self, _va: u64) {}
-    fn flush_all(&mut self) {
-        let reachable = reachable_tables(self.root);
+// SAFETY: host page tables are never loaded; this only records.
+unsafe impl TlbFlush for OrderTlb<'_> {
+    fn flush_page(&mut self, _root: PhysFrame, _va: VirtAddr) {}
+    fn flush_all(&mut self, root: PhysFrame) {
+        let root = root.start_address().as_u64();
+        let reachable = reachable_tables(root);
         let unlinked = table_set(self.db)
             .into_iter()
-            .filter(|t| *t != self.root && !reachable.contains(t))
+            .filter(|t| *t != root && !reachable.contains(t))
             .collect();
         self.safe_after_flush.push(unlinked);
     }
 }
 
-type OrderSpace<'a> = AddressSpace<'a, FakeHal, OrderTlb<'a>>;
+type OrderSpace<'a> = AddressSpace<&'a FrameDb<'a>, OffsetMapper, &'a FrameDb<'a>, OrderTlb<'a>>;
 
 fn order_space<'a>(db: &'a FrameDb<'a>) -> OrderSpace<'a> {
     let tlb = OrderTlb {
         db,
-        root: 0,
         safe_after_flush: Vec::new(),
     };
-    let mut space = OrderSpace::new(db, tlb, true).unwrap();
-    space.tlb_mut().root = space.root();
-    space
+    OrderSpace::new(db, mapper(), db, tlb, true).unwrap()
 }
 
 /// Runs `op` and checks that every table frame it freed was, at some full
@@ -109,31 +113,45 @@ fn page_table_frames_are_freed_only_after_a_flush_that_follows_their_unlinking()
     let mem = Memory::new(128);
     let db = mem.db();
     let mut space = order_space(&db);
-    let v = space.map_vma(BASE, BASE + 64 * PAGE_2M, SHARED_RW).unwrap();
+    let v = space
+        .map_vma(pg(BASE), npages(BASE, BASE + 64 * PAGE_2M), SHARED_RW)
+        .unwrap();
     let page = db.alloc_page().unwrap();
     // A zap that empties two page tables, their directory and its parent.
-    space.insert_page(v, BASE, &page).unwrap();
-    space.insert_page(v, BASE + PAGE_2M, &page).unwrap();
+    space.insert_page(v, pg(BASE), &page).unwrap();
+    space.insert_page(v, pg(BASE + PAGE_2M), &page).unwrap();
     assert_tables_freed_after_flush(&mut space, &db, "zap", |s| {
-        s.zap_range(v, BASE, BASE + 2 * PAGE_2M).unwrap()
+        s.zap_range(v, pg(BASE), npages(BASE, BASE + 2 * PAGE_2M))
+            .unwrap()
     });
     // More emptied tables than one gather holds.
     for i in 0..40 {
-        space.insert_page(v, BASE + i * PAGE_2M, &page).unwrap();
+        space.insert_page(v, pg(BASE + i * PAGE_2M), &page).unwrap();
     }
     assert_tables_freed_after_flush(&mut space, &db, "a zap of 40 tables", |s| {
-        s.zap_range(v, BASE, BASE + 40 * PAGE_2M).unwrap()
+        s.zap_range(v, pg(BASE), npages(BASE, BASE + 40 * PAGE_2M))
+            .unwrap()
     });
     assert_eq!(counts(&db, page.pfn()), (1, 0));
     // A failed remap (busy part-way) undoes what it wrote and prunes.
-    space.insert_page(v, BASE + 3 * PAGE_2M, &page).unwrap();
+    space.insert_page(v, pg(BASE + 3 * PAGE_2M), &page).unwrap();
     assert_tables_freed_after_flush(&mut space, &db, "remap undo", |s| {
         assert_eq!(
-            s.remap_pfn_range(v, BASE, 0x100, 3 * PAGE_2M + PAGE_4K, PageProt::READ_ONLY),
+            s.remap_pfn_range(
+                v,
+                pg(BASE),
+                fr(0x100),
+                bytes_to_pages(3 * PAGE_2M + PAGE_4K),
+                PageProt::READ_ONLY
+            ),
             Err(MmError::WrongVmaKind)
         );
-        s.zap_range(v, BASE + 3 * PAGE_2M, BASE + 3 * PAGE_2M + PAGE_4K)
-            .unwrap();
+        s.zap_range(
+            v,
+            pg(BASE + 3 * PAGE_2M),
+            npages(BASE + 3 * PAGE_2M, BASE + 3 * PAGE_2M + PAGE_4K),
+        )
+        .unwrap();
     });
     drop(space);
     drop(page);
@@ -142,11 +160,16 @@ fn page_table_frames_are_freed_only_after_a_flush_that_follows_their_unlinking()
     let db = mem.db();
     let mut space = order_space(&db);
     let page = db.alloc_page().unwrap();
-    let v = space.map_vma(BASE, BASE + PAGE_4K, SHARED_RW).unwrap();
+    let v = space
+        .map_vma(pg(BASE), npages(BASE, BASE + PAGE_4K), SHARED_RW)
+        .unwrap();
     let mut tables_made = 0;
     space.tlb_mut().safe_after_flush.clear();
     let before = db.free_frames();
-    assert_eq!(space.insert_page(v, BASE, &page), Err(MmError::OutOfMemory));
+    assert_eq!(
+        space.insert_page(v, pg(BASE), &page),
+        Err(MmError::OutOfMemory)
+    );
     assert_eq!(db.free_frames(), before);
     for safe in &space.tlb_mut().safe_after_flush {
         tables_made = tables_made.max(safe.len());
@@ -161,36 +184,45 @@ fn page_table_frames_are_freed_only_after_a_flush_that_follows_their_unlinking()
 fn stale_and_foreign_area_ids_are_refused() {
     let mem = Memory::new(32);
     let db = mem.db();
-    let mut space = Space::new(&db, Tlb::default(), true).unwrap();
-    let mut other = Space::new(&db, Tlb::default(), true).unwrap();
+    let mut space = new_space(&db);
+    let mut other = new_space(&db);
     let page = db.alloc_page().unwrap();
-    let old = space.map_vma(BASE, BASE + PAGE_4K, SHARED_RW).unwrap();
+    let old = space
+        .map_vma(pg(BASE), npages(BASE, BASE + PAGE_4K), SHARED_RW)
+        .unwrap();
     space.unmap_vma(old).unwrap();
     // A new area takes the same slot; the old id must not reach it.
-    let new = space.map_vma(BASE, BASE + PAGE_4K, SHARED_RW).unwrap();
+    let new = space
+        .map_vma(pg(BASE), npages(BASE, BASE + PAGE_4K), SHARED_RW)
+        .unwrap();
     assert_ne!(old, new);
-    assert_eq!(space.insert_page(old, BASE, &page), Err(MmError::NoSuchVma));
     assert_eq!(
-        space.zap_range(old, BASE, BASE + PAGE_4K),
+        space.insert_page(old, pg(BASE), &page),
+        Err(MmError::NoSuchVma)
+    );
+    assert_eq!(
+        space.zap_range(old, pg(BASE), npages(BASE, BASE + PAGE_4K)),
         Err(MmError::NoSuchVma)
     );
     assert_eq!(space.unmap_vma(old), Err(MmError::NoSuchVma));
-    let theirs = other.map_vma(BASE, BASE + PAGE_4K, SHARED_RW).unwrap();
+    let theirs = other
+        .map_vma(pg(BASE), npages(BASE, BASE + PAGE_4K), SHARED_RW)
+        .unwrap();
     assert_eq!(
-        space.insert_page(theirs, BASE, &page),
+        space.insert_page(theirs, pg(BASE), &page),
         Err(MmError::ForeignVma)
     );
     assert_eq!(space.vma(theirs).err(), Some(MmError::ForeignVma));
     assert_eq!(
-        space.insert_pages(theirs, BASE, std::slice::from_ref(&page)),
+        space.insert_pages(theirs, pg(BASE), std::slice::from_ref(&page)),
         Err(PartialInsert {
             inserted: 0,
             error: MmError::ForeignVma
         })
     );
-    assert!(space.translate(BASE).is_none() && other.translate(BASE).is_none());
+    assert!(space.translate(va(BASE)).is_none() && other.translate(va(BASE)).is_none());
     assert_eq!(counts(&db, page.pfn()), (1, 0));
-    space.insert_page(new, BASE, &page).unwrap();
+    space.insert_page(new, pg(BASE), &page).unwrap();
 }
 
 /// Host memory that stands for 2 MiB-aligned device frames (not in any
@@ -220,14 +252,14 @@ impl Drop for HugeFrames {
     }
 }
 
-fn fingerprint<T: TlbFlush>(
-    space: &AddressSpace<'_, FakeHal, T>,
+fn fingerprint<C: PageCounter, M: TableMapper, A: TableAllocator, T: TlbFlush>(
+    space: &AddressSpace<C, M, A, T>,
     db: &FrameDb<'_>,
 ) -> (Vec<(u64, u64)>, usize, usize) {
     (
         space
-            .leaves(0, super::space::USER_END)
-            .map(|l| (l.va, l.entry))
+            .user_leaves()
+            .map(|l| (l.va.as_u64(), l.entry))
             .collect(),
         table_frames(db),
         db.free_frames(),
@@ -240,44 +272,52 @@ fn a_write_fault_on_a_2mib_copy_on_write_entry_splits_it_and_copies_one_page() {
     page_bytes((frames.pfn() + 5) << 12).fill(0x5a);
     let mem = Memory::new(16);
     let db = mem.db();
-    let mut space = Space::new(&db, Tlb::default(), true).unwrap();
-    let v = space.map_vma(BASE, BASE + PAGE_2M, COW).unwrap();
-    space
-        .remap_pfn_range(v, BASE, frames.pfn(), PAGE_2M, PageProt::READ_ONLY)
+    let mut space = new_space(&db);
+    let v = space
+        .map_vma(pg(BASE), npages(BASE, BASE + PAGE_2M), COW)
         .unwrap();
-    assert_eq!(space.translate(BASE).unwrap().level, 2);
+    space
+        .remap_pfn_range(
+            v,
+            pg(BASE),
+            fr(frames.pfn()),
+            bytes_to_pages(PAGE_2M),
+            PageProt::READ_ONLY,
+        )
+        .unwrap();
+    assert_eq!(space.translate(va(BASE)).unwrap().level, 2);
     let at = BASE + 5 * PAGE_4K + 123;
     // Out of memory for the copy, then for the split: nothing changes.
     let held: Vec<PageRef<'_>> = std::iter::from_fn(|| db.alloc_page().ok()).collect();
     let before = fingerprint(&space, &db);
-    assert_eq!(space.handle_write_fault(at), Err(MmError::OutOfMemory));
+    assert_eq!(space.handle_write_fault(va(at)), Err(MmError::OutOfMemory));
     assert_eq!(fingerprint(&space, &db), before);
     let mut held = held;
     drop(held.pop());
     let before = fingerprint(&space, &db);
     assert_eq!(
-        space.handle_write_fault(at),
+        space.handle_write_fault(va(at)),
         Err(MmError::OutOfMemory),
         "one frame: the copy, but no table for the split"
     );
     assert_eq!(fingerprint(&space, &db), before);
     drop(held);
-    assert_eq!(space.handle_write_fault(at), Ok(WriteFault::Copied));
-    let leaf = space.translate(at).unwrap();
+    assert_eq!(space.handle_write_fault(va(at)), Ok(WriteFault::Copied));
+    let leaf = space.translate(va(at)).unwrap();
     assert_eq!(leaf.level, 1);
     assert!(!leaf.is_special() && leaf.entry & pte::WRITABLE != 0);
-    assert_ne!(leaf.phys() >> 12, frames.pfn() + 5);
-    assert!(page_bytes(leaf.phys()).iter().all(|&b| b == 0x5a));
+    assert_ne!(leaf.phys().as_u64() >> 12, frames.pfn() + 5);
+    assert!(page_bytes(leaf.phys().as_u64()).iter().all(|&b| b == 0x5a));
     // The other 511 pages still map the device frames, read-only, special.
     let rest: Vec<_> = space
-        .leaves(BASE, BASE + PAGE_2M)
-        .filter(|l| l.va != BASE + 5 * PAGE_4K)
+        .leaves(va(BASE)..va(BASE + PAGE_2M))
+        .filter(|l| l.va.as_u64() != BASE + 5 * PAGE_4K)
         .collect();
     assert_eq!(rest.len(), 511);
     assert!(rest.iter().all(|l| l.level == 1
         && l.is_special()
         && l.entry & pte::WRITABLE == 0
-        && l.phys() == (frames.pfn() << 12) + (l.va - BASE)));
+        && l.phys().as_u64() == (frames.pfn() << 12) + (l.va.as_u64() - BASE)));
     assert!(
         page_bytes((frames.pfn() + 5) << 12)
             .iter()
@@ -293,34 +333,46 @@ fn fork_write_protects_writable_special_entries_of_copy_on_write_areas() {
     let frames = HugeFrames::new(2);
     let mem = Memory::new(32);
     let db = mem.db();
-    let mut parent = Space::new(&db, Tlb::default(), true).unwrap();
-    let mut child = Space::new(&db, Tlb::default(), true).unwrap();
+    let mut parent = new_space(&db);
+    let mut child = new_space(&db);
     // A private area remapped read-write: 4 KiB and 2 MiB special entries.
-    let small = parent.map_vma(BASE, BASE + PAGE_4K, COW).unwrap();
+    let small = parent
+        .map_vma(pg(BASE), npages(BASE, BASE + PAGE_4K), COW)
+        .unwrap();
     parent
-        .remap_pfn_range(small, BASE, frames.pfn(), PAGE_4K, PageProt::READ_WRITE)
+        .remap_pfn_range(
+            small,
+            pg(BASE),
+            fr(frames.pfn()),
+            bytes_to_pages(PAGE_4K),
+            PageProt::READ_WRITE,
+        )
         .unwrap();
     let huge = parent
-        .map_vma(BASE + PAGE_2M, BASE + 2 * PAGE_2M, COW)
+        .map_vma(
+            pg(BASE + PAGE_2M),
+            npages(BASE + PAGE_2M, BASE + 2 * PAGE_2M),
+            COW,
+        )
         .unwrap();
     parent
         .remap_pfn_range(
             huge,
-            BASE + PAGE_2M,
-            frames.pfn() + 512,
-            PAGE_2M,
+            pg(BASE + PAGE_2M),
+            fr(frames.pfn() + 512),
+            bytes_to_pages(PAGE_2M),
             PageProt::READ_WRITE,
         )
         .unwrap();
-    assert!(parent.translate(BASE).unwrap().entry & pte::WRITABLE != 0);
+    assert!(parent.translate(va(BASE)).unwrap().entry & pte::WRITABLE != 0);
     let small_child = parent.fork_range(small, &mut child).unwrap();
     let huge_child = parent.fork_range(huge, &mut child).unwrap();
     for space in [&parent, &child] {
-        for va in [BASE, BASE + PAGE_2M] {
+        for addr in [BASE, BASE + PAGE_2M] {
             assert_eq!(
-                space.translate(va).unwrap().entry & pte::WRITABLE,
+                space.translate(va(addr)).unwrap().entry & pte::WRITABLE,
                 0,
-                "{va:#x} read-only on both sides"
+                "{addr:#x} read-only on both sides"
             );
         }
     }
@@ -330,18 +382,18 @@ fn fork_write_protects_writable_special_entries_of_copy_on_write_areas() {
     );
     // A write on either side gets a private copy; the device frames stay.
     page_bytes(frames.pfn() << 12)[0] = 0x11;
-    assert_eq!(child.handle_write_fault(BASE), Ok(WriteFault::Copied));
-    page_bytes(child.translate(BASE).unwrap().phys())[0] = 0x22;
+    assert_eq!(child.handle_write_fault(va(BASE)), Ok(WriteFault::Copied));
+    page_bytes(child.translate(va(BASE)).unwrap().phys().as_u64())[0] = 0x22;
     assert_eq!(page_bytes(frames.pfn() << 12)[0], 0x11);
     assert_eq!(
-        child.handle_write_fault(BASE + PAGE_2M + 7 * PAGE_4K),
+        child.handle_write_fault(va(BASE + PAGE_2M + 7 * PAGE_4K)),
         Ok(WriteFault::Copied)
     );
-    assert!(parent.translate(BASE + PAGE_2M).unwrap().level == 2);
-    assert_eq!(parent.handle_write_fault(BASE), Ok(WriteFault::Copied));
+    assert!(parent.translate(va(BASE + PAGE_2M)).unwrap().level == 2);
+    assert_eq!(parent.handle_write_fault(va(BASE)), Ok(WriteFault::Copied));
     assert_ne!(
-        parent.translate(BASE).unwrap().phys(),
-        child.translate(BASE).unwrap().phys()
+        parent.translate(va(BASE)).unwrap().phys().as_u64(),
+        child.translate(va(BASE)).unwrap().phys().as_u64()
     );
     let _ = (small_child, huge_child);
     drop((parent, child));
@@ -354,14 +406,14 @@ fn fork_write_protects_writable_special_entries_of_copy_on_write_areas() {
 fn sweep_exhaustion(
     name: &str,
     frames: usize,
-    setup: impl Fn(&FrameDb<'_>, &mut Space<'_>) -> VmaId,
+    setup: impl for<'a> Fn(&'a FrameDb<'a>, &mut Space<'a>) -> VmaId,
     op: impl for<'a> Fn(&mut Space<'a>, VmaId, &mut Space<'a>) -> Result<(), MmError>,
 ) {
     for free in 0.. {
         let mem = Memory::new(frames);
         let db = mem.db();
-        let mut space = Space::new(&db, Tlb::default(), true).unwrap();
-        let mut other = Space::new(&db, Tlb::default(), true).unwrap();
+        let mut space = new_space(&db);
+        let mut other = new_space(&db);
         let id = setup(&db, &mut space);
         let mut held: Vec<PageRef<'_>> = std::iter::from_fn(|| db.alloc_page().ok()).collect();
         held.truncate(held.len().saturating_sub(free));
@@ -394,11 +446,17 @@ fn running_out_of_frames_at_any_point_changes_nothing() {
         64,
         |_, space| {
             space
-                .map_vma(BASE, BASE + PAGE_2M + PAGE_4K, SHARED_RW)
+                .map_vma(pg(BASE), npages(BASE, BASE + PAGE_2M + PAGE_4K), SHARED_RW)
                 .unwrap()
         },
         |space, id, _| {
-            space.remap_pfn_range(id, BASE, device, PAGE_2M + PAGE_4K, PageProt::READ_ONLY)
+            space.remap_pfn_range(
+                id,
+                pg(BASE),
+                fr(device),
+                bytes_to_pages(PAGE_2M + PAGE_4K),
+                PageProt::READ_ONLY,
+            )
         },
     );
     // A zap that must split a 2 MiB entry at each end.
@@ -406,23 +464,39 @@ fn running_out_of_frames_at_any_point_changes_nothing() {
         "zap with splits",
         64,
         |_, space| {
-            let v = space.map_vma(BASE, BASE + 2 * PAGE_2M, SHARED_RW).unwrap();
+            let v = space
+                .map_vma(pg(BASE), npages(BASE, BASE + 2 * PAGE_2M), SHARED_RW)
+                .unwrap();
             space
-                .remap_pfn_range(v, BASE, device, 2 * PAGE_2M, PageProt::READ_ONLY)
+                .remap_pfn_range(
+                    v,
+                    pg(BASE),
+                    fr(device),
+                    bytes_to_pages(2 * PAGE_2M),
+                    PageProt::READ_ONLY,
+                )
                 .unwrap();
             v
         },
-        |space, id, _| space.zap_range(id, BASE + PAGE_4K, BASE + PAGE_2M + PAGE_4K),
+        |space, id, _| {
+            space.zap_range(
+                id,
+                pg(BASE + PAGE_4K),
+                npages(BASE + PAGE_4K, BASE + PAGE_2M + PAGE_4K),
+            )
+        },
     );
     // fork of an area with pages in two page tables.
     sweep_exhaustion(
         "fork",
         64,
         |db, space| {
-            let v = space.map_vma(BASE, BASE + 2 * PAGE_2M, COW).unwrap();
+            let v = space
+                .map_vma(pg(BASE), npages(BASE, BASE + 2 * PAGE_2M), COW)
+                .unwrap();
             let a = db.alloc_page().unwrap();
-            space.insert_page(v, BASE, &a).unwrap();
-            space.insert_page(v, BASE + PAGE_2M, &a).unwrap();
+            space.insert_page(v, pg(BASE), &a).unwrap();
+            space.insert_page(v, pg(BASE + PAGE_2M), &a).unwrap();
             v
         },
         |space, id, child| space.fork_range(id, child).map(|_| ()),
@@ -434,14 +508,16 @@ fn insert_pages_out_of_frames_keeps_exactly_what_it_reports() {
     for free in 0..6 {
         let mem = Memory::new(64);
         let db = mem.db();
-        let mut space = Space::new(&db, Tlb::default(), true).unwrap();
-        let v = space.map_vma(BASE, BASE + 4 * PAGE_2M, SHARED_RW).unwrap();
+        let mut space = new_space(&db);
+        let v = space
+            .map_vma(pg(BASE), npages(BASE, BASE + 4 * PAGE_2M), SHARED_RW)
+            .unwrap();
         // Three pages: one at the end of one table, two in the next.
         let pages: Vec<PageRef<'_>> = (0..3).map(|_| db.alloc_page().unwrap()).collect();
         let mut held: Vec<PageRef<'_>> = std::iter::from_fn(|| db.alloc_page().ok()).collect();
         held.truncate(held.len().saturating_sub(free));
         let at = BASE + PAGE_2M - PAGE_4K;
-        let result = space.insert_pages(v, at, &pages);
+        let result = space.insert_pages(v, pg(at), &pages);
         let inserted = match result {
             Ok(()) => 3,
             Err(PartialInsert {
@@ -450,9 +526,12 @@ fn insert_pages_out_of_frames_keeps_exactly_what_it_reports() {
             }) => inserted,
             Err(other) => panic!("unexpected {other:?}"),
         };
-        let mapped: Vec<_> = space.leaves(0, 1 << 47).map(|l| (l.va, l.phys())).collect();
+        let mapped: Vec<_> = space
+            .user_leaves()
+            .map(|l| (l.va.as_u64(), l.phys().as_u64()))
+            .collect();
         let expected: Vec<_> = (0..inserted)
-            .map(|i| (at + i as u64 * PAGE_4K, pages[i].phys()))
+            .map(|i| (at + i as u64 * PAGE_4K, pages[i].phys().as_u64()))
             .collect();
         assert_eq!(mapped, expected, "{free} free frames");
         for (i, page) in pages.iter().enumerate() {
@@ -480,6 +559,24 @@ fn hostile() -> impl Strategy<Value = u64> {
     ]
 }
 
+/// Any number as an address: canonical (the type allows no other), in
+/// either half.
+fn any_addr(a: u64) -> VirtAddr {
+    VirtAddr::new_truncate(a)
+}
+
+/// Any number as a page: the page containing it.
+fn any_page(a: u64) -> Page {
+    Page::containing_address(any_addr(a))
+}
+
+/// Any number as a frame: the frame containing it (52 bits kept).
+fn any_frame(p: u64) -> PhysFrame {
+    PhysFrame::containing_address(PhysAddr::new_truncate(p))
+}
+
+/// A call with hostile numbers: addresses become pages, frames and
+/// addresses as the types allow; counts stay raw.
 #[derive(Clone, Debug)]
 enum Call {
     MapVma(u64, u64),
@@ -494,12 +591,12 @@ enum Call {
 
 fn call() -> impl Strategy<Value = Call> {
     prop_oneof![
-        (hostile(), hostile()).prop_map(|(a, b)| Call::MapVma(a, b)),
+        (hostile(), hostile()).prop_map(|(a, n)| Call::MapVma(a, n)),
         hostile().prop_map(Call::InsertPage),
         (hostile(), 0usize..4).prop_map(|(a, n)| Call::InsertPages(a, n)),
         (hostile(), hostile(), hostile()).prop_map(|(a, p, s)| Call::Remap(a, p, s)),
         (hostile(), hostile()).prop_map(|(a, p)| Call::InsertPfn(a, p)),
-        (hostile(), hostile()).prop_map(|(a, b)| Call::Zap(a, b)),
+        (hostile(), hostile()).prop_map(|(a, n)| Call::Zap(a, n)),
         hostile().prop_map(Call::NormalPage),
         hostile().prop_map(Call::WriteFault),
     ]
@@ -515,10 +612,10 @@ proptest! {
     fn hostile_numbers_are_errors_that_change_nothing(calls in prop::collection::vec(call(), 1..30)) {
         let mem = Memory::new(48);
         let db = mem.db();
-        let mut space = Space::new(&db, Tlb::default(), true).unwrap();
+        let mut space = new_space(&db);
         let ids = [
-            space.map_vma(BASE, BASE + 4 * PAGE_4K, SHARED_RW).unwrap(),
-            space.map_vma(BASE + PAGE_2M, BASE + 3 * PAGE_2M, COW).unwrap(),
+            space.map_vma(pg(BASE), npages(BASE, BASE + 4 * PAGE_4K), SHARED_RW).unwrap(),
+            space.map_vma(pg(BASE + PAGE_2M), npages(BASE + PAGE_2M, BASE + 3 * PAGE_2M), COW).unwrap(),
         ];
         let pages: Vec<PageRef<'_>> = (0..3).map(|_| db.alloc_page().unwrap()).collect();
         let state = |space: &Space<'_>| {
@@ -530,18 +627,18 @@ proptest! {
             let id = ids[i % 2];
             let before = state(&space);
             let failed = match call {
-                Call::MapVma(a, b) => space.map_vma(a, b, SHARED_RW).is_err(),
-                Call::InsertPage(a) => space.insert_page(id, a, &pages[i % 3]).is_err(),
-                Call::InsertPages(a, n) => match space.insert_pages(id, a, &pages[..n]) {
+                Call::MapVma(a, n) => space.map_vma(any_page(a), n, SHARED_RW).is_err(),
+                Call::InsertPage(a) => space.insert_page(id, any_page(a), &pages[i % 3]).is_err(),
+                Call::InsertPages(a, n) => match space.insert_pages(id, any_page(a), &pages[..n]) {
                     Ok(()) => false,
                     // Pages inserted before the error stay: not "nothing".
                     Err(p) => p.inserted == 0,
                 },
-                Call::Remap(a, p, s) => space.remap_pfn_range(id, a, p, s, PageProt::READ_WRITE).is_err(),
-                Call::InsertPfn(a, p) => space.insert_pfn(id, a, p).is_err(),
-                Call::Zap(a, b) => space.zap_range(id, a, b).is_err(),
-                Call::NormalPage(a) => { let _ = space.normal_page(id, a); let _ = space.translate(a); true }
-                Call::WriteFault(a) => space.handle_write_fault(a).is_err(),
+                Call::Remap(a, p, n) => space.remap_pfn_range(id, any_page(a), any_frame(p), n, PageProt::READ_WRITE).is_err(),
+                Call::InsertPfn(a, p) => space.insert_pfn(id, any_page(a), any_frame(p)).is_err(),
+                Call::Zap(a, n) => space.zap_range(id, any_page(a), n).is_err(),
+                Call::NormalPage(a) => { let _ = space.normal_page(id, any_addr(a)); let _ = space.translate(any_addr(a)); true }
+                Call::WriteFault(a) => space.handle_write_fault(any_addr(a)).is_err(),
             };
             if failed {
                 prop_assert_eq!(state(&space), before);
@@ -561,12 +658,14 @@ fn kind_of_a_frame_the_database_does_not_cover_is_not_counted() {
     // raw PFNs and are taken in a MIXEDMAP area.
     let mem = Memory::new(16);
     let db = mem.db();
-    let mut space = Space::new(&db, Tlb::default(), true).unwrap();
-    let v = space.map_vma(BASE, BASE + 2 * PAGE_4K, SHARED_RW).unwrap();
+    let mut space = new_space(&db);
+    let v = space
+        .map_vma(pg(BASE), npages(BASE, BASE + 2 * PAGE_4K), SHARED_RW)
+        .unwrap();
     let page = db.alloc_page().unwrap();
-    space.insert_page(v, BASE, &page).unwrap();
-    let outside = db.base_pfn() + db.len() as u64 + 10;
-    assert!(db.state(outside).is_none());
-    assert!(space.insert_pfn(v, BASE + PAGE_4K, outside).is_ok());
+    space.insert_page(v, pg(BASE), &page).unwrap();
+    let outside = (db.first_frame().start_address().as_u64() >> 12) + db.len() as u64 + 10;
+    assert!(db.state(fr(outside)).is_none());
+    assert!(space.insert_pfn(v, pg(BASE + PAGE_4K), fr(outside)).is_ok());
     assert!(space.vma(v).unwrap().flags.contains(VmFlags::MIXEDMAP));
 }

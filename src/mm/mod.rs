@@ -5,12 +5,32 @@
 //! `insert_pfn`, `zap_range`, `normal_page` and `fork_range`, on x86_64
 //! 4-level page tables.
 //!
+//! - [`traits`]: what a kernel plugs in: how page tables are reached
+//!   ([`traits::TableMapper`]), where table frames come from (the `x86_64`
+//!   crate's `FrameAllocator`/`FrameDeallocator`), how pages are counted
+//!   ([`traits::PageCounter`]).
 //! - [`frame`]: the frame database (`struct page`: reference and map
-//!   counts, kinds) and counted [`frame::PageRef`]s.
+//!   counts, kinds) and counted [`frame::PageRef`]s: one `PageCounter`
+//!   (and frame allocator) for kernels without their own.
 //! - [`vma`]: areas, their flags and page protection.
-//! - [`pte`]: entry bits, PAT cache modes.
+//! - [`pte`]: entry bits, PAT cache modes; every entry is built there.
 //! - [`space`]: the address space and every operation on it.
 //! - [`tlb`]: the flushing the kernel supplies.
+//!
+//! Addresses, pages and frames at the boundary are the `x86_64` crate's
+//! `VirtAddr`, `PhysAddr`, `Page` and `PhysFrame`; sizes are page counts.
+//!
+//! # Soundness
+//! Every way for the crate to write memory it was only told about goes
+//! through an `unsafe` promise by the kernel: the `unsafe` traits
+//! [`traits::TableMapper`], [`traits::PageCounter`], [`tlb::TlbFlush`] and
+//! `x86_64`'s `FrameAllocator`, and the `unsafe` constructors
+//! [`frame::FrameDb::new`], [`traits::OffsetMapper::new`],
+//! [`space::AddressSpace::from_root`] and
+//! [`space::AddressSpace::share_kernel_slots`]. Given those, the safe API
+//! cannot corrupt memory: whatever the arguments, it writes only page
+//! tables of its own areas and frees only frames whose last mapping is gone
+//! and flushed.
 //!
 //! Every operation either succeeds or returns an error having changed
 //! nothing: no entry, no count, no page-table page. (`insert_pages` is the
@@ -21,6 +41,7 @@ pub mod frame;
 pub mod pte;
 pub mod space;
 pub mod tlb;
+pub mod traits;
 pub mod vma;
 
 use core::fmt;

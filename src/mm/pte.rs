@@ -1,8 +1,12 @@
-//! x86_64 page-table entries and cache modes.
+//! x86_64 page-table entries and cache modes: every entry the crate writes
+//! is built here.
 //!
 //! Source: Intel SDM Vol. 3A, 4.5 "4-Level Paging" (Tables 4-15 to 4-20 for
 //! the entry formats) and 12.12 "Page Attribute Table"; the PAT layout is
-//! the one Linux programs (`arch/x86/mm/pat/memtype.c`).
+//! the one Linux programs (`arch/x86/mm/pat/memtype.c`). The bits that
+//! `x86_64::structures::paging::PageTableFlags` names have the same values
+//! there (`PRESENT`, `WRITABLE`, `USER_ACCESSIBLE`, `WRITE_THROUGH`,
+//! `NO_CACHE`, `HUGE_PAGE`, `BIT_9`, `BIT_10`, `NO_EXECUTE`).
 
 /// Bit 0: present.
 pub const PRESENT: u64 = 1 << 0;
@@ -27,6 +31,10 @@ pub const PAT_2M: u64 = 1 << 12;
 /// Bit 9, ignored by the MMU: a *special* entry, with no frame-database
 /// entry behind it (Linux's `_PAGE_SPECIAL`, set by `remap_pfn_range`).
 pub const SPECIAL: u64 = 1 << 9;
+/// Bit 10 of a table link (ignored by the MMU in non-leaf entries): the
+/// table was allocated by this crate, which may free it when it empties.
+/// Tables without it (a kernel's own) are never freed or changed.
+pub const OWNED: u64 = 1 << 10;
 /// Bit 63: execute disable (needs EFER.NXE).
 pub const NO_EXECUTE: u64 = 1 << 63;
 /// Bits 12-51 of a 4 KiB entry or a table pointer: the physical address.
@@ -44,6 +52,14 @@ pub const PAGE_2M: u64 = 2 << 20;
 pub const LINUX_PAT: u64 = 0x0407_0506_0007_0106;
 
 /// A memory type for a mapping, selected through the PAT.
+///
+/// The PWT/PCD/PAT bits only mean these types once the kernel has loaded
+/// [`LINUX_PAT`] into the IA32_PAT MSR (0x277) on every CPU, before any
+/// mapping with a mode other than `WriteBack` or `Uncached` is used: with
+/// the reset PAT (WB, WT, UC-, UC repeated), `WriteCombining` silently
+/// becomes write-through and `WriteThrough` uncached. Writing the MSR is
+/// the kernel's job (`x86_64::registers::model_specific::Msr::new(0x277)`),
+/// followed by a full TLB and cache flush (SDM 12.12.4).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum CacheMode {
     /// Write-back: ordinary memory.
@@ -100,10 +116,36 @@ impl CacheMode {
     }
 }
 
+/// A link to a page table the crate allocated: present, writable and
+/// user-accessible (the leaves decide), marked [`OWNED`].
+pub const fn table_link(table: u64) -> u64 {
+    table | PRESENT | WRITABLE | USER | OWNED
+}
+
+/// A user leaf entry for physical address `phys` with protection `prot`:
+/// `huge` for a 2 MiB leaf (page-size bit, PAT in bit 12), `special` for a
+/// raw PFN with nothing counted behind it, `nx` when EFER.NXE is on (else
+/// the execute-disable bit is reserved and must stay clear).
+pub const fn leaf(phys: u64, prot: PageProt, huge: bool, special: bool, nx: bool) -> u64 {
+    phys | PRESENT
+        | USER
+        | (if prot.writable { WRITABLE } else { 0 })
+        | (if !prot.executable && nx {
+            NO_EXECUTE
+        } else {
+            0
+        })
+        | (if huge { HUGE } else { 0 })
+        | (if special { SPECIAL } else { 0 })
+        | prot.cache.pte_bits(huge)
+}
+
 /// The index of `va` in the table at `level` (4 = PML4 ... 1 = PT).
 pub const fn index(va: u64, level: u32) -> usize {
     ((va >> (12 + 9 * (level - 1))) & 0x1ff) as usize
 }
+
+use super::vma::PageProt;
 
 #[cfg(test)]
 mod tests {

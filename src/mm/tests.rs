@@ -1,18 +1,22 @@
-//! Host tests of the mapping rules: page tables in host memory (the fake HAL
-//! maps "physical" addresses 1:1), checked entry by entry and count by count.
+//! Host tests of the mapping rules: page tables in host memory (reached
+//! with an offset of 0: "physical" addresses are host addresses), checked
+//! entry by entry and count by count.
 
 use std::alloc::{Layout, alloc_zeroed, dealloc};
 use std::collections::BTreeMap;
 
 use proptest::prelude::*;
 
+use x86_64::structures::paging::{Page, PhysFrame};
+use x86_64::{PhysAddr, VirtAddr};
+
 use super::MmError;
 use super::frame::{FrameDb, FrameKind, PageInfo, PageRef};
 use super::pte::{self, CacheMode, PAGE_2M, PAGE_4K};
 use super::space::{AddressSpace, Inserted, PartialInsert, VmaId};
 use super::tlb::TlbFlush;
+use super::traits::OffsetMapper;
 use super::vma::{PageProt, VmFlags};
-use crate::hal::fake::FakeHal;
 
 /// Records every flush.
 #[derive(Default, Debug)]
@@ -21,13 +25,49 @@ pub(super) struct Tlb {
     pub(super) full: usize,
 }
 
-impl TlbFlush for Tlb {
-    fn flush_page(&mut self, va: u64) {
-        self.pages.push(va);
+// SAFETY: host page tables are never loaded by any CPU, so there is
+// nothing to flush; the test only records what was asked.
+unsafe impl TlbFlush for Tlb {
+    fn flush_page(&mut self, _root: PhysFrame, va: VirtAddr) {
+        self.pages.push(va.as_u64());
     }
-    fn flush_all(&mut self) {
+    fn flush_all(&mut self, _root: PhysFrame) {
         self.full += 1;
     }
+}
+
+/// The page at `addr` (page-aligned).
+pub(super) fn pg(addr: u64) -> Page {
+    Page::from_start_address(VirtAddr::new(addr)).expect("a page-aligned address")
+}
+
+pub(super) fn va(addr: u64) -> VirtAddr {
+    VirtAddr::new(addr)
+}
+
+/// The frame with number `pfn`.
+pub(super) fn fr(pfn: u64) -> PhysFrame {
+    PhysFrame::containing_address(PhysAddr::new(pfn << 12))
+}
+
+/// Pages in `[start, end)`.
+pub(super) fn npages(start: u64, end: u64) -> u64 {
+    (end - start) / PAGE_4K
+}
+
+pub(super) fn bytes_to_pages(bytes: u64) -> u64 {
+    bytes / PAGE_4K
+}
+
+/// Host memory is reached at offset 0.
+pub(super) fn mapper() -> OffsetMapper {
+    // SAFETY: test frames are host memory, mapped 1:1.
+    unsafe { OffsetMapper::new(VirtAddr::zero()) }
+}
+
+/// A space whose tables and pages come from `db`.
+pub(super) fn new_space<'a>(db: &'a FrameDb<'a>) -> Space<'a> {
+    Space::new(db, mapper(), db, Tlb::default(), true).unwrap()
 }
 
 /// Host memory standing in for the physical frames a database manages.
@@ -51,7 +91,9 @@ impl Memory {
     }
 
     pub(super) fn db(&self) -> FrameDb<'_> {
-        FrameDb::new(&self.infos, self.base as u64 >> 12)
+        // SAFETY: the frames are this host allocation, used only by the
+        // database while it lives.
+        unsafe { FrameDb::new(&self.infos, fr(self.base as u64 >> 12)) }
     }
 }
 
@@ -67,7 +109,7 @@ impl Drop for Memory {
     }
 }
 
-pub(super) type Space<'a> = AddressSpace<'a, FakeHal, Tlb>;
+pub(super) type Space<'a> = AddressSpace<&'a FrameDb<'a>, OffsetMapper, &'a FrameDb<'a>, Tlb>;
 
 pub(super) const SHARED_RW: VmFlags = VmFlags::READ
     .union(VmFlags::WRITE)
@@ -78,13 +120,13 @@ pub(super) const COW: VmFlags = VmFlags::READ.union(VmFlags::WRITE).union(VmFlag
 pub(super) const BASE: u64 = 0x4000_0000;
 
 pub(super) fn counts(db: &FrameDb<'_>, pfn: u64) -> (u32, u32) {
-    let s = db.state(pfn).unwrap();
+    let s = db.state(fr(pfn)).unwrap();
     (s.refcount, s.mapcount)
 }
 
 pub(super) fn table_frames(db: &FrameDb<'_>) -> usize {
-    (0..db.len() as u64)
-        .filter(|i| db.state(db.base_pfn() + i).unwrap().kind == FrameKind::PageTable)
+    (0..db.len())
+        .filter(|&i| db.state(db.frame(i).unwrap()).unwrap().kind == FrameKind::PageTable)
         .count()
 }
 
@@ -92,31 +134,33 @@ pub(super) fn table_frames(db: &FrameDb<'_>) -> usize {
 fn insert_page_rules() {
     let mem = Memory::new(64);
     let db = mem.db();
-    let mut space = Space::new(&db, Tlb::default(), true).unwrap();
-    let v = space.map_vma(BASE, BASE + 16 * PAGE_4K, SHARED_RW).unwrap();
+    let mut space = new_space(&db);
+    let v = space
+        .map_vma(pg(BASE), npages(BASE, BASE + 16 * PAGE_4K), SHARED_RW)
+        .unwrap();
     let page = db.alloc_page().unwrap();
     assert_eq!(counts(&db, page.pfn()), (1, 0));
-    assert_eq!(
-        space.insert_page(v, BASE + 1, &page),
-        Err(MmError::Misaligned)
+    assert!(
+        Page::<x86_64::structures::paging::Size4KiB>::from_start_address(va(BASE + 1)).is_err(),
+        "a misaligned page cannot even be named"
     );
     assert_eq!(
-        space.insert_page(v, BASE + 16 * PAGE_4K, &page),
+        space.insert_page(v, pg(BASE + 16 * PAGE_4K), &page),
         Err(MmError::OutOfRange)
     );
     assert_eq!(
-        space.insert_page(v, BASE - PAGE_4K, &page),
+        space.insert_page(v, pg(BASE - PAGE_4K), &page),
         Err(MmError::OutOfRange)
     );
-    space.insert_page(v, BASE + PAGE_4K, &page).unwrap();
+    space.insert_page(v, pg(BASE + PAGE_4K), &page).unwrap();
     assert_eq!(
         counts(&db, page.pfn()),
         (2, 1),
         "a reference and a map count"
     );
     assert!(space.vma(v).unwrap().flags.contains(VmFlags::MIXEDMAP));
-    let leaf = space.translate(BASE + PAGE_4K + 5).unwrap();
-    assert_eq!(leaf.phys(), page.phys());
+    let leaf = space.translate(va(BASE + PAGE_4K + 5)).unwrap();
+    assert_eq!(leaf.phys().as_u64(), page.phys().as_u64());
     assert_eq!(
         leaf.entry & (pte::PRESENT | pte::USER | pte::WRITABLE | pte::NO_EXECUTE),
         pte::PRESENT | pte::USER | pte::WRITABLE | pte::NO_EXECUTE
@@ -124,7 +168,7 @@ fn insert_page_rules() {
     assert!(!leaf.is_special());
     let other = db.alloc_page().unwrap();
     assert_eq!(
-        space.insert_page(v, BASE + PAGE_4K, &other),
+        space.insert_page(v, pg(BASE + PAGE_4K), &other),
         Err(MmError::Busy)
     );
     assert_eq!(
@@ -133,57 +177,65 @@ fn insert_page_rules() {
         "a refused insert takes nothing"
     );
     // The same page may be mapped twice.
-    space.insert_page(v, BASE + 2 * PAGE_4K, &page).unwrap();
+    space.insert_page(v, pg(BASE + 2 * PAGE_4K), &page).unwrap();
     assert_eq!(counts(&db, page.pfn()), (3, 2));
     assert_eq!(
         space
-            .normal_page(v, BASE + 2 * PAGE_4K)
+            .normal_page(v, va(BASE + 2 * PAGE_4K))
             .unwrap()
             .map(|p| p.pfn()),
         Some(page.pfn())
     );
     assert_eq!(
         space
-            .normal_page(v, BASE + 3 * PAGE_4K)
+            .normal_page(v, va(BASE + 3 * PAGE_4K))
             .unwrap()
             .map(|p| p.pfn()),
         None
     );
     // Frames that are not allocated pages are refused.
     let free_pfn = (0..64)
-        .map(|i| db.base_pfn() + i)
-        .find(|&p| db.state(p).unwrap().kind == FrameKind::Free)
+        .map(|i| (db.first_frame().start_address().as_u64() >> 12) + i)
+        .find(|&p| db.state(fr(p)).unwrap().kind == FrameKind::Free)
         .unwrap();
-    let root_pfn = space.root() >> 12;
+    let root_pfn = space.root().start_address().as_u64() >> 12;
     for pfn in [free_pfn, root_pfn] {
-        assert!(!db.insertable(pfn));
+        assert!(!db.insertable(fr(pfn)));
     }
-    db.set_kind(free_pfn, FrameKind::Reserved).unwrap();
-    assert!(!db.insertable(free_pfn));
+    db.set_kind(fr(free_pfn), FrameKind::Reserved).unwrap();
+    assert!(!db.insertable(fr(free_pfn)));
     // Private writable (copy-on-write) areas map pages read-only.
     let cow = space
-        .map_vma(BASE + PAGE_2M, BASE + PAGE_2M + PAGE_4K, COW)
+        .map_vma(
+            pg(BASE + PAGE_2M),
+            npages(BASE + PAGE_2M, BASE + PAGE_2M + PAGE_4K),
+            COW,
+        )
         .unwrap();
-    space.insert_page(cow, BASE + PAGE_2M, &other).unwrap();
+    space.insert_page(cow, pg(BASE + PAGE_2M), &other).unwrap();
     assert_eq!(
-        space.translate(BASE + PAGE_2M).unwrap().entry & pte::WRITABLE,
+        space.translate(va(BASE + PAGE_2M)).unwrap().entry & pte::WRITABLE,
         0
     );
     // A PFNMAP area refuses pages.
     let io = space
-        .map_vma(BASE + 2 * PAGE_2M, BASE + 2 * PAGE_2M + PAGE_4K, SHARED_RW)
+        .map_vma(
+            pg(BASE + 2 * PAGE_2M),
+            npages(BASE + 2 * PAGE_2M, BASE + 2 * PAGE_2M + PAGE_4K),
+            SHARED_RW,
+        )
         .unwrap();
     space
         .remap_pfn_range(
             io,
-            BASE + 2 * PAGE_2M,
-            0x1234,
-            PAGE_4K,
+            pg(BASE + 2 * PAGE_2M),
+            fr(0x1234),
+            bytes_to_pages(PAGE_4K),
             PageProt::READ_WRITE,
         )
         .unwrap();
     assert_eq!(
-        space.insert_page(io, BASE + 2 * PAGE_2M, &other),
+        space.insert_page(io, pg(BASE + 2 * PAGE_2M), &other),
         Err(MmError::WrongVmaKind)
     );
     drop(space);
@@ -200,18 +252,20 @@ fn insert_page_rules() {
 fn insert_pages_reports_how_many_went_in() {
     let mem = Memory::new(128);
     let db = mem.db();
-    let mut space = Space::new(&db, Tlb::default(), true).unwrap();
+    let mut space = new_space(&db);
     // Across a page-table boundary: 4 pages before it, 6 after.
     let start = BASE + PAGE_2M - 4 * PAGE_4K;
     let v = space
-        .map_vma(start, start + 16 * PAGE_4K, SHARED_RW)
+        .map_vma(pg(start), npages(start, start + 16 * PAGE_4K), SHARED_RW)
         .unwrap();
     let pages: Vec<PageRef<'_>> = (0..10).map(|_| db.alloc_page().unwrap()).collect();
     let blocker = db.alloc_page().unwrap();
-    space.insert_page(v, start + 7 * PAGE_4K, &blocker).unwrap();
+    space
+        .insert_page(v, pg(start + 7 * PAGE_4K), &blocker)
+        .unwrap();
     let written = space.entries_written();
     assert_eq!(
-        space.insert_pages(v, start, &pages),
+        space.insert_pages(v, pg(start), &pages),
         Err(PartialInsert {
             inserted: 7,
             error: MmError::Busy
@@ -226,11 +280,13 @@ fn insert_pages_reports_how_many_went_in() {
         7 + 1,
         "7 PTEs and one new PT link"
     );
-    space.zap_range(v, start, start + 7 * PAGE_4K).unwrap();
+    space
+        .zap_range(v, pg(start), npages(start, start + 7 * PAGE_4K))
+        .unwrap();
     assert!(pages.iter().all(|p| counts(&db, p.pfn()) == (1, 0)));
     // Out of range as a whole: nothing goes in.
     assert_eq!(
-        space.insert_pages(v, start + 8 * PAGE_4K, &pages),
+        space.insert_pages(v, pg(start + 8 * PAGE_4K), &pages),
         Err(PartialInsert {
             inserted: 0,
             error: MmError::OutOfRange
@@ -238,13 +294,15 @@ fn insert_pages_reports_how_many_went_in() {
     );
     assert!(
         space
-            .leaves(start, start + 16 * PAGE_4K)
-            .all(|l| l.va == start + 7 * PAGE_4K)
+            .leaves(va(start)..va(start + 16 * PAGE_4K))
+            .all(|l| l.va.as_u64() == start + 7 * PAGE_4K)
     );
     // The good case: 10 pages, one walk per page table.
-    space.zap_range(v, start, start + 16 * PAGE_4K).unwrap();
+    space
+        .zap_range(v, pg(start), npages(start, start + 16 * PAGE_4K))
+        .unwrap();
     let before = space.entries_written();
-    space.insert_pages(v, start, &pages).unwrap();
+    space.insert_pages(v, pg(start), &pages).unwrap();
     assert_eq!(
         space.entries_written() - before,
         10 + 2 + 2,
@@ -257,68 +315,86 @@ fn insert_pages_reports_how_many_went_in() {
 fn remap_pfn_range_uses_special_and_huge_entries() {
     let mem = Memory::new(64);
     let db = mem.db();
-    let mut space = Space::new(&db, Tlb::default(), true).unwrap();
+    let mut space = new_space(&db);
     let size = 2 * PAGE_2M + 3 * PAGE_4K;
-    let v = space.map_vma(BASE, BASE + size, SHARED_RW).unwrap();
+    let v = space
+        .map_vma(pg(BASE), npages(BASE, BASE + size), SHARED_RW)
+        .unwrap();
     let pfn = 0x8_0000; // 2 GiB: 2 MiB-aligned
     space
-        .remap_pfn_range(v, BASE, pfn, size, PageProt::READ_WRITE)
+        .remap_pfn_range(
+            v,
+            pg(BASE),
+            fr(pfn),
+            bytes_to_pages(size),
+            PageProt::READ_WRITE,
+        )
         .unwrap();
-    let leaves: Vec<_> = space.leaves(BASE, BASE + size).collect();
+    let leaves: Vec<_> = space.leaves(va(BASE)..va(BASE + size)).collect();
     assert_eq!(leaves.iter().filter(|l| l.level == 2).count(), 2);
     assert_eq!(leaves.iter().filter(|l| l.level == 1).count(), 3);
     assert!(
         leaves
             .iter()
-            .all(|l| l.is_special() && l.phys() == (pfn << 12) + (l.va - BASE))
+            .all(|l| l.is_special() && l.phys().as_u64() == (pfn << 12) + (l.va.as_u64() - BASE))
     );
     let flags = space.vma(v).unwrap().flags;
     assert!(
         flags.contains(VmFlags::PFNMAP | VmFlags::IO | VmFlags::DONTEXPAND | VmFlags::DONTDUMP)
     );
     assert_eq!(
-        space.normal_page(v, BASE).unwrap().map(|p| p.pfn()),
+        space.normal_page(v, va(BASE)).unwrap().map(|p| p.pfn()),
         None,
         "special: no page behind it"
     );
     // Physically misaligned: 4 KiB entries only.
     let w = space
-        .map_vma(BASE + 4 * PAGE_2M, BASE + 6 * PAGE_2M, SHARED_RW)
+        .map_vma(
+            pg(BASE + 4 * PAGE_2M),
+            npages(BASE + 4 * PAGE_2M, BASE + 6 * PAGE_2M),
+            SHARED_RW,
+        )
         .unwrap();
     space
         .remap_pfn_range(
             w,
-            BASE + 4 * PAGE_2M,
-            pfn + 1,
-            2 * PAGE_2M,
+            pg(BASE + 4 * PAGE_2M),
+            fr(pfn + 1),
+            bytes_to_pages(2 * PAGE_2M),
             PageProt::READ_ONLY,
         )
         .unwrap();
     assert!(
         space
-            .leaves(BASE + 4 * PAGE_2M, BASE + 6 * PAGE_2M)
+            .leaves(va(BASE + 4 * PAGE_2M)..va(BASE + 6 * PAGE_2M))
             .all(|l| l.level == 1)
     );
     assert_eq!(
-        space.leaves(BASE + 4 * PAGE_2M, BASE + 6 * PAGE_2M).count(),
+        space
+            .leaves(va(BASE + 4 * PAGE_2M)..va(BASE + 6 * PAGE_2M))
+            .count(),
         1024
     );
     // Cache modes through the PAT bits, at both sizes.
     let x = space
-        .map_vma(BASE + 8 * PAGE_2M, BASE + 9 * PAGE_2M + PAGE_4K, SHARED_RW)
+        .map_vma(
+            pg(BASE + 8 * PAGE_2M),
+            npages(BASE + 8 * PAGE_2M, BASE + 9 * PAGE_2M + PAGE_4K),
+            SHARED_RW,
+        )
         .unwrap();
     space
         .io_remap_pfn_range(
             x,
-            BASE + 8 * PAGE_2M,
-            pfn,
-            PAGE_2M + PAGE_4K,
+            pg(BASE + 8 * PAGE_2M),
+            fr(pfn),
+            bytes_to_pages(PAGE_2M + PAGE_4K),
             PageProt::READ_WRITE,
             CacheMode::WriteThrough,
         )
         .unwrap();
-    let huge = space.translate(BASE + 8 * PAGE_2M).unwrap();
-    let small = space.translate(BASE + 9 * PAGE_2M).unwrap();
+    let huge = space.translate(va(BASE + 8 * PAGE_2M)).unwrap();
+    let small = space.translate(va(BASE + 9 * PAGE_2M)).unwrap();
     assert_eq!(
         huge.entry & (pte::PAT_2M | pte::PCD | pte::PWT),
         pte::PAT_2M | pte::PCD | pte::PWT
@@ -338,35 +414,35 @@ fn remap_pfn_range_uses_special_and_huge_entries() {
     // Remapping over something already there is Busy and leaves nothing.
     let y = space
         .map_vma(
-            BASE + 10 * PAGE_2M,
-            BASE + 10 * PAGE_2M + 8 * PAGE_4K,
+            pg(BASE + 10 * PAGE_2M),
+            npages(BASE + 10 * PAGE_2M, BASE + 10 * PAGE_2M + 8 * PAGE_4K),
             SHARED_RW,
         )
         .unwrap();
     space
         .remap_pfn_range(
             y,
-            BASE + 10 * PAGE_2M + 5 * PAGE_4K,
-            0x99,
-            PAGE_4K,
+            pg(BASE + 10 * PAGE_2M + 5 * PAGE_4K),
+            fr(0x99),
+            bytes_to_pages(PAGE_4K),
             PageProt::READ_ONLY,
         )
         .unwrap();
     let before: Vec<_> = space
-        .leaves(BASE + 10 * PAGE_2M, BASE + 11 * PAGE_2M)
+        .leaves(va(BASE + 10 * PAGE_2M)..va(BASE + 11 * PAGE_2M))
         .collect();
     assert_eq!(
         space.remap_pfn_range(
             y,
-            BASE + 10 * PAGE_2M,
-            0x100,
-            8 * PAGE_4K,
+            pg(BASE + 10 * PAGE_2M),
+            fr(0x100),
+            bytes_to_pages(8 * PAGE_4K),
             PageProt::READ_ONLY
         ),
         Err(MmError::Busy)
     );
     let after: Vec<_> = space
-        .leaves(BASE + 10 * PAGE_2M, BASE + 11 * PAGE_2M)
+        .leaves(va(BASE + 10 * PAGE_2M)..va(BASE + 11 * PAGE_2M))
         .collect();
     assert_eq!(before, after, "the partial remap was undone");
 }
@@ -375,27 +451,45 @@ fn remap_pfn_range_uses_special_and_huge_entries() {
 fn copy_on_write_areas_are_remapped_whole() {
     let mem = Memory::new(32);
     let db = mem.db();
-    let mut space = Space::new(&db, Tlb::default(), true).unwrap();
-    let v = space.map_vma(BASE, BASE + 4 * PAGE_4K, COW).unwrap();
+    let mut space = new_space(&db);
+    let v = space
+        .map_vma(pg(BASE), npages(BASE, BASE + 4 * PAGE_4K), COW)
+        .unwrap();
     assert_eq!(
-        space.remap_pfn_range(v, BASE, 0x500, 2 * PAGE_4K, PageProt::READ_ONLY),
+        space.remap_pfn_range(
+            v,
+            pg(BASE),
+            fr(0x500),
+            bytes_to_pages(2 * PAGE_4K),
+            PageProt::READ_ONLY
+        ),
         Err(MmError::PartialCowRemap)
     );
     assert_eq!(space.vma(v).unwrap().flags, COW, "nothing changed");
     space
-        .remap_pfn_range(v, BASE, 0x500, 4 * PAGE_4K, PageProt::READ_ONLY)
+        .remap_pfn_range(
+            v,
+            pg(BASE),
+            fr(0x500),
+            bytes_to_pages(4 * PAGE_4K),
+            PageProt::READ_ONLY,
+        )
         .unwrap();
     assert_eq!(space.vma(v).unwrap().pgoff, 0x500, "pgoff records the pfn");
     // A shared area may be remapped in part (the seed's "incomplete" VMAs).
     let s = space
-        .map_vma(BASE + PAGE_2M, BASE + PAGE_2M + 4 * PAGE_4K, SHARED_RW)
+        .map_vma(
+            pg(BASE + PAGE_2M),
+            npages(BASE + PAGE_2M, BASE + PAGE_2M + 4 * PAGE_4K),
+            SHARED_RW,
+        )
         .unwrap();
     space
         .remap_pfn_range(
             s,
-            BASE + PAGE_2M + PAGE_4K,
-            0x600,
-            PAGE_4K,
+            pg(BASE + PAGE_2M + PAGE_4K),
+            fr(0x600),
+            bytes_to_pages(PAGE_4K),
             PageProt::READ_ONLY,
         )
         .unwrap();
@@ -406,58 +500,70 @@ fn copy_on_write_areas_are_remapped_whole() {
 fn insert_pfn_rules() {
     let mem = Memory::new(32);
     let db = mem.db();
-    let mut space = Space::new(&db, Tlb::default(), true).unwrap();
-    let plain = space.map_vma(BASE, BASE + 4 * PAGE_4K, SHARED_RW).unwrap();
+    let mut space = new_space(&db);
+    let plain = space
+        .map_vma(pg(BASE), npages(BASE, BASE + 4 * PAGE_4K), SHARED_RW)
+        .unwrap();
     assert_eq!(
-        space.insert_pfn(plain, BASE, 0x77),
+        space.insert_pfn(plain, pg(BASE), fr(0x77)),
         Err(MmError::WrongVmaKind),
         "needs PFNMAP or MIXEDMAP"
     );
     let page = db.alloc_page().unwrap();
-    space.insert_page(plain, BASE, &page).unwrap();
+    space.insert_page(plain, pg(BASE), &page).unwrap();
     assert_eq!(
-        space.insert_pfn(plain, BASE + PAGE_4K, 0x77),
+        space.insert_pfn(plain, pg(BASE + PAGE_4K), fr(0x77)),
         Ok(Inserted::New),
         "MIXEDMAP now"
     );
     assert_eq!(
-        space.insert_pfn(plain, BASE, 0x88),
+        space.insert_pfn(plain, pg(BASE), fr(0x88)),
         Ok(Inserted::AlreadyMapped)
     );
     assert_eq!(
-        space.translate(BASE).unwrap().phys(),
-        page.phys(),
+        space.translate(va(BASE)).unwrap().phys().as_u64(),
+        page.phys().as_u64(),
         "the existing entry is left as it is"
     );
-    let leaf = space.translate(BASE + PAGE_4K).unwrap();
-    assert!(leaf.is_special() && leaf.phys() == 0x77 << 12);
+    let leaf = space.translate(va(BASE + PAGE_4K)).unwrap();
+    assert!(leaf.is_special() && leaf.phys().as_u64() == 0x77 << 12);
     // A counted page's frame as a raw pfn would hold no reference: if the
     // driver then dropped its page, user space would map a freed frame.
     // Refused (Linux refuses a `pfn_valid` frame in a MIXEDMAP area).
     let tables = table_frames(&db);
     assert_eq!(
-        space.insert_pfn(plain, BASE + 2 * PAGE_4K, page.pfn()),
+        space.insert_pfn(plain, pg(BASE + 2 * PAGE_4K), fr(page.pfn())),
         Err(MmError::CountedFrame)
     );
     let free = db.alloc_page().unwrap();
     let free_pfn = free.pfn();
     drop(free);
     assert_eq!(
-        space.insert_pfn(plain, BASE + 2 * PAGE_4K, free_pfn),
+        space.insert_pfn(plain, pg(BASE + 2 * PAGE_4K), fr(free_pfn)),
         Err(MmError::CountedFrame),
         "a free frame of the database too"
     );
     assert_eq!(counts(&db, page.pfn()), (2, 1));
-    assert!(space.translate(BASE + 2 * PAGE_4K).is_none());
+    assert!(space.translate(va(BASE + 2 * PAGE_4K)).is_none());
     assert_eq!(table_frames(&db), tables);
     let cow = space
-        .map_vma(BASE + PAGE_2M, BASE + PAGE_2M + PAGE_4K, COW)
+        .map_vma(
+            pg(BASE + PAGE_2M),
+            npages(BASE + PAGE_2M, BASE + PAGE_2M + PAGE_4K),
+            COW,
+        )
         .unwrap();
     space
-        .remap_pfn_range(cow, BASE + PAGE_2M, 0x10, PAGE_4K, PageProt::READ_ONLY)
+        .remap_pfn_range(
+            cow,
+            pg(BASE + PAGE_2M),
+            fr(0x10),
+            bytes_to_pages(PAGE_4K),
+            PageProt::READ_ONLY,
+        )
         .unwrap();
     assert_eq!(
-        space.insert_pfn(cow, BASE + PAGE_2M, 0x11),
+        space.insert_pfn(cow, pg(BASE + PAGE_2M), fr(0x11)),
         Err(MmError::WrongVmaKind),
         "PFNMAP and copy-on-write"
     );
@@ -467,34 +573,38 @@ fn insert_pfn_rules() {
 fn zap_splits_huge_entries_and_frees_tables() {
     let mem = Memory::new(64);
     let db = mem.db();
-    let mut space = Space::new(&db, Tlb::default(), true).unwrap();
-    let v = space.map_vma(BASE, BASE + 2 * PAGE_2M, SHARED_RW).unwrap();
+    let mut space = new_space(&db);
+    let v = space
+        .map_vma(pg(BASE), npages(BASE, BASE + 2 * PAGE_2M), SHARED_RW)
+        .unwrap();
     space
         .remap_pfn_range(
             v,
-            BASE,
-            0x4_0000,
-            2 * PAGE_2M,
+            pg(BASE),
+            fr(0x4_0000),
+            bytes_to_pages(2 * PAGE_2M),
             PageProt::READ_WRITE.with_cache(CacheMode::WriteThrough),
         )
         .unwrap();
     let tables = table_frames(&db);
     space.tlb_mut().pages.clear();
     space
-        .zap_range(v, BASE + 3 * PAGE_4K, BASE + 5 * PAGE_4K)
+        .zap_range(
+            v,
+            pg(BASE + 3 * PAGE_4K),
+            npages(BASE + 3 * PAGE_4K, BASE + 5 * PAGE_4K),
+        )
         .unwrap();
     assert_eq!(
         table_frames(&db),
         tables + 1,
         "one 2 MiB entry split into a page table"
     );
-    let leaves: Vec<_> = space.leaves(BASE, BASE + PAGE_2M).collect();
+    let leaves: Vec<_> = space.leaves(va(BASE)..va(BASE + PAGE_2M)).collect();
     assert_eq!(leaves.len(), 510);
-    assert!(
-        leaves.iter().all(|l| l.level == 1
-            && l.is_special()
-            && l.phys() == (0x4_0000 << 12) + (l.va - BASE))
-    );
+    assert!(leaves.iter().all(|l| l.level == 1
+        && l.is_special()
+        && l.phys().as_u64() == (0x4_0000 << 12) + (l.va.as_u64() - BASE)));
     assert!(
         leaves
             .iter()
@@ -502,11 +612,13 @@ fn zap_splits_huge_entries_and_frees_tables() {
         "PAT bit moved from 12 to 7"
     );
     assert!(
-        space.translate(BASE + 3 * PAGE_4K).is_none()
-            && space.translate(BASE + 4 * PAGE_4K).is_none()
+        space.translate(va(BASE + 3 * PAGE_4K)).is_none()
+            && space.translate(va(BASE + 4 * PAGE_4K)).is_none()
     );
     assert!(space.tlb_mut().pages.contains(&(BASE + 3 * PAGE_4K)));
-    space.zap_range(v, BASE, BASE + 2 * PAGE_2M).unwrap();
+    space
+        .zap_range(v, pg(BASE), npages(BASE, BASE + 2 * PAGE_2M))
+        .unwrap();
     assert_eq!(table_frames(&db), 1, "only the root is left");
     assert!(
         space.tlb_mut().full > 0,
@@ -518,36 +630,54 @@ fn zap_splits_huge_entries_and_frees_tables() {
 fn fork_copies_entries_and_counts_only_pages() {
     let mem = Memory::new(64);
     let db = mem.db();
-    let mut parent = Space::new(&db, Tlb::default(), true).unwrap();
-    let mut child = Space::new(&db, Tlb::default(), true).unwrap();
-    let mixed = parent.map_vma(BASE, BASE + 4 * PAGE_4K, COW).unwrap();
+    let mut parent = new_space(&db);
+    let mut child = new_space(&db);
+    let mixed = parent
+        .map_vma(pg(BASE), npages(BASE, BASE + 4 * PAGE_4K), COW)
+        .unwrap();
     let page = db.alloc_page().unwrap();
-    parent.insert_page(mixed, BASE, &page).unwrap();
-    parent.insert_pfn(mixed, BASE + PAGE_4K, 0x42).unwrap();
+    parent.insert_page(mixed, pg(BASE), &page).unwrap();
+    parent
+        .insert_pfn(mixed, pg(BASE + PAGE_4K), fr(0x42))
+        .unwrap();
     let io = parent
-        .map_vma(BASE + PAGE_2M, BASE + 2 * PAGE_2M, SHARED_RW)
+        .map_vma(
+            pg(BASE + PAGE_2M),
+            npages(BASE + PAGE_2M, BASE + 2 * PAGE_2M),
+            SHARED_RW,
+        )
         .unwrap();
     parent
         .remap_pfn_range(
             io,
-            BASE + PAGE_2M,
-            0x20_0000 >> 12,
-            PAGE_2M,
+            pg(BASE + PAGE_2M),
+            fr(0x20_0000 >> 12),
+            bytes_to_pages(PAGE_2M),
             PageProt::READ_WRITE,
         )
         .unwrap();
     let shared = parent
-        .map_vma(BASE + 4 * PAGE_2M, BASE + 4 * PAGE_2M + PAGE_4K, SHARED_RW)
+        .map_vma(
+            pg(BASE + 4 * PAGE_2M),
+            npages(BASE + 4 * PAGE_2M, BASE + 4 * PAGE_2M + PAGE_4K),
+            SHARED_RW,
+        )
         .unwrap();
     let writable = db.alloc_page().unwrap();
     parent
-        .insert_page(shared, BASE + 4 * PAGE_2M, &writable)
+        .insert_page(shared, pg(BASE + 4 * PAGE_2M), &writable)
         .unwrap();
     for id in [mixed, io, shared] {
         parent.fork_range(id, &mut child).unwrap();
     }
-    let p: Vec<_> = parent.leaves(0, 1 << 40).map(|l| (l.va, l.entry)).collect();
-    let c: Vec<_> = child.leaves(0, 1 << 40).map(|l| (l.va, l.entry)).collect();
+    let p: Vec<_> = parent
+        .leaves(va(0)..va(1 << 40))
+        .map(|l| (l.va.as_u64(), l.entry))
+        .collect();
+    let c: Vec<_> = child
+        .leaves(va(0)..va(1 << 40))
+        .map(|l| (l.va.as_u64(), l.entry))
+        .collect();
     assert_eq!(p, c, "identical entries");
     assert_eq!(
         counts(&db, page.pfn()),
@@ -557,12 +687,12 @@ fn fork_copies_entries_and_counts_only_pages() {
     assert_eq!(counts(&db, writable.pfn()), (3, 2));
     assert!(
         child
-            .translate(BASE + PAGE_2M)
+            .translate(va(BASE + PAGE_2M))
             .is_some_and(|l| l.level == 2 && l.is_special())
     );
     assert!(
         parent
-            .translate(BASE + 4 * PAGE_2M)
+            .translate(va(BASE + 4 * PAGE_2M))
             .is_some_and(|l| l.entry & pte::WRITABLE != 0),
         "shared stays writable"
     );
@@ -575,11 +705,16 @@ fn out_of_memory_changes_nothing() {
     // Root + exactly two more frames: not enough for PDPT + PD + PT.
     let mem = Memory::new(4);
     let db = mem.db();
-    let mut space = Space::new(&db, Tlb::default(), true).unwrap();
+    let mut space = new_space(&db);
     let page = db.alloc_page().unwrap();
-    let v = space.map_vma(BASE, BASE + PAGE_4K, SHARED_RW).unwrap();
+    let v = space
+        .map_vma(pg(BASE), npages(BASE, BASE + PAGE_4K), SHARED_RW)
+        .unwrap();
     assert_eq!(db.free_frames(), 2);
-    assert_eq!(space.insert_page(v, BASE, &page), Err(MmError::OutOfMemory));
+    assert_eq!(
+        space.insert_page(v, pg(BASE), &page),
+        Err(MmError::OutOfMemory)
+    );
     assert_eq!(
         db.free_frames(),
         2,
@@ -588,7 +723,13 @@ fn out_of_memory_changes_nothing() {
     assert_eq!(counts(&db, page.pfn()), (1, 0));
     assert!(!space.vma(v).unwrap().flags.contains(VmFlags::MIXEDMAP));
     assert_eq!(
-        space.remap_pfn_range(v, BASE, 5, PAGE_4K, PageProt::READ_ONLY),
+        space.remap_pfn_range(
+            v,
+            pg(BASE),
+            fr(5),
+            bytes_to_pages(PAGE_4K),
+            PageProt::READ_ONLY
+        ),
         Err(MmError::OutOfMemory)
     );
     assert_eq!(space.vma(v).unwrap().flags, SHARED_RW);
@@ -599,29 +740,45 @@ fn out_of_memory_changes_nothing() {
 fn areas_may_not_overlap_each_other_or_the_kernel() {
     let mem = Memory::new(8);
     let db = mem.db();
-    let kernel = Space::new(&db, Tlb::default(), true).unwrap();
-    let mut space = Space::new(&db, Tlb::default(), true).unwrap();
+    let kernel = new_space(&db);
+    let mut space = new_space(&db);
     // SAFETY: `kernel` outlives `space` in this test.
     unsafe { space.share_kernel_slots(kernel.root(), [0, 256]) };
     assert_eq!(
-        space.map_vma(0x1000, 0x2000, SHARED_RW),
+        space.map_vma(pg(0x1000), npages(0x1000, 0x2000), SHARED_RW),
         Err(MmError::Overlap),
         "slot 0 is the kernel's"
     );
     let v = space
-        .map_vma(1 << 39, (1 << 39) + 0x4000, SHARED_RW)
+        .map_vma(pg(1 << 39), npages(1 << 39, (1 << 39) + 0x4000), SHARED_RW)
         .unwrap();
     assert_eq!(
-        space.map_vma((1 << 39) + 0x3000, (1 << 39) + 0x5000, SHARED_RW),
+        space.map_vma(
+            pg((1 << 39) + 0x3000),
+            npages((1 << 39) + 0x3000, (1 << 39) + 0x5000),
+            SHARED_RW
+        ),
         Err(MmError::Overlap)
     );
     assert_eq!(
-        space.map_vma(0x1001, 0x2000, SHARED_RW),
-        Err(MmError::Misaligned)
+        space.map_vma(pg(0x1000), 0, SHARED_RW),
+        Err(MmError::Misaligned),
+        "no pages"
     );
     assert_eq!(
-        space.map_vma(USER, USER + 0x1000, SHARED_RW),
-        Err(MmError::OutOfRange)
+        space.map_vma(pg(USER - 0x1000), 2, SHARED_RW),
+        Err(MmError::OutOfRange),
+        "past the user half"
+    );
+    assert_eq!(
+        space.map_vma(pg(0xffff_8000_0000_0000), 1, SHARED_RW),
+        Err(MmError::OutOfRange),
+        "the kernel half"
+    );
+    assert_eq!(
+        space.map_vma(pg(1 << 40), u64::MAX, SHARED_RW),
+        Err(MmError::OutOfRange),
+        "a page count whose byte size wraps"
     );
     assert!(space.vma(v).is_ok());
     drop(space);
@@ -734,13 +891,13 @@ fn check(
 ) -> Result<(), TestCaseError> {
     // The tables, page by page, agree with the model.
     let mut seen = BTreeMap::new();
-    for leaf in space.leaves(0, super::space::USER_END) {
+    for leaf in space.user_leaves() {
         for i in 0..leaf.size() / PAGE_4K {
-            let va = leaf.va + i * PAGE_4K;
+            let va = leaf.va.as_u64() + i * PAGE_4K;
             seen.insert(
                 va,
                 Mapped {
-                    pfn: (leaf.phys() >> 12) + i,
+                    pfn: (leaf.phys().as_u64() >> 12) + i,
                     counted: !leaf.is_special(),
                 },
             );
@@ -763,14 +920,14 @@ fn check(
         );
     }
     for &pfn in bad {
-        let state = db.state(pfn).unwrap();
+        let state = db.state(fr(pfn)).unwrap();
         prop_assert_eq!(state.mapcount, 0);
     }
     // No empty page table survives, and no table leaked.
     let mut tables = 1;
     let mut leaf_tables = std::collections::BTreeSet::new();
-    for leaf in space.leaves(0, super::space::USER_END) {
-        leaf_tables.insert((leaf.va >> 21, leaf.level));
+    for leaf in space.user_leaves() {
+        leaf_tables.insert((leaf.va.as_u64() >> 21, leaf.level));
     }
     let pts = leaf_tables.iter().filter(|(_, level)| *level == 1).count();
     let pds: std::collections::BTreeSet<u64> = leaf_tables.iter().map(|(k, _)| k >> 9).collect();
@@ -796,13 +953,13 @@ proptest! {
     fn random_operations_agree_with_the_model(ops in prop::collection::vec(op(), 1..40)) {
         let mem = Memory::new(160);
         let db = mem.db();
-        let mut space = Space::new(&db, Tlb::default(), true).unwrap();
-        let ids: Vec<VmaId> = AREAS.iter().map(|&(s, n, f)| space.map_vma(s, s + n * PAGE_4K, f).unwrap()).collect();
+        let mut space = new_space(&db);
+        let ids: Vec<VmaId> = AREAS.iter().map(|&(s, n, f)| space.map_vma(pg(s), npages(s, s + n * PAGE_4K), f).unwrap()).collect();
         // Frames 0-3: pages we hold; 4: a reserved frame; 5: the root table.
         let pool: Vec<PageRef<'_>> = (0..4).map(|_| db.alloc_page().unwrap()).collect();
         let reserved = pool[3].pfn() + 1;
-        db.set_kind(reserved, FrameKind::Reserved).unwrap();
-        let bad = [reserved, space.root() >> 12];
+        db.set_kind(fr(reserved), FrameKind::Reserved).unwrap();
+        let bad = [reserved, space.root().start_address().as_u64() >> 12];
         let frame_pfn = |f: usize| if f < 4 { pool[f].pfn() } else { bad[f - 4] };
         let mut model = Model { pages: BTreeMap::new(), flags: AREAS.map(|a| a.2) };
         for op in ops {
@@ -816,12 +973,12 @@ proptest! {
                     if frame >= 4 {
                         // No reference to a frame that is not an allocated
                         // page can even be made; the database refuses it.
-                        prop_assert!(!db.insertable(pfn));
-                        prop_assert!(db.get(pfn).is_none());
+                        prop_assert!(!db.insertable(fr(pfn)));
+                        prop_assert!(db.get(fr(pfn)).is_none());
                         check(&space, &db, &model, &pool, &bad, &ids)?;
                         continue;
                     }
-                    let result = space.insert_page(ids[area], va, &pool[frame]);
+                    let result = space.insert_page(ids[area], pg(va), &pool[frame]);
                     let expected = if model.flags[area].contains(VmFlags::PFNMAP) { Err(MmError::WrongVmaKind) }
                         else if page as u64 >= n { Err(MmError::OutOfRange) }
                         else if model.busy(va, 1) { Err(MmError::Busy) }
@@ -836,7 +993,7 @@ proptest! {
                     let (start, n, _) = AREAS[area];
                     let va = start + page as u64 * PAGE_4K;
                     let refs: Vec<PageRef<'_>> = frames.iter().filter(|&&f| f < 4).map(|&f| pool[f].clone()).collect();
-                    let result = space.insert_pages(ids[area], va, &refs);
+                    let result = space.insert_pages(ids[area], pg(va), &refs);
                     let expected = if model.flags[area].contains(VmFlags::PFNMAP) { Err(PartialInsert { inserted: 0, error: MmError::WrongVmaKind }) }
                         else if refs.is_empty() { Ok(()) }
                         else if page as u64 + refs.len() as u64 > n { Err(PartialInsert { inserted: 0, error: MmError::OutOfRange }) }
@@ -858,7 +1015,7 @@ proptest! {
                 Op::Remap { area, page, pages, pfn } => {
                     let (start, n, flags) = AREAS[area];
                     let va = start + page as u64 * PAGE_4K;
-                    let result = space.remap_pfn_range(ids[area], va, pfn, pages as u64 * PAGE_4K, PageProt::READ_WRITE);
+                    let result = space.remap_pfn_range(ids[area], pg(va), fr(pfn), bytes_to_pages(pages as u64 * PAGE_4K), PageProt::READ_WRITE);
                     let expected = if model.flags[area].contains(VmFlags::MIXEDMAP) { Err(MmError::WrongVmaKind) }
                         else if (page + pages) as u64 > n { Err(MmError::OutOfRange) }
                         else if flags.is_cow() && (page != 0 || pages as u64 != n) { Err(MmError::PartialCowRemap) }
@@ -879,7 +1036,7 @@ proptest! {
                 Op::InsertPfn { area, page, pfn } => {
                     let (start, n, flags) = AREAS[area];
                     let va = start + page as u64 * PAGE_4K;
-                    let result = space.insert_pfn(ids[area], va, pfn);
+                    let result = space.insert_pfn(ids[area], pg(va), fr(pfn));
                     let f = model.flags[area];
                     let expected = if f.contains(VmFlags::PFNMAP) == f.contains(VmFlags::MIXEDMAP) || (f.contains(VmFlags::PFNMAP) && flags.is_cow()) {
                         Err(MmError::WrongVmaKind)
@@ -898,7 +1055,7 @@ proptest! {
                 Op::Zap { area, page, pages } => {
                     let (start, n, _) = AREAS[area];
                     let va = start + page as u64 * PAGE_4K;
-                    let result = space.zap_range(ids[area], va, va + pages as u64 * PAGE_4K);
+                    let result = space.zap_range(ids[area], pg(va), npages(va, va + pages as u64 * PAGE_4K));
                     let expected = if (page + pages) as u64 > n { Err(MmError::OutOfRange) } else { Ok(()) };
                     if result == Err(MmError::OutOfMemory) {
                         prop_assert!(expected.is_ok());
@@ -942,24 +1099,29 @@ fn write_faults_copy_on_write() {
     use super::space::WriteFault;
     let mem = Memory::new(64);
     let db = mem.db();
-    let mut space = Space::new(&db, Tlb::default(), true).unwrap();
-    let cow = space.map_vma(BASE, BASE + 4 * PAGE_4K, COW).unwrap();
+    let mut space = new_space(&db);
+    let cow = space
+        .map_vma(pg(BASE), npages(BASE, BASE + 4 * PAGE_4K), COW)
+        .unwrap();
     let page = db.alloc_page().unwrap();
-    page_bytes(page.phys()).fill(0x11);
-    space.insert_page(cow, BASE, &page).unwrap();
+    page_bytes(page.phys().as_u64()).fill(0x11);
+    space.insert_page(cow, pg(BASE), &page).unwrap();
     // The driver still holds the page: the write gets a private copy.
-    assert_eq!(space.handle_write_fault(BASE + 5), Ok(WriteFault::Copied));
-    let leaf = space.translate(BASE).unwrap();
-    assert_ne!(leaf.phys(), page.phys());
+    assert_eq!(
+        space.handle_write_fault(va(BASE + 5)),
+        Ok(WriteFault::Copied)
+    );
+    let leaf = space.translate(va(BASE)).unwrap();
+    assert_ne!(leaf.phys().as_u64(), page.phys().as_u64());
     assert!(leaf.entry & pte::WRITABLE != 0 && !leaf.is_special());
     assert_eq!(
-        page_bytes(leaf.phys())[100],
+        page_bytes(leaf.phys().as_u64())[100],
         0x11,
         "the copy has the contents"
     );
-    page_bytes(leaf.phys())[100] = 0x22;
+    page_bytes(leaf.phys().as_u64())[100] = 0x22;
     assert_eq!(
-        page_bytes(page.phys())[100],
+        page_bytes(page.phys().as_u64())[100],
         0x11,
         "the original is untouched"
     );
@@ -969,44 +1131,48 @@ fn write_faults_copy_on_write() {
         "the original lost the mapping"
     );
     assert_eq!(
-        counts(&db, leaf.phys() >> 12),
+        counts(&db, leaf.phys().as_u64() >> 12),
         (1, 1),
         "the copy is held by the mapping alone"
     );
     assert!(space.tlb_mut().pages.contains(&BASE));
-    assert_eq!(space.handle_write_fault(BASE), Ok(WriteFault::Spurious));
+    assert_eq!(space.handle_write_fault(va(BASE)), Ok(WriteFault::Spurious));
     // A page only the mapping holds is made writable in place.
     let own = db.alloc_page().unwrap();
-    space.insert_page(cow, BASE + PAGE_4K, &own).unwrap();
+    space.insert_page(cow, pg(BASE + PAGE_4K), &own).unwrap();
     let own_pfn = own.pfn();
     drop(own);
     assert_eq!(
-        space.handle_write_fault(BASE + PAGE_4K),
+        space.handle_write_fault(va(BASE + PAGE_4K)),
         Ok(WriteFault::Reused)
     );
     assert_eq!(
-        space.translate(BASE + PAGE_4K).unwrap().phys() >> 12,
+        space.translate(va(BASE + PAGE_4K)).unwrap().phys().as_u64() >> 12,
         own_pfn
     );
     // Errors change nothing.
     assert_eq!(
-        space.handle_write_fault(BASE + 2 * PAGE_4K),
+        space.handle_write_fault(va(BASE + 2 * PAGE_4K)),
         Err(MmError::NotMapped)
     );
     assert_eq!(
-        space.handle_write_fault(BASE + 64 * PAGE_4K),
+        space.handle_write_fault(va(BASE + 64 * PAGE_4K)),
         Err(MmError::OutOfRange)
     );
     let ro = space
-        .map_vma(BASE + PAGE_2M, BASE + PAGE_2M + PAGE_4K, VmFlags::READ)
+        .map_vma(
+            pg(BASE + PAGE_2M),
+            npages(BASE + PAGE_2M, BASE + PAGE_2M + PAGE_4K),
+            VmFlags::READ,
+        )
         .unwrap();
-    space.insert_page(ro, BASE + PAGE_2M, &page).unwrap();
-    let before = space.translate(BASE + PAGE_2M);
+    space.insert_page(ro, pg(BASE + PAGE_2M), &page).unwrap();
+    let before = space.translate(va(BASE + PAGE_2M));
     assert_eq!(
-        space.handle_write_fault(BASE + PAGE_2M),
+        space.handle_write_fault(va(BASE + PAGE_2M)),
         Err(MmError::Protection)
     );
-    assert_eq!(space.translate(BASE + PAGE_2M), before);
+    assert_eq!(space.translate(va(BASE + PAGE_2M)), before);
     drop(space);
     assert_eq!(table_frames(&db), 0);
     assert_eq!(counts(&db, page.pfn()), (1, 0));
@@ -1024,27 +1190,29 @@ fn write_faults_copy_remapped_frames_and_forked_pages() {
     let db = mem.db();
     // A copy-on-write PFNMAP area over a frame we own (so it can be read).
     let frame = db.alloc_page().unwrap();
-    page_bytes(frame.phys()).fill(0x33);
-    let mut space = Space::new(&db, Tlb::default(), true).unwrap();
-    let io = space.map_vma(BASE, BASE + PAGE_4K, COW).unwrap();
+    page_bytes(frame.phys().as_u64()).fill(0x33);
+    let mut space = new_space(&db);
+    let io = space
+        .map_vma(pg(BASE), npages(BASE, BASE + PAGE_4K), COW)
+        .unwrap();
     space
         .io_remap_pfn_range(
             io,
-            BASE,
-            frame.pfn(),
-            PAGE_4K,
+            pg(BASE),
+            fr(frame.pfn()),
+            bytes_to_pages(PAGE_4K),
             PageProt::READ_ONLY,
             CacheMode::Uncached,
         )
         .unwrap();
-    assert_eq!(space.handle_write_fault(BASE), Ok(WriteFault::Copied));
-    let leaf = space.translate(BASE).unwrap();
+    assert_eq!(space.handle_write_fault(va(BASE)), Ok(WriteFault::Copied));
+    let leaf = space.translate(va(BASE)).unwrap();
     assert!(!leaf.is_special(), "the copy is a counted page");
     assert_eq!(CacheMode::of_entry(leaf.entry, false), CacheMode::WriteBack);
-    assert_eq!(page_bytes(leaf.phys())[7], 0x33);
+    assert_eq!(page_bytes(leaf.phys().as_u64())[7], 0x33);
     assert_eq!(
-        space.normal_page(io, BASE).unwrap().map(|p| p.pfn()),
-        Some(leaf.phys() >> 12)
+        space.normal_page(io, va(BASE)).unwrap().map(|p| p.pfn()),
+        Some(leaf.phys().as_u64() >> 12)
     );
     assert_eq!(
         counts(&db, frame.pfn()),
@@ -1052,26 +1220,28 @@ fn write_faults_copy_remapped_frames_and_forked_pages() {
         "a raw frame is never counted"
     );
     // fork: both sides read-only; a write on either side gets its own copy.
-    let mut parent = Space::new(&db, Tlb::default(), true).unwrap();
-    let mut child = Space::new(&db, Tlb::default(), true).unwrap();
-    let v = parent.map_vma(BASE, BASE + PAGE_4K, COW).unwrap();
+    let mut parent = new_space(&db);
+    let mut child = new_space(&db);
+    let v = parent
+        .map_vma(pg(BASE), npages(BASE, BASE + PAGE_4K), COW)
+        .unwrap();
     let shared = db.alloc_page().unwrap();
-    parent.insert_page(v, BASE, &shared).unwrap();
-    parent.handle_write_fault(BASE).unwrap();
-    let parent_page = parent.translate(BASE).unwrap().phys();
+    parent.insert_page(v, pg(BASE), &shared).unwrap();
+    parent.handle_write_fault(va(BASE)).unwrap();
+    let parent_page = parent.translate(va(BASE)).unwrap().phys().as_u64();
     page_bytes(parent_page)[0] = 0x44;
     parent.fork_range(v, &mut child).unwrap();
     assert_eq!(
-        parent.translate(BASE).unwrap().entry & pte::WRITABLE,
+        parent.translate(va(BASE)).unwrap().entry & pte::WRITABLE,
         0,
         "write-protected by fork"
     );
-    assert_eq!(child.handle_write_fault(BASE), Ok(WriteFault::Copied));
-    let child_page = child.translate(BASE).unwrap().phys();
+    assert_eq!(child.handle_write_fault(va(BASE)), Ok(WriteFault::Copied));
+    let child_page = child.translate(va(BASE)).unwrap().phys().as_u64();
     assert_ne!(child_page, parent_page);
     assert_eq!(page_bytes(child_page)[0], 0x44);
     assert_eq!(
-        parent.handle_write_fault(BASE),
+        parent.handle_write_fault(va(BASE)),
         Ok(WriteFault::Reused),
         "the parent is the page's only holder again"
     );

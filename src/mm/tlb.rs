@@ -1,16 +1,32 @@
 //! TLB maintenance, supplied by the kernel: every removal or downgrade of a
-//! mapping is flushed before the frames behind it can be reused; additions
-//! need no flush (x86 does not cache not-present entries).
+//! mapping, and every unlinking of a page table, is flushed before the
+//! frames behind it can be reused; additions need no flush (x86 does not
+//! cache not-present entries).
+
+use x86_64::VirtAddr;
+use x86_64::structures::paging::PhysFrame;
 
 /// Above this many pages, one full flush replaces page-by-page `invlpg`.
 pub const FULL_FLUSH_THRESHOLD: usize = 32;
 
-/// Flushes translations of one address space.
-pub trait TlbFlush {
-    /// Invalidates the translation of the page containing `va` (`invlpg`),
-    /// if the address space is active.
-    fn flush_page(&mut self, va: u64);
-    /// Invalidates every non-global translation (a CR3 reload), if the
-    /// address space is active.
-    fn flush_all(&mut self);
+/// Flushes translations of one address space, named by its root table.
+///
+/// The crate does not track where a space is loaded: the flusher does. A
+/// kernel without PCIDs can compare `root` with CR3 and do nothing when the
+/// space is not loaded (loading CR3 drops every non-global translation);
+/// with PCIDs, or with the space loaded on several CPUs, it must reach
+/// every CPU that may hold the space's translations.
+///
+/// # Safety
+/// When a call returns, no CPU may still use a translation of the space
+/// rooted at `root` that the call covers (for `flush_all`, any of its
+/// translations), nor a paging-structure-cache entry of it: the crate frees
+/// frames and page tables on that promise. `invlpg` invalidates the
+/// paging-structure caches as well as the page's translation (SDM 4.10.4.1).
+pub unsafe trait TlbFlush {
+    /// Invalidates the translation of the page containing `va` (`invlpg`).
+    fn flush_page(&mut self, root: PhysFrame, va: VirtAddr);
+    /// Invalidates every non-global translation of the space (a CR3
+    /// reload).
+    fn flush_all(&mut self, root: PhysFrame);
 }

@@ -3,7 +3,10 @@
 
 use bitflags::bitflags;
 
-use super::pte::{self, CacheMode};
+use x86_64::VirtAddr;
+use x86_64::structures::paging::Page;
+
+use super::pte::CacheMode;
 
 bitflags! {
     /// VMA flags (Linux's `VM_*`, with the same meanings).
@@ -73,29 +76,15 @@ impl PageProt {
     pub const fn with_cache(self, cache: CacheMode) -> PageProt {
         PageProt { cache, ..self }
     }
-
-    /// The bits of a user leaf entry with this protection; `nx` says whether
-    /// the execute-disable bit may be used (EFER.NXE).
-    pub const fn leaf_bits(self, huge: bool, nx: bool) -> u64 {
-        pte::PRESENT
-            | pte::USER
-            | (if self.writable { pte::WRITABLE } else { 0 })
-            | (if !self.executable && nx {
-                pte::NO_EXECUTE
-            } else {
-                0
-            })
-            | self.cache.pte_bits(huge)
-    }
 }
 
 /// A virtual memory area of an address space.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Vma {
-    /// First address (page-aligned).
-    pub start: u64,
-    /// One past the last address (page-aligned).
-    pub end: u64,
+    /// Its first page.
+    pub start: Page,
+    /// How many pages it spans.
+    pub pages: u64,
     /// Its flags.
     pub flags: VmFlags,
     /// Offset into the mapped object in pages; `remap_pfn_range` of a
@@ -115,11 +104,27 @@ impl Vma {
         }
     }
 
-    /// Whether `[addr, addr + len)` lies inside the area.
-    pub const fn contains_range(&self, addr: u64, len: u64) -> bool {
-        match addr.checked_add(len) {
-            Some(end) => addr >= self.start && end <= self.end,
-            None => false,
-        }
+    /// One past its last byte.
+    pub fn end(&self) -> VirtAddr {
+        // Areas lie below the end of the lower half, so this cannot wrap.
+        self.start.start_address() + self.pages * 4096
+    }
+
+    /// Whether `count` pages from `first` lie inside the area.
+    pub fn contains_pages(&self, first: Page, count: u64) -> bool {
+        let (start, first) = (
+            self.start.start_address().as_u64(),
+            first.start_address().as_u64(),
+        );
+        let end = start + self.pages * 4096;
+        count
+            .checked_mul(4096)
+            .and_then(|len| first.checked_add(len))
+            .is_some_and(|last_end| first >= start && last_end <= end)
+    }
+
+    /// Whether `addr` lies inside the area.
+    pub fn contains(&self, addr: VirtAddr) -> bool {
+        (self.start.start_address()..self.end()).contains(&addr)
     }
 }

@@ -15,7 +15,7 @@ use x86_64::{PhysAddr, VirtAddr};
 
 use super::report;
 use crate::mem::{PHYS_OFFSET, frames, phys_to_virt};
-use crate::mm::{Space, db, new_space};
+use crate::mm::{Space, bytes_to_pages, db, fr, new_space, npages, pg, va};
 use crate::{platform, println, time};
 
 const AREA: u64 = 1 << 39;
@@ -42,12 +42,18 @@ fn time_inserts(
 ) -> Option<f64> {
     let mut space = space()?;
     let v = space
-        .map_vma(AREA, AREA + PAGES as u64 * PAGE_4K, SHARED_RW)
+        .map_vma(
+            pg(AREA),
+            npages(AREA, AREA + PAGES as u64 * PAGE_4K),
+            SHARED_RW,
+        )
         .ok()?;
     let start = time::rdtsc();
     insert(&mut space, v, pages);
     let ns = time::cycles_to_ns(time::rdtsc() - start);
-    let mapped = space.leaves(AREA, AREA + PAGES as u64 * PAGE_4K).count();
+    let mapped = space
+        .leaves(va(AREA)..va(AREA + PAGES as u64 * PAGE_4K))
+        .count();
     assert_eq!(mapped, PAGES, "the benchmark must map every page");
     Some(ns as f64 / PAGES as f64)
 }
@@ -96,7 +102,7 @@ fn time_map_to(pages: &[PageRef<'static>]) -> Option<f64> {
     let start = time::rdtsc();
     for (i, page) in pages.iter().enumerate() {
         let va = Page::<Size4KiB>::containing_address(VirtAddr::new(AREA + i as u64 * PAGE_4K));
-        let frame = PhysFrame::containing_address(PhysAddr::new(page.phys()));
+        let frame = PhysFrame::containing_address(PhysAddr::new(page.phys().as_u64()));
         // SAFETY: the tables are not loaded anywhere (hence `ignore`), and
         // the frames are pages we hold.
         unsafe { mapper.map_to(va, frame, flags, &mut BootFrames) }
@@ -111,11 +117,19 @@ fn time_map_to(pages: &[PageRef<'static>]) -> Option<f64> {
 /// Microseconds and entries written for a 1 GiB remap from `pfn`.
 fn time_remap(pfn: u64) -> Option<(f64, u64)> {
     let mut space = space()?;
-    let v = space.map_vma(AREA, AREA + (1 << 30), SHARED_RW).ok()?;
+    let v = space
+        .map_vma(pg(AREA), npages(AREA, AREA + (1 << 30)), SHARED_RW)
+        .ok()?;
     let before = space.entries_written();
     let start = time::rdtsc();
     space
-        .remap_pfn_range(v, AREA, pfn, 1 << 30, PageProt::READ_WRITE)
+        .remap_pfn_range(
+            v,
+            pg(AREA),
+            fr(pfn),
+            bytes_to_pages(1 << 30),
+            PageProt::READ_WRITE,
+        )
         .ok()?;
     let us = time::cycles_to_ns(time::rdtsc() - start) as f64 / 1000.0;
     Some((us, space.entries_written() - before))
@@ -135,14 +149,14 @@ pub fn run() {
         let by_one = time_inserts(&pages, |space, v, pages| {
             for (i, page) in pages.iter().enumerate() {
                 space
-                    .insert_page(v, AREA + i as u64 * PAGE_4K, page)
+                    .insert_page(v, pg(AREA + i as u64 * PAGE_4K), page)
                     .expect("insert_page");
             }
         });
         let by_batch = time_inserts(&pages, |space, v, pages| {
             for (i, chunk) in pages.chunks(512).enumerate() {
                 space
-                    .insert_pages(v, AREA + (i * 512) as u64 * PAGE_4K, chunk)
+                    .insert_pages(v, pg(AREA + (i * 512) as u64 * PAGE_4K), chunk)
                     .expect("insert_pages");
             }
         });

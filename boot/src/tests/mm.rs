@@ -12,7 +12,7 @@ use dmaengine::mm::vma::{PageProt, VmFlags};
 
 use crate::harness::Test;
 use crate::mem::{frames, phys_to_virt};
-use crate::mm::{Space, db, new_space, with_loaded};
+use crate::mm::{Space, bytes_to_pages, db, fr, new_space, npages, pg, va, with_loaded};
 use crate::recover::{Caught, catch};
 use crate::{devices, platform};
 
@@ -66,7 +66,7 @@ fn write(va: u64, value: u64) {
 
 /// Fills a page we own through the direct map.
 fn fill(page: &PageRef<'_>, value: u64) {
-    let words = phys_to_virt(page.phys()).cast::<u64>();
+    let words = phys_to_virt(page.phys().as_u64()).cast::<u64>();
     for i in 0..512 {
         // SAFETY: the page is ours and mapped by the direct map.
         unsafe { words.add(i).write_volatile(value ^ i as u64) };
@@ -87,14 +87,18 @@ fn pat_has_the_linux_layout() {
 fn insert_pages_through_the_mmu() {
     let db = db();
     let mut space = space();
-    let v = space.map_vma(AREA, AREA + 16 * PAGE_4K, SHARED_RW).unwrap();
+    let v = space
+        .map_vma(pg(AREA), npages(AREA, AREA + 16 * PAGE_4K), SHARED_RW)
+        .unwrap();
     let pages: Vec<PageRef<'_>> = (0..16).map(|_| db.alloc_page().expect("page")).collect();
     for (i, p) in pages.iter().enumerate() {
         fill(p, 0x1111_0000_0000 * (i as u64 + 1));
     }
-    space.insert_pages(v, AREA, &pages).expect("insert_pages");
+    space
+        .insert_pages(v, pg(AREA), &pages)
+        .expect("insert_pages");
     for p in &pages {
-        let s = db.state(p.pfn()).unwrap();
+        let s = db.state(fr(p.pfn())).unwrap();
         assert_eq!((s.refcount, s.mapcount), (2, 1));
     }
     with_loaded(&mut space, |_| {
@@ -111,7 +115,7 @@ fn insert_pages_through_the_mmu() {
     });
     for (i, p) in pages.iter().enumerate() {
         assert_eq!(
-            word(p.phys(), 7),
+            word(p.phys().as_u64(), 7),
             0xfeed_0000 + i as u64,
             "the write reached frame {:#x}",
             p.pfn()
@@ -119,7 +123,7 @@ fn insert_pages_through_the_mmu() {
     }
     drop(space);
     for p in &pages {
-        let s = db.state(p.pfn()).unwrap();
+        let s = db.state(fr(p.pfn())).unwrap();
         assert_eq!(
             (s.refcount, s.mapcount),
             (1, 0),
@@ -132,19 +136,21 @@ fn io_remap_edu_bar() {
     let dev = devices::find(edu::regs::VENDOR_ID, edu::regs::DEVICE_ID).expect("edu");
     let (bar, len) = dev.mem_bar(0).expect("BAR0");
     let mut space = space();
-    let v = space.map_vma(AREA, AREA + len, SHARED_RW).unwrap();
+    let v = space
+        .map_vma(pg(AREA), npages(AREA, AREA + len), SHARED_RW)
+        .unwrap();
     space
         .io_remap_pfn_range(
             v,
-            AREA,
-            bar / PAGE_4K,
-            len,
+            pg(AREA),
+            fr(bar / PAGE_4K),
+            bytes_to_pages(len),
             PageProt::READ_WRITE,
             CacheMode::Uncached,
         )
         .expect("io_remap");
     let leaf = space
-        .translate(AREA + edu::regs::ID as u64)
+        .translate(va(AREA + edu::regs::ID as u64))
         .expect("mapped");
     assert!(leaf.is_special());
     assert_eq!(
@@ -180,19 +186,31 @@ fn remap_1gib_uses_huge_entries() {
     let mut space = space();
     let frame = frames::alloc_zeroed().expect("frame");
     let base = frame & !(GIB - 1);
-    let v = space.map_vma(AREA_2, AREA_2 + GIB, SHARED_RW).unwrap();
+    let v = space
+        .map_vma(pg(AREA_2), npages(AREA_2, AREA_2 + GIB), SHARED_RW)
+        .unwrap();
     let before = space.entries_written();
     space
-        .remap_pfn_range(v, AREA_2, base / PAGE_4K, GIB, PageProt::READ_WRITE)
+        .remap_pfn_range(
+            v,
+            pg(AREA_2),
+            fr(base / PAGE_4K),
+            bytes_to_pages(GIB),
+            PageProt::READ_WRITE,
+        )
         .expect("remap 1 GiB");
     let written = space.entries_written() - before;
-    let leaves: Vec<_> = space.leaves(AREA_2, AREA_2 + GIB).collect();
+    let leaves: Vec<_> = space.leaves(va(AREA_2)..va(AREA_2 + GIB)).collect();
     assert_eq!(leaves.len(), 512, "512 leaves");
     assert!(
         leaves.iter().all(|l| l.level == 2 && l.is_special()),
         "all of them 2 MiB entries"
     );
-    assert!(leaves.iter().all(|l| l.phys() == base + (l.va - AREA_2)));
+    assert!(
+        leaves
+            .iter()
+            .all(|l| l.phys().as_u64() == base + (l.va.as_u64() - AREA_2))
+    );
     assert_eq!(written, 512 + 2, "512 PDEs, a PD and a PDPT linked");
     // Through the MMU: our frame, written through the mapping and read back
     // through the direct map, and the kernel image read both ways.
@@ -220,13 +238,17 @@ static LINUX_PAT_COPY: u64 = LINUX_PAT;
 fn zapped_page_faults() {
     let db = db();
     let mut space = space();
-    let v = space.map_vma(AREA, AREA + PAGE_4K, SHARED_RW).unwrap();
+    let v = space
+        .map_vma(pg(AREA), npages(AREA, AREA + PAGE_4K), SHARED_RW)
+        .unwrap();
     let page = db.alloc_page().unwrap();
     fill(&page, 0x5a5a);
-    space.insert_page(v, AREA, &page).unwrap();
+    space.insert_page(v, pg(AREA), &page).unwrap();
     let outcome = with_loaded(&mut space, |space| {
         assert_eq!(read(AREA + 8), 0x5a5a ^ 1);
-        space.zap_range(v, AREA, AREA + PAGE_4K).expect("zap");
+        space
+            .zap_range(v, pg(AREA), npages(AREA, AREA + PAGE_4K))
+            .expect("zap");
         // Keep only the fault: `Caught` is large.
         catch(|| read(AREA + 8)).map_err(|caught| match caught {
             Caught::Exception(f) => Some(f),
@@ -240,22 +262,26 @@ fn zapped_page_faults() {
         }
         other => panic!("expected a page fault after the zap, got {other:?}"),
     }
-    let s = db.state(page.pfn()).unwrap();
+    let s = db.state(fr(page.pfn())).unwrap();
     assert_eq!((s.refcount, s.mapcount), (1, 0));
 }
 
 fn no_stale_tlb_entry() {
     let db = db();
     let mut space = space();
-    let v = space.map_vma(AREA, AREA + PAGE_4K, SHARED_RW).unwrap();
+    let v = space
+        .map_vma(pg(AREA), npages(AREA, AREA + PAGE_4K), SHARED_RW)
+        .unwrap();
     let (a, b) = (db.alloc_page().unwrap(), db.alloc_page().unwrap());
     fill(&a, 0xaaaa_0000);
     fill(&b, 0xbbbb_0000);
-    space.insert_page(v, AREA, &a).unwrap();
+    space.insert_page(v, pg(AREA), &a).unwrap();
     let (first, second) = with_loaded(&mut space, |space| {
         let first = read(AREA);
-        space.zap_range(v, AREA, AREA + PAGE_4K).expect("zap");
-        space.insert_page(v, AREA, &b).expect("insert b");
+        space
+            .zap_range(v, pg(AREA), npages(AREA, AREA + PAGE_4K))
+            .expect("zap");
+        space.insert_page(v, pg(AREA), &b).expect("insert b");
         (first, read(AREA))
     });
     assert_eq!(first, 0xaaaa_0000);
@@ -278,10 +304,17 @@ fn fingerprint(
 ) -> Fingerprint {
     let db = db();
     Fingerprint {
-        leaves: space.leaves(0, 1 << 47).map(|l| (l.va, l.entry)).collect(),
+        leaves: space
+            .user_leaves()
+            .map(|l| (l.va.as_u64(), l.entry))
+            .collect(),
         counts: pages
             .iter()
-            .map(|p| db.state(p.pfn()).map(|s| (s.refcount, s.mapcount)).unwrap())
+            .map(|p| {
+                db.state(fr(p.pfn()))
+                    .map(|s| (s.refcount, s.mapcount))
+                    .unwrap()
+            })
             .collect(),
         flags: vmas.iter().map(|&v| space.vma(v).unwrap().flags).collect(),
         free: db.free_frames(),
@@ -291,27 +324,33 @@ fn fingerprint(
 fn bad_requests_change_nothing() {
     let db = db();
     let mut space = space();
-    let plain = space.map_vma(AREA, AREA + 16 * PAGE_4K, SHARED_RW).unwrap();
+    let plain = space
+        .map_vma(pg(AREA), npages(AREA, AREA + 16 * PAGE_4K), SHARED_RW)
+        .unwrap();
     let cow = space
-        .map_vma(AREA + PAGE_2M, AREA + PAGE_2M + 4 * PAGE_4K, COW)
+        .map_vma(
+            pg(AREA + PAGE_2M),
+            npages(AREA + PAGE_2M, AREA + PAGE_2M + 4 * PAGE_4K),
+            COW,
+        )
         .unwrap();
     let io = space
         .map_vma(
-            AREA + 2 * PAGE_2M,
-            AREA + 2 * PAGE_2M + 4 * PAGE_4K,
+            pg(AREA + 2 * PAGE_2M),
+            npages(AREA + 2 * PAGE_2M, AREA + 2 * PAGE_2M + 4 * PAGE_4K),
             SHARED_RW,
         )
         .unwrap();
     let pages: Vec<PageRef<'_>> = (0..4).map(|_| db.alloc_page().unwrap()).collect();
     space
-        .insert_page(plain, AREA + 2 * PAGE_4K, &pages[0])
+        .insert_page(plain, pg(AREA + 2 * PAGE_4K), &pages[0])
         .unwrap();
     space
         .remap_pfn_range(
             io,
-            AREA + 2 * PAGE_2M + PAGE_4K,
-            0xfee00,
-            PAGE_4K,
+            pg(AREA + 2 * PAGE_2M + PAGE_4K),
+            fr(0xfee00),
+            bytes_to_pages(PAGE_4K),
             PageProt::READ_ONLY,
         )
         .unwrap();
@@ -326,27 +365,34 @@ fn bad_requests_change_nothing() {
     };
 
     assert_eq!(
-        space.insert_page(plain, AREA + 1, &pages[1]),
-        Err(MmError::Misaligned)
+        space
+            .insert_page(plain, pg(AREA + 16 * PAGE_4K), &pages[1])
+            .err(),
+        Some(MmError::OutOfRange)
     );
-    same(&space, "misaligned insert");
     assert_eq!(
-        space.insert_page(plain, AREA + 16 * PAGE_4K, &pages[1]),
+        space.zap_range(plain, pg(AREA), u64::MAX),
+        Err(MmError::OutOfRange),
+        "a page count whose byte size wraps"
+    );
+    same(&space, "wrapping zap");
+    assert_eq!(
+        space.insert_page(plain, pg(AREA + 16 * PAGE_4K), &pages[1]),
         Err(MmError::OutOfRange)
     );
     same(&space, "insert past the end");
     assert_eq!(
-        space.insert_page(plain, AREA + 2 * PAGE_4K, &pages[1]),
+        space.insert_page(plain, pg(AREA + 2 * PAGE_4K), &pages[1]),
         Err(MmError::Busy)
     );
     same(&space, "insert over a page");
     assert_eq!(
-        space.insert_page(io, AREA + 2 * PAGE_2M, &pages[1]),
+        space.insert_page(io, pg(AREA + 2 * PAGE_2M), &pages[1]),
         Err(MmError::WrongVmaKind)
     );
     same(&space, "insert into PFNMAP");
     assert_eq!(
-        space.insert_pages(plain, AREA + 14 * PAGE_4K, &pages),
+        space.insert_pages(plain, pg(AREA + 14 * PAGE_4K), &pages),
         Err(PartialInsert {
             inserted: 0,
             error: MmError::OutOfRange
@@ -354,72 +400,102 @@ fn bad_requests_change_nothing() {
     );
     same(&space, "insert_pages past the end");
     assert_eq!(
-        space.remap_pfn_range(cow, AREA + PAGE_2M, 0x100, PAGE_4K, PageProt::READ_ONLY),
+        space.remap_pfn_range(
+            cow,
+            pg(AREA + PAGE_2M),
+            fr(0x100),
+            bytes_to_pages(PAGE_4K),
+            PageProt::READ_ONLY
+        ),
         Err(MmError::PartialCowRemap)
     );
     same(&space, "partial copy-on-write remap");
     assert_eq!(
         space.remap_pfn_range(
             io,
-            AREA + 2 * PAGE_2M,
-            0x100,
-            4 * PAGE_4K,
+            pg(AREA + 2 * PAGE_2M),
+            fr(0x100),
+            bytes_to_pages(4 * PAGE_4K),
             PageProt::READ_ONLY
         ),
         Err(MmError::Busy)
     );
     same(&space, "remap over a mapping (undone midway)");
     assert_eq!(
-        space.remap_pfn_range(plain, AREA, 0x100, PAGE_4K, PageProt::READ_ONLY),
+        space.remap_pfn_range(
+            plain,
+            pg(AREA),
+            fr(0x100),
+            bytes_to_pages(PAGE_4K),
+            PageProt::READ_ONLY
+        ),
         Err(MmError::WrongVmaKind)
     );
     same(&space, "remap into MIXEDMAP");
     assert_eq!(
-        space.remap_pfn_range(io, AREA + 2 * PAGE_2M, 0x100, 0, PageProt::READ_ONLY),
+        space.remap_pfn_range(
+            io,
+            pg(AREA + 2 * PAGE_2M),
+            fr(0x100),
+            bytes_to_pages(0),
+            PageProt::READ_ONLY
+        ),
         Err(MmError::Misaligned)
     );
     same(&space, "zero-size remap");
     assert_eq!(
-        space.insert_pfn(cow, AREA + PAGE_2M, 0x100),
+        space.insert_pfn(cow, pg(AREA + PAGE_2M), fr(0x100)),
         Err(MmError::WrongVmaKind)
     );
     same(&space, "insert_pfn into a plain area");
     assert_eq!(
-        space.insert_pfn(io, AREA + 2 * PAGE_2M + PAGE_4K, 0x100),
+        space.insert_pfn(io, pg(AREA + 2 * PAGE_2M + PAGE_4K), fr(0x100)),
         Ok(Inserted::AlreadyMapped)
     );
     same(&space, "insert_pfn over an entry");
     assert_eq!(
-        space.zap_range(plain, AREA, AREA + 17 * PAGE_4K),
+        space.zap_range(plain, pg(AREA), npages(AREA, AREA + 17 * PAGE_4K)),
         Err(MmError::OutOfRange)
     );
     same(&space, "zap past the end");
     assert_eq!(
-        space.map_vma(AREA + PAGE_4K, AREA + 3 * PAGE_4K, SHARED_RW),
+        space.map_vma(
+            pg(AREA + PAGE_4K),
+            npages(AREA + PAGE_4K, AREA + 3 * PAGE_4K),
+            SHARED_RW
+        ),
         Err(MmError::Overlap)
     );
     assert_eq!(
-        space.map_vma(0x1000, 0x2000, SHARED_RW),
+        space.map_vma(pg(0x1000), npages(0x1000, 0x2000), SHARED_RW),
         Err(MmError::Overlap),
         "the kernel's slot"
     );
     same(&space, "overlapping areas");
     // Frames that are not allocated pages cannot even be referenced.
-    let root = space.root() / PAGE_4K;
-    assert_eq!(db.state(root).map(|s| s.kind), Some(FrameKind::PageTable));
-    assert!(db.get(root).is_none(), "a page-table frame is not a page");
-    let free = (db.base_pfn()..db.base_pfn() + db.len() as u64)
-        .find(|&p| db.state(p).unwrap().kind == FrameKind::Free)
-        .unwrap();
-    assert!(db.get(free).is_none(), "a free frame is not a page");
-    db.set_kind(free, FrameKind::Reserved).unwrap();
+    let root = space.root().start_address().as_u64() / PAGE_4K;
+    assert_eq!(
+        db.state(fr(root)).map(|s| s.kind),
+        Some(FrameKind::PageTable)
+    );
     assert!(
-        db.get(free).is_none() && !db.insertable(free),
+        db.get(fr(root)).is_none(),
+        "a page-table frame is not a page"
+    );
+    let free = ((db.first_frame().start_address().as_u64() >> 12)
+        ..(db.first_frame().start_address().as_u64() >> 12) + db.len() as u64)
+        .find(|&p| db.state(fr(p)).unwrap().kind == FrameKind::Free)
+        .unwrap();
+    assert!(db.get(fr(free)).is_none(), "a free frame is not a page");
+    db.set_kind(fr(free), FrameKind::Reserved).unwrap();
+    assert!(
+        db.get(fr(free)).is_none() && !db.insertable(fr(free)),
         "a reserved frame is not a page"
     );
-    db.set_kind(free, FrameKind::Free).unwrap();
+    db.set_kind(fr(free), FrameKind::Free).unwrap();
     assert!(
-        db.get(crate::mem::kernel_image().start / PAGE_4K).is_none(),
+        db.get(fr(crate::mem::kernel_image().start / PAGE_4K))
+            .is_none(),
         "the kernel is outside the database"
     );
 }
@@ -428,21 +504,25 @@ fn fork_range_child() {
     let db = db();
     let mut parent = space();
     let mut child = space();
-    let v = parent.map_vma(AREA, AREA + 4 * PAGE_4K, SHARED_RW).unwrap();
+    let v = parent
+        .map_vma(pg(AREA), npages(AREA, AREA + 4 * PAGE_4K), SHARED_RW)
+        .unwrap();
     let pages: Vec<PageRef<'_>> = (0..4).map(|_| db.alloc_page().unwrap()).collect();
     for (i, p) in pages.iter().enumerate() {
         fill(p, 0x600d_0000 + i as u64);
     }
-    parent.insert_pages(v, AREA, &pages).unwrap();
+    parent.insert_pages(v, pg(AREA), &pages).unwrap();
     let dev = devices::find(edu::regs::VENDOR_ID, edu::regs::DEVICE_ID).expect("edu");
     let (bar, _) = dev.mem_bar(0).expect("BAR0");
-    let io = parent.map_vma(AREA_2, AREA_2 + PAGE_4K, SHARED_RW).unwrap();
+    let io = parent
+        .map_vma(pg(AREA_2), npages(AREA_2, AREA_2 + PAGE_4K), SHARED_RW)
+        .unwrap();
     parent
         .io_remap_pfn_range(
             io,
-            AREA_2,
-            bar / PAGE_4K,
-            PAGE_4K,
+            pg(AREA_2),
+            fr(bar / PAGE_4K),
+            bytes_to_pages(PAGE_4K),
             PageProt::READ_ONLY,
             CacheMode::Uncached,
         )
@@ -450,7 +530,7 @@ fn fork_range_child() {
     parent.fork_range(v, &mut child).expect("fork pages");
     parent.fork_range(io, &mut child).expect("fork the BAR");
     for p in &pages {
-        let s = db.state(p.pfn()).unwrap();
+        let s = db.state(fr(p.pfn())).unwrap();
         assert_eq!(
             (s.refcount, s.mapcount),
             (3, 2),
@@ -471,7 +551,7 @@ fn fork_range_child() {
     assert_eq!(id, edu::regs::ID_VALUE);
     drop(child);
     for p in &pages {
-        let s = db.state(p.pfn()).unwrap();
+        let s = db.state(fr(p.pfn())).unwrap();
         assert_eq!((s.refcount, s.mapcount), (2, 1));
     }
 }

@@ -1,0 +1,120 @@
+//! Write faults on copy-on-write areas (`do_wp_page`), and finding the
+//! counted page behind an entry (`vm_normal_page`).
+
+use x86_64::VirtAddr;
+
+use super::{AddressSpace, VmaId, frame};
+use crate::mm::MmError;
+use crate::mm::pte::{self, ADDR_4K, PAGE_4K, SPECIAL};
+use crate::mm::tlb::TlbFlush;
+use crate::mm::traits::{CountedPage, PageCounter, TableAllocator, TableMapper};
+use crate::mm::vma::VmFlags;
+
+/// What [`AddressSpace::handle_write_fault`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WriteFault {
+    /// The page was copied: the faulting address now maps a private copy.
+    Copied,
+    /// The page was the mapping's alone and was made writable in place.
+    Reused,
+    /// The entry is already writable (another CPU or an earlier fault won):
+    /// retrying the access will succeed.
+    Spurious,
+}
+
+impl<C: PageCounter, M: TableMapper, A: TableAllocator, T: TlbFlush> AddressSpace<C, M, A, T> {
+    /// The counted page mapped at `addr` in area `id` (Linux's
+    /// `vm_normal_page`): `None` for special entries (raw PFNs, with nothing
+    /// counted) and for nothing mapped.
+    pub fn normal_page(&self, id: VmaId, addr: VirtAddr) -> Result<Option<C::Page>, MmError> {
+        let vma = self.vma(id)?;
+        if !vma.contains(addr) {
+            return Err(MmError::OutOfRange);
+        }
+        Ok(self
+            .translate(addr)
+            .filter(|leaf| !leaf.is_special())
+            .and_then(|leaf| leaf.frame_of(addr))
+            .and_then(|page| self.counter.get(page)))
+    }
+
+    /// Handles a write fault at `addr` on a present, read-only entry of a
+    /// copy-on-write area (Linux's `do_wp_page`): the faulting address gets a
+    /// private, writable copy of the page, or the page itself when this
+    /// mapping is its only holder. A special entry (a raw PFN) is copied into
+    /// a new counted page; a 2 MiB special entry is first split into 4 KiB
+    /// entries (as Linux's `wp_huge_pmd` falls back to the PTE path) and only
+    /// the faulting page is copied. Errors: nothing mapped (`NotMapped`),
+    /// outside any area (`OutOfRange`), an area that may not be written
+    /// (`Protection`), or no memory for the copy or the split (nothing
+    /// changed).
+    ///
+    /// Where this differs from Linux, on purpose:
+    /// - A counted page that `insert_page` put into a private area is reused
+    ///   in place when this mapping holds its only reference and map count
+    ///   (the driver has dropped its reference, so no one else can see the
+    ///   page); Linux copies any page it did not allocate as anonymous
+    ///   memory. While the driver holds its reference, the page is copied.
+    /// - A read-only entry in a shared writable area is `Protection`: the
+    ///   driver chose read-only for it (there is no `pfn_mkwrite` hook),
+    ///   where Linux would make it writable.
+    pub fn handle_write_fault(&mut self, addr: VirtAddr) -> Result<WriteFault, MmError> {
+        let vma = self.vma_at(addr).ok_or(MmError::OutOfRange)?;
+        if !vma.flags.contains(VmFlags::WRITE) {
+            return Err(MmError::Protection);
+        }
+        let mut leaf = self.translate(addr).ok_or(MmError::NotMapped)?;
+        if leaf.entry & pte::WRITABLE != 0 {
+            return Ok(WriteFault::Spurious);
+        }
+        if !vma.flags.is_cow() {
+            return Err(MmError::Protection);
+        }
+        let mut copy = None;
+        if leaf.level == 2 {
+            // The copy's page first: if the split then fails, dropping it
+            // leaves everything as it was.
+            let page = self.counter.alloc_page().ok_or(MmError::OutOfMemory)?;
+            let table = self.alloc_table()?;
+            self.split_leaf(&leaf, table);
+            copy = Some(page);
+            leaf = self.translate(addr).ok_or(MmError::NotMapped)?;
+        }
+        let old = frame(leaf.phys().as_u64());
+        let counted = !leaf.is_special();
+        if counted && copy.is_none() && self.counter.only_mapping(old) {
+            self.write(leaf.table, leaf.index, leaf.entry | pte::WRITABLE);
+            self.tlb.flush_page(self.root(), leaf.va);
+            return Ok(WriteFault::Reused);
+        }
+        let copy = match copy {
+            Some(page) => page,
+            None => self.counter.alloc_page().ok_or(MmError::OutOfMemory)?,
+        };
+        // SAFETY: the source is the frame the entry maps (a counted page, or
+        // a raw frame a driver remapped), the destination a page just
+        // allocated to us; `TableMapper` maps both as 4096 bytes, and they
+        // are distinct frames.
+        unsafe {
+            core::ptr::copy_nonoverlapping(
+                self.mapper.frame_ptr(old),
+                self.mapper.frame_ptr(copy.frame()),
+                PAGE_4K as usize,
+            );
+        }
+        // The new mapping's reference and map count; `copy`'s own reference
+        // goes when it drops below.
+        if !self.counter.try_map(copy.frame()) {
+            return Err(MmError::NotInsertable);
+        }
+        // The copy is ordinary memory: write-back, whatever the original was.
+        let cache = pte::PWT | pte::PCD | pte::PAT_4K;
+        let flags = (leaf.entry & !ADDR_4K & !SPECIAL & !cache) | pte::WRITABLE;
+        self.write(leaf.table, leaf.index, copy.phys().as_u64() | flags);
+        self.tlb.flush_page(self.root(), leaf.va);
+        if counted {
+            self.counter.unmap(old);
+        }
+        Ok(WriteFault::Copied)
+    }
+}

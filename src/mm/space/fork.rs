@@ -1,0 +1,60 @@
+//! Copying an area into a child address space, as `fork` does.
+
+use super::{AddressSpace, Leaf, VmaId, frame};
+use crate::mm::MmError;
+use crate::mm::pte;
+use crate::mm::tlb::TlbFlush;
+use crate::mm::traits::{PageCounter, TableAllocator, TableMapper};
+
+impl<C: PageCounter, M: TableMapper, A: TableAllocator, T: TlbFlush> AddressSpace<C, M, A, T> {
+    /// Copies area `id` and its mappings into `child` as `fork` does:
+    /// entries are copied as they are, counted pages gain a reference and a
+    /// map count, special entries gain nothing. In a copy-on-write area
+    /// every writable entry, special ones included, is write-protected on
+    /// both sides (Linux's `copy_present_pte`), so a write in either space
+    /// faults and gets its own copy instead of writing a shared frame.
+    /// On error the child is left as it was.
+    pub fn fork_range(&mut self, id: VmaId, child: &mut Self) -> Result<VmaId, MmError> {
+        let vma = *self.vma(id)?;
+        let child_id = child.map_vma(vma.start, vma.pages, vma.flags)?;
+        child.vma_mut(child_id)?.pgoff = vma.pgoff;
+        let cow_protect = |leaf: &Leaf| vma.flags.is_cow() && leaf.entry & pte::WRITABLE != 0;
+        let (start, end) = (vma.start.start_address().as_u64(), vma.end().as_u64());
+        let mut va = start;
+        while let Some(leaf) = self.next_leaf(va, end) {
+            let entry = if cow_protect(&leaf) {
+                leaf.entry & !pte::WRITABLE
+            } else {
+                leaf.entry
+            };
+            let leaf_va = leaf.va.as_u64();
+            let copied = child.walk_alloc(leaf_va, leaf.level).and_then(|table| {
+                // A mapped counted page is held, so the counter takes it.
+                if !leaf.is_special() && !self.counter.try_map(frame(leaf.phys().as_u64())) {
+                    return Err(MmError::NotInsertable);
+                }
+                Ok(table)
+            });
+            let table = match copied {
+                Ok(table) => table,
+                Err(e) => {
+                    // Unmapping the child's copy gives back every count taken.
+                    let _ = child.unmap_vma(child_id);
+                    return Err(e);
+                }
+            };
+            child.write(table, pte::index(leaf_va, leaf.level), entry);
+            va = leaf_va + leaf.size();
+        }
+        // Only now that the copy is whole: write-protect the parent's side.
+        let mut va = start;
+        while let Some(leaf) = self.next_leaf(va, end) {
+            if cow_protect(&leaf) {
+                self.write(leaf.table, leaf.index, leaf.entry & !pte::WRITABLE);
+                self.tlb.flush_page(self.root(), leaf.va);
+            }
+            va = leaf.va.as_u64() + leaf.size();
+        }
+        Ok(child_id)
+    }
+}

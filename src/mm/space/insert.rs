@@ -1,0 +1,188 @@
+//! Inserting counted pages (`vm_insert_page`, `vm_insert_pages`) and raw
+//! frames (`vmf_insert_pfn`).
+
+use x86_64::structures::paging::{Page, PhysFrame};
+
+use super::{AddressSpace, VmaId};
+use crate::mm::MmError;
+use crate::mm::pte::{self, PAGE_4K};
+use crate::mm::tlb::TlbFlush;
+use crate::mm::traits::{CountedPage, PageCounter, TableAllocator, TableMapper};
+use crate::mm::vma::{PageProt, VmFlags};
+
+/// What `insert_pfn` did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Inserted {
+    /// A new entry was written.
+    New,
+    /// Something was already mapped there and was left as it is.
+    AlreadyMapped,
+}
+
+/// `insert_pages` stopped: how many pages went in before the error.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PartialInsert {
+    /// Pages inserted (from the first), which stay mapped and counted.
+    pub inserted: usize,
+    /// Why it stopped.
+    pub error: MmError,
+}
+
+impl core::fmt::Display for PartialInsert {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "{} after inserting {} pages", self.error, self.inserted)
+    }
+}
+
+impl core::error::Error for PartialInsert {}
+
+impl<C: PageCounter, M: TableMapper, A: TableAllocator, T: TlbFlush> AddressSpace<C, M, A, T> {
+    /// The one per-entry path of `insert_page` and `insert_pages` (Linux's
+    /// `insert_page_into_pte_locked`): an occupied entry is `Busy`, a frame
+    /// the counter will not count is `NotInsertable`, else the page gains a
+    /// reference and a map count and the entry is written.
+    fn insert_into_pte(
+        &mut self,
+        slot: *mut u64,
+        page: PhysFrame,
+        prot: PageProt,
+    ) -> Result<(), MmError> {
+        // SAFETY: `slot` points into a page table of this space (the
+        // callers take it from `entry_ptr` of a table `walk_alloc` gave);
+        // entries are read and written with single volatile accesses.
+        if unsafe { slot.read_volatile() } != 0 {
+            return Err(MmError::Busy);
+        }
+        if !self.counter.try_map(page) {
+            return Err(MmError::NotInsertable);
+        }
+        let entry = pte::leaf(page.start_address().as_u64(), prot, false, false, self.nx);
+        // SAFETY: as above.
+        unsafe { slot.write_volatile(entry) };
+        self.entries_written += 1;
+        Ok(())
+    }
+
+    /// Inserts `page` at `at` in area `id` (Linux's `vm_insert_page`).
+    ///
+    /// The area must not be `PFNMAP`; it becomes `MIXEDMAP`. The page must be
+    /// one the counter counts and someone holds; it gains a reference and a
+    /// map count. An existing entry is `Busy`. The entry gets the area's
+    /// protection.
+    pub fn insert_page(&mut self, id: VmaId, at: Page, page: &C::Page) -> Result<(), MmError> {
+        let vma = *self.vma(id)?;
+        if vma.flags.contains(VmFlags::PFNMAP) {
+            return Err(MmError::WrongVmaKind);
+        }
+        let (va, _) = Self::range_in(&vma, at, 1)?;
+        let pt = self.walk_alloc(va, 1)?;
+        let slot = self.entry_ptr(pt, pte::index(va, 1));
+        if let Err(e) = self.insert_into_pte(slot, page.frame(), vma.page_prot()) {
+            self.prune(va, va + PAGE_4K);
+            return Err(e);
+        }
+        self.vma_mut(id)?.flags |= VmFlags::MIXEDMAP;
+        Ok(())
+    }
+
+    /// Inserts `pages` at consecutive pages from `at` (Linux 5.8's
+    /// `vm_insert_pages`), walking the upper levels once per page table.
+    ///
+    /// On error, the first [`PartialInsert::inserted`] pages are mapped and
+    /// counted as by `insert_page`, and nothing else changed.
+    pub fn insert_pages(
+        &mut self,
+        id: VmaId,
+        at: Page,
+        pages: &[C::Page],
+    ) -> Result<(), PartialInsert> {
+        let fail = |inserted, error| PartialInsert { inserted, error };
+        let vma = *self.vma(id).map_err(|e| fail(0, e))?;
+        if vma.flags.contains(VmFlags::PFNMAP) {
+            return Err(fail(0, MmError::WrongVmaKind));
+        }
+        if pages.is_empty() {
+            return Ok(());
+        }
+        let (addr, _) = Self::range_in(&vma, at, pages.len() as u64).map_err(|e| fail(0, e))?;
+        let prot = vma.page_prot();
+        let mut done = 0;
+        let result = loop {
+            if done == pages.len() {
+                break Ok(());
+            }
+            let va = addr + done as u64 * PAGE_4K;
+            let pt = match self.walk_alloc(va, 1) {
+                Ok(pt) => pt,
+                Err(e) => break Err(fail(done, e)),
+            };
+            let first = pte::index(va, 1);
+            let batch_end = pages.len().min(done + 512 - first);
+            let entries = self.entry_ptr(pt, first);
+            let mut error = None;
+            for (i, page) in pages.iter().enumerate().take(batch_end).skip(done) {
+                // SAFETY: `entries` is entry `first` of page table `pt` and
+                // the batch stays inside it: `first + i - done` is below 512
+                // by the choice of `batch_end`.
+                let slot = unsafe { entries.add(i - done) };
+                if let Err(e) = self.insert_into_pte(slot, page.frame(), prot) {
+                    error = Some(fail(i, e));
+                    break;
+                }
+            }
+            match error {
+                Some(error) => {
+                    let failed_at = addr + error.inserted as u64 * PAGE_4K;
+                    self.prune(failed_at, failed_at + PAGE_4K);
+                    done = error.inserted;
+                    break Err(error);
+                }
+                None => done = batch_end,
+            }
+        };
+        if done > 0 {
+            self.vma_mut(id).map_err(|e| fail(done, e))?.flags |= VmFlags::MIXEDMAP;
+        }
+        result
+    }
+
+    /// Maps `frame` at `at` with a special entry (Linux's `vmf_insert_pfn`):
+    /// the area must be `PFNMAP` or `MIXEDMAP` (not both, and a `PFNMAP` one
+    /// not copy-on-write). An existing entry is left as it is. In a
+    /// `MIXEDMAP` area a frame the counter counts is refused
+    /// (`CountedFrame`: insert it with `insert_page`); in a `PFNMAP` area any
+    /// frame is taken, as by `remap_pfn_range`, and keeping it alive is the
+    /// driver's business.
+    pub fn insert_pfn(
+        &mut self,
+        id: VmaId,
+        at: Page,
+        frame: PhysFrame,
+    ) -> Result<Inserted, MmError> {
+        let vma = *self.vma(id)?;
+        let pfnmap = vma.flags.contains(VmFlags::PFNMAP);
+        let mixed = vma.flags.contains(VmFlags::MIXEDMAP);
+        if pfnmap == mixed || (pfnmap && vma.flags.is_cow()) {
+            return Err(MmError::WrongVmaKind);
+        }
+        let (va, _) = Self::range_in(&vma, at, 1)?;
+        // Linux refuses a `pfn_valid` frame here: its entry would hold no
+        // reference, so the page could be freed while still mapped.
+        if mixed && self.counter.covers(frame) {
+            return Err(MmError::CountedFrame);
+        }
+        if self.translate_u64(va).is_some() {
+            return Ok(Inserted::AlreadyMapped);
+        }
+        let pt = self.walk_alloc(va, 1)?;
+        let entry = pte::leaf(
+            frame.start_address().as_u64(),
+            vma.page_prot(),
+            false,
+            true,
+            self.nx,
+        );
+        self.write(pt, pte::index(va, 1), entry);
+        Ok(Inserted::New)
+    }
+}

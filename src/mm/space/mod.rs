@@ -1,0 +1,362 @@
+//! An address space: a PML4, its areas, and the mapping operations, each in
+//! its own file: [`walk`](self) (reaching, creating and pruning tables),
+//! `insert`, `remap`, `zap`, `fork` and `fault`.
+//!
+//! Invariants, kept by every operation:
+//! - no page table the crate allocated (linked with [`pte::OWNED`]) is left
+//!   empty below the root: an operation that empties or fails to fill one
+//!   unlinks it, flushes, and only then frees it; tables the crate did not
+//!   allocate (a kernel's own) are never freed;
+//! - every present non-special leaf maps a page its [`PageCounter`] counts,
+//!   holding one reference and one map count on it; special leaves hold
+//!   nothing;
+//! - 2 MiB leaves are only made by `remap_pfn_range` and are special;
+//! - nothing outside the space's areas is ever written: an area may not be
+//!   created over anything already mapped.
+
+mod fault;
+mod fork;
+mod insert;
+mod remap;
+mod walk;
+mod zap;
+
+use core::sync::atomic::{AtomicU32, Ordering};
+
+use x86_64::structures::paging::{Page, PageTableFlags, PhysFrame};
+use x86_64::{PhysAddr, VirtAddr};
+
+pub use fault::WriteFault;
+pub use insert::{Inserted, PartialInsert};
+
+use super::MmError;
+use super::pte::{self, ADDR_2M, ADDR_4K, PAGE_2M, PAGE_4K, SPECIAL};
+use super::tlb::TlbFlush;
+use super::traits::{PageCounter, TableAllocator, TableMapper};
+use super::vma::{VmFlags, Vma};
+
+/// Areas an address space holds.
+pub const MAX_VMAS: usize = 64;
+/// The end of the lower (user) half of the canonical address space.
+pub const USER_END: u64 = 1 << 47;
+
+/// An area's handle: one `map_vma` of one address space. Once the area is
+/// unmapped the handle is stale ([`MmError::NoSuchVma`]) even if a new area
+/// takes its slot, and another address space refuses it
+/// ([`MmError::ForeignVma`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct VmaId {
+    index: usize,
+    generation: u32,
+    space: u32,
+}
+
+/// Address-space identities, so a `VmaId` of one is refused by another.
+static NEXT_SPACE_ID: AtomicU32 = AtomicU32::new(1);
+
+/// One leaf entry found by a walk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Leaf {
+    /// The first virtual address it maps.
+    pub va: VirtAddr,
+    /// The raw entry.
+    pub entry: u64,
+    /// 1 for a 4 KiB page, 2 for a 2 MiB page.
+    pub level: u32,
+    /// Physical address of the table holding the entry, and its index.
+    table: u64,
+    index: usize,
+}
+
+impl Leaf {
+    /// Bytes it maps.
+    pub fn size(&self) -> u64 {
+        if self.level == 2 { PAGE_2M } else { PAGE_4K }
+    }
+
+    /// The physical address of the frame it maps: for a 2 MiB leaf, the
+    /// 2 MiB frame's base, not the address of some `va` inside it (see
+    /// [`Leaf::phys_of`]).
+    pub fn phys(&self) -> PhysAddr {
+        let mask = if self.level == 2 { ADDR_2M } else { ADDR_4K };
+        PhysAddr::new_truncate(self.entry & mask)
+    }
+
+    /// The physical address `va` maps to, if this leaf covers `va`.
+    pub fn phys_of(&self, va: VirtAddr) -> Option<PhysAddr> {
+        let offset = va
+            .as_u64()
+            .checked_sub(self.va.as_u64())
+            .filter(|&o| o < self.size())?;
+        Some(self.phys() + offset)
+    }
+
+    /// The 4 KiB frame `va` maps to, if this leaf covers `va`.
+    pub fn frame_of(&self, va: VirtAddr) -> Option<PhysFrame> {
+        self.phys_of(va).map(PhysFrame::containing_address)
+    }
+
+    /// The entry's flags, as the `x86_64` crate names them (bit 9,
+    /// `BIT_9`, is [`pte::SPECIAL`]).
+    pub fn flags(&self) -> PageTableFlags {
+        PageTableFlags::from_bits_truncate(self.entry)
+    }
+
+    /// Whether it is special (no counted page behind it).
+    pub fn is_special(&self) -> bool {
+        self.entry & SPECIAL != 0
+    }
+}
+
+/// A 4-level address space. Its page tables come from `A` (the kernel's
+/// frame allocator) and are reached through `M`; the pages it maps are
+/// counted by `C`; `T` flushes its TLB entries.
+///
+/// A space made by [`AddressSpace::new`] owns its root table; one made by
+/// [`AddressSpace::from_root`] works inside a hierarchy the kernel built
+/// and never touches the kernel's mappings. Dropping it unmaps every area
+/// (giving back every count) and frees the tables the crate allocated, and
+/// an owned root: it must not be loaded in CR3 by then.
+pub struct AddressSpace<C: PageCounter, M: TableMapper, A: TableAllocator, T: TlbFlush> {
+    counter: C,
+    mapper: M,
+    alloc: A,
+    tlb: T,
+    root: u64,
+    owns_root: bool,
+    id: u32,
+    vmas: [Option<Vma>; MAX_VMAS],
+    /// Bumped when a slot's area is unmapped, so its old ids go stale.
+    vma_generations: [u32; MAX_VMAS],
+    /// PML4 slots shared with the kernel, never touched by this space.
+    shared: [bool; 512],
+    nx: bool,
+    entries_written: u64,
+}
+
+/// The physical frame at `phys` (an address from an entry: below 2^52).
+fn frame(phys: u64) -> PhysFrame {
+    PhysFrame::containing_address(PhysAddr::new_truncate(phys))
+}
+
+impl<C: PageCounter, M: TableMapper, A: TableAllocator, T: TlbFlush> AddressSpace<C, M, A, T> {
+    /// An empty address space with its own root table from `alloc`. `nx`
+    /// says whether the execute-disable bit may be used (EFER.NXE is on;
+    /// without it the bit is reserved and would fault).
+    pub fn new(counter: C, mapper: M, mut alloc: A, tlb: T, nx: bool) -> Result<Self, MmError> {
+        let root = alloc.allocate_frame().ok_or(MmError::OutOfMemory)?;
+        let space = Self::with_root(counter, mapper, alloc, tlb, nx, root, true);
+        space.zero_table(space.root);
+        Ok(space)
+    }
+
+    /// An address space inside the hierarchy rooted at `root`, which the
+    /// kernel built (its own mappings included). The crate creates areas
+    /// only where nothing is mapped, writes entries only inside its areas,
+    /// and frees only the tables it allocated; the root stays the kernel's.
+    ///
+    /// # Safety
+    /// `root` must be a live PML4 whose tables are all reachable through
+    /// `mapper`, and must stay so (with the tables under it) for the life
+    /// of the space; the kernel must not change or free entries in the
+    /// space's areas, nor tables the crate linked (marked [`pte::OWNED`]).
+    pub unsafe fn from_root(
+        root: PhysFrame,
+        counter: C,
+        mapper: M,
+        alloc: A,
+        tlb: T,
+        nx: bool,
+    ) -> Self {
+        Self::with_root(counter, mapper, alloc, tlb, nx, root, false)
+    }
+
+    fn with_root(
+        counter: C,
+        mapper: M,
+        alloc: A,
+        tlb: T,
+        nx: bool,
+        root: PhysFrame,
+        owns_root: bool,
+    ) -> Self {
+        AddressSpace {
+            counter,
+            mapper,
+            alloc,
+            tlb,
+            root: root.start_address().as_u64(),
+            owns_root,
+            id: NEXT_SPACE_ID.fetch_add(1, Ordering::Relaxed),
+            vmas: [None; MAX_VMAS],
+            vma_generations: [0; MAX_VMAS],
+            shared: [false; 512],
+            nx,
+            entries_written: 0,
+        }
+    }
+
+    /// The root table (what CR3 loads).
+    pub fn root(&self) -> PhysFrame {
+        frame(self.root)
+    }
+
+    /// The page counter.
+    pub fn counter(&self) -> &C {
+        &self.counter
+    }
+
+    /// The TLB flusher.
+    pub fn tlb_mut(&mut self) -> &mut T {
+        &mut self.tlb
+    }
+
+    /// The table-frame allocator.
+    pub fn allocator_mut(&mut self) -> &mut A {
+        &mut self.alloc
+    }
+
+    /// Page-table entries written since creation (leaves and table links).
+    pub fn entries_written(&self) -> u64 {
+        self.entries_written
+    }
+
+    /// Copies PML4 entries `slots` from the table `kernel_root` (the
+    /// kernel's own mappings), so the kernel keeps running when this space
+    /// is loaded. Those slots are never modified or freed by this space,
+    /// and no area may be created in them.
+    ///
+    /// # Safety
+    /// `kernel_root` must be a live PML4 reachable through the mapper,
+    /// whose entries in `slots` stay valid for the life of this space.
+    pub unsafe fn share_kernel_slots(
+        &mut self,
+        kernel_root: PhysFrame,
+        slots: impl IntoIterator<Item = usize>,
+    ) {
+        let kernel_root = kernel_root.start_address().as_u64();
+        for slot in slots.into_iter().filter(|&s| s < 512) {
+            let entry = self.read(kernel_root, slot);
+            self.write(self.root, slot, entry);
+            self.shared[slot] = true;
+        }
+    }
+
+    // ---- areas ----
+
+    /// Creates an area of `pages` pages from `start` with `flags` (what
+    /// `mmap` does before a driver's `mmap` hook fills it). Refused where
+    /// anything is already mapped (`Overlap`): the kernel's mappings, or
+    /// another area.
+    pub fn map_vma(&mut self, start: Page, pages: u64, flags: VmFlags) -> Result<VmaId, MmError> {
+        if pages == 0 {
+            return Err(MmError::Misaligned);
+        }
+        let first = start.start_address().as_u64();
+        let end = pages
+            .checked_mul(PAGE_4K)
+            .and_then(|len| first.checked_add(len))
+            .filter(|&end| end <= USER_END)
+            .ok_or(MmError::OutOfRange)?;
+        let overlaps_kernel =
+            (pte::index(first, 4)..=pte::index(end - 1, 4)).any(|s| self.shared[s]);
+        let overlaps_vma = self.vmas.iter().flatten().any(|v| {
+            let v_start = v.start.start_address().as_u64();
+            v_start < end && first < v.end().as_u64()
+        });
+        if overlaps_kernel || overlaps_vma || self.next_leaf(first, end).is_some() {
+            return Err(MmError::Overlap);
+        }
+        let slot = self
+            .vmas
+            .iter()
+            .position(Option::is_none)
+            .ok_or(MmError::TooManyVmas)?;
+        self.vmas[slot] = Some(Vma {
+            start,
+            pages,
+            flags,
+            pgoff: 0,
+        });
+        Ok(self.vma_id(slot))
+    }
+
+    fn vma_id(&self, index: usize) -> VmaId {
+        VmaId {
+            index,
+            generation: self.vma_generations[index],
+            space: self.id,
+        }
+    }
+
+    /// The slot of the live area `id` names.
+    fn vma_index(&self, id: VmaId) -> Result<usize, MmError> {
+        if id.space != self.id {
+            return Err(MmError::ForeignVma);
+        }
+        let live = self.vmas.get(id.index).is_some_and(Option::is_some)
+            && self.vma_generations[id.index] == id.generation;
+        live.then_some(id.index).ok_or(MmError::NoSuchVma)
+    }
+
+    /// The area `id`.
+    pub fn vma(&self, id: VmaId) -> Result<&Vma, MmError> {
+        let index = self.vma_index(id)?;
+        self.vmas[index].as_ref().ok_or(MmError::NoSuchVma)
+    }
+
+    fn vma_mut(&mut self, id: VmaId) -> Result<&mut Vma, MmError> {
+        let index = self.vma_index(id)?;
+        self.vmas[index].as_mut().ok_or(MmError::NoSuchVma)
+    }
+
+    /// The area containing `addr`, if any.
+    fn vma_at(&self, addr: VirtAddr) -> Option<Vma> {
+        self.vmas
+            .iter()
+            .flatten()
+            .find(|v| v.contains(addr))
+            .copied()
+    }
+
+    /// Removes area `id` and everything mapped in it; `id` is stale after.
+    pub fn unmap_vma(&mut self, id: VmaId) -> Result<(), MmError> {
+        let vma = *self.vma(id)?;
+        let start = vma.start.start_address().as_u64();
+        self.zap(start, vma.end().as_u64())?;
+        self.vmas[id.index] = None;
+        self.vma_generations[id.index] = self.vma_generations[id.index].wrapping_add(1);
+        Ok(())
+    }
+
+    /// The byte range `[start, end)` of `count` pages from `first`, if they
+    /// lie inside `vma` (and `count` is not zero).
+    fn range_in(vma: &Vma, first: Page, count: u64) -> Result<(u64, u64), MmError> {
+        if count == 0 {
+            return Err(MmError::Misaligned);
+        }
+        if !vma.contains_pages(first, count) {
+            return Err(MmError::OutOfRange);
+        }
+        let start = first.start_address().as_u64();
+        Ok((start, start + count * PAGE_4K))
+    }
+}
+
+impl<C: PageCounter, M: TableMapper, A: TableAllocator, T: TlbFlush> Drop
+    for AddressSpace<C, M, A, T>
+{
+    fn drop(&mut self) {
+        for slot in 0..MAX_VMAS {
+            if self.vmas[slot].is_some() {
+                // Whole areas never split a 2 MiB entry, so this cannot fail.
+                let _ = self.unmap_vma(self.vma_id(slot));
+            }
+        }
+        if self.owns_root {
+            // SAFETY: the root came from this allocator in `new`; every
+            // area is gone and the space must not be loaded (type docs).
+            unsafe { self.alloc.deallocate_frame(frame(self.root)) };
+        }
+    }
+}

@@ -1,0 +1,129 @@
+//! Mapping raw frame ranges (`remap_pfn_range`, `io_remap_pfn_range`).
+
+use x86_64::structures::paging::{Page, PhysFrame};
+
+use super::{AddressSpace, VmaId};
+use crate::mm::MmError;
+use crate::mm::pte::{self, CacheMode, HUGE, PAGE_2M, PAGE_4K};
+use crate::mm::tlb::{FULL_FLUSH_THRESHOLD, TlbFlush};
+use crate::mm::traits::{PageCounter, TableAllocator, TableMapper};
+use crate::mm::vma::{PageProt, VmFlags};
+
+impl<C: PageCounter, M: TableMapper, A: TableAllocator, T: TlbFlush> AddressSpace<C, M, A, T> {
+    /// Maps `pages` frames from `frame` at `at` (Linux's
+    /// `remap_pfn_range`): special entries with nothing counted behind them,
+    /// 2 MiB entries where virtual and physical alignment allow. The area
+    /// becomes `PFNMAP | IO | DONTEXPAND | DONTDUMP`; a copy-on-write area
+    /// must be covered whole and records `pgoff` = the first frame number.
+    /// On error nothing stays mapped.
+    pub fn remap_pfn_range(
+        &mut self,
+        id: VmaId,
+        at: Page,
+        frame: PhysFrame,
+        pages: u64,
+        prot: PageProt,
+    ) -> Result<(), MmError> {
+        let vma = *self.vma(id)?;
+        if vma.flags.contains(VmFlags::MIXEDMAP) {
+            return Err(MmError::WrongVmaKind);
+        }
+        let (addr, end) = Self::range_in(&vma, at, pages)?;
+        let phys = frame.start_address().as_u64();
+        if phys.checked_add(end - addr).is_none_or(|e| e > 1 << 52) {
+            return Err(MmError::OutOfRange);
+        }
+        if vma.flags.is_cow() && (at != vma.start || pages != vma.pages) {
+            return Err(MmError::PartialCowRemap);
+        }
+        let mut va = addr;
+        if let Err(e) = self.remap_entries(&mut va, end, phys.wrapping_sub(addr), prot) {
+            self.clear_special(addr, va);
+            self.prune(addr, end);
+            return Err(e);
+        }
+        let vma = self.vma_mut(id)?;
+        vma.flags |= VmFlags::PFNMAP | VmFlags::IO | VmFlags::DONTEXPAND | VmFlags::DONTDUMP;
+        if vma.flags.is_cow() {
+            vma.pgoff = phys >> 12;
+        }
+        Ok(())
+    }
+
+    /// `remap_pfn_range` of device memory with memory type `cache` (Linux's
+    /// `io_remap_pfn_range` with a `pgprot_*` cache attribute). Modes other
+    /// than write-back and uncached need the kernel to have loaded
+    /// [`pte::LINUX_PAT`] into IA32_PAT on every CPU (see [`CacheMode`]).
+    pub fn io_remap_pfn_range(
+        &mut self,
+        id: VmaId,
+        at: Page,
+        frame: PhysFrame,
+        pages: u64,
+        prot: PageProt,
+        cache: CacheMode,
+    ) -> Result<(), MmError> {
+        self.remap_pfn_range(id, at, frame, pages, prot.with_cache(cache))
+    }
+
+    /// Writes special entries for `[*va, end)`, mapping `va` to
+    /// `va + delta`; advances `*va` past what it wrote.
+    fn remap_entries(
+        &mut self,
+        va: &mut u64,
+        end: u64,
+        delta: u64,
+        prot: PageProt,
+    ) -> Result<(), MmError> {
+        while *va < end {
+            let pa = va.wrapping_add(delta);
+            let huge_fits =
+                va.is_multiple_of(PAGE_2M) && pa.is_multiple_of(PAGE_2M) && end - *va >= PAGE_2M;
+            if huge_fits {
+                let pd = self.walk_alloc(*va, 2)?;
+                let index = pte::index(*va, 2);
+                let entry = self.read(pd, index);
+                if entry == 0 {
+                    self.write(pd, index, pte::leaf(pa, prot, true, true, self.nx));
+                    *va += PAGE_2M;
+                    continue;
+                }
+                if entry & HUGE != 0 {
+                    return Err(MmError::Busy);
+                }
+                // A page table is already there: fall through to 4 KiB
+                // entries, which find anything mapped in it.
+            }
+            let pt = self.walk_alloc(*va, 1)?;
+            let table_end = (*va & !(PAGE_2M - 1)) + PAGE_2M;
+            while *va < end.min(table_end) {
+                let index = pte::index(*va, 1);
+                if self.read(pt, index) != 0 {
+                    return Err(MmError::Busy);
+                }
+                let pa = va.wrapping_add(delta);
+                self.write(pt, index, pte::leaf(pa, prot, false, true, self.nx));
+                *va += PAGE_4K;
+            }
+        }
+        Ok(())
+    }
+
+    /// Clears the special entries in `[start, end)` that a failed remap
+    /// wrote (they hold no references), with the TLB flushes that needs.
+    fn clear_special(&mut self, start: u64, end: u64) {
+        let mut pages = 0usize;
+        let mut va = start;
+        while let Some(leaf) = self.next_leaf(va, end) {
+            self.write(leaf.table, leaf.index, 0);
+            pages += (leaf.size() / PAGE_4K) as usize;
+            if pages <= FULL_FLUSH_THRESHOLD {
+                self.tlb.flush_page(self.root(), leaf.va);
+            }
+            va = leaf.va.as_u64() + leaf.size();
+        }
+        if pages > FULL_FLUSH_THRESHOLD {
+            self.tlb.flush_all(self.root());
+        }
+    }
+}

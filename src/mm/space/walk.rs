@@ -1,0 +1,251 @@
+//! Reaching entries, walking to a leaf or creating the tables on the way,
+//! and pruning emptied tables after the flush that must come first.
+
+use core::ops::Range;
+
+use x86_64::VirtAddr;
+
+use super::{AddressSpace, Leaf, USER_END, frame};
+use crate::mm::MmError;
+use crate::mm::pte::{self, ADDR_4K, HUGE, OWNED, PAGE_4K, PRESENT};
+use crate::mm::tlb::TlbFlush;
+use crate::mm::traits::{PageCounter, TableAllocator, TableMapper};
+
+/// Page-table frames unlinked and waiting for the TLB flush that must come
+/// before they are reused (Linux's `mmu_gather` of tables): a CPU may hold a
+/// paging-structure entry pointing into a table until then.
+pub(super) struct TableGather {
+    frames: [u64; GATHER_TABLES],
+    count: usize,
+}
+
+/// Tables one gather holds before it flushes and frees them.
+const GATHER_TABLES: usize = 16;
+
+impl TableGather {
+    pub(super) const fn new() -> TableGather {
+        TableGather {
+            frames: [0; GATHER_TABLES],
+            count: 0,
+        }
+    }
+
+    pub(super) fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+}
+
+/// Bytes one entry at `level` covers.
+pub(super) fn span(level: u32) -> u64 {
+    1 << (12 + 9 * (level - 1))
+}
+
+impl<C: PageCounter, M: TableMapper, A: TableAllocator, T: TlbFlush> AddressSpace<C, M, A, T> {
+    /// A pointer to entry `index` of the table at physical address `table`.
+    pub(super) fn entry_ptr(&self, table: u64, index: usize) -> *mut u64 {
+        debug_assert!(index < 512 && table.is_multiple_of(PAGE_4K));
+        let base = self.mapper.frame_ptr(frame(table)).cast::<u64>();
+        // SAFETY: `table` is a page table of this hierarchy (the root, one
+        // the allocator gave us, or a kernel table reached from the root),
+        // which `TableMapper`'s contract maps as 4096 bytes; `index < 512`.
+        unsafe { base.add(index) }
+    }
+
+    pub(super) fn read(&self, table: u64, index: usize) -> u64 {
+        // SAFETY: `entry_ptr` is in bounds and aligned; the MMU may read the
+        // entry concurrently, so it is accessed with single volatile loads.
+        unsafe { self.entry_ptr(table, index).read_volatile() }
+    }
+
+    pub(super) fn write(&mut self, table: u64, index: usize, value: u64) {
+        self.entries_written += 1;
+        // SAFETY: as for `read`; a single volatile store, so the MMU never
+        // sees a torn entry.
+        unsafe { self.entry_ptr(table, index).write_volatile(value) }
+    }
+
+    pub(super) fn zero_table(&self, table: u64) {
+        // SAFETY: a table frame just allocated to us and not yet linked, or
+        // the root before use; `TableMapper` maps its 4096 bytes.
+        unsafe {
+            self.mapper
+                .frame_ptr(frame(table))
+                .write_bytes(0, PAGE_4K as usize)
+        }
+    }
+
+    fn table_is_empty(&self, table: u64) -> bool {
+        (0..512).all(|i| self.read(table, i) == 0)
+    }
+
+    /// A zeroed table frame from the allocator.
+    pub(super) fn alloc_table(&mut self) -> Result<u64, MmError> {
+        let table = self
+            .alloc
+            .allocate_frame()
+            .ok_or(MmError::OutOfMemory)?
+            .start_address()
+            .as_u64();
+        self.zero_table(table);
+        Ok(table)
+    }
+
+    /// Gives back a table frame nothing links and no CPU caches any more.
+    pub(super) fn free_table(&mut self, table: u64) {
+        // SAFETY: the frame came from this allocator (only tables linked
+        // with OWNED, or split tables never linked, are freed), and its
+        // unlinking was flushed (or it was never linked).
+        unsafe { self.alloc.deallocate_frame(frame(table)) }
+    }
+
+    /// The table at `level` (1 = PT, 2 = PD) covering `va`, allocating the
+    /// missing tables on the way. A leaf above `level` in the way is `Busy`.
+    /// On error, nothing it allocated is left behind.
+    pub(super) fn walk_alloc(&mut self, va: u64, level: u32) -> Result<u64, MmError> {
+        let mut table = self.root;
+        for current in (level + 1..=4).rev() {
+            let index = pte::index(va, current);
+            let entry = self.read(table, index);
+            if entry & PRESENT != 0 {
+                if entry & HUGE != 0 {
+                    self.prune(va, va + PAGE_4K);
+                    return Err(MmError::Busy);
+                }
+                table = entry & ADDR_4K;
+                continue;
+            }
+            let child = match self.alloc_table() {
+                Ok(child) => child,
+                Err(e) => {
+                    self.prune(va, va + PAGE_4K);
+                    return Err(e);
+                }
+            };
+            self.write(table, index, pte::table_link(child));
+            table = child;
+        }
+        Ok(table)
+    }
+
+    /// The first leaf mapping anything in `[va, end)`.
+    pub(super) fn next_leaf(&self, mut va: u64, end: u64) -> Option<Leaf> {
+        'restart: while va < end {
+            let mut table = self.root;
+            for level in (1..=4).rev() {
+                let index = pte::index(va, level);
+                let entry = self.read(table, index);
+                let size = span(level);
+                if entry & PRESENT == 0 || (level == 4 && self.shared[index]) {
+                    va = (va & !(size - 1)).checked_add(size)?;
+                    continue 'restart;
+                }
+                if level == 1 || entry & HUGE != 0 {
+                    return Some(Leaf {
+                        va: VirtAddr::new_truncate(va & !(size - 1)),
+                        entry,
+                        level,
+                        table,
+                        index,
+                    });
+                }
+                table = entry & ADDR_4K;
+            }
+        }
+        None
+    }
+
+    /// Every leaf mapping something in `range`, in address order.
+    pub fn leaves(&self, range: Range<VirtAddr>) -> impl Iterator<Item = Leaf> + '_ {
+        self.leaves_between(range.start.as_u64(), range.end.as_u64())
+    }
+
+    /// Every leaf in the user half, in address order.
+    pub fn user_leaves(&self) -> impl Iterator<Item = Leaf> + '_ {
+        self.leaves_between(0, USER_END)
+    }
+
+    pub(super) fn leaves_between(&self, start: u64, end: u64) -> impl Iterator<Item = Leaf> + '_ {
+        let mut va = start;
+        core::iter::from_fn(move || {
+            let leaf = self.next_leaf(va, end)?;
+            va = leaf.va.as_u64() + leaf.size();
+            Some(leaf)
+        })
+    }
+
+    /// The leaf mapping `va`, if any.
+    pub fn translate(&self, va: VirtAddr) -> Option<Leaf> {
+        self.translate_u64(va.as_u64())
+    }
+
+    pub(super) fn translate_u64(&self, va: u64) -> Option<Leaf> {
+        self.next_leaf(va, va.checked_add(1)?)
+            .filter(|leaf| leaf.va.as_u64() <= va)
+    }
+
+    /// Frees the tables this crate allocated under `[start, end)` that are
+    /// empty: unlinks them, flushes, then frees them.
+    pub(super) fn prune(&mut self, start: u64, end: u64) {
+        let mut gather = TableGather::new();
+        self.unlink_empty(&mut gather, start, end);
+        if !gather.is_empty() {
+            self.tlb.flush_all(self.root());
+            self.free_gathered(&mut gather);
+        }
+    }
+
+    /// Unlinks the emptied owned tables under `[start, end)` into `gather`
+    /// (flushing and freeing early when it fills).
+    pub(super) fn unlink_empty(&mut self, gather: &mut TableGather, start: u64, end: u64) {
+        self.prune_level(gather, self.root, 4, start, end);
+    }
+
+    /// Gives gathered table frames back. Only after a flush that followed
+    /// their unlinking.
+    pub(super) fn free_gathered(&mut self, gather: &mut TableGather) {
+        for i in 0..gather.count {
+            self.free_table(gather.frames[i]);
+        }
+        gather.count = 0;
+    }
+
+    /// Returns whether `table` is empty afterwards.
+    fn prune_level(
+        &mut self,
+        gather: &mut TableGather,
+        table: u64,
+        level: u32,
+        start: u64,
+        end: u64,
+    ) -> bool {
+        let size = span(level);
+        let mut va = start;
+        while va < end {
+            let index = pte::index(va, level);
+            let slot_start = va & !(size - 1);
+            let slot_end = slot_start.saturating_add(size);
+            let entry = self.read(table, index);
+            let shared = level == 4 && self.shared[index];
+            // Every table is searched (the crate's tables may hang under a
+            // kernel's); only those the crate allocated are unlinked.
+            if level > 1 && entry & PRESENT != 0 && entry & HUGE == 0 && !shared {
+                let child = entry & ADDR_4K;
+                let emptied = self.prune_level(gather, child, level - 1, va, end.min(slot_end));
+                if emptied && entry & OWNED != 0 {
+                    self.write(table, index, 0);
+                    if gather.count == GATHER_TABLES {
+                        self.tlb.flush_all(self.root());
+                        self.free_gathered(gather);
+                    }
+                    gather.frames[gather.count] = child;
+                    gather.count += 1;
+                }
+            }
+            if index == 511 {
+                break;
+            }
+            va = slot_end;
+        }
+        level < 4 && self.table_is_empty(table)
+    }
+}
