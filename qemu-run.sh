@@ -5,6 +5,7 @@
 #   ./qemu-run.sh test [filter]   the guest test suite (tests whose name contains filter)
 #   ./qemu-run.sh bench [filter]  benchmarks -> target/bench/latest.csv and a table
 #   ./qemu-run.sh soak [requests] random copies, fills and zeroes (default 1000000)
+#   ./qemu-run.sh example         a kernel with its own x86_64 page tables adopts the mm half
 #   ./qemu-run.sh selftest        the harness's canaries (must report failures)
 #   ./qemu-run.sh MODE [filter] -- EXTRA QEMU ARGS
 #
@@ -18,14 +19,14 @@ set -uo pipefail
 cd "$(dirname "$0")" || exit 2
 
 die() { echo "qemu-run: $*" >&2; exit 2; }
-usage() { sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; }
 
 mode=${1:-demo}
 [ $# -gt 0 ] && shift
 case "$mode" in
-    demo|test|bench|soak|selftest) ;;
+    demo|test|bench|soak|example|selftest) ;;
     -h|--help|help) usage; exit 0 ;;
-    *) usage >&2; die "unknown mode '$mode' (expected demo, test, bench, soak or selftest)" ;;
+    *) usage >&2; die "unknown mode '$mode' (expected demo, test, bench, soak, example or selftest)" ;;
 esac
 filter=""
 if [ $# -gt 0 ] && [ "$1" != "--" ]; then filter=$1; shift; fi
@@ -57,7 +58,7 @@ cargo build --release --quiet -p dmaengine-boot --target x86_64-unknown-none --t
 kernel=target/kernel/x86_64-unknown-none/release/dmaengine-boot
 
 accel=${ACCEL:-tcg}
-case "$mode" in demo|selftest) default_timeout=120 ;; test) default_timeout=300 ;; soak) default_timeout=3600 ;; *) default_timeout=900 ;; esac
+case "$mode" in demo|selftest|example) default_timeout=120 ;; test) default_timeout=300 ;; soak) default_timeout=3600 ;; *) default_timeout=900 ;; esac
 seed=${SEED:-$(od -An -N6 -tu8 /dev/urandom | tr -d ' ')}
 case "$seed" in ''|*[!0-9]*) die "SEED must be a decimal number, got '$seed'" ;; esac
 timeout_s=${TIMEOUT:-$default_timeout}

@@ -29,10 +29,15 @@
 //! // SAFETY: zeroed, page-aligned host memory whose address is its "DMA
 //! // address", freed with the same layout.
 //! unsafe impl Hal for HostHal {
-//!     fn dma_alloc(pages: usize) -> Option<(DmaAddr, NonNull<u8>)> {
+//!     fn dma_alloc(pages: usize, dma_mask: u64) -> Option<(DmaAddr, NonNull<u8>)> {
 //!         let layout = std::alloc::Layout::from_size_align(pages * PAGE_SIZE, PAGE_SIZE).ok()?;
 //!         // SAFETY: the layout is not empty.
 //!         let ptr = NonNull::new(unsafe { std::alloc::alloc_zeroed(layout) })?;
+//!         if ptr.as_ptr() as u64 + (pages * PAGE_SIZE) as u64 - 1 > dma_mask {
+//!             // SAFETY: allocated above with this layout.
+//!             unsafe { std::alloc::dealloc(ptr.as_ptr(), layout) };
+//!             return None;
+//!         }
 //!         Some((ptr.as_ptr() as DmaAddr, ptr))
 //!     }
 //!     unsafe fn dma_dealloc(_paddr: DmaAddr, vaddr: NonNull<u8>, pages: usize) {
@@ -66,6 +71,11 @@
     missing_docs,
     clippy::undocumented_unsafe_blocks
 )]
+
+/// The README's examples, compiled as doctests so they stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
 
 pub mod drivers;
 pub mod engine;

@@ -12,7 +12,7 @@ use dmaengine::engine::{Channel, DmaError};
 use dmaengine::hal::{DmaAddr, Hal};
 
 use crate::devices;
-use crate::mem::{frames, phys_to_virt};
+use crate::mem::{PAGE_SIZE, frames, phys_to_virt};
 
 /// DMA memory is physical memory reached through the direct map; there is
 /// no IOMMU, so a DMA address is a physical address.
@@ -22,8 +22,14 @@ pub struct KernelHal;
 // until freed), are zeroed here, and the direct map gives the CPU a
 // coherent (write-back, snooped) view of them.
 unsafe impl Hal for KernelHal {
-    fn dma_alloc(pages: usize) -> Option<(DmaAddr, NonNull<u8>)> {
+    fn dma_alloc(pages: usize, dma_mask: u64) -> Option<(DmaAddr, NonNull<u8>)> {
         let pa = frames::alloc_contiguous(pages, 1).ok()?;
+        if pa + (pages as u64 * PAGE_SIZE) - 1 > dma_mask {
+            // The allocator has no zones; the machine's RAM (2 GiB) is below
+            // every mask the drivers use, so this is not expected to happen.
+            let _ = frames::free_contiguous(pa, pages);
+            return None;
+        }
         let va = phys_to_virt(pa);
         // SAFETY: the frames were just allocated to us and are mapped.
         unsafe { va.write_bytes(0, pages * dmaengine::hal::PAGE_SIZE) };

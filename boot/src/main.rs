@@ -16,6 +16,7 @@ mod demo;
 mod devices;
 mod dma;
 mod entry;
+mod example;
 mod exit;
 mod gdt;
 mod harness;
@@ -114,6 +115,7 @@ extern "C" fn kernel_main(start_info: u32) -> ! {
         "selftest" => harness::run(&tests::selftest(), filter),
         "bench" => bench::run(filter),
         "soak" => soak::run(filter),
+        "example" => example::run(),
         other => {
             println!(
                 "error: unknown mode {other:?} (expected demo, test, bench, soak or selftest)"

@@ -14,7 +14,7 @@ use crate::hal::{DmaAddr, PAGE_SIZE};
 /// Callbacks a channel holds at once (requests with callbacks in flight).
 const MAX_CALLBACKS: usize = 64;
 /// Failures (and terminations) whose cookies a channel still answers
-/// `Error` for. Older ones fall back to the seed's snapshot rule, which
+/// `Error` for. Older ones fall back to the 2005 I/OAT proposal's snapshot rule, which
 /// calls every cookie outside the in-flight window complete.
 pub const FAILURE_HISTORY: usize = 32;
 
@@ -55,7 +55,7 @@ pub struct Batch {
 }
 
 /// The answer of [`Channel::status`]: the request's status and the
-/// channel's snapshot it was decided from (the seed's `last` and `used`).
+/// channel's snapshot it was decided from (the 2005 I/OAT proposal's `last` and `used`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TxState {
     /// Where the request stands.
@@ -120,9 +120,12 @@ impl<E: Engine> Channel<E> {
         &self.engine
     }
 
-    /// The engine, for driver-specific controls. Changing the ring behind
-    /// the channel's back breaks its bookkeeping; drivers document which of
-    /// their methods are safe to call here.
+    /// The engine, for driver-specific controls. Only a driver's own
+    /// inherent methods that its docs list as safe here may be called
+    /// (each driver's type docs say which); the [`Engine`] methods
+    /// (`prep`, `issue`, `poll`, `terminate`, ...) change the ring behind the
+    /// channel's back and break its bookkeeping (they cannot break memory
+    /// safety, but cookies may then be reported wrongly).
     pub fn engine_mut(&mut self) -> &mut E {
         &mut self.engine
     }
@@ -147,6 +150,8 @@ impl<E: Engine> Channel<E> {
 
     /// Makes the next cookie `next`. Only on an idle channel: it is how a
     /// test reaches the wrap at `i32::MAX` without two billion requests.
+    /// A test hook: only with the `test-hooks` feature.
+    #[cfg(any(test, feature = "test-hooks"))]
     pub fn set_next_cookie(&mut self, next: Cookie) -> Result<(), DmaError> {
         if !self.is_idle() || self.prepared {
             return Err(DmaError::Busy);
@@ -359,7 +364,7 @@ impl<E: Engine> Channel<E> {
         unsafe { self.prep(Op::Copy { dst, src, len }, flags, None) }
     }
 
-    /// The seed's `dma_async_memcpy_buf_to_buf`: copy between two buffers.
+    /// The 2005 I/OAT proposal's `dma_async_memcpy_buf_to_buf`: copy between two buffers.
     ///
     /// # Safety
     /// As for [`Channel::prep`].
@@ -373,7 +378,7 @@ impl<E: Engine> Channel<E> {
         unsafe { self.prep_copy(dst, src, len, PrepFlags::empty()) }
     }
 
-    /// The seed's `dma_async_memcpy_buf_to_pg`: copy a buffer into the page
+    /// The 2005 I/OAT proposal's `dma_async_memcpy_buf_to_pg`: copy a buffer into the page
     /// at `page` (page-aligned), from `offset`, within that page.
     ///
     /// # Safety
@@ -390,7 +395,7 @@ impl<E: Engine> Channel<E> {
         unsafe { self.prep_copy(dst, src, len, PrepFlags::empty()) }
     }
 
-    /// The seed's `dma_async_memcpy_pg_to_pg`: copy within two pages.
+    /// The 2005 I/OAT proposal's `dma_async_memcpy_pg_to_pg`: copy within two pages.
     ///
     /// # Safety
     /// As for [`Channel::prep`].
@@ -525,13 +530,13 @@ impl<E: Engine> Channel<E> {
         }
     }
 
-    /// Where request `cookie` stands (the seed's `dma_async_memcpy_complete`),
+    /// Where request `cookie` stands (the 2005 I/OAT proposal's `dma_async_memcpy_complete`),
     /// with the snapshot it was decided from.
     ///
     /// A request ended by one of the last [`FAILURE_HISTORY`] failures or
     /// terminations is reported with its error; the channel keeps no more
     /// (it allocates nothing), so a request ended by an older one reads as
-    /// `Complete`, as the seed's rule has it. Its fate was reported when it
+    /// `Complete`, as the 2005 I/OAT proposal's rule has it. Its fate was reported when it
     /// ended, through `wait`, its callback, or `status` at the time.
     ///
     /// `Error(kind)` means the engine no longer touches the request's

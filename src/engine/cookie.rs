@@ -56,7 +56,7 @@ impl fmt::Display for Cookie {
     }
 }
 
-/// The seed's completion rule: whether `cookie` is complete given the
+/// The 2005 I/OAT proposal's completion rule: whether `cookie` is complete given the
 /// channel's `last_completed` and `last_used` cookies (0 before any).
 ///
 /// The requests in flight are exactly those after `last_completed` up to and
@@ -122,7 +122,7 @@ mod tests {
         }
         assert!(
             s.is_complete(c(8)),
-            "never used: reported complete, as the seed's rule has it"
+            "never used: reported complete, as the 2005 I/OAT proposal's rule has it"
         );
     }
 

@@ -90,7 +90,7 @@ impl<E: Engine> DmaChannel for Channel<E> {
 }
 
 impl dyn DmaChannel + '_ {
-    /// The seed's `dma_async_memcpy_buf_to_buf` on any channel.
+    /// The 2005 I/OAT proposal's `dma_async_memcpy_buf_to_buf` on any channel.
     ///
     /// # Safety
     /// As for [`Channel::prep`].

@@ -73,6 +73,48 @@ fn window(buffer_len: usize, offset: usize, len: usize) -> Result<(), DmaError> 
     }
 }
 
+impl<H: Hal> fmt::Display for PrepError<H> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "request not prepared: {}", self.error)
+    }
+}
+
+impl<H: Hal> core::error::Error for PrepError<H> {}
+
+/// For `?`: the buffers are dropped (freed), which is safe, since nothing
+/// was prepared.
+impl<H: Hal> From<PrepError<H>> for DmaError {
+    fn from(e: PrepError<H>) -> DmaError {
+        e.error
+    }
+}
+
+impl<H: Hal> fmt::Display for TransferError<H> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TransferError::Pending(_) => f.write_str("transfer still in progress"),
+            TransferError::Failed { kind, .. } => write!(f, "transfer failed: {kind}"),
+            TransferError::WrongChannel(_) => f.write_str("transfer belongs to another channel"),
+        }
+    }
+}
+
+impl<H: Hal> core::error::Error for TransferError<H> {}
+
+/// For `?`: a pending transfer (or one asked about on the wrong channel) is
+/// dropped, which leaks its buffers, since the device may still write them
+/// (`TimedOut` / `WrongChannel`); a failed one's buffers are freed
+/// (`Failed(kind)`).
+impl<H: Hal> From<TransferError<H>> for DmaError {
+    fn from(e: TransferError<H>) -> DmaError {
+        match e {
+            TransferError::Pending(_) => DmaError::TimedOut,
+            TransferError::Failed { kind, .. } => DmaError::Failed(kind),
+            TransferError::WrongChannel(_) => DmaError::WrongChannel,
+        }
+    }
+}
+
 impl<H: Hal> fmt::Debug for PrepError<H> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("PrepError")

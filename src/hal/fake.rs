@@ -32,9 +32,14 @@ fn layout(pages: usize) -> Layout {
 // SAFETY: allocations are zeroed, page-aligned host memory (contiguous by
 // construction), identified by their own address, and freed exactly once.
 unsafe impl Hal for FakeHal {
-    fn dma_alloc(pages: usize) -> Option<(DmaAddr, NonNull<u8>)> {
+    fn dma_alloc(pages: usize, dma_mask: u64) -> Option<(DmaAddr, NonNull<u8>)> {
         // SAFETY: the layout has a non-zero size.
         let ptr = NonNull::new(unsafe { alloc_zeroed(layout(pages)) })?;
+        if ptr.as_ptr() as u64 + (pages * PAGE_SIZE) as u64 - 1 > dma_mask {
+            // SAFETY: allocated just above with this layout.
+            unsafe { std::alloc::dealloc(ptr.as_ptr(), layout(pages)) };
+            return None;
+        }
         LIVE.lock()
             .unwrap()
             .get_or_insert_with(HashMap::new)
@@ -92,7 +97,11 @@ pub struct FakeHal32;
 // SAFETY: allocations are zeroed, page-aligned, contiguous runs of the
 // arena, handed out once and freed once.
 unsafe impl Hal for FakeHal32 {
-    fn dma_alloc(pages: usize) -> Option<(DmaAddr, NonNull<u8>)> {
+    fn dma_alloc(pages: usize, dma_mask: u64) -> Option<(DmaAddr, NonNull<u8>)> {
+        // The whole arena lies below 4 GiB.
+        if dma_mask < ARENA_BASE + (ARENA_PAGES * PAGE_SIZE) as u64 - 1 {
+            return None;
+        }
         with_arena(|arena| {
             let start = (0..=ARENA_PAGES.checked_sub(pages)?)
                 .find(|&s| arena.used[s..s + pages].iter().all(|u| !u))?;

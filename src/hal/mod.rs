@@ -13,8 +13,8 @@ use crate::engine::DmaError;
 #[cfg(test)]
 pub mod fake;
 
-/// An address as a DMA-capable device sees it (a physical address: this
-/// crate assumes no IOMMU).
+/// An address as a DMA-capable device sees it (a physical address when no
+/// IOMMU translates device accesses).
 pub type DmaAddr = u64;
 
 /// The size of a page of DMA memory.
@@ -28,9 +28,12 @@ pub const PAGE_SIZE: usize = 4096;
 /// devices at the returned DMA address, coherent between the two (as on
 /// x86), and not used by anything else until `dma_dealloc`.
 pub unsafe trait Hal {
-    /// Allocates `pages` contiguous zeroed pages of DMA memory: their DMA
-    /// address and CPU pointer, or `None` if memory is exhausted.
-    fn dma_alloc(pages: usize) -> Option<(DmaAddr, NonNull<u8>)>;
+    /// Allocates `pages` contiguous zeroed pages of DMA memory whose every
+    /// byte has a DMA address at most `dma_mask` (a device's reach: the
+    /// LSI53C895A's descriptors need `0xffff_ffff`, a zone like Linux's
+    /// `GFP_DMA32`): their DMA address and CPU pointer, or `None` if no
+    /// such memory is left.
+    fn dma_alloc(pages: usize, dma_mask: u64) -> Option<(DmaAddr, NonNull<u8>)>;
 
     /// Frees memory from [`Hal::dma_alloc`].
     ///
@@ -65,13 +68,21 @@ unsafe impl<H: Hal> Send for Dma<H> {}
 unsafe impl<H: Hal> Sync for Dma<H> {}
 
 impl<H: Hal> Dma<H> {
-    /// Allocates `len` bytes (rounded up to whole pages), zeroed.
+    /// Allocates `len` bytes (rounded up to whole pages), zeroed, anywhere
+    /// devices can reach.
     pub fn new(len: usize) -> Result<Self, DmaError> {
+        Self::new_below(len, u64::MAX)
+    }
+
+    /// Allocates `len` bytes (rounded up to whole pages), zeroed, with
+    /// every DMA address at most `dma_mask` (a channel's
+    /// [`Limits::dma_mask`](crate::engine::Limits::dma_mask)).
+    pub fn new_below(len: usize, dma_mask: u64) -> Result<Self, DmaError> {
         if len == 0 {
             return Err(DmaError::ZeroLength);
         }
         let pages = len.div_ceil(PAGE_SIZE);
-        let (paddr, vaddr) = H::dma_alloc(pages).ok_or(DmaError::NoMemory)?;
+        let (paddr, vaddr) = H::dma_alloc(pages, dma_mask).ok_or(DmaError::NoMemory)?;
         Ok(Dma {
             paddr,
             vaddr,

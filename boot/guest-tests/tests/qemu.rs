@@ -99,3 +99,40 @@ fn a_bench_run_with_no_results_fails_and_keeps_the_last_results() {
     assert!(text.contains("no benchmark result"), "{text}");
     assert_eq!(after, Some(kept), "latest.csv must be left as it was");
 }
+
+#[test]
+fn a_kernel_with_its_own_page_tables_adopts_the_mm_half() {
+    let (output, text) = qemu_run(&["example"]);
+    assert!(
+        output.status.success() && text.contains("example done"),
+        "the example kernel failed ({:?}):\n{text}",
+        output.status
+    );
+}
+
+/// The lines of code (not blank, not comments) between the example's glue
+/// markers: what a kernel writes to adopt the mm half.
+fn glue_lines() -> usize {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let example = std::fs::read_to_string(root.join("boot/src/example.rs")).unwrap();
+    let start = example.find("// glue: begin").expect("glue markers");
+    let end = example.find("// glue: end").expect("glue markers");
+    example[start..end]
+        .lines()
+        .skip(1)
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with("//"))
+        .count()
+}
+
+#[test]
+fn the_example_needs_at_most_30_lines_of_glue_as_the_readme_says() {
+    let lines = glue_lines();
+    assert!(lines <= 30, "{lines} lines of glue");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    assert!(
+        readme.contains(&format!("{lines} lines of glue")),
+        "README.md must say \"{lines} lines of glue\""
+    );
+}

@@ -132,7 +132,7 @@ impl Registers for FakeEdu {
             regs::DMA_COUNT => s.count = value,
             regs::DMA_CMD if value & regs::DMA_CMD_START != 0 => {
                 assert_eq!(s.cmd & regs::DMA_CMD_START, 0, "edu: started while busy");
-                // QEMU 7.2 aborts on a whole-buffer transfer (QEMU-FACTS.md).
+                // QEMU 7.2 aborts on a whole-buffer transfer.
                 let device = if value & regs::DMA_CMD_TO_RAM != 0 {
                     s.src
                 } else {

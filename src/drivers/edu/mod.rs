@@ -50,7 +50,18 @@ struct Transfer {
 }
 
 /// The edu device as a copy [`Engine`] with room for `N` transfers, reached
-/// through registers `R` (its BAR0; a fake device in host tests).
+/// through registers `R` (its BAR0, [`regs::MMIO_SIZE`] bytes; a fake
+/// device in host tests).
+///
+/// Through [`Channel::engine_mut`](crate::engine::Channel::engine_mut)
+/// only [`EduEngine::regs`] is safe to call.
+///
+/// What QEMU does that the driver depends on: a transfer completes 100 ms
+/// of virtual time after it starts; QEMU 7.2 aborts the whole emulator on a
+/// transfer of 4096 bytes (an off-by-one), so pieces are at most 4095; the
+/// device masks DMA addresses with its `dma_mask` property (28 bits unless
+/// set, e.g. `-device edu,dma_mask=0xffffffff`), silently, so the mask
+/// given to [`EduEngine::new`] must be the device's.
 pub struct EduEngine<H: Hal, R: Registers = MmioRegion, const N: usize = 64> {
     regs: R,
     /// Reads a wait for idle makes before it gives up ([`IDLE_POLLS`]).

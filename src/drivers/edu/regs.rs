@@ -1,6 +1,8 @@
 //! Registers of QEMU's `edu` device, BAR0 (1 MiB MMIO; 4- and 8-byte
 //! accesses only). Source: QEMU `docs/specs/edu.rst` and `hw/misc/edu.c`.
 
+/// Size of BAR0, the register window (1 MiB; 4- and 8-byte accesses only).
+pub const MMIO_SIZE: usize = 1 << 20;
 /// PCI vendor ID (QEMU).
 pub const VENDOR_ID: u16 = 0x1234;
 /// PCI device ID.
@@ -49,7 +51,7 @@ pub const DMA_CMD_IRQ: u64 = 0x04;
 /// `hw/misc/edu.c`).
 pub const BUFFER: u64 = 0x40000;
 /// Size of that buffer. QEMU 7.2 aborts on a transfer of the whole 4096
-/// bytes (an off-by-one in its range check, QEMU-FACTS.md): 4095 is the
+/// bytes (an off-by-one in its range check): 4095 is the
 /// longest safe transfer.
 pub const BUFFER_SIZE: usize = 4096;
 /// The DMA mask the device applies unless its `dma_mask` property says

@@ -12,7 +12,7 @@ use crate::hal::fake::FakeHal32;
 use crate::hal::{DmaAddr, Hal};
 use crate::mmio::Registers;
 
-/// Instructions per slice (QEMU-FACTS.md).
+/// Instructions per slice (QEMU 7.2).
 const SLICE: usize = 100;
 
 #[derive(Default, Debug)]

@@ -24,7 +24,7 @@
 //! reports. So an issue costs at most two register accesses and preparing a
 //! descriptor none. This matters in QEMU, which runs at most 100
 //! instructions inside the DSP write and the rest from a timer, 100 every
-//! 500 us, with ISTAT1.SRUN set meanwhile (QEMU-FACTS.md).
+//! 500 us, with ISTAT1.SRUN set meanwhile.
 
 #[cfg(test)]
 pub(crate) mod fake;
@@ -89,7 +89,23 @@ pub struct Mark {
 }
 
 /// The LSI53C895A SCRIPTS processor as a copy [`Engine`], reached through
-/// registers `R` (its MMIO window; a fake chip in host tests).
+/// registers `R` (its MMIO window, BAR1, [`regs::MMIO_SIZE`] bytes; a fake
+/// chip in host tests).
+///
+/// Through [`Channel::engine_mut`](crate::engine::Channel::engine_mut)
+/// these are safe to call: [`Lsi53c895a::is_running`],
+/// [`Lsi53c895a::regs`], and with the `test-hooks` feature
+/// `set_manual_start` and `inject_illegal_instruction`.
+///
+/// What QEMU 7.2's emulation does that the driver depends on: it runs at
+/// most 100 SCRIPTS instructions inside the DSP write and the rest from a
+/// timer, 100 every 500 us of virtual time, with ISTAT1.SRUN set meanwhile
+/// (so long chains complete asynchronously, and a DSP write while SRUN is
+/// set only moves the resume point); ISTAT.ABRT stops the processor but
+/// leaves that timer armed, so the driver follows it with a soft reset;
+/// every instruction overwrites DSPS, so completion is written back to
+/// memory by the chain itself; reads of unassigned physical memory return
+/// zeros and set no error bit.
 pub struct Lsi53c895a<H: Hal, R: Registers = MmioRegion> {
     regs: R,
     block: NonNull<u8>,
@@ -128,12 +144,17 @@ pub struct Lsi53c895a<H: Hal, R: Registers = MmioRegion> {
 unsafe impl<H: Hal, R: Registers + Send> Send for Lsi53c895a<H, R> {}
 
 impl<H: Hal, R: Registers> Lsi53c895a<H, R> {
-    /// Takes over the chip behind `regs` (BAR1, with memory decoding and bus
-    /// mastering enabled): soft-resets it (firmware may have used it) and
-    /// sets up an empty ring in DMA memory below 4 GiB.
+    /// Takes over the chip behind `regs` (BAR1, at least
+    /// [`regs::MMIO_SIZE`] bytes, with memory decoding and bus mastering
+    /// enabled in the PCI command register): soft-resets it (firmware such
+    /// as SeaBIOS uses it to boot) and sets up an empty ring in DMA memory
+    /// below 4 GiB (about 200 KiB, from [`Hal::dma_alloc`]).
     pub fn new(regs: R) -> Result<Self, DmaError> {
         let block_pages = BLOCK_BYTES.div_ceil(PAGE_SIZE);
-        let (block_dma, block) = H::dma_alloc(block_pages).ok_or(DmaError::NoMemory)?;
+        // SCRIPTS addresses are 32 bits wide: the ring, its shadow words and
+        // the completion word must lie below 4 GiB.
+        let (block_dma, block) =
+            H::dma_alloc(block_pages, u32::MAX as u64).ok_or(DmaError::NoMemory)?;
         let mut engine = Lsi53c895a {
             regs,
             block,
@@ -156,7 +177,8 @@ impl<H: Hal, R: Registers> Lsi53c895a<H, R> {
             inject: false,
             _hal: PhantomData,
         };
-        // Dropping `engine` on this error path frees the block.
+        // A `Hal` that broke its contract must not make the chip write
+        // somewhere else: dropping `engine` on this path frees the block.
         if block_dma + BLOCK_BYTES as u64 - 1 > u32::MAX as u64 {
             return Err(DmaError::BeyondDmaMask);
         }
@@ -177,7 +199,9 @@ impl<H: Hal, R: Registers> Lsi53c895a<H, R> {
 
     /// Sets DMODE.MAN: writing DSP no longer starts SCRIPTS, so issued
     /// requests stay in progress until the channel is terminated. A way to
-    /// test timeouts and stalls; `reset` keeps the setting.
+    /// test timeouts and stalls; `reset` keeps the setting. A test hook:
+    /// only with the `test-hooks` feature.
+    #[cfg(any(test, feature = "test-hooks"))]
     pub fn set_manual_start(&mut self, on: bool) {
         self.manual_start = on;
         self.regs
@@ -185,7 +209,9 @@ impl<H: Hal, R: Registers> Lsi53c895a<H, R> {
     }
 
     /// Fault injection: the next prepared request starts with an illegal
-    /// instruction, so the chip stops on it with DSTAT.IID.
+    /// instruction, so the chip stops on it with DSTAT.IID. A test hook:
+    /// only with the `test-hooks` feature.
+    #[cfg(any(test, feature = "test-hooks"))]
     pub fn inject_illegal_instruction(&mut self) {
         self.inject = true;
     }
@@ -364,7 +390,7 @@ impl<H: Hal, R: Registers> Lsi53c895a<H, R> {
 
     fn stop(&self) {
         // ABRT alone leaves QEMU's resume timer armed; the soft reset that
-        // follows stops the processor for good (QEMU-FACTS.md, "Abort").
+        // follows stops the processor for good (QEMU 7.2's behaviour).
         self.regs.write8(regs::ISTAT, Istat::ABRT.bits());
         self.regs.write8(regs::ISTAT, Istat::SRST.bits());
         self.regs.write8(regs::ISTAT, 0);
@@ -526,7 +552,8 @@ impl<H: Hal, R: Registers> Engine for Lsi53c895a<H, R> {
         if !istat.intersects(Istat::INTF | Istat::DIP | Istat::SIP) {
             return false;
         }
-        // The clearing order QEMU needs before the EOI (QEMU-FACTS.md):
+        // The clearing order QEMU needs before the EOI, or the level
+        // interrupt fires again:
         // INTF first, then DSTAT, then SIST0/SIST1.
         if istat.contains(Istat::INTF) {
             self.regs.write8(regs::ISTAT, Istat::INTF.bits());

@@ -2,7 +2,7 @@
 //! bytes). Source: LSI53C895A PCI to Ultra2 SCSI Controller Technical Manual
 //! (TM), chapter 5 "Registers" (offsets are the same in I/O and memory
 //! space); QEMU `hw/scsi/lsi53c895a.c` for what the emulation implements
-//! (see QEMU-FACTS.md).
+//! (QEMU 7.2's emulation, measured).
 
 use bitflags::bitflags;
 
@@ -12,6 +12,8 @@ pub const VENDOR_ID: u16 = 0x1000;
 pub const DEVICE_ID: u16 = 0x0012;
 /// BAR holding the memory-mapped operating registers.
 pub const MMIO_BAR: usize = 1;
+/// Bytes of the BAR1 register window the driver uses (the BAR is 0x400).
+pub const MMIO_SIZE: usize = 0x400;
 
 /// 0x0C DSTAT: DMA status (TM 5, register 0x0C). Reading clears the bits
 /// (unless ISTAT.INTF is set) and is part of acknowledging an interrupt.
@@ -69,7 +71,7 @@ bitflags! {
         /// Flushing the DMA FIFO.
         const FLSH = 0x04;
         /// SCRIPTS running. In QEMU it stays set while a long script is
-        /// paused between its 100-instruction slices (QEMU-FACTS.md).
+        /// paused between its 100-instruction slices (QEMU 7.2).
         const SRUN = 0x02;
         /// SYNC_IRQD: interrupt line disabled.
         const SI = 0x01;

@@ -3,7 +3,7 @@
 //! Source: LSI53C895A Technical Manual, chapter 6 "SCRIPTS Instruction Set":
 //! the first dword's bits 31-30 select the type (11 = Memory Move, 10 =
 //! Transfer Control); the encodings below were also checked against QEMU
-//! 7.2 (QEMU-FACTS.md, "Instruction encodings that worked").
+//! 7.2 (measured on QEMU 7.2).
 
 /// Memory Move, first dword: bits 31-29 = 110 (bit 29 clear: not Load/Store),
 /// bits 23-0 the byte count. The second dword is the source, the third the
