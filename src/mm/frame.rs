@@ -126,8 +126,15 @@ impl<'a> FrameDb<'a> {
     /// them out as pages and page tables, which the crate writes through a
     /// [`TableMapper`](super::traits::TableMapper)), for as long as the
     /// database lives.
+    ///
+    /// # Panics
+    /// If the frames run past 2^52 bytes of physical address space.
     pub unsafe fn new(pages: &'a [PageInfo], first: PhysFrame) -> Self {
         let base_pfn = pfn_of(first);
+        assert!(
+            frame_of(base_pfn + pages.len() as u64).is_some(),
+            "frames past 2^52 bytes of physical address space"
+        );
         for page in pages {
             page.counts.store(0, Ordering::Relaxed);
             page.kind.store(FrameKind::Free as u8, Ordering::Relaxed);
@@ -357,7 +364,8 @@ impl PageRef<'_> {
 
     /// The page's frame.
     pub fn frame(&self) -> PhysFrame {
-        frame_of(self.pfn).expect("a database frame")
+        // The database checked at creation that its frames lie below 2^52.
+        PhysFrame::containing_address(PhysAddr::new_truncate(self.pfn << 12))
     }
 
     /// The page's physical address.

@@ -8,7 +8,7 @@ use crate::mm::MmError;
 use crate::mm::pte::{self, PAGE_4K};
 use crate::mm::tlb::TlbFlush;
 use crate::mm::traits::{CountedPage, PageCounter, TableAllocator, TableMapper};
-use crate::mm::vma::{PageProt, VmFlags};
+use crate::mm::vma::VmFlags;
 
 /// What `insert_pfn` did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -41,11 +41,14 @@ impl<C: PageCounter, M: TableMapper, A: TableAllocator, T: TlbFlush> AddressSpac
     /// `insert_page_into_pte_locked`): an occupied entry is `Busy`, a frame
     /// the counter will not count is `NotInsertable`, else the page gains a
     /// reference and a map count and the entry is written.
+    /// `bits` is the entry without its address (`pte::leaf` of the area's
+    /// protection), computed once per call.
+    #[inline]
     fn insert_into_pte(
         &mut self,
         slot: *mut u64,
         page: PhysFrame,
-        prot: PageProt,
+        bits: u64,
     ) -> Result<(), MmError> {
         // SAFETY: `slot` points into a page table of this space (the
         // callers take it from `entry_ptr` of a table `walk_alloc` gave);
@@ -56,9 +59,8 @@ impl<C: PageCounter, M: TableMapper, A: TableAllocator, T: TlbFlush> AddressSpac
         if !self.counter.try_map(page) {
             return Err(MmError::NotInsertable);
         }
-        let entry = pte::leaf(page.start_address().as_u64(), prot, false, false, self.nx);
         // SAFETY: as above.
-        unsafe { slot.write_volatile(entry) };
+        unsafe { slot.write_volatile(page.start_address().as_u64() | bits) };
         self.entries_written += 1;
         Ok(())
     }
@@ -77,7 +79,8 @@ impl<C: PageCounter, M: TableMapper, A: TableAllocator, T: TlbFlush> AddressSpac
         let (va, _) = Self::range_in(&vma, at, 1)?;
         let pt = self.walk_alloc(va, 1)?;
         let slot = self.entry_ptr(pt, pte::index(va, 1));
-        if let Err(e) = self.insert_into_pte(slot, page.frame(), vma.page_prot()) {
+        let bits = pte::leaf(0, vma.page_prot(), false, false, self.nx);
+        if let Err(e) = self.insert_into_pte(slot, page.frame(), bits) {
             self.prune(va, va + PAGE_4K);
             return Err(e);
         }
@@ -105,7 +108,7 @@ impl<C: PageCounter, M: TableMapper, A: TableAllocator, T: TlbFlush> AddressSpac
             return Ok(());
         }
         let (addr, _) = Self::range_in(&vma, at, pages.len() as u64).map_err(|e| fail(0, e))?;
-        let prot = vma.page_prot();
+        let bits = pte::leaf(0, vma.page_prot(), false, false, self.nx);
         let mut done = 0;
         let result = loop {
             if done == pages.len() {
@@ -125,7 +128,7 @@ impl<C: PageCounter, M: TableMapper, A: TableAllocator, T: TlbFlush> AddressSpac
                 // the batch stays inside it: `first + i - done` is below 512
                 // by the choice of `batch_end`.
                 let slot = unsafe { entries.add(i - done) };
-                if let Err(e) = self.insert_into_pte(slot, page.frame(), prot) {
+                if let Err(e) = self.insert_into_pte(slot, page.frame(), bits) {
                     error = Some(fail(i, e));
                     break;
                 }
