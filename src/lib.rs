@@ -10,7 +10,26 @@
 //! - [`mmio`]: register windows accessed through volatile pointers.
 //!
 //! The crate builds for `x86_64-unknown-none` and for the host, where its
-//! unit tests run with plain `cargo test`.
+//! unit tests run with plain `cargo test`. The library never allocates.
+//!
+//! # Soundness
+//! The safe API cannot corrupt memory. Every way for the crate to touch
+//! memory or a device it was only told about goes through an `unsafe`
+//! promise the kernel makes once: the `unsafe` traits [`hal::Hal`] (DMA
+//! memory and its CPU mapping), [`mm::traits::TableMapper`],
+//! [`mm::traits::PageCounter`], [`mm::tlb::TlbFlush`] and `x86_64`'s
+//! `FrameAllocator`; the `unsafe` constructors [`mmio::MmioRegion::new`],
+//! [`mm::frame::FrameDb::new`], [`mm::traits::OffsetMapper::new`] and
+//! [`mm::space::AddressSpace::from_root`]; and, for raw DMA addresses, the
+//! `unsafe` request methods of [`engine::Channel`] (the owned-buffer ones,
+//! `copy` and `fill_buffer`, are safe). Addresses, lengths and counts
+//! passed to the copy and mapping calls are checked before any sum: bad
+//! ones get an error value, never a panic, a wrapped range or a write out
+//! of bounds.
+//!
+//! # Features
+//! - `test-hooks`: fault injection and state setting for tests (an LSI
+//!   illegal instruction, its manual-start mode, a channel's next cookie).
 //!
 //! # Example
 //!
