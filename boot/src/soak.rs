@@ -184,18 +184,7 @@ pub fn batch<E: Engine>(
     }
     stats.batches += 1;
     if stats.batches.is_multiple_of(256) {
-        if !bufs.matches(0, BUF) {
-            stats.error("bytes: wrong outside every window");
-        }
-        if bufs
-            .src
-            .as_slice()
-            .iter()
-            .enumerate()
-            .any(|(i, &b)| b != src_byte(i))
-        {
-            stats.error("bytes: the source changed");
-        }
+        check_whole(bufs, stats);
     }
     // Resynchronise after a mismatch, so one error is counted once.
     if stats.error_count() > errors {

@@ -111,19 +111,14 @@ fn cpu_random_batches() {
 /// request not complete ends `Aborted` (none is lost), the chip stops, and
 /// the bytes stop changing.
 fn registry_removal_mid_transfer() {
-    use dmaengine::engine::registry::{Event, EventCallback, Registry};
+    use dmaengine::engine::registry::{Event, Registry};
     const N: usize = 3000;
     REGISTRY_EVENTS.lock().clear();
     let mut lsi = lsi();
     let src = buffer(64 * N, src_pattern);
     let dst = buffer(128 * N, dst_pattern);
     let mut registry: Registry<'_> = Registry::new();
-    let client = registry
-        .register_client(EventCallback {
-            func: registry_event,
-            context: 0,
-        })
-        .unwrap();
+    let client = recording_client(&mut registry);
     registry.request_channels(client, 1).unwrap();
     let handle = registry.add_channel(&mut *lsi).unwrap();
     let chan = registry.channel(client, handle).unwrap();
@@ -999,6 +994,18 @@ fn edu_bad_requests() {
 static REGISTRY_EVENTS: spin::Mutex<Vec<dmaengine::engine::registry::Event>> =
     spin::Mutex::new(Vec::new());
 
+/// A client of `registry` whose events land in `REGISTRY_EVENTS`.
+fn recording_client(
+    registry: &mut dmaengine::engine::registry::Registry<'_>,
+) -> dmaengine::engine::registry::ClientId {
+    registry
+        .register_client(dmaengine::engine::registry::EventCallback {
+            func: registry_event,
+            context: 0,
+        })
+        .expect("room for a client")
+}
+
 fn registry_event(
     _client: dmaengine::engine::registry::ClientId,
     event: dmaengine::engine::registry::Event,
@@ -1011,16 +1018,11 @@ fn registry_event(
 /// their channels are handed to it; it copies through each; an engine goes
 /// and the client is told.
 fn registry_with_every_engine() {
-    use dmaengine::engine::registry::{Event, EventCallback, Registry};
+    use dmaengine::engine::registry::{Event, Registry};
     REGISTRY_EVENTS.lock().clear();
     let (mut lsi, mut cpu, mut edu) = (lsi(), cpu_channel(), edu());
     let mut registry: Registry<'_> = Registry::new();
-    let client = registry
-        .register_client(EventCallback {
-            func: registry_event,
-            context: 0,
-        })
-        .unwrap();
+    let client = recording_client(&mut registry);
     registry.request_channels(client, 3).unwrap();
     let handles = [
         registry.add_channel(&mut *lsi).unwrap(),
