@@ -63,12 +63,13 @@ seed=${SEED:-$(od -An -N6 -tu8 /dev/urandom | tr -d ' ')}
 case "$seed" in ''|*[!0-9]*) die "SEED must be a decimal number, got '$seed'" ;; esac
 timeout_s=${TIMEOUT:-$default_timeout}
 
+# The CPU model gets 1 GiB pages (pdpe1gb), which QEMU's default lacks.
 # The edu device gets a 32-bit DMA mask (its default is 28 bits, which
 # would silently truncate buffers above 256 MiB); boot/src/dma.rs assumes it.
 mkdir -p target/qemu
 log=target/qemu/$mode${filter:+-$filter}.log
 timeout -k 5 "$timeout_s" "$QEMU" \
-    -machine pc -accel "$accel" -m 2G \
+    -machine pc -accel "$accel" -cpu qemu64,+pdpe1gb -m 2G \
     -display none -monitor none -serial stdio -no-reboot -nic none -vga none \
     -device lsi53c895a -device edu,dma_mask=0xffffffff \
     -device isa-debug-exit,iobase=0xf4,iosize=0x04 \

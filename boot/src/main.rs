@@ -50,6 +50,8 @@ pub struct Platform {
     pub frames_at_boot: usize,
     /// Whether EFER.NXE is on.
     pub nx: bool,
+    /// Whether the CPU has 1 GiB pages (CPUID.80000001H:EDX bit 26).
+    pub pages_1g: bool,
 }
 
 static PLATFORM: spin::Once<Platform> = spin::Once::new();
@@ -88,6 +90,7 @@ extern "C" fn kernel_main(start_info: u32) -> ! {
         tsc_hz,
         frames_at_boot,
         nx,
+        pages_1g: mem::paging::pages_1g_supported(),
     });
 
     let cmdline = platform.boot.cmdline();

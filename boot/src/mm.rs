@@ -84,6 +84,7 @@ pub type Space =
 /// A new address space sharing the kernel's slots with the running one.
 pub fn new_space(nx: bool) -> Result<Space, MmError> {
     let mut space = AddressSpace::new(db(), mapper(), db(), KernelTlb, nx)?;
+    space.set_1g_pages(crate::platform().pages_1g);
     let kernel_root = PhysFrame::containing_address(paging::root());
     // SAFETY: the kernel's PML4 lives for the whole run, and its slots 0 and
     // 256 map the kernel image and the direct map for good.

@@ -234,7 +234,13 @@ struct HugeFrames {
 
 impl HugeFrames {
     fn new(count: usize) -> HugeFrames {
-        let layout = Layout::from_size_align(count * PAGE_2M as usize, PAGE_2M as usize).unwrap();
+        Self::aligned(count * PAGE_2M as usize, PAGE_2M as usize)
+    }
+
+    /// `size` bytes aligned to `align` (zero pages are only made real where
+    /// touched, so even 1 GiB costs little).
+    fn aligned(size: usize, align: usize) -> HugeFrames {
+        let layout = Layout::from_size_align(size, align).unwrap();
         // SAFETY: non-zero size.
         let base = unsafe { alloc_zeroed(layout) };
         assert!(!base.is_null());
@@ -668,4 +674,149 @@ fn kind_of_a_frame_the_database_does_not_cover_is_not_counted() {
     assert!(db.state(fr(outside)).is_none());
     assert!(space.insert_pfn(v, pg(BASE + PAGE_4K), fr(outside)).is_ok());
     assert!(space.vma(v).unwrap().flags.contains(VmFlags::MIXEDMAP));
+}
+
+const GIB: u64 = 1 << 30;
+
+#[test]
+fn one_gib_entries_are_made_only_when_allowed_and_split_down_on_a_partial_zap() {
+    use super::pte::CacheMode;
+    let mem = Memory::new(64);
+    let db = mem.db();
+    let device = GIB >> 12; // a 1 GiB-aligned frame number
+    let wt = PageProt::READ_WRITE.with_cache(CacheMode::WriteThrough);
+    // Not allowed (the default): 512 2 MiB entries.
+    let mut space = new_space(&db);
+    let v = space.map_vma(pg(BASE), GIB / PAGE_4K, SHARED_RW).unwrap();
+    space
+        .remap_pfn_range(v, pg(BASE), fr(device), GIB / PAGE_4K, wt)
+        .unwrap();
+    assert_eq!(space.user_leaves().count(), 512);
+    drop(space);
+    // Allowed: one entry (and the PDPT linking it).
+    let mut space = new_space(&db);
+    space.set_1g_pages(true);
+    let v = space.map_vma(pg(BASE), GIB / PAGE_4K, SHARED_RW).unwrap();
+    let before = space.entries_written();
+    space
+        .remap_pfn_range(v, pg(BASE), fr(device), GIB / PAGE_4K, wt)
+        .unwrap();
+    assert_eq!(
+        space.entries_written() - before,
+        2,
+        "a PDPT link and one leaf"
+    );
+    let leaf = space.translate(va(BASE + 12345)).unwrap();
+    assert_eq!((leaf.level, leaf.phys().as_u64()), (3, GIB));
+    assert_eq!(
+        CacheMode::of_entry(leaf.entry, true),
+        CacheMode::WriteThrough
+    );
+    assert_eq!(
+        leaf.phys_of(va(BASE + 12345)).unwrap().as_u64(),
+        GIB + 12345
+    );
+    // A zap of two pages in the middle of the first 2 MiB: 1 GiB -> 2 MiB
+    // -> 4 KiB, every other page still where it was, PAT bits moved.
+    space.zap_range(v, pg(BASE + 3 * PAGE_4K), 2).unwrap();
+    let leaves: Vec<_> = space.user_leaves().collect();
+    assert_eq!(leaves.iter().filter(|l| l.level == 2).count(), 511);
+    assert_eq!(leaves.iter().filter(|l| l.level == 1).count(), 510);
+    for l in &leaves {
+        assert_eq!(l.phys().as_u64(), GIB + (l.va.as_u64() - BASE), "{l:?}");
+        assert_eq!(
+            CacheMode::of_entry(l.entry, l.level > 1),
+            CacheMode::WriteThrough
+        );
+        assert!(l.is_special() && l.entry & pte::WRITABLE != 0);
+    }
+    assert!(space.translate(va(BASE + 3 * PAGE_4K)).is_none());
+    assert!(space.translate(va(BASE + 4 * PAGE_4K)).is_none());
+    // A zap that ends inside the last 2 MiB of the gigabyte.
+    space
+        .zap_range(v, pg(BASE + GIB - PAGE_2M), (PAGE_2M / PAGE_4K) - 1)
+        .unwrap();
+    assert_eq!(
+        space
+            .translate(va(BASE + GIB - PAGE_4K))
+            .map(|l| (l.level, l.phys().as_u64())),
+        Some((1, 2 * GIB - PAGE_4K))
+    );
+    drop(space);
+    assert_eq!(table_frames(&db), 0);
+}
+
+#[test]
+fn a_1gib_split_runs_out_of_frames_at_any_point_and_changes_nothing() {
+    sweep_exhaustion(
+        "zap splitting 1 GiB",
+        64,
+        |_, space| {
+            space.set_1g_pages(true);
+            let v = space.map_vma(pg(BASE), GIB / PAGE_4K, SHARED_RW).unwrap();
+            space
+                .remap_pfn_range(
+                    v,
+                    pg(BASE),
+                    fr(GIB >> 12),
+                    GIB / PAGE_4K,
+                    PageProt::READ_ONLY,
+                )
+                .unwrap();
+            v
+        },
+        |space, id, _| space.zap_range(id, pg(BASE + PAGE_4K), 2),
+    );
+}
+
+#[test]
+fn copy_on_write_and_fork_of_a_1gib_entry() {
+    let frames = HugeFrames::aligned(GIB as usize, GIB as usize);
+    let mem = Memory::new(64);
+    let db = mem.db();
+    let mut parent = new_space(&db);
+    let mut child = new_space(&db);
+    parent.set_1g_pages(true);
+    let v = parent.map_vma(pg(BASE), GIB / PAGE_4K, COW).unwrap();
+    parent
+        .remap_pfn_range(
+            v,
+            pg(BASE),
+            fr(frames.pfn()),
+            GIB / PAGE_4K,
+            PageProt::READ_WRITE,
+        )
+        .unwrap();
+    assert_eq!(parent.translate(va(BASE)).unwrap().level, 3);
+    let at = BASE + 300 * PAGE_2M + 7 * PAGE_4K;
+    page_bytes(frames.base as u64 + (at - BASE)).fill(0x3c);
+    parent.fork_range(v, &mut child).unwrap();
+    for space in [&parent, &child] {
+        let leaf = space.translate(va(BASE)).unwrap();
+        assert_eq!(
+            (leaf.level, leaf.entry & pte::WRITABLE),
+            (3, 0),
+            "write-protected"
+        );
+    }
+    assert_eq!(child.handle_write_fault(va(at + 5)), Ok(WriteFault::Copied));
+    let leaf = child.translate(va(at)).unwrap();
+    assert!(leaf.level == 1 && !leaf.is_special() && leaf.entry & pte::WRITABLE != 0);
+    assert!(page_bytes(leaf.phys().as_u64()).iter().all(|&b| b == 0x3c));
+    assert_eq!(
+        child
+            .translate(va(at + PAGE_4K))
+            .map(|l| (l.level, l.is_special())),
+        Some((1, true)),
+        "its neighbours still map the frames"
+    );
+    assert_eq!(child.translate(va(BASE)).map(|l| l.level), Some(2));
+    assert_eq!(
+        parent.translate(va(at)).unwrap().level,
+        3,
+        "the parent keeps its entry"
+    );
+    drop((parent, child));
+    assert_eq!(table_frames(&db), 0);
+    assert_eq!(db.free_frames(), db.len());
 }

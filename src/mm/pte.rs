@@ -22,11 +22,13 @@ pub const PCD: u64 = 1 << 4;
 pub const ACCESSED: u64 = 1 << 5;
 /// Bit 6: dirty (set by the MMU in leaf entries).
 pub const DIRTY: u64 = 1 << 6;
-/// Bit 7 in a PDE/PDPTE: page size (a 2 MiB / 1 GiB leaf).
+/// Bit 7 in a PDE/PDPTE: page size (a 2 MiB / 1 GiB leaf; 1 GiB leaves
+/// need CPUID.80000001H:EDX.Page1GB, bit 26).
 pub const HUGE: u64 = 1 << 7;
 /// Bit 7 in a 4 KiB PTE: PAT index bit 2.
 pub const PAT_4K: u64 = 1 << 7;
-/// Bit 12 in a 2 MiB PDE: PAT index bit 2 (bit 7 is the page size there).
+/// Bit 12 in a 2 MiB PDE or a 1 GiB PDPTE: PAT index bit 2 (bit 7 is the
+/// page size there).
 pub const PAT_2M: u64 = 1 << 12;
 /// Bit 9, ignored by the MMU: a *special* entry, with no frame-database
 /// entry behind it (Linux's `_PAGE_SPECIAL`, set by `remap_pfn_range`).
@@ -41,11 +43,15 @@ pub const NO_EXECUTE: u64 = 1 << 63;
 pub const ADDR_4K: u64 = 0x000f_ffff_ffff_f000;
 /// Bits 21-51 of a 2 MiB leaf: the physical address (bit 12 is PAT).
 pub const ADDR_2M: u64 = 0x000f_ffff_ffe0_0000;
+/// Bits 30-51 of a 1 GiB leaf: the physical address (bit 12 is PAT).
+pub const ADDR_1G: u64 = 0x000f_ffff_c000_0000;
 
 /// Size of a 4 KiB page.
 pub const PAGE_4K: u64 = 4096;
 /// Size of a 2 MiB page.
 pub const PAGE_2M: u64 = 2 << 20;
+/// Size of a 1 GiB page.
+pub const PAGE_1G: u64 = 1 << 30;
 
 /// The PAT MSR (IA32_PAT, 0x277) value Linux programs: entries 0-7 are WB,
 /// WC, UC-, UC, WB, WP, UC-, WT (memory types 6, 1, 7, 0, 6, 5, 7, 4).
@@ -123,7 +129,7 @@ pub const fn table_link(table: u64) -> u64 {
 }
 
 /// A user leaf entry for physical address `phys` with protection `prot`:
-/// `huge` for a 2 MiB leaf (page-size bit, PAT in bit 12), `special` for a
+/// `huge` for a 2 MiB or 1 GiB leaf (page-size bit, PAT in bit 12), `special` for a
 /// raw PFN with nothing counted behind it, `nx` when EFER.NXE is on (else
 /// the execute-disable bit is reserved and must stay clear).
 pub const fn leaf(phys: u64, prot: PageProt, huge: bool, special: bool, nx: bool) -> u64 {

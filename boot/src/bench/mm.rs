@@ -114,9 +114,11 @@ fn time_map_to(pages: &[PageRef<'static>]) -> Option<f64> {
     Some(ns as f64 / PAGES as f64)
 }
 
-/// Microseconds and entries written for a 1 GiB remap from `pfn`.
-fn time_remap(pfn: u64) -> Option<(f64, u64)> {
+/// Microseconds and entries written for a 1 GiB remap from `pfn`, with or
+/// without 1 GiB entries.
+fn time_remap(pfn: u64, pages_1g: bool) -> Option<(f64, u64)> {
     let mut space = space()?;
+    space.set_1g_pages(pages_1g);
     let v = space
         .map_vma(pg(AREA), npages(AREA, AREA + (1 << 30)), SHARED_RW)
         .ok()?;
@@ -176,27 +178,38 @@ pub fn run() {
     report("mm.insert_pages_vs_map_to.ratio", batched / map_to, "x");
     drop(pages);
 
-    // 1 GiB of physical memory from 0: 2 MiB-aligned, so 2 MiB entries; one
-    // page further, only 4 KiB entries fit.
-    let (mut t4k, mut t2m, mut e4k, mut e2m) = (Vec::new(), Vec::new(), 0, 0);
+    // 1 GiB of physical memory from 0: 1 GiB-aligned, so one 1 GiB entry
+    // (or 512 2 MiB ones without them); one page further, only 4 KiB
+    // entries fit. Interleaved, the median of three.
+    let (mut t4k, mut t2m, mut t1g) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut e4k, mut e2m, mut e1g) = (0, 0, 0);
     for _ in 0..3 {
-        let (Some((a, n4)), Some((b, n2))) = (time_remap(1), time_remap(0)) else {
+        let runs = (
+            time_remap(1, false),
+            time_remap(0, false),
+            time_remap(0, platform().pages_1g),
+        );
+        let (Some((a, n4)), Some((b, n2)), Some((c, n1))) = runs else {
             println!("remap benchmark skipped: no memory for page tables");
             return;
         };
         t4k.push(a);
         t2m.push(b);
-        (e4k, e2m) = (n4, n2);
+        t1g.push(c);
+        (e4k, e2m, e1g) = (n4, n2, n1);
     }
-    let (t4k, t2m) = (median(t4k), median(t2m));
+    let (t4k, t2m, t1g) = (median(t4k), median(t2m), median(t1g));
     report("mm.remap_1GiB.4k.us", t4k, "us");
     report("mm.remap_1GiB.2m.us", t2m, "us");
+    report("mm.remap_1GiB.1g.us", t1g, "us");
     report("mm.remap_1GiB.4k.entries", e4k as f64, "count");
     report("mm.remap_1GiB.2m.entries", e2m as f64, "count");
+    report("mm.remap_1GiB.1g.entries", e1g as f64, "count");
     report(
         "mm.remap_1GiB.entries_4k_over_2m.ratio",
         e4k as f64 / e2m as f64,
         "x",
     );
     report("mm.remap_1GiB.time_4k_over_2m.ratio", t4k / t2m, "x");
+    report("mm.remap_1GiB.time_4k_over_1g.ratio", t4k / t1g, "x");
 }

@@ -31,6 +31,13 @@ pub fn root() -> PhysAddr {
     Cr3::read().0.start_address()
 }
 
+/// Whether the CPU has 1 GiB pages (CPUID.80000001H:EDX.Page1GB, bit 26;
+/// `qemu-run.sh` gives QEMU `-cpu qemu64,+pdpe1gb`).
+pub fn pages_1g_supported() -> bool {
+    let leaf = core::arch::x86_64::__cpuid(0x8000_0001);
+    leaf.edx & (1 << 26) != 0
+}
+
 fn nx_supported() -> bool {
     let leaf = core::arch::x86_64::__cpuid(0x8000_0001);
     leaf.edx & (1 << 20) != 0

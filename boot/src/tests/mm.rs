@@ -24,7 +24,7 @@ pub const TESTS: &[Test] = &[
     ),
     Test::new("mm.io_remap_edu_bar_uncached", io_remap_edu_bar),
     Test::new(
-        "mm.remap_1GiB_uses_2MiB_entries",
+        "mm.remap_1GiB_uses_2MiB_then_1GiB_entries",
         remap_1gib_uses_huge_entries,
     ),
     Test::new("mm.zapped_page_faults", zapped_page_faults),
@@ -184,6 +184,8 @@ fn io_remap_edu_bar() {
 fn remap_1gib_uses_huge_entries() {
     const GIB: u64 = 1 << 30;
     let mut space = space();
+    // 2 MiB entries first; the 1 GiB one below.
+    space.set_1g_pages(false);
     let frame = frames::alloc_zeroed().expect("frame");
     let base = frame & !(GIB - 1);
     let v = space
@@ -230,6 +232,32 @@ fn remap_1gib_uses_huge_entries() {
     if let Some(v) = image_seen {
         assert_eq!(v, LINUX_PAT_COPY);
     }
+    // With 1 GiB pages: one entry, the same frames through it.
+    assert!(platform().pages_1g, "qemu-run.sh gives the CPU 1 GiB pages");
+    let mut space = crate::mm::new_space(platform().nx).expect("a space");
+    let v = space
+        .map_vma(pg(AREA_2), npages(AREA_2, AREA_2 + GIB), SHARED_RW)
+        .unwrap();
+    let before = space.entries_written();
+    space
+        .remap_pfn_range(
+            v,
+            pg(AREA_2),
+            fr(base / PAGE_4K),
+            GIB / PAGE_4K,
+            PageProt::READ_WRITE,
+        )
+        .expect("remap 1 GiB");
+    assert_eq!(space.entries_written() - before, 2, "one leaf and its PDPT");
+    let leaves: Vec<_> = space.leaves(va(AREA_2)..va(AREA_2 + GIB)).collect();
+    assert_eq!(leaves.len(), 1);
+    assert_eq!((leaves[0].level, leaves[0].phys().as_u64()), (3, base));
+    let seen = with_loaded(&mut space, |_| {
+        write(via + 72, 0x1_6b_1e);
+        read(via + 72)
+    });
+    assert_eq!(seen, 0x1_6b_1e);
+    assert_eq!(word(frame, 9), 0x1_6b_1e, "the write hit the right frame");
     frames::free(frame).expect("free");
 }
 

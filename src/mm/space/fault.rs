@@ -42,9 +42,9 @@ impl<C: PageCounter, M: TableMapper, A: TableAllocator, T: TlbFlush> AddressSpac
     /// copy-on-write area (Linux's `do_wp_page`): the faulting address gets a
     /// private, writable copy of the page, or the page itself when this
     /// mapping is its only holder. A special entry (a raw PFN) is copied into
-    /// a new counted page; a 2 MiB special entry is first split into 4 KiB
-    /// entries (as Linux's `wp_huge_pmd` falls back to the PTE path) and only
-    /// the faulting page is copied. Errors: nothing mapped (`NotMapped`),
+    /// a new counted page; a 2 MiB or 1 GiB special entry is first split down
+    /// to 4 KiB entries (as Linux's `wp_huge_pmd` falls back to the PTE
+    /// path) and only the faulting page is copied. Errors: nothing mapped (`NotMapped`),
     /// outside any area (`OutOfRange`), an area that may not be written
     /// (`Protection`), or no memory for the copy or the split (nothing
     /// changed).
@@ -71,14 +71,30 @@ impl<C: PageCounter, M: TableMapper, A: TableAllocator, T: TlbFlush> AddressSpac
             return Err(MmError::Protection);
         }
         let mut copy = None;
-        if leaf.level == 2 {
-            // The copy's page first: if the split then fails, dropping it
-            // leaves everything as it was.
+        if leaf.level >= 2 {
+            // The copy's page and every table first: if one cannot be had,
+            // dropping what was taken leaves everything as it was.
             let page = self.counter.alloc_page().ok_or(MmError::OutOfMemory)?;
-            let table = self.alloc_table()?;
-            self.split_leaf(&leaf, table);
+            let mut tables = [0u64; 2];
+            let levels = (leaf.level - 1) as usize;
+            for i in 0..levels {
+                match self.alloc_table() {
+                    Ok(table) => tables[i] = table,
+                    Err(e) => {
+                        for &table in &tables[..i] {
+                            // Never linked: no flush owed.
+                            self.free_table(table);
+                        }
+                        return Err(e);
+                    }
+                }
+            }
+            // 1 GiB to 2 MiB, then 2 MiB to 4 KiB.
+            for table in tables.into_iter().take(levels) {
+                self.split_leaf(&leaf, table);
+                leaf = self.translate(addr).ok_or(MmError::NotMapped)?;
+            }
             copy = Some(page);
-            leaf = self.translate(addr).ok_or(MmError::NotMapped)?;
         }
         let old = frame(leaf.phys().as_u64());
         let counted = !leaf.is_special();

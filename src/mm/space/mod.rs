@@ -30,7 +30,7 @@ pub use fault::WriteFault;
 pub use insert::{Inserted, PartialInsert};
 
 use super::MmError;
-use super::pte::{self, ADDR_2M, ADDR_4K, PAGE_2M, PAGE_4K, SPECIAL};
+use super::pte::{self, ADDR_1G, ADDR_2M, ADDR_4K, PAGE_1G, PAGE_2M, PAGE_4K, SPECIAL};
 use super::tlb::TlbFlush;
 use super::traits::{PageCounter, TableAllocator, TableMapper};
 use super::vma::{VmFlags, Vma};
@@ -61,7 +61,7 @@ pub struct Leaf {
     pub va: VirtAddr,
     /// The raw entry.
     pub entry: u64,
-    /// 1 for a 4 KiB page, 2 for a 2 MiB page.
+    /// 1 for a 4 KiB page, 2 for a 2 MiB page, 3 for a 1 GiB page.
     pub level: u32,
     /// Physical address of the table holding the entry, and its index.
     table: u64,
@@ -71,14 +71,22 @@ pub struct Leaf {
 impl Leaf {
     /// Bytes it maps.
     pub fn size(&self) -> u64 {
-        if self.level == 2 { PAGE_2M } else { PAGE_4K }
+        match self.level {
+            3 => PAGE_1G,
+            2 => PAGE_2M,
+            _ => PAGE_4K,
+        }
     }
 
-    /// The physical address of the frame it maps: for a 2 MiB leaf, the
-    /// 2 MiB frame's base, not the address of some `va` inside it (see
-    /// [`Leaf::phys_of`]).
+    /// The physical address of the frame it maps: for a 2 MiB or 1 GiB
+    /// leaf, the large frame's base, not the address of some `va` inside it
+    /// (see [`Leaf::phys_of`]).
     pub fn phys(&self) -> PhysAddr {
-        let mask = if self.level == 2 { ADDR_2M } else { ADDR_4K };
+        let mask = match self.level {
+            3 => ADDR_1G,
+            2 => ADDR_2M,
+            _ => ADDR_4K,
+        };
         PhysAddr::new_truncate(self.entry & mask)
     }
 
@@ -131,6 +139,8 @@ pub struct AddressSpace<C: PageCounter, M: TableMapper, A: TableAllocator, T: Tl
     /// PML4 slots shared with the kernel, never touched by this space.
     shared: [bool; 512],
     nx: bool,
+    /// 1 GiB leaves may be used (the CPU has them).
+    pages_1g: bool,
     entries_written: u64,
 }
 
@@ -192,8 +202,17 @@ impl<C: PageCounter, M: TableMapper, A: TableAllocator, T: TlbFlush> AddressSpac
             vma_generations: [0; MAX_VMAS],
             shared: [false; 512],
             nx,
+            pages_1g: false,
             entries_written: 0,
         }
+    }
+
+    /// Lets `remap_pfn_range` use 1 GiB leaves where virtual and physical
+    /// alignment allow. Only for a CPU with 1 GiB pages
+    /// (CPUID.80000001H:EDX.Page1GB, bit 26; QEMU's default model lacks
+    /// it: `-cpu qemu64,+pdpe1gb`); off by default.
+    pub fn set_1g_pages(&mut self, on: bool) {
+        self.pages_1g = on;
     }
 
     /// The root table (what CR3 loads).

@@ -4,7 +4,7 @@ use x86_64::structures::paging::{Page, PhysFrame};
 
 use super::{AddressSpace, VmaId};
 use crate::mm::MmError;
-use crate::mm::pte::{self, CacheMode, HUGE, PAGE_2M, PAGE_4K};
+use crate::mm::pte::{self, CacheMode, HUGE, PAGE_1G, PAGE_2M, PAGE_4K};
 use crate::mm::tlb::{FULL_FLUSH_THRESHOLD, TlbFlush};
 use crate::mm::traits::{PageCounter, TableAllocator, TableMapper};
 use crate::mm::vma::{PageProt, VmFlags};
@@ -12,7 +12,8 @@ use crate::mm::vma::{PageProt, VmFlags};
 impl<C: PageCounter, M: TableMapper, A: TableAllocator, T: TlbFlush> AddressSpace<C, M, A, T> {
     /// Maps `pages` frames from `frame` at `at` (Linux's
     /// `remap_pfn_range`): special entries with nothing counted behind them,
-    /// 2 MiB entries where virtual and physical alignment allow. The area
+    /// 2 MiB entries (and 1 GiB ones, once [`set_1g_pages`](Self::set_1g_pages)
+    /// allows them) where virtual and physical alignment allow. The area
     /// becomes `PFNMAP | IO | DONTEXPAND | DONTDUMP`; a copy-on-write area
     /// must be covered whole and records `pgoff` = the first frame number.
     /// On error nothing stays mapped.
@@ -77,6 +78,25 @@ impl<C: PageCounter, M: TableMapper, A: TableAllocator, T: TlbFlush> AddressSpac
     ) -> Result<(), MmError> {
         while *va < end {
             let pa = va.wrapping_add(delta);
+            let giant_fits = self.pages_1g
+                && va.is_multiple_of(PAGE_1G)
+                && pa.is_multiple_of(PAGE_1G)
+                && end - *va >= PAGE_1G;
+            if giant_fits {
+                let pdpt = self.walk_alloc(*va, 3)?;
+                let index = pte::index(*va, 3);
+                let entry = self.read(pdpt, index);
+                if entry == 0 {
+                    self.write(pdpt, index, pte::leaf(pa, prot, true, true, self.nx));
+                    *va += PAGE_1G;
+                    continue;
+                }
+                if entry & HUGE != 0 {
+                    return Err(MmError::Busy);
+                }
+                // A directory is already there: fall through to smaller
+                // entries, which find anything mapped in it.
+            }
             let huge_fits =
                 va.is_multiple_of(PAGE_2M) && pa.is_multiple_of(PAGE_2M) && end - *va >= PAGE_2M;
             if huge_fits {

@@ -5,7 +5,7 @@ use x86_64::structures::paging::Page;
 use super::walk::TableGather;
 use super::{AddressSpace, Leaf, VmaId, frame};
 use crate::mm::MmError;
-use crate::mm::pte::{self, ADDR_2M, HUGE, PAGE_2M, PAGE_4K};
+use crate::mm::pte::{self, ADDR_1G, ADDR_2M, HUGE, PAGE_2M, PAGE_4K};
 use crate::mm::tlb::{FULL_FLUSH_THRESHOLD, TlbFlush};
 use crate::mm::traits::{PageCounter, TableAllocator, TableMapper};
 
@@ -70,21 +70,47 @@ impl<C: PageCounter, M: TableMapper, A: TableAllocator, T: TlbFlush> AddressSpac
         Ok(())
     }
 
-    /// Splits the 2 MiB entries that `[start, end)` covers only in part into
-    /// 512 4 KiB entries mapping the same frames. Allocates every table first,
-    /// so it either splits all or changes nothing.
+    /// Splits the large entries that `[start, end)` covers only in part: a
+    /// 1 GiB entry into 512 2 MiB ones, then a 2 MiB entry into 512 4 KiB
+    /// ones, mapping the same frames. Allocates every table first, so it
+    /// either splits all or changes nothing.
     fn split_boundaries(&mut self, start: u64, end: u64) -> Result<(), MmError> {
-        let partial = |leaf: Option<Leaf>| {
-            leaf.filter(|l| {
-                let va = l.va.as_u64();
-                l.level == 2 && (va < start || va + PAGE_2M > end)
-            })
+        // The large leaves at the two edges, and whether [start, end) covers
+        // them only in part.
+        let partial = |leaf: &Leaf| {
+            let va = leaf.va.as_u64();
+            leaf.level >= 2 && (va < start || va + leaf.size() > end)
         };
-        let first = partial(self.translate_u64(start));
-        let last =
-            partial(self.translate_u64(end - 1)).filter(|l| Some(l.va) != first.map(|f| f.va));
-        let mut tables = [0u64; 2];
-        for (i, _) in first.iter().chain(last.iter()).enumerate() {
+        let mut edges = [self.translate_u64(start), self.translate_u64(end - 1)];
+        if edges[0].map(|l| l.va) == edges[1].map(|l| l.va) {
+            edges[1] = None;
+        }
+        // Tables needed: one per partial 1 GiB leaf, and one per edge whose
+        // 2 MiB region is covered in part and is (or will be) a 2 MiB leaf.
+        let mut needed = 0;
+        let mut huge_edges = [false; 2];
+        for (i, point) in [start, end - 1].into_iter().enumerate() {
+            let Some(leaf) = self.translate_u64(point) else {
+                continue;
+            };
+            let region = point & !(PAGE_2M - 1);
+            let region_partial = region < start || region + PAGE_2M > end;
+            if leaf.level >= 2 && region_partial {
+                let same_region = i == 1 && huge_edges[0] && region == start & !(PAGE_2M - 1);
+                if !same_region {
+                    huge_edges[i] = true;
+                    needed += 1;
+                }
+            }
+        }
+        let giants = edges
+            .iter()
+            .flatten()
+            .filter(|l| l.level == 3 && partial(l))
+            .count();
+        needed += giants;
+        let mut tables = [0u64; 4];
+        for i in 0..needed {
             match self.alloc_table() {
                 Ok(table) => tables[i] = table,
                 Err(e) => {
@@ -96,22 +122,47 @@ impl<C: PageCounter, M: TableMapper, A: TableAllocator, T: TlbFlush> AddressSpac
                 }
             }
         }
-        for (leaf, table) in first.iter().chain(last.iter()).zip(tables) {
-            self.split_leaf(leaf, table);
+        let mut next = tables[..needed].iter().copied();
+        for leaf in edges
+            .iter()
+            .flatten()
+            .filter(|l| l.level == 3 && partial(l))
+        {
+            self.split_leaf(leaf, next.next().expect("counted above"));
+        }
+        for (i, point) in [start, end - 1].into_iter().enumerate() {
+            if !huge_edges[i] {
+                continue;
+            }
+            let leaf = self.translate_u64(point).filter(|l| l.level == 2);
+            let table = next.next().expect("counted above");
+            match leaf {
+                Some(leaf) => self.split_leaf(&leaf, table),
+                None => self.free_table(table),
+            }
         }
         Ok(())
     }
 
-    /// Replaces 2 MiB `leaf` by the fresh, zeroed table `table` holding
-    /// 512 4 KiB entries that map the same frames with the same bits.
+    /// Replaces large `leaf` by the fresh, zeroed table `table` holding 512
+    /// entries one level down that map the same frames with the same bits:
+    /// 2 MiB leaves for a 1 GiB one, 4 KiB leaves for a 2 MiB one (whose
+    /// PAT bit moves from bit 12 to bit 7).
     pub(super) fn split_leaf(&mut self, leaf: &Leaf, table: u64) {
-        let base = leaf.entry & ADDR_2M;
-        let mut flags = leaf.entry & !ADDR_2M & !HUGE & !pte::PAT_2M;
-        if leaf.entry & pte::PAT_2M != 0 {
-            flags |= pte::PAT_4K;
+        // The flags keep bit 12 (PAT of a large leaf) and bit 63 (NX).
+        let (base, step, mut flags) = if leaf.level == 3 {
+            (leaf.entry & ADDR_1G, PAGE_2M, leaf.entry & !ADDR_1G)
+        } else {
+            (leaf.entry & ADDR_2M, PAGE_4K, leaf.entry & !ADDR_2M)
+        };
+        if leaf.level == 2 {
+            flags &= !(HUGE | pte::PAT_2M);
+            if leaf.entry & pte::PAT_2M != 0 {
+                flags |= pte::PAT_4K;
+            }
         }
         for i in 0..512 {
-            self.write(table, i, (base + i as u64 * PAGE_4K) | flags);
+            self.write(table, i, (base + i as u64 * step) | flags);
         }
         self.write(leaf.table, leaf.index, pte::table_link(table));
         self.tlb.flush_page(self.root(), leaf.va);
