@@ -17,11 +17,13 @@ use super::MmError;
 use super::traits::{CountedPage, PageCounter};
 
 /// The frame with number `pfn` (`None` past 52 bits of address).
+#[inline]
 fn frame_of(pfn: u64) -> Option<PhysFrame> {
     let addr = PhysAddr::try_new(pfn.checked_mul(4096)?).ok()?;
     Some(PhysFrame::containing_address(addr))
 }
 
+#[inline]
 fn pfn_of(frame: PhysFrame) -> u64 {
     frame.start_address().as_u64() >> 12
 }
@@ -146,6 +148,7 @@ impl<'a> FrameDb<'a> {
         }
     }
 
+    #[inline]
     fn info(&self, pfn: u64) -> Option<&PageInfo> {
         let index = pfn.checked_sub(self.base_pfn)?;
         self.pages.get(usize::try_from(index).ok()?)
@@ -270,18 +273,26 @@ impl<'a> FrameDb<'a> {
 
     /// Records one more mapping of `frame` if it is an insertable page (see
     /// [`FrameDb::insertable`]); returns whether it was.
+    #[inline]
     fn try_map(&self, frame: PhysFrame) -> bool {
         let Some(info) = self.info(pfn_of(frame)) else {
             return false;
         };
-        if info.kind.load(Ordering::Acquire) != FrameKind::Normal as u8 || info.refcount() == 0 {
+        if info.kind.load(Ordering::Acquire) != FrameKind::Normal as u8 {
             return false;
         }
-        info.counts.fetch_add(REF + MAP, Ordering::AcqRel);
+        // One atomic add on the hot path; a page nobody held (its last
+        // reference already gone) is refused and the add undone.
+        let before = info.counts.fetch_add(REF + MAP, Ordering::AcqRel);
+        if before as u32 == 0 {
+            info.counts.fetch_sub(REF + MAP, Ordering::AcqRel);
+            return false;
+        }
         true
     }
 
     /// Records one mapping fewer, freeing the page with its last reference.
+    #[inline]
     fn unmap(&self, frame: PhysFrame) {
         if let Some(info) = self.info(pfn_of(frame)) {
             self.put(info, REF + MAP);
@@ -290,6 +301,7 @@ impl<'a> FrameDb<'a> {
 
     /// Drops `counts` (a reference, and maybe a mapping); the frame goes
     /// back to the pool with its last reference.
+    #[inline]
     fn put(&self, info: &PageInfo, counts: u64) {
         if info.counts.fetch_sub(counts, Ordering::AcqRel) as u32 == 1 {
             info.kind.store(FrameKind::Free as u8, Ordering::Release);
@@ -310,10 +322,12 @@ impl<'a> FrameDb<'a> {
 unsafe impl<'a> PageCounter for &'a FrameDb<'a> {
     type Page = PageRef<'a>;
 
+    #[inline]
     fn try_map(&self, frame: PhysFrame) -> bool {
         FrameDb::try_map(self, frame)
     }
 
+    #[inline]
     fn unmap(&self, frame: PhysFrame) {
         FrameDb::unmap(self, frame)
     }
@@ -363,6 +377,7 @@ impl PageRef<'_> {
     }
 
     /// The page's frame.
+    #[inline]
     pub fn frame(&self) -> PhysFrame {
         // The database checked at creation that its frames lie below 2^52.
         PhysFrame::containing_address(PhysAddr::new_truncate(self.pfn << 12))
@@ -375,6 +390,7 @@ impl PageRef<'_> {
 }
 
 impl CountedPage for PageRef<'_> {
+    #[inline]
     fn frame(&self) -> PhysFrame {
         PageRef::frame(self)
     }

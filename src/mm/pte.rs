@@ -124,6 +124,7 @@ impl CacheMode {
 
 /// A link to a page table the crate allocated: present, writable and
 /// user-accessible (the leaves decide), marked [`OWNED`].
+#[inline]
 pub const fn table_link(table: u64) -> u64 {
     table | PRESENT | WRITABLE | USER | OWNED
 }
@@ -132,6 +133,7 @@ pub const fn table_link(table: u64) -> u64 {
 /// `huge` for a 2 MiB or 1 GiB leaf (page-size bit, PAT in bit 12), `special` for a
 /// raw PFN with nothing counted behind it, `nx` when EFER.NXE is on (else
 /// the execute-disable bit is reserved and must stay clear).
+#[inline]
 pub const fn leaf(phys: u64, prot: PageProt, huge: bool, special: bool, nx: bool) -> u64 {
     phys | PRESENT
         | USER
@@ -147,6 +149,7 @@ pub const fn leaf(phys: u64, prot: PageProt, huge: bool, special: bool, nx: bool
 }
 
 /// The index of `va` in the table at `level` (4 = PML4 ... 1 = PT).
+#[inline]
 pub const fn index(va: u64, level: u32) -> usize {
     ((va >> (12 + 9 * (level - 1))) & 0x1ff) as usize
 }

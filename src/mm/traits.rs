@@ -58,6 +58,7 @@ impl OffsetMapper {
 // SAFETY: `OffsetMapper::new`'s contract makes every frame reachable at
 // its offset.
 unsafe impl TableMapper for OffsetMapper {
+    #[inline]
     fn frame_ptr(&self, frame: PhysFrame) -> *mut u8 {
         (self.offset + frame.start_address().as_u64()).as_mut_ptr()
     }

@@ -114,6 +114,51 @@ fn time_map_to(pages: &[PageRef<'static>]) -> Option<f64> {
     Some(ns as f64 / PAGES as f64)
 }
 
+/// The floor under `insert_pages`: per page, the stores it cannot avoid (one
+/// entry written in the same page tables, one atomic count update in a
+/// `struct page`-sized slot), with nothing checked. Nanoseconds per page.
+fn time_floor(pages: &[PageRef<'static>]) -> Option<f64> {
+    use core::sync::atomic::{AtomicU64, Ordering};
+    // The tables `insert_pages` builds, built by it, then found by a walk.
+    let mut space = space()?;
+    let v = space.map_vma(pg(AREA), PAGES as u64, SHARED_RW).ok()?;
+    for (i, chunk) in pages.chunks(512).enumerate() {
+        space
+            .insert_pages(v, pg(AREA + (i * 512) as u64 * PAGE_4K), chunk)
+            .ok()?;
+    }
+    let tables: Vec<*mut u64> = (0..PAGES / 512)
+        .map(|t| {
+            let leaf = space.translate(va(AREA + (t * 512) as u64 * PAGE_4K))?;
+            let mut table = space.root().start_address().as_u64();
+            for level in [4u64, 3, 2] {
+                let index = (leaf.va.as_u64() >> (12 + 9 * (level - 1))) & 0x1ff;
+                // SAFETY: a live table of the space, in the direct map.
+                let entry = unsafe { phys_to_virt(table).cast::<u64>().add(index as usize).read() };
+                table = entry & 0x000f_ffff_ffff_f000;
+            }
+            Some(phys_to_virt(table).cast::<u64>())
+        })
+        .collect::<Option<_>>()?;
+    let first_pfn = pages.iter().map(PageRef::pfn).min()?;
+    let span = pages.iter().map(PageRef::pfn).max()? - first_pfn + 1;
+    // Slots the size of the database's entries (a counts word and a kind).
+    let counts: Vec<[AtomicU64; 2]> = (0..span).map(|_| Default::default()).collect();
+    let bits = 0x8000_0000_0000_0007; // present, writable, user, no-execute
+    let start = time::rdtsc();
+    for (t, table) in tables.iter().enumerate() {
+        for (i, page) in pages[t * 512..(t + 1) * 512].iter().enumerate() {
+            let pfn = page.pfn();
+            counts[(pfn - first_pfn) as usize][0].fetch_add(1 | 1 << 32, Ordering::AcqRel);
+            // SAFETY: entry `i` of a live page table of this space, which
+            // already maps this very page: the store changes nothing.
+            unsafe { table.add(i).write_volatile((pfn << 12) | bits) };
+        }
+    }
+    let ns = time::cycles_to_ns(time::rdtsc() - start);
+    Some(ns as f64 / PAGES as f64)
+}
+
 /// Microseconds and entries written for a 1 GiB remap from `pfn`, with or
 /// without 1 GiB entries.
 fn time_remap(pfn: u64, pages_1g: bool) -> Option<(f64, u64)> {
@@ -146,7 +191,8 @@ pub fn run() {
         println!("mm benchmarks skipped: not enough pages in the frame database");
         return;
     };
-    let (mut one, mut batched, mut map_to) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut one, mut batched, mut map_to, mut floor) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for _ in 0..ROUNDS {
         let by_one = time_inserts(&pages, |space, v, pages| {
             for (i, page) in pages.iter().enumerate() {
@@ -162,20 +208,25 @@ pub fn run() {
                     .expect("insert_pages");
             }
         });
-        let (Some(a), Some(b), Some(c)) = (by_one, by_batch, time_map_to(&pages)) else {
+        let runs = (by_one, by_batch, time_map_to(&pages), time_floor(&pages));
+        let (Some(a), Some(b), Some(c), Some(d)) = runs else {
             println!("mm benchmarks skipped: no memory for page tables");
             return;
         };
         one.push(a);
         batched.push(b);
         map_to.push(c);
+        floor.push(d);
     }
-    let (one, batched, map_to) = (median(one), median(batched), median(map_to));
+    let (one, batched, map_to, floor) =
+        (median(one), median(batched), median(map_to), median(floor));
     report("mm.insert_page.ns_per_page", one, "ns");
     report("mm.insert_pages.ns_per_page", batched, "ns");
     report("mm.x86_64_map_to.ns_per_page", map_to, "ns");
     report("mm.insert_pages_vs_insert_page.ratio", batched / one, "x");
     report("mm.insert_pages_vs_map_to.ratio", batched / map_to, "x");
+    report("mm.floor.ns_per_page", floor, "ns");
+    report("mm.insert_pages_vs_floor.ratio", batched / floor, "x");
     drop(pages);
 
     // 1 GiB of physical memory from 0: 1 GiB-aligned, so one 1 GiB entry

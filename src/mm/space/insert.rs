@@ -61,7 +61,6 @@ impl<C: PageCounter, M: TableMapper, A: TableAllocator, T: TlbFlush> AddressSpac
         }
         // SAFETY: as above.
         unsafe { slot.write_volatile(page.start_address().as_u64() | bits) };
-        self.entries_written += 1;
         Ok(())
     }
 
@@ -84,6 +83,7 @@ impl<C: PageCounter, M: TableMapper, A: TableAllocator, T: TlbFlush> AddressSpac
             self.prune(va, va + PAGE_4K);
             return Err(e);
         }
+        self.entries_written += 1;
         self.vma_mut(id)?.flags |= VmFlags::MIXEDMAP;
         Ok(())
     }
@@ -123,16 +123,18 @@ impl<C: PageCounter, M: TableMapper, A: TableAllocator, T: TlbFlush> AddressSpac
             let batch_end = pages.len().min(done + 512 - first);
             let entries = self.entry_ptr(pt, first);
             let mut error = None;
-            for (i, page) in pages.iter().enumerate().take(batch_end).skip(done) {
+            for (k, page) in pages[done..batch_end].iter().enumerate() {
                 // SAFETY: `entries` is entry `first` of page table `pt` and
-                // the batch stays inside it: `first + i - done` is below 512
-                // by the choice of `batch_end`.
-                let slot = unsafe { entries.add(i - done) };
+                // the batch stays inside it: `first + k` is below 512 by the
+                // choice of `batch_end`.
+                let slot = unsafe { entries.add(k) };
                 if let Err(e) = self.insert_into_pte(slot, page.frame(), bits) {
-                    error = Some(fail(i, e));
+                    error = Some(fail(done + k, e));
                     break;
                 }
             }
+            let written = error.map_or(batch_end, |e| e.inserted) - done;
+            self.entries_written += written as u64;
             match error {
                 Some(error) => {
                     let failed_at = addr + error.inserted as u64 * PAGE_4K;

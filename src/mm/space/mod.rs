@@ -145,6 +145,7 @@ pub struct AddressSpace<C: PageCounter, M: TableMapper, A: TableAllocator, T: Tl
 }
 
 /// The physical frame at `phys` (an address from an entry: below 2^52).
+#[inline]
 fn frame(phys: u64) -> PhysFrame {
     PhysFrame::containing_address(PhysAddr::new_truncate(phys))
 }
