@@ -45,16 +45,19 @@ impl MmioRegion {
     }
 
     /// The length of the window in bytes.
+    #[inline]
     pub fn len(&self) -> usize {
         self.len
     }
 
     /// Whether the window is empty.
+    #[inline]
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
 
     /// Volatile accesses made through this region since creation.
+    #[inline]
     pub fn accesses(&self) -> u64 {
         self.accesses.load(Ordering::Relaxed)
     }
@@ -63,6 +66,7 @@ impl MmioRegion {
     ///
     /// Register offsets are constants of the driver, so an offset outside the
     /// window or misaligned for `T` is a bug in the caller: it panics.
+    #[inline]
     fn register<T: Copy>(&self, offset: usize) -> VolatilePtr<'_, T> {
         assert!(
             offset.is_multiple_of(align_of::<T>()) && offset + size_of::<T>() <= self.len,
@@ -76,31 +80,37 @@ impl MmioRegion {
     }
 
     /// Reads the 8-bit register at `offset`.
+    #[inline]
     pub fn read8(&self, offset: usize) -> u8 {
         self.register::<u8>(offset).read()
     }
 
     /// Writes the 8-bit register at `offset`.
+    #[inline]
     pub fn write8(&self, offset: usize, value: u8) {
         self.register::<u8>(offset).write(value)
     }
 
     /// Reads the 32-bit register at `offset`.
+    #[inline]
     pub fn read32(&self, offset: usize) -> u32 {
         self.register::<u32>(offset).read()
     }
 
     /// Writes the 32-bit register at `offset`.
+    #[inline]
     pub fn write32(&self, offset: usize, value: u32) {
         self.register::<u32>(offset).write(value)
     }
 
     /// Reads the 64-bit register at `offset`.
+    #[inline]
     pub fn read64(&self, offset: usize) -> u64 {
         self.register::<u64>(offset).read()
     }
 
     /// Writes the 64-bit register at `offset`.
+    #[inline]
     pub fn write64(&self, offset: usize, value: u64) {
         self.register::<u64>(offset).write(value)
     }
@@ -126,24 +136,31 @@ pub trait Registers {
 }
 
 impl Registers for MmioRegion {
+    #[inline]
     fn read8(&self, offset: usize) -> u8 {
         MmioRegion::read8(self, offset)
     }
+    #[inline]
     fn write8(&self, offset: usize, value: u8) {
         MmioRegion::write8(self, offset, value)
     }
+    #[inline]
     fn read32(&self, offset: usize) -> u32 {
         MmioRegion::read32(self, offset)
     }
+    #[inline]
     fn write32(&self, offset: usize, value: u32) {
         MmioRegion::write32(self, offset, value)
     }
+    #[inline]
     fn read64(&self, offset: usize) -> u64 {
         MmioRegion::read64(self, offset)
     }
+    #[inline]
     fn write64(&self, offset: usize, value: u64) {
         MmioRegion::write64(self, offset, value)
     }
+    #[inline]
     fn accesses(&self) -> u64 {
         MmioRegion::accesses(self)
     }

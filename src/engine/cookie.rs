@@ -19,6 +19,7 @@ impl Cookie {
     pub const FIRST: Cookie = Cookie(NonZeroI32::new(1).unwrap());
 
     /// `value` as a cookie, if it is positive.
+    #[inline]
     pub const fn new(value: i32) -> Option<Cookie> {
         if value > 0 {
             match NonZeroI32::new(value) {
@@ -31,11 +32,13 @@ impl Cookie {
     }
 
     /// The value.
+    #[inline]
     pub const fn get(self) -> i32 {
         self.0.get()
     }
 
     /// The cookie assigned after this one: `i32::MAX` wraps back to 1.
+    #[inline]
     pub const fn next(self) -> Cookie {
         match Cookie::new(self.get().wrapping_add(1)) {
             Some(c) => c,
@@ -45,12 +48,14 @@ impl Cookie {
 }
 
 impl fmt::Debug for Cookie {
+    #[inline]
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "Cookie({})", self.get())
     }
 }
 
 impl fmt::Display for Cookie {
+    #[inline]
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         self.get().fmt(f)
     }
@@ -61,6 +66,7 @@ impl fmt::Display for Cookie {
 ///
 /// The requests in flight are exactly those after `last_completed` up to and
 /// including `last_used`; when the counter has wrapped, that window wraps too.
+#[inline]
 pub const fn is_complete(cookie: Cookie, last_completed: i32, last_used: i32) -> bool {
     let c = cookie.get();
     if last_completed <= last_used {
@@ -81,6 +87,7 @@ pub struct Snapshot {
 
 impl Snapshot {
     /// [`is_complete`] against this snapshot.
+    #[inline]
     pub const fn is_complete(&self, cookie: Cookie) -> bool {
         is_complete(cookie, self.last_completed, self.last_used)
     }

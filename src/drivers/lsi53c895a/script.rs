@@ -30,27 +30,32 @@ pub const MOVE_WORDS: u32 = 3;
 pub const TC_WORDS: u32 = 2;
 
 /// A Memory Move of `count` bytes (at most [`MAX_MOVE`]) from `src` to `dst`.
+#[inline]
 pub const fn memory_move(count: u32, src: u32, dst: u32) -> [u32; 3] {
     assert!(count <= MAX_MOVE, "Memory Move count is 24 bits");
     [MEMORY_MOVE | count, src, dst]
 }
 
 /// An unconditional JUMP to `target`.
+#[inline]
 pub const fn jump(target: u32) -> [u32; 2] {
     [JUMP, target]
 }
 
 /// An INT that stops SCRIPTS with `value` in DSPS.
+#[inline]
 pub const fn int(value: u32) -> [u32; 2] {
     [INT, value]
 }
 
 /// An INTFLY: interrupt without stopping.
+#[inline]
 pub const fn intfly(value: u32) -> [u32; 2] {
     [INTFLY, value]
 }
 
 /// An illegal instruction, for fault injection.
+#[inline]
 pub const fn illegal() -> [u32; 2] {
     [ILLEGAL, 0]
 }
