@@ -142,3 +142,67 @@ pub fn edu_channel() -> Result<EduChannel, DmaError> {
 pub fn cpu_channel() -> CpuChannel {
     Channel::new(CpuEngine::new())
 }
+
+/// The copy-break measured on this machine at start-up: copies below it go
+/// to the CPU engine, the rest to the LSI53C895A. `None` without the chip.
+pub fn copy_break() -> Option<dmaengine::engine::copybreak::CopyBreak> {
+    static MEASURED: spin::Once<Option<dmaengine::engine::copybreak::CopyBreak>> =
+        spin::Once::new();
+    *MEASURED.call_once(|| measure_copy_break().ok())
+}
+
+/// Times one copy of each size on both paths (the median of several, each
+/// prepared, issued and waited for) and finds the break.
+fn measure_copy_break() -> Result<dmaengine::engine::copybreak::CopyBreak, DmaError> {
+    use dmaengine::engine::PrepFlags;
+    use dmaengine::engine::copybreak::{CopyBreak, Timing};
+    use dmaengine::hal::Dma;
+
+    const SIZES: [usize; 9] = [32, 64, 128, 256, 512, 1024, 2048, 4096, 16384];
+    const RUNS: usize = 7;
+    let mut lsi = lsi_channel()?;
+    let mut cpu = cpu_channel();
+    let src = Dma::<KernelHal>::new_below(16384, lsi.limits().dma_mask)?;
+    let dst = Dma::<KernelHal>::new_below(16384, lsi.limits().dma_mask)?;
+    let mut time_copy = |len: usize, on_engine: bool| -> Result<u64, DmaError> {
+        let start = crate::time::rdtsc();
+        // SAFETY: both buffers are ours and untouched until the wait ends.
+        let cookie = unsafe {
+            if on_engine {
+                lsi.prep_copy(dst.paddr(), src.paddr(), len, PrepFlags::empty())
+            } else {
+                cpu.prep_copy(dst.paddr(), src.paddr(), len, PrepFlags::empty())
+            }
+        }?;
+        let timeout = core::time::Duration::from_secs(1);
+        if on_engine {
+            lsi.wait(cookie, &mut crate::time::Delay, timeout)?;
+        } else {
+            cpu.wait(cookie, &mut crate::time::Delay, timeout)?;
+        }
+        Ok(crate::time::rdtsc() - start)
+    };
+    // QEMU sets up its view of fresh memory on the first DMA: not counted.
+    time_copy(16384, true)?;
+    let mut timings = [Timing {
+        bytes: 0,
+        cpu: 0.0,
+        engine: 0.0,
+    }; SIZES.len()];
+    for (timing, &len) in timings.iter_mut().zip(&SIZES) {
+        let mut cpu_runs = [0u64; RUNS];
+        let mut engine_runs = [0u64; RUNS];
+        for r in 0..RUNS {
+            cpu_runs[r] = time_copy(len, false)?;
+            engine_runs[r] = time_copy(len, true)?;
+        }
+        cpu_runs.sort_unstable();
+        engine_runs.sort_unstable();
+        *timing = Timing {
+            bytes: len,
+            cpu: cpu_runs[RUNS / 2] as f64,
+            engine: engine_runs[RUNS / 2] as f64,
+        };
+    }
+    Ok(CopyBreak::from_timings(&timings))
+}

@@ -93,6 +93,11 @@ extern "C" fn kernel_main(start_info: u32) -> ! {
         pages_1g: mem::paging::pages_1g_supported(),
     });
 
+    // Measured once at start-up, while nothing else uses the chip.
+    match dma::copy_break() {
+        Some(policy) => println!("copy-break: {} bytes (measured)", policy.threshold()),
+        None => println!("copy-break: not measured (no LSI53C895A)"),
+    }
     let cmdline = platform.boot.cmdline();
     let mut words = cmdline.split_whitespace();
     let mode = words.next().unwrap_or("demo");

@@ -15,6 +15,7 @@
 
 mod channel;
 mod cookie;
+pub mod copybreak;
 pub mod registry;
 mod transfer;
 
