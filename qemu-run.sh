@@ -10,7 +10,8 @@
 #   ./qemu-run.sh MODE [filter] -- EXTRA QEMU ARGS
 #
 # Environment: ACCEL=tcg|kvm (default tcg: the KVM here is a slow software
-# one), TIMEOUT=seconds (whole run), QEMU=path to qemu-system-x86_64,
+# one), TIMEOUT=seconds (whole run), QEMU=path to qemu-system-x86_64 and
+# QEMU_DATA=its data folder (-L; .ci/fetch-qemu-10 prints both for QEMU 10),
 # SEED=n (the seed of the randomized tests; a new one each run otherwise,
 # printed by the guest as its second line).
 # Exit status: 0 when the guest reports success, non-zero otherwise (guest
@@ -32,6 +33,7 @@ filter=""
 if [ $# -gt 0 ] && [ "$1" != "--" ]; then filter=$1; shift; fi
 if [ $# -gt 0 ] && [ "$1" = "--" ]; then shift; fi
 extra=("$@")
+[ -n "${QEMU_DATA:-}" ] && extra=(-L "$QEMU_DATA" "${extra[@]}")
 case "$filter" in *[[:space:]]*) die "a filter is one word, got '$filter'" ;; esac
 
 # Prerequisites: cargo (rustup installs the pinned toolchain and target from
@@ -93,8 +95,10 @@ if [ "$mode" = bench ] && [ "$rc" = 0 ]; then
     csv=target/bench/latest.csv
     # Written aside and moved over the last results only when there are
     # new ones: a run with none never replaces them.
-    { echo "key,value,unit"; awk '$1 == "BENCH" { printf "%s,%s,%s\n", $2, $3, $4 }' "$log" | tr -d '\r'; } > "$csv.new"
-    results=$(($(wc -l < "$csv.new") - 1))
+    qemu_version=$("$QEMU" --version | sed -n '1s/.*version \([0-9][0-9.]*\).*/\1/p')
+    { echo "key,value,unit"; echo "qemu.version,${qemu_version:-unknown},"
+      awk '$1 == "BENCH" { printf "%s,%s,%s\n", $2, $3, $4 }' "$log" | tr -d '\r'; } > "$csv.new"
+    results=$(($(wc -l < "$csv.new") - 2))
     if [ "$results" -le 0 ]; then
         rm -f "$csv.new"
         echo "qemu-run: no benchmark results; $csv left as it was" >&2
@@ -103,7 +107,9 @@ if [ "$mode" = bench ] && [ "$rc" = 0 ]; then
         mv "$csv.new" "$csv"
         echo
         awk -F, 'NR > 1 { printf "  %-44s %14s %s\n", $1, $2, $3 }' "$csv"
-        echo "wrote $csv ($results results)"
+        echo "wrote $csv ($results results, QEMU ${qemu_version:-unknown})"
+        cargo run --quiet --release -p dmaengine-bench-charts -- "$csv" target/bench \
+            || { echo "qemu-run: drawing the charts failed" >&2; rc=1; }
     fi
 fi
 exit "$rc"
