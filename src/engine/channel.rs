@@ -207,10 +207,13 @@ impl<E: Engine> Channel<E> {
         if !within_mask(dst) || !src.is_none_or(within_mask) {
             return Err(DmaError::BeyondDmaMask);
         }
-        let align = limits.align.max(1) as u64;
-        let aligned = |v: u64| v.is_multiple_of(align);
-        if !aligned(dst) || !aligned(len as u64) || !src.is_none_or(aligned) {
-            return Err(DmaError::Misaligned);
+        // Most engines take any byte alignment: no division for them.
+        if limits.align > 1 {
+            let align = limits.align as u64;
+            let aligned = |v: u64| v.is_multiple_of(align);
+            if !aligned(dst) || !aligned(len as u64) || !src.is_none_or(aligned) {
+                return Err(DmaError::Misaligned);
+            }
         }
         // Both ends are known not to wrap (they are within the mask).
         if let (Some(src), Some(dst_last)) = (src, last_of(dst))
@@ -324,21 +327,42 @@ impl<E: Engine> Channel<E> {
             self.validate(op, flags)?;
         }
         let first = self.next_cookie();
-        let mut cookie = first;
+        let last = Notify {
+            writeback: false,
+            interrupt: flags.contains(PrepFlags::INTERRUPT),
+        };
         let mark = self.engine.mark();
-        for (i, &op) in ops.iter().enumerate() {
-            let last = i + 1 == ops.len();
-            let notify = Notify {
-                writeback: false,
-                interrupt: last && flags.contains(PrepFlags::INTERRUPT),
-            };
-            if let Err(e) = self.emit(cookie, op, notify) {
-                self.engine.rewind(mark);
-                return Err(e);
-            }
-            if !last {
+        let align = self.limits.align.max(1);
+        let piece_max = (self.limits.max_len / align * align).max(align);
+        let one_descriptor_each = ops.iter().all(|op| match *op {
+            Op::Copy { len, .. } | Op::Fill { len, .. } | Op::Zero { len, .. } => len <= piece_max,
+        });
+        let mut cookie = first;
+        let written = if one_descriptor_each {
+            // The common case, in one pass through the driver.
+            cookie = cookie_after(first, ops.len() - 1);
+            self.engine
+                .prep_run(first, ops, last)
+                .map_err(DmaError::from)
+        } else {
+            let mut result = Ok(());
+            for (i, &op) in ops.iter().enumerate() {
+                let notify = if i + 1 == ops.len() {
+                    last
+                } else {
+                    Notify::default()
+                };
+                result = self.emit(cookie, op, notify);
+                if result.is_err() || i + 1 == ops.len() {
+                    break;
+                }
                 cookie = cookie.next();
             }
+            result
+        };
+        if let Err(e) = written {
+            self.engine.rewind(mark);
+            return Err(e);
         }
         self.last_used = cookie.get();
         self.prepared = true;
@@ -676,6 +700,14 @@ impl<E: Engine> Channel<E> {
         self.halted = false;
         Ok(())
     }
+}
+
+/// The cookie `n` places after `first`, wrapping from `i32::MAX` to 1 as
+/// [`Cookie::next`] does.
+fn cookie_after(first: Cookie, n: usize) -> Cookie {
+    let span = i32::MAX as u64;
+    let value = (first.get() as u64 - 1 + n as u64 % span) % span + 1;
+    Cookie::new(value as i32).unwrap_or(Cookie::FIRST)
 }
 
 fn page_range(page: DmaAddr, offset: usize, len: usize) -> Result<DmaAddr, DmaError> {

@@ -315,6 +315,26 @@ pub trait Engine {
     /// partly written request never reaches the hardware.
     fn prep(&mut self, cookie: Cookie, op: Op, end: Option<Notify>) -> Result<(), EngineError>;
 
+    /// Writes one descriptor per request for the requests `ops`, whose
+    /// cookies run consecutively from `first`; each op fits one descriptor
+    /// ([`Limits`]), and `last` is the notification of the last request
+    /// (the others ask for none). The default prepares them one by one; a
+    /// driver may do it in one pass. On error the channel rewinds to its
+    /// mark, as for [`Engine::prep`].
+    fn prep_run(&mut self, first: Cookie, ops: &[Op], last: Notify) -> Result<(), EngineError> {
+        let mut cookie = first;
+        for (i, &op) in ops.iter().enumerate() {
+            let notify = if i + 1 == ops.len() {
+                last
+            } else {
+                Notify::default()
+            };
+            self.prep(cookie, op, Some(notify))?;
+            cookie = cookie.next();
+        }
+        Ok(())
+    }
+
     /// Hands every prepared descriptor to the hardware.
     fn issue(&mut self);
 

@@ -1038,3 +1038,20 @@ proptest::proptest! {
         }
     }
 }
+
+#[test]
+fn a_batch_across_the_cookie_wrap_gets_consecutive_cookies() {
+    let mut chan = Channel::new(Scripted::new(1 << 20, 64));
+    chan.set_next_cookie(cookie(i32::MAX - 1)).unwrap();
+    let ops: Vec<Op> = (0..4u64)
+        .map(|i| Op::Copy {
+            dst: 0x10_0000 + i * 0x1000,
+            src: 0x20_0000 + i * 0x1000,
+            len: 64,
+        })
+        .collect();
+    let b = batch(&mut chan, &ops).unwrap();
+    assert_eq!((b.first, b.last), (cookie(i32::MAX - 1), cookie(2)));
+    let cookies: Vec<i32> = chan.engine().prepared.iter().map(|p| p.0.get()).collect();
+    assert_eq!(cookies, [i32::MAX - 1, i32::MAX, 1, 2]);
+}

@@ -51,8 +51,10 @@ use crate::mmio::{MmioRegion, Registers};
 const RING_WORDS: u32 = 16 * 1024;
 /// Size of the zero buffer that zeroing copies from.
 const ZERO_BYTES: u32 = 64 * 1024;
-/// Requests tracked at once: every request takes at least one Memory Move.
-const MAX_ENTRIES: u32 = RING_WORDS / MOVE_WORDS + 1;
+/// Requests tracked at once: every request takes at least one Memory Move,
+/// so the ring never holds more than `RING_WORDS / MOVE_WORDS + 1`; rounded
+/// up to a power of two so an index wraps with a mask, not a division.
+const MAX_ENTRIES: u32 = (RING_WORDS / MOVE_WORDS + 1).next_power_of_two();
 /// Ring words kept free so `issue` always finds room for a write-back move
 /// and a tail INT, each possibly preceded by a wrap JUMP and the words the
 /// wrap leaves unused.
@@ -263,7 +265,7 @@ impl<H: Hal, R: Registers> Lsi53c895a<H, R> {
     }
 
     fn entry_ptr(&self, index: u32) -> *mut Entry {
-        let index = (index % MAX_ENTRIES) as usize;
+        let index = (index & (MAX_ENTRIES - 1)) as usize;
         // SAFETY: the entry array occupies MAX_ENTRIES entries at ENTRY_OFF
         // in the block, and `index < MAX_ENTRIES`.
         unsafe {
@@ -331,12 +333,17 @@ impl<H: Hal, R: Registers> Lsi53c895a<H, R> {
             return None;
         }
         self.last_seen = written;
-        let done = (0..self.issued)
-            .find(|&k| self.entry(self.first_entry + k).cookie as u32 == written)?;
+        // Usually the whole issued run is done: try its last entry first.
+        let last = self.issued.checked_sub(1)?;
+        let done = if self.entry(self.first_entry + last).cookie as u32 == written {
+            last
+        } else {
+            (0..self.issued).find(|&k| self.entry(self.first_entry + k).cookie as u32 == written)?
+        };
         let entry = self.entry(self.first_entry + done);
         self.used -= (entry.end + RING_WORDS - self.free_from) % RING_WORDS;
         self.free_from = entry.end;
-        self.first_entry = (self.first_entry + done + 1) % MAX_ENTRIES;
+        self.first_entry = (self.first_entry + done + 1) & (MAX_ENTRIES - 1);
         self.entries -= done + 1;
         self.issued -= done + 1;
         Cookie::new(entry.cookie)
@@ -492,6 +499,65 @@ impl<H: Hal, R: Registers> Engine for Lsi53c895a<H, R> {
             });
             self.last_cookie = Some(cookie);
             self.last_written_back = written_back;
+        }
+        Ok(())
+    }
+
+    fn prep_run(&mut self, first: Cookie, ops: &[Op], last: Notify) -> Result<(), EngineError> {
+        if self.halted {
+            return Err(EngineError::Halted);
+        }
+        // One pass for a run of plain copies that fits before the ring's
+        // end: the words and entries are claimed once, then written. The
+        // last request's notification, and anything else, take the general
+        // path.
+        let (run, rest) = if last == Notify::default() {
+            (ops, &[][..])
+        } else {
+            ops.split_at(ops.len().saturating_sub(1))
+        };
+        let n = run.len() as u32;
+        let words = n * MOVE_WORDS;
+        let fast = !self.inject
+            && n > 0
+            && self.entries + n <= MAX_ENTRIES
+            && self.head + words + TC_WORDS <= RING_WORDS
+            && self.used + words + ISSUE_RESERVE <= RING_WORDS
+            && run.iter().all(|op| matches!(op, Op::Copy { .. }));
+        let mut cookie = first;
+        if fast {
+            let at = self.head;
+            let mut last_in_run = first;
+            for (k, op) in run.iter().enumerate() {
+                let Op::Copy { dst, src, len } = *op else {
+                    unreachable!("checked above");
+                };
+                let word = at + k as u32 * MOVE_WORDS;
+                // The channel checked every address against the 32-bit DMA
+                // mask and every length against MAX_MOVE: the casts are exact.
+                self.write_ring(
+                    word,
+                    &script::memory_move(len as u32, src as u32, dst as u32),
+                );
+                self.push_entry(Entry {
+                    cookie: cookie.get(),
+                    end: word + MOVE_WORDS,
+                });
+                last_in_run = cookie;
+                cookie = cookie.next();
+            }
+            self.head = at + words;
+            self.used += words;
+            self.last_cookie = Some(last_in_run);
+            self.last_written_back = false;
+        } else {
+            for &op in run {
+                self.prep(cookie, op, Some(Notify::default()))?;
+                cookie = cookie.next();
+            }
+        }
+        for &op in rest {
+            self.prep(cookie, op, Some(last))?;
         }
         Ok(())
     }

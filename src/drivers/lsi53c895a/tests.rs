@@ -5,7 +5,7 @@ use proptest::prelude::*;
 
 use super::Lsi53c895a;
 use super::fake::FakeLsi;
-use crate::engine::{Channel, Cookie, DmaError, ErrorKind, FAILURE_HISTORY, PrepFlags, Status};
+use crate::engine::{Channel, Cookie, DmaError, ErrorKind, FAILURE_HISTORY, Op, PrepFlags, Status};
 use crate::hal::fake::FakeHal32;
 use crate::hal::{Dma, Hal};
 use crate::mmio::Registers;
@@ -50,7 +50,13 @@ fn drive(chan: &mut Chan, cookie: Cookie, limit: usize) -> Status {
 
 #[derive(Clone, Debug)]
 enum Action {
-    Copy { from: usize, to: usize, len: usize },
+    Copy {
+        from: usize,
+        to: usize,
+        len: usize,
+    },
+    /// Several copies in one `prep_batch`.
+    Batch(Vec<(usize, usize, usize)>),
     Issue,
     Tick(usize),
     Poll,
@@ -60,6 +66,9 @@ enum Action {
 fn action() -> impl Strategy<Value = Action> {
     prop_oneof![
         6 => (0..CELLS, 0..CELLS, 1..=CELL).prop_map(|(from, to, len)| Action::Copy { from, to: if to == from { (to + 1) % CELLS } else { to }, len }),
+        3 => prop::collection::vec((0..CELLS, 0..CELLS, 1..=CELL), 1..40).prop_map(|copies| Action::Batch(
+            copies.into_iter().map(|(from, to, len)| (from, if to == from { (to + 1) % CELLS } else { to }, len)).collect()
+        )),
         2 => Just(Action::Issue),
         2 => (1..4usize).prop_map(Action::Tick),
         1 => Just(Action::Poll),
@@ -120,6 +129,55 @@ fn run(actions: &[Action]) -> Result<(), TestCaseError> {
                             continue;
                         }
                         Err(e) => return Err(TestCaseError::fail(format!("prep: {e}"))),
+                    }
+                    break;
+                }
+            }
+            Action::Batch(ref copies) => {
+                if chan.is_halted() {
+                    chan.reset().unwrap();
+                    epoch += 1;
+                }
+                if inject_next {
+                    chan.engine_mut().inject_illegal_instruction();
+                }
+                let ops: Vec<Op> = copies
+                    .iter()
+                    .map(|&(from, to, len)| Op::Copy {
+                        dst: base + (to * CELL) as u64,
+                        src: base + (from * CELL) as u64,
+                        len,
+                    })
+                    .collect();
+                let mut tries = 0;
+                loop {
+                    // SAFETY: cells of our buffer, read only after the chip stops.
+                    match unsafe { chan.prep_batch(&ops, PrepFlags::empty()) } {
+                        Ok(batch) => {
+                            prop_assert_eq!(batch.len, copies.len());
+                            let mut cookie = batch.first;
+                            for (k, &(from, to, len)) in copies.iter().enumerate() {
+                                requests.push(Request {
+                                    cookie,
+                                    from,
+                                    to,
+                                    len,
+                                    epoch,
+                                    injected: inject_next && k == 0,
+                                });
+                                cookie = cookie.next();
+                            }
+                            prop_assert_eq!(requests.last().map(|r| r.cookie), Some(batch.last));
+                            inject_next = false;
+                        }
+                        Err(DmaError::RingFull) if tries < 1000 => {
+                            tries += 1;
+                            chan.issue_pending();
+                            chan.engine().regs().tick();
+                            chan.poll();
+                            continue;
+                        }
+                        Err(e) => return Err(TestCaseError::fail(format!("prep_batch: {e}"))),
                     }
                     break;
                 }
