@@ -476,7 +476,7 @@ fn copy_on_write_areas_are_remapped_whole() {
         )
         .unwrap();
     assert_eq!(space.vma(v).unwrap().pgoff, 0x500, "pgoff records the pfn");
-    // A shared area may be remapped in part (the seed's "incomplete" VMAs).
+    // A shared area may be remapped in part (the 2005 remapping work's "incomplete" VMAs).
     let s = space
         .map_vma(
             pg(BASE + PAGE_2M),

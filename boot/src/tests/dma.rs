@@ -1014,7 +1014,7 @@ fn registry_event(
     REGISTRY_EVENTS.lock().push(event);
 }
 
-/// The seed's client flow: a client asks for channels, engines appear and
+/// The 2005 I/OAT proposal's client flow: a client asks for channels, engines appear and
 /// their channels are handed to it; it copies through each; an engine goes
 /// and the client is told.
 fn registry_with_every_engine() {

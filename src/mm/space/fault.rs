@@ -77,18 +77,7 @@ impl<C: PageCounter, M: TableMapper, A: TableAllocator, T: TlbFlush> AddressSpac
             let page = self.counter.alloc_page().ok_or(MmError::OutOfMemory)?;
             let mut tables = [0u64; 2];
             let levels = (leaf.level - 1) as usize;
-            for i in 0..levels {
-                match self.alloc_table() {
-                    Ok(table) => tables[i] = table,
-                    Err(e) => {
-                        for &table in &tables[..i] {
-                            // Never linked: no flush owed.
-                            self.free_table(table);
-                        }
-                        return Err(e);
-                    }
-                }
-            }
+            self.alloc_tables(&mut tables[..levels])?;
             // 1 GiB to 2 MiB, then 2 MiB to 4 KiB.
             for table in tables.into_iter().take(levels) {
                 self.split_leaf(&leaf, table);

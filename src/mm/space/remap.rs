@@ -82,37 +82,15 @@ impl<C: PageCounter, M: TableMapper, A: TableAllocator, T: TlbFlush> AddressSpac
                 && va.is_multiple_of(PAGE_1G)
                 && pa.is_multiple_of(PAGE_1G)
                 && end - *va >= PAGE_1G;
-            if giant_fits {
-                let pdpt = self.walk_alloc(*va, 3)?;
-                let index = pte::index(*va, 3);
-                let entry = self.read(pdpt, index);
-                if entry == 0 {
-                    self.write(pdpt, index, pte::leaf(pa, prot, true, true, self.nx));
-                    *va += PAGE_1G;
-                    continue;
-                }
-                if entry & HUGE != 0 {
-                    return Err(MmError::Busy);
-                }
-                // A directory is already there: fall through to smaller
-                // entries, which find anything mapped in it.
+            if giant_fits && self.large_leaf(*va, pa, 3, prot)? {
+                *va += PAGE_1G;
+                continue;
             }
             let huge_fits =
                 va.is_multiple_of(PAGE_2M) && pa.is_multiple_of(PAGE_2M) && end - *va >= PAGE_2M;
-            if huge_fits {
-                let pd = self.walk_alloc(*va, 2)?;
-                let index = pte::index(*va, 2);
-                let entry = self.read(pd, index);
-                if entry == 0 {
-                    self.write(pd, index, pte::leaf(pa, prot, true, true, self.nx));
-                    *va += PAGE_2M;
-                    continue;
-                }
-                if entry & HUGE != 0 {
-                    return Err(MmError::Busy);
-                }
-                // A page table is already there: fall through to 4 KiB
-                // entries, which find anything mapped in it.
+            if huge_fits && self.large_leaf(*va, pa, 2, prot)? {
+                *va += PAGE_2M;
+                continue;
             }
             let pt = self.walk_alloc(*va, 1)?;
             let table_end = (*va & !(PAGE_2M - 1)) + PAGE_2M;
@@ -127,6 +105,30 @@ impl<C: PageCounter, M: TableMapper, A: TableAllocator, T: TlbFlush> AddressSpac
             }
         }
         Ok(())
+    }
+
+    /// Writes a special leaf at `level` (2: 2 MiB, 3: 1 GiB) mapping `va` to
+    /// `pa` if its slot is empty; `Ok(false)` if a table is already there
+    /// (the caller falls through to smaller entries, which find anything
+    /// mapped in it), `Busy` if a large leaf is.
+    fn large_leaf(
+        &mut self,
+        va: u64,
+        pa: u64,
+        level: u32,
+        prot: PageProt,
+    ) -> Result<bool, MmError> {
+        let table = self.walk_alloc(va, level)?;
+        let index = pte::index(va, level);
+        let entry = self.read(table, index);
+        if entry == 0 {
+            self.write(table, index, pte::leaf(pa, prot, true, true, self.nx));
+            return Ok(true);
+        }
+        if entry & HUGE != 0 {
+            return Err(MmError::Busy);
+        }
+        Ok(false)
     }
 
     /// Clears the special entries in `[start, end)` that a failed remap

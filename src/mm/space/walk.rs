@@ -90,6 +90,23 @@ impl<C: PageCounter, M: TableMapper, A: TableAllocator, T: TlbFlush> AddressSpac
         Ok(table)
     }
 
+    /// Fills `tables` with zeroed table frames, all or none: on failure the
+    /// ones taken go back (never linked, so no flush is owed).
+    pub(super) fn alloc_tables(&mut self, tables: &mut [u64]) -> Result<(), MmError> {
+        for i in 0..tables.len() {
+            match self.alloc_table() {
+                Ok(table) => tables[i] = table,
+                Err(e) => {
+                    for &table in &tables[..i] {
+                        self.free_table(table);
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Gives back a table frame nothing links and no CPU caches any more.
     pub(super) fn free_table(&mut self, table: u64) {
         // SAFETY: the frame came from this allocator (only tables linked

@@ -110,18 +110,7 @@ impl<C: PageCounter, M: TableMapper, A: TableAllocator, T: TlbFlush> AddressSpac
             .count();
         needed += giants;
         let mut tables = [0u64; 4];
-        for i in 0..needed {
-            match self.alloc_table() {
-                Ok(table) => tables[i] = table,
-                Err(e) => {
-                    for &table in &tables[..i] {
-                        // Never linked, so no flush is owed.
-                        self.free_table(table);
-                    }
-                    return Err(e);
-                }
-            }
-        }
+        self.alloc_tables(&mut tables[..needed])?;
         let mut next = tables[..needed].iter().copied();
         for leaf in edges
             .iter()
