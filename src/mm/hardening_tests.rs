@@ -17,8 +17,8 @@ use super::frame::{FrameDb, FrameKind, PageRef};
 use super::pte::{self, PAGE_2M, PAGE_4K};
 use super::space::{AddressSpace, PartialInsert, VmaId, WriteFault};
 use super::tests::{
-    BASE, COW, Memory, SHARED_RW, Space, bytes_to_pages, counts, fr, mapper, new_space, npages,
-    page_bytes, pg, table_frames, va,
+    BASE, COW, Memory, SHARED_RW, Space, Tlb, bytes_to_pages, counts, fr, mapper, new_space,
+    npages, page_bytes, pg, table_frames, va,
 };
 use super::tlb::TlbFlush;
 use super::traits::{OffsetMapper, PageCounter, TableAllocator, TableMapper};
@@ -819,4 +819,64 @@ fn copy_on_write_and_fork_of_a_1gib_entry() {
     drop((parent, child));
     assert_eq!(table_frames(&db), 0);
     assert_eq!(db.free_frames(), db.len());
+}
+
+#[test]
+fn one_walker_builds_vt_d_second_level_tables_too() {
+    use super::pte::{SL_OWNED, SL_READ, SL_SPECIAL, SL_WRITE, SecondLevel};
+    type Domain<'a> =
+        AddressSpace<&'a FrameDb<'a>, OffsetMapper, &'a FrameDb<'a>, Tlb, SecondLevel>;
+    let mem = Memory::new(64);
+    let db = mem.db();
+    let mut domain = Domain::new(&db, mapper(), &db, Tlb::default(), false).unwrap();
+    let rw = VmFlags::READ | VmFlags::WRITE | VmFlags::SHARED;
+    let v = domain.map_vma(pg(BASE), 2 * PAGE_2M / PAGE_4K, rw).unwrap();
+    let pages: Vec<PageRef<'_>> = (0..3).map(|_| db.alloc_page().unwrap()).collect();
+    domain.insert_pages(v, pg(BASE), &pages).unwrap();
+    let io = domain
+        .map_vma(pg(BASE + 2 * PAGE_2M), PAGE_2M / PAGE_4K, rw)
+        .unwrap();
+    domain
+        .remap_pfn_range(
+            io,
+            pg(BASE + 2 * PAGE_2M),
+            fr(0x40_0000 >> 12),
+            PAGE_2M / PAGE_4K,
+            PageProt::READ_ONLY,
+        )
+        .unwrap();
+    // Leaves: R (and W where writable), no x86 present/user bits, the
+    // special bit in software-available bit 53, never SNP (bit 11).
+    let leaves: Vec<_> = domain.user_leaves().collect();
+    assert_eq!(leaves.len(), 4);
+    for (i, l) in leaves[..3].iter().enumerate() {
+        assert_eq!(l.entry, pages[i].phys().as_u64() | SL_READ | SL_WRITE);
+        assert!(!l.is_special());
+    }
+    let big = leaves[3];
+    assert_eq!(big.level, 2);
+    assert_eq!(big.entry, 0x40_0000 | SL_READ | pte::HUGE | SL_SPECIAL);
+    assert!(big.is_special());
+    assert!(
+        leaves
+            .iter()
+            .all(|l| l.entry & (1 << 11) == 0 && l.entry & pte::USER == 0)
+    );
+    // Links: R|W and the crate's ownership bit in software bit 52.
+    let root = domain.root().start_address().as_u64();
+    // SAFETY: a live table of the domain, in host memory.
+    let link = unsafe { (root as *const u64).add(pte::index(BASE, 4)).read() };
+    assert_eq!(
+        link & (SL_READ | SL_WRITE | SL_OWNED),
+        SL_READ | SL_WRITE | SL_OWNED
+    );
+    assert_eq!(counts(&db, pages[0].pfn()), (2, 1), "a mapped page is held");
+    // Unmapping prunes the tables it emptied and gives the pages back.
+    domain.zap_range(v, pg(BASE), 3).unwrap();
+    domain
+        .zap_range(io, pg(BASE + 2 * PAGE_2M), PAGE_2M / PAGE_4K)
+        .unwrap();
+    assert_eq!(domain.user_leaves().count(), 0);
+    assert_eq!(table_frames(&db), 1, "only the root");
+    assert_eq!(counts(&db, pages[0].pfn()), (1, 0));
 }

@@ -148,6 +148,98 @@ pub const fn leaf(phys: u64, prot: PageProt, huge: bool, special: bool, nx: bool
         | prot.cache.pte_bits(huge)
 }
 
+/// The format of a page-table hierarchy's entries: the CPU's ([`X86`]), or
+/// an IOMMU's second-level tables ([`SecondLevel`], Intel VT-d). Both are
+/// 4-level radix trees of 512 8-byte entries with the address in bits
+/// 12-51 and the page-size bit 7 at levels 2 and 3; what differs is how an
+/// entry says it is there, and where software may keep its own bits. One
+/// walker serves both.
+pub trait Format {
+    /// Whether `entry` maps something or links a table.
+    fn is_live(entry: u64) -> bool;
+    /// A link to the table at `table`, which this crate allocated.
+    fn table_link(table: u64) -> u64;
+    /// Whether a link's table was allocated by this crate.
+    fn is_owned(link: u64) -> bool;
+    /// A leaf mapping `phys` with `prot`: `huge` for a 2 MiB or 1 GiB one,
+    /// `special` for a raw frame with nothing counted behind it, `nx` when
+    /// execute-disable may be used.
+    fn leaf(phys: u64, prot: PageProt, huge: bool, special: bool, nx: bool) -> u64;
+    /// Whether a leaf is special.
+    fn is_special(leaf: u64) -> bool;
+}
+
+/// The CPU's 4-level paging entries (SDM 4.5).
+#[derive(Clone, Copy, Debug)]
+pub enum X86 {}
+
+impl Format for X86 {
+    #[inline]
+    fn is_live(entry: u64) -> bool {
+        entry & PRESENT != 0
+    }
+    #[inline]
+    fn table_link(table: u64) -> u64 {
+        table_link(table)
+    }
+    #[inline]
+    fn is_owned(link: u64) -> bool {
+        link & OWNED != 0
+    }
+    #[inline]
+    fn leaf(phys: u64, prot: PageProt, huge: bool, special: bool, nx: bool) -> u64 {
+        leaf(phys, prot, huge, special, nx)
+    }
+    #[inline]
+    fn is_special(leaf: u64) -> bool {
+        leaf & SPECIAL != 0
+    }
+}
+
+/// Bit 0 of a VT-d second-level entry: reads allowed (VT-d spec 9.8,
+/// "Second-Level Paging Entries"). An entry with neither R nor W is not
+/// present: there is no present bit.
+pub const SL_READ: u64 = 1 << 0;
+/// Bit 1 of a second-level entry: writes allowed (VT-d spec 9.8).
+pub const SL_WRITE: u64 = 1 << 1;
+/// Bit 52 of a second-level link, ignored by the IOMMU (bits 52-61 are
+/// available to software, VT-d spec 9.8): the crate allocated the table.
+pub const SL_OWNED: u64 = 1 << 52;
+/// Bit 53 of a second-level leaf, ignored by the IOMMU: a special leaf.
+pub const SL_SPECIAL: u64 = 1 << 53;
+
+/// Intel VT-d second-level (DMA remapping) entries (VT-d spec 9.8): read
+/// and write permission bits instead of a present bit, no user, cache or
+/// execute bits (bit 11, SNP, stays clear: QEMU's legacy mode faults on it).
+#[derive(Clone, Copy, Debug)]
+pub enum SecondLevel {}
+
+impl Format for SecondLevel {
+    #[inline]
+    fn is_live(entry: u64) -> bool {
+        entry & (SL_READ | SL_WRITE) != 0
+    }
+    #[inline]
+    fn table_link(table: u64) -> u64 {
+        table | SL_READ | SL_WRITE | SL_OWNED
+    }
+    #[inline]
+    fn is_owned(link: u64) -> bool {
+        link & SL_OWNED != 0
+    }
+    #[inline]
+    fn leaf(phys: u64, prot: PageProt, huge: bool, special: bool, _nx: bool) -> u64 {
+        phys | SL_READ
+            | (if prot.writable { SL_WRITE } else { 0 })
+            | (if huge { HUGE } else { 0 })
+            | (if special { SL_SPECIAL } else { 0 })
+    }
+    #[inline]
+    fn is_special(leaf: u64) -> bool {
+        leaf & SL_SPECIAL != 0
+    }
+}
+
 /// The index of `va` in the table at `level` (4 = PML4 ... 1 = PT).
 #[inline]
 pub const fn index(va: u64, level: u32) -> usize {

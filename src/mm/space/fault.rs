@@ -5,7 +5,7 @@ use x86_64::VirtAddr;
 
 use super::{AddressSpace, VmaId, frame};
 use crate::mm::MmError;
-use crate::mm::pte::{self, ADDR_4K, PAGE_4K, SPECIAL};
+use crate::mm::pte::{self, ADDR_4K, PAGE_4K, SPECIAL, X86};
 use crate::mm::tlb::TlbFlush;
 use crate::mm::traits::{CountedPage, PageCounter, TableAllocator, TableMapper};
 use crate::mm::vma::VmFlags;
@@ -22,7 +22,8 @@ pub enum WriteFault {
     Spurious,
 }
 
-impl<C: PageCounter, M: TableMapper, A: TableAllocator, T: TlbFlush> AddressSpace<C, M, A, T> {
+/// Write faults and `fork` are the CPU's business: for the CPU's format.
+impl<C: PageCounter, M: TableMapper, A: TableAllocator, T: TlbFlush> AddressSpace<C, M, A, T, X86> {
     /// The counted page mapped at `addr` in area `id` (Linux's
     /// `vm_normal_page`): `None` for special entries (raw PFNs, with nothing
     /// counted) and for nothing mapped.

@@ -2,11 +2,12 @@
 
 use super::{AddressSpace, Leaf, VmaId, frame};
 use crate::mm::MmError;
-use crate::mm::pte;
+use crate::mm::pte::{self, X86};
 use crate::mm::tlb::TlbFlush;
 use crate::mm::traits::{PageCounter, TableAllocator, TableMapper};
 
-impl<C: PageCounter, M: TableMapper, A: TableAllocator, T: TlbFlush> AddressSpace<C, M, A, T> {
+/// Write faults and `fork` are the CPU's business: for the CPU's format.
+impl<C: PageCounter, M: TableMapper, A: TableAllocator, T: TlbFlush> AddressSpace<C, M, A, T, X86> {
     /// Copies area `id` and its mappings into `child` as `fork` does:
     /// entries are copied as they are, counted pages gain a reference and a
     /// map count, special entries gain nothing. In a copy-on-write area

@@ -5,7 +5,7 @@ use x86_64::structures::paging::{Page, PhysFrame};
 
 use super::{AddressSpace, VmaId};
 use crate::mm::MmError;
-use crate::mm::pte::{self, PAGE_4K};
+use crate::mm::pte::{self, Format, PAGE_4K};
 use crate::mm::tlb::TlbFlush;
 use crate::mm::traits::{CountedPage, PageCounter, TableAllocator, TableMapper};
 use crate::mm::vma::VmFlags;
@@ -36,7 +36,9 @@ impl core::fmt::Display for PartialInsert {
 
 impl core::error::Error for PartialInsert {}
 
-impl<C: PageCounter, M: TableMapper, A: TableAllocator, T: TlbFlush> AddressSpace<C, M, A, T> {
+impl<C: PageCounter, M: TableMapper, A: TableAllocator, T: TlbFlush, F: Format>
+    AddressSpace<C, M, A, T, F>
+{
     /// The one per-entry path of `insert_page` and `insert_pages` (Linux's
     /// `insert_page_into_pte_locked`): an occupied entry is `Busy`, a frame
     /// the counter will not count is `NotInsertable`, else the page gains a
@@ -78,7 +80,7 @@ impl<C: PageCounter, M: TableMapper, A: TableAllocator, T: TlbFlush> AddressSpac
         let (va, _) = Self::range_in(&vma, at, 1)?;
         let pt = self.walk_alloc(va, 1)?;
         let slot = self.entry_ptr(pt, pte::index(va, 1));
-        let bits = pte::leaf(0, vma.page_prot(), false, false, self.nx);
+        let bits = F::leaf(0, vma.page_prot(), false, false, self.nx);
         if let Err(e) = self.insert_into_pte(slot, page.frame(), bits) {
             self.prune(va, va + PAGE_4K);
             return Err(e);
@@ -108,7 +110,7 @@ impl<C: PageCounter, M: TableMapper, A: TableAllocator, T: TlbFlush> AddressSpac
             return Ok(());
         }
         let (addr, _) = Self::range_in(&vma, at, pages.len() as u64).map_err(|e| fail(0, e))?;
-        let bits = pte::leaf(0, vma.page_prot(), false, false, self.nx);
+        let bits = F::leaf(0, vma.page_prot(), false, false, self.nx);
         let mut done = 0;
         let result = loop {
             if done == pages.len() {
@@ -180,7 +182,7 @@ impl<C: PageCounter, M: TableMapper, A: TableAllocator, T: TlbFlush> AddressSpac
             return Ok(Inserted::AlreadyMapped);
         }
         let pt = self.walk_alloc(va, 1)?;
-        let entry = pte::leaf(
+        let entry = F::leaf(
             frame.start_address().as_u64(),
             vma.page_prot(),
             false,

@@ -21,6 +21,7 @@ mod remap;
 mod walk;
 mod zap;
 
+use core::marker::PhantomData;
 use core::sync::atomic::{AtomicU32, Ordering};
 
 use x86_64::structures::paging::{Page, PageTableFlags, PhysFrame};
@@ -30,7 +31,7 @@ pub use fault::WriteFault;
 pub use insert::{Inserted, PartialInsert};
 
 use super::MmError;
-use super::pte::{self, ADDR_1G, ADDR_2M, ADDR_4K, PAGE_1G, PAGE_2M, PAGE_4K, SPECIAL};
+use super::pte::{self, ADDR_1G, ADDR_2M, ADDR_4K, Format, PAGE_1G, PAGE_2M, PAGE_4K, X86};
 use super::tlb::TlbFlush;
 use super::traits::{PageCounter, TableAllocator, TableMapper};
 use super::vma::{VmFlags, Vma};
@@ -66,6 +67,8 @@ pub struct Leaf {
     /// Physical address of the table holding the entry, and its index.
     table: u64,
     index: usize,
+    /// Whether the entry is special in its format.
+    special: bool,
 }
 
 impl Leaf {
@@ -105,14 +108,14 @@ impl Leaf {
     }
 
     /// The entry's flags, as the `x86_64` crate names them (bit 9,
-    /// `BIT_9`, is [`pte::SPECIAL`]).
+    /// `BIT_9`, is [`pte::SPECIAL`]; meaningful for the CPU's format only).
     pub fn flags(&self) -> PageTableFlags {
         PageTableFlags::from_bits_truncate(self.entry)
     }
 
     /// Whether it is special (no counted page behind it).
     pub fn is_special(&self) -> bool {
-        self.entry & SPECIAL != 0
+        self.special
     }
 }
 
@@ -125,7 +128,13 @@ impl Leaf {
 /// and never touches the kernel's mappings. Dropping it unmaps every area
 /// (giving back every count) and frees the tables the crate allocated, and
 /// an owned root: it must not be loaded in CR3 by then.
-pub struct AddressSpace<C: PageCounter, M: TableMapper, A: TableAllocator, T: TlbFlush> {
+pub struct AddressSpace<
+    C: PageCounter,
+    M: TableMapper,
+    A: TableAllocator,
+    T: TlbFlush,
+    F: Format = X86,
+> {
     counter: C,
     mapper: M,
     alloc: A,
@@ -142,6 +151,7 @@ pub struct AddressSpace<C: PageCounter, M: TableMapper, A: TableAllocator, T: Tl
     /// 1 GiB leaves may be used (the CPU has them).
     pages_1g: bool,
     entries_written: u64,
+    _format: PhantomData<F>,
 }
 
 /// The physical frame at `phys` (an address from an entry: below 2^52).
@@ -150,7 +160,9 @@ fn frame(phys: u64) -> PhysFrame {
     PhysFrame::containing_address(PhysAddr::new_truncate(phys))
 }
 
-impl<C: PageCounter, M: TableMapper, A: TableAllocator, T: TlbFlush> AddressSpace<C, M, A, T> {
+impl<C: PageCounter, M: TableMapper, A: TableAllocator, T: TlbFlush, F: Format>
+    AddressSpace<C, M, A, T, F>
+{
     /// An empty address space with its own root table from `alloc`. `nx`
     /// says whether the execute-disable bit may be used (EFER.NXE is on;
     /// without it the bit is reserved and would fault).
@@ -205,6 +217,7 @@ impl<C: PageCounter, M: TableMapper, A: TableAllocator, T: TlbFlush> AddressSpac
             nx,
             pages_1g: false,
             entries_written: 0,
+            _format: PhantomData,
         }
     }
 
@@ -363,8 +376,8 @@ impl<C: PageCounter, M: TableMapper, A: TableAllocator, T: TlbFlush> AddressSpac
     }
 }
 
-impl<C: PageCounter, M: TableMapper, A: TableAllocator, T: TlbFlush> Drop
-    for AddressSpace<C, M, A, T>
+impl<C: PageCounter, M: TableMapper, A: TableAllocator, T: TlbFlush, F: Format> Drop
+    for AddressSpace<C, M, A, T, F>
 {
     fn drop(&mut self) {
         for slot in 0..MAX_VMAS {

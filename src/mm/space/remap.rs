@@ -4,12 +4,14 @@ use x86_64::structures::paging::{Page, PhysFrame};
 
 use super::{AddressSpace, VmaId};
 use crate::mm::MmError;
-use crate::mm::pte::{self, CacheMode, HUGE, PAGE_1G, PAGE_2M, PAGE_4K};
+use crate::mm::pte::{self, CacheMode, Format, HUGE, PAGE_1G, PAGE_2M, PAGE_4K};
 use crate::mm::tlb::{FULL_FLUSH_THRESHOLD, TlbFlush};
 use crate::mm::traits::{PageCounter, TableAllocator, TableMapper};
 use crate::mm::vma::{PageProt, VmFlags};
 
-impl<C: PageCounter, M: TableMapper, A: TableAllocator, T: TlbFlush> AddressSpace<C, M, A, T> {
+impl<C: PageCounter, M: TableMapper, A: TableAllocator, T: TlbFlush, F: Format>
+    AddressSpace<C, M, A, T, F>
+{
     /// Maps `pages` frames from `frame` at `at` (Linux's
     /// `remap_pfn_range`): special entries with nothing counted behind them,
     /// 2 MiB entries (and 1 GiB ones, once [`set_1g_pages`](Self::set_1g_pages)
@@ -100,7 +102,7 @@ impl<C: PageCounter, M: TableMapper, A: TableAllocator, T: TlbFlush> AddressSpac
                     return Err(MmError::Busy);
                 }
                 let pa = va.wrapping_add(delta);
-                self.write(pt, index, pte::leaf(pa, prot, false, true, self.nx));
+                self.write(pt, index, F::leaf(pa, prot, false, true, self.nx));
                 *va += PAGE_4K;
             }
         }
@@ -122,7 +124,7 @@ impl<C: PageCounter, M: TableMapper, A: TableAllocator, T: TlbFlush> AddressSpac
         let index = pte::index(va, level);
         let entry = self.read(table, index);
         if entry == 0 {
-            self.write(table, index, pte::leaf(pa, prot, true, true, self.nx));
+            self.write(table, index, F::leaf(pa, prot, true, true, self.nx));
             return Ok(true);
         }
         if entry & HUGE != 0 {

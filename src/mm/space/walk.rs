@@ -7,7 +7,7 @@ use x86_64::VirtAddr;
 
 use super::{AddressSpace, Leaf, USER_END, frame};
 use crate::mm::MmError;
-use crate::mm::pte::{self, ADDR_4K, HUGE, OWNED, PAGE_4K, PRESENT};
+use crate::mm::pte::{self, ADDR_4K, Format, HUGE, PAGE_4K};
 use crate::mm::tlb::TlbFlush;
 use crate::mm::traits::{PageCounter, TableAllocator, TableMapper};
 
@@ -40,7 +40,9 @@ pub(super) fn span(level: u32) -> u64 {
     1 << (12 + 9 * (level - 1))
 }
 
-impl<C: PageCounter, M: TableMapper, A: TableAllocator, T: TlbFlush> AddressSpace<C, M, A, T> {
+impl<C: PageCounter, M: TableMapper, A: TableAllocator, T: TlbFlush, F: Format>
+    AddressSpace<C, M, A, T, F>
+{
     /// A pointer to entry `index` of the table at physical address `table`.
     pub(super) fn entry_ptr(&self, table: u64, index: usize) -> *mut u64 {
         debug_assert!(index < 512 && table.is_multiple_of(PAGE_4K));
@@ -123,7 +125,7 @@ impl<C: PageCounter, M: TableMapper, A: TableAllocator, T: TlbFlush> AddressSpac
         for current in (level + 1..=4).rev() {
             let index = pte::index(va, current);
             let entry = self.read(table, index);
-            if entry & PRESENT != 0 {
+            if F::is_live(entry) {
                 if entry & HUGE != 0 {
                     self.prune(va, va + PAGE_4K);
                     return Err(MmError::Busy);
@@ -138,7 +140,7 @@ impl<C: PageCounter, M: TableMapper, A: TableAllocator, T: TlbFlush> AddressSpac
                     return Err(e);
                 }
             };
-            self.write(table, index, pte::table_link(child));
+            self.write(table, index, F::table_link(child));
             table = child;
         }
         Ok(table)
@@ -152,7 +154,7 @@ impl<C: PageCounter, M: TableMapper, A: TableAllocator, T: TlbFlush> AddressSpac
                 let index = pte::index(va, level);
                 let entry = self.read(table, index);
                 let size = span(level);
-                if entry & PRESENT == 0 || (level == 4 && self.shared[index]) {
+                if !F::is_live(entry) || (level == 4 && self.shared[index]) {
                     va = (va & !(size - 1)).checked_add(size)?;
                     continue 'restart;
                 }
@@ -163,6 +165,7 @@ impl<C: PageCounter, M: TableMapper, A: TableAllocator, T: TlbFlush> AddressSpac
                         level,
                         table,
                         index,
+                        special: F::is_special(entry),
                     });
                 }
                 table = entry & ADDR_4K;
@@ -245,10 +248,10 @@ impl<C: PageCounter, M: TableMapper, A: TableAllocator, T: TlbFlush> AddressSpac
             let shared = level == 4 && self.shared[index];
             // Every table is searched (the crate's tables may hang under a
             // kernel's); only those the crate allocated are unlinked.
-            if level > 1 && entry & PRESENT != 0 && entry & HUGE == 0 && !shared {
+            if level > 1 && F::is_live(entry) && entry & HUGE == 0 && !shared {
                 let child = entry & ADDR_4K;
                 let emptied = self.prune_level(gather, child, level - 1, va, end.min(slot_end));
-                if emptied && entry & OWNED != 0 {
+                if emptied && F::is_owned(entry) {
                     self.write(table, index, 0);
                     if gather.count == GATHER_TABLES {
                         self.tlb.flush_all(self.root());

@@ -5,11 +5,13 @@ use x86_64::structures::paging::Page;
 use super::walk::TableGather;
 use super::{AddressSpace, Leaf, VmaId, frame};
 use crate::mm::MmError;
-use crate::mm::pte::{self, ADDR_1G, ADDR_2M, HUGE, PAGE_2M, PAGE_4K};
+use crate::mm::pte::{self, ADDR_1G, ADDR_2M, Format, HUGE, PAGE_2M, PAGE_4K};
 use crate::mm::tlb::{FULL_FLUSH_THRESHOLD, TlbFlush};
 use crate::mm::traits::{PageCounter, TableAllocator, TableMapper};
 
-impl<C: PageCounter, M: TableMapper, A: TableAllocator, T: TlbFlush> AddressSpace<C, M, A, T> {
+impl<C: PageCounter, M: TableMapper, A: TableAllocator, T: TlbFlush, F: Format>
+    AddressSpace<C, M, A, T, F>
+{
     /// Unmaps `pages` pages from `at` in area `id` (Linux's
     /// `zap_vma_ptes`): clears the entries, frees page tables left empty,
     /// flushes the TLB, and only then gives back the reference and map
@@ -153,7 +155,7 @@ impl<C: PageCounter, M: TableMapper, A: TableAllocator, T: TlbFlush> AddressSpac
         for i in 0..512 {
             self.write(table, i, (base + i as u64 * step) | flags);
         }
-        self.write(leaf.table, leaf.index, pte::table_link(table));
+        self.write(leaf.table, leaf.index, F::table_link(table));
         self.tlb.flush_page(self.root(), leaf.va);
     }
 }
