@@ -7,6 +7,8 @@
 //! - [`hal`]: what the host kernel provides (DMA memory), and owned buffers.
 //! - [`mm`]: page-table insertion: `insert_page`, `remap_pfn_range` and the
 //!   rules around them, on x86_64 4-level page tables.
+//! - [`iommu`]: an Intel VT-d unit between the engines and memory: DMA
+//!   domains built by the same page-table walker, faults reported.
 //! - [`mmio`]: register windows accessed through volatile pointers.
 //!
 //! The crate builds for `x86_64-unknown-none` and for the host, where its
@@ -99,5 +101,6 @@ pub struct ReadmeDoctests;
 pub mod drivers;
 pub mod engine;
 pub mod hal;
+pub mod iommu;
 pub mod mm;
 pub mod mmio;

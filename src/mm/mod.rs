@@ -110,4 +110,4 @@ impl core::error::Error for MmError {}
 #[cfg(test)]
 mod hardening_tests;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

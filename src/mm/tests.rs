@@ -20,9 +20,9 @@ use super::vma::{PageProt, VmFlags};
 
 /// Records every flush.
 #[derive(Default, Debug)]
-pub(super) struct Tlb {
-    pub(super) pages: Vec<u64>,
-    pub(super) full: usize,
+pub(crate) struct Tlb {
+    pub(crate) pages: Vec<u64>,
+    pub(crate) full: usize,
 }
 
 // SAFETY: host page tables are never loaded by any CPU, so there is
@@ -37,48 +37,48 @@ unsafe impl TlbFlush for Tlb {
 }
 
 /// The page at `addr` (page-aligned).
-pub(super) fn pg(addr: u64) -> Page {
+pub(crate) fn pg(addr: u64) -> Page {
     Page::from_start_address(VirtAddr::new(addr)).expect("a page-aligned address")
 }
 
-pub(super) fn va(addr: u64) -> VirtAddr {
+pub(crate) fn va(addr: u64) -> VirtAddr {
     VirtAddr::new(addr)
 }
 
 /// The frame with number `pfn`.
-pub(super) fn fr(pfn: u64) -> PhysFrame {
+pub(crate) fn fr(pfn: u64) -> PhysFrame {
     PhysFrame::containing_address(PhysAddr::new(pfn << 12))
 }
 
 /// Pages in `[start, end)`.
-pub(super) fn npages(start: u64, end: u64) -> u64 {
+pub(crate) fn npages(start: u64, end: u64) -> u64 {
     (end - start) / PAGE_4K
 }
 
-pub(super) fn bytes_to_pages(bytes: u64) -> u64 {
+pub(crate) fn bytes_to_pages(bytes: u64) -> u64 {
     bytes / PAGE_4K
 }
 
 /// Host memory is reached at offset 0.
-pub(super) fn mapper() -> OffsetMapper {
+pub(crate) fn mapper() -> OffsetMapper {
     // SAFETY: test frames are host memory, mapped 1:1.
     unsafe { OffsetMapper::new(VirtAddr::zero()) }
 }
 
 /// A space whose tables and pages come from `db`.
-pub(super) fn new_space<'a>(db: &'a FrameDb<'a>) -> Space<'a> {
+pub(crate) fn new_space<'a>(db: &'a FrameDb<'a>) -> Space<'a> {
     Space::new(db, mapper(), db, Tlb::default(), true).unwrap()
 }
 
 /// Host memory standing in for the physical frames a database manages.
-pub(super) struct Memory {
+pub(crate) struct Memory {
     base: *mut u8,
     frames: usize,
     infos: Vec<PageInfo>,
 }
 
 impl Memory {
-    pub(super) fn new(frames: usize) -> Memory {
+    pub(crate) fn new(frames: usize) -> Memory {
         let layout = Layout::from_size_align(frames * 4096, 4096).unwrap();
         // SAFETY: non-zero size.
         let base = unsafe { alloc_zeroed(layout) };
@@ -90,7 +90,7 @@ impl Memory {
         }
     }
 
-    pub(super) fn db(&self) -> FrameDb<'_> {
+    pub(crate) fn db(&self) -> FrameDb<'_> {
         // SAFETY: the frames are this host allocation, used only by the
         // database while it lives.
         unsafe { FrameDb::new(&self.infos, fr(self.base as u64 >> 12)) }
@@ -109,22 +109,22 @@ impl Drop for Memory {
     }
 }
 
-pub(super) type Space<'a> = AddressSpace<&'a FrameDb<'a>, OffsetMapper, &'a FrameDb<'a>, Tlb>;
+pub(crate) type Space<'a> = AddressSpace<&'a FrameDb<'a>, OffsetMapper, &'a FrameDb<'a>, Tlb>;
 
-pub(super) const SHARED_RW: VmFlags = VmFlags::READ
+pub(crate) const SHARED_RW: VmFlags = VmFlags::READ
     .union(VmFlags::WRITE)
     .union(VmFlags::SHARED)
     .union(VmFlags::MAYWRITE);
-pub(super) const COW: VmFlags = VmFlags::READ.union(VmFlags::WRITE).union(VmFlags::MAYWRITE);
+pub(crate) const COW: VmFlags = VmFlags::READ.union(VmFlags::WRITE).union(VmFlags::MAYWRITE);
 /// A 2 MiB-aligned area start, away from address 0.
-pub(super) const BASE: u64 = 0x4000_0000;
+pub(crate) const BASE: u64 = 0x4000_0000;
 
-pub(super) fn counts(db: &FrameDb<'_>, pfn: u64) -> (u32, u32) {
+pub(crate) fn counts(db: &FrameDb<'_>, pfn: u64) -> (u32, u32) {
     let s = db.state(fr(pfn)).unwrap();
     (s.refcount, s.mapcount)
 }
 
-pub(super) fn table_frames(db: &FrameDb<'_>) -> usize {
+pub(crate) fn table_frames(db: &FrameDb<'_>) -> usize {
     (0..db.len())
         .filter(|&i| db.state(db.frame(i).unwrap()).unwrap().kind == FrameKind::PageTable)
         .count()
@@ -1240,7 +1240,7 @@ proptest! {
     }
 }
 
-pub(super) fn page_bytes(pa: u64) -> &'static mut [u8] {
+pub(crate) fn page_bytes(pa: u64) -> &'static mut [u8] {
     // SAFETY: test frames are host memory the fake HAL maps 1:1; callers
     // only use pages they own.
     unsafe { core::slice::from_raw_parts_mut(pa as *mut u8, 4096) }
@@ -1403,16 +1403,16 @@ fn write_faults_copy_remapped_frames_and_forked_pages() {
 
 /// A kernel's frame allocator for table frames: frames of its own host
 /// memory, counted while out.
-pub(super) struct FakeAlloc {
+pub(crate) struct FakeAlloc {
     _mem: Memory,
     free: Vec<PhysFrame>,
     out: std::rc::Rc<std::cell::Cell<usize>>,
     /// The allocator fails (returns `None`) once this many frames are out.
-    pub(super) limit: usize,
+    pub(crate) limit: usize,
 }
 
 impl FakeAlloc {
-    pub(super) fn new(frames: usize) -> FakeAlloc {
+    pub(crate) fn new(frames: usize) -> FakeAlloc {
         let mem = Memory::new(frames);
         let first = mem.base as u64;
         FakeAlloc {
@@ -1428,7 +1428,7 @@ impl FakeAlloc {
 
     /// A counter of the frames out, that stays readable while the
     /// allocator is inside an address space.
-    pub(super) fn out_counter(&self) -> std::rc::Rc<std::cell::Cell<usize>> {
+    pub(crate) fn out_counter(&self) -> std::rc::Rc<std::cell::Cell<usize>> {
         self.out.clone()
     }
 }

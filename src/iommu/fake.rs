@@ -1,0 +1,215 @@
+//! A fake VT-d unit for host tests: the registers the driver uses (with
+//! QEMU's command semantics: one-shot GCMD bits, ICC and IVT cleared when
+//! done), one fault recording register, and a DMA path that walks the root,
+//! context and second-level tables in host memory as the hardware does,
+//! through an IOTLB that keeps translations until invalidated.
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+
+use super::regs;
+use crate::mmio::Registers;
+
+/// Where the fake places the IOTLB and fault recording registers.
+pub const IRO: usize = 0x100;
+/// The first fault recording register.
+pub const FRO: usize = 0x200;
+
+#[derive(Default)]
+struct State {
+    gsts: u32,
+    rtaddr: u64,
+    /// The root table in use (latched by SRTP).
+    root: u64,
+    iva: u64,
+    fsts: u32,
+    frcd: (u64, u64),
+    /// (source, page) -> (frame, writable)
+    iotlb: BTreeMap<(u16, u64), (u64, bool)>,
+    invalidations: usize,
+    accesses: u64,
+}
+
+/// The fake unit.
+#[derive(Default)]
+pub struct FakeVtd {
+    state: RefCell<State>,
+}
+
+/// What a DMA access got.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Access {
+    /// Translated to this physical address.
+    Ok(u64),
+    /// Refused with this fault reason (recorded if the register was free).
+    Fault(u8),
+}
+
+fn read(pa: u64) -> u64 {
+    // SAFETY: test tables live in host memory, 1:1.
+    unsafe { (pa as *const u64).read_volatile() }
+}
+
+impl FakeVtd {
+    /// A unit in its reset state.
+    pub fn new() -> FakeVtd {
+        FakeVtd::default()
+    }
+
+    /// IOTLB invalidations done so far.
+    pub fn invalidations(&self) -> usize {
+        self.state.borrow().invalidations
+    }
+
+    /// A DMA access by `source` to `iova`: translated through the IOTLB or
+    /// the tables (when translation is on), or refused and recorded.
+    pub fn dma(&self, source: u16, iova: u64, write: bool) -> Access {
+        let mut s = self.state.borrow_mut();
+        if s.gsts & regs::GSTS_TES == 0 {
+            return Access::Ok(iova);
+        }
+        let page = iova & !0xfff;
+        if let Some(&(frame, writable)) = s.iotlb.get(&(source, page))
+            && (writable || !write)
+        {
+            return Access::Ok(frame | (iova & 0xfff));
+        }
+        let outcome = Self::walk(s.root, source, iova, write);
+        match outcome {
+            Ok((frame, writable)) => {
+                s.iotlb.insert((source, page), (frame, writable));
+                Access::Ok(frame | (iova & 0xfff))
+            }
+            Err(reason) => {
+                if s.frcd.1 & regs::FRCD_F == 0 {
+                    s.frcd = (
+                        page,
+                        regs::FRCD_F
+                            | if write { 0 } else { regs::FRCD_T_READ }
+                            | (reason as u64) << 32
+                            | source as u64,
+                    );
+                    s.fsts |= regs::FSTS_PPF;
+                } else {
+                    s.fsts |= regs::FSTS_PFO;
+                }
+                Access::Fault(reason)
+            }
+        }
+    }
+
+    /// Walks root -> context -> four second-level levels; `Ok((page
+    /// frame, writable))` or the fault reason.
+    fn walk(root: u64, source: u16, iova: u64, write: bool) -> Result<(u64, bool), u8> {
+        let root_entry = read(root + 16 * (source as u64 >> 8));
+        if root_entry & regs::ROOT_PRESENT == 0 {
+            return Err(1);
+        }
+        let context = root_entry & !0xfff;
+        let lo = read(context + 16 * (source as u64 & 0xff));
+        let hi = read(context + 16 * (source as u64 & 0xff) + 8);
+        if lo & regs::CONTEXT_PRESENT == 0 {
+            return Err(2);
+        }
+        assert_eq!(hi & 7, regs::CONTEXT_AW_4LEVEL, "4-level tables");
+        let mut table = lo & !0xfff;
+        let want = if write { 2 } else { 1 };
+        for level in (1..=4u32).rev() {
+            let index = (iova >> (12 + 9 * (level - 1))) & 0x1ff;
+            let entry = read(table + 8 * index);
+            assert_eq!(entry & (1 << 11), 0, "SNP faults in legacy mode");
+            if entry & want == 0 {
+                return Err(if write {
+                    regs::REASON_WRITE
+                } else {
+                    regs::REASON_READ
+                });
+            }
+            let address = entry & 0x000f_ffff_ffff_f000;
+            if level == 1 || entry & (1 << 7) != 0 {
+                let size = 1u64 << (12 + 9 * (level - 1));
+                let frame = (address & !(size - 1)) + (iova & (size - 1) & !0xfff);
+                return Ok((frame, entry & 2 != 0));
+            }
+            table = address;
+        }
+        unreachable!()
+    }
+}
+
+impl Registers for FakeVtd {
+    fn read8(&self, _offset: usize) -> u8 {
+        panic!("VT-d registers are 32 or 64 bits wide");
+    }
+    fn write8(&self, _offset: usize, _value: u8) {
+        panic!("VT-d registers are 32 or 64 bits wide");
+    }
+    fn read32(&self, offset: usize) -> u32 {
+        let mut s = self.state.borrow_mut();
+        s.accesses += 1;
+        match offset {
+            regs::GSTS => s.gsts,
+            regs::FSTS => s.fsts,
+            _ => 0,
+        }
+    }
+    fn write32(&self, offset: usize, value: u32) {
+        let mut s = self.state.borrow_mut();
+        s.accesses += 1;
+        match offset {
+            regs::GCMD => {
+                if value & regs::GCMD_SRTP != 0 {
+                    s.root = s.rtaddr;
+                    s.gsts |= regs::GSTS_RTPS;
+                }
+                if value & regs::GCMD_TE != 0 {
+                    s.gsts |= regs::GSTS_TES;
+                } else {
+                    s.gsts &= !regs::GSTS_TES;
+                }
+            }
+            regs::FSTS => s.fsts &= !(value & regs::FSTS_PFO),
+            _ => {}
+        }
+    }
+    fn read64(&self, offset: usize) -> u64 {
+        let mut s = self.state.borrow_mut();
+        s.accesses += 1;
+        match offset {
+            regs::CAP => regs::CAP_SAGAW_4LEVEL | regs::CAP_PSI | ((FRO / 16) as u64) << 24,
+            regs::ECAP => ((IRO / 16) as u64) << 8,
+            regs::RTADDR => s.rtaddr,
+            o if o == FRO => s.frcd.0,
+            o if o == FRO + 8 => s.frcd.1,
+            _ => 0,
+        }
+    }
+    fn write64(&self, offset: usize, value: u64) {
+        let mut s = self.state.borrow_mut();
+        s.accesses += 1;
+        match offset {
+            regs::RTADDR => s.rtaddr = value,
+            regs::CCMD => {}
+            o if o == IRO + regs::IVA_REG => s.iva = value,
+            o if o == IRO + regs::IOTLB_REG && value & regs::IOTLB_IVT != 0 => {
+                s.invalidations += 1;
+                let domain_or_all = value & (3 << 60);
+                if domain_or_all == regs::IOTLB_PAGE {
+                    let page = s.iva & !0xfff;
+                    s.iotlb.retain(|&(_, p), _| p != page);
+                } else {
+                    // Global or domain-selective: the fake keeps one domain.
+                    s.iotlb.clear();
+                }
+            }
+            o if o == FRO + 8 && value & regs::FRCD_F != 0 => {
+                s.frcd = (0, 0);
+                s.fsts &= !regs::FSTS_PPF;
+            }
+            _ => {}
+        }
+    }
+    fn accesses(&self) -> u64 {
+        self.state.borrow().accesses
+    }
+}

@@ -1,0 +1,479 @@
+//! An IOMMU between the engines and memory: an Intel VT-d DMA-remapping
+//! unit, with one domain per device (or per group of devices a caller
+//! chooses).
+//!
+//! A domain is an [`AddressSpace`] in VT-d's second-level format
+//! ([`SecondLevel`]): the same walker and the same operations as the CPU's
+//! page tables (`insert_pages` maps counted pages for DMA and holds them
+//! while mapped, `remap_pfn_range` maps raw frames with 2 MiB and 1 GiB
+//! entries, `zap_range` unmaps), with an [`IotlbFlush`] in place of the
+//! CPU's TLB flush, so no frame is given back before the IOTLB forgets it.
+//! A device attached to a domain reaches only what the domain maps; any
+//! other access is dropped (a read returns zeros on QEMU) and recorded, and
+//! [`Iommu::take_fault`] reports it.
+//!
+//! Invalidation is register-based (the context command and IOTLB
+//! registers); the unit must not have queued invalidation enabled. Fault
+//! interrupts stay masked: faults are polled.
+
+#[cfg(test)]
+mod fake;
+pub mod regs;
+#[cfg(test)]
+mod tests;
+
+use core::cell::RefCell;
+use core::fmt;
+
+use x86_64::structures::paging::PhysFrame;
+use x86_64::{PhysAddr, VirtAddr};
+
+use crate::mm::pte::SecondLevel;
+use crate::mm::space::AddressSpace;
+use crate::mm::tlb::TlbFlush;
+use crate::mm::traits::{PageCounter, TableAllocator, TableMapper};
+use crate::mmio::Registers;
+
+/// Register reads a wait for the hardware makes before giving up.
+const WAIT_POLLS: u32 = 1_000_000;
+
+/// A PCI requester: bus, device and function (the "source id").
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SourceId {
+    /// Bus number.
+    pub bus: u8,
+    /// Device number (0-31).
+    pub device: u8,
+    /// Function number (0-7).
+    pub function: u8,
+}
+
+impl SourceId {
+    /// The 16-bit requester id: bus in bits 15:8, device 7:3, function 2:0.
+    pub const fn raw(self) -> u16 {
+        (self.bus as u16) << 8 | ((self.device as u16 & 0x1f) << 3) | (self.function as u16 & 7)
+    }
+
+    /// The requester with id `raw`.
+    pub const fn from_raw(raw: u16) -> SourceId {
+        SourceId {
+            bus: (raw >> 8) as u8,
+            device: ((raw >> 3) & 0x1f) as u8,
+            function: (raw & 7) as u8,
+        }
+    }
+
+    fn devfn(self) -> usize {
+        (self.raw() & 0xff) as usize
+    }
+}
+
+/// A domain's id (VT-d domain ids are 16 bits; 0 is kept unused).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct DomainId(u16);
+
+impl DomainId {
+    /// Domain `id`, if it is not 0.
+    pub const fn new(id: u16) -> Option<DomainId> {
+        if id == 0 { None } else { Some(DomainId(id)) }
+    }
+
+    /// The id.
+    pub const fn get(self) -> u16 {
+        self.0
+    }
+}
+
+/// A DMA access the unit refused, as its fault recording register held it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DmaFault {
+    /// The device that made the access.
+    pub source: SourceId,
+    /// The page of the address it used (an IOVA), 4 KiB-aligned.
+    pub address: u64,
+    /// Whether it was a write (else a read).
+    pub write: bool,
+    /// The VT-d fault reason (5: write not allowed, 6: read not allowed,
+    /// 2: no context entry, ...).
+    pub reason: u8,
+}
+
+/// Errors of the IOMMU driver.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum IommuError {
+    /// The unit cannot do 4-level (48-bit) second-level translation.
+    Unsupported,
+    /// No frame for a root or context table.
+    OutOfMemory,
+    /// The unit did not finish a command in time.
+    TimedOut,
+    /// The device is already attached to a domain (detach it first).
+    Attached,
+}
+
+impl fmt::Display for IommuError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            IommuError::Unsupported => "the unit has no 4-level second-level translation",
+            IommuError::OutOfMemory => "no frame for an IOMMU table",
+            IommuError::TimedOut => "the IOMMU did not finish a command in time",
+            IommuError::Attached => "the device is already attached to a domain",
+        })
+    }
+}
+
+impl core::error::Error for IommuError {}
+
+/// The root and context tables, behind a `RefCell` so domains (which
+/// borrow the unit for their IOTLB flushes) and attach calls can coexist.
+struct Tables<A> {
+    alloc: A,
+    /// Physical address of each bus's context table, 0 if none.
+    context: [u64; 256],
+}
+
+/// One VT-d DMA-remapping unit.
+pub struct Iommu<R: Registers, M: TableMapper, A: TableAllocator> {
+    regs: R,
+    mapper: M,
+    root: u64,
+    iotlb: usize,
+    frcd: usize,
+    nfr: usize,
+    psi: bool,
+    tables: RefCell<Tables<A>>,
+}
+
+impl<R: Registers, M: TableMapper, A: TableAllocator> Iommu<R, M, A> {
+    /// Takes over the unit behind `regs` (its register window,
+    /// [`regs::MMIO_SIZE`] bytes at the base address its ACPI DMAR table
+    /// gives): turns translation off if it was on, and installs an empty
+    /// root table (every device then faults once translation is on, until
+    /// attached to a domain). Tables come from `alloc` and are reached
+    /// through `mapper`.
+    ///
+    /// # Safety
+    /// `regs` must be this unit's register window and nothing else may
+    /// program the unit; queued invalidation must be off (it is at reset).
+    /// While translation is off (until [`Iommu::enable`]), devices reach
+    /// physical memory directly, as without an IOMMU.
+    pub unsafe fn new(regs: R, mapper: M, mut alloc: A) -> Result<Self, IommuError> {
+        let cap = regs.read64(regs::CAP);
+        let ecap = regs.read64(regs::ECAP);
+        if cap & regs::CAP_SAGAW_4LEVEL == 0 {
+            return Err(IommuError::Unsupported);
+        }
+        let root = alloc
+            .allocate_frame()
+            .ok_or(IommuError::OutOfMemory)?
+            .start_address()
+            .as_u64();
+        let iommu = Iommu {
+            regs,
+            mapper,
+            root,
+            iotlb: regs::ecap_iro(ecap),
+            frcd: regs::cap_fro(cap),
+            nfr: regs::cap_nfr(cap),
+            psi: cap & regs::CAP_PSI != 0,
+            tables: RefCell::new(Tables {
+                alloc,
+                context: [0; 256],
+            }),
+        };
+        iommu.zero(root);
+        iommu.command(0, regs::GSTS_TES);
+        iommu.regs.write64(regs::RTADDR, root);
+        iommu.command(regs::GCMD_SRTP, 0);
+        iommu.wait_status(regs::GSTS_RTPS)?;
+        iommu.invalidate_context()?;
+        iommu.invalidate_iotlb(regs::IOTLB_GLOBAL)?;
+        Ok(iommu)
+    }
+
+    /// Turns translation on: from now on every device reaches only what its
+    /// domain maps.
+    pub fn enable(&self) -> Result<(), IommuError> {
+        self.command(regs::GCMD_TE, 0);
+        self.wait_status(regs::GSTS_TES)
+    }
+
+    /// Turns translation off: devices reach physical memory directly.
+    pub fn disable(&self) -> Result<(), IommuError> {
+        self.command(0, regs::GSTS_TES);
+        for _ in 0..WAIT_POLLS {
+            if self.regs.read32(regs::GSTS) & regs::GSTS_TES == 0 {
+                return Ok(());
+            }
+        }
+        Err(IommuError::TimedOut)
+    }
+
+    /// Whether translation is on.
+    pub fn is_enabled(&self) -> bool {
+        self.regs.read32(regs::GSTS) & regs::GSTS_TES != 0
+    }
+
+    /// The flusher a domain with id `domain` uses: page-selective (or
+    /// domain-selective) IOTLB invalidation on this unit.
+    pub fn flusher(&self, domain: DomainId) -> IotlbFlush<'_, R> {
+        IotlbFlush {
+            regs: &self.regs,
+            iotlb: self.iotlb,
+            domain,
+            psi: self.psi,
+        }
+    }
+
+    /// Attaches `device` to the domain `domain` whose second-level tables
+    /// are rooted at `tables` (an [`AddressSpace`] in [`SecondLevel`]
+    /// format's root): its DMA is translated through them from now on.
+    ///
+    /// # Safety
+    /// `tables` must stay a live second-level hierarchy, reachable by the
+    /// unit, until the device is detached (and the domain's IOTLB entries
+    /// flushed by its [`IotlbFlush`]).
+    pub unsafe fn attach(
+        &self,
+        device: SourceId,
+        domain: DomainId,
+        tables: PhysFrame,
+    ) -> Result<(), IommuError> {
+        let context = self.context_table(device.bus)?;
+        let entry = self.entry(context, device.devfn());
+        // SAFETY: a context entry (16 bytes) in a table this unit owns.
+        let lo = unsafe { entry.read_volatile() };
+        if lo & regs::CONTEXT_PRESENT != 0 {
+            return Err(IommuError::Attached);
+        }
+        let hi = regs::CONTEXT_AW_4LEVEL | regs::context_domain(domain.get());
+        // SAFETY: as above; the high half first, the present bit last, so
+        // the unit never sees half an entry.
+        unsafe {
+            entry.add(1).write_volatile(hi);
+            entry.write_volatile(tables.start_address().as_u64() | regs::CONTEXT_PRESENT);
+        }
+        self.invalidate_context()?;
+        self.invalidate_iotlb(regs::IOTLB_DOMAIN | (domain.get() as u64) << 32)
+    }
+
+    /// Detaches `device`: its DMA faults again (until attached elsewhere).
+    pub fn detach(&self, device: SourceId) -> Result<(), IommuError> {
+        let context = self.tables.borrow().context[device.bus as usize];
+        if context == 0 {
+            return Ok(());
+        }
+        let entry = self.entry(context, device.devfn());
+        // SAFETY: a context entry in a table this unit owns; present bit
+        // first, so the unit never sees half an entry.
+        unsafe {
+            entry.write_volatile(0);
+            entry.add(1).write_volatile(0);
+        }
+        self.invalidate_context()?;
+        self.invalidate_iotlb(regs::IOTLB_GLOBAL)
+    }
+
+    /// The oldest recorded fault, cleared from its register, or `None`.
+    pub fn take_fault(&self) -> Option<DmaFault> {
+        if self.regs.read32(regs::FSTS) & regs::FSTS_PPF == 0 {
+            return None;
+        }
+        for i in 0..self.nfr {
+            let at = self.frcd + 16 * i;
+            let high = self.regs.read64(at + 8);
+            if high & regs::FRCD_F == 0 {
+                continue;
+            }
+            let low = self.regs.read64(at);
+            // Writing F back (1) clears the record.
+            self.regs.write64(at + 8, regs::FRCD_F);
+            self.regs.write32(regs::FSTS, regs::FSTS_PFO);
+            return Some(DmaFault {
+                source: SourceId::from_raw(regs::frcd_source(high)),
+                address: low & !0xfff,
+                write: high & regs::FRCD_T_READ == 0,
+                reason: regs::frcd_reason(high),
+            });
+        }
+        None
+    }
+
+    /// The context table of `bus`, made (and linked in the root table) on
+    /// first use.
+    fn context_table(&self, bus: u8) -> Result<u64, IommuError> {
+        let mut tables = self.tables.borrow_mut();
+        if tables.context[bus as usize] == 0 {
+            let table = tables
+                .alloc
+                .allocate_frame()
+                .ok_or(IommuError::OutOfMemory)?
+                .start_address()
+                .as_u64();
+            self.zero(table);
+            let root_entry = self.entry(self.root, bus as usize);
+            // SAFETY: the root entry of `bus` in our root table.
+            unsafe { root_entry.write_volatile(table | regs::ROOT_PRESENT) };
+            tables.context[bus as usize] = table;
+        }
+        Ok(tables.context[bus as usize])
+    }
+
+    /// A pointer to the low half of 16-byte entry `index` of the table at
+    /// `table` (a root or context table).
+    fn entry(&self, table: u64, index: usize) -> *mut u64 {
+        let frame = PhysFrame::containing_address(PhysAddr::new_truncate(table));
+        let base = self.mapper.frame_ptr(frame).cast::<u64>();
+        // SAFETY: a table frame of ours, mapped as 4096 bytes by the mapper's
+        // contract; `index < 256`, 16 bytes each.
+        unsafe { base.add(2 * (index & 0xff)) }
+    }
+
+    fn zero(&self, table: u64) {
+        let frame = PhysFrame::containing_address(PhysAddr::new_truncate(table));
+        // SAFETY: a frame just allocated to us; the mapper maps 4096 bytes.
+        unsafe { self.mapper.frame_ptr(frame).write_bytes(0, 4096) }
+    }
+
+    /// Writes GCMD: the persistent state bits of GSTS, minus `clear`, plus
+    /// the command `set`.
+    fn command(&self, set: u32, clear: u32) {
+        let status = self.regs.read32(regs::GSTS) & regs::GSTS_PERSISTENT;
+        self.regs.write32(regs::GCMD, (status & !clear) | set);
+    }
+
+    fn wait_status(&self, bit: u32) -> Result<(), IommuError> {
+        for _ in 0..WAIT_POLLS {
+            if self.regs.read32(regs::GSTS) & bit != 0 {
+                return Ok(());
+            }
+        }
+        Err(IommuError::TimedOut)
+    }
+
+    fn invalidate_context(&self) -> Result<(), IommuError> {
+        self.regs
+            .write64(regs::CCMD, regs::CCMD_ICC | regs::CCMD_GLOBAL);
+        for _ in 0..WAIT_POLLS {
+            if self.regs.read64(regs::CCMD) & regs::CCMD_ICC == 0 {
+                return Ok(());
+            }
+        }
+        Err(IommuError::TimedOut)
+    }
+
+    fn invalidate_iotlb(&self, kind: u64) -> Result<(), IommuError> {
+        iotlb_command(&self.regs, self.iotlb, kind)
+    }
+}
+
+/// Issues an IOTLB invalidation and waits for it.
+fn iotlb_command<R: Registers>(regs: &R, iotlb: usize, kind: u64) -> Result<(), IommuError> {
+    regs.write64(
+        iotlb + regs::IOTLB_REG,
+        regs::IOTLB_IVT | regs::IOTLB_DRAIN | kind,
+    );
+    for _ in 0..WAIT_POLLS {
+        if regs.read64(iotlb + regs::IOTLB_REG) & regs::IOTLB_IVT == 0 {
+            return Ok(());
+        }
+    }
+    Err(IommuError::TimedOut)
+}
+
+impl<R: Registers, M: TableMapper, A: TableAllocator> Drop for Iommu<R, M, A> {
+    fn drop(&mut self) {
+        // Translation off first: then no device walks the tables we free.
+        let _ = self.disable();
+        let tables = self.tables.get_mut();
+        for table in tables.context.iter_mut().filter(|t| **t != 0) {
+            let frame = PhysFrame::containing_address(PhysAddr::new_truncate(*table));
+            // SAFETY: a context table from this allocator; translation is
+            // off, so the unit no longer reads it.
+            unsafe { tables.alloc.deallocate_frame(frame) };
+            *table = 0;
+        }
+        let root = PhysFrame::containing_address(PhysAddr::new_truncate(self.root));
+        // SAFETY: as above, for the root table.
+        unsafe { tables.alloc.deallocate_frame(root) };
+    }
+}
+
+/// A domain's IOTLB flush: what a second-level [`AddressSpace`] calls where
+/// the CPU's would flush its TLB.
+pub struct IotlbFlush<'a, R: Registers> {
+    regs: &'a R,
+    iotlb: usize,
+    domain: DomainId,
+    psi: bool,
+}
+
+impl<R: Registers> IotlbFlush<'_, R> {
+    /// The domain it flushes.
+    pub fn domain(&self) -> DomainId {
+        self.domain
+    }
+
+    fn domain_selective(&self) {
+        let done = iotlb_command(
+            self.regs,
+            self.iotlb,
+            regs::IOTLB_DOMAIN | (self.domain.get() as u64) << 32,
+        );
+        // The caller frees memory the unit may still translate to as soon
+        // as this returns: a unit that never finishes is fatal.
+        assert!(
+            done.is_ok(),
+            "the IOMMU did not finish an IOTLB invalidation"
+        );
+    }
+}
+
+// SAFETY: both calls return only after the unit reports the invalidation
+// done (IVT clear), with reads and writes drained; a page-selective one
+// covers the page, a domain-selective one the whole domain (and the
+// paging-structure caches, which the unit invalidates with the IOTLB).
+unsafe impl<R: Registers> TlbFlush for IotlbFlush<'_, R> {
+    fn flush_page(&mut self, _root: PhysFrame, va: VirtAddr) {
+        if !self.psi {
+            self.domain_selective();
+            return;
+        }
+        self.regs
+            .write64(self.iotlb + regs::IVA_REG, va.as_u64() & !0xfff);
+        if iotlb_command(
+            self.regs,
+            self.iotlb,
+            regs::IOTLB_PAGE | (self.domain.get() as u64) << 32,
+        )
+        .is_err()
+        {
+            self.domain_selective();
+        }
+    }
+
+    fn flush_all(&mut self, _root: PhysFrame) {
+        self.domain_selective();
+    }
+}
+
+/// A DMA domain: second-level tables built by the same walker as the CPU's
+/// page tables, flushed through the unit's IOTLB.
+pub type Domain<'a, C, M, A, R> = AddressSpace<C, M, A, IotlbFlush<'a, R>, SecondLevel>;
+
+/// Makes a domain with id `id` on `iommu`: pages counted by `counter`,
+/// tables from `alloc` reached through `mapper` (the unit reads them
+/// directly, so they must be ordinary RAM).
+pub fn domain<'a, C: PageCounter, M: TableMapper, A: TableAllocator, R: Registers, M2, A2>(
+    iommu: &'a Iommu<R, M2, A2>,
+    id: DomainId,
+    counter: C,
+    mapper: M,
+    alloc: A,
+) -> Result<Domain<'a, C, M, A, R>, crate::mm::MmError>
+where
+    M2: TableMapper,
+    A2: TableAllocator,
+{
+    AddressSpace::new(counter, mapper, alloc, iommu.flusher(id), false)
+}
