@@ -475,5 +475,5 @@ where
     M2: TableMapper,
     A2: TableAllocator,
 {
-    AddressSpace::new(counter, mapper, alloc, iommu.flusher(id), false)
+    AddressSpace::new_in(counter, mapper, alloc, iommu.flusher(id), false)
 }

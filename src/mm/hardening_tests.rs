@@ -828,7 +828,7 @@ fn one_walker_builds_vt_d_second_level_tables_too() {
         AddressSpace<&'a FrameDb<'a>, OffsetMapper, &'a FrameDb<'a>, Tlb, SecondLevel>;
     let mem = Memory::new(64);
     let db = mem.db();
-    let mut domain = Domain::new(&db, mapper(), &db, Tlb::default(), false).unwrap();
+    let mut domain = Domain::new_in(&db, mapper(), &db, Tlb::default(), false).unwrap();
     let rw = VmFlags::READ | VmFlags::WRITE | VmFlags::SHARED;
     let v = domain.map_vma(pg(BASE), 2 * PAGE_2M / PAGE_4K, rw).unwrap();
     let pages: Vec<PageRef<'_>> = (0..3).map(|_| db.alloc_page().unwrap()).collect();

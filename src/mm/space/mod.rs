@@ -160,17 +160,12 @@ fn frame(phys: u64) -> PhysFrame {
     PhysFrame::containing_address(PhysAddr::new_truncate(phys))
 }
 
-impl<C: PageCounter, M: TableMapper, A: TableAllocator, T: TlbFlush, F: Format>
-    AddressSpace<C, M, A, T, F>
-{
+impl<C: PageCounter, M: TableMapper, A: TableAllocator, T: TlbFlush> AddressSpace<C, M, A, T, X86> {
     /// An empty address space with its own root table from `alloc`. `nx`
     /// says whether the execute-disable bit may be used (EFER.NXE is on;
     /// without it the bit is reserved and would fault).
-    pub fn new(counter: C, mapper: M, mut alloc: A, tlb: T, nx: bool) -> Result<Self, MmError> {
-        let root = alloc.allocate_frame().ok_or(MmError::OutOfMemory)?;
-        let space = Self::with_root(counter, mapper, alloc, tlb, nx, root, true);
-        space.zero_table(space.root);
-        Ok(space)
+    pub fn new(counter: C, mapper: M, alloc: A, tlb: T, nx: bool) -> Result<Self, MmError> {
+        Self::new_in(counter, mapper, alloc, tlb, nx)
     }
 
     /// An address space inside the hierarchy rooted at `root`, which the
@@ -192,6 +187,19 @@ impl<C: PageCounter, M: TableMapper, A: TableAllocator, T: TlbFlush, F: Format>
         nx: bool,
     ) -> Self {
         Self::with_root(counter, mapper, alloc, tlb, nx, root, false)
+    }
+}
+
+impl<C: PageCounter, M: TableMapper, A: TableAllocator, T: TlbFlush, F: Format>
+    AddressSpace<C, M, A, T, F>
+{
+    /// As [`AddressSpace::new`], for a hierarchy in entry format `F` (an
+    /// IOMMU domain's [`SecondLevel`](super::pte::SecondLevel) tables).
+    pub fn new_in(counter: C, mapper: M, mut alloc: A, tlb: T, nx: bool) -> Result<Self, MmError> {
+        let root = alloc.allocate_frame().ok_or(MmError::OutOfMemory)?;
+        let space = Self::with_root(counter, mapper, alloc, tlb, nx, root, true);
+        space.zero_table(space.root);
+        Ok(space)
     }
 
     fn with_root(
