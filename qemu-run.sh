@@ -13,14 +13,15 @@
 # one), TIMEOUT=seconds (whole run), QEMU=path to qemu-system-x86_64 and
 # QEMU_DATA=its data folder (-L; .ci/fetch-qemu-10 prints both for QEMU 10),
 # SEED=n (the seed of the randomized tests; a new one each run otherwise,
-# printed by the guest as its second line).
+# printed by the guest as its second line), IOMMU=on|off (default on: q35
+# with an Intel VT-d unit; off: the pc machine without one).
 # Exit status: 0 when the guest reports success, non-zero otherwise (guest
 # failure, unknown mode, filter matching nothing, timeout, triple fault).
 set -uo pipefail
 cd "$(dirname "$0")" || exit 2
 
 die() { echo "qemu-run: $*" >&2; exit 2; }
-usage() { sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; }
 
 mode=${1:-demo}
 [ $# -gt 0 ] && shift
@@ -65,13 +66,20 @@ seed=${SEED:-$(od -An -N6 -tu8 /dev/urandom | tr -d ' ')}
 case "$seed" in ''|*[!0-9]*) die "SEED must be a decimal number, got '$seed'" ;; esac
 timeout_s=${TIMEOUT:-$default_timeout}
 
+# q35 with an Intel VT-d unit (4-level second-level tables; interrupt
+# remapping off), or IOMMU=off for the plain pc machine without one.
+case "${IOMMU:-on}" in
+    on) machine=(-machine q35 -device intel-iommu,intremap=off,aw-bits=48) ;;
+    off) machine=(-machine pc) ;;
+    *) die "IOMMU must be on or off, got '${IOMMU}'" ;;
+esac
 # The CPU model gets 1 GiB pages (pdpe1gb), which QEMU's default lacks.
 # The edu device gets a 32-bit DMA mask (its default is 28 bits, which
 # would silently truncate buffers above 256 MiB); boot/src/dma.rs assumes it.
 mkdir -p target/qemu
 log=target/qemu/$mode${filter:+-$filter}.log
 timeout -k 5 "$timeout_s" "$QEMU" \
-    -machine pc -accel "$accel" -cpu qemu64,+pdpe1gb -m 2G \
+    "${machine[@]}" -accel "$accel" -cpu qemu64,+pdpe1gb -m 2G \
     -display none -monitor none -serial stdio -no-reboot -nic none -vga none \
     -device lsi53c895a -device edu,dma_mask=0xffffffff \
     -device isa-debug-exit,iobase=0xf4,iosize=0x04 \

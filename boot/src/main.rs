@@ -11,6 +11,7 @@
 
 extern crate alloc;
 
+mod acpi;
 mod bench;
 mod demo;
 mod devices;
@@ -20,6 +21,7 @@ mod example;
 mod exit;
 mod gdt;
 mod harness;
+mod iommu;
 mod irq;
 mod mem;
 mod mm;

@@ -36,6 +36,8 @@ pub struct BootInfo {
     regions: [Region; MAX_REGIONS],
     region_count: usize,
     cmdline: [u8; MAX_CMDLINE],
+    /// Physical address of the ACPI RSDP (0 if the loader gave none).
+    rsdp: u64,
     cmdline_len: usize,
 }
 
@@ -43,6 +45,12 @@ impl BootInfo {
     /// The memory map, as QEMU reported it.
     pub fn regions(&self) -> &[Region] {
         &self.regions[..self.region_count]
+    }
+
+    /// Physical address of the ACPI RSDP, if the loader passed one
+    /// (`hvm_start_info.rsdp_paddr`; QEMU's PVH option ROM does).
+    pub fn rsdp(&self) -> Option<u64> {
+        (self.rsdp != 0).then_some(self.rsdp)
     }
 
     /// The `-append` command line.
@@ -70,6 +78,7 @@ pub fn parse(start_info: u64) -> Result<BootInfo, &'static str> {
         region_count: 0,
         cmdline: [0; MAX_CMDLINE],
         cmdline_len: 0,
+        rsdp: read_phys(start_info + 32),
     };
     let cmdline: u64 = read_phys(start_info + 24);
     if cmdline != 0 {

@@ -5,6 +5,7 @@ use alloc::vec::Vec;
 use crate::harness::Test;
 
 mod dma;
+mod iommu;
 mod kernel;
 mod mm;
 mod selftest;
@@ -17,6 +18,10 @@ pub fn all() -> Vec<Test> {
     tests.extend_from_slice(dma::TESTS);
     tests.extend_from_slice(mm::TESTS);
     tests.extend_from_slice(user::TESTS);
+    // Only on a machine with a DMA-remapping unit (not with IOMMU=off).
+    if crate::iommu::base().is_some() {
+        tests.extend_from_slice(iommu::TESTS);
+    }
     tests
 }
 

@@ -96,7 +96,7 @@ pub struct Mark {
 ///
 /// Through [`Channel::engine_mut`](crate::engine::Channel::engine_mut)
 /// these are safe to call: [`Lsi53c895a::is_running`],
-/// [`Lsi53c895a::regs`], and with the `test-hooks` feature
+/// [`Lsi53c895a::regs`], [`Lsi53c895a::dma_block`], and with the `test-hooks` feature
 /// `set_manual_start` and `inject_illegal_instruction`.
 ///
 /// What QEMU 7.2's emulation does that the driver depends on: it runs at
@@ -186,6 +186,14 @@ impl<H: Hal, R: Registers> Lsi53c895a<H, R> {
         }
         engine.reset()?;
         Ok(engine)
+    }
+
+    /// The DMA memory the chip itself reads and writes (the ring, the
+    /// shadow words, the completion word and the zero buffer): its DMA
+    /// address and length. Behind an IOMMU, the chip's domain must map it
+    /// at that same address, read-write.
+    pub fn dma_block(&self) -> (DmaAddr, usize) {
+        (self.block_dma, self.block_pages * PAGE_SIZE)
     }
 
     /// The register window (its access count is how benchmarks count MMIO).
