@@ -2,6 +2,7 @@
 //! `qemu-run.sh bench` collects into `target/bench/latest.csv`.
 
 mod dma;
+mod iommu;
 mod mm;
 
 use core::sync::atomic::{AtomicUsize, Ordering};
@@ -53,6 +54,9 @@ pub fn run(filter: Option<&str>) -> ExitCode {
     }
     if wanted("mm") {
         mm::run();
+    }
+    if wanted("iommu") {
+        iommu::run();
     }
     // A filter that names no group, or groups whose devices are missing,
     // is not a successful benchmark run.

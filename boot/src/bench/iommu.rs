@@ -1,0 +1,180 @@
+//! IOMMU benchmarks, each side by side in one run: mapping 64 MiB of pages
+//! into a VT-d domain against inserting them into a CPU address space (the
+//! same walker, another entry format); the entries a 1 GiB remap writes;
+//! and 1 MiB LSI53C895A copies with translation on against off.
+
+use alloc::vec::Vec;
+
+use dmaengine::engine::PrepFlags;
+use dmaengine::iommu::{self, DomainId};
+use dmaengine::mm::frame::PageRef;
+use dmaengine::mm::vma::{PageProt, VmFlags};
+use x86_64::structures::paging::{Page, PhysFrame};
+use x86_64::{PhysAddr, VirtAddr};
+
+use super::report;
+use crate::dma::{lsi_channel, lsi_device};
+use crate::iommu::{source_of, take};
+use crate::mm::{db, mapper, new_space};
+use crate::{platform, println, time};
+
+const PAGES: usize = (64 << 20) / 4096;
+const ROUNDS: usize = 5;
+const AREA: u64 = 1 << 39;
+const RW: VmFlags = VmFlags::READ
+    .union(VmFlags::WRITE)
+    .union(VmFlags::SHARED)
+    .union(VmFlags::MAYWRITE);
+
+fn page(addr: u64) -> Page {
+    Page::containing_address(VirtAddr::new(addr))
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_unstable_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+pub fn run() {
+    let Ok(unit) = take() else {
+        println!("iommu benchmarks skipped: no DMA-remapping unit (IOMMU=off?)");
+        return;
+    };
+    let Ok(pages) = (0..PAGES)
+        .map(|_| db().alloc_page())
+        .collect::<Result<Vec<PageRef<'static>>, _>>()
+    else {
+        println!("iommu benchmarks skipped: not enough pages");
+        return;
+    };
+    let id = DomainId::new(2).expect("a domain id");
+    let (mut dom_v, mut cpu_v) = (Vec::new(), Vec::new());
+    for _ in 0..ROUNDS {
+        let mut domain = iommu::domain(&unit, id, db(), mapper(), db()).expect("a domain");
+        let area = domain.map_vma(page(AREA), PAGES as u64, RW).expect("area");
+        let start = time::rdtsc();
+        for (i, chunk) in pages.chunks(512).enumerate() {
+            domain
+                .insert_pages(area, page(AREA + (i * 512 * 4096) as u64), chunk)
+                .expect("map");
+        }
+        dom_v.push(time::cycles_to_ns(time::rdtsc() - start) as f64 / PAGES as f64);
+        drop(domain);
+        let mut space = new_space(platform().nx).expect("a space");
+        let area = space.map_vma(page(AREA), PAGES as u64, RW).expect("area");
+        let start = time::rdtsc();
+        for (i, chunk) in pages.chunks(512).enumerate() {
+            space
+                .insert_pages(area, page(AREA + (i * 512 * 4096) as u64), chunk)
+                .expect("insert");
+        }
+        cpu_v.push(time::cycles_to_ns(time::rdtsc() - start) as f64 / PAGES as f64);
+    }
+    let (dom, cpu) = (median(dom_v), median(cpu_v));
+    report("iommu.map.ns_per_page", dom, "ns");
+    report("iommu.map_vs_insert_pages.ratio", dom / cpu, "x");
+    drop(pages);
+
+    // 1 GiB of IOVA space over 1 GiB of physical memory from 0.
+    let mut domain = iommu::domain(&unit, id, db(), mapper(), db()).expect("a domain");
+    domain.set_1g_pages(true);
+    let area = domain.map_vma(page(1 << 30), 1 << 18, RW).expect("area");
+    let before = domain.entries_written();
+    let frame = PhysFrame::containing_address(PhysAddr::new(0));
+    domain
+        .remap_pfn_range(area, page(1 << 30), frame, 1 << 18, PageProt::READ_WRITE)
+        .expect("remap 1 GiB");
+    report(
+        "iommu.map_1GiB.entries",
+        (domain.entries_written() - before) as f64,
+        "count",
+    );
+    drop(domain);
+    copy_with_and_without_translation(&unit);
+}
+
+/// A 2 MiB run of frames, given back when dropped.
+struct Aligned(u64);
+
+impl Aligned {
+    fn paddr(&self) -> u64 {
+        self.0
+    }
+}
+
+impl Drop for Aligned {
+    fn drop(&mut self) {
+        let _ = crate::mem::frames::free_contiguous(self.0, 512);
+    }
+}
+
+/// 1 MiB LSI53C895A copies, translation on (buffers mapped at their own
+/// addresses in the chip's domain) and off, alternating.
+fn copy_with_and_without_translation(unit: &crate::iommu::Unit) {
+    const SIZE: usize = 1 << 20;
+    const N: usize = 40;
+    let (Ok(mut lsi), Some(dev)) = (lsi_channel(), lsi_device()) else {
+        return;
+    };
+    // 2 MiB-aligned buffers, so the domain maps each with one 2 MiB entry
+    // and QEMU translates a whole copy with one IOTLB entry.
+    let (Ok(src_pa), Ok(dst_pa)) = (
+        crate::mem::frames::alloc_contiguous(512, 512),
+        crate::mem::frames::alloc_contiguous(512, 512),
+    ) else {
+        return;
+    };
+    let (src, dst) = (Aligned(src_pa), Aligned(dst_pa));
+    let id = DomainId::new(3).expect("a domain id");
+    let mut domain = iommu::domain(unit, id, db(), mapper(), db()).expect("a domain");
+    let (block, len) = lsi.engine().dma_block();
+    for (at, bytes) in [
+        (block, len),
+        (src.paddr(), 2 * SIZE),
+        (dst.paddr(), 2 * SIZE),
+    ] {
+        let pages = (bytes as u64).div_ceil(4096);
+        let area = domain.map_vma(page(at), pages, RW).expect("area");
+        let frame = PhysFrame::containing_address(PhysAddr::new(at));
+        domain
+            .remap_pfn_range(area, page(at), frame, pages, PageProt::READ_WRITE)
+            .expect("identity");
+    }
+    let source = source_of(dev);
+    // SAFETY: the domain outlives the attachment (detached below).
+    unsafe { unit.attach(source, id, domain.root()) }.expect("attach");
+    let mut run = |on: bool| {
+        if on {
+            unit.enable().expect("on");
+        } else {
+            unit.disable().expect("off");
+        }
+        let start = time::rdtsc();
+        for _ in 0..N {
+            // SAFETY: both buffers are ours for the whole benchmark.
+            let c = unsafe { lsi.prep_copy(dst.paddr(), src.paddr(), SIZE, PrepFlags::empty()) }
+                .expect("prep");
+            lsi.wait(c, &mut time::Delay, core::time::Duration::from_secs(5))
+                .expect("copy");
+        }
+        (SIZE * N) as f64 / time::cycles_to_ns(time::rdtsc() - start) as f64
+    };
+    run(true);
+    let (mut on, mut off) = (Vec::new(), Vec::new());
+    for round in 0..9 {
+        if round % 2 == 0 {
+            on.push(run(true));
+            off.push(run(false));
+        } else {
+            off.push(run(false));
+            on.push(run(true));
+        }
+    }
+    let _ = unit.disable();
+    unit.detach(source).expect("detach");
+    let (on, off) = (median(on), median(off));
+    report("iommu.copy.lsi.1MiB.on.gbps", on, "GB/s");
+    report("iommu.copy.lsi.1MiB.off.gbps", off, "GB/s");
+    report("iommu.copy.lsi.1MiB.ratio", on / off, "x");
+    assert_eq!(unit.take_fault(), None, "no fault while benchmarking");
+}
