@@ -39,7 +39,7 @@ boot_pd_low:    .skip 4096
 boot_pd_high:   .skip 4 * 4096
     .global boot_stack_bottom
 boot_stack_bottom:
-    .skip 64 * 1024
+    .skip 256 * 1024
     .global boot_stack_top
 boot_stack_top:
 

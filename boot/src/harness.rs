@@ -40,6 +40,33 @@ impl Test {
     }
 }
 
+/// The lowest words of the boot stack hold this while nothing has grown
+/// the stack that deep: the stack sits just above the direct map's page
+/// directories, which an overflow would silently overwrite.
+const STACK_CANARY: u64 = 0x57ac_c0de_57ac_c0de;
+const CANARY_WORDS: usize = 64;
+
+unsafe extern "C" {
+    static mut boot_stack_bottom: u8;
+}
+
+fn canary() -> *mut u64 {
+    (&raw mut boot_stack_bottom).cast::<u64>()
+}
+
+fn set_stack_canary() {
+    for i in 0..CANARY_WORDS {
+        // SAFETY: the lowest words of the boot stack, far below anything the
+        // kernel's shallow stack uses at this point.
+        unsafe { canary().add(i).write_volatile(STACK_CANARY) };
+    }
+}
+
+fn stack_canary_intact() -> bool {
+    // SAFETY: as above; reads only.
+    (0..CANARY_WORDS).all(|i| unsafe { canary().add(i).read_volatile() } == STACK_CANARY)
+}
+
 /// TSC nanoseconds after which the running test is declared hung (0: none).
 static DEADLINE_NS: AtomicU64 = AtomicU64::new(0);
 
@@ -67,6 +94,7 @@ pub fn run(tests: &[Test], filter: Option<&str>) -> ExitCode {
         return ExitCode::NoTestMatched;
     }
     println!("running {count} tests");
+    set_stack_canary();
     let (mut passed, mut failed) = (0, 0);
     for test in selected() {
         print!("test {} ... ", test.name);
@@ -77,6 +105,11 @@ pub fn run(tests: &[Test], filter: Option<&str>) -> ExitCode {
         // A test that failed with its own page tables loaded leaves them.
         crate::mm::restore_kernel_cr3();
         let ms = (time::now_ns() - start) / 1_000_000;
+        if !stack_canary_intact() {
+            println!("FAILED: the kernel stack overflowed (its lowest words were overwritten)");
+            println!("{passed} passed, {} failed", failed + 1);
+            return ExitCode::Failure;
+        }
         match outcome {
             Ok(()) => {
                 passed += 1;

@@ -13,6 +13,19 @@ use crate::hal::{DmaAddr, PAGE_SIZE};
 
 /// Callbacks a channel holds at once (requests with callbacks in flight).
 const MAX_CALLBACKS: usize = 64;
+/// Requests whose addresses a channel remembers, so a DMA fault an IOMMU
+/// reports later can be pinned on the request that caused it.
+pub const ADDRESS_HISTORY: usize = 64;
+
+/// Where one request read and wrote.
+#[derive(Clone, Copy, Debug)]
+struct Footprint {
+    cookie: Cookie,
+    dst: DmaAddr,
+    /// The source of a copy (`None` for a fill or zero).
+    src: Option<DmaAddr>,
+    len: usize,
+}
 /// Failures (and terminations) whose cookies a channel still answers
 /// `Error` for. Older ones fall back to the 2005 I/OAT proposal's snapshot rule, which
 /// calls every cookie outside the in-flight window complete.
@@ -85,6 +98,9 @@ pub struct Channel<E: Engine> {
     /// Failures recorded since creation (only the last FAILURE_HISTORY kept).
     failures_recorded: usize,
     callbacks: [Option<(Cookie, Callback)>; MAX_CALLBACKS],
+    /// The last ADDRESS_HISTORY requests' addresses, oldest overwritten.
+    footprints: [Option<Footprint>; ADDRESS_HISTORY],
+    next_footprint: usize,
     callback_head: usize,
     callback_len: usize,
 }
@@ -107,6 +123,8 @@ impl<E: Engine> Channel<E> {
             callbacks: [None; MAX_CALLBACKS],
             callback_head: 0,
             callback_len: 0,
+            footprints: [None; ADDRESS_HISTORY],
+            next_footprint: 0,
         }
     }
 
@@ -301,6 +319,7 @@ impl<E: Engine> Channel<E> {
         }
         self.last_used = cookie.get();
         self.prepared = true;
+        self.remember(cookie, &op);
         if let Some(callback) = callback {
             let slot = (self.callback_head + self.callback_len) % MAX_CALLBACKS;
             self.callbacks[slot] = Some((cookie, callback));
@@ -366,6 +385,11 @@ impl<E: Engine> Channel<E> {
         }
         self.last_used = cookie.get();
         self.prepared = true;
+        let mut each = first;
+        for op in ops {
+            self.remember(each, op);
+            each = each.next();
+        }
         Ok(Batch {
             first,
             last: cookie,
@@ -654,6 +678,68 @@ impl<E: Engine> Channel<E> {
             });
         }
         None
+    }
+
+    fn remember(&mut self, cookie: Cookie, op: &Op) {
+        let (dst, src, len) = match *op {
+            Op::Copy { dst, src, len } => (dst, Some(src), len),
+            Op::Fill { dst, len, .. } | Op::Zero { dst, len } => (dst, None, len),
+        };
+        self.footprints[self.next_footprint] = Some(Footprint {
+            cookie,
+            dst,
+            src,
+            len,
+        });
+        self.next_footprint = (self.next_footprint + 1) % ADDRESS_HISTORY;
+    }
+
+    /// Pins a DMA fault an IOMMU recorded (the faulting page's address, and
+    /// whether the access was a write) on the newest of the last
+    /// [`ADDRESS_HISTORY`] requests that wrote (or read) that page: it ends
+    /// `Error(WriteFailed)` (or `ReadFailed`) even if the engine, which
+    /// never saw the fault (a faulting write is dropped, a faulting read
+    /// returns zeros), reported it complete; the channel stops and halts as
+    /// for any failure, and every request after it ends `Aborted` (their
+    /// destinations are undefined). Returns the request, or `None` if no
+    /// remembered request touched the page (nothing changes then).
+    pub fn fail_at(&mut self, page: DmaAddr, write: bool) -> Option<Cookie> {
+        let page = page & !(PAGE_SIZE as u64 - 1);
+        let touches = |start: DmaAddr, len: usize| {
+            let end = start.saturating_add(len as u64);
+            start < page.saturating_add(PAGE_SIZE as u64) && page < end
+        };
+        let culprit = (1..=ADDRESS_HISTORY)
+            .map(|back| (self.next_footprint + ADDRESS_HISTORY - back) % ADDRESS_HISTORY)
+            .filter_map(|slot| self.footprints[slot])
+            .find(|f| {
+                if write {
+                    touches(f.dst, f.len)
+                } else {
+                    f.src.is_some_and(|src| touches(src, f.len))
+                }
+            })?;
+        let kind = if write {
+            ErrorKind::WriteFailed
+        } else {
+            ErrorKind::ReadFailed
+        };
+        let cookie = culprit.cookie;
+        // Stop the engine first: nothing runs after the faulting request.
+        self.engine.terminate();
+        let before = if cookie == Cookie::FIRST {
+            i32::MAX
+        } else {
+            cookie.get() - 1
+        };
+        self.record(Failure {
+            failed: Some((cookie, kind)),
+            before,
+            last: self.last_used,
+        });
+        self.end_all();
+        self.run_callbacks();
+        Some(cookie)
     }
 
     /// Services the engine's interrupt: collects completions and failures

@@ -23,7 +23,7 @@ use core::fmt;
 
 use bitflags::bitflags;
 
-pub use channel::{Batch, Channel, FAILURE_HISTORY, TxState};
+pub use channel::{ADDRESS_HISTORY, Batch, Channel, FAILURE_HISTORY, TxState};
 pub use cookie::{Cookie, Snapshot, is_complete};
 pub use transfer::{Buffers, PrepError, Transfer, TransferError};
 

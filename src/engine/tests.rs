@@ -1055,3 +1055,34 @@ fn a_batch_across_the_cookie_wrap_gets_consecutive_cookies() {
     let cookies: Vec<i32> = chan.engine().prepared.iter().map(|p| p.0.get()).collect();
     assert_eq!(cookies, [i32::MAX - 1, i32::MAX, 1, 2]);
 }
+
+#[test]
+fn an_iommu_fault_is_pinned_on_the_request_that_touched_the_page() {
+    let mut chan = Channel::new(Scripted::new(1 << 20, 64));
+    let a = copy(&mut chan, 0x10_0000, 0x20_0000, 64).unwrap();
+    let b = copy(&mut chan, 0x11_0000, 0x21_0000, 0x1800).unwrap();
+    let c = copy(&mut chan, 0x12_0000, 0x22_0000, 64).unwrap();
+    chan.issue_pending();
+    chan.engine_mut().complete_upto = Some(c);
+    assert_eq!(chan.status(c).status, Status::Complete);
+    // A page nobody wrote: nothing happens.
+    assert_eq!(chan.fail_at(0x30_0000, true), None);
+    assert!(!chan.is_halted());
+    // A write into b's second page (b spans two pages).
+    assert_eq!(chan.fail_at(0x11_1000, true), Some(b));
+    assert_eq!(chan.engine().terminated, 1, "the engine was stopped");
+    assert!(chan.is_halted());
+    assert_eq!(chan.status(a).status, Status::Complete);
+    assert_eq!(chan.status(b).status, Status::Error(ErrorKind::WriteFailed));
+    assert_eq!(chan.status(c).status, Status::Error(ErrorKind::Aborted));
+    chan.reset().unwrap();
+    // A read fault is pinned on a request that read the page.
+    let d = copy(&mut chan, 0x13_0000, 0x23_0000, 64).unwrap();
+    assert_eq!(
+        chan.fail_at(0x13_0000, false),
+        None,
+        "d wrote that page, never read it"
+    );
+    assert_eq!(chan.fail_at(0x23_0000, false), Some(d));
+    assert_eq!(chan.status(d).status, Status::Error(ErrorKind::ReadFailed));
+}

@@ -4,7 +4,7 @@
 
 use core::time::Duration;
 
-use dmaengine::engine::PrepFlags;
+use dmaengine::engine::{Cookie, ErrorKind, PrepFlags, Status};
 use dmaengine::iommu::{self, DmaFault, DomainId};
 use dmaengine::mm::frame::PageRef;
 use dmaengine::mm::vma::{PageProt, VmFlags};
@@ -110,11 +110,12 @@ type Dom<'a> = iommu::Domain<
     dmaengine::mmio::MmioRegion,
 >;
 
-fn copy(lsi: &mut crate::dma::LsiChannel, dst: u64, src: u64, len: usize) {
+fn copy(lsi: &mut crate::dma::LsiChannel, dst: u64, src: u64, len: usize) -> Cookie {
     // SAFETY: both IOVAs are pages of ours, untouched until the wait ends.
     let cookie = unsafe { lsi.prep_copy(dst, src, len, PrepFlags::empty()) }.expect("prep");
     lsi.wait(cookie, &mut Delay, TIMEOUT)
         .expect("the copy ends");
+    cookie
 }
 
 fn copies_between_iovas() {
@@ -155,20 +156,44 @@ fn stray_write() {
     bytes(&victim).fill(0x5a);
     let before = checksum(bytes(&victim));
     let target = victim.phys().as_u64();
-    with_lsi_domain(|Ctx { lsi, unit, src, .. }| {
-        bytes(src).fill(0xc3);
-        copy(lsi, target + 64, IOVA_SRC, 256);
-        let fault = unit.take_fault();
-        assert_eq!(
-            fault,
-            Some(DmaFault {
-                source: source_of(lsi_device().expect("LSI")),
-                address: target,
-                write: true,
-                reason: iommu::regs::REASON_WRITE,
-            })
-        );
-    });
+    with_lsi_domain(
+        |Ctx {
+             lsi,
+             unit,
+             src,
+             dst,
+             ..
+         }| {
+            bytes(src).fill(0xc3);
+            // The chip never learns of the fault: the copy "completes".
+            let stray = copy(lsi, target + 64, IOVA_SRC, 256);
+            let fault = unit.take_fault().expect("the fault was recorded");
+            assert_eq!(
+                fault,
+                DmaFault {
+                    source: source_of(lsi_device().expect("LSI")),
+                    address: target,
+                    write: true,
+                    reason: iommu::regs::REASON_WRITE,
+                }
+            );
+            // Pinned on the request that wrote the page: it ends WriteFailed and
+            // the channel halts, as for any failure.
+            assert_eq!(lsi.fail_at(fault.address, fault.write), Some(stray));
+            assert_eq!(
+                lsi.status(stray).status,
+                Status::Error(ErrorKind::WriteFailed)
+            );
+            assert!(lsi.is_halted());
+            lsi.reset().expect("reset");
+            bytes(dst).fill(0);
+            copy(lsi, IOVA_DST, IOVA_SRC, 256);
+            assert!(
+                bytes(dst)[..256].iter().all(|&b| b == 0xc3),
+                "works after reset"
+            );
+        },
+    );
     assert_eq!(
         checksum(bytes(&victim)),
         before,
