@@ -80,7 +80,7 @@ pub const TESTS: &[Test] = &[
     ),
 ];
 
-fn random_batches<E: Engine>(chan: &mut Channel<E>, stream: u64, requests: u64) {
+pub(super) fn random_batches<E: Engine>(chan: &mut Channel<E>, stream: u64, requests: u64) {
     let mut bufs = crate::soak::Buffers::new();
     let mut rng = crate::rng::Rng::from_seed(stream);
     let mut stats = crate::soak::Stats::default();

@@ -28,7 +28,47 @@ pub const TESTS: &[Test] = &[
         stray_write,
     ),
     Test::new("iommu.unmapped_iova_faults_at_once", unmapped_iova_faults),
+    Test::new(
+        "iommu.lsi_dmatest_under_translation",
+        lsi_dmatest_under_translation,
+    ),
+    Test::new("iommu.edu_copies_under_translation", edu_under_translation),
 ];
+
+/// Runs `body` with `device` attached to a domain that maps all of the
+/// guest's RAM (the first 2 GiB but page 0) at its own addresses, the
+/// second gigabyte with one 1 GiB entry, translation on; then checks that
+/// nothing faulted.
+fn with_identity_domain(device: &crate::pci::Device, body: impl FnOnce()) {
+    const GIB_PAGES: u64 = 1 << 18;
+    let unit = take().expect("the IOMMU");
+    let id = DomainId::new(4).expect("a domain id");
+    let mut domain = iommu::domain(&unit, id, db(), mapper(), db()).expect("a domain");
+    domain.set_1g_pages(true);
+    let rw = VmFlags::READ | VmFlags::WRITE | VmFlags::SHARED;
+    // Page 0 stays unmapped: a null DMA address faults.
+    for (start, pages) in [(4096u64, GIB_PAGES - 1), (1 << 30, GIB_PAGES)] {
+        let area = domain.map_vma(page(start), pages, rw).expect("area");
+        let frame = PhysFrame::containing_address(x86_64::PhysAddr::new(start));
+        domain
+            .remap_pfn_range(area, page(start), frame, pages, PageProt::READ_WRITE)
+            .expect("RAM at its own address");
+    }
+    assert_eq!(
+        domain.translate(VirtAddr::new(1 << 30)).map(|l| l.level),
+        Some(3),
+        "a 1 GiB entry"
+    );
+    let source = source_of(device);
+    // SAFETY: the domain outlives the attachment (detached below).
+    unsafe { unit.attach(source, id, domain.root()) }.expect("attach");
+    unit.enable().expect("translation on");
+    body();
+    let fault = unit.take_fault();
+    unit.detach(source).expect("detach");
+    drop(domain);
+    assert_eq!(fault, None, "no DMA left the domain");
+}
 
 /// Where the test's buffers appear to the chip: above the guest's 2 GiB
 /// of RAM, below the 4 GiB its 32-bit SCRIPTS addresses reach.
@@ -230,5 +270,34 @@ fn unmapped_iova_faults() {
                 Some((IOVA_DST, true))
             );
         },
+    );
+}
+
+fn lsi_dmatest_under_translation() {
+    let mut lsi = lsi_channel().expect("the LSI53C895A");
+    with_identity_domain(lsi_device().expect("its PCI function"), || {
+        super::dma::random_batches(&mut *lsi, 7, 1500);
+    });
+}
+
+fn edu_under_translation() {
+    use dmaengine::hal::Dma;
+    let mut edu = crate::dma::edu_channel().expect("the edu device");
+    let mask = edu.limits().dma_mask;
+    let mut src = Dma::<crate::dma::KernelHal>::new_below(6000, mask).expect("buffer");
+    let dst = Dma::<crate::dma::KernelHal>::new_below(6000, mask).expect("buffer");
+    for (i, b) in src.as_mut_slice().iter_mut().enumerate() {
+        *b = (i * 13 + 5) as u8;
+    }
+    with_identity_domain(crate::dma::edu_device().expect("its PCI function"), || {
+        // SAFETY: both buffers are ours, untouched until the wait ends.
+        let c = unsafe { edu.prep_copy(dst.paddr(), src.paddr(), 6000, PrepFlags::empty()) }
+            .expect("prep");
+        edu.wait(c, &mut Delay, TIMEOUT).expect("the copy ends");
+    });
+    assert_eq!(
+        dst.as_slice(),
+        src.as_slice(),
+        "two device transfers per piece, each translated"
     );
 }
