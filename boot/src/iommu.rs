@@ -18,6 +18,16 @@ use crate::{acpi, pci, platform};
 /// The unit, with its tables in the frame database.
 pub type Unit = Iommu<MmioRegion, OffsetMapper, &'static FrameDb<'static>>;
 
+/// A domain of the unit, its pages counted and its tables kept by the frame
+/// database.
+pub type Domain<'a> = dmaengine::iommu::Domain<
+    'a,
+    &'static FrameDb<'static>,
+    OffsetMapper,
+    &'static FrameDb<'static>,
+    MmioRegion,
+>;
+
 static TAKEN: AtomicBool = AtomicBool::new(false);
 
 /// The register base of the first DMA-remapping unit, if ACPI lists one

@@ -31,6 +31,7 @@ use core::time::Duration;
 
 use dmaengine::drivers::edu;
 use dmaengine::engine::{DmaError, Op, PrepFlags};
+use dmaengine::iommu::{self, DomainId};
 use dmaengine::mm::MmError;
 use dmaengine::mm::frame::PageRef;
 use dmaengine::mm::pte::{self, CacheMode, PAGE_4K};
@@ -38,7 +39,7 @@ use dmaengine::mm::space::VmaId;
 use dmaengine::mm::vma::{PageProt, VmFlags};
 
 use crate::dma::{LsiChannel, lsi_channel};
-use crate::mm::{Space, bytes_to_pages, db, fr, new_space, npages, pg, va, with_loaded};
+use crate::mm::{Space, bytes_to_pages, db, fr, mapper, new_space, npages, pg, va, with_loaded};
 use crate::recover::{self, Caught, Fault};
 use crate::trap::TrapFrame;
 use crate::{devices, gdt, mem, platform, print, time};
@@ -456,13 +457,13 @@ impl Process {
         }
     }
 
-    fn dma_copy(&mut self, dst: u64, src: u64, len: u64) -> i64 {
+    fn dma_copy(&mut self, dst_va: u64, src_va: u64, len: u64) -> i64 {
         if len == 0 || len > MAX_COPY {
             return EINVAL;
         }
         let (dst, src) = match (
-            self.user_range(dst, len, true),
-            self.user_range(src, len, false),
+            self.user_range(dst_va, len, true),
+            self.user_range(src_va, len, false),
         ) {
             (Ok(d), Ok(s)) => (d, s),
             _ => return EFAULT,
@@ -495,6 +496,18 @@ impl Process {
                 (si, soff) = (si + 1, 0);
             }
         }
+        if crate::iommu::base().is_some() {
+            // The same refusal as the direct path: a piece whose sides
+            // overlap runs nothing.
+            let overlap = ops.iter().any(|op| {
+                matches!(*op, Op::Copy { dst, src, len }
+                    if dst < src + len as u64 && src < dst + len as u64)
+            });
+            if overlap {
+                return EINVAL;
+            }
+            return self.dma_copy_translated(dst_va, src_va, len);
+        }
         // SAFETY: both sides are the caller's own mapped pages, which stay
         // mapped (the process is stopped in this call) until the copy has
         // ended below; a refused batch prepared nothing.
@@ -511,6 +524,108 @@ impl Process {
                 let _ = chan.reset();
                 EIO
             }
+        }
+    }
+}
+
+/// `dma_copy` calls served through the IOMMU so far.
+pub static TRANSLATED_COPIES: core::sync::atomic::AtomicUsize =
+    core::sync::atomic::AtomicUsize::new(0);
+
+impl Process {
+    /// `dma_copy` with the LSI53C895A behind the IOMMU: for this call the
+    /// chip's domain maps its own DMA block and the caller's pages, and
+    /// nothing else: the destination pages (writable) in one IOVA window,
+    /// the source pages (read-only) in another, each contiguous whatever
+    /// the pages' frames, so one Memory Move does the copy.
+    fn dma_copy_translated(&mut self, dst_va: u64, src_va: u64, len: u64) -> i64 {
+        /// IOVA windows below 4 GiB (SCRIPTS addresses are 32 bits).
+        const DST_WINDOW: u64 = 0xc000_0000;
+        const SRC_WINDOW: u64 = 0xd000_0000;
+        let Ok(unit) = crate::iommu::take() else {
+            return EIO;
+        };
+        let (Some(chan), Some(device)) = (self.lsi.as_mut(), crate::dma::lsi_device()) else {
+            return ENODEV;
+        };
+        let id = DomainId::new(5).expect("a domain id");
+        let Ok(mut domain) = iommu::domain(&unit, id, db(), mapper(), db()) else {
+            return ENOMEM;
+        };
+        let rw = VmFlags::READ | VmFlags::WRITE | VmFlags::SHARED;
+        let window = |domain: &mut crate::iommu::Domain<'_>, at: u64, pages: u64| {
+            domain.map_vma(pg(at), pages, rw).map_err(|_| ENOMEM)
+        };
+        let (block, block_len) = chan.engine().dma_block();
+        let block_pages = (block_len as u64).div_ceil(PAGE_4K);
+        let mapped = window(&mut domain, block, block_pages).and_then(|area| {
+            domain
+                .remap_pfn_range(
+                    area,
+                    pg(block),
+                    fr(block / PAGE_4K),
+                    block_pages,
+                    PageProt::READ_WRITE,
+                )
+                .map_err(|_| ENOMEM)
+        });
+        let mut iovas = [0u64; 2];
+        let user = [
+            (dst_va, DST_WINDOW, PageProt::READ_WRITE),
+            (src_va, SRC_WINDOW, PageProt::READ_ONLY),
+        ];
+        let mapped = mapped.and_then(|()| {
+            for (k, &(va, base, prot)) in user.iter().enumerate() {
+                let first = va & !(PAGE_4K - 1);
+                let pages = (va + len).div_ceil(PAGE_4K) - first / PAGE_4K;
+                let area = window(&mut domain, base, pages)?;
+                for i in 0..pages {
+                    // Checked by `user_range`: every page is mapped.
+                    let frame = self
+                        .space
+                        .translate(crate::mm::va(first + i * PAGE_4K))
+                        .and_then(|leaf| leaf.frame_of(crate::mm::va(first + i * PAGE_4K)))
+                        .ok_or(EFAULT)?;
+                    domain
+                        .remap_pfn_range(area, pg(base + i * PAGE_4K), frame, 1, prot)
+                        .map_err(|_| ENOMEM)?;
+                }
+                iovas[k] = base + (va - first);
+            }
+            Ok(())
+        });
+        if let Err(e) = mapped {
+            return e;
+        }
+        let source = crate::iommu::source_of(device);
+        // SAFETY: the domain outlives the attachment (detached below, after
+        // the copy has ended).
+        if unsafe { unit.attach(source, id, domain.root()) }.is_err() || unit.enable().is_err() {
+            return EIO;
+        }
+        // SAFETY: both IOVA windows map the caller's own pages, which stay
+        // mapped (the process is stopped in this call) until the copy ends.
+        let copied =
+            unsafe { chan.prep_copy(iovas[0], iovas[1], len as usize, PrepFlags::empty()) }
+                .map_err(|_| EINVAL)
+                .and_then(|cookie| {
+                    chan.wait(cookie, &mut time::Delay, Duration::from_secs(2))
+                        .map_err(|_| EIO)
+                });
+        let fault = unit.take_fault();
+        if copied.is_err() {
+            chan.terminate();
+            let _ = chan.reset();
+        }
+        let _ = unit.disable();
+        let _ = unit.detach(source);
+        match (copied, fault) {
+            (Ok(()), None) => {
+                TRANSLATED_COPIES.fetch_add(1, Ordering::Relaxed);
+                0
+            }
+            (Ok(()), Some(_)) => EIO,
+            (Err(e), _) => e,
         }
     }
 }

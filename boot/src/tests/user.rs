@@ -231,7 +231,15 @@ fn bad_system_call_inputs() {
 
 fn story() {
     let free = db().free_frames();
+    let translated = user::TRANSLATED_COPIES.load(core::sync::atomic::Ordering::Relaxed);
     let outcome = user::run(user::story(), false).expect("process");
+    if crate::iommu::base().is_some() {
+        assert_eq!(
+            user::TRANSLATED_COPIES.load(core::sync::atomic::Ordering::Relaxed),
+            translated + 1,
+            "with a VT-d unit, the copy ran behind it: the chip saw only the caller's pages"
+        );
+    }
     assert!(
         matches!(outcome.exit, Exit::Code(0)),
         "{:?} after output {:?}",
