@@ -11,7 +11,7 @@
 //! | 0 | exit | code | (does not return) |
 //! | 1 | write | buffer, length | bytes written |
 //! | 2 | map_pages | count | address of `count` fresh pages (`insert_pages`) |
-//! | 3 | dma_copy | dst, src, length | 0, after the LSI53C895A copied between the caller's own pages |
+//! | 3 | dma_copy | dst, src, length | 0, after the LSI53C895A copied between the caller's own pages (behind the IOMMU when there is one: the chip then reaches only those pages) |
 //! | 4 | map_device | - | address of the edu device's registers (`io_remap_pfn_range`, UC) |
 //! | 5 | unmap | address, count | 0, after `zap_range` of `count` pages from `map_pages` |
 //!
