@@ -1,10 +1,12 @@
 //! A channel: one engine's ring seen through cookies.
 
 use core::sync::atomic::{AtomicU32, Ordering};
+use core::task::Waker;
 use core::time::Duration;
 
 use embedded_hal::delay::DelayNs;
 
+use super::wakers::{SlotName, WakerSlots};
 use super::{
     Callback, Capabilities, Cookie, DmaError, Engine, ErrorKind, Fault, Limits, Notify, Op,
     PrepFlags, Snapshot, Status,
@@ -103,6 +105,8 @@ pub struct Channel<E: Engine> {
     next_footprint: usize,
     callback_head: usize,
     callback_len: usize,
+    /// Tasks awaiting requests (see [`super::shared`]).
+    wakers: WakerSlots,
 }
 
 impl<E: Engine> Channel<E> {
@@ -125,6 +129,7 @@ impl<E: Engine> Channel<E> {
             callback_len: 0,
             footprints: [None; ADDRESS_HISTORY],
             next_footprint: 0,
+            wakers: WakerSlots::new(),
         }
     }
 
@@ -548,18 +553,11 @@ impl<E: Engine> Channel<E> {
     }
 
     fn classify(&self, cookie: Cookie) -> Status {
-        // In the in-flight window: no failure has ended it yet.
-        if !self.snapshot().is_complete(cookie) {
-            return Status::InProgress;
-        }
-        // Newest failure first: a cookie ended by one is reported by it.
-        for i in 1..=self.failures_recorded.min(FAILURE_HISTORY) {
-            let slot = (self.next_failure + FAILURE_HISTORY - i) % FAILURE_HISTORY;
-            if let Some(kind) = self.failures[slot].and_then(|f| f.kind_of(cookie)) {
-                return Status::Error(kind);
-            }
-        }
-        Status::Complete
+        classify_in(
+            self.snapshot(),
+            (&self.failures, self.next_failure, self.failures_recorded),
+            cookie,
+        )
     }
 
     fn run_callbacks(&mut self) {
@@ -576,6 +574,34 @@ impl<E: Engine> Channel<E> {
             self.callback_len -= 1;
             (callback.func)(cookie, status, callback.context);
         }
+        let (snapshot, wakers) = (self.snapshot(), &mut self.wakers);
+        if wakers.used() > 0 {
+            let failures = (&self.failures, self.next_failure, self.failures_recorded);
+            wakers.wake_ended(|cookie| classify_in(snapshot, failures, cookie));
+        }
+    }
+
+    /// Registers `waker` to be woken when `cookie` ends (in the slot `held`
+    /// from an earlier poll if it is still this cookie's). `None` when
+    /// every slot is taken.
+    pub(crate) fn register_waker(
+        &mut self,
+        cookie: Cookie,
+        waker: &Waker,
+        held: Option<SlotName>,
+    ) -> Option<SlotName> {
+        self.wakers.register(cookie, waker, held)
+    }
+
+    /// Forgets a waker registered by a future dropped before its request
+    /// ended.
+    pub(crate) fn remove_waker(&mut self, slot: SlotName) {
+        self.wakers.remove(slot);
+    }
+
+    /// How many wakers wait for requests to end.
+    pub fn wakers_waiting(&self) -> usize {
+        self.wakers.used()
     }
 
     /// Where request `cookie` stands (the 2005 I/OAT proposal's `dma_async_memcpy_complete`),
@@ -786,6 +812,27 @@ impl<E: Engine> Channel<E> {
         self.halted = false;
         Ok(())
     }
+}
+
+/// A channel's failure records: the ring, its next slot and how many were
+/// recorded.
+type Failures<'a> = (&'a [Option<Failure>; FAILURE_HISTORY], usize, usize);
+
+/// Where `cookie` stands given a channel's snapshot and failure records.
+fn classify_in(snapshot: Snapshot, failures: Failures<'_>, cookie: Cookie) -> Status {
+    // In the in-flight window: no failure has ended it yet.
+    if !snapshot.is_complete(cookie) {
+        return Status::InProgress;
+    }
+    let (records, next, recorded) = failures;
+    // Newest failure first: a cookie ended by one is reported by it.
+    for i in 1..=recorded.min(FAILURE_HISTORY) {
+        let slot = (next + FAILURE_HISTORY - i) % FAILURE_HISTORY;
+        if let Some(kind) = records[slot].and_then(|f| f.kind_of(cookie)) {
+            return Status::Error(kind);
+        }
+    }
+    Status::Complete
 }
 
 /// The cookie `n` places after `first`, wrapping from `i32::MAX` to 1 as

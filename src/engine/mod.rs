@@ -17,7 +17,9 @@ mod channel;
 mod cookie;
 pub mod copybreak;
 pub mod registry;
+pub mod shared;
 mod transfer;
+mod wakers;
 
 use core::fmt;
 
@@ -25,6 +27,7 @@ use bitflags::bitflags;
 
 pub use channel::{ADDRESS_HISTORY, Batch, Channel, FAILURE_HISTORY, TxState};
 pub use cookie::{Cookie, Snapshot, is_complete};
+pub use shared::{Completion, SharedChannel, TransferFuture};
 pub use transfer::{Buffers, PrepError, Transfer, TransferError};
 
 use crate::hal::DmaAddr;

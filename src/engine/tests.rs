@@ -16,24 +16,26 @@ use crate::hal::{Dma, PAGE_SIZE};
 /// An engine whose hardware is the test: it records descriptors, and
 /// completes or fails them when told to.
 #[derive(Default)]
-struct Scripted {
+pub(super) struct Scripted {
     max_len: usize,
     capacity: usize,
-    dma_mask: u64,
+    pub(super) dma_mask: u64,
     /// Set by the test: every `prep` is refused with this.
     refuse: Option<EngineError>,
     prepared: Vec<(Cookie, Op, Option<Notify>)>,
-    issued: Vec<(Cookie, Op, Option<Notify>)>,
+    pub(super) issued: Vec<(Cookie, Op, Option<Notify>)>,
     issues: usize,
     /// Set by the test: the next poll reports these.
-    complete_upto: Option<Cookie>,
-    fault: Option<Fault>,
+    pub(super) complete_upto: Option<Cookie>,
+    pub(super) fault: Option<Fault>,
+    /// Set by the test: the next `handle_interrupt` says it was ours.
+    pub(super) raised: bool,
     terminated: usize,
     resets: usize,
 }
 
 impl Scripted {
-    fn new(max_len: usize, capacity: usize) -> Self {
+    pub(super) fn new(max_len: usize, capacity: usize) -> Self {
         Scripted {
             max_len,
             capacity,
@@ -90,7 +92,7 @@ impl Engine for Scripted {
     }
 
     fn handle_interrupt(&mut self) -> bool {
-        false
+        core::mem::take(&mut self.raised)
     }
 
     fn terminate(&mut self) -> Option<Cookie> {

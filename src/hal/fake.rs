@@ -23,6 +23,14 @@ impl FakeHal {
             .as_ref()
             .map_or(0, |m| m.values().sum())
     }
+
+    /// Whether the allocation at `paddr` is still allocated.
+    pub fn is_live(paddr: DmaAddr) -> bool {
+        LIVE.lock()
+            .unwrap()
+            .as_ref()
+            .is_some_and(|m| m.contains_key(&paddr))
+    }
 }
 
 fn layout(pages: usize) -> Layout {

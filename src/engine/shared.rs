@@ -1,0 +1,361 @@
+//! A channel several CPUs and an interrupt handler use at once, and
+//! requests awaited with `async`/`.await`.
+//!
+//! [`SharedChannel`] is a [`Channel`] behind a ticket lock (`spin`'s: CPUs
+//! get it in the order they asked) that is taken with the local CPU's
+//! interrupts off, so the engine's interrupt handler, which takes it too,
+//! can never find it held by the code it interrupted. It is `Sync` when the
+//! engine is `Send`: put it in a `static` or share a reference.
+//!
+//! # What may run in an interrupt handler
+//!
+//! [`SharedChannel::handle_interrupt`], and short work through
+//! [`SharedChannel::lock`] (`prep`, `issue_pending`, `status`, `poll`,
+//! `terminate`): nothing in them waits or allocates. Not
+//! [`SharedChannel::wait`] (it waits for the hardware) nor a
+//! [`Channel::wait`] under the lock (it would wait with the lock held and
+//! interrupts off).
+//!
+//! # Awaiting
+//!
+//! [`SharedChannel::completion`] awaits a cookie; [`SharedChannel::transfer`]
+//! awaits a [`Transfer`] and hands its buffers back. The task's waker sits in
+//! one of the channel's [`WAKER_SLOTS`] slots (no allocation) and is woken
+//! from [`SharedChannel::handle_interrupt`] (or any call that sees the
+//! request end: `status`, `poll`, ...). So a request awaited without polling
+//! must be prepared with [`PrepFlags::INTERRUPT`](super::PrepFlags) on an
+//! engine that interrupts, and the kernel's handler for the engine's line
+//! must call `handle_interrupt`.
+//!
+//! Wakers are woken with the channel locked: a waker must not lock the
+//! channel itself (an executor's waker only marks its task ready, so this
+//! holds for every executor we know of).
+//!
+//! ## Dropping a future before its request ended
+//!
+//! The request goes on: engines stop only whole rings, and stopping a
+//! shared channel would abort the other users' requests too. A dropped
+//! [`Completion`] forgets its waker; the memory is the caller's under the
+//! contract of the `unsafe` prep that made the cookie. A dropped
+//! [`TransferFuture`] drops its [`Transfer`], which *leaks* its buffers:
+//! they are never freed while the device may still write them. To stop
+//! waiting without losing the buffers, [`TransferFuture::into_transfer`]
+//! gives the transfer back, to finish later. `mem::forget` on either future
+//! leaves its waker registered until the request ends, then it is woken and
+//! dropped: harmless.
+
+use core::future::Future;
+use core::marker::PhantomData;
+use core::mem::ManuallyDrop;
+use core::ops::{Deref, DerefMut};
+use core::pin::Pin;
+use core::task::{Context, Poll};
+use core::time::Duration;
+
+use embedded_hal::delay::DelayNs;
+use spin::mutex::{TicketMutex, TicketMutexGuard};
+
+use super::wakers::SlotName;
+use super::{Buffers, Channel, Cookie, DmaError, Engine, Status, Transfer, TransferError};
+use crate::hal::Hal;
+
+pub use super::wakers::WAKER_SLOTS;
+
+/// Masking the local CPU's interrupts around a lock that an interrupt
+/// handler also takes.
+pub trait IrqControl {
+    /// Turns interrupts off on this CPU; returns whether they were on.
+    fn disable() -> bool;
+    /// Turns them back on if they were on before the matching `disable`.
+    fn restore(were_on: bool);
+}
+
+/// x86_64's `RFLAGS.IF`, with `cli` and `sti`: only in ring 0 (elsewhere
+/// they fault with #GP).
+#[cfg(target_arch = "x86_64")]
+#[derive(Debug)]
+pub enum X86Interrupts {}
+
+#[cfg(target_arch = "x86_64")]
+impl IrqControl for X86Interrupts {
+    #[inline]
+    fn disable() -> bool {
+        let were_on = x86_64::instructions::interrupts::are_enabled();
+        if were_on {
+            x86_64::instructions::interrupts::disable();
+        }
+        were_on
+    }
+
+    #[inline]
+    fn restore(were_on: bool) {
+        if were_on {
+            x86_64::instructions::interrupts::enable();
+        }
+    }
+}
+
+/// No masking: for a channel that no interrupt handler touches (one that
+/// is only polled), and for threads in host tests.
+#[derive(Debug)]
+pub enum NoMasking {}
+
+impl IrqControl for NoMasking {
+    #[inline]
+    fn disable() -> bool {
+        false
+    }
+
+    #[inline]
+    fn restore(_were_on: bool) {}
+}
+
+/// A channel behind a lock taken with interrupts off (see the [module
+/// docs](self)).
+pub struct SharedChannel<E: Engine, I: IrqControl> {
+    channel: TicketMutex<Channel<E>>,
+    /// The channel's id, readable without the lock.
+    id: u32,
+    _irq: PhantomData<fn() -> I>,
+}
+
+/// The locked channel; interrupts stay off on this CPU until it is dropped.
+pub struct SharedGuard<'a, E: Engine, I: IrqControl> {
+    guard: ManuallyDrop<TicketMutexGuard<'a, Channel<E>>>,
+    were_on: bool,
+    _irq: PhantomData<fn() -> I>,
+}
+
+impl<E: Engine, I: IrqControl> Deref for SharedGuard<'_, E, I> {
+    type Target = Channel<E>;
+
+    #[inline]
+    fn deref(&self) -> &Channel<E> {
+        &self.guard
+    }
+}
+
+impl<E: Engine, I: IrqControl> DerefMut for SharedGuard<'_, E, I> {
+    #[inline]
+    fn deref_mut(&mut self) -> &mut Channel<E> {
+        &mut self.guard
+    }
+}
+
+impl<E: Engine, I: IrqControl> Drop for SharedGuard<'_, E, I> {
+    #[inline]
+    fn drop(&mut self) {
+        // SAFETY: the guard is dropped once, here, and not used after.
+        unsafe { ManuallyDrop::drop(&mut self.guard) };
+        // Only now: an interrupt taken here finds the lock free.
+        I::restore(self.were_on);
+    }
+}
+
+impl<E: Engine, I: IrqControl> SharedChannel<E, I> {
+    /// Shares `channel`.
+    pub fn new(channel: Channel<E>) -> Self {
+        let id = channel.id();
+        SharedChannel {
+            channel: TicketMutex::new(channel),
+            id,
+            _irq: PhantomData,
+        }
+    }
+
+    /// The channel back.
+    pub fn into_inner(self) -> Channel<E> {
+        self.channel.into_inner()
+    }
+
+    /// The channel's [`Channel::id`].
+    pub fn id(&self) -> u32 {
+        self.id
+    }
+
+    /// Locks the channel, turning this CPU's interrupts off until the
+    /// guard is dropped. Keep the guard briefly: other CPUs spin on it.
+    #[inline]
+    pub fn lock(&self) -> SharedGuard<'_, E, I> {
+        let were_on = I::disable();
+        SharedGuard {
+            guard: ManuallyDrop::new(self.channel.lock()),
+            were_on,
+            _irq: PhantomData,
+        }
+    }
+
+    /// Services the engine's interrupt (from its handler): collects what
+    /// ended, runs callbacks and wakes the tasks awaiting. Returns whether
+    /// the interrupt was the engine's.
+    pub fn handle_interrupt(&self) -> bool {
+        self.lock().handle_interrupt()
+    }
+
+    /// Waits for `cookie` as [`Channel::wait`] does, but takes the lock
+    /// only to look, never while it sleeps: other CPUs submit meanwhile.
+    pub fn wait(
+        &self,
+        cookie: Cookie,
+        delay: &mut impl DelayNs,
+        timeout: Duration,
+    ) -> Result<(), DmaError> {
+        let limit_us = timeout.as_micros().min(u64::MAX as u128) as u64;
+        let mut waited_us = 0u64;
+        let mut step_us = 1u32;
+        loop {
+            let status = {
+                let mut channel = self.lock();
+                channel.issue_pending();
+                channel.status(cookie).status
+            };
+            match status {
+                Status::Complete => return Ok(()),
+                Status::Error(kind) => return Err(DmaError::Failed(kind)),
+                Status::InProgress if waited_us >= limit_us => return Err(DmaError::TimedOut),
+                Status::InProgress => {
+                    let step = (step_us as u64).min(limit_us - waited_us).max(1) as u32;
+                    delay.delay_us(step);
+                    waited_us += step as u64;
+                    step_us = (step_us * 2).min(1000);
+                }
+            }
+        }
+    }
+
+    /// A future that ends when `cookie` does: `Ok` if it completed, else
+    /// `Failed(kind)`. Pending requests are issued when it is first polled.
+    pub fn completion(&self, cookie: Cookie) -> Completion<'_, E, I> {
+        Completion {
+            channel: self,
+            cookie,
+            slot: None,
+        }
+    }
+
+    /// A future that ends when `transfer` does, with its buffers, as
+    /// [`Transfer::finish`] answers.
+    pub fn transfer<H: Hal>(&self, transfer: Transfer<H>) -> TransferFuture<'_, E, I, H> {
+        TransferFuture {
+            channel: self,
+            transfer: Some(transfer),
+            slot: None,
+        }
+    }
+
+    /// Registers the task's waker for `cookie` if it has not ended. The
+    /// caller holds the lock, so no interrupt can end it in between.
+    fn park(
+        channel: &mut Channel<E>,
+        cookie: Cookie,
+        cx: &mut Context<'_>,
+        slot: &mut Option<SlotName>,
+    ) {
+        *slot = channel.register_waker(cookie, cx.waker(), *slot);
+        if slot.is_none() {
+            // Every slot taken: be polled again rather than never.
+            cx.waker().wake_by_ref();
+        }
+    }
+
+    fn unpark(&self, slot: &mut Option<SlotName>) {
+        if let Some(name) = slot.take() {
+            self.lock().remove_waker(name);
+        }
+    }
+}
+
+/// The future of [`SharedChannel::completion`].
+#[must_use = "futures do nothing unless awaited"]
+pub struct Completion<'a, E: Engine, I: IrqControl> {
+    channel: &'a SharedChannel<E, I>,
+    cookie: Cookie,
+    slot: Option<SlotName>,
+}
+
+impl<E: Engine, I: IrqControl> Future for Completion<'_, E, I> {
+    type Output = Result<(), DmaError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        let mut channel = this.channel.lock();
+        channel.issue_pending();
+        let answer = match channel.status(this.cookie).status {
+            Status::Complete => Ok(()),
+            Status::Error(kind) => Err(DmaError::Failed(kind)),
+            Status::InProgress => {
+                SharedChannel::<E, I>::park(&mut channel, this.cookie, cx, &mut this.slot);
+                return Poll::Pending;
+            }
+        };
+        if let Some(name) = this.slot.take() {
+            channel.remove_waker(name);
+        }
+        Poll::Ready(answer)
+    }
+}
+
+impl<E: Engine, I: IrqControl> Drop for Completion<'_, E, I> {
+    fn drop(&mut self) {
+        self.channel.unpark(&mut self.slot);
+    }
+}
+
+/// The future of [`SharedChannel::transfer`].
+#[must_use = "futures do nothing unless awaited; dropping one leaks its buffers"]
+pub struct TransferFuture<'a, E: Engine, I: IrqControl, H: Hal> {
+    channel: &'a SharedChannel<E, I>,
+    /// `None` once it has answered.
+    transfer: Option<Transfer<H>>,
+    slot: Option<SlotName>,
+}
+
+impl<E: Engine, I: IrqControl, H: Hal> TransferFuture<'_, E, I, H> {
+    /// Stops waiting and gives the transfer back (`None` if the future has
+    /// already answered).
+    pub fn into_transfer(mut self) -> Option<Transfer<H>> {
+        self.channel.unpark(&mut self.slot);
+        self.transfer.take()
+    }
+}
+
+// Nothing in it is pinned: the transfer moves freely.
+impl<E: Engine, I: IrqControl, H: Hal> Unpin for TransferFuture<'_, E, I, H> {}
+
+impl<E: Engine, I: IrqControl, H: Hal> Future for TransferFuture<'_, E, I, H> {
+    type Output = Result<Buffers<H>, TransferError<H>>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        let Some(transfer) = this.transfer.take() else {
+            panic!("TransferFuture polled after it answered");
+        };
+        let mut channel = this.channel.lock();
+        channel.issue_pending();
+        match transfer.finish(&mut channel) {
+            Err(TransferError::Pending(transfer)) => {
+                let cookie = transfer.cookie();
+                this.transfer = Some(transfer);
+                SharedChannel::<E, I>::park(&mut channel, cookie, cx, &mut this.slot);
+                Poll::Pending
+            }
+            answer => {
+                if let Some(name) = this.slot.take() {
+                    channel.remove_waker(name);
+                }
+                Poll::Ready(answer)
+            }
+        }
+    }
+}
+
+impl<E: Engine, I: IrqControl, H: Hal> Drop for TransferFuture<'_, E, I, H> {
+    fn drop(&mut self) {
+        self.channel.unpark(&mut self.slot);
+        // A transfer still here has not ended: dropping it leaks its
+        // buffers (see the module docs).
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,334 @@
+//! Host tests of the shared channel and its futures: wakers woken when the
+//! channel sees requests end, slots that cannot go stale, dropped futures,
+//! and several threads on one channel moving real bytes.
+
+use std::pin::pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{Context, Poll, Wake, Waker};
+
+use super::super::tests::Scripted;
+use super::*;
+use crate::drivers::cpu::CpuEngine;
+use crate::engine::{ErrorKind, Fault, Op, PrepFlags};
+use crate::hal::fake::FakeHal;
+use crate::hal::{Dma, PAGE_SIZE};
+
+/// A waker that counts its wakes.
+#[derive(Default)]
+struct Counter(AtomicUsize);
+
+impl Wake for Counter {
+    fn wake(self: Arc<Self>) {
+        self.0.fetch_add(1, Ordering::SeqCst);
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.0.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+fn counter() -> (Arc<Counter>, Waker) {
+    let c = Arc::new(Counter::default());
+    (c.clone(), Waker::from(c))
+}
+
+fn wakes(c: &Counter) -> usize {
+    c.0.load(Ordering::SeqCst)
+}
+
+type Shared = SharedChannel<Scripted, NoMasking>;
+
+fn scripted() -> Shared {
+    SharedChannel::new(Channel::new(Scripted::new(4096, 256)))
+}
+
+/// Prepares a 64-byte copy between addresses the scripted engine never
+/// touches.
+fn prep(shared: &Shared, k: u64) -> Cookie {
+    let op = Op::Copy {
+        dst: 0x10_0000 + 0x100 * k,
+        src: 0x20_0000 + 0x100 * k,
+        len: 64,
+    };
+    // SAFETY: the scripted engine touches no memory.
+    unsafe { shared.lock().prep(op, PrepFlags::empty(), None) }.unwrap()
+}
+
+#[test]
+fn a_completion_is_woken_by_the_interrupt_that_ends_it() {
+    let shared = scripted();
+    let (first, second) = (prep(&shared, 0), prep(&shared, 1));
+    let (count, waker) = counter();
+    let mut cx = Context::from_waker(&waker);
+    let mut fut = pin!(shared.completion(second));
+    assert_eq!(fut.as_mut().poll(&mut cx), Poll::Pending);
+    assert_eq!(
+        shared.lock().engine().issued.len(),
+        2,
+        "polling issued them"
+    );
+    assert_eq!(shared.lock().wakers_waiting(), 1);
+    // The first ends: not the one awaited, no wake.
+    shared.lock().engine_mut().complete_upto = Some(first);
+    shared.lock().engine_mut().raised = true;
+    assert!(shared.handle_interrupt());
+    assert_eq!(wakes(&count), 0);
+    // Re-polling keeps the one slot.
+    assert_eq!(fut.as_mut().poll(&mut cx), Poll::Pending);
+    assert_eq!(shared.lock().wakers_waiting(), 1);
+    shared.lock().engine_mut().complete_upto = Some(second);
+    shared.lock().engine_mut().raised = true;
+    assert!(shared.handle_interrupt());
+    assert_eq!(wakes(&count), 1, "woken from the interrupt");
+    assert_eq!(shared.lock().wakers_waiting(), 0);
+    assert_eq!(fut.as_mut().poll(&mut cx), Poll::Ready(Ok(())));
+}
+
+#[test]
+fn a_failure_wakes_the_failed_and_the_aborted_with_their_errors() {
+    let shared = scripted();
+    let cookies: Vec<Cookie> = (0..3).map(|k| prep(&shared, k)).collect();
+    let waiting: Vec<_> = cookies.iter().map(|&c| (counter(), c)).collect();
+    let mut futs: Vec<_> = waiting
+        .iter()
+        .map(|(_, c)| Box::pin(shared.completion(*c)))
+        .collect();
+    for (fut, ((_, waker), _)) in futs.iter_mut().zip(&waiting) {
+        assert_eq!(
+            fut.as_mut().poll(&mut Context::from_waker(waker)),
+            Poll::Pending
+        );
+    }
+    shared.lock().engine_mut().complete_upto = Some(cookies[0]);
+    shared.lock().engine_mut().fault = Some(Fault {
+        cookie: cookies[1],
+        kind: ErrorKind::WriteFailed,
+    });
+    shared.lock().poll();
+    let mut answers = Vec::new();
+    for (fut, ((count, waker), _)) in futs.iter_mut().zip(&waiting) {
+        assert_eq!(wakes(count), 1);
+        answers.push(fut.as_mut().poll(&mut Context::from_waker(waker)));
+    }
+    assert_eq!(
+        answers,
+        [
+            Poll::Ready(Ok(())),
+            Poll::Ready(Err(DmaError::Failed(ErrorKind::WriteFailed))),
+            Poll::Ready(Err(DmaError::Failed(ErrorKind::Aborted))),
+        ]
+    );
+}
+
+#[test]
+fn a_dropped_future_frees_its_slot_and_a_stale_one_cannot_clear_another() {
+    let shared = scripted();
+    let (a, b) = (prep(&shared, 0), prep(&shared, 1));
+    let (count_a, waker_a) = counter();
+    let (count_b, waker_b) = counter();
+    {
+        let mut dropped = pin!(shared.completion(b));
+        let _ = dropped.as_mut().poll(&mut Context::from_waker(&waker_b));
+        assert_eq!(shared.lock().wakers_waiting(), 1);
+    }
+    assert_eq!(shared.lock().wakers_waiting(), 0, "dropping forgot it");
+
+    // `first` takes slot 0 and is woken (the slot is freed), then `second`
+    // reuses slot 0; dropping `first` must leave `second` registered.
+    let mut first = Box::pin(shared.completion(a));
+    let _ = first.as_mut().poll(&mut Context::from_waker(&waker_a));
+    shared.lock().engine_mut().complete_upto = Some(a);
+    shared.lock().poll();
+    assert_eq!(wakes(&count_a), 1);
+    let mut second = pin!(shared.completion(b));
+    let _ = second.as_mut().poll(&mut Context::from_waker(&waker_b));
+    drop(first);
+    assert_eq!(
+        shared.lock().wakers_waiting(),
+        1,
+        "the stale name cleared nothing"
+    );
+    shared.lock().engine_mut().complete_upto = Some(b);
+    shared.lock().poll();
+    assert_eq!(wakes(&count_b), 1);
+}
+
+#[test]
+fn with_every_slot_taken_a_future_wakes_itself_and_still_ends() {
+    let shared = scripted();
+    let last = (0..WAKER_SLOTS as u64 + 1)
+        .map(|k| prep(&shared, k))
+        .last()
+        .unwrap();
+    let (quiet, waker) = counter();
+    let mut holders: Vec<_> = (0..WAKER_SLOTS)
+        .map(|_| Box::pin(shared.completion(last)))
+        .collect();
+    for fut in &mut holders {
+        assert!(
+            fut.as_mut()
+                .poll(&mut Context::from_waker(&waker))
+                .is_pending()
+        );
+    }
+    assert_eq!(shared.lock().wakers_waiting(), WAKER_SLOTS);
+    assert_eq!(wakes(&quiet), 0);
+    let (count, own) = counter();
+    let mut extra = pin!(shared.completion(last));
+    assert!(
+        extra
+            .as_mut()
+            .poll(&mut Context::from_waker(&own))
+            .is_pending()
+    );
+    assert_eq!(wakes(&count), 1, "no slot: asked to be polled again");
+    shared.lock().engine_mut().complete_upto = Some(last);
+    assert_eq!(
+        extra.as_mut().poll(&mut Context::from_waker(&own)),
+        Poll::Ready(Ok(()))
+    );
+    assert_eq!(wakes(&quiet), WAKER_SLOTS, "the registered ones were woken");
+}
+
+fn cpu_shared() -> SharedChannel<CpuEngine<FakeHal>, NoMasking> {
+    SharedChannel::new(Channel::new(CpuEngine::new()))
+}
+
+fn filled(len: usize, seed: u8) -> Dma<FakeHal> {
+    let mut buf = Dma::<FakeHal>::new(len).unwrap();
+    for (i, b) in buf.as_mut_slice().iter_mut().enumerate() {
+        *b = (i as u8).wrapping_mul(31).wrapping_add(seed);
+    }
+    buf
+}
+
+#[test]
+fn an_awaited_transfer_hands_back_its_buffers_with_the_bytes() {
+    let shared = cpu_shared();
+    let src = filled(PAGE_SIZE, 7);
+    let dst = filled(PAGE_SIZE, 0);
+    let expected: Vec<u8> = src.as_slice()[10..10 + 3000].to_vec();
+    let transfer = shared
+        .lock()
+        .copy(dst, 100, src, 10, 3000, PrepFlags::empty())
+        .unwrap();
+    let (_, waker) = counter();
+    let mut fut = pin!(shared.transfer(transfer));
+    let Poll::Ready(Ok((dst, Some(_src)))) = fut.as_mut().poll(&mut Context::from_waker(&waker))
+    else {
+        panic!("the CPU engine copies at issue");
+    };
+    assert_eq!(&dst.as_slice()[100..3100], &expected[..]);
+    assert_eq!(dst.as_slice()[99], filled(PAGE_SIZE, 0).as_slice()[99]);
+    assert_eq!(dst.as_slice()[3100], filled(PAGE_SIZE, 0).as_slice()[3100]);
+
+    let other = cpu_shared();
+    let transfer = shared
+        .lock()
+        .fill_buffer(dst, 0, 64, 0, PrepFlags::empty())
+        .unwrap();
+    let mut wrong = pin!(other.transfer(transfer));
+    assert!(matches!(
+        wrong.as_mut().poll(&mut Context::from_waker(&waker)),
+        Poll::Ready(Err(TransferError::WrongChannel(_)))
+    ));
+}
+
+#[test]
+fn a_dropped_pending_transfer_leaks_its_buffers_and_into_transfer_keeps_them() {
+    let mut engine = Scripted::new(4096, 256);
+    engine.dma_mask = u64::MAX;
+    let shared = SharedChannel::<_, NoMasking>::new(Channel::new(engine));
+    let (_, waker) = counter();
+    let dst = Dma::<FakeHal>::new(PAGE_SIZE).unwrap();
+    let at = dst.paddr();
+    let transfer = shared
+        .lock()
+        .fill_buffer(dst, 0, 64, 0, PrepFlags::empty())
+        .unwrap();
+    let cookie = transfer.cookie();
+    let mut fut = Box::pin(shared.transfer(transfer));
+    assert!(
+        fut.as_mut()
+            .poll(&mut Context::from_waker(&waker))
+            .is_pending()
+    );
+    drop(fut);
+    assert!(
+        FakeHal::is_live(at),
+        "not freed while the engine may write it"
+    );
+    assert_eq!(shared.lock().wakers_waiting(), 0);
+
+    let dst = Dma::<FakeHal>::new(PAGE_SIZE).unwrap();
+    let transfer = shared
+        .lock()
+        .fill_buffer(dst, 0, 64, 0, PrepFlags::empty())
+        .unwrap();
+    let mut fut = Box::pin(shared.transfer(transfer));
+    assert!(
+        fut.as_mut()
+            .poll(&mut Context::from_waker(&waker))
+            .is_pending()
+    );
+    let back = Pin::into_inner(fut).into_transfer().expect("still pending");
+    assert_ne!(back.cookie(), cookie);
+    assert_eq!(shared.lock().wakers_waiting(), 0);
+    shared.lock().engine_mut().complete_upto = Some(back.cookie());
+    let (dst, _) = back.finish(&mut shared.lock()).expect("ended");
+    let freed = dst.paddr();
+    drop(dst);
+    assert!(!FakeHal::is_live(freed));
+}
+
+#[test]
+fn four_threads_share_one_channel_and_every_copy_lands() {
+    const PER_THREAD: usize = 200;
+    let shared = cpu_shared();
+    std::thread::scope(|scope| {
+        for t in 0..4u8 {
+            let shared = &shared;
+            scope.spawn(move || {
+                let src = filled(PAGE_SIZE, t);
+                let mut dst = Dma::<FakeHal>::new(PAGE_SIZE).unwrap();
+                for i in 0..PER_THREAD {
+                    let len = 1 + (i * 37) % 512;
+                    let at = (i * 13) % (PAGE_SIZE - len);
+                    let cookie = {
+                        let mut channel = shared.lock();
+                        // SAFETY: inside buffers this thread owns, read only
+                        // after the wait.
+                        let c = unsafe {
+                            channel.prep_copy(
+                                dst.paddr() + at as u64,
+                                src.paddr() + at as u64,
+                                len,
+                                PrepFlags::empty(),
+                            )
+                        };
+                        c.unwrap()
+                    };
+                    shared
+                        .wait(cookie, &mut NoDelay, Duration::from_secs(5))
+                        .unwrap();
+                    assert_eq!(
+                        &dst.as_mut_slice()[at..at + len],
+                        &src.as_slice()[at..at + len]
+                    );
+                }
+            });
+        }
+    });
+    let snapshot = shared.lock().snapshot();
+    assert_eq!(snapshot.last_used, 4 * PER_THREAD as i32, "no cookie lost");
+    assert_eq!(snapshot.last_completed, snapshot.last_used);
+}
+
+struct NoDelay;
+
+impl DelayNs for NoDelay {
+    fn delay_ns(&mut self, _ns: u32) {
+        std::thread::yield_now();
+    }
+}
