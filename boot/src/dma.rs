@@ -1,6 +1,7 @@
 //! The kernel's side of `dmaengine`: DMA memory from the frame allocator,
 //! and channels over the devices found on the PCI bus.
 
+use alloc::sync::Arc;
 use core::ops::{Deref, DerefMut};
 use core::ptr::NonNull;
 use core::sync::atomic::{AtomicBool, Ordering};
@@ -8,11 +9,13 @@ use core::sync::atomic::{AtomicBool, Ordering};
 use dmaengine::drivers::cpu::CpuEngine;
 use dmaengine::drivers::edu::{self, EduEngine};
 use dmaengine::drivers::lsi53c895a::{self, Lsi53c895a};
-use dmaengine::engine::{Channel, DmaError};
+use dmaengine::engine::shared::X86Interrupts;
+use dmaengine::engine::{Channel, DmaError, SharedChannel};
 use dmaengine::hal::{DmaAddr, Hal};
+use x86_64::instructions::interrupts::without_interrupts;
 
-use crate::devices;
 use crate::mem::{PAGE_SIZE, frames, phys_to_virt};
+use crate::{devices, irq};
 
 /// DMA memory is physical memory reached through the direct map; there is
 /// no IOMMU, so a DMA address is a physical address.
@@ -47,18 +50,19 @@ unsafe impl Hal for KernelHal {
     }
 }
 
-/// A channel that owns its device: at most one exists per device at a
-/// time, since two engines would fight over the chip's registers. Dropping
-/// it stops the engine (its `Drop`) and frees the device for the next.
-pub struct Exclusive<E: dmaengine::engine::Engine> {
-    channel: Channel<E>,
+/// A channel (a [`Channel`] or a [`SharedChannel`]) that owns its device:
+/// at most one exists per device at a time, since two engines would fight
+/// over the chip's registers. Dropping it stops the engine (its `Drop`) and
+/// frees the device for the next.
+pub struct Exclusive<C> {
+    channel: C,
     taken: &'static AtomicBool,
 }
 
-impl<E: dmaengine::engine::Engine> Exclusive<E> {
+impl<C> Exclusive<C> {
     fn take(
         taken: &'static AtomicBool,
-        make: impl FnOnce() -> Result<Channel<E>, DmaError>,
+        make: impl FnOnce() -> Result<C, DmaError>,
     ) -> Result<Self, DmaError> {
         if taken.swap(true, Ordering::AcqRel) {
             return Err(DmaError::Busy);
@@ -73,20 +77,20 @@ impl<E: dmaengine::engine::Engine> Exclusive<E> {
     }
 }
 
-impl<E: dmaengine::engine::Engine> Deref for Exclusive<E> {
-    type Target = Channel<E>;
-    fn deref(&self) -> &Channel<E> {
+impl<C> Deref for Exclusive<C> {
+    type Target = C;
+    fn deref(&self) -> &C {
         &self.channel
     }
 }
 
-impl<E: dmaengine::engine::Engine> DerefMut for Exclusive<E> {
-    fn deref_mut(&mut self) -> &mut Channel<E> {
+impl<C> DerefMut for Exclusive<C> {
+    fn deref_mut(&mut self) -> &mut C {
         &mut self.channel
     }
 }
 
-impl<E: dmaengine::engine::Engine> Drop for Exclusive<E> {
+impl<C> Drop for Exclusive<C> {
     fn drop(&mut self) {
         self.taken.store(false, Ordering::Release);
     }
@@ -96,7 +100,9 @@ static LSI_TAKEN: AtomicBool = AtomicBool::new(false);
 static EDU_TAKEN: AtomicBool = AtomicBool::new(false);
 
 /// A channel over the LSI53C895A's SCRIPTS processor.
-pub type LsiChannel = Exclusive<Lsi53c895a<KernelHal>>;
+pub type LsiChannel = Exclusive<Channel<Lsi53c895a<KernelHal>>>;
+/// The LSI53C895A's channel shared with its interrupt handler.
+pub type SharedLsi = Exclusive<SharedChannel<Lsi53c895a<KernelHal>, X86Interrupts>>;
 /// A channel over the CPU engine.
 pub type CpuChannel = Channel<CpuEngine<KernelHal>>;
 
@@ -108,16 +114,25 @@ pub fn lsi_device() -> Option<&'static crate::pci::Device> {
 /// Takes over the LSI53C895A as a copy channel (`Busy` while another
 /// channel holds it).
 pub fn lsi_channel() -> Result<LsiChannel, DmaError> {
-    Exclusive::take(&LSI_TAKEN, || {
-        let regs = lsi_device()
-            .and_then(|dev| devices::map_bar(dev, lsi53c895a::regs::MMIO_BAR))
-            .ok_or(DmaError::NotSupported)?;
-        Ok(Channel::new(Lsi53c895a::new(regs)?))
-    })
+    Exclusive::take(&LSI_TAKEN, make_lsi)
+}
+
+/// As [`lsi_channel`], shared.
+pub fn shared_lsi_channel() -> Result<SharedLsi, DmaError> {
+    Exclusive::take(&LSI_TAKEN, || make_lsi().map(SharedChannel::new))
+}
+
+fn make_lsi() -> Result<Channel<Lsi53c895a<KernelHal>>, DmaError> {
+    let regs = lsi_device()
+        .and_then(|dev| devices::map_bar(dev, lsi53c895a::regs::MMIO_BAR))
+        .ok_or(DmaError::NotSupported)?;
+    Ok(Channel::new(Lsi53c895a::new(regs)?))
 }
 
 /// A channel over QEMU's edu device.
-pub type EduChannel = Exclusive<EduEngine<KernelHal>>;
+pub type EduChannel = Exclusive<Channel<EduEngine<KernelHal>>>;
+/// The edu device's channel shared with its interrupt handler.
+pub type SharedEdu = Exclusive<SharedChannel<EduEngine<KernelHal>, X86Interrupts>>;
 
 /// The DMA mask `qemu-run.sh` gives the edu device (`dma_mask=0xffffffff`).
 pub const EDU_DMA_MASK: u64 = 0xffff_ffff;
@@ -130,12 +145,19 @@ pub fn edu_device() -> Option<&'static crate::pci::Device> {
 /// Takes over the edu device as a copy channel (`Busy` while another
 /// channel holds it).
 pub fn edu_channel() -> Result<EduChannel, DmaError> {
-    Exclusive::take(&EDU_TAKEN, || {
-        let regs = edu_device()
-            .and_then(|dev| devices::map_bar(dev, 0))
-            .ok_or(DmaError::NotSupported)?;
-        Ok(Channel::new(EduEngine::new(regs, EDU_DMA_MASK)?))
-    })
+    Exclusive::take(&EDU_TAKEN, make_edu)
+}
+
+/// As [`edu_channel`], shared.
+pub fn shared_edu_channel() -> Result<SharedEdu, DmaError> {
+    Exclusive::take(&EDU_TAKEN, || make_edu().map(SharedChannel::new))
+}
+
+fn make_edu() -> Result<Channel<EduEngine<KernelHal>>, DmaError> {
+    let regs = edu_device()
+        .and_then(|dev| devices::map_bar(dev, 0))
+        .ok_or(DmaError::NotSupported)?;
+    Ok(Channel::new(EduEngine::new(regs, EDU_DMA_MASK)?))
 }
 
 /// A CPU copy channel.
@@ -205,4 +227,53 @@ fn measure_copy_break() -> Result<dmaengine::engine::copybreak::CopyBreak, DmaEr
         };
     }
     Ok(CopyBreak::from_timings(&timings))
+}
+
+/// The shared channels the interrupt handlers service while a test or a
+/// benchmark uses them.
+static LSI_SLOT: spin::Mutex<Option<Arc<SharedLsi>>> = spin::Mutex::new(None);
+static EDU_SLOT: spin::Mutex<Option<Arc<SharedEdu>>> = spin::Mutex::new(None);
+
+fn lsi_irq() {
+    if let Some(channel) = LSI_SLOT.lock().as_ref() {
+        channel.handle_interrupt();
+    }
+}
+
+fn edu_irq() {
+    if let Some(channel) = EDU_SLOT.lock().as_ref() {
+        channel.handle_interrupt();
+    }
+}
+
+/// The shared LSI channel, serviced by its interrupt handler until
+/// [`release_lsi`].
+pub fn serviced_lsi() -> (Arc<SharedLsi>, u8) {
+    let channel = Arc::new(shared_lsi_channel().expect("LSI53C895A channel"));
+    let line = lsi_device().expect("LSI").irq_line;
+    without_interrupts(|| *LSI_SLOT.lock() = Some(channel.clone()));
+    irq::register(line, lsi_irq).expect("register LSI handler");
+    (channel, line)
+}
+
+/// Stops servicing the shared LSI channel.
+pub fn release_lsi(line: u8) {
+    irq::unregister(line, lsi_irq);
+    without_interrupts(|| LSI_SLOT.lock().take());
+}
+
+/// The shared edu channel, serviced by its interrupt handler until
+/// [`release_edu`].
+pub fn serviced_edu() -> (Arc<SharedEdu>, u8) {
+    let channel = Arc::new(shared_edu_channel().expect("edu channel"));
+    let line = edu_device().expect("edu").irq_line;
+    without_interrupts(|| *EDU_SLOT.lock() = Some(channel.clone()));
+    irq::register(line, edu_irq).expect("register edu handler");
+    (channel, line)
+}
+
+/// Stops servicing the shared edu channel.
+pub fn release_edu(line: u8) {
+    irq::unregister(line, edu_irq);
+    without_interrupts(|| EDU_SLOT.lock().take());
 }

@@ -18,6 +18,7 @@ mod devices;
 mod dma;
 mod entry;
 mod example;
+mod executor;
 mod exit;
 mod gdt;
 mod harness;

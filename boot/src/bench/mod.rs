@@ -1,6 +1,7 @@
 //! Benchmarks: each result is one line `BENCH <key> <value> <unit>`, which
 //! `qemu-run.sh bench` collects into `target/bench/latest.csv`.
 
+mod awaiting;
 mod dma;
 mod iommu;
 mod mm;
@@ -51,6 +52,7 @@ pub fn run(filter: Option<&str>) -> ExitCode {
     }
     if wanted("dma") {
         dma::run();
+        awaiting::run();
     }
     if wanted("mm") {
         mm::run();

@@ -248,19 +248,19 @@ fn engine_refusals() {
     assert_eq!(refused, Err(DmaError::Halted));
 }
 
-const TIMEOUT: Duration = Duration::from_secs(5);
+pub(super) const TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Source bytes have bit 7 set, destination bytes have it clear (as Linux's
 /// dmatest does), and both vary with the position.
-fn src_pattern(i: usize) -> u8 {
+pub(super) fn src_pattern(i: usize) -> u8 {
     0x80 | ((i ^ (i >> 7) ^ (i >> 15)) as u8 & 0x7f)
 }
 
-fn dst_pattern(i: usize) -> u8 {
+pub(super) fn dst_pattern(i: usize) -> u8 {
     (i ^ (i >> 9) ^ (i >> 17)) as u8 & 0x7f
 }
 
-fn buffer(len: usize, pattern: fn(usize) -> u8) -> Dma<KernelHal> {
+pub(super) fn buffer(len: usize, pattern: fn(usize) -> u8) -> Dma<KernelHal> {
     let mut buf = Dma::<KernelHal>::new(len).expect("DMA buffer");
     for (i, b) in buf.as_mut_slice().iter_mut().enumerate() {
         *b = pattern(i);
@@ -269,7 +269,10 @@ fn buffer(len: usize, pattern: fn(usize) -> u8) -> Dma<KernelHal> {
 }
 
 /// The first byte of `buf` that differs from `expected(i)`.
-fn first_mismatch(buf: &[u8], expected: impl Fn(usize) -> u8) -> Option<(usize, u8, u8)> {
+pub(super) fn first_mismatch(
+    buf: &[u8],
+    expected: impl Fn(usize) -> u8,
+) -> Option<(usize, u8, u8)> {
     buf.iter()
         .enumerate()
         .find(|&(i, &b)| b != expected(i))
@@ -278,7 +281,7 @@ fn first_mismatch(buf: &[u8], expected: impl Fn(usize) -> u8) -> Option<(usize, 
 
 /// What a destination filled with `dst_pattern` holds after `len` bytes
 /// from offset `s` of a `src_pattern` source were copied to offset `d`.
-fn window(d: usize, s: usize, len: usize) -> impl Fn(usize) -> u8 {
+pub(super) fn window(d: usize, s: usize, len: usize) -> impl Fn(usize) -> u8 {
     move |i| {
         if (d..d + len).contains(&i) {
             src_pattern(s + i - d)

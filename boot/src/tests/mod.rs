@@ -4,6 +4,7 @@ use alloc::vec::Vec;
 
 use crate::harness::Test;
 
+mod awaiting;
 mod dma;
 mod iommu;
 mod kernel;
@@ -16,6 +17,7 @@ pub fn all() -> Vec<Test> {
     let mut tests = Vec::new();
     tests.extend_from_slice(kernel::TESTS);
     tests.extend_from_slice(dma::TESTS);
+    tests.extend_from_slice(awaiting::TESTS);
     tests.extend_from_slice(mm::TESTS);
     tests.extend_from_slice(user::TESTS);
     // Only on a machine with a DMA-remapping unit (not with IOMMU=off).

@@ -1,0 +1,133 @@
+//! Awaited copies against polled ones, and two engines' waits overlapped
+//! by the executor against the same work one engine after the other.
+
+use alloc::format;
+use alloc::vec::Vec;
+use core::pin::pin;
+
+use dmaengine::engine::shared::X86Interrupts;
+use dmaengine::engine::{Cookie, Engine, Op, PrepFlags, SharedChannel, Status};
+use dmaengine::hal::Dma;
+
+use super::{ns_per_iter, report};
+use crate::dma::{KernelHal, release_edu, release_lsi, serviced_edu, serviced_lsi};
+use crate::{executor, println, time};
+
+/// More than the 99 moves QEMU runs inside the start write: the batch
+/// really completes later, by interrupt (QEMU-FACTS.md).
+const BATCH: usize = 150;
+/// How long one measured wait may take before the benchmark gives up.
+const LIMIT_NS: u64 = 10_000_000_000;
+
+/// Prepares `ops` as one batch; returns its last cookie.
+fn prep<E: Engine>(
+    channel: &SharedChannel<E, X86Interrupts>,
+    ops: &[Op],
+    flags: PrepFlags,
+) -> Cookie {
+    // SAFETY: the benchmark's buffers live until `run` returns, after every
+    // request has ended, and the CPU does not touch them meanwhile.
+    unsafe { channel.lock().prep_batch(ops, flags) }
+        .expect("benchmark prep")
+        .last
+}
+
+/// Spins on the channel until `cookie` ends (the polled way).
+fn polled<E: Engine>(channel: &SharedChannel<E, X86Interrupts>, cookie: Cookie) {
+    let deadline = time::now_ns() + LIMIT_NS;
+    loop {
+        let status = {
+            let mut channel = channel.lock();
+            channel.issue_pending();
+            channel.status(cookie).status
+        };
+        match status {
+            Status::Complete => return,
+            Status::InProgress if time::now_ns() < deadline => core::hint::spin_loop(),
+            other => panic!("benchmark copy ended {other:?}"),
+        }
+    }
+}
+
+/// Awaits `cookie` on the executor (the async way).
+fn awaited<E: Engine>(channel: &SharedChannel<E, X86Interrupts>, cookie: Cookie) {
+    executor::block_on(channel.completion(cookie), LIMIT_NS)
+        .expect("benchmark wait timed out")
+        .expect("benchmark copy failed");
+}
+
+pub fn run() {
+    let (Ok(src), Ok(dst)) = (
+        Dma::<KernelHal>::new(64 << 10),
+        Dma::<KernelHal>::new(64 << 10),
+    ) else {
+        println!("async benchmarks skipped: no DMA memory");
+        return;
+    };
+    if crate::dma::lsi_device().is_none() || crate::dma::edu_device().is_none() {
+        println!("async benchmarks skipped: no LSI53C895A or edu device");
+        return;
+    }
+    let (lsi, lsi_line) = serviced_lsi();
+    let copy = |len: usize, k: usize| Op::Copy {
+        dst: dst.paddr() + (k * len) as u64,
+        src: src.paddr() + (k * len) as u64,
+        len,
+    };
+    let one = [copy(4096, 0)];
+    let batch: Vec<Op> = (0..BATCH).map(|k| copy(16, k)).collect();
+    let mut batch_ns = 0.0;
+    for (label, ops, n) in [("4KiB", &one[..], 200), ("batch150", &batch[..], 20)] {
+        let poll_ns = ns_per_iter(n, || polled(&lsi, prep(&lsi, ops, PrepFlags::empty())));
+        let await_ns = ns_per_iter(n, || awaited(&lsi, prep(&lsi, ops, PrepFlags::INTERRUPT)));
+        report(&format!("dma.async.{label}.polled.us"), poll_ns / 1e3, "us");
+        report(
+            &format!("dma.async.{label}.awaited.us"),
+            await_ns / 1e3,
+            "us",
+        );
+        report(
+            &format!("dma.async_vs_poll.{label}.ratio"),
+            await_ns / poll_ns,
+            "x",
+        );
+        batch_ns = await_ns;
+    }
+
+    // One edu copy (two of its 100 ms transfers) and as many LSI batches
+    // as take as long, first one after the other, then awaited together.
+    let (edu, edu_line) = serviced_edu();
+    let edu_op = [Op::Copy {
+        dst: dst.paddr() + (32 << 10),
+        src: src.paddr() + (32 << 10),
+        len: 64,
+    }];
+    let edu_alone = ns_per_iter(1, || {
+        awaited(&edu, prep(&edu, &edu_op, PrepFlags::INTERRUPT))
+    });
+    let batches = ((edu_alone / batch_ns) as usize).clamp(1, 10_000);
+    let lsi_batches = || async {
+        for _ in 0..batches {
+            let last = prep(&lsi, &batch, PrepFlags::INTERRUPT);
+            lsi.completion(last).await.expect("LSI batch");
+        }
+    };
+    let edu_copy = || async {
+        let last = prep(&edu, &edu_op, PrepFlags::INTERRUPT);
+        edu.completion(last).await.expect("edu copy");
+    };
+    let one_by_one = ns_per_iter(1, || {
+        executor::block_on(edu_copy(), LIMIT_NS).expect("edu");
+        executor::block_on(lsi_batches(), LIMIT_NS).expect("LSI");
+    });
+    let together = ns_per_iter(1, || {
+        let (mut a, mut b) = (pin!(edu_copy()), pin!(lsi_batches()));
+        executor::run(&mut [a.as_mut(), b.as_mut()], LIMIT_NS).expect("both");
+    });
+    release_edu(edu_line);
+    release_lsi(lsi_line);
+    report("dma.overlap.lsi_batches", batches as f64, "batches");
+    report("dma.overlap.one_by_one.ms", one_by_one / 1e6, "ms");
+    report("dma.overlap.together.ms", together / 1e6, "ms");
+    report("dma.overlap.lsi_edu.ratio", together / one_by_one, "x");
+}

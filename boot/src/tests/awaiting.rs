@@ -1,0 +1,202 @@
+//! Copies awaited with `async`/`.await` on shared channels, woken by the
+//! engines' interrupts and run by the kernel's executor.
+
+use alloc::vec::Vec;
+use core::cell::Cell;
+use core::pin::pin;
+
+use dmaengine::drivers::cpu::CpuEngine;
+use dmaengine::engine::shared::X86Interrupts;
+use dmaengine::engine::{Channel, Op, PrepFlags, SharedChannel};
+
+use super::dma::{TIMEOUT, buffer, dst_pattern, first_mismatch, src_pattern, window};
+use crate::dma::{KernelHal, release_edu, release_lsi, serviced_edu, serviced_lsi};
+use crate::harness::Test;
+use crate::mem::phys_to_virt;
+use crate::time::Delay;
+use crate::{executor, irq};
+
+pub const TESTS: &[Test] = &[
+    Test::new(
+        "async.lsi_edu_and_cpu_awaited_at_once",
+        lsi_edu_and_cpu_at_once,
+    ),
+    Test::new(
+        "async.dropped_and_forgotten_futures_leave_the_buffers_alone",
+        dropped_futures,
+    ),
+];
+
+/// Moves in one LSI batch: more than the 99 instructions QEMU runs inside
+/// the register write that starts the chip, so the batch really completes
+/// later, from QEMU's timer (QEMU-FACTS.md).
+const LSI_BATCH: usize = 150;
+
+/// Four LSI batches of 150 moves awaited one after the other, the edu
+/// device's 100 ms copy and a CPU-engine fill, all awaited at once by
+/// three tasks. Tasks are polled only when woken, so each LSI and edu
+/// completion reached its task through the interrupt handler; they end in
+/// the hardware's order (CPU at once, the LSI's four within the edu's
+/// 100 ms), and every byte is checked.
+fn lsi_edu_and_cpu_at_once() {
+    let (lsi, lsi_line) = serviced_lsi();
+    let (edu, edu_line) = serviced_edu();
+    let cpu: SharedChannel<CpuEngine<KernelHal>, X86Interrupts> =
+        SharedChannel::new(Channel::new(CpuEngine::new()));
+    let (lsi_irqs, edu_irqs) = (irq::count(lsi_line), irq::count(edu_line));
+    let order = Cell::new(0);
+    let ended = |at: &Cell<Option<u32>>| {
+        at.set(Some(order.get()));
+        order.set(order.get() + 1);
+    };
+    let (lsi_at, edu_at, cpu_at) = (Cell::new(None), Cell::new(None), Cell::new(None));
+    let src = buffer(16 * LSI_BATCH, src_pattern);
+    let lsi_dst = buffer(32 * LSI_BATCH, dst_pattern);
+
+    let outcome = {
+        let mut lsi_task = pin!(async {
+            for round in 0..4usize {
+                // Move k: 16 bytes from src[16k] to dst[32k + round].
+                let ops: Vec<Op> = (0..LSI_BATCH)
+                    .map(|k| Op::Copy {
+                        dst: lsi_dst.paddr() + (32 * k + round) as u64,
+                        src: src.paddr() + 16 * k as u64,
+                        len: 16,
+                    })
+                    .collect();
+                // SAFETY: inside buffers this test owns, read only after the
+                // batch's last request has ended.
+                let batch = unsafe { lsi.lock().prep_batch(&ops, PrepFlags::INTERRUPT) }
+                    .expect("LSI batch");
+                lsi.completion(batch.last).await.expect("LSI batch");
+            }
+            ended(&lsi_at);
+        });
+        let mut edu_task = pin!(async {
+            let (src, dst) = (buffer(4096, src_pattern), buffer(4096, dst_pattern));
+            let transfer = edu
+                .lock()
+                .copy(dst, 1, src, 2, 4000, PrepFlags::INTERRUPT)
+                .expect("edu prep");
+            let (dst, _) = edu.transfer(transfer).await.expect("edu copy");
+            assert_eq!(first_mismatch(dst.as_slice(), window(1, 2, 4000)), None);
+            ended(&edu_at);
+        });
+        let mut cpu_task = pin!(async {
+            let dst = buffer(4096, dst_pattern);
+            let transfer = cpu
+                .lock()
+                .fill_buffer(dst, 5, 1000, FILL, PrepFlags::empty())
+                .expect("CPU prep");
+            let (dst, _) = cpu.transfer(transfer).await.expect("CPU fill");
+            let pattern = FILL.to_le_bytes();
+            let expected = |i: usize| {
+                if (5..1005).contains(&i) {
+                    pattern[(i - 5) % 8]
+                } else {
+                    dst_pattern(i)
+                }
+            };
+            assert_eq!(first_mismatch(dst.as_slice(), expected), None);
+            ended(&cpu_at);
+        });
+        executor::run(
+            &mut [lsi_task.as_mut(), edu_task.as_mut(), cpu_task.as_mut()],
+            TIMEOUT.as_nanos() as u64,
+        )
+    };
+    release_lsi(lsi_line);
+    release_edu(edu_line);
+    drop((lsi, edu));
+    assert_eq!(outcome, Ok(()), "every task ended");
+    assert_eq!(
+        (cpu_at.get(), lsi_at.get(), edu_at.get()),
+        (Some(0), Some(1), Some(2)),
+        "ended in the hardware's order: CPU, LSI, edu"
+    );
+    assert!(
+        irq::count(lsi_line) - lsi_irqs >= 4,
+        "the LSI's completions came by interrupt"
+    );
+    assert!(
+        irq::count(edu_line) > edu_irqs,
+        "the edu's completion came by interrupt"
+    );
+    check_lsi_slots(lsi_dst.as_slice());
+}
+
+/// The pattern `fill_buffer` writes in the CPU task.
+const FILL: u64 = 0x0123_4567_89ab_cdef;
+
+/// Slot k of the LSI destination (32 bytes) after rounds 0..4 each copied
+/// `src[16k..16k + 16]` to offset `round` of it: byte j of the slot comes
+/// from the last round that covered it (round r covers r..r + 16).
+fn check_lsi_slots(dst: &[u8]) {
+    let expected = |i: usize| {
+        let (k, j) = (i / 32, i % 32);
+        match (0..4usize).rev().find(|&r| (r..r + 16).contains(&j)) {
+            Some(r) if k < LSI_BATCH => src_pattern(16 * k + j - r),
+            _ => dst_pattern(i),
+        }
+    };
+    assert_eq!(first_mismatch(dst, expected), None, "LSI destination");
+}
+
+/// A pending transfer future dropped, another forgotten: both requests run
+/// to their end, into buffers that were never freed (a buffer allocated
+/// after the drop is elsewhere, and its canary survives), and the
+/// forgotten future's waker is woken and let go when its request ends.
+fn dropped_futures() {
+    let (edu, line) = serviced_edu();
+    let canary = |i: usize| 0xa5 ^ (i as u8);
+    let src = buffer(4096, src_pattern);
+    let dst = buffer(4096, dst_pattern);
+    let leaked_at = dst.paddr();
+    let src2 = buffer(4096, src_pattern);
+    let dst2 = buffer(4096, dst_pattern);
+    let forgotten_at = dst2.paddr();
+
+    let transfer = edu
+        .lock()
+        .copy(dst, 0, src, 0, 4000, PrepFlags::INTERRUPT)
+        .expect("edu prep");
+    let mut dropped = edu.transfer(transfer);
+    assert!(
+        executor::poll_once(&mut dropped).is_pending(),
+        "the edu copy takes 100 ms"
+    );
+    drop(dropped);
+    let transfer = edu
+        .lock()
+        .copy(dst2, 0, src2, 0, 4000, PrepFlags::INTERRUPT)
+        .expect("edu prep");
+    let last = transfer.cookie();
+    let mut forgotten = edu.transfer(transfer);
+    assert!(executor::poll_once(&mut forgotten).is_pending());
+    core::mem::forget(forgotten);
+    assert_eq!(
+        edu.lock().wakers_waiting(),
+        1,
+        "the forgotten future's waker"
+    );
+
+    let after = buffer(8192, canary);
+    let after_pages = after.paddr()..after.paddr() + 8192;
+    let wait = edu.wait(last, &mut Delay, TIMEOUT);
+    let wakers = edu.lock().wakers_waiting();
+    release_edu(line);
+    drop(edu);
+    wait.expect("both requests ran on");
+    assert!(
+        !after_pages.contains(&leaked_at) && !after_pages.contains(&forgotten_at),
+        "the leaked buffers were not handed out again"
+    );
+    assert_eq!(first_mismatch(after.as_slice(), canary), None, "canary");
+    assert_eq!(wakers, 0, "woken and let go when its request ended");
+    for at in [leaked_at, forgotten_at] {
+        // SAFETY: the request writing these frames has ended and they were
+        // leaked (never freed), so nothing else owns them; reading is safe.
+        let written = unsafe { core::slice::from_raw_parts(phys_to_virt(at), 4000) };
+        assert_eq!(first_mismatch(written, window(0, 0, 4000)), None);
+    }
+}
