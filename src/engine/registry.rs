@@ -9,6 +9,19 @@
 //!
 //! Channels of any engine are held as `&mut dyn` [`DmaChannel`], the
 //! object-safe face of [`Channel`]; nothing here allocates.
+//!
+//! # A channel per CPU
+//!
+//! The proposal's networking client asks for "one channel for each
+//! processor". Here it asks [`Registry::request_per_cpu`] and looks its
+//! CPU's channel up with [`Registry::channel_for_cpu`]. Engine channels
+//! ([`Registry::add_channel`]) are handed out first; fallback channels
+//! ([`Registry::add_fallback_channel`], the kernel adds one CPU-engine
+//! channel per CPU) make up the difference when there are fewer engines
+//! than CPUs. When an engine appears, a client holding a fallback is given
+//! the engine and the fallback is taken back; when one goes, a free
+//! fallback replaces it. Each change is an [`Event`], after which the
+//! client looks its CPUs' channels up again.
 
 use core::sync::atomic::{AtomicU32, Ordering};
 use core::time::Duration;
@@ -163,6 +176,8 @@ pub enum RegistryError {
     NotOwner,
     /// A halted channel could not be reset, so it was not added.
     ResetFailed,
+    /// The client holds no channel (yet).
+    NoChannel,
 }
 
 impl core::fmt::Display for RegistryError {
@@ -173,6 +188,7 @@ impl core::fmt::Display for RegistryError {
             RegistryError::Foreign => "handle of another registry",
             RegistryError::NotOwner => "channel belongs to another client",
             RegistryError::ResetFailed => "the halted channel could not be reset",
+            RegistryError::NoChannel => "the client holds no channel",
         })
     }
 }
@@ -187,6 +203,8 @@ struct Client {
 struct Slot<'a> {
     channel: &'a mut dyn DmaChannel,
     owner: Option<usize>,
+    /// A fallback (CPU-engine) channel: handed out after every engine one.
+    fallback: bool,
 }
 
 /// Up to `C` clients sharing up to `N` channels.
@@ -298,22 +316,20 @@ impl<'a, const C: usize, const N: usize> Registry<'a, C, N> {
         let index = self.client_index(client)?;
         let entry = self.clients[index].as_mut().ok_or(RegistryError::Unknown)?;
         entry.wanted = count;
-        let callback = entry.callback;
         let mut held = self.held_by(index);
-        for index in (0..N).rev() {
-            if held <= count {
-                break;
-            }
-            if let Some(slot) = self.channels[index]
-                .as_mut()
-                .filter(|s| s.owner == Some(client.index))
-            {
-                slot.channel.terminate();
-                let _ = slot.channel.reset();
-                slot.owner = None;
-                held -= 1;
-                let handle = self.handle(index);
-                (callback.func)(client, Event::ChannelRemoved(handle), callback.context);
+        // Fallbacks go back first, then engine channels, newest first.
+        for fallback in [true, false] {
+            for slot in (0..N).rev() {
+                if held <= count {
+                    break;
+                }
+                let owned = self.channels[slot]
+                    .as_ref()
+                    .is_some_and(|s| s.owner == Some(index) && s.fallback == fallback);
+                if owned {
+                    self.take_back(slot);
+                    held -= 1;
+                }
             }
         }
         self.offer();
@@ -328,34 +344,105 @@ impl<'a, const C: usize, const N: usize> Registry<'a, C, N> {
             .count()
     }
 
-    /// Gives free channels to clients that want more, in registration order.
+    /// Gives free channels to clients that want more, in registration
+    /// order, engine channels before fallbacks; then swaps free engine
+    /// channels in for fallbacks that clients hold.
     fn offer(&mut self) {
         for c in 0..C {
-            let Some(client) = self.clients[c].as_ref() else {
-                continue;
-            };
-            let (wanted, callback) = (client.wanted, client.callback);
-            let mut held = self.held_by(c);
-            for index in 0..N {
-                if held >= wanted {
-                    break;
+            for fallback in [false, true] {
+                while self.wants_more(c)
+                    && let Some(index) = self.free(fallback)
+                {
+                    self.give(c, index);
                 }
-                if let Some(slot) = self.channels[index].as_mut().filter(|s| s.owner.is_none()) {
-                    slot.owner = Some(c);
-                    held += 1;
-                    let (client, handle) = (self.client_id(c), self.handle(index));
-                    (callback.func)(client, Event::ChannelAdded(handle), callback.context);
-                }
+            }
+        }
+        for c in 0..C {
+            while let Some(held) = self.owned_fallback(c)
+                && let Some(index) = self.free(false)
+            {
+                self.give(c, index);
+                self.take_back(held);
             }
         }
     }
 
+    fn wants_more(&self, client: usize) -> bool {
+        self.clients[client]
+            .as_ref()
+            .is_some_and(|c| self.held_by(client) < c.wanted)
+    }
+
+    /// A free channel of the given kind.
+    fn free(&self, fallback: bool) -> Option<usize> {
+        self.channels.iter().position(|s| {
+            s.as_ref()
+                .is_some_and(|s| s.owner.is_none() && s.fallback == fallback)
+        })
+    }
+
+    /// A fallback channel `client` holds.
+    fn owned_fallback(&self, client: usize) -> Option<usize> {
+        self.channels.iter().rposition(|s| {
+            s.as_ref()
+                .is_some_and(|s| s.owner == Some(client) && s.fallback)
+        })
+    }
+
+    /// Hands free channel `index` to client `c` and tells it.
+    fn give(&mut self, c: usize, index: usize) {
+        let Some(callback) = self.clients[c].as_ref().map(|client| client.callback) else {
+            return;
+        };
+        if let Some(slot) = self.channels[index].as_mut() {
+            slot.owner = Some(c);
+            let (client, handle) = (self.client_id(c), self.handle(index));
+            (callback.func)(client, Event::ChannelAdded(handle), callback.context);
+        }
+    }
+
+    /// Takes channel `index` back from its owner: terminated (nothing stays
+    /// in flight), reset, and the owner told.
+    fn take_back(&mut self, index: usize) {
+        let Some(slot) = self.channels[index].as_mut() else {
+            return;
+        };
+        let Some(owner) = slot.owner.take() else {
+            return;
+        };
+        slot.channel.terminate();
+        let _ = slot.channel.reset();
+        if let Some(callback) = self.clients[owner].as_ref().map(|c| c.callback) {
+            let (client, handle) = (self.client_id(owner), self.handle(index));
+            (callback.func)(client, Event::ChannelRemoved(handle), callback.context);
+        }
+    }
+
     /// Adds a channel (an engine appeared); it goes to a client that wants
-    /// one, if any. A halted channel is reset first, so no client is handed
-    /// a channel that refuses everything.
+    /// one, if any, or replaces a fallback a client holds. A halted channel
+    /// is reset first, so no client is handed a channel that refuses
+    /// everything.
     pub fn add_channel(
         &mut self,
         channel: &'a mut dyn DmaChannel,
+    ) -> Result<ChannelHandle, RegistryError> {
+        self.add(channel, false)
+    }
+
+    /// Adds a fallback channel: one handed out only when no engine channel
+    /// is free (the kernel adds a CPU-engine channel per CPU, so every CPU
+    /// of a [`Registry::request_per_cpu`] client has a channel).
+    pub fn add_fallback_channel(
+        &mut self,
+        channel: &'a mut dyn DmaChannel,
+    ) -> Result<ChannelHandle, RegistryError> {
+        self.add(channel, true)
+    }
+
+    fn add(
+        &mut self,
+        channel: &'a mut dyn DmaChannel,
+        fallback: bool,
     ) -> Result<ChannelHandle, RegistryError> {
         let index = self
             .channels
@@ -368,6 +455,7 @@ impl<'a, const C: usize, const N: usize> Registry<'a, C, N> {
         self.channels[index] = Some(Slot {
             channel,
             owner: None,
+            fallback,
         });
         let handle = self.handle(index);
         self.offer();
@@ -416,6 +504,44 @@ impl<'a, const C: usize, const N: usize> Registry<'a, C, N> {
             return Err(RegistryError::NotOwner);
         }
         Ok(&mut *slot.channel)
+    }
+
+    /// Asks for a channel for each of `cpus` CPUs (see the [module
+    /// docs](self)): as [`Registry::request_channels`], with engine
+    /// channels first and fallbacks for the rest.
+    pub fn request_per_cpu(&mut self, client: ClientId, cpus: usize) -> Result<(), RegistryError> {
+        self.request_channels(client, cpus)
+    }
+
+    /// The channel CPU `cpu` of `client` uses: its engine channels go to
+    /// CPUs 0, 1, ... in order, then its fallbacks; with fewer channels
+    /// than CPUs (the registry ran short), CPUs share them round-robin.
+    pub fn channel_for_cpu(
+        &self,
+        client: ClientId,
+        cpu: usize,
+    ) -> Result<ChannelHandle, RegistryError> {
+        let index = self.client_index(client)?;
+        let held = self.held_by(index);
+        if held == 0 {
+            return Err(RegistryError::NoChannel);
+        }
+        let nth = cpu % held;
+        let owned = |fallback: bool| {
+            self.channels.iter().enumerate().filter(move |(_, s)| {
+                s.as_ref()
+                    .is_some_and(|s| s.owner == Some(index) && s.fallback == fallback)
+            })
+        };
+        let (slot, _) = owned(false)
+            .chain(owned(true))
+            .nth(nth)
+            .ok_or(RegistryError::NoChannel)?;
+        Ok(ChannelHandle {
+            index: slot,
+            generation: self.channel_generations[slot],
+            registry: self.id,
+        })
     }
 
     /// How many channels `client` holds (0 for a stale or foreign id).

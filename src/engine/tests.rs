@@ -670,6 +670,85 @@ mod registry {
     }
 
     #[test]
+    fn a_channel_per_cpu_engines_first_fallbacks_for_the_rest() {
+        let mut fallbacks: Vec<Channel<CpuEngine<FakeHal>>> =
+            (0..4).map(|_| Channel::new(CpuEngine::new())).collect();
+        let mut engines: Vec<Channel<CpuEngine<FakeHal>>> =
+            (0..4).map(|_| Channel::new(CpuEngine::new())).collect();
+        let mut engines = engines.iter_mut();
+        let mut reg: Registry<'_, 4, 8> = Registry::new();
+        let p = reg.register_client(cb(1)).unwrap();
+        reg.request_per_cpu(p, 4).unwrap();
+        assert_eq!(reg.channel_for_cpu(p, 0), Err(RegistryError::NoChannel));
+        let fb: Vec<ChannelHandle> = fallbacks
+            .iter_mut()
+            .map(|c| reg.add_fallback_channel(c).unwrap())
+            .collect();
+        take_events();
+        let per_cpu = |reg: &Registry<'_, 4, 8>| -> Vec<ChannelHandle> {
+            (0..4)
+                .map(|cpu| reg.channel_for_cpu(p, cpu).unwrap())
+                .collect()
+        };
+        assert_eq!(per_cpu(&reg), fb, "no engine yet: a fallback per CPU");
+
+        // An engine appears: it replaces a fallback, and CPU 0 uses it.
+        let e0 = reg.add_channel(engines.next().unwrap()).unwrap();
+        assert_eq!(
+            take_events(),
+            [
+                (1, Event::ChannelAdded(e0)),
+                (1, Event::ChannelRemoved(fb[3]))
+            ]
+        );
+        assert_eq!(per_cpu(&reg), [e0, fb[0], fb[1], fb[2]]);
+        let more: Vec<ChannelHandle> = engines.map(|c| reg.add_channel(c).unwrap()).collect();
+        let all_engines = [e0, more[0], more[1], more[2]];
+        assert_eq!(per_cpu(&reg), all_engines, "four engines, four CPUs");
+        take_events();
+
+        // A late client gets a free fallback; an engine going away is
+        // replaced by one too.
+        let q = reg.register_client(cb(2)).unwrap();
+        reg.request_channels(q, 1).unwrap();
+        assert_eq!(take_events(), [(2, Event::ChannelAdded(fb[0]))]);
+        let gone = reg.remove_channel(more[0]).unwrap();
+        assert_eq!(
+            take_events(),
+            [
+                (1, Event::ChannelRemoved(more[0])),
+                (1, Event::ChannelAdded(fb[1]))
+            ]
+        );
+        assert_eq!(per_cpu(&reg), [e0, more[1], more[2], fb[1]]);
+        // It comes back (a new handle) and swaps out the fallback again.
+        let back = reg.add_channel(gone).unwrap();
+        assert_eq!(per_cpu(&reg), [e0, back, more[1], more[2]]);
+        assert_eq!(reg.channels_of(p), 4);
+
+        // The channel a CPU is given really copies.
+        let mut src = Dma::<FakeHal>::new(256).unwrap();
+        src.as_mut_slice().fill(0x3c);
+        let mut dst = Dma::<FakeHal>::new(256).unwrap();
+        let h = reg.channel_for_cpu(p, 3).unwrap();
+        let chan = reg.channel(p, h).unwrap();
+        // SAFETY: both buffers live until the wait below, untouched.
+        let c = unsafe { chan.memcpy_buf_to_buf(dst.paddr(), src.paddr(), 256) }.unwrap();
+        chan.wait(c, &mut CountingDelay::default(), Duration::from_secs(1))
+            .unwrap();
+        assert!(dst.as_mut_slice().iter().all(|&b| b == 0x3c));
+
+        // Fewer CPUs than channels held round-robin; a stale id is refused.
+        reg.request_per_cpu(p, 2).unwrap();
+        assert_eq!(
+            (reg.channel_for_cpu(p, 2), reg.channel_for_cpu(p, 0)),
+            (Ok(e0), Ok(e0))
+        );
+        reg.unregister_client(p).unwrap();
+        assert_eq!(reg.channel_for_cpu(p, 0), Err(RegistryError::Unknown));
+    }
+
+    #[test]
     fn stale_and_foreign_handles_are_refused() {
         let mut chans: Vec<Channel<CpuEngine<FakeHal>>> =
             (0..2).map(|_| Channel::new(CpuEngine::new())).collect();
