@@ -33,11 +33,13 @@ pub const TESTS: &[Test] = &[
 const LSI_BATCH: usize = 150;
 
 /// Four LSI batches of 150 moves awaited one after the other, the edu
-/// device's 100 ms copy and a CPU-engine fill, all awaited at once by
-/// three tasks. Tasks are polled only when woken, so each LSI and edu
-/// completion reached its task through the interrupt handler; they end in
-/// the hardware's order (CPU at once, the LSI's four within the edu's
-/// 100 ms), and every byte is checked.
+/// device's 200 ms copy and a CPU-engine fill, all awaited at once by
+/// three tasks. Tasks are polled only when woken, so the edu's completion
+/// (and on QEMU 7.2, which finishes long batches later, the LSI's) reached
+/// its task through the interrupt handler. The edu ends last, as its
+/// hardware is the slowest (whether the CPU fill or the LSI batches end
+/// first depends on whether the emulator paces SCRIPTS), and every byte is
+/// checked.
 fn lsi_edu_and_cpu_at_once() {
     let (lsi, lsi_line) = serviced_lsi();
     let (edu, edu_line) = serviced_edu();
@@ -109,10 +111,12 @@ fn lsi_edu_and_cpu_at_once() {
     release_edu(edu_line);
     drop((lsi, edu));
     assert_eq!(outcome, Ok(()), "every task ended");
+    let mut first_two = [cpu_at.get(), lsi_at.get()];
+    first_two.sort();
     assert_eq!(
-        (cpu_at.get(), lsi_at.get(), edu_at.get()),
-        (Some(0), Some(1), Some(2)),
-        "ended in the hardware's order: CPU, LSI, edu"
+        (first_two, edu_at.get()),
+        ([Some(0), Some(1)], Some(2)),
+        "ended in the hardware's order: CPU and LSI, then edu"
     );
     assert!(
         irq::count(lsi_line) - lsi_irqs >= 4,
