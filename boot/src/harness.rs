@@ -70,9 +70,20 @@ fn stack_canary_intact() -> bool {
 /// TSC nanoseconds after which the running test is declared hung (0: none).
 static DEADLINE_NS: AtomicU64 = AtomicU64::new(0);
 
-/// Whether the running test is past its deadline; called from the timer
-/// interrupt. Fires once per test.
-pub fn watchdog_expired() -> bool {
+/// Arms the watchdog: the timer interrupt checks the running test's
+/// deadline after its EOI.
+pub fn init() {
+    crate::irq::after_eoi(0, on_tick);
+}
+
+fn on_tick(frame: &mut crate::trap::TrapFrame) {
+    if watchdog_expired() {
+        recover::watchdog(frame);
+    }
+}
+
+/// Whether the running test is past its deadline. Fires once per test.
+fn watchdog_expired() -> bool {
     let deadline = DEADLINE_NS.load(Ordering::Acquire);
     if deadline != 0 && time::now_ns() > deadline {
         DEADLINE_NS.store(0, Ordering::Release);

@@ -13,7 +13,7 @@ use core::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use spin::Mutex;
 use x86_64::instructions::port::Port;
 
-use crate::trap::TrapFrame;
+use crate::trap::{self, TrapFrame};
 
 /// Master PIC command port (OCW2/OCW3; ICW1).
 const PIC1_CMD: u16 = 0x20;
@@ -95,6 +95,9 @@ pub fn init() {
     outb(PIC2_DATA, 0x01);
     outb(PIC1_DATA, !(1 << CASCADE_LINE));
     outb(PIC2_DATA, 0xff);
+    for vector in PIC1_VECTOR..PIC1_VECTOR + 16 {
+        trap::register(vector, on_vector);
+    }
 }
 
 /// Sets or clears `line`'s bit in its PIC's interrupt mask register.
@@ -183,8 +186,8 @@ pub fn abandon_handlers() {
     }
 }
 
-/// Handles IRQ `line`; called from the trap dispatcher.
-pub fn dispatch(line: u8, frame: &mut TrapFrame) {
+/// Handles IRQ `line`.
+fn dispatch(line: u8, frame: &mut TrapFrame) {
     // A spurious IRQ 7/15 is one whose in-service bit is clear: no EOI for
     // it, except to the master for the slave's (8259A datasheet, "Spurious
     // interrupts").
@@ -199,9 +202,6 @@ pub fn dispatch(line: u8, frame: &mut TrapFrame) {
     }
     COUNTS[line as usize].fetch_add(1, Ordering::Relaxed);
     IN_HANDLER.store(line + 1, Ordering::Release);
-    if line == 0 {
-        crate::time::tick();
-    }
     for slot in &HANDLERS[line as usize] {
         let address = slot.load(Ordering::Acquire);
         if address != 0 {
@@ -212,7 +212,35 @@ pub fn dispatch(line: u8, frame: &mut TrapFrame) {
     }
     IN_HANDLER.store(0, Ordering::Release);
     end_of_interrupt(line);
-    if line == 0 && crate::harness::watchdog_expired() {
-        crate::recover::watchdog(frame);
+    let hook = AFTER_EOI[line as usize].load(Ordering::Acquire);
+    if hook != 0 {
+        // SAFETY: non-zero slots hold an `AfterEoi` stored by `after_eoi`.
+        let hook = unsafe { core::mem::transmute::<usize, AfterEoi>(hook) };
+        hook(frame);
+    }
+}
+
+/// A hook that runs after a line's EOI, with the interrupted state: it may
+/// leave the interrupt by another path (the watchdog ends a hung test).
+pub type AfterEoi = fn(&mut TrapFrame);
+
+/// Per-line after-EOI hooks (an `AfterEoi` as an address; 0: none).
+static AFTER_EOI: [AtomicUsize; 16] = [const { AtomicUsize::new(0) }; 16];
+
+/// Sets `line`'s after-EOI hook.
+pub fn after_eoi(line: u8, hook: AfterEoi) {
+    if let Some(slot) = AFTER_EOI.get(line as usize) {
+        slot.store(hook as usize, Ordering::Release);
+    }
+}
+
+/// The trap layer's handler for the PIC's vectors.
+fn on_vector(frame: &mut TrapFrame, _cr2: u64) -> bool {
+    match frame.vector.checked_sub(PIC1_VECTOR as u64) {
+        Some(line) if line < 16 => {
+            dispatch(line as u8, frame);
+            true
+        }
+        _ => false,
     }
 }

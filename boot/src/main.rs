@@ -77,11 +77,15 @@ extern "C" fn kernel_main(start_info: u32) -> ! {
     println!("dmaengine tiny kernel: booted");
     gdt::init();
     trap::init();
+    // The layers above the trap layer register their handlers with it.
+    recover::init();
+    user::init();
     let boot = pvh::parse(start_info.into()).unwrap_or_else(|e| fatal("boot info", &e));
     let frames_at_boot = mem::frames::init(&boot);
     let nx = mem::paging::init(&boot).unwrap_or_else(|e| fatal("paging", &e));
     mem::heap::init().unwrap_or_else(|e| fatal("heap", &e));
     irq::init();
+    harness::init();
     let tsc_hz = time::init();
     irq::unmask(0);
     x86_64::instructions::interrupts::enable();

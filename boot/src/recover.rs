@@ -260,6 +260,22 @@ pub fn exit_process(frame: &mut TrapFrame, code: u64) {
     }
 }
 
+/// Makes this layer the trap layer's fallback: every trap no handler took
+/// (an exception) ends the innermost `catch`, or the kernel.
+pub fn init() {
+    crate::trap::set_fallback(on_unhandled);
+}
+
+fn on_unhandled(frame: &mut TrapFrame, cr2: u64) {
+    let fault = Fault {
+        vector: frame.vector as u8,
+        error_code: frame.error_code,
+        rip: frame.rip,
+        cr2,
+    };
+    exception(fault, frame);
+}
+
 /// Called from the timer interrupt when the watchdog fires: ends the
 /// innermost `catch` (the test's) as hung.
 pub fn watchdog(frame: &mut TrapFrame) {

@@ -78,6 +78,7 @@ pub fn init() -> u64 {
     outb(PIT_CMD, 0b0011_0100);
     outb(PIT_CH0, TICK_DIVISOR as u8);
     outb(PIT_CH0, (TICK_DIVISOR >> 8) as u8);
+    crate::irq::register(0, tick).expect("line 0 has room for the tick");
     hz
 }
 
@@ -91,8 +92,8 @@ pub fn tick_millihz() -> u64 {
     PIT_HZ * 1000 / TICK_DIVISOR as u64
 }
 
-/// Called from IRQ 0.
-pub fn tick() {
+/// IRQ 0's handler.
+fn tick() {
     TICKS.fetch_add(1, Ordering::Relaxed);
 }
 

@@ -6,16 +6,23 @@
 //! saves the general registers and calls [`trap_dispatch`] with a pointer to
 //! the resulting [`TrapFrame`]. Stable Rust has no `x86-interrupt` ABI, so the
 //! stubs are `global_asm!`.
+//!
+//! This is the lowest layer of the kernel's trap handling: it imports none
+//! of the layers above. They register here instead: the interrupt layer
+//! (`irq`) takes the PIC vectors, the process layer (`user`) the system
+//! call and its copy-on-write page faults, and the recovery layer
+//! (`recover`) everything left unhandled (see [`register`] and
+//! [`set_fallback`]).
 
 use core::arch::global_asm;
-use core::sync::atomic::{AtomicU64, Ordering};
+use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use x86_64::VirtAddr;
 use x86_64::instructions::tables::lidt;
 use x86_64::registers::control::Cr2;
 use x86_64::structures::DescriptorTablePointer;
 
-use crate::{gdt, irq, recover};
+use crate::gdt;
 
 /// Vectors 0-31 are exceptions; 32-47 are the two 8259 PICs' IRQ 0-15.
 pub const STUB_COUNT: usize = 48;
@@ -381,36 +388,64 @@ pub fn exception_name(vector: u64) -> &'static str {
     NAMES.get(vector as usize).copied().unwrap_or("interrupt")
 }
 
+/// A handler for one vector: gets the saved state and, for a page fault,
+/// CR2 (read before anything could fault again; 0 otherwise). Returns
+/// whether it handled the trap; if not, the fallback gets it.
+pub type Handler = fn(&mut TrapFrame, u64) -> bool;
+
+/// What the layer that registered it does with a trap no handler took.
+pub type Fallback = fn(&mut TrapFrame, u64);
+
+/// Per-vector handlers (a `Handler` as an address; 0: none).
+static HANDLERS: [AtomicUsize; 256] = [const { AtomicUsize::new(0) }; 256];
+/// The fallback (a `Fallback` as an address; 0: none).
+static FALLBACK: AtomicUsize = AtomicUsize::new(0);
+
+/// Registers `handler` for `vector`; `false` if the vector has one.
+pub fn register(vector: u8, handler: Handler) -> bool {
+    HANDLERS[vector as usize]
+        .compare_exchange(0, handler as usize, Ordering::AcqRel, Ordering::Acquire)
+        .is_ok()
+}
+
+/// Sets what happens to traps no handler took (exceptions, mostly).
+pub fn set_fallback(fallback: Fallback) {
+    FALLBACK.store(fallback as usize, Ordering::Release);
+}
+
 /// The one Rust entry point for every vector, called by `trap_common`.
 #[unsafe(no_mangle)]
 extern "C" fn trap_dispatch(frame: &mut TrapFrame) {
-    if frame.vector == SYSCALL_VECTOR as u64 {
-        crate::user::syscall(frame);
-        return;
+    let vector = frame.vector as usize;
+    if vector < 32 {
+        EXCEPTIONS.fetch_add(1, Ordering::Relaxed);
     }
-    if frame.vector >= 32 {
-        irq::dispatch((frame.vector - 32) as u8, frame);
-        return;
-    }
-    EXCEPTIONS.fetch_add(1, Ordering::Relaxed);
-    let cr2 = if frame.vector == PAGE_FAULT as u64 {
+    let cr2 = if vector == PAGE_FAULT as usize {
         Cr2::read_raw()
     } else {
         0
     };
-    // A user write to a copy-on-write page: copy it and retry the write.
-    let user_mode = frame.cs & 3 == 3;
-    if frame.vector == PAGE_FAULT as u64
-        && user_mode
-        && crate::user::write_fault(cr2, frame.error_code)
-    {
-        return;
+    let address = HANDLERS
+        .get(vector)
+        .map_or(0, |h| h.load(Ordering::Acquire));
+    if address != 0 {
+        // SAFETY: non-zero slots hold a `Handler` stored by `register`.
+        let handler = unsafe { core::mem::transmute::<usize, Handler>(address) };
+        if handler(frame, cr2) {
+            return;
+        }
     }
-    let fault = recover::Fault {
-        vector: frame.vector as u8,
-        error_code: frame.error_code,
-        rip: frame.rip,
-        cr2,
-    };
-    recover::exception(fault, frame);
+    match FALLBACK.load(Ordering::Acquire) {
+        0 => panic!(
+            "unhandled trap: vector {vector} ({}) at {:#x}",
+            exception_name(frame.vector),
+            frame.rip
+        ),
+        address => {
+            // SAFETY: a non-zero value is a `Fallback` stored by
+            // `set_fallback`.
+            let fallback = unsafe { core::mem::transmute::<usize, Fallback>(address) };
+            fallback(frame, cr2);
+        }
+    }
 }

@@ -633,7 +633,7 @@ impl Process {
 /// Handles a page fault from ring 3 at `cr2`: a write to a present page of
 /// a copy-on-write area gets the process a private copy. Returns whether the
 /// access can be retried.
-pub fn write_fault(cr2: u64, error_code: u64) -> bool {
+fn write_fault(cr2: u64, error_code: u64) -> bool {
     // Error code bit 0: the page was present; bit 1: a write.
     if error_code & 0b11 != 0b11 {
         return false;
@@ -649,7 +649,25 @@ pub fn write_fault(cr2: u64, error_code: u64) -> bool {
 }
 
 /// Serves `int 0x80`.
-pub fn syscall(frame: &mut TrapFrame) {
+/// Registers the system call and user copy-on-write faults with the trap
+/// layer.
+pub fn init() {
+    crate::trap::register(crate::trap::SYSCALL_VECTOR, on_syscall);
+    crate::trap::register(crate::trap::PAGE_FAULT, on_page_fault);
+}
+
+fn on_syscall(frame: &mut TrapFrame, _cr2: u64) -> bool {
+    syscall(frame);
+    true
+}
+
+/// A user write to a copy-on-write page: copy it and retry the write.
+/// Anything else goes on to the fallback (recovery).
+fn on_page_fault(frame: &mut TrapFrame, cr2: u64) -> bool {
+    frame.cs & 3 == 3 && write_fault(cr2, frame.error_code)
+}
+
+fn syscall(frame: &mut TrapFrame) {
     let current = CURRENT.load(Ordering::Acquire);
     if current.is_null() || frame.cs & 3 != 3 {
         frame.rax = EINVAL as u64;
