@@ -76,10 +76,13 @@ esac
 # The CPU model gets 1 GiB pages (pdpe1gb), which QEMU's default lacks.
 # The edu device gets a 32-bit DMA mask (its default is 28 bits, which
 # would silently truncate buffers above 256 MiB); boot/src/dma.rs assumes it.
+# Four CPUs unless SMP says otherwise (TCG runs each in its own thread;
+# idle application processors halt).
+smp=${SMP:-4}
 mkdir -p target/qemu
 log=target/qemu/$mode${filter:+-$filter}.log
 timeout -k 5 "$timeout_s" "$QEMU" \
-    "${machine[@]}" -accel "$accel" -cpu qemu64,+pdpe1gb -m 2G \
+    "${machine[@]}" -accel "$accel" -cpu qemu64,+pdpe1gb -m 2G -smp "$smp" \
     -display none -monitor none -serial stdio -no-reboot -nic none -vga none \
     -device lsi53c895a -device edu,dma_mask=0xffffffff \
     -device isa-debug-exit,iobase=0xf4,iosize=0x04 \

@@ -1,6 +1,7 @@
-//! Just enough ACPI to find the DMA-remapping units: the RSDP the PVH
-//! start info points at, the RSDT or XSDT, and the DMAR table's DRHD
-//! structures (their register base addresses). Source: ACPI 6.5 §5.2.5
+//! Just enough ACPI to find the DMA-remapping units and the processors:
+//! the RSDP the PVH start info points at, the RSDT or XSDT, the DMAR
+//! table's DRHD structures (their register base addresses) and the MADT's
+//! local APICs. Source: ACPI 6.5 §5.2.5
 //! (RSDP), §5.2.6 (header), §5.2.7-8 (RSDT/XSDT); VT-d spec §8.1 (DMAR) and
 //! §8.3 (DRHD).
 
@@ -65,4 +66,41 @@ pub fn dmar_units(rsdp: u64) -> Vec<u64> {
         at += size;
     }
     units
+}
+
+/// What the MADT says about the processors (ACPI 6.5 §5.2.12).
+pub struct Madt {
+    /// The local APICs' register base (the table's field, or a type 5
+    /// override).
+    pub lapic_base: u64,
+    /// The APIC IDs of the enabled processors (type 0 entries, flags bit 0).
+    pub apic_ids: Vec<u8>,
+}
+
+/// The MADT's processors, if the firmware gave one.
+pub fn madt(rsdp: u64) -> Option<Madt> {
+    let madt = tables(rsdp)
+        .into_iter()
+        .find(|&t| read::<[u8; 4]>(t) == *b"APIC")?;
+    let length = read::<u32>(madt + 4) as u64;
+    let mut out = Madt {
+        lapic_base: read::<u32>(madt + 36) as u64,
+        apic_ids: Vec::new(),
+    };
+    // Interrupt controller structures start after the header, the local
+    // APIC address and the flags.
+    let mut at = madt + 44;
+    while at + 2 <= madt + length {
+        let (kind, size) = (read::<u8>(at), read::<u8>(at + 1) as u64);
+        if size < 2 {
+            break;
+        }
+        match kind {
+            0 if read::<u32>(at + 4) & 1 != 0 => out.apic_ids.push(read(at + 3)),
+            5 => out.lapic_base = read(at + 4),
+            _ => {}
+        }
+        at += size;
+    }
+    Some(out)
 }

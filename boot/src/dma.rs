@@ -256,6 +256,11 @@ pub fn serviced_lsi() -> (Arc<SharedLsi>, u8) {
     (channel, line)
 }
 
+/// The shared LSI channel being serviced, if any (for jobs on other CPUs).
+pub fn serviced_lsi_channel() -> Option<Arc<SharedLsi>> {
+    without_interrupts(|| LSI_SLOT.lock().clone())
+}
+
 /// Stops servicing the shared LSI channel.
 pub fn release_lsi(line: u8) {
     irq::unregister(line, lsi_irq);

@@ -36,6 +36,21 @@ fn stack_top(stack: *mut Stack) -> VirtAddr {
     VirtAddr::from_ptr(stack) + STACK_SIZE as u64
 }
 
+/// Loads the GDT built by [`init`] on an application processor and reloads
+/// its segment registers. No TSS: an AP runs only kernel jobs with
+/// interrupts off (no ring 3, no double-fault stack of its own).
+pub fn load_on_ap() {
+    let gdt = GDT.get().expect("gdt::init ran on the boot CPU");
+    gdt.load();
+    // SAFETY: the selectors name descriptors of the GDT just loaded.
+    unsafe {
+        CS::set_reg(KERNEL_CODE);
+        SS::set_reg(KERNEL_DATA);
+        DS::set_reg(KERNEL_DATA);
+        ES::set_reg(KERNEL_DATA);
+    }
+}
+
 /// Loads the GDT and TSS and reloads every segment register.
 pub fn init() {
     let tss = TSS.call_once(|| {

@@ -31,6 +31,7 @@ mod pvh;
 mod recover;
 mod rng;
 mod serial;
+mod smp;
 mod soak;
 mod tests;
 mod time;
@@ -90,6 +91,8 @@ extern "C" fn kernel_main(start_info: u32) -> ! {
     irq::unmask(0);
     x86_64::instructions::interrupts::enable();
     mm::remember_kernel_cr3();
+    let cpus = smp::init(boot.rsdp());
+    println!("cpus: {cpus}");
     let pci = pci::enumerate();
     let platform = PLATFORM.call_once(|| Platform {
         boot,

@@ -336,6 +336,15 @@ pub fn init() {
         idt.0[SYSCALL_VECTOR as usize] = Gate::with_dpl(syscall, gdt::KERNEL_CODE.0, 0, 3);
         idt
     });
+    load(idt);
+}
+
+/// Loads the IDT built by [`init`] on an application processor.
+pub fn load_on_ap() {
+    load(IDT.get().expect("trap::init ran on the boot CPU"));
+}
+
+fn load(idt: &'static Idt) {
     let pointer = DescriptorTablePointer {
         limit: (size_of::<Idt>() - 1) as u16,
         base: VirtAddr::from_ptr(idt),

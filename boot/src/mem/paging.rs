@@ -46,11 +46,11 @@ fn nx_supported() -> bool {
 /// IA32_PAT (Intel SDM Vol. 3A, 12.12.2).
 const IA32_PAT: u32 = 0x277;
 
-/// Programs the PAT with Linux's layout (`dmaengine::mm::pte::LINUX_PAT`),
+/// Programs the PAT with Linux's layout (on every CPU: each has its own) (`dmaengine::mm::pte::LINUX_PAT`),
 /// so the PWT/PCD/PAT bits of `io_remap_pfn_range` mean what the library
 /// says. Entries 0-3 keep their power-on types (WB, WT->WC, UC-, UC), so
 /// existing mappings (WB, and PCD|PWT = UC for devices) are unaffected.
-fn program_pat() {
+pub fn program_pat() {
     let leaf = core::arch::x86_64::__cpuid(1);
     if leaf.edx & (1 << 16) == 0 {
         return;

@@ -10,6 +10,7 @@ mod iommu;
 mod kernel;
 mod mm;
 mod selftest;
+mod smp;
 mod user;
 
 /// Every guest test, in the order they run.
@@ -18,6 +19,7 @@ pub fn all() -> Vec<Test> {
     tests.extend_from_slice(kernel::TESTS);
     tests.extend_from_slice(dma::TESTS);
     tests.extend_from_slice(awaiting::TESTS);
+    tests.extend_from_slice(smp::TESTS);
     tests.extend_from_slice(mm::TESTS);
     tests.extend_from_slice(user::TESTS);
     // Only on a machine with a DMA-remapping unit (not with IOMMU=off).

@@ -1,0 +1,331 @@
+//! Application processors: found in the MADT, started with INIT-SIPI-SIPI
+//! through the boot CPU's local APIC, and given jobs.
+//!
+//! An AP runs a trampoline copied below 1 MiB (real mode, then protected
+//! mode, then long mode with the boot CPU's CR3, CR4, CR0 and EFER), then
+//! [`ap_main`] on its own stack: it loads the kernel's GDT (no TSS) and
+//! IDT and its PAT, and waits for jobs with interrupts off, halted. A job
+//! is a plain `fn(cpu)`; the boot CPU posts it and wakes the AP with an NMI
+//! (the one interrupt that ends `hlt` with interrupts off), repeating the
+//! NMI until the AP takes the job, so a wake that lands just before the
+//! `hlt` is not lost. Jobs run with interrupts off and must not panic: the
+//! recovery layer tracks the boot CPU's tests only.
+//!
+//! Sources: Intel SDM Vol. 3A §8.4.4 (the INIT-SIPI-SIPI sequence and its
+//! delays), §10.4.1 and Table 10-1 (the xAPIC registers), §10.6.1 (the
+//! interrupt command register); ACPI 6.5 §5.2.12 (the MADT).
+
+use alloc::vec::Vec;
+use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+
+use embedded_hal::delay::DelayNs;
+
+use crate::mem::{frames, phys_to_virt};
+use crate::{acpi, gdt, println, time, trap};
+
+/// CPUs this kernel drives at most.
+pub const MAX_CPUS: usize = 8;
+/// Where the trampoline is copied: page 8, below 1 MiB as a SIPI needs
+/// (the start address is the vector times 4 KiB), unused by the frame
+/// allocator (which starts at 1 MiB) and by the boot info (copied at boot).
+const TRAMPOLINE: u64 = 0x8000;
+/// The SIPI vector: the trampoline's page number.
+const SIPI_VECTOR: u32 = (TRAMPOLINE >> 12) as u32;
+/// Each AP's stack.
+const AP_STACK_PAGES: usize = 16;
+
+/// Local APIC ID register: bits 31-24 (SDM Table 10-1).
+const LAPIC_ID: usize = 0x20;
+/// Interrupt command register, low half: vector, delivery mode, status.
+const ICR_LOW: usize = 0x300;
+/// Interrupt command register, high half: the destination in bits 31-24.
+const ICR_HIGH: usize = 0x310;
+/// ICR delivery status: the IPI has not been accepted yet.
+const ICR_PENDING: u32 = 1 << 12;
+/// ICR level: assert (must be set for everything but INIT de-assert).
+const ICR_ASSERT: u32 = 1 << 14;
+/// ICR delivery modes (bits 10-8).
+const ICR_NMI: u32 = 0b100 << 8;
+const ICR_INIT: u32 = 0b101 << 8;
+const ICR_STARTUP: u32 = 0b110 << 8;
+/// The NMI vector.
+const NMI_VECTOR: u8 = 2;
+
+core::arch::global_asm!(
+    r#"
+    .section .rodata.ap_trampoline, "a"
+    .balign 16
+    .global ap_trampoline
+ap_trampoline:
+    .code16
+    cli
+    cld
+    xor %ax, %ax
+    mov %ax, %ds
+    lgdtl (ap_gdt_ptr - ap_trampoline + 0x8000)
+    mov %cr0, %eax
+    or $1, %eax
+    mov %eax, %cr0
+    ljmpl $0x08, $(ap_pm32 - ap_trampoline + 0x8000)
+    .code32
+ap_pm32:
+    mov $0x10, %ax
+    mov %ax, %ds
+    mov %ax, %es
+    mov %ax, %ss
+    mov (ap_cr4 - ap_trampoline + 0x8000), %eax
+    mov %eax, %cr4
+    mov (ap_cr3 - ap_trampoline + 0x8000), %eax
+    mov %eax, %cr3
+    mov $0xc0000080, %ecx
+    mov (ap_efer - ap_trampoline + 0x8000), %eax
+    xor %edx, %edx
+    wrmsr
+    mov (ap_cr0 - ap_trampoline + 0x8000), %eax
+    mov %eax, %cr0
+    ljmpl $0x18, $(ap_lm64 - ap_trampoline + 0x8000)
+    .code64
+ap_lm64:
+    mov (ap_stack - ap_trampoline + 0x8000), %rsp
+    mov (ap_arg - ap_trampoline + 0x8000), %rdi
+    mov (ap_entry - ap_trampoline + 0x8000), %rax
+    call *%rax
+    ud2
+    .balign 8
+ap_gdt:
+    .quad 0
+    .quad 0x00cf9a000000ffff
+    .quad 0x00cf92000000ffff
+    .quad 0x00af9a000000ffff
+ap_gdt_end:
+ap_gdt_ptr:
+    .word ap_gdt_end - ap_gdt - 1
+    .long ap_gdt - ap_trampoline + 0x8000
+    .balign 8
+    .global ap_cr3
+ap_cr3: .quad 0
+    .global ap_cr4
+ap_cr4: .quad 0
+    .global ap_cr0
+ap_cr0: .quad 0
+    .global ap_efer
+ap_efer: .quad 0
+    .global ap_stack
+ap_stack: .quad 0
+    .global ap_arg
+ap_arg: .quad 0
+    .global ap_entry
+ap_entry: .quad 0
+    .global ap_trampoline_end
+ap_trampoline_end:
+    .text
+    "#,
+    options(att_syntax)
+);
+
+unsafe extern "C" {
+    static ap_trampoline: u8;
+    static ap_trampoline_end: u8;
+    static ap_cr3: u8;
+    static ap_cr4: u8;
+    static ap_cr0: u8;
+    static ap_efer: u8;
+    static ap_stack: u8;
+    static ap_arg: u8;
+    static ap_entry: u8;
+}
+
+/// CPUs running (the boot CPU included).
+static ONLINE: AtomicUsize = AtomicUsize::new(1);
+/// The APIC ID of each CPU, by index (the boot CPU is 0).
+static APIC_IDS: [AtomicUsize; MAX_CPUS] = [const { AtomicUsize::new(0) }; MAX_CPUS];
+/// The local APIC registers' virtual address (0 before [`init`]).
+static LAPIC: AtomicU64 = AtomicU64::new(0);
+/// Each AP's posted job (a `fn(usize)` as an address; 0: none).
+static JOBS: [AtomicUsize; MAX_CPUS] = [const { AtomicUsize::new(0) }; MAX_CPUS];
+/// Set by an AP when its job has returned.
+static DONE: [AtomicBool; MAX_CPUS] = [const { AtomicBool::new(false) }; MAX_CPUS];
+/// Set by an AP once it runs Rust.
+static STARTED: [AtomicBool; MAX_CPUS] = [const { AtomicBool::new(false) }; MAX_CPUS];
+
+/// How many CPUs run.
+pub fn cpus() -> usize {
+    ONLINE.load(Ordering::Acquire)
+}
+
+fn lapic_read(offset: usize) -> u32 {
+    let base = LAPIC.load(Ordering::Acquire) as *const u32;
+    // SAFETY: `init` stored the direct-map address of the local APIC's
+    // 4 KiB register page (uncached there: not RAM); the offset is a
+    // register of Table 10-1.
+    unsafe { base.byte_add(offset).read_volatile() }
+}
+
+fn lapic_write(offset: usize, value: u32) {
+    let base = LAPIC.load(Ordering::Acquire) as *mut u32;
+    // SAFETY: as in `lapic_read`.
+    unsafe { base.byte_add(offset).write_volatile(value) }
+}
+
+/// Sends an IPI and waits until the local APIC has accepted it.
+fn send_ipi(apic_id: u32, command: u32) {
+    lapic_write(ICR_HIGH, apic_id << 24);
+    lapic_write(ICR_LOW, command);
+    let start = time::now_ns();
+    while lapic_read(ICR_LOW) & ICR_PENDING != 0 && time::now_ns() - start < 10_000_000 {
+        core::hint::spin_loop();
+    }
+}
+
+fn offset_of(symbol: &u8) -> u64 {
+    let start = &raw const ap_trampoline as u64;
+    symbol as *const u8 as u64 - start
+}
+
+fn set_field(symbol: &u8, value: u64) {
+    let at = phys_to_virt(TRAMPOLINE + offset_of(symbol)).cast::<u64>();
+    // SAFETY: the field lies inside the trampoline page copied below 1 MiB,
+    // which only this module uses; the AP reads it after the IPI.
+    unsafe { at.write_volatile(value) }
+}
+
+fn nmi_handler(_frame: &mut trap::TrapFrame, _cr2: u64) -> bool {
+    // Only ever sent to wake an AP.
+    true
+}
+
+/// Finds the processors and starts every AP; returns how many CPUs run.
+pub fn init(rsdp: Option<u64>) -> usize {
+    let Some(madt) = rsdp.and_then(acpi::madt) else {
+        return cpus();
+    };
+    LAPIC.store(phys_to_virt(madt.lapic_base) as u64, Ordering::Release);
+    trap::register(NMI_VECTOR, nmi_handler);
+    let own = lapic_read(LAPIC_ID) >> 24;
+    APIC_IDS[0].store(own as usize, Ordering::Release);
+    let (start, end) = (&raw const ap_trampoline, &raw const ap_trampoline_end);
+    let len = end as usize - start as usize;
+    // SAFETY: page 8 is identity- and direct-mapped RAM nothing else uses
+    // (see TRAMPOLINE); the source is the trampoline's bytes.
+    unsafe { core::ptr::copy_nonoverlapping(start, phys_to_virt(TRAMPOLINE), len) };
+    // The AP enters long mode with the boot CPU's settings. EFER.LMA is the
+    // CPU's own report, not a setting.
+    let (cr0, cr3, cr4): (u64, u64, u64);
+    // SAFETY: reading control registers has no side effects.
+    unsafe {
+        core::arch::asm!("mov {}, cr0", out(reg) cr0, options(nomem, nostack));
+        core::arch::asm!("mov {}, cr3", out(reg) cr3, options(nomem, nostack));
+        core::arch::asm!("mov {}, cr4", out(reg) cr4, options(nomem, nostack));
+    }
+    let efer = x86_64::registers::model_specific::Efer::read_raw() & !(1 << 10);
+    // The kernel's own tables (init runs at boot, with them loaded).
+    // SAFETY: the fields are symbols of the trampoline.
+    unsafe {
+        set_field(&ap_cr0, cr0);
+        set_field(&ap_cr3, cr3);
+        set_field(&ap_cr4, cr4);
+        set_field(&ap_efer, efer);
+        set_field(&ap_entry, ap_main as *const () as u64);
+    }
+    let others: Vec<u8> = madt
+        .apic_ids
+        .iter()
+        .copied()
+        .filter(|&id| id as u32 != own)
+        .take(MAX_CPUS - 1)
+        .collect();
+    for id in others {
+        let cpu = cpus();
+        let Ok(stack) = frames::alloc_contiguous(AP_STACK_PAGES, 1) else {
+            break;
+        };
+        let top = phys_to_virt(stack) as u64 + (AP_STACK_PAGES as u64) * 4096;
+        APIC_IDS[cpu].store(id as usize, Ordering::Release);
+        // SAFETY: the fields are symbols of the trampoline.
+        unsafe {
+            set_field(&ap_stack, top);
+            set_field(&ap_arg, cpu as u64);
+        }
+        // INIT, 10 ms, then SIPI twice, 200 us apart (SDM §8.4.4.1).
+        send_ipi(id as u32, ICR_INIT | ICR_ASSERT);
+        time::Delay.delay_ms(10);
+        for _ in 0..2 {
+            send_ipi(id as u32, ICR_STARTUP | ICR_ASSERT | SIPI_VECTOR);
+            time::Delay.delay_us(200);
+            if STARTED[cpu].load(Ordering::Acquire) {
+                break;
+            }
+        }
+        let start = time::now_ns();
+        while !STARTED[cpu].load(Ordering::Acquire) && time::now_ns() - start < 1_000_000_000 {
+            core::hint::spin_loop();
+        }
+        if !STARTED[cpu].load(Ordering::Acquire) {
+            println!("smp: CPU with APIC ID {id} did not start");
+            break;
+        }
+        ONLINE.store(cpu + 1, Ordering::Release);
+    }
+    cpus()
+}
+
+/// An AP's life after the trampoline.
+extern "C" fn ap_main(cpu: u64) -> ! {
+    let cpu = cpu as usize;
+    gdt::load_on_ap();
+    trap::load_on_ap();
+    crate::mem::paging::program_pat();
+    STARTED[cpu].store(true, Ordering::Release);
+    loop {
+        x86_64::instructions::interrupts::disable();
+        let job = JOBS[cpu].swap(0, Ordering::AcqRel);
+        if job == 0 {
+            x86_64::instructions::hlt();
+            continue;
+        }
+        // SAFETY: non-zero values are `fn(usize)` posted by `run_on_all`.
+        let job = unsafe { core::mem::transmute::<usize, fn(usize)>(job) };
+        job(cpu);
+        DONE[cpu].store(true, Ordering::Release);
+    }
+}
+
+/// Runs `job(cpu)` on every CPU at once (the boot CPU runs `job(0)`
+/// itself), and waits up to `timeout_ns` for the APs. Returns the CPUs
+/// whose job did not end in time (none: `Ok`).
+pub fn run_on_all(job: fn(usize), timeout_ns: u64) -> Result<(), usize> {
+    let n = cpus();
+    for cpu in 1..n {
+        DONE[cpu].store(false, Ordering::Release);
+        JOBS[cpu].store(job as usize, Ordering::Release);
+        send_ipi(
+            APIC_IDS[cpu].load(Ordering::Acquire) as u32,
+            ICR_NMI | ICR_ASSERT,
+        );
+    }
+    job(0);
+    let start = time::now_ns();
+    let mut last_nudge = start;
+    loop {
+        let late = (1..n).filter(|&c| !DONE[c].load(Ordering::Acquire)).count();
+        if late == 0 {
+            return Ok(());
+        }
+        let now = time::now_ns();
+        if now - start > timeout_ns {
+            return Err(late);
+        }
+        // An AP that had not yet halted when its NMI came sleeps on: wake
+        // it again.
+        if now - last_nudge > 1_000_000 {
+            last_nudge = now;
+            for cpu in (1..n).filter(|&c| JOBS[c].load(Ordering::Acquire) != 0) {
+                send_ipi(
+                    APIC_IDS[cpu].load(Ordering::Acquire) as u32,
+                    ICR_NMI | ICR_ASSERT,
+                );
+            }
+        }
+        core::hint::spin_loop();
+    }
+}
