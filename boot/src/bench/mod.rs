@@ -5,6 +5,7 @@ mod awaiting;
 mod dma;
 mod iommu;
 mod mm;
+mod smp;
 
 use core::sync::atomic::{AtomicUsize, Ordering};
 
@@ -53,6 +54,7 @@ pub fn run(filter: Option<&str>) -> ExitCode {
     if wanted("dma") {
         dma::run();
         awaiting::run();
+        smp::run();
     }
     if wanted("mm") {
         mm::run();
