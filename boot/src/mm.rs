@@ -59,20 +59,37 @@ impl KernelTlb {
     }
 }
 
-// SAFETY: the kernel runs on one CPU without PCIDs, so a space's
-// translations live only in this CPU's TLB and only while it is loaded;
-// `invlpg` and a CR3 reload drop them (and the paging-structure caches).
+// SAFETY: without PCIDs, a space's translations live only in the TLBs of
+// CPUs that have it loaded. The boot CPU flushes its own with `invlpg` or a
+// CR3 reload when the space is loaded there; every AP that loaded it
+// (through `smp::load_root`) is interrupted and flushes the same before
+// `smp::shootdown` returns. Both drop the paging-structure caches too.
 unsafe impl TlbFlush for KernelTlb {
     fn flush_page(&mut self, root: PhysFrame, va: VirtAddr) {
         if Self::active(root) {
             x86_64::instructions::tlb::flush(va);
         }
+        crate::smp::shootdown(root.start_address().as_u64(), Some((va, 1)));
+    }
+
+    fn flush_range(&mut self, root: PhysFrame, start: VirtAddr, pages: u64) {
+        if Self::active(root) {
+            if pages <= dmaengine::mm::tlb::FULL_FLUSH_THRESHOLD as u64 {
+                for i in 0..pages {
+                    x86_64::instructions::tlb::flush(start + i * 4096);
+                }
+            } else {
+                x86_64::instructions::tlb::flush_all();
+            }
+        }
+        crate::smp::shootdown(root.start_address().as_u64(), Some((start, pages)));
     }
 
     fn flush_all(&mut self, root: PhysFrame) {
         if Self::active(root) {
             x86_64::instructions::tlb::flush_all();
         }
+        crate::smp::shootdown(root.start_address().as_u64(), None);
     }
 }
 
@@ -124,6 +141,14 @@ static KERNEL_CR3: spin::Once<u64> = spin::Once::new();
 /// Records the kernel's CR3 (call once at boot).
 pub fn remember_kernel_cr3() {
     KERNEL_CR3.call_once(|| paging::root().as_u64());
+}
+
+/// The kernel's own page tables (its CR3 at boot).
+pub fn kernel_root() -> u64 {
+    KERNEL_CR3
+        .get()
+        .copied()
+        .unwrap_or_else(|| paging::root().as_u64())
 }
 
 /// Loads the page tables at `root`.

@@ -189,9 +189,90 @@ fn set_field(symbol: &u8, value: u64) {
     unsafe { at.write_volatile(value) }
 }
 
+/// The root (CR3) each AP has loaded: 0 for the kernel's own tables.
+static LOADED: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(0) }; MAX_CPUS];
+/// Each AP's pending shootdown: the first page's address with bit 0 set
+/// (and the page count in `SHOOT_PAGES`), or `FLUSH_ALL`; 0 once done.
+static SHOOT: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(0) }; MAX_CPUS];
+static SHOOT_PAGES: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(0) }; MAX_CPUS];
+const FLUSH_ALL: u64 = u64::MAX;
+/// Shootdown rounds (calls that interrupted at least one other CPU).
+static ROUNDS: AtomicU64 = AtomicU64::new(0);
+
+/// The index of the CPU running this.
+fn this_cpu() -> usize {
+    let id = (lapic_read(LAPIC_ID) >> 24) as usize;
+    (0..cpus().max(1))
+        .find(|&c| APIC_IDS[c].load(Ordering::Acquire) == id)
+        .unwrap_or(0)
+}
+
+/// The NMI: sent to wake an AP for a job, or to shoot down translations.
 fn nmi_handler(_frame: &mut trap::TrapFrame, _cr2: u64) -> bool {
-    // Only ever sent to wake an AP.
+    let cpu = this_cpu();
+    match SHOOT[cpu].load(Ordering::Acquire) {
+        0 => {}
+        FLUSH_ALL => x86_64::instructions::tlb::flush_all(),
+        first => {
+            let pages = SHOOT_PAGES[cpu].load(Ordering::Acquire);
+            for i in 0..pages {
+                x86_64::instructions::tlb::flush(x86_64::VirtAddr::new((first & !1) + i * 4096));
+            }
+        }
+    }
+    SHOOT[cpu].store(0, Ordering::Release);
     true
+}
+
+/// Loads page tables `root` on this AP (0: back to `kernel_root`), so that
+/// shootdowns for `root` reach it.
+///
+/// # Safety
+/// As for [`crate::mm::load`]; only from a job on AP `cpu`.
+pub unsafe fn load_root(cpu: usize, root: u64, kernel_root: u64) {
+    // Recorded first: a shootdown from now on reaches this CPU, and one
+    // before found the old tables (whose load below drops everything).
+    LOADED[cpu].store(root, Ordering::Release);
+    // SAFETY: per the caller's contract.
+    unsafe { crate::mm::load(if root == 0 { kernel_root } else { root }) };
+}
+
+/// Flushes `pages` pages from `start` (every translation if `None`) of the
+/// space `root` on every AP that has it loaded, with one NMI each, and
+/// waits until they have: one round for the whole call.
+pub fn shootdown(root: u64, range: Option<(x86_64::VirtAddr, u64)>) {
+    let (request, count) = match range {
+        Some((start, pages)) if pages <= dmaengine::mm::tlb::FULL_FLUSH_THRESHOLD as u64 => {
+            (start.as_u64() | 1, pages)
+        }
+        _ => (FLUSH_ALL, 0),
+    };
+    let mut sent = false;
+    for cpu in 1..cpus() {
+        if LOADED[cpu].load(Ordering::Acquire) == root {
+            SHOOT_PAGES[cpu].store(count, Ordering::Release);
+            SHOOT[cpu].store(request, Ordering::Release);
+            send_ipi(
+                APIC_IDS[cpu].load(Ordering::Acquire) as u32,
+                ICR_NMI | ICR_ASSERT,
+            );
+            sent = true;
+        }
+    }
+    if !sent {
+        return;
+    }
+    ROUNDS.fetch_add(1, Ordering::Relaxed);
+    for pending in SHOOT.iter().take(cpus()).skip(1) {
+        while pending.load(Ordering::Acquire) != 0 {
+            core::hint::spin_loop();
+        }
+    }
+}
+
+/// Shootdown rounds since boot.
+pub fn shootdown_rounds() -> u64 {
+    ROUNDS.load(Ordering::Relaxed)
 }
 
 /// Finds the processors and starts every AP; returns how many CPUs run.
@@ -288,6 +369,47 @@ extern "C" fn ap_main(cpu: u64) -> ! {
         job(cpu);
         DONE[cpu].store(true, Ordering::Release);
     }
+}
+
+/// Wakes AP `cpu` from `hlt` (an NMI): for a job that halts while it waits
+/// for something the caller has just done.
+pub fn wake(cpu: usize) {
+    send_ipi(
+        APIC_IDS[cpu].load(Ordering::Acquire) as u32,
+        ICR_NMI | ICR_ASSERT,
+    );
+}
+
+/// Posts `job` to AP `cpu` and wakes it; [`wait_for`] waits for its end.
+pub fn start_on(cpu: usize, job: fn(usize)) {
+    DONE[cpu].store(false, Ordering::Release);
+    JOBS[cpu].store(job as usize, Ordering::Release);
+    send_ipi(
+        APIC_IDS[cpu].load(Ordering::Acquire) as u32,
+        ICR_NMI | ICR_ASSERT,
+    );
+}
+
+/// Waits up to `timeout_ns` for the job posted to AP `cpu` to end, waking
+/// it again every millisecond until it takes the job.
+pub fn wait_for(cpu: usize, timeout_ns: u64) -> bool {
+    let start = time::now_ns();
+    let mut last_nudge = start;
+    while !DONE[cpu].load(Ordering::Acquire) {
+        let now = time::now_ns();
+        if now - start > timeout_ns {
+            return false;
+        }
+        if now - last_nudge > 1_000_000 && JOBS[cpu].load(Ordering::Acquire) != 0 {
+            last_nudge = now;
+            send_ipi(
+                APIC_IDS[cpu].load(Ordering::Acquire) as u32,
+                ICR_NMI | ICR_ASSERT,
+            );
+        }
+        core::hint::spin_loop();
+    }
+    true
 }
 
 /// Runs `job(cpu)` on every CPU at once (the boot CPU runs `job(0)`

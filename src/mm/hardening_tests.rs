@@ -53,9 +53,10 @@ fn table_set(db: &FrameDb<'_>) -> BTreeSet<u64> {
         .collect()
 }
 
-/// Records, at every full flush, the table frames that are unlinked (not
+/// Records, at every flush, the table frames that are unlinked (not
 /// reachable from the root) but not yet freed: the frames that flush makes
-/// safe to free.
+/// safe to free. A page flush counts: `invlpg` drops every
+/// paging-structure-cache entry, whatever its address (SDM 4.10.4.1).
 struct OrderTlb<'a> {
     db: &'a FrameDb<'a>,
     safe_after_flush: Vec<BTreeSet<u64>>,
@@ -63,7 +64,9 @@ struct OrderTlb<'a> {
 
 // SAFETY: host page tables are never loaded; this only records.
 unsafe impl TlbFlush for OrderTlb<'_> {
-    fn flush_page(&mut self, _root: PhysFrame, _va: VirtAddr) {}
+    fn flush_page(&mut self, root: PhysFrame, _va: VirtAddr) {
+        self.flush_all(root);
+    }
     fn flush_all(&mut self, root: PhysFrame) {
         let root = root.start_address().as_u64();
         let reachable = reachable_tables(root);

@@ -29,4 +29,20 @@ pub unsafe trait TlbFlush {
     /// Invalidates every non-global translation of the space (a CR3
     /// reload).
     fn flush_all(&mut self, root: PhysFrame);
+
+    /// Invalidates the translations of the `pages` 4 KiB pages from
+    /// `start`, and the paging-structure caches: the crate calls it once for all the
+    /// entries one batch of a call cleared or downgraded, so a kernel that
+    /// must interrupt other CPUs does it once per batch, not once per page.
+    /// The default does `flush_page` for each page up to
+    /// [`FULL_FLUSH_THRESHOLD`] pages, else `flush_all`.
+    fn flush_range(&mut self, root: PhysFrame, start: VirtAddr, pages: u64) {
+        if pages == 0 || pages > FULL_FLUSH_THRESHOLD as u64 {
+            self.flush_all(root);
+        } else {
+            for i in 0..pages {
+                self.flush_page(root, start + i * 4096);
+            }
+        }
+    }
 }

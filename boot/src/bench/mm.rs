@@ -3,6 +3,7 @@
 //! most Rust hobby kernels use); remapping 1 GiB with 4 KiB and 2 MiB
 //! entries. The three mappers alternate in rounds; each value is a median.
 
+use alloc::format;
 use alloc::vec::Vec;
 
 use dmaengine::mm::frame::PageRef;
@@ -227,6 +228,7 @@ pub fn run() {
     report("mm.insert_pages_vs_map_to.ratio", batched / map_to, "x");
     report("mm.floor.ns_per_page", floor, "ns");
     report("mm.insert_pages_vs_floor.ratio", batched / floor, "x");
+    shootdown(&pages);
     drop(pages);
 
     // 1 GiB of physical memory from 0: 1 GiB-aligned, so one 1 GiB entry
@@ -263,4 +265,89 @@ pub fn run() {
     );
     report("mm.remap_1GiB.time_4k_over_2m.ratio", t4k / t2m, "x");
     report("mm.remap_1GiB.time_4k_over_1g.ratio", t4k / t1g, "x");
+}
+
+/// The space the holding CPUs load, and whether they may let it go.
+static HELD_ROOT: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+static HOLDING: core::sync::atomic::AtomicUsize = core::sync::atomic::AtomicUsize::new(0);
+static RELEASE: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
+
+/// A job that keeps `HELD_ROOT` loaded on its CPU until `RELEASE`.
+fn hold(cpu: usize) {
+    use core::sync::atomic::Ordering::{AcqRel, Acquire};
+    let kernel = crate::mm::kernel_root();
+    // SAFETY: the space outlives the job (the benchmark waits for it) and
+    // shares the kernel's mappings; the job goes back to the kernel's tables.
+    unsafe { crate::smp::load_root(cpu, HELD_ROOT.load(Acquire), kernel) };
+    HOLDING.fetch_add(1, AcqRel);
+    let start = time::now_ns();
+    // Halted between shootdowns (each NMI wakes it), so four vCPUs on two
+    // host cores do not slow the zapping CPU by spinning.
+    while !RELEASE.load(Acquire) && time::now_ns() - start < 30_000_000_000 {
+        x86_64::instructions::hlt();
+    }
+    // SAFETY: as above.
+    unsafe { crate::smp::load_root(cpu, 0, kernel) };
+}
+
+/// Zapping one page and 64 MiB of a space loaded on the boot CPU only, then
+/// also on every AP: microseconds and shootdown rounds per zap.
+fn shootdown(pages: &[PageRef<'static>]) {
+    use core::sync::atomic::Ordering::{Acquire, Release};
+    let cpus = crate::smp::cpus();
+    let holder_counts: &[usize] = if cpus > 1 { &[0, cpus - 1] } else { &[0] };
+    for &holders in holder_counts {
+        let Some(mut space) = space() else {
+            return;
+        };
+        let Ok(v) = space.map_vma(
+            pg(AREA),
+            npages(AREA, AREA + PAGES as u64 * PAGE_4K),
+            SHARED_RW,
+        ) else {
+            return;
+        };
+        for (i, chunk) in pages.chunks(512).enumerate() {
+            space
+                .insert_pages(v, pg(AREA + (i * 512) as u64 * PAGE_4K), chunk)
+                .expect("insert_pages");
+        }
+        HELD_ROOT.store(space.root().start_address().as_u64(), Release);
+        HOLDING.store(0, Release);
+        RELEASE.store(false, Release);
+        for cpu in 1..=holders {
+            crate::smp::start_on(cpu, hold);
+        }
+        let start = time::now_ns();
+        while HOLDING.load(Acquire) < holders && time::now_ns() - start < 5_000_000_000 {
+            core::hint::spin_loop();
+        }
+        let rounds = crate::smp::shootdown_rounds();
+        space.zap_range(v, pg(AREA), 1).expect("zap");
+        let one_page = crate::smp::shootdown_rounds() - rounds;
+        let rounds = crate::smp::shootdown_rounds();
+        let begin = time::rdtsc();
+        space.zap_range(v, pg(AREA), PAGES as u64).expect("zap");
+        let us = time::cycles_to_ns(time::rdtsc() - begin) as f64 / 1e3;
+        let whole = crate::smp::shootdown_rounds() - rounds;
+        RELEASE.store(true, Release);
+        // Woken again until it ends: a wake that lands just before its
+        // `hlt` would otherwise leave it halted.
+        let finished = (1..=holders).all(|cpu| {
+            (0..10_000).any(|_| {
+                crate::smp::wake(cpu);
+                crate::smp::wait_for(cpu, 1_000_000)
+            })
+        });
+        if !finished {
+            println!("shootdown benchmark: a CPU did not let the space go");
+            return;
+        }
+        let label = format!("{}cpu", holders + 1);
+        report(&format!("mm.zap_64MiB.{label}.us"), us, "us");
+        if holders > 0 {
+            report("mm.shootdown.ipis_per_zap.1page", one_page as f64, "rounds");
+            report("mm.shootdown.ipis_per_zap.64MiB", whole as f64, "rounds");
+        }
+    }
 }

@@ -40,20 +40,20 @@ pub const TESTS: &[Test] = &[
 ];
 
 /// Areas live in PML4 slots 1 and 2: slot 0 is the kernel image.
-const AREA: u64 = 1 << 39;
+pub(super) const AREA: u64 = 1 << 39;
 const AREA_2: u64 = 2 << 39;
-const SHARED_RW: VmFlags = VmFlags::READ
+pub(super) const SHARED_RW: VmFlags = VmFlags::READ
     .union(VmFlags::WRITE)
     .union(VmFlags::SHARED)
     .union(VmFlags::MAYWRITE);
 const COW: VmFlags = VmFlags::READ.union(VmFlags::WRITE).union(VmFlags::MAYWRITE);
 
-fn space() -> Space {
+pub(super) fn space() -> Space {
     new_space(platform().nx).unwrap_or_else(|e| panic!("address space: {e}"))
 }
 
 /// Reads the `u64` at `va` in whatever is loaded.
-fn read(va: u64) -> u64 {
+pub(super) fn read(va: u64) -> u64 {
     // SAFETY: callers pass addresses their loaded space maps; a fault is
     // caught by the harness (or by an explicit `catch`).
     unsafe { core::ptr::read_volatile(va as *const u64) }
@@ -65,7 +65,7 @@ fn write(va: u64, value: u64) {
 }
 
 /// Fills a page we own through the direct map.
-fn fill(page: &PageRef<'_>, value: u64) {
+pub(super) fn fill(page: &PageRef<'_>, value: u64) {
     let words = phys_to_virt(page.phys().as_u64()).cast::<u64>();
     for i in 0..512 {
         // SAFETY: the page is ours and mapped by the direct map.

@@ -20,6 +20,9 @@ pub fn all() -> Vec<Test> {
     tests.extend_from_slice(dma::TESTS);
     tests.extend_from_slice(awaiting::TESTS);
     tests.extend_from_slice(smp::TESTS);
+    if crate::smp::cpus() > 1 {
+        tests.extend_from_slice(smp::SHOOTDOWN_TESTS);
+    }
     tests.extend_from_slice(mm::TESTS);
     tests.extend_from_slice(user::TESTS);
     // Only on a machine with a DMA-remapping unit (not with IOMMU=off).

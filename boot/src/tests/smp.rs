@@ -3,7 +3,7 @@
 //! `SMP=1` the same tests run on the boot CPU alone.
 
 use alloc::vec::Vec;
-use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use core::time::Duration;
 
 use dmaengine::engine::{Channel, Engine, PrepFlags};
@@ -18,6 +18,12 @@ use crate::harness::Test;
 use crate::rng::Rng;
 use crate::smp::{self, MAX_CPUS};
 use crate::time::Delay;
+
+/// Only with two CPUs or more.
+pub const SHOOTDOWN_TESTS: &[Test] = &[Test::new(
+    "smp.a_zap_shoots_down_another_cpus_translation",
+    zap_is_seen_by_another_cpu,
+)];
 
 pub const TESTS: &[Test] = &[
     Test::new("smp.every_cpu_runs_a_job", every_cpu_runs_a_job),
@@ -210,4 +216,92 @@ fn each_cpu_on_its_own_channel() {
     for (cpu, &n) in reports.iter().enumerate() {
         assert!(n > 0, "CPU {cpu} copied nothing");
     }
+}
+
+/// The shootdown test's shared state: the space's root, the kernel's, what
+/// CPU 1 read before and after, and how far the two CPUs got.
+static SHOOT_ROOT: AtomicU64 = AtomicU64::new(0);
+static KERNEL_ROOT: AtomicU64 = AtomicU64::new(0);
+static BEFORE: AtomicU64 = AtomicU64::new(0);
+static AFTER: AtomicU64 = AtomicU64::new(0);
+static STAGE: AtomicU32 = AtomicU32::new(0);
+
+/// Spins until `STAGE` is `stage`, for at most 5 s.
+fn await_stage(stage: u32) -> bool {
+    let start = crate::time::now_ns();
+    while STAGE.load(Ordering::Acquire) != stage {
+        if crate::time::now_ns() - start > 5_000_000_000 {
+            return false;
+        }
+        core::hint::spin_loop();
+    }
+    true
+}
+
+fn reader_job(cpu: usize) {
+    let (root, kernel) = (
+        SHOOT_ROOT.load(Ordering::Acquire),
+        KERNEL_ROOT.load(Ordering::Acquire),
+    );
+    // SAFETY: the space outlives the job (the test waits for it) and shares
+    // the kernel's mappings; the job goes back to the kernel's tables.
+    unsafe { smp::load_root(cpu, root, kernel) };
+    BEFORE.store(super::mm::read(super::mm::AREA), Ordering::Release);
+    STAGE.store(1, Ordering::Release);
+    if await_stage(2) {
+        AFTER.store(super::mm::read(super::mm::AREA), Ordering::Release);
+    } else {
+        error(cpu);
+    }
+    // SAFETY: as above.
+    unsafe { smp::load_root(cpu, 0, kernel) };
+}
+
+/// CPU 1 loads a user space and reads a page (its TLB now holds the
+/// translation); CPU 0 zaps the page and inserts another frame there; CPU
+/// 1 reads again and must see the new frame. QEMU does not snoop
+/// page-table writes, so without the shootdown CPU 1 reads the old frame
+/// through its stale translation (checked by skipping it). One shootdown
+/// round for the zap.
+fn zap_is_seen_by_another_cpu() {
+    use crate::mm::{db, npages, pg};
+    reset_reports();
+    STAGE.store(0, Ordering::Release);
+    let db = db();
+    let mut space = super::mm::space();
+    let area = super::mm::AREA;
+    let v = space
+        .map_vma(pg(area), npages(area, area + 4096), super::mm::SHARED_RW)
+        .expect("vma");
+    let (old, new) = (
+        db.alloc_page().expect("page"),
+        db.alloc_page().expect("page"),
+    );
+    super::mm::fill(&old, 0xaaaa_0000);
+    super::mm::fill(&new, 0xbbbb_0000);
+    space.insert_page(v, pg(area), &old).expect("insert");
+    SHOOT_ROOT.store(space.root().start_address().as_u64(), Ordering::Release);
+    KERNEL_ROOT.store(crate::mm::kernel_root(), Ordering::Release);
+    smp::start_on(1, reader_job);
+    let loaded = await_stage(1);
+    let rounds = smp::shootdown_rounds();
+    space.zap_range(v, pg(area), 1).expect("zap");
+    let rounds = smp::shootdown_rounds() - rounds;
+    space.insert_page(v, pg(area), &new).expect("insert");
+    STAGE.store(2, Ordering::Release);
+    let finished = smp::wait_for(1, JOB_TIMEOUT_NS);
+    drop(space);
+    assert!(loaded && finished, "CPU 1 ran its part");
+    assert_eq!(ERRORS[1].load(Ordering::Acquire), 0);
+    assert_eq!(
+        BEFORE.load(Ordering::Acquire),
+        0xaaaa_0000,
+        "CPU 1 read the old page"
+    );
+    assert_eq!(
+        AFTER.load(Ordering::Acquire),
+        0xbbbb_0000,
+        "CPU 1 read the new page, not the old one through a stale translation"
+    );
+    assert_eq!(rounds, 1, "one shootdown round for the zap");
 }

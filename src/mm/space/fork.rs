@@ -47,14 +47,24 @@ impl<C: PageCounter, M: TableMapper, A: TableAllocator, T: TlbFlush> AddressSpac
             child.write(table, pte::index(leaf_va, leaf.level), entry);
             va = leaf_va + leaf.size();
         }
-        // Only now that the copy is whole: write-protect the parent's side.
+        // Only now that the copy is whole: write-protect the parent's side,
+        // with one flush for all of it.
         let mut va = start;
+        let mut protected: Option<(u64, u64)> = None;
         while let Some(leaf) = self.next_leaf(va, end) {
+            let leaf_end = leaf.va.as_u64() + leaf.size();
             if cow_protect(&leaf) {
                 self.write(leaf.table, leaf.index, leaf.entry & !pte::WRITABLE);
-                self.tlb.flush_page(self.root(), leaf.va);
+                protected = Some(
+                    protected.map_or((leaf.va.as_u64(), leaf_end), |(from, _)| (from, leaf_end)),
+                );
             }
-            va = leaf.va.as_u64() + leaf.size();
+            va = leaf_end;
+        }
+        if let Some((from, to)) = protected {
+            let pages = (to - from) / pte::PAGE_4K;
+            self.tlb
+                .flush_range(self.root(), x86_64::VirtAddr::new(from), pages);
         }
         Ok(child_id)
     }

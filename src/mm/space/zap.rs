@@ -1,12 +1,13 @@
 //! Removing mappings (`zap_vma_ptes`) and splitting 2 MiB entries.
 
+use x86_64::VirtAddr;
 use x86_64::structures::paging::Page;
 
 use super::walk::TableGather;
 use super::{AddressSpace, Leaf, VmaId, frame};
 use crate::mm::MmError;
 use crate::mm::pte::{self, ADDR_1G, ADDR_2M, Format, HUGE, PAGE_2M, PAGE_4K};
-use crate::mm::tlb::{FULL_FLUSH_THRESHOLD, TlbFlush};
+use crate::mm::tlb::TlbFlush;
 use crate::mm::traits::{PageCounter, TableAllocator, TableMapper};
 
 impl<C: PageCounter, M: TableMapper, A: TableAllocator, T: TlbFlush, F: Format>
@@ -31,39 +32,43 @@ impl<C: PageCounter, M: TableMapper, A: TableAllocator, T: TlbFlush, F: Format>
         const BATCH: usize = 64;
         let mut pending = [0u64; BATCH];
         let mut count = 0;
-        let mut pages = 0usize;
-        // Entries cleared without an `invlpg` since the last full flush.
-        let mut unflushed = false;
+        // The span of the entries cleared since the last flush.
+        let mut unflushed: Option<(u64, u64)> = None;
         let mut va = start;
         while let Some(leaf) = self.next_leaf(va, end) {
             if !leaf.is_special() && count == BATCH {
-                self.tlb.flush_all(self.root());
-                unflushed = false;
+                if let Some((from, to)) = unflushed.take() {
+                    self.tlb
+                        .flush_range(self.root(), VirtAddr::new(from), (to - from) / PAGE_4K);
+                }
                 for &page in &pending {
                     self.counter.unmap(frame(page));
                 }
                 count = 0;
             }
             self.write(leaf.table, leaf.index, 0);
-            pages += (leaf.size() / PAGE_4K) as usize;
-            if pages <= FULL_FLUSH_THRESHOLD {
-                self.tlb.flush_page(self.root(), leaf.va);
-            } else {
-                unflushed = true;
-            }
+            let leaf_end = leaf.va.as_u64() + leaf.size();
+            unflushed =
+                Some(unflushed.map_or((leaf.va.as_u64(), leaf_end), |(from, _)| (from, leaf_end)));
             if !leaf.is_special() {
                 pending[count] = leaf.phys().as_u64();
                 count += 1;
             }
-            va = leaf.va.as_u64() + leaf.size();
+            va = leaf_end;
         }
         // Unlink the emptied tables before the last flush, so one flush
-        // covers both the leaves and the paging-structure entries; pages and
-        // tables are given back only after it.
+        // covers both the leaves and the paging-structure entries (a range
+        // flush drops the paging-structure caches too); pages and tables are
+        // given back only after it.
         let mut gather = TableGather::new();
         self.unlink_empty(&mut gather, start, end);
-        if unflushed || !gather.is_empty() {
-            self.tlb.flush_all(self.root());
+        match unflushed {
+            Some((from, to)) => {
+                self.tlb
+                    .flush_range(self.root(), VirtAddr::new(from), (to - from) / PAGE_4K);
+            }
+            None if !gather.is_empty() => self.tlb.flush_all(self.root()),
+            None => {}
         }
         for &page in &pending[..count] {
             self.counter.unmap(frame(page));
