@@ -167,7 +167,24 @@ pub trait Format {
     fn leaf(phys: u64, prot: PageProt, huge: bool, special: bool, nx: bool) -> u64;
     /// Whether a leaf is special.
     fn is_special(leaf: u64) -> bool;
+    /// `leaf` retired by a zap: not live any more (the MMU or IOMMU
+    /// ignores it), but still holding the frame's address, so the page
+    /// tables themselves list the frames to give back after the one TLB
+    /// flush of the zap. The default clears bits 0 and 1 (X86's present
+    /// and writable, VT-d's read and write) and sets [`RETIRED`]; a format
+    /// whose liveness lives elsewhere overrides it.
+    fn retire(leaf: u64) -> u64 {
+        (leaf & !0b11) | RETIRED
+    }
+    /// Whether `entry` is a leaf [`Format::retire`] made.
+    fn is_retired(entry: u64) -> bool {
+        !Self::is_live(entry) && entry & RETIRED != 0
+    }
 }
+
+/// Bit 11 of a retired (not live) entry, which hardware ignores in both
+/// formats: a zap is giving its frame back.
+pub const RETIRED: u64 = 1 << 11;
 
 /// The CPU's 4-level paging entries (SDM 4.5).
 #[derive(Clone, Copy, Debug)]

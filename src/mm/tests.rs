@@ -1564,3 +1564,45 @@ proptest! {
         }
     }
 }
+
+/// A zap flushes once, however many frames it gives back (the old code
+/// flushed once per 64), and gives every count back after that flush: the
+/// retired leaves keep the frames' addresses until then.
+#[test]
+fn a_zap_of_any_size_flushes_once() {
+    let mem = Memory::new(64);
+    let db = mem.db();
+    let mut space = new_space(&db);
+    let pages = 1000u64;
+    let v = space.map_vma(pg(BASE), pages, SHARED_RW).unwrap();
+    let tables_before = table_frames(&db);
+    let page = db.alloc_page().unwrap();
+    for i in 0..pages {
+        space.insert_page(v, pg(BASE + i * PAGE_4K), &page).unwrap();
+    }
+    assert_eq!(counts(&db, page.pfn()), (1 + pages as u32, pages as u32));
+    *space.tlb_mut() = Tlb::default();
+    space.zap_range(v, pg(BASE), pages).unwrap();
+    let tlb = space.tlb_mut();
+    assert_eq!((tlb.full, tlb.pages.len()), (1, 0), "one full flush");
+    assert_eq!(counts(&db, page.pfn()), (1, 0), "every count back");
+    assert_eq!(table_frames(&db), tables_before, "every table back");
+    assert_eq!(
+        space.leaves(va(BASE)..va(BASE + pages * PAGE_4K)).count(),
+        0
+    );
+
+    // A few pages: one range flush, a page at a time, covering the span.
+    for i in [0, 2, 4] {
+        space.insert_page(v, pg(BASE + i * PAGE_4K), &page).unwrap();
+    }
+    *space.tlb_mut() = Tlb::default();
+    space.zap_range(v, pg(BASE), 5).unwrap();
+    let tlb = space.tlb_mut();
+    assert_eq!(tlb.full, 0);
+    assert_eq!(
+        tlb.pages,
+        (0..5).map(|i| BASE + i * PAGE_4K).collect::<Vec<_>>()
+    );
+    assert_eq!(counts(&db, page.pfn()), (1, 0));
+}

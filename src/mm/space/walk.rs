@@ -7,7 +7,7 @@ use x86_64::VirtAddr;
 
 use super::{AddressSpace, Leaf, USER_END, frame};
 use crate::mm::MmError;
-use crate::mm::pte::{self, ADDR_4K, Format, HUGE, PAGE_4K};
+use crate::mm::pte::{self, ADDR_1G, ADDR_2M, ADDR_4K, Format, HUGE, PAGE_4K};
 use crate::mm::tlb::TlbFlush;
 use crate::mm::traits::{PageCounter, TableAllocator, TableMapper};
 
@@ -16,16 +16,21 @@ use crate::mm::traits::{PageCounter, TableAllocator, TableMapper};
 /// paging-structure entry pointing into a table until then.
 pub(super) struct TableGather {
     frames: [u64; GATHER_TABLES],
+    /// Each table's level: the retired leaves in it are given back before
+    /// it is freed, and their address mask depends on it.
+    levels: [u8; GATHER_TABLES],
     count: usize,
 }
 
-/// Tables one gather holds before it flushes and frees them.
-const GATHER_TABLES: usize = 16;
+/// Tables one gather holds before it flushes and frees them: enough for a
+/// 64 MiB zap (32 page tables and the directories above) in one flush.
+const GATHER_TABLES: usize = 64;
 
 impl TableGather {
     pub(super) const fn new() -> TableGather {
         TableGather {
             frames: [0; GATHER_TABLES],
+            levels: [0; GATHER_TABLES],
             count: 0,
         }
     }
@@ -76,8 +81,10 @@ impl<C: PageCounter, M: TableMapper, A: TableAllocator, T: TlbFlush, F: Format>
         }
     }
 
+    /// No entry is live (retired leaves are given back before the table is
+    /// freed).
     fn table_is_empty(&self, table: u64) -> bool {
-        (0..512).all(|i| self.read(table, i) == 0)
+        (0..512).all(|i| !F::is_live(self.read(table, i)))
     }
 
     /// A zeroed table frame from the allocator.
@@ -220,13 +227,60 @@ impl<C: PageCounter, M: TableMapper, A: TableAllocator, T: TlbFlush, F: Format>
         self.prune_level(gather, self.root, 4, start, end);
     }
 
-    /// Gives gathered table frames back. Only after a flush that followed
-    /// their unlinking.
+    /// Gives gathered table frames back, and the frames of the retired
+    /// leaves in them. Only after a flush that followed their unlinking.
     pub(super) fn free_gathered(&mut self, gather: &mut TableGather) {
         for i in 0..gather.count {
-            self.free_table(gather.frames[i]);
+            let (table, level) = (gather.frames[i], gather.levels[i] as u32);
+            for index in 0..512 {
+                let entry = self.read(table, index);
+                if F::is_retired(entry) {
+                    self.release(table, index, level, entry);
+                }
+            }
+            self.free_table(table);
         }
         gather.count = 0;
+    }
+
+    /// Clears retired leaf `entry` (entry `index` of `table`, at `level`)
+    /// and gives its frame's count back. Only after a flush that followed
+    /// its retiring.
+    fn release(&mut self, table: u64, index: usize, level: u32, entry: u64) {
+        let mask = match level {
+            3 => ADDR_1G,
+            2 => ADDR_2M,
+            _ => ADDR_4K,
+        };
+        self.write(table, index, 0);
+        self.counter.unmap(frame(entry & mask));
+    }
+
+    /// Gives back the retired leaves under `[start, end)` that are still
+    /// linked (their tables hold live entries too). Only after a flush that
+    /// followed their retiring.
+    pub(super) fn release_retired(&mut self, start: u64, end: u64) {
+        self.release_level(self.root, 4, start, end);
+    }
+
+    fn release_level(&mut self, table: u64, level: u32, start: u64, end: u64) {
+        let size = span(level);
+        let mut va = start;
+        while va < end {
+            let index = pte::index(va, level);
+            let slot_end = (va & !(size - 1)).saturating_add(size);
+            let entry = self.read(table, index);
+            let shared = level == 4 && self.shared[index];
+            if F::is_retired(entry) {
+                self.release(table, index, level, entry);
+            } else if level > 1 && F::is_live(entry) && entry & HUGE == 0 && !shared {
+                self.release_level(entry & ADDR_4K, level - 1, va, end.min(slot_end));
+            }
+            if index == 511 {
+                break;
+            }
+            va = slot_end;
+        }
     }
 
     /// Returns whether `table` is empty afterwards.
@@ -258,6 +312,7 @@ impl<C: PageCounter, M: TableMapper, A: TableAllocator, T: TlbFlush, F: Format>
                         self.free_gathered(gather);
                     }
                     gather.frames[gather.count] = child;
+                    gather.levels[gather.count] = (level - 1) as u8;
                     gather.count += 1;
                 }
             }

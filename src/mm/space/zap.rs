@@ -4,7 +4,7 @@ use x86_64::VirtAddr;
 use x86_64::structures::paging::Page;
 
 use super::walk::TableGather;
-use super::{AddressSpace, Leaf, VmaId, frame};
+use super::{AddressSpace, Leaf, VmaId};
 use crate::mm::MmError;
 use crate::mm::pte::{self, ADDR_1G, ADDR_2M, Format, HUGE, PAGE_2M, PAGE_4K};
 use crate::mm::tlb::TlbFlush;
@@ -27,42 +27,32 @@ impl<C: PageCounter, M: TableMapper, A: TableAllocator, T: TlbFlush, F: Format>
 
     pub(super) fn zap(&mut self, start: u64, end: u64) -> Result<(), MmError> {
         self.split_boundaries(start, end)?;
-        // Frames are given back only after their entries are flushed:
-        // collect them, flush, then drop the counts.
-        const BATCH: usize = 64;
-        let mut pending = [0u64; BATCH];
-        let mut count = 0;
-        // The span of the entries cleared since the last flush.
-        let mut unflushed: Option<(u64, u64)> = None;
+        // Frames are given back only after their entries are flushed, and
+        // with one flush for the whole call (one round of IPIs for a kernel
+        // with several CPUs): counted leaves are retired in place (not live,
+        // frame address kept), so the tables themselves list the frames
+        // until then; special leaves hold nothing and are cleared.
+        let mut retired: Option<(u64, u64)> = None;
         let mut va = start;
         while let Some(leaf) = self.next_leaf(va, end) {
-            if !leaf.is_special() && count == BATCH {
-                if let Some((from, to)) = unflushed.take() {
-                    self.tlb
-                        .flush_range(self.root(), VirtAddr::new(from), (to - from) / PAGE_4K);
-                }
-                for &page in &pending {
-                    self.counter.unmap(frame(page));
-                }
-                count = 0;
-            }
-            self.write(leaf.table, leaf.index, 0);
+            let value = if leaf.is_special() {
+                0
+            } else {
+                F::retire(leaf.entry)
+            };
+            self.write(leaf.table, leaf.index, value);
             let leaf_end = leaf.va.as_u64() + leaf.size();
-            unflushed =
-                Some(unflushed.map_or((leaf.va.as_u64(), leaf_end), |(from, _)| (from, leaf_end)));
-            if !leaf.is_special() {
-                pending[count] = leaf.phys().as_u64();
-                count += 1;
-            }
+            retired =
+                Some(retired.map_or((leaf.va.as_u64(), leaf_end), |(from, _)| (from, leaf_end)));
             va = leaf_end;
         }
-        // Unlink the emptied tables before the last flush, so one flush
+        // Unlink the tables left with nothing live before the flush, so it
         // covers both the leaves and the paging-structure entries (a range
         // flush drops the paging-structure caches too); pages and tables are
         // given back only after it.
         let mut gather = TableGather::new();
         self.unlink_empty(&mut gather, start, end);
-        match unflushed {
+        match retired {
             Some((from, to)) => {
                 self.tlb
                     .flush_range(self.root(), VirtAddr::new(from), (to - from) / PAGE_4K);
@@ -70,9 +60,7 @@ impl<C: PageCounter, M: TableMapper, A: TableAllocator, T: TlbFlush, F: Format>
             None if !gather.is_empty() => self.tlb.flush_all(self.root()),
             None => {}
         }
-        for &page in &pending[..count] {
-            self.counter.unmap(frame(page));
-        }
+        self.release_retired(start, end);
         self.free_gathered(&mut gather);
         Ok(())
     }
