@@ -32,9 +32,10 @@ pub unsafe trait TlbFlush {
 
     /// Invalidates the translations of the `pages` 4 KiB pages from
     /// `start`, and the paging-structure caches: the crate calls it once for all the
-    /// entries one batch of a call cleared or downgraded, so a kernel that
-    /// must interrupt other CPUs does it once per batch, not once per page.
-    /// The default does `flush_page` for each page up to
+    /// entries a call cleared or downgraded (a zap, fork's write-protect), so
+    /// a kernel that must interrupt other CPUs does it once per call, not
+    /// once per page (a zap that empties more than 64 page tables, or
+    /// splits a large entry at its ends, flushes more). The default does `flush_page` for each page up to
     /// [`FULL_FLUSH_THRESHOLD`] pages, else `flush_all`.
     fn flush_range(&mut self, root: PhysFrame, start: VirtAddr, pages: u64) {
         if pages == 0 || pages > FULL_FLUSH_THRESHOLD as u64 {
