@@ -84,7 +84,7 @@ log=target/qemu/$mode${filter:+-$filter}.log
 timeout -k 5 "$timeout_s" "$QEMU" \
     "${machine[@]}" -accel "$accel" -cpu qemu64,+pdpe1gb -m 2G -smp "$smp" \
     -display none -monitor none -serial stdio -no-reboot -nic none -vga none \
-    -device lsi53c895a -device edu,dma_mask=0xffffffff \
+    -device lsi53c895a -device lsi53c895a -device edu,dma_mask=0xffffffff \
     -device isa-debug-exit,iobase=0xf4,iosize=0x04 \
     -kernel "$kernel" -append "$mode $filter seed=$seed" \
     "${extra[@]}" | tee "$log"

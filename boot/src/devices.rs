@@ -9,7 +9,16 @@ use crate::{pci, platform};
 
 /// Finds a device by ID and enables memory decoding and bus mastering.
 pub fn find(vendor: u16, device: u16) -> Option<&'static pci::Device> {
-    let dev = pci::find(&platform().pci, vendor, device)?;
+    find_nth(vendor, device, 0)
+}
+
+/// As [`find`], for the `n`th such function on the bus (0 is the first).
+pub fn find_nth(vendor: u16, device: u16, n: usize) -> Option<&'static pci::Device> {
+    let dev = platform()
+        .pci
+        .iter()
+        .filter(|d| d.vendor == vendor && d.device == device)
+        .nth(n)?;
     dev.enable(true, true, true);
     Some(dev)
 }

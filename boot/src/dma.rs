@@ -97,6 +97,7 @@ impl<C> Drop for Exclusive<C> {
 }
 
 static LSI_TAKEN: AtomicBool = AtomicBool::new(false);
+static LSI2_TAKEN: AtomicBool = AtomicBool::new(false);
 static EDU_TAKEN: AtomicBool = AtomicBool::new(false);
 
 /// A channel over the LSI53C895A's SCRIPTS processor.
@@ -122,8 +123,25 @@ pub fn shared_lsi_channel() -> Result<SharedLsi, DmaError> {
     Exclusive::take(&LSI_TAKEN, || make_lsi().map(SharedChannel::new))
 }
 
+/// The second LSI53C895A, if the machine has one (`qemu-run.sh` gives it
+/// two).
+pub fn second_lsi_device() -> Option<&'static crate::pci::Device> {
+    devices::find_nth(lsi53c895a::regs::VENDOR_ID, lsi53c895a::regs::DEVICE_ID, 1)
+}
+
+/// Takes over the second LSI53C895A as a copy channel.
+pub fn second_lsi_channel() -> Result<LsiChannel, DmaError> {
+    Exclusive::take(&LSI2_TAKEN, || make_lsi_on(second_lsi_device()))
+}
+
 fn make_lsi() -> Result<Channel<Lsi53c895a<KernelHal>>, DmaError> {
-    let regs = lsi_device()
+    make_lsi_on(lsi_device())
+}
+
+fn make_lsi_on(
+    device: Option<&'static crate::pci::Device>,
+) -> Result<Channel<Lsi53c895a<KernelHal>>, DmaError> {
+    let regs = device
         .and_then(|dev| devices::map_bar(dev, lsi53c895a::regs::MMIO_BAR))
         .ok_or(DmaError::NotSupported)?;
     Ok(Channel::new(Lsi53c895a::new(regs)?))

@@ -12,7 +12,7 @@ use dmaengine::hal::Dma;
 use super::dma::{TIMEOUT, dst_pattern};
 use crate::dma::{
     CpuChannel, EduChannel, KernelHal, LsiChannel, cpu_channel, edu_channel, lsi_channel,
-    release_lsi, serviced_lsi, serviced_lsi_channel,
+    release_lsi, second_lsi_channel, serviced_lsi, serviced_lsi_channel,
 };
 use crate::harness::Test;
 use crate::rng::Rng;
@@ -165,6 +165,7 @@ fn all_cpus_share_one_lsi_channel() {
 
 /// The channels of the per-CPU test, taken by the CPU that runs each.
 static LSI_OWN: spin::Mutex<Option<LsiChannel>> = spin::Mutex::new(None);
+static LSI2_OWN: spin::Mutex<Option<LsiChannel>> = spin::Mutex::new(None);
 static EDU_OWN: spin::Mutex<Option<EduChannel>> = spin::Mutex::new(None);
 static CPU_OWN: [spin::Mutex<Option<CpuChannel>>; MAX_CPUS] =
     [const { spin::Mutex::new(None) }; MAX_CPUS];
@@ -186,6 +187,10 @@ fn own_job(cpu: usize) {
             .map(|c| copies_on(cpu, &mut **c, 300)),
         // The edu device takes 200 ms a copy: a few.
         1 => EDU_OWN.lock().as_mut().map(|c| copies_on(cpu, &mut **c, 3)),
+        2 => LSI2_OWN
+            .lock()
+            .as_mut()
+            .map(|c| copies_on(cpu, &mut **c, 300)),
         _ => CPU_OWN[cpu].lock().as_mut().map(|c| copies_on(cpu, c, 300)),
     };
     match done {
@@ -194,19 +199,24 @@ fn own_job(cpu: usize) {
     }
 }
 
-/// CPU 0 on the LSI53C895A, CPU 1 on the edu device, the others on CPU
-/// engines of their own, all copying at once, every byte checked.
+/// CPU 0 on the first LSI53C895A, CPU 1 on the edu device, CPU 2 on the
+/// second LSI53C895A, the others on CPU engines of their own, all copying
+/// at once, every byte checked.
 fn each_cpu_on_its_own_channel() {
     reset_reports();
     *LSI_OWN.lock() = Some(lsi_channel().expect("LSI"));
     if smp::cpus() > 1 {
         *EDU_OWN.lock() = Some(edu_channel().expect("edu"));
     }
-    for slot in CPU_OWN.iter().take(smp::cpus()).skip(2) {
+    if smp::cpus() > 2 {
+        *LSI2_OWN.lock() = Some(second_lsi_channel().expect("second LSI53C895A"));
+    }
+    for slot in CPU_OWN.iter().take(smp::cpus()).skip(3) {
         *slot.lock() = Some(cpu_channel());
     }
     let outcome = smp::run_on_all(own_job, JOB_TIMEOUT_NS);
     LSI_OWN.lock().take();
+    LSI2_OWN.lock().take();
     EDU_OWN.lock().take();
     for slot in &CPU_OWN {
         slot.lock().take();
