@@ -76,7 +76,7 @@ unsafe impl TlbFlush for KernelTlb {
         if Self::active(root) {
             if pages <= dmaengine::mm::tlb::FULL_FLUSH_THRESHOLD as u64 {
                 for i in 0..pages {
-                    x86_64::instructions::tlb::flush(start + i * 4096);
+                    x86_64::instructions::tlb::flush(start + i * dmaengine::mm::pte::PAGE_4K);
                 }
             } else {
                 x86_64::instructions::tlb::flush_all();

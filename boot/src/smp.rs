@@ -20,7 +20,7 @@ use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 use embedded_hal::delay::DelayNs;
 
-use crate::mem::{frames, phys_to_virt};
+use crate::mem::{PAGE_SIZE, frames, phys_to_virt};
 use crate::{acpi, gdt, println, time, trap};
 
 /// CPUs this kernel drives at most.
@@ -44,9 +44,12 @@ const ICR_HIGH: usize = 0x310;
 const ICR_PENDING: u32 = 1 << 12;
 /// ICR level: assert (must be set for everything but INIT de-assert).
 const ICR_ASSERT: u32 = 1 << 14;
-/// ICR delivery modes (bits 10-8).
+/// ICR delivery mode (bits 10-8) NMI: wakes `hlt` even with IF=0.
 const ICR_NMI: u32 = 0b100 << 8;
+/// ICR delivery mode INIT: resets the target to wait for a SIPI.
 const ICR_INIT: u32 = 0b101 << 8;
+/// ICR delivery mode Start-up (SIPI): the target starts in real mode at
+/// CS:IP = vector * 0x100 : 0 (SDM §10.6.1, §8.4.4).
 const ICR_STARTUP: u32 = 0b110 << 8;
 /// The NMI vector.
 const NMI_VECTOR: u8 = 2;
@@ -77,7 +80,7 @@ ap_pm32:
     mov %eax, %cr4
     mov (ap_cr3 - ap_trampoline + 0x8000), %eax
     mov %eax, %cr3
-    mov $0xc0000080, %ecx
+    mov $0xc0000080, %ecx          // IA32_EFER
     mov (ap_efer - ap_trampoline + 0x8000), %eax
     xor %edx, %edx
     wrmsr
@@ -92,6 +95,8 @@ ap_lm64:
     call *%rax
     ud2
     .balign 8
+    // Null; 0x08 32-bit code (flat, G, D); 0x10 data (flat, G, B);
+    // 0x18 64-bit code (L): SDM Vol. 3A §3.4.5.
 ap_gdt:
     .quad 0
     .quad 0x00cf9a000000ffff
@@ -216,7 +221,9 @@ fn nmi_handler(_frame: &mut trap::TrapFrame, _cr2: u64) -> bool {
         first => {
             let pages = SHOOT_PAGES[cpu].load(Ordering::Acquire);
             for i in 0..pages {
-                x86_64::instructions::tlb::flush(x86_64::VirtAddr::new((first & !1) + i * 4096));
+                x86_64::instructions::tlb::flush(x86_64::VirtAddr::new(
+                    (first & !1) + i * PAGE_SIZE,
+                ));
             }
         }
     }
@@ -252,10 +259,7 @@ pub fn shootdown(root: u64, range: Option<(x86_64::VirtAddr, u64)>) {
         if LOADED[cpu].load(Ordering::Acquire) == root {
             SHOOT_PAGES[cpu].store(count, Ordering::Release);
             SHOOT[cpu].store(request, Ordering::Release);
-            send_ipi(
-                APIC_IDS[cpu].load(Ordering::Acquire) as u32,
-                ICR_NMI | ICR_ASSERT,
-            );
+            wake(cpu);
             sent = true;
         }
     }
@@ -291,14 +295,11 @@ pub fn init(rsdp: Option<u64>) -> usize {
     unsafe { core::ptr::copy_nonoverlapping(start, phys_to_virt(TRAMPOLINE), len) };
     // The AP enters long mode with the boot CPU's settings. EFER.LMA is the
     // CPU's own report, not a setting.
-    let (cr0, cr3, cr4): (u64, u64, u64);
-    // SAFETY: reading control registers has no side effects.
-    unsafe {
-        core::arch::asm!("mov {}, cr0", out(reg) cr0, options(nomem, nostack));
-        core::arch::asm!("mov {}, cr3", out(reg) cr3, options(nomem, nostack));
-        core::arch::asm!("mov {}, cr4", out(reg) cr4, options(nomem, nostack));
-    }
-    let efer = x86_64::registers::model_specific::Efer::read_raw() & !(1 << 10);
+    use x86_64::registers::control::{Cr0, Cr3, Cr4};
+    use x86_64::registers::model_specific::{Efer, EferFlags};
+    let (cr0, cr4) = (Cr0::read_raw(), Cr4::read_raw());
+    let cr3 = Cr3::read_raw().0.start_address().as_u64();
+    let efer = Efer::read_raw() & !EferFlags::LONG_MODE_ACTIVE.bits();
     // The kernel's own tables (init runs at boot, with them loaded).
     // SAFETY: the fields are symbols of the trampoline.
     unsafe {
@@ -320,7 +321,7 @@ pub fn init(rsdp: Option<u64>) -> usize {
         let Ok(stack) = frames::alloc_contiguous(AP_STACK_PAGES, 1) else {
             break;
         };
-        let top = phys_to_virt(stack) as u64 + (AP_STACK_PAGES as u64) * 4096;
+        let top = phys_to_virt(stack) as u64 + AP_STACK_PAGES as u64 * PAGE_SIZE;
         APIC_IDS[cpu].store(id as usize, Ordering::Release);
         // SAFETY: the fields are symbols of the trampoline.
         unsafe {
@@ -371,8 +372,9 @@ extern "C" fn ap_main(cpu: u64) -> ! {
     }
 }
 
-/// Wakes AP `cpu` from `hlt` (an NMI): for a job that halts while it waits
-/// for something the caller has just done.
+/// Sends AP `cpu` an NMI: it wakes from `hlt`, takes a posted job or
+/// shootdown, or goes on with a job that halts while it waits for
+/// something the caller has just done.
 pub fn wake(cpu: usize) {
     send_ipi(
         APIC_IDS[cpu].load(Ordering::Acquire) as u32,
@@ -384,10 +386,7 @@ pub fn wake(cpu: usize) {
 pub fn start_on(cpu: usize, job: fn(usize)) {
     DONE[cpu].store(false, Ordering::Release);
     JOBS[cpu].store(job as usize, Ordering::Release);
-    send_ipi(
-        APIC_IDS[cpu].load(Ordering::Acquire) as u32,
-        ICR_NMI | ICR_ASSERT,
-    );
+    wake(cpu);
 }
 
 /// Waits up to `timeout_ns` for the job posted to AP `cpu` to end, waking
@@ -402,10 +401,7 @@ pub fn wait_for(cpu: usize, timeout_ns: u64) -> bool {
         }
         if now - last_nudge > 1_000_000 && JOBS[cpu].load(Ordering::Acquire) != 0 {
             last_nudge = now;
-            send_ipi(
-                APIC_IDS[cpu].load(Ordering::Acquire) as u32,
-                ICR_NMI | ICR_ASSERT,
-            );
+            wake(cpu);
         }
         core::hint::spin_loop();
     }
@@ -413,41 +409,20 @@ pub fn wait_for(cpu: usize, timeout_ns: u64) -> bool {
 }
 
 /// Runs `job(cpu)` on every CPU at once (the boot CPU runs `job(0)`
-/// itself), and waits up to `timeout_ns` for the APs. Returns the CPUs
-/// whose job did not end in time (none: `Ok`).
+/// itself), and waits up to `timeout_ns` for the APs. Returns how many APs
+/// did not end in time (none: `Ok`).
 pub fn run_on_all(job: fn(usize), timeout_ns: u64) -> Result<(), usize> {
     let n = cpus();
     for cpu in 1..n {
-        DONE[cpu].store(false, Ordering::Release);
-        JOBS[cpu].store(job as usize, Ordering::Release);
-        send_ipi(
-            APIC_IDS[cpu].load(Ordering::Acquire) as u32,
-            ICR_NMI | ICR_ASSERT,
-        );
+        start_on(cpu, job);
     }
     job(0);
     let start = time::now_ns();
-    let mut last_nudge = start;
-    loop {
-        let late = (1..n).filter(|&c| !DONE[c].load(Ordering::Acquire)).count();
-        if late == 0 {
-            return Ok(());
-        }
-        let now = time::now_ns();
-        if now - start > timeout_ns {
-            return Err(late);
-        }
-        // An AP that had not yet halted when its NMI came sleeps on: wake
-        // it again.
-        if now - last_nudge > 1_000_000 {
-            last_nudge = now;
-            for cpu in (1..n).filter(|&c| JOBS[c].load(Ordering::Acquire) != 0) {
-                send_ipi(
-                    APIC_IDS[cpu].load(Ordering::Acquire) as u32,
-                    ICR_NMI | ICR_ASSERT,
-                );
-            }
-        }
-        core::hint::spin_loop();
-    }
+    let late = (1..n)
+        .filter(|&cpu| {
+            let left = timeout_ns.saturating_sub(time::now_ns() - start);
+            !wait_for(cpu, left)
+        })
+        .count();
+    if late == 0 { Ok(()) } else { Err(late) }
 }

@@ -635,22 +635,7 @@ impl<E: Engine> Channel<E> {
         timeout: Duration,
     ) -> Result<(), DmaError> {
         self.issue_pending();
-        let limit_us = timeout.as_micros().min(u64::MAX as u128) as u64;
-        let mut waited_us = 0u64;
-        let mut step_us = 1u32;
-        loop {
-            match self.status(cookie).status {
-                Status::Complete => return Ok(()),
-                Status::Error(kind) => return Err(DmaError::Failed(kind)),
-                Status::InProgress if waited_us >= limit_us => return Err(DmaError::TimedOut),
-                Status::InProgress => {
-                    let step = (step_us as u64).min(limit_us - waited_us).max(1) as u32;
-                    delay.delay_us(step);
-                    waited_us += step as u64;
-                    step_us = (step_us * 2).min(1000);
-                }
-            }
-        }
+        wait_for_status(delay, timeout, || self.status(cookie).status)
     }
 
     /// Waits until every request prepared so far has ended (issuing what is
@@ -811,6 +796,31 @@ impl<E: Engine> Channel<E> {
         self.engine.reset()?;
         self.halted = false;
         Ok(())
+    }
+}
+
+/// Asks `look` where a request stands until it has ended or `timeout` has
+/// passed, waiting with `delay` in between (1 us, doubling up to 1 ms).
+pub(crate) fn wait_for_status(
+    delay: &mut impl DelayNs,
+    timeout: Duration,
+    mut look: impl FnMut() -> Status,
+) -> Result<(), DmaError> {
+    let limit_us = timeout.as_micros().min(u64::MAX as u128) as u64;
+    let mut waited_us = 0u64;
+    let mut step_us = 1u32;
+    loop {
+        match look() {
+            Status::Complete => return Ok(()),
+            Status::Error(kind) => return Err(DmaError::Failed(kind)),
+            Status::InProgress if waited_us >= limit_us => return Err(DmaError::TimedOut),
+            Status::InProgress => {
+                let step = (step_us as u64).min(limit_us - waited_us).max(1) as u32;
+                delay.delay_us(step);
+                waited_us += step as u64;
+                step_us = (step_us * 2).min(1000);
+            }
+        }
     }
 }
 

@@ -204,27 +204,11 @@ impl<E: Engine, I: IrqControl> SharedChannel<E, I> {
         delay: &mut impl DelayNs,
         timeout: Duration,
     ) -> Result<(), DmaError> {
-        let limit_us = timeout.as_micros().min(u64::MAX as u128) as u64;
-        let mut waited_us = 0u64;
-        let mut step_us = 1u32;
-        loop {
-            let status = {
-                let mut channel = self.lock();
-                channel.issue_pending();
-                channel.status(cookie).status
-            };
-            match status {
-                Status::Complete => return Ok(()),
-                Status::Error(kind) => return Err(DmaError::Failed(kind)),
-                Status::InProgress if waited_us >= limit_us => return Err(DmaError::TimedOut),
-                Status::InProgress => {
-                    let step = (step_us as u64).min(limit_us - waited_us).max(1) as u32;
-                    delay.delay_us(step);
-                    waited_us += step as u64;
-                    step_us = (step_us * 2).min(1000);
-                }
-            }
-        }
+        super::channel::wait_for_status(delay, timeout, || {
+            let mut channel = self.lock();
+            channel.issue_pending();
+            channel.status(cookie).status
+        })
     }
 
     /// A future that ends when `cookie` does: `Ok` if it completed, else
