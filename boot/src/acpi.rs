@@ -1,7 +1,7 @@
 //! Just enough ACPI to find the DMA-remapping units and the processors:
 //! the RSDP the PVH start info points at, the RSDT or XSDT, the DMAR
 //! table's DRHD structures (their register base addresses) and the MADT's
-//! local APICs. Source: ACPI 6.5 §5.2.5
+//! local APICs, I/O APICs and interrupt source overrides. Source: ACPI 6.5 §5.2.5
 //! (RSDP), §5.2.6 (header), §5.2.7-8 (RSDT/XSDT); VT-d spec §8.1 (DMAR) and
 //! §8.3 (DRHD).
 
@@ -68,13 +68,41 @@ pub fn dmar_units(rsdp: u64) -> Vec<u64> {
     units
 }
 
-/// What the MADT says about the processors (ACPI 6.5 §5.2.12).
+/// What the MADT says about the processors and interrupt controllers
+/// (ACPI 6.5 §5.2.12).
 pub struct Madt {
     /// The local APICs' register base (the table's field, or a type 5
     /// override).
     pub lapic_base: u64,
     /// The APIC IDs of the enabled processors (type 0 entries, flags bit 0).
     pub apic_ids: Vec<u8>,
+    /// The I/O APICs (type 1 entries, §5.2.12.3).
+    pub io_apics: Vec<IoApicEntry>,
+    /// ISA interrupts wired to another GSI or with another trigger or
+    /// polarity than ISA's edge, active high (type 2 entries, §5.2.12.5).
+    pub overrides: Vec<SourceOverride>,
+}
+
+/// An I/O APIC the MADT lists.
+#[derive(Clone, Copy, Debug)]
+pub struct IoApicEntry {
+    /// Its registers' physical address.
+    pub address: u64,
+    /// The first global system interrupt (GSI) its pins carry.
+    pub gsi_base: u32,
+}
+
+/// An interrupt source override: ISA IRQ `source` arrives on `gsi`.
+#[derive(Clone, Copy, Debug)]
+pub struct SourceOverride {
+    /// The ISA IRQ.
+    pub source: u8,
+    /// The global system interrupt it is wired to.
+    pub gsi: u32,
+    /// MPS INTI flags: polarity in bits 1-0 (00 as the bus, 01 high,
+    /// 11 low), trigger mode in bits 3-2 (00 as the bus, 01 edge, 11 level)
+    /// (ACPI 6.5 Table 5.50).
+    pub flags: u16,
 }
 
 /// The MADT's processors, if the firmware gave one.
@@ -86,6 +114,8 @@ pub fn madt(rsdp: u64) -> Option<Madt> {
     let mut out = Madt {
         lapic_base: read::<u32>(madt + 36) as u64,
         apic_ids: Vec::new(),
+        io_apics: Vec::new(),
+        overrides: Vec::new(),
     };
     // Interrupt controller structures start after the header, the local
     // APIC address and the flags.
@@ -97,6 +127,15 @@ pub fn madt(rsdp: u64) -> Option<Madt> {
         }
         match kind {
             0 if read::<u32>(at + 4) & 1 != 0 => out.apic_ids.push(read(at + 3)),
+            1 => out.io_apics.push(IoApicEntry {
+                address: read::<u32>(at + 4) as u64,
+                gsi_base: read(at + 8),
+            }),
+            2 => out.overrides.push(SourceOverride {
+                source: read(at + 3),
+                gsi: read(at + 4),
+                flags: read(at + 8),
+            }),
             5 => out.lapic_base = read(at + 4),
             _ => {}
         }

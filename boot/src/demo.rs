@@ -71,9 +71,10 @@ pub fn run() -> ExitCode {
         None => println!("  not present (qemu-run.sh adds -device edu)"),
     }
     println!(
-        "  interrupts so far: timer {}, spurious {}, exceptions {}",
+        "  interrupts so far: PIT {}, boot CPU's APIC timer {}, spurious {}, exceptions {}",
         irq::count(0),
-        irq::SPURIOUS.load(core::sync::atomic::Ordering::Relaxed),
+        crate::apic::ticks(0),
+        irq::SPURIOUS.load(core::sync::atomic::Ordering::Relaxed) + crate::apic::spurious(),
         trap::EXCEPTIONS.load(core::sync::atomic::Ordering::Relaxed)
     );
     dma_section();

@@ -250,28 +250,51 @@ fn measure_copy_break() -> Result<dmaengine::engine::copybreak::CopyBreak, DmaEr
 /// The shared channels the interrupt handlers service while a test or a
 /// benchmark uses them.
 static LSI_SLOT: spin::Mutex<Option<Arc<SharedLsi>>> = spin::Mutex::new(None);
+static LSI2_SLOT: spin::Mutex<Option<Arc<SharedLsi>>> = spin::Mutex::new(None);
 static EDU_SLOT: spin::Mutex<Option<Arc<SharedEdu>>> = spin::Mutex::new(None);
 
-fn lsi_irq() {
-    if let Some(channel) = LSI_SLOT.lock().as_ref() {
+/// Where an interrupt handler finds the shared channel it services.
+type Slot<E> = spin::Mutex<Option<Arc<Exclusive<SharedChannel<E, X86Interrupts>>>>>;
+
+/// Runs the interrupt handler of the channel in `slot`, if one is there.
+fn service<E: dmaengine::engine::Engine>(slot: &Slot<E>) {
+    if let Some(channel) = slot.lock().as_ref() {
         channel.handle_interrupt();
     }
 }
 
+fn lsi_irq() {
+    service(&LSI_SLOT);
+}
+
+fn lsi2_irq() {
+    service(&LSI2_SLOT);
+}
+
 fn edu_irq() {
-    if let Some(channel) = EDU_SLOT.lock().as_ref() {
-        channel.handle_interrupt();
-    }
+    service(&EDU_SLOT);
+}
+
+/// Puts `channel` in `slot` and registers `handler` on the PCI line of
+/// `device`.
+fn serve<C>(
+    channel: C,
+    slot: &spin::Mutex<Option<Arc<C>>>,
+    device: Option<&'static crate::pci::Device>,
+    handler: irq::Handler,
+) -> (Arc<C>, u8) {
+    let channel = Arc::new(channel);
+    let line = device.expect("a serviced device exists").irq_line;
+    without_interrupts(|| *slot.lock() = Some(channel.clone()));
+    irq::register(line, handler).expect("register the interrupt handler");
+    (channel, line)
 }
 
 /// The shared LSI channel, serviced by its interrupt handler until
 /// [`release_lsi`].
 pub fn serviced_lsi() -> (Arc<SharedLsi>, u8) {
-    let channel = Arc::new(shared_lsi_channel().expect("LSI53C895A channel"));
-    let line = lsi_device().expect("LSI").irq_line;
-    without_interrupts(|| *LSI_SLOT.lock() = Some(channel.clone()));
-    irq::register(line, lsi_irq).expect("register LSI handler");
-    (channel, line)
+    let channel = shared_lsi_channel().expect("LSI53C895A channel");
+    serve(channel, &LSI_SLOT, lsi_device(), lsi_irq)
 }
 
 /// The shared LSI channel being serviced, if any (for jobs on other CPUs).
@@ -285,18 +308,57 @@ pub fn release_lsi(line: u8) {
     without_interrupts(|| LSI_SLOT.lock().take());
 }
 
+/// The second LSI53C895A's channel, shared and serviced by its interrupt
+/// handler until [`release_second_lsi`]; `None` without a second chip.
+pub fn serviced_second_lsi() -> Option<(Arc<SharedLsi>, u8)> {
+    let channel = Exclusive::take(&LSI2_TAKEN, || {
+        make_lsi_on(second_lsi_device()).map(SharedChannel::new)
+    })
+    .ok()?;
+    Some(serve(channel, &LSI2_SLOT, second_lsi_device(), lsi2_irq))
+}
+
+/// Stops servicing the second LSI channel.
+pub fn release_second_lsi(line: u8) {
+    irq::unregister(line, lsi2_irq);
+    without_interrupts(|| LSI2_SLOT.lock().take());
+}
+
 /// The shared edu channel, serviced by its interrupt handler until
 /// [`release_edu`].
 pub fn serviced_edu() -> (Arc<SharedEdu>, u8) {
-    let channel = Arc::new(shared_edu_channel().expect("edu channel"));
-    let line = edu_device().expect("edu").irq_line;
-    without_interrupts(|| *EDU_SLOT.lock() = Some(channel.clone()));
-    irq::register(line, edu_irq).expect("register edu handler");
-    (channel, line)
+    let channel = shared_edu_channel().expect("edu channel");
+    serve(channel, &EDU_SLOT, edu_device(), edu_irq)
 }
 
 /// Stops servicing the shared edu channel.
 pub fn release_edu(line: u8) {
     irq::unregister(line, edu_irq);
+    without_interrupts(|| EDU_SLOT.lock().take());
+}
+
+/// The shared edu channel, serviced through MSI on CPU `cpu` (whose
+/// interrupts must be on for its completions to arrive) until
+/// [`release_edu_msi`].
+pub fn serviced_edu_msi(cpu: usize) -> Result<(Arc<SharedEdu>, irq::MsiMessage), irq::IrqError> {
+    let device = edu_device().ok_or(irq::IrqError::NoSuchLine)?;
+    let channel = Arc::new(shared_edu_channel().map_err(|_| irq::IrqError::NoSuchLine)?);
+    let message = irq::allocate_msi(cpu, edu_irq)?;
+    without_interrupts(|| *EDU_SLOT.lock() = Some(channel.clone()));
+    if !device.enable_msi(message.address, message.data) {
+        without_interrupts(|| EDU_SLOT.lock().take());
+        irq::free_msi(message.vector);
+        return Err(irq::IrqError::NoSuchLine);
+    }
+    Ok((channel, message))
+}
+
+/// Stops servicing the edu channel through MSI: the device is back on its
+/// INTx pin.
+pub fn release_edu_msi(message: irq::MsiMessage) {
+    if let Some(device) = edu_device() {
+        device.disable_msi();
+    }
+    irq::free_msi(message.vector);
     without_interrupts(|| EDU_SLOT.lock().take());
 }

@@ -1,6 +1,10 @@
 //! A small executor: runs a fixed set of futures to their end on this CPU,
 //! halting until an interrupt wakes one.
 //!
+//! A waker woken on another CPU (an interrupt handler an MSI sent there)
+//! sends the executor's CPU a wake-up IPI, so its `hlt` ends at once rather
+//! than at its next timer tick.
+//!
 //! A task is polled only when its waker was woken (and once at the start),
 //! so a task that makes progress was woken by whoever ended its wait: the
 //! async tests rely on that to show completions come from interrupts.
@@ -10,10 +14,10 @@
 
 use core::future::Future;
 use core::pin::Pin;
-use core::sync::atomic::{AtomicBool, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use core::task::{Context, Poll, RawWaker, RawWakerVTable, Waker};
 
-use crate::time;
+use crate::{apic, time};
 
 /// Tasks one run may hold.
 pub const MAX_TASKS: usize = 8;
@@ -22,6 +26,8 @@ pub const MAX_TASKS: usize = 8;
 static READY: [AtomicBool; MAX_TASKS] = [const { AtomicBool::new(false) }; MAX_TASKS];
 /// One run at a time: the flags are shared.
 static RUNNING: AtomicBool = AtomicBool::new(false);
+/// The CPU the current run is on.
+static RUN_ON: AtomicUsize = AtomicUsize::new(0);
 
 fn flag(data: *const ()) -> &'static AtomicBool {
     // Data values are indices below MAX_TASKS (made by `waker` only).
@@ -34,6 +40,10 @@ fn clone(data: *const ()) -> RawWaker {
 
 fn wake(data: *const ()) {
     flag(data).store(true, Ordering::Release);
+    let on = RUN_ON.load(Ordering::Acquire);
+    if RUNNING.load(Ordering::Acquire) && on != apic::cpu() {
+        apic::wake(on);
+    }
 }
 
 fn drop_waker(_: *const ()) {}
@@ -62,6 +72,7 @@ pub fn run(
         !RUNNING.swap(true, Ordering::AcqRel),
         "one executor run at a time"
     );
+    RUN_ON.store(apic::cpu(), Ordering::Release);
     let start = time::now_ns();
     let mut done = [false; MAX_TASKS];
     for flag in &READY[..tasks.len()] {

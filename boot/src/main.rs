@@ -12,6 +12,7 @@
 extern crate alloc;
 
 mod acpi;
+mod apic;
 mod bench;
 mod demo;
 mod devices;
@@ -22,6 +23,7 @@ mod executor;
 mod exit;
 mod gdt;
 mod harness;
+mod ioapic;
 mod iommu;
 mod irq;
 mod mem;
@@ -85,13 +87,18 @@ extern "C" fn kernel_main(start_info: u32) -> ! {
     let frames_at_boot = mem::frames::init(&boot);
     let nx = mem::paging::init(&boot).unwrap_or_else(|e| fatal("paging", &e));
     mem::heap::init().unwrap_or_else(|e| fatal("heap", &e));
-    irq::init();
+    let madt = boot
+        .rsdp()
+        .and_then(acpi::madt)
+        .unwrap_or_else(|| fatal("ACPI", &"no MADT: the kernel needs the APICs it lists"));
+    irq::init(&madt);
     harness::init();
     let tsc_hz = time::init();
-    irq::unmask(0);
+    apic::calibrate_timer();
+    apic::start_timer();
     x86_64::instructions::interrupts::enable();
     mm::remember_kernel_cr3();
-    let cpus = smp::init(boot.rsdp());
+    let cpus = smp::init(&madt);
     println!("cpus: {cpus}");
     let pci = pci::enumerate();
     let platform = PLATFORM.call_once(|| Platform {

@@ -4,6 +4,7 @@
 use alloc::vec::Vec;
 use core::fmt;
 
+use pci_types::capability::{MsiCapability, MultipleMessageSupport, PciCapability};
 use pci_types::{
     Bar, CommandRegister, ConfigRegionAccess, EndpointHeader, HeaderType, PciAddress, PciHeader,
 };
@@ -94,6 +95,39 @@ impl Device {
     /// The command register.
     pub fn command(&self) -> CommandRegister {
         PciHeader::new(self.address).command(PortAccess)
+    }
+
+    /// The device's MSI capability, if its capability list has one.
+    fn msi(&self) -> Option<MsiCapability> {
+        let header = EndpointHeader::from_header(PciHeader::new(self.address), PortAccess)?;
+        header.capabilities(PortAccess).find_map(|cap| match cap {
+            PciCapability::Msi(msi) => Some(msi),
+            _ => None,
+        })
+    }
+
+    /// Points the device's MSI capability at `address` with `data` (one
+    /// message) and turns MSI on, which turns its INTx off (PCI Local Bus
+    /// 3.0 §6.8.1). `false` if the device has no MSI capability.
+    pub fn enable_msi(&self, address: u64, data: u16) -> bool {
+        let Some(msi) = self.msi() else {
+            return false;
+        };
+        if address >> 32 != 0 && !msi.is_64bit() {
+            return false;
+        }
+        msi.set_enabled(false, PortAccess);
+        msi.set_multiple_message_enable(MultipleMessageSupport::Int1, PortAccess);
+        msi.set_message_info(address, data as u32, PortAccess);
+        msi.set_enabled(true, PortAccess);
+        true
+    }
+
+    /// Turns MSI off: the device interrupts on its INTx pin again.
+    pub fn disable_msi(&self) {
+        if let Some(msi) = self.msi() {
+            msi.set_enabled(false, PortAccess);
+        }
     }
 }
 

@@ -20,11 +20,11 @@ use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 use embedded_hal::delay::DelayNs;
 
+use crate::apic::{self, ICR_ASSERT, ICR_INIT, ICR_NMI, ICR_STARTUP};
 use crate::mem::{PAGE_SIZE, frames, phys_to_virt};
 use crate::{acpi, gdt, println, time, trap};
 
-/// CPUs this kernel drives at most.
-pub const MAX_CPUS: usize = 8;
+pub use crate::apic::MAX_CPUS;
 /// Where the trampoline is copied: page 8, below 1 MiB as a SIPI needs
 /// (the start address is the vector times 4 KiB), unused by the frame
 /// allocator (which starts at 1 MiB) and by the boot info (copied at boot).
@@ -34,23 +34,6 @@ const SIPI_VECTOR: u32 = (TRAMPOLINE >> 12) as u32;
 /// Each AP's stack.
 const AP_STACK_PAGES: usize = 16;
 
-/// Local APIC ID register: bits 31-24 (SDM Table 10-1).
-const LAPIC_ID: usize = 0x20;
-/// Interrupt command register, low half: vector, delivery mode, status.
-const ICR_LOW: usize = 0x300;
-/// Interrupt command register, high half: the destination in bits 31-24.
-const ICR_HIGH: usize = 0x310;
-/// ICR delivery status: the IPI has not been accepted yet.
-const ICR_PENDING: u32 = 1 << 12;
-/// ICR level: assert (must be set for everything but INIT de-assert).
-const ICR_ASSERT: u32 = 1 << 14;
-/// ICR delivery mode (bits 10-8) NMI: wakes `hlt` even with IF=0.
-const ICR_NMI: u32 = 0b100 << 8;
-/// ICR delivery mode INIT: resets the target to wait for a SIPI.
-const ICR_INIT: u32 = 0b101 << 8;
-/// ICR delivery mode Start-up (SIPI): the target starts in real mode at
-/// CS:IP = vector * 0x100 : 0 (SDM §10.6.1, §8.4.4).
-const ICR_STARTUP: u32 = 0b110 << 8;
 /// The NMI vector.
 const NMI_VECTOR: u8 = 2;
 
@@ -142,10 +125,6 @@ unsafe extern "C" {
 
 /// CPUs running (the boot CPU included).
 static ONLINE: AtomicUsize = AtomicUsize::new(1);
-/// The APIC ID of each CPU, by index (the boot CPU is 0).
-static APIC_IDS: [AtomicUsize; MAX_CPUS] = [const { AtomicUsize::new(0) }; MAX_CPUS];
-/// The local APIC registers' virtual address (0 before [`init`]).
-static LAPIC: AtomicU64 = AtomicU64::new(0);
 /// Each AP's posted job (a `fn(usize)` as an address; 0: none).
 static JOBS: [AtomicUsize; MAX_CPUS] = [const { AtomicUsize::new(0) }; MAX_CPUS];
 /// Set by an AP when its job has returned.
@@ -156,30 +135,6 @@ static STARTED: [AtomicBool; MAX_CPUS] = [const { AtomicBool::new(false) }; MAX_
 /// How many CPUs run.
 pub fn cpus() -> usize {
     ONLINE.load(Ordering::Acquire)
-}
-
-fn lapic_read(offset: usize) -> u32 {
-    let base = LAPIC.load(Ordering::Acquire) as *const u32;
-    // SAFETY: `init` stored the direct-map address of the local APIC's
-    // 4 KiB register page (uncached there: not RAM); the offset is a
-    // register of Table 10-1.
-    unsafe { base.byte_add(offset).read_volatile() }
-}
-
-fn lapic_write(offset: usize, value: u32) {
-    let base = LAPIC.load(Ordering::Acquire) as *mut u32;
-    // SAFETY: as in `lapic_read`.
-    unsafe { base.byte_add(offset).write_volatile(value) }
-}
-
-/// Sends an IPI and waits until the local APIC has accepted it.
-fn send_ipi(apic_id: u32, command: u32) {
-    lapic_write(ICR_HIGH, apic_id << 24);
-    lapic_write(ICR_LOW, command);
-    let start = time::now_ns();
-    while lapic_read(ICR_LOW) & ICR_PENDING != 0 && time::now_ns() - start < 10_000_000 {
-        core::hint::spin_loop();
-    }
 }
 
 fn offset_of(symbol: &u8) -> u64 {
@@ -204,17 +159,9 @@ const FLUSH_ALL: u64 = u64::MAX;
 /// Shootdown rounds (calls that interrupted at least one other CPU).
 static ROUNDS: AtomicU64 = AtomicU64::new(0);
 
-/// The index of the CPU running this.
-fn this_cpu() -> usize {
-    let id = (lapic_read(LAPIC_ID) >> 24) as usize;
-    (0..cpus().max(1))
-        .find(|&c| APIC_IDS[c].load(Ordering::Acquire) == id)
-        .unwrap_or(0)
-}
-
 /// The NMI: sent to wake an AP for a job, or to shoot down translations.
 fn nmi_handler(_frame: &mut trap::TrapFrame, _cr2: u64) -> bool {
-    let cpu = this_cpu();
+    let cpu = apic::cpu();
     match SHOOT[cpu].load(Ordering::Acquire) {
         0 => {}
         FLUSH_ALL => x86_64::instructions::tlb::flush_all(),
@@ -280,14 +227,9 @@ pub fn shootdown_rounds() -> u64 {
 }
 
 /// Finds the processors and starts every AP; returns how many CPUs run.
-pub fn init(rsdp: Option<u64>) -> usize {
-    let Some(madt) = rsdp.and_then(acpi::madt) else {
-        return cpus();
-    };
-    LAPIC.store(phys_to_virt(madt.lapic_base) as u64, Ordering::Release);
+pub fn init(madt: &acpi::Madt) -> usize {
     trap::register(NMI_VECTOR, nmi_handler);
-    let own = lapic_read(LAPIC_ID) >> 24;
-    APIC_IDS[0].store(own as usize, Ordering::Release);
+    let own = apic::id();
     let (start, end) = (&raw const ap_trampoline, &raw const ap_trampoline_end);
     let len = end as usize - start as usize;
     // SAFETY: page 8 is identity- and direct-mapped RAM nothing else uses
@@ -322,17 +264,17 @@ pub fn init(rsdp: Option<u64>) -> usize {
             break;
         };
         let top = phys_to_virt(stack) as u64 + AP_STACK_PAGES as u64 * PAGE_SIZE;
-        APIC_IDS[cpu].store(id as usize, Ordering::Release);
+        apic::set_cpu(cpu, id as u32);
         // SAFETY: the fields are symbols of the trampoline.
         unsafe {
             set_field(&ap_stack, top);
             set_field(&ap_arg, cpu as u64);
         }
         // INIT, 10 ms, then SIPI twice, 200 us apart (SDM §8.4.4.1).
-        send_ipi(id as u32, ICR_INIT | ICR_ASSERT);
+        apic::send_ipi(id as u32, ICR_INIT | ICR_ASSERT);
         time::Delay.delay_ms(10);
         for _ in 0..2 {
-            send_ipi(id as u32, ICR_STARTUP | ICR_ASSERT | SIPI_VECTOR);
+            apic::send_ipi(id as u32, ICR_STARTUP | ICR_ASSERT | SIPI_VECTOR);
             time::Delay.delay_us(200);
             if STARTED[cpu].load(Ordering::Acquire) {
                 break;
@@ -357,6 +299,8 @@ extern "C" fn ap_main(cpu: u64) -> ! {
     gdt::load_on_ap();
     trap::load_on_ap();
     crate::mem::paging::program_pat();
+    apic::enable();
+    apic::start_timer();
     STARTED[cpu].store(true, Ordering::Release);
     loop {
         x86_64::instructions::interrupts::disable();
@@ -376,10 +320,9 @@ extern "C" fn ap_main(cpu: u64) -> ! {
 /// shootdown, or goes on with a job that halts while it waits for
 /// something the caller has just done.
 pub fn wake(cpu: usize) {
-    send_ipi(
-        APIC_IDS[cpu].load(Ordering::Acquire) as u32,
-        ICR_NMI | ICR_ASSERT,
-    );
+    if let Some(id) = apic::apic_id(cpu) {
+        apic::send_ipi(id, ICR_NMI | ICR_ASSERT);
+    }
 }
 
 /// Posts `job` to AP `cpu` and wakes it; [`wait_for`] waits for its end.

@@ -78,7 +78,7 @@ pub fn init() -> u64 {
     outb(PIT_CMD, 0b0011_0100);
     outb(PIT_CH0, TICK_DIVISOR as u8);
     outb(PIT_CH0, (TICK_DIVISOR >> 8) as u8);
-    crate::irq::register(0, tick).expect("line 0 has room for the tick");
+    crate::irq::register_isa(0, tick).expect("the PIT's line 0 is wired and free");
     hz
 }
 

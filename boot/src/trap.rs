@@ -1,7 +1,7 @@
 //! Interrupt and exception entry: the IDT, the assembly stubs and the
 //! dispatcher.
 //!
-//! Every vector from 0 to 47 has a stub that pushes an error code (the CPU's,
+//! Every vector from 0 to 255 has a stub that pushes an error code (the CPU's,
 //! or 0 for vectors without one; Intel SDM Vol. 3A, Table 6-1) and the vector,
 //! saves the general registers and calls [`trap_dispatch`] with a pointer to
 //! the resulting [`TrapFrame`]. Stable Rust has no `x86-interrupt` ABI, so the
@@ -9,7 +9,7 @@
 //!
 //! This is the lowest layer of the kernel's trap handling: it imports none
 //! of the layers above. They register here instead: the interrupt layer
-//! (`irq`) takes the PIC vectors, the process layer (`user`) the system
+//! (`irq`, `apic`) takes the interrupt vectors, the process layer (`user`) the system
 //! call and its copy-on-write page faults, and the recovery layer
 //! (`recover`) everything left unhandled (see [`register`] and
 //! [`set_fallback`]).
@@ -24,8 +24,8 @@ use x86_64::structures::DescriptorTablePointer;
 
 use crate::gdt;
 
-/// Vectors 0-31 are exceptions; 32-47 are the two 8259 PICs' IRQ 0-15.
-pub const STUB_COUNT: usize = 48;
+/// Every vector has a stub: 0-31 are exceptions, 32-255 interrupts.
+pub const STUB_COUNT: usize = 256;
 /// The double-fault vector, which runs on its own stack (TSS IST1).
 const DOUBLE_FAULT: u8 = 8;
 /// The page-fault vector; CR2 holds the faulting address.
@@ -166,38 +166,18 @@ trap_stub_29: push $29; jmp trap_common
 trap_stub_30: push $30; jmp trap_common
     .balign 16
 trap_stub_31: push $0; push $31; jmp trap_common
+    // Vectors 32-255 (interrupts: no error code), 16 bytes apart from
+    // trap_stub_irq; the table below points into them.
     .balign 16
-trap_stub_32: push $0; push $32; jmp trap_common
+trap_stub_irq:
+    .set vector, 32
+    .rept 224
     .balign 16
-trap_stub_33: push $0; push $33; jmp trap_common
-    .balign 16
-trap_stub_34: push $0; push $34; jmp trap_common
-    .balign 16
-trap_stub_35: push $0; push $35; jmp trap_common
-    .balign 16
-trap_stub_36: push $0; push $36; jmp trap_common
-    .balign 16
-trap_stub_37: push $0; push $37; jmp trap_common
-    .balign 16
-trap_stub_38: push $0; push $38; jmp trap_common
-    .balign 16
-trap_stub_39: push $0; push $39; jmp trap_common
-    .balign 16
-trap_stub_40: push $0; push $40; jmp trap_common
-    .balign 16
-trap_stub_41: push $0; push $41; jmp trap_common
-    .balign 16
-trap_stub_42: push $0; push $42; jmp trap_common
-    .balign 16
-trap_stub_43: push $0; push $43; jmp trap_common
-    .balign 16
-trap_stub_44: push $0; push $44; jmp trap_common
-    .balign 16
-trap_stub_45: push $0; push $45; jmp trap_common
-    .balign 16
-trap_stub_46: push $0; push $46; jmp trap_common
-    .balign 16
-trap_stub_47: push $0; push $47; jmp trap_common
+    push $0
+    push $vector
+    jmp trap_common
+    .set vector, vector + 1
+    .endr
     .balign 16
     .global trap_stub_syscall
 trap_stub_syscall: push $0; push $128; jmp trap_common
@@ -238,28 +218,17 @@ trap_stub_table:
     .quad trap_stub_29
     .quad trap_stub_30
     .quad trap_stub_31
-    .quad trap_stub_32
-    .quad trap_stub_33
-    .quad trap_stub_34
-    .quad trap_stub_35
-    .quad trap_stub_36
-    .quad trap_stub_37
-    .quad trap_stub_38
-    .quad trap_stub_39
-    .quad trap_stub_40
-    .quad trap_stub_41
-    .quad trap_stub_42
-    .quad trap_stub_43
-    .quad trap_stub_44
-    .quad trap_stub_45
-    .quad trap_stub_46
-    .quad trap_stub_47
+    .set vector, 0
+    .rept 224
+    .quad trap_stub_irq + vector * 16
+    .set vector, vector + 1
+    .endr
     "#,
     options(att_syntax)
 );
 
 unsafe extern "C" {
-    /// Addresses of the 48 entry stubs, in vector order.
+    /// Addresses of the 256 entry stubs, in vector order.
     static trap_stub_table: [u64; STUB_COUNT];
     /// The entry stub of the system-call vector.
     fn trap_stub_syscall();

@@ -8,9 +8,13 @@ use core::pin::pin;
 use dmaengine::drivers::cpu::CpuEngine;
 use dmaengine::engine::shared::X86Interrupts;
 use dmaengine::engine::{Channel, Op, PrepFlags, SharedChannel};
+use dmaengine::hal::DmaAddr;
 
 use super::dma::{TIMEOUT, buffer, dst_pattern, first_mismatch, src_pattern, window};
-use crate::dma::{KernelHal, release_edu, release_lsi, serviced_edu, serviced_lsi};
+use crate::dma::{
+    KernelHal, SharedLsi, release_edu, release_lsi, release_second_lsi, serviced_edu, serviced_lsi,
+    serviced_second_lsi,
+};
 use crate::harness::Test;
 use crate::mem::phys_to_virt;
 use crate::time::Delay;
@@ -18,7 +22,7 @@ use crate::{executor, irq};
 
 pub const TESTS: &[Test] = &[
     Test::new(
-        "async.lsi_edu_and_cpu_awaited_at_once",
+        "async.two_lsis_edu_and_cpu_awaited_at_once",
         lsi_edu_and_cpu_at_once,
     ),
     Test::new(
@@ -32,47 +36,65 @@ pub const TESTS: &[Test] = &[
 /// later, from QEMU's timer (QEMU-FACTS.md).
 const LSI_BATCH: usize = 150;
 
-/// Four LSI batches of 150 moves awaited one after the other, the edu
-/// device's 200 ms copy and a CPU-engine fill, all awaited at once by
-/// three tasks. Tasks are polled only when woken, so the edu's completion
-/// (and on QEMU 7.2, which finishes long batches later, the LSI's) reached
-/// its task through the interrupt handler. The edu ends last, as its
-/// hardware is the slowest (whether the CPU fill or the LSI batches end
-/// first depends on whether the emulator paces SCRIPTS), and every byte is
-/// checked.
+/// `rounds` LSI batches of [`LSI_BATCH`] moves awaited one after the
+/// other on `lsi`: round r moves 16 bytes from `src[16k]` to
+/// `dst[32k + r]` for every k (see [`check_lsi_slots`]).
+async fn lsi_rounds(lsi: &SharedLsi, src: DmaAddr, dst: DmaAddr) {
+    for round in 0..4usize {
+        let ops: Vec<Op> = (0..LSI_BATCH)
+            .map(|k| Op::Copy {
+                dst: dst + (32 * k + round) as u64,
+                src: src + 16 * k as u64,
+                len: 16,
+            })
+            .collect();
+        // SAFETY: inside buffers the caller owns and reads only after the
+        // batch's last request has ended.
+        let batch =
+            unsafe { lsi.lock().prep_batch(&ops, PrepFlags::INTERRUPT) }.expect("LSI batch");
+        lsi.completion(batch.last).await.expect("LSI batch");
+    }
+}
+
+/// Four LSI batches of 150 moves awaited one after the other on each of
+/// the two LSI chips (one if the machine has one), the edu device's 200 ms
+/// copy and a CPU-engine fill, all awaited at once by four tasks. Tasks
+/// are polled only when woken, so the edu's completion (and on QEMU 7.2,
+/// which finishes long batches later, the LSIs') reached its task through
+/// the interrupt handler. The edu ends last, as its hardware is the slowest
+/// (which of the CPU fill and the LSI batches end first depends on whether
+/// the emulator paces SCRIPTS), and every byte is checked.
 fn lsi_edu_and_cpu_at_once() {
     let (lsi, lsi_line) = serviced_lsi();
+    let second = serviced_second_lsi();
     let (edu, edu_line) = serviced_edu();
     let cpu: SharedChannel<CpuEngine<KernelHal>, X86Interrupts> =
         SharedChannel::new(Channel::new(CpuEngine::new()));
-    let (lsi_irqs, edu_irqs) = (irq::count(lsi_line), irq::count(edu_line));
+    let lsi2_line = second.as_ref().map(|(_, line)| *line);
+    let count = |line: Option<u8>| line.map_or(0, irq::count);
+    let (lsi_irqs, lsi2_irqs, edu_irqs) =
+        (irq::count(lsi_line), count(lsi2_line), irq::count(edu_line));
     let order = Cell::new(0);
     let ended = |at: &Cell<Option<u32>>| {
         at.set(Some(order.get()));
         order.set(order.get() + 1);
     };
-    let (lsi_at, edu_at, cpu_at) = (Cell::new(None), Cell::new(None), Cell::new(None));
+    let at = [const { Cell::new(None) }; 4];
+    let [lsi_at, lsi2_at, edu_at, cpu_at] = &at;
     let src = buffer(16 * LSI_BATCH, src_pattern);
     let lsi_dst = buffer(32 * LSI_BATCH, dst_pattern);
+    let lsi2_dst = buffer(32 * LSI_BATCH, dst_pattern);
 
     let outcome = {
         let mut lsi_task = pin!(async {
-            for round in 0..4usize {
-                // Move k: 16 bytes from src[16k] to dst[32k + round].
-                let ops: Vec<Op> = (0..LSI_BATCH)
-                    .map(|k| Op::Copy {
-                        dst: lsi_dst.paddr() + (32 * k + round) as u64,
-                        src: src.paddr() + 16 * k as u64,
-                        len: 16,
-                    })
-                    .collect();
-                // SAFETY: inside buffers this test owns, read only after the
-                // batch's last request has ended.
-                let batch = unsafe { lsi.lock().prep_batch(&ops, PrepFlags::INTERRUPT) }
-                    .expect("LSI batch");
-                lsi.completion(batch.last).await.expect("LSI batch");
+            lsi_rounds(&lsi, src.paddr(), lsi_dst.paddr()).await;
+            ended(lsi_at);
+        });
+        let mut lsi2_task = pin!(async {
+            if let Some((lsi2, _)) = &second {
+                lsi_rounds(lsi2, src.paddr(), lsi2_dst.paddr()).await;
+                ended(lsi2_at);
             }
-            ended(&lsi_at);
         });
         let mut edu_task = pin!(async {
             let (src, dst) = (buffer(4096, src_pattern), buffer(4096, dst_pattern));
@@ -82,7 +104,7 @@ fn lsi_edu_and_cpu_at_once() {
                 .expect("edu prep");
             let (dst, _) = edu.transfer(transfer).await.expect("edu copy");
             assert_eq!(first_mismatch(dst.as_slice(), window(1, 2, 4000)), None);
-            ended(&edu_at);
+            ended(edu_at);
         });
         let mut cpu_task = pin!(async {
             let dst = buffer(4096, dst_pattern);
@@ -100,28 +122,47 @@ fn lsi_edu_and_cpu_at_once() {
                 }
             };
             assert_eq!(first_mismatch(dst.as_slice(), expected), None);
-            ended(&cpu_at);
+            ended(cpu_at);
         });
         executor::run(
-            &mut [lsi_task.as_mut(), edu_task.as_mut(), cpu_task.as_mut()],
+            &mut [
+                lsi_task.as_mut(),
+                lsi2_task.as_mut(),
+                edu_task.as_mut(),
+                cpu_task.as_mut(),
+            ],
             TIMEOUT.as_nanos() as u64,
         )
     };
     release_lsi(lsi_line);
+    if let Some(line) = lsi2_line {
+        release_second_lsi(line);
+    }
     release_edu(edu_line);
-    drop((lsi, edu));
+    drop((lsi, second, edu));
     assert_eq!(outcome, Ok(()), "every task ended");
-    let mut first_two = [cpu_at.get(), lsi_at.get()];
-    first_two.sort();
+    let tasks = if lsi2_line.is_some() { 4 } else { 3 };
+    let mut before_edu: Vec<u32> = [cpu_at, lsi_at, lsi2_at]
+        .iter()
+        .filter_map(|at| at.get())
+        .collect();
+    before_edu.sort();
     assert_eq!(
-        (first_two, edu_at.get()),
-        ([Some(0), Some(1)], Some(2)),
-        "ended in the hardware's order: CPU and LSI, then edu"
+        (before_edu, edu_at.get()),
+        ((0..tasks - 1).collect::<Vec<u32>>(), Some(tasks - 1)),
+        "ended in the hardware's order: CPU and LSIs, then edu"
     );
     assert!(
         irq::count(lsi_line) - lsi_irqs >= 4,
         "the LSI's completions came by interrupt"
     );
+    if let Some(line) = lsi2_line {
+        assert!(
+            irq::count(line) - lsi2_irqs >= 4,
+            "the second LSI's completions came by interrupt"
+        );
+        check_lsi_slots(lsi2_dst.as_slice());
+    }
     assert!(
         irq::count(edu_line) > edu_irqs,
         "the edu's completion came by interrupt"

@@ -7,6 +7,7 @@ use crate::harness::Test;
 mod awaiting;
 mod dma;
 mod iommu;
+mod irq;
 mod kernel;
 mod mm;
 mod selftest;
@@ -19,6 +20,7 @@ pub fn all() -> Vec<Test> {
     tests.extend_from_slice(kernel::TESTS);
     tests.extend_from_slice(dma::TESTS);
     tests.extend_from_slice(awaiting::TESTS);
+    tests.extend_from_slice(irq::TESTS);
     tests.extend_from_slice(smp::TESTS);
     if crate::smp::cpus() > 1 {
         tests.extend_from_slice(smp::SHOOTDOWN_TESTS);
