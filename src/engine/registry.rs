@@ -22,11 +22,36 @@
 //! the engine and the fallback is taken back; when one goes, a free
 //! fallback replaces it. Each change is an [`Event`], after which the
 //! client looks its CPUs' channels up again.
+//!
+//! # Sharing across CPUs
+//!
+//! The registry is `Sync` and every method takes `&self`: put it in a
+//! `static` (with `'static` channels) or share a reference. Bookkeeping
+//! (clients, requests, adding and removing channels, looking up a CPU's
+//! channel) takes one lock; [`Registry::channel`] takes only the lock of
+//! the channel asked for, so CPUs working on their own channels do not
+//! wait for each other. A per-CPU client looks its CPUs' handles up once,
+//! and again after each [`Event`]; a handle that went stale meanwhile is
+//! refused ([`RegistryError::Unknown`]), never another channel.
+//!
+//! With [`X86Interrupts`](super::shared::X86Interrupts) as `I`, every lock
+//! is held with the local CPU's interrupts off, so an interrupt handler may
+//! call any method (nothing in them waits for hardware or allocates) as
+//! long as the code it interrupted cannot hold the same lock: with
+//! [`NoMasking`] it must not use the registry at all. A channel's
+//! [`DmaChannel::wait`] under its guard holds that channel's lock while it
+//! waits: other users of the same channel (only) wait too.
 
+use core::marker::PhantomData;
+use core::mem::ManuallyDrop;
+use core::ops::{Deref, DerefMut};
 use core::sync::atomic::{AtomicU32, Ordering};
 use core::time::Duration;
 
 use embedded_hal::delay::DelayNs;
+use spin::mutex::{SpinMutex, SpinMutexGuard};
+
+use super::shared::{IrqControl, NoMasking};
 
 use super::{Capabilities, Channel, Cookie, DmaError, Engine, Limits, Op, PrepFlags, TxState};
 use crate::hal::DmaAddr;
@@ -61,6 +86,20 @@ pub trait DmaChannel {
     fn reset(&mut self) -> Result<(), DmaError>;
     /// See [`Channel::is_halted`].
     fn is_halted(&self) -> bool;
+
+    /// The 2005 I/OAT proposal's `dma_async_memcpy_buf_to_buf` on any channel.
+    ///
+    /// # Safety
+    /// As for [`Channel::prep`].
+    unsafe fn memcpy_buf_to_buf(
+        &mut self,
+        dst: DmaAddr,
+        src: DmaAddr,
+        len: usize,
+    ) -> Result<Cookie, DmaError> {
+        // SAFETY: the caller upholds `Channel::prep`'s contract.
+        unsafe { self.prep(Op::Copy { dst, src, len }, PrepFlags::empty()) }
+    }
 }
 
 impl<E: Engine> DmaChannel for Channel<E> {
@@ -102,22 +141,6 @@ impl<E: Engine> DmaChannel for Channel<E> {
     }
 }
 
-impl dyn DmaChannel + '_ {
-    /// The 2005 I/OAT proposal's `dma_async_memcpy_buf_to_buf` on any channel.
-    ///
-    /// # Safety
-    /// As for [`Channel::prep`].
-    pub unsafe fn memcpy_buf_to_buf(
-        &mut self,
-        dst: DmaAddr,
-        src: DmaAddr,
-        len: usize,
-    ) -> Result<Cookie, DmaError> {
-        // SAFETY: the caller upholds `Channel::prep`'s contract.
-        unsafe { self.prep(Op::Copy { dst, src, len }, PrepFlags::empty()) }
-    }
-}
-
 /// A registered client. It names one registration in one registry: after
 /// `unregister_client` it is refused ([`RegistryError::Unknown`]) even once
 /// its slot holds another client, and another registry refuses it
@@ -152,8 +175,9 @@ pub enum Event {
 }
 
 /// A client's event callback: `func(client, event, context)`. It runs from
-/// inside the registry call that caused the event, so it must not call back
-/// into the registry; it records the event.
+/// inside the registry call that caused the event, with the registry
+/// locked, so it must not call back into the registry (that would spin
+/// forever); it records the event.
 #[derive(Clone, Copy, Debug)]
 pub struct EventCallback {
     /// The function.
@@ -200,62 +224,139 @@ struct Client {
     wanted: usize,
 }
 
-struct Slot<'a> {
-    channel: &'a mut dyn DmaChannel,
+/// What the registry knows of a channel slot, under the state lock.
+#[derive(Clone, Copy)]
+struct SlotInfo {
     owner: Option<usize>,
     /// A fallback (CPU-engine) channel: handed out after every engine one.
     fallback: bool,
 }
 
-/// Up to `C` clients sharing up to `N` channels.
-pub struct Registry<'a, const C: usize = 8, const N: usize = 8> {
+/// A channel slot's own lock: the channel and who may use it, checked by
+/// [`Registry::channel`] without the state lock.
+struct Cell<'a> {
+    channel: Option<&'a mut (dyn DmaChannel + Send)>,
+    /// The handle that names this channel (generation and registry).
+    handle: Option<ChannelHandle>,
+    /// The client that holds it.
+    owner: Option<ClientId>,
+}
+
+/// Clients, owners and generations: everything but the channels.
+struct State<const C: usize, const N: usize> {
     clients: [Option<Client>; C],
-    channels: [Option<Slot<'a>>; N],
+    slots: [Option<SlotInfo>; N],
     /// Bumped each time a slot is emptied, so old handles go stale.
     client_generations: [u32; C],
     channel_generations: [u32; N],
-    /// This registry's identity (0 until the first handle is made).
+    /// The registry's identity.
     id: u32,
 }
 
-impl<const C: usize, const N: usize> Default for Registry<'_, C, N> {
+/// Up to `C` clients sharing up to `N` channels; `Sync`, with every method
+/// taking `&self` (see the [module docs](self#sharing-across-cpus)).
+///
+/// `I` masks this CPU's interrupts while a lock is held (as in a
+/// [`SharedChannel`](super::SharedChannel)): [`X86Interrupts`] when an
+/// interrupt handler uses the registry, [`NoMasking`] (the default) when
+/// none does.
+///
+/// [`X86Interrupts`]: super::shared::X86Interrupts
+pub struct Registry<'a, const C: usize = 8, const N: usize = 8, I: IrqControl = NoMasking> {
+    state: SpinMutex<State<C, N>>,
+    cells: [SpinMutex<Cell<'a>>; N],
+    /// This registry's identity (0 until the first handle is made).
+    id: AtomicU32,
+    _irq: PhantomData<fn() -> I>,
+}
+
+/// A lock held with this CPU's interrupts masked by `I` until dropped.
+struct Masked<'g, T, I: IrqControl> {
+    guard: ManuallyDrop<SpinMutexGuard<'g, T>>,
+    were_on: bool,
+    _irq: PhantomData<fn() -> I>,
+}
+
+impl<'g, T, I: IrqControl> Masked<'g, T, I> {
+    fn lock(mutex: &'g SpinMutex<T>) -> Self {
+        let were_on = I::disable();
+        Masked {
+            guard: ManuallyDrop::new(mutex.lock()),
+            were_on,
+            _irq: PhantomData,
+        }
+    }
+}
+
+impl<T, I: IrqControl> Deref for Masked<'_, T, I> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.guard
+    }
+}
+
+impl<T, I: IrqControl> DerefMut for Masked<'_, T, I> {
+    fn deref_mut(&mut self) -> &mut T {
+        &mut self.guard
+    }
+}
+
+impl<T, I: IrqControl> Drop for Masked<'_, T, I> {
+    fn drop(&mut self) {
+        // SAFETY: the guard is dropped once, here, and not used after.
+        unsafe { ManuallyDrop::drop(&mut self.guard) };
+        I::restore(self.were_on);
+    }
+}
+
+/// A client's channel, locked: other users of this channel wait, nobody
+/// else does. This CPU's interrupts stay masked (by the registry's `I`)
+/// until it is dropped, so keep it briefly.
+pub struct ChannelGuard<'g, 'a, I: IrqControl> {
+    cell: Masked<'g, Cell<'a>, I>,
+}
+
+impl<'a, I: IrqControl> Deref for ChannelGuard<'_, 'a, I> {
+    type Target = dyn DmaChannel + Send + 'a;
+    fn deref(&self) -> &Self::Target {
+        match self.cell.channel.as_deref() {
+            Some(channel) => channel,
+            // `Registry::channel` hands out guards of occupied cells only,
+            // and the cell cannot change while the guard holds its lock.
+            None => unreachable!("a channel guard of an empty slot"),
+        }
+    }
+}
+
+impl<I: IrqControl> DerefMut for ChannelGuard<'_, '_, I> {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        match self.cell.channel.as_deref_mut() {
+            Some(channel) => channel,
+            None => unreachable!("a channel guard of an empty slot"),
+        }
+    }
+}
+
+impl<const C: usize, const N: usize, I: IrqControl> Default for Registry<'_, C, N, I> {
     fn default() -> Self {
         Self::new()
     }
 }
 
-impl<'a, const C: usize, const N: usize> Registry<'a, C, N> {
-    /// An empty registry.
-    pub const fn new() -> Self {
-        Registry {
-            clients: [const { None }; C],
-            channels: [const { None }; N],
-            client_generations: [0; C],
-            channel_generations: [0; N],
-            id: 0,
-        }
-    }
-
-    fn id(&mut self) -> u32 {
-        if self.id == 0 {
-            self.id = NEXT_REGISTRY_ID.fetch_add(1, Ordering::Relaxed);
-        }
-        self.id
-    }
-
-    fn client_id(&mut self, index: usize) -> ClientId {
+impl<const C: usize, const N: usize> State<C, N> {
+    fn client_id(&self, index: usize) -> ClientId {
         ClientId {
             index,
             generation: self.client_generations[index],
-            registry: self.id(),
+            registry: self.id,
         }
     }
 
-    fn handle(&mut self, index: usize) -> ChannelHandle {
+    fn handle(&self, index: usize) -> ChannelHandle {
         ChannelHandle {
             index,
             generation: self.channel_generations[index],
-            registry: self.id(),
+            registry: self.id,
         }
     }
 
@@ -274,97 +375,17 @@ impl<'a, const C: usize, const N: usize> Registry<'a, C, N> {
         if handle.registry != self.id {
             return Err(RegistryError::Foreign);
         }
-        let live = self.channels.get(handle.index).is_some_and(Option::is_some)
+        let live = self.slots.get(handle.index).is_some_and(Option::is_some)
             && self.channel_generations[handle.index] == handle.generation;
         live.then_some(handle.index).ok_or(RegistryError::Unknown)
     }
 
-    /// Registers a client (`dma_async_client_register`). It holds no
-    /// channel until it asks for some.
-    pub fn register_client(&mut self, callback: EventCallback) -> Result<ClientId, RegistryError> {
-        let slot = self
-            .clients
-            .iter()
-            .position(Option::is_none)
-            .ok_or(RegistryError::Full)?;
-        self.clients[slot] = Some(Client {
-            callback,
-            wanted: 0,
-        });
-        Ok(self.client_id(slot))
-    }
-
-    /// Unregisters a client, taking back its channels (it is told of each)
-    /// and offering them to the others.
-    pub fn unregister_client(&mut self, client: ClientId) -> Result<(), RegistryError> {
-        self.request_channels(client, 0)?;
-        self.clients[client.index] = None;
-        self.client_generations[client.index] =
-            self.client_generations[client.index].wrapping_add(1);
-        self.offer();
-        Ok(())
-    }
-
-    /// Asks for `count` channels in all (`dma_async_client_chan_request`).
-    /// The client may get fewer now and more later, as channels free up or
-    /// appear; asking for fewer than it holds gives the extra back.
-    pub fn request_channels(
-        &mut self,
-        client: ClientId,
-        count: usize,
-    ) -> Result<(), RegistryError> {
-        let index = self.client_index(client)?;
-        let entry = self.clients[index].as_mut().ok_or(RegistryError::Unknown)?;
-        entry.wanted = count;
-        let mut held = self.held_by(index);
-        // Fallbacks go back first, then engine channels, newest first.
-        for fallback in [true, false] {
-            for slot in (0..N).rev() {
-                if held <= count {
-                    break;
-                }
-                let owned = self.channels[slot]
-                    .as_ref()
-                    .is_some_and(|s| s.owner == Some(index) && s.fallback == fallback);
-                if owned {
-                    self.take_back(slot);
-                    held -= 1;
-                }
-            }
-        }
-        self.offer();
-        Ok(())
-    }
-
     fn held_by(&self, client: usize) -> usize {
-        self.channels
+        self.slots
             .iter()
             .flatten()
             .filter(|s| s.owner == Some(client))
             .count()
-    }
-
-    /// Gives free channels to clients that want more, in registration
-    /// order, engine channels before fallbacks; then swaps free engine
-    /// channels in for fallbacks that clients hold.
-    fn offer(&mut self) {
-        for c in 0..C {
-            for fallback in [false, true] {
-                while self.wants_more(c)
-                    && let Some(index) = self.free(fallback)
-                {
-                    self.give(c, index);
-                }
-            }
-        }
-        for c in 0..C {
-            while let Some(held) = self.owned_fallback(c)
-                && let Some(index) = self.free(false)
-            {
-                self.give(c, index);
-                self.take_back(held);
-            }
-        }
     }
 
     fn wants_more(&self, client: usize) -> bool {
@@ -375,7 +396,7 @@ impl<'a, const C: usize, const N: usize> Registry<'a, C, N> {
 
     /// A free channel of the given kind.
     fn free(&self, fallback: bool) -> Option<usize> {
-        self.channels.iter().position(|s| {
+        self.slots.iter().position(|s| {
             s.as_ref()
                 .is_some_and(|s| s.owner.is_none() && s.fallback == fallback)
         })
@@ -383,39 +404,171 @@ impl<'a, const C: usize, const N: usize> Registry<'a, C, N> {
 
     /// A fallback channel `client` holds.
     fn owned_fallback(&self, client: usize) -> Option<usize> {
-        self.channels.iter().rposition(|s| {
+        self.slots.iter().rposition(|s| {
             s.as_ref()
                 .is_some_and(|s| s.owner == Some(client) && s.fallback)
         })
     }
 
+    /// Gives free channels to clients that want more, in registration
+    /// order, engine channels before fallbacks; then swaps free engine
+    /// channels in for fallbacks that clients hold.
+    fn offer(&mut self, cells: &[SpinMutex<Cell<'_>>]) {
+        for c in 0..C {
+            for fallback in [false, true] {
+                while self.wants_more(c)
+                    && let Some(index) = self.free(fallback)
+                {
+                    self.give(cells, c, index);
+                }
+            }
+        }
+        for c in 0..C {
+            while let Some(held) = self.owned_fallback(c)
+                && let Some(index) = self.free(false)
+            {
+                self.give(cells, c, index);
+                self.take_back(cells, held);
+            }
+        }
+    }
+
     /// Hands free channel `index` to client `c` and tells it.
-    fn give(&mut self, c: usize, index: usize) {
+    fn give(&mut self, cells: &[SpinMutex<Cell<'_>>], c: usize, index: usize) {
         let Some(callback) = self.clients[c].as_ref().map(|client| client.callback) else {
             return;
         };
-        if let Some(slot) = self.channels[index].as_mut() {
+        let (client, handle) = (self.client_id(c), self.handle(index));
+        if let Some(slot) = self.slots[index].as_mut() {
             slot.owner = Some(c);
-            let (client, handle) = (self.client_id(c), self.handle(index));
+            cells[index].lock().owner = Some(client);
             (callback.func)(client, Event::ChannelAdded(handle), callback.context);
         }
     }
 
     /// Takes channel `index` back from its owner: terminated (nothing stays
     /// in flight), reset, and the owner told.
-    fn take_back(&mut self, index: usize) {
-        let Some(slot) = self.channels[index].as_mut() else {
+    fn take_back(&mut self, cells: &[SpinMutex<Cell<'_>>], index: usize) {
+        let Some(slot) = self.slots[index].as_mut() else {
             return;
         };
         let Some(owner) = slot.owner.take() else {
             return;
         };
-        slot.channel.terminate();
-        let _ = slot.channel.reset();
+        {
+            let mut cell = cells[index].lock();
+            cell.owner = None;
+            if let Some(channel) = cell.channel.as_deref_mut() {
+                channel.terminate();
+                let _ = channel.reset();
+            }
+        }
         if let Some(callback) = self.clients[owner].as_ref().map(|c| c.callback) {
             let (client, handle) = (self.client_id(owner), self.handle(index));
             (callback.func)(client, Event::ChannelRemoved(handle), callback.context);
         }
+    }
+}
+
+impl<'a, const C: usize, const N: usize, I: IrqControl> Registry<'a, C, N, I> {
+    /// An empty registry.
+    pub const fn new() -> Self {
+        Registry {
+            state: SpinMutex::new(State {
+                clients: [const { None }; C],
+                slots: [None; N],
+                client_generations: [0; C],
+                channel_generations: [0; N],
+                id: 0,
+            }),
+            cells: [const {
+                SpinMutex::new(Cell {
+                    channel: None,
+                    handle: None,
+                    owner: None,
+                })
+            }; N],
+            id: AtomicU32::new(0),
+            _irq: PhantomData,
+        }
+    }
+
+    /// The state, locked, with this registry's identity given out the
+    /// first time (a registry that made no handle refuses every one).
+    fn state(&self) -> Masked<'_, State<C, N>, I> {
+        let mut state = Masked::lock(&self.state);
+        if state.id == 0 {
+            state.id = NEXT_REGISTRY_ID.fetch_add(1, Ordering::Relaxed);
+            self.id.store(state.id, Ordering::Release);
+        }
+        state
+    }
+
+    /// Registers a client (`dma_async_client_register`). It holds no
+    /// channel until it asks for some.
+    pub fn register_client(&self, callback: EventCallback) -> Result<ClientId, RegistryError> {
+        let mut state = self.state();
+        let slot = state
+            .clients
+            .iter()
+            .position(Option::is_none)
+            .ok_or(RegistryError::Full)?;
+        state.clients[slot] = Some(Client {
+            callback,
+            wanted: 0,
+        });
+        Ok(state.client_id(slot))
+    }
+
+    /// Unregisters a client, taking back its channels (it is told of each)
+    /// and offering them to the others.
+    pub fn unregister_client(&self, client: ClientId) -> Result<(), RegistryError> {
+        let mut state = self.state();
+        self.request_locked(&mut state, client, 0)?;
+        state.clients[client.index] = None;
+        state.client_generations[client.index] =
+            state.client_generations[client.index].wrapping_add(1);
+        state.offer(&self.cells);
+        Ok(())
+    }
+
+    /// Asks for `count` channels in all (`dma_async_client_chan_request`).
+    /// The client may get fewer now and more later, as channels free up or
+    /// appear; asking for fewer than it holds gives the extra back.
+    pub fn request_channels(&self, client: ClientId, count: usize) -> Result<(), RegistryError> {
+        let mut state = self.state();
+        self.request_locked(&mut state, client, count)
+    }
+
+    fn request_locked(
+        &self,
+        state: &mut State<C, N>,
+        client: ClientId,
+        count: usize,
+    ) -> Result<(), RegistryError> {
+        let index = state.client_index(client)?;
+        let entry = state.clients[index]
+            .as_mut()
+            .ok_or(RegistryError::Unknown)?;
+        entry.wanted = count;
+        let mut held = state.held_by(index);
+        // Fallbacks go back first, then engine channels, newest first.
+        for fallback in [true, false] {
+            for slot in (0..N).rev() {
+                if held <= count {
+                    break;
+                }
+                let owned = state.slots[slot]
+                    .as_ref()
+                    .is_some_and(|s| s.owner == Some(index) && s.fallback == fallback);
+                if owned {
+                    state.take_back(&self.cells, slot);
+                    held -= 1;
+                }
+            }
+        }
+        state.offer(&self.cells);
+        Ok(())
     }
 
     /// Adds a channel (an engine appeared); it goes to a client that wants
@@ -423,8 +576,8 @@ impl<'a, const C: usize, const N: usize> Registry<'a, C, N> {
     /// is reset first, so no client is handed a channel that refuses
     /// everything.
     pub fn add_channel(
-        &mut self,
-        channel: &'a mut dyn DmaChannel,
+        &self,
+        channel: &'a mut (dyn DmaChannel + Send),
     ) -> Result<ChannelHandle, RegistryError> {
         self.add(channel, false)
     }
@@ -433,32 +586,37 @@ impl<'a, const C: usize, const N: usize> Registry<'a, C, N> {
     /// is free (the kernel adds a CPU-engine channel per CPU, so every CPU
     /// of a [`Registry::request_per_cpu`] client has a channel).
     pub fn add_fallback_channel(
-        &mut self,
-        channel: &'a mut dyn DmaChannel,
+        &self,
+        channel: &'a mut (dyn DmaChannel + Send),
     ) -> Result<ChannelHandle, RegistryError> {
         self.add(channel, true)
     }
 
     fn add(
-        &mut self,
-        channel: &'a mut dyn DmaChannel,
+        &self,
+        channel: &'a mut (dyn DmaChannel + Send),
         fallback: bool,
     ) -> Result<ChannelHandle, RegistryError> {
-        let index = self
-            .channels
+        let mut state = self.state();
+        let index = state
+            .slots
             .iter()
             .position(Option::is_none)
             .ok_or(RegistryError::Full)?;
         if channel.is_halted() {
             channel.reset().map_err(|_| RegistryError::ResetFailed)?;
         }
-        self.channels[index] = Some(Slot {
-            channel,
+        let handle = state.handle(index);
+        *self.cells[index].lock() = Cell {
+            channel: Some(channel),
+            handle: Some(handle),
+            owner: None,
+        };
+        state.slots[index] = Some(SlotInfo {
             owner: None,
             fallback,
         });
-        let handle = self.handle(index);
-        self.offer();
+        state.offer(&self.cells);
         Ok(handle)
     }
 
@@ -466,50 +624,71 @@ impl<'a, const C: usize, const N: usize> Registry<'a, C, N> {
     /// request not complete ends `Aborted`, and the engine stops touching
     /// memory), its client is told, and it is reset and handed back to the
     /// caller. The handle is stale from now on. The client may be offered
-    /// another channel.
+    /// another channel. Waits for a user of the channel to drop its guard.
     pub fn remove_channel(
-        &mut self,
+        &self,
         handle: ChannelHandle,
-    ) -> Result<&'a mut dyn DmaChannel, RegistryError> {
-        let index = self.channel_index(handle)?;
-        let slot = self.channels[index].take().ok_or(RegistryError::Unknown)?;
-        self.channel_generations[index] = self.channel_generations[index].wrapping_add(1);
-        slot.channel.terminate();
+    ) -> Result<&'a mut (dyn DmaChannel + Send), RegistryError> {
+        let mut state = self.state();
+        let index = state.channel_index(handle)?;
+        let slot = state.slots[index].take().ok_or(RegistryError::Unknown)?;
+        state.channel_generations[index] = state.channel_generations[index].wrapping_add(1);
+        let taken = core::mem::replace(
+            &mut *self.cells[index].lock(),
+            Cell {
+                channel: None,
+                handle: None,
+                owner: None,
+            },
+        );
+        let channel = taken.channel.ok_or(RegistryError::Unknown)?;
+        channel.terminate();
         if let Some(owner) = slot.owner
-            && let Some(client) = self.clients[owner].as_ref()
+            && let Some(client) = state.clients[owner].as_ref()
         {
             let callback = client.callback;
-            let client = self.client_id(owner);
+            let client = state.client_id(owner);
             (callback.func)(client, Event::ChannelRemoved(handle), callback.context);
         }
         // A reset that fails leaves the channel halted; `add_channel` tries
         // again and says so.
-        let _ = slot.channel.reset();
-        self.offer();
-        Ok(slot.channel)
+        let _ = channel.reset();
+        state.offer(&self.cells);
+        Ok(channel)
     }
 
-    /// The channel `handle`, if `client` holds it.
+    /// The channel `handle`, locked, if `client` holds it. Takes only that
+    /// channel's lock: CPUs using their own channels never wait for each
+    /// other, nor for the registry's bookkeeping.
     pub fn channel(
-        &mut self,
+        &self,
         client: ClientId,
         handle: ChannelHandle,
-    ) -> Result<&mut (dyn DmaChannel + 'a), RegistryError> {
-        let client = self.client_index(client)?;
-        let index = self.channel_index(handle)?;
-        let slot = self.channels[index]
-            .as_mut()
-            .ok_or(RegistryError::Unknown)?;
-        if slot.owner != Some(client) {
-            return Err(RegistryError::NotOwner);
+    ) -> Result<ChannelGuard<'_, 'a, I>, RegistryError> {
+        let id = self.id.load(Ordering::Acquire);
+        if client.registry != id || handle.registry != id {
+            return Err(RegistryError::Foreign);
         }
-        Ok(&mut *slot.channel)
+        let cell = Masked::lock(self.cells.get(handle.index).ok_or(RegistryError::Unknown)?);
+        if cell.handle != Some(handle) || cell.channel.is_none() {
+            return Err(RegistryError::Unknown);
+        }
+        if cell.owner == Some(client) {
+            return Ok(ChannelGuard { cell });
+        }
+        // The slow path names the error; the state lock comes first, so the
+        // channel's is given up before it is taken.
+        drop(cell);
+        match self.state().client_index(client) {
+            Ok(_) => Err(RegistryError::NotOwner),
+            Err(e) => Err(e),
+        }
     }
 
     /// Asks for a channel for each of `cpus` CPUs (see the [module
     /// docs](self)): as [`Registry::request_channels`], with engine
     /// channels first and fallbacks for the rest.
-    pub fn request_per_cpu(&mut self, client: ClientId, cpus: usize) -> Result<(), RegistryError> {
+    pub fn request_per_cpu(&self, client: ClientId, cpus: usize) -> Result<(), RegistryError> {
         self.request_channels(client, cpus)
     }
 
@@ -521,14 +700,15 @@ impl<'a, const C: usize, const N: usize> Registry<'a, C, N> {
         client: ClientId,
         cpu: usize,
     ) -> Result<ChannelHandle, RegistryError> {
-        let index = self.client_index(client)?;
-        let held = self.held_by(index);
+        let state = self.state();
+        let index = state.client_index(client)?;
+        let held = state.held_by(index);
         if held == 0 {
             return Err(RegistryError::NoChannel);
         }
         let nth = cpu % held;
         let owned = |fallback: bool| {
-            self.channels.iter().enumerate().filter(move |(_, s)| {
+            state.slots.iter().enumerate().filter(move |(_, s)| {
                 s.as_ref()
                     .is_some_and(|s| s.owner == Some(index) && s.fallback == fallback)
             })
@@ -537,16 +717,14 @@ impl<'a, const C: usize, const N: usize> Registry<'a, C, N> {
             .chain(owned(true))
             .nth(nth)
             .ok_or(RegistryError::NoChannel)?;
-        Ok(ChannelHandle {
-            index: slot,
-            generation: self.channel_generations[slot],
-            registry: self.id,
-        })
+        Ok(state.handle(slot))
     }
 
     /// How many channels `client` holds (0 for a stale or foreign id).
     pub fn channels_of(&self, client: ClientId) -> usize {
-        self.client_index(client)
-            .map_or(0, |index| self.held_by(index))
+        let state = self.state();
+        state
+            .client_index(client)
+            .map_or(0, |index| state.held_by(index))
     }
 }

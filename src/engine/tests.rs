@@ -624,7 +624,7 @@ mod registry {
         let mut chans: Vec<Channel<CpuEngine<FakeHal>>> =
             (0..3).map(|_| Channel::new(CpuEngine::new())).collect();
         let mut it = chans.iter_mut();
-        let mut reg: Registry<'_, 4, 4> = Registry::new();
+        let reg: Registry<'_, 4, 4> = Registry::new();
         let a = reg.register_client(cb(1)).unwrap();
         let b = reg.register_client(cb(2)).unwrap();
         reg.request_channels(a, 2).unwrap();
@@ -676,7 +676,7 @@ mod registry {
         let mut engines: Vec<Channel<CpuEngine<FakeHal>>> =
             (0..4).map(|_| Channel::new(CpuEngine::new())).collect();
         let mut engines = engines.iter_mut();
-        let mut reg: Registry<'_, 4, 8> = Registry::new();
+        let reg: Registry<'_, 4, 8> = Registry::new();
         let p = reg.register_client(cb(1)).unwrap();
         reg.request_per_cpu(p, 4).unwrap();
         assert_eq!(reg.channel_for_cpu(p, 0), Err(RegistryError::NoChannel));
@@ -731,12 +731,13 @@ mod registry {
         src.as_mut_slice().fill(0x3c);
         let mut dst = Dma::<FakeHal>::new(256).unwrap();
         let h = reg.channel_for_cpu(p, 3).unwrap();
-        let chan = reg.channel(p, h).unwrap();
+        let mut chan = reg.channel(p, h).unwrap();
         // SAFETY: both buffers live until the wait below, untouched.
         let c = unsafe { chan.memcpy_buf_to_buf(dst.paddr(), src.paddr(), 256) }.unwrap();
         chan.wait(c, &mut CountingDelay::default(), Duration::from_secs(1))
             .unwrap();
         assert!(dst.as_mut_slice().iter().all(|&b| b == 0x3c));
+        drop(chan);
 
         // Fewer CPUs than channels held round-robin; a stale id is refused.
         reg.request_per_cpu(p, 2).unwrap();
@@ -748,12 +749,101 @@ mod registry {
         assert_eq!(reg.channel_for_cpu(p, 0), Err(RegistryError::Unknown));
     }
 
+    /// `n` copies of 256 bytes through `client`'s channel `h`, each
+    /// checked, until the handle is refused; returns how many were made.
+    fn copy_until_refused(
+        reg: &Registry<'_, 2, 4>,
+        client: ClientId,
+        h: ChannelHandle,
+        n: usize,
+    ) -> usize {
+        let mut src = Dma::<FakeHal>::new(256).unwrap();
+        let mut dst = Dma::<FakeHal>::new(256).unwrap();
+        for i in 0..n {
+            src.as_mut_slice().fill(i as u8);
+            let mut chan = match reg.channel(client, h) {
+                Ok(chan) => chan,
+                Err(e) => {
+                    assert_eq!(e, RegistryError::Unknown);
+                    return i;
+                }
+            };
+            // SAFETY: both buffers live until the wait below, untouched.
+            let c = unsafe { chan.memcpy_buf_to_buf(dst.paddr(), src.paddr(), 256) }.unwrap();
+            chan.wait(c, &mut CountingDelay::default(), Duration::from_secs(1))
+                .unwrap();
+            drop(chan);
+            assert!(dst.as_mut_slice().iter().all(|&b| b == i as u8), "copy {i}");
+        }
+        n
+    }
+
+    #[test]
+    fn cpus_copy_through_their_own_channels_of_one_shared_registry_at_once() {
+        fn sync<T: Sync>() {}
+        sync::<Registry<'static>>();
+        let mut chans: Vec<Channel<CpuEngine<FakeHal>>> =
+            (0..4).map(|_| Channel::new(CpuEngine::new())).collect();
+        let reg: Registry<'_, 2, 4> = Registry::new();
+        let p = reg.register_client(cb(9)).unwrap();
+        reg.request_per_cpu(p, 4).unwrap();
+        for chan in chans.iter_mut() {
+            reg.add_channel(chan).unwrap();
+        }
+        take_events();
+        let handles: Vec<ChannelHandle> = (0..4)
+            .map(|cpu| reg.channel_for_cpu(p, cpu).unwrap())
+            .collect();
+        let mut distinct = handles.clone();
+        distinct.sort_by_key(|h| format!("{h:?}"));
+        distinct.dedup();
+        assert_eq!(distinct.len(), 4, "one channel per CPU");
+        let made: Vec<usize> = std::thread::scope(|scope| {
+            let threads: Vec<_> = handles
+                .iter()
+                .map(|&h| {
+                    let reg = &reg;
+                    scope.spawn(move || copy_until_refused(reg, p, h, 300))
+                })
+                .collect();
+            threads.into_iter().map(|t| t.join().unwrap()).collect()
+        });
+        assert_eq!(made, [300; 4]);
+    }
+
+    #[test]
+    fn a_channel_removed_while_a_cpu_uses_it_is_refused_never_swapped() {
+        let mut chans: Vec<Channel<CpuEngine<FakeHal>>> =
+            (0..2).map(|_| Channel::new(CpuEngine::new())).collect();
+        let (first, second) = chans.split_at_mut(1);
+        let reg: Registry<'_, 2, 4> = Registry::new();
+        let p = reg.register_client(cb(10)).unwrap();
+        reg.request_channels(p, 1).unwrap();
+        let h = reg.add_channel(&mut first[0]).unwrap();
+        let made = std::thread::scope(|scope| {
+            let user = scope.spawn(|| copy_until_refused(&reg, p, h, 1_000_000));
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            let back = reg.remove_channel(h).unwrap();
+            assert!(!back.is_halted(), "handed back reset");
+            // The same slot now holds another channel: the old handle
+            // must not reach it.
+            let h2 = reg.add_channel(&mut second[0]).unwrap();
+            assert_ne!(h, h2);
+            user.join().unwrap()
+        });
+        assert!(
+            (1..1_000_000).contains(&made),
+            "the CPU copied before the removal and was refused after it: {made}"
+        );
+        assert_eq!(reg.channel(p, h).err(), Some(RegistryError::Unknown));
+    }
+
     #[test]
     fn stale_and_foreign_handles_are_refused() {
         let mut chans: Vec<Channel<CpuEngine<FakeHal>>> =
             (0..2).map(|_| Channel::new(CpuEngine::new())).collect();
         let mut it = chans.iter_mut();
-        let mut reg: Registry<'_, 2, 2> = Registry::new();
+        let reg: Registry<'_, 2, 2> = Registry::new();
         let old = reg.register_client(cb(1)).unwrap();
         reg.unregister_client(old).unwrap();
         // The next client takes the same slot; the old id must not reach it.
@@ -767,7 +857,7 @@ mod registry {
         assert_eq!(reg.channels_of(old), 0);
         assert_eq!(reg.channels_of(new), 1);
         // Another registry's ids and handles.
-        let mut other: Registry<'_, 2, 2> = Registry::new();
+        let other: Registry<'_, 2, 2> = Registry::new();
         let stranger = other.register_client(cb(3)).unwrap();
         other.request_channels(stranger, 1).unwrap();
         let their = other.add_channel(it.next().unwrap()).unwrap();
@@ -797,7 +887,7 @@ mod registry {
         let mut chan: Channel<CpuEngine<FakeHal>> = Channel::new(CpuEngine::new());
         chan.terminate();
         assert!(chan.is_halted());
-        let mut reg: Registry<'_> = Registry::new();
+        let reg: Registry<'_> = Registry::new();
         let client = reg.register_client(cb(4)).unwrap();
         reg.request_channels(client, 1).unwrap();
         let h = reg.add_channel(&mut chan).unwrap();
@@ -808,7 +898,7 @@ mod registry {
     #[test]
     fn a_client_copies_through_its_channel() {
         let mut chan: Channel<CpuEngine<FakeHal>> = Channel::new(CpuEngine::new());
-        let mut reg: Registry<'_> = Registry::new();
+        let reg: Registry<'_> = Registry::new();
         let client = reg.register_client(cb(7)).unwrap();
         reg.request_channels(client, 1).unwrap();
         let handle: ChannelHandle = reg.add_channel(&mut chan).unwrap();
@@ -819,7 +909,8 @@ mod registry {
             .enumerate()
             .for_each(|(i, b)| *b = i as u8);
         let dst = Dma::<FakeHal>::new(256).unwrap();
-        let ch: &mut dyn DmaChannel = reg.channel(client, handle).unwrap();
+        let mut guard = reg.channel(client, handle).unwrap();
+        let ch: &mut dyn DmaChannel = &mut *guard;
         // SAFETY: both buffers are ours and not touched until `wait` returns.
         let cookie = unsafe { ch.memcpy_buf_to_buf(dst.paddr(), src.paddr(), 256) }.unwrap();
         ch.wait(

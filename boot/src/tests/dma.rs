@@ -117,11 +117,11 @@ fn registry_removal_mid_transfer() {
     let mut lsi = lsi();
     let src = buffer(64 * N, src_pattern);
     let dst = buffer(128 * N, dst_pattern);
-    let mut registry: Registry<'_> = Registry::new();
-    let client = recording_client(&mut registry);
+    let registry: Registry<'_> = Registry::new();
+    let client = recording_client(&registry);
     registry.request_channels(client, 1).unwrap();
     let handle = registry.add_channel(&mut *lsi).unwrap();
-    let chan = registry.channel(client, handle).unwrap();
+    let mut chan = registry.channel(client, handle).unwrap();
     let mut cookies = Vec::new();
     for k in 0..N {
         // SAFETY: slots of buffers we own, read only after the removal has
@@ -137,6 +137,8 @@ fn registry_removal_mid_transfer() {
         cookies.push(cookie);
     }
     chan.issue_pending();
+    // The guard holds the channel's lock, which the removal takes.
+    drop(chan);
     let chan = registry.remove_channel(handle).expect("remove");
     assert_eq!(
         REGISTRY_EVENTS.lock().as_slice(),
@@ -999,7 +1001,7 @@ static REGISTRY_EVENTS: spin::Mutex<Vec<dmaengine::engine::registry::Event>> =
 
 /// A client of `registry` whose events land in `REGISTRY_EVENTS`.
 fn recording_client(
-    registry: &mut dmaengine::engine::registry::Registry<'_>,
+    registry: &dmaengine::engine::registry::Registry<'_>,
 ) -> dmaengine::engine::registry::ClientId {
     registry
         .register_client(dmaengine::engine::registry::EventCallback {
@@ -1024,8 +1026,8 @@ fn registry_with_every_engine() {
     use dmaengine::engine::registry::{Event, Registry};
     REGISTRY_EVENTS.lock().clear();
     let (mut lsi, mut cpu, mut edu) = (lsi(), cpu_channel(), edu());
-    let mut registry: Registry<'_> = Registry::new();
-    let client = recording_client(&mut registry);
+    let registry: Registry<'_> = Registry::new();
+    let client = recording_client(&registry);
     registry.request_channels(client, 3).unwrap();
     let handles = [
         registry.add_channel(&mut *lsi).unwrap(),
@@ -1036,7 +1038,7 @@ fn registry_with_every_engine() {
     let src = buffer(4096, src_pattern);
     for (k, &handle) in handles.iter().enumerate() {
         let dst = buffer(4096, dst_pattern);
-        let chan = registry
+        let mut chan = registry
             .channel(client, handle)
             .expect("the client's channel");
         // SAFETY: whole buffers we own, read only after `wait`.

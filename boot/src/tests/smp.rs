@@ -2,17 +2,20 @@
 //! shared by all of them, and each CPU on a channel of its own. With
 //! `SMP=1` the same tests run on the boot CPU alone.
 
+use alloc::boxed::Box;
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use core::time::Duration;
 
+use dmaengine::engine::registry::{ChannelHandle, ClientId, Event, EventCallback, Registry};
+use dmaengine::engine::shared::X86Interrupts;
 use dmaengine::engine::{Channel, Engine, PrepFlags};
 use dmaengine::hal::Dma;
 
 use super::dma::{TIMEOUT, dst_pattern};
 use crate::dma::{
-    CpuChannel, EduChannel, KernelHal, LsiChannel, cpu_channel, edu_channel, lsi_channel,
-    release_lsi, second_lsi_channel, serviced_lsi, serviced_lsi_channel,
+    KernelHal, cpu_channel, edu_channel, lsi_channel, release_lsi, second_lsi_channel,
+    serviced_lsi, serviced_lsi_channel,
 };
 use crate::harness::Test;
 use crate::rng::Rng;
@@ -32,7 +35,7 @@ pub const TESTS: &[Test] = &[
         all_cpus_share_one_lsi_channel,
     ),
     Test::new(
-        "smp.each_cpu_copies_on_its_own_channel_at_once",
+        "smp.each_cpu_copies_at_once_on_the_channel_one_shared_registry_gave_it",
         each_cpu_on_its_own_channel,
     ),
 ];
@@ -163,65 +166,138 @@ fn all_cpus_share_one_lsi_channel() {
     assert_eq!(after.last_completed, after.last_used, "every copy ended");
 }
 
-/// The channels of the per-CPU test, taken by the CPU that runs each.
-static LSI_OWN: spin::Mutex<Option<LsiChannel>> = spin::Mutex::new(None);
-static LSI2_OWN: spin::Mutex<Option<LsiChannel>> = spin::Mutex::new(None);
-static EDU_OWN: spin::Mutex<Option<EduChannel>> = spin::Mutex::new(None);
-static CPU_OWN: [spin::Mutex<Option<CpuChannel>>; MAX_CPUS] =
-    [const { spin::Mutex::new(None) }; MAX_CPUS];
+/// The per-CPU test's registry, shared by every CPU (it is `Sync`), with
+/// its locks taken with interrupts off.
+static REGISTRY: Registry<'static, 2, { MAX_CPUS + 3 }, X86Interrupts> = Registry::new();
+/// The registry's client: one channel per CPU.
+static CLIENT: spin::Once<ClientId> = spin::Once::new();
 
-fn copies_on<E: Engine>(cpu: usize, channel: &mut Channel<E>, count: usize) -> u64 {
+fn ignore_event(_client: ClientId, _event: Event, _context: usize) {}
+
+fn copies_on(cpu: usize, handle: ChannelHandle, count: usize) -> u64 {
+    let Some(&client) = CLIENT.get() else {
+        error(cpu);
+        return 0;
+    };
     copies_with(cpu, count, |dst, src, len| {
+        let mut channel = REGISTRY.channel(client, handle).map_err(|_| ())?;
         // SAFETY: inside this CPU's own buffers, read after the wait.
-        let cookie =
-            unsafe { channel.prep_copy(dst, src, len, PrepFlags::empty()) }.map_err(|_| ())?;
+        let cookie = unsafe { channel.memcpy_buf_to_buf(dst, src, len) }.map_err(|_| ())?;
         channel.wait(cookie, &mut Delay, TIMEOUT).map_err(|_| ())
     })
 }
 
 fn own_job(cpu: usize) {
-    let done = match cpu {
-        0 => LSI_OWN
-            .lock()
-            .as_mut()
-            .map(|c| copies_on(cpu, &mut **c, 300)),
-        // The edu device takes 200 ms a copy: a few.
-        1 => EDU_OWN.lock().as_mut().map(|c| copies_on(cpu, &mut **c, 3)),
-        2 => LSI2_OWN
-            .lock()
-            .as_mut()
-            .map(|c| copies_on(cpu, &mut **c, 300)),
-        _ => CPU_OWN[cpu].lock().as_mut().map(|c| copies_on(cpu, c, 300)),
+    let Some(handle) = CLIENT
+        .get()
+        .and_then(|&client| REGISTRY.channel_for_cpu(client, cpu).ok())
+    else {
+        error(cpu);
+        return;
     };
-    match done {
-        Some(n) => REPORT[cpu].store(n, Ordering::Release),
-        None => error(cpu),
+    // The edu device takes 200 ms a copy (CPU 1 gets it): a few.
+    let count = if cpu == 1 { 3 } else { 300 };
+    REPORT[cpu].store(copies_on(cpu, handle, count), Ordering::Release);
+}
+
+/// A channel lent to the registry for the test: its handle, and the box
+/// that owns it (a `Box<T>` as a raw pointer) with the function that frees
+/// it once the registry has given the channel back.
+struct Lent {
+    handle: ChannelHandle,
+    owner: *mut (),
+    free: unsafe fn(*mut ()),
+}
+
+/// Frees a box `lend` made.
+///
+/// # Safety
+/// `owner` is a `Box<T>` from `Box::into_raw` in `lend`, no reference into
+/// it is left (the registry gave its channel back), and it is freed once.
+unsafe fn free_box<T>(owner: *mut ()) {
+    // SAFETY: per the contract above.
+    drop(unsafe { Box::from_raw(owner.cast::<T>()) });
+}
+
+/// Lends `owner`'s channel (`as_channel` finds it) to the registry, which
+/// holds `'static` channels, as an engine or a fallback channel.
+fn lend<T: Send + 'static, E: Engine + Send + 'static>(
+    owner: T,
+    as_channel: fn(&mut T) -> &mut Channel<E>,
+    fallback: bool,
+) -> Lent {
+    let owner = Box::into_raw(Box::new(owner));
+    // SAFETY: the box lives until `free_box`, which runs only after the
+    // registry has given this reference back (`remove_channel`).
+    let channel: &'static mut Channel<E> = as_channel(unsafe { &mut *owner });
+    let handle = if fallback {
+        REGISTRY.add_fallback_channel(channel)
+    } else {
+        REGISTRY.add_channel(channel)
+    }
+    .expect("room in the registry");
+    Lent {
+        handle,
+        owner: owner.cast(),
+        free: free_box::<T>,
     }
 }
 
-/// CPU 0 on the first LSI53C895A, CPU 1 on the edu device, CPU 2 on the
-/// second LSI53C895A, the others on CPU engines of their own, all copying
-/// at once, every byte checked.
+/// The registry hands one client a channel per CPU: the first LSI53C895A
+/// to CPU 0, the edu device to CPU 1, the second LSI53C895A to CPU 2 (in
+/// the order they were added) and CPU-engine fallbacks to the others. Every
+/// CPU looks its channel up and copies through the one shared registry at
+/// the same time, every byte checked.
 fn each_cpu_on_its_own_channel() {
     reset_reports();
-    *LSI_OWN.lock() = Some(lsi_channel().expect("LSI"));
+    let client = *CLIENT.call_once(|| {
+        REGISTRY
+            .register_client(EventCallback {
+                func: ignore_event,
+                context: 0,
+            })
+            .expect("room for the client")
+    });
+    REGISTRY
+        .request_per_cpu(client, smp::cpus())
+        .expect("the client asks");
+    let mut lent = Vec::new();
+    lent.push(lend(lsi_channel().expect("LSI"), |c| &mut **c, false));
     if smp::cpus() > 1 {
-        *EDU_OWN.lock() = Some(edu_channel().expect("edu"));
+        lent.push(lend(edu_channel().expect("edu"), |c| &mut **c, false));
     }
     if smp::cpus() > 2 {
-        *LSI2_OWN.lock() = Some(second_lsi_channel().expect("second LSI53C895A"));
+        let second = second_lsi_channel().expect("second LSI53C895A");
+        lent.push(lend(second, |c| &mut **c, false));
     }
-    for slot in CPU_OWN.iter().take(smp::cpus()).skip(3) {
-        *slot.lock() = Some(cpu_channel());
+    for _ in 3..smp::cpus() {
+        lent.push(lend(cpu_channel(), |c| c, true));
     }
+    let spread: Vec<Option<ChannelHandle>> = (0..smp::cpus())
+        .map(|cpu| REGISTRY.channel_for_cpu(client, cpu).ok())
+        .collect();
     let outcome = smp::run_on_all(own_job, JOB_TIMEOUT_NS);
-    LSI_OWN.lock().take();
-    LSI2_OWN.lock().take();
-    EDU_OWN.lock().take();
-    for slot in &CPU_OWN {
-        slot.lock().take();
+    REGISTRY
+        .request_per_cpu(client, 0)
+        .expect("the client lets go");
+    for Lent {
+        handle,
+        owner,
+        free,
+    } in lent.iter()
+    {
+        let given_back = REGISTRY.remove_channel(*handle).is_ok();
+        assert!(given_back, "the registry gives back what it was lent");
+        // SAFETY: the registry gave the channel back (the reference it
+        // returned is dropped), and each box is freed once.
+        unsafe { free(*owner) };
     }
     outcome.expect("every CPU finished");
+    assert_eq!(
+        spread,
+        lent.iter().map(|l| Some(l.handle)).collect::<Vec<_>>(),
+        "CPU n got the n-th channel added"
+    );
     let reports = check_reports("own channels");
     for (cpu, &n) in reports.iter().enumerate() {
         assert!(n > 0, "CPU {cpu} copied nothing");
