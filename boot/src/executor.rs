@@ -26,8 +26,11 @@ pub const MAX_TASKS: usize = 8;
 static READY: [AtomicBool; MAX_TASKS] = [const { AtomicBool::new(false) }; MAX_TASKS];
 /// One run at a time: the flags are shared.
 static RUNNING: AtomicBool = AtomicBool::new(false);
-/// The CPU the current run is on.
-static RUN_ON: AtomicUsize = AtomicUsize::new(0);
+/// The CPU of a run that has halted at least once ([`NO_SLEEPER`]
+/// before): set only then, as finding this CPU's number costs a read of
+/// the local APIC, which a run whose tasks end at their first poll skips.
+static SLEEPER: AtomicUsize = AtomicUsize::new(NO_SLEEPER);
+const NO_SLEEPER: usize = usize::MAX;
 
 fn flag(data: *const ()) -> &'static AtomicBool {
     // Data values are indices below MAX_TASKS (made by `waker` only).
@@ -39,9 +42,11 @@ fn clone(data: *const ()) -> RawWaker {
 }
 
 fn wake(data: *const ()) {
-    flag(data).store(true, Ordering::Release);
-    let on = RUN_ON.load(Ordering::Acquire);
-    if RUNNING.load(Ordering::Acquire) && on != apic::cpu() {
+    // SeqCst with the executor's store of SLEEPER and load of the flags:
+    // either it sees this flag before it halts, or this sees it sleeping.
+    flag(data).store(true, Ordering::SeqCst);
+    let on = SLEEPER.load(Ordering::SeqCst);
+    if on != NO_SLEEPER && on != apic::cpu() {
         apic::wake(on);
     }
 }
@@ -72,8 +77,9 @@ pub fn run(
         !RUNNING.swap(true, Ordering::AcqRel),
         "one executor run at a time"
     );
-    RUN_ON.store(apic::cpu(), Ordering::Release);
-    let start = time::now_ns();
+    // Cycles, converted only when a task has to wait: the run whose tasks
+    // all end at their first poll pays no division.
+    let start = time::rdtsc();
     let mut done = [false; MAX_TASKS];
     for flag in &READY[..tasks.len()] {
         flag.store(true, Ordering::Release);
@@ -91,21 +97,25 @@ pub fn run(
         if done[..tasks.len()].iter().all(|&d| d) {
             break Ok(());
         }
-        if time::now_ns().saturating_sub(start) > timeout_ns {
+        if time::cycles_to_ns(time::rdtsc().wrapping_sub(start)) > timeout_ns {
             break Err(TimedOut);
         }
         // Halt only if no wake slipped in since the flags were read: `sti;
         // hlt` takes no interrupt between the two instructions.
         x86_64::instructions::interrupts::disable();
+        if SLEEPER.load(Ordering::Relaxed) == NO_SLEEPER {
+            SLEEPER.store(apic::cpu(), Ordering::SeqCst);
+        }
         if READY[..tasks.len()]
             .iter()
-            .any(|f| f.load(Ordering::Acquire))
+            .any(|f| f.load(Ordering::SeqCst))
         {
             x86_64::instructions::interrupts::enable();
         } else {
             x86_64::instructions::interrupts::enable_and_hlt();
         }
     };
+    SLEEPER.store(NO_SLEEPER, Ordering::SeqCst);
     for flag in &READY {
         flag.store(false, Ordering::Release);
     }

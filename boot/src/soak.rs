@@ -98,6 +98,7 @@ impl Buffers {
                 let d = self.offset(dst);
                 self.model[d..d + len].fill(0);
             }
+            Op::Interrupt => {}
         }
     }
 
@@ -175,7 +176,10 @@ pub fn batch<E: Engine>(
     }
     let errors = stats.error_count();
     for op in &ops {
-        let (Op::Copy { dst, len, .. } | Op::Fill { dst, len, .. } | Op::Zero { dst, len }) = *op;
+        let (Op::Copy { dst, len, .. } | Op::Fill { dst, len, .. } | Op::Zero { dst, len }) = *op
+        else {
+            continue;
+        };
         stats.bytes += len as u64;
         let d = bufs.offset(dst);
         if !bufs.matches(d - GUARD, d + len + GUARD) {

@@ -51,6 +51,7 @@ impl<H: Hal, const N: usize> CpuEngine<H, N> {
                 // SAFETY: as above, for the destination.
                 unsafe { H::phys_to_virt(dst).as_ptr().write_bytes(0, len) }
             }
+            Op::Interrupt => {}
             Op::Fill { dst, len, pattern } => {
                 let bytes = pattern.to_le_bytes();
                 let d = H::phys_to_virt(dst).as_ptr();

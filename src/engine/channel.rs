@@ -107,6 +107,8 @@ pub struct Channel<E: Engine> {
     callback_len: usize,
     /// Tasks awaiting requests (see [`super::shared`]).
     wakers: WakerSlots,
+    /// The last request prepared with [`PrepFlags::INTERRUPT`] (0: none).
+    interrupt_through: i32,
 }
 
 impl<E: Engine> Channel<E> {
@@ -119,6 +121,7 @@ impl<E: Engine> Channel<E> {
             id: NEXT_CHANNEL_ID.fetch_add(1, Ordering::Relaxed),
             last_used: 0,
             last_completed: 0,
+            interrupt_through: 0,
             prepared: false,
             halted: false,
             failures: [None; FAILURE_HISTORY],
@@ -206,15 +209,18 @@ impl<E: Engine> Channel<E> {
             return Err(DmaError::Halted);
         }
         let (caps, limits) = (self.caps, self.limits);
+        if flags.contains(PrepFlags::INTERRUPT) && !caps.contains(Capabilities::INTERRUPT) {
+            return Err(DmaError::NotSupported);
+        }
         let (dst, src, len, needs) = match *op {
             Op::Copy { dst, src, len } => (dst, Some(src), len, Capabilities::COPY),
             Op::Fill { dst, len, .. } | Op::Zero { dst, len } => {
                 (dst, None, len, Capabilities::FILL)
             }
+            Op::Interrupt if caps.contains(Capabilities::INTERRUPT_OP) => return Ok(()),
+            Op::Interrupt => return Err(DmaError::NotSupported),
         };
-        if !caps.contains(needs)
-            || (flags.contains(PrepFlags::INTERRUPT) && !caps.contains(Capabilities::INTERRUPT))
-        {
+        if !caps.contains(needs) {
             return Err(DmaError::NotSupported);
         }
         if len == 0 {
@@ -263,6 +269,7 @@ impl<E: Engine> Channel<E> {
             Op::Copy { dst, len, .. } | Op::Fill { dst, len, .. } | Op::Zero { dst, len } => {
                 (dst, len)
             }
+            Op::Interrupt => return Ok(self.engine.prep(cookie, op, Some(notify))?),
         };
         let mut done = 0;
         while done < len {
@@ -286,6 +293,7 @@ impl<E: Engine> Channel<E> {
                     dst: dst + at,
                     len: n,
                 },
+                Op::Interrupt => Op::Interrupt,
             };
             done += n;
             let end = (done == len).then_some(notify);
@@ -324,6 +332,9 @@ impl<E: Engine> Channel<E> {
         }
         self.last_used = cookie.get();
         self.prepared = true;
+        if notify.interrupt {
+            self.interrupt_through = cookie.get();
+        }
         self.remember(cookie, &op);
         if let Some(callback) = callback {
             let slot = (self.callback_head + self.callback_len) % MAX_CALLBACKS;
@@ -360,6 +371,7 @@ impl<E: Engine> Channel<E> {
         let piece_max = (self.limits.max_len / align * align).max(align);
         let one_descriptor_each = ops.iter().all(|op| match *op {
             Op::Copy { len, .. } | Op::Fill { len, .. } | Op::Zero { len, .. } => len <= piece_max,
+            Op::Interrupt => true,
         });
         let mut cookie = first;
         let written = if one_descriptor_each {
@@ -390,6 +402,9 @@ impl<E: Engine> Channel<E> {
         }
         self.last_used = cookie.get();
         self.prepared = true;
+        if last.interrupt {
+            self.interrupt_through = cookie.get();
+        }
         let mut each = first;
         for op in ops {
             self.remember(each, op);
@@ -400,6 +415,31 @@ impl<E: Engine> Channel<E> {
             last: cookie,
             len: ops.len(),
         })
+    }
+
+    /// Makes sure the engine interrupts once `cookie` has ended: unless it
+    /// has ended, or a request from it on asked for an interrupt, prepares
+    /// an [`Op::Interrupt`] that does (the ring runs in order, so it ends
+    /// after `cookie`) and issues it. An engine without
+    /// [`Capabilities::INTERRUPT_OP`] is left alone: its requests must ask
+    /// for the interrupt themselves. The futures of a
+    /// [`SharedChannel`](super::SharedChannel) call this when they have to
+    /// wait, so on such an engine a request awaited needs no
+    /// [`PrepFlags::INTERRUPT`], and one that has ended by the first poll
+    /// costs no interrupt at all.
+    pub fn interrupt_after(&mut self, cookie: Cookie) -> Result<(), DmaError> {
+        let covered = self.interrupt_through != 0
+            && super::is_complete(cookie, self.interrupt_through, self.last_used);
+        if !self.caps.contains(Capabilities::INTERRUPT_OP)
+            || covered
+            || super::is_complete(cookie, self.last_completed, self.last_used)
+        {
+            return Ok(());
+        }
+        // SAFETY: an interrupt-only request reads and writes no memory.
+        unsafe { self.prep(Op::Interrupt, PrepFlags::INTERRUPT, None) }?;
+        self.issue_pending();
+        Ok(())
     }
 
     /// Prepares a copy of `len` bytes from `src` to `dst` (DMA addresses).
@@ -695,6 +735,7 @@ impl<E: Engine> Channel<E> {
         let (dst, src, len) = match *op {
             Op::Copy { dst, src, len } => (dst, Some(src), len),
             Op::Fill { dst, len, .. } | Op::Zero { dst, len } => (dst, None, len),
+            Op::Interrupt => return,
         };
         self.footprints[self.next_footprint] = Some(Footprint {
             cookie,

@@ -57,6 +57,8 @@ bitflags! {
         const FILL = 1 << 1;
         /// Completion interrupts ([`PrepFlags::INTERRUPT`]).
         const INTERRUPT = 1 << 2;
+        /// Interrupt-only requests ([`Op::Interrupt`]).
+        const INTERRUPT_OP = 1 << 3;
     }
 }
 
@@ -223,6 +225,13 @@ pub enum Op {
         /// Bytes.
         len: usize,
     },
+    /// Nothing to move: the request ends when every request before it has
+    /// (engines run their rings in order), and with [`PrepFlags::INTERRUPT`]
+    /// the engine interrupts then (Linux's `device_prep_dma_interrupt`).
+    /// Needs [`Capabilities::INTERRUPT_OP`]. The futures of a
+    /// [`SharedChannel`] prepare one when the request they wait for asked
+    /// for no interrupt and has not ended (see [`Channel::interrupt_after`]).
+    Interrupt,
 }
 
 /// What the engine must do when the last descriptor of a request is done.

@@ -26,10 +26,16 @@
 //! awaits a [`Transfer`] and hands its buffers back. The task's waker sits in
 //! one of the channel's [`WAKER_SLOTS`] slots (no allocation) and is woken
 //! from [`SharedChannel::handle_interrupt`] (or any call that sees the
-//! request end: `status`, `poll`, ...). So a request awaited without polling
-//! must be prepared with [`PrepFlags::INTERRUPT`](super::PrepFlags) on an
-//! engine that interrupts, and the kernel's handler for the engine's line
-//! must call `handle_interrupt`.
+//! request end: `status`, `poll`, ...), so the kernel's handler for the
+//! engine's interrupt must call `handle_interrupt`. Something must raise
+//! that interrupt: a future that has to wait calls
+//! [`Channel::interrupt_after`], which, on an engine with
+//! [`Capabilities::INTERRUPT_OP`](super::Capabilities), queues one
+//! interrupt-only request behind the awaited one unless a request from it on
+//! already asked for an interrupt. A request that has ended by the first
+//! poll costs no interrupt at all. On an engine without it, prepare the
+//! awaited request with [`PrepFlags::INTERRUPT`](super::PrepFlags) (the edu
+//! driver interrupts at the end of every transfer anyway).
 //!
 //! Wakers are woken with the channel locked: a waker must not lock the
 //! channel itself (an executor's waker only marks its task ready, so this
@@ -231,8 +237,10 @@ impl<E: Engine, I: IrqControl> SharedChannel<E, I> {
         }
     }
 
-    /// Registers the task's waker for `cookie` if it has not ended. The
-    /// caller holds the lock, so no interrupt can end it in between.
+    /// Registers the task's waker for `cookie` if it has not ended, and
+    /// makes sure an interrupt follows its end
+    /// ([`Channel::interrupt_after`]). The caller holds the lock, so no
+    /// interrupt can end it in between.
     fn park(
         channel: &mut Channel<E>,
         cookie: Cookie,
@@ -240,8 +248,9 @@ impl<E: Engine, I: IrqControl> SharedChannel<E, I> {
         slot: &mut Option<SlotName>,
     ) {
         *slot = channel.register_waker(cookie, cx.waker(), *slot);
-        if slot.is_none() {
-            // Every slot taken: be polled again rather than never.
+        // Every slot taken, or no room for the interrupt request: be polled
+        // again rather than never.
+        if slot.is_none() || channel.interrupt_after(cookie).is_err() {
             cx.waker().wake_by_ref();
         }
     }

@@ -32,6 +32,8 @@ pub(super) struct Scripted {
     pub(super) raised: bool,
     terminated: usize,
     resets: usize,
+    /// Set by the test: capabilities beyond copy and fill.
+    pub(super) more_caps: Capabilities,
 }
 
 impl Scripted {
@@ -49,7 +51,7 @@ impl Engine for Scripted {
     type Mark = usize;
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities::COPY | Capabilities::FILL
+        Capabilities::COPY | Capabilities::FILL | self.more_caps
     }
 
     fn limits(&self) -> Limits {

@@ -29,6 +29,10 @@ pub const TESTS: &[Test] = &[
         "async.dropped_and_forgotten_futures_leave_the_buffers_alone",
         dropped_futures,
     ),
+    Test::new(
+        "async.an_await_that_must_wait_asks_for_its_own_interrupt",
+        await_arms_its_interrupt,
+    ),
 ];
 
 /// Moves in one LSI batch: more than the 99 instructions QEMU runs inside
@@ -185,6 +189,65 @@ fn check_lsi_slots(dst: &[u8]) {
         }
     };
     assert_eq!(first_mismatch(dst, expected), None, "LSI destination");
+}
+
+/// A batch of 1000 LSI moves prepared *without* `INTERRUPT`, then awaited.
+/// If it is still running when the future first looks (QEMU 7.2 runs 99
+/// SCRIPTS instructions inside the start write, then the rest from its
+/// timer), the future must queue exactly one interrupt-only request behind
+/// it and be woken by that interrupt; if it has already ended, no request
+/// is added. Either way every byte is checked.
+fn await_arms_its_interrupt() {
+    const MOVES: usize = 1000;
+    let (lsi, line) = serviced_lsi();
+    let src = buffer(16 * MOVES, src_pattern);
+    let dst = buffer(32 * MOVES, dst_pattern);
+    let ops: Vec<Op> = (0..MOVES)
+        .map(|k| Op::Copy {
+            dst: dst.paddr() + 32 * k as u64,
+            src: src.paddr() + 16 * k as u64,
+            len: 16,
+        })
+        .collect();
+    let irqs = irq::count(line);
+    // SAFETY: inside buffers this test owns, read after the batch ended.
+    let batch = unsafe { lsi.lock().prep_batch(&ops, PrepFlags::empty()) };
+    let last = batch.expect("LSI batch").last;
+    let (waited, after_first_look, outcome) = {
+        let mut future = lsi.completion(last);
+        let first_look = executor::poll_once(&mut future);
+        let after_first_look = lsi.lock().snapshot().last_used;
+        match first_look {
+            core::task::Poll::Ready(outcome) => (false, after_first_look, Ok(outcome)),
+            core::task::Poll::Pending => (
+                true,
+                after_first_look,
+                executor::block_on(future, TIMEOUT.as_nanos() as u64),
+            ),
+        }
+    };
+    release_lsi(line);
+    drop(lsi);
+    assert_eq!(outcome, Ok(Ok(())), "the batch ended, complete");
+    if waited {
+        assert_eq!(
+            after_first_look,
+            last.get() + 1,
+            "one interrupt request queued behind the batch"
+        );
+        assert!(irq::count(line) > irqs, "and its interrupt came");
+    } else {
+        assert_eq!(after_first_look, last.get(), "nothing queued");
+    }
+    let expected = |i: usize| {
+        let (k, j) = (i / 32, i % 32);
+        if j < 16 {
+            src_pattern(16 * k + j)
+        } else {
+            dst_pattern(i)
+        }
+    };
+    assert_eq!(first_mismatch(dst.as_slice(), expected), None);
 }
 
 /// A pending transfer future dropped, another forgotten: both requests run

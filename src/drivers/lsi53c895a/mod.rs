@@ -416,7 +416,10 @@ impl<H: Hal, R: Registers> Engine for Lsi53c895a<H, R> {
     type Mark = Mark;
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities::COPY | Capabilities::FILL | Capabilities::INTERRUPT
+        Capabilities::COPY
+            | Capabilities::FILL
+            | Capabilities::INTERRUPT
+            | Capabilities::INTERRUPT_OP
     }
 
     fn limits(&self) -> Limits {
@@ -463,6 +466,9 @@ impl<H: Hal, R: Registers> Engine for Lsi53c895a<H, R> {
         // The channel checked every address against the 32-bit DMA mask and
         // every length against MAX_MOVE, so these casts are exact.
         match op {
+            // Only the notification below: a write-back, and an INTFLY if
+            // asked, reached after every earlier move.
+            Op::Interrupt => {}
             Op::Copy { dst, src, len } => {
                 self.emit_move(len as u32, src as u32, dst as u32, keep)?
             }

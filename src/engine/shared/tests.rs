@@ -10,7 +10,7 @@ use std::task::{Context, Poll, Wake, Waker};
 use super::super::tests::Scripted;
 use super::*;
 use crate::drivers::cpu::CpuEngine;
-use crate::engine::{ErrorKind, Fault, Op, PrepFlags};
+use crate::engine::{Capabilities, ErrorKind, Fault, Op, PrepFlags};
 use crate::hal::fake::FakeHal;
 use crate::hal::{Dma, PAGE_SIZE};
 
@@ -83,6 +83,81 @@ fn a_completion_is_woken_by_the_interrupt_that_ends_it() {
     assert_eq!(wakes(&count), 1, "woken from the interrupt");
     assert_eq!(shared.lock().wakers_waiting(), 0);
     assert_eq!(fut.as_mut().poll(&mut cx), Poll::Ready(Ok(())));
+}
+
+/// A scripted engine that can prepare interrupt-only requests.
+fn interrupting() -> Shared {
+    let mut engine = Scripted::new(4096, 256);
+    engine.more_caps = Capabilities::INTERRUPT | Capabilities::INTERRUPT_OP;
+    SharedChannel::new(Channel::new(engine))
+}
+
+#[test]
+fn a_future_that_must_wait_arms_one_interrupt_and_one_that_need_not_arms_none() {
+    let shared = interrupting();
+    let (count, waker) = counter();
+    let mut cx = Context::from_waker(&waker);
+
+    // Ended before the first poll: no interrupt request is added.
+    let done = prep(&shared, 0);
+    shared.lock().issue_pending();
+    shared.lock().engine_mut().complete_upto = Some(done);
+    let mut fut = pin!(shared.completion(done));
+    assert_eq!(fut.as_mut().poll(&mut cx), Poll::Ready(Ok(())));
+    assert_eq!(shared.lock().snapshot().last_used, done.get());
+
+    // Still running at the first poll: one `Op::Interrupt` asking for the
+    // interrupt is queued after it and issued; polling again adds none.
+    let (a, b) = (prep(&shared, 1), prep(&shared, 2));
+    let mut fut_a = pin!(shared.completion(a));
+    let mut fut_b = pin!(shared.completion(b));
+    assert_eq!(fut_b.as_mut().poll(&mut cx), Poll::Pending);
+    assert_eq!(fut_a.as_mut().poll(&mut cx), Poll::Pending);
+    assert_eq!(fut_b.as_mut().poll(&mut cx), Poll::Pending);
+    let armed = shared.lock().engine().issued.last().copied();
+    let (cookie, op, notify) = armed.expect("an issued request");
+    assert_eq!(cookie.get(), b.get() + 1, "right after the awaited one");
+    assert_eq!(op, Op::Interrupt);
+    assert!(
+        notify.is_some_and(|n| n.interrupt),
+        "it asks for the interrupt"
+    );
+    assert_eq!(shared.lock().snapshot().last_used, cookie.get(), "only one");
+
+    // Its interrupt wakes both.
+    shared.lock().engine_mut().complete_upto = Some(cookie);
+    shared.lock().engine_mut().raised = true;
+    assert!(shared.handle_interrupt());
+    assert_eq!(wakes(&count), 2);
+    assert_eq!(fut_a.as_mut().poll(&mut cx), Poll::Ready(Ok(())));
+    assert_eq!(fut_b.as_mut().poll(&mut cx), Poll::Ready(Ok(())));
+
+    // A request that asked for the interrupt itself needs no other.
+    let op = Op::Copy {
+        dst: 0x10_0000,
+        src: 0x20_0000,
+        len: 64,
+    };
+    // SAFETY: the scripted engine touches no memory.
+    let own = unsafe { shared.lock().prep(op, PrepFlags::INTERRUPT, None) }.unwrap();
+    let mut fut = pin!(shared.completion(own));
+    assert_eq!(fut.as_mut().poll(&mut cx), Poll::Pending);
+    assert_eq!(shared.lock().snapshot().last_used, own.get());
+}
+
+#[test]
+fn an_engine_without_interrupt_requests_is_refused_one() {
+    let shared = scripted();
+    // SAFETY: an interrupt-only request touches no memory.
+    let refused = unsafe { shared.lock().prep(Op::Interrupt, PrepFlags::empty(), None) };
+    assert_eq!(refused, Err(DmaError::NotSupported));
+    let waiting = prep(&shared, 0);
+    assert_eq!(shared.lock().interrupt_after(waiting), Ok(()));
+    assert_eq!(
+        shared.lock().snapshot().last_used,
+        waiting.get(),
+        "nothing added"
+    );
 }
 
 #[test]
