@@ -57,6 +57,8 @@ enum Action {
     },
     /// Several copies in one `prep_batch`.
     Batch(Vec<(usize, usize, usize)>),
+    /// An interrupt-only request (`Op::Interrupt` with `INTERRUPT`).
+    Interrupt,
     Issue,
     Tick(usize),
     Poll,
@@ -69,6 +71,7 @@ fn action() -> impl Strategy<Value = Action> {
         3 => prop::collection::vec((0..CELLS, 0..CELLS, 1..=CELL), 1..40).prop_map(|copies| Action::Batch(
             copies.into_iter().map(|(from, to, len)| (from, if to == from { (to + 1) % CELLS } else { to }, len)).collect()
         )),
+        1 => Just(Action::Interrupt),
         2 => Just(Action::Issue),
         2 => (1..4usize).prop_map(Action::Tick),
         1 => Just(Action::Poll),
@@ -181,6 +184,39 @@ fn run(actions: &[Action]) -> Result<(), TestCaseError> {
                     }
                     break;
                 }
+            }
+            Action::Interrupt => {
+                if chan.is_halted() {
+                    chan.reset().unwrap();
+                    epoch += 1;
+                }
+                if inject_next {
+                    chan.engine_mut().inject_illegal_instruction();
+                }
+                let mut tries = 0;
+                let cookie = loop {
+                    // SAFETY: an interrupt-only request touches no memory.
+                    match unsafe { chan.prep(Op::Interrupt, PrepFlags::INTERRUPT, None) } {
+                        Ok(cookie) => break cookie,
+                        Err(DmaError::RingFull) if tries < 1000 => {
+                            tries += 1;
+                            chan.issue_pending();
+                            chan.engine().regs().tick();
+                            chan.poll();
+                        }
+                        Err(e) => return Err(TestCaseError::fail(format!("prep: {e}"))),
+                    }
+                };
+                // Moves nothing: the model copies zero bytes for it.
+                requests.push(Request {
+                    cookie,
+                    from: 0,
+                    to: 0,
+                    len: 0,
+                    epoch,
+                    injected: inject_next,
+                });
+                inject_next = false;
             }
             Action::Issue => {
                 let before = chan.engine().regs().accesses();
