@@ -14,6 +14,15 @@
 //! | 3 | dma_copy | dst, src, length | 0, after the LSI53C895A copied between the caller's own pages (behind the IOMMU when there is one: the chip then reaches only those pages) |
 //! | 4 | map_device | - | address of the edu device's registers (`io_remap_pfn_range`, UC) |
 //! | 5 | unmap | address, count | 0, after `zap_range` of `count` pages from `map_pages` |
+//! | 6 | grant_lsi | - | address of the second LSI53C895A's registers (uncached), the chip now the caller's, behind a domain of its own (needs a VT-d unit) |
+//! | 7 | iommu_map | address, count, iova | 0, after the caller's `count` heap pages from `address` are mapped for the chip at `iova` (each page counted until the process ends) |
+//! | 8 | dma_faults | - | DMA faults the unit recorded for the caller's chip since the last call |
+//!
+//! Calls 6-8 are the user-space driver model (UIO/VFIO): the process
+//! programs the chip itself (SCRIPTS in its own memory, DSP, ISTAT), and the
+//! chip reaches only the pages the process mapped into its domain. When the
+//! process ends, the chip is stopped first, then detached, then the domain
+//! dropped (every page reference given back, every table freed).
 //!
 //! Errors are negative: -14 (bad address), -12 (no memory), -22 (bad
 //! argument), -5 (the copy failed), -19 (no device). Every user pointer is
@@ -29,7 +38,7 @@ use core::arch::global_asm;
 use core::sync::atomic::{AtomicPtr, Ordering};
 use core::time::Duration;
 
-use dmaengine::drivers::edu;
+use dmaengine::drivers::{edu, lsi53c895a};
 use dmaengine::engine::{DmaError, Op, PrepFlags};
 use dmaengine::iommu::{self, DomainId};
 use dmaengine::mm::MmError;
@@ -79,6 +88,7 @@ const ENOMEM: i64 = -12;
 const EINVAL: i64 = -22;
 const EIO: i64 = -5;
 const ENODEV: i64 = -19;
+const EBUSY: i64 = -16;
 
 /// How a process ended.
 #[derive(Debug)]
@@ -106,6 +116,11 @@ pub struct Outcome {
     /// The bytes of the first heap pages as the process ended (zeros where
     /// nothing was mapped).
     pub heap: Vec<u8>,
+    /// The DMA faults the unit recorded for a granted chip (those the
+    /// process read with `dma_faults` included).
+    pub dma_faults: Vec<iommu::DmaFault>,
+    /// Whether the process had a chip granted.
+    pub granted: bool,
 }
 
 /// One system call of a script: number and three arguments.
@@ -119,9 +134,57 @@ struct Process {
     heap: VmaId,
     heap_next: u64,
     device: VmaId,
+    /// Where `grant_lsi` maps the granted chip's registers.
+    grant_regs: VmaId,
     lsi: Option<LsiChannel>,
+    /// The chip granted to the process (`grant_lsi`), if any.
+    grant: Option<Grant>,
+    /// DMA faults recorded for the granted chip so far.
+    dma_faults: Vec<iommu::DmaFault>,
     output: String,
     echo: bool,
+}
+
+/// IOVAs a process may map for its chip: 16 MiB at 1 GiB (below 4 GiB, as
+/// SCRIPTS addresses are 32 bits).
+const GRANT_IOVA: u64 = 0x4000_0000;
+const GRANT_IOVA_SIZE: u64 = 16 << 20;
+/// Where `grant_lsi` maps the chip's registers.
+const GRANT_REGS: u64 = DEVICE + (1 << 20);
+/// The domain id of a process's chip.
+const GRANT_DOMAIN: u16 = 6;
+
+/// A chip given to a process: the kernel holds its channel (so nothing
+/// else takes the chip, and dropping it stops the chip), the unit (leaked
+/// for the grant's life, as a domain borrows it) and the domain.
+struct Grant {
+    chip: LsiChannel,
+    unit: *mut crate::iommu::Exclusive,
+    domain: core::mem::ManuallyDrop<crate::iommu::Domain<'static>>,
+    area: VmaId,
+    source: iommu::SourceId,
+}
+
+impl Grant {
+    fn unit(&self) -> &crate::iommu::Exclusive {
+        // SAFETY: `unit` is the box `grant_lsi` leaked, freed only in `drop`.
+        unsafe { &*self.unit }
+    }
+}
+
+impl Drop for Grant {
+    fn drop(&mut self) {
+        // The chip first: it may still be running the process's script,
+        // and must not reach a page after the domain lets it go.
+        self.chip.terminate();
+        let _ = self.unit().detach(self.source);
+        // SAFETY: dropped once, here; the chip is stopped and detached.
+        unsafe { core::mem::ManuallyDrop::drop(&mut self.domain) };
+        // SAFETY: the box `grant_lsi` leaked; the domain that borrowed it
+        // is gone, and nothing else refers to it. Dropping the unit turns
+        // translation off and frees its tables.
+        drop(unsafe { alloc::boxed::Box::from_raw(self.unit) });
+    }
 }
 
 /// The process running now (only while `run` is inside ring 3).
@@ -176,6 +239,11 @@ fn build(program: &[u8], echo: bool, calls: Option<&[Call]>) -> Result<Process, 
     )?;
     let heap = space.map_vma(pg(HEAP), npages(HEAP, HEAP + HEAP_SIZE), SHARED_RW)?;
     let device = space.map_vma(pg(DEVICE), npages(DEVICE, DEVICE + PAGE_4K), SHARED_RW)?;
+    let grant_regs = space.map_vma(
+        pg(GRANT_REGS),
+        npages(GRANT_REGS, GRANT_REGS + PAGE_4K),
+        SHARED_RW,
+    )?;
     let cow = VmFlags::READ | VmFlags::WRITE | VmFlags::MAYWRITE;
     let data_vma = space.map_vma(pg(DATA), npages(DATA, DATA + PAGE_4K), cow)?;
     let data = zeroed_page()?;
@@ -239,7 +307,10 @@ fn build(program: &[u8], echo: bool, calls: Option<&[Call]>) -> Result<Process, 
         heap,
         heap_next: HEAP,
         device,
+        grant_regs,
         lsi: None,
+        grant: None,
+        dma_faults: Vec::new(),
         output: String::new(),
         echo,
     })
@@ -299,6 +370,9 @@ fn run_process(mut process: Process) -> Result<Outcome, MmError> {
         }
     });
     CURRENT.store(core::ptr::null_mut(), Ordering::Release);
+    let granted = process.grant.is_some();
+    process.collect_faults();
+    process.grant = None;
     // SAFETY: the kernel's own reference keeps the original page alive;
     // the direct map covers it.
     let original_data_word = unsafe {
@@ -331,6 +405,8 @@ fn run_process(mut process: Process) -> Result<Outcome, MmError> {
         original_data_word,
         results,
         heap,
+        dma_faults: core::mem::take(&mut process.dma_faults),
+        granted,
     })
 }
 
@@ -455,6 +531,147 @@ impl Process {
             Ok(()) => DEVICE as i64,
             Err(_) => ENOMEM,
         }
+    }
+
+    /// Gives the process the second LSI53C895A: its register page mapped
+    /// uncached, the chip attached to a domain of its own with nothing in
+    /// it yet, translation on.
+    fn grant_lsi(&mut self) -> i64 {
+        if self.grant.is_some() {
+            return EBUSY;
+        }
+        let Some(device) = crate::dma::second_lsi_device() else {
+            return ENODEV;
+        };
+        let Some((bar, size)) = device.mem_bar(lsi53c895a::regs::MMIO_BAR) else {
+            return ENODEV;
+        };
+        // The page must hold this BAR alone: mapping it must not hand the
+        // process another device's registers.
+        let page = bar & !(PAGE_4K - 1);
+        let shared = platform().pci.iter().any(|d| {
+            (0..6).any(|slot| {
+                d.mem_bar(slot).is_some_and(|(at, len)| {
+                    (at, len) != (bar, size) && at < page + PAGE_4K && page < at + len
+                })
+            })
+        });
+        if bar != page || size > PAGE_4K || shared {
+            return ENODEV;
+        }
+        let Ok(chip) = crate::dma::second_lsi_channel() else {
+            return EBUSY;
+        };
+        let Ok(unit) = crate::iommu::take() else {
+            return EBUSY;
+        };
+        let unit = alloc::boxed::Box::into_raw(alloc::boxed::Box::new(unit));
+        // SAFETY: leaked just now; freed by `Grant::drop` (or below), after
+        // every domain borrowing it is gone.
+        let shared_unit: &'static crate::iommu::Exclusive = unsafe { &*unit };
+        let id = DomainId::new(GRANT_DOMAIN).expect("a domain id");
+        let made = iommu::domain(shared_unit, id, db(), mapper(), db()).and_then(|mut domain| {
+            let rw = VmFlags::READ | VmFlags::WRITE | VmFlags::SHARED;
+            let area = domain.map_vma(
+                pg(GRANT_IOVA),
+                npages(GRANT_IOVA, GRANT_IOVA + GRANT_IOVA_SIZE),
+                rw,
+            )?;
+            Ok((domain, area))
+        });
+        let Ok((domain, area)) = made else {
+            // SAFETY: no domain was made, so nothing borrows the unit.
+            drop(unsafe { alloc::boxed::Box::from_raw(unit) });
+            return ENOMEM;
+        };
+        let source = crate::iommu::source_of(device);
+        let grant = Grant {
+            chip,
+            unit,
+            domain: core::mem::ManuallyDrop::new(domain),
+            area,
+            source,
+        };
+        // SAFETY: the domain outlives the attachment: `Grant::drop` detaches
+        // before it drops the domain.
+        let attached = unsafe { grant.unit().attach(source, id, grant.domain.root()) };
+        if attached.is_err() || grant.unit().enable().is_err() {
+            return EIO;
+        }
+        let regs = self.space.io_remap_pfn_range(
+            self.grant_regs,
+            pg(GRANT_REGS),
+            fr(bar / PAGE_4K),
+            1,
+            PageProt::READ_WRITE,
+            CacheMode::Uncached,
+        );
+        if regs.is_err() {
+            return ENOMEM;
+        }
+        self.grant = Some(grant);
+        GRANT_REGS as i64
+    }
+
+    /// Maps the caller's `count` heap pages from `va` for its chip at
+    /// `iova`, each page counted (kept alive) until the process ends.
+    fn iommu_map(&mut self, va: u64, count: u64, iova: u64) -> i64 {
+        let Some(grant) = self.grant.as_mut() else {
+            return ENODEV;
+        };
+        let (Some(len), true) = (count.checked_mul(PAGE_4K), count > 0) else {
+            return EINVAL;
+        };
+        let fits = iova
+            .checked_add(len)
+            .is_some_and(|end| iova >= GRANT_IOVA && end <= GRANT_IOVA + GRANT_IOVA_SIZE);
+        if !fits || !iova.is_multiple_of(PAGE_4K) || !va.is_multiple_of(PAGE_4K) {
+            return EINVAL;
+        }
+        if va < HEAP || va.checked_add(len).is_none_or(|end| end > self.heap_next) {
+            return EFAULT;
+        }
+        let mut pages = Vec::new();
+        for i in 0..count {
+            let at = crate::mm::va(va + i * PAGE_4K);
+            let Some(page) = self
+                .space
+                .translate(at)
+                .and_then(|leaf| leaf.frame_of(at))
+                .and_then(|frame| db().get(frame))
+            else {
+                return EFAULT;
+            };
+            pages.push(page);
+        }
+        match grant.domain.insert_pages(grant.area, pg(iova), &pages) {
+            Ok(()) => 0,
+            Err(partial) => {
+                // All or nothing: the pages the call did map come out again.
+                if partial.inserted > 0 {
+                    let _ = grant
+                        .domain
+                        .zap_range(grant.area, pg(iova), partial.inserted as u64);
+                }
+                if partial.error == MmError::Busy {
+                    EBUSY
+                } else {
+                    ENOMEM
+                }
+            }
+        }
+    }
+
+    /// Reads every fault the unit recorded (the unit is the process's).
+    fn collect_faults(&mut self) -> usize {
+        let Some(grant) = self.grant.as_ref() else {
+            return 0;
+        };
+        let before = self.dma_faults.len();
+        while let Some(fault) = grant.unit().take_fault() {
+            self.dma_faults.push(fault);
+        }
+        self.dma_faults.len() - before
     }
 
     fn dma_copy(&mut self, dst_va: u64, src_va: u64, len: u64) -> i64 {
@@ -688,6 +905,15 @@ fn syscall(frame: &mut TrapFrame) {
         3 => process.dma_copy(a, b, c),
         4 => process.map_device(),
         5 => process.unmap(a, b),
+        6 => process.grant_lsi(),
+        7 => process.iommu_map(a, b, c),
+        8 => {
+            if process.grant.is_none() {
+                ENODEV
+            } else {
+                process.collect_faults() as i64
+            }
+        }
         _ => EINVAL,
     };
     frame.rax = result as u64;
@@ -884,6 +1110,103 @@ user_script_end:
 user_spin_start:
     jmp user_spin_start
 user_spin_end:
+
+/* A user-space driver of the LSI53C895A: three heap pages (script,
+   source, destination) mapped for the chip at IOVA 0x40000000, a SCRIPTS
+   Memory Move of 256 bytes from the source to IOVA `dst` then an INT,
+   started through DSP, ISTAT polled, DSTAT read. `check` 1: the 256 bytes
+   must have landed; 0: the kernel must report a DMA fault. Exits 0, or
+   61-67 naming the step that failed. */
+.macro user_driver name, dst, check
+    .global user_\name\()_start
+    .global user_\name\()_end
+user_\name\()_start:
+    mov edi, 3
+    mov eax, 2
+    int 0x80
+    test rax, rax
+    js 61f
+    mov r12, rax
+    mov eax, 6
+    int 0x80
+    test rax, rax
+    js 62f
+    mov r13, rax
+    mov rdi, r12
+    mov esi, 3
+    mov edx, 0x40000000
+    mov eax, 7
+    int 0x80
+    test rax, rax
+    jnz 63f
+    xor ecx, ecx
+1:
+    lea eax, [rcx*8 + 1]
+    sub eax, ecx
+    mov byte ptr [r12 + rcx + 4096], al
+    inc ecx
+    cmp ecx, 4096
+    jb 1b
+    mov dword ptr [r12], 0xc0000100
+    mov dword ptr [r12 + 4], 0x40001000
+    mov dword ptr [r12 + 8], \dst
+    mov dword ptr [r12 + 12], 0x98080000
+    mov dword ptr [r12 + 16], 0
+    mov dword ptr [r13 + 0x2c], 0x40000000
+    mov ecx, 100000000
+2:
+    test byte ptr [r13 + 0x14], 1
+    jnz 3f
+    dec ecx
+    jnz 2b
+    jmp 64f
+3:
+    mov al, byte ptr [r13 + 0x0c]
+    test al, 4
+    jz 65f
+.if \check
+    lea rsi, [r12 + 4096]
+    lea rdi, [r12 + 8192]
+    mov ecx, 256
+    repe cmpsb
+    jne 66f
+.else
+    mov eax, 8
+    int 0x80
+    cmp rax, 1
+    jl 67f
+.endif
+    xor edi, edi
+    xor eax, eax
+    int 0x80
+61:
+    mov edi, 61
+    jmp 69f
+62:
+    mov edi, 62
+    jmp 69f
+63:
+    mov edi, 63
+    jmp 69f
+64:
+    mov edi, 64
+    jmp 69f
+65:
+    mov edi, 65
+    jmp 69f
+66:
+    mov edi, 66
+    jmp 69f
+67:
+    mov edi, 67
+69:
+    xor eax, eax
+    int 0x80
+user_\name\()_end:
+.endm
+
+    user_driver lsi_driver, 0x40002000, 1
+    user_driver rogue_driver, 0x100000, 0
 "#
 );
 
@@ -902,6 +1225,10 @@ unsafe extern "C" {
     static user_script_end: u8;
     static user_spin_start: u8;
     static user_spin_end: u8;
+    static user_lsi_driver_start: u8;
+    static user_lsi_driver_end: u8;
+    static user_rogue_driver_start: u8;
+    static user_rogue_driver_end: u8;
 }
 
 fn bytes(start: *const u8, end: *const u8) -> &'static [u8] {
@@ -949,4 +1276,27 @@ fn script_runner() -> &'static [u8] {
 /// Never ends.
 pub fn spinning() -> &'static [u8] {
     bytes(&raw const user_spin_start, &raw const user_spin_end)
+}
+
+/// A user-space driver: takes the second LSI53C895A (`grant_lsi`), maps
+/// three of its pages for it (`iommu_map`), writes a SCRIPTS Memory Move of
+/// 256 bytes between two of them, starts the chip through DSP, polls ISTAT
+/// and checks the bytes; exits 0 (61-66 name the failed step). Heap page 1
+/// holds the source (byte i = 7i + 1), page 2 the destination.
+pub fn lsi_driver() -> &'static [u8] {
+    bytes(
+        &raw const user_lsi_driver_start,
+        &raw const user_lsi_driver_end,
+    )
+}
+
+/// As [`lsi_driver`], but the move's destination is 0x100000, the
+/// kernel's own first page by its physical address, which the process
+/// never mapped for the chip; exits 0 once `dma_faults` reports the fault
+/// (67 if it does not).
+pub fn rogue_driver() -> &'static [u8] {
+    bytes(
+        &raw const user_rogue_driver_start,
+        &raw const user_rogue_driver_end,
+    )
 }

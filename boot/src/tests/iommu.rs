@@ -33,7 +33,79 @@ pub const TESTS: &[Test] = &[
         lsi_dmatest_under_translation,
     ),
     Test::new("iommu.edu_copies_under_translation", edu_under_translation),
+    Test::new(
+        "iommu.a_ring3_driver_copies_between_its_own_iovas",
+        ring3_driver_copies,
+    ),
+    Test::new(
+        "iommu.a_ring3_driver_aiming_at_kernel_memory_is_stopped_and_told",
+        ring3_rogue_driver,
+    ),
 ];
+
+/// Runs `program` as a process and checks what any user-space driver run
+/// must leave: every frame back (the domain emptied, its tables freed, the
+/// process's pages freed), the unit and the chip free for the next user.
+fn run_driver(program: &[u8]) -> crate::user::Outcome {
+    let free = db().free_frames();
+    let outcome = crate::user::run(program, false).expect("the process");
+    assert!(
+        outcome.granted,
+        "the process was given the chip: {:?}",
+        outcome.exit
+    );
+    assert_eq!(db().free_frames(), free, "every frame back");
+    drop(take().expect("the unit is free again"));
+    drop(crate::dma::second_lsi_channel().expect("the chip is free again"));
+    outcome
+}
+
+/// A ring-3 program drives the second LSI53C895A itself: SCRIPTS in its own
+/// page, the chip started through its DSP register mapped into the
+/// process, its ISTAT polled; the Memory Move lands between the IOVAs the
+/// process mapped, and the unit records no fault.
+fn ring3_driver_copies() {
+    let outcome = run_driver(crate::user::lsi_driver());
+    assert!(
+        matches!(outcome.exit, crate::user::Exit::Code(0)),
+        "the driver's own checks: {:?}",
+        outcome.exit
+    );
+    assert_eq!(outcome.dma_faults, []);
+    let (src, dst) = (&outcome.heap[4096..8192], &outcome.heap[8192..12288]);
+    assert!(src.iter().enumerate().all(|(i, &b)| b == (7 * i + 1) as u8));
+    assert_eq!(&dst[..256], &src[..256], "the move landed");
+    assert!(dst[256..].iter().all(|&b| b == 0), "and nothing else");
+}
+
+/// The same driver with the move's destination set to 0x100000, the
+/// kernel's first page by physical address: the write is dropped and
+/// recorded (a write fault of the second chip at that page), the page's
+/// bytes are unchanged, the process is told through `dma_faults`, and the
+/// kernel goes on.
+fn ring3_rogue_driver() {
+    const KERNEL_PAGE: u64 = 0x10_0000;
+    // SAFETY: the kernel image's first page, mapped by the direct map;
+    // read only.
+    let page = || unsafe { core::slice::from_raw_parts(phys_to_virt(KERNEL_PAGE), 4096) };
+    let before = checksum(page());
+    let outcome = run_driver(crate::user::rogue_driver());
+    assert_eq!(checksum(page()), before, "kernel memory unchanged");
+    assert!(
+        matches!(outcome.exit, crate::user::Exit::Code(0)),
+        "the process was told of its fault: {:?}",
+        outcome.exit
+    );
+    let chip = source_of(crate::dma::second_lsi_device().expect("the second chip"));
+    assert!(
+        outcome
+            .dma_faults
+            .iter()
+            .any(|f| f.source == chip && f.write && f.address == KERNEL_PAGE),
+        "a write fault at the kernel page: {:?}",
+        outcome.dma_faults
+    );
+}
 
 /// Runs `body` with `device` attached to a domain that maps all of the
 /// guest's RAM (the first 2 GiB but page 0) at its own addresses, the
