@@ -147,10 +147,10 @@ struct Process {
 
 /// IOVAs a process may map for its chip: 16 MiB at 1 GiB (below 4 GiB, as
 /// SCRIPTS addresses are 32 bits).
-const GRANT_IOVA: u64 = 0x4000_0000;
-const GRANT_IOVA_SIZE: u64 = 16 << 20;
+pub const GRANT_IOVA: u64 = 0x4000_0000;
+pub const GRANT_IOVA_SIZE: u64 = 16 << 20;
 /// Where `grant_lsi` maps the chip's registers.
-const GRANT_REGS: u64 = DEVICE + (1 << 20);
+pub const GRANT_REGS: u64 = DEVICE + (1 << 20);
 /// The domain id of a process's chip.
 const GRANT_DOMAIN: u16 = 6;
 

@@ -41,7 +41,128 @@ pub const TESTS: &[Test] = &[
         "iommu.a_ring3_driver_aiming_at_kernel_memory_is_stopped_and_told",
         ring3_rogue_driver,
     ),
+    Test::new(
+        "iommu.grant_calls_refuse_bad_input_and_change_nothing",
+        grant_calls_refuse_bad_input,
+    ),
 ];
+
+/// The system calls of the user-space driver model, by number.
+const MAP_PAGES: u64 = 2;
+const GRANT: u64 = 6;
+const IOMMU_MAP: u64 = 7;
+const DMA_FAULTS: u64 = 8;
+const ENODEV: i64 = -19;
+const EBUSY: i64 = -16;
+const EINVAL: i64 = -22;
+const EFAULT: i64 = -14;
+
+/// Every refusal of `grant_lsi`, `iommu_map` and `dma_faults` the kernel
+/// owes a hostile process, in one script, then the calls that must still
+/// work afterwards (a refused `iommu_map` that had mapped part of its pages
+/// took them out again: the IOVA is free for the next call).
+fn grant_calls_refuse_bad_input() {
+    use crate::user::{CODE, GRANT_IOVA, GRANT_IOVA_SIZE, GRANT_REGS, HEAP};
+    const PAGE: u64 = 4096;
+    const KERNEL: u64 = 0xffff_8000_0010_0000;
+    let end = GRANT_IOVA + GRANT_IOVA_SIZE;
+    let rows: &[(&str, [u64; 4], i64)] = &[
+        (
+            "iommu_map before a grant",
+            [IOMMU_MAP, HEAP, 1, GRANT_IOVA],
+            ENODEV,
+        ),
+        ("dma_faults before a grant", [DMA_FAULTS, 0, 0, 0], ENODEV),
+        ("two heap pages", [MAP_PAGES, 2, 0, 0], HEAP as i64),
+        ("grant", [GRANT, 0, 0, 0], GRANT_REGS as i64),
+        ("grant again", [GRANT, 0, 0, 0], EBUSY),
+        ("zero pages", [IOMMU_MAP, HEAP, 0, GRANT_IOVA], EINVAL),
+        (
+            "u64::MAX pages",
+            [IOMMU_MAP, HEAP, u64::MAX, GRANT_IOVA],
+            EINVAL,
+        ),
+        (
+            "2^52 pages (wraps)",
+            [IOMMU_MAP, HEAP, 1 << 52, GRANT_IOVA],
+            EINVAL,
+        ),
+        (
+            "misaligned IOVA",
+            [IOMMU_MAP, HEAP, 1, GRANT_IOVA + 1],
+            EINVAL,
+        ),
+        ("IOVA below the window", [IOMMU_MAP, HEAP, 1, PAGE], EINVAL),
+        (
+            "IOVA at the window's end",
+            [IOMMU_MAP, HEAP, 1, end],
+            EINVAL,
+        ),
+        (
+            "IOVA runs off the window",
+            [IOMMU_MAP, HEAP, 2, end - PAGE],
+            EINVAL,
+        ),
+        (
+            "IOVA wraps past 2^64",
+            [IOMMU_MAP, HEAP, 2, u64::MAX & !0xfff],
+            EINVAL,
+        ),
+        (
+            "misaligned address",
+            [IOMMU_MAP, HEAP + 1, 1, GRANT_IOVA],
+            EINVAL,
+        ),
+        ("code, not heap", [IOMMU_MAP, CODE, 1, GRANT_IOVA], EFAULT),
+        ("kernel address", [IOMMU_MAP, KERNEL, 1, GRANT_IOVA], EFAULT),
+        (
+            "heap never mapped",
+            [IOMMU_MAP, HEAP, 3, GRANT_IOVA],
+            EFAULT,
+        ),
+        (
+            "address wraps",
+            [IOMMU_MAP, u64::MAX & !0xfff, 2, GRANT_IOVA],
+            EFAULT,
+        ),
+        (
+            "good: page 1 at +3",
+            [IOMMU_MAP, HEAP + PAGE, 1, GRANT_IOVA + 3 * PAGE],
+            0,
+        ),
+        (
+            "IOVA taken",
+            [IOMMU_MAP, HEAP, 1, GRANT_IOVA + 3 * PAGE],
+            EBUSY,
+        ),
+        (
+            "half taken",
+            [IOMMU_MAP, HEAP, 2, GRANT_IOVA + 2 * PAGE],
+            EBUSY,
+        ),
+        (
+            "the free half is free",
+            [IOMMU_MAP, HEAP, 1, GRANT_IOVA + 2 * PAGE],
+            0,
+        ),
+        ("good: both at 0", [IOMMU_MAP, HEAP, 2, GRANT_IOVA], 0),
+        ("no fault yet", [DMA_FAULTS, 0, 0, 0], 0),
+    ];
+    let free = db().free_frames();
+    let calls: alloc::vec::Vec<[u64; 4]> = rows.iter().map(|row| row.1).collect();
+    let outcome = crate::user::run_script(&calls).expect("the process");
+    assert!(
+        matches!(outcome.exit, crate::user::Exit::Code(0)),
+        "{:?}",
+        outcome.exit
+    );
+    for (row, &got) in rows.iter().zip(&outcome.results) {
+        assert_eq!(got, row.2, "{}: {:x?}", row.0, row.1);
+    }
+    assert!(outcome.granted);
+    assert_eq!(db().free_frames(), free, "every frame back");
+    drop(take().expect("the unit is free again"));
+}
 
 /// Runs `program` as a process and checks what any user-space driver run
 /// must leave: every frame back (the domain emptied, its tables freed, the
