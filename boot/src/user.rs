@@ -1113,11 +1113,12 @@ user_spin_end:
 
 /* A user-space driver of the LSI53C895A: three heap pages (script,
    source, destination) mapped for the chip at IOVA 0x40000000, a SCRIPTS
-   Memory Move of 256 bytes from the source to IOVA `dst` then an INT,
-   started through DSP, ISTAT polled, DSTAT read. `check` 1: the 256 bytes
-   must have landed; 0: the kernel must report a DMA fault. Exits 0, or
-   61-67 naming the step that failed. */
-.macro user_driver name, dst, check
+   Memory Move of `len` bytes from the source to IOVA `dst` then an INT,
+   run `reps` times (each started through DSP, ISTAT polled, DSTAT read).
+   `check` 1: the bytes must have landed; 0: the kernel must report a DMA
+   fault; 2: exit with the TSC cycles the runs took. Exits 0 (or the
+   cycles), or 61-67 naming the step that failed. */
+.macro user_driver name, dst, len, reps, check
     .global user_\name\()_start
     .global user_\name\()_end
 user_\name\()_start:
@@ -1147,11 +1148,17 @@ user_\name\()_start:
     inc ecx
     cmp ecx, 4096
     jb 1b
-    mov dword ptr [r12], 0xc0000100
+    mov dword ptr [r12], 0xc0000000 + \len
     mov dword ptr [r12 + 4], 0x40001000
     mov dword ptr [r12 + 8], \dst
     mov dword ptr [r12 + 12], 0x98080000
     mov dword ptr [r12 + 16], 0
+    rdtsc
+    shl rdx, 32
+    or rax, rdx
+    mov r14, rax
+    mov r15d, \reps
+5:
     mov dword ptr [r13 + 0x2c], 0x40000000
     mov ecx, 100000000
 2:
@@ -1164,10 +1171,21 @@ user_\name\()_start:
     mov al, byte ptr [r13 + 0x0c]
     test al, 4
     jz 65f
-.if \check
+    dec r15d
+    jnz 5b
+    rdtsc
+    shl rdx, 32
+    or rax, rdx
+    sub rax, r14
+    mov r14, rax
+.if \check == 2
+    mov rdi, r14
+    xor eax, eax
+    int 0x80
+.elseif \check == 1
     lea rsi, [r12 + 4096]
     lea rdi, [r12 + 8192]
-    mov ecx, 256
+    mov ecx, \len
     repe cmpsb
     jne 66f
 .else
@@ -1205,8 +1223,9 @@ user_\name\()_start:
 user_\name\()_end:
 .endm
 
-    user_driver lsi_driver, 0x40002000, 1
-    user_driver rogue_driver, 0x100000, 0
+    user_driver lsi_driver, 0x40002000, 256, 1, 1
+    user_driver rogue_driver, 0x100000, 256, 1, 0
+    user_driver bench_driver, 0x40002000, 64, 20000, 2
 "#
 );
 
@@ -1229,6 +1248,8 @@ unsafe extern "C" {
     static user_lsi_driver_end: u8;
     static user_rogue_driver_start: u8;
     static user_rogue_driver_end: u8;
+    static user_bench_driver_start: u8;
+    static user_bench_driver_end: u8;
 }
 
 fn bytes(start: *const u8, end: *const u8) -> &'static [u8] {
@@ -1298,5 +1319,18 @@ pub fn rogue_driver() -> &'static [u8] {
     bytes(
         &raw const user_rogue_driver_start,
         &raw const user_rogue_driver_end,
+    )
+}
+
+/// Copies handled by [`bench_driver`].
+pub const BENCH_DRIVER_COPIES: u64 = 20_000;
+
+/// As [`lsi_driver`], with a 64-byte move run [`BENCH_DRIVER_COPIES`]
+/// times, one after the other; exits with the TSC cycles they took (61-67
+/// name a failed step).
+pub fn bench_driver() -> &'static [u8] {
+    bytes(
+        &raw const user_bench_driver_start,
+        &raw const user_bench_driver_end,
     )
 }

@@ -1,7 +1,8 @@
 //! IOMMU benchmarks, each side by side in one run: mapping 64 MiB of pages
 //! into a VT-d domain against inserting them into a CPU address space (the
 //! same walker, another entry format); the entries a 1 GiB remap writes;
-//! and 1 MiB LSI53C895A copies with translation on against off.
+//! 1 MiB LSI53C895A copies with translation on against off; and small
+//! copies by the ring-3 driver against the kernel's channel.
 
 use alloc::vec::Vec;
 
@@ -91,6 +92,54 @@ pub fn run() {
     );
     drop(domain);
     copy_with_and_without_translation(&unit);
+    // The ring-3 driver takes the unit itself.
+    drop(unit);
+    user_driver_vs_kernel();
+}
+
+/// 64-byte copies one after the other by the ring-3 driver (its own
+/// SCRIPTS, started through DSP, ISTAT polled, behind its domain) against
+/// the kernel's channel on the same chip (prepared, issued and waited for,
+/// translation off), three runs of each, alternating.
+fn user_driver_vs_kernel() {
+    const LEN: usize = 64;
+    let copies = crate::user::BENCH_DRIVER_COPIES;
+    let (mut user_runs, mut kernel_runs) = (Vec::new(), Vec::new());
+    for _ in 0..3 {
+        let Ok(outcome) = crate::user::run(crate::user::bench_driver(), false) else {
+            return;
+        };
+        match outcome.exit {
+            crate::user::Exit::Code(cycles) if cycles >= 100 => {
+                user_runs.push(copies as f64 * 1e9 / time::cycles_to_ns(cycles) as f64);
+            }
+            other => {
+                println!("user driver benchmark: the process ended {other:?}");
+                return;
+            }
+        }
+        let (Ok(mut chip), Ok(src), Ok(dst)) = (
+            crate::dma::second_lsi_channel(),
+            dmaengine::hal::Dma::<crate::dma::KernelHal>::new(4096),
+            dmaengine::hal::Dma::<crate::dma::KernelHal>::new(4096),
+        ) else {
+            return;
+        };
+        let start = time::rdtsc();
+        for _ in 0..copies {
+            // SAFETY: both buffers are ours until the wait returns.
+            let c = unsafe { chip.prep_copy(dst.paddr(), src.paddr(), LEN, PrepFlags::empty()) }
+                .expect("prep");
+            chip.wait(c, &mut time::Delay, core::time::Duration::from_secs(5))
+                .expect("copy");
+        }
+        let ns = time::cycles_to_ns(time::rdtsc() - start) as f64;
+        kernel_runs.push(copies as f64 * 1e9 / ns);
+    }
+    let (user, kernel) = (median(user_runs), median(kernel_runs));
+    report("user.lsi_driver.copies_per_s", user, "copies/s");
+    report("user.lsi_driver.kernel_copies_per_s", kernel, "copies/s");
+    report("user.lsi_driver_vs_kernel.ratio", user / kernel, "x");
 }
 
 /// A 2 MiB run of frames, given back when dropped.
