@@ -290,6 +290,25 @@ fn serve<C>(
     (channel, line)
 }
 
+/// Pins a DMA fault on the serviced channel of the device that made it
+/// ([`Channel::fail_at`]): a sink for [`crate::iommu::route_faults`].
+pub fn fail_serviced(fault: dmaengine::iommu::DmaFault) {
+    fn fail<E: dmaengine::engine::Engine>(
+        slot: &Slot<E>,
+        device: Option<&'static crate::pci::Device>,
+        fault: dmaengine::iommu::DmaFault,
+    ) {
+        if device.is_some_and(|d| crate::iommu::source_of(d) == fault.source)
+            && let Some(channel) = slot.lock().as_ref()
+        {
+            channel.lock().fail_at(fault.address, fault.write);
+        }
+    }
+    fail(&LSI_SLOT, lsi_device(), fault);
+    fail(&LSI2_SLOT, second_lsi_device(), fault);
+    fail(&EDU_SLOT, edu_device(), fault);
+}
+
 /// The shared LSI channel, serviced by its interrupt handler until
 /// [`release_lsi`].
 pub fn serviced_lsi() -> (Arc<SharedLsi>, u8) {

@@ -4,16 +4,16 @@
 
 use core::ops::Deref;
 use core::ptr::NonNull;
-use core::sync::atomic::{AtomicBool, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
 
-use dmaengine::iommu::{Iommu, SourceId, regs};
+use dmaengine::iommu::{DmaFault, Iommu, SourceId, regs};
 use dmaengine::mm::frame::FrameDb;
 use dmaengine::mm::traits::OffsetMapper;
 use dmaengine::mmio::MmioRegion;
 
 use crate::mem::phys_to_virt;
 use crate::mm::{db, mapper};
-use crate::{acpi, pci, platform};
+use crate::{acpi, irq, pci, platform};
 
 /// The unit, with its tables in the frame database.
 pub type Unit = Iommu<MmioRegion, OffsetMapper, &'static FrameDb<'static>>;
@@ -73,6 +73,89 @@ pub fn take() -> Result<Exclusive, &'static str> {
         Err(_) => {
             TAKEN.store(false, Ordering::Release);
             Err("the IOMMU refused to start")
+        }
+    }
+}
+
+/// Where a routed fault goes: the unit being served and the sink.
+static ROUTED_UNIT: AtomicPtr<Unit> = AtomicPtr::new(core::ptr::null_mut());
+static SINK: AtomicUsize = AtomicUsize::new(0);
+/// Faults read by the fault interrupt's handler.
+static ROUTED: AtomicU64 = AtomicU64::new(0);
+
+/// Fault interrupts of `unit` routed to CPU `cpu` while it lives: their
+/// handler reads every recorded fault and hands it to the sink. Dropping it
+/// masks them again and frees the vector.
+pub struct FaultRoute<'a> {
+    unit: &'a Unit,
+    message: irq::MsiMessage,
+}
+
+/// Sends `unit`'s fault events to CPU `cpu` as an MSI; the handler gives
+/// each fault to `sink` (which routes it to the channel of the device that
+/// faulted, for one). One route at a time.
+pub fn route_faults(
+    unit: &Unit,
+    cpu: usize,
+    sink: fn(DmaFault),
+) -> Result<FaultRoute<'_>, irq::IrqError> {
+    let taken = ROUTED_UNIT.compare_exchange(
+        core::ptr::null_mut(),
+        core::ptr::from_ref(unit).cast_mut(),
+        Ordering::AcqRel,
+        Ordering::Acquire,
+    );
+    if taken.is_err() {
+        return Err(irq::IrqError::LineFull);
+    }
+    SINK.store(sink as usize, Ordering::Release);
+    let message = match irq::allocate_msi(cpu, on_fault_event) {
+        Ok(message) => message,
+        Err(e) => {
+            ROUTED_UNIT.store(core::ptr::null_mut(), Ordering::Release);
+            return Err(e);
+        }
+    };
+    unit.enable_fault_interrupts(message.address, message.data as u32);
+    Ok(FaultRoute { unit, message })
+}
+
+impl FaultRoute<'_> {
+    /// The vector the fault events arrive on.
+    pub fn vector(&self) -> u8 {
+        self.message.vector
+    }
+}
+
+impl Drop for FaultRoute<'_> {
+    fn drop(&mut self) {
+        self.unit.disable_fault_interrupts();
+        irq::free_msi(self.message.vector);
+        ROUTED_UNIT.store(core::ptr::null_mut(), Ordering::Release);
+    }
+}
+
+/// Faults the fault interrupt's handler has read since boot.
+pub fn routed_faults() -> u64 {
+    ROUTED.load(Ordering::Relaxed)
+}
+
+fn on_fault_event() {
+    let unit = ROUTED_UNIT.load(Ordering::Acquire);
+    if unit.is_null() {
+        return;
+    }
+    // SAFETY: set by `route_faults` from a reference its `FaultRoute`
+    // holds, and cleared by that route's drop after the events are masked
+    // and the vector freed: non-null means the unit is alive.
+    let unit = unsafe { &*unit };
+    let sink = SINK.load(Ordering::Acquire);
+    while let Some(fault) = unit.take_fault() {
+        ROUTED.fetch_add(1, Ordering::Relaxed);
+        if sink != 0 {
+            // SAFETY: a non-zero SINK is a `fn(DmaFault)` stored above.
+            let sink = unsafe { core::mem::transmute::<usize, fn(DmaFault)>(sink) };
+            sink(fault);
         }
     }
 }

@@ -211,9 +211,11 @@ impl<E: Engine, I: IrqControl> SharedChannel<E, I> {
         timeout: Duration,
     ) -> Result<(), DmaError> {
         super::channel::wait_for_status(delay, timeout, || {
-            let mut channel = self.lock();
-            channel.issue_pending();
-            channel.status(cookie).status
+            self.lock().issue_pending();
+            // Between the two locks this CPU takes what the issue raised
+            // (the engine's interrupt, an IOMMU's fault event aimed here),
+            // so the status below already knows of it.
+            self.lock().status(cookie).status
         })
     }
 

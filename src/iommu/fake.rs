@@ -28,6 +28,10 @@ struct State {
     iotlb: BTreeMap<(u16, u64), (u64, bool)>,
     invalidations: usize,
     accesses: u64,
+    /// Fault events unmasked (FECTL.IM clear).
+    events_on: bool,
+    /// Fault events sent.
+    events: usize,
 }
 
 /// The fake unit.
@@ -54,6 +58,11 @@ impl FakeVtd {
     /// A unit in its reset state.
     pub fn new() -> FakeVtd {
         FakeVtd::default()
+    }
+
+    /// Fault events (interrupts) the unit has sent.
+    pub fn fault_events(&self) -> usize {
+        self.state.borrow().events
     }
 
     /// IOTLB invalidations done so far.
@@ -89,6 +98,10 @@ impl FakeVtd {
                             | (reason as u64) << 32
                             | source as u64,
                     );
+                    // An event for a fault recorded while none was pending.
+                    if s.fsts & regs::FSTS_PPF == 0 && s.events_on {
+                        s.events += 1;
+                    }
                     s.fsts |= regs::FSTS_PPF;
                 } else {
                     s.fsts |= regs::FSTS_PFO;
@@ -169,6 +182,7 @@ impl Registers for FakeVtd {
                 }
             }
             regs::FSTS => s.fsts &= !(value & regs::FSTS_PFO),
+            regs::FECTL => s.events_on = value & regs::FECTL_IM == 0,
             _ => {}
         }
     }

@@ -274,6 +274,25 @@ impl<R: Registers, M: TableMapper, A: TableAllocator> Iommu<R, M, A> {
         self.invalidate_iotlb(regs::IOTLB_GLOBAL)
     }
 
+    /// Sends a fault event, the MSI message `address`/`data` (on x86,
+    /// 0xfee00000 with the target's APIC ID in bits 19:12, and the vector),
+    /// each time a fault is recorded while none is pending (spec 7.3.1,
+    /// 11.4.9.2-5). The handler reads the faults with
+    /// [`Iommu::take_fault`] until it answers `None`: only then does the
+    /// next fault raise an event again.
+    pub fn enable_fault_interrupts(&self, address: u64, data: u32) {
+        self.regs.write32(regs::FEDATA, data);
+        self.regs.write32(regs::FEADDR, address as u32 & !0b11);
+        self.regs.write32(regs::FEUADDR, (address >> 32) as u32);
+        self.regs.write32(regs::FECTL, 0);
+    }
+
+    /// Masks fault events again (faults are still recorded, for
+    /// [`Iommu::take_fault`]).
+    pub fn disable_fault_interrupts(&self) {
+        self.regs.write32(regs::FECTL, regs::FECTL_IM);
+    }
+
     /// The oldest recorded fault, cleared from its register, or `None`.
     pub fn take_fault(&self) -> Option<DmaFault> {
         if self.regs.read32(regs::FSTS) & regs::FSTS_PPF == 0 {

@@ -22,6 +22,15 @@ pub const CCMD: usize = 0x28;
 pub const FSTS: usize = 0x34;
 /// 11.4.9.2 Fault Event Control Register (32-bit).
 pub const FECTL: usize = 0x38;
+/// 11.4.9.3 Fault Event Data Register (32-bit): the MSI data of a fault
+/// event.
+pub const FEDATA: usize = 0x3c;
+/// 11.4.9.4 Fault Event Address Register (32-bit): the MSI address (bits
+/// 31:2) of a fault event.
+pub const FEADDR: usize = 0x40;
+/// 11.4.9.5 Fault Event Upper Address Register (32-bit): bits 63:32 of
+/// that address.
+pub const FEUADDR: usize = 0x44;
 /// Bytes of register window the driver touches on QEMU's unit (its fault
 /// recording register ends at 0x230); map a 4 KiB page.
 pub const MMIO_SIZE: usize = 0x1000;
@@ -91,6 +100,8 @@ pub const FSTS_PPF: u32 = 1 << 1;
 pub const FSTS_PFO: u32 = 1 << 0;
 /// FECTL bit 31, IM: fault interrupts masked (the reset value).
 pub const FECTL_IM: u32 = 1 << 31;
+/// FECTL bit 30, IP: a fault event is pending, held back by IM.
+pub const FECTL_IP: u32 = 1 << 30;
 
 /// 11.4.14 Fault Recording Register, high half (at +8): bit 63, F: a fault
 /// is recorded (write 1 to clear).

@@ -119,3 +119,35 @@ fn a_device_reaches_only_what_its_domain_maps() {
         "domain, context and root tables all back"
     );
 }
+
+#[test]
+fn a_fault_event_is_sent_once_per_fault_read_and_never_while_masked() {
+    let mem = Memory::new(16);
+    let db = mem.db();
+    // SAFETY: as in the test above.
+    let iommu = unsafe { Iommu::new(FakeVtd::new(), mapper(), &db) }.unwrap();
+    let id = DomainId::new(1).unwrap();
+    let dom = domain(&iommu, id, &db, mapper(), &db).unwrap();
+    // SAFETY: the domain lives until after `detach` below.
+    unsafe { iommu.attach(LSI, id, dom.root()) }.unwrap();
+    iommu.enable().unwrap();
+    let v = &iommu.regs;
+    // Masked at reset: recorded, no event.
+    assert_eq!(v.dma(LSI.raw(), IOVA, true), Access::Fault(5));
+    assert_eq!(v.fault_events(), 0);
+    assert!(iommu.take_fault().is_some());
+    iommu.enable_fault_interrupts(0xfee0_1000, 0x93);
+    assert_eq!(v.dma(LSI.raw(), IOVA, true), Access::Fault(5));
+    assert_eq!(v.fault_events(), 1);
+    // Another before the first is read: no second event.
+    assert_eq!(v.dma(LSI.raw(), IOVA + 0x1000, false), Access::Fault(6));
+    assert_eq!(v.fault_events(), 1);
+    while iommu.take_fault().is_some() {}
+    assert_eq!(v.dma(LSI.raw(), IOVA, false), Access::Fault(6));
+    assert_eq!(v.fault_events(), 2, "read out, the next fault sends again");
+    while iommu.take_fault().is_some() {}
+    iommu.disable_fault_interrupts();
+    assert_eq!(v.dma(LSI.raw(), IOVA, false), Access::Fault(6));
+    assert_eq!(v.fault_events(), 2, "masked again");
+    iommu.detach(LSI).unwrap();
+}

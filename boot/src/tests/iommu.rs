@@ -2,6 +2,7 @@
 //! IOVAs its domain maps, a stray write recorded and dropped, an unmapped
 //! IOVA faulting at once.
 
+use core::sync::atomic::{AtomicBool, Ordering};
 use core::time::Duration;
 
 use dmaengine::engine::{Cookie, ErrorKind, PrepFlags, Status};
@@ -45,7 +46,123 @@ pub const TESTS: &[Test] = &[
         "iommu.grant_calls_refuse_bad_input_and_change_nothing",
         grant_calls_refuse_bad_input,
     ),
+    Test::new(
+        "iommu.a_fault_interrupt_fails_the_request_that_faulted",
+        fault_interrupt_fails_the_request,
+    ),
 ];
+
+/// The unit's fault events go to the last CPU as an MSI, and its handler
+/// pins each fault on the serviced channel of the device that made it: a
+/// stray write ends its request `WriteFailed` without the test reading a
+/// fault register, the page it aimed at keeps its bytes, and the channel
+/// resets and copies again.
+fn fault_interrupt_fails_the_request() {
+    let victim = db().alloc_page().expect("a page");
+    bytes(&victim).fill(0x5a);
+    let before = checksum(bytes(&victim));
+    let unit = take().expect("the IOMMU");
+    let (lsi, line) = crate::dma::serviced_lsi();
+    let source = source_of(lsi_device().expect("its PCI function"));
+    let id = DomainId::new(1).expect("a domain id");
+    let mut domain = iommu::domain(&unit, id, db(), mapper(), db()).expect("a domain");
+    let rw = VmFlags::READ | VmFlags::WRITE | VmFlags::SHARED;
+    let (block, len) = lsi.lock().engine().dma_block();
+    let block_pages = (len as u64).div_ceil(4096);
+    let own = domain
+        .map_vma(page(block), block_pages, rw)
+        .expect("block area");
+    let frame = PhysFrame::containing_address(x86_64::PhysAddr::new(block));
+    domain
+        .remap_pfn_range(own, page(block), frame, block_pages, PageProt::READ_WRITE)
+        .expect("the chip's own block");
+    let (src, dst) = (
+        db().alloc_page().expect("a page"),
+        db().alloc_page().expect("a page"),
+    );
+    for (at, p) in [(IOVA_SRC, &src), (IOVA_DST, &dst)] {
+        let area = domain.map_vma(page(at), 1, rw).expect("an IOVA area");
+        domain
+            .insert_pages(area, page(at), core::slice::from_ref(p))
+            .expect("a buffer page");
+    }
+    bytes(&src).fill(0xc3);
+    // SAFETY: the domain outlives the attachment (detached below).
+    unsafe { unit.attach(source, id, domain.root()) }.expect("attach");
+    unit.enable().expect("translation on");
+    let cpu = crate::smp::cpus() - 1;
+    let route =
+        crate::iommu::route_faults(&unit, cpu, crate::dma::fail_serviced).expect("fault route");
+    let routed = crate::iommu::routed_faults();
+    if cpu != 0 {
+        STOP.store(false, Ordering::Release);
+        crate::smp::start_on(cpu, listen);
+    }
+    let copy = |dst: u64| {
+        // SAFETY: the destination is the victim page's physical address
+        // (never mapped for the chip: the write must go nowhere) or our own
+        // IOVA; the source is our page.
+        let cookie =
+            unsafe { lsi.lock().prep_copy(dst, IOVA_SRC, 256, PrepFlags::empty()) }.expect("prep");
+        (cookie, lsi.wait(cookie, &mut Delay, TIMEOUT))
+    };
+    let (stray, waited) = copy(victim.phys().as_u64() + 64);
+    // The fault event may trail the chip's own completion by a moment.
+    let start = crate::time::now_ns();
+    while lsi.lock().status(stray).status == Status::Complete
+        && crate::time::now_ns() - start < 1_000_000_000
+    {
+        core::hint::spin_loop();
+    }
+    let ended = lsi.lock().status(stray).status;
+    let halted = lsi.lock().is_halted();
+    let reset = lsi.lock().reset();
+    let (_, again) = copy(IOVA_DST);
+    STOP.store(true, Ordering::Release);
+    let listened = cpu == 0 || crate::smp::wait_for(cpu, 5_000_000_000);
+    let taken_on_cpu = crate::irq::msi_count(route.vector(), cpu);
+    drop(route);
+    crate::dma::release_lsi(line);
+    drop(lsi);
+    let _ = unit.disable();
+    unit.detach(source).expect("detach");
+    drop(domain);
+    assert!(listened, "CPU {cpu} stopped listening");
+    let failed = Err(dmaengine::engine::DmaError::Failed(ErrorKind::WriteFailed));
+    if cpu == 0 {
+        // Aimed at the waiting CPU: taken between the issue and the look.
+        assert_eq!(waited, failed, "the wait itself reports the fault");
+    } else {
+        assert!(waited == failed || waited.is_ok(), "{waited:?}");
+    }
+    assert_eq!(ended, Status::Error(ErrorKind::WriteFailed));
+    assert!(halted, "the channel halted as for any failure");
+    assert_eq!(reset, Ok(()));
+    assert_eq!(again, Ok(()), "works after the reset");
+    assert!(bytes(&dst)[..256].iter().all(|&b| b == 0xc3));
+    assert!(
+        crate::iommu::routed_faults() > routed,
+        "read by the handler"
+    );
+    assert!(taken_on_cpu >= 1, "on the CPU the events were aimed at");
+    assert_eq!(
+        checksum(bytes(&victim)),
+        before,
+        "the victim page unchanged"
+    );
+}
+
+/// Set when the CPU taking fault events may stop listening.
+static STOP: AtomicBool = AtomicBool::new(false);
+
+fn listen(_cpu: usize) {
+    x86_64::instructions::interrupts::enable();
+    let start = crate::time::now_ns();
+    while !STOP.load(Ordering::Acquire) && crate::time::now_ns() - start < 5_000_000_000 {
+        core::hint::spin_loop();
+    }
+    x86_64::instructions::interrupts::disable();
+}
 
 /// The system calls of the user-space driver model, by number.
 const MAP_PAGES: u64 = 2;
