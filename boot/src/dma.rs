@@ -48,6 +48,31 @@ unsafe impl Hal for KernelHal {
     fn phys_to_virt(paddr: DmaAddr) -> NonNull<u8> {
         NonNull::new(phys_to_virt(paddr)).expect("the direct map has no null address")
     }
+
+    /// The buffer's physical address, found by walking the CPU's page
+    /// tables page by page; refused (`NotSupported`) unless the pages are
+    /// physically contiguous (the heap's, the kernel image's and the direct
+    /// map's are; a buffer straddling two unrelated frames is not). A
+    /// channel still checks the address against its DMA mask. With no
+    /// IOMMU, nothing to undo: `unshare` stays the default.
+    unsafe fn share(
+        buffer: NonNull<[u8]>,
+        _direction: dmaengine::hal::Direction,
+    ) -> Result<DmaAddr, DmaError> {
+        let start = buffer.cast::<u8>().as_ptr() as u64;
+        let len = buffer.len() as u64;
+        let last = start.checked_add(len - 1).ok_or(DmaError::BeyondDmaMask)?;
+        let first_pa = crate::mem::paging::translate(start).ok_or(DmaError::NotSupported)?;
+        let mut page = start & !(PAGE_SIZE - 1);
+        while page < last & !(PAGE_SIZE - 1) {
+            page += PAGE_SIZE;
+            let expected = first_pa + (page - start);
+            if crate::mem::paging::translate(page) != Some(expected) {
+                return Err(DmaError::NotSupported);
+            }
+        }
+        Ok(first_pa)
+    }
 }
 
 /// A channel (a [`Channel`] or a [`SharedChannel`]) that owns its device:

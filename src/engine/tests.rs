@@ -1260,3 +1260,43 @@ fn an_iommu_fault_is_pinned_on_the_request_that_touched_the_page() {
     assert_eq!(chan.fail_at(0x23_0000, false), Some(d));
     assert_eq!(chan.status(d).status, Status::Error(ErrorKind::ReadFailed));
 }
+
+#[test]
+fn buffers_the_caller_owns_are_shared_for_a_copy_and_unshared_after() {
+    use crate::hal::fake::FakeHal32;
+    use crate::hal::{Direction, SharedBuffer};
+    let src: Vec<u8> = (0..300).map(|i| (i * 7) as u8).collect();
+    let mut dst = vec![0u8; 300];
+    let mut chan: Channel<CpuEngine<FakeHal>> = Channel::new(CpuEngine::new());
+    {
+        let from = SharedBuffer::<FakeHal>::to_device(&src).unwrap();
+        let to = SharedBuffer::<FakeHal>::from_device(&mut dst, Direction::FromDevice).unwrap();
+        let shares = FakeHal::shares();
+        assert!(shares.contains(&(from.dma_addr(), 300, Direction::ToDevice)));
+        assert!(shares.contains(&(to.dma_addr(), 300, Direction::FromDevice)));
+        // SAFETY: both buffers are shared (borrowed) until the wait ends.
+        let cookie =
+            unsafe { chan.prep_copy(to.dma_addr(), from.dma_addr(), 300, PrepFlags::empty()) }
+                .unwrap();
+        chan.wait(
+            cookie,
+            &mut CountingDelay::default(),
+            Duration::from_millis(1),
+        )
+        .unwrap();
+    }
+    assert!(
+        !FakeHal::shares().iter().any(|&(_, len, _)| len == 300),
+        "unshared when dropped"
+    );
+    assert_eq!(dst, src);
+    assert_eq!(
+        SharedBuffer::<FakeHal>::to_device(&[]).err(),
+        Some(DmaError::ZeroLength)
+    );
+    assert_eq!(
+        SharedBuffer::<FakeHal32>::to_device(&src).err(),
+        Some(DmaError::NotSupported),
+        "a Hal that cannot share says so"
+    );
+}

@@ -7,7 +7,8 @@ use std::collections::HashMap;
 use std::ptr::NonNull;
 use std::sync::Mutex;
 
-use super::{DmaAddr, Hal, PAGE_SIZE};
+use super::{Direction, DmaAddr, Hal, PAGE_SIZE};
+use crate::engine::DmaError;
 
 /// Outstanding allocations, to check that everything is freed.
 static LIVE: Mutex<Option<HashMap<DmaAddr, usize>>> = Mutex::new(None);
@@ -68,6 +69,32 @@ unsafe impl Hal for FakeHal {
 
     fn phys_to_virt(paddr: DmaAddr) -> NonNull<u8> {
         NonNull::new(paddr as *mut u8).expect("null DMA address")
+    }
+
+    unsafe fn share(buffer: NonNull<[u8]>, direction: Direction) -> Result<DmaAddr, DmaError> {
+        let dma = buffer.cast::<u8>().as_ptr() as DmaAddr;
+        SHARES.lock().unwrap().push((dma, buffer.len(), direction));
+        Ok(dma)
+    }
+
+    unsafe fn unshare(dma: DmaAddr, buffer: NonNull<[u8]>, direction: Direction) {
+        let mut shares = SHARES.lock().unwrap();
+        let at = shares
+            .iter()
+            .position(|&s| s == (dma, buffer.len(), direction));
+        let at = at.unwrap_or_else(|| panic!("unsharing {dma:#x}, which was not shared"));
+        shares.swap_remove(at);
+    }
+}
+
+/// Buffers [`FakeHal`] has shared and not yet unshared: (DMA address,
+/// length, direction).
+static SHARES: Mutex<Vec<(DmaAddr, usize, Direction)>> = Mutex::new(Vec::new());
+
+impl FakeHal {
+    /// The buffers shared now, as (DMA address, length, direction).
+    pub fn shares() -> Vec<(DmaAddr, usize, Direction)> {
+        SHARES.lock().unwrap().clone()
     }
 }
 

@@ -45,6 +45,118 @@ pub unsafe trait Hal {
     /// The CPU pointer through which the kernel reaches DMA address `paddr`
     /// (the CPU engine copies through it).
     fn phys_to_virt(paddr: DmaAddr) -> NonNull<u8>;
+
+    /// Makes `buffer`, memory the caller owns that did not come from
+    /// [`Hal::dma_alloc`] (a stack array, a heap `Vec`), reachable by
+    /// devices for `direction`, and returns the DMA address of its first
+    /// byte; the device sees the whole buffer at consecutive addresses
+    /// from there (as `virtio-drivers`' `Hal::share`). Without an IOMMU
+    /// that is its physical address, if its pages are physically
+    /// contiguous; with one, map the pages into the device's domain
+    /// (read-only for [`Direction::ToDevice`]) wherever they are. The
+    /// default refuses (`NotSupported`): only [`Dma`] buffers can be used.
+    /// Call it through [`SharedBuffer`].
+    ///
+    /// # Safety
+    /// `buffer` must stay valid, and not be accessed by the CPU in a way
+    /// that conflicts with `direction`, until the matching
+    /// [`Hal::unshare`].
+    unsafe fn share(buffer: NonNull<[u8]>, direction: Direction) -> Result<DmaAddr, DmaError> {
+        let _ = (buffer, direction);
+        Err(DmaError::NotSupported)
+    }
+
+    /// Ends a [`Hal::share`]: afterwards no device can reach the buffer (an
+    /// IOMMU mapping is removed and its IOTLB entries invalidated), and for
+    /// [`Direction::FromDevice`] and [`Direction::Both`] the CPU sees what
+    /// the device wrote (copied back, if `share` used a bounce buffer). The
+    /// default does nothing, as sharing by physical address needs nothing
+    /// undone.
+    ///
+    /// # Safety
+    /// `dma`, `buffer` and `direction` must be those of one earlier
+    /// successful `share`, and no device request may still use the buffer.
+    unsafe fn unshare(dma: DmaAddr, buffer: NonNull<[u8]>, direction: Direction) {
+        let _ = (dma, buffer, direction);
+    }
+}
+
+/// Which way the bytes of a shared buffer go (`virtio-drivers`'
+/// `BufferDirection`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Direction {
+    /// The device only reads it (a copy's source).
+    ToDevice,
+    /// The device only writes it (a copy's destination).
+    FromDevice,
+    /// Both.
+    Both,
+}
+
+/// A buffer the caller owns, shared with devices for as long as this lives
+/// (it borrows the buffer): [`Hal::share`] when made, [`Hal::unshare`] when
+/// dropped. Its [`SharedBuffer::dma_addr`] goes into requests like a [`Dma`]'s;
+/// the requests' `unsafe` contract still asks that they end before this is
+/// dropped.
+pub struct SharedBuffer<'a, H: Hal> {
+    dma: DmaAddr,
+    buffer: NonNull<[u8]>,
+    direction: Direction,
+    _borrow: PhantomData<(&'a mut [u8], H)>,
+}
+
+impl<'a, H: Hal> SharedBuffer<'a, H> {
+    /// Shares `buffer` for the device to read.
+    pub fn to_device(buffer: &'a [u8]) -> Result<Self, DmaError> {
+        Self::share(NonNull::from(buffer), Direction::ToDevice)
+    }
+
+    /// Shares `buffer` for the device to write (or read and write, with
+    /// [`Direction::Both`]).
+    pub fn from_device(buffer: &'a mut [u8], direction: Direction) -> Result<Self, DmaError> {
+        Self::share(NonNull::from(buffer), direction)
+    }
+
+    fn share(buffer: NonNull<[u8]>, direction: Direction) -> Result<Self, DmaError> {
+        if buffer.is_empty() {
+            return Err(DmaError::ZeroLength);
+        }
+        // SAFETY: the buffer is borrowed for 'a, which this value cannot
+        // outlive, and `unshare` runs when it is dropped; while it lives the
+        // CPU cannot reach a `from_device` buffer (borrowed mutably) and
+        // only reads a `to_device` one.
+        let dma = unsafe { H::share(buffer, direction) }?;
+        Ok(SharedBuffer {
+            dma,
+            buffer,
+            direction,
+            _borrow: PhantomData,
+        })
+    }
+
+    /// The DMA address of the buffer's first byte.
+    pub fn dma_addr(&self) -> DmaAddr {
+        self.dma
+    }
+
+    /// The buffer's length in bytes.
+    pub fn len(&self) -> usize {
+        self.buffer.len()
+    }
+
+    /// Always false: an empty buffer is refused.
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+}
+
+impl<H: Hal> Drop for SharedBuffer<'_, H> {
+    fn drop(&mut self) {
+        // SAFETY: the values of the successful `share` that made this; the
+        // requests that used it have ended (the contract of the `unsafe`
+        // prep that used its address).
+        unsafe { H::unshare(self.dma, self.buffer, self.direction) }
+    }
 }
 
 /// An owned, physically contiguous DMA buffer, freed on drop (like

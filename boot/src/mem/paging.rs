@@ -26,6 +26,24 @@ unsafe fn table(pa: PhysAddr) -> &'static mut PageTable {
     unsafe { &mut *phys_to_virt(pa.as_u64()).cast::<PageTable>() }
 }
 
+/// The physical address `va` maps to in the active page tables, walked by
+/// the `x86_64` crate over the direct map; `None` if nothing maps it.
+pub fn translate(va: u64) -> Option<u64> {
+    use x86_64::structures::paging::{OffsetPageTable, Translate};
+    let va = x86_64::VirtAddr::try_new(va).ok()?;
+    // SAFETY: the active PML4, reached through the direct map (which covers
+    // all RAM at PHYS_OFFSET); the walk only reads the tables, and nothing
+    // changes them on this CPU meanwhile (interrupts or not, no handler
+    // edits the kernel's own tables).
+    let tables = unsafe {
+        OffsetPageTable::new(
+            &mut *phys_to_virt(root().as_u64()).cast::<PageTable>(),
+            x86_64::VirtAddr::new(super::PHYS_OFFSET),
+        )
+    };
+    tables.translate_addr(va).map(|pa| pa.as_u64())
+}
+
 /// The physical address of the active PML4.
 pub fn root() -> PhysAddr {
     Cr3::read().0.start_address()

@@ -75,6 +75,10 @@ pub const TESTS: &[Test] = &[
     ),
     Test::new("dma.lsi_and_edu_in_flight_at_once", lsi_and_edu_at_once),
     Test::new(
+        "dma.lsi_copies_between_buffers_the_caller_owns",
+        lsi_copies_between_owned_buffers,
+    ),
+    Test::new(
         "dma.engines_refuse_what_they_cannot_do_with_the_right_error",
         engine_refusals,
     ),
@@ -1087,4 +1091,52 @@ fn one_channel_per_chip() {
         .wait(c, &mut Delay, TIMEOUT)
         .expect("the chip is free again");
     assert_eq!(dst.as_slice(), src.as_slice());
+}
+
+/// A heap `Vec` and a static array, neither from `dma_alloc`, shared with
+/// the chip through `SharedBuffer` (the kernel's `Hal::share` walks the page
+/// tables): the LSI53C895A copies between them, across page boundaries, and
+/// every byte lands.
+fn lsi_copies_between_owned_buffers() {
+    use dmaengine::hal::{Direction, SharedBuffer};
+    static TABLE: spin::Mutex<[u8; 6000]> = spin::Mutex::new([0; 6000]);
+    let src: Vec<u8> = (0..9000).map(src_pattern).collect();
+    let mut dst = alloc::vec![0u8; 9000];
+    let mut lsi = lsi();
+    let mut table = TABLE.lock();
+    table.fill(0xee);
+    {
+        let from = SharedBuffer::<KernelHal>::to_device(&src).expect("share the Vec");
+        let to = SharedBuffer::<KernelHal>::from_device(&mut dst, Direction::FromDevice)
+            .expect("share the other Vec");
+        let into_table = SharedBuffer::<KernelHal>::from_device(&mut table[..], Direction::Both)
+            .expect("share the static array");
+        // SAFETY: all three buffers stay shared (borrowed) until the waits end.
+        let first =
+            unsafe { lsi.prep_copy(to.dma_addr(), from.dma_addr(), 9000, PrepFlags::empty()) }
+                .expect("prep");
+        // SAFETY: as above.
+        let second = unsafe {
+            lsi.prep_copy(
+                into_table.dma_addr() + 100,
+                from.dma_addr() + 50,
+                5000,
+                PrepFlags::empty(),
+            )
+        }
+        .expect("prep");
+        lsi.wait(first, &mut Delay, TIMEOUT)
+            .expect("copy into the Vec");
+        lsi.wait(second, &mut Delay, TIMEOUT)
+            .expect("copy into the array");
+    }
+    assert_eq!(first_mismatch(&dst, src_pattern), None);
+    let expected = |i: usize| {
+        if (100..5100).contains(&i) {
+            src_pattern(i - 50)
+        } else {
+            0xee
+        }
+    };
+    assert_eq!(first_mismatch(&table[..], expected), None);
 }
