@@ -109,14 +109,20 @@ pub struct Channel<E: Engine> {
     wakers: WakerSlots,
     /// The last request prepared with [`PrepFlags::INTERRUPT`] (0: none).
     interrupt_through: i32,
+    /// The longest piece one descriptor takes: `max_len` rounded down to
+    /// the alignment (computed once: the limits are fixed).
+    piece_max: usize,
 }
 
 impl<E: Engine> Channel<E> {
     /// A channel over `engine`, whose ring must be empty.
     pub fn new(engine: E) -> Self {
+        let limits = engine.limits();
+        let align = limits.align.max(1);
         Channel {
             caps: engine.capabilities(),
-            limits: engine.limits(),
+            limits,
+            piece_max: (limits.max_len / align * align).max(align),
             engine,
             id: NEXT_CHANNEL_ID.fetch_add(1, Ordering::Relaxed),
             last_used: 0,
@@ -263,14 +269,17 @@ impl<E: Engine> Channel<E> {
     /// Writes the descriptors of validated request `op` as `cookie`. On
     /// error the caller rewinds the engine to its mark.
     fn emit(&mut self, cookie: Cookie, op: Op, notify: Notify) -> Result<(), DmaError> {
-        let align = self.limits.align.max(1);
-        let piece_max = (self.limits.max_len / align * align).max(align);
+        let piece_max = self.piece_max;
         let (dst, len) = match op {
             Op::Copy { dst, len, .. } | Op::Fill { dst, len, .. } | Op::Zero { dst, len } => {
                 (dst, len)
             }
             Op::Interrupt => return Ok(self.engine.prep(cookie, op, Some(notify))?),
         };
+        // The common case: one descriptor, the request as it is.
+        if len <= piece_max {
+            return Ok(self.engine.prep(cookie, op, Some(notify))?);
+        }
         let mut done = 0;
         while done < len {
             let n = (len - done).min(piece_max);
@@ -367,8 +376,7 @@ impl<E: Engine> Channel<E> {
             interrupt: flags.contains(PrepFlags::INTERRUPT),
         };
         let mark = self.engine.mark();
-        let align = self.limits.align.max(1);
-        let piece_max = (self.limits.max_len / align * align).max(align);
+        let piece_max = self.piece_max;
         let one_descriptor_each = ops.iter().all(|op| match *op {
             Op::Copy { len, .. } | Op::Fill { len, .. } | Op::Zero { len, .. } => len <= piece_max,
             Op::Interrupt => true,
