@@ -83,12 +83,40 @@ const SHARED_RW: VmFlags = VmFlags::READ
     .union(VmFlags::SHARED)
     .union(VmFlags::MAYWRITE);
 
-const EFAULT: i64 = -14;
-const ENOMEM: i64 = -12;
-const EINVAL: i64 = -22;
-const EIO: i64 = -5;
-const ENODEV: i64 = -19;
-const EBUSY: i64 = -16;
+/// The system calls' numbers (`rax`), as in the table above.
+pub mod sys {
+    /// `exit(code)`.
+    pub const EXIT: u64 = 0;
+    /// `write(buffer, length)`.
+    pub const WRITE: u64 = 1;
+    /// `map_pages(count)`.
+    pub const MAP_PAGES: u64 = 2;
+    /// `dma_copy(dst, src, length)`.
+    pub const DMA_COPY: u64 = 3;
+    /// `map_device()`.
+    pub const MAP_DEVICE: u64 = 4;
+    /// `unmap(address, count)`.
+    pub const UNMAP: u64 = 5;
+    /// `grant_lsi()`.
+    pub const GRANT_LSI: u64 = 6;
+    /// `iommu_map(address, count, iova)`.
+    pub const IOMMU_MAP: u64 = 7;
+    /// `dma_faults()`.
+    pub const DMA_FAULTS: u64 = 8;
+}
+
+/// Bad address.
+pub const EFAULT: i64 = -14;
+/// No memory.
+pub const ENOMEM: i64 = -12;
+/// Bad argument.
+pub const EINVAL: i64 = -22;
+/// The copy failed.
+pub const EIO: i64 = -5;
+/// No such device (or no grant).
+pub const ENODEV: i64 = -19;
+/// Taken already.
+pub const EBUSY: i64 = -16;
 
 /// How a process ended.
 #[derive(Debug)]
@@ -896,18 +924,18 @@ fn syscall(frame: &mut TrapFrame) {
     let process = unsafe { &mut *current };
     let (a, b, c) = (frame.rdi, frame.rsi, frame.rdx);
     let result = match frame.rax {
-        0 => {
+        sys::EXIT => {
             recover::exit_process(frame, a);
             return;
         }
-        1 => process.write(a, b),
-        2 => process.map_pages(a),
-        3 => process.dma_copy(a, b, c),
-        4 => process.map_device(),
-        5 => process.unmap(a, b),
-        6 => process.grant_lsi(),
-        7 => process.iommu_map(a, b, c),
-        8 => {
+        sys::WRITE => process.write(a, b),
+        sys::MAP_PAGES => process.map_pages(a),
+        sys::DMA_COPY => process.dma_copy(a, b, c),
+        sys::MAP_DEVICE => process.map_device(),
+        sys::UNMAP => process.unmap(a, b),
+        sys::GRANT_LSI => process.grant_lsi(),
+        sys::IOMMU_MAP => process.iommu_map(a, b, c),
+        sys::DMA_FAULTS => {
             if process.grant.is_none() {
                 ENODEV
             } else {

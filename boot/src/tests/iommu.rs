@@ -2,7 +2,7 @@
 //! IOVAs its domain maps, a stray write recorded and dropped, an unmapped
 //! IOVA faulting at once.
 
-use core::sync::atomic::{AtomicBool, Ordering};
+use core::sync::atomic::Ordering;
 use core::time::Duration;
 
 use dmaengine::engine::{Cookie, ErrorKind, PrepFlags, Status};
@@ -12,6 +12,7 @@ use dmaengine::mm::vma::{PageProt, VmFlags};
 use x86_64::VirtAddr;
 use x86_64::structures::paging::{Page, PhysFrame};
 
+use super::irq::{STOP, listen_job};
 use crate::dma::{lsi_channel, lsi_device};
 use crate::harness::Test;
 use crate::iommu::{source_of, take};
@@ -65,27 +66,12 @@ fn fault_interrupt_fails_the_request() {
     let (lsi, line) = crate::dma::serviced_lsi();
     let source = source_of(lsi_device().expect("its PCI function"));
     let id = DomainId::new(1).expect("a domain id");
-    let mut domain = iommu::domain(&unit, id, db(), mapper(), db()).expect("a domain");
-    let rw = VmFlags::READ | VmFlags::WRITE | VmFlags::SHARED;
-    let (block, len) = lsi.lock().engine().dma_block();
-    let block_pages = (len as u64).div_ceil(4096);
-    let own = domain
-        .map_vma(page(block), block_pages, rw)
-        .expect("block area");
-    let frame = PhysFrame::containing_address(x86_64::PhysAddr::new(block));
-    domain
-        .remap_pfn_range(own, page(block), frame, block_pages, PageProt::READ_WRITE)
-        .expect("the chip's own block");
     let (src, dst) = (
         db().alloc_page().expect("a page"),
         db().alloc_page().expect("a page"),
     );
-    for (at, p) in [(IOVA_SRC, &src), (IOVA_DST, &dst)] {
-        let area = domain.map_vma(page(at), 1, rw).expect("an IOVA area");
-        domain
-            .insert_pages(area, page(at), core::slice::from_ref(p))
-            .expect("a buffer page");
-    }
+    let block = lsi.lock().engine().dma_block();
+    let (domain, _) = lsi_domain(&unit, id, block, &src, &dst);
     bytes(&src).fill(0xc3);
     // SAFETY: the domain outlives the attachment (detached below).
     unsafe { unit.attach(source, id, domain.root()) }.expect("attach");
@@ -96,7 +82,7 @@ fn fault_interrupt_fails_the_request() {
     let routed = crate::iommu::routed_faults();
     if cpu != 0 {
         STOP.store(false, Ordering::Release);
-        crate::smp::start_on(cpu, listen);
+        crate::smp::start_on(cpu, listen_job);
     }
     let copy = |dst: u64| {
         // SAFETY: the destination is the victim page's physical address
@@ -152,34 +138,15 @@ fn fault_interrupt_fails_the_request() {
     );
 }
 
-/// Set when the CPU taking fault events may stop listening.
-static STOP: AtomicBool = AtomicBool::new(false);
-
-fn listen(_cpu: usize) {
-    x86_64::instructions::interrupts::enable();
-    let start = crate::time::now_ns();
-    while !STOP.load(Ordering::Acquire) && crate::time::now_ns() - start < 5_000_000_000 {
-        core::hint::spin_loop();
-    }
-    x86_64::instructions::interrupts::disable();
-}
-
-/// The system calls of the user-space driver model, by number.
-const MAP_PAGES: u64 = 2;
-const GRANT: u64 = 6;
-const IOMMU_MAP: u64 = 7;
-const DMA_FAULTS: u64 = 8;
-const ENODEV: i64 = -19;
-const EBUSY: i64 = -16;
-const EINVAL: i64 = -22;
-const EFAULT: i64 = -14;
-
 /// Every refusal of `grant_lsi`, `iommu_map` and `dma_faults` the kernel
 /// owes a hostile process, in one script, then the calls that must still
 /// work afterwards (a refused `iommu_map` that had mapped part of its pages
 /// took them out again: the IOVA is free for the next call).
 fn grant_calls_refuse_bad_input() {
-    use crate::user::{CODE, GRANT_IOVA, GRANT_IOVA_SIZE, GRANT_REGS, HEAP};
+    use crate::user::sys::{DMA_FAULTS, GRANT_LSI as GRANT, IOMMU_MAP, MAP_PAGES};
+    use crate::user::{
+        CODE, EBUSY, EFAULT, EINVAL, ENODEV, GRANT_IOVA, GRANT_IOVA_SIZE, GRANT_REGS, HEAP,
+    };
     const PAGE: u64 = 4096;
     const KERNEL: u64 = 0xffff_8000_0010_0000;
     let end = GRANT_IOVA + GRANT_IOVA_SIZE;
@@ -410,14 +377,19 @@ struct Ctx<'a, 'u> {
     dst_area: dmaengine::mm::space::VmaId,
 }
 
-fn with_lsi_domain(body: impl FnOnce(Ctx<'_, '_>)) {
-    let unit = take().expect("the IOMMU");
-    let mut lsi = lsi_channel().expect("the LSI53C895A");
-    let source = source_of(lsi_device().expect("its PCI function"));
-    let id = DomainId::new(1).expect("a domain id");
-    let mut domain = iommu::domain(&unit, id, db(), mapper(), db()).expect("a domain");
+/// Domain `id` of `unit` for the LSI53C895A: the chip's own DMA block
+/// (`block`: address and length) at its own address, where it reads its
+/// ring and writes completions, and one page each at `IOVA_SRC` and
+/// `IOVA_DST`; with the areas of those two pages.
+fn lsi_domain<'u>(
+    unit: &'u crate::iommu::Unit,
+    id: DomainId,
+    (block, len): (u64, usize),
+    src: &PageRef<'static>,
+    dst: &PageRef<'static>,
+) -> (Dom<'u>, [dmaengine::mm::space::VmaId; 2]) {
+    let mut domain = iommu::domain(unit, id, db(), mapper(), db()).expect("a domain");
     let rw = VmFlags::READ | VmFlags::WRITE | VmFlags::SHARED;
-    let (block, len) = lsi.engine().dma_block();
     let block_pages = (len as u64).div_ceil(4096);
     let own = domain
         .map_vma(page(block), block_pages, rw)
@@ -426,16 +398,24 @@ fn with_lsi_domain(body: impl FnOnce(Ctx<'_, '_>)) {
     domain
         .remap_pfn_range(own, page(block), frame, block_pages, PageProt::READ_WRITE)
         .expect("the chip's own block, at its own address");
-    let src = db().alloc_page().expect("a page");
-    let dst = db().alloc_page().expect("a page");
-    let mut areas = [None; 2];
-    for (k, (at, p)) in [(IOVA_SRC, &src), (IOVA_DST, &dst)].into_iter().enumerate() {
+    let areas = [(IOVA_SRC, src), (IOVA_DST, dst)].map(|(at, p)| {
         let area = domain.map_vma(page(at), 1, rw).expect("an IOVA area");
         domain
             .insert_pages(area, page(at), core::slice::from_ref(p))
             .expect("a buffer page");
-        areas[k] = Some(area);
-    }
+        area
+    });
+    (domain, areas)
+}
+
+fn with_lsi_domain(body: impl FnOnce(Ctx<'_, '_>)) {
+    let unit = take().expect("the IOMMU");
+    let mut lsi = lsi_channel().expect("the LSI53C895A");
+    let source = source_of(lsi_device().expect("its PCI function"));
+    let id = DomainId::new(1).expect("a domain id");
+    let src = db().alloc_page().expect("a page");
+    let dst = db().alloc_page().expect("a page");
+    let (mut domain, areas) = lsi_domain(&unit, id, lsi.engine().dma_block(), &src, &dst);
     // SAFETY: the domain outlives the attachment (detached below).
     unsafe { unit.attach(source, id, domain.root()) }.expect("attach");
     unit.enable().expect("translation on");
@@ -445,7 +425,7 @@ fn with_lsi_domain(body: impl FnOnce(Ctx<'_, '_>)) {
         unit: &unit,
         src: &src,
         dst: &dst,
-        dst_area: areas[1].expect("mapped above"),
+        dst_area: areas[1],
     });
     drop(lsi);
     unit.detach(source).expect("detach");

@@ -72,10 +72,12 @@ fn every_cpu_takes_its_own_timer() {
     );
 }
 
-/// Set when the CPU listening for the MSI may stop.
-static STOP: AtomicBool = AtomicBool::new(false);
+/// Set when the CPU listening for interrupts may stop.
+pub(super) static STOP: AtomicBool = AtomicBool::new(false);
 
-fn listen_job(_cpu: usize) {
+/// A job that takes the interrupts aimed at its CPU until [`STOP`] (or
+/// for at most 2 s).
+pub(super) fn listen_job(_cpu: usize) {
     with_interrupts_on_until(|| STOP.load(Ordering::Acquire));
 }
 

@@ -37,13 +37,8 @@ pub const TESTS: &[Test] = &[
     ),
 ];
 
-const WRITE: u64 = 1;
-const MAP_PAGES: u64 = 2;
-const DMA_COPY: u64 = 3;
-const MAP_DEVICE: u64 = 4;
-const UNMAP: u64 = 5;
-const EFAULT: i64 = -14;
-const EINVAL: i64 = -22;
+use crate::user::sys::{DMA_COPY, MAP_DEVICE, MAP_PAGES, UNMAP, WRITE};
+use crate::user::{EFAULT, EINVAL};
 const KERNEL: u64 = 0xffff_8000_0010_0000;
 const PAGE: u64 = 4096;
 
