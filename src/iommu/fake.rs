@@ -30,6 +30,13 @@ struct State {
     accesses: u64,
     /// Fault events unmasked (FECTL.IM clear).
     events_on: bool,
+    /// Whether the unit reports an invalidation queue (ECAP.QI).
+    has_queue: bool,
+    /// IQA, and the queue's head (a descriptor index).
+    iqa: u64,
+    iqh: u32,
+    /// Queue descriptors processed.
+    descriptors: usize,
     /// Fault events sent.
     events: usize,
 }
@@ -58,6 +65,51 @@ impl FakeVtd {
     /// A unit in its reset state.
     pub fn new() -> FakeVtd {
         FakeVtd::default()
+    }
+
+    /// A unit with an invalidation queue, which its driver must then use:
+    /// the fake stops honouring the invalidation registers once the queue
+    /// is on.
+    pub fn with_queue() -> FakeVtd {
+        let fake = FakeVtd::default();
+        fake.state.borrow_mut().has_queue = true;
+        fake
+    }
+
+    /// Queue descriptors the unit has processed.
+    pub fn descriptors(&self) -> usize {
+        self.state.borrow().descriptors
+    }
+
+    /// Processes the queue's descriptors from the head up to `tail`.
+    fn run_queue(s: &mut State, tail: u32) {
+        while s.iqh != tail {
+            let at = (s.iqa & !0xfff) + 16 * s.iqh as u64;
+            let (low, high) = (read(at), read(at + 8));
+            s.descriptors += 1;
+            match low & 0xf {
+                0x1 => {}
+                0x2 => {
+                    s.invalidations += 1;
+                    if low & (3 << 4) == regs::DESC_IOTLB_PAGE {
+                        let page = high & !0xfff;
+                        s.iotlb.retain(|&(_, p), _| p != page);
+                    } else {
+                        s.iotlb.clear();
+                    }
+                }
+                0x5 if low & (1 << 5) != 0 => {
+                    // SAFETY: test memory is host memory, 1:1; the driver
+                    // gave this status word's address.
+                    unsafe { ((high & !0b11) as *mut u32).write_volatile((low >> 32) as u32) };
+                }
+                _ => {
+                    s.fsts |= regs::FSTS_IQE;
+                    return;
+                }
+            }
+            s.iqh = (s.iqh + 1) % regs::QUEUE_DESCRIPTORS;
+        }
     }
 
     /// Fault events (interrupts) the unit has sent.
@@ -180,6 +232,12 @@ impl Registers for FakeVtd {
                 } else {
                     s.gsts &= !regs::GSTS_TES;
                 }
+                if value & regs::GCMD_QIE != 0 && s.has_queue {
+                    s.gsts |= regs::GSTS_QIES;
+                } else {
+                    s.gsts &= !regs::GSTS_QIES;
+                    s.iqh = 0;
+                }
             }
             regs::FSTS => s.fsts &= !(value & regs::FSTS_PFO),
             regs::FECTL => s.events_on = value & regs::FECTL_IM == 0,
@@ -191,7 +249,8 @@ impl Registers for FakeVtd {
         s.accesses += 1;
         match offset {
             regs::CAP => regs::CAP_SAGAW_4LEVEL | regs::CAP_PSI | ((FRO / 16) as u64) << 24,
-            regs::ECAP => ((IRO / 16) as u64) << 8,
+            regs::ECAP => ((IRO / 16) as u64) << 8 | if s.has_queue { regs::ECAP_QI } else { 0 },
+            regs::IQH => (s.iqh as u64) << 4,
             regs::RTADDR => s.rtaddr,
             o if o == FRO => s.frcd.0,
             o if o == FRO + 8 => s.frcd.1,
@@ -203,6 +262,15 @@ impl Registers for FakeVtd {
         s.accesses += 1;
         match offset {
             regs::RTADDR => s.rtaddr = value,
+            regs::IQA => s.iqa = value,
+            regs::IQT if s.gsts & regs::GSTS_QIES != 0 => {
+                let tail = ((value >> 4) & 0x7fff) as u32;
+                FakeVtd::run_queue(&mut s, tail);
+            }
+            // With the queue on, the invalidation registers do nothing (as
+            // on units that have only the queue).
+            o if s.gsts & regs::GSTS_QIES != 0
+                && (o == regs::CCMD || o == IRO + regs::IVA_REG || o == IRO + regs::IOTLB_REG) => {}
             regs::CCMD => {}
             o if o == IRO + regs::IVA_REG => s.iva = value,
             o if o == IRO + regs::IOTLB_REG && value & regs::IOTLB_IVT != 0 => {

@@ -12,9 +12,13 @@
 //! other access is dropped (a read returns zeros on QEMU) and recorded, and
 //! [`Iommu::take_fault`] reports it.
 //!
-//! Invalidation is register-based (the context command and IOTLB
-//! registers); the unit must not have queued invalidation enabled. Fault
-//! interrupts stay masked: faults are polled.
+//! Invalidation goes through the unit's invalidation queue when it has one
+//! (ECAP.QI; units of VT-d version 6 and later have no other way, spec
+//! 6.5): a one-page ring of descriptors, each batch followed by an
+//! invalidation-wait descriptor whose status write the driver polls.
+//! Without one, it is register-based (the context command and IOTLB
+//! registers). Faults are polled with [`Iommu::take_fault`], or arrive as
+//! an MSI after [`Iommu::enable_fault_interrupts`].
 
 #[cfg(test)]
 mod fake;
@@ -24,6 +28,7 @@ mod tests;
 
 use core::cell::RefCell;
 use core::fmt;
+use core::sync::atomic::{Ordering, fence};
 
 use x86_64::structures::paging::PhysFrame;
 use x86_64::{PhysAddr, VirtAddr};
@@ -109,6 +114,8 @@ pub enum IommuError {
     TimedOut,
     /// The device is already attached to a domain (detach it first).
     Attached,
+    /// The unit refused an invalidation descriptor (FSTS.IQE).
+    QueueError,
 }
 
 impl fmt::Display for IommuError {
@@ -118,6 +125,7 @@ impl fmt::Display for IommuError {
             IommuError::OutOfMemory => "no frame for an IOMMU table",
             IommuError::TimedOut => "the IOMMU did not finish a command in time",
             IommuError::Attached => "the device is already attached to a domain",
+            IommuError::QueueError => "the IOMMU refused an invalidation descriptor",
         })
     }
 }
@@ -132,6 +140,118 @@ struct Tables<A> {
     context: [u64; 256],
 }
 
+/// The invalidation queue (spec 6.5.2): one page of 256 descriptors, and a
+/// status word the unit writes when it reaches a wait descriptor.
+struct Queue {
+    /// The ring's physical address and CPU pointer.
+    ring: u64,
+    ring_ptr: *mut u64,
+    /// The status word's physical address and CPU pointer.
+    status: u64,
+    status_ptr: *mut u32,
+    /// The next descriptor slot.
+    tail: u32,
+    /// The status data of the last wait descriptor.
+    seq: u32,
+}
+
+// SAFETY: the two pointers reach frames the queue owns (allocated for it,
+// freed only with it); nothing about them is tied to the thread that made
+// them.
+unsafe impl Send for Queue {}
+
+/// One invalidation request, for the registers or the queue.
+#[derive(Clone, Copy)]
+enum Invalidation {
+    /// Every context-cache entry.
+    Context,
+    /// Every IOTLB entry.
+    Global,
+    /// The IOTLB entries (and paging-structure caches) of a domain.
+    Domain(DomainId),
+    /// One page of a domain.
+    Page(DomainId, u64),
+}
+
+impl Queue {
+    /// Writes the descriptors of `request` and a wait descriptor, hands
+    /// them to the unit and waits for the status write.
+    fn submit<R: Registers>(&mut self, regs: &R, request: Invalidation) -> Result<(), IommuError> {
+        let desc = match request {
+            Invalidation::Context => [regs::DESC_CONTEXT_GLOBAL, 0],
+            Invalidation::Global => [regs::DESC_IOTLB | regs::DESC_IOTLB_GLOBAL, 0],
+            Invalidation::Domain(id) => [
+                regs::DESC_IOTLB | regs::DESC_IOTLB_DOMAIN | (id.get() as u64) << 16,
+                0,
+            ],
+            Invalidation::Page(id, page) => [
+                regs::DESC_IOTLB | regs::DESC_IOTLB_PAGE | (id.get() as u64) << 16,
+                page & !0xfff,
+            ],
+        };
+        self.seq = self.seq.wrapping_add(1);
+        let wait = [regs::DESC_WAIT | (self.seq as u64) << 32, self.status];
+        for d in [desc, wait] {
+            // SAFETY: `ring_ptr` maps the queue's page (256 descriptors of
+            // two quadwords) and `tail` is below 256; the unit reads only
+            // the slots between its head and the tail we publish below,
+            // which it has finished (every submit waits for them).
+            unsafe {
+                let slot = self.ring_ptr.add(2 * self.tail as usize);
+                slot.write_volatile(d[0]);
+                slot.add(1).write_volatile(d[1]);
+            }
+            self.tail = (self.tail + 1) % regs::QUEUE_DESCRIPTORS;
+        }
+        // The descriptors are in memory before the unit is told of them.
+        fence(Ordering::Release);
+        regs.write64(regs::IQT, (self.tail as u64) << 4);
+        for _ in 0..WAIT_POLLS {
+            // SAFETY: `status_ptr` maps the status word, which only the unit
+            // writes (by the wait descriptor) and we read.
+            if unsafe { self.status_ptr.read_volatile() } == self.seq {
+                return Ok(());
+            }
+            if regs.read32(regs::FSTS) & regs::FSTS_IQE != 0 {
+                return Err(IommuError::QueueError);
+            }
+        }
+        Err(IommuError::TimedOut)
+    }
+}
+
+/// Runs `request` through the queue if there is one, else through the
+/// registers.
+fn invalidate<R: Registers>(
+    regs: &R,
+    iotlb: usize,
+    queue: &RefCell<Option<Queue>>,
+    request: Invalidation,
+) -> Result<(), IommuError> {
+    if let Some(queue) = queue.borrow_mut().as_mut() {
+        return queue.submit(regs, request);
+    }
+    match request {
+        Invalidation::Context => {
+            regs.write64(regs::CCMD, regs::CCMD_ICC | regs::CCMD_GLOBAL);
+            for _ in 0..WAIT_POLLS {
+                if regs.read64(regs::CCMD) & regs::CCMD_ICC == 0 {
+                    return Ok(());
+                }
+            }
+            Err(IommuError::TimedOut)
+        }
+        Invalidation::Global => iotlb_command(regs, iotlb, regs::IOTLB_GLOBAL),
+        Invalidation::Domain(id) => {
+            iotlb_command(regs, iotlb, regs::IOTLB_DOMAIN | (id.get() as u64) << 32)
+        }
+        Invalidation::Page(id, page) => {
+            regs.write64(iotlb + regs::IVA_REG, page & !0xfff);
+            iotlb_command(regs, iotlb, regs::IOTLB_PAGE | (id.get() as u64) << 32)
+        }
+    }
+}
+
 /// One VT-d DMA-remapping unit.
 pub struct Iommu<R: Registers, M: TableMapper, A: TableAllocator> {
     regs: R,
@@ -142,6 +262,8 @@ pub struct Iommu<R: Registers, M: TableMapper, A: TableAllocator> {
     nfr: usize,
     psi: bool,
     tables: RefCell<Tables<A>>,
+    /// The invalidation queue, when the unit has one.
+    queue: RefCell<Option<Queue>>,
 }
 
 impl<R: Registers, M: TableMapper, A: TableAllocator> Iommu<R, M, A> {
@@ -150,7 +272,9 @@ impl<R: Registers, M: TableMapper, A: TableAllocator> Iommu<R, M, A> {
     /// gives): turns translation off if it was on, and installs an empty
     /// root table (every device then faults once translation is on, until
     /// attached to a domain). Tables come from `alloc` and are reached
-    /// through `mapper`.
+    /// through `mapper`. If the unit has an invalidation queue (ECAP.QI),
+    /// it is set up (two more frames: the ring and its status word) and
+    /// used for every invalidation from then on.
     ///
     /// # Safety
     /// `regs` must be this unit's register window and nothing else may
@@ -180,15 +304,66 @@ impl<R: Registers, M: TableMapper, A: TableAllocator> Iommu<R, M, A> {
                 alloc,
                 context: [0; 256],
             }),
+            queue: RefCell::new(None),
         };
         iommu.zero(root);
         iommu.command(0, regs::GSTS_TES);
         iommu.regs.write64(regs::RTADDR, root);
         iommu.command(regs::GCMD_SRTP, 0);
         iommu.wait_status(regs::GSTS_RTPS)?;
-        iommu.invalidate_context()?;
-        iommu.invalidate_iotlb(regs::IOTLB_GLOBAL)?;
+        if ecap & regs::ECAP_QI != 0 {
+            iommu.start_queue()?;
+        }
+        iommu.invalidate(Invalidation::Context)?;
+        iommu.invalidate(Invalidation::Global)?;
         Ok(iommu)
+    }
+
+    /// Sets up the invalidation queue and turns it on (the unit's queue
+    /// head is 0 while it is off, so the tail starts at 0 too).
+    fn start_queue(&self) -> Result<(), IommuError> {
+        let frames = {
+            let mut tables = self.tables.borrow_mut();
+            let ring = tables.alloc.allocate_frame();
+            let status = tables.alloc.allocate_frame();
+            match (ring, status) {
+                (Some(ring), Some(status)) => (ring, status),
+                (ring, status) => {
+                    for frame in [ring, status].into_iter().flatten() {
+                        // SAFETY: just allocated, never handed to the unit.
+                        unsafe { tables.alloc.deallocate_frame(frame) };
+                    }
+                    return Err(IommuError::OutOfMemory);
+                }
+            }
+        };
+        let (ring, status) = (
+            frames.0.start_address().as_u64(),
+            frames.1.start_address().as_u64(),
+        );
+        self.zero(ring);
+        self.zero(status);
+        *self.queue.borrow_mut() = Some(Queue {
+            ring,
+            ring_ptr: self.mapper.frame_ptr(frames.0).cast(),
+            status,
+            status_ptr: self.mapper.frame_ptr(frames.1).cast(),
+            tail: 0,
+            seq: 0,
+        });
+        self.regs.write64(regs::IQT, 0);
+        self.regs.write64(regs::IQA, ring);
+        self.command(regs::GCMD_QIE, 0);
+        self.wait_status(regs::GSTS_QIES)
+    }
+
+    /// Whether invalidations go through the queue.
+    pub fn queued_invalidation(&self) -> bool {
+        self.queue.borrow().is_some()
+    }
+
+    fn invalidate(&self, request: Invalidation) -> Result<(), IommuError> {
+        invalidate(&self.regs, self.iotlb, &self.queue, request)
     }
 
     /// Turns translation on: from now on every device reaches only what its
@@ -222,6 +397,7 @@ impl<R: Registers, M: TableMapper, A: TableAllocator> Iommu<R, M, A> {
             iotlb: self.iotlb,
             domain,
             psi: self.psi,
+            queue: &self.queue,
         }
     }
 
@@ -253,8 +429,8 @@ impl<R: Registers, M: TableMapper, A: TableAllocator> Iommu<R, M, A> {
             entry.add(1).write_volatile(hi);
             entry.write_volatile(tables.start_address().as_u64() | regs::CONTEXT_PRESENT);
         }
-        self.invalidate_context()?;
-        self.invalidate_iotlb(regs::IOTLB_DOMAIN | (domain.get() as u64) << 32)
+        self.invalidate(Invalidation::Context)?;
+        self.invalidate(Invalidation::Domain(domain))
     }
 
     /// Detaches `device`: its DMA faults again (until attached elsewhere).
@@ -270,8 +446,8 @@ impl<R: Registers, M: TableMapper, A: TableAllocator> Iommu<R, M, A> {
             entry.write_volatile(0);
             entry.add(1).write_volatile(0);
         }
-        self.invalidate_context()?;
-        self.invalidate_iotlb(regs::IOTLB_GLOBAL)
+        self.invalidate(Invalidation::Context)?;
+        self.invalidate(Invalidation::Global)
     }
 
     /// Sends a fault event, the MSI message `address`/`data` (on x86,
@@ -369,21 +545,6 @@ impl<R: Registers, M: TableMapper, A: TableAllocator> Iommu<R, M, A> {
         }
         Err(IommuError::TimedOut)
     }
-
-    fn invalidate_context(&self) -> Result<(), IommuError> {
-        self.regs
-            .write64(regs::CCMD, regs::CCMD_ICC | regs::CCMD_GLOBAL);
-        for _ in 0..WAIT_POLLS {
-            if self.regs.read64(regs::CCMD) & regs::CCMD_ICC == 0 {
-                return Ok(());
-            }
-        }
-        Err(IommuError::TimedOut)
-    }
-
-    fn invalidate_iotlb(&self, kind: u64) -> Result<(), IommuError> {
-        iotlb_command(&self.regs, self.iotlb, kind)
-    }
 }
 
 /// Issues an IOTLB invalidation and waits for it.
@@ -404,6 +565,25 @@ impl<R: Registers, M: TableMapper, A: TableAllocator> Drop for Iommu<R, M, A> {
     fn drop(&mut self) {
         // Translation off first: then no device walks the tables we free.
         let _ = self.disable();
+        // The queue off next (the unit then reads neither page), and its
+        // pages back.
+        if let Some(queue) = self.queue.get_mut().take() {
+            self.command(0, regs::GSTS_QIES);
+            let stopped =
+                (0..WAIT_POLLS).any(|_| self.regs.read32(regs::GSTS) & regs::GSTS_QIES == 0);
+            let tables = self.tables.get_mut();
+            // A queue that would not stop keeps its pages: leaked, never
+            // reused while the unit may still write the status word.
+            if stopped {
+                for page in [queue.ring, queue.status] {
+                    let frame = PhysFrame::containing_address(PhysAddr::new_truncate(page));
+                    // SAFETY: the queue's frames from this allocator; the
+                    // queue is off, so the unit no longer reads or writes
+                    // them.
+                    unsafe { tables.alloc.deallocate_frame(frame) };
+                }
+            }
+        }
         let tables = self.tables.get_mut();
         for table in tables.context.iter_mut().filter(|t| **t != 0) {
             let frame = PhysFrame::containing_address(PhysAddr::new_truncate(*table));
@@ -425,6 +605,7 @@ pub struct IotlbFlush<'a, R: Registers> {
     iotlb: usize,
     domain: DomainId,
     psi: bool,
+    queue: &'a RefCell<Option<Queue>>,
 }
 
 impl<R: Registers> IotlbFlush<'_, R> {
@@ -434,10 +615,11 @@ impl<R: Registers> IotlbFlush<'_, R> {
     }
 
     fn domain_selective(&self) {
-        let done = iotlb_command(
+        let done = invalidate(
             self.regs,
             self.iotlb,
-            regs::IOTLB_DOMAIN | (self.domain.get() as u64) << 32,
+            self.queue,
+            Invalidation::Domain(self.domain),
         );
         // The caller frees memory the unit may still translate to as soon
         // as this returns: a unit that never finishes is fatal.
@@ -449,7 +631,8 @@ impl<R: Registers> IotlbFlush<'_, R> {
 }
 
 // SAFETY: both calls return only after the unit reports the invalidation
-// done (IVT clear), with reads and writes drained; a page-selective one
+// done (IVT clear, or the status write of the wait descriptor queued after
+// it), with reads and writes drained; a page-selective one
 // covers the page, a domain-selective one the whole domain (and the
 // paging-structure caches, which the unit invalidates with the IOTLB).
 unsafe impl<R: Registers> TlbFlush for IotlbFlush<'_, R> {
@@ -458,15 +641,8 @@ unsafe impl<R: Registers> TlbFlush for IotlbFlush<'_, R> {
             self.domain_selective();
             return;
         }
-        self.regs
-            .write64(self.iotlb + regs::IVA_REG, va.as_u64() & !0xfff);
-        if iotlb_command(
-            self.regs,
-            self.iotlb,
-            regs::IOTLB_PAGE | (self.domain.get() as u64) << 32,
-        )
-        .is_err()
-        {
+        let page = Invalidation::Page(self.domain, va.as_u64());
+        if invalidate(self.regs, self.iotlb, self.queue, page).is_err() {
             self.domain_selective();
         }
     }

@@ -49,6 +49,9 @@ pub const fn cap_nfr(cap: u64) -> usize {
 }
 /// CAP bit 39, PSI: page-selective IOTLB invalidation is supported.
 pub const CAP_PSI: u64 = 1 << 39;
+/// ECAP bit 1, QI: queued invalidation is supported (units of VT-d
+/// version 6 and later support no other, spec 6.5).
+pub const ECAP_QI: u64 = 1 << 1;
 /// ECAP bits 17:8, IRO: offset of the IOTLB registers, in 16-byte units.
 pub const fn ecap_iro(ecap: u64) -> usize {
     (((ecap >> 8) & 0x3ff) * 16) as usize
@@ -59,6 +62,11 @@ pub const fn ecap_iro(ecap: u64) -> usize {
 pub const GCMD_TE: u32 = 1 << 31;
 /// GCMD bit 30, SRTP.
 pub const GCMD_SRTP: u32 = 1 << 30;
+/// GCMD bit 26, QIE: enable queued invalidation (GSTS bit 26, QIES, says
+/// it is on).
+pub const GCMD_QIE: u32 = 1 << 26;
+/// GSTS bit 26, QIES.
+pub const GSTS_QIES: u32 = 1 << 26;
 /// GSTS bit 31, TES: translation is enabled.
 pub const GSTS_TES: u32 = 1 << 31;
 /// GSTS bit 30, RTPS: the root table pointer is set.
@@ -92,6 +100,43 @@ pub const IOTLB_DOMAIN: u64 = 2 << 60;
 pub const IOTLB_PAGE: u64 = 3 << 60;
 /// IOTLB bits 49:48, DR and DW: drain reads and writes first.
 pub const IOTLB_DRAIN: u64 = 3 << 48;
+
+/// Invalidation Queue Head Register (64-bit): the offset of the next
+/// descriptor the unit fetches, in bits 18:4 (16-byte descriptors).
+pub const IQH: usize = 0x80;
+/// Invalidation Queue Tail Register (64-bit): the offset of the next
+/// descriptor software writes, in bits 18:4; writing it hands the unit
+/// every descriptor before it.
+pub const IQT: usize = 0x88;
+/// Invalidation Queue Address Register (64-bit): the queue's base in bits
+/// 63:12, bit 11 (DW) clear for 128-bit descriptors, and in bits 2:0 the
+/// size (2^QS pages of 256 descriptors).
+pub const IQA: usize = 0x90;
+/// Descriptors in a one-page queue (QS = 0).
+pub const QUEUE_DESCRIPTORS: u32 = 256;
+/// FSTS bit 4, IQE: the unit found a descriptor it could not process
+/// (the queue then stops; write 1 to clear).
+pub const FSTS_IQE: u32 = 1 << 4;
+
+/// 6.5.2.1 Context-cache Invalidate Descriptor: type 1 in bits 3:0,
+/// granularity in bits 5:4 (01: global).
+pub const DESC_CONTEXT_GLOBAL: u64 = 0x1 | 1 << 4;
+/// 6.5.2.3 IOTLB Invalidate Descriptor: type 2 in bits 3:0, granularity in
+/// bits 5:4 (01 global, 10 domain, 11 page), DW (bit 6) and DR (bit 7) to
+/// drain writes and reads first, the domain in bits 31:16; the second
+/// quadword holds the page address in bits 63:12 (and AM, IH below).
+pub const DESC_IOTLB: u64 = 0x2 | 1 << 6 | 1 << 7;
+/// IOTLB descriptor granularity: global.
+pub const DESC_IOTLB_GLOBAL: u64 = 1 << 4;
+/// IOTLB descriptor granularity: domain-selective.
+pub const DESC_IOTLB_DOMAIN: u64 = 2 << 4;
+/// IOTLB descriptor granularity: page-selective.
+pub const DESC_IOTLB_PAGE: u64 = 3 << 4;
+/// 6.5.2.8 Invalidation Wait Descriptor: type 5 in bits 3:0, SW (bit 5):
+/// write the status data (bits 63:32) to the status address (second
+/// quadword, bits 63:2) once every descriptor before it is done; FN (bit
+/// 6): fetch nothing after it until then.
+pub const DESC_WAIT: u64 = 0x5 | 1 << 5 | 1 << 6;
 
 /// FSTS bit 1, PPF: a fault recording register holds a fault.
 pub const FSTS_PPF: u32 = 1 << 1;

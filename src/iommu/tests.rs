@@ -29,11 +29,30 @@ fn page(addr: u64) -> Page {
 
 #[test]
 fn a_device_reaches_only_what_its_domain_maps() {
+    reaches_only_what_its_domain_maps(FakeVtd::new(), false);
+}
+
+#[test]
+fn with_an_invalidation_queue_every_invalidation_goes_through_it() {
+    reaches_only_what_its_domain_maps(FakeVtd::with_queue(), true);
+}
+
+/// A domain's mappings, faults and unmapping on `unit`, which has an
+/// invalidation queue or not (`queued`): the fake then honours only the
+/// queue, so an unmap the queue did not invalidate would still translate.
+fn reaches_only_what_its_domain_maps(unit: FakeVtd, queued: bool) {
     let mem = Memory::new(64);
     let db = mem.db();
     // SAFETY: the fake is this unit's register window; tables come from the
     // database, reached 1:1.
-    let iommu = unsafe { Iommu::new(FakeVtd::new(), mapper(), &db) }.unwrap();
+    let iommu = unsafe { Iommu::new(unit, mapper(), &db) }.unwrap();
+    assert_eq!(iommu.queued_invalidation(), queued);
+    let descriptors = iommu.regs.descriptors();
+    assert_eq!(
+        descriptors > 0,
+        queued,
+        "new() invalidated through the queue"
+    );
     assert_eq!(
         iommu.regs.dma(LSI.raw(), 0x1234, true),
         Access::Ok(0x1234),
@@ -95,9 +114,10 @@ fn a_device_reaches_only_what_its_domain_maps() {
     assert_eq!(iommu.take_fault().map(|f| f.source), Some(EDU));
     // Unmapping invalidates the IOTLB before the page goes back: the next
     // access faults although the translation was cached.
-    let before = v.invalidations();
+    let (before, descriptors) = (v.invalidations(), v.descriptors());
     dom.zap_range(buffers, page(IOVA + 0x1000), 1).unwrap();
     assert!(v.invalidations() > before, "the unmap was flushed");
+    assert_eq!(v.descriptors() > descriptors, queued, "through the queue");
     assert_eq!(v.dma(LSI.raw(), IOVA + 0x1005, true), Access::Fault(5));
     assert_eq!(
         counts(&db, pages[1].pfn()),
@@ -116,7 +136,7 @@ fn a_device_reaches_only_what_its_domain_maps() {
     assert_eq!(
         table_frames(&db),
         0,
-        "domain, context and root tables all back"
+        "domain, context and root tables, and the queue's pages, all back"
     );
 }
 

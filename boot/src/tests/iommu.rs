@@ -531,6 +531,8 @@ fn stray_write() {
     );
 }
 
+/// Unmapping an IOVA invalidates its IOTLB entry (through the unit's
+/// invalidation queue, which QEMU's unit has): the next DMA there faults.
 fn unmapped_iova_faults() {
     with_lsi_domain(
         |Ctx {
@@ -541,6 +543,10 @@ fn unmapped_iova_faults() {
              dst,
              dst_area,
          }| {
+            assert!(
+                unit.queued_invalidation(),
+                "QEMU's unit has an invalidation queue, and the driver uses it"
+            );
             bytes(src).fill(0x11);
             bytes(dst).fill(0);
             copy(lsi, IOVA_DST, IOVA_SRC, 512);
