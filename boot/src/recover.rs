@@ -11,10 +11,57 @@
 use core::arch::global_asm;
 use core::fmt::{self, Write};
 use core::ptr;
-use core::sync::atomic::{AtomicPtr, Ordering};
+use core::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
 
 use crate::trap::{TrapFrame, exception_name};
-use crate::{gdt, irq, serial};
+use crate::{apic, gdt, irq, serial};
+
+/// What an application processor's job ended with instead of returning.
+/// The panic message is kept whole, without allocating (the heap may be
+/// what failed), hence the size difference between the variants.
+#[derive(Clone, Copy)]
+#[allow(clippy::large_enum_variant)]
+pub enum ApFailure {
+    /// A CPU exception no handler took.
+    Fault(Fault),
+    /// A panic, with its message.
+    Panic(Message),
+}
+
+impl fmt::Display for ApFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ApFailure::Fault(fault) => write!(f, "{fault}"),
+            ApFailure::Panic(message) => write!(f, "panic: {}", message.as_str()),
+        }
+    }
+}
+
+/// What an application processor does with its own fault or panic (a
+/// `fn(ApFailure) -> !` as an address; 0: none). `catch` is the boot CPU's
+/// alone, so an AP must never unwind into it.
+static AP_FAILURE: AtomicUsize = AtomicUsize::new(0);
+
+/// Sets what an application processor does when its code faults or
+/// panics (the SMP layer records it and parks the CPU).
+pub fn on_ap_failure(handler: fn(ApFailure) -> !) {
+    AP_FAILURE.store(handler as usize, Ordering::Release);
+}
+
+/// Hands an AP's failure to the SMP layer's handler, if this is an AP and
+/// one is set; returns otherwise.
+fn ap_failure(failure: ApFailure) {
+    if apic::cpu() == 0 {
+        return;
+    }
+    let handler = AP_FAILURE.load(Ordering::Acquire);
+    if handler != 0 {
+        // SAFETY: a non-zero value is a `fn(ApFailure) -> !` stored by
+        // `on_ap_failure`.
+        let handler = unsafe { core::mem::transmute::<usize, fn(ApFailure) -> !>(handler) };
+        handler(failure);
+    }
+}
 
 global_asm!(
     r#"
@@ -241,6 +288,7 @@ fn redirect(frame: &mut TrapFrame, saved_rsp: u64) {
 
 /// Handles an exception: resumes the innermost `catch`, or stops the kernel.
 pub fn exception(fault: Fault, frame: &mut TrapFrame) {
+    ap_failure(ApFailure::Fault(fault));
     match unlink_current(Caught::Exception(fault)) {
         Some(rsp) => redirect(frame, rsp),
         None => {
@@ -287,12 +335,14 @@ pub fn watchdog(frame: &mut TrapFrame) {
 #[panic_handler]
 fn panic(info: &core::panic::PanicInfo) -> ! {
     x86_64::instructions::interrupts::disable();
-    serial::force_unlock();
     let mut message = Message::EMPTY;
     let _ = write!(message, "{}", info.message());
     if let Some(location) = info.location() {
         let _ = write!(message, " at {}:{}", location.file(), location.line());
     }
+    // An AP leaves the serial lock alone: the boot CPU may hold it.
+    ap_failure(ApFailure::Panic(message));
+    serial::force_unlock();
     match unlink_current(Caught::Panic(message)) {
         Some(rsp) => {
             x86_64::instructions::interrupts::enable();

@@ -22,7 +22,7 @@ use embedded_hal::delay::DelayNs;
 
 use crate::apic::{self, ICR_ASSERT, ICR_INIT, ICR_NMI, ICR_STARTUP};
 use crate::mem::{PAGE_SIZE, frames, phys_to_virt};
-use crate::{acpi, gdt, println, time, trap};
+use crate::{acpi, gdt, println, recover, time, trap};
 
 pub use crate::apic::MAX_CPUS;
 /// Where the trampoline is copied: page 8, below 1 MiB as a SIPI needs
@@ -258,6 +258,7 @@ pub fn init(madt: &acpi::Madt) -> usize {
         .filter(|&id| id as u32 != own)
         .take(MAX_CPUS - 1)
         .collect();
+    recover::on_ap_failure(ap_failed);
     for id in others {
         let cpu = cpus();
         let Ok(stack) = frames::alloc_contiguous(AP_STACK_PAGES, 1) else {
@@ -265,32 +266,95 @@ pub fn init(madt: &acpi::Madt) -> usize {
         };
         let top = phys_to_virt(stack) as u64 + AP_STACK_PAGES as u64 * PAGE_SIZE;
         apic::set_cpu(cpu, id as u32);
-        // SAFETY: the fields are symbols of the trampoline.
-        unsafe {
-            set_field(&ap_stack, top);
-            set_field(&ap_arg, cpu as u64);
-        }
-        // INIT, 10 ms, then SIPI twice, 200 us apart (SDM §8.4.4.1).
-        apic::send_ipi(id as u32, ICR_INIT | ICR_ASSERT);
-        time::Delay.delay_ms(10);
-        for _ in 0..2 {
-            apic::send_ipi(id as u32, ICR_STARTUP | ICR_ASSERT | SIPI_VECTOR);
-            time::Delay.delay_us(200);
-            if STARTED[cpu].load(Ordering::Acquire) {
-                break;
-            }
-        }
-        let start = time::now_ns();
-        while !STARTED[cpu].load(Ordering::Acquire) && time::now_ns() - start < 1_000_000_000 {
-            core::hint::spin_loop();
-        }
-        if !STARTED[cpu].load(Ordering::Acquire) {
+        STACK_TOPS[cpu].store(top, Ordering::Release);
+        if !start_ap(cpu) {
             println!("smp: CPU with APIC ID {id} did not start");
             break;
         }
         ONLINE.store(cpu + 1, Ordering::Release);
     }
     cpus()
+}
+
+/// Each AP's stack top (its stack is reused when it is restarted).
+static STACK_TOPS: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(0) }; MAX_CPUS];
+/// What ended an AP's job instead of its return; set when it parked.
+static FAILURES: [spin::Mutex<Option<recover::ApFailure>>; MAX_CPUS] =
+    [const { spin::Mutex::new(None) }; MAX_CPUS];
+/// Set by an AP that parked after a failure, until it is restarted.
+static PARKED: [AtomicBool; MAX_CPUS] = [const { AtomicBool::new(false) }; MAX_CPUS];
+
+/// Starts AP `cpu` (numbered, its stack top recorded) through the
+/// trampoline with INIT, 10 ms, then SIPI twice, 200 us apart (SDM
+/// §8.4.4.1); waits up to 1 s for it to run Rust.
+fn start_ap(cpu: usize) -> bool {
+    let Some(id) = apic::apic_id(cpu) else {
+        return false;
+    };
+    STARTED[cpu].store(false, Ordering::Release);
+    // SAFETY: the fields are symbols of the trampoline; no other AP is
+    // being started (the boot CPU starts them one at a time).
+    unsafe {
+        set_field(&ap_stack, STACK_TOPS[cpu].load(Ordering::Acquire));
+        set_field(&ap_arg, cpu as u64);
+    }
+    apic::send_ipi(id, ICR_INIT | ICR_ASSERT);
+    time::Delay.delay_ms(10);
+    for _ in 0..2 {
+        apic::send_ipi(id, ICR_STARTUP | ICR_ASSERT | SIPI_VECTOR);
+        time::Delay.delay_us(200);
+        if STARTED[cpu].load(Ordering::Acquire) {
+            break;
+        }
+    }
+    let start = time::now_ns();
+    while !STARTED[cpu].load(Ordering::Acquire) && time::now_ns() - start < 1_000_000_000 {
+        core::hint::spin_loop();
+    }
+    STARTED[cpu].load(Ordering::Acquire)
+}
+
+/// An AP's fault or panic (the recovery layer's `catch` is the boot
+/// CPU's): recorded, reported, and the CPU parked with interrupts off
+/// until [`restart`]. The job never reports done, so [`wait_for`] says it
+/// did not end.
+fn ap_failed(failure: recover::ApFailure) -> ! {
+    let cpu = apic::cpu();
+    *FAILURES[cpu].lock() = Some(failure);
+    println!("smp: CPU {cpu} stopped: {failure}");
+    // Parked only now, holding no lock: a restart resets this CPU wherever
+    // it is, and a lock it held then (the console's) would stay held. A
+    // shootdown aimed here is still answered by the NMI handler; what this
+    // CPU had loaded is dropped when it is restarted.
+    PARKED[cpu].store(true, Ordering::Release);
+    loop {
+        x86_64::instructions::interrupts::disable();
+        x86_64::instructions::hlt();
+    }
+}
+
+/// What ended AP `cpu`'s last job instead of its return, if anything
+/// (cleared by [`restart`]).
+pub fn failure(cpu: usize) -> Option<recover::ApFailure> {
+    *FAILURES.get(cpu)?.lock()
+}
+
+/// Starts AP `cpu` again after a failure parked it: INIT resets it, and it
+/// comes back through the trampoline on its own stack, ready for jobs.
+/// Returns whether it is running again.
+pub fn restart(cpu: usize) -> bool {
+    if cpu == 0 || cpu >= cpus() || !PARKED[cpu].load(Ordering::Acquire) {
+        return false;
+    }
+    JOBS[cpu].store(0, Ordering::Release);
+    LOADED[cpu].store(0, Ordering::Release);
+    SHOOT[cpu].store(0, Ordering::Release);
+    let running = start_ap(cpu);
+    if running {
+        *FAILURES[cpu].lock() = None;
+        PARKED[cpu].store(false, Ordering::Release);
+    }
+    running
 }
 
 /// An AP's life after the trampoline.
@@ -338,6 +402,9 @@ pub fn wait_for(cpu: usize, timeout_ns: u64) -> bool {
     let start = time::now_ns();
     let mut last_nudge = start;
     while !DONE[cpu].load(Ordering::Acquire) {
+        if PARKED[cpu].load(Ordering::Acquire) {
+            return false;
+        }
         let now = time::now_ns();
         if now - start > timeout_ns {
             return false;

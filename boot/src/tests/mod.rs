@@ -23,7 +23,7 @@ pub fn all() -> Vec<Test> {
     tests.extend_from_slice(irq::TESTS);
     tests.extend_from_slice(smp::TESTS);
     if crate::smp::cpus() > 1 {
-        tests.extend_from_slice(smp::SHOOTDOWN_TESTS);
+        tests.extend_from_slice(smp::MULTI_CPU_TESTS);
     }
     tests.extend_from_slice(mm::TESTS);
     tests.extend_from_slice(user::TESTS);

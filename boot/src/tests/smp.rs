@@ -23,10 +23,63 @@ use crate::smp::{self, MAX_CPUS};
 use crate::time::Delay;
 
 /// Only with two CPUs or more.
-pub const SHOOTDOWN_TESTS: &[Test] = &[Test::new(
-    "smp.a_zap_shoots_down_another_cpus_translation",
-    zap_is_seen_by_another_cpu,
-)];
+pub const MULTI_CPU_TESTS: &[Test] = &[
+    Test::new(
+        "smp.a_zap_shoots_down_another_cpus_translation",
+        zap_is_seen_by_another_cpu,
+    ),
+    Test::new(
+        "smp.a_failed_job_parks_its_cpu_and_a_restart_brings_it_back",
+        failed_job_parks_its_cpu,
+    ),
+];
+
+/// Reads an address nothing maps.
+fn faulting_job(_cpu: usize) {
+    // SAFETY: deliberately unsound: the read faults, which is the point.
+    unsafe { core::ptr::read_volatile(0x4000_dead_0000 as *const u64) };
+}
+
+fn panicking_job(_cpu: usize) {
+    panic!("a deliberate panic on an AP");
+}
+
+/// A job that faults, then one that panics, on the last CPU: each is
+/// recorded for that CPU (the vector and address, the message), the CPU
+/// parks instead of unwinding into the boot CPU's test (whose `catch` it
+/// would corrupt: this test goes on running), `wait_for` says the job did
+/// not end, and a restart (INIT-SIPI-SIPI again) brings the CPU back to run
+/// jobs with the others.
+fn failed_job_parks_its_cpu() {
+    use crate::recover::ApFailure;
+    let cpu = smp::cpus() - 1;
+    smp::start_on(cpu, faulting_job);
+    assert!(
+        !smp::wait_for(cpu, JOB_TIMEOUT_NS),
+        "a faulted job never ends"
+    );
+    match smp::failure(cpu) {
+        Some(ApFailure::Fault(f)) => assert_eq!((f.vector, f.cr2), (14, 0x4000_dead_0000)),
+        Some(other) => panic!("CPU {cpu} recorded {other}"),
+        None => panic!("CPU {cpu} recorded nothing"),
+    }
+    assert!(smp::restart(cpu), "CPU {cpu} restarted");
+    assert!(smp::failure(cpu).is_none());
+    smp::start_on(cpu, panicking_job);
+    assert!(
+        !smp::wait_for(cpu, JOB_TIMEOUT_NS),
+        "a panicked job never ends"
+    );
+    match smp::failure(cpu) {
+        Some(ApFailure::Panic(m)) => {
+            assert!(m.as_str().contains("deliberate panic"), "{}", m.as_str())
+        }
+        Some(other) => panic!("CPU {cpu} recorded {other}"),
+        None => panic!("CPU {cpu} recorded nothing"),
+    }
+    assert!(smp::restart(cpu), "CPU {cpu} restarted again");
+    every_cpu_runs_a_job();
+}
 
 pub const TESTS: &[Test] = &[
     Test::new("smp.every_cpu_runs_a_job", every_cpu_runs_a_job),
