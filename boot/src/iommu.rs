@@ -94,7 +94,11 @@ pub struct FaultRoute<'a> {
 /// Sends `unit`'s fault events to CPU `cpu` as an MSI; the handler gives
 /// each fault to `sink` (which routes it to the channel of the device that
 /// faulted, for one). One route at a time.
-pub fn route_faults(
+///
+/// # Safety
+/// The route must be dropped, not forgotten, before `unit` is: the
+/// handler reaches the unit through a pointer the route's drop clears.
+pub unsafe fn route_faults(
     unit: &Unit,
     cpu: usize,
     sink: fn(DmaFault),

@@ -77,8 +77,9 @@ fn fault_interrupt_fails_the_request() {
     unsafe { unit.attach(source, id, domain.root()) }.expect("attach");
     unit.enable().expect("translation on");
     let cpu = crate::smp::cpus() - 1;
-    let route =
-        crate::iommu::route_faults(&unit, cpu, crate::dma::fail_serviced).expect("fault route");
+    // SAFETY: the route is dropped below, before the unit.
+    let route = unsafe { crate::iommu::route_faults(&unit, cpu, crate::dma::fail_serviced) }
+        .expect("fault route");
     let routed = crate::iommu::routed_faults();
     if cpu != 0 {
         STOP.store(false, Ordering::Release);
