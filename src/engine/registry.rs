@@ -41,6 +41,63 @@
 //! [`NoMasking`] it must not use the registry at all. A channel's
 //! [`DmaChannel::wait`] under its guard holds that channel's lock while it
 //! waits: other users of the same channel (only) wait too.
+//!
+//! ```no_run
+//! # #[cfg(target_arch = "x86_64")]
+//! # mod kernel {
+//! use dmaengine::engine::registry::{
+//!     ChannelHandle, ClientId, Event, EventCallback, Registry, RegistryError,
+//! };
+//! use dmaengine::engine::shared::X86Interrupts;
+//! use dmaengine::engine::{Cookie, DmaError};
+//! use dmaengine::hal::DmaAddr;
+//!
+//! /// Every CPU and every interrupt handler reach it: it is `Sync`.
+//! static DMA: Registry<'static, 8, 16, X86Interrupts> = Registry::new();
+//!
+//! fn on_event(_client: ClientId, _event: Event, _context: usize) {
+//!     // Only note it (the registry is locked here): look the CPUs'
+//!     // channels up again outside the callback.
+//! }
+//!
+//! /// At start-up: one channel per CPU, engines first (the kernel has
+//! /// added its engines' channels and a CPU-engine fallback per CPU with
+//! /// `DMA.add_channel` and `DMA.add_fallback_channel`).
+//! fn networking_client(cpus: usize) -> Result<ClientId, RegistryError> {
+//!     let client = DMA.register_client(EventCallback { func: on_event, context: 0 })?;
+//!     DMA.request_per_cpu(client, cpus)?;
+//!     Ok(client)
+//! }
+//!
+//! /// What refused a copy.
+//! pub enum CopyError {
+//!     /// The handle went stale (an event said so) or is not the client's.
+//!     Registry(RegistryError),
+//!     /// The channel refused the request.
+//!     Dma(DmaError),
+//! }
+//!
+//! /// On a CPU: its own channel (`DMA.channel_for_cpu(client, cpu)`,
+//! /// looked up once and again after an event), locked alone.
+//! ///
+//! /// # Safety
+//! /// As for `Channel::prep`: both ranges stay valid DMA memory, untouched,
+//! /// until the copy ends.
+//! unsafe fn copy(
+//!     client: ClientId,
+//!     handle: ChannelHandle,
+//!     dst: DmaAddr,
+//!     src: DmaAddr,
+//!     len: usize,
+//! ) -> Result<Cookie, CopyError> {
+//!     let mut channel = DMA.channel(client, handle).map_err(CopyError::Registry)?;
+//!     // SAFETY: per this function's contract.
+//!     let cookie = unsafe { channel.memcpy_buf_to_buf(dst, src, len) }.map_err(CopyError::Dma)?;
+//!     channel.issue_pending();
+//!     Ok(cookie)
+//! }
+//! # }
+//! ```
 
 use core::marker::PhantomData;
 use core::mem::ManuallyDrop;
