@@ -98,6 +98,32 @@ pub enum Direction {
 /// dropped. Its [`SharedBuffer::dma_addr`] goes into requests like a [`Dma`]'s;
 /// the requests' `unsafe` contract still asks that they end before this is
 /// dropped.
+///
+/// ```no_run
+/// use core::time::Duration;
+/// use dmaengine::engine::{Channel, DmaError, Engine, PrepFlags};
+/// use dmaengine::hal::{Direction, Hal, SharedBuffer};
+///
+/// fn copy<H: Hal, E: Engine>(
+///     chan: &mut Channel<E>,
+///     from: &[u8],
+///     into: &mut [u8],
+///     delay: &mut impl embedded_hal::delay::DelayNs,
+/// ) -> Result<(), DmaError> {
+///     let len = from.len().min(into.len());
+///     let src = SharedBuffer::<H>::to_device(from)?;
+///     let dst = SharedBuffer::<H>::from_device(into, Direction::FromDevice)?;
+///     // SAFETY: both buffers stay shared (borrowed, untouched) until the
+///     // copy has ended or the engine has been stopped, below.
+///     let cookie = unsafe { chan.prep_copy(dst.dma_addr(), src.dma_addr(), len, PrepFlags::empty()) }?;
+///     let waited = chan.wait(cookie, delay, Duration::from_millis(100));
+///     if waited.is_err() {
+///         // Not ended: stop the engine before the buffers are unshared.
+///         chan.terminate();
+///     }
+///     waited
+/// } // unshared here: `into` holds the bytes
+/// ```
 pub struct SharedBuffer<'a, H: Hal> {
     dma: DmaAddr,
     buffer: NonNull<[u8]>,
