@@ -163,13 +163,18 @@ fn make_lsi() -> Result<Channel<Lsi53c895a<KernelHal>>, DmaError> {
     make_lsi_on(lsi_device())
 }
 
-fn make_lsi_on(
+fn make_lsi_on<H: Hal>(
     device: Option<&'static crate::pci::Device>,
-) -> Result<Channel<Lsi53c895a<KernelHal>>, DmaError> {
+) -> Result<Channel<Lsi53c895a<H>>, DmaError> {
     let regs = device
         .and_then(|dev| devices::map_bar(dev, lsi53c895a::regs::MMIO_BAR))
         .ok_or(DmaError::NotSupported)?;
     Ok(Channel::new(Lsi53c895a::new(regs)?))
+}
+
+/// As [`lsi_channel`], over the DMA layer `H` (the IOMMU's, say).
+pub fn lsi_channel_over<H: Hal>() -> Result<Exclusive<Channel<Lsi53c895a<H>>>, DmaError> {
+    Exclusive::take(&LSI_TAKEN, || make_lsi_on(lsi_device()))
 }
 
 /// A channel over QEMU's edu device.

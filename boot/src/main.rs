@@ -25,6 +25,7 @@ mod gdt;
 mod harness;
 mod ioapic;
 mod iommu;
+mod iommu_hal;
 mod irq;
 mod mem;
 mod mm;

@@ -51,7 +51,76 @@ pub const TESTS: &[Test] = &[
         "iommu.a_fault_interrupt_fails_the_request_that_faulted",
         fault_interrupt_fails_the_request,
     ),
+    Test::new(
+        "iommu.the_lsi_over_an_iova_hal_sees_only_what_it_was_given",
+        lsi_over_the_iova_hal,
+    ),
 ];
+
+/// The LSI53C895A driven through a `Hal` whose DMA addresses are IOVAs
+/// (`iommu_hal`): the chip's own ring and completion word (`dma_alloc`)
+/// and the caller's `Vec`s (`share`) are mapped into the kernel domain, so
+/// the chip is only ever given IOVAs. A copy between the `Vec`s lands; a
+/// request aimed at a page's physical address faults, ends `WriteFailed`
+/// and leaves the page alone; afterwards every frame is back.
+fn lsi_over_the_iova_hal() {
+    use dmaengine::hal::{Direction, SharedBuffer};
+
+    use crate::iommu_hal::{IommuHal, attach};
+    let victim = db().alloc_page().expect("a page");
+    bytes(&victim).fill(0x5a);
+    let before = checksum(bytes(&victim));
+    let free = db().free_frames();
+    let guard = attach(lsi_device().expect("the LSI53C895A")).expect("the kernel domain");
+    let mut lsi = crate::dma::lsi_channel_over::<IommuHal>().expect("the LSI53C895A");
+    let src: alloc::vec::Vec<u8> = (0..6000).map(|i| (i * 7 + 3) as u8).collect();
+    let mut dst = alloc::vec![0u8; 6000];
+    let (landed, stray, ended) = {
+        let from = SharedBuffer::<IommuHal>::to_device(&src).expect("share the source");
+        let to = SharedBuffer::<IommuHal>::from_device(&mut dst, Direction::FromDevice)
+            .expect("share the destination");
+        let iovas = [from.dma_addr(), to.dma_addr(), lsi.engine().dma_block().0];
+        assert!(
+            iovas
+                .iter()
+                .all(|&a| (0x8000_0000..0x9000_0000).contains(&a)),
+            "the chip is given IOVAs only: {iovas:x?}"
+        );
+        // SAFETY: both buffers stay shared until the wait ends.
+        let cookie =
+            unsafe { lsi.prep_copy(to.dma_addr(), from.dma_addr(), 6000, PrepFlags::empty()) }
+                .expect("prep");
+        let landed = lsi.wait(cookie, &mut Delay, TIMEOUT);
+        // SAFETY: the destination is a physical address the domain does
+        // not map: the write must go nowhere.
+        let stray = unsafe {
+            lsi.prep_copy(
+                victim.phys().as_u64(),
+                from.dma_addr(),
+                64,
+                PrepFlags::empty(),
+            )
+        }
+        .expect("prep");
+        let _ = lsi.wait(stray, &mut Delay, TIMEOUT);
+        let fault = guard.unit().take_fault();
+        let failed = fault.and_then(|f| lsi.fail_at(f.address, f.write));
+        (landed, (fault, failed, stray), lsi.status(stray).status)
+    };
+    drop(lsi);
+    drop(guard);
+    assert_eq!(landed, Ok(()));
+    assert_eq!(dst, src, "the copy landed");
+    let (fault, failed, cookie) = stray;
+    assert!(
+        fault.is_some_and(|f| f.write && f.address == victim.phys().as_u64()),
+        "{fault:?}"
+    );
+    assert_eq!(failed, Some(cookie));
+    assert_eq!(ended, Status::Error(ErrorKind::WriteFailed));
+    assert_eq!(checksum(bytes(&victim)), before, "the page unchanged");
+    assert_eq!(db().free_frames(), free, "every frame back");
+}
 
 /// The unit's fault events go to the last CPU as an MSI, and its handler
 /// pins each fault on the serviced channel of the device that made it: a
