@@ -36,18 +36,57 @@ fn stack_top(stack: *mut Stack) -> VirtAddr {
     VirtAddr::from_ptr(stack) + STACK_SIZE as u64
 }
 
-/// Loads the GDT built by [`init`] on an application processor and reloads
-/// its segment registers. No TSS: an AP runs only kernel jobs with
-/// interrupts off (no ring 3, no double-fault stack of its own).
+/// Gives an application processor a GDT and TSS of its own and loads
+/// them: the boot CPU's segments, and a TSS whose double-fault stack is the
+/// AP's own. An AP's stack has an unmapped guard page below it, so an
+/// overflow page-faults there; the CPU cannot push that fault's frame onto
+/// the guard either, and raises a double fault, which this stack takes:
+/// the failure is then reported like any other, instead of a triple fault
+/// that resets the machine. Allocated here and never freed: a restarted AP
+/// (`smp::restart`) gets new ones, as `ltr` refuses the old TSS descriptor,
+/// which its first load marked busy. An AP runs no ring-3 code, so the
+/// TSS's ring-0 stack is left empty.
 pub fn load_on_ap() {
-    let gdt = GDT.get().expect("gdt::init ran on the boot CPU");
+    use alloc::boxed::Box;
+    let stack: &'static mut Stack = Box::leak(Box::new(Stack([0; STACK_SIZE])));
+    let mut tss = TaskStateSegment::new();
+    tss.interrupt_stack_table[DOUBLE_FAULT_IST as usize] = stack_top(stack);
+    let tss: &'static TaskStateSegment = Box::leak(Box::new(tss));
+    let gdt: &'static GlobalDescriptorTable<8> = Box::leak(Box::new(segments(tss)));
     gdt.load();
-    // SAFETY: the selectors name descriptors of the GDT just loaded.
+    // SAFETY: the GDT `segments` built was just loaded, its TSS unused.
+    unsafe { load_segments() };
+}
+
+/// The kernel's and the user's segments, and `tss` as entry 5.
+fn segments(tss: &'static TaskStateSegment) -> GlobalDescriptorTable<8> {
+    let mut gdt = GlobalDescriptorTable::new();
+    let selectors = [
+        gdt.append(Descriptor::kernel_code_segment()),
+        gdt.append(Descriptor::kernel_data_segment()),
+        gdt.append(Descriptor::user_data_segment()),
+        gdt.append(Descriptor::user_code_segment()),
+    ];
+    assert_eq!(selectors, [KERNEL_CODE, KERNEL_DATA, USER_DATA, USER_CODE]);
+    gdt.append(Descriptor::tss_segment(tss));
+    gdt
+}
+
+/// Reloads every segment register and the task register from the GDT
+/// [`segments`] built.
+///
+/// # Safety
+/// That GDT must be loaded, with its TSS descriptor not yet busy.
+unsafe fn load_segments() {
+    // SAFETY: the selectors name the descriptors `segments` appended, in
+    // the GDT the caller loaded; the TSS selector is entry 5 (a 16-byte
+    // system descriptor).
     unsafe {
         CS::set_reg(KERNEL_CODE);
         SS::set_reg(KERNEL_DATA);
         DS::set_reg(KERNEL_DATA);
         ES::set_reg(KERNEL_DATA);
+        load_tss(SegmentSelector::new(5, Ring0));
     }
 }
 
@@ -60,26 +99,8 @@ pub fn init() {
         tss.privilege_stack_table[0] = stack_top(&raw mut RING0_STACK);
         tss
     });
-    let gdt = GDT.call_once(|| {
-        let mut gdt = GlobalDescriptorTable::new();
-        let selectors = [
-            gdt.append(Descriptor::kernel_code_segment()),
-            gdt.append(Descriptor::kernel_data_segment()),
-            gdt.append(Descriptor::user_data_segment()),
-            gdt.append(Descriptor::user_code_segment()),
-        ];
-        assert_eq!(selectors, [KERNEL_CODE, KERNEL_DATA, USER_DATA, USER_CODE]);
-        gdt.append(Descriptor::tss_segment(tss));
-        gdt
-    });
+    let gdt = GDT.call_once(|| segments(tss));
     gdt.load();
-    // SAFETY: the selectors name the descriptors appended above in the GDT
-    // just loaded; the TSS selector is entry 5 (a 16-byte system descriptor).
-    unsafe {
-        CS::set_reg(KERNEL_CODE);
-        SS::set_reg(KERNEL_DATA);
-        DS::set_reg(KERNEL_DATA);
-        ES::set_reg(KERNEL_DATA);
-        load_tss(SegmentSelector::new(5, Ring0));
-    }
+    // SAFETY: the GDT `segments` built was just loaded, its TSS unused.
+    unsafe { load_segments() };
 }

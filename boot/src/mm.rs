@@ -23,7 +23,7 @@ pub use dmaengine::mm::space::USER_END;
 const DB_FRAMES: usize = 32 * 1024;
 /// PML4 slots every address space shares with the kernel: 0 (the kernel
 /// image, identity-mapped) and 256 (the direct map).
-pub const KERNEL_SLOTS: [usize; 2] = [0, 256];
+pub const KERNEL_SLOTS: [usize; 3] = [0, 256, crate::mem::paging::STACKS_SLOT];
 
 static DB: spin::Once<FrameDb<'static>> = spin::Once::new();
 

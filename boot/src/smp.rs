@@ -21,7 +21,7 @@ use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use embedded_hal::delay::DelayNs;
 
 use crate::apic::{self, ICR_ASSERT, ICR_INIT, ICR_NMI, ICR_STARTUP};
-use crate::mem::{PAGE_SIZE, frames, phys_to_virt};
+use crate::mem::{PAGE_SIZE, phys_to_virt};
 use crate::{acpi, gdt, println, recover, time, trap};
 
 pub use crate::apic::MAX_CPUS;
@@ -261,10 +261,9 @@ pub fn init(madt: &acpi::Madt) -> usize {
     recover::on_ap_failure(ap_failed);
     for id in others {
         let cpu = cpus();
-        let Ok(stack) = frames::alloc_contiguous(AP_STACK_PAGES, 1) else {
+        let Ok(top) = crate::mem::paging::map_guarded_stack(cpu, AP_STACK_PAGES as u64) else {
             break;
         };
-        let top = phys_to_virt(stack) as u64 + AP_STACK_PAGES as u64 * PAGE_SIZE;
         apic::set_cpu(cpu, id as u32);
         STACK_TOPS[cpu].store(top, Ordering::Release);
         if !start_ap(cpu) {

@@ -10,7 +10,7 @@ use dmaengine::mm::frame::PageRef;
 use dmaengine::mm::pte::PAGE_4K;
 use dmaengine::mm::vma::{PageProt, VmFlags};
 use x86_64::structures::paging::{
-    FrameAllocator, Mapper, OffsetPageTable, Page, PageTable, PageTableFlags, PhysFrame, Size4KiB,
+    Mapper, OffsetPageTable, Page, PageTable, PageTableFlags, PhysFrame, Size4KiB,
 };
 use x86_64::{PhysAddr, VirtAddr};
 
@@ -59,19 +59,6 @@ fn time_inserts(
     Some(ns as f64 / PAGES as f64)
 }
 
-/// Page-table frames for `map_to`, from the kernel's allocator.
-struct BootFrames;
-
-// SAFETY: frames from the allocator are unused and owned by the caller
-// until freed by `free_tables`.
-unsafe impl FrameAllocator<Size4KiB> for BootFrames {
-    fn allocate_frame(&mut self) -> Option<PhysFrame<Size4KiB>> {
-        frames::alloc()
-            .ok()
-            .map(|pa| PhysFrame::containing_address(PhysAddr::new(pa)))
-    }
-}
-
 /// Frees every table below `table` (level 4 = PML4), then `table` itself.
 fn free_tables(table: u64, level: u32) {
     // SAFETY: a table built by `map_to` in `time_map_to`, not loaded, reached
@@ -106,7 +93,7 @@ fn time_map_to(pages: &[PageRef<'static>]) -> Option<f64> {
         let frame = PhysFrame::containing_address(PhysAddr::new(page.phys().as_u64()));
         // SAFETY: the tables are not loaded anywhere (hence `ignore`), and
         // the frames are pages we hold.
-        unsafe { mapper.map_to(va, frame, flags, &mut BootFrames) }
+        unsafe { mapper.map_to(va, frame, flags, &mut frames::BootFrames) }
             .expect("map_to")
             .ignore();
     }

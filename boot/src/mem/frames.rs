@@ -280,3 +280,18 @@ pub fn free_contiguous(pa: u64, count: usize) -> Result<(), FrameError> {
 pub fn free_frames() -> usize {
     FRAMES.lock().as_ref().map_or(0, |a| a.free_frames())
 }
+
+/// Frames for the `x86_64` crate's mapper (`map_to`), from this allocator:
+/// each is unused and the caller's until it frees it.
+pub struct BootFrames;
+
+// SAFETY: `alloc` hands out each frame once, unused, until it is freed.
+unsafe impl x86_64::structures::paging::FrameAllocator<x86_64::structures::paging::Size4KiB>
+    for BootFrames
+{
+    fn allocate_frame(&mut self) -> Option<x86_64::structures::paging::PhysFrame> {
+        alloc().ok().map(|pa| {
+            x86_64::structures::paging::PhysFrame::containing_address(x86_64::PhysAddr::new(pa))
+        })
+    }
+}

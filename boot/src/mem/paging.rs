@@ -44,6 +44,49 @@ pub fn translate(va: u64) -> Option<u64> {
     tables.translate_addr(va).map(|pa| pa.as_u64())
 }
 
+/// The PML4 slot of the APs' stacks (below each, an unmapped guard page).
+pub const STACKS_SLOT: usize = 257;
+
+/// Maps a stack of `pages` fresh zeroed pages for CPU `cpu` in the kernel's
+/// tables (4 KiB pages in [`STACKS_SLOT`]), with the page below it left
+/// unmapped: an overflow faults there instead of running into other
+/// memory. Returns the stack's top. Call at boot, before any address space
+/// shares the kernel's slots.
+pub fn map_guarded_stack(cpu: usize, pages: u64) -> Result<u64, frames::FrameError> {
+    use x86_64::structures::paging::{Mapper, OffsetPageTable, Page, PhysFrame};
+    let base = 0xffff_0000_0000_0000 | (STACKS_SLOT as u64) << 39;
+    let guard = base + cpu as u64 * (pages + 1) * PAGE_SIZE;
+    // SAFETY: the active PML4 (the kernel's, at boot), reached through the
+    // direct map; only the boot CPU edits the kernel's tables, here.
+    let mut tables = unsafe {
+        OffsetPageTable::new(
+            &mut *phys_to_virt(root().as_u64()).cast::<PageTable>(),
+            x86_64::VirtAddr::new(super::PHYS_OFFSET),
+        )
+    };
+    let mut flags = F::PRESENT | F::WRITABLE;
+    if Efer::read().contains(EferFlags::NO_EXECUTE_ENABLE) {
+        flags |= F::NO_EXECUTE;
+    }
+    for i in 1..=pages {
+        let frame = frames::alloc_zeroed()?;
+        let page: Page = Page::containing_address(x86_64::VirtAddr::new(guard + i * PAGE_SIZE));
+        // SAFETY: a fresh frame at a fresh page of the stacks' slot, which
+        // nothing else maps.
+        unsafe {
+            tables.map_to(
+                page,
+                PhysFrame::containing_address(PhysAddr::new(frame)),
+                flags,
+                &mut frames::BootFrames,
+            )
+        }
+        .map_err(|_| frames::FrameError::OutOfMemory)?
+        .flush();
+    }
+    Ok(guard + (pages + 1) * PAGE_SIZE)
+}
+
 /// The physical address of the active PML4.
 pub fn root() -> PhysAddr {
     Cr3::read().0.start_address()

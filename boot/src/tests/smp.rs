@@ -44,7 +44,8 @@ fn panicking_job(_cpu: usize) {
     panic!("a deliberate panic on an AP");
 }
 
-/// A job that faults, then one that panics, on the last CPU: each is
+/// A job that faults, one that panics, then one that overflows its stack,
+/// on the last CPU: each is
 /// recorded for that CPU (the vector and address, the message), the CPU
 /// parks instead of unwinding into the boot CPU's test (whose `catch` it
 /// would corrupt: this test goes on running), `wait_for` says the job did
@@ -78,7 +79,35 @@ fn failed_job_parks_its_cpu() {
         None => panic!("CPU {cpu} recorded nothing"),
     }
     assert!(smp::restart(cpu), "CPU {cpu} restarted again");
+    // An overflow: the guard page below the AP's stack faults, the CPU
+    // cannot push that fault's frame there either, and the double fault
+    // runs on the AP's own IST stack.
+    smp::start_on(cpu, overflowing_job);
+    assert!(
+        !smp::wait_for(cpu, JOB_TIMEOUT_NS),
+        "an overflowed job never ends"
+    );
+    match smp::failure(cpu) {
+        Some(ApFailure::Fault(f)) => assert_eq!(f.vector, 8, "a double fault"),
+        Some(other) => panic!("CPU {cpu} recorded {other}"),
+        None => panic!("CPU {cpu} recorded nothing"),
+    }
+    assert!(smp::restart(cpu), "CPU {cpu} restarted a third time");
     every_cpu_runs_a_job();
+}
+
+/// Recurses until the stack runs out.
+#[inline(never)]
+fn recurse(depth: u64) -> u64 {
+    if core::hint::black_box(depth) == u64::MAX {
+        return 0;
+    }
+    let frame = core::hint::black_box([depth; 32]);
+    recurse(depth + 1).wrapping_add(frame[depth as usize % 32])
+}
+
+fn overflowing_job(_cpu: usize) {
+    core::hint::black_box(recurse(0));
 }
 
 pub const TESTS: &[Test] = &[
