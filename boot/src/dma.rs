@@ -61,7 +61,10 @@ unsafe impl Hal for KernelHal {
     ) -> Result<DmaAddr, DmaError> {
         let start = buffer.cast::<u8>().as_ptr() as u64;
         let len = buffer.len() as u64;
-        let last = start.checked_add(len - 1).ok_or(DmaError::BeyondDmaMask)?;
+        let last = len
+            .checked_sub(1)
+            .ok_or(DmaError::ZeroLength)
+            .and_then(|n| start.checked_add(n).ok_or(DmaError::BeyondDmaMask))?;
         let first_pa = crate::mem::paging::translate(start).ok_or(DmaError::NotSupported)?;
         let mut page = start & !(PAGE_SIZE - 1);
         while page < last & !(PAGE_SIZE - 1) {

@@ -186,9 +186,10 @@ unsafe impl Hal for IommuHal {
     /// Maps the buffer's pages, wherever they are, at consecutive IOVAs.
     unsafe fn share(buffer: NonNull<[u8]>, direction: Direction) -> Result<DmaAddr, DmaError> {
         let start = buffer.cast::<u8>().as_ptr() as u64;
-        let last = start
-            .checked_add(buffer.len() as u64 - 1)
-            .ok_or(DmaError::BeyondDmaMask)?;
+        let last = (buffer.len() as u64)
+            .checked_sub(1)
+            .ok_or(DmaError::ZeroLength)
+            .and_then(|n| start.checked_add(n).ok_or(DmaError::BeyondDmaMask))?;
         let (first_page, last_page) = (start & !(PAGE_SIZE - 1), last & !(PAGE_SIZE - 1));
         let pages = (last_page - first_page) / PAGE_SIZE + 1;
         let read_only = direction == Direction::ToDevice;
@@ -213,6 +214,7 @@ unsafe impl Hal for IommuHal {
     }
 
     unsafe fn unshare(iova: DmaAddr, buffer: NonNull<[u8]>, _direction: Direction) {
+        // The values of a successful `share`: non-empty, not wrapping.
         let start = buffer.cast::<u8>().as_ptr() as u64;
         let last = start + buffer.len() as u64 - 1;
         let pages = ((last & !(PAGE_SIZE - 1)) - (start & !(PAGE_SIZE - 1))) / PAGE_SIZE + 1;

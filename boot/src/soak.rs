@@ -98,7 +98,9 @@ impl Buffers {
                 let d = self.offset(dst);
                 self.model[d..d + len].fill(0);
             }
-            Op::Interrupt => {}
+            // An interrupt-only request, or work the soak never asks for:
+            // no byte changes.
+            _ => {}
         }
     }
 

@@ -1145,7 +1145,14 @@ user_spin_end:
    run `reps` times (each started through DSP, ISTAT polled, DSTAT read).
    `check` 1: the bytes must have landed; 0: the kernel must report a DMA
    fault; 2: exit with the TSC cycles the runs took. Exits 0 (or the
-   cycles), or 61-67 naming the step that failed. */
+   cycles), or 61-67 naming the step that failed.
+   The chip's registers and instructions, as the library's driver names
+   them (drivers/lsi53c895a/regs.rs, script.rs; QEMU-FACTS.md): DSP at
+   0x2c starts SCRIPTS at the address written; ISTAT at 0x14, bit 0 (DIP),
+   says the processor stopped on a DMA interrupt; DSTAT at 0x0c, read to
+   clear it, has bit 2 (SIR) for an INT instruction; a Memory Move is
+   0xc0000000 | count, then source, then destination; INT is 0x98080000
+   and a value. */
 .macro user_driver name, dst, len, reps, check
     .global user_\name\()_start
     .global user_\name\()_end

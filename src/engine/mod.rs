@@ -196,8 +196,11 @@ pub struct Callback {
     pub context: usize,
 }
 
-/// One descriptor's work, at most [`Limits::max_len`] bytes.
+/// One descriptor's work, at most [`Limits::max_len`] bytes. More kinds
+/// of work may come (as [`Op::Interrupt`] did): a `match` outside the crate
+/// needs a wildcard arm.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Op {
     /// Copy `len` bytes from `src` to `dst`.
     Copy {

@@ -614,6 +614,11 @@ mod registry {
         EVENTS.with(|e| std::mem::take(&mut *e.borrow_mut()))
     }
 
+    /// `n` CPU-engine channels over the fake HAL.
+    fn cpu_channels(n: usize) -> Vec<Channel<CpuEngine<FakeHal>>> {
+        (0..n).map(|_| Channel::new(CpuEngine::new())).collect()
+    }
+
     fn cb(context: usize) -> EventCallback {
         EventCallback {
             func: record,
@@ -623,8 +628,7 @@ mod registry {
 
     #[test]
     fn channels_go_to_clients_as_they_appear_and_come_back() {
-        let mut chans: Vec<Channel<CpuEngine<FakeHal>>> =
-            (0..3).map(|_| Channel::new(CpuEngine::new())).collect();
+        let mut chans = cpu_channels(3);
         let mut it = chans.iter_mut();
         let reg: Registry<'_, 4, 4> = Registry::new();
         let a = reg.register_client(cb(1)).unwrap();
@@ -673,10 +677,8 @@ mod registry {
 
     #[test]
     fn a_channel_per_cpu_engines_first_fallbacks_for_the_rest() {
-        let mut fallbacks: Vec<Channel<CpuEngine<FakeHal>>> =
-            (0..4).map(|_| Channel::new(CpuEngine::new())).collect();
-        let mut engines: Vec<Channel<CpuEngine<FakeHal>>> =
-            (0..4).map(|_| Channel::new(CpuEngine::new())).collect();
+        let mut fallbacks = cpu_channels(4);
+        let mut engines = cpu_channels(4);
         let mut engines = engines.iter_mut();
         let reg: Registry<'_, 4, 8> = Registry::new();
         let p = reg.register_client(cb(1)).unwrap();
@@ -784,8 +786,7 @@ mod registry {
     fn cpus_copy_through_their_own_channels_of_one_shared_registry_at_once() {
         fn sync<T: Sync>() {}
         sync::<Registry<'static>>();
-        let mut chans: Vec<Channel<CpuEngine<FakeHal>>> =
-            (0..4).map(|_| Channel::new(CpuEngine::new())).collect();
+        let mut chans = cpu_channels(4);
         let reg: Registry<'_, 2, 4> = Registry::new();
         let p = reg.register_client(cb(9)).unwrap();
         reg.request_per_cpu(p, 4).unwrap();
@@ -815,8 +816,7 @@ mod registry {
 
     #[test]
     fn a_channel_removed_while_a_cpu_uses_it_is_refused_never_swapped() {
-        let mut chans: Vec<Channel<CpuEngine<FakeHal>>> =
-            (0..2).map(|_| Channel::new(CpuEngine::new())).collect();
+        let mut chans = cpu_channels(2);
         let (first, second) = chans.split_at_mut(1);
         let reg: Registry<'_, 2, 4> = Registry::new();
         let p = reg.register_client(cb(10)).unwrap();
@@ -842,8 +842,7 @@ mod registry {
 
     #[test]
     fn stale_and_foreign_handles_are_refused() {
-        let mut chans: Vec<Channel<CpuEngine<FakeHal>>> =
-            (0..2).map(|_| Channel::new(CpuEngine::new())).collect();
+        let mut chans = cpu_channels(2);
         let mut it = chans.iter_mut();
         let reg: Registry<'_, 2, 2> = Registry::new();
         let old = reg.register_client(cb(1)).unwrap();

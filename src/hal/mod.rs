@@ -55,7 +55,7 @@ pub unsafe trait Hal {
     /// contiguous; with one, map the pages into the device's domain
     /// (read-only for [`Direction::ToDevice`]) wherever they are. The
     /// default refuses (`NotSupported`): only [`Dma`] buffers can be used.
-    /// Call it through [`SharedBuffer`].
+    /// An empty buffer is `ZeroLength`. Call it through [`SharedBuffer`].
     ///
     /// # Safety
     /// `buffer` must stay valid, and not be accessed by the CPU in a way

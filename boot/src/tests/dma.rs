@@ -1139,4 +1139,13 @@ fn lsi_copies_between_owned_buffers() {
         }
     };
     assert_eq!(first_mismatch(&table[..], expected), None);
+    let empty: &[u8] = &[];
+    // SAFETY: an empty buffer, refused before anything is shared.
+    let refused = unsafe {
+        <KernelHal as dmaengine::hal::Hal>::share(
+            core::ptr::NonNull::from(empty),
+            Direction::ToDevice,
+        )
+    };
+    assert_eq!(refused, Err(DmaError::ZeroLength));
 }

@@ -88,6 +88,38 @@ struct Request {
     injected: bool,
 }
 
+/// Before a request: a halted channel is reset (a new epoch), and an
+/// injected fault armed if the model asked for one.
+fn prepare(chan: &mut Chan, epoch: &mut usize, inject: bool) {
+    if chan.is_halted() {
+        chan.reset().unwrap();
+        *epoch += 1;
+    }
+    if inject {
+        chan.engine_mut().inject_illegal_instruction();
+    }
+}
+
+/// Backpressure: a full ring is issued and given time, then `prep` is
+/// tried again, as a caller would (up to 1000 times).
+fn with_room<T>(
+    chan: &mut Chan,
+    mut prep: impl FnMut(&mut Chan) -> Result<T, DmaError>,
+) -> Result<T, DmaError> {
+    let mut tries = 0;
+    loop {
+        match prep(chan) {
+            Err(DmaError::RingFull) if tries < 1000 => {
+                tries += 1;
+                chan.issue_pending();
+                chan.engine().regs().tick();
+                chan.poll();
+            }
+            other => return other,
+        }
+    }
+}
+
 /// Runs `actions`, then drains; checks every cookie's end and the memory
 /// against a model that applies the completed copies in order.
 fn run(actions: &[Action]) -> Result<(), TestCaseError> {
@@ -99,51 +131,25 @@ fn run(actions: &[Action]) -> Result<(), TestCaseError> {
     for action in actions {
         match *action {
             Action::Copy { from, to, len } => {
-                if chan.is_halted() {
-                    chan.reset().unwrap();
-                    epoch += 1;
-                }
-                if inject_next {
-                    chan.engine_mut().inject_illegal_instruction();
-                }
+                prepare(&mut chan, &mut epoch, inject_next);
                 let (dst, src) = (base + (to * CELL) as u64, base + (from * CELL) as u64);
-                // Backpressure: a full ring is issued and given time, then
-                // the request is tried again, as a caller would.
-                let mut tries = 0;
-                loop {
-                    // SAFETY: cells of our buffer, read only after the chip stops.
-                    match unsafe { chan.prep_copy(dst, src, len, PrepFlags::empty()) } {
-                        Ok(cookie) => {
-                            requests.push(Request {
-                                cookie,
-                                from,
-                                to,
-                                len,
-                                epoch,
-                                injected: inject_next,
-                            });
-                            inject_next = false;
-                        }
-                        Err(DmaError::RingFull) if tries < 1000 => {
-                            tries += 1;
-                            chan.issue_pending();
-                            chan.engine().regs().tick();
-                            chan.poll();
-                            continue;
-                        }
-                        Err(e) => return Err(TestCaseError::fail(format!("prep: {e}"))),
-                    }
-                    break;
-                }
+                // SAFETY: cells of our buffer, read only after the chip stops.
+                let prepped = with_room(&mut chan, |chan| unsafe {
+                    chan.prep_copy(dst, src, len, PrepFlags::empty())
+                });
+                let cookie = prepped.map_err(|e| TestCaseError::fail(format!("prep: {e}")))?;
+                requests.push(Request {
+                    cookie,
+                    from,
+                    to,
+                    len,
+                    epoch,
+                    injected: inject_next,
+                });
+                inject_next = false;
             }
             Action::Batch(ref copies) => {
-                if chan.is_halted() {
-                    chan.reset().unwrap();
-                    epoch += 1;
-                }
-                if inject_next {
-                    chan.engine_mut().inject_illegal_instruction();
-                }
+                prepare(&mut chan, &mut epoch, inject_next);
                 let ops: Vec<Op> = copies
                     .iter()
                     .map(|&(from, to, len)| Op::Copy {
@@ -152,61 +158,34 @@ fn run(actions: &[Action]) -> Result<(), TestCaseError> {
                         len,
                     })
                     .collect();
-                let mut tries = 0;
-                loop {
-                    // SAFETY: cells of our buffer, read only after the chip stops.
-                    match unsafe { chan.prep_batch(&ops, PrepFlags::empty()) } {
-                        Ok(batch) => {
-                            prop_assert_eq!(batch.len, copies.len());
-                            let mut cookie = batch.first;
-                            for (k, &(from, to, len)) in copies.iter().enumerate() {
-                                requests.push(Request {
-                                    cookie,
-                                    from,
-                                    to,
-                                    len,
-                                    epoch,
-                                    injected: inject_next && k == 0,
-                                });
-                                cookie = cookie.next();
-                            }
-                            prop_assert_eq!(requests.last().map(|r| r.cookie), Some(batch.last));
-                            inject_next = false;
-                        }
-                        Err(DmaError::RingFull) if tries < 1000 => {
-                            tries += 1;
-                            chan.issue_pending();
-                            chan.engine().regs().tick();
-                            chan.poll();
-                            continue;
-                        }
-                        Err(e) => return Err(TestCaseError::fail(format!("prep_batch: {e}"))),
-                    }
-                    break;
+                // SAFETY: cells of our buffer, read only after the chip stops.
+                let prepped = with_room(&mut chan, |chan| unsafe {
+                    chan.prep_batch(&ops, PrepFlags::empty())
+                });
+                let batch = prepped.map_err(|e| TestCaseError::fail(format!("prep_batch: {e}")))?;
+                prop_assert_eq!(batch.len, copies.len());
+                let mut cookie = batch.first;
+                for (k, &(from, to, len)) in copies.iter().enumerate() {
+                    requests.push(Request {
+                        cookie,
+                        from,
+                        to,
+                        len,
+                        epoch,
+                        injected: inject_next && k == 0,
+                    });
+                    cookie = cookie.next();
                 }
+                prop_assert_eq!(requests.last().map(|r| r.cookie), Some(batch.last));
+                inject_next = false;
             }
             Action::Interrupt => {
-                if chan.is_halted() {
-                    chan.reset().unwrap();
-                    epoch += 1;
-                }
-                if inject_next {
-                    chan.engine_mut().inject_illegal_instruction();
-                }
-                let mut tries = 0;
-                let cookie = loop {
-                    // SAFETY: an interrupt-only request touches no memory.
-                    match unsafe { chan.prep(Op::Interrupt, PrepFlags::INTERRUPT, None) } {
-                        Ok(cookie) => break cookie,
-                        Err(DmaError::RingFull) if tries < 1000 => {
-                            tries += 1;
-                            chan.issue_pending();
-                            chan.engine().regs().tick();
-                            chan.poll();
-                        }
-                        Err(e) => return Err(TestCaseError::fail(format!("prep: {e}"))),
-                    }
-                };
+                prepare(&mut chan, &mut epoch, inject_next);
+                // SAFETY: an interrupt-only request touches no memory.
+                let prepped = with_room(&mut chan, |chan| unsafe {
+                    chan.prep(Op::Interrupt, PrepFlags::INTERRUPT, None)
+                });
+                let cookie = prepped.map_err(|e| TestCaseError::fail(format!("prep: {e}")))?;
                 // Moves nothing: the model copies zero bytes for it.
                 requests.push(Request {
                     cookie,
