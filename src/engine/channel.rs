@@ -210,6 +210,10 @@ impl<E: Engine> Channel<E> {
 
     /// Checks `op` against the engine without changing anything. Every sum
     /// is checked: addresses and lengths come from callers.
+    // Inlined, like the rest of the per-request path: under an emulator
+    // each return is an indirect jump looked up at run time, a large part
+    // of a small request's cost.
+    #[inline(always)]
     fn validate(&self, op: &Op, flags: PrepFlags) -> Result<(), DmaError> {
         if self.halted {
             return Err(DmaError::Halted);
@@ -268,7 +272,22 @@ impl<E: Engine> Channel<E> {
 
     /// Writes the descriptors of validated request `op` as `cookie`. On
     /// error the caller rewinds the engine to its mark.
+    #[inline(always)]
     fn emit(&mut self, cookie: Cookie, op: Op, notify: Notify) -> Result<(), DmaError> {
+        let len = match op {
+            Op::Copy { len, .. } | Op::Fill { len, .. } | Op::Zero { len, .. } => len,
+            Op::Interrupt => 0,
+        };
+        // The common case: one descriptor, the request as it is.
+        if len <= self.piece_max {
+            return Ok(self.engine.prep(cookie, op, Some(notify))?);
+        }
+        self.emit_pieces(cookie, op, notify)
+    }
+
+    /// [`Channel::emit`] for a request longer than one descriptor takes.
+    #[inline(never)]
+    fn emit_pieces(&mut self, cookie: Cookie, op: Op, notify: Notify) -> Result<(), DmaError> {
         let piece_max = self.piece_max;
         let (dst, len) = match op {
             Op::Copy { dst, len, .. } | Op::Fill { dst, len, .. } | Op::Zero { dst, len } => {
@@ -276,10 +295,6 @@ impl<E: Engine> Channel<E> {
             }
             Op::Interrupt => return Ok(self.engine.prep(cookie, op, Some(notify))?),
         };
-        // The common case: one descriptor, the request as it is.
-        if len <= piece_max {
-            return Ok(self.engine.prep(cookie, op, Some(notify))?);
-        }
         let mut done = 0;
         while done < len {
             let n = (len - done).min(piece_max);
@@ -558,6 +573,7 @@ impl<E: Engine> Channel<E> {
         self.collect(outstanding);
     }
 
+    #[inline(always)]
     fn collect(&mut self, check_hardware: bool) {
         if self.halted {
             return;
@@ -600,6 +616,7 @@ impl<E: Engine> Channel<E> {
         self.prepared = false;
     }
 
+    #[inline(always)]
     fn classify(&self, cookie: Cookie) -> Status {
         classify_in(
             self.snapshot(),
@@ -608,7 +625,16 @@ impl<E: Engine> Channel<E> {
         )
     }
 
+    #[inline(always)]
     fn run_callbacks(&mut self) {
+        if self.callback_len > 0 || self.wakers.used() > 0 {
+            self.run_callbacks_and_wake();
+        }
+    }
+
+    /// [`Channel::run_callbacks`] when there is something to run or wake.
+    #[inline(never)]
+    fn run_callbacks_and_wake(&mut self) {
         while self.callback_len > 0 {
             let Some((cookie, callback)) = self.callbacks[self.callback_head] else {
                 break;
@@ -665,7 +691,7 @@ impl<E: Engine> Channel<E> {
     /// memory; the destination's contents are undefined (see
     /// [`ErrorKind::Aborted`]).
     pub fn status(&mut self, cookie: Cookie) -> TxState {
-        if self.classify(cookie) == Status::InProgress {
+        if !self.snapshot().is_complete(cookie) {
             self.collect(true);
         }
         TxState {
@@ -878,11 +904,21 @@ pub(crate) fn wait_for_status(
 type Failures<'a> = (&'a [Option<Failure>; FAILURE_HISTORY], usize, usize);
 
 /// Where `cookie` stands given a channel's snapshot and failure records.
+#[inline(always)]
 fn classify_in(snapshot: Snapshot, failures: Failures<'_>, cookie: Cookie) -> Status {
     // In the in-flight window: no failure has ended it yet.
     if !snapshot.is_complete(cookie) {
         return Status::InProgress;
     }
+    if failures.2 == 0 {
+        return Status::Complete;
+    }
+    failed_in(failures, cookie)
+}
+
+/// How a cookie outside the in-flight window ended, by the failure records.
+#[inline(never)]
+fn failed_in(failures: Failures<'_>, cookie: Cookie) -> Status {
     let (records, next, recorded) = failures;
     // Newest failure first: a cookie ended by one is reported by it.
     for i in 1..=recorded.min(FAILURE_HISTORY) {

@@ -301,24 +301,37 @@ impl<H: Hal, R: Registers> Lsi53c895a<H, R> {
 
     /// Claims `n` contiguous ring words, leaving `keep` words free, and
     /// returns the first. Wraps to word 0 with a JUMP when the end is near.
+    // The per-request path is inlined: under an emulator each return is an
+    // indirect jump looked up at run time.
+    #[inline(always)]
     fn reserve(&mut self, n: u32, keep: u32) -> Result<u32, EngineError> {
-        let wraps = self.head + n + TC_WORDS > RING_WORDS;
-        let waste = if wraps { RING_WORDS - self.head } else { 0 };
-        if self.used + waste + n + keep > RING_WORDS {
+        if self.head + n + TC_WORDS > RING_WORDS {
+            return self.reserve_wrapping(n, keep);
+        }
+        if self.used + n + keep > RING_WORDS {
             return Err(EngineError::RingFull);
         }
-        let at = if wraps {
-            let start = self.ring_addr(0);
-            self.write_ring(self.head, &script::jump(start));
-            0
-        } else {
-            self.head
-        };
-        self.used += waste + n;
+        let at = self.head;
+        self.used += n;
         self.head = at + n;
         Ok(at)
     }
 
+    /// [`Self::reserve`] when the words do not fit before the ring's end.
+    #[inline(never)]
+    fn reserve_wrapping(&mut self, n: u32, keep: u32) -> Result<u32, EngineError> {
+        let waste = RING_WORDS - self.head;
+        if self.used + waste + n + keep > RING_WORDS {
+            return Err(EngineError::RingFull);
+        }
+        let start = self.ring_addr(0);
+        self.write_ring(self.head, &script::jump(start));
+        self.used += waste + n;
+        self.head = n;
+        Ok(0)
+    }
+
+    #[inline(always)]
     fn emit_move(&mut self, count: u32, src: u32, dst: u32, keep: u32) -> Result<(), EngineError> {
         let at = self.reserve(MOVE_WORDS, keep)?;
         self.write_ring(at, &script::memory_move(count, src, dst));
@@ -335,6 +348,7 @@ impl<H: Hal, R: Registers> Lsi53c895a<H, R> {
 
     /// Pops the issued entries the completion word says are done; returns
     /// the newest of them.
+    #[inline(always)]
     fn collect(&mut self) -> Option<Cookie> {
         let written = self.read_completion();
         if written == self.last_seen {
@@ -355,6 +369,66 @@ impl<H: Hal, R: Registers> Lsi53c895a<H, R> {
         self.entries -= done + 1;
         self.issued -= done + 1;
         Cookie::new(entry.cookie)
+    }
+
+    /// The instructions of a request other than a plain copy (and of every
+    /// request after fault injection was asked for).
+    #[inline(never)]
+    fn emit_op(&mut self, op: Op) -> Result<(), EngineError> {
+        let keep = ISSUE_RESERVE;
+        if self.inject {
+            self.inject = false;
+            let at = self.reserve(TC_WORDS, keep)?;
+            self.write_ring(at, &script::illegal());
+        }
+        // The channel checked every address against the 32-bit DMA mask and
+        // every length against MAX_MOVE, so these casts are exact.
+        match op {
+            // Only the notification below: a write-back, and an INTFLY if
+            // asked, reached after every earlier move.
+            Op::Interrupt => {}
+            Op::Copy { dst, src, len } => {
+                self.emit_move(len as u32, src as u32, dst as u32, keep)?
+            }
+            Op::Zero { dst, len } => {
+                let zeros = self.zero_addr();
+                let mut done = 0;
+                while done < len as u32 {
+                    let n = (len as u32 - done).min(ZERO_BYTES);
+                    self.emit_move(n, zeros, dst as u32 + done, keep)?;
+                    done += n;
+                }
+            }
+            Op::Fill { dst, len, pattern } => {
+                let (dst, len) = (dst as u32, len as u32);
+                let at = self.reserve(MOVE_WORDS, keep)?;
+                self.write_shadow(at, pattern as u32);
+                self.write_shadow(at + 1, (pattern >> 32) as u32);
+                let src = self.shadow_addr(at);
+                self.write_ring(at, &script::memory_move(len.min(8), src, dst));
+                // Double what is there: each move copies the bytes already
+                // filled, which end on a multiple of 8, so the phase holds.
+                let mut done = len.min(8);
+                while done < len {
+                    let n = done.min(len - done);
+                    self.emit_move(n, dst, dst + done, keep)?;
+                    done += n;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A request's own write-back, and its INTFLY if it asked for an
+    /// interrupt.
+    #[inline(never)]
+    fn emit_notify(&mut self, cookie: Cookie, notify: Notify) -> Result<(), EngineError> {
+        self.emit_writeback(cookie, ISSUE_RESERVE)?;
+        if notify.interrupt {
+            let at = self.reserve(TC_WORDS, ISSUE_RESERVE)?;
+            self.write_ring(at, &script::intfly(cookie.get() as u32));
+        }
+        Ok(())
     }
 
     /// The issued request whose instructions include ring word `word`.
@@ -401,6 +475,25 @@ impl<H: Hal, R: Registers> Lsi53c895a<H, R> {
             self.fault = Some(Fault { cookie, kind });
         }
         self.halted = true;
+    }
+
+    /// [`Engine::poll`] with work outstanding after the completion word
+    /// was read: whether the chip stopped, and why.
+    #[inline(never)]
+    fn poll_hardware(&mut self, mut completed: Option<Cookie>) -> Progress {
+        if !self.is_running() {
+            // Stopped with work outstanding: finished meanwhile, failed, or
+            // never started (manual start mode).
+            completed = self.collect().or(completed);
+            if self.issued > 0 {
+                let dstat = Dstat::from_bits_retain(self.regs.read8(regs::DSTAT));
+                self.note_errors(dstat);
+            }
+        }
+        Progress {
+            completed,
+            fault: self.fault.take(),
+        }
     }
 
     fn stop(&self) {
@@ -450,6 +543,7 @@ impl<H: Hal, R: Registers> Engine for Lsi53c895a<H, R> {
         self.inject = mark.inject;
     }
 
+    #[inline(always)]
     fn prep(&mut self, cookie: Cookie, op: Op, end: Option<Notify>) -> Result<(), EngineError> {
         if self.halted {
             return Err(EngineError::Halted);
@@ -457,55 +551,18 @@ impl<H: Hal, R: Registers> Engine for Lsi53c895a<H, R> {
         if end.is_some() && self.entries == MAX_ENTRIES {
             return Err(EngineError::RingFull);
         }
-        let keep = ISSUE_RESERVE;
-        if self.inject {
-            self.inject = false;
-            let at = self.reserve(TC_WORDS, keep)?;
-            self.write_ring(at, &script::illegal());
-        }
-        // The channel checked every address against the 32-bit DMA mask and
-        // every length against MAX_MOVE, so these casts are exact.
         match op {
-            // Only the notification below: a write-back, and an INTFLY if
-            // asked, reached after every earlier move.
-            Op::Interrupt => {}
-            Op::Copy { dst, src, len } => {
-                self.emit_move(len as u32, src as u32, dst as u32, keep)?
+            // The channel checked every address against the 32-bit DMA mask
+            // and every length against MAX_MOVE, so these casts are exact.
+            Op::Copy { dst, src, len } if !self.inject => {
+                self.emit_move(len as u32, src as u32, dst as u32, ISSUE_RESERVE)?
             }
-            Op::Zero { dst, len } => {
-                let zeros = self.zero_addr();
-                let mut done = 0;
-                while done < len as u32 {
-                    let n = (len as u32 - done).min(ZERO_BYTES);
-                    self.emit_move(n, zeros, dst as u32 + done, keep)?;
-                    done += n;
-                }
-            }
-            Op::Fill { dst, len, pattern } => {
-                let (dst, len) = (dst as u32, len as u32);
-                let at = self.reserve(MOVE_WORDS, keep)?;
-                self.write_shadow(at, pattern as u32);
-                self.write_shadow(at + 1, (pattern >> 32) as u32);
-                let src = self.shadow_addr(at);
-                self.write_ring(at, &script::memory_move(len.min(8), src, dst));
-                // Double what is there: each move copies the bytes already
-                // filled, which end on a multiple of 8, so the phase holds.
-                let mut done = len.min(8);
-                while done < len {
-                    let n = done.min(len - done);
-                    self.emit_move(n, dst, dst + done, keep)?;
-                    done += n;
-                }
-            }
+            _ => self.emit_op(op)?,
         }
         if let Some(notify) = end {
             let written_back = notify.writeback || notify.interrupt;
             if written_back {
-                self.emit_writeback(cookie, keep)?;
-            }
-            if notify.interrupt {
-                let at = self.reserve(TC_WORDS, keep)?;
-                self.write_ring(at, &script::intfly(cookie.get() as u32));
+                self.emit_notify(cookie, notify)?;
             }
             self.push_entry(Entry {
                 cookie: cookie.get(),
@@ -610,16 +667,11 @@ impl<H: Hal, R: Registers> Engine for Lsi53c895a<H, R> {
         }
     }
 
+    #[inline(always)]
     fn poll(&mut self, check_hardware: bool) -> Progress {
-        let mut completed = self.collect();
-        if check_hardware && self.issued > 0 && !self.halted && !self.is_running() {
-            // Stopped with work outstanding: finished meanwhile, failed, or
-            // never started (manual start mode).
-            completed = self.collect().or(completed);
-            if self.issued > 0 {
-                let dstat = Dstat::from_bits_retain(self.regs.read8(regs::DSTAT));
-                self.note_errors(dstat);
-            }
+        let completed = self.collect();
+        if check_hardware && self.issued > 0 && !self.halted {
+            return self.poll_hardware(completed);
         }
         Progress {
             completed,
