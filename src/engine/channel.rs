@@ -19,14 +19,12 @@ const MAX_CALLBACKS: usize = 64;
 /// reports later can be pinned on the request that caused it.
 pub const ADDRESS_HISTORY: usize = 64;
 
-/// Where one request read and wrote.
+/// Where one request read and wrote: the request as it was prepared (kept
+/// whole: decoding it is left to the rare fault that needs it).
 #[derive(Clone, Copy, Debug)]
 struct Footprint {
     cookie: Cookie,
-    dst: DmaAddr,
-    /// The source of a copy (`None` for a fill or zero).
-    src: Option<DmaAddr>,
-    len: usize,
+    op: Op,
 }
 /// Failures (and terminations) whose cookies a channel still answers
 /// `Error` for. Older ones fall back to the 2005 I/OAT proposal's snapshot rule, which
@@ -208,26 +206,42 @@ impl<E: Engine> Channel<E> {
         self.limits
     }
 
-    /// Checks `op` against the engine without changing anything. Every sum
-    /// is checked: addresses and lengths come from callers.
+    /// Checks `op` and `flags` against the engine without changing
+    /// anything. Every sum is checked: addresses and lengths come from
+    /// callers.
     // Inlined, like the rest of the per-request path: under an emulator
     // each return is an indirect jump looked up at run time, a large part
     // of a small request's cost.
     #[inline(always)]
     fn validate(&self, op: &Op, flags: PrepFlags) -> Result<(), DmaError> {
+        self.check_flags(flags)?;
+        self.check_op(op).map(|_| ())
+    }
+
+    /// What [`Channel::validate`] checks once per call: the channel is
+    /// running and the engine has what `flags` ask for.
+    #[inline(always)]
+    fn check_flags(&self, flags: PrepFlags) -> Result<(), DmaError> {
         if self.halted {
             return Err(DmaError::Halted);
         }
-        let (caps, limits) = (self.caps, self.limits);
-        if flags.contains(PrepFlags::INTERRUPT) && !caps.contains(Capabilities::INTERRUPT) {
+        if flags.contains(PrepFlags::INTERRUPT) && !self.caps.contains(Capabilities::INTERRUPT) {
             return Err(DmaError::NotSupported);
         }
+        Ok(())
+    }
+
+    /// What [`Channel::validate`] checks per request; returns its length
+    /// (0 for an interrupt-only request).
+    #[inline(always)]
+    fn check_op(&self, op: &Op) -> Result<usize, DmaError> {
+        let (caps, limits) = (self.caps, self.limits);
         let (dst, src, len, needs) = match *op {
             Op::Copy { dst, src, len } => (dst, Some(src), len, Capabilities::COPY),
             Op::Fill { dst, len, .. } | Op::Zero { dst, len } => {
                 (dst, None, len, Capabilities::FILL)
             }
-            Op::Interrupt if caps.contains(Capabilities::INTERRUPT_OP) => return Ok(()),
+            Op::Interrupt if caps.contains(Capabilities::INTERRUPT_OP) => return Ok(0),
             Op::Interrupt => return Err(DmaError::NotSupported),
         };
         if !caps.contains(needs) {
@@ -236,33 +250,30 @@ impl<E: Engine> Channel<E> {
         if len == 0 {
             return Err(DmaError::ZeroLength);
         }
-        // The last byte of each side; `None` if the range wraps past 2^64.
-        let last_of = |addr: DmaAddr| {
-            u64::try_from(len - 1)
-                .ok()
-                .and_then(|n| addr.checked_add(n))
+        // The last byte of each side; `None` if the range wraps past 2^64
+        // or leaves the engine's mask.
+        let span = u64::try_from(len - 1).map_err(|_| DmaError::BeyondDmaMask)?;
+        let last_of = |addr: DmaAddr| addr.checked_add(span).filter(|&l| l <= limits.dma_mask);
+        let dst_last = last_of(dst).ok_or(DmaError::BeyondDmaMask)?;
+        let src = match src {
+            Some(src) => Some((src, last_of(src).ok_or(DmaError::BeyondDmaMask)?)),
+            None => None,
         };
-        let within_mask = |addr: DmaAddr| last_of(addr).is_some_and(|last| last <= limits.dma_mask);
-        if !within_mask(dst) || !src.is_none_or(within_mask) {
-            return Err(DmaError::BeyondDmaMask);
-        }
         // Most engines take any byte alignment: no division for them.
         if limits.align > 1 {
             let align = limits.align as u64;
             let aligned = |v: u64| v.is_multiple_of(align);
-            if !aligned(dst) || !aligned(len as u64) || !src.is_none_or(aligned) {
+            if !aligned(dst) || !aligned(len as u64) || !src.is_none_or(|(s, _)| aligned(s)) {
                 return Err(DmaError::Misaligned);
             }
         }
-        // Both ends are known not to wrap (they are within the mask).
-        if let (Some(src), Some(dst_last)) = (src, last_of(dst))
-            && let Some(src_last) = last_of(src)
+        if let Some((src, src_last)) = src
             && dst <= src_last
             && src <= dst_last
         {
             return Err(DmaError::Overlap);
         }
-        Ok(())
+        Ok(len)
     }
 
     /// The cookie the next request gets.
@@ -379,11 +390,22 @@ impl<E: Engine> Channel<E> {
     /// # Safety
     /// As for [`Channel::prep`], for every request.
     pub unsafe fn prep_batch(&mut self, ops: &[Op], flags: PrepFlags) -> Result<Batch, DmaError> {
-        let (first_op, rest) = ops.split_first().ok_or(DmaError::ZeroLength)?;
+        if ops.is_empty() {
+            return Err(DmaError::ZeroLength);
+        }
         // Validated in one pass before the ring changes.
-        self.validate(first_op, flags)?;
-        for op in rest {
-            self.validate(op, flags)?;
+        self.check_flags(flags)?;
+        let mut one_descriptor_each = true;
+        let copies = self.caps.contains(Capabilities::COPY) && self.limits.align <= 1;
+        let (mask, piece_max) = (self.limits.dma_mask, self.piece_max);
+        for op in ops {
+            let len = match *op {
+                // The common case, with the checks of `check_op` in the same
+                // order and nothing reloaded per request.
+                Op::Copy { dst, src, len } if copies => check_copy(dst, src, len, mask)?,
+                _ => self.check_op(op)?,
+            };
+            one_descriptor_each &= len <= piece_max;
         }
         let first = self.next_cookie();
         let last = Notify {
@@ -391,11 +413,6 @@ impl<E: Engine> Channel<E> {
             interrupt: flags.contains(PrepFlags::INTERRUPT),
         };
         let mark = self.engine.mark();
-        let piece_max = self.piece_max;
-        let one_descriptor_each = ops.iter().all(|op| match *op {
-            Op::Copy { len, .. } | Op::Fill { len, .. } | Op::Zero { len, .. } => len <= piece_max,
-            Op::Interrupt => true,
-        });
         let mut cookie = first;
         let written = if one_descriptor_each {
             // The common case, in one pass through the driver.
@@ -428,8 +445,11 @@ impl<E: Engine> Channel<E> {
         if last.interrupt {
             self.interrupt_through = cookie.get();
         }
-        let mut each = first;
-        for op in ops {
+        // Only the newest ADDRESS_HISTORY are kept: older ones would be
+        // overwritten within this loop.
+        let skip = ops.len().saturating_sub(ADDRESS_HISTORY);
+        let mut each = cookie_after(first, skip);
+        for op in &ops[skip..] {
             self.remember(each, op);
             each = each.next();
         }
@@ -765,18 +785,9 @@ impl<E: Engine> Channel<E> {
         None
     }
 
+    #[inline(always)]
     fn remember(&mut self, cookie: Cookie, op: &Op) {
-        let (dst, src, len) = match *op {
-            Op::Copy { dst, src, len } => (dst, Some(src), len),
-            Op::Fill { dst, len, .. } | Op::Zero { dst, len } => (dst, None, len),
-            Op::Interrupt => return,
-        };
-        self.footprints[self.next_footprint] = Some(Footprint {
-            cookie,
-            dst,
-            src,
-            len,
-        });
+        self.footprints[self.next_footprint] = Some(Footprint { cookie, op: *op });
         self.next_footprint = (self.next_footprint + 1) % ADDRESS_HISTORY;
     }
 
@@ -798,12 +809,10 @@ impl<E: Engine> Channel<E> {
         let culprit = (1..=ADDRESS_HISTORY)
             .map(|back| (self.next_footprint + ADDRESS_HISTORY - back) % ADDRESS_HISTORY)
             .filter_map(|slot| self.footprints[slot])
-            .find(|f| {
-                if write {
-                    touches(f.dst, f.len)
-                } else {
-                    f.src.is_some_and(|src| touches(src, f.len))
-                }
+            .find(|f| match f.op {
+                Op::Copy { dst, src, len } => touches(if write { dst } else { src }, len),
+                Op::Fill { dst, len, .. } | Op::Zero { dst, len } => write && touches(dst, len),
+                Op::Interrupt => false,
             })?;
         let kind = if write {
             ErrorKind::WriteFailed
@@ -928,6 +937,25 @@ fn failed_in(failures: Failures<'_>, cookie: Cookie) -> Status {
         }
     }
     Status::Complete
+}
+
+/// [`Channel::check_op`] for a copy on an engine that takes copies at any
+/// alignment: the same checks, in the same order.
+#[inline(always)]
+fn check_copy(dst: DmaAddr, src: DmaAddr, len: usize, mask: u64) -> Result<usize, DmaError> {
+    if len == 0 {
+        return Err(DmaError::ZeroLength);
+    }
+    let span = u64::try_from(len - 1).map_err(|_| DmaError::BeyondDmaMask)?;
+    let (dst_last, dst_wraps) = dst.overflowing_add(span);
+    let (src_last, src_wraps) = src.overflowing_add(span);
+    if dst_wraps | src_wraps | (dst_last > mask) | (src_last > mask) {
+        return Err(DmaError::BeyondDmaMask);
+    }
+    if dst <= src_last && src <= dst_last {
+        return Err(DmaError::Overlap);
+    }
+    Ok(len)
 }
 
 /// The cookie `n` places after `first`, wrapping from `i32::MAX` to 1 as
