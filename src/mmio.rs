@@ -44,6 +44,14 @@ impl MmioRegion {
         }
     }
 
+    /// The window's first byte (its virtual address, for a kernel that
+    /// unmaps it or places data by it; never to be dereferenced as a Rust
+    /// reference).
+    #[inline]
+    pub fn base(&self) -> NonNull<u8> {
+        self.base
+    }
+
     /// The length of the window in bytes.
     #[inline]
     pub fn len(&self) -> usize {

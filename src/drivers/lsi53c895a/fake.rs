@@ -106,7 +106,9 @@ impl FakeLsi {
                 // A Store of DSP (all the driver stores): the address of the
                 // next instruction, as QEMU stores it.
                 3 if insn & 0xf17f_0007 == script::STORE | (regs::DSP as u32) << 16 | 4 => {
-                    let ptr = FakeHal32::phys_to_virt(arg as DmaAddr).as_ptr().cast::<u32>();
+                    let ptr = FakeHal32::phys_to_virt(arg as DmaAddr)
+                        .as_ptr()
+                        .cast::<u32>();
                     // SAFETY: `phys_to_virt` checked the address is in the arena.
                     unsafe { ptr.write_unaligned(s.dsp) };
                 }

@@ -47,7 +47,10 @@ pub const fn memory_move(count: u32, src: u32, dst: u32) -> [u32; 3] {
 /// the register window, below 0x80) to `addr`.
 #[inline]
 pub const fn store(reg: usize, count: u32, addr: u32) -> [u32; 2] {
-    assert!(reg < 0x80 && count >= 1 && count <= 4, "Store: bad register or count");
+    assert!(
+        reg < 0x80 && count >= 1 && count <= 4,
+        "Store: bad register or count"
+    );
     [STORE | (reg as u32) << 16 | count, addr]
 }
 
