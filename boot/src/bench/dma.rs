@@ -29,21 +29,24 @@ const SMALL: usize = 64;
 /// slower, an artefact of the emulator, not of the engine.
 const UNALIASED: u64 = 5 * 4096;
 
-/// Pages in QEMU's software TLB (7.2 and 10.0 alike, in these runs),
-/// indexed by virtual page number modulo this. A register page whose slot
-/// a page of the channel also takes is walked again on every register
-/// access (counted with a uprobe on QEMU's `tlb_set_page_full`: about one
-/// refill per access in such a layout, none otherwise), which made each
-/// 64-byte request ~35% slower in a probe: 1 130 against 840 ns on 7.2,
-/// 1 865 against 1 360 on 10.0 (and other pages the driver touches collide
-/// too). Where a kernel's stack or heap puts its channel decides that: with
-/// the channel in one place, the small-copy ratios moved by up to 0.3 from
+/// Pages in QEMU's software TLB in these runs (7.2 and 10.0 alike),
+/// indexed by virtual page number modulo this (QEMU resizes it; the pages
+/// a uprobe on its `tlb_set_page_full` saw refilled collide modulo 128). A
+/// register page whose slot another page in use also takes is walked again
+/// on every register access (the uprobe counted about one refill per access
+/// in such a layout, none otherwise: RAM pages that collide are found again
+/// in QEMU's victim TLB, the register page is not), which made each 64-byte
+/// request ~35% slower in a probe: 1 130 against 840 ns on 7.2, 1 865
+/// against 1 360 on 10.0. The channel's own pages can collide so, and so can
+/// the pages of the driver's DMA block that it sweeps through as its ring
+/// and entries advance. Where a kernel puts its channel and DMA memory
+/// decides that: with the channel in one place, the small-copy ratios moved by up to 0.3 from
 /// one build to the next, with the layout more than with the code. So each
 /// round of the API side below runs with the channel in another of
 /// [`ROUNDS`] places spread over the slots, and the median is that of a
 /// typical layout; and what sharing the register page's slot costs is
 /// measured on its own (`dma.small.lsi.tlb_alias.batch1.ratio`).
-const TLB_SLOTS: usize = 256;
+const TLB_SLOTS: usize = 128;
 
 /// The TLB slot of the page at `addr`.
 fn tlb_slot(addr: usize) -> usize {
@@ -81,9 +84,9 @@ impl Places {
             .expect("the channel is in its place")
     }
 
-    /// Moves the channel to a place none of whose pages shares a TLB slot
-    /// with its DMA block, and one of whose pages takes TLB slot `slot`
-    /// (`takes`) or none. False if there is no such place.
+    /// Moves the channel to a place one of whose pages takes TLB slot
+    /// `slot` (`takes`), or to one none of whose pages takes it or a slot of
+    /// the channel's DMA block. False if there is no such place.
     fn move_where(&mut self, slot: usize, takes: bool) -> bool {
         let (block, len) = self.chan().engine().dma_block();
         let block = crate::mem::phys_to_virt(block) as usize;
@@ -96,7 +99,11 @@ impl Places {
             let pages: Vec<usize> = (start >> 12..=(start + size - 1) >> 12)
                 .map(|page| tlb_slot(page << 12))
                 .collect();
-            pages.iter().all(|p| !block_slots.contains(p)) && pages.contains(&slot) == takes
+            if takes {
+                pages.contains(&slot)
+            } else {
+                !pages.contains(&slot) && pages.iter().all(|p| !block_slots.contains(p))
+            }
         };
         let Some(to) = (0..self.slots.len()).find(|&i| fits(i)) else {
             return false;
