@@ -1138,6 +1138,41 @@ enum Call {
 proptest::proptest! {
     #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2000))]
 
+    /// `prep_batch` checks copies in its own loop (`check_copy`): a batch of
+    /// one copy is refused with the error `prep` gives the same copy, on a
+    /// 32-bit and a 64-bit mask, with sides far apart or close together.
+    #[test]
+    fn a_batched_copy_is_refused_as_a_single_one_is(
+        d in hostile_u64(),
+        s in hostile_u64(),
+        delta in -80i64..80,
+        close in proptest::prelude::any::<bool>(),
+        l in hostile_u64(),
+        wide in proptest::prelude::any::<bool>(),
+        at_the_top in 0u8..4,
+    ) {
+        let mask = if wide { u64::MAX } else { 0xffff_ffff };
+        // Sometimes a side whose last byte is the mask's, or one past it.
+        let top = |by: u64| mask.wrapping_sub(l).wrapping_add(by);
+        let (d, s) = match at_the_top {
+            1 => (top(1), s),
+            2 => (d, top(1)),
+            3 => (top(2), s),
+            _ => (d, s),
+        };
+        let channel = || {
+            let mut engine = Scripted::new(1 << 16, 40);
+            engine.dma_mask = mask;
+            Channel::new(engine)
+        };
+        let src = if close { d.wrapping_add_signed(delta) } else { s };
+        let len = usize::try_from(l).unwrap_or(usize::MAX);
+        let op = Op::Copy { dst: d, src, len };
+        // SAFETY: the scripted engine never touches memory.
+        let single = unsafe { channel().prep(op, PrepFlags::empty(), None) }.map(|_| ());
+        proptest::prop_assert_eq!(batch(&mut channel(), &[op]).map(|_| ()), single);
+    }
+
     /// Whatever the numbers, a call returns (never panics, overflow checks
     /// on); a refused call changes nothing; an accepted one is a request
     /// whose every byte is within the mask and whose sides do not overlap.
