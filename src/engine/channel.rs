@@ -8,8 +8,8 @@ use embedded_hal::delay::DelayNs;
 
 use super::wakers::{SlotName, WakerSlots};
 use super::{
-    Callback, Capabilities, Cookie, DmaError, Engine, ErrorKind, Fault, Limits, Notify, Op,
-    PrepFlags, Snapshot, Status,
+    Callback, Capabilities, Cookie, DmaError, Engine, EngineError, ErrorKind, Fault, Limits,
+    Notify, Op, PrepFlags, Snapshot, Status,
 };
 use crate::hal::{DmaAddr, PAGE_SIZE};
 
@@ -368,9 +368,10 @@ impl<E: Engine> Channel<E> {
         let written = if one_descriptor_each {
             // The common case, in one pass through the driver.
             cookie = cookie_after(first, ops.len() - 1);
-            self.engine
-                .prep_run(first, ops, last)
-                .map_err(DmaError::from)
+            // The error's conversion is out of line: inlined, it became a
+            // table jump taken on success too, which an emulator looks up
+            // at run time.
+            self.engine.prep_run(first, ops, last).map_err(engine_error)
         } else {
             let mut result = Ok(());
             for (i, &op) in ops.iter().enumerate() {
@@ -977,6 +978,13 @@ fn check_copy(dst: DmaAddr, src: DmaAddr, len: usize, mask: u64) -> Result<usize
         return Err(DmaError::Overlap);
     }
     Ok(len)
+}
+
+/// An engine's refusal as the channel reports it (see `prep_batch`).
+#[cold]
+#[inline(never)]
+fn engine_error(e: EngineError) -> DmaError {
+    e.into()
 }
 
 /// The cookie `n` places after `first`, wrapping from `i32::MAX` to 1 as

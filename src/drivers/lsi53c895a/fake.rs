@@ -8,6 +8,7 @@
 use core::cell::RefCell;
 
 use super::regs::{self, Dmode, Dstat, Istat, Istat1};
+use super::script;
 use crate::hal::fake::FakeHal32;
 use crate::hal::{DmaAddr, Hal};
 use crate::mmio::Registers;
@@ -101,6 +102,15 @@ impl FakeLsi {
                     let dst = read_u32(s.dsp);
                     s.dsp += 4;
                     move_bytes(dst, arg, insn & 0x00ff_ffff);
+                }
+                // A Store of DSP (all the driver stores): the address of the
+                // next instruction, as QEMU stores it.
+                3 if insn & 0xf17f_0007 == script::STORE | (regs::DSP as u32) << 16 | 4 => {
+                    let ptr = FakeHal32::phys_to_virt(arg as DmaAddr)
+                        .as_ptr()
+                        .cast::<u32>();
+                    // SAFETY: `phys_to_virt` checked the address is in the arena.
+                    unsafe { ptr.write_unaligned(s.dsp) };
                 }
                 2 if insn & 0x002e_0000 == 0 => {}
                 2 if insn & (1 << 19) != 0 => match (insn >> 27) & 7 {

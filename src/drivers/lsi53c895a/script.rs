@@ -1,14 +1,19 @@
 //! SCRIPTS instruction encodings: the few the copy engine uses.
 //!
 //! Source: LSI53C895A Technical Manual, chapter 6 "SCRIPTS Instruction Set":
-//! the first dword's bits 31-30 select the type (11 = Memory Move, 10 =
-//! Transfer Control); the encodings below were also checked against QEMU
-//! 7.2 (measured on QEMU 7.2).
+//! the first dword's bits 31-30 select the type (11 = Memory Move or
+//! Load/Store, 10 = Transfer Control); the encodings below were also checked
+//! against QEMU 7.2 and 10.0 (measured there).
 
 /// Memory Move, first dword: bits 31-29 = 110 (bit 29 clear: not Load/Store),
 /// bits 23-0 the byte count. The second dword is the source, the third the
 /// destination (32-bit addresses).
 pub const MEMORY_MOVE: u32 = 0xc000_0000;
+/// Load/Store, first dword: bits 31-29 = 111, bit 28 clear (absolute
+/// address, not DSA-relative), bit 24 clear for a Store (register to
+/// memory), bits 22-16 the register's address, bits 2-0 the byte count
+/// (1-4). The second dword is the memory address.
+pub const STORE: u32 = 0xe000_0000;
 /// The largest Memory Move byte count (24 bits).
 pub const MAX_MOVE: u32 = 0x00ff_ffff;
 /// Transfer Control JUMP: bits 31-30 = 10, opcode (29-27) = 000, bit 19 =
@@ -28,12 +33,25 @@ pub const ILLEGAL: u32 = 0xa008_0000;
 pub const MOVE_WORDS: u32 = 3;
 /// Words in a Transfer Control instruction.
 pub const TC_WORDS: u32 = 2;
+/// Words in a Load/Store instruction.
+pub const STORE_WORDS: u32 = 2;
 
 /// A Memory Move of `count` bytes (at most [`MAX_MOVE`]) from `src` to `dst`.
 #[inline]
 pub const fn memory_move(count: u32, src: u32, dst: u32) -> [u32; 3] {
     assert!(count <= MAX_MOVE, "Memory Move count is 24 bits");
     [MEMORY_MOVE | count, src, dst]
+}
+
+/// A Store of `count` bytes (1-4) of the register at `reg` (its offset in
+/// the register window, below 0x80) to `addr`.
+#[inline]
+pub const fn store(reg: usize, count: u32, addr: u32) -> [u32; 2] {
+    assert!(
+        reg < 0x80 && count >= 1 && count <= 4,
+        "Store: bad register or count"
+    );
+    [STORE | (reg as u32) << 16 | count, addr]
 }
 
 /// An unconditional JUMP to `target`.
@@ -83,6 +101,17 @@ mod tests {
     #[should_panic(expected = "24 bits")]
     fn memory_move_count_is_24_bits() {
         let _ = memory_move(MAX_MOVE + 1, 0, 0);
+    }
+
+    #[test]
+    fn store_fields() {
+        let [op, addr] = store(0x2c, 4, 0x1234_5678);
+        assert_eq!(bits(op, 31, 29), 0b111, "type: load/store");
+        assert_eq!(bits(op, 28, 28), 0, "absolute address");
+        assert_eq!(bits(op, 24, 24), 0, "store, not load");
+        assert_eq!(bits(op, 22, 16), 0x2c, "register");
+        assert_eq!(bits(op, 2, 0), 4, "byte count");
+        assert_eq!(addr, 0x1234_5678);
     }
 
     #[test]
