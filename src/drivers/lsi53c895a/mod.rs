@@ -303,10 +303,15 @@ impl<H: Hal, R: Registers> Lsi53c895a<H, R> {
     }
 
     fn push_entry(&mut self, entry: Entry) {
-        let ptr = self.entry_ptr(self.first_entry + self.entries);
+        self.set_entry(self.first_entry + self.entries, entry);
+        self.entries += 1;
+    }
+
+    /// Writes the entry at `index` (taken modulo the array's length).
+    fn set_entry(&mut self, index: u32, entry: Entry) {
+        let ptr = self.entry_ptr(index);
         // SAFETY: as for `entry`.
         unsafe { ptr.write(entry) };
-        self.entries += 1;
     }
 
     /// Claims `n` contiguous ring words, leaving `keep` words free, and
@@ -612,9 +617,10 @@ impl<H: Hal, R: Registers> Engine for Lsi53c895a<H, R> {
             return Err(EngineError::Halted);
         }
         // One pass for a run of plain copies that fits before the ring's
-        // end: the words and entries are claimed once, then written. The
-        // last request's notification, and anything else, take the general
-        // path.
+        // end: room for all of them is checked once, their words and entries
+        // are written, and the claim is recorded after the loop. From the
+        // first request that is not a plain copy on, and for the last
+        // request's notification, the general path takes over.
         let (run, rest) = if last == Notify::default() {
             (ops, &[][..])
         } else {
@@ -623,42 +629,48 @@ impl<H: Hal, R: Registers> Engine for Lsi53c895a<H, R> {
         let n = run.len() as u32;
         let words = n * MOVE_WORDS;
         let fast = !self.inject
-            && n > 0
             && self.entries + n <= MAX_ENTRIES
             && self.head + words + TC_WORDS <= RING_WORDS
-            && self.used + words + ISSUE_RESERVE <= RING_WORDS
-            && run.iter().all(|op| matches!(op, Op::Copy { .. }));
+            && self.used + words + ISSUE_RESERVE <= RING_WORDS;
         let mut cookie = first;
+        let mut done = 0;
         if fast {
             let at = self.head;
+            let entry = self.first_entry + self.entries;
             let mut last_in_run = first;
-            for (k, op) in run.iter().enumerate() {
+            for op in run {
                 let Op::Copy { dst, src, len } = *op else {
-                    unreachable!("checked above");
+                    break;
                 };
-                let word = at + k as u32 * MOVE_WORDS;
+                let word = at + done * MOVE_WORDS;
                 // The channel checked every address against the 32-bit DMA
                 // mask and every length against MAX_MOVE: the casts are exact.
                 self.write_ring(
                     word,
                     &script::memory_move(len as u32, src as u32, dst as u32),
                 );
-                self.push_entry(Entry {
-                    cookie: cookie.get(),
-                    end: word + MOVE_WORDS,
-                });
+                self.set_entry(
+                    entry + done,
+                    Entry {
+                        cookie: cookie.get(),
+                        end: word + MOVE_WORDS,
+                    },
+                );
                 last_in_run = cookie;
                 cookie = cookie.next();
+                done += 1;
             }
-            self.head = at + words;
-            self.used += words;
-            self.last_cookie = Some(last_in_run);
-            self.last_writeback = None;
-        } else {
-            for &op in run {
-                self.prep(cookie, op, Some(Notify::default()))?;
-                cookie = cookie.next();
+            if done > 0 {
+                self.entries += done;
+                self.head = at + done * MOVE_WORDS;
+                self.used += done * MOVE_WORDS;
+                self.last_cookie = Some(last_in_run);
+                self.last_writeback = None;
             }
+        }
+        for &op in &run[done as usize..] {
+            self.prep(cookie, op, Some(Notify::default()))?;
+            cookie = cookie.next();
         }
         for &op in rest {
             self.prep(cookie, op, Some(last))?;

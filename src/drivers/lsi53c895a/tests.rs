@@ -55,8 +55,10 @@ enum Action {
         to: usize,
         len: usize,
     },
-    /// Several copies in one `prep_batch`.
-    Batch(Vec<(usize, usize, usize)>),
+    /// Several requests in one `prep_batch`: copies, and fills where a
+    /// pattern is given (a run of copies broken by a fill leaves the
+    /// driver's one-pass path part of the way through).
+    Batch(Vec<(usize, usize, usize, Option<u64>)>),
     /// An interrupt-only request (`Op::Interrupt` with `INTERRUPT`).
     Interrupt,
     Issue,
@@ -68,8 +70,8 @@ enum Action {
 fn action() -> impl Strategy<Value = Action> {
     prop_oneof![
         6 => (0..CELLS, 0..CELLS, 1..=CELL).prop_map(|(from, to, len)| Action::Copy { from, to: if to == from { (to + 1) % CELLS } else { to }, len }),
-        3 => prop::collection::vec((0..CELLS, 0..CELLS, 1..=CELL), 1..40).prop_map(|copies| Action::Batch(
-            copies.into_iter().map(|(from, to, len)| (from, if to == from { (to + 1) % CELLS } else { to }, len)).collect()
+        3 => prop::collection::vec((0..CELLS, 0..CELLS, 1..=CELL, prop::option::weighted(0.2, any::<u64>())), 1..40).prop_map(|ops| Action::Batch(
+            ops.into_iter().map(|(from, to, len, fill)| (from, if to == from { (to + 1) % CELLS } else { to }, len, fill)).collect()
         )),
         1 => Just(Action::Interrupt),
         2 => Just(Action::Issue),
@@ -84,6 +86,8 @@ struct Request {
     from: usize,
     to: usize,
     len: usize,
+    /// A fill of `to` with this pattern instead of a copy from `from`.
+    fill: Option<u64>,
     epoch: usize,
     injected: bool,
 }
@@ -121,7 +125,7 @@ fn with_room<T>(
 }
 
 /// Runs `actions`, then drains; checks every cookie's end and the memory
-/// against a model that applies the completed copies in order.
+/// against a model that applies the completed requests in order.
 fn run(actions: &[Action]) -> Result<(), TestCaseError> {
     let mut chan = chan();
     let (mem, mut model) = cells();
@@ -143,19 +147,26 @@ fn run(actions: &[Action]) -> Result<(), TestCaseError> {
                     from,
                     to,
                     len,
+                    fill: None,
                     epoch,
                     injected: inject_next,
                 });
                 inject_next = false;
             }
-            Action::Batch(ref copies) => {
+            Action::Batch(ref items) => {
                 prepare(&mut chan, &mut epoch, inject_next);
-                let ops: Vec<Op> = copies
+                let ops: Vec<Op> = items
                     .iter()
-                    .map(|&(from, to, len)| Op::Copy {
-                        dst: base + (to * CELL) as u64,
-                        src: base + (from * CELL) as u64,
-                        len,
+                    .map(|&(from, to, len, fill)| {
+                        let dst = base + (to * CELL) as u64;
+                        match fill {
+                            Some(pattern) => Op::Fill { dst, len, pattern },
+                            None => Op::Copy {
+                                dst,
+                                src: base + (from * CELL) as u64,
+                                len,
+                            },
+                        }
                     })
                     .collect();
                 // SAFETY: cells of our buffer, read only after the chip stops.
@@ -163,14 +174,15 @@ fn run(actions: &[Action]) -> Result<(), TestCaseError> {
                     chan.prep_batch(&ops, PrepFlags::empty())
                 });
                 let batch = prepped.map_err(|e| TestCaseError::fail(format!("prep_batch: {e}")))?;
-                prop_assert_eq!(batch.len, copies.len());
+                prop_assert_eq!(batch.len, items.len());
                 let mut cookie = batch.first;
-                for (k, &(from, to, len)) in copies.iter().enumerate() {
+                for (k, &(from, to, len, fill)) in items.iter().enumerate() {
                     requests.push(Request {
                         cookie,
                         from,
                         to,
                         len,
+                        fill,
                         epoch,
                         injected: inject_next && k == 0,
                     });
@@ -192,6 +204,7 @@ fn run(actions: &[Action]) -> Result<(), TestCaseError> {
                     from: 0,
                     to: 0,
                     len: 0,
+                    fill: None,
                     epoch,
                     injected: inject_next,
                 });
@@ -259,7 +272,10 @@ fn run(actions: &[Action]) -> Result<(), TestCaseError> {
         if chan.status(r.cookie).status != Status::Complete {
             continue;
         }
-        let chunk: Vec<u8> = model[r.from * CELL..r.from * CELL + r.len].to_vec();
+        let chunk: Vec<u8> = match r.fill {
+            Some(pattern) => (0..r.len).map(|i| pattern.to_le_bytes()[i % 8]).collect(),
+            None => model[r.from * CELL..r.from * CELL + r.len].to_vec(),
+        };
         model[r.to * CELL..r.to * CELL + r.len].copy_from_slice(&chunk);
     }
     let got = read_cells(&mem);
