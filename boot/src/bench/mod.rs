@@ -83,60 +83,55 @@ fn mmio_pair(name: &str, regs: &MmioRegion, read_at: usize, write_at: usize) {
     report(&alloc::format!("mmio.{name}.read32.ns"), read, "ns");
     let write = ns_per_iter(N, || regs.write32(write_at, 0x5a5a_5a5a));
     report(&alloc::format!("mmio.{name}.write32.ns"), write, "ns");
-    mmio_alone(name, regs, read_at, write_at);
+    mmio_string(name, regs, read_at, write_at);
 }
 
-/// The same accesses, each alone in its translation block. A reload of SS
-/// holds off interrupts for one instruction, and QEMU's TCG ends a block
-/// after that instruction, so the access that follows is a block's first and
-/// last. QEMU 8.2 and later allow a device access only in a block's last
-/// instruction and otherwise stop, translate the block again up to the
-/// access, and run that: these keys measure what the drivers' ordinary
-/// accesses pay for it (they do not use the trick; see the README's
-/// performance notes).
-fn mmio_alone(name: &str, regs: &MmioRegion, read_at: usize, write_at: usize) {
+/// The same accesses made by a one-element `rep lodsd` / `rep stosd`.
+/// QEMU 8.2 and later let only the last instruction of a translated block
+/// touch a device; an access anywhere else stops the block, which is
+/// translated again up to the access and run. A string instruction with a
+/// repeat prefix always ends its block, so it is never re-translated.
+/// These keys measure what the drivers' ordinary accesses pay for that (the
+/// drivers do not use string instructions; see the README's performance
+/// notes).
+fn mmio_string(name: &str, regs: &MmioRegion, read_at: usize, write_at: usize) {
     const N: u64 = 20_000;
     let read_ptr = regs.base().as_ptr().wrapping_add(read_at).cast::<u32>();
     let write_ptr = regs.base().as_ptr().wrapping_add(write_at).cast::<u32>();
-    let ss: u16;
-    // SAFETY: copies the SS selector into a register; no memory is touched.
-    unsafe { asm!("mov {0:x}, ss", out(reg) ss, options(nomem, nostack, preserves_flags)) };
     let read = ns_per_iter(N, || {
         let value: u32;
-        // SAFETY: SS gets its own selector back (gdt.rs loads it and never
-        // changes the GDT afterwards), which changes nothing but the
-        // one-instruction interrupt shadow; `read_ptr` is a register inside
-        // the window `regs` maps for as long as it lives, and the callers
-        // pass registers whose reads have no side effects.
+        // SAFETY: one 4-byte load from `read_ptr` (RCX = 1, and DF is clear
+        // on entry to an asm block), a register inside the window `regs`
+        // maps for as long as it lives; the callers pass registers whose
+        // reads have no side effects.
         unsafe {
             asm!(
-                "mov ss, {ss:x}",
-                "mov {value:e}, dword ptr [{ptr}]",
-                ss = in(reg) ss,
-                ptr = in(reg) read_ptr,
-                value = out(reg) value,
+                "rep lodsd",
+                inout("rsi") read_ptr => _,
+                inout("rcx") 1u64 => _,
+                out("eax") value,
                 options(nostack, preserves_flags),
             )
         };
         core::hint::black_box(value);
     });
-    report(&alloc::format!("mmio.{name}.read32_alone.ns"), read, "ns");
+    report(&alloc::format!("mmio.{name}.read32_rep.ns"), read, "ns");
     let write = ns_per_iter(N, || {
-        // SAFETY: as for the read; the callers pass registers that only
-        // store what is written (a scratch register, the edu device's
-        // liveness register), as `mmio_pair` writes them.
+        // SAFETY: one 4-byte store to `write_ptr`, as for the read; the
+        // callers pass registers that only store what is written (a scratch
+        // register, the edu device's liveness register), as `mmio_pair`
+        // writes them.
         unsafe {
             asm!(
-                "mov ss, {ss:x}",
-                "mov dword ptr [{ptr}], {value:e}",
-                ss = in(reg) ss,
-                ptr = in(reg) write_ptr,
-                value = in(reg) 0x5a5a_5a5a_u32,
+                "rep stosd",
+                inout("rdi") write_ptr => _,
+                inout("rcx") 1u64 => _,
+                in("eax") 0x5a5a_5a5a_u32,
                 options(nostack, preserves_flags),
             )
         };
     });
-    report(&alloc::format!("mmio.{name}.write32_alone.ns"), write, "ns");
+    report(&alloc::format!("mmio.{name}.write32_rep.ns"), write, "ns");
 }
 
 fn mmio() {
