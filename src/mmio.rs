@@ -5,6 +5,15 @@
 //! compiler neither merges, reorders nor invents accesses. Each region counts
 //! its accesses, which is how benchmarks report MMIO per operation as a
 //! number that does not depend on machine noise.
+//!
+//! Under emulation an access costs far more than the instruction: QEMU 8.2
+//! and later let only the last instruction of a translated block touch a
+//! device and translate the block again around any other access (an
+//! LSI53C895A register read took about 90 ns under QEMU 7.2's TCG and
+//! 250-290 ns under 10.0's on the machine the README's numbers come from;
+//! a one-element `rep lodsd` ends its block and took 100-180 ns). These
+//! accessors are plain volatile loads and stores; the LSI53C895A driver
+//! makes at most two per issued batch.
 
 use core::ptr::NonNull;
 use core::sync::atomic::{AtomicU64, Ordering};
