@@ -14,7 +14,7 @@ use x86_64::structures::paging::{Page, PhysFrame};
 use x86_64::{PhysAddr, VirtAddr};
 
 use super::report;
-use crate::dma::{lsi_channel, lsi_device};
+use crate::dma::{LsiChannel, lsi_channel, lsi_device};
 use crate::iommu::{source_of, take};
 use crate::mm::{db, mapper, new_space};
 use crate::{platform, println, time};
@@ -29,6 +29,24 @@ const RW: VmFlags = VmFlags::READ
 
 fn page(addr: u64) -> Page {
     Page::containing_address(VirtAddr::new(addr))
+}
+
+/// `n` copies of `len` bytes from DMA address `src` to `dst` through
+/// `chan`, each waited for; returns the nanoseconds they took.
+///
+/// # Safety
+/// Both ranges must be the caller's memory, touched by nothing else until
+/// this returns.
+unsafe fn copies_ns(chan: &mut LsiChannel, src: u64, dst: u64, len: usize, n: u64) -> u64 {
+    let start = time::rdtsc();
+    for _ in 0..n {
+        // SAFETY: the caller gives both ranges over to the copies, and each
+        // copy is waited for before the next and before the return.
+        let c = unsafe { chan.prep_copy(dst, src, len, PrepFlags::empty()) }.expect("prep");
+        chan.wait(c, &mut time::Delay, core::time::Duration::from_secs(5))
+            .expect("copy");
+    }
+    time::cycles_to_ns(time::rdtsc() - start)
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -125,15 +143,9 @@ fn user_driver_vs_kernel() {
         ) else {
             return;
         };
-        let start = time::rdtsc();
-        for _ in 0..copies {
-            // SAFETY: both buffers are ours until the wait returns.
-            let c = unsafe { chip.prep_copy(dst.paddr(), src.paddr(), LEN, PrepFlags::empty()) }
-                .expect("prep");
-            chip.wait(c, &mut time::Delay, core::time::Duration::from_secs(5))
-                .expect("copy");
-        }
-        let ns = time::cycles_to_ns(time::rdtsc() - start) as f64;
+        // SAFETY: both buffers were just allocated and are used by nothing
+        // else.
+        let ns = unsafe { copies_ns(&mut chip, src.paddr(), dst.paddr(), LEN, copies) } as f64;
         kernel_runs.push(copies as f64 * 1e9 / ns);
     }
     let (user, kernel) = (median(user_runs), median(kernel_runs));
@@ -198,15 +210,9 @@ fn copy_with_and_without_translation(unit: &crate::iommu::Unit) {
         } else {
             unit.disable().expect("off");
         }
-        let start = time::rdtsc();
-        for _ in 0..N {
-            // SAFETY: both buffers are ours for the whole benchmark.
-            let c = unsafe { lsi.prep_copy(dst.paddr(), src.paddr(), SIZE, PrepFlags::empty()) }
-                .expect("prep");
-            lsi.wait(c, &mut time::Delay, core::time::Duration::from_secs(5))
-                .expect("copy");
-        }
-        (SIZE * N) as f64 / time::cycles_to_ns(time::rdtsc() - start) as f64
+        // SAFETY: both buffers are ours for the whole benchmark.
+        let ns = unsafe { copies_ns(&mut lsi, src.paddr(), dst.paddr(), SIZE, N as u64) };
+        (SIZE * N) as f64 / ns as f64
     };
     run(true);
     let (mut on, mut off) = (Vec::new(), Vec::new());
