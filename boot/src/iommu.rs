@@ -120,7 +120,10 @@ pub unsafe fn route_faults(
             return Err(e);
         }
     };
-    unit.enable_fault_interrupts(message.address, message.data as u32);
+    // SAFETY: an MSI message `allocate_msi` made: an address in the local
+    // APICs' interrupt window and a fixed vector of ours, whose handler
+    // (`on_fault_event`) reads faults whenever it runs.
+    unsafe { unit.enable_fault_interrupts(message.address, message.data as u32) };
     Ok(FaultRoute { unit, message })
 }
 

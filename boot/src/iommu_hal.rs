@@ -53,7 +53,8 @@ pub struct Attached {
 }
 
 /// Puts `device` behind the kernel domain and turns translation on; the
-/// unit is this guard's until it is dropped.
+/// unit is this guard's until it is dropped. Dropping it turns translation
+/// off: the kernel's rule is that the device's channels go first.
 pub fn attach(device: &crate::pci::Device) -> Result<Attached, &'static str> {
     let unit = alloc::boxed::Box::into_raw(alloc::boxed::Box::new(take()?));
     // SAFETY: leaked just now; freed by `Attached::drop`, after the domain
@@ -98,7 +99,9 @@ impl Attached {
 
 impl Drop for Attached {
     fn drop(&mut self) {
-        let _ = self.unit().disable();
+        // SAFETY: the kernel's rule (see `attach`): the device's channels
+        // are dropped before the guard, so nothing is in flight.
+        let _ = unsafe { self.unit().disable() };
         let _ = self.unit().detach(self.source);
         // The domain goes before the unit it borrows.
         STATE.lock().take();

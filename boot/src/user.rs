@@ -862,7 +862,9 @@ impl Process {
             chan.terminate();
             let _ = chan.reset();
         }
-        let _ = unit.disable();
+        // SAFETY: the chip is idle: its one request ended, or it was
+        // terminated above.
+        let _ = unsafe { unit.disable() };
         let _ = unit.detach(source);
         match (copied, fault) {
             (Ok(()), None) => {

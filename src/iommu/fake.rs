@@ -39,6 +39,8 @@ struct State {
     descriptors: usize,
     /// Fault events sent.
     events: usize,
+    /// A unit that never turns translation off (a wedged one).
+    refuses_disable: bool,
 }
 
 /// The fake unit.
@@ -73,6 +75,14 @@ impl FakeVtd {
     pub fn with_queue() -> FakeVtd {
         let fake = FakeVtd::default();
         fake.state.borrow_mut().has_queue = true;
+        fake
+    }
+
+    /// A unit that ignores every request to turn translation off, as a
+    /// wedged one would.
+    pub fn refusing_to_disable() -> FakeVtd {
+        let fake = FakeVtd::default();
+        fake.state.borrow_mut().refuses_disable = true;
         fake
     }
 
@@ -229,7 +239,7 @@ impl Registers for FakeVtd {
                 }
                 if value & regs::GCMD_TE != 0 {
                     s.gsts |= regs::GSTS_TES;
-                } else {
+                } else if !s.refuses_disable {
                     s.gsts &= !regs::GSTS_TES;
                 }
                 if value & regs::GCMD_QIE != 0 && s.has_queue {

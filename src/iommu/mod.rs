@@ -281,6 +281,12 @@ impl<R: Registers, M: TableMapper, A: TableAllocator> Iommu<R, M, A> {
     /// program the unit; queued invalidation must be off (it is at reset).
     /// While translation is off (until [`Iommu::enable`]), devices reach
     /// physical memory directly, as without an IOMMU.
+    ///
+    /// Dropping the `Iommu` turns translation off, as [`Iommu::disable`]
+    /// does: the caller vouches that when it is dropped, `disable`'s
+    /// contract holds (no device behind the unit still has DMA in flight
+    /// to an IOVA). If the unit does not turn translation off, the drop
+    /// leaks its tables rather than free what the unit may still walk.
     pub unsafe fn new(regs: R, mapper: M, mut alloc: A) -> Result<Self, IommuError> {
         let cap = regs.read64(regs::CAP);
         let ecap = regs.read64(regs::ECAP);
@@ -374,7 +380,30 @@ impl<R: Registers, M: TableMapper, A: TableAllocator> Iommu<R, M, A> {
     }
 
     /// Turns translation off: devices reach physical memory directly.
-    pub fn disable(&self) -> Result<(), IommuError> {
+    ///
+    /// `unsafe` since issue 17 (it was safe): every address a device was
+    /// given as an IOVA becomes a physical address, so a request in
+    /// flight (an owned-buffer one too) would write whatever RAM sits at
+    /// its IOVA.
+    ///
+    /// On `TimedOut` translation may still be on: the tables stay in use.
+    ///
+    /// # Safety
+    /// No device behind this unit may have DMA in flight, or be started,
+    /// while translation is off, unless every address it was given is
+    /// valid for that access as a physical address: stop (terminate and
+    /// see stopped) every channel of a device attached to a domain first,
+    /// or keep its domain an identity map of memory the requests own.
+    ///
+    /// ```compile_fail,E0133
+    /// # use dmaengine::iommu::Iommu;
+    /// # use dmaengine::mm::traits::{TableAllocator, TableMapper};
+    /// # use dmaengine::mmio::Registers;
+    /// fn off<R: Registers, M: TableMapper, A: TableAllocator>(unit: &Iommu<R, M, A>) {
+    ///     let _ = unit.disable(); // safe code can no longer turn it off
+    /// }
+    /// ```
+    pub unsafe fn disable(&self) -> Result<(), IommuError> {
         self.command(0, regs::GSTS_TES);
         for _ in 0..WAIT_POLLS {
             if self.regs.read32(regs::GSTS) & regs::GSTS_TES == 0 {
@@ -408,7 +437,10 @@ impl<R: Registers, M: TableMapper, A: TableAllocator> Iommu<R, M, A> {
     /// # Safety
     /// `tables` must stay a live second-level hierarchy, reachable by the
     /// unit, until the device is detached (and the domain's IOTLB entries
-    /// flushed by its [`IotlbFlush`]).
+    /// flushed by its [`IotlbFlush`]); if [`Iommu::detach`] fails, they
+    /// must be kept (leaked). The device must have no DMA in flight aimed
+    /// at addresses meant for another domain (or for no translation): from
+    /// here on, they are translated through `tables`.
     pub unsafe fn attach(
         &self,
         device: SourceId,
@@ -434,6 +466,19 @@ impl<R: Registers, M: TableMapper, A: TableAllocator> Iommu<R, M, A> {
     }
 
     /// Detaches `device`: its DMA faults again (until attached elsewhere).
+    ///
+    /// Safe with requests in flight (audited for issue 17): once the
+    /// context entry is gone and the caches invalidated, each access of
+    /// theirs is refused (a write dropped, a read returning zeros, both
+    /// recorded as faults), so none reaches memory; their channels report
+    /// them failed when they check the unit's faults (see
+    /// [`crate::engine::FaultHook`]). What is unsafe is what may come
+    /// next: attaching the device elsewhere ([`Iommu::attach`]) or turning
+    /// translation off ([`Iommu::disable`]) while they are in flight.
+    ///
+    /// On an error the invalidation did not finish: the unit may still
+    /// translate the device through the old domain's tables, which must
+    /// then be kept (see [`Iommu::attach`]).
     pub fn detach(&self, device: SourceId) -> Result<(), IommuError> {
         let context = self.tables.borrow().context[device.bus as usize];
         if context == 0 {
@@ -456,7 +501,26 @@ impl<R: Registers, M: TableMapper, A: TableAllocator> Iommu<R, M, A> {
     /// 11.4.9.2-5). The handler reads the faults with
     /// [`Iommu::take_fault`] until it answers `None`: only then does the
     /// next fault raise an event again.
-    pub fn enable_fault_interrupts(&self, address: u64, data: u32) {
+    ///
+    /// `unsafe` since issue 17 (it was safe): the unit writes `data` to
+    /// `address` as a DMA write that no domain checks.
+    ///
+    /// # Safety
+    /// `address` must be one the platform takes as an interrupt message,
+    /// never as memory (on x86, within 0xfee00000..=0xfeefffff), and
+    /// `data` a fixed or lowest-priority message to a vector (32 or above)
+    /// whose handler tolerates being run at any time.
+    ///
+    /// ```compile_fail,E0133
+    /// # use dmaengine::iommu::Iommu;
+    /// # use dmaengine::mm::traits::{TableAllocator, TableMapper};
+    /// # use dmaengine::mmio::Registers;
+    /// fn aim<R: Registers, M: TableMapper, A: TableAllocator>(unit: &Iommu<R, M, A>) {
+    ///     // Safe code can no longer have the unit write 4 bytes anywhere.
+    ///     unit.enable_fault_interrupts(0x1000, 0x5a5a_5a5a);
+    /// }
+    /// ```
+    pub unsafe fn enable_fault_interrupts(&self, address: u64, data: u32) {
         self.regs.write32(regs::FEDATA, data);
         self.regs.write32(regs::FEADDR, address as u32 & !0b11);
         self.regs.write32(regs::FEUADDR, (address >> 32) as u32);
@@ -564,7 +628,14 @@ fn iotlb_command<R: Registers>(regs: &R, iotlb: usize, kind: u64) -> Result<(), 
 impl<R: Registers, M: TableMapper, A: TableAllocator> Drop for Iommu<R, M, A> {
     fn drop(&mut self) {
         // Translation off first: then no device walks the tables we free.
-        let _ = self.disable();
+        // A unit that will not turn it off may still walk the root and
+        // context tables and write the queue's status word: all leaked,
+        // never reused.
+        // SAFETY: `new`'s contract: when the unit is dropped, no device
+        // behind it has DMA in flight to an IOVA.
+        if unsafe { self.disable() }.is_err() {
+            return;
+        }
         // The queue off next (the unit then reads neither page), and its
         // pages back.
         if let Some(queue) = self.queue.get_mut().take() {

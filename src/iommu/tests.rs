@@ -156,7 +156,9 @@ fn a_fault_event_is_sent_once_per_fault_read_and_never_while_masked() {
     assert_eq!(v.dma(LSI.raw(), IOVA, true), Access::Fault(5));
     assert_eq!(v.fault_events(), 0);
     assert!(iommu.take_fault().is_some());
-    iommu.enable_fault_interrupts(0xfee0_1000, 0x93);
+    // SAFETY: the fake delivers no message; the address is in x86's
+    // interrupt window and 0x93 a fixed vector.
+    unsafe { iommu.enable_fault_interrupts(0xfee0_1000, 0x93) };
     assert_eq!(v.dma(LSI.raw(), IOVA, true), Access::Fault(5));
     assert_eq!(v.fault_events(), 1);
     // Another before the first is read: no second event.
@@ -170,4 +172,43 @@ fn a_fault_event_is_sent_once_per_fault_read_and_never_while_masked() {
     assert_eq!(v.dma(LSI.raw(), IOVA, false), Access::Fault(6));
     assert_eq!(v.fault_events(), 2, "masked again");
     iommu.detach(LSI).unwrap();
+}
+
+/// A unit that will not turn translation off may still walk its root and
+/// context tables (and write the queue's status word): dropping its driver
+/// must leak them, never give them back for reuse.
+#[test]
+fn a_unit_that_will_not_stop_translating_keeps_its_tables_when_dropped() {
+    let mem = Memory::new(16);
+    let db = mem.db();
+    // SAFETY: as in the tests above.
+    let iommu = unsafe { Iommu::new(FakeVtd::refusing_to_disable(), mapper(), &db) }.unwrap();
+    let id = DomainId::new(1).unwrap();
+    let dom = domain(&iommu, id, &db, mapper(), &db).unwrap();
+    // SAFETY: the domain's tables are leaked below, so they stay live for
+    // as long as the unit may walk them.
+    unsafe { iommu.attach(LSI, id, dom.root()) }.unwrap();
+    iommu.enable().unwrap();
+    core::mem::forget(dom);
+    // SAFETY: no DMA is in flight (the fake has none).
+    assert_eq!(unsafe { iommu.disable() }, Err(IommuError::TimedOut));
+    let tables = table_frames(&db);
+    drop(iommu);
+    assert_eq!(
+        table_frames(&db),
+        tables,
+        "root, context and domain tables all still held"
+    );
+    // A unit that does stop gives its own tables back (the domain's, leaked
+    // above, are not its own).
+    // SAFETY: as above.
+    let iommu = unsafe { Iommu::new(FakeVtd::new(), mapper(), &db) }.unwrap();
+    let id2 = DomainId::new(2).unwrap();
+    let dom = domain(&iommu, id2, &db, mapper(), &db).unwrap();
+    // SAFETY: the domain lives until after `detach` below.
+    unsafe { iommu.attach(EDU, id2, dom.root()) }.unwrap();
+    iommu.detach(EDU).unwrap();
+    drop(dom);
+    drop(iommu);
+    assert_eq!(table_frames(&db), tables, "only the first unit's leak left");
 }
