@@ -8,8 +8,8 @@ use embedded_hal::delay::DelayNs;
 
 use super::wakers::{SlotName, WakerSlots};
 use super::{
-    Callback, Capabilities, Cookie, DmaError, Engine, EngineError, ErrorKind, Fault, Limits,
-    Notify, Op, PrepFlags, Snapshot, Status,
+    Callback, Capabilities, Cookie, DmaError, Engine, EngineError, ErrorKind, Fault, FaultHook,
+    Limits, Notify, Op, PrepFlags, Snapshot, Status,
 };
 use crate::hal::{DmaAddr, PAGE_SIZE};
 
@@ -110,6 +110,8 @@ pub struct Channel<E: Engine> {
     /// The longest piece one descriptor takes: `max_len` rounded down to
     /// the alignment (computed once: the limits are fixed).
     piece_max: usize,
+    /// The IOMMU fault records of the engine's device, if it is behind one.
+    faults: Option<FaultHook>,
 }
 
 impl<E: Engine> Channel<E> {
@@ -137,7 +139,28 @@ impl<E: Engine> Channel<E> {
             footprints: [None; ADDRESS_HISTORY],
             next_footprint: 0,
             wakers: WakerSlots::new(),
+            faults: None,
         }
+    }
+
+    /// Makes the channel ask `hook` for its device's IOMMU faults each time
+    /// the engine reports progress, after reading it and before calling
+    /// any request complete: a request whose DMA the unit refused then
+    /// ends `Error(WriteFailed)` (or `ReadFailed`) as with
+    /// [`Channel::fail_at`], never `Complete`, although the engine, which
+    /// never learns of the refusal, reports it done. A fault of the device
+    /// that no remembered request explains ends every outstanding request
+    /// (`Error(BusFault)` for the first). `None` removes the hook.
+    ///
+    /// # Safety
+    /// While the hook is installed (until it is replaced or the channel
+    /// dropped), the source it was made from must stay alive, and its
+    /// `take_fault_of` must be callable from whatever thread runs the
+    /// channel's methods: an [`Iommu`](crate::iommu::Iommu), which is not
+    /// `Sync`, must not be used elsewhere meanwhile (the same lock as the
+    /// channel's, or one CPU). The hook's device must be the engine's.
+    pub unsafe fn set_fault_hook(&mut self, hook: Option<FaultHook>) {
+        self.faults = hook;
     }
 
     /// A number unique to this channel among all channels created.
@@ -551,6 +574,10 @@ impl<E: Engine> Channel<E> {
             return;
         }
         let progress = self.engine.poll(check_hardware);
+        if self.faults.is_some() && self.claim_faults() {
+            self.run_callbacks();
+            return;
+        }
         if let Some(done) = progress.completed {
             self.last_completed = done.get();
         }
@@ -558,6 +585,31 @@ impl<E: Engine> Channel<E> {
             self.fail(fault);
         }
         self.run_callbacks();
+    }
+
+    /// Takes the device's IOMMU faults and pins each on its request;
+    /// returns whether that halted the channel.
+    #[inline(never)]
+    fn claim_faults(&mut self) -> bool {
+        let Some(hook) = self.faults else {
+            return false;
+        };
+        // SAFETY: `set_fault_hook`'s contract: its source is alive and
+        // used by nobody else while the channel runs.
+        while let Some(fault) = unsafe { hook.take() } {
+            if self.fail_at(fault.address, fault.write).is_none() && !self.is_idle() {
+                // Nothing remembered touched the page (an older request,
+                // or the engine's own memory): no outstanding request can
+                // be called complete.
+                self.engine.terminate();
+                let first = Cookie::new(self.last_completed).map_or(Cookie::FIRST, Cookie::next);
+                self.fail(Fault {
+                    cookie: first,
+                    kind: ErrorKind::BusFault,
+                });
+            }
+        }
+        self.halted
     }
 
     fn record(&mut self, failure: Failure) {
@@ -751,7 +803,9 @@ impl<E: Engine> Channel<E> {
     /// returns zeros), reported it complete; the channel stops and halts as
     /// for any failure, and every request after it ends `Aborted` (their
     /// destinations are undefined). Returns the request, or `None` if no
-    /// remembered request touched the page (nothing changes then).
+    /// remembered request touched the page (nothing changes then). A
+    /// channel given a fault hook ([`Channel::set_fault_hook`]) calls it
+    /// itself before it reports completions.
     pub fn fail_at(&mut self, page: DmaAddr, write: bool) -> Option<Cookie> {
         let page = page & !(PAGE_SIZE as u64 - 1);
         let touches = |start: DmaAddr, len: usize| {
@@ -809,7 +863,13 @@ impl<E: Engine> Channel<E> {
             self.engine.terminate();
             return;
         }
-        if let Some(done) = self.engine.terminate() {
+        let done = self.engine.terminate();
+        // What the engine last completed may include refused DMA.
+        if self.faults.is_some() && self.claim_faults() {
+            self.run_callbacks();
+            return;
+        }
+        if let Some(done) = done {
             self.last_completed = done.get();
         }
         if !self.is_idle() {

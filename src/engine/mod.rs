@@ -16,6 +16,7 @@
 mod channel;
 mod cookie;
 pub mod copybreak;
+mod faults;
 pub mod registry;
 pub mod shared;
 mod transfer;
@@ -27,6 +28,7 @@ use bitflags::bitflags;
 
 pub use channel::{ADDRESS_HISTORY, Batch, Channel, FAILURE_HISTORY, TxState};
 pub use cookie::{Cookie, Snapshot, is_complete};
+pub use faults::{FaultHook, FaultSource};
 pub use shared::{Completion, SharedChannel, TransferFuture};
 pub use transfer::{Buffers, PrepError, Transfer, TransferError};
 

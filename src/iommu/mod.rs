@@ -17,8 +17,14 @@
 //! 6.5): a one-page ring of descriptors, each batch followed by an
 //! invalidation-wait descriptor whose status write the driver polls.
 //! Without one, it is register-based (the context command and IOTLB
-//! registers). Faults are polled with [`Iommu::take_fault`], or arrive as
-//! an MSI after [`Iommu::enable_fault_interrupts`].
+//! registers). Faults are polled with [`Iommu::take_fault`] (or per device
+//! with [`Iommu::take_fault_of`]), or arrive as an MSI after
+//! [`Iommu::enable_fault_interrupts`]. A channel whose device is behind
+//! the unit reads its device's faults itself before it reports a request
+//! complete once given a [`FaultHook`](crate::engine::FaultHook) of the
+//! unit ([`Channel::set_fault_hook`](crate::engine::Channel::set_fault_hook)):
+//! a request whose DMA the unit refused then ends in error, never
+//! `Complete`.
 
 #[cfg(test)]
 mod fake;
@@ -41,6 +47,29 @@ use crate::mmio::Registers;
 
 /// Register reads a wait for the hardware makes before giving up.
 const WAIT_POLLS: u32 = 1_000_000;
+
+/// Faults of other devices [`Iommu::take_fault_of`] read from the
+/// registers while looking for one device's, kept for their owners.
+pub const UNCLAIMED_FAULTS: usize = 16;
+
+/// Faults read from the registers and not yet taken, oldest first.
+struct Unclaimed {
+    faults: [Option<DmaFault>; UNCLAIMED_FAULTS],
+    len: usize,
+}
+
+impl Unclaimed {
+    /// Removes and returns the oldest fault `wanted` accepts.
+    fn take(&mut self, wanted: impl Fn(&DmaFault) -> bool) -> Option<DmaFault> {
+        let at = self.faults[..self.len]
+            .iter()
+            .position(|f| f.as_ref().is_some_and(&wanted))?;
+        let fault = self.faults[at].take();
+        self.faults[at..self.len].rotate_left(1);
+        self.len -= 1;
+        fault
+    }
+}
 
 /// A PCI requester: bus, device and function (the "source id").
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -264,6 +293,7 @@ pub struct Iommu<R: Registers, M: TableMapper, A: TableAllocator> {
     tables: RefCell<Tables<A>>,
     /// The invalidation queue, when the unit has one.
     queue: RefCell<Option<Queue>>,
+    unclaimed: RefCell<Unclaimed>,
 }
 
 impl<R: Registers, M: TableMapper, A: TableAllocator> Iommu<R, M, A> {
@@ -311,6 +341,10 @@ impl<R: Registers, M: TableMapper, A: TableAllocator> Iommu<R, M, A> {
                 context: [0; 256],
             }),
             queue: RefCell::new(None),
+            unclaimed: RefCell::new(Unclaimed {
+                faults: [None; UNCLAIMED_FAULTS],
+                len: 0,
+            }),
         };
         iommu.zero(root);
         iommu.command(0, regs::GSTS_TES);
@@ -533,8 +567,43 @@ impl<R: Registers, M: TableMapper, A: TableAllocator> Iommu<R, M, A> {
         self.regs.write32(regs::FECTL, regs::FECTL_IM);
     }
 
-    /// The oldest recorded fault, cleared from its register, or `None`.
+    /// The oldest recorded fault, or `None`: first those
+    /// [`Iommu::take_fault_of`] kept for other devices, then the registers'
+    /// (cleared as they are read).
     pub fn take_fault(&self) -> Option<DmaFault> {
+        self.unclaimed
+            .borrow_mut()
+            .take(|_| true)
+            .or_else(|| self.read_fault())
+    }
+
+    /// The oldest recorded fault of `device`, or `None`. Faults of other
+    /// devices read from the registers on the way are kept (up to
+    /// [`UNCLAIMED_FAULTS`]) for [`Iommu::take_fault_of`] with their
+    /// device, or [`Iommu::take_fault`]. While that many wait for owners
+    /// that do not ask, it reads no more registers (it answers `None`) and
+    /// the unit, its records full, drops new faults (FSTS.PFO): a kernel
+    /// that also services faults nobody claims drains them with
+    /// `take_fault`.
+    pub fn take_fault_of(&self, device: SourceId) -> Option<DmaFault> {
+        let mut unclaimed = self.unclaimed.borrow_mut();
+        if let Some(fault) = unclaimed.take(|f| f.source == device) {
+            return Some(fault);
+        }
+        while unclaimed.len < UNCLAIMED_FAULTS {
+            let fault = self.read_fault()?;
+            if fault.source == device {
+                return Some(fault);
+            }
+            let at = unclaimed.len;
+            unclaimed.faults[at] = Some(fault);
+            unclaimed.len = at + 1;
+        }
+        None
+    }
+
+    /// The first fault in the recording registers, cleared, or `None`.
+    fn read_fault(&self) -> Option<DmaFault> {
         if self.regs.read32(regs::FSTS) & regs::FSTS_PPF == 0 {
             return None;
         }
@@ -623,6 +692,14 @@ fn iotlb_command<R: Registers>(regs: &R, iotlb: usize, kind: u64) -> Result<(), 
         }
     }
     Err(IommuError::TimedOut)
+}
+
+impl<R: Registers, M: TableMapper, A: TableAllocator> crate::engine::FaultSource
+    for Iommu<R, M, A>
+{
+    fn take_fault_of(&self, device: SourceId) -> Option<DmaFault> {
+        Iommu::take_fault_of(self, device)
+    }
 }
 
 impl<R: Registers, M: TableMapper, A: TableAllocator> Drop for Iommu<R, M, A> {

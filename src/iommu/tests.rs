@@ -7,6 +7,10 @@ use x86_64::{PhysAddr, VirtAddr};
 
 use super::fake::{Access, FakeVtd};
 use super::{DmaFault, DomainId, Iommu, IommuError, SourceId, domain};
+use crate::engine::{
+    Capabilities, Channel, Cookie, DmaError, Engine, EngineError, ErrorKind, FaultHook, Limits,
+    Notify, Op, PrepFlags, Progress, Status,
+};
 use crate::mm::frame::PageRef;
 use crate::mm::tests::{Memory, counts, mapper, table_frames};
 use crate::mm::vma::{PageProt, VmFlags};
@@ -211,4 +215,181 @@ fn a_unit_that_will_not_stop_translating_keeps_its_tables_when_dropped() {
     drop(dom);
     drop(iommu);
     assert_eq!(table_frames(&db), tables, "only the first unit's leak left");
+}
+
+/// A copy engine whose DMA goes through the fake unit as device `source`:
+/// each copy reads every page of its source and writes every page of its
+/// destination at `issue`, and, like the LSI53C895A after a refused write,
+/// reports it done whatever the unit answered.
+struct Behind<'a> {
+    unit: &'a FakeVtd,
+    source: SourceId,
+    prepared: Vec<(Cookie, Op)>,
+    done: Option<Cookie>,
+}
+
+impl Engine for Behind<'_> {
+    type Mark = usize;
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::COPY
+    }
+    fn limits(&self) -> Limits {
+        Limits {
+            max_len: 1 << 20,
+            dma_mask: u64::MAX,
+            align: 1,
+        }
+    }
+    fn mark(&self) -> usize {
+        self.prepared.len()
+    }
+    fn rewind(&mut self, mark: usize) {
+        self.prepared.truncate(mark);
+    }
+    fn prep(&mut self, cookie: Cookie, op: Op, _end: Option<Notify>) -> Result<(), EngineError> {
+        self.prepared.push((cookie, op));
+        Ok(())
+    }
+    fn issue(&mut self) {
+        for (cookie, op) in self.prepared.drain(..) {
+            if let Op::Copy { dst, src, len } = op {
+                let pages = |at: u64| (at & !0xfff..at + len as u64).step_by(4096);
+                for page in pages(src) {
+                    let _ = self.unit.dma(self.source.raw(), page, false);
+                }
+                for page in pages(dst) {
+                    let _ = self.unit.dma(self.source.raw(), page, true);
+                }
+            }
+            self.done = Some(cookie);
+        }
+    }
+    fn poll(&mut self, _check_hardware: bool) -> Progress {
+        Progress {
+            completed: self.done.take(),
+            fault: None,
+        }
+    }
+    fn handle_interrupt(&mut self) -> bool {
+        false
+    }
+    fn terminate(&mut self) -> Option<Cookie> {
+        self.prepared.clear();
+        self.done.take()
+    }
+    fn reset(&mut self) -> Result<(), DmaError> {
+        Ok(())
+    }
+}
+
+/// Bug 5 of issue 17: a copy whose write the unit refused was reported
+/// `Complete` (the engine never learns of it) until someone read the fault
+/// and called `fail_at`. With the unit's fault hook, the channel reads its
+/// device's faults before it calls anything complete, and a fault of
+/// another device, read on the way, stays for its owner.
+#[test]
+fn a_request_whose_write_the_unit_refused_never_reads_complete() {
+    let mem = Memory::new(32);
+    let db = mem.db();
+    // SAFETY: as in the tests above.
+    let iommu = unsafe { Iommu::new(FakeVtd::new(), mapper(), &db) }.unwrap();
+    let id = DomainId::new(1).unwrap();
+    let mut dom = domain(&iommu, id, &db, mapper(), &db).unwrap();
+    let rw = VmFlags::READ | VmFlags::WRITE | VmFlags::SHARED;
+    let area = dom.map_vma(page(IOVA), 2, rw).unwrap();
+    let pages: Vec<PageRef<'_>> = (0..2).map(|_| db.alloc_page().unwrap()).collect();
+    dom.insert_pages(area, page(IOVA), &pages).unwrap();
+    // SAFETY: the domain lives until after `detach` below.
+    unsafe { iommu.attach(LSI, id, dom.root()) }.unwrap();
+    iommu.enable().unwrap();
+    let mut chan = Channel::new(Behind {
+        unit: &iommu.regs,
+        source: LSI,
+        prepared: Vec::new(),
+        done: None,
+    });
+    // SAFETY: the unit outlives the channel, and this thread is the only
+    // one using either.
+    unsafe { chan.set_fault_hook(Some(FaultHook::new(&iommu, LSI))) };
+    let copy = |chan: &mut Channel<Behind<'_>>, dst: u64| {
+        // SAFETY: the fake moves no bytes.
+        let cookie = unsafe { chan.prep_copy(dst, IOVA, 64, PrepFlags::empty()) }.unwrap();
+        chan.issue_pending();
+        cookie
+    };
+    // Another device's stray read, recorded first.
+    assert_eq!(iommu.regs.dma(EDU.raw(), 0x5000, false), Access::Fault(2));
+    let good = copy(&mut chan, IOVA + 0x1000);
+    assert_eq!(chan.status(good).status, Status::Complete);
+    // The LSI writes a page its domain does not map: refused, yet the
+    // engine reports the copy done.
+    let stray = copy(&mut chan, 0x7000_0000);
+    let after = copy(&mut chan, IOVA + 0x1000);
+    assert_eq!(
+        chan.status(stray).status,
+        Status::Error(ErrorKind::WriteFailed)
+    );
+    assert_eq!(chan.status(after).status, Status::Error(ErrorKind::Aborted));
+    assert_eq!(chan.status(good).status, Status::Complete);
+    assert!(chan.is_halted());
+    assert_eq!(
+        iommu.take_fault().map(|f| (f.source, f.address)),
+        Some((EDU, 0x5000)),
+        "the other device's fault kept for its owner"
+    );
+    assert_eq!(iommu.take_fault(), None, "the LSI's was claimed");
+    drop(chan);
+    iommu.detach(LSI).unwrap();
+}
+
+/// `take_fault_of` hands each device its own faults, oldest first, and
+/// keeps the rest; `take_fault` returns the kept ones first.
+#[test]
+fn faults_are_taken_per_device_and_none_is_lost() {
+    let mem = Memory::new(16);
+    let db = mem.db();
+    // SAFETY: as in the tests above.
+    let iommu = unsafe { Iommu::new(FakeVtd::new(), mapper(), &db) }.unwrap();
+    iommu.enable().unwrap();
+    let v = &iommu.regs;
+    // The fake has one recording register, as QEMU's unit: each fault is
+    // read out before the next.
+    assert_eq!(v.dma(EDU.raw(), 0x1000, true), Access::Fault(1));
+    assert_eq!(iommu.take_fault_of(LSI), None);
+    assert_eq!(v.dma(EDU.raw(), 0x2000, false), Access::Fault(1));
+    assert_eq!(iommu.take_fault_of(LSI), None);
+    assert_eq!(v.dma(LSI.raw(), 0x3000, true), Access::Fault(1));
+    assert_eq!(iommu.take_fault_of(LSI).map(|f| f.address), Some(0x3000));
+    assert_eq!(iommu.take_fault_of(LSI), None);
+    assert_eq!(iommu.take_fault_of(EDU).map(|f| f.address), Some(0x1000));
+    assert_eq!(iommu.take_fault().map(|f| f.address), Some(0x2000));
+    assert_eq!(iommu.take_fault(), None);
+}
+
+/// A fault of the channel's device that no remembered request explains
+/// (the engine's own memory, say) leaves no outstanding request able to
+/// read `Complete`: they all end, the first `BusFault`.
+#[test]
+fn a_fault_no_request_explains_ends_the_outstanding_ones() {
+    let mem = Memory::new(16);
+    let db = mem.db();
+    // SAFETY: as in the tests above.
+    let iommu = unsafe { Iommu::new(FakeVtd::new(), mapper(), &db) }.unwrap();
+    iommu.enable().unwrap();
+    let mut chan = Channel::new(Behind {
+        unit: &iommu.regs,
+        source: LSI,
+        prepared: Vec::new(),
+        done: None,
+    });
+    // SAFETY: the unit outlives the channel; one thread.
+    unsafe { chan.set_fault_hook(Some(FaultHook::new(&iommu, LSI))) };
+    // SAFETY: the fake moves no bytes.
+    let a = unsafe { chan.prep_copy(0x10_0000, 0x20_0000, 64, PrepFlags::empty()) }.unwrap();
+    chan.poll();
+    assert_eq!(chan.status(a).status, Status::InProgress, "no fault yet");
+    assert_eq!(iommu.regs.dma(LSI.raw(), 0x9000, false), Access::Fault(1));
+    assert_eq!(chan.status(a).status, Status::Error(ErrorKind::BusFault));
+    assert!(chan.is_halted());
+    assert_eq!(iommu.take_fault(), None, "claimed");
 }

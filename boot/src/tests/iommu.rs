@@ -29,6 +29,10 @@ pub const TESTS: &[Test] = &[
         "iommu.stray_write_is_recorded_and_changes_no_ram",
         stray_write,
     ),
+    Test::new(
+        "iommu.a_refused_write_never_reads_complete_with_the_fault_hook",
+        refused_write_never_reads_complete,
+    ),
     Test::new("iommu.unmapped_iova_faults_at_once", unmapped_iova_faults),
     Test::new(
         "iommu.lsi_dmatest_under_translation",
@@ -600,6 +604,68 @@ fn stray_write() {
         checksum(bytes(&victim)),
         before,
         "RAM the stray write aimed at is unchanged"
+    );
+}
+
+/// Bug 5 of issue 17: the chip goes on after a refused write and writes
+/// its completion, so without the unit's fault records the stray copy read
+/// `Complete` (as `stray_write` shows). With the fault hook set, the
+/// channel reads its device's faults before it calls anything complete:
+/// polled from issue to end, the request is never `Complete`, it ends
+/// `WriteFailed`, the fault is claimed (the unit has none left) and the
+/// channel, reset, copies again with the hook still on.
+fn refused_write_never_reads_complete() {
+    use dmaengine::engine::FaultHook;
+    let victim = db().alloc_page().expect("a page");
+    bytes(&victim).fill(0x5a);
+    let before = checksum(bytes(&victim));
+    let target = victim.phys().as_u64();
+    let source = source_of(lsi_device().expect("LSI"));
+    with_lsi_domain(
+        |Ctx {
+             lsi,
+             unit,
+             src,
+             dst,
+             ..
+         }| {
+            // SAFETY: the unit outlives the channel (`with_lsi_domain`
+            // drops the channel first), and nothing else reads the unit's
+            // faults meanwhile: no fault interrupt is routed in this test.
+            unsafe { lsi.set_fault_hook(Some(FaultHook::new(unit, source))) };
+            bytes(src).fill(0xc3);
+            // SAFETY: the destination is a physical address the domain does
+            // not map (the write must go nowhere); the source is our page.
+            let stray = unsafe { lsi.prep_copy(target + 64, IOVA_SRC, 256, PrepFlags::empty()) }
+                .expect("prep");
+            lsi.issue_pending();
+            let start = crate::time::now_ns();
+            let (mut looks, mut ended) = (0u32, Status::InProgress);
+            while ended == Status::InProgress && crate::time::now_ns() - start < 5_000_000_000 {
+                ended = lsi.status(stray).status;
+                looks += 1;
+                assert_ne!(
+                    ended,
+                    Status::Complete,
+                    "look {looks}: a refused copy read Complete"
+                );
+            }
+            assert_eq!(ended, Status::Error(ErrorKind::WriteFailed));
+            assert!(lsi.is_halted(), "halted as for any failure");
+            assert_eq!(unit.take_fault(), None, "the channel claimed its fault");
+            lsi.reset().expect("reset");
+            bytes(dst).fill(0);
+            copy(lsi, IOVA_DST, IOVA_SRC, 256);
+            assert!(
+                bytes(dst)[..256].iter().all(|&b| b == 0xc3),
+                "works after reset, the hook still on"
+            );
+        },
+    );
+    assert_eq!(
+        checksum(bytes(&victim)),
+        before,
+        "the victim page unchanged"
     );
 }
 
