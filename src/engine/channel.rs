@@ -150,7 +150,16 @@ impl<E: Engine> Channel<E> {
     /// [`Channel::fail_at`], never `Complete`, although the engine, which
     /// never learns of the refusal, reports it done. A fault of the device
     /// that no remembered request explains ends every outstanding request
-    /// (`Error(BusFault)` for the first). `None` removes the hook.
+    /// (`Error(BusFault)` for the first). `None` removes the hook. Make the
+    /// hook for the engine's own device: another's faults would be pinned
+    /// on this channel's requests, and its own left unread.
+    ///
+    /// The check relies on the unit recording a refused access before the
+    /// device's later writes (its completion) are seen, as QEMU's model
+    /// does (it records the fault within the access). Where recording
+    /// trails the device's writes, a fault read after the completion is
+    /// still pinned on its request by the next check, but the request may
+    /// have read `Complete` in between.
     ///
     /// # Safety
     /// While the hook is installed (until it is replaced or the channel
@@ -158,7 +167,7 @@ impl<E: Engine> Channel<E> {
     /// `take_fault_of` must be callable from whatever thread runs the
     /// channel's methods: an [`Iommu`](crate::iommu::Iommu), which is not
     /// `Sync`, must not be used elsewhere meanwhile (the same lock as the
-    /// channel's, or one CPU). The hook's device must be the engine's.
+    /// channel's, or one CPU).
     pub unsafe fn set_fault_hook(&mut self, hook: Option<FaultHook>) {
         self.faults = hook;
     }

@@ -472,8 +472,12 @@ impl<R: Registers, M: TableMapper, A: TableAllocator> Iommu<R, M, A> {
     /// `tables` must stay a live second-level hierarchy, reachable by the
     /// unit, until the device is detached (and the domain's IOTLB entries
     /// flushed by its [`IotlbFlush`]); if [`Iommu::detach`] fails, they
-    /// must be kept (leaked). The device must have no DMA in flight aimed
-    /// at addresses meant for another domain (or for no translation): from
+    /// must be kept (leaked). `domain` must be the id whose
+    /// [`IotlbFlush`] unmaps from `tables` (the id the [`Domain`] was made
+    /// with): the unit caches the device's translations under `domain`,
+    /// and an unmap that flushed another id would let it reach a page
+    /// already given back. The device must have no DMA in flight aimed at
+    /// addresses meant for another domain (or for no translation): from
     /// here on, they are translated through `tables`.
     pub unsafe fn attach(
         &self,
