@@ -220,12 +220,47 @@ fn a_unit_that_will_not_stop_translating_keeps_its_tables_when_dropped() {
 /// A copy engine whose DMA goes through the fake unit as device `source`:
 /// each copy reads every page of its source and writes every page of its
 /// destination at `issue`, and, like the LSI53C895A after a refused write,
-/// reports it done whatever the unit answered.
+/// reports it done whatever the unit answered. A `lazy` one runs what was
+/// issued only when it is stopped, and reports it done then (a request the
+/// engine finished between the channel's last look and its `terminate`).
 struct Behind<'a> {
     unit: &'a FakeVtd,
     source: SourceId,
     prepared: Vec<(Cookie, Op)>,
+    issued: Vec<(Cookie, Op)>,
+    lazy: bool,
     done: Option<Cookie>,
+}
+
+impl<'a> Behind<'a> {
+    fn new(unit: &'a FakeVtd, source: SourceId, lazy: bool) -> Self {
+        Behind {
+            unit,
+            source,
+            prepared: Vec::new(),
+            issued: Vec::new(),
+            lazy,
+            done: None,
+        }
+    }
+
+    /// Runs the issued copies' DMA; returns the last one's cookie.
+    fn run(&mut self) -> Option<Cookie> {
+        let mut last = None;
+        for (cookie, op) in self.issued.drain(..) {
+            if let Op::Copy { dst, src, len } = op {
+                let pages = |at: u64| (at & !0xfff..at + len as u64).step_by(4096);
+                for page in pages(src) {
+                    let _ = self.unit.dma(self.source.raw(), page, false);
+                }
+                for page in pages(dst) {
+                    let _ = self.unit.dma(self.source.raw(), page, true);
+                }
+            }
+            last = Some(cookie);
+        }
+        last
+    }
 }
 
 impl Engine for Behind<'_> {
@@ -251,17 +286,9 @@ impl Engine for Behind<'_> {
         Ok(())
     }
     fn issue(&mut self) {
-        for (cookie, op) in self.prepared.drain(..) {
-            if let Op::Copy { dst, src, len } = op {
-                let pages = |at: u64| (at & !0xfff..at + len as u64).step_by(4096);
-                for page in pages(src) {
-                    let _ = self.unit.dma(self.source.raw(), page, false);
-                }
-                for page in pages(dst) {
-                    let _ = self.unit.dma(self.source.raw(), page, true);
-                }
-            }
-            self.done = Some(cookie);
+        self.issued.append(&mut self.prepared);
+        if !self.lazy {
+            self.done = self.run().or(self.done);
         }
     }
     fn poll(&mut self, _check_hardware: bool) -> Progress {
@@ -275,7 +302,7 @@ impl Engine for Behind<'_> {
     }
     fn terminate(&mut self) -> Option<Cookie> {
         self.prepared.clear();
-        self.done.take()
+        self.run().or(self.done.take())
     }
     fn reset(&mut self) -> Result<(), DmaError> {
         Ok(())
@@ -302,12 +329,7 @@ fn a_request_whose_write_the_unit_refused_never_reads_complete() {
     // SAFETY: the domain lives until after `detach` below.
     unsafe { iommu.attach(LSI, id, dom.root()) }.unwrap();
     iommu.enable().unwrap();
-    let mut chan = Channel::new(Behind {
-        unit: &iommu.regs,
-        source: LSI,
-        prepared: Vec::new(),
-        done: None,
-    });
+    let mut chan = Channel::new(Behind::new(&iommu.regs, LSI, false));
     // SAFETY: the unit outlives the channel, and this thread is the only
     // one using either.
     unsafe { chan.set_fault_hook(Some(FaultHook::new(&iommu, LSI))) };
@@ -376,12 +398,7 @@ fn a_fault_no_request_explains_ends_the_outstanding_ones() {
     // SAFETY: as in the tests above.
     let iommu = unsafe { Iommu::new(FakeVtd::new(), mapper(), &db) }.unwrap();
     iommu.enable().unwrap();
-    let mut chan = Channel::new(Behind {
-        unit: &iommu.regs,
-        source: LSI,
-        prepared: Vec::new(),
-        done: None,
-    });
+    let mut chan = Channel::new(Behind::new(&iommu.regs, LSI, false));
     // SAFETY: the unit outlives the channel; one thread.
     unsafe { chan.set_fault_hook(Some(FaultHook::new(&iommu, LSI))) };
     // SAFETY: the fake moves no bytes.
@@ -391,5 +408,27 @@ fn a_fault_no_request_explains_ends_the_outstanding_ones() {
     assert_eq!(iommu.regs.dma(LSI.raw(), 0x9000, false), Access::Fault(1));
     assert_eq!(chan.status(a).status, Status::Error(ErrorKind::BusFault));
     assert!(chan.is_halted());
+    assert_eq!(iommu.take_fault(), None, "claimed");
+}
+
+/// What the engine's own `terminate` reports complete may include refused
+/// DMA made after the channel last looked: it is checked too.
+#[test]
+fn refused_dma_finished_while_the_engine_stops_is_not_called_complete() {
+    let mem = Memory::new(16);
+    let db = mem.db();
+    // SAFETY: as in the tests above.
+    let iommu = unsafe { Iommu::new(FakeVtd::new(), mapper(), &db) }.unwrap();
+    iommu.enable().unwrap();
+    let mut chan = Channel::new(Behind::new(&iommu.regs, LSI, true));
+    // SAFETY: the unit outlives the channel; one thread.
+    unsafe { chan.set_fault_hook(Some(FaultHook::new(&iommu, LSI))) };
+    // SAFETY: the fake moves no bytes.
+    let a = unsafe { chan.prep_copy(0x10_0000, 0x20_0000, 64, PrepFlags::empty()) }.unwrap();
+    chan.issue_pending();
+    assert_eq!(chan.status(a).status, Status::InProgress);
+    chan.terminate();
+    // Attached to nothing, its first access (the read) is refused.
+    assert_eq!(chan.status(a).status, Status::Error(ErrorKind::ReadFailed));
     assert_eq!(iommu.take_fault(), None, "claimed");
 }
