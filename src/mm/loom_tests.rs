@@ -121,7 +121,13 @@ fn loom_clones_dropped_on_two_threads_free_the_frame_once() {
 /// last reference another thread drops, while a third allocates: a refused
 /// map must leave no trace on the counts of the page the allocator hands
 /// out, else that page is held with a wrong count and a later clone and
-/// drop free it under its owner.
+/// drop free it under its owner. (On the code of 70f12d8 it fails: after
+/// the last drop, `try_map`'s add lands on the zero count, `take_free`
+/// stores the new owner's one reference over it, and the undo subtracts a
+/// reference and a mapping from that: refcount 0, mapcount `u32::MAX`.
+/// loom may first report both counts 0 instead, an ordering no CPU makes
+/// (loom can place a plain store inside another thread's read-modify-write,
+/// tokio-rs/loom#254), from the same race.)
 #[test]
 fn loom_a_refused_map_racing_a_free_and_an_alloc_leaves_the_new_page_counted_right() {
     loom::model(|| {
