@@ -104,3 +104,4 @@ pub mod hal;
 pub mod iommu;
 pub mod mm;
 pub mod mmio;
+mod sync;

@@ -370,5 +370,7 @@ pub trait Engine {
     fn reset(&mut self) -> Result<(), DmaError>;
 }
 
+#[cfg(all(test, loom))]
+mod loom_tests;
 #[cfg(test)]
 mod tests;

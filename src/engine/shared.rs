@@ -63,11 +63,11 @@ use core::task::{Context, Poll};
 use core::time::Duration;
 
 use embedded_hal::delay::DelayNs;
-use spin::mutex::{SpinMutex, SpinMutexGuard};
 
 use super::wakers::SlotName;
 use super::{Buffers, Channel, Cookie, DmaError, Engine, Status, Transfer, TransferError};
 use crate::hal::Hal;
+use crate::sync::{SpinMutex, SpinMutexGuard};
 
 pub use super::wakers::WAKER_SLOTS;
 

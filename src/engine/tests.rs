@@ -1136,7 +1136,7 @@ enum Call {
 }
 
 proptest::proptest! {
-    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2000))]
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(if cfg!(miri) { proptest::prelude::ProptestConfig::default().cases } else { 2000 }))]
 
     /// `prep_batch` checks copies in its own loop (`copy_is_valid`, falling back to `check_op` for what it refuses): a batch of
     /// one copy is refused with the error `prep` gives the same copy, on a

@@ -612,7 +612,7 @@ fn call() -> impl Strategy<Value = Call> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 400, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: if cfg!(miri) { ProptestConfig::default().cases } else { 400 }, ..ProptestConfig::default() })]
 
     /// Whatever the numbers: no panic (overflow checks on), and a call that
     /// returns an error leaves entries, tables, free frames, counts and area

@@ -109,5 +109,7 @@ impl core::error::Error for MmError {}
 
 #[cfg(test)]
 mod hardening_tests;
+#[cfg(all(test, loom))]
+mod loom_tests;
 #[cfg(test)]
 pub(crate) mod tests;

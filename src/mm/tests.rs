@@ -1218,7 +1218,7 @@ fn run_model<'a, A: TableAllocator>(
 type ModelSpace<'a, A> = AddressSpace<&'a FrameDb<'a>, OffsetMapper, A, Tlb>;
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 96, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: if cfg!(miri) { ProptestConfig::default().cases } else { 96 }, ..ProptestConfig::default() })]
 
     #[test]
     fn random_operations_agree_with_the_model(ops in prop::collection::vec(op(), 1..40)) {
@@ -1524,7 +1524,7 @@ fn kernel_leaf(root: PhysFrame, addr: u64) -> u64 {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: if cfg!(miri) { ProptestConfig::default().cases } else { 64 }, ..ProptestConfig::default() })]
 
     /// The same model run inside a kernel's hierarchy: the kernel built it
     /// with `x86_64`'s `OffsetPageTable` and keeps its own mappings there;

@@ -290,7 +290,7 @@ fn run(actions: &[Action]) -> Result<(), TestCaseError> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: if cfg!(miri) { ProptestConfig::default().cases } else { 128 }, ..ProptestConfig::default() })]
 
     #[test]
     fn random_batches_ticks_and_faults_agree_with_the_model(actions in prop::collection::vec(action(), 1..300)) {
