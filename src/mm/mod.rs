@@ -110,4 +110,6 @@ impl core::error::Error for MmError {}
 #[cfg(test)]
 mod hardening_tests;
 #[cfg(test)]
+mod soundness_tests;
+#[cfg(test)]
 pub(crate) mod tests;
