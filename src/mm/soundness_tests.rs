@@ -6,8 +6,11 @@
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use super::MmError;
 use super::frame::{FrameKind, PageRef};
-use super::tests::Memory;
+use super::pte::PAGE_4K;
+use super::space::{VmaId, WriteFault};
+use super::tests::{BASE, COW, Memory, Space, counts, new_space, page_bytes, pg, va};
 
 /// How long a race test hammers (Miri runs it much slower, so fewer).
 fn race_budget() -> (Duration, usize) {
@@ -65,5 +68,105 @@ fn get_racing_the_last_drop_never_resurrects_a_free_frame() {
     assert_eq!(
         (state.kind, state.refcount, state.mapcount),
         (FrameKind::Free, 0, 0)
+    );
+}
+
+/// The end of the lower half: the top of the user range.
+const TOP: u64 = 1 << 47;
+
+/// An area of 4 pages ending exactly at 2^47 (issue 17, bug 3), its first
+/// page mapped with `page` (a reference and a map count on it).
+fn top_area<'a>(space: &mut Space<'a>, page: &PageRef<'a>) -> VmaId {
+    let id = space.map_vma(pg(TOP - 4 * PAGE_4K), 4, COW).unwrap();
+    space.insert_page(id, pg(TOP - 4 * PAGE_4K), page).unwrap();
+    id
+}
+
+#[test]
+fn an_area_ending_at_the_top_of_the_lower_half_can_be_unmapped() {
+    let memory = Memory::new(32);
+    let db = memory.db();
+    let mut space = new_space(&db);
+    let page = db.alloc_page().unwrap();
+    let id = top_area(&mut space, &page);
+    assert_eq!(space.vma(id).unwrap().end(), TOP);
+    assert_eq!(counts(&db, page.pfn()), (2, 1));
+    space.unmap_vma(id).unwrap();
+    assert_eq!(counts(&db, page.pfn()), (1, 0));
+    assert!(space.translate(va(TOP - 4 * PAGE_4K)).is_none());
+    assert_eq!(space.vma(id), Err(MmError::NoSuchVma));
+}
+
+#[test]
+fn an_area_ending_at_the_top_of_the_lower_half_finds_its_pages() {
+    let memory = Memory::new(32);
+    let db = memory.db();
+    let mut space = new_space(&db);
+    let page = db.alloc_page().unwrap();
+    let id = top_area(&mut space, &page);
+    let found = space.normal_page(id, va(TOP - 4 * PAGE_4K + 8)).unwrap();
+    assert_eq!(found.map(|p| p.pfn()), Some(page.pfn()));
+    assert!(space.normal_page(id, va(TOP - 1)).unwrap().is_none());
+    assert_eq!(
+        space
+            .normal_page(id, va(TOP - 5 * PAGE_4K))
+            .map(|p| p.is_some()),
+        Err(MmError::OutOfRange)
+    );
+}
+
+#[test]
+fn an_area_ending_at_the_top_of_the_lower_half_forks() {
+    let memory = Memory::new(64);
+    let db = memory.db();
+    let mut parent = new_space(&db);
+    let mut child = new_space(&db);
+    let page = db.alloc_page().unwrap();
+    let id = top_area(&mut parent, &page);
+    let child_id = parent.fork_range(id, &mut child).unwrap();
+    assert_eq!(child.vma(child_id).unwrap().end(), TOP);
+    assert_eq!(counts(&db, page.pfn()), (3, 2));
+    let leaf = child.translate(va(TOP - 4 * PAGE_4K)).unwrap();
+    assert_eq!(leaf.phys().as_u64(), page.phys().as_u64());
+    drop(child);
+    assert_eq!(counts(&db, page.pfn()), (2, 1));
+}
+
+#[test]
+fn a_space_with_an_area_ending_at_the_top_of_the_lower_half_drops() {
+    let memory = Memory::new(32);
+    let db = memory.db();
+    let free = db.free_frames();
+    let page = db.alloc_page().unwrap();
+    let mut space = new_space(&db);
+    top_area(&mut space, &page);
+    drop(space);
+    assert_eq!(counts(&db, page.pfn()), (1, 0));
+    drop(page);
+    assert_eq!(db.free_frames(), free, "every table and page given back");
+}
+
+#[test]
+fn write_faults_work_once_an_area_ends_at_the_top_of_the_lower_half() {
+    let memory = Memory::new(64);
+    let db = memory.db();
+    let mut space = new_space(&db);
+    let page = db.alloc_page().unwrap();
+    page_bytes(page.phys().as_u64())[..4].copy_from_slice(b"top!");
+    let low = space.map_vma(pg(BASE), 1, COW).unwrap();
+    let low_page = db.alloc_page().unwrap();
+    space.insert_page(low, pg(BASE), &low_page).unwrap();
+    top_area(&mut space, &page);
+    // Both pages are still held by this test, so each fault copies.
+    assert_eq!(space.handle_write_fault(va(BASE)), Ok(WriteFault::Copied));
+    let at = TOP - 4 * PAGE_4K;
+    assert_eq!(space.handle_write_fault(va(at)), Ok(WriteFault::Copied));
+    let copy = space.translate(va(at)).unwrap().phys().as_u64();
+    assert_ne!(copy, page.phys().as_u64());
+    assert_eq!(&page_bytes(copy)[..4], b"top!");
+    assert_eq!(counts(&db, page.pfn()), (1, 0));
+    assert_eq!(
+        space.handle_write_fault(va(TOP - PAGE_4K)),
+        Err(MmError::NotMapped)
     );
 }

@@ -20,7 +20,7 @@ impl<C: PageCounter, M: TableMapper, A: TableAllocator, T: TlbFlush> AddressSpac
         let child_id = child.map_vma(vma.start, vma.pages, vma.flags)?;
         child.vma_mut(child_id)?.pgoff = vma.pgoff;
         let cow_protect = |leaf: &Leaf| vma.flags.is_cow() && leaf.entry & pte::WRITABLE != 0;
-        let (start, end) = (vma.start.start_address().as_u64(), vma.end().as_u64());
+        let (start, end) = (vma.start.start_address().as_u64(), vma.end());
         let mut va = start;
         while let Some(leaf) = self.next_leaf(va, end) {
             let entry = if cow_protect(&leaf) {

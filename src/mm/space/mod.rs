@@ -303,7 +303,7 @@ impl<C: PageCounter, M: TableMapper, A: TableAllocator, T: TlbFlush, F: Format>
             (pte::index(first, 4)..=pte::index(end - 1, 4)).any(|s| self.shared[s]);
         let overlaps_vma = self.vmas.iter().flatten().any(|v| {
             let v_start = v.start.start_address().as_u64();
-            v_start < end && first < v.end().as_u64()
+            v_start < end && first < v.end()
         });
         if overlaps_kernel || overlaps_vma || self.next_leaf(first, end).is_some() {
             return Err(MmError::Overlap);
@@ -364,7 +364,7 @@ impl<C: PageCounter, M: TableMapper, A: TableAllocator, T: TlbFlush, F: Format>
     pub fn unmap_vma(&mut self, id: VmaId) -> Result<(), MmError> {
         let vma = *self.vma(id)?;
         let start = vma.start.start_address().as_u64();
-        self.zap(start, vma.end().as_u64())?;
+        self.zap(start, vma.end())?;
         self.vmas[id.index] = None;
         self.vma_generations[id.index] = self.vma_generations[id.index].wrapping_add(1);
         Ok(())
