@@ -360,12 +360,12 @@ unsafe impl<'a> PageCounter for &'a FrameDb<'a> {
     type Page = PageRef<'a>;
 
     #[inline]
-    fn try_map(&self, frame: PhysFrame) -> bool {
+    unsafe fn try_map(&self, frame: PhysFrame) -> bool {
         FrameDb::try_map(self, frame)
     }
 
     #[inline]
-    fn unmap(&self, frame: PhysFrame) {
+    unsafe fn unmap(&self, frame: PhysFrame) {
         FrameDb::unmap(self, frame)
     }
 

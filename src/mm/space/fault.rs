@@ -110,7 +110,9 @@ impl<C: PageCounter, M: TableMapper, A: TableAllocator, T: TlbFlush> AddressSpac
         }
         // The new mapping's reference and map count; `copy`'s own reference
         // goes when it drops below.
-        if !self.counter.try_map(copy.frame()) {
+        // SAFETY: the count is for the entry written just below, which a
+        // later zap or fault gives back.
+        if !unsafe { self.counter.try_map(copy.frame()) } {
             return Err(MmError::NotInsertable);
         }
         // The copy is ordinary memory: write-back, whatever the original was.
@@ -119,7 +121,10 @@ impl<C: PageCounter, M: TableMapper, A: TableAllocator, T: TlbFlush> AddressSpac
         self.write(leaf.table, leaf.index, copy.phys().as_u64() | flags);
         self.tlb.flush_page(self.root(), leaf.va);
         if counted {
-            self.counter.unmap(old);
+            // SAFETY: the entry that mapped `old` (a counted page, so
+            // written with `try_map`'s count) now maps the copy and was
+            // flushed just above.
+            unsafe { self.counter.unmap(old) };
         }
         Ok(WriteFault::Copied)
     }

@@ -58,7 +58,9 @@ impl<C: PageCounter, M: TableMapper, A: TableAllocator, T: TlbFlush, F: Format>
         if unsafe { slot.read_volatile() } != 0 {
             return Err(MmError::Busy);
         }
-        if !self.counter.try_map(page) {
+        // SAFETY: the count is for the entry written just below; the zap
+        // that clears it gives it back.
+        if !unsafe { self.counter.try_map(page) } {
             return Err(MmError::NotInsertable);
         }
         // SAFETY: as above.

@@ -253,7 +253,10 @@ impl<C: PageCounter, M: TableMapper, A: TableAllocator, T: TlbFlush, F: Format>
             _ => ADDR_4K,
         };
         self.write(table, index, 0);
-        self.counter.unmap(frame(entry & mask));
+        // SAFETY: a retired leaf is a counted entry this space wrote (with
+        // `try_map`'s count) and retired, and it was flushed since (this
+        // function's precondition); clearing it gives its count back once.
+        unsafe { self.counter.unmap(frame(entry & mask)) };
     }
 
     /// Gives back the retired leaves under `[start, end)` that are still
