@@ -82,6 +82,11 @@ pub enum MmError {
     NotMapped,
     /// The area does not allow the access (a write to a read-only area).
     Protection,
+    /// A copy-on-write fault found that the raw frame it would copy is the
+    /// free page it was just given for the copy: the frame was remapped
+    /// and then freed, which `remap_pfn_range`'s contract forbids. Refused
+    /// rather than copied onto itself; nothing changed.
+    FreeFrameMapped,
 }
 
 impl fmt::Display for MmError {
@@ -101,6 +106,7 @@ impl fmt::Display for MmError {
             MmError::TooManyVmas => "too many areas",
             MmError::NotMapped => "nothing mapped there",
             MmError::Protection => "access not allowed by the area",
+            MmError::FreeFrameMapped => "a raw entry maps a frame the allocator holds as free",
         })
     }
 }

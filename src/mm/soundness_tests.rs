@@ -11,6 +11,7 @@ use super::frame::{FrameKind, PageRef};
 use super::pte::PAGE_4K;
 use super::space::{VmaId, WriteFault};
 use super::tests::{BASE, COW, Memory, Space, counts, new_space, page_bytes, pg, va};
+use super::vma::PageProt;
 
 /// How long a race test hammers (Miri runs it much slower, so fewer).
 fn race_budget() -> (Duration, usize) {
@@ -169,4 +170,44 @@ fn write_faults_work_once_an_area_ends_at_the_top_of_the_lower_half() {
         space.handle_write_fault(va(TOP - PAGE_4K)),
         Err(MmError::NotMapped)
     );
+}
+
+/// A copy-on-write area remapping the very frame the next copy page will
+/// be (issue 17, hole 6): the fault must not copy that frame onto itself
+/// (`copy_nonoverlapping(p, p, 4096)`, which a debug build aborts on) and
+/// must leave everything as it was.
+#[test]
+fn a_cow_fault_never_copies_a_frame_onto_itself() {
+    let memory = Memory::new(16);
+    let db = memory.db();
+    let mut space = new_space(&db);
+    // A first area builds the tables the second one will share.
+    let first = space.map_vma(pg(BASE), 1, COW).unwrap();
+    let device = db.frame(15).unwrap();
+    db.set_kind(device, FrameKind::Reserved).unwrap();
+    // SAFETY: a reserved frame of host memory this test owns, never freed
+    // while mapped.
+    unsafe { space.remap_pfn_range(first, pg(BASE), device, 1, PageProt::READ_ONLY) }.unwrap();
+    // The allocator hands frames out in order: learn the next one.
+    let probe = db.alloc_page().unwrap();
+    let first_pfn = db.first_frame().start_address().as_u64() / PAGE_4K;
+    let next = db
+        .frame(usize::try_from(probe.pfn() - first_pfn).unwrap() + 1)
+        .unwrap();
+    drop(probe);
+    let second = space.map_vma(pg(BASE + PAGE_4K), 1, COW).unwrap();
+    // SAFETY: NOT kept: `next` is a free frame of the database, the broken
+    // contract whose fault this test checks is refused; host tables are
+    // never loaded, and the refused fault reads nothing.
+    unsafe { space.remap_pfn_range(second, pg(BASE + PAGE_4K), next, 1, PageProt::READ_ONLY) }
+        .unwrap();
+    let before = space.translate(va(BASE + PAGE_4K)).unwrap().entry;
+    let free = db.free_frames();
+    assert_eq!(
+        space.handle_write_fault(va(BASE + PAGE_4K)),
+        Err(MmError::FreeFrameMapped)
+    );
+    assert_eq!(space.translate(va(BASE + PAGE_4K)).unwrap().entry, before);
+    assert_eq!(db.free_frames(), free, "the copy page went back");
+    assert_eq!(db.state(next).unwrap().kind, FrameKind::Free);
 }

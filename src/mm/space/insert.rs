@@ -160,9 +160,30 @@ impl<C: PageCounter, M: TableMapper, A: TableAllocator, T: TlbFlush, F: Format>
     /// not copy-on-write). An existing entry is left as it is. In a
     /// `MIXEDMAP` area a frame the counter counts is refused
     /// (`CountedFrame`: insert it with `insert_page`); in a `PFNMAP` area any
-    /// frame is taken, as by `remap_pfn_range`, and keeping it alive is the
-    /// driver's business.
-    pub fn insert_pfn(
+    /// frame is taken, as by `remap_pfn_range`.
+    ///
+    /// `unsafe` since issue 17 (it took any frame safely):
+    ///
+    /// ```compile_fail,E0133
+    /// # use dmaengine::mm::space::{AddressSpace, VmaId};
+    /// # use dmaengine::mm::traits::{PageCounter, TableAllocator, TableMapper};
+    /// # use dmaengine::mm::tlb::TlbFlush;
+    /// # use x86_64::structures::paging::{Page, PhysFrame};
+    /// fn map_any_frame<C: PageCounter, M: TableMapper, A: TableAllocator, T: TlbFlush>(
+    ///     space: &mut AddressSpace<C, M, A, T>,
+    ///     id: VmaId,
+    ///     at: Page,
+    ///     frame: PhysFrame,
+    /// ) {
+    ///     let _ = space.insert_pfn(id, at, frame);
+    /// }
+    /// ```
+    ///
+    /// # Safety
+    /// As [`remap_pfn_range`](Self::remap_pfn_range)'s, for `frame`: it
+    /// stays device memory, or RAM the caller owns and the kernel does not
+    /// free or reuse, while any entry maps it.
+    pub unsafe fn insert_pfn(
         &mut self,
         id: VmaId,
         at: Page,
