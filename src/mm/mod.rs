@@ -74,7 +74,9 @@ pub enum MmError {
     /// it only as a counted page (`insert_page`), never as a raw PFN whose
     /// entry would hold no reference.
     CountedFrame,
-    /// The new area overlaps another, or the kernel's half.
+    /// The new area overlaps another, the kernel's half, or an entry of
+    /// the kernel's (a mapping, a non-present marker, or a link carrying
+    /// the crate's owned bit).
     Overlap,
     /// The address space has no room for another area.
     TooManyVmas,

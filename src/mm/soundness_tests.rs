@@ -8,10 +8,15 @@ use std::time::{Duration, Instant};
 
 use super::MmError;
 use super::frame::{FrameKind, PageRef};
-use super::pte::PAGE_4K;
+use super::pte::{self, PAGE_2M, PAGE_4K};
+use super::space::AddressSpace;
 use super::space::{VmaId, WriteFault};
-use super::tests::{BASE, COW, Memory, Space, counts, new_space, page_bytes, pg, va};
+use super::tests::{
+    BASE, COW, FakeAlloc, Memory, SHARED_RW, Space, Tlb, counts, fr, kernel_hierarchy, kernel_leaf,
+    mapper, new_space, page_bytes, pg, va,
+};
 use super::vma::PageProt;
+use x86_64::structures::paging::PhysFrame;
 
 /// How long a race test hammers (Miri runs it much slower, so fewer).
 fn race_budget() -> (Duration, usize) {
@@ -210,4 +215,143 @@ fn a_cow_fault_never_copies_a_frame_onto_itself() {
     assert_eq!(space.translate(va(BASE + PAGE_4K)).unwrap().entry, before);
     assert_eq!(db.free_frames(), free, "the copy page went back");
     assert_eq!(db.state(next).unwrap().kind, FrameKind::Free);
+}
+
+/// A page table of `kernel_hierarchy`'s: one kernel leaf, one page in.
+const KERNEL_PT: u64 = BASE + 6 * (1 << 20);
+
+/// The entry for `addr` in the kernel's table at `level` (host memory).
+fn kernel_slot(root: PhysFrame, addr: u64, level: u32) -> *mut u64 {
+    let mut table = root.start_address().as_u64();
+    for current in (level + 1..=4).rev() {
+        // SAFETY: a live page table in host memory.
+        let entry = unsafe { (table as *const u64).add(pte::index(addr, current)).read() };
+        assert!(
+            entry & pte::PRESENT != 0,
+            "a table at {addr:#x} level {current}"
+        );
+        table = entry & pte::ADDR_4K;
+    }
+    (table as *mut u64).wrapping_add(pte::index(addr, level))
+}
+
+fn peek(slot: *mut u64) -> u64 {
+    // SAFETY: a slot of a live host page table (`kernel_slot`).
+    unsafe { slot.read() }
+}
+
+/// A kernel hierarchy with entries the crate must not take for its own
+/// (issue 17, bug 4): in a page table the kernel uses, a non-present entry
+/// with bit 11 and the frame of a page someone holds (as a kernel may keep
+/// for itself), and one with bit 9 and another address; and an empty
+/// kernel page table whose link carries bit 10. Before the fix an area over
+/// the first was unmapped by clearing the marker and dropping a reference
+/// on the held page (refcount 1 -> 0, mapcount wrapped), and an area under
+/// the bit-10 link had the kernel's table freed into the crate's allocator.
+/// Now areas over them are refused, areas beside them work, and every
+/// kernel entry and count comes out as it went in.
+#[test]
+fn kernel_markers_and_bit_10_links_are_left_alone() {
+    use x86_64::structures::paging::{Mapper, OffsetPageTable, PageTable, PageTableFlags as F};
+    let memory = Memory::new(32);
+    let db = memory.db();
+    let mut kernel_alloc = FakeAlloc::new(32);
+    let (root, kernel_leaves) = kernel_hierarchy(&mut kernel_alloc);
+    // A held page the kernel's marker names.
+    let held = db.alloc_page().unwrap();
+    let retired_like = held.phys().as_u64() | pte::RETIRED | pte::USER;
+    let special_like = 0x1234_5000 | pte::SPECIAL;
+    // In the page table of a kernel leaf (at KERNEL_PT + 1 page).
+    let marker_at = [KERNEL_PT + 2 * PAGE_4K, KERNEL_PT + 3 * PAGE_4K];
+    // SAFETY: kernel page-table slots in host memory, not yet used.
+    unsafe {
+        kernel_slot(root, marker_at[0], 1).write(retired_like);
+        kernel_slot(root, marker_at[1], 1).write(special_like);
+    }
+    // An empty kernel page table (a page mapped then unmapped) whose link
+    // carries bit 10.
+    let empty_at = BASE + 20 * PAGE_2M;
+    // SAFETY: the kernel's root, a host frame reached at offset 0.
+    let mut kernel = unsafe {
+        OffsetPageTable::new(
+            &mut *(root.start_address().as_u64() as *mut PageTable),
+            va(0),
+        )
+    };
+    // SAFETY: a test frame never accessed through this mapping.
+    unsafe { kernel.map_to(pg(empty_at), fr(0x7_1000), F::PRESENT, &mut kernel_alloc) }
+        .unwrap()
+        .ignore();
+    kernel.unmap(pg(empty_at)).unwrap().1.ignore();
+    let link = kernel_slot(root, empty_at, 2);
+    // SAFETY: the kernel's own link, in host memory.
+    unsafe { link.write(peek(link) | pte::OWNED) };
+    let link_before = peek(link);
+    let kernel_tables = kernel_alloc.out_counter().get();
+    let alloc = FakeAlloc::new(16);
+    let out = alloc.out_counter();
+    // SAFETY: the kernel's hierarchy lives (in `kernel_alloc`) until the
+    // end of the test, after the space; the kernel changes nothing.
+    let mut space =
+        unsafe { AddressSpace::from_root(root, &db, mapper(), alloc, Tlb::default(), true) };
+    assert_eq!(
+        space.map_vma(pg(marker_at[0]), 2, SHARED_RW),
+        Err(MmError::Overlap)
+    );
+    assert_eq!(
+        space.map_vma(pg(marker_at[1]), 1, SHARED_RW),
+        Err(MmError::Overlap)
+    );
+    assert_eq!(
+        space.map_vma(pg(empty_at), 4, SHARED_RW),
+        Err(MmError::Overlap),
+        "a bit-10 link no area of this space explains is the kernel's"
+    );
+    // Beside the markers, in the same kernel page table: an ordinary area.
+    let beside = space.map_vma(pg(BASE + 4 * PAGE_4K), 4, SHARED_RW).unwrap();
+    let page = db.alloc_page().unwrap();
+    space
+        .insert_page(beside, pg(BASE + 4 * PAGE_4K), &page)
+        .unwrap();
+    space.unmap_vma(beside).unwrap();
+    drop(space);
+    assert_eq!(peek(kernel_slot(root, marker_at[0], 1)), retired_like);
+    assert_eq!(peek(kernel_slot(root, marker_at[1], 1)), special_like);
+    assert_eq!(peek(link), link_before);
+    assert_eq!(counts(&db, held.pfn()), (1, 0), "the held page's counts");
+    assert_eq!(counts(&db, page.pfn()), (1, 0));
+    assert_eq!(out.get(), 0, "the crate's allocator got back what it gave");
+    assert_eq!(kernel_alloc.out_counter().get(), kernel_tables);
+    for (addr, entry) in kernel_leaves {
+        assert_eq!(kernel_leaf(root, addr), entry, "kernel leaf at {addr:#x}");
+    }
+}
+
+/// What the crate did before the fix, on the same hierarchy: an area over
+/// the bit-11 marker, unmapped, cleared it and dropped a reference it never
+/// took; an area under the bit-10 link freed the kernel's table into the
+/// crate's allocator. Kept as the two halves of the bug, each refused now.
+#[test]
+fn areas_over_kernel_markers_are_refused_and_change_nothing() {
+    let memory = Memory::new(32);
+    let db = memory.db();
+    let mut kernel_alloc = FakeAlloc::new(32);
+    let (root, _) = kernel_hierarchy(&mut kernel_alloc);
+    let held = db.alloc_page().unwrap();
+    let marker = held.phys().as_u64() | pte::RETIRED;
+    let at = KERNEL_PT + 8 * PAGE_4K;
+    let slot = kernel_slot(root, at, 1);
+    // SAFETY: a kernel page-table slot in host memory, not yet used.
+    unsafe { slot.write(marker) };
+    // SAFETY: as in the test above.
+    let mut space = unsafe {
+        AddressSpace::from_root(root, &db, mapper(), FakeAlloc::new(8), Tlb::default(), true)
+    };
+    if let Ok(id) = space.map_vma(pg(at), 1, SHARED_RW) {
+        // Before the fix: the zap takes the marker for a retired leaf.
+        space.unmap_vma(id).unwrap();
+    }
+    drop(space);
+    assert_eq!(peek(slot), marker);
+    assert_eq!(counts(&db, held.pfn()), (1, 0));
 }

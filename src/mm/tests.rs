@@ -1525,7 +1525,7 @@ impl x86_64::structures::paging::FrameDeallocator<x86_64::structures::paging::Si
 /// kernel pages next to (and in the same tables as) the model's areas, and
 /// a 2 MiB kernel page in their gigabyte. Returns its root and the kernel's
 /// leaves (address, entry).
-fn kernel_hierarchy(alloc: &mut FakeAlloc) -> (PhysFrame, Vec<(u64, u64)>) {
+pub(crate) fn kernel_hierarchy(alloc: &mut FakeAlloc) -> (PhysFrame, Vec<(u64, u64)>) {
     use x86_64::structures::paging::{
         FrameAllocator, Mapper, OffsetPageTable, PageTable, PageTableFlags as F, Size2MiB,
     };
@@ -1573,7 +1573,7 @@ fn kernel_hierarchy(alloc: &mut FakeAlloc) -> (PhysFrame, Vec<(u64, u64)>) {
 }
 
 /// The raw leaf entry mapping `addr` under `root` (host memory).
-fn kernel_leaf(root: PhysFrame, addr: u64) -> u64 {
+pub(crate) fn kernel_leaf(root: PhysFrame, addr: u64) -> u64 {
     let mut table = root.start_address().as_u64();
     for level in (1..=4).rev() {
         // SAFETY: a live page table in host memory.

@@ -205,6 +205,11 @@ impl<C: PageCounter, M: TableMapper, A: TableAllocator, T: TlbFlush, F: Format>
             return Ok(Inserted::AlreadyMapped);
         }
         let pt = self.walk_alloc(va, 1)?;
+        // Not live but not empty: not ours to overwrite (`map_vma` keeps
+        // such entries out of areas, so this is a second line).
+        if self.read(pt, pte::index(va, 1)) != 0 {
+            return Err(MmError::Busy);
+        }
         let entry = F::leaf(
             frame.start_address().as_u64(),
             vma.page_prot(),
