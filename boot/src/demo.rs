@@ -262,14 +262,17 @@ fn mm_section() {
     }
     let bar = devices::find(edu::regs::VENDOR_ID, edu::regs::DEVICE_ID).and_then(|d| d.mem_bar(0));
     let remapped = bar.map(|(pa, _)| {
-        space.io_remap_pfn_range(
-            io_vma,
-            pg(area + (1 << 30)),
-            fr(pa / PAGE_4K),
-            bytes_to_pages(PAGE_4K),
-            PageProt::READ_ONLY,
-            CacheMode::Uncached,
-        )
+        // SAFETY: edu's BAR 0: device memory, which the kernel never hands out as RAM.
+        unsafe {
+            space.io_remap_pfn_range(
+                io_vma,
+                pg(area + (1 << 30)),
+                fr(pa / PAGE_4K),
+                bytes_to_pages(PAGE_4K),
+                PageProt::READ_ONLY,
+                CacheMode::Uncached,
+            )
+        }
     });
     let (words, id) = crate::mm::with_loaded(&mut space, |_| {
         // SAFETY: these addresses were just mapped in the loaded space.

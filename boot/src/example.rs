@@ -177,8 +177,10 @@ fn example() {
     };
     let remap_at = area_page(1024);
     let frame = PhysFrame::containing_address(PhysAddr::new(buffer));
-    space
-        .remap_pfn_range(io, remap_at, frame, 512, PageProt::READ_ONLY)
+    // SAFETY: `buffer` was just allocated to us, and it is freed only at the
+    // end, after `zap_range` and the space's drop unmapped it; the area is
+    // not copy-on-write.
+    unsafe { space.remap_pfn_range(io, remap_at, frame, 512, PageProt::READ_ONLY) }
         .expect("remap_pfn_range");
     let leaf = space.translate(remap_at.start_address()).expect("mapped");
     assert_eq!(leaf.level, 2, "one 2 MiB entry");

@@ -133,10 +133,15 @@ fn map_at(iova: u64, first: u64, pages: u64, read_only: bool) -> bool {
         PageProt::READ_WRITE
     };
     STATE.lock().as_mut().is_some_and(|state| {
-        state
-            .domain
-            .remap_pfn_range(state.area, pg(iova), fr(first / PAGE_SIZE), pages, prot)
-            .is_ok()
+        // SAFETY: the Hal maps only frames it was given to share (the `share` contract keeps them
+        // valid until unshared, and unsharing unmaps them first), for the device only: the domain
+        // is never loaded into a CPU and has no copy-on-write area.
+        unsafe {
+            state
+                .domain
+                .remap_pfn_range(state.area, pg(iova), fr(first / PAGE_SIZE), pages, prot)
+        }
+        .is_ok()
     })
 }
 

@@ -548,14 +548,17 @@ impl Process {
         if self.space.translate(va(DEVICE)).is_some() {
             return DEVICE as i64;
         }
-        match self.space.io_remap_pfn_range(
-            self.device,
-            pg(DEVICE),
-            fr(bar / PAGE_4K),
-            bytes_to_pages(PAGE_4K),
-            PageProt::READ_WRITE,
-            CacheMode::Uncached,
-        ) {
+        // SAFETY: edu's BAR 0: device memory, which the kernel never hands out as RAM.
+        match unsafe {
+            self.space.io_remap_pfn_range(
+                self.device,
+                pg(DEVICE),
+                fr(bar / PAGE_4K),
+                bytes_to_pages(PAGE_4K),
+                PageProt::READ_WRITE,
+                CacheMode::Uncached,
+            )
+        } {
             Ok(()) => DEVICE as i64,
             Err(_) => ENOMEM,
         }
@@ -626,14 +629,17 @@ impl Process {
         if attached.is_err() || grant.unit().enable().is_err() {
             return EIO;
         }
-        let regs = self.space.io_remap_pfn_range(
-            self.grant_regs,
-            pg(GRANT_REGS),
-            fr(bar / PAGE_4K),
-            1,
-            PageProt::READ_WRITE,
-            CacheMode::Uncached,
-        );
+        // SAFETY: the chip's BAR: device memory, which the kernel never hands out as RAM.
+        let regs = unsafe {
+            self.space.io_remap_pfn_range(
+                self.grant_regs,
+                pg(GRANT_REGS),
+                fr(bar / PAGE_4K),
+                1,
+                PageProt::READ_WRITE,
+                CacheMode::Uncached,
+            )
+        };
         if regs.is_err() {
             return ENOMEM;
         }
@@ -804,15 +810,18 @@ impl Process {
         let (block, block_len) = chan.engine().dma_block();
         let block_pages = (block_len as u64).div_ceil(PAGE_4K);
         let mapped = window(&mut domain, block, block_pages).and_then(|area| {
-            domain
-                .remap_pfn_range(
+            // SAFETY: the chip's own DMA block, allocated for as long as the channel lives, which
+            // outlives this call; the domain is dropped at its end.
+            unsafe {
+                domain.remap_pfn_range(
                     area,
                     pg(block),
                     fr(block / PAGE_4K),
                     block_pages,
                     PageProt::READ_WRITE,
                 )
-                .map_err(|_| ENOMEM)
+            }
+            .map_err(|_| ENOMEM)
         });
         let mut iovas = [0u64; 2];
         let user = [
@@ -831,8 +840,9 @@ impl Process {
                         .translate(crate::mm::va(first + i * PAGE_4K))
                         .and_then(|leaf| leaf.frame_of(crate::mm::va(first + i * PAGE_4K)))
                         .ok_or(EFAULT)?;
-                    domain
-                        .remap_pfn_range(area, pg(base + i * PAGE_4K), frame, 1, prot)
+                    // SAFETY: a page of this process's space, which stays mapped there (the process
+                    // is stopped in this call) until the domain is dropped at the end of the call.
+                    unsafe { domain.remap_pfn_range(area, pg(base + i * PAGE_4K), frame, 1, prot) }
                         .map_err(|_| ENOMEM)?;
                 }
                 iovas[k] = base + (va - first);

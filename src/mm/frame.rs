@@ -96,8 +96,32 @@ impl PageInfo {
         }
     }
 
-    fn refcount(&self) -> u32 {
-        self.counts.load(Ordering::Acquire) as u32
+    /// Adds `counts` (a reference, and maybe a mapping) unless the frame
+    /// has no reference, as `Arc::upgrade` does: a check followed by a
+    /// separate add would let the last reference go in between and then
+    /// resurrect a free frame (or, once `take_free` stores the next owner's
+    /// count, corrupt that owner's). Only a `Normal` page in use has a
+    /// non-zero count, so a frame this succeeds on is one. Refuses, rather
+    /// than wrap into the other half of the word, a count at its maximum.
+    #[inline]
+    fn add_if_referenced(&self, counts: u64) -> bool {
+        let mut current = self.counts.load(Ordering::Acquire);
+        loop {
+            let refs = current as u32;
+            let maps = (current >> 32) as u32;
+            if refs == 0 || refs == u32::MAX || (counts & MAP != 0 && maps == u32::MAX) {
+                return false;
+            }
+            match self.counts.compare_exchange_weak(
+                current,
+                current + counts,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => return true,
+                Err(now) => current = now,
+            }
+        }
     }
 }
 
@@ -222,7 +246,11 @@ impl<'a> FrameDb<'a> {
                 )
                 .is_ok();
             if claimed {
-                self.pages[i].counts.store(REF, Ordering::Release);
+                // Only a page carries a count: a table's stays 0, so the
+                // lookups (which never add to a zero count) cannot take a
+                // reference to it.
+                let counts = if kind == FrameKind::Normal { REF } else { 0 };
+                self.pages[i].counts.store(counts, Ordering::Release);
                 self.hint.store(i + 1, Ordering::Relaxed);
                 return Ok(self.base_pfn + i as u64);
             }
@@ -254,19 +282,31 @@ impl<'a> FrameDb<'a> {
     /// pool), or such a frame free again. Frames in use are refused.
     pub fn set_kind(&self, frame: PhysFrame, kind: FrameKind) -> Result<(), MmError> {
         let info = self.info(pfn_of(frame)).ok_or(MmError::NotInsertable)?;
-        let current = FrameKind::from_u8(info.kind.load(Ordering::Acquire));
-        let allowed = matches!(
-            (current, kind),
-            (
-                FrameKind::Free | FrameKind::Reserved | FrameKind::Kernel,
-                FrameKind::Free | FrameKind::Reserved | FrameKind::Kernel
-            )
-        );
-        if !allowed {
-            return Err(MmError::NotInsertable);
+        let mut current = info.kind.load(Ordering::Acquire);
+        loop {
+            let allowed = matches!(
+                (FrameKind::from_u8(current), kind),
+                (
+                    FrameKind::Free | FrameKind::Reserved | FrameKind::Kernel,
+                    FrameKind::Free | FrameKind::Reserved | FrameKind::Kernel
+                )
+            );
+            if !allowed {
+                return Err(MmError::NotInsertable);
+            }
+            // A check and a separate store would let the allocator claim
+            // the frame in between, and the store then relabel a page in
+            // use.
+            match info.kind.compare_exchange_weak(
+                current,
+                kind as u8,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => return Ok(()),
+                Err(now) => current = now,
+            }
         }
-        info.kind.store(kind as u8, Ordering::Release);
-        Ok(())
     }
 
     /// A new reference to the page `frame` if it is a `Normal` page in use
@@ -274,11 +314,13 @@ impl<'a> FrameDb<'a> {
     pub fn get(&self, frame: PhysFrame) -> Option<PageRef<'_>> {
         let pfn = pfn_of(frame);
         let info = self.info(pfn)?;
-        if info.kind.load(Ordering::Acquire) != FrameKind::Normal as u8 || info.refcount() == 0 {
+        if info.kind.load(Ordering::Acquire) != FrameKind::Normal as u8 {
             return None;
         }
-        info.counts.fetch_add(REF, Ordering::AcqRel);
-        Some(PageRef { db: self, pfn })
+        // Not `then_some`: a `PageRef` built eagerly and dropped on refusal
+        // would give back a reference it never took.
+        info.add_if_referenced(REF)
+            .then(|| PageRef { db: self, pfn })
     }
 
     /// Records one more mapping of `frame` if it is an insertable page (see
@@ -288,17 +330,12 @@ impl<'a> FrameDb<'a> {
         let Some(info) = self.info(pfn_of(frame)) else {
             return false;
         };
-        if info.kind.load(Ordering::Acquire) != FrameKind::Normal as u8 {
-            return false;
-        }
-        // One atomic add on the hot path; a page nobody held (its last
-        // reference already gone) is refused and the add undone.
-        let before = info.counts.fetch_add(REF + MAP, Ordering::AcqRel);
-        if before as u32 == 0 {
-            info.counts.fetch_sub(REF + MAP, Ordering::AcqRel);
-            return false;
-        }
-        true
+        // The kind is only a fast refusal; what decides is the count. An
+        // add followed by an undo (as before issue 17) let `take_free`'s
+        // store land in between, and the undo then took a reference and a
+        // mapping off the next owner's page.
+        info.kind.load(Ordering::Acquire) == FrameKind::Normal as u8
+            && info.add_if_referenced(REF + MAP)
     }
 
     /// Records one mapping fewer, freeing the page with its last reference.
@@ -333,12 +370,12 @@ unsafe impl<'a> PageCounter for &'a FrameDb<'a> {
     type Page = PageRef<'a>;
 
     #[inline]
-    fn try_map(&self, frame: PhysFrame) -> bool {
+    unsafe fn try_map(&self, frame: PhysFrame) -> bool {
         FrameDb::try_map(self, frame)
     }
 
     #[inline]
-    fn unmap(&self, frame: PhysFrame) {
+    unsafe fn unmap(&self, frame: PhysFrame) {
         FrameDb::unmap(self, frame)
     }
 
@@ -415,7 +452,9 @@ impl fmt::Debug for PageRef<'_> {
 impl Clone for PageRef<'_> {
     fn clone(&self) -> Self {
         if let Some(info) = self.db.info(self.pfn) {
-            info.counts.fetch_add(REF, Ordering::AcqRel);
+            // Held, so only a count at its maximum refuses: wrapping it
+            // would free the page under its holders.
+            assert!(info.add_if_referenced(REF), "page reference count overflow");
         }
         PageRef {
             db: self.db,

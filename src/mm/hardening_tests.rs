@@ -140,13 +140,17 @@ fn page_table_frames_are_freed_only_after_a_flush_that_follows_their_unlinking()
     space.insert_page(v, pg(BASE + 3 * PAGE_2M), &page).unwrap();
     assert_tables_freed_after_flush(&mut space, &db, "remap undo", |s| {
         assert_eq!(
-            s.remap_pfn_range(
-                v,
-                pg(BASE),
-                fr(0x100),
-                bytes_to_pages(3 * PAGE_2M + PAGE_4K),
-                PageProt::READ_ONLY
-            ),
+            // SAFETY: host tables are never loaded, and this test faults only
+            // on frames it owns and keeps (or on none): nothing reads the others.
+            unsafe {
+                s.remap_pfn_range(
+                    v,
+                    pg(BASE),
+                    fr(0x100),
+                    bytes_to_pages(3 * PAGE_2M + PAGE_4K),
+                    PageProt::READ_ONLY,
+                )
+            },
             Err(MmError::WrongVmaKind)
         );
         s.zap_range(
@@ -285,15 +289,18 @@ fn a_write_fault_on_a_2mib_copy_on_write_entry_splits_it_and_copies_one_page() {
     let v = space
         .map_vma(pg(BASE), npages(BASE, BASE + PAGE_2M), COW)
         .unwrap();
-    space
-        .remap_pfn_range(
+    // SAFETY: host tables are never loaded, and this test faults only
+    // on frames it owns and keeps (or on none): nothing reads the others.
+    unsafe {
+        space.remap_pfn_range(
             v,
             pg(BASE),
             fr(frames.pfn()),
             bytes_to_pages(PAGE_2M),
             PageProt::READ_ONLY,
         )
-        .unwrap();
+    }
+    .unwrap();
     assert_eq!(space.translate(va(BASE)).unwrap().level, 2);
     let at = BASE + 5 * PAGE_4K + 123;
     // Out of memory for the copy, then for the split: nothing changes.
@@ -348,15 +355,18 @@ fn fork_write_protects_writable_special_entries_of_copy_on_write_areas() {
     let small = parent
         .map_vma(pg(BASE), npages(BASE, BASE + PAGE_4K), COW)
         .unwrap();
-    parent
-        .remap_pfn_range(
+    // SAFETY: host tables are never loaded, and this test faults only
+    // on frames it owns and keeps (or on none): nothing reads the others.
+    unsafe {
+        parent.remap_pfn_range(
             small,
             pg(BASE),
             fr(frames.pfn()),
             bytes_to_pages(PAGE_4K),
             PageProt::READ_WRITE,
         )
-        .unwrap();
+    }
+    .unwrap();
     let huge = parent
         .map_vma(
             pg(BASE + PAGE_2M),
@@ -364,15 +374,18 @@ fn fork_write_protects_writable_special_entries_of_copy_on_write_areas() {
             COW,
         )
         .unwrap();
-    parent
-        .remap_pfn_range(
+    // SAFETY: host tables are never loaded, and this test faults only
+    // on frames it owns and keeps (or on none): nothing reads the others.
+    unsafe {
+        parent.remap_pfn_range(
             huge,
             pg(BASE + PAGE_2M),
             fr(frames.pfn() + 512),
             bytes_to_pages(PAGE_2M),
             PageProt::READ_WRITE,
         )
-        .unwrap();
+    }
+    .unwrap();
     assert!(parent.translate(va(BASE)).unwrap().entry & pte::WRITABLE != 0);
     let small_child = parent.fork_range(small, &mut child).unwrap();
     let huge_child = parent.fork_range(huge, &mut child).unwrap();
@@ -459,13 +472,17 @@ fn running_out_of_frames_at_any_point_changes_nothing() {
                 .unwrap()
         },
         |space, id, _| {
-            space.remap_pfn_range(
-                id,
-                pg(BASE),
-                fr(device),
-                bytes_to_pages(PAGE_2M + PAGE_4K),
-                PageProt::READ_ONLY,
-            )
+            // SAFETY: host tables are never loaded, and this test faults only
+            // on frames it owns and keeps (or on none): nothing reads the others.
+            unsafe {
+                space.remap_pfn_range(
+                    id,
+                    pg(BASE),
+                    fr(device),
+                    bytes_to_pages(PAGE_2M + PAGE_4K),
+                    PageProt::READ_ONLY,
+                )
+            }
         },
     );
     // A zap that must split a 2 MiB entry at each end.
@@ -476,15 +493,18 @@ fn running_out_of_frames_at_any_point_changes_nothing() {
             let v = space
                 .map_vma(pg(BASE), npages(BASE, BASE + 2 * PAGE_2M), SHARED_RW)
                 .unwrap();
-            space
-                .remap_pfn_range(
+            // SAFETY: host tables are never loaded, and this test faults only
+            // on frames it owns and keeps (or on none): nothing reads the others.
+            unsafe {
+                space.remap_pfn_range(
                     v,
                     pg(BASE),
                     fr(device),
                     bytes_to_pages(2 * PAGE_2M),
                     PageProt::READ_ONLY,
                 )
-                .unwrap();
+            }
+            .unwrap();
             v
         },
         |space, id, _| {
@@ -643,8 +663,12 @@ proptest! {
                     // Pages inserted before the error stay: not "nothing".
                     Err(p) => p.inserted == 0,
                 },
-                Call::Remap(a, p, n) => space.remap_pfn_range(id, any_page(a), any_frame(p), n, PageProt::READ_WRITE).is_err(),
-                Call::InsertPfn(a, p) => space.insert_pfn(id, any_page(a), any_frame(p)).is_err(),
+                // SAFETY: hostile frames go into the shared area only, where
+                // a write fault is `Protection` and copies nothing, and host
+                // tables are never loaded: nothing reads those frames.
+                Call::Remap(a, p, n) => unsafe { space.remap_pfn_range(ids[0], any_page(a), any_frame(p), n, PageProt::READ_WRITE) }.is_err(),
+                // SAFETY: as for `Remap`.
+                Call::InsertPfn(a, p) => unsafe { space.insert_pfn(ids[0], any_page(a), any_frame(p)) }.is_err(),
                 Call::Zap(a, n) => space.zap_range(id, any_page(a), n).is_err(),
                 Call::NormalPage(a) => { let _ = space.normal_page(id, any_addr(a)); let _ = space.translate(any_addr(a)); true }
                 Call::WriteFault(a) => space.handle_write_fault(any_addr(a)).is_err(),
@@ -675,7 +699,9 @@ fn kind_of_a_frame_the_database_does_not_cover_is_not_counted() {
     space.insert_page(v, pg(BASE), &page).unwrap();
     let outside = (db.first_frame().start_address().as_u64() >> 12) + db.len() as u64 + 10;
     assert!(db.state(fr(outside)).is_none());
-    assert!(space.insert_pfn(v, pg(BASE + PAGE_4K), fr(outside)).is_ok());
+    // SAFETY: host tables are never loaded, and this test faults only
+    // on frames it owns and keeps (or on none): nothing reads the others.
+    assert!(unsafe { space.insert_pfn(v, pg(BASE + PAGE_4K), fr(outside)) }.is_ok());
     assert!(space.vma(v).unwrap().flags.contains(VmFlags::MIXEDMAP));
 }
 
@@ -691,9 +717,9 @@ fn one_gib_entries_are_made_only_when_allowed_and_split_down_on_a_partial_zap() 
     // Not allowed (the default): 512 2 MiB entries.
     let mut space = new_space(&db);
     let v = space.map_vma(pg(BASE), GIB / PAGE_4K, SHARED_RW).unwrap();
-    space
-        .remap_pfn_range(v, pg(BASE), fr(device), GIB / PAGE_4K, wt)
-        .unwrap();
+    // SAFETY: host tables are never loaded, and this test faults only
+    // on frames it owns and keeps (or on none): nothing reads the others.
+    unsafe { space.remap_pfn_range(v, pg(BASE), fr(device), GIB / PAGE_4K, wt) }.unwrap();
     assert_eq!(space.user_leaves().count(), 512);
     drop(space);
     // Allowed: one entry (and the PDPT linking it).
@@ -701,9 +727,9 @@ fn one_gib_entries_are_made_only_when_allowed_and_split_down_on_a_partial_zap() 
     space.set_1g_pages(true);
     let v = space.map_vma(pg(BASE), GIB / PAGE_4K, SHARED_RW).unwrap();
     let before = space.entries_written();
-    space
-        .remap_pfn_range(v, pg(BASE), fr(device), GIB / PAGE_4K, wt)
-        .unwrap();
+    // SAFETY: host tables are never loaded, and this test faults only
+    // on frames it owns and keeps (or on none): nothing reads the others.
+    unsafe { space.remap_pfn_range(v, pg(BASE), fr(device), GIB / PAGE_4K, wt) }.unwrap();
     assert_eq!(
         space.entries_written() - before,
         2,
@@ -757,15 +783,18 @@ fn a_1gib_split_runs_out_of_frames_at_any_point_and_changes_nothing() {
         |_, space| {
             space.set_1g_pages(true);
             let v = space.map_vma(pg(BASE), GIB / PAGE_4K, SHARED_RW).unwrap();
-            space
-                .remap_pfn_range(
+            // SAFETY: host tables are never loaded, and this test faults only
+            // on frames it owns and keeps (or on none): nothing reads the others.
+            unsafe {
+                space.remap_pfn_range(
                     v,
                     pg(BASE),
                     fr(GIB >> 12),
                     GIB / PAGE_4K,
                     PageProt::READ_ONLY,
                 )
-                .unwrap();
+            }
+            .unwrap();
             v
         },
         |space, id, _| space.zap_range(id, pg(BASE + PAGE_4K), 2),
@@ -781,15 +810,18 @@ fn copy_on_write_and_fork_of_a_1gib_entry() {
     let mut child = new_space(&db);
     parent.set_1g_pages(true);
     let v = parent.map_vma(pg(BASE), GIB / PAGE_4K, COW).unwrap();
-    parent
-        .remap_pfn_range(
+    // SAFETY: host tables are never loaded, and this test faults only
+    // on frames it owns and keeps (or on none): nothing reads the others.
+    unsafe {
+        parent.remap_pfn_range(
             v,
             pg(BASE),
             fr(frames.pfn()),
             GIB / PAGE_4K,
             PageProt::READ_WRITE,
         )
-        .unwrap();
+    }
+    .unwrap();
     assert_eq!(parent.translate(va(BASE)).unwrap().level, 3);
     let at = BASE + 300 * PAGE_2M + 7 * PAGE_4K;
     page_bytes(frames.base as u64 + (at - BASE)).fill(0x3c);
@@ -839,15 +871,18 @@ fn one_walker_builds_vt_d_second_level_tables_too() {
     let io = domain
         .map_vma(pg(BASE + 2 * PAGE_2M), PAGE_2M / PAGE_4K, rw)
         .unwrap();
-    domain
-        .remap_pfn_range(
+    // SAFETY: host tables are never loaded, and this test faults only
+    // on frames it owns and keeps (or on none): nothing reads the others.
+    unsafe {
+        domain.remap_pfn_range(
             io,
             pg(BASE + 2 * PAGE_2M),
             fr(0x40_0000 >> 12),
             PAGE_2M / PAGE_4K,
             PageProt::READ_ONLY,
         )
-        .unwrap();
+    }
+    .unwrap();
     // Leaves: R (and W where writable), no x86 present/user bits, the
     // special bit in software-available bit 53, never SNP (bit 11).
     let leaves: Vec<_> = domain.user_leaves().collect();

@@ -117,7 +117,7 @@ fn loom_clones_dropped_on_two_threads_free_the_frame_once() {
     });
 }
 
-/// `PageCounter::try_map` (a safe method of `&FrameDb`) on a frame whose
+/// `PageCounter::try_map` (a safe method of `&FrameDb` at 70f12d8) on a frame whose
 /// last reference another thread drops, while a third allocates: a refused
 /// map must leave no trace on the counts of the page the allocator hands
 /// out, else that page is held with a wrong count and a later clone and
@@ -136,9 +136,13 @@ fn loom_a_refused_map_racing_a_free_and_an_alloc_leaves_the_new_page_counted_rig
         let frame = page.frame();
         let dropper = thread::spawn(move || drop(page));
         let mapper = thread::spawn(move || {
-            let mapped = PageCounter::try_map(&db, frame);
+            // SAFETY: this thread stands for the one address space that
+            // maps the frame: each mapping it counts it gives back once,
+            // and it writes no entry, so none outlives the count.
+            let mapped = unsafe { PageCounter::try_map(&db, frame) };
             if mapped {
-                PageCounter::unmap(&db, frame);
+                // SAFETY: as above; the mapping counted just now.
+                unsafe { PageCounter::unmap(&db, frame) };
             }
             mapped
         });

@@ -74,7 +74,9 @@ pub enum MmError {
     /// it only as a counted page (`insert_page`), never as a raw PFN whose
     /// entry would hold no reference.
     CountedFrame,
-    /// The new area overlaps another, or the kernel's half.
+    /// The new area overlaps another, the kernel's half, or an entry of
+    /// the kernel's (a mapping, a non-present marker, or a link carrying
+    /// the crate's owned bit).
     Overlap,
     /// The address space has no room for another area.
     TooManyVmas,
@@ -82,6 +84,11 @@ pub enum MmError {
     NotMapped,
     /// The area does not allow the access (a write to a read-only area).
     Protection,
+    /// A copy-on-write fault found that the raw frame it would copy is the
+    /// free page it was just given for the copy: the frame was remapped
+    /// and then freed, which `remap_pfn_range`'s contract forbids. Refused
+    /// rather than copied onto itself; nothing changed.
+    FreeFrameMapped,
 }
 
 impl fmt::Display for MmError {
@@ -101,6 +108,7 @@ impl fmt::Display for MmError {
             MmError::TooManyVmas => "too many areas",
             MmError::NotMapped => "nothing mapped there",
             MmError::Protection => "access not allowed by the area",
+            MmError::FreeFrameMapped => "a raw entry maps a frame the allocator holds as free",
         })
     }
 }
@@ -111,5 +119,7 @@ impl core::error::Error for MmError {}
 mod hardening_tests;
 #[cfg(all(test, loom))]
 mod loom_tests;
+#[cfg(test)]
+mod soundness_tests;
 #[cfg(test)]
 pub(crate) mod tests;

@@ -225,15 +225,18 @@ fn insert_page_rules() {
             SHARED_RW,
         )
         .unwrap();
-    space
-        .remap_pfn_range(
+    // SAFETY: host tables are never loaded, and this test faults only
+    // on frames it owns and keeps (or on none): nothing reads the others.
+    unsafe {
+        space.remap_pfn_range(
             io,
             pg(BASE + 2 * PAGE_2M),
             fr(0x1234),
             bytes_to_pages(PAGE_4K),
             PageProt::READ_WRITE,
         )
-        .unwrap();
+    }
+    .unwrap();
     assert_eq!(
         space.insert_page(io, pg(BASE + 2 * PAGE_2M), &other),
         Err(MmError::WrongVmaKind)
@@ -321,15 +324,18 @@ fn remap_pfn_range_uses_special_and_huge_entries() {
         .map_vma(pg(BASE), npages(BASE, BASE + size), SHARED_RW)
         .unwrap();
     let pfn = 0x8_0000; // 2 GiB: 2 MiB-aligned
-    space
-        .remap_pfn_range(
+    // SAFETY: host tables are never loaded, and this test faults only
+    // on frames it owns and keeps (or on none): nothing reads the others.
+    unsafe {
+        space.remap_pfn_range(
             v,
             pg(BASE),
             fr(pfn),
             bytes_to_pages(size),
             PageProt::READ_WRITE,
         )
-        .unwrap();
+    }
+    .unwrap();
     let leaves: Vec<_> = space.leaves(va(BASE)..va(BASE + size)).collect();
     assert_eq!(leaves.iter().filter(|l| l.level == 2).count(), 2);
     assert_eq!(leaves.iter().filter(|l| l.level == 1).count(), 3);
@@ -355,15 +361,18 @@ fn remap_pfn_range_uses_special_and_huge_entries() {
             SHARED_RW,
         )
         .unwrap();
-    space
-        .remap_pfn_range(
+    // SAFETY: host tables are never loaded, and this test faults only
+    // on frames it owns and keeps (or on none): nothing reads the others.
+    unsafe {
+        space.remap_pfn_range(
             w,
             pg(BASE + 4 * PAGE_2M),
             fr(pfn + 1),
             bytes_to_pages(2 * PAGE_2M),
             PageProt::READ_ONLY,
         )
-        .unwrap();
+    }
+    .unwrap();
     assert!(
         space
             .leaves(va(BASE + 4 * PAGE_2M)..va(BASE + 6 * PAGE_2M))
@@ -383,8 +392,10 @@ fn remap_pfn_range_uses_special_and_huge_entries() {
             SHARED_RW,
         )
         .unwrap();
-    space
-        .io_remap_pfn_range(
+    // SAFETY: host tables are never loaded, and this test faults only
+    // on frames it owns and keeps (or on none): nothing reads the others.
+    unsafe {
+        space.io_remap_pfn_range(
             x,
             pg(BASE + 8 * PAGE_2M),
             fr(pfn),
@@ -392,7 +403,8 @@ fn remap_pfn_range_uses_special_and_huge_entries() {
             PageProt::READ_WRITE,
             CacheMode::WriteThrough,
         )
-        .unwrap();
+    }
+    .unwrap();
     let huge = space.translate(va(BASE + 8 * PAGE_2M)).unwrap();
     let small = space.translate(va(BASE + 9 * PAGE_2M)).unwrap();
     assert_eq!(
@@ -419,26 +431,33 @@ fn remap_pfn_range_uses_special_and_huge_entries() {
             SHARED_RW,
         )
         .unwrap();
-    space
-        .remap_pfn_range(
+    // SAFETY: host tables are never loaded, and this test faults only
+    // on frames it owns and keeps (or on none): nothing reads the others.
+    unsafe {
+        space.remap_pfn_range(
             y,
             pg(BASE + 10 * PAGE_2M + 5 * PAGE_4K),
             fr(0x99),
             bytes_to_pages(PAGE_4K),
             PageProt::READ_ONLY,
         )
-        .unwrap();
+    }
+    .unwrap();
     let before: Vec<_> = space
         .leaves(va(BASE + 10 * PAGE_2M)..va(BASE + 11 * PAGE_2M))
         .collect();
     assert_eq!(
-        space.remap_pfn_range(
-            y,
-            pg(BASE + 10 * PAGE_2M),
-            fr(0x100),
-            bytes_to_pages(8 * PAGE_4K),
-            PageProt::READ_ONLY
-        ),
+        // SAFETY: host tables are never loaded, and this test faults only
+        // on frames it owns and keeps (or on none): nothing reads the others.
+        unsafe {
+            space.remap_pfn_range(
+                y,
+                pg(BASE + 10 * PAGE_2M),
+                fr(0x100),
+                bytes_to_pages(8 * PAGE_4K),
+                PageProt::READ_ONLY,
+            )
+        },
         Err(MmError::Busy)
     );
     let after: Vec<_> = space
@@ -456,25 +475,32 @@ fn copy_on_write_areas_are_remapped_whole() {
         .map_vma(pg(BASE), npages(BASE, BASE + 4 * PAGE_4K), COW)
         .unwrap();
     assert_eq!(
-        space.remap_pfn_range(
-            v,
-            pg(BASE),
-            fr(0x500),
-            bytes_to_pages(2 * PAGE_4K),
-            PageProt::READ_ONLY
-        ),
+        // SAFETY: host tables are never loaded, and this test faults only
+        // on frames it owns and keeps (or on none): nothing reads the others.
+        unsafe {
+            space.remap_pfn_range(
+                v,
+                pg(BASE),
+                fr(0x500),
+                bytes_to_pages(2 * PAGE_4K),
+                PageProt::READ_ONLY,
+            )
+        },
         Err(MmError::PartialCowRemap)
     );
     assert_eq!(space.vma(v).unwrap().flags, COW, "nothing changed");
-    space
-        .remap_pfn_range(
+    // SAFETY: host tables are never loaded, and this test faults only
+    // on frames it owns and keeps (or on none): nothing reads the others.
+    unsafe {
+        space.remap_pfn_range(
             v,
             pg(BASE),
             fr(0x500),
             bytes_to_pages(4 * PAGE_4K),
             PageProt::READ_ONLY,
         )
-        .unwrap();
+    }
+    .unwrap();
     assert_eq!(space.vma(v).unwrap().pgoff, 0x500, "pgoff records the pfn");
     // A shared area may be remapped in part (the 2005 remapping work's "incomplete" VMAs).
     let s = space
@@ -484,15 +510,18 @@ fn copy_on_write_areas_are_remapped_whole() {
             SHARED_RW,
         )
         .unwrap();
-    space
-        .remap_pfn_range(
+    // SAFETY: host tables are never loaded, and this test faults only
+    // on frames it owns and keeps (or on none): nothing reads the others.
+    unsafe {
+        space.remap_pfn_range(
             s,
             pg(BASE + PAGE_2M + PAGE_4K),
             fr(0x600),
             bytes_to_pages(PAGE_4K),
             PageProt::READ_ONLY,
         )
-        .unwrap();
+    }
+    .unwrap();
     assert_eq!(space.vma(s).unwrap().pgoff, 0);
 }
 
@@ -505,19 +534,25 @@ fn insert_pfn_rules() {
         .map_vma(pg(BASE), npages(BASE, BASE + 4 * PAGE_4K), SHARED_RW)
         .unwrap();
     assert_eq!(
-        space.insert_pfn(plain, pg(BASE), fr(0x77)),
+        // SAFETY: host tables are never loaded, and this test faults only
+        // on frames it owns and keeps (or on none): nothing reads the others.
+        unsafe { space.insert_pfn(plain, pg(BASE), fr(0x77)) },
         Err(MmError::WrongVmaKind),
         "needs PFNMAP or MIXEDMAP"
     );
     let page = db.alloc_page().unwrap();
     space.insert_page(plain, pg(BASE), &page).unwrap();
     assert_eq!(
-        space.insert_pfn(plain, pg(BASE + PAGE_4K), fr(0x77)),
+        // SAFETY: host tables are never loaded, and this test faults only
+        // on frames it owns and keeps (or on none): nothing reads the others.
+        unsafe { space.insert_pfn(plain, pg(BASE + PAGE_4K), fr(0x77)) },
         Ok(Inserted::New),
         "MIXEDMAP now"
     );
     assert_eq!(
-        space.insert_pfn(plain, pg(BASE), fr(0x88)),
+        // SAFETY: host tables are never loaded, and this test faults only
+        // on frames it owns and keeps (or on none): nothing reads the others.
+        unsafe { space.insert_pfn(plain, pg(BASE), fr(0x88)) },
         Ok(Inserted::AlreadyMapped)
     );
     assert_eq!(
@@ -532,14 +567,18 @@ fn insert_pfn_rules() {
     // Refused (Linux refuses a `pfn_valid` frame in a MIXEDMAP area).
     let tables = table_frames(&db);
     assert_eq!(
-        space.insert_pfn(plain, pg(BASE + 2 * PAGE_4K), fr(page.pfn())),
+        // SAFETY: host tables are never loaded, and this test faults only
+        // on frames it owns and keeps (or on none): nothing reads the others.
+        unsafe { space.insert_pfn(plain, pg(BASE + 2 * PAGE_4K), fr(page.pfn())) },
         Err(MmError::CountedFrame)
     );
     let free = db.alloc_page().unwrap();
     let free_pfn = free.pfn();
     drop(free);
     assert_eq!(
-        space.insert_pfn(plain, pg(BASE + 2 * PAGE_4K), fr(free_pfn)),
+        // SAFETY: host tables are never loaded, and this test faults only
+        // on frames it owns and keeps (or on none): nothing reads the others.
+        unsafe { space.insert_pfn(plain, pg(BASE + 2 * PAGE_4K), fr(free_pfn)) },
         Err(MmError::CountedFrame),
         "a free frame of the database too"
     );
@@ -553,17 +592,22 @@ fn insert_pfn_rules() {
             COW,
         )
         .unwrap();
-    space
-        .remap_pfn_range(
+    // SAFETY: host tables are never loaded, and this test faults only
+    // on frames it owns and keeps (or on none): nothing reads the others.
+    unsafe {
+        space.remap_pfn_range(
             cow,
             pg(BASE + PAGE_2M),
             fr(0x10),
             bytes_to_pages(PAGE_4K),
             PageProt::READ_ONLY,
         )
-        .unwrap();
+    }
+    .unwrap();
     assert_eq!(
-        space.insert_pfn(cow, pg(BASE + PAGE_2M), fr(0x11)),
+        // SAFETY: host tables are never loaded, and this test faults only
+        // on frames it owns and keeps (or on none): nothing reads the others.
+        unsafe { space.insert_pfn(cow, pg(BASE + PAGE_2M), fr(0x11)) },
         Err(MmError::WrongVmaKind),
         "PFNMAP and copy-on-write"
     );
@@ -577,15 +621,18 @@ fn zap_splits_huge_entries_and_frees_tables() {
     let v = space
         .map_vma(pg(BASE), npages(BASE, BASE + 2 * PAGE_2M), SHARED_RW)
         .unwrap();
-    space
-        .remap_pfn_range(
+    // SAFETY: host tables are never loaded, and this test faults only
+    // on frames it owns and keeps (or on none): nothing reads the others.
+    unsafe {
+        space.remap_pfn_range(
             v,
             pg(BASE),
             fr(0x4_0000),
             bytes_to_pages(2 * PAGE_2M),
             PageProt::READ_WRITE.with_cache(CacheMode::WriteThrough),
         )
-        .unwrap();
+    }
+    .unwrap();
     let tables = table_frames(&db);
     space.tlb_mut().pages.clear();
     space
@@ -637,9 +684,9 @@ fn fork_copies_entries_and_counts_only_pages() {
         .unwrap();
     let page = db.alloc_page().unwrap();
     parent.insert_page(mixed, pg(BASE), &page).unwrap();
-    parent
-        .insert_pfn(mixed, pg(BASE + PAGE_4K), fr(0x42))
-        .unwrap();
+    // SAFETY: host tables are never loaded, and this test faults only
+    // on frames it owns and keeps (or on none): nothing reads the others.
+    unsafe { parent.insert_pfn(mixed, pg(BASE + PAGE_4K), fr(0x42)) }.unwrap();
     let io = parent
         .map_vma(
             pg(BASE + PAGE_2M),
@@ -647,15 +694,18 @@ fn fork_copies_entries_and_counts_only_pages() {
             SHARED_RW,
         )
         .unwrap();
-    parent
-        .remap_pfn_range(
+    // SAFETY: host tables are never loaded, and this test faults only
+    // on frames it owns and keeps (or on none): nothing reads the others.
+    unsafe {
+        parent.remap_pfn_range(
             io,
             pg(BASE + PAGE_2M),
             fr(0x20_0000 >> 12),
             bytes_to_pages(PAGE_2M),
             PageProt::READ_WRITE,
         )
-        .unwrap();
+    }
+    .unwrap();
     let shared = parent
         .map_vma(
             pg(BASE + 4 * PAGE_2M),
@@ -723,13 +773,17 @@ fn out_of_memory_changes_nothing() {
     assert_eq!(counts(&db, page.pfn()), (1, 0));
     assert!(!space.vma(v).unwrap().flags.contains(VmFlags::MIXEDMAP));
     assert_eq!(
-        space.remap_pfn_range(
-            v,
-            pg(BASE),
-            fr(5),
-            bytes_to_pages(PAGE_4K),
-            PageProt::READ_ONLY
-        ),
+        // SAFETY: host tables are never loaded, and this test faults only
+        // on frames it owns and keeps (or on none): nothing reads the others.
+        unsafe {
+            space.remap_pfn_range(
+                v,
+                pg(BASE),
+                fr(5),
+                bytes_to_pages(PAGE_4K),
+                PageProt::READ_ONLY,
+            )
+        },
         Err(MmError::OutOfMemory)
     );
     assert_eq!(space.vma(v).unwrap().flags, SHARED_RW);
@@ -1102,13 +1156,17 @@ fn run_model<'a, A: TableAllocator>(
             } => {
                 let (start, n, flags) = AREAS[area];
                 let va = start + page as u64 * PAGE_4K;
-                let result = space.remap_pfn_range(
-                    ids[area],
-                    pg(va),
-                    fr(pfn),
-                    bytes_to_pages(pages as u64 * PAGE_4K),
-                    PageProt::READ_WRITE,
-                );
+                // SAFETY: host tables are never loaded, and this test faults only
+                // on frames it owns and keeps (or on none): nothing reads the others.
+                let result = unsafe {
+                    space.remap_pfn_range(
+                        ids[area],
+                        pg(va),
+                        fr(pfn),
+                        bytes_to_pages(pages as u64 * PAGE_4K),
+                        PageProt::READ_WRITE,
+                    )
+                };
                 let expected = if model.flags[area].contains(VmFlags::MIXEDMAP) {
                     Err(MmError::WrongVmaKind)
                 } else if (page + pages) as u64 > n {
@@ -1145,7 +1203,9 @@ fn run_model<'a, A: TableAllocator>(
             Op::InsertPfn { area, page, pfn } => {
                 let (start, n, flags) = AREAS[area];
                 let va = start + page as u64 * PAGE_4K;
-                let result = space.insert_pfn(ids[area], pg(va), fr(pfn));
+                // SAFETY: host tables are never loaded, and this test faults only
+                // on frames it owns and keeps (or on none): nothing reads the others.
+                let result = unsafe { space.insert_pfn(ids[area], pg(va), fr(pfn)) };
                 let f = model.flags[area];
                 let expected = if f.contains(VmFlags::PFNMAP) == f.contains(VmFlags::MIXEDMAP)
                     || (f.contains(VmFlags::PFNMAP) && flags.is_cow())
@@ -1347,8 +1407,10 @@ fn write_faults_copy_remapped_frames_and_forked_pages() {
     let io = space
         .map_vma(pg(BASE), npages(BASE, BASE + PAGE_4K), COW)
         .unwrap();
-    space
-        .io_remap_pfn_range(
+    // SAFETY: host tables are never loaded, and this test faults only
+    // on frames it owns and keeps (or on none): nothing reads the others.
+    unsafe {
+        space.io_remap_pfn_range(
             io,
             pg(BASE),
             fr(frame.pfn()),
@@ -1356,7 +1418,8 @@ fn write_faults_copy_remapped_frames_and_forked_pages() {
             PageProt::READ_ONLY,
             CacheMode::Uncached,
         )
-        .unwrap();
+    }
+    .unwrap();
     assert_eq!(space.handle_write_fault(va(BASE)), Ok(WriteFault::Copied));
     let leaf = space.translate(va(BASE)).unwrap();
     assert!(!leaf.is_special(), "the copy is a counted page");
@@ -1462,7 +1525,7 @@ impl x86_64::structures::paging::FrameDeallocator<x86_64::structures::paging::Si
 /// kernel pages next to (and in the same tables as) the model's areas, and
 /// a 2 MiB kernel page in their gigabyte. Returns its root and the kernel's
 /// leaves (address, entry).
-fn kernel_hierarchy(alloc: &mut FakeAlloc) -> (PhysFrame, Vec<(u64, u64)>) {
+pub(crate) fn kernel_hierarchy(alloc: &mut FakeAlloc) -> (PhysFrame, Vec<(u64, u64)>) {
     use x86_64::structures::paging::{
         FrameAllocator, Mapper, OffsetPageTable, PageTable, PageTableFlags as F, Size2MiB,
     };
@@ -1510,7 +1573,7 @@ fn kernel_hierarchy(alloc: &mut FakeAlloc) -> (PhysFrame, Vec<(u64, u64)>) {
 }
 
 /// The raw leaf entry mapping `addr` under `root` (host memory).
-fn kernel_leaf(root: PhysFrame, addr: u64) -> u64 {
+pub(crate) fn kernel_leaf(root: PhysFrame, addr: u64) -> u64 {
     let mut table = root.start_address().as_u64();
     for level in (1..=4).rev() {
         // SAFETY: a live page table in host memory.

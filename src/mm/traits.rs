@@ -85,6 +85,38 @@ pub trait CountedPage {
 /// `struct page` counting): a mapped page holds one reference and one map
 /// count per entry that maps it.
 ///
+/// The two methods that change a page's counts without a [`CountedPage`]
+/// to show for it, `try_map` and `unmap`, are `unsafe` to call (since
+/// issue 17; they were safe, and `unmap` on a page an address space still
+/// mapped freed it under user space): only the address space that maps the
+/// page calls them, in pairs. Taking and giving back references through
+/// `get`, `alloc_page`, cloning and dropping stays safe. A kernel still
+/// implements the trait for its own page database:
+///
+/// ```compile_fail,E0133
+/// use dmaengine::mm::frame::FrameDb;
+/// use dmaengine::mm::traits::PageCounter;
+/// use x86_64::structures::paging::PhysFrame;
+///
+/// // A page some address space maps: giving back its count from outside
+/// // the space would free it while user space still maps it.
+/// fn free_a_mapped_page(db: &FrameDb<'_>, frame: PhysFrame) {
+///     PageCounter::unmap(&db, frame);
+/// }
+/// ```
+///
+/// ```compile_fail,E0133
+/// use dmaengine::mm::frame::FrameDb;
+/// use dmaengine::mm::traits::PageCounter;
+/// use x86_64::structures::paging::PhysFrame;
+///
+/// // A count with no entry behind it: the space's later `unmap` of a
+/// // real entry would then be matched against the wrong one.
+/// fn count_a_mapping_nobody_made(db: &FrameDb<'_>, frame: PhysFrame) -> bool {
+///     PageCounter::try_map(&db, frame)
+/// }
+/// ```
+///
 /// # Safety
 /// - `try_map` returns `true` only for a frame of RAM that was allocated
 ///   as a page and is held (someone has a reference), and then keeps it
@@ -98,11 +130,29 @@ pub unsafe trait PageCounter {
 
     /// Takes one reference and one map count on `frame` if it is a held,
     /// insertable page; returns whether it did.
-    fn try_map(&self, frame: PhysFrame) -> bool;
+    ///
+    /// # Safety
+    /// The caller is the address space about to write a leaf entry mapping
+    /// `frame` (or copying one, as `fork` does): a `true` is that entry's
+    /// count, which the caller gives back with exactly one [`unmap`] of
+    /// the same frame, when the entry is gone or at once if it never
+    /// writes it.
+    ///
+    /// [`unmap`]: PageCounter::unmap
+    unsafe fn try_map(&self, frame: PhysFrame) -> bool;
 
     /// Gives back one reference and one map count; the page is freed with
     /// its last reference.
-    fn unmap(&self, frame: PhysFrame);
+    ///
+    /// # Safety
+    /// The caller is the address space whose earlier [`try_map`] of
+    /// `frame` returned `true`, it gives back that count once, and the
+    /// entry that count was for no longer maps the frame: cleared (or never
+    /// written) and, if it was ever live, flushed from every TLB. Otherwise
+    /// the page may be freed and reused while user space still reaches it.
+    ///
+    /// [`try_map`]: PageCounter::try_map
+    unsafe fn unmap(&self, frame: PhysFrame);
 
     /// Whether this counter manages `frame` at all (Linux's `pfn_valid`):
     /// such a frame is never mapped as a raw PFN into a `MIXEDMAP` area.

@@ -104,10 +104,14 @@ impl Vma {
         }
     }
 
-    /// One past its last byte.
-    pub fn end(&self) -> VirtAddr {
-        // Areas lie below the end of the lower half, so this cannot wrap.
-        self.start.start_address() + self.pages * 4096
+    /// One past its last byte, as a number: an area may reach the top of
+    /// the lower half, and its end, 2^47, is not a canonical address (so no
+    /// `VirtAddr`: the type changed from `VirtAddr` in issue 17, whose
+    /// constructor panicked there).
+    pub fn end(&self) -> u64 {
+        // Areas lie at or below the end of the lower half (`map_vma`
+        // checks), so this cannot wrap.
+        self.start.start_address().as_u64() + self.pages * 4096
     }
 
     /// Whether `count` pages from `first` lie inside the area.
@@ -116,7 +120,7 @@ impl Vma {
             self.start.start_address().as_u64(),
             first.start_address().as_u64(),
         );
-        let end = start + self.pages * 4096;
+        let end = self.end();
         count
             .checked_mul(4096)
             .and_then(|len| first.checked_add(len))
@@ -125,6 +129,6 @@ impl Vma {
 
     /// Whether `addr` lies inside the area.
     pub fn contains(&self, addr: VirtAddr) -> bool {
-        (self.start.start_address()..self.end()).contains(&addr)
+        (self.start.start_address().as_u64()..self.end()).contains(&addr.as_u64())
     }
 }

@@ -403,8 +403,10 @@ fn with_identity_domain(device: &crate::pci::Device, body: impl FnOnce()) {
     for (start, pages) in [(4096u64, GIB_PAGES - 1), (1 << 30, GIB_PAGES)] {
         let area = domain.map_vma(page(start), pages, rw).expect("area");
         let frame = PhysFrame::containing_address(x86_64::PhysAddr::new(start));
-        domain
-            .remap_pfn_range(area, page(start), frame, pages, PageProt::READ_WRITE)
+        // SAFETY: the first 2 GiB of physical memory at their own addresses, for the device only
+        // (the domain is never loaded into a CPU); the kernel frees nothing the test's DMA touches
+        // while the domain lives, and the domain is dropped at the end of this function.
+        unsafe { domain.remap_pfn_range(area, page(start), frame, pages, PageProt::READ_WRITE) }
             .expect("RAM at its own address");
     }
     assert_eq!(
@@ -471,8 +473,9 @@ fn lsi_domain<'u>(
         .map_vma(page(block), block_pages, rw)
         .expect("block area");
     let frame = PhysFrame::containing_address(x86_64::PhysAddr::new(block));
-    domain
-        .remap_pfn_range(own, page(block), frame, block_pages, PageProt::READ_WRITE)
+    // SAFETY: the chip's own DMA block, allocated for as long as its channel lives, which outlives
+    // the domain.
+    unsafe { domain.remap_pfn_range(own, page(block), frame, block_pages, PageProt::READ_WRITE) }
         .expect("the chip's own block, at its own address");
     let areas = [(IOVA_SRC, src), (IOVA_DST, dst)].map(|(at, p)| {
         let area = domain.map_vma(page(at), 1, rw).expect("an IOVA area");

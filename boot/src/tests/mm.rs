@@ -139,8 +139,9 @@ fn io_remap_edu_bar() {
     let v = space
         .map_vma(pg(AREA), npages(AREA, AREA + len), SHARED_RW)
         .unwrap();
-    space
-        .io_remap_pfn_range(
+    // SAFETY: edu's BAR 0: device memory, which the kernel never hands out as RAM.
+    unsafe {
+        space.io_remap_pfn_range(
             v,
             pg(AREA),
             fr(bar / PAGE_4K),
@@ -148,7 +149,8 @@ fn io_remap_edu_bar() {
             PageProt::READ_WRITE,
             CacheMode::Uncached,
         )
-        .expect("io_remap");
+    }
+    .expect("io_remap");
     let leaf = space
         .translate(va(AREA + edu::regs::ID as u64))
         .expect("mapped");
@@ -192,15 +194,19 @@ fn remap_1gib_uses_huge_entries() {
         .map_vma(pg(AREA_2), npages(AREA_2, AREA_2 + GIB), SHARED_RW)
         .unwrap();
     let before = space.entries_written();
-    space
-        .remap_pfn_range(
+    // SAFETY: the GiB of RAM holding `frame`; the space is loaded only inside `with_loaded`, which
+    // touches `frame` (held until the end) and reads the kernel image, and no write fault copies
+    // from it (a shared area).
+    unsafe {
+        space.remap_pfn_range(
             v,
             pg(AREA_2),
             fr(base / PAGE_4K),
             bytes_to_pages(GIB),
             PageProt::READ_WRITE,
         )
-        .expect("remap 1 GiB");
+    }
+    .expect("remap 1 GiB");
     let written = space.entries_written() - before;
     let leaves: Vec<_> = space.leaves(va(AREA_2)..va(AREA_2 + GIB)).collect();
     assert_eq!(leaves.len(), 512, "512 leaves");
@@ -239,15 +245,17 @@ fn remap_1gib_uses_huge_entries() {
         .map_vma(pg(AREA_2), npages(AREA_2, AREA_2 + GIB), SHARED_RW)
         .unwrap();
     let before = space.entries_written();
-    space
-        .remap_pfn_range(
+    // SAFETY: as above: the same GiB, the same accesses.
+    unsafe {
+        space.remap_pfn_range(
             v,
             pg(AREA_2),
             fr(base / PAGE_4K),
             GIB / PAGE_4K,
             PageProt::READ_WRITE,
         )
-        .expect("remap 1 GiB");
+    }
+    .expect("remap 1 GiB");
     assert_eq!(space.entries_written() - before, 2, "one leaf and its PDPT");
     let leaves: Vec<_> = space.leaves(va(AREA_2)..va(AREA_2 + GIB)).collect();
     assert_eq!(leaves.len(), 1);
@@ -373,15 +381,17 @@ fn bad_requests_change_nothing() {
     space
         .insert_page(plain, pg(AREA + 2 * PAGE_4K), &pages[0])
         .unwrap();
-    space
-        .remap_pfn_range(
+    // SAFETY: the local APIC's MMIO page: device memory; nothing accesses it through this space.
+    unsafe {
+        space.remap_pfn_range(
             io,
             pg(AREA + 2 * PAGE_2M + PAGE_4K),
             fr(0xfee00),
             bytes_to_pages(PAGE_4K),
             PageProt::READ_ONLY,
         )
-        .unwrap();
+    }
+    .unwrap();
     let vmas = [plain, cow, io];
     let before = fingerprint(&space, &pages, &vmas);
     let same = |space: &Space, what: &str| {
@@ -428,56 +438,71 @@ fn bad_requests_change_nothing() {
     );
     same(&space, "insert_pages past the end");
     assert_eq!(
-        space.remap_pfn_range(
-            cow,
-            pg(AREA + PAGE_2M),
-            fr(0x100),
-            bytes_to_pages(PAGE_4K),
-            PageProt::READ_ONLY
-        ),
+        // SAFETY: refused (partial copy-on-write remap): nothing is mapped.
+        unsafe {
+            space.remap_pfn_range(
+                cow,
+                pg(AREA + PAGE_2M),
+                fr(0x100),
+                bytes_to_pages(PAGE_4K),
+                PageProt::READ_ONLY,
+            )
+        },
         Err(MmError::PartialCowRemap)
     );
     same(&space, "partial copy-on-write remap");
     assert_eq!(
-        space.remap_pfn_range(
-            io,
-            pg(AREA + 2 * PAGE_2M),
-            fr(0x100),
-            bytes_to_pages(4 * PAGE_4K),
-            PageProt::READ_ONLY
-        ),
+        // SAFETY: refused (busy): the entries written are undone before it returns, and the space
+        // is never loaded.
+        unsafe {
+            space.remap_pfn_range(
+                io,
+                pg(AREA + 2 * PAGE_2M),
+                fr(0x100),
+                bytes_to_pages(4 * PAGE_4K),
+                PageProt::READ_ONLY,
+            )
+        },
         Err(MmError::Busy)
     );
     same(&space, "remap over a mapping (undone midway)");
     assert_eq!(
-        space.remap_pfn_range(
-            plain,
-            pg(AREA),
-            fr(0x100),
-            bytes_to_pages(PAGE_4K),
-            PageProt::READ_ONLY
-        ),
+        // SAFETY: refused (a MIXEDMAP area): nothing is mapped.
+        unsafe {
+            space.remap_pfn_range(
+                plain,
+                pg(AREA),
+                fr(0x100),
+                bytes_to_pages(PAGE_4K),
+                PageProt::READ_ONLY,
+            )
+        },
         Err(MmError::WrongVmaKind)
     );
     same(&space, "remap into MIXEDMAP");
     assert_eq!(
-        space.remap_pfn_range(
-            io,
-            pg(AREA + 2 * PAGE_2M),
-            fr(0x100),
-            bytes_to_pages(0),
-            PageProt::READ_ONLY
-        ),
+        // SAFETY: refused (zero pages): nothing is mapped.
+        unsafe {
+            space.remap_pfn_range(
+                io,
+                pg(AREA + 2 * PAGE_2M),
+                fr(0x100),
+                bytes_to_pages(0),
+                PageProt::READ_ONLY,
+            )
+        },
         Err(MmError::Misaligned)
     );
     same(&space, "zero-size remap");
     assert_eq!(
-        space.insert_pfn(cow, pg(AREA + PAGE_2M), fr(0x100)),
+        // SAFETY: refused (a plain area): nothing is mapped.
+        unsafe { space.insert_pfn(cow, pg(AREA + PAGE_2M), fr(0x100)) },
         Err(MmError::WrongVmaKind)
     );
     same(&space, "insert_pfn into a plain area");
     assert_eq!(
-        space.insert_pfn(io, pg(AREA + 2 * PAGE_2M + PAGE_4K), fr(0x100)),
+        // SAFETY: the entry is there already (`AlreadyMapped`): nothing new is mapped.
+        unsafe { space.insert_pfn(io, pg(AREA + 2 * PAGE_2M + PAGE_4K), fr(0x100)) },
         Ok(Inserted::AlreadyMapped)
     );
     same(&space, "insert_pfn over an entry");
@@ -545,8 +570,9 @@ fn fork_range_child() {
     let io = parent
         .map_vma(pg(AREA_2), npages(AREA_2, AREA_2 + PAGE_4K), SHARED_RW)
         .unwrap();
-    parent
-        .io_remap_pfn_range(
+    // SAFETY: edu's BAR 0: device memory, which the kernel never hands out as RAM.
+    unsafe {
+        parent.io_remap_pfn_range(
             io,
             pg(AREA_2),
             fr(bar / PAGE_4K),
@@ -554,7 +580,8 @@ fn fork_range_child() {
             PageProt::READ_ONLY,
             CacheMode::Uncached,
         )
-        .unwrap();
+    }
+    .unwrap();
     parent.fork_range(v, &mut child).expect("fork pages");
     parent.fork_range(io, &mut child).expect("fork the BAR");
     for p in &pages {

@@ -71,11 +71,22 @@ impl<C: PageCounter, M: TableMapper, A: TableAllocator, T: TlbFlush> AddressSpac
         if !vma.flags.is_cow() {
             return Err(MmError::Protection);
         }
+        // The 4 KiB frame behind `addr`, whatever the leaf's size.
+        let source = leaf.frame_of(addr).ok_or(MmError::NotMapped)?;
+        // A fresh page is free memory, so only a raw frame that was freed
+        // while mapped can be it; copying it onto itself would be UB.
+        let fresh = |page: C::Page| {
+            if page.frame() == source {
+                Err(MmError::FreeFrameMapped)
+            } else {
+                Ok(page)
+            }
+        };
         let mut copy = None;
         if leaf.level >= 2 {
             // The copy's page and every table first: if one cannot be had,
             // dropping what was taken leaves everything as it was.
-            let page = self.counter.alloc_page().ok_or(MmError::OutOfMemory)?;
+            let page = fresh(self.counter.alloc_page().ok_or(MmError::OutOfMemory)?)?;
             let mut tables = [0u64; 2];
             let levels = (leaf.level - 1) as usize;
             self.alloc_tables(&mut tables[..levels])?;
@@ -95,12 +106,13 @@ impl<C: PageCounter, M: TableMapper, A: TableAllocator, T: TlbFlush> AddressSpac
         }
         let copy = match copy {
             Some(page) => page,
-            None => self.counter.alloc_page().ok_or(MmError::OutOfMemory)?,
+            None => fresh(self.counter.alloc_page().ok_or(MmError::OutOfMemory)?)?,
         };
         // SAFETY: the source is the frame the entry maps (a counted page, or
-        // a raw frame a driver remapped), the destination a page just
-        // allocated to us; `TableMapper` maps both as 4096 bytes, and they
-        // are distinct frames.
+        // a raw frame a driver remapped, which `remap_pfn_range`'s contract
+        // keeps valid while mapped), the destination a page just allocated
+        // to us; `TableMapper` maps both as 4096 bytes, and `fresh` checked
+        // they are distinct frames.
         unsafe {
             core::ptr::copy_nonoverlapping(
                 self.mapper.frame_ptr(old),
@@ -110,7 +122,9 @@ impl<C: PageCounter, M: TableMapper, A: TableAllocator, T: TlbFlush> AddressSpac
         }
         // The new mapping's reference and map count; `copy`'s own reference
         // goes when it drops below.
-        if !self.counter.try_map(copy.frame()) {
+        // SAFETY: the count is for the entry written just below, which a
+        // later zap or fault gives back.
+        if !unsafe { self.counter.try_map(copy.frame()) } {
             return Err(MmError::NotInsertable);
         }
         // The copy is ordinary memory: write-back, whatever the original was.
@@ -119,7 +133,10 @@ impl<C: PageCounter, M: TableMapper, A: TableAllocator, T: TlbFlush> AddressSpac
         self.write(leaf.table, leaf.index, copy.phys().as_u64() | flags);
         self.tlb.flush_page(self.root(), leaf.va);
         if counted {
-            self.counter.unmap(old);
+            // SAFETY: the entry that mapped `old` (a counted page, so
+            // written with `try_map`'s count) now maps the copy and was
+            // flushed just above.
+            unsafe { self.counter.unmap(old) };
         }
         Ok(WriteFault::Copied)
     }

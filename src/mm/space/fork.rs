@@ -20,7 +20,7 @@ impl<C: PageCounter, M: TableMapper, A: TableAllocator, T: TlbFlush> AddressSpac
         let child_id = child.map_vma(vma.start, vma.pages, vma.flags)?;
         child.vma_mut(child_id)?.pgoff = vma.pgoff;
         let cow_protect = |leaf: &Leaf| vma.flags.is_cow() && leaf.entry & pte::WRITABLE != 0;
-        let (start, end) = (vma.start.start_address().as_u64(), vma.end().as_u64());
+        let (start, end) = (vma.start.start_address().as_u64(), vma.end());
         let mut va = start;
         while let Some(leaf) = self.next_leaf(va, end) {
             let entry = if cow_protect(&leaf) {
@@ -31,7 +31,14 @@ impl<C: PageCounter, M: TableMapper, A: TableAllocator, T: TlbFlush> AddressSpac
             let leaf_va = leaf.va.as_u64();
             let copied = child.walk_alloc(leaf_va, leaf.level).and_then(|table| {
                 // A mapped counted page is held, so the counter takes it.
-                if !leaf.is_special() && !self.counter.try_map(frame(leaf.phys().as_u64())) {
+                let taken = leaf.is_special() || {
+                    let page = frame(leaf.phys().as_u64());
+                    // SAFETY: the count is for the child's copy of the
+                    // entry, written just below; unmapping the child gives
+                    // it back.
+                    unsafe { self.counter.try_map(page) }
+                };
+                if !taken {
                     return Err(MmError::NotInsertable);
                 }
                 Ok(table)

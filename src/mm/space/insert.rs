@@ -58,7 +58,9 @@ impl<C: PageCounter, M: TableMapper, A: TableAllocator, T: TlbFlush, F: Format>
         if unsafe { slot.read_volatile() } != 0 {
             return Err(MmError::Busy);
         }
-        if !self.counter.try_map(page) {
+        // SAFETY: the count is for the entry written just below; the zap
+        // that clears it gives it back.
+        if !unsafe { self.counter.try_map(page) } {
             return Err(MmError::NotInsertable);
         }
         // SAFETY: as above.
@@ -158,9 +160,30 @@ impl<C: PageCounter, M: TableMapper, A: TableAllocator, T: TlbFlush, F: Format>
     /// not copy-on-write). An existing entry is left as it is. In a
     /// `MIXEDMAP` area a frame the counter counts is refused
     /// (`CountedFrame`: insert it with `insert_page`); in a `PFNMAP` area any
-    /// frame is taken, as by `remap_pfn_range`, and keeping it alive is the
-    /// driver's business.
-    pub fn insert_pfn(
+    /// frame is taken, as by `remap_pfn_range`.
+    ///
+    /// `unsafe` since issue 17 (it took any frame safely):
+    ///
+    /// ```compile_fail,E0133
+    /// # use dmaengine::mm::space::{AddressSpace, VmaId};
+    /// # use dmaengine::mm::traits::{PageCounter, TableAllocator, TableMapper};
+    /// # use dmaengine::mm::tlb::TlbFlush;
+    /// # use x86_64::structures::paging::{Page, PhysFrame};
+    /// fn map_any_frame<C: PageCounter, M: TableMapper, A: TableAllocator, T: TlbFlush>(
+    ///     space: &mut AddressSpace<C, M, A, T>,
+    ///     id: VmaId,
+    ///     at: Page,
+    ///     frame: PhysFrame,
+    /// ) {
+    ///     let _ = space.insert_pfn(id, at, frame);
+    /// }
+    /// ```
+    ///
+    /// # Safety
+    /// As [`remap_pfn_range`](Self::remap_pfn_range)'s, for `frame`: it
+    /// stays device memory, or RAM the caller owns and the kernel does not
+    /// free or reuse, while any entry maps it.
+    pub unsafe fn insert_pfn(
         &mut self,
         id: VmaId,
         at: Page,
@@ -182,6 +205,11 @@ impl<C: PageCounter, M: TableMapper, A: TableAllocator, T: TlbFlush, F: Format>
             return Ok(Inserted::AlreadyMapped);
         }
         let pt = self.walk_alloc(va, 1)?;
+        // Not live but not empty: not ours to overwrite (`map_vma` keeps
+        // such entries out of areas, so this is a second line).
+        if self.read(pt, pte::index(va, 1)) != 0 {
+            return Err(MmError::Busy);
+        }
         let entry = F::leaf(
             frame.start_address().as_u64(),
             vma.page_prot(),

@@ -173,11 +173,28 @@ impl<C: PageCounter, M: TableMapper, A: TableAllocator, T: TlbFlush> AddressSpac
     /// only where nothing is mapped, writes entries only inside its areas,
     /// and frees only the tables it allocated; the root stays the kernel's.
     ///
+    /// What the crate assumes of the kernel's entries (since issue 17): it
+    /// takes for its own only what lies under its areas, and
+    /// [`map_vma`](Self::map_vma) creates an area only where every entry
+    /// is zero or a present link to a table, refusing (`Overlap`) any leaf,
+    /// any non-zero entry that is not present (whatever a kernel keeps in
+    /// bits 9-11 or the address bits of such an entry), and any link
+    /// carrying bit 10 ([`pte::OWNED`]) that no area of the space
+    /// explains. So inside its areas bit 9 ([`pte::SPECIAL`]) and bit 11
+    /// ([`pte::RETIRED`]) are only ever the crate's, and it frees only
+    /// tables it linked itself. Outside its areas it reads nothing but the
+    /// links it walks through, and writes nothing.
+    ///
     /// # Safety
     /// `root` must be a live PML4 whose tables are all reachable through
     /// `mapper`, and must stay so (with the tables under it) for the life
-    /// of the space; the kernel must not change or free entries in the
-    /// space's areas, nor tables the crate linked (marked [`pte::OWNED`]).
+    /// of the space; the kernel must not add, change or free entries (leaf,
+    /// link, or non-present marker) in the span of the space's areas, nor
+    /// tables the crate linked (marked [`pte::OWNED`]), nor set bit 10 on
+    /// a link of its own once an area of the space lies under it. Links the
+    /// kernel made that the space's areas lie under (with or without bit
+    /// 10 then) stay the kernel's: the crate writes entries below them but
+    /// never frees them.
     pub unsafe fn from_root(
         root: PhysFrame,
         counter: C,
@@ -288,7 +305,10 @@ impl<C: PageCounter, M: TableMapper, A: TableAllocator, T: TlbFlush, F: Format>
     /// Creates an area of `pages` pages from `start` with `flags` (what
     /// `mmap` does before a driver's `mmap` hook fills it). Refused where
     /// anything is already mapped (`Overlap`): the kernel's mappings, or
-    /// another area.
+    /// another area, and (since issue 17) any entry of the kernel's the
+    /// crate could take for its own: a non-zero entry that is not present,
+    /// or a link carrying [`pte::OWNED`] that no area of this space
+    /// explains.
     pub fn map_vma(&mut self, start: Page, pages: u64, flags: VmFlags) -> Result<VmaId, MmError> {
         if pages == 0 {
             return Err(MmError::Misaligned);
@@ -303,9 +323,9 @@ impl<C: PageCounter, M: TableMapper, A: TableAllocator, T: TlbFlush, F: Format>
             (pte::index(first, 4)..=pte::index(end - 1, 4)).any(|s| self.shared[s]);
         let overlaps_vma = self.vmas.iter().flatten().any(|v| {
             let v_start = v.start.start_address().as_u64();
-            v_start < end && first < v.end().as_u64()
+            v_start < end && first < v.end()
         });
-        if overlaps_kernel || overlaps_vma || self.next_leaf(first, end).is_some() {
+        if overlaps_kernel || overlaps_vma || !self.range_is_vacant(first, end) {
             return Err(MmError::Overlap);
         }
         let slot = self
@@ -364,7 +384,7 @@ impl<C: PageCounter, M: TableMapper, A: TableAllocator, T: TlbFlush, F: Format>
     pub fn unmap_vma(&mut self, id: VmaId) -> Result<(), MmError> {
         let vma = *self.vma(id)?;
         let start = vma.start.start_address().as_u64();
-        self.zap(start, vma.end().as_u64())?;
+        self.zap(start, vma.end())?;
         self.vmas[id.index] = None;
         self.vma_generations[id.index] = self.vma_generations[id.index].wrapping_add(1);
         Ok(())

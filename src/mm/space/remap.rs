@@ -19,7 +19,38 @@ impl<C: PageCounter, M: TableMapper, A: TableAllocator, T: TlbFlush, F: Format>
     /// becomes `PFNMAP | IO | DONTEXPAND | DONTDUMP`; a copy-on-write area
     /// must be covered whole and records `pgoff` = the first frame number.
     /// On error nothing stays mapped.
-    pub fn remap_pfn_range(
+    ///
+    /// `unsafe` since issue 17 (it took any frame safely: a freed `Vec`'s
+    /// frame, remapped and faulted on, was read after its free):
+    ///
+    /// ```compile_fail,E0133
+    /// # use dmaengine::mm::space::{AddressSpace, VmaId};
+    /// # use dmaengine::mm::traits::{PageCounter, TableAllocator, TableMapper};
+    /// # use dmaengine::mm::tlb::TlbFlush;
+    /// # use dmaengine::mm::vma::PageProt;
+    /// # use x86_64::structures::paging::{Page, PhysFrame};
+    /// fn map_any_frame<C: PageCounter, M: TableMapper, A: TableAllocator, T: TlbFlush>(
+    ///     space: &mut AddressSpace<C, M, A, T>,
+    ///     id: VmaId,
+    ///     at: Page,
+    ///     frame: PhysFrame,
+    /// ) {
+    ///     let _ = space.remap_pfn_range(id, at, frame, 1, PageProt::READ_ONLY);
+    /// }
+    /// ```
+    ///
+    /// # Safety
+    /// Nothing is counted behind the entries, so the caller vouches for
+    /// the frames `frame .. frame + pages`: for as long as any entry maps
+    /// one of them (in this space or a child `fork_range` copied them to,
+    /// until a zap or `unmap_vma` has cleared and flushed it), each is
+    /// either device memory, or RAM the caller owns that is not freed or
+    /// reused as RAM by the kernel meanwhile, and in particular not a frame
+    /// the [`PageCounter`] may hand out (its free frames). The CPU reaches
+    /// them through the mapped entries, and a copy-on-write fault reads
+    /// them through the [`TableMapper`]; a device behind an IOMMU domain
+    /// built with this space reaches them too.
+    pub unsafe fn remap_pfn_range(
         &mut self,
         id: VmaId,
         at: Page,
@@ -57,7 +88,29 @@ impl<C: PageCounter, M: TableMapper, A: TableAllocator, T: TlbFlush, F: Format>
     /// `io_remap_pfn_range` with a `pgprot_*` cache attribute). Modes other
     /// than write-back and uncached need the kernel to have loaded
     /// [`pte::LINUX_PAT`] into IA32_PAT on every CPU (see [`CacheMode`]).
-    pub fn io_remap_pfn_range(
+    /// `unsafe` since issue 17, as `remap_pfn_range`:
+    ///
+    /// ```compile_fail,E0133
+    /// # use dmaengine::mm::space::{AddressSpace, VmaId};
+    /// # use dmaengine::mm::traits::{PageCounter, TableAllocator, TableMapper};
+    /// # use dmaengine::mm::tlb::TlbFlush;
+    /// # use dmaengine::mm::pte::CacheMode;
+    /// # use dmaengine::mm::vma::PageProt;
+    /// # use x86_64::structures::paging::{Page, PhysFrame};
+    /// fn map_any_frame<C: PageCounter, M: TableMapper, A: TableAllocator, T: TlbFlush>(
+    ///     space: &mut AddressSpace<C, M, A, T>,
+    ///     id: VmaId,
+    ///     at: Page,
+    ///     frame: PhysFrame,
+    /// ) {
+    ///     let prot = PageProt::READ_ONLY;
+    ///     let _ = space.io_remap_pfn_range(id, at, frame, 1, prot, CacheMode::Uncached);
+    /// }
+    /// ```
+    ///
+    /// # Safety
+    /// As [`remap_pfn_range`](Self::remap_pfn_range)'s.
+    pub unsafe fn io_remap_pfn_range(
         &mut self,
         id: VmaId,
         at: Page,
@@ -66,7 +119,8 @@ impl<C: PageCounter, M: TableMapper, A: TableAllocator, T: TlbFlush, F: Format>
         prot: PageProt,
         cache: CacheMode,
     ) -> Result<(), MmError> {
-        self.remap_pfn_range(id, at, frame, pages, prot.with_cache(cache))
+        // SAFETY: this function's contract is `remap_pfn_range`'s.
+        unsafe { self.remap_pfn_range(id, at, frame, pages, prot.with_cache(cache)) }
     }
 
     /// Writes special entries for `[*va, end)`, mapping `va` to

@@ -153,6 +153,44 @@ impl<C: PageCounter, M: TableMapper, A: TableAllocator, T: TlbFlush, F: Format>
         Ok(table)
     }
 
+    /// Whether a new area may cover `[start, end)`: every entry there is
+    /// zero or a link to a table, and each link marked owned is one an
+    /// existing area of this space explains. Anything else is the kernel's
+    /// (a leaf, a non-present entry it keeps, such as one with bit 11 that
+    /// a zap would take for a retired leaf of ours, or a link of its own
+    /// that happens to carry the owned bit, which the crate would free
+    /// when it empties), and the crate must never touch it. A table the
+    /// crate allocated always lies under one of its areas: it is made
+    /// inside an area, and unlinked by the zap that empties it.
+    pub(super) fn range_is_vacant(&self, start: u64, end: u64) -> bool {
+        self.vacant_in(self.root, 4, start, end)
+    }
+
+    fn vacant_in(&self, table: u64, level: u32, start: u64, end: u64) -> bool {
+        let size = span(level);
+        let mut va = start;
+        while va < end {
+            let entry = self.read(table, pte::index(va, level));
+            let entry_start = va & !(size - 1);
+            let entry_end = entry_start + size;
+            if entry != 0 {
+                let link = level > 1 && F::is_live(entry) && entry & HUGE == 0;
+                let explained = !F::is_owned(entry)
+                    || self.vmas.iter().flatten().any(|v| {
+                        v.start.start_address().as_u64() < entry_end && entry_start < v.end()
+                    });
+                if !link
+                    || !explained
+                    || !self.vacant_in(entry & ADDR_4K, level - 1, va, end.min(entry_end))
+                {
+                    return false;
+                }
+            }
+            va = entry_end;
+        }
+        true
+    }
+
     /// The first leaf mapping anything in `[va, end)`.
     pub(super) fn next_leaf(&self, mut va: u64, end: u64) -> Option<Leaf> {
         'restart: while va < end {
@@ -253,7 +291,10 @@ impl<C: PageCounter, M: TableMapper, A: TableAllocator, T: TlbFlush, F: Format>
             _ => ADDR_4K,
         };
         self.write(table, index, 0);
-        self.counter.unmap(frame(entry & mask));
+        // SAFETY: a retired leaf is a counted entry this space wrote (with
+        // `try_map`'s count) and retired, and it was flushed since (this
+        // function's precondition); clearing it gives its count back once.
+        unsafe { self.counter.unmap(frame(entry & mask)) };
     }
 
     /// Gives back the retired leaves under `[start, end)` that are still
