@@ -1,6 +1,6 @@
 //! A channel: one engine's ring seen through cookies.
 
-use core::sync::atomic::{AtomicU32, Ordering};
+use core::sync::atomic::{AtomicU64, Ordering};
 use core::task::Waker;
 use core::time::Duration;
 
@@ -31,7 +31,10 @@ struct Footprint {
 /// calls every cookie outside the in-flight window complete.
 pub const FAILURE_HISTORY: usize = 32;
 
-static NEXT_CHANNEL_ID: AtomicU32 = AtomicU32::new(1);
+/// Channel ids: 64 bits, so they never wrap (2^64 channels cannot be
+/// created), and a [`Transfer`](super::Transfer), which finds its channel
+/// by id, is never taken for another channel's.
+pub(super) static NEXT_CHANNEL_ID: AtomicU64 = AtomicU64::new(1);
 
 /// One failure or termination: the cookies it ended.
 #[derive(Clone, Copy, Debug)]
@@ -84,7 +87,7 @@ pub struct TxState {
 /// Nothing on the submit and completion paths allocates.
 pub struct Channel<E: Engine> {
     engine: E,
-    id: u32,
+    id: u64,
     /// The engine's capabilities and limits, read once (they are fixed).
     caps: Capabilities,
     limits: Limits,
@@ -172,8 +175,9 @@ impl<E: Engine> Channel<E> {
         self.faults = hook;
     }
 
-    /// A number unique to this channel among all channels created.
-    pub fn id(&self) -> u32 {
+    /// A number unique to this channel among all channels created (a
+    /// `u64`, which never wraps; it was a wrapping `u32`).
+    pub fn id(&self) -> u64 {
         self.id
     }
 

@@ -116,7 +116,7 @@ use crate::hal::DmaAddr;
 /// The operations of a channel that do not depend on its engine's type.
 pub trait DmaChannel {
     /// The channel's unique number.
-    fn id(&self) -> u32;
+    fn id(&self) -> u64;
     /// What its engine can do.
     fn capabilities(&self) -> Capabilities;
     /// What one descriptor may hold.
@@ -160,7 +160,7 @@ pub trait DmaChannel {
 }
 
 impl<E: Engine> DmaChannel for Channel<E> {
-    fn id(&self) -> u32 {
+    fn id(&self) -> u64 {
         Channel::id(self)
     }
     fn capabilities(&self) -> Capabilities {

@@ -125,7 +125,7 @@ impl IrqControl for NoMasking {
 pub struct SharedChannel<E: Engine, I: IrqControl> {
     channel: SpinMutex<Channel<E>>,
     /// The channel's id, readable without the lock.
-    id: u32,
+    id: u64,
     _irq: PhantomData<fn() -> I>,
 }
 
@@ -179,7 +179,7 @@ impl<E: Engine, I: IrqControl> SharedChannel<E, I> {
     }
 
     /// The channel's [`Channel::id`].
-    pub fn id(&self) -> u32 {
+    pub fn id(&self) -> u64 {
         self.id
     }
 

@@ -588,6 +588,19 @@ fn owned_transfers_return_their_buffers_on_errors() {
     assert!(t.finish(&mut chan).is_ok());
 }
 
+#[test]
+fn channel_ids_do_not_wrap_after_u32_max() {
+    use core::sync::atomic::Ordering;
+    // As if 2^32 - 1 channels had been made: with 32-bit ids the next ones
+    // wrapped to 0, 1, ..., and a transfer of an old channel with the same
+    // id as a new one would be finished by the new one.
+    super::channel::NEXT_CHANNEL_ID.store(u32::MAX.into(), Ordering::Relaxed);
+    let a: Channel<CpuEngine<FakeHal>> = Channel::new(CpuEngine::new());
+    let b: Channel<CpuEngine<FakeHal>> = Channel::new(CpuEngine::new());
+    assert!(a.id() >= u32::MAX.into(), "id {} wrapped", a.id());
+    assert!(b.id() > a.id(), "id {} after {}", b.id(), a.id());
+}
+
 mod registry {
     use std::cell::RefCell;
     use std::time::Duration;

@@ -21,7 +21,7 @@ pub type Buffers<H> = (Dma<H>, Option<Dma<H>>);
 /// A request in flight over owned buffers.
 #[must_use = "dropping an unfinished transfer leaks its buffers"]
 pub struct Transfer<H: Hal> {
-    channel: u32,
+    channel: u64,
     cookie: Cookie,
     dst: ManuallyDrop<Dma<H>>,
     src: ManuallyDrop<Option<Dma<H>>>,
