@@ -130,10 +130,25 @@ pub struct SharedChannel<E: Engine, I: IrqControl> {
 }
 
 /// The locked channel; interrupts stay off on this CPU until it is dropped.
+///
+/// Not `Send` (it was before): it restores the interrupt flag of the CPU
+/// that took it, so it must be dropped there, which a guard held across an
+/// `.await` on a work-stealing executor would not be:
+///
+/// ```compile_fail,E0277
+/// # use dmaengine::engine::{Engine, SharedChannel};
+/// # use dmaengine::engine::shared::NoMasking;
+/// fn across_cpus<E: Engine + Send>(shared: &SharedChannel<E, NoMasking>) {
+///     fn send<T: Send>(_: T) {}
+///     send(shared.lock());
+/// }
+/// ```
 pub struct SharedGuard<'a, E: Engine, I: IrqControl> {
     guard: ManuallyDrop<SpinMutexGuard<'a, Channel<E>>>,
     were_on: bool,
     _irq: PhantomData<fn() -> I>,
+    /// Keeps the guard on its CPU (`!Send`).
+    _cpu: PhantomData<*const ()>,
 }
 
 impl<E: Engine, I: IrqControl> Deref for SharedGuard<'_, E, I> {
@@ -192,6 +207,7 @@ impl<E: Engine, I: IrqControl> SharedChannel<E, I> {
             guard: ManuallyDrop::new(self.channel.lock()),
             were_on,
             _irq: PhantomData,
+            _cpu: PhantomData,
         }
     }
 
