@@ -66,6 +66,7 @@ impl<H: Hal, const N: usize> CpuEngine<H, N> {
 
 impl<H: Hal, const N: usize> Engine for CpuEngine<H, N> {
     type Mark = usize;
+    type Hal = H;
 
     fn capabilities(&self) -> Capabilities {
         Capabilities::COPY | Capabilities::FILL

@@ -339,8 +339,9 @@ impl<E: Engine> Channel<E> {
     /// prepared if it fails.
     ///
     /// # Safety
-    /// Every byte the request reads or writes must stay valid DMA memory,
-    /// not accessed by the CPU in a conflicting way (no reads of the
+    /// Every byte the request reads or writes must stay valid DMA memory
+    /// of the engine's Hal ([`Engine::Hal`]: its addresses are in that
+    /// Hal's address space), not accessed by the CPU in a conflicting way (no reads of the
     /// destination, no writes of either side), until the request has ended
     /// (complete or error) as reported by this channel.
     pub unsafe fn prep(

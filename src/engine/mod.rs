@@ -32,7 +32,7 @@ pub use faults::{FaultHook, FaultSource};
 pub use shared::{Completion, SharedChannel, TransferFuture};
 pub use transfer::{Buffers, PrepError, Transfer, TransferError};
 
-use crate::hal::DmaAddr;
+use crate::hal::{DmaAddr, Hal};
 
 bitflags! {
     /// Per-request flags (the I/OAT / Linux `DMA_PREP_*` flags).
@@ -311,6 +311,12 @@ impl From<EngineError> for DmaError {
 pub trait Engine {
     /// A saved ring position for [`Engine::rewind`].
     type Mark: Copy;
+
+    /// The Hal whose address space the engine's DMA addresses are in: the
+    /// owned-buffer calls ([`Channel::copy`], [`Channel::fill_buffer`])
+    /// take buffers of this Hal only, so a buffer allocated in another
+    /// address space (physical against IOVA) cannot reach the engine.
+    type Hal: Hal;
 
     /// What the engine can do. Fixed for the engine's life: the channel
     /// reads it once, when it is created.

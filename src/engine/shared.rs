@@ -67,7 +67,6 @@ use spin::mutex::{SpinMutex, SpinMutexGuard};
 
 use super::wakers::SlotName;
 use super::{Buffers, Channel, Cookie, DmaError, Engine, Status, Transfer, TransferError};
-use crate::hal::Hal;
 
 pub use super::wakers::WAKER_SLOTS;
 
@@ -246,8 +245,10 @@ impl<E: Engine, I: IrqControl> SharedChannel<E, I> {
     }
 
     /// A future that ends when `transfer` does, with its buffers, as
-    /// [`Transfer::finish`] answers.
-    pub fn transfer<H: Hal>(&self, transfer: Transfer<H>) -> TransferFuture<'_, E, I, H> {
+    /// [`Transfer::finish`] answers. The transfer is over buffers of the
+    /// engine's Hal (any Hal was accepted before), as every transfer made
+    /// by this channel's [`Channel::copy`] is.
+    pub fn transfer(&self, transfer: Transfer<E::Hal>) -> TransferFuture<'_, E, I> {
         TransferFuture {
             channel: self,
             transfer: Some(transfer),
@@ -323,27 +324,27 @@ impl<E: Engine, I: IrqControl> Drop for Completion<'_, E, I> {
 
 /// The future of [`SharedChannel::transfer`].
 #[must_use = "futures do nothing unless awaited; dropping one leaks its buffers"]
-pub struct TransferFuture<'a, E: Engine, I: IrqControl, H: Hal> {
+pub struct TransferFuture<'a, E: Engine, I: IrqControl> {
     channel: &'a SharedChannel<E, I>,
     /// `None` once it has answered.
-    transfer: Option<Transfer<H>>,
+    transfer: Option<Transfer<E::Hal>>,
     slot: Option<SlotName>,
 }
 
-impl<E: Engine, I: IrqControl, H: Hal> TransferFuture<'_, E, I, H> {
+impl<E: Engine, I: IrqControl> TransferFuture<'_, E, I> {
     /// Stops waiting and gives the transfer back (`None` if the future has
     /// already answered).
-    pub fn into_transfer(mut self) -> Option<Transfer<H>> {
+    pub fn into_transfer(mut self) -> Option<Transfer<E::Hal>> {
         self.channel.unpark(&mut self.slot);
         self.transfer.take()
     }
 }
 
 // Nothing in it is pinned: the transfer moves freely.
-impl<E: Engine, I: IrqControl, H: Hal> Unpin for TransferFuture<'_, E, I, H> {}
+impl<E: Engine, I: IrqControl> Unpin for TransferFuture<'_, E, I> {}
 
-impl<E: Engine, I: IrqControl, H: Hal> Future for TransferFuture<'_, E, I, H> {
-    type Output = Result<Buffers<H>, TransferError<H>>;
+impl<E: Engine, I: IrqControl> Future for TransferFuture<'_, E, I> {
+    type Output = Result<Buffers<E::Hal>, TransferError<E::Hal>>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.get_mut();
@@ -369,7 +370,7 @@ impl<E: Engine, I: IrqControl, H: Hal> Future for TransferFuture<'_, E, I, H> {
     }
 }
 
-impl<E: Engine, I: IrqControl, H: Hal> Drop for TransferFuture<'_, E, I, H> {
+impl<E: Engine, I: IrqControl> Drop for TransferFuture<'_, E, I> {
     fn drop(&mut self) {
         self.channel.unpark(&mut self.slot);
         // A transfer still here has not ended: dropping it leaks its

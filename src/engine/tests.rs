@@ -49,6 +49,7 @@ impl Scripted {
 
 impl Engine for Scripted {
     type Mark = usize;
+    type Hal = FakeHal;
 
     fn capabilities(&self) -> Capabilities {
         Capabilities::COPY | Capabilities::FILL | self.more_caps

@@ -265,6 +265,7 @@ impl<'a> Behind<'a> {
 
 impl Engine for Behind<'_> {
     type Mark = usize;
+    type Hal = crate::hal::fake::FakeHal;
     fn capabilities(&self) -> Capabilities {
         Capabilities::COPY
     }

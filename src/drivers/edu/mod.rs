@@ -186,6 +186,7 @@ impl<H: Hal, R: Registers, const N: usize> EduEngine<H, R, N> {
 
 impl<H: Hal, R: Registers, const N: usize> Engine for EduEngine<H, R, N> {
     type Mark = usize;
+    type Hal = H;
 
     fn capabilities(&self) -> Capabilities {
         Capabilities::COPY | Capabilities::INTERRUPT

@@ -544,6 +544,7 @@ impl<H: Hal, R: Registers> Lsi53c895a<H, R> {
 
 impl<H: Hal, R: Registers> Engine for Lsi53c895a<H, R> {
     type Mark = Mark;
+    type Hal = H;
 
     fn capabilities(&self) -> Capabilities {
         Capabilities::COPY
