@@ -42,9 +42,10 @@ impl<H: Hal, const N: usize> CpuEngine<H, N> {
         match op {
             Op::Copy { dst, src, len } => {
                 let (d, s) = (H::phys_to_virt(dst), H::phys_to_virt(src));
-                // SAFETY: the channel checked that the ranges do not overlap,
-                // and `Channel::prep`'s contract makes both valid DMA memory
-                // that nothing else touches until the request ends.
+                // SAFETY: every queued op came through `Engine::prep`, whose
+                // contract makes both sides DMA memory of `H` that nothing
+                // else touches until the request ends; the channel checked
+                // that they do not overlap.
                 unsafe { core::ptr::copy_nonoverlapping(s.as_ptr(), d.as_ptr(), len) }
             }
             Op::Zero { dst, len } => {
@@ -89,7 +90,12 @@ impl<H: Hal, const N: usize> Engine for CpuEngine<H, N> {
         self.len = mark;
     }
 
-    fn prep(&mut self, cookie: Cookie, op: Op, end: Option<Notify>) -> Result<(), EngineError> {
+    unsafe fn prep(
+        &mut self,
+        cookie: Cookie,
+        op: Op,
+        end: Option<Notify>,
+    ) -> Result<(), EngineError> {
         let slot = self.queue.get_mut(self.len).ok_or(EngineError::RingFull)?;
         *slot = Some((cookie, op, end.is_some()));
         self.len += 1;

@@ -188,10 +188,14 @@ impl<E: Engine> Channel<E> {
 
     /// The engine, for driver-specific controls. Only a driver's own
     /// inherent methods that its docs list as safe here may be called
-    /// (each driver's type docs say which); the [`Engine`] methods
-    /// (`prep`, `issue`, `poll`, `terminate`, ...) change the ring behind the
-    /// channel's back and break its bookkeeping (they cannot break memory
-    /// safety, but cookies may then be reported wrongly).
+    /// (each driver's type docs say which). The safe [`Engine`] methods
+    /// (`issue`, `poll`, `terminate`, ...) change the ring behind the
+    /// channel's back and break its bookkeeping: cookies may then be
+    /// reported wrongly, a request reported complete that is not, and
+    /// owned buffers ([`Transfer`](super::Transfer)) handed back while the
+    /// device may still use them. What could make a device write memory
+    /// nobody gave it is `unsafe` (the engine's `prep`, the drivers'
+    /// `regs`), with the contract each states.
     pub fn engine_mut(&mut self) -> &mut E {
         &mut self.engine
     }
@@ -281,28 +285,43 @@ impl<E: Engine> Channel<E> {
 
     /// Writes the descriptors of validated request `op` as `cookie`. On
     /// error the caller rewinds the engine to its mark.
+    ///
+    /// # Safety
+    /// The caller upholds [`Channel::prep`]'s contract for `op`.
     #[inline(always)]
-    fn emit(&mut self, cookie: Cookie, op: Op, notify: Notify) -> Result<(), DmaError> {
+    unsafe fn emit(&mut self, cookie: Cookie, op: Op, notify: Notify) -> Result<(), DmaError> {
         let len = match op {
             Op::Copy { len, .. } | Op::Fill { len, .. } | Op::Zero { len, .. } => len,
             Op::Interrupt => 0,
         };
         // The common case: one descriptor, the request as it is.
         if len <= self.piece_max {
-            return Ok(self.engine.prep(cookie, op, Some(notify))?);
+            // SAFETY: our caller upholds `Channel::prep`'s contract for
+            // `op`, which is `Engine::prep`'s for the engine's Hal.
+            return Ok(unsafe { self.engine.prep(cookie, op, Some(notify)) }?);
         }
-        self.emit_pieces(cookie, op, notify)
+        // SAFETY: our caller upholds `Channel::prep`'s contract for `op`.
+        unsafe { self.emit_pieces(cookie, op, notify) }
     }
 
     /// [`Channel::emit`] for a request longer than one descriptor takes.
+    ///
+    /// # Safety
+    /// As for [`Channel::emit`].
     #[inline(never)]
-    fn emit_pieces(&mut self, cookie: Cookie, op: Op, notify: Notify) -> Result<(), DmaError> {
+    unsafe fn emit_pieces(
+        &mut self,
+        cookie: Cookie,
+        op: Op,
+        notify: Notify,
+    ) -> Result<(), DmaError> {
         let piece_max = self.piece_max;
         let (dst, len) = match op {
             Op::Copy { dst, len, .. } | Op::Fill { dst, len, .. } | Op::Zero { dst, len } => {
                 (dst, len)
             }
-            Op::Interrupt => return Ok(self.engine.prep(cookie, op, Some(notify))?),
+            // SAFETY: an interrupt-only request touches no memory.
+            Op::Interrupt => return Ok(unsafe { self.engine.prep(cookie, op, Some(notify)) }?),
         };
         let mut done = 0;
         while done < len {
@@ -330,7 +349,9 @@ impl<E: Engine> Channel<E> {
             };
             done += n;
             let end = (done == len).then_some(notify);
-            self.engine.prep(cookie, piece, end)?;
+            // SAFETY: each piece lies within `op`, for which our caller
+            // upholds `Channel::prep`'s contract.
+            unsafe { self.engine.prep(cookie, piece, end) }?;
         }
         Ok(())
     }
@@ -360,7 +381,8 @@ impl<E: Engine> Channel<E> {
             interrupt: flags.contains(PrepFlags::INTERRUPT),
         };
         let mark = self.engine.mark();
-        if let Err(e) = self.emit(cookie, op, notify) {
+        // SAFETY: our caller upholds this method's contract for `op`.
+        if let Err(e) = unsafe { self.emit(cookie, op, notify) } {
             self.engine.rewind(mark);
             return Err(e);
         }
@@ -408,7 +430,10 @@ impl<E: Engine> Channel<E> {
             // The error's conversion is out of line: inlined, it became a
             // table jump taken on success too, which an emulator looks up
             // at run time.
-            self.engine.prep_run(first, ops, last).map_err(engine_error)
+            // SAFETY: our caller upholds `Channel::prep`'s contract for
+            // every op, which is `Engine::prep`'s, and each was checked to
+            // fit one descriptor.
+            unsafe { self.engine.prep_run(first, ops, last) }.map_err(engine_error)
         } else {
             let mut result = Ok(());
             for (i, &op) in ops.iter().enumerate() {
@@ -417,7 +442,9 @@ impl<E: Engine> Channel<E> {
                 } else {
                     Notify::default()
                 };
-                result = self.emit(cookie, op, notify);
+                // SAFETY: our caller upholds `Channel::prep`'s contract for
+                // every op of the batch.
+                result = unsafe { self.emit(cookie, op, notify) };
                 if result.is_err() || i + 1 == ops.len() {
                     break;
                 }

@@ -71,7 +71,12 @@ impl Engine for Scripted {
         self.prepared.truncate(mark);
     }
 
-    fn prep(&mut self, cookie: Cookie, op: Op, end: Option<Notify>) -> Result<(), EngineError> {
+    unsafe fn prep(
+        &mut self,
+        cookie: Cookie,
+        op: Op,
+        end: Option<Notify>,
+    ) -> Result<(), EngineError> {
         if let Some(e) = self.refuse {
             return Err(e);
         }

@@ -282,7 +282,12 @@ impl Engine for Behind<'_> {
     fn rewind(&mut self, mark: usize) {
         self.prepared.truncate(mark);
     }
-    fn prep(&mut self, cookie: Cookie, op: Op, _end: Option<Notify>) -> Result<(), EngineError> {
+    unsafe fn prep(
+        &mut self,
+        cookie: Cookie,
+        op: Op,
+        _end: Option<Notify>,
+    ) -> Result<(), EngineError> {
         self.prepared.push((cookie, op));
         Ok(())
     }
