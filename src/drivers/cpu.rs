@@ -38,6 +38,14 @@ impl<H: Hal, const N: usize> CpuEngine<H, N> {
         }
     }
 
+    /// Forgets the queued descriptors from `mark` on. Safe here, unlike
+    /// [`Engine::rewind`] in general: the queue only empties (a `mark`
+    /// past its end panics), so nothing stale comes back.
+    fn rewind(&mut self, mark: usize) {
+        self.queue[mark..self.len].fill(None);
+        self.len = mark;
+    }
+
     fn run(op: Op) {
         match op {
             Op::Copy { dst, src, len } => {
@@ -85,9 +93,8 @@ impl<H: Hal, const N: usize> Engine for CpuEngine<H, N> {
         self.len
     }
 
-    fn rewind(&mut self, mark: usize) {
-        self.queue[mark..self.len].fill(None);
-        self.len = mark;
+    unsafe fn rewind(&mut self, mark: usize) {
+        CpuEngine::rewind(self, mark);
     }
 
     unsafe fn prep(

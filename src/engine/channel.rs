@@ -383,7 +383,9 @@ impl<E: Engine> Channel<E> {
         let mark = self.engine.mark();
         // SAFETY: our caller upholds this method's contract for `op`.
         if let Err(e) = unsafe { self.emit(cookie, op, notify) } {
-            self.engine.rewind(mark);
+            // SAFETY: the mark was taken above, in this call, and nothing
+            // was issued, stopped or rewound since.
+            unsafe { self.engine.rewind(mark) };
             return Err(e);
         }
         self.last_used = cookie.get();
@@ -453,7 +455,9 @@ impl<E: Engine> Channel<E> {
             result
         };
         if let Err(e) = written {
-            self.engine.rewind(mark);
+            // SAFETY: the mark was taken above, in this call, and nothing
+            // was issued, stopped or rewound since.
+            unsafe { self.engine.rewind(mark) };
             return Err(e);
         }
         self.last_used = cookie.get();

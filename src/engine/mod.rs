@@ -346,7 +346,30 @@ pub trait Engine {
     fn mark(&self) -> Self::Mark;
 
     /// Forgets every descriptor prepared since `mark` (none was issued).
-    fn rewind(&mut self, mark: Self::Mark);
+    ///
+    /// `unsafe` (it was safe before): a driver restores its ring position
+    /// from the mark as it is, so a stale one could put back descriptors
+    /// of requests that have ended, whose memory may be freed, for the
+    /// next [`Engine::issue`] to run. A safe rewind no longer compiles:
+    ///
+    /// ```compile_fail,E0133
+    /// # use dmaengine::drivers::lsi53c895a::Lsi53c895a;
+    /// # use dmaengine::engine::{Channel, Engine};
+    /// # use dmaengine::hal::Hal;
+    /// # use dmaengine::mmio::MmioRegion;
+    /// fn stale<H: Hal>(chan: &mut Channel<Lsi53c895a<H, MmioRegion>>) {
+    ///     let old = chan.engine().mark();
+    ///     chan.issue_pending();
+    ///     chan.engine_mut().rewind(old); // the ring's end goes back over issued words
+    /// }
+    /// ```
+    ///
+    /// # Safety
+    /// `mark` was returned by this engine's [`Engine::mark`] since its
+    /// last [`Engine::issue`], [`Engine::terminate`] and [`Engine::reset`],
+    /// and no rewind to an earlier mark came in between: the rewind only
+    /// forgets descriptors prepared since.
+    unsafe fn rewind(&mut self, mark: Self::Mark);
 
     /// Writes one descriptor for request `cookie` into the ring, invisible to
     /// the hardware until [`Engine::issue`]. `end` is `Some` on the request's

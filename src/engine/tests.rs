@@ -67,7 +67,7 @@ impl Engine for Scripted {
         self.prepared.len()
     }
 
-    fn rewind(&mut self, mark: usize) {
+    unsafe fn rewind(&mut self, mark: usize) {
         self.prepared.truncate(mark);
     }
 

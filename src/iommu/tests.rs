@@ -279,7 +279,7 @@ impl Engine for Behind<'_> {
     fn mark(&self) -> usize {
         self.prepared.len()
     }
-    fn rewind(&mut self, mark: usize) {
+    unsafe fn rewind(&mut self, mark: usize) {
         self.prepared.truncate(mark);
     }
     unsafe fn prep(

@@ -226,7 +226,7 @@ impl<H: Hal, R: Registers, const N: usize> Engine for EduEngine<H, R, N> {
         self.len
     }
 
-    fn rewind(&mut self, mark: usize) {
+    unsafe fn rewind(&mut self, mark: usize) {
         while self.len > mark.max(self.issued) {
             self.len -= 1;
             self.queue[(self.head + self.len) % N] = None;

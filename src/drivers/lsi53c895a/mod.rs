@@ -594,7 +594,7 @@ impl<H: Hal, R: Registers> Engine for Lsi53c895a<H, R> {
         }
     }
 
-    fn rewind(&mut self, mark: Mark) {
+    unsafe fn rewind(&mut self, mark: Mark) {
         self.head = mark.head;
         self.used = mark.used;
         self.entries = mark.entries;
