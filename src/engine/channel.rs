@@ -191,11 +191,13 @@ impl<E: Engine> Channel<E> {
     /// (each driver's type docs say which). The safe [`Engine`] methods
     /// (`issue`, `poll`, `terminate`, ...) change the ring behind the
     /// channel's back and break its bookkeeping: cookies may then be
-    /// reported wrongly, a request reported complete that is not, and
-    /// owned buffers ([`Transfer`](super::Transfer)) handed back while the
-    /// device may still use them. What could make a device write memory
-    /// nobody gave it is `unsafe` (the engine's `prep`, the drivers'
-    /// `regs`), with the contract each states.
+    /// reported wrongly (a request called complete whose bytes never
+    /// landed, because the engine was stopped or reset under it, or one
+    /// left in progress for good). They do not make the device touch
+    /// memory no request was given: what could (the engine's `prep` and
+    /// `rewind`, the drivers' `regs`) is `unsafe`, under the contract
+    /// each states. (This said before that nothing here could break
+    /// memory safety, which `prep` and `regs` did.)
     pub fn engine_mut(&mut self) -> &mut E {
         &mut self.engine
     }
