@@ -156,6 +156,9 @@ impl<H: Hal> Transfer<H> {
     }
 
     /// The buffers back if the request has ended: `Ok` when it completed.
+    /// The channel's engine has the transfer's Hal (this, [`Transfer::status`]
+    /// and [`Transfer::wait`] took a channel of any engine before; only one
+    /// of that Hal can have made it).
     pub fn finish<E: Engine<Hal = H>>(
         self,
         channel: &mut Channel<E>,
