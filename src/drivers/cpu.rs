@@ -38,13 +38,22 @@ impl<H: Hal, const N: usize> CpuEngine<H, N> {
         }
     }
 
+    /// Forgets the queued descriptors from `mark` on. Safe here, unlike
+    /// [`Engine::rewind`] in general: the queue only empties (a `mark`
+    /// past its end panics), so nothing stale comes back.
+    fn rewind(&mut self, mark: usize) {
+        self.queue[mark..self.len].fill(None);
+        self.len = mark;
+    }
+
     fn run(op: Op) {
         match op {
             Op::Copy { dst, src, len } => {
                 let (d, s) = (H::phys_to_virt(dst), H::phys_to_virt(src));
-                // SAFETY: the channel checked that the ranges do not overlap,
-                // and `Channel::prep`'s contract makes both valid DMA memory
-                // that nothing else touches until the request ends.
+                // SAFETY: every queued op came through `Engine::prep`, whose
+                // contract makes both sides DMA memory of `H` that nothing
+                // else touches until the request ends; the channel checked
+                // that they do not overlap.
                 unsafe { core::ptr::copy_nonoverlapping(s.as_ptr(), d.as_ptr(), len) }
             }
             Op::Zero { dst, len } => {
@@ -66,6 +75,7 @@ impl<H: Hal, const N: usize> CpuEngine<H, N> {
 
 impl<H: Hal, const N: usize> Engine for CpuEngine<H, N> {
     type Mark = usize;
+    type Hal = H;
 
     fn capabilities(&self) -> Capabilities {
         Capabilities::COPY | Capabilities::FILL
@@ -83,12 +93,16 @@ impl<H: Hal, const N: usize> Engine for CpuEngine<H, N> {
         self.len
     }
 
-    fn rewind(&mut self, mark: usize) {
-        self.queue[mark..self.len].fill(None);
-        self.len = mark;
+    unsafe fn rewind(&mut self, mark: usize) {
+        CpuEngine::rewind(self, mark);
     }
 
-    fn prep(&mut self, cookie: Cookie, op: Op, end: Option<Notify>) -> Result<(), EngineError> {
+    unsafe fn prep(
+        &mut self,
+        cookie: Cookie,
+        op: Op,
+        end: Option<Notify>,
+    ) -> Result<(), EngineError> {
         let slot = self.queue.get_mut(self.len).ok_or(EngineError::RingFull)?;
         *slot = Some((cookie, op, end.is_some()));
         self.len += 1;

@@ -1,6 +1,6 @@
 //! A channel: one engine's ring seen through cookies.
 
-use core::sync::atomic::{AtomicU32, Ordering};
+use core::sync::atomic::{AtomicU64, Ordering};
 use core::task::Waker;
 use core::time::Duration;
 
@@ -31,7 +31,10 @@ struct Footprint {
 /// calls every cookie outside the in-flight window complete.
 pub const FAILURE_HISTORY: usize = 32;
 
-static NEXT_CHANNEL_ID: AtomicU32 = AtomicU32::new(1);
+/// Channel ids: 64 bits, so they never wrap (2^64 channels cannot be
+/// created), and a [`Transfer`](super::Transfer), which finds its channel
+/// by id, is never taken for another channel's.
+pub(super) static NEXT_CHANNEL_ID: AtomicU64 = AtomicU64::new(1);
 
 /// One failure or termination: the cookies it ended.
 #[derive(Clone, Copy, Debug)]
@@ -84,7 +87,7 @@ pub struct TxState {
 /// Nothing on the submit and completion paths allocates.
 pub struct Channel<E: Engine> {
     engine: E,
-    id: u32,
+    id: u64,
     /// The engine's capabilities and limits, read once (they are fixed).
     caps: Capabilities,
     limits: Limits,
@@ -172,8 +175,9 @@ impl<E: Engine> Channel<E> {
         self.faults = hook;
     }
 
-    /// A number unique to this channel among all channels created.
-    pub fn id(&self) -> u32 {
+    /// A number unique to this channel among all channels created (a
+    /// `u64`, which never wraps; it was a wrapping `u32`).
+    pub fn id(&self) -> u64 {
         self.id
     }
 
@@ -184,10 +188,16 @@ impl<E: Engine> Channel<E> {
 
     /// The engine, for driver-specific controls. Only a driver's own
     /// inherent methods that its docs list as safe here may be called
-    /// (each driver's type docs say which); the [`Engine`] methods
-    /// (`prep`, `issue`, `poll`, `terminate`, ...) change the ring behind the
-    /// channel's back and break its bookkeeping (they cannot break memory
-    /// safety, but cookies may then be reported wrongly).
+    /// (each driver's type docs say which). The safe [`Engine`] methods
+    /// (`issue`, `poll`, `terminate`, ...) change the ring behind the
+    /// channel's back and break its bookkeeping: cookies may then be
+    /// reported wrongly (a request called complete whose bytes never
+    /// landed, because the engine was stopped or reset under it, or one
+    /// left in progress for good). They do not make the device touch
+    /// memory no request was given: what could (the engine's `prep` and
+    /// `rewind`, the drivers' `regs`) is `unsafe`, under the contract
+    /// each states. (This said before that nothing here could break
+    /// memory safety, which `prep` and `regs` did.)
     pub fn engine_mut(&mut self) -> &mut E {
         &mut self.engine
     }
@@ -277,28 +287,43 @@ impl<E: Engine> Channel<E> {
 
     /// Writes the descriptors of validated request `op` as `cookie`. On
     /// error the caller rewinds the engine to its mark.
+    ///
+    /// # Safety
+    /// The caller upholds [`Channel::prep`]'s contract for `op`.
     #[inline(always)]
-    fn emit(&mut self, cookie: Cookie, op: Op, notify: Notify) -> Result<(), DmaError> {
+    unsafe fn emit(&mut self, cookie: Cookie, op: Op, notify: Notify) -> Result<(), DmaError> {
         let len = match op {
             Op::Copy { len, .. } | Op::Fill { len, .. } | Op::Zero { len, .. } => len,
             Op::Interrupt => 0,
         };
         // The common case: one descriptor, the request as it is.
         if len <= self.piece_max {
-            return Ok(self.engine.prep(cookie, op, Some(notify))?);
+            // SAFETY: our caller upholds `Channel::prep`'s contract for
+            // `op`, which is `Engine::prep`'s for the engine's Hal.
+            return Ok(unsafe { self.engine.prep(cookie, op, Some(notify)) }?);
         }
-        self.emit_pieces(cookie, op, notify)
+        // SAFETY: our caller upholds `Channel::prep`'s contract for `op`.
+        unsafe { self.emit_pieces(cookie, op, notify) }
     }
 
     /// [`Channel::emit`] for a request longer than one descriptor takes.
+    ///
+    /// # Safety
+    /// As for [`Channel::emit`].
     #[inline(never)]
-    fn emit_pieces(&mut self, cookie: Cookie, op: Op, notify: Notify) -> Result<(), DmaError> {
+    unsafe fn emit_pieces(
+        &mut self,
+        cookie: Cookie,
+        op: Op,
+        notify: Notify,
+    ) -> Result<(), DmaError> {
         let piece_max = self.piece_max;
         let (dst, len) = match op {
             Op::Copy { dst, len, .. } | Op::Fill { dst, len, .. } | Op::Zero { dst, len } => {
                 (dst, len)
             }
-            Op::Interrupt => return Ok(self.engine.prep(cookie, op, Some(notify))?),
+            // SAFETY: an interrupt-only request touches no memory.
+            Op::Interrupt => return Ok(unsafe { self.engine.prep(cookie, op, Some(notify)) }?),
         };
         let mut done = 0;
         while done < len {
@@ -326,7 +351,9 @@ impl<E: Engine> Channel<E> {
             };
             done += n;
             let end = (done == len).then_some(notify);
-            self.engine.prep(cookie, piece, end)?;
+            // SAFETY: each piece lies within `op`, for which our caller
+            // upholds `Channel::prep`'s contract.
+            unsafe { self.engine.prep(cookie, piece, end) }?;
         }
         Ok(())
     }
@@ -335,8 +362,9 @@ impl<E: Engine> Channel<E> {
     /// prepared if it fails.
     ///
     /// # Safety
-    /// Every byte the request reads or writes must stay valid DMA memory,
-    /// not accessed by the CPU in a conflicting way (no reads of the
+    /// Every byte the request reads or writes must stay valid DMA memory
+    /// of the engine's Hal ([`Engine::Hal`]: its addresses are in that
+    /// Hal's address space), not accessed by the CPU in a conflicting way (no reads of the
     /// destination, no writes of either side), until the request has ended
     /// (complete or error) as reported by this channel.
     pub unsafe fn prep(
@@ -355,8 +383,11 @@ impl<E: Engine> Channel<E> {
             interrupt: flags.contains(PrepFlags::INTERRUPT),
         };
         let mark = self.engine.mark();
-        if let Err(e) = self.emit(cookie, op, notify) {
-            self.engine.rewind(mark);
+        // SAFETY: our caller upholds this method's contract for `op`.
+        if let Err(e) = unsafe { self.emit(cookie, op, notify) } {
+            // SAFETY: the mark was taken above, in this call, and nothing
+            // was issued, stopped or rewound since.
+            unsafe { self.engine.rewind(mark) };
             return Err(e);
         }
         self.last_used = cookie.get();
@@ -403,7 +434,10 @@ impl<E: Engine> Channel<E> {
             // The error's conversion is out of line: inlined, it became a
             // table jump taken on success too, which an emulator looks up
             // at run time.
-            self.engine.prep_run(first, ops, last).map_err(engine_error)
+            // SAFETY: our caller upholds `Channel::prep`'s contract for
+            // every op, which is `Engine::prep`'s, and each was checked to
+            // fit one descriptor.
+            unsafe { self.engine.prep_run(first, ops, last) }.map_err(engine_error)
         } else {
             let mut result = Ok(());
             for (i, &op) in ops.iter().enumerate() {
@@ -412,7 +446,9 @@ impl<E: Engine> Channel<E> {
                 } else {
                     Notify::default()
                 };
-                result = self.emit(cookie, op, notify);
+                // SAFETY: our caller upholds `Channel::prep`'s contract for
+                // every op of the batch.
+                result = unsafe { self.emit(cookie, op, notify) };
                 if result.is_err() || i + 1 == ops.len() {
                     break;
                 }
@@ -421,7 +457,9 @@ impl<E: Engine> Channel<E> {
             result
         };
         if let Err(e) = written {
-            self.engine.rewind(mark);
+            // SAFETY: the mark was taken above, in this call, and nothing
+            // was issued, stopped or rewound since.
+            unsafe { self.engine.rewind(mark) };
             return Err(e);
         }
         self.last_used = cookie.get();

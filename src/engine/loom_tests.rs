@@ -63,6 +63,7 @@ impl Device {
 
 impl Engine for Device {
     type Mark = usize;
+    type Hal = crate::hal::fake::FakeHal;
 
     fn capabilities(&self) -> Capabilities {
         Capabilities::COPY | Capabilities::INTERRUPT
@@ -80,11 +81,17 @@ impl Engine for Device {
         self.prepared.len()
     }
 
-    fn rewind(&mut self, mark: usize) {
+    // It records cookies and touches no memory: nothing to vouch for.
+    unsafe fn rewind(&mut self, mark: usize) {
         self.prepared.truncate(mark);
     }
 
-    fn prep(&mut self, cookie: Cookie, _op: Op, _end: Option<Notify>) -> Result<(), EngineError> {
+    unsafe fn prep(
+        &mut self,
+        cookie: Cookie,
+        _op: Op,
+        _end: Option<Notify>,
+    ) -> Result<(), EngineError> {
         self.prepared.push(cookie);
         Ok(())
     }
@@ -297,7 +304,7 @@ fn loom_a_future_dropped_while_its_request_ends_frees_its_slot_once() {
 /// calling it without the registry's locks ordering them is reported by
 /// loom as a data race.
 struct Probe {
-    id: u32,
+    id: u64,
     touched: loom::cell::UnsafeCell<u32>,
 }
 
@@ -310,7 +317,7 @@ impl Probe {
 }
 
 impl DmaChannel for Probe {
-    fn id(&self) -> u32 {
+    fn id(&self) -> u64 {
         self.id
     }
     fn capabilities(&self) -> Capabilities {
@@ -356,7 +363,7 @@ impl DmaChannel for Probe {
     }
 }
 
-fn probe(id: u32) -> &'static mut Probe {
+fn probe(id: u64) -> &'static mut Probe {
     Box::leak(Box::new(Probe {
         id,
         touched: loom::cell::UnsafeCell::new(0),

@@ -32,7 +32,7 @@ pub use faults::{FaultHook, FaultSource};
 pub use shared::{Completion, SharedChannel, TransferFuture};
 pub use transfer::{Buffers, PrepError, Transfer, TransferError};
 
-use crate::hal::DmaAddr;
+use crate::hal::{DmaAddr, Hal};
 
 bitflags! {
     /// Per-request flags (the I/OAT / Linux `DMA_PREP_*` flags).
@@ -308,9 +308,31 @@ impl From<EngineError> for DmaError {
 /// assigns cookies and tracks their fate; the engine writes descriptors,
 /// starts the hardware and reports completions and failures. Requests
 /// complete in the order they were prepared.
+///
+/// Its `prep` methods are `unsafe`: they hand the device raw DMA addresses.
+/// Safe code reaches requests only through a [`Channel`], which checks them
+/// and whose own `prep` is `unsafe` (or takes owned buffers of the engine's
+/// [`Engine::Hal`]). So a safe call through [`Channel::engine_mut`] no longer
+/// compiles:
+///
+/// ```compile_fail,E0133
+/// # use dmaengine::engine::{Channel, Cookie, Engine, Notify, Op};
+/// # use dmaengine::drivers::cpu::CpuEngine;
+/// # use dmaengine::hal::Hal;
+/// fn stray<H: Hal>(chan: &mut Channel<CpuEngine<H>>, freed: u64) {
+///     let op = Op::Copy { dst: freed, src: freed + 64, len: 64 };
+///     let _ = chan.engine_mut().prep(Cookie::FIRST, op, Some(Notify::default()));
+/// }
+/// ```
 pub trait Engine {
     /// A saved ring position for [`Engine::rewind`].
     type Mark: Copy;
+
+    /// The Hal whose address space the engine's DMA addresses are in: the
+    /// owned-buffer calls ([`Channel::copy`], [`Channel::fill_buffer`])
+    /// take buffers of this Hal only, so a buffer allocated in another
+    /// address space (physical against IOVA) cannot reach the engine.
+    type Hal: Hal;
 
     /// What the engine can do. Fixed for the engine's life: the channel
     /// reads it once, when it is created.
@@ -324,13 +346,54 @@ pub trait Engine {
     fn mark(&self) -> Self::Mark;
 
     /// Forgets every descriptor prepared since `mark` (none was issued).
-    fn rewind(&mut self, mark: Self::Mark);
+    ///
+    /// `unsafe` (it was safe before): a driver restores its ring position
+    /// from the mark as it is, so a stale one could put back descriptors
+    /// of requests that have ended, whose memory may be freed, for the
+    /// next [`Engine::issue`] to run. A safe rewind no longer compiles:
+    ///
+    /// ```compile_fail,E0133
+    /// # use dmaengine::drivers::lsi53c895a::Lsi53c895a;
+    /// # use dmaengine::engine::{Channel, Engine};
+    /// # use dmaengine::hal::Hal;
+    /// # use dmaengine::mmio::MmioRegion;
+    /// fn stale<H: Hal>(chan: &mut Channel<Lsi53c895a<H, MmioRegion>>) {
+    ///     let old = chan.engine().mark();
+    ///     chan.issue_pending();
+    ///     chan.engine_mut().rewind(old); // the ring's end goes back over issued words
+    /// }
+    /// ```
+    ///
+    /// # Safety
+    /// `mark` was returned by this engine's [`Engine::mark`] since its
+    /// last [`Engine::issue`], [`Engine::terminate`] and [`Engine::reset`],
+    /// and no rewind to an earlier mark came in between: the rewind only
+    /// forgets descriptors prepared since.
+    unsafe fn rewind(&mut self, mark: Self::Mark);
 
     /// Writes one descriptor for request `cookie` into the ring, invisible to
     /// the hardware until [`Engine::issue`]. `end` is `Some` on the request's
     /// last descriptor. On error the channel rewinds to its mark, so a
     /// partly written request never reaches the hardware.
-    fn prep(&mut self, cookie: Cookie, op: Op, end: Option<Notify>) -> Result<(), EngineError>;
+    ///
+    /// `unsafe` (it was safe before): the engine's device (or its CPU
+    /// copy) reads and writes the addresses in `op` as they are.
+    ///
+    /// # Safety
+    /// Every byte `op` reads or writes must be DMA memory in the address
+    /// space of [`Engine::Hal`] that the caller owns, and that the CPU does
+    /// not access in a conflicting way (no reads of the destination, no
+    /// writes of either side) and nothing frees, until the request has
+    /// ended as the engine reports it ([`Engine::poll`]) or the engine
+    /// has stopped ([`Engine::terminate`]). [`Channel::prep`] holds this
+    /// for its callers; through [`Channel::engine_mut`] the channel's
+    /// bookkeeping breaks as well.
+    unsafe fn prep(
+        &mut self,
+        cookie: Cookie,
+        op: Op,
+        end: Option<Notify>,
+    ) -> Result<(), EngineError>;
 
     /// Writes one descriptor per request for the requests `ops`, whose
     /// cookies run consecutively from `first`; each op fits one descriptor
@@ -338,7 +401,15 @@ pub trait Engine {
     /// (the others ask for none). The default prepares them one by one; a
     /// driver may do it in one pass. On error the channel rewinds to its
     /// mark, as for [`Engine::prep`].
-    fn prep_run(&mut self, first: Cookie, ops: &[Op], last: Notify) -> Result<(), EngineError> {
+    ///
+    /// # Safety
+    /// As for [`Engine::prep`], for every op of `ops`.
+    unsafe fn prep_run(
+        &mut self,
+        first: Cookie,
+        ops: &[Op],
+        last: Notify,
+    ) -> Result<(), EngineError> {
         let mut cookie = first;
         for (i, &op) in ops.iter().enumerate() {
             let notify = if i + 1 == ops.len() {
@@ -346,7 +417,9 @@ pub trait Engine {
             } else {
                 Notify::default()
             };
-            self.prep(cookie, op, Some(notify))?;
+            // SAFETY: the caller upholds this method's contract for every
+            // op, which is `prep`'s.
+            unsafe { self.prep(cookie, op, Some(notify))? };
             cookie = cookie.next();
         }
         Ok(())

@@ -116,7 +116,7 @@ use crate::sync::{SpinMutex, SpinMutexGuard};
 /// The operations of a channel that do not depend on its engine's type.
 pub trait DmaChannel {
     /// The channel's unique number.
-    fn id(&self) -> u32;
+    fn id(&self) -> u64;
     /// What its engine can do.
     fn capabilities(&self) -> Capabilities;
     /// What one descriptor may hold.
@@ -160,7 +160,7 @@ pub trait DmaChannel {
 }
 
 impl<E: Engine> DmaChannel for Channel<E> {
-    fn id(&self) -> u32 {
+    fn id(&self) -> u64 {
         Channel::id(self)
     }
     fn capabilities(&self) -> Capabilities {
@@ -330,10 +330,13 @@ pub struct Registry<'a, const C: usize = 8, const N: usize = 8, I: IrqControl = 
 }
 
 /// A lock held with this CPU's interrupts masked by `I` until dropped.
+/// Not `Send`: dropping it restores the flag of the CPU that took it.
 struct Masked<'g, T, I: IrqControl> {
     guard: ManuallyDrop<SpinMutexGuard<'g, T>>,
     were_on: bool,
     _irq: PhantomData<fn() -> I>,
+    /// Keeps the guard on its CPU (`!Send`).
+    _cpu: PhantomData<*const ()>,
 }
 
 impl<'g, T, I: IrqControl> Masked<'g, T, I> {
@@ -343,6 +346,7 @@ impl<'g, T, I: IrqControl> Masked<'g, T, I> {
             guard: ManuallyDrop::new(mutex.lock()),
             were_on,
             _irq: PhantomData,
+            _cpu: PhantomData,
         }
     }
 }
@@ -371,6 +375,20 @@ impl<T, I: IrqControl> Drop for Masked<'_, T, I> {
 /// A client's channel, locked: other users of this channel wait, nobody
 /// else does. This CPU's interrupts stay masked (by the registry's `I`)
 /// until it is dropped, so keep it briefly.
+///
+/// Not `Send` (it was before): it restores the interrupt flag of the CPU
+/// that took it, so it must be dropped there, which a guard held across an
+/// `.await` on a work-stealing executor would not be:
+///
+/// ```compile_fail,E0277
+/// # use dmaengine::engine::registry::{ChannelHandle, ClientId, Registry};
+/// fn across_cpus(registry: &Registry<'_>, client: ClientId, handle: ChannelHandle) {
+///     fn send<T: Send>(_: T) {}
+///     if let Ok(guard) = registry.channel(client, handle) {
+///         send(guard);
+///     }
+/// }
+/// ```
 pub struct ChannelGuard<'g, 'a, I: IrqControl> {
     cell: Masked<'g, Cell<'a>, I>,
 }

@@ -49,6 +49,7 @@ impl Scripted {
 
 impl Engine for Scripted {
     type Mark = usize;
+    type Hal = FakeHal;
 
     fn capabilities(&self) -> Capabilities {
         Capabilities::COPY | Capabilities::FILL | self.more_caps
@@ -66,11 +67,16 @@ impl Engine for Scripted {
         self.prepared.len()
     }
 
-    fn rewind(&mut self, mark: usize) {
+    unsafe fn rewind(&mut self, mark: usize) {
         self.prepared.truncate(mark);
     }
 
-    fn prep(&mut self, cookie: Cookie, op: Op, end: Option<Notify>) -> Result<(), EngineError> {
+    unsafe fn prep(
+        &mut self,
+        cookie: Cookie,
+        op: Op,
+        end: Option<Notify>,
+    ) -> Result<(), EngineError> {
         if let Some(e) = self.refuse {
             return Err(e);
         }
@@ -586,6 +592,19 @@ fn owned_transfers_return_their_buffers_on_errors() {
     };
     chan.issue_pending();
     assert!(t.finish(&mut chan).is_ok());
+}
+
+#[test]
+fn channel_ids_do_not_wrap_after_u32_max() {
+    use core::sync::atomic::Ordering;
+    // As if 2^32 - 1 channels had been made: with 32-bit ids the next ones
+    // wrapped to 0, 1, ..., and a transfer of an old channel with the same
+    // id as a new one would be finished by the new one.
+    super::channel::NEXT_CHANNEL_ID.store(u32::MAX.into(), Ordering::Relaxed);
+    let a: Channel<CpuEngine<FakeHal>> = Channel::new(CpuEngine::new());
+    let b: Channel<CpuEngine<FakeHal>> = Channel::new(CpuEngine::new());
+    assert!(a.id() >= u32::MAX.into(), "id {} wrapped", a.id());
+    assert!(b.id() > a.id(), "id {} after {}", b.id(), a.id());
 }
 
 mod registry {

@@ -21,7 +21,7 @@ pub type Buffers<H> = (Dma<H>, Option<Dma<H>>);
 /// A request in flight over owned buffers.
 #[must_use = "dropping an unfinished transfer leaks its buffers"]
 pub struct Transfer<H: Hal> {
-    channel: u32,
+    channel: u64,
     cookie: Cookie,
     dst: ManuallyDrop<Dma<H>>,
     src: ManuallyDrop<Option<Dma<H>>>,
@@ -143,7 +143,7 @@ impl<H: Hal> Transfer<H> {
     }
 
     /// Where the request stands.
-    pub fn status<E: Engine>(&self, channel: &mut Channel<E>) -> Result<Status, DmaError> {
+    pub fn status<E: Engine<Hal = H>>(&self, channel: &mut Channel<E>) -> Result<Status, DmaError> {
         if channel.id() != self.channel {
             return Err(DmaError::WrongChannel);
         }
@@ -156,7 +156,10 @@ impl<H: Hal> Transfer<H> {
     }
 
     /// The buffers back if the request has ended: `Ok` when it completed.
-    pub fn finish<E: Engine>(
+    /// The channel's engine has the transfer's Hal (this, [`Transfer::status`]
+    /// and [`Transfer::wait`] took a channel of any engine before; only one
+    /// of that Hal can have made it).
+    pub fn finish<E: Engine<Hal = H>>(
         self,
         channel: &mut Channel<E>,
     ) -> Result<Buffers<H>, TransferError<H>> {
@@ -172,7 +175,7 @@ impl<H: Hal> Transfer<H> {
     }
 
     /// Waits up to `timeout` for the request to end, then as [`Transfer::finish`].
-    pub fn wait<E: Engine>(
+    pub fn wait<E: Engine<Hal = H>>(
         self,
         channel: &mut Channel<E>,
         delay: &mut impl DelayNs,
@@ -187,14 +190,16 @@ impl<H: Hal> Transfer<H> {
 }
 
 impl<E: Engine> Channel<E> {
-    fn owned<H: Hal>(
+    fn owned(
         &mut self,
         op: Op,
         flags: PrepFlags,
-        dst: Dma<H>,
-        src: Option<Dma<H>>,
-    ) -> Result<Transfer<H>, PrepError<H>> {
-        // SAFETY: both buffers are owned by the transfer built below until
+        dst: Dma<E::Hal>,
+        src: Option<Dma<E::Hal>>,
+    ) -> Result<Transfer<E::Hal>, PrepError<E::Hal>> {
+        // SAFETY: both buffers are DMA memory of the engine's Hal (the
+        // types say so), so `op`'s addresses are in the engine's address
+        // space; they are owned by the transfer built below until
         // the channel reports the request ended; the transfer never frees
         // them before that (it leaks them if dropped early), and no reference
         // to their memory exists meanwhile.
@@ -211,15 +216,34 @@ impl<E: Engine> Channel<E> {
 
     /// Prepares a copy of `len` bytes from `src[src_offset..]` to
     /// `dst[dst_offset..]`, taking both buffers until it ends.
-    pub fn copy<H: Hal>(
+    ///
+    /// The buffers are of the engine's own Hal ([`Engine::Hal`]; any Hal
+    /// was accepted before): the engine reads their addresses in its
+    /// Hal's address space, so a buffer of another (an IOVA Hal's buffer
+    /// given to an engine addressing physical memory) would send the
+    /// device elsewhere. That no longer compiles:
+    ///
+    /// ```compile_fail,E0308
+    /// # use dmaengine::engine::{Channel, PrepFlags};
+    /// # use dmaengine::drivers::cpu::CpuEngine;
+    /// # use dmaengine::hal::{Dma, Hal};
+    /// fn mixed<Phys: Hal, Iova: Hal>(
+    ///     chan: &mut Channel<CpuEngine<Phys>>,
+    ///     dst: Dma<Iova>,
+    ///     src: Dma<Iova>,
+    /// ) {
+    ///     let _ = chan.copy(dst, 0, src, 0, 64, PrepFlags::empty());
+    /// }
+    /// ```
+    pub fn copy(
         &mut self,
-        dst: Dma<H>,
+        dst: Dma<E::Hal>,
         dst_offset: usize,
-        src: Dma<H>,
+        src: Dma<E::Hal>,
         src_offset: usize,
         len: usize,
         flags: PrepFlags,
-    ) -> Result<Transfer<H>, PrepError<H>> {
+    ) -> Result<Transfer<E::Hal>, PrepError<E::Hal>> {
         if let Err(error) =
             window(dst.len(), dst_offset, len).and(window(src.len(), src_offset, len))
         {
@@ -238,15 +262,16 @@ impl<E: Engine> Channel<E> {
     }
 
     /// Prepares filling `dst[offset..offset + len]` with `pattern`, taking
-    /// the buffer until it ends.
-    pub fn fill_buffer<H: Hal>(
+    /// the buffer until it ends. The buffer is of the engine's own Hal,
+    /// as for [`Channel::copy`].
+    pub fn fill_buffer(
         &mut self,
-        dst: Dma<H>,
+        dst: Dma<E::Hal>,
         offset: usize,
         len: usize,
         pattern: u64,
         flags: PrepFlags,
-    ) -> Result<Transfer<H>, PrepError<H>> {
+    ) -> Result<Transfer<E::Hal>, PrepError<E::Hal>> {
         if let Err(error) = window(dst.len(), offset, len) {
             return Err(PrepError {
                 error,

@@ -269,6 +269,7 @@ impl<'a> Behind<'a> {
 
 impl Engine for Behind<'_> {
     type Mark = usize;
+    type Hal = crate::hal::fake::FakeHal;
     fn capabilities(&self) -> Capabilities {
         Capabilities::COPY
     }
@@ -282,10 +283,15 @@ impl Engine for Behind<'_> {
     fn mark(&self) -> usize {
         self.prepared.len()
     }
-    fn rewind(&mut self, mark: usize) {
+    unsafe fn rewind(&mut self, mark: usize) {
         self.prepared.truncate(mark);
     }
-    fn prep(&mut self, cookie: Cookie, op: Op, _end: Option<Notify>) -> Result<(), EngineError> {
+    unsafe fn prep(
+        &mut self,
+        cookie: Cookie,
+        op: Op,
+        _end: Option<Notify>,
+    ) -> Result<(), EngineError> {
         self.prepared.push((cookie, op));
         Ok(())
     }

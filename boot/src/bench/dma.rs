@@ -237,7 +237,9 @@ struct BatchRun {
 /// or request by request for a batch of one), issued and waited for.
 fn api_batch(chan: &mut LsiChannel, ops: &[Op]) -> BatchRun {
     let start = time::rdtsc();
-    let before = chan.engine().regs().accesses();
+    // SAFETY: `accesses` reads the region's access counter, not the chip:
+    // nothing is written, no register read.
+    let before = unsafe { chan.engine().regs() }.accesses();
     let last = if let [op] = ops {
         // SAFETY: as in `api_copies`.
         unsafe { chan.prep(*op, PrepFlags::empty(), None) }.expect("prep")
@@ -247,9 +249,11 @@ fn api_batch(chan: &mut LsiChannel, ops: &[Op]) -> BatchRun {
             .expect("prep_batch")
             .last
     };
-    let prepped = chan.engine().regs().accesses();
+    // SAFETY: as above.
+    let prepped = unsafe { chan.engine().regs() }.accesses();
     chan.issue_pending();
-    let issued = chan.engine().regs().accesses();
+    // SAFETY: as above.
+    let issued = unsafe { chan.engine().regs() }.accesses();
     spin(chan, last);
     BatchRun {
         cycles: time::rdtsc() - start,

@@ -228,10 +228,10 @@ fn engine_refusals() {
         len: 64,
         pattern: 0,
     };
-    assert_eq!(
-        edu.engine_mut().prep(Cookie::FIRST, fill, None),
-        Err(EngineError::NotSupported)
-    );
+    // SAFETY: the buffer outlives the channel; the edu device cannot
+    // fill, so the engine refuses and nothing runs.
+    let refused = unsafe { edu.engine_mut().prep(Cookie::FIRST, fill, None) };
+    assert_eq!(refused, Err(EngineError::NotSupported));
     let mut lsi = lsi();
     let src = buffer(64 * 2, src_pattern);
     let dst = buffer(128 * 2, dst_pattern);
@@ -244,8 +244,11 @@ fn engine_refusals() {
         src: src.paddr(),
         len: 64,
     };
+    // SAFETY: the buffers outlive the channel; the halted engine refuses
+    // the request, so nothing runs.
+    let refused = unsafe { lsi.engine_mut().prep(Cookie::FIRST, copy, None) };
     assert_eq!(
-        lsi.engine_mut().prep(Cookie::FIRST, copy, None),
+        refused,
         Err(EngineError::Halted),
         "a halted ring is not a full one"
     );

@@ -54,7 +54,8 @@ struct Transfer {
 /// device in host tests).
 ///
 /// Through [`Channel::engine_mut`](crate::engine::Channel::engine_mut)
-/// only [`EduEngine::regs`] is safe to call.
+/// only [`EduEngine::regs`] may be called, and it is `unsafe`, under its
+/// contract.
 ///
 /// What QEMU does that the driver depends on: a transfer completes 100 ms
 /// of virtual time after it starts; QEMU 7.2 aborts the whole emulator on a
@@ -107,7 +108,28 @@ impl<H: Hal, R: Registers, const N: usize> EduEngine<H, R, N> {
     }
 
     /// The register window.
-    pub fn regs(&self) -> &R {
+    ///
+    /// `unsafe` (it was safe before): the registers, with the safe
+    /// `write32` of [`MmioRegion`], program the
+    /// device's DMA directly.
+    ///
+    /// # Safety
+    /// Nothing may be written through the returned reference (a write can
+    /// point the device's DMA at any address), and a read with a side
+    /// effect (one that clears a status or acknowledges an interrupt)
+    /// breaks the driver's bookkeeping: read only what the driver's docs
+    /// or the register model say reads without one.
+    ///
+    /// ```compile_fail,E0133
+    /// # use dmaengine::drivers::edu::EduEngine;
+    /// # use dmaengine::engine::Channel;
+    /// # use dmaengine::hal::Hal;
+    /// # use dmaengine::mmio::MmioRegion;
+    /// fn aim<H: Hal>(chan: &Channel<EduEngine<H, MmioRegion>>) {
+    ///     chan.engine().regs().write32(0x88, 0x1000); // DMA_DST
+    /// }
+    /// ```
+    pub unsafe fn regs(&self) -> &R {
         &self.regs
     }
 
@@ -186,6 +208,7 @@ impl<H: Hal, R: Registers, const N: usize> EduEngine<H, R, N> {
 
 impl<H: Hal, R: Registers, const N: usize> Engine for EduEngine<H, R, N> {
     type Mark = usize;
+    type Hal = H;
 
     fn capabilities(&self) -> Capabilities {
         Capabilities::COPY | Capabilities::INTERRUPT
@@ -203,14 +226,19 @@ impl<H: Hal, R: Registers, const N: usize> Engine for EduEngine<H, R, N> {
         self.len
     }
 
-    fn rewind(&mut self, mark: usize) {
+    unsafe fn rewind(&mut self, mark: usize) {
         while self.len > mark.max(self.issued) {
             self.len -= 1;
             self.queue[(self.head + self.len) % N] = None;
         }
     }
 
-    fn prep(&mut self, cookie: Cookie, op: Op, end: Option<Notify>) -> Result<(), EngineError> {
+    unsafe fn prep(
+        &mut self,
+        cookie: Cookie,
+        op: Op,
+        end: Option<Notify>,
+    ) -> Result<(), EngineError> {
         let Op::Copy { dst, src, len } = op else {
             return Err(EngineError::NotSupported);
         };

@@ -39,9 +39,10 @@ fn copies_go_through_the_device_buffer_in_pieces() {
     }
     assert_eq!(chan.status(cookie).status, Status::Complete);
     assert_eq!(dst.as_slice(), src.as_slice());
+    // SAFETY: the fake device's transfer count, not a register.
+    let transfers = unsafe { chan.engine().regs() }.transfers();
     assert_eq!(
-        chan.engine().regs().transfers(),
-        6,
+        transfers, 6,
         "three pieces of at most 4095 bytes, two transfers each"
     );
 }
@@ -55,10 +56,10 @@ fn what_the_device_cannot_do_is_not_supported_not_ring_full() {
         len: 64,
         pattern: 1,
     };
-    assert_eq!(
-        chan.engine_mut().prep(Cookie::FIRST, fill, None),
-        Err(EngineError::NotSupported)
-    );
+    // SAFETY: the buffer outlives the channel; a fill is refused, so
+    // nothing runs.
+    let refused = unsafe { chan.engine_mut().prep(Cookie::FIRST, fill, None) };
+    assert_eq!(refused, Err(EngineError::NotSupported));
     // SAFETY: refused, nothing runs.
     let zero = unsafe { chan.zero(buf.paddr(), 64, PrepFlags::empty()) };
     assert_eq!(zero, Err(DmaError::NotSupported));
@@ -76,10 +77,14 @@ fn a_device_that_never_goes_idle_is_waited_for_a_bounded_time() {
     let cookie =
         unsafe { chan.prep_copy(dst.paddr(), src.paddr(), 100, PrepFlags::empty()) }.unwrap();
     chan.issue_pending();
-    chan.engine().regs().stuck.set(true);
-    let before = chan.engine().regs().accesses();
+    // SAFETY: the fake device's test controls and access count: nothing
+    // is written to the device, no status read.
+    let fake = unsafe { chan.engine().regs() };
+    fake.stuck.set(true);
+    let before = fake.accesses();
     chan.terminate();
-    let reads = chan.engine().regs().accesses() - before;
+    // SAFETY: as above.
+    let reads = unsafe { chan.engine().regs() }.accesses() - before;
     assert!(
         (1000..1100).contains(&reads),
         "terminate gave up after its bound ({reads} accesses)"
@@ -88,22 +93,23 @@ fn a_device_that_never_goes_idle_is_waited_for_a_bounded_time() {
         chan.status(cookie).status,
         Status::Error(crate::engine::ErrorKind::Aborted)
     );
+    let copy = Op::Copy {
+        dst: dst.paddr(),
+        src: src.paddr(),
+        len: 8,
+    };
+    // SAFETY: the buffers outlive the channel; the halted engine refuses
+    // the request, so nothing runs.
+    let refused = unsafe { chan.engine_mut().prep(Cookie::FIRST, copy, None) };
     assert_eq!(
-        chan.engine_mut().prep(
-            Cookie::FIRST,
-            Op::Copy {
-                dst: dst.paddr(),
-                src: src.paddr(),
-                len: 8
-            },
-            None
-        ),
+        refused,
         Err(EngineError::Halted),
         "a wedged device takes no new work"
     );
     assert_eq!(chan.reset(), Err(DmaError::TimedOut));
     // The device comes back: a reset sees it idle and the channel works.
-    chan.engine().regs().stuck.set(false);
+    // SAFETY: the fake device's test control, not a register.
+    unsafe { chan.engine().regs() }.stuck.set(false);
     assert_eq!(chan.reset(), Ok(()));
     // SAFETY: as above.
     let again =

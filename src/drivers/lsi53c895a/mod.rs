@@ -106,8 +106,9 @@ pub struct Mark {
 ///
 /// Through [`Channel::engine_mut`](crate::engine::Channel::engine_mut)
 /// these are safe to call: [`Lsi53c895a::is_running`],
-/// [`Lsi53c895a::regs`], [`Lsi53c895a::dma_block`], and with the `test-hooks` feature
-/// `set_manual_start` and `inject_illegal_instruction`.
+/// [`Lsi53c895a::dma_block`], and with the `test-hooks` feature
+/// `set_manual_start` and `inject_illegal_instruction`; and
+/// [`Lsi53c895a::regs`] (`unsafe`) under its contract.
 ///
 /// What QEMU 7.2's emulation does that the driver depends on: it runs at
 /// most 100 SCRIPTS instructions inside the DSP write and the rest from a
@@ -207,7 +208,28 @@ impl<H: Hal, R: Registers> Lsi53c895a<H, R> {
     }
 
     /// The register window (its access count is how benchmarks count MMIO).
-    pub fn regs(&self) -> &R {
+    ///
+    /// `unsafe` (it was safe before): the registers, with the safe
+    /// `write32` of [`MmioRegion`], program the
+    /// device's DMA directly.
+    ///
+    /// # Safety
+    /// Nothing may be written through the returned reference (a write can
+    /// point the device's DMA at any address), and a read with a side
+    /// effect (one that clears a status or acknowledges an interrupt)
+    /// breaks the driver's bookkeeping: read only what the driver's docs
+    /// or the register model say reads without one.
+    ///
+    /// ```compile_fail,E0133
+    /// # use dmaengine::drivers::lsi53c895a::Lsi53c895a;
+    /// # use dmaengine::engine::Channel;
+    /// # use dmaengine::hal::Hal;
+    /// # use dmaengine::mmio::MmioRegion;
+    /// fn aim<H: Hal>(chan: &Channel<Lsi53c895a<H, MmioRegion>>) {
+    ///     chan.engine().regs().write32(0x2c, 0x1000); // DSP: run SCRIPTS there
+    /// }
+    /// ```
+    pub unsafe fn regs(&self) -> &R {
         &self.regs
     }
 
@@ -544,6 +566,7 @@ impl<H: Hal, R: Registers> Lsi53c895a<H, R> {
 
 impl<H: Hal, R: Registers> Engine for Lsi53c895a<H, R> {
     type Mark = Mark;
+    type Hal = H;
 
     fn capabilities(&self) -> Capabilities {
         Capabilities::COPY
@@ -571,7 +594,7 @@ impl<H: Hal, R: Registers> Engine for Lsi53c895a<H, R> {
         }
     }
 
-    fn rewind(&mut self, mark: Mark) {
+    unsafe fn rewind(&mut self, mark: Mark) {
         self.head = mark.head;
         self.used = mark.used;
         self.entries = mark.entries;
@@ -581,7 +604,12 @@ impl<H: Hal, R: Registers> Engine for Lsi53c895a<H, R> {
     }
 
     #[inline(always)]
-    fn prep(&mut self, cookie: Cookie, op: Op, end: Option<Notify>) -> Result<(), EngineError> {
+    unsafe fn prep(
+        &mut self,
+        cookie: Cookie,
+        op: Op,
+        end: Option<Notify>,
+    ) -> Result<(), EngineError> {
         if self.halted {
             return Err(EngineError::Halted);
         }
@@ -612,7 +640,12 @@ impl<H: Hal, R: Registers> Engine for Lsi53c895a<H, R> {
         Ok(())
     }
 
-    fn prep_run(&mut self, first: Cookie, ops: &[Op], last: Notify) -> Result<(), EngineError> {
+    unsafe fn prep_run(
+        &mut self,
+        first: Cookie,
+        ops: &[Op],
+        last: Notify,
+    ) -> Result<(), EngineError> {
         if self.halted {
             return Err(EngineError::Halted);
         }
@@ -669,11 +702,13 @@ impl<H: Hal, R: Registers> Engine for Lsi53c895a<H, R> {
             }
         }
         for &op in &run[done as usize..] {
-            self.prep(cookie, op, Some(Notify::default()))?;
+            // SAFETY: our caller upholds `prep`'s contract for every op.
+            unsafe { self.prep(cookie, op, Some(Notify::default())) }?;
             cookie = cookie.next();
         }
         for &op in rest {
-            self.prep(cookie, op, Some(last))?;
+            // SAFETY: as above.
+            unsafe { self.prep(cookie, op, Some(last)) }?;
         }
         Ok(())
     }
