@@ -97,6 +97,9 @@ pub struct Channel<E: Engine> {
     next_failure: usize,
     /// Failures recorded since creation (only the last FAILURE_HISTORY kept).
     failures_recorded: usize,
+    /// `failures_recorded` when `wait_all` last answered or `reset` ran:
+    /// the failures `wait_all` has yet to report are those after it.
+    failures_reported: usize,
     callbacks: [Option<(Cookie, Callback)>; MAX_CALLBACKS],
     /// The last ADDRESS_HISTORY requests' addresses, oldest overwritten.
     footprints: [Option<Footprint>; ADDRESS_HISTORY],
@@ -131,6 +134,7 @@ impl<E: Engine> Channel<E> {
             failures: [None; FAILURE_HISTORY],
             next_failure: 0,
             failures_recorded: 0,
+            failures_reported: 0,
             callbacks: [None; MAX_CALLBACKS],
             callback_head: 0,
             callback_len: 0,
@@ -689,52 +693,48 @@ impl<E: Engine> Channel<E> {
     /// for room. If one of them failed, the error names it and its cause
     /// ([`DmaError::FailedAt`]), not the `Aborted` of the requests after it;
     /// requests ended by `terminate` give `FailedAt` with the first of them
-    /// and `Aborted`.
+    /// and `Aborted`. This holds whether they ended during the wait or
+    /// before it (an idle channel is no proof of success): the answer
+    /// covers every request since the previous `wait_all` answer (`Ok` or
+    /// `FailedAt`, not `TimedOut`) or [`Channel::reset`], whichever was
+    /// later, and reports each failure once.
     pub fn wait_all(
         &mut self,
         delay: &mut impl DelayNs,
         timeout: Duration,
     ) -> Result<(), DmaError> {
-        let Some(last) = Cookie::new(self.last_used).filter(|_| !self.is_idle()) else {
-            return Ok(());
-        };
-        let waiting_from = self.last_completed;
-        match self.wait(last, delay, timeout) {
-            Err(DmaError::Failed(kind)) => Err(self
-                .cause(waiting_from, last)
-                .unwrap_or(DmaError::FailedAt { cookie: last, kind })),
-            other => other,
+        if let Some(last) = Cookie::new(self.last_used).filter(|_| !self.is_idle())
+            && self.wait(last, delay, timeout) == Err(DmaError::TimedOut)
+        {
+            return Err(DmaError::TimedOut);
         }
+        // Whether the wait ended well or not, the failure records say
+        // what failed first.
+        let answer = self.first_unreported_failure();
+        self.failures_reported = self.failures_recorded;
+        answer.map_or(Ok(()), Err)
     }
 
-    /// The first failure among the requests in `(after, last]`: the failed
-    /// request of the newest failure record covering them, or the first
+    /// The oldest failure recorded since the last `wait_all` answer or
+    /// `reset`, as `wait_all` reports it: the failed request, or the first
     /// request a termination ended.
-    fn cause(&self, after: i32, last: Cookie) -> Option<DmaError> {
-        for i in 1..=self.failures_recorded.min(FAILURE_HISTORY) {
-            let slot = (self.next_failure + FAILURE_HISTORY - i) % FAILURE_HISTORY;
-            let Some(failure) = self.failures[slot] else {
-                continue;
-            };
-            if failure.kind_of(last).is_none() {
-                continue;
-            }
-            let waited = |c: Cookie| !super::is_complete(c, after, last.get());
-            return Some(match failure.failed {
-                Some((cookie, kind)) if waited(cookie) => DmaError::FailedAt { cookie, kind },
-                _ => {
-                    let next_after = |v: i32| Cookie::new(v).map_or(Cookie::FIRST, Cookie::next);
-                    let first = Some(next_after(failure.before))
-                        .filter(|&c| waited(c))
-                        .unwrap_or(next_after(after));
-                    DmaError::FailedAt {
-                        cookie: first,
-                        kind: ErrorKind::Aborted,
-                    }
-                }
-            });
+    fn first_unreported_failure(&self) -> Option<DmaError> {
+        let unreported = self.failures_recorded.checked_sub(self.failures_reported)?;
+        if unreported == 0 {
+            return None;
         }
-        None
+        // Record `n` (counting from 0) sits in slot `n % FAILURE_HISTORY`;
+        // only the newest FAILURE_HISTORY are kept.
+        let oldest_kept = self.failures_recorded.saturating_sub(FAILURE_HISTORY);
+        let n = self.failures_reported.max(oldest_kept);
+        let failure = self.failures[n % FAILURE_HISTORY]?;
+        Some(match failure.failed {
+            Some((cookie, kind)) => DmaError::FailedAt { cookie, kind },
+            None => DmaError::FailedAt {
+                cookie: Cookie::new(failure.before).map_or(Cookie::FIRST, Cookie::next),
+                kind: ErrorKind::Aborted,
+            },
+        })
     }
 
     #[inline(always)]
@@ -754,9 +754,13 @@ impl<E: Engine> Channel<E> {
     /// remembered request touched the page (nothing changes then).
     pub fn fail_at(&mut self, page: DmaAddr, write: bool) -> Option<Cookie> {
         let page = page & !(PAGE_SIZE as u64 - 1);
+        let page_last = page | (PAGE_SIZE as u64 - 1);
+        // Compared by last bytes: an end one past the last byte does not
+        // exist for a range that reaches u64::MAX. Requests were validated
+        // (not empty, `start + len - 1` does not wrap), so the sum is exact.
         let touches = |start: DmaAddr, len: usize| {
-            let end = start.saturating_add(len as u64);
-            start < page.saturating_add(PAGE_SIZE as u64) && page < end
+            let last = start.saturating_add((len as u64).saturating_sub(1));
+            start <= page_last && page <= last
         };
         let culprit = (1..=ADDRESS_HISTORY)
             .map(|back| (self.next_footprint + ADDRESS_HISTORY - back) % ADDRESS_HISTORY)
@@ -831,6 +835,7 @@ impl<E: Engine> Channel<E> {
         }
         self.engine.reset()?;
         self.halted = false;
+        self.failures_reported = self.failures_recorded;
         Ok(())
     }
 }

@@ -1338,3 +1338,76 @@ fn buffers_the_caller_owns_are_shared_for_a_copy_and_unshared_after() {
         "a Hal that cannot share says so"
     );
 }
+
+#[test]
+fn wait_all_reports_a_termination_and_a_failure_of_an_idle_channel() {
+    let mut delay = CountingDelay::default();
+    let mut chan = Channel::new(Scripted::new(1 << 20, 64));
+    let c: Vec<_> = (0..3)
+        .map(|i| copy(&mut chan, 0x10_0000 + i * 0x1000, 0x20_0000, 64).unwrap())
+        .collect();
+    chan.issue_pending();
+    chan.engine_mut().complete_upto = Some(c[0]);
+    chan.poll();
+    chan.terminate();
+    assert!(chan.is_idle());
+    assert_eq!(
+        chan.wait_all(&mut delay, Duration::from_millis(1)),
+        Err(DmaError::FailedAt {
+            cookie: c[1],
+            kind: ErrorKind::Aborted
+        }),
+        "the termination ended c[1] and c[2]"
+    );
+    // Answered once: the next wait_all covers what comes after it.
+    assert_eq!(chan.wait_all(&mut delay, Duration::from_millis(1)), Ok(()));
+    chan.reset().unwrap();
+    let d: Vec<_> = (0..3)
+        .map(|i| copy(&mut chan, 0x10_0000 + i * 0x1000, 0x20_0000, 64).unwrap())
+        .collect();
+    chan.issue_pending();
+    chan.engine_mut().fault = Some(Fault {
+        cookie: d[0],
+        kind: ErrorKind::ReadFailed,
+    });
+    // The failure is seen before wait_all is called: the channel is idle.
+    assert_eq!(chan.status(d[2]).status, Status::Error(ErrorKind::Aborted));
+    assert!(chan.is_idle());
+    assert_eq!(
+        chan.wait_all(&mut delay, Duration::from_millis(1)),
+        Err(DmaError::FailedAt {
+            cookie: d[0],
+            kind: ErrorKind::ReadFailed
+        })
+    );
+    // A reset acknowledges a failure wait_all never reported.
+    chan.reset().unwrap();
+    let e = copy(&mut chan, 0x10_0000, 0x20_0000, 64).unwrap();
+    chan.fail_at(0x10_0000, true);
+    chan.reset().unwrap();
+    let f = copy(&mut chan, 0x10_0000, 0x20_0000, 64).unwrap();
+    chan.issue_pending();
+    chan.engine_mut().complete_upto = Some(f);
+    assert_eq!(chan.wait_all(&mut delay, Duration::from_millis(1)), Ok(()));
+    assert_eq!(chan.status(e).status, Status::Error(ErrorKind::WriteFailed));
+}
+
+#[test]
+fn a_fault_on_the_last_page_of_the_address_space_is_pinned() {
+    let mut engine = Scripted::new(1 << 20, 64);
+    engine.dma_mask = u64::MAX;
+    let mut chan = Channel::new(engine);
+    // SAFETY: the scripted engine never touches memory.
+    let last_byte = unsafe { chan.fill(u64::MAX, 1, 0xab, PrepFlags::empty()) }.unwrap();
+    let ending_there = copy(&mut chan, u64::MAX - 0xf, 0x10_0000, 16).unwrap();
+    assert_eq!(chan.fail_at(u64::MAX, true), Some(ending_there));
+    chan.reset().unwrap();
+    // SAFETY: as above.
+    let again = unsafe { chan.fill(u64::MAX, 1, 0xab, PrepFlags::empty()) }.unwrap();
+    assert_ne!(again, last_byte);
+    assert_eq!(chan.fail_at(!0xfff, true), Some(again));
+    assert_eq!(
+        chan.status(again).status,
+        Status::Error(ErrorKind::WriteFailed)
+    );
+}
