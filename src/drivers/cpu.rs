@@ -9,7 +9,7 @@
 use core::marker::PhantomData;
 
 use crate::engine::{
-    Capabilities, Cookie, DmaError, Engine, EngineError, Limits, Notify, Op, Progress,
+    Capabilities, Cookie, DmaError, Engine, EngineError, Limits, Notify, Op, Progress, Termination,
 };
 use crate::hal::Hal;
 
@@ -38,13 +38,19 @@ impl<H: Hal, const N: usize> CpuEngine<H, N> {
         }
     }
 
+    /// Forgets the requests prepared and not issued (nothing else is kept).
+    fn forget_prepared(&mut self) {
+        self.queue[..self.len].fill(None);
+        self.len = 0;
+    }
+
     fn run(op: Op) {
         match op {
             Op::Copy { dst, src, len } => {
                 let (d, s) = (H::phys_to_virt(dst), H::phys_to_virt(src));
-                // SAFETY: the channel checked that the ranges do not overlap,
-                // and `Channel::prep`'s contract makes both valid DMA memory
-                // that nothing else touches until the request ends.
+                // SAFETY: `Engine::prep`'s contract: a valid op (the ranges do
+                // not overlap), both sides DMA memory of `H` that nothing else
+                // touches until the request ends.
                 unsafe { core::ptr::copy_nonoverlapping(s.as_ptr(), d.as_ptr(), len) }
             }
             Op::Zero { dst, len } => {
@@ -64,8 +70,12 @@ impl<H: Hal, const N: usize> CpuEngine<H, N> {
     }
 }
 
-impl<H: Hal, const N: usize> Engine for CpuEngine<H, N> {
+// SAFETY: every request runs to its end inside `issue`, on this CPU, before
+// `poll` reports it complete; `terminate` and `reset` find nothing running
+// (there is no device); addresses are read through `H::phys_to_virt`.
+unsafe impl<H: Hal, const N: usize> Engine for CpuEngine<H, N> {
     type Mark = usize;
+    type Hal = H;
 
     fn capabilities(&self) -> Capabilities {
         Capabilities::COPY | Capabilities::FILL
@@ -83,12 +93,17 @@ impl<H: Hal, const N: usize> Engine for CpuEngine<H, N> {
         self.len
     }
 
-    fn rewind(&mut self, mark: usize) {
+    unsafe fn rewind(&mut self, mark: usize) {
         self.queue[mark..self.len].fill(None);
         self.len = mark;
     }
 
-    fn prep(&mut self, cookie: Cookie, op: Op, end: Option<Notify>) -> Result<(), EngineError> {
+    unsafe fn prep(
+        &mut self,
+        cookie: Cookie,
+        op: Op,
+        end: Option<Notify>,
+    ) -> Result<(), EngineError> {
         let slot = self.queue.get_mut(self.len).ok_or(EngineError::RingFull)?;
         *slot = Some((cookie, op, end.is_some()));
         self.len += 1;
@@ -118,13 +133,16 @@ impl<H: Hal, const N: usize> Engine for CpuEngine<H, N> {
         false
     }
 
-    fn terminate(&mut self) -> Option<Cookie> {
-        self.rewind(0);
-        self.completed.take()
+    fn terminate(&mut self) -> Termination {
+        self.forget_prepared();
+        Termination {
+            completed: self.completed.take(),
+            stopped: true,
+        }
     }
 
     fn reset(&mut self) -> Result<(), DmaError> {
-        self.rewind(0);
+        self.forget_prepared();
         self.completed = None;
         Ok(())
     }

@@ -1,6 +1,6 @@
 //! A channel: one engine's ring seen through cookies.
 
-use core::sync::atomic::{AtomicU32, Ordering};
+use core::sync::atomic::{AtomicU64, Ordering};
 use core::task::Waker;
 use core::time::Duration;
 
@@ -31,7 +31,19 @@ struct Footprint {
 /// calls every cookie outside the in-flight window complete.
 pub const FAILURE_HISTORY: usize = 32;
 
-static NEXT_CHANNEL_ID: AtomicU32 = AtomicU32::new(1);
+static NEXT_CHANNEL_ID: AtomicU64 = AtomicU64::new(1);
+
+/// The next id from `counter`, which never wraps: a [`Transfer`] is
+/// matched to its channel by id, so an id must never be handed out twice.
+/// Once the ids run out (2^64 - 1 channels: never, in practice) every
+/// channel gets 0, which no transfer is accepted by (its buffers leak).
+///
+/// [`Transfer`]: super::Transfer
+fn take_id(counter: &AtomicU64) -> u64 {
+    counter
+        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |id| id.checked_add(1))
+        .unwrap_or(0)
+}
 
 /// One failure or termination: the cookies it ended.
 #[derive(Clone, Copy, Debug)]
@@ -53,6 +65,15 @@ impl Failure {
         let ended = !super::is_complete(cookie, self.before, self.last);
         ended.then_some(ErrorKind::Aborted)
     }
+}
+
+/// A stop asked of the engine and not yet confirmed (see
+/// [`Channel::terminate`]).
+#[derive(Clone, Copy, Debug)]
+struct Stopping {
+    /// The request whose failure caused it, and how (none for a
+    /// termination).
+    failed: Option<(Cookie, ErrorKind)>,
 }
 
 /// The cookies [`Channel::prep_batch`] assigned: `first` to `last`, in
@@ -84,7 +105,7 @@ pub struct TxState {
 /// Nothing on the submit and completion paths allocates.
 pub struct Channel<E: Engine> {
     engine: E,
-    id: u32,
+    id: u64,
     /// The engine's capabilities and limits, read once (they are fixed).
     caps: Capabilities,
     limits: Limits,
@@ -93,6 +114,9 @@ pub struct Channel<E: Engine> {
     /// Something is prepared and not yet issued.
     prepared: bool,
     halted: bool,
+    /// A stop the engine has not confirmed: the requests not complete stay
+    /// in flight until it does.
+    stopping: Option<Stopping>,
     failures: [Option<Failure>; FAILURE_HISTORY],
     next_failure: usize,
     /// Failures recorded since creation (only the last FAILURE_HISTORY kept).
@@ -125,12 +149,13 @@ impl<E: Engine> Channel<E> {
             limits,
             piece_max: (limits.max_len / align * align).max(align),
             engine,
-            id: NEXT_CHANNEL_ID.fetch_add(1, Ordering::Relaxed),
+            id: take_id(&NEXT_CHANNEL_ID),
             last_used: 0,
             last_completed: 0,
             interrupt_through: 0,
             prepared: false,
             halted: false,
+            stopping: None,
             failures: [None; FAILURE_HISTORY],
             next_failure: 0,
             failures_recorded: 0,
@@ -144,8 +169,11 @@ impl<E: Engine> Channel<E> {
         }
     }
 
-    /// A number unique to this channel among all channels created.
-    pub fn id(&self) -> u32 {
+    /// A number unique to this channel among all channels created: a
+    /// `u64` that never wraps (a wrapping `u32` let a channel accept
+    /// another's transfer after 2^32 channels). Once ids run out (after
+    /// 2^64 - 1 channels) it is 0, which accepts no transfer.
+    pub fn id(&self) -> u64 {
         self.id
     }
 
@@ -154,12 +182,14 @@ impl<E: Engine> Channel<E> {
         &self.engine
     }
 
-    /// The engine, for driver-specific controls. Only a driver's own
-    /// inherent methods that its docs list as safe here may be called
-    /// (each driver's type docs say which); the [`Engine`] methods
-    /// (`prep`, `issue`, `poll`, `terminate`, ...) change the ring behind the
-    /// channel's back and break its bookkeeping (they cannot break memory
-    /// safety, but cookies may then be reported wrongly).
+    /// The engine, for driver-specific controls (each driver's type docs
+    /// say which of its methods are meant for this). The [`Engine`] methods
+    /// that point the device at memory (`prep`, `prep_run`, `rewind`) are
+    /// `unsafe`, so this gives no safe path to raw DMA; the safe ones
+    /// (`issue`, `poll`, `terminate`, `reset`, ...) change the ring behind
+    /// the channel's back and break its bookkeeping: cookies may then be
+    /// reported wrongly or never end, and an owned buffer whose request
+    /// never ends leaks, but none comes back while the device may touch it.
     pub fn engine_mut(&mut self) -> &mut E {
         &mut self.engine
     }
@@ -249,28 +279,44 @@ impl<E: Engine> Channel<E> {
 
     /// Writes the descriptors of validated request `op` as `cookie`. On
     /// error the caller rewinds the engine to its mark.
+    ///
+    /// # Safety
+    /// `op` passed [`Channel::validate`], and the caller upholds
+    /// [`Channel::prep`]'s contract for it.
     #[inline(always)]
-    fn emit(&mut self, cookie: Cookie, op: Op, notify: Notify) -> Result<(), DmaError> {
+    unsafe fn emit(&mut self, cookie: Cookie, op: Op, notify: Notify) -> Result<(), DmaError> {
         let len = match op {
             Op::Copy { len, .. } | Op::Fill { len, .. } | Op::Zero { len, .. } => len,
             Op::Interrupt => 0,
         };
         // The common case: one descriptor, the request as it is.
         if len <= self.piece_max {
-            return Ok(self.engine.prep(cookie, op, Some(notify))?);
+            // SAFETY: validated and fitting one descriptor; the caller
+            // upholds `prep`'s contract, whose end is this engine's.
+            return Ok(unsafe { self.engine.prep(cookie, op, Some(notify)) }?);
         }
-        self.emit_pieces(cookie, op, notify)
+        // SAFETY: the caller's contract, passed on.
+        unsafe { self.emit_pieces(cookie, op, notify) }
     }
 
     /// [`Channel::emit`] for a request longer than one descriptor takes.
+    ///
+    /// # Safety
+    /// As for [`Channel::emit`].
     #[inline(never)]
-    fn emit_pieces(&mut self, cookie: Cookie, op: Op, notify: Notify) -> Result<(), DmaError> {
+    unsafe fn emit_pieces(
+        &mut self,
+        cookie: Cookie,
+        op: Op,
+        notify: Notify,
+    ) -> Result<(), DmaError> {
         let piece_max = self.piece_max;
         let (dst, len) = match op {
             Op::Copy { dst, len, .. } | Op::Fill { dst, len, .. } | Op::Zero { dst, len } => {
                 (dst, len)
             }
-            Op::Interrupt => return Ok(self.engine.prep(cookie, op, Some(notify))?),
+            // SAFETY: an interrupt-only request touches no memory.
+            Op::Interrupt => return Ok(unsafe { self.engine.prep(cookie, op, Some(notify)) }?),
         };
         let mut done = 0;
         while done < len {
@@ -298,7 +344,9 @@ impl<E: Engine> Channel<E> {
             };
             done += n;
             let end = (done == len).then_some(notify);
-            self.engine.prep(cookie, piece, end)?;
+            // SAFETY: each piece lies inside the validated request, whose
+            // memory the caller vouches for.
+            unsafe { self.engine.prep(cookie, piece, end) }?;
         }
         Ok(())
     }
@@ -327,8 +375,11 @@ impl<E: Engine> Channel<E> {
             interrupt: flags.contains(PrepFlags::INTERRUPT),
         };
         let mark = self.engine.mark();
-        if let Err(e) = self.emit(cookie, op, notify) {
-            self.engine.rewind(mark);
+        // SAFETY: validated above; the caller upholds this function's
+        // contract, which is `emit`'s.
+        if let Err(e) = unsafe { self.emit(cookie, op, notify) } {
+            // SAFETY: the mark was taken just now, nothing issued since.
+            unsafe { self.engine.rewind(mark) };
             return Err(e);
         }
         self.last_used = cookie.get();
@@ -375,7 +426,9 @@ impl<E: Engine> Channel<E> {
             // The error's conversion is out of line: inlined, it became a
             // table jump taken on success too, which an emulator looks up
             // at run time.
-            self.engine.prep_run(first, ops, last).map_err(engine_error)
+            // SAFETY: every op was validated and fits one descriptor; the
+            // caller upholds `prep`'s contract for each.
+            unsafe { self.engine.prep_run(first, ops, last) }.map_err(engine_error)
         } else {
             let mut result = Ok(());
             for (i, &op) in ops.iter().enumerate() {
@@ -384,7 +437,8 @@ impl<E: Engine> Channel<E> {
                 } else {
                     Notify::default()
                 };
-                result = self.emit(cookie, op, notify);
+                // SAFETY: validated above; the caller's contract.
+                result = unsafe { self.emit(cookie, op, notify) };
                 if result.is_err() || i + 1 == ops.len() {
                     break;
                 }
@@ -393,7 +447,8 @@ impl<E: Engine> Channel<E> {
             result
         };
         if let Err(e) = written {
-            self.engine.rewind(mark);
+            // SAFETY: the mark was taken above, nothing issued since.
+            unsafe { self.engine.rewind(mark) };
             return Err(e);
         }
         self.last_used = cookie.get();
@@ -552,6 +607,9 @@ impl<E: Engine> Channel<E> {
     #[inline(always)]
     fn collect(&mut self, check_hardware: bool) {
         if self.halted {
+            if self.stopping.is_some() {
+                self.finish_stop();
+            }
             return;
         }
         let progress = self.engine.poll(check_hardware);
@@ -777,19 +835,7 @@ impl<E: Engine> Channel<E> {
         };
         let cookie = culprit.cookie;
         // Stop the engine first: nothing runs after the faulting request.
-        self.engine.terminate();
-        let before = if cookie == Cookie::FIRST {
-            i32::MAX
-        } else {
-            cookie.get() - 1
-        };
-        self.record(Failure {
-            failed: Some((cookie, kind)),
-            before,
-            last: self.last_used,
-        });
-        self.end_all();
-        self.run_callbacks();
+        self.stop(Some((cookie, kind)));
         Some(cookie)
     }
 
@@ -803,35 +849,111 @@ impl<E: Engine> Channel<E> {
         ours
     }
 
-    /// Stops the channel: every request not known complete ends `Aborted`.
-    /// The channel stays halted until [`Channel::reset`].
+    /// Stops the channel: every request not known complete ends `Aborted`
+    /// once the engine has stopped. The channel stays halted until
+    /// [`Channel::reset`].
+    ///
+    /// An engine whose device has not stopped yet (edu, whose transfer in
+    /// flight runs to its end; see [`Termination`](super::Termination))
+    /// leaves its requests in flight: they read `InProgress`, an owned
+    /// buffer's [`Transfer`](super::Transfer) cannot be finished, until a
+    /// later `poll`, `status`, `wait`, `handle_interrupt` or `terminate`
+    /// finds the engine stopped and ends them. Before, they ended at once
+    /// and their buffers came back while the device could still write them.
     pub fn terminate(&mut self) {
         if !self.halted {
             self.collect(false);
         }
-        if self.halted && self.is_idle() {
+        if self.halted && self.is_idle() && self.stopping.is_none() {
             self.engine.terminate();
             return;
         }
-        if let Some(done) = self.engine.terminate() {
-            self.last_completed = done.get();
+        self.stop(None);
+    }
+
+    /// Asks the engine to stop and halts the channel; once the engine has
+    /// stopped, ends every request not complete: the one `failed` names
+    /// with its error and the rest `Aborted` (all `Aborted` for a
+    /// termination).
+    fn stop(&mut self, failed: Option<(Cookie, ErrorKind)>) {
+        self.halted = true;
+        self.prepared = false;
+        // A failure found while a termination waits for the engine names
+        // the cause; a first failure stays the cause.
+        match self.stopping {
+            Some(Stopping { failed: Some(_) }) => {}
+            _ => self.stopping = Some(Stopping { failed }),
         }
-        if !self.is_idle() {
-            self.record(Failure {
+        self.finish_stop();
+    }
+
+    /// Asks the engine again whether it has stopped, if a stop waits for
+    /// it; if so, ends the requests as [`Channel::stop`] says.
+    #[cold]
+    #[inline(never)]
+    fn finish_stop(&mut self) {
+        let Some(stop) = self.stopping else {
+            return;
+        };
+        let end = self.engine.terminate();
+        match stop.failed {
+            // Not past a failed request: it must never read `Complete`.
+            Some(_) => {}
+            None => {
+                if let Some(done) = end.completed {
+                    self.last_completed = done.get();
+                }
+            }
+        }
+        if !end.stopped {
+            // Still in the device's hands: every request not complete stays
+            // in flight, and its memory with it.
+            return;
+        }
+        self.stopping = None;
+        match stop.failed {
+            Some((cookie, kind)) => {
+                let before = if cookie == Cookie::FIRST {
+                    i32::MAX
+                } else {
+                    cookie.get() - 1
+                };
+                self.record(Failure {
+                    failed: Some((cookie, kind)),
+                    before,
+                    last: self.last_used,
+                });
+            }
+            None if !self.is_idle() => self.record(Failure {
                 failed: None,
                 before: self.last_completed,
                 last: self.last_used,
-            });
+            }),
+            None => {}
         }
         self.end_all();
         self.run_callbacks();
     }
 
+    /// Whether a stop (`terminate`, `fail_at`) waits for the engine's
+    /// device to stop: until it has, the requests not complete stay in
+    /// flight (see [`Channel::terminate`]).
+    pub fn is_stopping(&self) -> bool {
+        self.stopping.is_some()
+    }
+
     /// Makes a halted channel usable again (terminating it first if it was
-    /// not halted). Cookies keep counting from where they were.
+    /// not halted). Cookies keep counting from where they were. `Busy`,
+    /// changing nothing, while the engine has not stopped (see
+    /// [`Channel::terminate`]; poll and retry).
     pub fn reset(&mut self) -> Result<(), DmaError> {
         if !self.halted {
             self.terminate();
+        } else {
+            self.finish_stop();
+        }
+        if self.stopping.is_some() {
+            return Err(DmaError::Busy);
         }
         self.engine.reset()?;
         self.halted = false;
@@ -1009,4 +1131,19 @@ fn page_range(page: DmaAddr, offset: usize, len: usize) -> Result<DmaAddr, DmaEr
         return Err(DmaError::OutOfPage);
     }
     Ok(page + offset as u64)
+}
+
+#[cfg(test)]
+mod id_tests {
+    use core::sync::atomic::AtomicU64;
+
+    use super::take_id;
+
+    #[test]
+    fn channel_ids_stop_at_the_last_one_instead_of_wrapping() {
+        let counter = AtomicU64::new(u64::MAX - 1);
+        assert_eq!(take_id(&counter), u64::MAX - 1);
+        assert_eq!(take_id(&counter), 0, "out of ids: no channel's");
+        assert_eq!(take_id(&counter), 0, "never back to 1");
+    }
 }

@@ -30,7 +30,7 @@ pub use cookie::{Cookie, Snapshot, is_complete};
 pub use shared::{Completion, SharedChannel, TransferFuture};
 pub use transfer::{Buffers, PrepError, Transfer, TransferError};
 
-use crate::hal::DmaAddr;
+use crate::hal::{DmaAddr, Hal};
 
 bitflags! {
     /// Per-request flags (the I/OAT / Linux `DMA_PREP_*` flags).
@@ -300,15 +300,83 @@ impl From<EngineError> for DmaError {
     }
 }
 
+/// What [`Engine::terminate`] found.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Termination {
+    /// Every request up to and including this one has completed (`None`:
+    /// nothing new since the last poll).
+    pub completed: Option<Cookie>,
+    /// The device touches no memory of any request the engine was given,
+    /// and will not again: every request after `completed` is abandoned.
+    /// `false`: the device may still be working on one of them (it has no
+    /// abort, or has not obeyed it yet); the engine takes no new work, and
+    /// a later `terminate` says whether it has stopped since.
+    pub stopped: bool,
+}
+
 /// The driver side of a channel: an engine with a descriptor ring.
 ///
 /// The [`Channel`] validates requests, splits them to [`Limits::max_len`],
 /// assigns cookies and tracks their fate; the engine writes descriptors,
 /// starts the hardware and reports completions and failures. Requests
 /// complete in the order they were prepared.
-pub trait Engine {
+///
+/// The methods that decide what the device will read or write (`prep`,
+/// `prep_run`, `rewind`) are `unsafe`: the caller vouches for the
+/// addresses. The others only hand over, observe or stop what those
+/// prepared, so they are safe to call in any order, also through
+/// [`Channel::engine_mut`] (where they confuse the channel's bookkeeping,
+/// never memory: a request whose end the channel misses stays in flight,
+/// and an owned buffer leaks).
+///
+/// Safe code keeps compiling for what leaves memory alone, and stops at
+/// the descriptors:
+///
+/// ```
+/// use dmaengine::drivers::cpu::CpuEngine;
+/// use dmaengine::engine::{Channel, Engine};
+/// use dmaengine::hal::Hal;
+/// fn look<H: Hal>(chan: &mut Channel<CpuEngine<H>>) {
+///     chan.engine_mut().issue();
+///     let _ = chan.engine_mut().poll(true);
+/// }
+/// ```
+///
+/// ```compile_fail,E0133
+/// use dmaengine::drivers::cpu::CpuEngine;
+/// use dmaengine::engine::{Channel, Cookie, Engine, Op};
+/// use dmaengine::hal::Hal;
+/// fn scribble<H: Hal>(chan: &mut Channel<CpuEngine<H>>) {
+///     let op = Op::Copy { dst: 0x1000, src: 0x2000, len: 64 };
+///     let _ = chan.engine_mut().prep(Cookie::FIRST, op, None);
+///     chan.engine_mut().issue();
+/// }
+/// ```
+///
+/// # Safety
+/// A channel hands owned buffers back, to be freed, on the strength of
+/// what its engine reports, so an implementation must report truthfully:
+/// - [`Engine::poll`] reports a request complete (or, with its `fault`,
+///   failed, the engine having stopped) only when the device will touch
+///   none of the memory of that request and every earlier one again;
+/// - [`Engine::terminate`] says `stopped: true` only when the device will
+///   touch the memory of none of the requests it was given again;
+/// - [`Engine::reset`] succeeds only on a device so stopped, and nothing
+///   forgets a request the device may still touch;
+/// - the addresses in an [`Op`] are read as DMA addresses of
+///   [`Engine::Hal`] (its `phys_to_virt`, its devices' view), and nothing
+///   but what was prepared is ever accessed.
+pub unsafe trait Engine {
     /// A saved ring position for [`Engine::rewind`].
     type Mark: Copy;
+
+    /// The kernel services whose DMA addresses the engine's descriptors
+    /// hold: a [`Channel`] over it takes owned buffers ([`Dma`]) of this
+    /// Hal only, so a buffer's address is always read in its own address
+    /// space (a type check, where it was none before).
+    ///
+    /// [`Dma`]: crate::hal::Dma
+    type Hal: Hal;
 
     /// What the engine can do. Fixed for the engine's life: the channel
     /// reads it once, when it is created.
@@ -322,13 +390,37 @@ pub trait Engine {
     fn mark(&self) -> Self::Mark;
 
     /// Forgets every descriptor prepared since `mark` (none was issued).
-    fn rewind(&mut self, mark: Self::Mark);
+    ///
+    /// # Safety
+    /// `mark` is this engine's [`Engine::mark`] taken after the last
+    /// [`Engine::issue`] and with nothing issued since (an older one may
+    /// bring back descriptors whose memory is gone, and the next `issue`
+    /// would run them). `unsafe` since this contract was written; it was
+    /// safe before.
+    unsafe fn rewind(&mut self, mark: Self::Mark);
 
     /// Writes one descriptor for request `cookie` into the ring, invisible to
     /// the hardware until [`Engine::issue`]. `end` is `Some` on the request's
     /// last descriptor. On error the channel rewinds to its mark, so a
     /// partly written request never reaches the hardware.
-    fn prep(&mut self, cookie: Cookie, op: Op, end: Option<Notify>) -> Result<(), EngineError>;
+    ///
+    /// # Safety
+    /// `op` must be valid for the engine ([`Limits`], [`Capabilities`];
+    /// ranges that do not wrap), its addresses DMA addresses of
+    /// [`Engine::Hal`], and every byte it reads or writes memory the caller
+    /// owns and does not access in a conflicting way (no reads of the
+    /// destination, no writes of either side) until this engine reports
+    /// the request ended: complete or failed by [`Engine::poll`], or
+    /// abandoned by an [`Engine::terminate`] that says `stopped` (or the
+    /// descriptor is forgotten by [`Engine::rewind`] before any
+    /// `issue`). `unsafe` since this contract was written: before, a safe
+    /// call let the device write anywhere.
+    unsafe fn prep(
+        &mut self,
+        cookie: Cookie,
+        op: Op,
+        end: Option<Notify>,
+    ) -> Result<(), EngineError>;
 
     /// Writes one descriptor per request for the requests `ops`, whose
     /// cookies run consecutively from `first`; each op fits one descriptor
@@ -336,7 +428,15 @@ pub trait Engine {
     /// (the others ask for none). The default prepares them one by one; a
     /// driver may do it in one pass. On error the channel rewinds to its
     /// mark, as for [`Engine::prep`].
-    fn prep_run(&mut self, first: Cookie, ops: &[Op], last: Notify) -> Result<(), EngineError> {
+    ///
+    /// # Safety
+    /// As for [`Engine::prep`], for every op.
+    unsafe fn prep_run(
+        &mut self,
+        first: Cookie,
+        ops: &[Op],
+        last: Notify,
+    ) -> Result<(), EngineError> {
         let mut cookie = first;
         for (i, &op) in ops.iter().enumerate() {
             let notify = if i + 1 == ops.len() {
@@ -344,13 +444,16 @@ pub trait Engine {
             } else {
                 Notify::default()
             };
-            self.prep(cookie, op, Some(notify))?;
+            // SAFETY: the caller upholds `prep`'s contract for every op.
+            unsafe { self.prep(cookie, op, Some(notify)) }?;
             cookie = cookie.next();
         }
         Ok(())
     }
 
-    /// Hands every prepared descriptor to the hardware.
+    /// Hands every prepared descriptor to the hardware. Safe: it runs only
+    /// what an `unsafe` `prep` wrote, whose contract covers the time from
+    /// the `prep` on.
     fn issue(&mut self);
 
     /// Collects completions, and with `check_hardware` also asks the device
@@ -360,9 +463,14 @@ pub trait Engine {
     /// Services the engine's interrupt; returns whether it was raised.
     fn handle_interrupt(&mut self) -> bool;
 
-    /// Stops the hardware for good; returns the last request known complete.
-    /// Every later request is abandoned.
-    fn terminate(&mut self) -> Option<Cookie>;
+    /// Asks the hardware to stop for good, without waiting long (it is
+    /// called from interrupt handlers): returns the last request known
+    /// complete, and whether the device has stopped. Every later request is
+    /// abandoned once it has; until then the engine takes no new work, and
+    /// the channel asks again (from `poll`, `status`, `terminate`, ...).
+    /// Before, it returned only the cookie, and an engine that could not
+    /// stop its device said so nowhere.
+    fn terminate(&mut self) -> Termination;
 
     /// Brings a stopped engine back to an empty, working ring.
     fn reset(&mut self) -> Result<(), DmaError>;

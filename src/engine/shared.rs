@@ -67,7 +67,6 @@ use spin::mutex::{SpinMutex, SpinMutexGuard};
 
 use super::wakers::SlotName;
 use super::{Buffers, Channel, Cookie, DmaError, Engine, Status, Transfer, TransferError};
-use crate::hal::Hal;
 
 pub use super::wakers::WAKER_SLOTS;
 
@@ -125,15 +124,59 @@ impl IrqControl for NoMasking {
 pub struct SharedChannel<E: Engine, I: IrqControl> {
     channel: SpinMutex<Channel<E>>,
     /// The channel's id, readable without the lock.
-    id: u32,
+    id: u64,
     _irq: PhantomData<fn() -> I>,
 }
 
 /// The locked channel; interrupts stay off on this CPU until it is dropped.
+///
+/// Not `Send` (a type check, since it was found to be `Send`): it restores
+/// the interrupt flag of the CPU that locked it, so it must be dropped on
+/// that CPU, and a task holding it across an `.await` could resume on
+/// another. Through it, as through [`Channel::engine_mut`], no safe call
+/// reaches raw DMA: the engine's `prep` is `unsafe`.
+///
+/// ```
+/// # use core::ptr::NonNull;
+/// # use dmaengine::drivers::cpu::CpuEngine;
+/// # use dmaengine::engine::shared::{NoMasking, SharedChannel};
+/// # use dmaengine::hal::{DmaAddr, Hal};
+/// # struct NoMemory;
+/// # // SAFETY: hands out no memory at all.
+/// # unsafe impl Hal for NoMemory {
+/// #     fn dma_alloc(_: usize, _: u64) -> Option<(DmaAddr, NonNull<u8>)> { None }
+/// #     unsafe fn dma_dealloc(_: DmaAddr, _: NonNull<u8>, _: usize) {}
+/// #     fn phys_to_virt(_: DmaAddr) -> NonNull<u8> { NonNull::dangling() }
+/// # }
+/// fn is_send<T: Send>(_: &T) {}
+/// fn use_it(shared: &SharedChannel<CpuEngine<NoMemory>, NoMasking>) {
+///     is_send(shared); // the channel is shared across CPUs...
+/// }
+/// ```
+///
+/// ```compile_fail,E0277
+/// # use core::ptr::NonNull;
+/// # use dmaengine::drivers::cpu::CpuEngine;
+/// # use dmaengine::engine::shared::{NoMasking, SharedChannel};
+/// # use dmaengine::hal::{DmaAddr, Hal};
+/// # struct NoMemory;
+/// # // SAFETY: hands out no memory at all.
+/// # unsafe impl Hal for NoMemory {
+/// #     fn dma_alloc(_: usize, _: u64) -> Option<(DmaAddr, NonNull<u8>)> { None }
+/// #     unsafe fn dma_dealloc(_: DmaAddr, _: NonNull<u8>, _: usize) {}
+/// #     fn phys_to_virt(_: DmaAddr) -> NonNull<u8> { NonNull::dangling() }
+/// # }
+/// fn is_send<T: Send>(_: &T) {}
+/// fn use_it(shared: &SharedChannel<CpuEngine<NoMemory>, NoMasking>) {
+///     is_send(&shared.lock()); // ...its guard never leaves the CPU
+/// }
+/// ```
 pub struct SharedGuard<'a, E: Engine, I: IrqControl> {
     guard: ManuallyDrop<SpinMutexGuard<'a, Channel<E>>>,
     were_on: bool,
     _irq: PhantomData<fn() -> I>,
+    /// Not `Send`: see above.
+    _this_cpu: PhantomData<*const ()>,
 }
 
 impl<E: Engine, I: IrqControl> Deref for SharedGuard<'_, E, I> {
@@ -179,7 +222,7 @@ impl<E: Engine, I: IrqControl> SharedChannel<E, I> {
     }
 
     /// The channel's [`Channel::id`].
-    pub fn id(&self) -> u32 {
+    pub fn id(&self) -> u64 {
         self.id
     }
 
@@ -192,6 +235,7 @@ impl<E: Engine, I: IrqControl> SharedChannel<E, I> {
             guard: ManuallyDrop::new(self.channel.lock()),
             were_on,
             _irq: PhantomData,
+            _this_cpu: PhantomData,
         }
     }
 
@@ -230,8 +274,9 @@ impl<E: Engine, I: IrqControl> SharedChannel<E, I> {
     }
 
     /// A future that ends when `transfer` does, with its buffers, as
-    /// [`Transfer::finish`] answers.
-    pub fn transfer<H: Hal>(&self, transfer: Transfer<H>) -> TransferFuture<'_, E, I, H> {
+    /// [`Transfer::finish`] answers. The transfer's buffers are of the
+    /// engine's Hal (a type check since this took any Hal).
+    pub fn transfer(&self, transfer: Transfer<E::Hal>) -> TransferFuture<'_, E, I> {
         TransferFuture {
             channel: self,
             transfer: Some(transfer),
@@ -307,27 +352,27 @@ impl<E: Engine, I: IrqControl> Drop for Completion<'_, E, I> {
 
 /// The future of [`SharedChannel::transfer`].
 #[must_use = "futures do nothing unless awaited; dropping one leaks its buffers"]
-pub struct TransferFuture<'a, E: Engine, I: IrqControl, H: Hal> {
+pub struct TransferFuture<'a, E: Engine, I: IrqControl> {
     channel: &'a SharedChannel<E, I>,
     /// `None` once it has answered.
-    transfer: Option<Transfer<H>>,
+    transfer: Option<Transfer<E::Hal>>,
     slot: Option<SlotName>,
 }
 
-impl<E: Engine, I: IrqControl, H: Hal> TransferFuture<'_, E, I, H> {
+impl<E: Engine, I: IrqControl> TransferFuture<'_, E, I> {
     /// Stops waiting and gives the transfer back (`None` if the future has
     /// already answered).
-    pub fn into_transfer(mut self) -> Option<Transfer<H>> {
+    pub fn into_transfer(mut self) -> Option<Transfer<E::Hal>> {
         self.channel.unpark(&mut self.slot);
         self.transfer.take()
     }
 }
 
 // Nothing in it is pinned: the transfer moves freely.
-impl<E: Engine, I: IrqControl, H: Hal> Unpin for TransferFuture<'_, E, I, H> {}
+impl<E: Engine, I: IrqControl> Unpin for TransferFuture<'_, E, I> {}
 
-impl<E: Engine, I: IrqControl, H: Hal> Future for TransferFuture<'_, E, I, H> {
-    type Output = Result<Buffers<H>, TransferError<H>>;
+impl<E: Engine, I: IrqControl> Future for TransferFuture<'_, E, I> {
+    type Output = Result<Buffers<E::Hal>, TransferError<E::Hal>>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.get_mut();
@@ -353,7 +398,7 @@ impl<E: Engine, I: IrqControl, H: Hal> Future for TransferFuture<'_, E, I, H> {
     }
 }
 
-impl<E: Engine, I: IrqControl, H: Hal> Drop for TransferFuture<'_, E, I, H> {
+impl<E: Engine, I: IrqControl> Drop for TransferFuture<'_, E, I> {
     fn drop(&mut self) {
         self.channel.unpark(&mut self.slot);
         // A transfer still here has not ended: dropping it leaks its

@@ -32,6 +32,10 @@ pub(super) struct Scripted {
     pub(super) raised: bool,
     terminated: usize,
     resets: usize,
+    /// Set by the test: `terminate` says the device has not stopped.
+    pub(super) busy: bool,
+    /// As `busy`, for a test that no longer reaches the engine.
+    pub(super) busy_flag: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
     /// Set by the test: capabilities beyond copy and fill.
     pub(super) more_caps: Capabilities,
 }
@@ -47,8 +51,11 @@ impl Scripted {
     }
 }
 
-impl Engine for Scripted {
+// SAFETY: it never touches memory: whatever it reports, no device reads or
+// writes what it was given.
+unsafe impl Engine for Scripted {
     type Mark = usize;
+    type Hal = FakeHal;
 
     fn capabilities(&self) -> Capabilities {
         Capabilities::COPY | Capabilities::FILL | self.more_caps
@@ -66,11 +73,16 @@ impl Engine for Scripted {
         self.prepared.len()
     }
 
-    fn rewind(&mut self, mark: usize) {
+    unsafe fn rewind(&mut self, mark: usize) {
         self.prepared.truncate(mark);
     }
 
-    fn prep(&mut self, cookie: Cookie, op: Op, end: Option<Notify>) -> Result<(), EngineError> {
+    unsafe fn prep(
+        &mut self,
+        cookie: Cookie,
+        op: Op,
+        end: Option<Notify>,
+    ) -> Result<(), EngineError> {
         if let Some(e) = self.refuse {
             return Err(e);
         }
@@ -97,11 +109,21 @@ impl Engine for Scripted {
         core::mem::take(&mut self.raised)
     }
 
-    fn terminate(&mut self) -> Option<Cookie> {
+    fn terminate(&mut self) -> Termination {
         self.terminated += 1;
         self.prepared.clear();
-        self.issued.clear();
-        self.complete_upto.take()
+        let busy = self.busy
+            || self
+                .busy_flag
+                .as_ref()
+                .is_some_and(|f| f.load(std::sync::atomic::Ordering::Relaxed));
+        if !busy {
+            self.issued.clear();
+        }
+        Termination {
+            completed: self.complete_upto.take(),
+            stopped: !busy,
+        }
     }
 
     fn reset(&mut self) -> Result<(), DmaError> {
@@ -841,6 +863,43 @@ mod registry {
     }
 
     #[test]
+    fn a_channel_removed_before_its_engine_stopped_keeps_its_requests_in_flight() {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicBool, Ordering};
+
+        let busy = Arc::new(AtomicBool::new(true));
+        let mut engine = super::Scripted::new(1 << 20, 64);
+        engine.busy_flag = Some(busy.clone());
+        engine.dma_mask = u64::MAX;
+        let mut chan = Channel::new(engine);
+        let dst = Dma::<FakeHal>::new(64).unwrap();
+        let transfer = chan
+            .fill_buffer(dst, 0, 64, 7, crate::engine::PrepFlags::empty())
+            .map_err(|e| e.error)
+            .unwrap();
+        let cookie = transfer.cookie();
+        chan.issue_pending();
+        let reg: Registry<'_, 2, 4> = Registry::new();
+        let p = reg.register_client(cb(30)).unwrap();
+        reg.request_channels(p, 1).unwrap();
+        let h = reg.add_channel(&mut chan).unwrap();
+        let back = reg.remove_channel(h).unwrap();
+        assert!(back.is_stopping() && back.is_halted());
+        assert_eq!(back.status(cookie).status, Status::InProgress);
+        busy.store(false, Ordering::Relaxed);
+        assert_eq!(
+            back.status(cookie).status,
+            Status::Error(crate::engine::ErrorKind::Aborted)
+        );
+        assert!(!back.is_stopping());
+        assert!(matches!(
+            transfer.finish(&mut chan),
+            Err(crate::engine::TransferError::Failed { .. })
+        ));
+        take_events();
+    }
+
+    #[test]
     fn stale_and_foreign_handles_are_refused() {
         let mut chans = cpu_channels(2);
         let mut it = chans.iter_mut();
@@ -1410,4 +1469,51 @@ fn a_fault_on_the_last_page_of_the_address_space_is_pinned() {
         chan.status(again).status,
         Status::Error(ErrorKind::WriteFailed)
     );
+}
+
+#[test]
+fn a_fault_whose_engine_has_not_stopped_keeps_the_buffers_in_flight() {
+    let mut engine = Scripted::new(1 << 20, 64);
+    engine.dma_mask = u64::MAX;
+    let mut chan = Channel::new(engine);
+    let src = Dma::<FakeHal>::new(64).unwrap();
+    let dst = Dma::<FakeHal>::new(64).unwrap();
+    let page = dst.paddr();
+    let transfer = chan
+        .copy(dst, 0, src, 0, 64, PrepFlags::empty())
+        .map_err(|e| e.error)
+        .unwrap();
+    let cookie = transfer.cookie();
+    chan.issue_pending();
+    chan.engine_mut().busy = true;
+    chan.engine_mut().complete_upto = Some(cookie);
+    assert_eq!(chan.fail_at(page, true), Some(cookie));
+    assert!(chan.is_halted() && chan.is_stopping());
+    // Its completion (taken by the stop) does not make it `Complete`.
+    assert_eq!(chan.status(cookie).status, Status::InProgress);
+    let mut delay = CountingDelay::default();
+    assert_eq!(
+        chan.wait_all(&mut delay, Duration::from_micros(10)),
+        Err(DmaError::TimedOut)
+    );
+    let transfer = match transfer.finish(&mut chan) {
+        Err(TransferError::Pending(t)) => t,
+        _ => panic!("buffers handed back while the engine runs"),
+    };
+    assert_eq!(chan.reset(), Err(DmaError::Busy));
+    chan.engine_mut().busy = false;
+    chan.poll();
+    assert!(!chan.is_stopping());
+    match transfer.finish(&mut chan) {
+        Err(TransferError::Failed { kind, .. }) => assert_eq!(kind, ErrorKind::WriteFailed),
+        _ => panic!("the fault is reported once the engine stopped"),
+    }
+    assert_eq!(
+        chan.wait_all(&mut delay, Duration::from_micros(10)),
+        Err(DmaError::FailedAt {
+            cookie,
+            kind: ErrorKind::WriteFailed
+        })
+    );
+    assert_eq!(chan.reset(), Ok(()));
 }

@@ -21,7 +21,7 @@ pub type Buffers<H> = (Dma<H>, Option<Dma<H>>);
 /// A request in flight over owned buffers.
 #[must_use = "dropping an unfinished transfer leaks its buffers"]
 pub struct Transfer<H: Hal> {
-    channel: u32,
+    channel: u64,
     cookie: Cookie,
     dst: ManuallyDrop<Dma<H>>,
     src: ManuallyDrop<Option<Dma<H>>>,
@@ -143,8 +143,9 @@ impl<H: Hal> Transfer<H> {
     }
 
     /// Where the request stands.
-    pub fn status<E: Engine>(&self, channel: &mut Channel<E>) -> Result<Status, DmaError> {
-        if channel.id() != self.channel {
+    pub fn status<E: Engine<Hal = H>>(&self, channel: &mut Channel<E>) -> Result<Status, DmaError> {
+        // Id 0 is no channel's: a channel made after the ids ran out.
+        if self.channel == 0 || channel.id() != self.channel {
             return Err(DmaError::WrongChannel);
         }
         Ok(channel.status(self.cookie).status)
@@ -156,7 +157,7 @@ impl<H: Hal> Transfer<H> {
     }
 
     /// The buffers back if the request has ended: `Ok` when it completed.
-    pub fn finish<E: Engine>(
+    pub fn finish<E: Engine<Hal = H>>(
         self,
         channel: &mut Channel<E>,
     ) -> Result<Buffers<H>, TransferError<H>> {
@@ -172,7 +173,7 @@ impl<H: Hal> Transfer<H> {
     }
 
     /// Waits up to `timeout` for the request to end, then as [`Transfer::finish`].
-    pub fn wait<E: Engine>(
+    pub fn wait<E: Engine<Hal = H>>(
         self,
         channel: &mut Channel<E>,
         delay: &mut impl DelayNs,
@@ -187,14 +188,15 @@ impl<H: Hal> Transfer<H> {
 }
 
 impl<E: Engine> Channel<E> {
-    fn owned<H: Hal>(
+    fn owned(
         &mut self,
         op: Op,
         flags: PrepFlags,
-        dst: Dma<H>,
-        src: Option<Dma<H>>,
-    ) -> Result<Transfer<H>, PrepError<H>> {
-        // SAFETY: both buffers are owned by the transfer built below until
+        dst: Dma<E::Hal>,
+        src: Option<Dma<E::Hal>>,
+    ) -> Result<Transfer<E::Hal>, PrepError<E::Hal>> {
+        // SAFETY: both buffers are of the engine's Hal, so their addresses
+        // are in its address space; they are owned by the transfer built below until
         // the channel reports the request ended; the transfer never frees
         // them before that (it leaks them if dropped early), and no reference
         // to their memory exists meanwhile.
@@ -211,15 +213,45 @@ impl<E: Engine> Channel<E> {
 
     /// Prepares a copy of `len` bytes from `src[src_offset..]` to
     /// `dst[dst_offset..]`, taking both buffers until it ends.
-    pub fn copy<H: Hal>(
+    ///
+    /// The buffers must be of the engine's Hal ([`Engine::Hal`]), whose
+    /// address space the engine reads their addresses in: a type check
+    /// since this was found to take a `Dma` of any Hal, which let a device
+    /// write past a buffer given in the wrong address space.
+    ///
+    /// ```compile_fail,E0308
+    /// # use core::ptr::NonNull;
+    /// # use dmaengine::drivers::cpu::CpuEngine;
+    /// # use dmaengine::engine::{Channel, PrepFlags};
+    /// # use dmaengine::hal::{Dma, DmaAddr, Hal};
+    /// # struct Physical;
+    /// # struct Iova;
+    /// # // SAFETY: hands out no memory at all.
+    /// # unsafe impl Hal for Physical {
+    /// #     fn dma_alloc(_: usize, _: u64) -> Option<(DmaAddr, NonNull<u8>)> { None }
+    /// #     unsafe fn dma_dealloc(_: DmaAddr, _: NonNull<u8>, _: usize) {}
+    /// #     fn phys_to_virt(_: DmaAddr) -> NonNull<u8> { NonNull::dangling() }
+    /// # }
+    /// # // SAFETY: as above.
+    /// # unsafe impl Hal for Iova {
+    /// #     fn dma_alloc(_: usize, _: u64) -> Option<(DmaAddr, NonNull<u8>)> { None }
+    /// #     unsafe fn dma_dealloc(_: DmaAddr, _: NonNull<u8>, _: usize) {}
+    /// #     fn phys_to_virt(_: DmaAddr) -> NonNull<u8> { NonNull::dangling() }
+    /// # }
+    /// fn copy_into(chan: &mut Channel<CpuEngine<Physical>>, dst: Dma<Iova>, src: Dma<Iova>) {
+    ///     // A buffer of another Hal: refused by the compiler.
+    ///     let _ = chan.copy(dst, 0, src, 0, 64, PrepFlags::empty());
+    /// }
+    /// ```
+    pub fn copy(
         &mut self,
-        dst: Dma<H>,
+        dst: Dma<E::Hal>,
         dst_offset: usize,
-        src: Dma<H>,
+        src: Dma<E::Hal>,
         src_offset: usize,
         len: usize,
         flags: PrepFlags,
-    ) -> Result<Transfer<H>, PrepError<H>> {
+    ) -> Result<Transfer<E::Hal>, PrepError<E::Hal>> {
         if let Err(error) =
             window(dst.len(), dst_offset, len).and(window(src.len(), src_offset, len))
         {
@@ -238,15 +270,16 @@ impl<E: Engine> Channel<E> {
     }
 
     /// Prepares filling `dst[offset..offset + len]` with `pattern`, taking
-    /// the buffer until it ends.
-    pub fn fill_buffer<H: Hal>(
+    /// the buffer until it ends. The buffer must be of the engine's Hal
+    /// (a type check, as for [`Channel::copy`]).
+    pub fn fill_buffer(
         &mut self,
-        dst: Dma<H>,
+        dst: Dma<E::Hal>,
         offset: usize,
         len: usize,
         pattern: u64,
         flags: PrepFlags,
-    ) -> Result<Transfer<H>, PrepError<H>> {
+    ) -> Result<Transfer<E::Hal>, PrepError<E::Hal>> {
         if let Err(error) = window(dst.len(), offset, len) {
             return Err(PrepError {
                 error,

@@ -237,7 +237,7 @@ struct BatchRun {
 /// or request by request for a batch of one), issued and waited for.
 fn api_batch(chan: &mut LsiChannel, ops: &[Op]) -> BatchRun {
     let start = time::rdtsc();
-    let before = chan.engine().regs().accesses();
+    let before = chan.engine().register_accesses();
     let last = if let [op] = ops {
         // SAFETY: as in `api_copies`.
         unsafe { chan.prep(*op, PrepFlags::empty(), None) }.expect("prep")
@@ -247,9 +247,9 @@ fn api_batch(chan: &mut LsiChannel, ops: &[Op]) -> BatchRun {
             .expect("prep_batch")
             .last
     };
-    let prepped = chan.engine().regs().accesses();
+    let prepped = chan.engine().register_accesses();
     chan.issue_pending();
-    let issued = chan.engine().regs().accesses();
+    let issued = chan.engine().register_accesses();
     spin(chan, last);
     BatchRun {
         cycles: time::rdtsc() - start,

@@ -229,7 +229,8 @@ fn engine_refusals() {
         pattern: 0,
     };
     assert_eq!(
-        edu.engine_mut().prep(Cookie::FIRST, fill, None),
+        // SAFETY: refused (edu cannot fill), nothing runs.
+        unsafe { edu.engine_mut().prep(Cookie::FIRST, fill, None) },
         Err(EngineError::NotSupported)
     );
     let mut lsi = lsi();
@@ -245,7 +246,8 @@ fn engine_refusals() {
         len: 64,
     };
     assert_eq!(
-        lsi.engine_mut().prep(Cookie::FIRST, copy, None),
+        // SAFETY: refused (the engine is halted), nothing runs.
+        unsafe { lsi.engine_mut().prep(Cookie::FIRST, copy, None) },
         Err(EngineError::Halted),
         "a halted ring is not a full one"
     );

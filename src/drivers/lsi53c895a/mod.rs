@@ -52,7 +52,7 @@ use script::{MOVE_WORDS, STORE_WORDS, TC_WORDS};
 
 use crate::engine::{
     Capabilities, Cookie, DmaError, Engine, EngineError, ErrorKind, Fault, Limits, Notify, Op,
-    Progress,
+    Progress, Termination,
 };
 use crate::hal::{DmaAddr, Hal, PAGE_SIZE};
 use crate::mmio::{MmioRegion, Registers};
@@ -105,8 +105,9 @@ pub struct Mark {
 /// chip in host tests).
 ///
 /// Through [`Channel::engine_mut`](crate::engine::Channel::engine_mut)
-/// these are safe to call: [`Lsi53c895a::is_running`],
-/// [`Lsi53c895a::regs`], [`Lsi53c895a::dma_block`], and with the `test-hooks` feature
+/// these are meant to be called: [`Lsi53c895a::is_running`],
+/// [`Lsi53c895a::register_accesses`], [`Lsi53c895a::dma_block`] (and
+/// [`Lsi53c895a::regs`] under its contract), and with the `test-hooks` feature
 /// `set_manual_start` and `inject_illegal_instruction`.
 ///
 /// What QEMU 7.2's emulation does that the driver depends on: it runs at
@@ -206,9 +207,50 @@ impl<H: Hal, R: Registers> Lsi53c895a<H, R> {
         (self.block_dma, self.block_pages * PAGE_SIZE)
     }
 
-    /// The register window (its access count is how benchmarks count MMIO).
-    pub fn regs(&self) -> &R {
+    /// The register window.
+    ///
+    /// # Safety
+    /// Nothing written through it may start or redirect the SCRIPTS
+    /// processor (`DSP`, `DSPS`, `DMODE`, the `TEMP`/`DSA` and scratch
+    /// registers its instructions use, ...) or clear its interrupt status:
+    /// the engine owns them, and a write there makes the chip fetch
+    /// instructions, and move memory, nobody vouched for (the window's
+    /// `write8`/`write32` are safe). Reading registers without side
+    /// effects is fine, and so are a fake chip's own controls. `unsafe`
+    /// since this contract was written: it was safe before.
+    /// [`Lsi53c895a::register_accesses`] is the safe way to count accesses.
+    ///
+    /// ```
+    /// use dmaengine::drivers::lsi53c895a::Lsi53c895a;
+    /// use dmaengine::hal::Hal;
+    /// fn count<H: Hal>(engine: &Lsi53c895a<H>) -> u64 {
+    ///     engine.register_accesses()
+    /// }
+    /// ```
+    ///
+    /// ```compile_fail,E0133
+    /// use dmaengine::drivers::lsi53c895a::Lsi53c895a;
+    /// use dmaengine::hal::Hal;
+    /// fn poke<H: Hal>(engine: &Lsi53c895a<H>) {
+    ///     engine.regs().write32(0x10, 0x1000);
+    /// }
+    /// ```
+    pub unsafe fn regs(&self) -> &R {
         &self.regs
+    }
+
+    /// The fake device behind the engine, for host tests to drive (what
+    /// [`Self::regs`] gives, without its contract: a fake moves only the
+    /// test's own memory).
+    #[cfg(test)]
+    pub(crate) fn device(&self) -> &R {
+        &self.regs
+    }
+
+    /// Register accesses so far, as the window counts them
+    /// ([`Registers::accesses`]): how benchmarks count MMIO.
+    pub fn register_accesses(&self) -> u64 {
+        self.regs.accesses()
     }
 
     /// Whether SCRIPTS are running (ISTAT1.SRUN), paused between QEMU's
@@ -542,8 +584,14 @@ impl<H: Hal, R: Registers> Lsi53c895a<H, R> {
     }
 }
 
-impl<H: Hal, R: Registers> Engine for Lsi53c895a<H, R> {
+// SAFETY: a request is reported complete when the chain's write-back after
+// it has run (the processor runs the ring in order), and a fault when the
+// processor has stopped on it; `terminate` and `reset` abort and soft-reset
+// the processor, which stops it for good, before forgetting anything; the
+// chip is given DMA addresses of `H` within its 32-bit reach.
+unsafe impl<H: Hal, R: Registers> Engine for Lsi53c895a<H, R> {
     type Mark = Mark;
+    type Hal = H;
 
     fn capabilities(&self) -> Capabilities {
         Capabilities::COPY
@@ -571,7 +619,7 @@ impl<H: Hal, R: Registers> Engine for Lsi53c895a<H, R> {
         }
     }
 
-    fn rewind(&mut self, mark: Mark) {
+    unsafe fn rewind(&mut self, mark: Mark) {
         self.head = mark.head;
         self.used = mark.used;
         self.entries = mark.entries;
@@ -581,7 +629,12 @@ impl<H: Hal, R: Registers> Engine for Lsi53c895a<H, R> {
     }
 
     #[inline(always)]
-    fn prep(&mut self, cookie: Cookie, op: Op, end: Option<Notify>) -> Result<(), EngineError> {
+    unsafe fn prep(
+        &mut self,
+        cookie: Cookie,
+        op: Op,
+        end: Option<Notify>,
+    ) -> Result<(), EngineError> {
         if self.halted {
             return Err(EngineError::Halted);
         }
@@ -612,7 +665,12 @@ impl<H: Hal, R: Registers> Engine for Lsi53c895a<H, R> {
         Ok(())
     }
 
-    fn prep_run(&mut self, first: Cookie, ops: &[Op], last: Notify) -> Result<(), EngineError> {
+    unsafe fn prep_run(
+        &mut self,
+        first: Cookie,
+        ops: &[Op],
+        last: Notify,
+    ) -> Result<(), EngineError> {
         if self.halted {
             return Err(EngineError::Halted);
         }
@@ -669,11 +727,13 @@ impl<H: Hal, R: Registers> Engine for Lsi53c895a<H, R> {
             }
         }
         for &op in &run[done as usize..] {
-            self.prep(cookie, op, Some(Notify::default()))?;
+            // SAFETY: the caller's contract covers every op.
+            unsafe { self.prep(cookie, op, Some(Notify::default())) }?;
             cookie = cookie.next();
         }
         for &op in rest {
-            self.prep(cookie, op, Some(last))?;
+            // SAFETY: as above.
+            unsafe { self.prep(cookie, op, Some(last)) }?;
         }
         Ok(())
     }
@@ -747,14 +807,18 @@ impl<H: Hal, R: Registers> Engine for Lsi53c895a<H, R> {
         istat.contains(Istat::INTF) || dstat.intersects(Dstat::ERRORS)
     }
 
-    fn terminate(&mut self) -> Option<Cookie> {
+    fn terminate(&mut self) -> Termination {
         self.stop();
         let done = self.collect();
         self.halted = true;
         self.entries = 0;
         self.issued = 0;
         self.fault = None;
-        done
+        // Abort and soft reset stop the processor at once.
+        Termination {
+            completed: done,
+            stopped: true,
+        }
     }
 
     fn reset(&mut self) -> Result<(), DmaError> {

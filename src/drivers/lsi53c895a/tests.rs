@@ -43,7 +43,7 @@ fn drive(chan: &mut Chan, cookie: Cookie, limit: usize) -> Status {
         if status != Status::InProgress {
             return status;
         }
-        chan.engine().regs().tick();
+        chan.engine().device().tick();
     }
     chan.status(cookie).status
 }
@@ -116,7 +116,7 @@ fn with_room<T>(
             Err(DmaError::RingFull) if tries < 1000 => {
                 tries += 1;
                 chan.issue_pending();
-                chan.engine().regs().tick();
+                chan.engine().device().tick();
                 chan.poll();
             }
             other => return other,
@@ -211,14 +211,14 @@ fn run(actions: &[Action]) -> Result<(), TestCaseError> {
                 inject_next = false;
             }
             Action::Issue => {
-                let before = chan.engine().regs().accesses();
+                let before = chan.engine().device().accesses();
                 chan.issue_pending();
                 prop_assert!(
-                    chan.engine().regs().accesses() - before <= 2,
+                    chan.engine().device().accesses() - before <= 2,
                     "an issue cost more than 2 register accesses"
                 );
             }
-            Action::Tick(n) => (0..n).for_each(|_| chan.engine().regs().tick()),
+            Action::Tick(n) => (0..n).for_each(|_| chan.engine().device().tick()),
             Action::Poll => chan.poll(),
             Action::Inject => inject_next = true,
         }
