@@ -17,7 +17,7 @@
 //! interrupt handler: the wait used to spin there, interrupts off, for up
 //! to [`IDLE_POLLS`] reads), and says the engine stopped only when the
 //! device is idle ([`Termination::stopped`]). Until then the engine takes
-//! no new work (`Halted`), `reset` answers `TimedOut`, and the channel
+//! no new work (`Halted`), its `reset` answers `TimedOut` (a channel's, `Busy`), and the channel
 //! keeps the requests in flight, their memory in the device's hands; a
 //! later `terminate` (the channel's `poll`, `status`, `terminate`, ...)
 //! that finds the device idle finishes the stop. A device that never
