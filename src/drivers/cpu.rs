@@ -9,7 +9,7 @@
 use core::marker::PhantomData;
 
 use crate::engine::{
-    Capabilities, Cookie, DmaError, Engine, EngineError, Limits, Notify, Op, Progress,
+    Capabilities, Cookie, DmaError, Engine, EngineError, Limits, Notify, Op, Progress, Termination,
 };
 use crate::hal::Hal;
 
@@ -38,22 +38,19 @@ impl<H: Hal, const N: usize> CpuEngine<H, N> {
         }
     }
 
-    /// Forgets the queued descriptors from `mark` on. Safe here, unlike
-    /// [`Engine::rewind`] in general: the queue only empties (a `mark`
-    /// past its end panics), so nothing stale comes back.
-    fn rewind(&mut self, mark: usize) {
-        self.queue[mark..self.len].fill(None);
-        self.len = mark;
+    /// Forgets the requests prepared and not issued (nothing else is kept).
+    fn forget_prepared(&mut self) {
+        self.queue[..self.len].fill(None);
+        self.len = 0;
     }
 
     fn run(op: Op) {
         match op {
             Op::Copy { dst, src, len } => {
                 let (d, s) = (H::phys_to_virt(dst), H::phys_to_virt(src));
-                // SAFETY: every queued op came through `Engine::prep`, whose
-                // contract makes both sides DMA memory of `H` that nothing
-                // else touches until the request ends; the channel checked
-                // that they do not overlap.
+                // SAFETY: `Engine::prep`'s contract: a valid op (the ranges do
+                // not overlap), both sides DMA memory of `H` that nothing else
+                // touches until the request ends.
                 unsafe { core::ptr::copy_nonoverlapping(s.as_ptr(), d.as_ptr(), len) }
             }
             Op::Zero { dst, len } => {
@@ -73,7 +70,10 @@ impl<H: Hal, const N: usize> CpuEngine<H, N> {
     }
 }
 
-impl<H: Hal, const N: usize> Engine for CpuEngine<H, N> {
+// SAFETY: every request runs to its end inside `issue`, on this CPU, before
+// `poll` reports it complete; `terminate` and `reset` find nothing running
+// (there is no device); addresses are read through `H::phys_to_virt`.
+unsafe impl<H: Hal, const N: usize> Engine for CpuEngine<H, N> {
     type Mark = usize;
     type Hal = H;
 
@@ -94,7 +94,8 @@ impl<H: Hal, const N: usize> Engine for CpuEngine<H, N> {
     }
 
     unsafe fn rewind(&mut self, mark: usize) {
-        CpuEngine::rewind(self, mark);
+        self.queue[mark..self.len].fill(None);
+        self.len = mark;
     }
 
     unsafe fn prep(
@@ -132,13 +133,16 @@ impl<H: Hal, const N: usize> Engine for CpuEngine<H, N> {
         false
     }
 
-    fn terminate(&mut self) -> Option<Cookie> {
-        self.rewind(0);
-        self.completed.take()
+    fn terminate(&mut self) -> Termination {
+        self.forget_prepared();
+        Termination {
+            completed: self.completed.take(),
+            stopped: true,
+        }
     }
 
     fn reset(&mut self) -> Result<(), DmaError> {
-        self.rewind(0);
+        self.forget_prepared();
         self.completed = None;
         Ok(())
     }

@@ -31,10 +31,19 @@ struct Footprint {
 /// calls every cookie outside the in-flight window complete.
 pub const FAILURE_HISTORY: usize = 32;
 
-/// Channel ids: 64 bits, so they never wrap (2^64 channels cannot be
-/// created), and a [`Transfer`](super::Transfer), which finds its channel
-/// by id, is never taken for another channel's.
-pub(super) static NEXT_CHANNEL_ID: AtomicU64 = AtomicU64::new(1);
+static NEXT_CHANNEL_ID: AtomicU64 = AtomicU64::new(1);
+
+/// The next id from `counter`, which never wraps: a [`Transfer`] is
+/// matched to its channel by id, so an id must never be handed out twice.
+/// Once the ids run out (2^64 - 1 channels: never, in practice) every
+/// channel gets 0, which no transfer is accepted by (its buffers leak).
+///
+/// [`Transfer`]: super::Transfer
+fn take_id(counter: &AtomicU64) -> u64 {
+    counter
+        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |id| id.checked_add(1))
+        .unwrap_or(0)
+}
 
 /// One failure or termination: the cookies it ended.
 #[derive(Clone, Copy, Debug)]
@@ -56,6 +65,15 @@ impl Failure {
         let ended = !super::is_complete(cookie, self.before, self.last);
         ended.then_some(ErrorKind::Aborted)
     }
+}
+
+/// A stop asked of the engine and not yet confirmed (see
+/// [`Channel::terminate`]).
+#[derive(Clone, Copy, Debug)]
+struct Stopping {
+    /// The request whose failure caused it, and how (none for a
+    /// termination).
+    failed: Option<(Cookie, ErrorKind)>,
 }
 
 /// The cookies [`Channel::prep_batch`] assigned: `first` to `last`, in
@@ -96,6 +114,9 @@ pub struct Channel<E: Engine> {
     /// Something is prepared and not yet issued.
     prepared: bool,
     halted: bool,
+    /// A stop the engine has not confirmed: the requests not complete stay
+    /// in flight until it does.
+    stopping: Option<Stopping>,
     failures: [Option<Failure>; FAILURE_HISTORY],
     next_failure: usize,
     /// Failures recorded since creation (only the last FAILURE_HISTORY kept).
@@ -130,12 +151,13 @@ impl<E: Engine> Channel<E> {
             limits,
             piece_max: (limits.max_len / align * align).max(align),
             engine,
-            id: NEXT_CHANNEL_ID.fetch_add(1, Ordering::Relaxed),
+            id: take_id(&NEXT_CHANNEL_ID),
             last_used: 0,
             last_completed: 0,
             interrupt_through: 0,
             prepared: false,
             halted: false,
+            stopping: None,
             failures: [None; FAILURE_HISTORY],
             next_failure: 0,
             failures_recorded: 0,
@@ -179,8 +201,10 @@ impl<E: Engine> Channel<E> {
         self.faults = hook;
     }
 
-    /// A number unique to this channel among all channels created (a
-    /// `u64`, which never wraps; it was a wrapping `u32`).
+    /// A number unique to this channel among all channels created: a
+    /// `u64` that never wraps (a wrapping `u32` let a channel accept
+    /// another's transfer after 2^32 channels). Once ids run out (after
+    /// 2^64 - 1 channels) it is 0, which accepts no transfer.
     pub fn id(&self) -> u64 {
         self.id
     }
@@ -190,18 +214,14 @@ impl<E: Engine> Channel<E> {
         &self.engine
     }
 
-    /// The engine, for driver-specific controls. Only a driver's own
-    /// inherent methods that its docs list as safe here may be called
-    /// (each driver's type docs say which). The safe [`Engine`] methods
-    /// (`issue`, `poll`, `terminate`, ...) change the ring behind the
-    /// channel's back and break its bookkeeping: cookies may then be
-    /// reported wrongly (a request called complete whose bytes never
-    /// landed, because the engine was stopped or reset under it, or one
-    /// left in progress for good). They do not make the device touch
-    /// memory no request was given: what could (the engine's `prep` and
-    /// `rewind`, the drivers' `regs`) is `unsafe`, under the contract
-    /// each states. (This said before that nothing here could break
-    /// memory safety, which `prep` and `regs` did.)
+    /// The engine, for driver-specific controls (each driver's type docs
+    /// say which of its methods are meant for this). The [`Engine`] methods
+    /// that point the device at memory (`prep`, `prep_run`, `rewind`) are
+    /// `unsafe`, so this gives no safe path to raw DMA; the safe ones
+    /// (`issue`, `poll`, `terminate`, `reset`, ...) change the ring behind
+    /// the channel's back and break its bookkeeping: cookies may then be
+    /// reported wrongly or never end, and an owned buffer whose request
+    /// never ends leaks, but none comes back while the device may touch it.
     pub fn engine_mut(&mut self) -> &mut E {
         &mut self.engine
     }
@@ -293,7 +313,8 @@ impl<E: Engine> Channel<E> {
     /// error the caller rewinds the engine to its mark.
     ///
     /// # Safety
-    /// The caller upholds [`Channel::prep`]'s contract for `op`.
+    /// `op` passed [`Channel::validate`], and the caller upholds
+    /// [`Channel::prep`]'s contract for it.
     #[inline(always)]
     unsafe fn emit(&mut self, cookie: Cookie, op: Op, notify: Notify) -> Result<(), DmaError> {
         let len = match op {
@@ -302,11 +323,11 @@ impl<E: Engine> Channel<E> {
         };
         // The common case: one descriptor, the request as it is.
         if len <= self.piece_max {
-            // SAFETY: our caller upholds `Channel::prep`'s contract for
-            // `op`, which is `Engine::prep`'s for the engine's Hal.
+            // SAFETY: validated and fitting one descriptor; the caller
+            // upholds `prep`'s contract, whose end is this engine's.
             return Ok(unsafe { self.engine.prep(cookie, op, Some(notify)) }?);
         }
-        // SAFETY: our caller upholds `Channel::prep`'s contract for `op`.
+        // SAFETY: the caller's contract, passed on.
         unsafe { self.emit_pieces(cookie, op, notify) }
     }
 
@@ -355,8 +376,8 @@ impl<E: Engine> Channel<E> {
             };
             done += n;
             let end = (done == len).then_some(notify);
-            // SAFETY: each piece lies within `op`, for which our caller
-            // upholds `Channel::prep`'s contract.
+            // SAFETY: each piece lies inside the validated request, whose
+            // memory the caller vouches for.
             unsafe { self.engine.prep(cookie, piece, end) }?;
         }
         Ok(())
@@ -366,9 +387,8 @@ impl<E: Engine> Channel<E> {
     /// prepared if it fails.
     ///
     /// # Safety
-    /// Every byte the request reads or writes must stay valid DMA memory
-    /// of the engine's Hal ([`Engine::Hal`]: its addresses are in that
-    /// Hal's address space), not accessed by the CPU in a conflicting way (no reads of the
+    /// Every byte the request reads or writes must stay valid DMA memory,
+    /// not accessed by the CPU in a conflicting way (no reads of the
     /// destination, no writes of either side), until the request has ended
     /// (complete or error) as reported by this channel.
     pub unsafe fn prep(
@@ -387,10 +407,10 @@ impl<E: Engine> Channel<E> {
             interrupt: flags.contains(PrepFlags::INTERRUPT),
         };
         let mark = self.engine.mark();
-        // SAFETY: our caller upholds this method's contract for `op`.
+        // SAFETY: validated above; the caller upholds this function's
+        // contract, which is `emit`'s.
         if let Err(e) = unsafe { self.emit(cookie, op, notify) } {
-            // SAFETY: the mark was taken above, in this call, and nothing
-            // was issued, stopped or rewound since.
+            // SAFETY: the mark was taken just now, nothing issued since.
             unsafe { self.engine.rewind(mark) };
             return Err(e);
         }
@@ -438,9 +458,8 @@ impl<E: Engine> Channel<E> {
             // The error's conversion is out of line: inlined, it became a
             // table jump taken on success too, which an emulator looks up
             // at run time.
-            // SAFETY: our caller upholds `Channel::prep`'s contract for
-            // every op, which is `Engine::prep`'s, and each was checked to
-            // fit one descriptor.
+            // SAFETY: every op was validated and fits one descriptor; the
+            // caller upholds `prep`'s contract for each.
             unsafe { self.engine.prep_run(first, ops, last) }.map_err(engine_error)
         } else {
             let mut result = Ok(());
@@ -450,8 +469,7 @@ impl<E: Engine> Channel<E> {
                 } else {
                     Notify::default()
                 };
-                // SAFETY: our caller upholds `Channel::prep`'s contract for
-                // every op of the batch.
+                // SAFETY: validated above; the caller's contract.
                 result = unsafe { self.emit(cookie, op, notify) };
                 if result.is_err() || i + 1 == ops.len() {
                     break;
@@ -461,8 +479,7 @@ impl<E: Engine> Channel<E> {
             result
         };
         if let Err(e) = written {
-            // SAFETY: the mark was taken above, in this call, and nothing
-            // was issued, stopped or rewound since.
+            // SAFETY: the mark was taken above, nothing issued since.
             unsafe { self.engine.rewind(mark) };
             return Err(e);
         }
@@ -622,6 +639,9 @@ impl<E: Engine> Channel<E> {
     #[inline(always)]
     fn collect(&mut self, check_hardware: bool) {
         if self.halted {
+            if self.stopping.is_some() {
+                self.finish_stop();
+            }
             return;
         }
         let progress = self.engine.poll(check_hardware);
@@ -642,25 +662,35 @@ impl<E: Engine> Channel<E> {
     /// returns whether that halted the channel.
     #[inline(never)]
     fn claim_faults(&mut self) -> bool {
-        let Some(hook) = self.faults else {
-            return false;
-        };
+        if let Some(cause) = self.claim_fault_causes() {
+            self.stop(Some(cause));
+        }
+        self.halted
+    }
+
+    /// Drains the device's IOMMU faults; returns the first one's cause: the
+    /// request that touched its page, or, when no remembered request did
+    /// (an older request, or the engine's own memory) and requests are
+    /// outstanding, the first of them with `BusFault`, since none of them
+    /// can be called complete.
+    fn claim_fault_causes(&mut self) -> Option<(Cookie, ErrorKind)> {
+        let hook = self.faults?;
+        let mut cause = None;
         // SAFETY: `set_fault_hook`'s contract: its source is alive and
         // used by nobody else while the channel runs.
         while let Some(fault) = unsafe { hook.take() } {
-            if self.fail_at(fault.address, fault.write).is_none() && !self.is_idle() {
-                // Nothing remembered touched the page (an older request,
-                // or the engine's own memory): no outstanding request can
-                // be called complete.
-                self.engine.terminate();
-                let first = Cookie::new(self.last_completed).map_or(Cookie::FIRST, Cookie::next);
-                self.fail(Fault {
-                    cookie: first,
-                    kind: ErrorKind::BusFault,
-                });
+            if cause.is_some() {
+                continue;
             }
+            cause = self.culprit(fault.address, fault.write).or_else(|| {
+                (!self.is_idle()).then(|| {
+                    let first =
+                        Cookie::new(self.last_completed).map_or(Cookie::FIRST, Cookie::next);
+                    (first, ErrorKind::BusFault)
+                })
+            });
         }
-        self.halted
+        cause
     }
 
     fn record(&mut self, failure: Failure) {
@@ -854,6 +884,15 @@ impl<E: Engine> Channel<E> {
     /// channel given a fault hook ([`Channel::set_fault_hook`]) calls it
     /// itself before it reports completions.
     pub fn fail_at(&mut self, page: DmaAddr, write: bool) -> Option<Cookie> {
+        let (cookie, kind) = self.culprit(page, write)?;
+        // Stop the engine first: nothing runs after the faulting request.
+        self.stop(Some((cookie, kind)));
+        Some(cookie)
+    }
+
+    /// The newest remembered request that wrote (or read) the page of
+    /// `page`, and the error a fault there gives it.
+    fn culprit(&self, page: DmaAddr, write: bool) -> Option<(Cookie, ErrorKind)> {
         let page = page & !(PAGE_SIZE as u64 - 1);
         let page_last = page | (PAGE_SIZE as u64 - 1);
         // Compared by last bytes: an end one past the last byte does not
@@ -876,22 +915,7 @@ impl<E: Engine> Channel<E> {
         } else {
             ErrorKind::ReadFailed
         };
-        let cookie = culprit.cookie;
-        // Stop the engine first: nothing runs after the faulting request.
-        self.engine.terminate();
-        let before = if cookie == Cookie::FIRST {
-            i32::MAX
-        } else {
-            cookie.get() - 1
-        };
-        self.record(Failure {
-            failed: Some((cookie, kind)),
-            before,
-            last: self.last_used,
-        });
-        self.end_all();
-        self.run_callbacks();
-        Some(cookie)
+        Some((culprit.cookie, kind))
     }
 
     /// Services the engine's interrupt: collects completions and failures
@@ -904,41 +928,117 @@ impl<E: Engine> Channel<E> {
         ours
     }
 
-    /// Stops the channel: every request not known complete ends `Aborted`.
-    /// The channel stays halted until [`Channel::reset`].
+    /// Stops the channel: every request not known complete ends `Aborted`
+    /// once the engine has stopped. The channel stays halted until
+    /// [`Channel::reset`].
+    ///
+    /// An engine whose device has not stopped yet (edu, whose transfer in
+    /// flight runs to its end; see [`Termination`](super::Termination))
+    /// leaves its requests in flight: they read `InProgress`, an owned
+    /// buffer's [`Transfer`](super::Transfer) cannot be finished, until a
+    /// later `poll`, `status`, `wait`, `handle_interrupt` or `terminate`
+    /// finds the engine stopped and ends them. Before, they ended at once
+    /// and their buffers came back while the device could still write them.
     pub fn terminate(&mut self) {
         if !self.halted {
             self.collect(false);
         }
-        if self.halted && self.is_idle() {
+        if self.halted && self.is_idle() && self.stopping.is_none() {
             self.engine.terminate();
             return;
         }
-        let done = self.engine.terminate();
-        // What the engine last completed may include refused DMA.
-        if self.faults.is_some() && self.claim_faults() {
-            self.run_callbacks();
+        self.stop(None);
+    }
+
+    /// Asks the engine to stop and halts the channel; once the engine has
+    /// stopped, ends every request not complete: the one `failed` names
+    /// with its error and the rest `Aborted` (all `Aborted` for a
+    /// termination).
+    fn stop(&mut self, failed: Option<(Cookie, ErrorKind)>) {
+        self.halted = true;
+        self.prepared = false;
+        // A failure found while a termination waits for the engine names
+        // the cause; a first failure stays the cause.
+        match self.stopping {
+            Some(Stopping { failed: Some(_) }) => {}
+            _ => self.stopping = Some(Stopping { failed }),
+        }
+        self.finish_stop();
+    }
+
+    /// Asks the engine again whether it has stopped, if a stop waits for
+    /// it; if so, ends the requests as [`Channel::stop`] says.
+    #[cold]
+    #[inline(never)]
+    fn finish_stop(&mut self) {
+        let Some(mut stop) = self.stopping else {
+            return;
+        };
+        let end = self.engine.terminate();
+        // What the engine last completed may include DMA the IOMMU refused:
+        // such a request is the cause, and never reads `Complete`.
+        if stop.failed.is_none() && self.faults.is_some() {
+            stop.failed = self.claim_fault_causes();
+            self.stopping = Some(stop);
+        }
+        match stop.failed {
+            // Not past a failed request: it must never read `Complete`.
+            Some(_) => {}
+            None => {
+                if let Some(done) = end.completed {
+                    self.last_completed = done.get();
+                }
+            }
+        }
+        if !end.stopped {
+            // Still in the device's hands: every request not complete stays
+            // in flight, and its memory with it.
             return;
         }
-        if let Some(done) = done {
-            self.last_completed = done.get();
-        }
-        if !self.is_idle() {
-            self.record(Failure {
+        self.stopping = None;
+        match stop.failed {
+            Some((cookie, kind)) => {
+                let before = if cookie == Cookie::FIRST {
+                    i32::MAX
+                } else {
+                    cookie.get() - 1
+                };
+                self.record(Failure {
+                    failed: Some((cookie, kind)),
+                    before,
+                    last: self.last_used,
+                });
+            }
+            None if !self.is_idle() => self.record(Failure {
                 failed: None,
                 before: self.last_completed,
                 last: self.last_used,
-            });
+            }),
+            None => {}
         }
         self.end_all();
         self.run_callbacks();
     }
 
+    /// Whether a stop (`terminate`, `fail_at`) waits for the engine's
+    /// device to stop: until it has, the requests not complete stay in
+    /// flight (see [`Channel::terminate`]).
+    pub fn is_stopping(&self) -> bool {
+        self.stopping.is_some()
+    }
+
     /// Makes a halted channel usable again (terminating it first if it was
-    /// not halted). Cookies keep counting from where they were.
+    /// not halted). Cookies keep counting from where they were. `Busy`,
+    /// changing nothing, while the engine has not stopped (see
+    /// [`Channel::terminate`]; poll and retry).
     pub fn reset(&mut self) -> Result<(), DmaError> {
         if !self.halted {
             self.terminate();
+        } else {
+            self.finish_stop();
+        }
+        if self.stopping.is_some() {
+            return Err(DmaError::Busy);
         }
         self.engine.reset()?;
         self.halted = false;
@@ -1116,4 +1216,19 @@ fn page_range(page: DmaAddr, offset: usize, len: usize) -> Result<DmaAddr, DmaEr
         return Err(DmaError::OutOfPage);
     }
     Ok(page + offset as u64)
+}
+
+#[cfg(test)]
+mod id_tests {
+    use core::sync::atomic::AtomicU64;
+
+    use super::take_id;
+
+    #[test]
+    fn channel_ids_stop_at_the_last_one_instead_of_wrapping() {
+        let counter = AtomicU64::new(u64::MAX - 1);
+        assert_eq!(take_id(&counter), u64::MAX - 1);
+        assert_eq!(take_id(&counter), 0, "out of ids: no channel's");
+        assert_eq!(take_id(&counter), 0, "never back to 1");
+    }
 }

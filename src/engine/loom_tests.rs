@@ -22,7 +22,7 @@ use super::registry::{DmaChannel, EventCallback, Registry, RegistryError};
 use super::shared::IrqControl;
 use super::{
     Capabilities, Channel, Cookie, DmaError, Engine, EngineError, Limits, Notify, Op, PrepFlags,
-    Progress, SharedChannel, Status, TxState,
+    Progress, SharedChannel, Status, Termination, TxState,
 };
 
 /// The device's side, shared with the thread that plays it: how many of
@@ -61,7 +61,8 @@ impl Device {
     }
 }
 
-impl Engine for Device {
+// SAFETY: the model device touches no memory: it only counts cookies.
+unsafe impl Engine for Device {
     type Mark = usize;
     type Hal = crate::hal::fake::FakeHal;
 
@@ -114,10 +115,13 @@ impl Engine for Device {
         self.hw.line.swap(false, Ordering::AcqRel)
     }
 
-    fn terminate(&mut self) -> Option<Cookie> {
+    fn terminate(&mut self) -> Termination {
         self.prepared.clear();
         self.issued.clear();
-        None
+        Termination {
+            completed: None,
+            stopped: true,
+        }
     }
 
     fn reset(&mut self) -> Result<(), DmaError> {
@@ -352,6 +356,10 @@ impl DmaChannel for Probe {
     }
     fn terminate(&mut self) {
         self.touch();
+    }
+    fn is_stopping(&self) -> bool {
+        self.touch();
+        false
     }
     fn reset(&mut self) -> Result<(), DmaError> {
         self.touch();

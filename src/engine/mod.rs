@@ -302,6 +302,20 @@ impl From<EngineError> for DmaError {
     }
 }
 
+/// What [`Engine::terminate`] found.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Termination {
+    /// Every request up to and including this one has completed (`None`:
+    /// nothing new since the last poll).
+    pub completed: Option<Cookie>,
+    /// The device touches no memory of any request the engine was given,
+    /// and will not again: every request after `completed` is abandoned.
+    /// `false`: the device may still be working on one of them (it has no
+    /// abort, or has not obeyed it yet); the engine takes no new work, and
+    /// a later `terminate` says whether it has stopped since.
+    pub stopped: bool,
+}
+
 /// The driver side of a channel: an engine with a descriptor ring.
 ///
 /// The [`Channel`] validates requests, splits them to [`Limits::max_len`],
@@ -309,29 +323,61 @@ impl From<EngineError> for DmaError {
 /// starts the hardware and reports completions and failures. Requests
 /// complete in the order they were prepared.
 ///
-/// Its `prep` methods are `unsafe`: they hand the device raw DMA addresses.
-/// Safe code reaches requests only through a [`Channel`], which checks them
-/// and whose own `prep` is `unsafe` (or takes owned buffers of the engine's
-/// [`Engine::Hal`]). So a safe call through [`Channel::engine_mut`] no longer
-/// compiles:
+/// The methods that decide what the device will read or write (`prep`,
+/// `prep_run`, `rewind`) are `unsafe`: the caller vouches for the
+/// addresses. The others only hand over, observe or stop what those
+/// prepared, so they are safe to call in any order, also through
+/// [`Channel::engine_mut`] (where they confuse the channel's bookkeeping,
+/// never memory: a request whose end the channel misses stays in flight,
+/// and an owned buffer leaks).
 ///
-/// ```compile_fail,E0133
-/// # use dmaengine::engine::{Channel, Cookie, Engine, Notify, Op};
-/// # use dmaengine::drivers::cpu::CpuEngine;
-/// # use dmaengine::hal::Hal;
-/// fn stray<H: Hal>(chan: &mut Channel<CpuEngine<H>>, freed: u64) {
-///     let op = Op::Copy { dst: freed, src: freed + 64, len: 64 };
-///     let _ = chan.engine_mut().prep(Cookie::FIRST, op, Some(Notify::default()));
+/// Safe code keeps compiling for what leaves memory alone, and stops at
+/// the descriptors:
+///
+/// ```
+/// use dmaengine::drivers::cpu::CpuEngine;
+/// use dmaengine::engine::{Channel, Engine};
+/// use dmaengine::hal::Hal;
+/// fn look<H: Hal>(chan: &mut Channel<CpuEngine<H>>) {
+///     chan.engine_mut().issue();
+///     let _ = chan.engine_mut().poll(true);
 /// }
 /// ```
-pub trait Engine {
+///
+/// ```compile_fail,E0133
+/// use dmaengine::drivers::cpu::CpuEngine;
+/// use dmaengine::engine::{Channel, Cookie, Engine, Op};
+/// use dmaengine::hal::Hal;
+/// fn scribble<H: Hal>(chan: &mut Channel<CpuEngine<H>>) {
+///     let op = Op::Copy { dst: 0x1000, src: 0x2000, len: 64 };
+///     let _ = chan.engine_mut().prep(Cookie::FIRST, op, None);
+///     chan.engine_mut().issue();
+/// }
+/// ```
+///
+/// # Safety
+/// A channel hands owned buffers back, to be freed, on the strength of
+/// what its engine reports, so an implementation must report truthfully:
+/// - [`Engine::poll`] reports a request complete (or, with its `fault`,
+///   failed, the engine having stopped) only when the device will touch
+///   none of the memory of that request and every earlier one again;
+/// - [`Engine::terminate`] says `stopped: true` only when the device will
+///   touch the memory of none of the requests it was given again;
+/// - [`Engine::reset`] succeeds only on a device so stopped, and nothing
+///   forgets a request the device may still touch;
+/// - the addresses in an [`Op`] are read as DMA addresses of
+///   [`Engine::Hal`] (its `phys_to_virt`, its devices' view), and nothing
+///   but what was prepared is ever accessed.
+pub unsafe trait Engine {
     /// A saved ring position for [`Engine::rewind`].
     type Mark: Copy;
 
-    /// The Hal whose address space the engine's DMA addresses are in: the
-    /// owned-buffer calls ([`Channel::copy`], [`Channel::fill_buffer`])
-    /// take buffers of this Hal only, so a buffer allocated in another
-    /// address space (physical against IOVA) cannot reach the engine.
+    /// The kernel services whose DMA addresses the engine's descriptors
+    /// hold: a [`Channel`] over it takes owned buffers ([`Dma`]) of this
+    /// Hal only, so a buffer's address is always read in its own address
+    /// space (a type check, where it was none before).
+    ///
+    /// [`Dma`]: crate::hal::Dma
     type Hal: Hal;
 
     /// What the engine can do. Fixed for the engine's life: the channel
@@ -347,28 +393,12 @@ pub trait Engine {
 
     /// Forgets every descriptor prepared since `mark` (none was issued).
     ///
-    /// `unsafe` (it was safe before): a driver restores its ring position
-    /// from the mark as it is, so a stale one could put back descriptors
-    /// of requests that have ended, whose memory may be freed, for the
-    /// next [`Engine::issue`] to run. A safe rewind no longer compiles:
-    ///
-    /// ```compile_fail,E0133
-    /// # use dmaengine::drivers::lsi53c895a::Lsi53c895a;
-    /// # use dmaengine::engine::{Channel, Engine};
-    /// # use dmaengine::hal::Hal;
-    /// # use dmaengine::mmio::MmioRegion;
-    /// fn stale<H: Hal>(chan: &mut Channel<Lsi53c895a<H, MmioRegion>>) {
-    ///     let old = chan.engine().mark();
-    ///     chan.issue_pending();
-    ///     chan.engine_mut().rewind(old); // the ring's end goes back over issued words
-    /// }
-    /// ```
-    ///
     /// # Safety
-    /// `mark` was returned by this engine's [`Engine::mark`] since its
-    /// last [`Engine::issue`], [`Engine::terminate`] and [`Engine::reset`],
-    /// and no rewind to an earlier mark came in between: the rewind only
-    /// forgets descriptors prepared since.
+    /// `mark` is this engine's [`Engine::mark`] taken after the last
+    /// [`Engine::issue`] and with nothing issued since (an older one may
+    /// bring back descriptors whose memory is gone, and the next `issue`
+    /// would run them). `unsafe` since this contract was written; it was
+    /// safe before.
     unsafe fn rewind(&mut self, mark: Self::Mark);
 
     /// Writes one descriptor for request `cookie` into the ring, invisible to
@@ -376,18 +406,17 @@ pub trait Engine {
     /// last descriptor. On error the channel rewinds to its mark, so a
     /// partly written request never reaches the hardware.
     ///
-    /// `unsafe` (it was safe before): the engine's device (or its CPU
-    /// copy) reads and writes the addresses in `op` as they are.
-    ///
     /// # Safety
-    /// Every byte `op` reads or writes must be DMA memory in the address
-    /// space of [`Engine::Hal`] that the caller owns, and that the CPU does
-    /// not access in a conflicting way (no reads of the destination, no
-    /// writes of either side) and nothing frees, until the request has
-    /// ended as the engine reports it ([`Engine::poll`]) or the engine
-    /// has stopped ([`Engine::terminate`]). [`Channel::prep`] holds this
-    /// for its callers; through [`Channel::engine_mut`] the channel's
-    /// bookkeeping breaks as well.
+    /// `op` must be valid for the engine ([`Limits`], [`Capabilities`];
+    /// ranges that do not wrap), its addresses DMA addresses of
+    /// [`Engine::Hal`], and every byte it reads or writes memory the caller
+    /// owns and does not access in a conflicting way (no reads of the
+    /// destination, no writes of either side) until this engine reports
+    /// the request ended: complete or failed by [`Engine::poll`], or
+    /// abandoned by an [`Engine::terminate`] that says `stopped` (or the
+    /// descriptor is forgotten by [`Engine::rewind`] before any
+    /// `issue`). `unsafe` since this contract was written: before, a safe
+    /// call let the device write anywhere.
     unsafe fn prep(
         &mut self,
         cookie: Cookie,
@@ -403,7 +432,7 @@ pub trait Engine {
     /// mark, as for [`Engine::prep`].
     ///
     /// # Safety
-    /// As for [`Engine::prep`], for every op of `ops`.
+    /// As for [`Engine::prep`], for every op.
     unsafe fn prep_run(
         &mut self,
         first: Cookie,
@@ -417,15 +446,16 @@ pub trait Engine {
             } else {
                 Notify::default()
             };
-            // SAFETY: the caller upholds this method's contract for every
-            // op, which is `prep`'s.
-            unsafe { self.prep(cookie, op, Some(notify))? };
+            // SAFETY: the caller upholds `prep`'s contract for every op.
+            unsafe { self.prep(cookie, op, Some(notify)) }?;
             cookie = cookie.next();
         }
         Ok(())
     }
 
-    /// Hands every prepared descriptor to the hardware.
+    /// Hands every prepared descriptor to the hardware. Safe: it runs only
+    /// what an `unsafe` `prep` wrote, whose contract covers the time from
+    /// the `prep` on.
     fn issue(&mut self);
 
     /// Collects completions, and with `check_hardware` also asks the device
@@ -435,9 +465,14 @@ pub trait Engine {
     /// Services the engine's interrupt; returns whether it was raised.
     fn handle_interrupt(&mut self) -> bool;
 
-    /// Stops the hardware for good; returns the last request known complete.
-    /// Every later request is abandoned.
-    fn terminate(&mut self) -> Option<Cookie>;
+    /// Asks the hardware to stop for good, without waiting long (it is
+    /// called from interrupt handlers): returns the last request known
+    /// complete, and whether the device has stopped. Every later request is
+    /// abandoned once it has; until then the engine takes no new work, and
+    /// the channel asks again (from `poll`, `status`, `terminate`, ...).
+    /// Before, it returned only the cookie, and an engine that could not
+    /// stop its device said so nowhere.
+    fn terminate(&mut self) -> Termination;
 
     /// Brings a stopped engine back to an empty, working ring.
     fn reset(&mut self) -> Result<(), DmaError>;

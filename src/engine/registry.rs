@@ -143,6 +143,8 @@ pub trait DmaChannel {
     fn reset(&mut self) -> Result<(), DmaError>;
     /// See [`Channel::is_halted`].
     fn is_halted(&self) -> bool;
+    /// See [`Channel::is_stopping`].
+    fn is_stopping(&self) -> bool;
 
     /// The 2005 I/OAT proposal's `dma_async_memcpy_buf_to_buf` on any channel.
     ///
@@ -196,6 +198,9 @@ impl<E: Engine> DmaChannel for Channel<E> {
     fn is_halted(&self) -> bool {
         Channel::is_halted(self)
     }
+    fn is_stopping(&self) -> bool {
+        Channel::is_stopping(self)
+    }
 }
 
 /// A registered client. It names one registration in one registry: after
@@ -229,7 +234,9 @@ pub enum Event {
     /// This channel is now the client's.
     ChannelAdded(ChannelHandle),
     /// This channel is no longer the client's (its engine went away, or the
-    /// client asked for fewer); it was terminated, so nothing is in flight.
+    /// client asked for fewer); it was terminated: nothing is in flight once
+    /// its engine has stopped (see [`Channel::terminate`]; until then its
+    /// requests stay in flight and their memory in the device's hands).
     ChannelRemoved(ChannelHandle),
 }
 
@@ -330,13 +337,10 @@ pub struct Registry<'a, const C: usize = 8, const N: usize = 8, I: IrqControl = 
 }
 
 /// A lock held with this CPU's interrupts masked by `I` until dropped.
-/// Not `Send`: dropping it restores the flag of the CPU that took it.
 struct Masked<'g, T, I: IrqControl> {
     guard: ManuallyDrop<SpinMutexGuard<'g, T>>,
     were_on: bool,
     _irq: PhantomData<fn() -> I>,
-    /// Keeps the guard on its CPU (`!Send`).
-    _cpu: PhantomData<*const ()>,
 }
 
 impl<'g, T, I: IrqControl> Masked<'g, T, I> {
@@ -346,7 +350,6 @@ impl<'g, T, I: IrqControl> Masked<'g, T, I> {
             guard: ManuallyDrop::new(mutex.lock()),
             were_on,
             _irq: PhantomData,
-            _cpu: PhantomData,
         }
     }
 }
@@ -376,21 +379,23 @@ impl<T, I: IrqControl> Drop for Masked<'_, T, I> {
 /// else does. This CPU's interrupts stay masked (by the registry's `I`)
 /// until it is dropped, so keep it briefly.
 ///
-/// Not `Send` (it was before): it restores the interrupt flag of the CPU
-/// that took it, so it must be dropped there, which a guard held across an
-/// `.await` on a work-stealing executor would not be:
+/// Not `Send` (a type check, since it was found to be `Send`): it restores
+/// the interrupt flag of the CPU that locked it, so a task must not hold
+/// it across an `.await`, where it could resume on another CPU.
 ///
 /// ```compile_fail,E0277
-/// # use dmaengine::engine::registry::{ChannelHandle, ClientId, Registry};
-/// fn across_cpus(registry: &Registry<'_>, client: ClientId, handle: ChannelHandle) {
-///     fn send<T: Send>(_: T) {}
+/// use dmaengine::engine::registry::{ChannelHandle, ClientId, Registry};
+/// fn is_send<T: Send>(_: &T) {}
+/// fn use_it(registry: &Registry<'_>, client: ClientId, handle: ChannelHandle) {
 ///     if let Ok(guard) = registry.channel(client, handle) {
-///         send(guard);
+///         is_send(&guard);
 ///     }
 /// }
 /// ```
 pub struct ChannelGuard<'g, 'a, I: IrqControl> {
     cell: Masked<'g, Cell<'a>, I>,
+    /// Not `Send`: see above.
+    _this_cpu: PhantomData<*const ()>,
 }
 
 impl<'a, I: IrqControl> Deref for ChannelGuard<'_, 'a, I> {
@@ -723,9 +728,12 @@ impl<'a, const C: usize, const N: usize, I: IrqControl> Registry<'a, C, N, I> {
     }
 
     /// Removes a channel (its engine is going away): it is terminated (every
-    /// request not complete ends `Aborted`, and the engine stops touching
-    /// memory), its client is told, and it is reset and handed back to the
-    /// caller. The handle is stale from now on. The client may be offered
+    /// request not complete ends `Aborted` once the engine has stopped
+    /// touching memory: an engine that has not, edu's with a transfer in
+    /// flight, leaves them in flight until a later call on the channel
+    /// finds it stopped; [`DmaChannel::is_stopping`] says which), its
+    /// client is told, and it is reset (if it can be yet) and handed back
+    /// to the caller. The handle is stale from now on. The client may be offered
     /// another channel. Waits for a user of the channel to drop its guard.
     pub fn remove_channel(
         &self,
@@ -776,7 +784,10 @@ impl<'a, const C: usize, const N: usize, I: IrqControl> Registry<'a, C, N, I> {
             return Err(RegistryError::Unknown);
         }
         if cell.owner == Some(client) {
-            return Ok(ChannelGuard { cell });
+            return Ok(ChannelGuard {
+                cell,
+                _this_cpu: PhantomData,
+            });
         }
         // The slow path names the error; the state lock comes first, so the
         // channel's is given up before it is taken.

@@ -130,24 +130,53 @@ pub struct SharedChannel<E: Engine, I: IrqControl> {
 
 /// The locked channel; interrupts stay off on this CPU until it is dropped.
 ///
-/// Not `Send` (it was before): it restores the interrupt flag of the CPU
-/// that took it, so it must be dropped there, which a guard held across an
-/// `.await` on a work-stealing executor would not be:
+/// Not `Send` (a type check, since it was found to be `Send`): it restores
+/// the interrupt flag of the CPU that locked it, so it must be dropped on
+/// that CPU, and a task holding it across an `.await` could resume on
+/// another. Through it, as through [`Channel::engine_mut`], no safe call
+/// reaches raw DMA: the engine's `prep` is `unsafe`.
+///
+/// ```
+/// # use core::ptr::NonNull;
+/// # use dmaengine::drivers::cpu::CpuEngine;
+/// # use dmaengine::engine::shared::{NoMasking, SharedChannel};
+/// # use dmaengine::hal::{DmaAddr, Hal};
+/// # struct NoMemory;
+/// # // SAFETY: hands out no memory at all.
+/// # unsafe impl Hal for NoMemory {
+/// #     fn dma_alloc(_: usize, _: u64) -> Option<(DmaAddr, NonNull<u8>)> { None }
+/// #     unsafe fn dma_dealloc(_: DmaAddr, _: NonNull<u8>, _: usize) {}
+/// #     fn phys_to_virt(_: DmaAddr) -> NonNull<u8> { NonNull::dangling() }
+/// # }
+/// fn is_send<T: Send>(_: &T) {}
+/// fn use_it(shared: &SharedChannel<CpuEngine<NoMemory>, NoMasking>) {
+///     is_send(shared); // the channel is shared across CPUs...
+/// }
+/// ```
 ///
 /// ```compile_fail,E0277
-/// # use dmaengine::engine::{Engine, SharedChannel};
-/// # use dmaengine::engine::shared::NoMasking;
-/// fn across_cpus<E: Engine + Send>(shared: &SharedChannel<E, NoMasking>) {
-///     fn send<T: Send>(_: T) {}
-///     send(shared.lock());
+/// # use core::ptr::NonNull;
+/// # use dmaengine::drivers::cpu::CpuEngine;
+/// # use dmaengine::engine::shared::{NoMasking, SharedChannel};
+/// # use dmaengine::hal::{DmaAddr, Hal};
+/// # struct NoMemory;
+/// # // SAFETY: hands out no memory at all.
+/// # unsafe impl Hal for NoMemory {
+/// #     fn dma_alloc(_: usize, _: u64) -> Option<(DmaAddr, NonNull<u8>)> { None }
+/// #     unsafe fn dma_dealloc(_: DmaAddr, _: NonNull<u8>, _: usize) {}
+/// #     fn phys_to_virt(_: DmaAddr) -> NonNull<u8> { NonNull::dangling() }
+/// # }
+/// fn is_send<T: Send>(_: &T) {}
+/// fn use_it(shared: &SharedChannel<CpuEngine<NoMemory>, NoMasking>) {
+///     is_send(&shared.lock()); // ...its guard never leaves the CPU
 /// }
 /// ```
 pub struct SharedGuard<'a, E: Engine, I: IrqControl> {
     guard: ManuallyDrop<SpinMutexGuard<'a, Channel<E>>>,
     were_on: bool,
     _irq: PhantomData<fn() -> I>,
-    /// Keeps the guard on its CPU (`!Send`).
-    _cpu: PhantomData<*const ()>,
+    /// Not `Send`: see above.
+    _this_cpu: PhantomData<*const ()>,
 }
 
 impl<E: Engine, I: IrqControl> Deref for SharedGuard<'_, E, I> {
@@ -206,7 +235,7 @@ impl<E: Engine, I: IrqControl> SharedChannel<E, I> {
             guard: ManuallyDrop::new(self.channel.lock()),
             were_on,
             _irq: PhantomData,
-            _cpu: PhantomData,
+            _this_cpu: PhantomData,
         }
     }
 
@@ -245,9 +274,8 @@ impl<E: Engine, I: IrqControl> SharedChannel<E, I> {
     }
 
     /// A future that ends when `transfer` does, with its buffers, as
-    /// [`Transfer::finish`] answers. The transfer is over buffers of the
-    /// engine's Hal (any Hal was accepted before), as every transfer made
-    /// by this channel's [`Channel::copy`] is.
+    /// [`Transfer::finish`] answers. The transfer's buffers are of the
+    /// engine's Hal (a type check since this took any Hal).
     pub fn transfer(&self, transfer: Transfer<E::Hal>) -> TransferFuture<'_, E, I> {
         TransferFuture {
             channel: self,

@@ -32,6 +32,10 @@ pub(super) struct Scripted {
     pub(super) raised: bool,
     terminated: usize,
     resets: usize,
+    /// Set by the test: `terminate` says the device has not stopped.
+    pub(super) busy: bool,
+    /// As `busy`, for a test that no longer reaches the engine.
+    pub(super) busy_flag: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
     /// Set by the test: capabilities beyond copy and fill.
     pub(super) more_caps: Capabilities,
 }
@@ -47,7 +51,9 @@ impl Scripted {
     }
 }
 
-impl Engine for Scripted {
+// SAFETY: it never touches memory: whatever it reports, no device reads or
+// writes what it was given.
+unsafe impl Engine for Scripted {
     type Mark = usize;
     type Hal = FakeHal;
 
@@ -103,11 +109,21 @@ impl Engine for Scripted {
         core::mem::take(&mut self.raised)
     }
 
-    fn terminate(&mut self) -> Option<Cookie> {
+    fn terminate(&mut self) -> Termination {
         self.terminated += 1;
         self.prepared.clear();
-        self.issued.clear();
-        self.complete_upto.take()
+        let busy = self.busy
+            || self
+                .busy_flag
+                .as_ref()
+                .is_some_and(|f| f.load(std::sync::atomic::Ordering::Relaxed));
+        if !busy {
+            self.issued.clear();
+        }
+        Termination {
+            completed: self.complete_upto.take(),
+            stopped: !busy,
+        }
     }
 
     fn reset(&mut self) -> Result<(), DmaError> {
@@ -594,19 +610,6 @@ fn owned_transfers_return_their_buffers_on_errors() {
     assert!(t.finish(&mut chan).is_ok());
 }
 
-#[test]
-fn channel_ids_do_not_wrap_after_u32_max() {
-    use core::sync::atomic::Ordering;
-    // As if 2^32 - 1 channels had been made: with 32-bit ids the next ones
-    // wrapped to 0, 1, ..., and a transfer of an old channel with the same
-    // id as a new one would be finished by the new one.
-    super::channel::NEXT_CHANNEL_ID.store(u32::MAX.into(), Ordering::Relaxed);
-    let a: Channel<CpuEngine<FakeHal>> = Channel::new(CpuEngine::new());
-    let b: Channel<CpuEngine<FakeHal>> = Channel::new(CpuEngine::new());
-    assert!(a.id() >= u32::MAX.into(), "id {} wrapped", a.id());
-    assert!(b.id() > a.id(), "id {} after {}", b.id(), a.id());
-}
-
 mod registry {
     use std::cell::RefCell;
     use std::time::Duration;
@@ -857,6 +860,43 @@ mod registry {
             "the CPU copied before the removal and was refused after it: {made}"
         );
         assert_eq!(reg.channel(p, h).err(), Some(RegistryError::Unknown));
+    }
+
+    #[test]
+    fn a_channel_removed_before_its_engine_stopped_keeps_its_requests_in_flight() {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicBool, Ordering};
+
+        let busy = Arc::new(AtomicBool::new(true));
+        let mut engine = super::Scripted::new(1 << 20, 64);
+        engine.busy_flag = Some(busy.clone());
+        engine.dma_mask = u64::MAX;
+        let mut chan = Channel::new(engine);
+        let dst = Dma::<FakeHal>::new(64).unwrap();
+        let transfer = chan
+            .fill_buffer(dst, 0, 64, 7, crate::engine::PrepFlags::empty())
+            .map_err(|e| e.error)
+            .unwrap();
+        let cookie = transfer.cookie();
+        chan.issue_pending();
+        let reg: Registry<'_, 2, 4> = Registry::new();
+        let p = reg.register_client(cb(30)).unwrap();
+        reg.request_channels(p, 1).unwrap();
+        let h = reg.add_channel(&mut chan).unwrap();
+        let back = reg.remove_channel(h).unwrap();
+        assert!(back.is_stopping() && back.is_halted());
+        assert_eq!(back.status(cookie).status, Status::InProgress);
+        busy.store(false, Ordering::Relaxed);
+        assert_eq!(
+            back.status(cookie).status,
+            Status::Error(crate::engine::ErrorKind::Aborted)
+        );
+        assert!(!back.is_stopping());
+        assert!(matches!(
+            transfer.finish(&mut chan),
+            Err(crate::engine::TransferError::Failed { .. })
+        ));
+        take_events();
     }
 
     #[test]
@@ -1429,4 +1469,51 @@ fn a_fault_on_the_last_page_of_the_address_space_is_pinned() {
         chan.status(again).status,
         Status::Error(ErrorKind::WriteFailed)
     );
+}
+
+#[test]
+fn a_fault_whose_engine_has_not_stopped_keeps_the_buffers_in_flight() {
+    let mut engine = Scripted::new(1 << 20, 64);
+    engine.dma_mask = u64::MAX;
+    let mut chan = Channel::new(engine);
+    let src = Dma::<FakeHal>::new(64).unwrap();
+    let dst = Dma::<FakeHal>::new(64).unwrap();
+    let page = dst.paddr();
+    let transfer = chan
+        .copy(dst, 0, src, 0, 64, PrepFlags::empty())
+        .map_err(|e| e.error)
+        .unwrap();
+    let cookie = transfer.cookie();
+    chan.issue_pending();
+    chan.engine_mut().busy = true;
+    chan.engine_mut().complete_upto = Some(cookie);
+    assert_eq!(chan.fail_at(page, true), Some(cookie));
+    assert!(chan.is_halted() && chan.is_stopping());
+    // Its completion (taken by the stop) does not make it `Complete`.
+    assert_eq!(chan.status(cookie).status, Status::InProgress);
+    let mut delay = CountingDelay::default();
+    assert_eq!(
+        chan.wait_all(&mut delay, Duration::from_micros(10)),
+        Err(DmaError::TimedOut)
+    );
+    let transfer = match transfer.finish(&mut chan) {
+        Err(TransferError::Pending(t)) => t,
+        _ => panic!("buffers handed back while the engine runs"),
+    };
+    assert_eq!(chan.reset(), Err(DmaError::Busy));
+    chan.engine_mut().busy = false;
+    chan.poll();
+    assert!(!chan.is_stopping());
+    match transfer.finish(&mut chan) {
+        Err(TransferError::Failed { kind, .. }) => assert_eq!(kind, ErrorKind::WriteFailed),
+        _ => panic!("the fault is reported once the engine stopped"),
+    }
+    assert_eq!(
+        chan.wait_all(&mut delay, Duration::from_micros(10)),
+        Err(DmaError::FailedAt {
+            cookie,
+            kind: ErrorKind::WriteFailed
+        })
+    );
+    assert_eq!(chan.reset(), Ok(()));
 }

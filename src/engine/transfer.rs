@@ -144,7 +144,8 @@ impl<H: Hal> Transfer<H> {
 
     /// Where the request stands.
     pub fn status<E: Engine<Hal = H>>(&self, channel: &mut Channel<E>) -> Result<Status, DmaError> {
-        if channel.id() != self.channel {
+        // Id 0 is no channel's: a channel made after the ids ran out.
+        if self.channel == 0 || channel.id() != self.channel {
             return Err(DmaError::WrongChannel);
         }
         Ok(channel.status(self.cookie).status)
@@ -156,9 +157,6 @@ impl<H: Hal> Transfer<H> {
     }
 
     /// The buffers back if the request has ended: `Ok` when it completed.
-    /// The channel's engine has the transfer's Hal (this, [`Transfer::status`]
-    /// and [`Transfer::wait`] took a channel of any engine before; only one
-    /// of that Hal can have made it).
     pub fn finish<E: Engine<Hal = H>>(
         self,
         channel: &mut Channel<E>,
@@ -197,9 +195,8 @@ impl<E: Engine> Channel<E> {
         dst: Dma<E::Hal>,
         src: Option<Dma<E::Hal>>,
     ) -> Result<Transfer<E::Hal>, PrepError<E::Hal>> {
-        // SAFETY: both buffers are DMA memory of the engine's Hal (the
-        // types say so), so `op`'s addresses are in the engine's address
-        // space; they are owned by the transfer built below until
+        // SAFETY: both buffers are of the engine's Hal, so their addresses
+        // are in its address space; they are owned by the transfer built below until
         // the channel reports the request ended; the transfer never frees
         // them before that (it leaks them if dropped early), and no reference
         // to their memory exists meanwhile.
@@ -217,21 +214,32 @@ impl<E: Engine> Channel<E> {
     /// Prepares a copy of `len` bytes from `src[src_offset..]` to
     /// `dst[dst_offset..]`, taking both buffers until it ends.
     ///
-    /// The buffers are of the engine's own Hal ([`Engine::Hal`]; any Hal
-    /// was accepted before): the engine reads their addresses in its
-    /// Hal's address space, so a buffer of another (an IOVA Hal's buffer
-    /// given to an engine addressing physical memory) would send the
-    /// device elsewhere. That no longer compiles:
+    /// The buffers must be of the engine's Hal ([`Engine::Hal`]), whose
+    /// address space the engine reads their addresses in: a type check
+    /// since this was found to take a `Dma` of any Hal, which let a device
+    /// write past a buffer given in the wrong address space.
     ///
     /// ```compile_fail,E0308
-    /// # use dmaengine::engine::{Channel, PrepFlags};
+    /// # use core::ptr::NonNull;
     /// # use dmaengine::drivers::cpu::CpuEngine;
-    /// # use dmaengine::hal::{Dma, Hal};
-    /// fn mixed<Phys: Hal, Iova: Hal>(
-    ///     chan: &mut Channel<CpuEngine<Phys>>,
-    ///     dst: Dma<Iova>,
-    ///     src: Dma<Iova>,
-    /// ) {
+    /// # use dmaengine::engine::{Channel, PrepFlags};
+    /// # use dmaengine::hal::{Dma, DmaAddr, Hal};
+    /// # struct Physical;
+    /// # struct Iova;
+    /// # // SAFETY: hands out no memory at all.
+    /// # unsafe impl Hal for Physical {
+    /// #     fn dma_alloc(_: usize, _: u64) -> Option<(DmaAddr, NonNull<u8>)> { None }
+    /// #     unsafe fn dma_dealloc(_: DmaAddr, _: NonNull<u8>, _: usize) {}
+    /// #     fn phys_to_virt(_: DmaAddr) -> NonNull<u8> { NonNull::dangling() }
+    /// # }
+    /// # // SAFETY: as above.
+    /// # unsafe impl Hal for Iova {
+    /// #     fn dma_alloc(_: usize, _: u64) -> Option<(DmaAddr, NonNull<u8>)> { None }
+    /// #     unsafe fn dma_dealloc(_: DmaAddr, _: NonNull<u8>, _: usize) {}
+    /// #     fn phys_to_virt(_: DmaAddr) -> NonNull<u8> { NonNull::dangling() }
+    /// # }
+    /// fn copy_into(chan: &mut Channel<CpuEngine<Physical>>, dst: Dma<Iova>, src: Dma<Iova>) {
+    ///     // A buffer of another Hal: refused by the compiler.
     ///     let _ = chan.copy(dst, 0, src, 0, 64, PrepFlags::empty());
     /// }
     /// ```
@@ -262,8 +270,8 @@ impl<E: Engine> Channel<E> {
     }
 
     /// Prepares filling `dst[offset..offset + len]` with `pattern`, taking
-    /// the buffer until it ends. The buffer is of the engine's own Hal,
-    /// as for [`Channel::copy`].
+    /// the buffer until it ends. The buffer must be of the engine's Hal
+    /// (a type check, as for [`Channel::copy`]).
     pub fn fill_buffer(
         &mut self,
         dst: Dma<E::Hal>,

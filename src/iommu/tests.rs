@@ -9,7 +9,7 @@ use super::fake::{Access, FakeVtd};
 use super::{DmaFault, DomainId, Iommu, IommuError, SourceId, domain};
 use crate::engine::{
     Capabilities, Channel, Cookie, DmaError, Engine, EngineError, ErrorKind, FaultHook, Limits,
-    Notify, Op, PrepFlags, Progress, Status,
+    Notify, Op, PrepFlags, Progress, Status, Termination,
 };
 use crate::mm::frame::PageRef;
 use crate::mm::tests::{Memory, counts, mapper, table_frames};
@@ -267,7 +267,9 @@ impl<'a> Behind<'a> {
     }
 }
 
-impl Engine for Behind<'_> {
+// SAFETY: it runs its requests synchronously in `issue` and `terminate`,
+// through the fake unit; nothing touches memory after it reports.
+unsafe impl Engine for Behind<'_> {
     type Mark = usize;
     type Hal = crate::hal::fake::FakeHal;
     fn capabilities(&self) -> Capabilities {
@@ -310,9 +312,12 @@ impl Engine for Behind<'_> {
     fn handle_interrupt(&mut self) -> bool {
         false
     }
-    fn terminate(&mut self) -> Option<Cookie> {
+    fn terminate(&mut self) -> Termination {
         self.prepared.clear();
-        self.run().or(self.done.take())
+        Termination {
+            completed: self.run().or(self.done.take()),
+            stopped: true,
+        }
     }
     fn reset(&mut self) -> Result<(), DmaError> {
         Ok(())

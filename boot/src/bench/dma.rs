@@ -237,9 +237,7 @@ struct BatchRun {
 /// or request by request for a batch of one), issued and waited for.
 fn api_batch(chan: &mut LsiChannel, ops: &[Op]) -> BatchRun {
     let start = time::rdtsc();
-    // SAFETY: `accesses` reads the region's access counter, not the chip:
-    // nothing is written, no register read.
-    let before = unsafe { chan.engine().regs() }.accesses();
+    let before = chan.engine().register_accesses();
     let last = if let [op] = ops {
         // SAFETY: as in `api_copies`.
         unsafe { chan.prep(*op, PrepFlags::empty(), None) }.expect("prep")
@@ -249,11 +247,9 @@ fn api_batch(chan: &mut LsiChannel, ops: &[Op]) -> BatchRun {
             .expect("prep_batch")
             .last
     };
-    // SAFETY: as above.
-    let prepped = unsafe { chan.engine().regs() }.accesses();
+    let prepped = chan.engine().register_accesses();
     chan.issue_pending();
-    // SAFETY: as above.
-    let issued = unsafe { chan.engine().regs() }.accesses();
+    let issued = chan.engine().register_accesses();
     spin(chan, last);
     BatchRun {
         cycles: time::rdtsc() - start,

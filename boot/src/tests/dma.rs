@@ -58,6 +58,10 @@ pub const TESTS: &[Test] = &[
     Test::new("dma.edu.split_copy_by_polling", edu_split_copy_by_polling),
     Test::new("dma.edu.unsupported_and_bad_requests", edu_bad_requests),
     Test::new(
+        "dma.edu.terminate_keeps_buffers_until_the_device_is_idle",
+        edu_terminate_mid_transfer,
+    ),
+    Test::new(
         "dma.registry.client_gets_and_uses_channels_of_every_engine",
         registry_with_every_engine,
     ),
@@ -228,10 +232,11 @@ fn engine_refusals() {
         len: 64,
         pattern: 0,
     };
-    // SAFETY: the buffer outlives the channel; the edu device cannot
-    // fill, so the engine refuses and nothing runs.
-    let refused = unsafe { edu.engine_mut().prep(Cookie::FIRST, fill, None) };
-    assert_eq!(refused, Err(EngineError::NotSupported));
+    assert_eq!(
+        // SAFETY: refused (edu cannot fill), nothing runs.
+        unsafe { edu.engine_mut().prep(Cookie::FIRST, fill, None) },
+        Err(EngineError::NotSupported)
+    );
     let mut lsi = lsi();
     let src = buffer(64 * 2, src_pattern);
     let dst = buffer(128 * 2, dst_pattern);
@@ -244,11 +249,9 @@ fn engine_refusals() {
         src: src.paddr(),
         len: 64,
     };
-    // SAFETY: the buffers outlive the channel; the halted engine refuses
-    // the request, so nothing runs.
-    let refused = unsafe { lsi.engine_mut().prep(Cookie::FIRST, copy, None) };
     assert_eq!(
-        refused,
+        // SAFETY: refused (the engine is halted), nothing runs.
+        unsafe { lsi.engine_mut().prep(Cookie::FIRST, copy, None) },
         Err(EngineError::Halted),
         "a halted ring is not a full one"
     );
@@ -974,6 +977,53 @@ fn edu_split_copy_by_polling() {
     chan.wait(c, &mut Delay, TIMEOUT).expect("copy completes");
     let expected = window(3, 0, 9000);
     assert_eq!(first_mismatch(dst.as_slice(), expected), None);
+}
+
+/// The device has no abort: a terminate with a transfer in flight returns
+/// at once, and the owned buffers stay in flight until a later poll finds
+/// the device idle (its transfer ends 100 ms of virtual time after it
+/// started); the second half of the copy, the write to RAM, never starts.
+fn edu_terminate_mid_transfer() {
+    use dmaengine::engine::TransferError;
+    let mut chan = edu();
+    let src = buffer(4000, src_pattern);
+    let dst = buffer(4000, dst_pattern);
+    let transfer = chan
+        .copy(dst, 0, src, 0, 4000, PrepFlags::empty())
+        .map_err(|e| e.error)
+        .expect("prep");
+    chan.issue_pending();
+    let before = chan.engine().register_accesses();
+    chan.terminate();
+    let accesses = chan.engine().register_accesses() - before;
+    assert!(chan.is_stopping(), "the transfer into the device runs on");
+    assert!(
+        accesses <= 2,
+        "terminate asks, never waits ({accesses} accesses)"
+    );
+    let mut transfer = match transfer.finish(&mut chan) {
+        Err(TransferError::Pending(t)) => t,
+        _ => panic!("buffers handed back while the device reads them"),
+    };
+    let mut waited_us = 0;
+    let (kind, dst) = loop {
+        match transfer.finish(&mut chan) {
+            Err(TransferError::Pending(t)) => transfer = t,
+            Err(TransferError::Failed { kind, dst, .. }) => break (kind, dst),
+            _ => panic!("the copy cannot have completed"),
+        }
+        assert!(waited_us < 2_000_000, "the device never went idle");
+        Delay.delay_us(100);
+        waited_us += 100;
+    };
+    assert!(waited_us > 0, "stopped only once the device was idle");
+    assert_eq!(kind, ErrorKind::Aborted);
+    assert_eq!(
+        first_mismatch(dst.as_slice(), dst_pattern),
+        None,
+        "the write to RAM never started"
+    );
+    assert_eq!(chan.reset(), Ok(()));
 }
 
 fn edu_bad_requests() {

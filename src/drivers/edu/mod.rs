@@ -11,12 +11,18 @@
 //! is slow on purpose, and the engine that shows the API is really
 //! asynchronous and interrupt-driven.
 //!
-//! The device has no abort: `terminate` waits for the transfer in flight
-//! (it ends 100 ms of virtual time after it started) so that nothing writes
-//! memory after it. Every such wait is bounded ([`IDLE_POLLS`] register
-//! reads); a device still busy after that is *wedged*: the engine refuses
-//! new work (`Halted`), `reset` answers `TimedOut`, and the memory of the
-//! transfer in flight must be treated as still in the device's hands.
+//! The device has no abort: `terminate` forgets the queued transfers, starts
+//! no more, and lets the one in flight run to its end (100 ms of virtual
+//! time after it started); it does not wait for it (it may run in an
+//! interrupt handler: the wait used to spin there, interrupts off, for up
+//! to [`IDLE_POLLS`] reads), and says the engine stopped only when the
+//! device is idle ([`Termination::stopped`]). Until then the engine takes
+//! no new work (`Halted`), its `reset` answers `TimedOut` (a channel's, `Busy`), and the channel
+//! keeps the requests in flight, their memory in the device's hands; a
+//! later `terminate` (the channel's `poll`, `status`, `terminate`, ...)
+//! that finds the device idle finishes the stop. A device that never
+//! finishes its transfer (wedged) keeps them in flight for good: their
+//! buffers leak rather than come back while it may still write them.
 
 #[cfg(test)]
 mod fake;
@@ -27,14 +33,16 @@ mod tests;
 use core::marker::PhantomData;
 
 use crate::engine::{
-    Capabilities, Cookie, DmaError, Engine, EngineError, Limits, Notify, Op, Progress,
+    Capabilities, Cookie, DmaError, Engine, EngineError, Limits, Notify, Op, Progress, Termination,
 };
 use crate::hal::{DmaAddr, Hal};
 use crate::mmio::{MmioRegion, Registers};
 
 /// Reads of the command register a wait for the device to go idle makes
-/// before it gives up: a transfer ends 100 ms of virtual time after it
-/// starts, and a read costs about 60 ns under TCG, so this is seconds.
+/// before it gives up (in [`EduEngine::new`] and when the engine is
+/// dropped; `terminate` does not wait): a transfer ends 100 ms of virtual
+/// time after it starts, and a read costs about 60 ns under TCG, so this
+/// is seconds.
 pub const IDLE_POLLS: u32 = 50_000_000;
 
 /// One device transfer.
@@ -54,8 +62,8 @@ struct Transfer {
 /// device in host tests).
 ///
 /// Through [`Channel::engine_mut`](crate::engine::Channel::engine_mut)
-/// only [`EduEngine::regs`] may be called, and it is `unsafe`, under its
-/// contract.
+/// only [`EduEngine::register_accesses`] is meant to be called (and
+/// [`EduEngine::regs`] under its contract).
 ///
 /// What QEMU does that the driver depends on: a transfer completes 100 ms
 /// of virtual time after it starts; QEMU 7.2 aborts the whole emulator on a
@@ -75,8 +83,9 @@ pub struct EduEngine<H: Hal, R: Registers = MmioRegion, const N: usize = 64> {
     issued: usize,
     /// The head transfer is running on the device.
     running: bool,
-    /// The device did not go idle within [`IDLE_POLLS`].
-    wedged: bool,
+    /// A `terminate` waits for the transfer in flight to end: nothing new
+    /// starts, and the engine has not stopped until the device is idle.
+    stopping: bool,
     completed: Option<Cookie>,
     _hal: PhantomData<H>,
 }
@@ -96,7 +105,7 @@ impl<H: Hal, R: Registers, const N: usize> EduEngine<H, R, N> {
             len: 0,
             issued: 0,
             running: false,
-            wedged: false,
+            stopping: false,
             completed: None,
             _hal: PhantomData,
         };
@@ -109,28 +118,47 @@ impl<H: Hal, R: Registers, const N: usize> EduEngine<H, R, N> {
 
     /// The register window.
     ///
-    /// `unsafe` (it was safe before): the registers, with the safe
-    /// `write32` of [`MmioRegion`], program the
-    /// device's DMA directly.
-    ///
     /// # Safety
-    /// Nothing may be written through the returned reference (a write can
-    /// point the device's DMA at any address), and a read with a side
-    /// effect (one that clears a status or acknowledges an interrupt)
-    /// breaks the driver's bookkeeping: read only what the driver's docs
-    /// or the register model say reads without one.
+    /// Nothing written through it may start a transfer or change the
+    /// registers of one (`DMA_SRC`, `DMA_DST`, `DMA_COUNT`, `DMA_CMD`) or
+    /// acknowledge the device's interrupt: the engine owns them, and a
+    /// write there points the device at memory nobody vouched for (the
+    /// window's `write32` is safe). Reading is always fine; a fake
+    /// device's own controls too. `unsafe` since this contract was
+    /// written: it was safe before. [`EduEngine::register_accesses`] is
+    /// the safe way to count accesses.
+    ///
+    /// ```
+    /// use dmaengine::drivers::edu::EduEngine;
+    /// use dmaengine::hal::Hal;
+    /// fn count<H: Hal>(engine: &EduEngine<H>) -> u64 {
+    ///     engine.register_accesses()
+    /// }
+    /// ```
     ///
     /// ```compile_fail,E0133
-    /// # use dmaengine::drivers::edu::EduEngine;
-    /// # use dmaengine::engine::Channel;
-    /// # use dmaengine::hal::Hal;
-    /// # use dmaengine::mmio::MmioRegion;
-    /// fn aim<H: Hal>(chan: &Channel<EduEngine<H, MmioRegion>>) {
-    ///     chan.engine().regs().write32(0x88, 0x1000); // DMA_DST
+    /// use dmaengine::drivers::edu::EduEngine;
+    /// use dmaengine::hal::Hal;
+    /// fn poke<H: Hal>(engine: &EduEngine<H>) {
+    ///     engine.regs().write32(0x10, 0x1000);
     /// }
     /// ```
     pub unsafe fn regs(&self) -> &R {
         &self.regs
+    }
+
+    /// The fake device behind the engine, for host tests to drive (what
+    /// [`Self::regs`] gives, without its contract: a fake moves only the
+    /// test's own memory).
+    #[cfg(test)]
+    pub(crate) fn device(&self) -> &R {
+        &self.regs
+    }
+
+    /// Register accesses so far, as the window counts them
+    /// ([`Registers::accesses`]).
+    pub fn register_accesses(&self) -> u64 {
+        self.regs.accesses()
     }
 
     fn busy(&self) -> bool {
@@ -138,17 +166,14 @@ impl<H: Hal, R: Registers, const N: usize> EduEngine<H, R, N> {
     }
 
     /// Spins until the device has no transfer in flight, for at most
-    /// [`IDLE_POLLS`] reads; returns whether it went idle. If not, the
-    /// engine is wedged until a later wait (in `reset`) sees it idle.
+    /// [`IDLE_POLLS`] reads; returns whether it went idle.
     fn wait_idle(&mut self) -> bool {
         for _ in 0..self.idle_polls {
             if !self.busy() {
-                self.wedged = false;
                 return true;
             }
             core::hint::spin_loop();
         }
-        self.wedged = true;
         false
     }
 
@@ -158,7 +183,7 @@ impl<H: Hal, R: Registers, const N: usize> EduEngine<H, R, N> {
     }
 
     fn start_next(&mut self) {
-        if self.running || self.issued == 0 {
+        if self.running || self.issued == 0 || self.stopping {
             return;
         }
         let Some(t) = self.queue[self.head] else {
@@ -206,7 +231,12 @@ impl<H: Hal, R: Registers, const N: usize> EduEngine<H, R, N> {
     }
 }
 
-impl<H: Hal, R: Registers, const N: usize> Engine for EduEngine<H, R, N> {
+// SAFETY: a request is reported complete when the device has finished its
+// last transfer (the transfers run one at a time, in order); `terminate`
+// says `stopped` only with the device idle and nothing more to start, and
+// `reset` only succeeds then; the device reads and writes the addresses of
+// `H` it was given (the kernel gives its DMA mask to `new`).
+unsafe impl<H: Hal, R: Registers, const N: usize> Engine for EduEngine<H, R, N> {
     type Mark = usize;
     type Hal = H;
 
@@ -242,7 +272,7 @@ impl<H: Hal, R: Registers, const N: usize> Engine for EduEngine<H, R, N> {
         let Op::Copy { dst, src, len } = op else {
             return Err(EngineError::NotSupported);
         };
-        if self.wedged {
+        if self.stopping {
             return Err(EngineError::Halted);
         }
         if self.len + 2 > N {
@@ -291,27 +321,41 @@ impl<H: Hal, R: Registers, const N: usize> Engine for EduEngine<H, R, N> {
         true
     }
 
-    fn terminate(&mut self) -> Option<Cookie> {
-        // No abort on this device: let the transfer in flight end, then
-        // forget the rest. If it never ends the engine is wedged (see the
-        // module docs) and its queue is forgotten all the same.
-        if self.wait_idle() {
-            self.retire();
+    fn terminate(&mut self) -> Termination {
+        // No abort on this device: the transfer in flight runs to its end
+        // (one register read each call; see the module docs).
+        self.retire();
+        if self.running {
+            // Keep only the running transfer (the head), to retire it once
+            // the device is done; start nothing else.
+            while self.len > 1 {
+                self.len -= 1;
+                self.queue[(self.head + self.len) % N] = None;
+            }
+            self.issued = self.len;
+            self.stopping = true;
+            return Termination {
+                completed: self.completed.take(),
+                stopped: false,
+            };
         }
-        self.running = false;
+        self.stopping = false;
         self.queue = [None; N];
         self.len = 0;
         self.issued = 0;
         self.regs.write32(regs::INTR_ACK, regs::INTR_DMA);
-        self.completed.take()
+        Termination {
+            completed: self.completed.take(),
+            stopped: true,
+        }
     }
 
     fn reset(&mut self) -> Result<(), DmaError> {
-        self.terminate();
-        self.head = 0;
-        if self.wedged {
+        if !self.terminate().stopped {
+            // Still busy: the transfer in flight keeps its place.
             return Err(DmaError::TimedOut);
         }
+        self.head = 0;
         Ok(())
     }
 }

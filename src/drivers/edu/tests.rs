@@ -4,10 +4,11 @@
 
 use super::EduEngine;
 use super::fake::FakeEdu;
-use crate::engine::{Channel, Cookie, DmaError, Engine, EngineError, Op, PrepFlags, Status};
+use crate::engine::{
+    Channel, Cookie, DmaError, Engine, EngineError, ErrorKind, Op, PrepFlags, Status, TransferError,
+};
 use crate::hal::Dma;
 use crate::hal::fake::FakeHal;
-use crate::mmio::Registers;
 
 type Edu = EduEngine<FakeHal, FakeEdu>;
 
@@ -39,10 +40,9 @@ fn copies_go_through_the_device_buffer_in_pieces() {
     }
     assert_eq!(chan.status(cookie).status, Status::Complete);
     assert_eq!(dst.as_slice(), src.as_slice());
-    // SAFETY: the fake device's transfer count, not a register.
-    let transfers = unsafe { chan.engine().regs() }.transfers();
     assert_eq!(
-        transfers, 6,
+        chan.engine().device().transfers(),
+        6,
         "three pieces of at most 4095 bytes, two transfers each"
     );
 }
@@ -56,65 +56,104 @@ fn what_the_device_cannot_do_is_not_supported_not_ring_full() {
         len: 64,
         pattern: 1,
     };
-    // SAFETY: the buffer outlives the channel; a fill is refused, so
-    // nothing runs.
-    let refused = unsafe { chan.engine_mut().prep(Cookie::FIRST, fill, None) };
-    assert_eq!(refused, Err(EngineError::NotSupported));
+    assert_eq!(
+        // SAFETY: refused, nothing runs.
+        unsafe { chan.engine_mut().prep(Cookie::FIRST, fill, None) },
+        Err(EngineError::NotSupported)
+    );
     // SAFETY: refused, nothing runs.
     let zero = unsafe { chan.zero(buf.paddr(), 64, PrepFlags::empty()) };
     assert_eq!(zero, Err(DmaError::NotSupported));
 }
 
 #[test]
-fn a_device_that_never_goes_idle_is_waited_for_a_bounded_time() {
-    let mut engine: Edu = EduEngine::new(FakeEdu::new(1), u64::MAX).unwrap();
-    engine.idle_polls = 1000;
-    let mut chan = Channel::new(engine);
+fn a_stuck_device_keeps_the_buffers_until_it_has_stopped() {
+    let mut chan = channel(3);
     let src = pattern(100);
     let dst = Dma::<FakeHal>::new(100).unwrap();
-    // SAFETY: the buffers outlive the channel; the fake device writes them
-    // only when a transfer finishes, which the test controls.
-    let cookie =
-        unsafe { chan.prep_copy(dst.paddr(), src.paddr(), 100, PrepFlags::empty()) }.unwrap();
+    let transfer = chan
+        .copy(dst, 0, src, 0, 100, PrepFlags::empty())
+        .map_err(|e| e.error)
+        .unwrap();
     chan.issue_pending();
-    // SAFETY: the fake device's test controls and access count: nothing
-    // is written to the device, no status read.
-    let fake = unsafe { chan.engine().regs() };
-    fake.stuck.set(true);
-    let before = fake.accesses();
+    // Into the device's buffer, then out: stuck on the write to RAM.
+    while chan.engine().device().transfers() < 2 {
+        chan.poll();
+    }
+    chan.engine().device().stuck.set(true);
+    let before = chan.engine().register_accesses();
     chan.terminate();
-    // SAFETY: as above.
-    let reads = unsafe { chan.engine().regs() }.accesses() - before;
+    let accesses = chan.engine().register_accesses() - before;
     assert!(
-        (1000..1100).contains(&reads),
-        "terminate gave up after its bound ({reads} accesses)"
+        accesses <= 2,
+        "terminate asks, never spins ({accesses} accesses)"
     );
-    assert_eq!(
-        chan.status(cookie).status,
-        Status::Error(crate::engine::ErrorKind::Aborted)
-    );
-    let copy = Op::Copy {
-        dst: dst.paddr(),
-        src: src.paddr(),
-        len: 8,
+    assert!(chan.is_halted() && chan.is_stopping());
+    // SAFETY: refused (the engine takes no new work), nothing runs.
+    let refused = unsafe {
+        chan.engine_mut().prep(
+            Cookie::FIRST,
+            Op::Copy {
+                dst: 0x1000,
+                src: 0x2000,
+                len: 8,
+            },
+            None,
+        )
     };
-    // SAFETY: the buffers outlive the channel; the halted engine refuses
-    // the request, so nothing runs.
-    let refused = unsafe { chan.engine_mut().prep(Cookie::FIRST, copy, None) };
-    assert_eq!(
-        refused,
-        Err(EngineError::Halted),
-        "a wedged device takes no new work"
-    );
-    assert_eq!(chan.reset(), Err(DmaError::TimedOut));
-    // The device comes back: a reset sees it idle and the channel works.
-    // SAFETY: the fake device's test control, not a register.
-    unsafe { chan.engine().regs() }.stuck.set(false);
+    assert_eq!(refused, Err(EngineError::Halted), "no new work meanwhile");
+    let mut transfer = transfer;
+    for _ in 0..100 {
+        chan.poll();
+        chan.terminate();
+        assert_eq!(transfer.status(&mut chan), Ok(Status::InProgress));
+        transfer = match transfer.finish(&mut chan) {
+            Err(TransferError::Pending(t)) => t,
+            _ => panic!("buffers handed back while the device may write them"),
+        };
+    }
+    assert_eq!(chan.reset(), Err(DmaError::Busy), "not stopped: no reset");
+    // The device finishes its transfer; the channel sees it stop.
+    chan.engine().device().stuck.set(false);
+    let (dst, src) = loop {
+        chan.poll();
+        match transfer.finish(&mut chan) {
+            Err(TransferError::Pending(t)) => transfer = t,
+            Ok(buffers) => break buffers,
+            Err(_) => panic!("the last transfer ended: the copy completed"),
+        }
+    };
+    assert!(!chan.is_stopping());
+    let src = src.unwrap();
+    assert_eq!(dst.as_slice(), src.as_slice(), "every byte landed");
     assert_eq!(chan.reset(), Ok(()));
-    // SAFETY: as above.
-    let again =
-        unsafe { chan.prep_copy(dst.paddr(), src.paddr(), 100, PrepFlags::empty()) }.unwrap();
+    // SAFETY: buffers we own, read after the request ended.
+    let again = unsafe { chan.prep_copy(dst.paddr(), src.paddr(), 100, PrepFlags::empty()) };
     chan.issue_pending();
-    while chan.status(again).status == Status::InProgress {}
-    assert_eq!(dst.as_slice(), src.as_slice());
+    while chan.status(again.unwrap()).status == Status::InProgress {}
+}
+
+#[test]
+fn a_stuck_transfer_into_the_device_aborts_its_request_when_it_ends() {
+    let mut chan = channel(1);
+    let src = pattern(100);
+    let dst = Dma::<FakeHal>::new(100).unwrap();
+    chan.engine().device().stuck.set(true);
+    let transfer = chan
+        .copy(dst, 0, src, 0, 100, PrepFlags::empty())
+        .map_err(|e| e.error)
+        .unwrap();
+    chan.issue_pending();
+    chan.terminate();
+    let transfer = match transfer.finish(&mut chan) {
+        Err(TransferError::Pending(t)) => t,
+        _ => panic!("buffers handed back while the device may read them"),
+    };
+    chan.engine().device().stuck.set(false);
+    chan.poll();
+    match transfer.finish(&mut chan) {
+        Err(TransferError::Failed { kind, .. }) => assert_eq!(kind, ErrorKind::Aborted),
+        _ => panic!("the write to RAM never started: aborted"),
+    }
+    assert_eq!(chan.engine().device().transfers(), 1);
 }

@@ -52,7 +52,7 @@ use script::{MOVE_WORDS, STORE_WORDS, TC_WORDS};
 
 use crate::engine::{
     Capabilities, Cookie, DmaError, Engine, EngineError, ErrorKind, Fault, Limits, Notify, Op,
-    Progress,
+    Progress, Termination,
 };
 use crate::hal::{DmaAddr, Hal, PAGE_SIZE};
 use crate::mmio::{MmioRegion, Registers};
@@ -105,10 +105,10 @@ pub struct Mark {
 /// chip in host tests).
 ///
 /// Through [`Channel::engine_mut`](crate::engine::Channel::engine_mut)
-/// these are safe to call: [`Lsi53c895a::is_running`],
-/// [`Lsi53c895a::dma_block`], and with the `test-hooks` feature
-/// `set_manual_start` and `inject_illegal_instruction`; and
-/// [`Lsi53c895a::regs`] (`unsafe`) under its contract.
+/// these are meant to be called: [`Lsi53c895a::is_running`],
+/// [`Lsi53c895a::register_accesses`], [`Lsi53c895a::dma_block`] (and
+/// [`Lsi53c895a::regs`] under its contract), and with the `test-hooks` feature
+/// `set_manual_start` and `inject_illegal_instruction`.
 ///
 /// What QEMU 7.2's emulation does that the driver depends on: it runs at
 /// most 100 SCRIPTS instructions inside the DSP write and the rest from a
@@ -207,30 +207,50 @@ impl<H: Hal, R: Registers> Lsi53c895a<H, R> {
         (self.block_dma, self.block_pages * PAGE_SIZE)
     }
 
-    /// The register window (its access count is how benchmarks count MMIO).
-    ///
-    /// `unsafe` (it was safe before): the registers, with the safe
-    /// `write32` of [`MmioRegion`], program the
-    /// device's DMA directly.
+    /// The register window.
     ///
     /// # Safety
-    /// Nothing may be written through the returned reference (a write can
-    /// point the device's DMA at any address), and a read with a side
-    /// effect (one that clears a status or acknowledges an interrupt)
-    /// breaks the driver's bookkeeping: read only what the driver's docs
-    /// or the register model say reads without one.
+    /// Nothing written through it may start or redirect the SCRIPTS
+    /// processor (`DSP`, `DSPS`, `DMODE`, the `TEMP`/`DSA` and scratch
+    /// registers its instructions use, ...) or clear its interrupt status:
+    /// the engine owns them, and a write there makes the chip fetch
+    /// instructions, and move memory, nobody vouched for (the window's
+    /// `write8`/`write32` are safe). Reading registers without side
+    /// effects is fine, and so are a fake chip's own controls. `unsafe`
+    /// since this contract was written: it was safe before.
+    /// [`Lsi53c895a::register_accesses`] is the safe way to count accesses.
+    ///
+    /// ```
+    /// use dmaengine::drivers::lsi53c895a::Lsi53c895a;
+    /// use dmaengine::hal::Hal;
+    /// fn count<H: Hal>(engine: &Lsi53c895a<H>) -> u64 {
+    ///     engine.register_accesses()
+    /// }
+    /// ```
     ///
     /// ```compile_fail,E0133
-    /// # use dmaengine::drivers::lsi53c895a::Lsi53c895a;
-    /// # use dmaengine::engine::Channel;
-    /// # use dmaengine::hal::Hal;
-    /// # use dmaengine::mmio::MmioRegion;
-    /// fn aim<H: Hal>(chan: &Channel<Lsi53c895a<H, MmioRegion>>) {
-    ///     chan.engine().regs().write32(0x2c, 0x1000); // DSP: run SCRIPTS there
+    /// use dmaengine::drivers::lsi53c895a::Lsi53c895a;
+    /// use dmaengine::hal::Hal;
+    /// fn poke<H: Hal>(engine: &Lsi53c895a<H>) {
+    ///     engine.regs().write32(0x10, 0x1000);
     /// }
     /// ```
     pub unsafe fn regs(&self) -> &R {
         &self.regs
+    }
+
+    /// The fake device behind the engine, for host tests to drive (what
+    /// [`Self::regs`] gives, without its contract: a fake moves only the
+    /// test's own memory).
+    #[cfg(test)]
+    pub(crate) fn device(&self) -> &R {
+        &self.regs
+    }
+
+    /// Register accesses so far, as the window counts them
+    /// ([`Registers::accesses`]): how benchmarks count MMIO.
+    pub fn register_accesses(&self) -> u64 {
+        self.regs.accesses()
     }
 
     /// Whether SCRIPTS are running (ISTAT1.SRUN), paused between QEMU's
@@ -564,7 +584,12 @@ impl<H: Hal, R: Registers> Lsi53c895a<H, R> {
     }
 }
 
-impl<H: Hal, R: Registers> Engine for Lsi53c895a<H, R> {
+// SAFETY: a request is reported complete when the chain's write-back after
+// it has run (the processor runs the ring in order), and a fault when the
+// processor has stopped on it; `terminate` and `reset` abort and soft-reset
+// the processor, which stops it for good, before forgetting anything; the
+// chip is given DMA addresses of `H` within its 32-bit reach.
+unsafe impl<H: Hal, R: Registers> Engine for Lsi53c895a<H, R> {
     type Mark = Mark;
     type Hal = H;
 
@@ -702,7 +727,7 @@ impl<H: Hal, R: Registers> Engine for Lsi53c895a<H, R> {
             }
         }
         for &op in &run[done as usize..] {
-            // SAFETY: our caller upholds `prep`'s contract for every op.
+            // SAFETY: the caller's contract covers every op.
             unsafe { self.prep(cookie, op, Some(Notify::default())) }?;
             cookie = cookie.next();
         }
@@ -782,14 +807,18 @@ impl<H: Hal, R: Registers> Engine for Lsi53c895a<H, R> {
         istat.contains(Istat::INTF) || dstat.intersects(Dstat::ERRORS)
     }
 
-    fn terminate(&mut self) -> Option<Cookie> {
+    fn terminate(&mut self) -> Termination {
         self.stop();
         let done = self.collect();
         self.halted = true;
         self.entries = 0;
         self.issued = 0;
         self.fault = None;
-        done
+        // Abort and soft reset stop the processor at once.
+        Termination {
+            completed: done,
+            stopped: true,
+        }
     }
 
     fn reset(&mut self) -> Result<(), DmaError> {
