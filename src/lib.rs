@@ -15,19 +15,78 @@
 //! unit tests run with plain `cargo test`. The library never allocates.
 //!
 //! # Soundness
-//! The safe API cannot corrupt memory. Every way for the crate to touch
-//! memory or a device it was only told about goes through an `unsafe`
-//! promise the kernel makes once: the `unsafe` traits [`hal::Hal`] (DMA
-//! memory and its CPU mapping), [`mm::traits::TableMapper`],
-//! [`mm::traits::PageCounter`], [`mm::tlb::TlbFlush`] and `x86_64`'s
-//! `FrameAllocator`; the `unsafe` constructors [`mmio::MmioRegion::new`],
-//! [`mm::frame::FrameDb::new`], [`mm::traits::OffsetMapper::new`] and
-//! [`mm::space::AddressSpace::from_root`]; and, for raw DMA addresses, the
-//! `unsafe` request methods of [`engine::Channel`] (the owned-buffer ones,
-//! `copy` and `fill_buffer`, are safe). Addresses, lengths and counts
-//! passed to the copy and mapping calls are checked before any sum: bad
-//! ones get an error value, never a panic, a wrapped range or a write out
-//! of bounds.
+//! No safe call, in any order and with any value, makes a device or the
+//! CPU touch memory the caller does not own. Where only the kernel can
+//! vouch for that, the item is `unsafe` and its `# Safety` section says
+//! what the kernel promises; this is the whole list.
+//!
+//! **What the kernel implements** (`unsafe` traits):
+//! - [`hal::Hal`]: DMA memory that is contiguous, zeroed, mapped at the
+//!   pointer it returns and nobody else's until freed; `share` makes a
+//!   buffer reachable at the address it returns until `unshare`.
+//! - [`engine::Engine`] (only for a driver of its own): the engine reports
+//!   a request complete, failed or abandoned only when its device will
+//!   never touch that memory again, and reads addresses in its `Hal`'s
+//!   address space.
+//! - [`mm::traits::TableMapper`], [`mm::traits::PageCounter`],
+//!   [`mm::tlb::TlbFlush`] and `x86_64`'s `FrameAllocator`: page tables
+//!   reached where it says, counts that free a page only at zero, a flush
+//!   that really flushes, frames nobody else uses.
+//!
+//! **What it promises once, when it builds something** (`unsafe`
+//! constructors): [`mmio::MmioRegion::new`] (a device window of that
+//! size), [`mm::frame::FrameDb::new`] (the frames it counts are RAM the
+//! database alone hands out), [`mm::traits::OffsetMapper::new`],
+//! [`mm::space::AddressSpace::from_root`] (its hierarchy stays live, and it
+//! adds, changes or frees nothing in the span of the space's areas, nor
+//! sets bit 10 on a link of its own under one; the crate refuses areas over
+//! any non-zero non-present entry and over bit-10 links no area explains,
+//! and frees only tables it linked), [`mm::space::AddressSpace::share_kernel_slots`],
+//! and [`iommu::Iommu::new`] (which also covers dropping the unit: that
+//! turns translation off as [`iommu::Iommu::disable`] does; a unit that
+//! will not turn it off keeps its tables, leaked, rather than freeing what
+//! it may walk).
+//!
+//! **What it promises per call** (`unsafe fn`s):
+//! - Raw DMA addresses: the request methods of [`engine::Channel`]
+//!   (`prep`, `prep_batch`, `prep_copy`, `fill`, ...) and the descriptor
+//!   methods of [`engine::Engine`] (`prep`, `prep_run`, `rewind`): every
+//!   address is a DMA address of the engine's `Hal`, of memory the kernel
+//!   owns and neither frees nor touches in a conflicting way until the
+//!   channel (or the engine) reports the request ended; a mark given to
+//!   `rewind` is the same engine's since its last issue. The owned-buffer
+//!   calls (`copy`, `fill_buffer`, `SharedChannel::transfer`) are safe:
+//!   their types admit only buffers of the engine's own `Hal`, and the
+//!   buffers come back only once the engine has stopped touching them (a
+//!   request whose engine never stops keeps them, leaked).
+//! - The drivers' `regs()` (LSI53C895A, edu): nothing written through it,
+//!   no read with a side effect.
+//! - [`mm::traits::PageCounter`]'s `try_map` and `unmap`: only the address
+//!   space whose entry is counted calls them, each mapping counted is given
+//!   back once, after its entry is cleared and flushed.
+//! - [`mm::space::AddressSpace::remap_pfn_range`], `io_remap_pfn_range` and
+//!   `insert_pfn`: the frames are device memory, or RAM the kernel owns and
+//!   neither frees nor reuses (in particular never a free frame of the
+//!   page counter) while any entry maps them, in the space, a fork of it,
+//!   or an IOMMU domain built with it.
+//! - [`iommu::Iommu::disable`]: no device behind the unit has DMA in flight
+//!   or starting while translation is off (every IOVA becomes a physical
+//!   address); [`iommu::Iommu::attach`]: the domain's tables stay live
+//!   until the device is detached (kept if `detach` fails), its id is the
+//!   one its flusher invalidates; [`iommu::Iommu::enable_fault_interrupts`]:
+//!   the address is an interrupt message (0xfee0_0000..=0xfeef_ffff on
+//!   x86), never memory; [`engine::Channel::set_fault_hook`]: the fault
+//!   source outlives the hook and is used by nobody else meanwhile.
+//!
+//! Everything else is checked: addresses, lengths and counts passed to the
+//! copy and mapping calls are checked before any sum, and bad ones get an
+//! error value, never a panic, a wrapped range or a write out of bounds.
+//! Reference counts are raised only from a non-zero count (a freed frame
+//! cannot be revived), guards that mask interrupts are not `Send`, and
+//! channel ids never wrap. The library's host tests also run under Miri,
+//! and loom models check every interleaving of two or three threads over
+//! the frame counts, the waker slots, the shared channel's lock and the
+//! registry (`.ci/run` says how to run both).
 //!
 //! # Features
 //! - `test-hooks`: fault injection and state setting for tests (an LSI
