@@ -86,7 +86,10 @@ impl MmioRegion {
     #[inline]
     fn register<T: Copy>(&self, offset: usize) -> VolatilePtr<'_, T> {
         assert!(
-            offset.is_multiple_of(align_of::<T>()) && offset + size_of::<T>() <= self.len,
+            offset.is_multiple_of(align_of::<T>())
+                && offset
+                    .checked_add(size_of::<T>())
+                    .is_some_and(|end| end <= self.len),
             "register offset {offset:#x} outside or misaligned in a {:#x}-byte window",
             self.len
         );
@@ -211,5 +214,19 @@ mod tests {
         // SAFETY: `backing` outlives `regs` and is only touched through it.
         let regs = unsafe { MmioRegion::new(base, 8) };
         regs.read32(8);
+    }
+
+    /// Issue 17, hole 9: `offset + size_of::<T>()` wrapped for an offset
+    /// near `usize::MAX`, so with overflow checks off (release) the check
+    /// passed and the pointer left the window; with them on, the panic was
+    /// an overflow, not the bounds check.
+    #[test]
+    #[should_panic(expected = "outside or misaligned")]
+    fn an_offset_whose_end_wraps_panics_at_the_bounds_check() {
+        let mut backing = [0u32; 2];
+        let base = NonNull::new(backing.as_mut_ptr().cast::<u8>()).unwrap();
+        // SAFETY: `backing` outlives `regs` and is only touched through it.
+        let regs = unsafe { MmioRegion::new(base, 8) };
+        regs.read32(usize::MAX - 3);
     }
 }
