@@ -169,3 +169,18 @@ unsafe impl Hal for FakeHal32 {
         })
     }
 }
+
+/// Issue 17, bug 6: `Hal::share`'s default answered `NotSupported` for an
+/// empty buffer, where its doc promises `ZeroLength` (the check a caller
+/// relies on whatever the kernel's Hal supports).
+#[test]
+fn the_default_share_refuses_an_empty_buffer_as_zero_length() {
+    let empty: &[u8] = &[];
+    // SAFETY: nothing is shared (both calls refuse).
+    let shared = unsafe { FakeHal32::share(NonNull::from(empty), Direction::ToDevice) };
+    assert_eq!(shared, Err(DmaError::ZeroLength));
+    let byte = [0u8; 1];
+    // SAFETY: as above.
+    let shared = unsafe { FakeHal32::share(NonNull::from(&byte[..]), Direction::ToDevice) };
+    assert_eq!(shared, Err(DmaError::NotSupported));
+}

@@ -62,7 +62,10 @@ pub unsafe trait Hal {
     /// that conflicts with `direction`, until the matching
     /// [`Hal::unshare`].
     unsafe fn share(buffer: NonNull<[u8]>, direction: Direction) -> Result<DmaAddr, DmaError> {
-        let _ = (buffer, direction);
+        let _ = direction;
+        if buffer.is_empty() {
+            return Err(DmaError::ZeroLength);
+        }
         Err(DmaError::NotSupported)
     }
 
