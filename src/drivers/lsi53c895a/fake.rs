@@ -3,7 +3,11 @@
 //! at most 100 instructions inside the DSP write, then 100 per tick of a
 //! resume timer (which the test drives with [`FakeLsi::tick`]) with SRUN set
 //! meanwhile; a DSP write while SRUN is set only moves the resume point; an
-//! abort leaves the timer armed, a soft reset disarms it.
+//! abort leaves the timer armed, a soft reset disarms it. Its interrupt
+//! line follows QEMU's: raised when DSTAT holds a bit DIEN enables or
+//! ISTAT.INTF is set, and recomputed only where QEMU recomputes it (a
+//! status bit set, INTF cleared, DSTAT read), so a soft reset clears the
+//! status but leaves the line as it was until DSTAT is read.
 
 use core::cell::RefCell;
 
@@ -24,6 +28,9 @@ struct State {
     srun: bool,
     timer_armed: bool,
     dmode: u8,
+    dien: u8,
+    /// The interrupt line's level as last computed.
+    line: bool,
     accesses: u64,
     executed: u64,
 }
@@ -81,9 +88,21 @@ impl FakeLsi {
         self.state.borrow().executed
     }
 
+    /// Whether the chip's interrupt line is asserted.
+    pub fn irq_line(&self) -> bool {
+        self.state.borrow().line
+    }
+
+    /// Recomputes the line (QEMU's `lsi_update_irq`): a DSTAT bit that DIEN
+    /// enables, or INTF.
+    fn update_irq(s: &mut State) {
+        s.line = s.dstat & s.dien != 0 || s.istat0 & Istat::INTF.bits() != 0;
+    }
+
     fn stop(s: &mut State, cause: Dstat) {
         s.dstat |= cause.bits();
         s.srun = false;
+        Self::update_irq(s);
     }
 
     fn run(s: &mut State) {
@@ -115,7 +134,10 @@ impl FakeLsi {
                 2 if insn & 0x002e_0000 == 0 => {}
                 2 if insn & (1 << 19) != 0 => match (insn >> 27) & 7 {
                     0 => s.dsp = arg,
-                    3 if insn & (1 << 20) != 0 => s.istat0 |= Istat::INTF.bits(),
+                    3 if insn & (1 << 20) != 0 => {
+                        s.istat0 |= Istat::INTF.bits();
+                        Self::update_irq(s);
+                    }
                     3 => return Self::stop(s, Dstat::SIR),
                     _ => return Self::stop(s, Dstat::IID),
                 },
@@ -138,6 +160,7 @@ impl Registers for FakeLsi {
                 if s.istat0 & Istat::INTF.bits() == 0 {
                     s.dstat = 0;
                 }
+                Self::update_irq(&mut s);
                 value
             }
             _ => 0,
@@ -156,17 +179,22 @@ impl Registers for FakeLsi {
                 }
                 if v.contains(Istat::INTF) {
                     s.istat0 &= !Istat::INTF.bits();
+                    Self::update_irq(&mut s);
                 }
                 if v.contains(Istat::SRST) {
-                    let (accesses, executed) = (s.accesses, s.executed);
+                    // The soft reset clears the status without recomputing
+                    // the line.
+                    let (accesses, executed, line) = (s.accesses, s.executed, s.line);
                     *s = State {
                         accesses,
                         executed,
+                        line,
                         ..State::default()
                     };
                 }
             }
             regs::DMODE => s.dmode = value,
+            regs::DIEN => s.dien = value,
             _ => {}
         }
     }

@@ -581,6 +581,16 @@ impl<H: Hal, R: Registers> Lsi53c895a<H, R> {
         self.regs.write8(regs::ISTAT, Istat::ABRT.bits());
         self.regs.write8(regs::ISTAT, Istat::SRST.bits());
         self.regs.write8(regs::ISTAT, 0);
+        // The abort raised the interrupt line (DSTAT.ABRT, which DIEN
+        // enables) and the soft reset cleared the status without lowering
+        // it: QEMU recomputes the line only when status changes hands, so
+        // ISTAT now reads 0 while the line stays up, and `handle_interrupt`
+        // would disown it forever. Clearing as for an interrupt (INTF, then
+        // DSTAT, then SIST0/SIST1; QEMU-FACTS.md) lowers it.
+        self.regs.write8(regs::ISTAT, Istat::INTF.bits());
+        self.regs.read8(regs::DSTAT);
+        self.regs.read8(regs::SIST0);
+        self.regs.read8(regs::SIST1);
     }
 }
 

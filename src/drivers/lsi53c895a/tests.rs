@@ -361,3 +361,37 @@ fn a_dsp_write_while_running_would_replay_which_is_why_issue_avoids_it() {
         "restarted from the top: 100 instructions ran twice"
     );
 }
+
+/// Issue 17, bug 1: `terminate` aborted the chip (DSTAT.ABRT, which DIEN
+/// enables, raises the line), then soft-reset it, which clears ISTAT and
+/// DSTAT without lowering the line; ISTAT then read 0, so
+/// `handle_interrupt` said "not mine" and the level interrupt fired
+/// forever. The line must be low after `terminate`, with a copy in flight
+/// or none, and after `reset`.
+#[test]
+fn terminate_and_reset_leave_the_interrupt_line_low() {
+    let mut chan = chan();
+    let (mem, _) = cells();
+    let (dst, src) = (mem.paddr(), mem.paddr() + CELL as u64);
+    // 150 copies outlast one slice: the chip is paused mid-chain.
+    for _ in 0..150 {
+        // SAFETY: both sides are in `mem`, which outlives the channel's use
+        // of it (terminated below, before `mem` is dropped).
+        unsafe { chan.prep_copy(dst, src, 8, PrepFlags::empty()) }.unwrap();
+    }
+    chan.issue_pending();
+    assert!(chan.engine().device().paused(), "stopped mid-chain");
+    chan.terminate();
+    assert!(
+        !chan.engine().device().irq_line(),
+        "line low after terminate"
+    );
+    assert!(!chan.handle_interrupt(), "nothing left to claim");
+    chan.reset().unwrap();
+    assert!(!chan.engine().device().irq_line(), "line low after reset");
+    chan.terminate();
+    assert!(
+        !chan.engine().device().irq_line(),
+        "line low after an idle terminate"
+    );
+}
