@@ -49,6 +49,10 @@ pub const TESTS: &[Test] = &[
         "dma.lsi.abort_mid_chain_stops_for_good",
         lsi_abort_mid_chain,
     ),
+    Test::new(
+        "dma.lsi.terminate_with_the_line_unmasked_raises_no_storm",
+        lsi_terminate_no_storm,
+    ),
     Test::new("dma.lsi.stalled_engine_wait_times_out", lsi_stalled_engine),
     Test::new("dma.lsi.bad_requests_change_nothing", lsi_bad_requests),
     Test::new("dma.lsi.owned_buffers_round_trip", lsi_owned_buffers),
@@ -611,6 +615,48 @@ fn lsi_interrupt_and_callback() {
     assert_eq!(status, Some(Status::Complete));
     let expected = window(100, 7, 3000);
     assert_eq!(first_mismatch(dst.as_slice(), expected), None);
+}
+
+/// Issue 17, bug 1: `terminate` aborted the chip, which raised its line,
+/// and soft-reset it, which cleared the status without lowering the line;
+/// the handler found ISTAT 0 and claimed nothing, so the level interrupt
+/// fired again at once, about 100 000 times in 20 ms. With the line unmasked
+/// and the handler registered, a terminate mid-chain now costs at most a
+/// few interrupts.
+fn lsi_terminate_no_storm() {
+    use x86_64::instructions::interrupts::{self, without_interrupts};
+    const N: usize = 2000;
+    let line = lsi_device().expect("LSI").irq_line;
+    let src = buffer(64 * N, src_pattern);
+    let dst = buffer(128 * N, dst_pattern);
+    without_interrupts(|| *LSI_FOR_IRQ.lock() = Some(lsi()));
+    irq::register(line, lsi_irq).expect("register LSI handler");
+    without_interrupts(|| {
+        let mut guard = LSI_FOR_IRQ.lock();
+        let chan = guard.as_mut().expect("channel");
+        prep_slots(chan, &src, &dst, 0..N);
+        chan.issue_pending();
+        assert!(chan.engine().is_running(), "stopped mid-chain below");
+    });
+    let before = irq::count(line);
+    without_interrupts(|| LSI_FOR_IRQ.lock().as_mut().expect("channel").terminate());
+    let was_on = interrupts::are_enabled();
+    let start = time::now_ns();
+    interrupts::enable();
+    while time::now_ns() - start < 20_000_000 {
+        core::hint::spin_loop();
+    }
+    if !was_on {
+        interrupts::disable();
+    }
+    let taken = irq::count(line) - before;
+    irq::unregister(line, lsi_irq);
+    let halted = without_interrupts(|| LSI_FOR_IRQ.lock().take()).map(|c| c.is_halted());
+    assert_eq!(halted, Some(true));
+    assert!(
+        taken <= 4,
+        "{taken} interrupts on line {line} in the 20 ms after terminate"
+    );
 }
 
 fn lsi_illegal_instruction() {
