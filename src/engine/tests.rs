@@ -1365,37 +1365,64 @@ fn buffers_the_caller_owns_are_shared_for_a_copy_and_unshared_after() {
     let src: Vec<u8> = (0..300).map(|i| (i * 7) as u8).collect();
     let mut dst = vec![0u8; 300];
     let mut chan: Channel<CpuEngine<FakeHal>> = Channel::new(CpuEngine::new());
-    {
-        let from = SharedBuffer::<FakeHal>::to_device(&src).unwrap();
-        let to = SharedBuffer::<FakeHal>::from_device(&mut dst, Direction::FromDevice).unwrap();
-        let shares = FakeHal::shares();
-        assert!(shares.contains(&(from.dma_addr(), 300, Direction::ToDevice)));
-        assert!(shares.contains(&(to.dma_addr(), 300, Direction::FromDevice)));
-        // SAFETY: both buffers are shared (borrowed) until the wait ends.
-        let cookie =
-            unsafe { chan.prep_copy(to.dma_addr(), from.dma_addr(), 300, PrepFlags::empty()) }
-                .unwrap();
-        chan.wait(
-            cookie,
-            &mut CountingDelay::default(),
-            Duration::from_millis(1),
-        )
+    SharedBuffer::<FakeHal>::to_device(&src, |from| {
+        SharedBuffer::<FakeHal>::from_device(&mut dst, Direction::FromDevice, |to| {
+            let shares = FakeHal::shares();
+            assert!(shares.contains(&(from.dma_addr(), 300, Direction::ToDevice)));
+            assert!(shares.contains(&(to.dma_addr(), 300, Direction::FromDevice)));
+            // SAFETY: both buffers are shared (borrowed) until the wait ends.
+            let cookie =
+                unsafe { chan.prep_copy(to.dma_addr(), from.dma_addr(), 300, PrepFlags::empty()) }
+                    .unwrap();
+            chan.wait(
+                cookie,
+                &mut CountingDelay::default(),
+                Duration::from_millis(1),
+            )
+            .unwrap();
+        })
         .unwrap();
-    }
+    })
+    .unwrap();
     assert!(
         !FakeHal::shares().iter().any(|&(_, len, _)| len == 300),
-        "unshared when dropped"
+        "unshared when the closures returned"
     );
     assert_eq!(dst, src);
     assert_eq!(
-        SharedBuffer::<FakeHal>::to_device(&[]).err(),
-        Some(DmaError::ZeroLength)
+        SharedBuffer::<FakeHal>::to_device(&[], |_| ()),
+        Err(DmaError::ZeroLength)
     );
     assert_eq!(
-        SharedBuffer::<FakeHal32>::to_device(&src).err(),
-        Some(DmaError::NotSupported),
+        SharedBuffer::<FakeHal32>::to_device(&src, |_| ()),
+        Err(DmaError::NotSupported),
         "a Hal that cannot share says so"
     );
+}
+
+/// Issue 17, hole 8: a `SharedBuffer` unshared only when dropped, so
+/// `mem::forget` ended the borrow with the buffer still shared (with an
+/// IOMMU Hal, its pages stayed mapped for devices after being freed). The
+/// handle now lives in the sharing call's frame and the closure only
+/// borrows it (the `compile_fail` example on `SharedBuffer` shows it cannot
+/// escape): returning from the closure, or unwinding out of it, unshares.
+#[test]
+fn a_shared_buffer_is_unshared_whatever_its_closure_does() {
+    use crate::hal::{Direction, SharedBuffer};
+    let shared_len = |len| FakeHal::shares().iter().any(|&(_, l, _)| l == len);
+    let mut buffer = vec![0u8; 301];
+    let dma = SharedBuffer::<FakeHal>::from_device(&mut buffer, Direction::Both, |shared| {
+        assert!(shared_len(301));
+        shared.dma_addr()
+    })
+    .unwrap();
+    assert!(!shared_len(301), "unshared as {dma:#x}'s closure returned");
+    let buffer = vec![0u8; 302];
+    let unwound = std::panic::catch_unwind(|| {
+        SharedBuffer::<FakeHal>::to_device(&buffer, |_| panic!("the closure fails"))
+    });
+    assert!(unwound.is_err());
+    assert!(!shared_len(302), "unshared as the closure unwound");
 }
 
 #[test]

@@ -96,11 +96,17 @@ pub enum Direction {
     Both,
 }
 
-/// A buffer the caller owns, shared with devices for as long as this lives
-/// (it borrows the buffer): [`Hal::share`] when made, [`Hal::unshare`] when
-/// dropped. Its [`SharedBuffer::dma_addr`] goes into requests like a [`Dma`]'s;
-/// the requests' `unsafe` contract still asks that they end before this is
-/// dropped.
+/// A buffer the caller owns, shared with devices for the length of one
+/// closure: [`Hal::share`] before it runs, [`Hal::unshare`] after it
+/// returns (or unwinds). Its [`SharedBuffer::dma_addr`] goes into requests
+/// like a [`Dma`]'s; the requests' `unsafe` contract still asks that they
+/// end before the closure returns.
+///
+/// The closure gets the handle by reference, and the handle lives in the
+/// sharing call's own frame: no `mem::forget` or leak in the caller's code
+/// can keep a buffer shared after its borrow has ended (when the handle
+/// was an owned value, forgetting it left the pages reachable by devices,
+/// through an IOMMU mapping, after they were freed).
 ///
 /// ```no_run
 /// use core::time::Duration;
@@ -114,18 +120,31 @@ pub enum Direction {
 ///     delay: &mut impl embedded_hal::delay::DelayNs,
 /// ) -> Result<(), DmaError> {
 ///     let len = from.len().min(into.len());
-///     let src = SharedBuffer::<H>::to_device(from)?;
-///     let dst = SharedBuffer::<H>::from_device(into, Direction::FromDevice)?;
-///     // SAFETY: both buffers stay shared (borrowed, untouched) until the
-///     // copy has ended or the engine has been stopped, below.
-///     let cookie = unsafe { chan.prep_copy(dst.dma_addr(), src.dma_addr(), len, PrepFlags::empty()) }?;
-///     let waited = chan.wait(cookie, delay, Duration::from_millis(100));
-///     if waited.is_err() {
-///         // Not ended: stop the engine before the buffers are unshared.
-///         chan.terminate();
-///     }
-///     waited
-/// } // unshared here: `into` holds the bytes
+///     SharedBuffer::<H>::to_device(from, |src| {
+///         SharedBuffer::<H>::from_device(into, Direction::FromDevice, |dst| {
+///             // SAFETY: both buffers stay shared (borrowed, untouched) until
+///             // the copy has ended or the engine has been stopped, below.
+///             let cookie = unsafe {
+///                 chan.prep_copy(dst.dma_addr(), src.dma_addr(), len, PrepFlags::empty())
+///             }?;
+///             let waited = chan.wait(cookie, delay, Duration::from_millis(100));
+///             if waited.is_err() {
+///                 // Not ended: stop the engine before the buffers are unshared.
+///                 chan.terminate();
+///             }
+///             waited
+///         })?
+///     })?
+/// } // unshared as each closure returns: `into` holds the bytes
+/// ```
+///
+/// The handle cannot leave its closure:
+///
+/// ```compile_fail
+/// # use dmaengine::hal::{DmaAddr, Hal, SharedBuffer};
+/// fn escape<H: Hal>(buffer: &[u8]) {
+///     let kept = SharedBuffer::<H>::to_device(buffer, |shared| shared);
+/// }
 /// ```
 pub struct SharedBuffer<'a, H: Hal> {
     dma: DmaAddr,
@@ -134,33 +153,49 @@ pub struct SharedBuffer<'a, H: Hal> {
     _borrow: PhantomData<(&'a mut [u8], H)>,
 }
 
-impl<'a, H: Hal> SharedBuffer<'a, H> {
-    /// Shares `buffer` for the device to read.
-    pub fn to_device(buffer: &'a [u8]) -> Result<Self, DmaError> {
-        Self::share(NonNull::from(buffer), Direction::ToDevice)
+impl<H: Hal> SharedBuffer<'_, H> {
+    /// Shares `buffer` for the device to read while `f` runs, and returns
+    /// what `f` returns; `Err` (and `f` not run) if the Hal cannot share it.
+    pub fn to_device<R>(
+        buffer: &[u8],
+        f: impl FnOnce(&SharedBuffer<'_, H>) -> R,
+    ) -> Result<R, DmaError> {
+        SharedBuffer::<H>::scoped(NonNull::from(buffer), Direction::ToDevice, f)
     }
 
     /// Shares `buffer` for the device to write (or read and write, with
-    /// [`Direction::Both`]).
-    pub fn from_device(buffer: &'a mut [u8], direction: Direction) -> Result<Self, DmaError> {
-        Self::share(NonNull::from(buffer), direction)
+    /// [`Direction::Both`]) while `f` runs, as [`SharedBuffer::to_device`].
+    pub fn from_device<R>(
+        buffer: &mut [u8],
+        direction: Direction,
+        f: impl FnOnce(&SharedBuffer<'_, H>) -> R,
+    ) -> Result<R, DmaError> {
+        SharedBuffer::<H>::scoped(NonNull::from(buffer), direction, f)
     }
 
-    fn share(buffer: NonNull<[u8]>, direction: Direction) -> Result<Self, DmaError> {
+    /// Shares `buffer` (borrowed by the caller for the whole call), runs
+    /// `f`, unshares when the handle, a local of this frame, is dropped.
+    fn scoped<R>(
+        buffer: NonNull<[u8]>,
+        direction: Direction,
+        f: impl FnOnce(&SharedBuffer<'_, H>) -> R,
+    ) -> Result<R, DmaError> {
         if buffer.is_empty() {
             return Err(DmaError::ZeroLength);
         }
-        // SAFETY: the buffer is borrowed for 'a, which this value cannot
-        // outlive, and `unshare` runs when it is dropped; while it lives the
-        // CPU cannot reach a `from_device` buffer (borrowed mutably) and
-        // only reads a `to_device` one.
+        // SAFETY: the caller's borrow of the buffer lasts for this whole
+        // call, and `shared` below is dropped (unshared) before it returns
+        // or as it unwinds: `f` only borrows it. Meanwhile the CPU cannot
+        // reach a `from_device` buffer (borrowed mutably) and only reads a
+        // `to_device` one.
         let dma = unsafe { H::share(buffer, direction) }?;
-        Ok(SharedBuffer {
+        let shared = SharedBuffer {
             dma,
             buffer,
             direction,
             _borrow: PhantomData,
-        })
+        };
+        Ok(f(&shared))
     }
 
     /// The DMA address of the buffer's first byte.

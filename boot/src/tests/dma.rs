@@ -1204,31 +1204,34 @@ fn lsi_copies_between_owned_buffers() {
     let mut lsi = lsi();
     let mut table = TABLE.lock();
     table.fill(0xee);
-    {
-        let from = SharedBuffer::<KernelHal>::to_device(&src).expect("share the Vec");
-        let to = SharedBuffer::<KernelHal>::from_device(&mut dst, Direction::FromDevice)
-            .expect("share the other Vec");
-        let into_table = SharedBuffer::<KernelHal>::from_device(&mut table[..], Direction::Both)
-            .expect("share the static array");
-        // SAFETY: all three buffers stay shared (borrowed) until the waits end.
-        let first =
-            unsafe { lsi.prep_copy(to.dma_addr(), from.dma_addr(), 9000, PrepFlags::empty()) }
+    SharedBuffer::<KernelHal>::to_device(&src, |from| {
+        SharedBuffer::<KernelHal>::from_device(&mut dst, Direction::FromDevice, |to| {
+            SharedBuffer::<KernelHal>::from_device(&mut table[..], Direction::Both, |into_table| {
+                // SAFETY: all three buffers stay shared (borrowed) until the waits end.
+                let first = unsafe {
+                    lsi.prep_copy(to.dma_addr(), from.dma_addr(), 9000, PrepFlags::empty())
+                }
                 .expect("prep");
-        // SAFETY: as above.
-        let second = unsafe {
-            lsi.prep_copy(
-                into_table.dma_addr() + 100,
-                from.dma_addr() + 50,
-                5000,
-                PrepFlags::empty(),
-            )
-        }
-        .expect("prep");
-        lsi.wait(first, &mut Delay, TIMEOUT)
-            .expect("copy into the Vec");
-        lsi.wait(second, &mut Delay, TIMEOUT)
-            .expect("copy into the array");
-    }
+                // SAFETY: as above.
+                let second = unsafe {
+                    lsi.prep_copy(
+                        into_table.dma_addr() + 100,
+                        from.dma_addr() + 50,
+                        5000,
+                        PrepFlags::empty(),
+                    )
+                }
+                .expect("prep");
+                lsi.wait(first, &mut Delay, TIMEOUT)
+                    .expect("copy into the Vec");
+                lsi.wait(second, &mut Delay, TIMEOUT)
+                    .expect("copy into the array");
+            })
+            .expect("share the static array")
+        })
+        .expect("share the other Vec")
+    })
+    .expect("share the Vec");
     assert_eq!(first_mismatch(&dst, src_pattern), None);
     let expected = |i: usize| {
         if (100..5100).contains(&i) {

@@ -79,38 +79,39 @@ fn lsi_over_the_iova_hal() {
     let mut lsi = crate::dma::lsi_channel_over::<IommuHal>().expect("the LSI53C895A");
     let src: alloc::vec::Vec<u8> = (0..6000).map(|i| (i * 7 + 3) as u8).collect();
     let mut dst = alloc::vec![0u8; 6000];
-    let (landed, stray, ended) = {
-        let from = SharedBuffer::<IommuHal>::to_device(&src).expect("share the source");
-        let to = SharedBuffer::<IommuHal>::from_device(&mut dst, Direction::FromDevice)
-            .expect("share the destination");
-        let iovas = [from.dma_addr(), to.dma_addr(), lsi.engine().dma_block().0];
-        assert!(
-            iovas
-                .iter()
-                .all(|&a| (0x8000_0000..0x9000_0000).contains(&a)),
-            "the chip is given IOVAs only: {iovas:x?}"
-        );
-        // SAFETY: both buffers stay shared until the wait ends.
-        let cookie =
-            unsafe { lsi.prep_copy(to.dma_addr(), from.dma_addr(), 6000, PrepFlags::empty()) }
-                .expect("prep");
-        let landed = lsi.wait(cookie, &mut Delay, TIMEOUT);
-        // SAFETY: the destination is a physical address the domain does
-        // not map: the write must go nowhere.
-        let stray = unsafe {
-            lsi.prep_copy(
-                victim.phys().as_u64(),
-                from.dma_addr(),
-                64,
-                PrepFlags::empty(),
-            )
-        }
-        .expect("prep");
-        let _ = lsi.wait(stray, &mut Delay, TIMEOUT);
-        let fault = guard.unit().take_fault();
-        let failed = fault.and_then(|f| lsi.fail_at(f.address, f.write));
-        (landed, (fault, failed, stray), lsi.status(stray).status)
-    };
+    let (landed, stray, ended) = SharedBuffer::<IommuHal>::to_device(&src, |from| {
+        SharedBuffer::<IommuHal>::from_device(&mut dst, Direction::FromDevice, |to| {
+            let iovas = [from.dma_addr(), to.dma_addr(), lsi.engine().dma_block().0];
+            assert!(
+                iovas
+                    .iter()
+                    .all(|&a| (0x8000_0000..0x9000_0000).contains(&a)),
+                "the chip is given IOVAs only: {iovas:x?}"
+            );
+            // SAFETY: both buffers stay shared until the wait ends.
+            let cookie =
+                unsafe { lsi.prep_copy(to.dma_addr(), from.dma_addr(), 6000, PrepFlags::empty()) }
+                    .expect("prep");
+            let landed = lsi.wait(cookie, &mut Delay, TIMEOUT);
+            // SAFETY: the destination is a physical address the domain does
+            // not map: the write must go nowhere.
+            let stray = unsafe {
+                lsi.prep_copy(
+                    victim.phys().as_u64(),
+                    from.dma_addr(),
+                    64,
+                    PrepFlags::empty(),
+                )
+            }
+            .expect("prep");
+            let _ = lsi.wait(stray, &mut Delay, TIMEOUT);
+            let fault = guard.unit().take_fault();
+            let failed = fault.and_then(|f| lsi.fail_at(f.address, f.write));
+            (landed, (fault, failed, stray), lsi.status(stray).status)
+        })
+        .expect("share the destination")
+    })
+    .expect("share the source");
     drop(lsi);
     drop(guard);
     assert_eq!(landed, Ok(()));
