@@ -1,4 +1,5 @@
-//! A window of memory-mapped device registers.
+//! Windows of device registers: memory-mapped ([`MmioRegion`]) or in x86
+//! I/O space ([`PortRegion`]).
 //!
 //! Device memory is never reached through Rust references: every access is a
 //! volatile read or write through a raw pointer (`volatile` 0.6), so the
@@ -19,6 +20,7 @@ use core::ptr::NonNull;
 use core::sync::atomic::{AtomicU64, Ordering};
 
 use volatile::VolatilePtr;
+use x86_64::instructions::port::Port;
 
 /// A mapped range of device registers.
 ///
@@ -186,9 +188,188 @@ impl Registers for MmioRegion {
     }
 }
 
+/// A range of x86 I/O ports holding a device's registers (an I/O BAR).
+///
+/// Under emulation an `out` is the cheapest way to poke a device: it ends
+/// its translated block by itself, so QEMU 8.2 and later never translate
+/// the block again around it, as they do for an MMIO store in mid-block
+/// (QEMU-FACTS.md). The LSI53C895A driver rings its doorbell through one
+/// when the kernel hands it its BAR0.
+///
+/// Invariant: ports `base .. base + len` are the registers of one device,
+/// which only the owner of this value pokes.
+#[derive(Debug)]
+pub struct PortRegion {
+    base: u16,
+    len: u16,
+    accesses: AtomicU64,
+}
+
+impl PortRegion {
+    /// Wraps the `len` ports at `base`.
+    ///
+    /// # Safety
+    /// The ports must be the registers of one device (a PCI I/O BAR with
+    /// I/O decoding enabled), which nothing else pokes while this value
+    /// lives: writing a device's registers can make it move memory, so the
+    /// driver given this window must be the one that owns the device.
+    pub const unsafe fn new(base: u16, len: u16) -> Self {
+        PortRegion {
+            base,
+            len,
+            accesses: AtomicU64::new(0),
+        }
+    }
+
+    /// The first port.
+    #[inline]
+    pub fn base(&self) -> u16 {
+        self.base
+    }
+
+    /// The number of ports.
+    #[inline]
+    pub fn len(&self) -> u16 {
+        self.len
+    }
+
+    /// Whether the window is empty.
+    #[inline]
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Port accesses made through this window since creation.
+    #[inline]
+    pub fn accesses(&self) -> u64 {
+        self.accesses.load(Ordering::Relaxed)
+    }
+
+    /// The port at `offset`, for an access of `size` bytes.
+    ///
+    /// As for [`MmioRegion`], an offset outside the window or misaligned is
+    /// a bug in the driver: it panics before any port is touched.
+    #[inline]
+    fn port(&self, offset: usize, size: usize) -> u16 {
+        assert!(
+            offset.is_multiple_of(size)
+                && offset
+                    .checked_add(size)
+                    .is_some_and(|end| end <= usize::from(self.len)),
+            "port offset {offset:#x} outside or misaligned in a {:#x}-port window",
+            self.len
+        );
+        self.accesses.fetch_add(1, Ordering::Relaxed);
+        // `offset < len`, so the cast is exact; a window running past port
+        // 0xffff would reach port 0 onwards, another device's: refused.
+        self.base
+            .checked_add(offset as u16)
+            .expect("port window past port 0xffff")
+    }
+
+    /// Reads the 8-bit register at `offset`.
+    #[inline]
+    pub fn read8(&self, offset: usize) -> u8 {
+        let mut port = Port::<u8>::new(self.port(offset, 1));
+        // SAFETY: the port is inside the device's window (checked), which
+        // the type's invariant gives to its owner.
+        unsafe { port.read() }
+    }
+
+    /// Writes the 8-bit register at `offset`.
+    #[inline]
+    pub fn write8(&self, offset: usize, value: u8) {
+        let mut port = Port::<u8>::new(self.port(offset, 1));
+        // SAFETY: as for `read8`.
+        unsafe { port.write(value) }
+    }
+
+    /// Reads the 32-bit register at `offset`.
+    #[inline]
+    pub fn read32(&self, offset: usize) -> u32 {
+        let mut port = Port::<u32>::new(self.port(offset, 4));
+        // SAFETY: as for `read8`.
+        unsafe { port.read() }
+    }
+
+    /// Writes the 32-bit register at `offset`.
+    #[inline]
+    pub fn write32(&self, offset: usize, value: u32) {
+        let mut port = Port::<u32>::new(self.port(offset, 4));
+        // SAFETY: as for `read8`.
+        unsafe { port.write(value) }
+    }
+}
+
+/// I/O space has no 64-bit accesses: a 64-bit register is two 32-bit ones,
+/// low half first.
+impl Registers for PortRegion {
+    #[inline]
+    fn read8(&self, offset: usize) -> u8 {
+        PortRegion::read8(self, offset)
+    }
+    #[inline]
+    fn write8(&self, offset: usize, value: u8) {
+        PortRegion::write8(self, offset, value)
+    }
+    #[inline]
+    fn read32(&self, offset: usize) -> u32 {
+        PortRegion::read32(self, offset)
+    }
+    #[inline]
+    fn write32(&self, offset: usize, value: u32) {
+        PortRegion::write32(self, offset, value)
+    }
+    #[inline]
+    fn read64(&self, offset: usize) -> u64 {
+        let low = PortRegion::read32(self, offset);
+        let high = PortRegion::read32(self, offset.checked_add(4).expect("port offset"));
+        u64::from(low) | u64::from(high) << 32
+    }
+    #[inline]
+    fn write64(&self, offset: usize, value: u64) {
+        PortRegion::write32(self, offset, value as u32);
+        PortRegion::write32(
+            self,
+            offset.checked_add(4).expect("port offset"),
+            (value >> 32) as u32,
+        );
+    }
+    #[inline]
+    fn accesses(&self) -> u64 {
+        PortRegion::accesses(self)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    // Only the checks: a host test cannot execute `in` or `out`, and each
+    // check panics before the instruction.
+    #[test]
+    #[should_panic(expected = "outside or misaligned")]
+    fn a_port_past_the_window_panics_before_any_access() {
+        // SAFETY: the access panics at its bounds check; no port is touched.
+        let ports = unsafe { PortRegion::new(0xc000, 0x100) };
+        ports.write8(0x100, 0x20);
+    }
+
+    #[test]
+    #[should_panic(expected = "outside or misaligned")]
+    fn a_misaligned_port_access_panics_before_any_access() {
+        // SAFETY: as above.
+        let ports = unsafe { PortRegion::new(0xc000, 0x100) };
+        ports.write32(0x2e, 0);
+    }
+
+    #[test]
+    #[should_panic(expected = "past port 0xffff")]
+    fn a_window_that_wraps_the_port_space_panics_before_any_access() {
+        // SAFETY: as above.
+        let ports = unsafe { PortRegion::new(0xfff0, 0x100) };
+        ports.write8(0x14, 0x20);
+    }
 
     #[test]
     fn accesses_reach_memory_and_are_counted() {

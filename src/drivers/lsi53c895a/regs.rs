@@ -14,6 +14,11 @@ pub const DEVICE_ID: u16 = 0x0012;
 pub const MMIO_BAR: usize = 1;
 /// Bytes of the BAR1 register window the driver uses (the BAR is 0x400).
 pub const MMIO_SIZE: usize = 0x400;
+/// BAR holding the same operating registers in I/O space (0x100 ports):
+/// the cheaper doorbell under emulation (QEMU-FACTS.md).
+pub const IO_BAR: usize = 0;
+/// Ports in the BAR0 window.
+pub const IO_SIZE: u16 = 0x100;
 
 /// 0x0C DSTAT: DMA status (TM 5, register 0x0C). Reading clears the bits
 /// (unless ISTAT.INTF is set) and is part of acknowledging an interrupt.
@@ -22,6 +27,10 @@ pub const DSTAT: usize = 0x0c;
 pub const ISTAT: usize = 0x14;
 /// 0x15 ISTAT1: interrupt status one (TM 5, register 0x15), see [`Istat1`].
 pub const ISTAT1: usize = 0x15;
+/// 0x1A CTEST2: chip test two (TM 5, register 0x1A). Reading it clears
+/// ISTAT.SIGP, so only a script reads it (QEMU `lsi_reg_readb`); the host
+/// never does, or it would lose a doorbell.
+pub const CTEST2: usize = 0x1a;
 /// 0x2C DSP: DMA SCRIPTS pointer (TM 5, register 0x2C-0x2F). Writing its
 /// last byte starts SCRIPTS at that address unless DMODE.MAN is set.
 pub const DSP: usize = 0x2c;

@@ -29,6 +29,17 @@ pub const INTFLY: u32 = 0x9818_0000;
 /// instruction (DSTAT.IID). Only for fault injection.
 pub const ILLEGAL: u32 = 0xa008_0000;
 
+/// Read-Modify-Write "Move register to SFBR" with the OR operator: bits
+/// 31-30 = 01, opcode (29-27) = 110, operator (26-24) = 010 (OR: the
+/// register is really read, which plain data-move does not do), bits 22-16
+/// the register, bits 15-8 the immediate operand. Dword two is unused.
+pub const MOVE_REG_OR_TO_SFBR: u32 = 0x7200_0000;
+/// I/O WAIT RESELECT: bits 31-30 = 01, opcode (29-27) = 010. Dword two is
+/// the alternate address, taken at once when ISTAT.SIGP is set; otherwise
+/// the processor parks until a host write of SIGP, then takes it (QEMU
+/// `lsi_wait_reselect`, `lsi_reg_writeb` for ISTAT0).
+pub const WAIT_RESELECT: u32 = 0x5000_0000;
+
 /// Words in a Memory Move.
 pub const MOVE_WORDS: u32 = 3;
 /// Words in a Transfer Control instruction.
@@ -70,6 +81,21 @@ pub const fn int(value: u32) -> [u32; 2] {
 #[inline]
 pub const fn intfly(value: u32) -> [u32; 2] {
     [INTFLY, value]
+}
+
+/// `MOVE CTEST2 | 0 TO SFBR`: reads CTEST2, which clears ISTAT.SIGP (the
+/// doorbell), and changes nothing else the copy engine uses.
+#[inline]
+pub const fn clear_sigp() -> [u32; 2] {
+    [MOVE_REG_OR_TO_SFBR | (super::regs::CTEST2 as u32) << 16, 0]
+}
+
+/// A WAIT RESELECT whose alternate address is `alt`: parks the processor
+/// until the doorbell (ISTAT.SIGP), then jumps to `alt`; jumps at once if
+/// SIGP is already set.
+#[inline]
+pub const fn wait_reselect(alt: u32) -> [u32; 2] {
+    [WAIT_RESELECT, alt]
 }
 
 /// An illegal instruction, for fault injection.
@@ -139,5 +165,23 @@ mod tests {
         assert_eq!(bits(int(0)[0], 20, 20), 0);
         assert_eq!(jump(0xdead_beef)[1], 0xdead_beef);
         assert_eq!(int(0x42)[1], 0x42);
+    }
+
+    #[test]
+    fn doorbell_instruction_fields() {
+        let [op, unused] = clear_sigp();
+        assert_eq!(op, 0x721a_0000, "the encoding tried on QEMU 7.2 and 10.0");
+        assert_eq!(bits(op, 31, 30), 0b01, "type: I/O or read-modify-write");
+        assert_eq!(bits(op, 29, 27), 0b110, "move register to SFBR");
+        assert_eq!(bits(op, 26, 24), 0b010, "OR: reads the register");
+        assert_eq!(bits(op, 22, 16), 0x1a, "CTEST2");
+        assert_eq!(bits(op, 15, 8), 0, "OR with 0: SFBR gets CTEST2 as is");
+        assert_eq!(unused, 0);
+        let [op, alt] = wait_reselect(0x1234_5678);
+        assert_eq!(op, 0x5000_0000);
+        assert_eq!(bits(op, 31, 30), 0b01, "type: I/O");
+        assert_eq!(bits(op, 29, 27), 0b010, "WAIT RESELECT");
+        assert_eq!(bits(op, 26, 26), 0, "absolute alternate address");
+        assert_eq!(alt, 0x1234_5678);
     }
 }
