@@ -2,7 +2,7 @@
 
 use core::ptr::NonNull;
 
-use dmaengine::mmio::MmioRegion;
+use dmaengine::mmio::{MmioRegion, PortRegion};
 
 use crate::mem::{DIRECT_MAP_SIZE, phys_to_virt};
 use crate::{pci, platform};
@@ -21,6 +21,16 @@ pub fn find_nth(vendor: u16, device: u16, n: usize) -> Option<&'static pci::Devi
         .nth(n)?;
     dev.enable(true, true, true);
     Some(dev)
+}
+
+/// A window over the `len` ports of I/O BAR `slot` of `dev` (I/O BARs do
+/// not say their size here: the driver knows it).
+pub fn map_io_bar(dev: &pci::Device, slot: usize, len: u16) -> Option<PortRegion> {
+    let base = dev.io_bar(slot).filter(|&port| port != 0)?;
+    base.checked_add(len)?;
+    // SAFETY: the BAR is the device's own ports (firmware assigned them and
+    // I/O decoding is on, see `init`); its one driver gets the window.
+    Some(unsafe { PortRegion::new(base, len) })
 }
 
 /// An MMIO window over memory BAR `slot` of `dev`.

@@ -81,6 +81,14 @@ impl Device {
         }
     }
 
+    /// The first port of the I/O BAR in `slot`.
+    pub fn io_bar(&self, slot: usize) -> Option<u16> {
+        match self.bars.get(slot).copied().flatten()? {
+            Bar::Io { port } => u16::try_from(port).ok(),
+            _ => None,
+        }
+    }
+
     /// Enables memory decoding, I/O decoding and bus mastering as asked.
     pub fn enable(&self, memory: bool, io: bool, bus_master: bool) {
         let mut header = PciHeader::new(self.address);
