@@ -19,8 +19,8 @@
 use core::ptr::NonNull;
 use core::sync::atomic::{AtomicU64, Ordering};
 
+use core::arch::asm;
 use volatile::VolatilePtr;
-use x86_64::instructions::port::Port;
 
 /// A mapped range of device registers.
 ///
@@ -267,37 +267,58 @@ impl PortRegion {
             .expect("port window past port 0xffff")
     }
 
+    // The `in`/`out` below are written here rather than taken from the
+    // `x86_64` crate, whose port accessors tell the compiler they touch no
+    // memory (`nomem`): a store the device is about to read (a descriptor
+    // before its doorbell) could then be moved after the `out`. Without
+    // `nomem` the compiler keeps every memory access on its side, as it
+    // does around a volatile MMIO access; the CPU keeps them ordered, as
+    // `in` and `out` wait for earlier stores.
+
     /// Reads the 8-bit register at `offset`.
     #[inline]
     pub fn read8(&self, offset: usize) -> u8 {
-        let mut port = Port::<u8>::new(self.port(offset, 1));
+        let port = self.port(offset, 1);
+        let value: u8;
         // SAFETY: the port is inside the device's window (checked), which
-        // the type's invariant gives to its owner.
-        unsafe { port.read() }
+        // the type's invariant gives to its owner; `in` touches no memory of
+        // the program's.
+        unsafe {
+            asm!("in al, dx", out("al") value, in("dx") port, options(nostack, preserves_flags))
+        };
+        value
     }
 
     /// Writes the 8-bit register at `offset`.
     #[inline]
     pub fn write8(&self, offset: usize, value: u8) {
-        let mut port = Port::<u8>::new(self.port(offset, 1));
+        let port = self.port(offset, 1);
         // SAFETY: as for `read8`.
-        unsafe { port.write(value) }
+        unsafe {
+            asm!("out dx, al", in("dx") port, in("al") value, options(nostack, preserves_flags))
+        };
     }
 
     /// Reads the 32-bit register at `offset`.
     #[inline]
     pub fn read32(&self, offset: usize) -> u32 {
-        let mut port = Port::<u32>::new(self.port(offset, 4));
+        let port = self.port(offset, 4);
+        let value: u32;
         // SAFETY: as for `read8`.
-        unsafe { port.read() }
+        unsafe {
+            asm!("in eax, dx", out("eax") value, in("dx") port, options(nostack, preserves_flags))
+        };
+        value
     }
 
     /// Writes the 32-bit register at `offset`.
     #[inline]
     pub fn write32(&self, offset: usize, value: u32) {
-        let mut port = Port::<u32>::new(self.port(offset, 4));
+        let port = self.port(offset, 4);
         // SAFETY: as for `read8`.
-        unsafe { port.write(value) }
+        unsafe {
+            asm!("out dx, eax", in("dx") port, in("eax") value, options(nostack, preserves_flags))
+        };
     }
 }
 
