@@ -1,9 +1,17 @@
 //! A fake LSI53C895A for host tests: the SCRIPTS subset the driver uses,
-//! executed against [`FakeHal32`] memory, with QEMU 7.2's timing rules:
-//! at most 100 instructions inside the DSP write, then 100 per tick of a
-//! resume timer (which the test drives with [`FakeLsi::tick`]) with SRUN set
-//! meanwhile; a DSP write while SRUN is set only moves the resume point; an
-//! abort leaves the timer armed, a soft reset disarms it. Its interrupt
+//! executed against [`FakeHal32`] memory, with QEMU's timing rules: at most
+//! a slice of instructions (100 on QEMU 7.2, 500 on 10.0; any number in
+//! tests) inside the register write that started them, then a slice per
+//! tick of a resume timer (which the test drives with [`FakeLsi::tick`])
+//! with SRUN set meanwhile; a DSP write while SRUN is set only moves the
+//! resume point; an abort leaves the timer armed, a soft reset disarms it.
+//! WAIT RESELECT and the doorbell as in QEMU (`lsi_wait_reselect`, the
+//! ISTAT0 write): the WAIT jumps to its alternate address when ISTAT.SIGP
+//! is set and otherwise parks with SRUN set and no timer; a host write of
+//! SIGP latches it (a write keeps ISTAT's low nibble and replaces the top
+//! one) and wakes a parked processor at the alternate address with a fresh
+//! slice; only reading CTEST2 clears SIGP (the host never should: the fake
+//! counts it). Every Memory Move executed is logged. Its interrupt
 //! line follows QEMU's: raised when DSTAT holds a bit DIEN enables or
 //! ISTAT.INTF is set, and recomputed only where QEMU recomputes it (a
 //! status bit set, INTF cleared, DSTAT read), so a soft reset clears the
@@ -17,12 +25,20 @@ use crate::hal::fake::FakeHal32;
 use crate::hal::{DmaAddr, Hal};
 use crate::mmio::Registers;
 
-/// Instructions per slice (QEMU 7.2).
-const SLICE: usize = 100;
+/// Instructions per slice on QEMU 7.2.22 (10.0 runs 500).
+pub const SLICE_7_2: usize = 100;
 
 #[derive(Default, Debug)]
 struct State {
     dsp: u32,
+    /// Instructions per slice; 0 means [`SLICE_7_2`].
+    slice: usize,
+    /// Parked in a WAIT RESELECT, with the address it will wake at.
+    waiting: Option<u32>,
+    /// Host reads of CTEST2 (each would have eaten a doorbell).
+    host_ctest2_reads: u64,
+    /// Memory Moves executed: (count, source, destination).
+    moves: Vec<(u32, u32, u32)>,
     dstat: u8,
     istat0: u8,
     srun: bool,
@@ -32,7 +48,7 @@ struct State {
     /// The interrupt line's level as last computed.
     line: bool,
     accesses: u64,
-    executed: u64,
+    reads: u64,
 }
 
 /// The fake chip.
@@ -69,6 +85,42 @@ impl FakeLsi {
         Self::default()
     }
 
+    /// Sets the instructions run per slice (QEMU 7.2: 100, 10.0: 500; a
+    /// small number pauses the chain at every point).
+    pub fn set_slice(&self, instructions: usize) {
+        self.state.borrow_mut().slice = instructions.max(1);
+    }
+
+    /// Whether the processor is parked in a WAIT RESELECT.
+    pub fn parked(&self) -> bool {
+        self.state.borrow().waiting.is_some()
+    }
+
+    /// Register reads so far (writes are `accesses() - reads()`).
+    pub fn reads(&self) -> u64 {
+        self.state.borrow().reads
+    }
+
+    /// DSP: the address of the next instruction.
+    pub fn dsp(&self) -> u32 {
+        self.state.borrow().dsp
+    }
+
+    /// Whether ISTAT.SIGP is latched (seen without a register access).
+    pub fn doorbell_pending(&self) -> bool {
+        self.state.borrow().istat0 & Istat::SIGP.bits() != 0
+    }
+
+    /// Host reads of CTEST2 so far.
+    pub fn host_ctest2_reads(&self) -> u64 {
+        self.state.borrow().host_ctest2_reads
+    }
+
+    /// Takes the log of Memory Moves executed since the last call.
+    pub fn take_moves(&self) -> Vec<(u32, u32, u32)> {
+        core::mem::take(&mut self.state.borrow_mut().moves)
+    }
+
     /// Fires the resume timer if it is armed: the next slice runs.
     pub fn tick(&self) {
         let mut s = self.state.borrow_mut();
@@ -81,11 +133,6 @@ impl FakeLsi {
     /// Whether a slice is pending on the timer.
     pub fn paused(&self) -> bool {
         self.state.borrow().timer_armed
-    }
-
-    /// Instructions executed since creation.
-    pub fn executed(&self) -> u64 {
-        self.state.borrow().executed
     }
 
     /// Whether the chip's interrupt line is asserted.
@@ -107,9 +154,9 @@ impl FakeLsi {
 
     fn run(s: &mut State) {
         s.srun = true;
-        for _ in 0..SLICE {
+        let slice = if s.slice == 0 { SLICE_7_2 } else { s.slice };
+        for _ in 0..slice {
             let insn = read_u32(s.dsp);
-            s.executed += 1;
             if insn == 0 {
                 s.dsp += 4;
                 continue;
@@ -121,6 +168,7 @@ impl FakeLsi {
                     let dst = read_u32(s.dsp);
                     s.dsp += 4;
                     move_bytes(dst, arg, insn & 0x00ff_ffff);
+                    s.moves.push((insn & 0x00ff_ffff, arg, dst));
                 }
                 // A Store of DSP (all the driver stores): the address of the
                 // next instruction, as QEMU stores it.
@@ -130,6 +178,23 @@ impl FakeLsi {
                         .cast::<u32>();
                     // SAFETY: `phys_to_virt` checked the address is in the arena.
                     unsafe { ptr.write_unaligned(s.dsp) };
+                }
+                // WAIT RESELECT: taken at once on a pending doorbell, or
+                // parked with SRUN still set and no timer.
+                1 if insn == script::WAIT_RESELECT => {
+                    if s.istat0 & Istat::SIGP.bits() != 0 {
+                        s.dsp = arg;
+                    } else {
+                        s.waiting = Some(arg);
+                        return;
+                    }
+                }
+                // Move register to SFBR with OR reads the register; reading
+                // CTEST2 clears the doorbell.
+                1 if insn & 0xff7f_0000
+                    == script::MOVE_REG_OR_TO_SFBR | (regs::CTEST2 as u32) << 16 =>
+                {
+                    s.istat0 &= !Istat::SIGP.bits();
                 }
                 2 if insn & 0x002e_0000 == 0 => {}
                 2 if insn & (1 << 19) != 0 => match (insn >> 27) & 7 {
@@ -152,9 +217,15 @@ impl Registers for FakeLsi {
     fn read8(&self, offset: usize) -> u8 {
         let mut s = self.state.borrow_mut();
         s.accesses += 1;
+        s.reads += 1;
         match offset {
             regs::ISTAT => s.istat0 | if s.dstat != 0 { Istat::DIP.bits() } else { 0 },
             regs::ISTAT1 if s.srun => Istat1::SRUN.bits(),
+            regs::CTEST2 => {
+                s.host_ctest2_reads += 1;
+                s.istat0 &= !Istat::SIGP.bits();
+                0
+            }
             regs::DSTAT => {
                 let value = s.dstat | Dstat::DFE.bits();
                 if s.istat0 & Istat::INTF.bits() == 0 {
@@ -173,22 +244,35 @@ impl Registers for FakeLsi {
         match offset {
             regs::ISTAT => {
                 let v = Istat::from_bits_retain(value);
+                // The low nibble is status; the top one is replaced.
+                s.istat0 = (s.istat0 & 0x0f) | (value & 0xf0);
                 if v.contains(Istat::ABRT) {
-                    // QEMU stops the script but leaves the resume timer armed.
+                    // QEMU stops the script but leaves the resume timer
+                    // armed, and a parked WAIT still parked.
                     Self::stop(&mut s, Dstat::ABRT);
                 }
                 if v.contains(Istat::INTF) {
                     s.istat0 &= !Istat::INTF.bits();
                     Self::update_irq(&mut s);
                 }
+                if v.contains(Istat::SIGP)
+                    && let Some(alt) = s.waiting.take()
+                {
+                    s.dsp = alt;
+                    Self::run(&mut s);
+                }
                 if v.contains(Istat::SRST) {
                     // The soft reset clears the status without recomputing
                     // the line.
-                    let (accesses, executed, line) = (s.accesses, s.executed, s.line);
+                    let (accesses, reads, line, slice) = (s.accesses, s.reads, s.line, s.slice);
+                    let (ctest2, moves) = (s.host_ctest2_reads, core::mem::take(&mut s.moves));
                     *s = State {
                         accesses,
-                        executed,
+                        reads,
                         line,
+                        slice,
+                        host_ctest2_reads: ctest2,
+                        moves,
                         ..State::default()
                     };
                 }
@@ -202,6 +286,7 @@ impl Registers for FakeLsi {
     fn read32(&self, offset: usize) -> u32 {
         let mut s = self.state.borrow_mut();
         s.accesses += 1;
+        s.reads += 1;
         if offset == regs::DSP { s.dsp } else { 0 }
     }
 

@@ -6,8 +6,8 @@
 //! memory: one Memory Move per copy (zeroing copies from a zero buffer;
 //! fills write 8 pattern bytes, then double them). Each issued batch ends
 //! with one *write-back*, a Store of the chip's own DSP into a completion
-//! word in memory (as I/OAT writes CHANSTS), followed by a *tail* INT that
-//! stops the processor. DSP then holds the address of the instruction after
+//! word in memory (as I/OAT writes CHANSTS), followed by a *tail* where the
+//! processor parks (see below). DSP then holds the address of the instruction after
 //! the Store (the chip has fetched both of its words), so the completion
 //! word names the last write-back executed. The value a batch's final
 //! write-back leaves is known when it is issued, so the usual completion
@@ -23,18 +23,41 @@
 //! copy runs at 0.82-0.84 of a bare Memory Move's pace there, against
 //! 0.72-0.77 with a Memory Move as the write-back (measured side by side).
 //!
-//! # Appending to a running chain
-//! A new batch is written after the tail; then the tail INT is turned into a
-//! JUMP to it (operand first, opcode last, so a fetch sees either the old
-//! INT or the complete JUMP). One read of ISTAT1 then tells whether the
-//! processor is still running, in which case it will take the JUMP, or has
-//! stopped. If it stopped after writing back the previous batch it stopped
-//! at that batch's tail, and one write of DSP starts the new batch; if it
-//! stopped anywhere else it stopped on an error, which [`Engine::poll`]
-//! reports. So an issue costs at most two register accesses and preparing a
-//! descriptor none. This matters in QEMU, which runs at most 100
-//! instructions inside the DSP write and the rest from a timer, 100 every
-//! 500 us, with ISTAT1.SRUN set meanwhile.
+//! # A resident loop and a doorbell
+//! The processor never stops between batches. Each tail is two
+//! instructions: `MOVE CTEST2 | 0 TO SFBR`, whose read of CTEST2 clears
+//! ISTAT.SIGP (the doorbell), then `WAIT RESELECT` whose alternate address
+//! is the tail itself. With no doorbell pending the WAIT parks the
+//! processor (SRUN stays set, no timer runs); a host write of SIGP wakes it
+//! at the alternate address. Appending a batch writes it after the tail,
+//! then turns the tail's first instruction into a JUMP to it (operand
+//! first, opcode last, so a fetch sees either the old instruction or the
+//! complete JUMP), then rings the doorbell: one register write, no read.
+//! Whatever the processor was doing, it runs the batch exactly once:
+//! - parked in the tail's WAIT: the doorbell wakes it at the tail, now the
+//!   JUMP;
+//! - paused by QEMU between the tail's clear and its WAIT (QEMU runs a
+//!   slice of instructions, 100 on 7.2 and 500 on 10.0, then resumes from
+//!   a timer): the doorbell stays latched, so the WAIT takes the alternate
+//!   address at once, which is the JUMP;
+//! - busy before the tail: it reaches the JUMP by itself; the latched
+//!   doorbell is cleared by the new batch's own tail, or wakes it there
+//!   once for nothing (it parks again);
+//! - stopped on an error: nothing runs; [`Engine::poll`] reports the error,
+//!   which a parked processor (still "running") never causes.
+//!
+//! SIGP is latched: a host write of ISTAT keeps its low four bits and
+//! replaces the top four, so acknowledging an interrupt writes INTF with
+//! SIGP, never INTF alone, which would drop a pending doorbell; only a
+//! read of CTEST2 clears it, which the driver never makes. `terminate`,
+//! `reset` and dropping the engine abort and soft-reset the processor
+//! (an abort alone leaves a parked WAIT able to wake), and `reset` starts
+//! a new loop with one DSP write.
+//!
+//! The doorbell is an `outb` when the kernel hands the engine the chip's
+//! I/O BAR ([`Lsi53c895a::set_doorbell`]), an MMIO write of ISTAT
+//! otherwise: under QEMU 10 an MMIO store in mid-block makes QEMU translate
+//! the block again, and an `out` ends its block by itself.
 
 #[cfg(test)]
 pub(crate) mod fake;
@@ -55,7 +78,7 @@ use crate::engine::{
     Progress, Termination,
 };
 use crate::hal::{DmaAddr, Hal, PAGE_SIZE};
-use crate::mmio::{MmioRegion, Registers};
+use crate::mmio::{MmioRegion, PortRegion, Registers};
 
 /// Words in the instruction ring (64 KiB: about 5400 Memory Moves).
 const RING_WORDS: u32 = 16 * 1024;
@@ -65,12 +88,13 @@ const ZERO_BYTES: u32 = 64 * 1024;
 /// so the ring never holds more than `RING_WORDS / MOVE_WORDS + 1`; rounded
 /// up to a power of two so an index wraps with a mask, not a division.
 const MAX_ENTRIES: u32 = (RING_WORDS / MOVE_WORDS + 1).next_power_of_two();
+/// Words in a tail: the doorbell's clear, then the WAIT RESELECT.
+const TAIL_WORDS: u32 = 2 * TC_WORDS;
 /// Ring words kept free so `issue` always finds room for a write-back Store
-/// and a tail INT, each possibly preceded by a wrap JUMP and the words the
-/// wrap leaves unused.
-const ISSUE_RESERVE: u32 = STORE_WORDS + TC_WORDS + 2 * TC_WORDS + STORE_WORDS + TC_WORDS;
-/// The value of every tail INT (it lands in DSPS).
-const TAIL_MARK: u32 = 0x7a11_0001;
+/// and a tail, each possibly preceded by a wrap JUMP and the words the
+/// wrap leaves unused (fewer than the claim plus a JUMP).
+const ISSUE_RESERVE: u32 =
+    (STORE_WORDS + TC_WORDS) + STORE_WORDS + (TAIL_WORDS + TC_WORDS) + TAIL_WORDS;
 
 /// Byte offsets in the engine's DMA block.
 const RING_OFF: usize = 0;
@@ -110,23 +134,28 @@ pub struct Mark {
 /// [`Lsi53c895a::regs`] under its contract), and with the `test-hooks` feature
 /// `set_manual_start` and `inject_illegal_instruction`.
 ///
-/// What QEMU 7.2's emulation does that the driver depends on: it runs at
-/// most 100 SCRIPTS instructions inside the DSP write and the rest from a
-/// timer, 100 every 500 us of virtual time, with ISTAT1.SRUN set meanwhile
-/// (so long chains complete asynchronously, and a DSP write while SRUN is
-/// set only moves the resume point); ISTAT.ABRT stops the processor but
-/// leaves that timer armed, so the driver follows it with a soft reset;
-/// every instruction overwrites DSPS, so completion is written back to
-/// memory by the chain itself; reads of unassigned physical memory return
-/// zeros and set no error bit.
+/// What QEMU's emulation (7.2 and 10.0) does that the driver depends on:
+/// it runs at most a slice of SCRIPTS instructions (100 on 7.2, 500 on
+/// 10.0) inside the register write that started or woke them and the rest
+/// from a timer, a slice every 500 us of virtual time, with ISTAT1.SRUN
+/// set meanwhile (so long chains complete asynchronously); WAIT RESELECT
+/// parks with SRUN set, and a write of ISTAT.SIGP wakes it at the WAIT's
+/// alternate address, or makes the next WAIT take it at once; SIGP stays
+/// set until a read of CTEST2; ISTAT.ABRT stops the processor but leaves
+/// that timer armed and a parked WAIT wakeable, so the driver follows it
+/// with a soft reset; every instruction overwrites DSPS, so completion is
+/// written back to memory by the chain itself; reads of unassigned
+/// physical memory return zeros and set no error bit.
 pub struct Lsi53c895a<H: Hal, R: Registers = MmioRegion> {
     regs: R,
+    /// The chip's I/O BAR, when the kernel gave it: the doorbell.
+    doorbell: Option<PortRegion>,
     block: NonNull<u8>,
     block_dma: DmaAddr,
     block_pages: usize,
     /// Next free ring word.
     head: u32,
-    /// Ring word of the live tail INT.
+    /// Ring word of the live tail.
     tail: u32,
     /// Words in use from `free_from` up to `head`, wrap waste included.
     used: u32,
@@ -170,6 +199,7 @@ impl<H: Hal, R: Registers> Lsi53c895a<H, R> {
             H::dma_alloc(block_pages, u32::MAX as u64).ok_or(DmaError::NoMemory)?;
         let mut engine = Lsi53c895a {
             regs,
+            doorbell: None,
             block,
             block_dma,
             block_pages,
@@ -247,25 +277,46 @@ impl<H: Hal, R: Registers> Lsi53c895a<H, R> {
         &self.regs
     }
 
-    /// Register accesses so far, as the window counts them
-    /// ([`Registers::accesses`]): how benchmarks count MMIO.
-    pub fn register_accesses(&self) -> u64 {
-        self.regs.accesses()
+    /// Rings the doorbell through the chip's I/O BAR (BAR0,
+    /// [`regs::IO_SIZE`] ports; [`regs::IO_BAR`]) instead of its MMIO
+    /// window: one `outb` per issued batch. Under QEMU 10 that is about
+    /// half the cost of the MMIO write (QEMU-FACTS.md). I/O decoding must
+    /// be on in the PCI command register.
+    ///
+    /// # Safety
+    /// `ports` must be the I/O BAR of the same chip as the register window
+    /// the engine was made with: the engine writes ISTAT there, which on
+    /// another device could start anything.
+    pub unsafe fn set_doorbell(&mut self, ports: PortRegion) {
+        self.doorbell = Some(ports);
     }
 
-    /// Whether SCRIPTS are running (ISTAT1.SRUN), paused between QEMU's
-    /// 100-instruction slices included.
+    /// Register accesses so far, through the MMIO window and the doorbell's
+    /// ports ([`Registers::accesses`]): how benchmarks count them.
+    pub fn register_accesses(&self) -> u64 {
+        self.regs.accesses() + self.doorbell.as_ref().map_or(0, PortRegion::accesses)
+    }
+
+    /// Whether SCRIPTS are running (ISTAT1.SRUN): parked in the resident
+    /// loop's WAIT, and paused between QEMU's slices, included. `false`
+    /// after an error, `terminate` and in manual start mode.
     pub fn is_running(&self) -> bool {
         Istat1::from_bits_retain(self.regs.read8(regs::ISTAT1)).contains(Istat1::SRUN)
     }
 
-    /// Sets DMODE.MAN: writing DSP no longer starts SCRIPTS, so issued
-    /// requests stay in progress until the channel is terminated. A way to
-    /// test timeouts and stalls; `reset` keeps the setting. A test hook:
-    /// only with the `test-hooks` feature.
+    /// Turned on, stops the processor (abort and soft reset: requests
+    /// issued and not yet done stay in progress until the channel is
+    /// terminated) and sets DMODE.MAN, so the DSP write with which `reset`
+    /// starts the resident loop starts nothing; turned off, clears it, and
+    /// the next `reset` starts the loop. A way to test timeouts and
+    /// stalls; `reset` keeps the setting. A test hook: only with the
+    /// `test-hooks` feature.
     #[cfg(any(test, feature = "test-hooks"))]
     pub fn set_manual_start(&mut self, on: bool) {
         self.manual_start = on;
+        if on {
+            self.stop();
+        }
         self.regs
             .write8(regs::DMODE, if on { Dmode::MAN.bits() } else { 0 });
     }
@@ -561,8 +612,8 @@ impl<H: Hal, R: Registers> Lsi53c895a<H, R> {
     #[inline(never)]
     fn poll_hardware(&mut self, mut completed: Option<Cookie>) -> Progress {
         if !self.is_running() {
-            // Stopped with work outstanding: finished meanwhile, failed, or
-            // never started (manual start mode).
+            // Stopped with work outstanding: failed (the resident loop
+            // never stops by itself), or stopped by manual start mode.
             completed = self.collect().or(completed);
             if self.issued > 0 {
                 let dstat = Dstat::from_bits_retain(self.regs.read8(regs::DSTAT));
@@ -572,6 +623,63 @@ impl<H: Hal, R: Registers> Lsi53c895a<H, R> {
         Progress {
             completed,
             fault: self.fault.take(),
+        }
+    }
+
+    /// The first half of `issue`: ends the prepared requests with a
+    /// write-back and a new tail, and links them behind the live tail.
+    /// Returns whether there was anything to link. The processor may take
+    /// the link as soon as it is written (when it is busy before the tail);
+    /// the doorbell covers every other state.
+    #[inline(always)]
+    fn link(&mut self) -> bool {
+        let Some(last) = self
+            .last_cookie
+            .filter(|_| self.entries > self.issued && !self.halted)
+        else {
+            return false;
+        };
+        // ISSUE_RESERVE guarantees the room for both of these.
+        let done = match self.last_writeback {
+            Some(value) => value,
+            None => match self.emit_writeback(last, 0) {
+                Ok(value) => value,
+                Err(_) => return false,
+            },
+        };
+        let Ok(new_tail) = self.reserve(TAIL_WORDS, 0) else {
+            return false;
+        };
+        let tail_addr = self.ring_addr(new_tail);
+        self.write_ring(new_tail, &script::clear_sigp());
+        self.write_ring(new_tail + TC_WORDS, &script::wait_reselect(tail_addr));
+        let old_tail = self.tail;
+        let start = self.ring_addr(old_tail + TAIL_WORDS);
+        // Everything the JUMP leads to must be in memory before the JUMP,
+        // and its operand before its opcode (the clear ignores its second
+        // word, so the operand can land first).
+        fence(Ordering::Release);
+        self.write_ring(old_tail + 1, &[start]);
+        fence(Ordering::Release);
+        self.write_ring(old_tail, &[script::JUMP]);
+        self.tail = new_tail;
+        self.issued = self.entries;
+        self.last_writeback = Some(done);
+        self.expected = Some(done);
+        true
+    }
+
+    /// The second half of `issue`: one write of ISTAT.SIGP, through the
+    /// I/O BAR when the engine has it.
+    #[inline(always)]
+    fn ring_doorbell(&mut self) {
+        // The JUMP must be in memory before the chip can wake: the stores
+        // above are volatile, and so are MMIO writes; the port write is an
+        // `asm!` that may touch memory, which the compiler does not move
+        // stores across either; x86 keeps stores in order.
+        match &self.doorbell {
+            Some(ports) => ports.write8(regs::ISTAT, Istat::SIGP.bits()),
+            None => self.regs.write8(regs::ISTAT, Istat::SIGP.bits()),
         }
     }
 
@@ -597,8 +705,9 @@ impl<H: Hal, R: Registers> Lsi53c895a<H, R> {
 // SAFETY: a request is reported complete when the chain's write-back after
 // it has run (the processor runs the ring in order), and a fault when the
 // processor has stopped on it; `terminate` and `reset` abort and soft-reset
-// the processor, which stops it for good, before forgetting anything; the
-// chip is given DMA addresses of `H` within its 32-bit reach.
+// the processor, which stops it for good (a parked WAIT included), before
+// forgetting anything; prepared requests are linked into the chain only by
+// `issue`; the chip is given DMA addresses of `H` within its 32-bit reach.
 unsafe impl<H: Hal, R: Registers> Engine for Lsi53c895a<H, R> {
     type Mark = Mark;
     type Hal = H;
@@ -749,40 +858,8 @@ unsafe impl<H: Hal, R: Registers> Engine for Lsi53c895a<H, R> {
     }
 
     fn issue(&mut self) {
-        let Some(last) = self
-            .last_cookie
-            .filter(|_| self.entries > self.issued && !self.halted)
-        else {
-            return;
-        };
-        // ISSUE_RESERVE guarantees the room for both of these.
-        let done = match self.last_writeback {
-            Some(value) => value,
-            None => match self.emit_writeback(last, 0) {
-                Ok(value) => value,
-                Err(_) => return,
-            },
-        };
-        let Ok(new_tail) = self.reserve(TC_WORDS, 0) else {
-            return;
-        };
-        self.write_ring(new_tail, &script::int(TAIL_MARK));
-        let old_tail = self.tail;
-        let start = self.ring_addr(old_tail + TC_WORDS);
-        // Everything the JUMP leads to must be in memory before the JUMP,
-        // and its operand before its opcode.
-        fence(Ordering::Release);
-        self.write_ring(old_tail + 1, &[start]);
-        fence(Ordering::Release);
-        self.write_ring(old_tail, &[script::JUMP]);
-        self.tail = new_tail;
-        self.issued = self.entries;
-        self.last_writeback = Some(done);
-        let previous = self.expected.replace(done);
-        let running =
-            Istat1::from_bits_retain(self.regs.read8(regs::ISTAT1)).contains(Istat1::SRUN);
-        if !running && previous.is_none_or(|p| self.read_completion() == p) {
-            self.regs.write32(regs::DSP, start);
+        if self.link() {
+            self.ring_doorbell();
         }
     }
 
@@ -805,15 +882,18 @@ unsafe impl<H: Hal, R: Registers> Engine for Lsi53c895a<H, R> {
         }
         // The clearing order QEMU needs before the EOI, or the level
         // interrupt fires again:
-        // INTF first, then DSTAT, then SIST0/SIST1.
+        // INTF first, then DSTAT, then SIST0/SIST1. SIGP goes with INTF: a
+        // write replaces ISTAT's top bits, and without it a doorbell rung
+        // since the processor last parked would be lost (with it, a
+        // processor parked with none pending wakes once and parks again).
         if istat.contains(Istat::INTF) {
-            self.regs.write8(regs::ISTAT, Istat::INTF.bits());
+            self.regs
+                .write8(regs::ISTAT, (Istat::INTF | Istat::SIGP).bits());
         }
         let dstat = Dstat::from_bits_retain(self.regs.read8(regs::DSTAT));
         self.regs.read8(regs::SIST0);
         self.regs.read8(regs::SIST1);
         self.note_errors(dstat);
-        // A tail INT leaves DIP set without asking for an interrupt.
         istat.contains(Istat::INTF) || dstat.intersects(Dstat::ERRORS)
     }
 
@@ -845,10 +925,11 @@ unsafe impl<H: Hal, R: Registers> Engine for Lsi53c895a<H, R> {
         // SAFETY: the chip is stopped, so nothing reads the ring, shadow or
         // completion word while they are cleared; all three are in the block.
         unsafe { self.block.as_ptr().write_bytes(0, ZERO_OFF) };
-        self.write_ring(0, &script::int(TAIL_MARK));
-        self.head = TC_WORDS;
+        self.write_ring(0, &script::clear_sigp());
+        self.write_ring(TC_WORDS, &script::wait_reselect(self.ring_addr(0)));
+        self.head = TAIL_WORDS;
         self.tail = 0;
-        self.used = TC_WORDS;
+        self.used = TAIL_WORDS;
         self.free_from = 0;
         self.first_entry = 0;
         self.entries = 0;
@@ -860,6 +941,10 @@ unsafe impl<H: Hal, R: Registers> Engine for Lsi53c895a<H, R> {
         self.halted = false;
         self.fault = None;
         self.inject = false;
+        // The loop starts, clears the doorbell the soft reset already
+        // cleared, and parks (in manual start mode it does not start).
+        fence(Ordering::Release);
+        self.regs.write32(regs::DSP, self.ring_addr(0));
         Ok(())
     }
 }
