@@ -169,10 +169,19 @@ fn make_lsi() -> Result<Channel<Lsi53c895a<KernelHal>>, DmaError> {
 fn make_lsi_on<H: Hal>(
     device: Option<&'static crate::pci::Device>,
 ) -> Result<Channel<Lsi53c895a<H>>, DmaError> {
-    let regs = device
-        .and_then(|dev| devices::map_bar(dev, lsi53c895a::regs::MMIO_BAR))
-        .ok_or(DmaError::NotSupported)?;
-    Ok(Channel::new(Lsi53c895a::new(regs)?))
+    let device = device.ok_or(DmaError::NotSupported)?;
+    let regs =
+        devices::map_bar(device, lsi53c895a::regs::MMIO_BAR).ok_or(DmaError::NotSupported)?;
+    let mut engine = Lsi53c895a::new(regs)?;
+    // The doorbell through the I/O BAR when firmware assigned one: an
+    // `out` costs QEMU less than an MMIO write.
+    if let Some(ports) =
+        devices::map_io_bar(device, lsi53c895a::regs::IO_BAR, lsi53c895a::regs::IO_SIZE)
+    {
+        // SAFETY: BAR0 of the same chip whose BAR1 the engine drives.
+        unsafe { engine.set_doorbell(ports) };
+    }
+    Ok(Channel::new(engine))
 }
 
 /// As [`lsi_channel`], over the DMA layer `H` (the IOMMU's, say).

@@ -590,9 +590,13 @@ impl Process {
         if bar != page || size > PAGE_4K || shared {
             return ENODEV;
         }
-        let Ok(chip) = crate::dma::second_lsi_channel() else {
+        let Ok(mut chip) = crate::dma::second_lsi_channel() else {
             return EBUSY;
         };
+        // The channel only reserves the chip: its resident loop is stopped
+        // (abort and soft reset), or a DSP write from ring 3 would only move
+        // the parked loop's resume point instead of starting its script.
+        chip.terminate();
         let Ok(unit) = crate::iommu::take() else {
             return EBUSY;
         };

@@ -436,7 +436,10 @@ fn lsi_batches_across_slice() {
     let end = *second.last().unwrap();
     chan.wait(end, &mut Delay, TIMEOUT)
         .expect("both batches complete");
-    assert!(!chan.engine().is_running(), "stopped at the tail");
+    assert!(
+        chan.engine().is_running(),
+        "the resident loop parks in its WAIT, SRUN set, not stopped"
+    );
     for c in first.iter().chain(&second) {
         assert_eq!(chan.status(*c).status, Status::Complete, "{c:?}");
     }
