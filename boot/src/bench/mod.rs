@@ -2,6 +2,7 @@
 //! `qemu-run.sh bench` collects into `target/bench/latest.csv`.
 
 mod awaiting;
+mod bare;
 mod dma;
 mod iommu;
 mod mm;
