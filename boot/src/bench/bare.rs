@@ -86,6 +86,11 @@ impl RawScript {
         })
     }
 
+    /// The chain's DMA address and length (to map it behind an IOMMU).
+    pub fn range(&self) -> (u64, usize) {
+        (self.script.paddr(), self.script.len())
+    }
+
     /// Writes `moves` Memory Moves (count, source, destination) and a final
     /// INT.
     pub fn build(&mut self, moves: impl Iterator<Item = (u32, u32, u32)>) {
