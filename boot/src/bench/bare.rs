@@ -45,12 +45,6 @@ impl BareChip {
         Some(chip)
     }
 
-    /// The chip's register window (its page's place in QEMU's TLB matters
-    /// to `dma::tlb_alias`).
-    pub fn regs(&self) -> &MmioRegion {
-        &self.regs
-    }
-
     /// Aborts and soft-resets the chip through its idle channel, which
     /// stops any chain for good, parked or paused.
     fn stop(&mut self) {

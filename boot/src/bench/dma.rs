@@ -6,14 +6,14 @@
 use alloc::format;
 use alloc::vec::Vec;
 
-use dmaengine::drivers::lsi53c895a::script;
+use dmaengine::drivers::lsi53c895a::{regs, script};
 use dmaengine::engine::{Channel, Cookie, Engine, Op, PrepFlags, Status};
 use dmaengine::hal::Dma;
 
 use super::bare::{BareChip, RawScript, SigpScript};
 use super::report;
-use crate::dma::{KernelHal, LsiChannel, cpu_channel, lsi_channel};
-use crate::{println, time};
+use crate::dma::{KernelHal, LsiChannel, cpu_channel, lsi_channel, lsi_device};
+use crate::{devices, println, time};
 
 const SIZES: [(&str, usize); 4] = [
     ("4KiB", 4 << 10),
@@ -401,12 +401,11 @@ pub fn run() {
         );
     }
     copy_break(places.chan(), s, d);
-    tlb_alias(
-        &mut places,
-        tlb_slot(chip.regs().base().as_ptr() as usize),
-        s,
-        d,
-    );
+    // The API channel's own register page: the first chip's (the direct
+    // map gives a BAR one address, so this window is the channel's page).
+    if let Some(regs) = lsi_device().and_then(|dev| devices::map_bar(dev, regs::MMIO_BAR)) {
+        tlb_alias(&mut places, tlb_slot(regs.base().as_ptr() as usize), s, d);
+    }
 }
 
 /// What a channel sharing the register page's TLB slot costs (see
