@@ -1,6 +1,6 @@
 //! Guest instructions per request, exact and independent of the host: only
-//! meaningful under `-icount shift=0,sleep=off` (`qemu-run.sh` boots a
-//! second time so for this group), where RDTSC reads the number of guest
+//! meaningful under `-icount shift=0,sleep=off` (`qemu-run.sh` gives this
+//! group a boot of its own), where RDTSC reads the number of guest
 //! instructions executed and a device's own work counts as none.
 //!
 //! Each key counts one window of [`N`] requests after [`WARMUP`] unmeasured
