@@ -3,25 +3,28 @@
 #
 #   ./qemu-run.sh                 demo: a short report of what the stack does
 #   ./qemu-run.sh test [filter]   the guest test suite (tests whose name contains filter)
-#   ./qemu-run.sh bench [filter]  benchmarks -> target/bench/latest.csv and a table
+#   ./qemu-run.sh bench [filter]  benchmarks -> target/bench/latest.csv and a table; the
+#                                 group insns (guest instructions per request) boots
+#                                 apart, under -icount shift=0,sleep=off -smp 1: run
+#                                 when the filter is empty, insns or insns.KEY
 #   ./qemu-run.sh soak [requests] random copies, fills and zeroes (default 1000000)
 #   ./qemu-run.sh example         a kernel with its own x86_64 page tables adopts the mm half
 #   ./qemu-run.sh selftest        the harness's canaries (must report failures)
 #   ./qemu-run.sh MODE [filter] -- EXTRA QEMU ARGS
 #
 # Environment: ACCEL=tcg|kvm (default tcg: the KVM here is a slow software
-# one), TIMEOUT=seconds (whole run), QEMU=path to qemu-system-x86_64 and
+# one), TIMEOUT=seconds (per boot), QEMU=path to qemu-system-x86_64 and
 # QEMU_DATA=its data folder (-L; .ci/fetch-qemu-10 prints both for QEMU 10),
 # SEED=n (the seed of the randomized tests; a new one each run otherwise,
 # printed by the guest as its second line), IOMMU=on|off (default on: q35
 # with an Intel VT-d unit; off: the pc machine without one).
-# Exit status: 0 when the guest reports success, non-zero otherwise (guest
+# Exit status: 0 when the guest (each boot) reports success, non-zero otherwise (guest
 # failure, unknown mode, filter matching nothing, timeout, triple fault).
 set -uo pipefail
 cd "$(dirname "$0")" || exit 2
 
 die() { echo "qemu-run: $*" >&2; exit 2; }
-usage() { sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; }
 
 mode=${1:-demo}
 [ $# -gt 0 ] && shift
@@ -82,26 +85,53 @@ esac
 # idle application processors halt).
 smp=${SMP:-4}
 mkdir -p target/qemu
-log=target/qemu/$mode${filter:+-$filter}.log
-timeout -k 5 "$timeout_s" "$QEMU" \
-    "${machine[@]}" -accel "$accel" -cpu qemu64,+pdpe1gb -m 2G -smp "$smp" \
-    -display none -monitor none -serial stdio -no-reboot -nic none -vga none \
-    -device lsi53c895a -device lsi53c895a -device edu,dma_mask=0xffffffff \
-    -device isa-debug-exit,iobase=0xf4,iosize=0x04 \
-    -kernel "$kernel" -append "$mode $filter seed=$seed" \
-    "${extra[@]}" | tee "$log"
-status=${PIPESTATUS[0]}
 
-case "$status" in
-    33) rc=0 ;;
-    35) echo "qemu-run: the guest reported failures (log: $log)" >&2; rc=1 ;;
-    37) if [ "$mode" = bench ]; then what=benchmark; else what=test; fi
-        echo "qemu-run: no $what matches filter '$filter'" >&2; rc=2 ;;
-    39) echo "qemu-run: the kernel rejected the command line '$mode $filter'" >&2; rc=2 ;;
-    124|137) echo "qemu-run: timed out after ${timeout_s}s (TIMEOUT=seconds to change)" >&2; rc=1 ;;
-    0) echo "qemu-run: QEMU exited with status 0: a triple fault or reset, never a pass" >&2; rc=1 ;;
-    *) echo "qemu-run: QEMU exited with unexpected status $status" >&2; rc=1 ;;
+# Boots the kernel with `$mode $1` on the command line and the QEMU
+# arguments after it, logging to target/qemu; sets `log` and `rc` (0 on a
+# pass, as the exit status below).
+boot() {
+    local filter=$1
+    shift
+    log=target/qemu/$mode${filter:+-$filter}.log
+    timeout -k 5 "$timeout_s" "$QEMU" \
+        "${machine[@]}" -cpu qemu64,+pdpe1gb -m 2G \
+        -display none -monitor none -serial stdio -no-reboot -nic none -vga none \
+        -device lsi53c895a -device lsi53c895a -device edu,dma_mask=0xffffffff \
+        -device isa-debug-exit,iobase=0xf4,iosize=0x04 \
+        -kernel "$kernel" -append "$mode $filter seed=$seed" \
+        "$@" "${extra[@]}" | tee "$log"
+    local status=${PIPESTATUS[0]}
+    case "$status" in
+        33) rc=0 ;;
+        35) echo "qemu-run: the guest reported failures (log: $log)" >&2; rc=1 ;;
+        37) if [ "$mode" = bench ]; then what=benchmark; else what=test; fi
+            echo "qemu-run: no $what matches filter '$filter'" >&2; rc=2 ;;
+        39) echo "qemu-run: the kernel rejected the command line '$mode $filter'" >&2; rc=2 ;;
+        124|137) echo "qemu-run: timed out after ${timeout_s}s (TIMEOUT=seconds to change)" >&2; rc=1 ;;
+        0) echo "qemu-run: QEMU exited with status 0: a triple fault or reset, never a pass" >&2; rc=1 ;;
+        *) echo "qemu-run: QEMU exited with unexpected status $status" >&2; rc=1 ;;
+    esac
+}
+
+# The benchmark group `insns` counts guest instructions: it needs a boot
+# of its own, one CPU under TCG with -icount (RDTSC then reads the
+# instructions executed; sleep=off jumps idle time to the next timer, so
+# the counts do not depend on the host). An unfiltered bench boots twice.
+logs=()
+case "$mode:$filter" in
+    bench:insns|bench:insns.*) normal=""; icount=$filter ;;
+    bench:) normal=yes; icount=insns ;;
+    *) normal=yes; icount="" ;;
 esac
+rc=0
+if [ -n "$normal" ]; then
+    boot "$filter" -accel "$accel" -smp "$smp"
+    logs+=("$log")
+fi
+if [ -n "$icount" ] && [ "$rc" = 0 ]; then
+    boot "$icount" -accel tcg -icount shift=0,sleep=off -smp 1
+    logs+=("$log")
+fi
 
 if [ "$mode" = bench ] && [ "$rc" = 0 ]; then
     mkdir -p target/bench
@@ -110,7 +140,7 @@ if [ "$mode" = bench ] && [ "$rc" = 0 ]; then
     # new ones: a run with none never replaces them.
     qemu_version=$("$QEMU" --version | sed -n '1s/.*version \([0-9][0-9.]*\).*/\1/p')
     { echo "key,value,unit"; echo "qemu.version,${qemu_version:-unknown},"
-      awk '$1 == "BENCH" { printf "%s,%s,%s\n", $2, $3, $4 }' "$log" | tr -d '\r'; } > "$csv.new"
+      awk '$1 == "BENCH" { printf "%s,%s,%s\n", $2, $3, $4 }' "${logs[@]}" | tr -d '\r'; } > "$csv.new"
     results=$(($(wc -l < "$csv.new") - 2))
     if [ "$results" -le 0 ]; then
         rm -f "$csv.new"

@@ -1,16 +1,16 @@
 //! DMA benchmarks: the copy API on the LSI and CPU engines against
-//! hand-written SCRIPTS (the emulator's own limit), small-copy rates, and
+//! hand-written SCRIPTS on the second chip (the emulator's own limit: a
+//! DSP-started chain and a doorbell-woken resident one), small-copy rates, and
 //! MMIO accesses counted per issue and per descriptor.
 
 use alloc::format;
 use alloc::vec::Vec;
 
-use dmaengine::drivers::lsi53c895a::regs::{self, Dstat, Istat1};
-use dmaengine::drivers::lsi53c895a::script;
+use dmaengine::drivers::lsi53c895a::{regs, script};
 use dmaengine::engine::{Channel, Cookie, Engine, Op, PrepFlags, Status};
 use dmaengine::hal::Dma;
-use dmaengine::mmio::MmioRegion;
 
+use super::bare::{BareChip, RawScript, SigpScript};
 use super::report;
 use crate::dma::{KernelHal, LsiChannel, cpu_channel, lsi_channel, lsi_device};
 use crate::{devices, println, time};
@@ -124,60 +124,6 @@ fn repetitions(size: usize) -> usize {
 /// result is the median of its rounds, so both sides see the same noise.
 const ROUNDS: usize = 9;
 
-/// Hand-written SCRIPTS on the bare chip: the chain is built once in DMA
-/// memory, then each run is one DSP write and a poll of ISTAT1.SRUN. It
-/// shares the chip with an idle engine: both leave it stopped at an INT, and
-/// the engine's next issue restarts it at its own ring.
-struct RawScript {
-    regs: MmioRegion,
-    script: Dma<KernelHal>,
-}
-
-impl RawScript {
-    fn new(words: usize) -> Option<RawScript> {
-        let regs = devices::map_bar(lsi_device()?, regs::MMIO_BAR)?;
-        Some(RawScript {
-            regs,
-            script: Dma::new(words * 4).ok()?,
-        })
-    }
-
-    /// Writes `moves` Memory Moves and a final INT.
-    fn build(&mut self, moves: impl Iterator<Item = (u32, u32, u32)>) {
-        let mut words = Vec::new();
-        for (count, src, dst) in moves {
-            words.extend_from_slice(&script::memory_move(count, src, dst));
-        }
-        words.extend_from_slice(&script::int(0));
-        for (i, w) in words.iter().enumerate() {
-            self.script.as_mut_slice()[4 * i..4 * i + 4].copy_from_slice(&w.to_le_bytes());
-        }
-    }
-
-    /// Runs the script `n` times; returns TSC cycles from first start to
-    /// last stop.
-    fn run(&self, n: usize) -> u64 {
-        let start = time::rdtsc();
-        for _ in 0..n {
-            self.regs.write32(regs::DSP, self.script.paddr() as u32);
-            let deadline = time::now_ns() + SPIN_LIMIT_NS;
-            while Istat1::from_bits_retain(self.regs.read8(regs::ISTAT1)).contains(Istat1::SRUN) {
-                assert!(
-                    time::now_ns() < deadline,
-                    "raw script still running after 10 s"
-                );
-                core::hint::spin_loop();
-            }
-            let dstat = Dstat::from_bits_retain(self.regs.read8(regs::DSTAT));
-            assert!(
-                dstat.contains(Dstat::SIR),
-                "raw script did not end at its INT: DSTAT {dstat:?}"
-            );
-        }
-        time::rdtsc() - start
-    }
-}
-
 fn gbps(bytes: usize, cycles: u64) -> f64 {
     bytes as f64 / time::cycles_to_ns(cycles.max(1)) as f64
 }
@@ -258,6 +204,87 @@ fn api_batch(chan: &mut LsiChannel, ops: &[Op]) -> BatchRun {
     }
 }
 
+/// Batch sizes of the doorbell-driven chain.
+const SIGP_BATCHES: [usize; 2] = [1, 16];
+
+/// `batch` 64-byte Memory Moves (count, source, destination), one after
+/// the other in both buffers.
+pub(super) fn small_moves(batch: usize, s: u64, d: u64) -> impl Iterator<Item = (u32, u32, u32)> {
+    (0..batch).map(move |k| {
+        (
+            SMALL as u32,
+            s as u32 + (SMALL * k) as u32,
+            d as u32 + (SMALL * k) as u32,
+        )
+    })
+}
+
+/// The same copies as [`small_moves`], as API operations.
+pub(super) fn small_ops(batch: usize, s: u64, d: u64) -> Vec<Op> {
+    (0..batch)
+        .map(|k| Op::Copy {
+            dst: d + (SMALL * k) as u64,
+            src: s + (SMALL * k) as u64,
+            len: SMALL,
+        })
+        .collect()
+}
+
+/// Rates of a batch through the API against a bare chain, side by side.
+struct SideBySide {
+    /// The bare chain's median copies/s.
+    bare: f64,
+    /// The API's median copies/s.
+    lsi: f64,
+    /// Register accesses per `issue_pending`.
+    mmio_per_issue: f64,
+    /// Register accesses while preparing a batch, per issue.
+    prep_mmio_per_issue: f64,
+}
+
+/// [`ROUNDS`] rounds of `n` batches of `ops` through the API against `n`
+/// runs of a bare chain of the same copies (`bare(n)` returns TSC cycles),
+/// alternating which goes first.
+fn side_by_side(
+    places: &mut Places,
+    ops: &[Op],
+    n: usize,
+    mut bare: impl FnMut(usize) -> u64,
+) -> SideBySide {
+    let batch = ops.len();
+    bare(1);
+    api_batch(places.chan(), ops);
+    let (mut bare_v, mut lsi_v) = (Vec::new(), Vec::new());
+    let (mut prep_mmio, mut issue_mmio) = (0, 0);
+    for round in 0..ROUNDS {
+        if round % 2 == 0 {
+            bare_v.push(per_second(batch * n, bare(n)));
+        }
+        let mut cycles = 0;
+        let lsi = places.for_round(round);
+        for _ in 0..n {
+            let one = api_batch(lsi, ops);
+            cycles += one.cycles;
+            prep_mmio += one.prep_mmio;
+            issue_mmio += one.issue_mmio;
+        }
+        lsi_v.push(per_second(batch * n, cycles));
+        if round % 2 == 1 {
+            bare_v.push(per_second(batch * n, bare(n)));
+        }
+    }
+    // Medians: the hand-written chain's best rounds on QEMU 10 run far
+    // ahead of its typical ones (batch 256: best 0.63 of the API's pace,
+    // median 0.80), so a best would measure that spread.
+    let issues = (ROUNDS * n) as f64;
+    SideBySide {
+        bare: median(bare_v),
+        lsi: median(lsi_v),
+        mmio_per_issue: issue_mmio as f64 / issues,
+        prep_mmio_per_issue: prep_mmio as f64 / issues,
+    }
+}
+
 pub fn run() {
     // Five spare pages in the destination: see `UNALIASED`.
     let (Ok(src), Ok(dst)) = (
@@ -269,10 +296,17 @@ pub fn run() {
     };
     let (s, d) = (src.paddr(), dst.paddr());
     let mut cpu = cpu_channel();
-    let (mut places, mut raw) = match (lsi_channel(), RawScript::new(3 * 4096 + 8)) {
-        (Ok(lsi), Some(raw)) => (Places::new(lsi), raw),
+    // The API's channel takes the first chip, the hand-written chains the
+    // second, so neither stops the other's script.
+    let (mut places, mut chip, mut raw, mut sigp) = match (
+        lsi_channel(),
+        BareChip::take(),
+        RawScript::new(4096),
+        SigpScript::new(SIGP_BATCHES[1]),
+    ) {
+        (Ok(lsi), Some(chip), Some(raw), Some(sigp)) => (Places::new(lsi), chip, raw, sigp),
         _ => {
-            println!("LSI benchmarks skipped: no LSI53C895A");
+            println!("LSI benchmarks skipped: no two LSI53C895As");
             return;
         }
     };
@@ -284,19 +318,19 @@ pub fn run() {
         let tail = (rest > 0).then(|| (rest, s as u32 + first, d as u32 + first));
         raw.build(core::iter::once((first, s as u32, d as u32)).chain(tail));
         let n = (repetitions(size) / ROUNDS).max(1);
-        raw.run(1);
+        raw.run(&mut chip, 1);
         api_copies(places.chan(), s, d, size, 1);
         let (mut raw_v, mut lsi_v) = (Vec::new(), Vec::new());
         for round in 0..ROUNDS {
             // Alternate which side goes first, so neither always inherits
             // the other's cache state.
             if round % 2 == 0 {
-                raw_v.push(gbps(size * n, raw.run(n)));
+                raw_v.push(gbps(size * n, raw.run(&mut chip, n)));
             }
             let lsi = places.for_round(round);
             lsi_v.push(gbps(size * n, api_copies(lsi, s, d, size, n)));
             if round % 2 == 1 {
-                raw_v.push(gbps(size * n, raw.run(n)));
+                raw_v.push(gbps(size * n, raw.run(&mut chip, n)));
             }
         }
         // The best of the rounds on each side: the emulator's limit, which
@@ -319,80 +353,59 @@ pub fn run() {
         report(&format!("dma.copy.cpu.{label}.gbps"), median(cpu_v), "GB/s");
     }
     for &batch in &BATCHES {
-        raw.build((0..batch).map(|k| {
-            (
-                SMALL as u32,
-                s as u32 + (SMALL * k) as u32,
-                d as u32 + (SMALL * k) as u32,
-            )
-        }));
+        raw.build(small_moves(batch, s, d));
+        let ops = small_ops(batch, s, d);
         let n = (16384 / batch / ROUNDS).max(1);
-        let ops: Vec<Op> = (0..batch)
-            .map(|k| Op::Copy {
-                dst: d + (SMALL * k) as u64,
-                src: s + (SMALL * k) as u64,
-                len: SMALL,
-            })
-            .collect();
-        raw.run(1);
-        api_batch(places.chan(), &ops);
-        let (mut raw_v, mut lsi_v) = (Vec::new(), Vec::new());
-        let (mut prep_mmio, mut issue_mmio) = (0, 0);
-        for round in 0..ROUNDS {
-            if round % 2 == 0 {
-                raw_v.push(per_second(batch * n, raw.run(n)));
-            }
-            let mut cycles = 0;
-            let lsi = places.for_round(round);
-            for _ in 0..n {
-                let one = api_batch(lsi, &ops);
-                cycles += one.cycles;
-                prep_mmio += one.prep_mmio;
-                issue_mmio += one.issue_mmio;
-            }
-            lsi_v.push(per_second(batch * n, cycles));
-            if round % 2 == 1 {
-                raw_v.push(per_second(batch * n, raw.run(n)));
-            }
-        }
-        // Medians: the hand-written chain's best rounds on QEMU 10 run far
-        // ahead of its typical ones (batch 256: best 0.63 of the API's
-        // pace, median 0.80), so a best would measure that spread.
-        let (raw_m, lsi_m) = (median(raw_v), median(lsi_v));
-        let issues = (ROUNDS * n) as f64;
+        let side = side_by_side(&mut places, &ops, n, |n| raw.run(&mut chip, n));
         report(
             &format!("dma.small.raw.batch{batch}.copies_per_s"),
-            raw_m,
+            side.bare,
             "copies/s",
         );
         report(
             &format!("dma.small.lsi.batch{batch}.copies_per_s"),
-            lsi_m,
+            side.lsi,
             "copies/s",
         );
         report(
             &format!("dma.small.lsi_vs_raw.batch{batch}.ratio"),
-            lsi_m / raw_m,
+            side.lsi / side.bare,
             "x",
         );
         report(
             &format!("dma.lsi.mmio_per_issue.batch{batch}"),
-            issue_mmio as f64 / issues,
+            side.mmio_per_issue,
             "count",
         );
         report(
             &format!("dma.lsi.mmio_per_desc.batch{batch}"),
-            prep_mmio as f64 / (issues * batch as f64),
+            side.prep_mmio_per_issue / batch as f64,
             "count",
         );
     }
+    for &batch in &SIGP_BATCHES {
+        sigp.build(&mut chip, small_moves(batch, s, d));
+        let ops = small_ops(batch, s, d);
+        let n = (16384 / batch / ROUNDS).max(1);
+        let side = side_by_side(&mut places, &ops, n, |n| sigp.run(&mut chip, n));
+        sigp.check(&chip);
+        report(
+            &format!("dma.small.sigp_raw.batch{batch}.copies_per_s"),
+            side.bare,
+            "copies/s",
+        );
+        report(
+            &format!("dma.small.lsi_vs_sigp_raw.batch{batch}.ratio"),
+            side.lsi / side.bare,
+            "x",
+        );
+    }
     copy_break(places.chan(), s, d);
-    tlb_alias(
-        &mut places,
-        tlb_slot(raw.regs.base().as_ptr() as usize),
-        s,
-        d,
-    );
+    // The API channel's own register page: the first chip's (the direct
+    // map gives a BAR one address, so this window is the channel's page).
+    if let Some(regs) = lsi_device().and_then(|dev| devices::map_bar(dev, regs::MMIO_BAR)) {
+        tlb_alias(&mut places, tlb_slot(regs.base().as_ptr() as usize), s, d);
+    }
 }
 
 /// What a channel sharing the register page's TLB slot costs (see

@@ -1,8 +1,9 @@
 //! IOMMU benchmarks, each side by side in one run: mapping 64 MiB of pages
 //! into a VT-d domain against inserting them into a CPU address space (the
 //! same walker, another entry format); the entries a 1 GiB remap writes;
-//! 1 MiB LSI53C895A copies with translation on against off; and small
-//! copies by the ring-3 driver against the kernel's channel.
+//! 1 MiB LSI53C895A copies with translation on against off, and against a
+//! hand-written chain behind the same domain; and small copies by the
+//! ring-3 driver against the kernel's channel.
 
 use alloc::vec::Vec;
 
@@ -13,8 +14,9 @@ use dmaengine::mm::vma::{PageProt, VmFlags};
 use x86_64::structures::paging::{Page, PhysFrame};
 use x86_64::{PhysAddr, VirtAddr};
 
+use super::bare::{BareChip, RawScript};
 use super::report;
-use crate::dma::{LsiChannel, lsi_channel, lsi_device};
+use crate::dma::{LsiChannel, lsi_channel, lsi_device, second_lsi_device};
 use crate::iommu::{source_of, take};
 use crate::mm::{db, mapper, new_space};
 use crate::{platform, println, time};
@@ -171,11 +173,21 @@ impl Drop for Aligned {
 }
 
 /// 1 MiB LSI53C895A copies, translation on (buffers mapped at their own
-/// addresses in the chip's domain) and off, alternating.
+/// addresses in the chip's domain) and off, alternating; and, with it on,
+/// a hand-written chain of the same copy (one Memory Move, an INT) on the
+/// second chip, attached to the same domain: same buffers, same leaves, so
+/// what QEMU's translation costs (QEMU-FACTS: "VT-d and Memory Moves") is
+/// paid alike and the ratio is the driver's own cost with translation on.
 fn copy_with_and_without_translation(unit: &crate::iommu::Unit) {
     const SIZE: usize = 1 << 20;
     const N: usize = 40;
-    let (Ok(mut lsi), Some(dev)) = (lsi_channel(), lsi_device()) else {
+    let (Ok(mut lsi), Some(dev), Some(mut chip), Some(second), Some(mut raw)) = (
+        lsi_channel(),
+        lsi_device(),
+        BareChip::take(),
+        second_lsi_device(),
+        RawScript::new(1),
+    ) else {
         return;
     };
     // 2 MiB-aligned buffers, so the domain maps each with one 2 MiB entry
@@ -190,28 +202,45 @@ fn copy_with_and_without_translation(unit: &crate::iommu::Unit) {
     let id = DomainId::new(3).expect("a domain id");
     let mut domain = iommu::domain(unit, id, db(), mapper(), db()).expect("a domain");
     let (block, len) = lsi.engine().dma_block();
+    let (chain, chain_len) = raw.range();
     for (at, bytes) in [
         (block, len),
+        (chain, chain_len),
         (src.paddr(), 2 * SIZE),
         (dst.paddr(), 2 * SIZE),
     ] {
         let pages = (bytes as u64).div_ceil(4096);
         let area = domain.map_vma(page(at), pages, RW).expect("area");
         let frame = PhysFrame::containing_address(PhysAddr::new(at));
-        // SAFETY: the chip's DMA block and the benchmark's two buffers, held until the domain is
-        // dropped at the end of this function; for the device only.
+        // SAFETY: the chip's DMA block, the chain and the benchmark's two buffers, held until
+        // the domain is dropped at the end of this function; for the devices only.
         unsafe { domain.remap_pfn_range(area, page(at), frame, pages, PageProt::READ_WRITE) }
             .expect("identity");
     }
-    let source = source_of(dev);
-    // SAFETY: the domain outlives the attachment (detached below).
-    unsafe { unit.attach(source, id, domain.root()) }.expect("attach");
+    raw.build(core::iter::once((
+        SIZE as u32,
+        src.paddr() as u32,
+        dst.paddr() as u32,
+    )));
+    let (source, second) = (source_of(dev), source_of(second));
+    // SAFETY: the domain outlives both attachments (detached below); the
+    // second chip is stopped (`BareChip::take`).
+    unsafe {
+        unit.attach(source, id, domain.root()).expect("attach");
+        unit.attach(second, id, domain.root()).expect("attach");
+    }
+    // The chain, translation on.
+    let mut run_raw = || {
+        unit.enable().expect("on");
+        let ns = time::cycles_to_ns(raw.run(&mut chip, N));
+        (SIZE * N) as f64 / ns as f64
+    };
     let mut run = |on: bool| {
         if on {
             unit.enable().expect("on");
         } else {
-            // SAFETY: the chip is idle between runs, and the domain maps
-            // both buffers at their own physical addresses.
+            // SAFETY: both chips are idle between runs, and the domain maps
+            // the buffers and the chain at their own physical addresses.
             unsafe { unit.disable() }.expect("off");
         }
         // SAFETY: both buffers are ours for the whole benchmark.
@@ -219,22 +248,30 @@ fn copy_with_and_without_translation(unit: &crate::iommu::Unit) {
         (SIZE * N) as f64 / ns as f64
     };
     run(true);
-    let (mut on, mut off) = (Vec::new(), Vec::new());
+    run_raw();
+    let (mut on, mut off, mut raw_on) = (Vec::new(), Vec::new(), Vec::new());
     for round in 0..9 {
+        // The chain and the API's "on" run side by side, alternating which
+        // goes first.
         if round % 2 == 0 {
+            raw_on.push(run_raw());
             on.push(run(true));
             off.push(run(false));
         } else {
             off.push(run(false));
             on.push(run(true));
+            raw_on.push(run_raw());
         }
     }
-    // SAFETY: the chip is idle (every run waited for its copies).
+    // SAFETY: both chips are idle (every run waited for its copies).
     let _ = unsafe { unit.disable() };
     unit.detach(source).expect("detach");
-    let (on, off) = (median(on), median(off));
+    unit.detach(second).expect("detach");
+    let (on, off, raw_on) = (median(on), median(off), median(raw_on));
     report("iommu.copy.lsi.1MiB.on.gbps", on, "GB/s");
     report("iommu.copy.lsi.1MiB.off.gbps", off, "GB/s");
     report("iommu.copy.lsi.1MiB.ratio", on / off, "x");
+    report("iommu.copy.raw.1MiB.on.gbps", raw_on, "GB/s");
+    report("iommu.copy.lsi_vs_raw.1MiB.on.ratio", on / raw_on, "x");
     assert_eq!(unit.take_fault(), None, "no fault while benchmarking");
 }

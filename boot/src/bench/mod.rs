@@ -2,7 +2,9 @@
 //! `qemu-run.sh bench` collects into `target/bench/latest.csv`.
 
 mod awaiting;
+mod bare;
 mod dma;
+mod insns;
 mod iommu;
 mod mm;
 mod smp;
@@ -62,6 +64,11 @@ pub fn run(filter: Option<&str>) -> ExitCode {
     }
     if wanted("iommu") {
         iommu::run();
+    }
+    // Only when named: its counts mean instructions only under `-icount`,
+    // which `qemu-run.sh` gives a boot of its own.
+    if filter.is_some() && wanted("insns") {
+        insns::run();
     }
     // A filter that names no group, or groups whose devices are missing,
     // is not a successful benchmark run.
