@@ -512,7 +512,7 @@ fn an_interrupt_acknowledge_keeps_a_pending_doorbell() {
         unsafe { engine.prep(first, copy(dst.paddr()), Some(notify(true))) }.unwrap();
         engine.device().set_slice(slice);
         engine.issue();
-        let tail = engine.ring_addr(engine.tail);
+        let tail = engine.ring.tail_addr();
         if !(engine.device().paused() && engine.device().dsp() == tail + 8) {
             continue;
         }

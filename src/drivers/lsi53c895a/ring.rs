@@ -1,0 +1,529 @@
+//! The instruction ring: the engine's DMA block, its layout, its counters,
+//! and every store the CPU makes into it.
+//!
+//! The block holds, in order: the ring of SCRIPTS words; the *shadow*
+//! array, one word per ring word, where the instruction at ring word `w`
+//! keeps data of its own from shadow word `w` on (a write-back's cookie, a
+//! fill's pattern), so that data lives and dies with the instruction; the
+//! completion word, which every write-back overwrites with the chip's DSP;
+//! a zero buffer that zeroing copies read; and the request entries (each
+//! request's cookie and the ring word after its last instruction).
+//!
+//! A safe type over a tiny unsafe core, as Hubris' DMA rings are: every
+//! access to the block goes through [`Ring::cell`], whose bounds check is
+//! always on. What the type keeps true: instructions are only written into
+//! words claimed and not yet linked (the chip cannot reach them until
+//! [`Ring::append`] links them behind the live tail, and the link is the
+//! last store); a word is claimed again only after the completion word
+//! says the chip has passed it ([`Ring::retire`]), or after the chip was
+//! stopped ([`Ring::reset`], whose caller stops it first).
+
+use core::marker::PhantomData;
+use core::ptr::NonNull;
+use core::sync::atomic::{Ordering, fence};
+
+use volatile::VolatilePtr;
+
+use super::regs;
+use super::script::{self, MOVE_WORDS, STORE_WORDS, TC_WORDS};
+use crate::engine::{Cookie, DmaError, EngineError, Op};
+use crate::hal::{DmaAddr, Hal, PAGE_SIZE};
+
+/// Words in the instruction ring (64 KiB: about 5400 Memory Moves).
+pub(super) const RING_WORDS: u32 = 16 * 1024;
+/// Size of the zero buffer that zeroing copies read.
+pub(super) const ZERO_BYTES: u32 = 64 * 1024;
+/// Requests tracked at once: every request takes at least one Memory Move,
+/// so the ring never holds more than `RING_WORDS / MOVE_WORDS + 1`; rounded
+/// up to a power of two so an index wraps with a mask, not a division.
+pub(super) const MAX_ENTRIES: u32 = (RING_WORDS / MOVE_WORDS + 1).next_power_of_two();
+/// Words in a tail: the doorbell's clear, then the WAIT RESELECT.
+pub(super) const TAIL_WORDS: u32 = 2 * TC_WORDS;
+/// Ring words kept free so [`Ring::append`] always finds room for a
+/// write-back Store and a tail, each possibly preceded by a wrap JUMP and
+/// the words the wrap leaves unused (fewer than the claim plus a JUMP).
+pub(super) const ISSUE_RESERVE: u32 =
+    (STORE_WORDS + TC_WORDS) + STORE_WORDS + (TAIL_WORDS + TC_WORDS) + TAIL_WORDS;
+
+/// Byte offsets in the block.
+const RING_OFF: usize = 0;
+const SHADOW_OFF: usize = RING_OFF + RING_WORDS as usize * 4;
+const STATUS_OFF: usize = SHADOW_OFF + RING_WORDS as usize * 4;
+const ZERO_OFF: usize = STATUS_OFF + PAGE_SIZE;
+const ENTRY_OFF: usize = ZERO_OFF + ZERO_BYTES as usize;
+/// Bytes of one entry: its cookie, then the ring word after its last
+/// instruction.
+const ENTRY_BYTES: usize = 8;
+const BLOCK_BYTES: usize = ENTRY_OFF + MAX_ENTRIES as usize * ENTRY_BYTES;
+const BLOCK_PAGES: usize = BLOCK_BYTES.div_ceil(PAGE_SIZE);
+
+/// A saved preparation point: what requests prepared after it changed.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct RingMark {
+    head: u32,
+    used: u32,
+    entries: u32,
+    last_cookie: Option<Cookie>,
+    last_writeback: Option<u32>,
+}
+
+/// The ring and the rest of the engine's DMA block.
+pub(super) struct Ring<H: Hal> {
+    block: NonNull<u8>,
+    dma: DmaAddr,
+    /// Next free ring word.
+    head: u32,
+    /// Ring word of the live tail.
+    tail: u32,
+    /// Words in use from `free_from` up to `head`, wrap waste included.
+    used: u32,
+    /// Oldest ring word still in use.
+    free_from: u32,
+    /// Index of the oldest entry, entries in the queue, and how many of
+    /// them (from the oldest) are linked.
+    first_entry: u32,
+    entries: u32,
+    issued: u32,
+    /// The last prepared request, and the completion word's value once its
+    /// own write-back has run, if its instructions end with one.
+    last_cookie: Option<Cookie>,
+    last_writeback: Option<u32>,
+    /// The completion word's value once the last linked batch has ended.
+    expected: Option<u32>,
+    /// The completion word's value when last retired from.
+    last_seen: u32,
+    _hal: PhantomData<H>,
+}
+
+// SAFETY: the ring owns its DMA block; nothing in it is tied to the
+// creating thread.
+unsafe impl<H: Hal> Send for Ring<H> {}
+
+impl<H: Hal> Ring<H> {
+    /// Allocates the block below 4 GiB (SCRIPTS addresses are 32 bits
+    /// wide) and lays out an empty ring whose tail is at word 0.
+    pub(super) fn new() -> Result<Self, DmaError> {
+        let (dma, block) = H::dma_alloc(BLOCK_PAGES, u32::MAX as u64).ok_or(DmaError::NoMemory)?;
+        let ring = Ring {
+            block,
+            dma,
+            head: 0,
+            tail: 0,
+            used: 0,
+            free_from: 0,
+            first_entry: 0,
+            entries: 0,
+            issued: 0,
+            last_cookie: None,
+            last_writeback: None,
+            expected: None,
+            last_seen: 0,
+            _hal: PhantomData,
+        };
+        // A `Hal` that broke its contract must not make the chip write
+        // somewhere else: dropping `ring` on this path frees the block.
+        if dma + BLOCK_BYTES as u64 - 1 > u32::MAX as u64 {
+            return Err(DmaError::BeyondDmaMask);
+        }
+        Ok(ring)
+    }
+
+    /// The block's DMA address and length.
+    pub(super) fn dma_block(&self) -> (DmaAddr, usize) {
+        (self.dma, BLOCK_PAGES * PAGE_SIZE)
+    }
+
+    /// The one way into the block: the `T` at byte `offset`. The check is
+    /// always on: an offset past the block or misaligned is a bug here,
+    /// and panics before any access.
+    #[inline(always)]
+    fn cell<T: Copy>(&self, offset: usize) -> VolatilePtr<'_, T> {
+        assert!(
+            offset.is_multiple_of(align_of::<T>())
+                && offset
+                    .checked_add(size_of::<T>())
+                    .is_some_and(|end| end <= BLOCK_BYTES),
+            "ring block offset {offset:#x} outside or misaligned"
+        );
+        // SAFETY: the offset is inside the block (checked above), which is
+        // one live allocation from `dma_alloc` for as long as `self`, only
+        // ever reached through raw pointers (the chip and this type).
+        unsafe { VolatilePtr::new(self.block.add(offset).cast::<T>()) }
+    }
+
+    /// The DMA address of ring word `word`.
+    #[inline(always)]
+    pub(super) fn addr(&self, word: u32) -> u32 {
+        (self.dma + RING_OFF as u64) as u32 + word * 4
+    }
+
+    /// The DMA address of shadow word `word`.
+    #[inline(always)]
+    fn shadow_addr(&self, word: u32) -> u32 {
+        (self.dma + SHADOW_OFF as u64) as u32 + word * 4
+    }
+
+    /// The DMA address of the completion word.
+    #[inline(always)]
+    fn completion_addr(&self) -> u32 {
+        (self.dma + STATUS_OFF as u64) as u32
+    }
+
+    /// The DMA address of the zero buffer.
+    #[inline(always)]
+    pub(super) fn zero_addr(&self) -> u32 {
+        (self.dma + ZERO_OFF as u64) as u32
+    }
+
+    /// Stores an instruction's words at ring word `word`, the last first:
+    /// its bounds check implies the others', which the compiler drops.
+    /// (Unlinked words: the chip sees none of them until the link.)
+    #[inline(always)]
+    fn write_words<const N: usize>(&mut self, word: u32, words: [u32; N]) {
+        for i in (0..N).rev() {
+            self.cell::<u32>(RING_OFF + (word as usize + i) * 4)
+                .write(words[i]);
+        }
+    }
+
+    /// The DMA address of the live tail (where a parked chip waits).
+    #[cfg(test)]
+    pub(super) fn tail_addr(&self) -> u32 {
+        self.addr(self.tail)
+    }
+
+    /// Requests linked into the chain and not yet retired.
+    #[inline(always)]
+    pub(super) fn issued(&self) -> u32 {
+        self.issued
+    }
+
+    /// Whether no more requests can be tracked.
+    #[inline(always)]
+    pub(super) fn entries_full(&self) -> bool {
+        self.entries == MAX_ENTRIES
+    }
+
+    /// The entry at `index` (taken modulo the array's length).
+    #[inline(always)]
+    fn entry(&self, index: u32) -> (i32, u32) {
+        let at = ENTRY_OFF + (index & (MAX_ENTRIES - 1)) as usize * ENTRY_BYTES;
+        (self.cell::<i32>(at).read(), self.cell::<u32>(at + 4).read())
+    }
+
+    #[inline(always)]
+    fn set_entry(&mut self, index: u32, cookie: Cookie, end: u32) {
+        let at = ENTRY_OFF + (index & (MAX_ENTRIES - 1)) as usize * ENTRY_BYTES;
+        self.cell::<i32>(at).write(cookie.get());
+        self.cell::<u32>(at + 4).write(end);
+    }
+
+    /// Claims `n` contiguous ring words, leaving `keep` words free, and
+    /// returns the first. Wraps to word 0 with a JUMP when the end is near.
+    // The per-request path is inlined: under an emulator each return is an
+    // indirect jump looked up at run time.
+    #[inline(always)]
+    fn reserve(&mut self, n: u32, keep: u32) -> Result<u32, EngineError> {
+        if self.head + n + TC_WORDS > RING_WORDS {
+            return self.reserve_wrapping(n, keep);
+        }
+        if self.used + n + keep > RING_WORDS {
+            return Err(EngineError::RingFull);
+        }
+        let at = self.head;
+        self.used += n;
+        self.head = at + n;
+        Ok(at)
+    }
+
+    /// [`Self::reserve`] when the words do not fit before the ring's end.
+    #[inline(never)]
+    fn reserve_wrapping(&mut self, n: u32, keep: u32) -> Result<u32, EngineError> {
+        let waste = RING_WORDS - self.head;
+        if self.used + waste + n + keep > RING_WORDS {
+            return Err(EngineError::RingFull);
+        }
+        let start = self.addr(0);
+        self.write_words(self.head, script::jump(start));
+        self.used += waste + n;
+        self.head = n;
+        Ok(0)
+    }
+
+    /// Appends one instruction, leaving `keep` words free: claims its
+    /// words, stores `shadow` into its shadow words, then the words `make`
+    /// builds from the DMA address of its first shadow word.
+    #[inline(always)]
+    pub(super) fn push<const N: usize>(
+        &mut self,
+        keep: u32,
+        shadow: &[u32],
+        make: impl FnOnce(u32) -> [u32; N],
+    ) -> Result<(), EngineError> {
+        assert!(
+            shadow.len() <= N,
+            "an instruction owns only its own shadow words"
+        );
+        let at = self.reserve(N as u32, keep)?;
+        for (i, &w) in shadow.iter().enumerate() {
+            self.cell::<u32>(SHADOW_OFF + (at as usize + i) * 4)
+                .write(w);
+        }
+        let words = make(self.shadow_addr(at));
+        self.write_words(at, words);
+        Ok(())
+    }
+
+    /// Appends a write-back for `cookie`, leaving `keep` words free: a
+    /// Store of the chip's DSP into the completion word, its cookie in its
+    /// shadow. Returns the value it leaves in the completion word (the
+    /// address after the Store: the chip has fetched both of its words).
+    #[inline(always)]
+    pub(super) fn push_writeback(&mut self, cookie: Cookie, keep: u32) -> Result<u32, EngineError> {
+        let completion = self.completion_addr();
+        self.push(keep, &[cookie.get() as u32], |_| {
+            script::store(regs::DSP, 4, completion)
+        })?;
+        Ok(self.addr(self.head))
+    }
+
+    /// Ends a request: everything pushed since the last one is `cookie`'s;
+    /// `writeback` is the completion value of its own write-back, if its
+    /// instructions end with one.
+    #[inline(always)]
+    pub(super) fn end_request(&mut self, cookie: Cookie, writeback: Option<u32>) {
+        self.set_entry(self.first_entry + self.entries, cookie, self.head);
+        self.entries += 1;
+        self.last_cookie = Some(cookie);
+        self.last_writeback = writeback;
+    }
+
+    /// Appends the leading plain copies of `ops` as one Memory Move each,
+    /// request by request from cookie `first`, in one pass: room for all
+    /// of them (before the ring's end, with [`ISSUE_RESERVE`] left) is
+    /// checked once. Stops at the first op that is not a copy; returns how
+    /// many it appended (0 when they do not fit in one stretch: the caller
+    /// takes the general path).
+    #[inline(always)]
+    pub(super) fn push_copies(&mut self, first: Cookie, ops: &[Op]) -> u32 {
+        let n = ops.len() as u32;
+        let words = n * MOVE_WORDS;
+        if self.entries + n > MAX_ENTRIES
+            || self.head + words + TC_WORDS > RING_WORDS
+            || self.used + words + ISSUE_RESERVE > RING_WORDS
+        {
+            return 0;
+        }
+        let (at, entry) = (self.head, self.first_entry + self.entries);
+        let (mut cookie, mut last) = (first, first);
+        let mut done = 0;
+        for op in ops {
+            let Op::Copy { dst, src, len } = *op else {
+                break;
+            };
+            let word = at + done * MOVE_WORDS;
+            // The channel checked every address against the 32-bit DMA mask
+            // and every length against MAX_MOVE: the casts are exact.
+            self.write_words(
+                word,
+                script::memory_move(len as u32, src as u32, dst as u32),
+            );
+            self.set_entry(entry + done, cookie, word + MOVE_WORDS);
+            last = cookie;
+            cookie = cookie.next();
+            done += 1;
+        }
+        if done > 0 {
+            self.entries += done;
+            self.head = at + done * MOVE_WORDS;
+            self.used += done * MOVE_WORDS;
+            self.last_cookie = Some(last);
+            self.last_writeback = None;
+        }
+        done
+    }
+
+    /// Links every request ended since the last append behind the live
+    /// tail: a write-back for the last of them (unless it has its own),
+    /// a new tail, then the old tail turned into a JUMP to them (operand
+    /// first, opcode last, so a fetch sees either the old instruction or
+    /// the complete JUMP). Returns whether anything was linked. The chip
+    /// may take the JUMP as soon as it is stored.
+    #[inline(always)]
+    pub(super) fn append(&mut self) -> bool {
+        let Some(last) = self.last_cookie.filter(|_| self.entries > self.issued) else {
+            return false;
+        };
+        // ISSUE_RESERVE guarantees the room for both of these.
+        let done = match self.last_writeback {
+            Some(value) => value,
+            None => match self.push_writeback(last, 0) {
+                Ok(value) => value,
+                Err(_) => return false,
+            },
+        };
+        let Ok(new_tail) = self.reserve(TAIL_WORDS, 0) else {
+            return false;
+        };
+        self.write_tail(new_tail);
+        let old_tail = self.tail;
+        let start = self.addr(old_tail + TAIL_WORDS);
+        // Everything the JUMP leads to must be in memory before the JUMP,
+        // and its operand before its opcode (the clear ignores its second
+        // word, so the operand can land first).
+        fence(Ordering::Release);
+        self.write_words(old_tail + 1, [start]);
+        fence(Ordering::Release);
+        self.write_words(old_tail, [script::JUMP]);
+        self.tail = new_tail;
+        self.issued = self.entries;
+        self.last_writeback = Some(done);
+        self.expected = Some(done);
+        true
+    }
+
+    /// A tail at `word`: the doorbell's clear, then a WAIT RESELECT whose
+    /// alternate address is the tail itself.
+    #[inline(always)]
+    fn write_tail(&mut self, word: u32) {
+        let me = self.addr(word);
+        self.write_words(word, script::clear_sigp());
+        self.write_words(word + TC_WORDS, script::wait_reselect(me));
+    }
+
+    fn read_completion(&self) -> u32 {
+        self.cell::<u32>(STATUS_OFF).read()
+    }
+
+    /// The cookie of the write-back that left `written` in the completion
+    /// word (`None` for a value no write-back leaves, such as the zero of a
+    /// reset).
+    #[inline(always)]
+    fn written_back(&self, written: u32) -> Option<u32> {
+        let offset = written.wrapping_sub(self.addr(0));
+        let word = (offset / 4).checked_sub(STORE_WORDS)?;
+        if !offset.is_multiple_of(4) || word >= RING_WORDS {
+            return None;
+        }
+        Some(self.cell::<u32>(SHADOW_OFF + word as usize * 4).read())
+    }
+
+    /// Retires the linked requests the completion word says are done;
+    /// returns the newest of them. Their words become free.
+    #[inline(always)]
+    pub(super) fn retire(&mut self) -> Option<Cookie> {
+        let completion = self.read_completion();
+        if completion == self.last_seen {
+            return None;
+        }
+        self.last_seen = completion;
+        let last = self.issued.checked_sub(1)?;
+        // Usually the whole linked run is done, which the value its final
+        // write-back leaves says without a look at the shadow words.
+        let done = if self.expected == Some(completion) {
+            last
+        } else {
+            let written = self.written_back(completion)?;
+            (0..self.issued).find(|&k| self.entry(self.first_entry + k).0 as u32 == written)?
+        };
+        let (cookie, end) = self.entry(self.first_entry + done);
+        self.used -= (end + RING_WORDS - self.free_from) % RING_WORDS;
+        self.free_from = end;
+        self.first_entry = (self.first_entry + done + 1) & (MAX_ENTRIES - 1);
+        self.entries -= done + 1;
+        self.issued -= done + 1;
+        Cookie::new(cookie)
+    }
+
+    /// The linked request whose instructions include the one at DMA
+    /// address `addr`, if any.
+    pub(super) fn owner_of(&self, addr: u32) -> Option<Cookie> {
+        let word = addr.wrapping_sub(self.addr(0)) / 4;
+        if word >= RING_WORDS {
+            return None;
+        }
+        let mut start = self.free_from;
+        for k in 0..self.issued {
+            let (cookie, end) = self.entry(self.first_entry + k);
+            let inside = if start <= end {
+                (start..end).contains(&word)
+            } else {
+                word >= start || word < end
+            };
+            if inside {
+                return Cookie::new(cookie);
+            }
+            start = end;
+        }
+        None
+    }
+
+    /// The oldest request not retired.
+    pub(super) fn oldest(&self) -> Option<Cookie> {
+        (self.entries > 0)
+            .then(|| Cookie::new(self.entry(self.first_entry).0))
+            .flatten()
+    }
+
+    /// The preparation point now.
+    #[inline(always)]
+    pub(super) fn mark(&self) -> RingMark {
+        RingMark {
+            head: self.head,
+            used: self.used,
+            entries: self.entries,
+            last_cookie: self.last_cookie,
+            last_writeback: self.last_writeback,
+        }
+    }
+
+    /// Forgets what was prepared after `mark`. A mark from before the last
+    /// append or retire is refused (it would hand out words the chain
+    /// links or the chip may still run): it panics.
+    pub(super) fn rewind(&mut self, mark: RingMark) {
+        assert!(
+            mark.entries >= self.issued && mark.entries <= self.entries,
+            "rewind to a mark from before the last append or retire"
+        );
+        self.head = mark.head;
+        self.used = mark.used;
+        self.entries = mark.entries;
+        self.last_cookie = mark.last_cookie;
+        self.last_writeback = mark.last_writeback;
+    }
+
+    /// Forgets every request; the words stay claimed until [`Ring::reset`]
+    /// (the chip has stopped, or is stopping, where they are).
+    pub(super) fn forget_requests(&mut self) {
+        self.entries = 0;
+        self.issued = 0;
+        self.last_cookie = None;
+        self.last_writeback = None;
+    }
+
+    /// Empties the ring and writes its first tail at word 0; returns the
+    /// tail's DMA address, where the loop starts. The caller has stopped
+    /// the chip, so nothing reads the block meanwhile.
+    pub(super) fn reset(&mut self) -> u32 {
+        self.cell::<u32>(STATUS_OFF).write(0);
+        self.write_tail(0);
+        self.head = TAIL_WORDS;
+        self.tail = 0;
+        self.used = TAIL_WORDS;
+        self.free_from = 0;
+        self.first_entry = 0;
+        self.forget_requests();
+        self.expected = None;
+        self.last_seen = 0;
+        self.addr(0)
+    }
+}
+
+impl<H: Hal> Drop for Ring<H> {
+    fn drop(&mut self) {
+        // SAFETY: the engine that owned the ring stopped the chip before
+        // dropping it (its own `Drop` runs first), so the device no longer
+        // uses the block; these are the values `dma_alloc` returned.
+        unsafe { H::dma_dealloc(self.dma, self.block, BLOCK_PAGES) }
+    }
+}
