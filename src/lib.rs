@@ -35,7 +35,8 @@
 //!
 //! **What it promises once, when it builds something** (`unsafe`
 //! constructors): [`mmio::MmioRegion::new`] (a device window of that
-//! size), [`mm::frame::FrameDb::new`] (the frames it counts are RAM the
+//! size), [`mmio::PortRegion::new`] (the ports are one device's I/O
+//! registers, poked by nobody else), [`mm::frame::FrameDb::new`] (the frames it counts are RAM the
 //! database alone hands out), [`mm::traits::OffsetMapper::new`],
 //! [`mm::space::AddressSpace::from_root`] (its hierarchy stays live, and it
 //! adds, changes or frees nothing in the span of the space's areas, nor
@@ -61,6 +62,8 @@
 //!   request whose engine never stops keeps them, leaked).
 //! - The drivers' `regs()` (LSI53C895A, edu): nothing written through it,
 //!   no read with a side effect.
+//! - `Lsi53c895a::set_doorbell`: the ports are the I/O BAR of the same chip
+//!   whose register window the engine drives.
 //! - [`mm::traits::PageCounter`]'s `try_map` and `unmap`: only the address
 //!   space whose entry is counted calls them, each mapping counted is given
 //!   back once, after its entry is cleared and flushed.

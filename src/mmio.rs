@@ -31,6 +31,7 @@ pub struct MmioRegion {
     base: NonNull<u8>,
     len: usize,
     accesses: AtomicU64,
+    reads: AtomicU64,
 }
 
 // SAFETY: the region is a pair of plain addresses plus an atomic counter;
@@ -52,6 +53,7 @@ impl MmioRegion {
             base,
             len,
             accesses: AtomicU64::new(0),
+            reads: AtomicU64::new(0),
         }
     }
 
@@ -81,6 +83,17 @@ impl MmioRegion {
         self.accesses.load(Ordering::Relaxed)
     }
 
+    /// The reads among [`MmioRegion::accesses`].
+    #[inline]
+    pub fn reads(&self) -> u64 {
+        self.reads.load(Ordering::Relaxed)
+    }
+
+    #[inline]
+    fn count_read(&self) {
+        self.reads.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// A volatile pointer to the `T` at `offset`.
     ///
     /// Register offsets are constants of the driver, so an offset outside the
@@ -104,7 +117,9 @@ impl MmioRegion {
     /// Reads the 8-bit register at `offset`.
     #[inline]
     pub fn read8(&self, offset: usize) -> u8 {
-        self.register::<u8>(offset).read()
+        let value = self.register::<u8>(offset).read();
+        self.count_read();
+        value
     }
 
     /// Writes the 8-bit register at `offset`.
@@ -116,7 +131,9 @@ impl MmioRegion {
     /// Reads the 32-bit register at `offset`.
     #[inline]
     pub fn read32(&self, offset: usize) -> u32 {
-        self.register::<u32>(offset).read()
+        let value = self.register::<u32>(offset).read();
+        self.count_read();
+        value
     }
 
     /// Writes the 32-bit register at `offset`.
@@ -128,7 +145,9 @@ impl MmioRegion {
     /// Reads the 64-bit register at `offset`.
     #[inline]
     pub fn read64(&self, offset: usize) -> u64 {
-        self.register::<u64>(offset).read()
+        let value = self.register::<u64>(offset).read();
+        self.count_read();
+        value
     }
 
     /// Writes the 64-bit register at `offset`.
@@ -155,6 +174,8 @@ pub trait Registers {
     fn write64(&self, offset: usize, value: u64);
     /// Accesses made so far (how benchmarks count MMIO).
     fn accesses(&self) -> u64;
+    /// The reads among them.
+    fn reads(&self) -> u64;
 }
 
 impl Registers for MmioRegion {
@@ -186,6 +207,10 @@ impl Registers for MmioRegion {
     fn accesses(&self) -> u64 {
         MmioRegion::accesses(self)
     }
+    #[inline]
+    fn reads(&self) -> u64 {
+        MmioRegion::reads(self)
+    }
 }
 
 /// A range of x86 I/O ports holding a device's registers (an I/O BAR).
@@ -203,6 +228,7 @@ pub struct PortRegion {
     base: u16,
     len: u16,
     accesses: AtomicU64,
+    reads: AtomicU64,
 }
 
 impl PortRegion {
@@ -218,6 +244,7 @@ impl PortRegion {
             base,
             len,
             accesses: AtomicU64::new(0),
+            reads: AtomicU64::new(0),
         }
     }
 
@@ -243,6 +270,12 @@ impl PortRegion {
     #[inline]
     pub fn accesses(&self) -> u64 {
         self.accesses.load(Ordering::Relaxed)
+    }
+
+    /// The reads among [`PortRegion::accesses`].
+    #[inline]
+    pub fn reads(&self) -> u64 {
+        self.reads.load(Ordering::Relaxed)
     }
 
     /// The port at `offset`, for an access of `size` bytes.
@@ -279,6 +312,7 @@ impl PortRegion {
     #[inline]
     pub fn read8(&self, offset: usize) -> u8 {
         let port = self.port(offset, 1);
+        self.reads.fetch_add(1, Ordering::Relaxed);
         let value: u8;
         // SAFETY: the port is inside the device's window (checked), which
         // the type's invariant gives to its owner; `in` touches no memory of
@@ -303,6 +337,7 @@ impl PortRegion {
     #[inline]
     pub fn read32(&self, offset: usize) -> u32 {
         let port = self.port(offset, 4);
+        self.reads.fetch_add(1, Ordering::Relaxed);
         let value: u32;
         // SAFETY: as for `read8`.
         unsafe {
@@ -360,6 +395,10 @@ impl Registers for PortRegion {
     fn accesses(&self) -> u64 {
         PortRegion::accesses(self)
     }
+    #[inline]
+    fn reads(&self) -> u64 {
+        PortRegion::reads(self)
+    }
 }
 
 #[cfg(test)]
@@ -404,7 +443,7 @@ mod tests {
         assert_eq!(regs.read32(4), 0xdead_beef);
         assert_eq!(regs.read8(0), 0x5a);
         assert_eq!(regs.read64(8), 0x0123_4567_89ab_cdef);
-        assert_eq!(regs.accesses(), 6);
+        assert_eq!((regs.accesses(), regs.reads()), (6, 3));
         assert_eq!(backing[0], 0xdead_beef_0000_005a);
     }
 

@@ -28,6 +28,7 @@ struct State {
     iotlb: BTreeMap<(u16, u64), (u64, bool)>,
     invalidations: usize,
     accesses: u64,
+    reads: u64,
     /// Fault events unmasked (FECTL.IM clear).
     events_on: bool,
     /// Whether the unit reports an invalidation queue (ECAP.QI).
@@ -222,6 +223,7 @@ impl Registers for FakeVtd {
     fn read32(&self, offset: usize) -> u32 {
         let mut s = self.state.borrow_mut();
         s.accesses += 1;
+        s.reads += 1;
         match offset {
             regs::GSTS => s.gsts,
             regs::FSTS => s.fsts,
@@ -257,6 +259,7 @@ impl Registers for FakeVtd {
     fn read64(&self, offset: usize) -> u64 {
         let mut s = self.state.borrow_mut();
         s.accesses += 1;
+        s.reads += 1;
         match offset {
             regs::CAP => regs::CAP_SAGAW_4LEVEL | regs::CAP_PSI | ((FRO / 16) as u64) << 24,
             regs::ECAP => ((IRO / 16) as u64) << 8 | if s.has_queue { regs::ECAP_QI } else { 0 },
@@ -303,5 +306,8 @@ impl Registers for FakeVtd {
     }
     fn accesses(&self) -> u64 {
         self.state.borrow().accesses
+    }
+    fn reads(&self) -> u64 {
+        self.state.borrow().reads
     }
 }

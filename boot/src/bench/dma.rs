@@ -177,6 +177,7 @@ struct BatchRun {
     cycles: u64,
     prep_mmio: u64,
     issue_mmio: u64,
+    issue_reads: u64,
 }
 
 /// One batch of `batch` 64-byte copies, prepared (one `prep_batch` call,
@@ -194,13 +195,16 @@ fn api_batch(chan: &mut LsiChannel, ops: &[Op]) -> BatchRun {
             .last
     };
     let prepped = chan.engine().register_accesses();
+    let reads = chan.engine().register_reads();
     chan.issue_pending();
     let issued = chan.engine().register_accesses();
+    let issue_reads = chan.engine().register_reads() - reads;
     spin(chan, last);
     BatchRun {
         cycles: time::rdtsc() - start,
         prep_mmio: prepped - before,
         issue_mmio: issued - prepped,
+        issue_reads,
     }
 }
 
@@ -238,6 +242,8 @@ struct SideBySide {
     lsi: f64,
     /// Register accesses per `issue_pending`.
     mmio_per_issue: f64,
+    /// The reads among them.
+    reads_per_issue: f64,
     /// Register accesses while preparing a batch, per issue.
     prep_mmio_per_issue: f64,
 }
@@ -255,7 +261,7 @@ fn side_by_side(
     bare(1);
     api_batch(places.chan(), ops);
     let (mut bare_v, mut lsi_v) = (Vec::new(), Vec::new());
-    let (mut prep_mmio, mut issue_mmio) = (0, 0);
+    let (mut prep_mmio, mut issue_mmio, mut issue_reads) = (0, 0, 0);
     for round in 0..ROUNDS {
         if round % 2 == 0 {
             bare_v.push(per_second(batch * n, bare(n)));
@@ -267,6 +273,7 @@ fn side_by_side(
             cycles += one.cycles;
             prep_mmio += one.prep_mmio;
             issue_mmio += one.issue_mmio;
+            issue_reads += one.issue_reads;
         }
         lsi_v.push(per_second(batch * n, cycles));
         if round % 2 == 1 {
@@ -281,6 +288,7 @@ fn side_by_side(
         bare: median(bare_v),
         lsi: median(lsi_v),
         mmio_per_issue: issue_mmio as f64 / issues,
+        reads_per_issue: issue_reads as f64 / issues,
         prep_mmio_per_issue: prep_mmio as f64 / issues,
     }
 }
@@ -373,8 +381,13 @@ pub fn run() {
             "x",
         );
         report(
-            &format!("dma.lsi.mmio_per_issue.batch{batch}"),
-            side.mmio_per_issue,
+            &format!("dma.lsi.mmio_reads_per_issue.batch{batch}"),
+            side.reads_per_issue,
+            "count",
+        );
+        report(
+            &format!("dma.lsi.mmio_writes_per_issue.batch{batch}"),
+            side.mmio_per_issue - side.reads_per_issue,
             "count",
         );
         report(

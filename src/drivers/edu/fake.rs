@@ -22,6 +22,7 @@ struct State {
     /// Command reads left before the running transfer finishes.
     left: u32,
     accesses: u64,
+    reads: u64,
     transfers: u64,
 }
 
@@ -48,6 +49,7 @@ impl FakeEdu {
                 buffer: [0; regs::BUFFER_SIZE],
                 left: 0,
                 accesses: 0,
+                reads: 0,
                 transfers: 0,
             }),
             latency,
@@ -93,6 +95,7 @@ impl Registers for FakeEdu {
     fn read32(&self, offset: usize) -> u32 {
         let mut s = self.state.borrow_mut();
         s.accesses += 1;
+        s.reads += 1;
         match offset {
             regs::INTR_STATUS => s.intr,
             regs::ID => regs::ID_VALUE,
@@ -111,6 +114,7 @@ impl Registers for FakeEdu {
     fn read64(&self, offset: usize) -> u64 {
         let mut s = self.state.borrow_mut();
         s.accesses += 1;
+        s.reads += 1;
         if offset != regs::DMA_CMD {
             return 0;
         }
@@ -155,5 +159,9 @@ impl Registers for FakeEdu {
 
     fn accesses(&self) -> u64 {
         self.state.borrow().accesses
+    }
+
+    fn reads(&self) -> u64 {
+        self.state.borrow().reads
     }
 }

@@ -96,11 +96,6 @@ impl FakeLsi {
         self.state.borrow().waiting.is_some()
     }
 
-    /// Register reads so far (writes are `accesses() - reads()`).
-    pub fn reads(&self) -> u64 {
-        self.state.borrow().reads
-    }
-
     /// DSP: the address of the next instruction.
     pub fn dsp(&self) -> u32 {
         self.state.borrow().dsp
@@ -314,5 +309,9 @@ impl Registers for FakeLsi {
 
     fn accesses(&self) -> u64 {
         self.state.borrow().accesses
+    }
+
+    fn reads(&self) -> u64 {
+        self.state.borrow().reads
     }
 }

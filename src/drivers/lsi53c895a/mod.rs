@@ -92,7 +92,8 @@ pub struct Mark {
 ///
 /// Through [`Channel::engine_mut`](crate::engine::Channel::engine_mut)
 /// these are meant to be called: [`Lsi53c895a::is_running`],
-/// [`Lsi53c895a::register_accesses`], [`Lsi53c895a::dma_block`] (and
+/// [`Lsi53c895a::register_accesses`], [`Lsi53c895a::register_reads`],
+/// [`Lsi53c895a::dma_block`] (and
 /// [`Lsi53c895a::regs`] under its contract), and with the `test-hooks` feature
 /// `set_manual_start` and `inject_illegal_instruction`.
 ///
@@ -206,6 +207,11 @@ impl<H: Hal, R: Registers> Lsi53c895a<H, R> {
     /// ports ([`Registers::accesses`]): how benchmarks count them.
     pub fn register_accesses(&self) -> u64 {
         self.regs.accesses() + self.doorbell.as_ref().map_or(0, PortRegion::accesses)
+    }
+
+    /// The reads among [`Lsi53c895a::register_accesses`].
+    pub fn register_reads(&self) -> u64 {
+        self.regs.reads() + self.doorbell.as_ref().map_or(0, PortRegion::reads)
     }
 
     /// Whether SCRIPTS are running (ISTAT1.SRUN): parked in the resident

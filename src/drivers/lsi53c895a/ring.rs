@@ -631,20 +631,20 @@ mod tests {
             let Op::Copy { dst, .. } = ops[done] else {
                 unreachable!()
             };
-            let pushed = (!ring.entries_full())
-                .then(|| {
-                    ring.push(ISSUE_RESERVE, &[], |_| {
-                        script::memory_move(4, 0, dst as u32)
-                    })
+            let pushed = if ring.entries_full() {
+                Err(EngineError::RingFull)
+            } else {
+                ring.push(ISSUE_RESERVE, &[], |_| {
+                    script::memory_move(4, 0, dst as u32)
                 })
-                .unwrap_or(Err(EngineError::RingFull))
-                .and_then(|()| {
-                    if writeback && done == n - 1 {
-                        ring.push_writeback(cookie, ISSUE_RESERVE).map(Some)
-                    } else {
-                        Ok(None)
-                    }
-                });
+            }
+            .and_then(|()| {
+                if writeback && done == n - 1 {
+                    ring.push_writeback(cookie, ISSUE_RESERVE).map(Some)
+                } else {
+                    Ok(None)
+                }
+            });
             match pushed {
                 Ok(own) => ring.end_request(cookie, own),
                 Err(EngineError::RingFull) => {
@@ -760,7 +760,7 @@ mod tests {
     #[should_panic(expected = "outside or misaligned")]
     fn a_cell_past_the_block_panics_before_any_access() {
         let ring = TestRing::new().unwrap();
-        ring.cell::<u32>(BLOCK_BYTES);
+        let _ = ring.cell::<u32>(BLOCK_BYTES);
     }
 
     #[test]
