@@ -30,8 +30,8 @@ use volatile::VolatilePtr;
 pub struct MmioRegion {
     base: NonNull<u8>,
     len: usize,
-    accesses: AtomicU64,
     reads: AtomicU64,
+    writes: AtomicU64,
 }
 
 // SAFETY: the region is a pair of plain addresses plus an atomic counter;
@@ -52,8 +52,8 @@ impl MmioRegion {
         MmioRegion {
             base,
             len,
-            accesses: AtomicU64::new(0),
             reads: AtomicU64::new(0),
+            writes: AtomicU64::new(0),
         }
     }
 
@@ -80,7 +80,7 @@ impl MmioRegion {
     /// Volatile accesses made through this region since creation.
     #[inline]
     pub fn accesses(&self) -> u64 {
-        self.accesses.load(Ordering::Relaxed)
+        self.reads() + self.writes.load(Ordering::Relaxed)
     }
 
     /// The reads among [`MmioRegion::accesses`].
@@ -89,17 +89,13 @@ impl MmioRegion {
         self.reads.load(Ordering::Relaxed)
     }
 
-    #[inline]
-    fn count_read(&self) {
-        self.reads.fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// A volatile pointer to the `T` at `offset`.
+    /// A volatile pointer to the `T` at `offset`, counted as a read or a
+    /// write (one atomic add per access).
     ///
     /// Register offsets are constants of the driver, so an offset outside the
     /// window or misaligned for `T` is a bug in the caller: it panics.
     #[inline]
-    fn register<T: Copy>(&self, offset: usize) -> VolatilePtr<'_, T> {
+    fn register<T: Copy>(&self, offset: usize, read: bool) -> VolatilePtr<'_, T> {
         assert!(
             offset.is_multiple_of(align_of::<T>())
                 && offset
@@ -108,7 +104,7 @@ impl MmioRegion {
             "register offset {offset:#x} outside or misaligned in a {:#x}-byte window",
             self.len
         );
-        self.accesses.fetch_add(1, Ordering::Relaxed);
+        if read { &self.reads } else { &self.writes }.fetch_add(1, Ordering::Relaxed);
         // SAFETY: the offset is inside the window and aligned (checked above),
         // and the window is valid device memory by the type's invariant.
         unsafe { VolatilePtr::new(self.base.add(offset).cast::<T>()) }
@@ -117,43 +113,37 @@ impl MmioRegion {
     /// Reads the 8-bit register at `offset`.
     #[inline]
     pub fn read8(&self, offset: usize) -> u8 {
-        let value = self.register::<u8>(offset).read();
-        self.count_read();
-        value
+        self.register::<u8>(offset, true).read()
     }
 
     /// Writes the 8-bit register at `offset`.
     #[inline]
     pub fn write8(&self, offset: usize, value: u8) {
-        self.register::<u8>(offset).write(value)
+        self.register::<u8>(offset, false).write(value)
     }
 
     /// Reads the 32-bit register at `offset`.
     #[inline]
     pub fn read32(&self, offset: usize) -> u32 {
-        let value = self.register::<u32>(offset).read();
-        self.count_read();
-        value
+        self.register::<u32>(offset, true).read()
     }
 
     /// Writes the 32-bit register at `offset`.
     #[inline]
     pub fn write32(&self, offset: usize, value: u32) {
-        self.register::<u32>(offset).write(value)
+        self.register::<u32>(offset, false).write(value)
     }
 
     /// Reads the 64-bit register at `offset`.
     #[inline]
     pub fn read64(&self, offset: usize) -> u64 {
-        let value = self.register::<u64>(offset).read();
-        self.count_read();
-        value
+        self.register::<u64>(offset, true).read()
     }
 
     /// Writes the 64-bit register at `offset`.
     #[inline]
     pub fn write64(&self, offset: usize, value: u64) {
-        self.register::<u64>(offset).write(value)
+        self.register::<u64>(offset, false).write(value)
     }
 }
 
@@ -227,8 +217,8 @@ impl Registers for MmioRegion {
 pub struct PortRegion {
     base: u16,
     len: u16,
-    accesses: AtomicU64,
     reads: AtomicU64,
+    writes: AtomicU64,
 }
 
 impl PortRegion {
@@ -243,8 +233,8 @@ impl PortRegion {
         PortRegion {
             base,
             len,
-            accesses: AtomicU64::new(0),
             reads: AtomicU64::new(0),
+            writes: AtomicU64::new(0),
         }
     }
 
@@ -269,7 +259,7 @@ impl PortRegion {
     /// Port accesses made through this window since creation.
     #[inline]
     pub fn accesses(&self) -> u64 {
-        self.accesses.load(Ordering::Relaxed)
+        self.reads() + self.writes.load(Ordering::Relaxed)
     }
 
     /// The reads among [`PortRegion::accesses`].
@@ -278,12 +268,13 @@ impl PortRegion {
         self.reads.load(Ordering::Relaxed)
     }
 
-    /// The port at `offset`, for an access of `size` bytes.
+    /// The port at `offset`, for an access of `size` bytes, counted as a
+    /// read or a write.
     ///
     /// As for [`MmioRegion`], an offset outside the window or misaligned is
     /// a bug in the driver: it panics before any port is touched.
     #[inline]
-    fn port(&self, offset: usize, size: usize) -> u16 {
+    fn port(&self, offset: usize, size: usize, read: bool) -> u16 {
         assert!(
             offset.is_multiple_of(size)
                 && offset
@@ -292,7 +283,7 @@ impl PortRegion {
             "port offset {offset:#x} outside or misaligned in a {:#x}-port window",
             self.len
         );
-        self.accesses.fetch_add(1, Ordering::Relaxed);
+        if read { &self.reads } else { &self.writes }.fetch_add(1, Ordering::Relaxed);
         // `offset < len`, so the cast is exact; a window running past port
         // 0xffff would reach port 0 onwards, another device's: refused.
         self.base
@@ -311,8 +302,7 @@ impl PortRegion {
     /// Reads the 8-bit register at `offset`.
     #[inline]
     pub fn read8(&self, offset: usize) -> u8 {
-        let port = self.port(offset, 1);
-        self.reads.fetch_add(1, Ordering::Relaxed);
+        let port = self.port(offset, 1, true);
         let value: u8;
         // SAFETY: the port is inside the device's window (checked), which
         // the type's invariant gives to its owner; `in` touches no memory of
@@ -326,7 +316,7 @@ impl PortRegion {
     /// Writes the 8-bit register at `offset`.
     #[inline]
     pub fn write8(&self, offset: usize, value: u8) {
-        let port = self.port(offset, 1);
+        let port = self.port(offset, 1, false);
         // SAFETY: as for `read8`.
         unsafe {
             asm!("out dx, al", in("dx") port, in("al") value, options(nostack, preserves_flags))
@@ -336,8 +326,7 @@ impl PortRegion {
     /// Reads the 32-bit register at `offset`.
     #[inline]
     pub fn read32(&self, offset: usize) -> u32 {
-        let port = self.port(offset, 4);
-        self.reads.fetch_add(1, Ordering::Relaxed);
+        let port = self.port(offset, 4, true);
         let value: u32;
         // SAFETY: as for `read8`.
         unsafe {
@@ -349,7 +338,7 @@ impl PortRegion {
     /// Writes the 32-bit register at `offset`.
     #[inline]
     pub fn write32(&self, offset: usize, value: u32) {
-        let port = self.port(offset, 4);
+        let port = self.port(offset, 4, false);
         // SAFETY: as for `read8`.
         unsafe {
             asm!("out dx, eax", in("dx") port, in("eax") value, options(nostack, preserves_flags))
