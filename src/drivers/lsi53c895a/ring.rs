@@ -61,8 +61,8 @@ const BLOCK_PAGES: usize = BLOCK_BYTES.div_ceil(PAGE_SIZE);
 #[derive(Clone, Copy, Debug)]
 pub(super) struct RingMark {
     head: u32,
-    used: u32,
     entries: u32,
+    retired: u32,
     last_cookie: Option<Cookie>,
     last_writeback: Option<u32>,
 }
@@ -92,6 +92,9 @@ pub(super) struct Ring<H: Hal> {
     expected: Option<u32>,
     /// The completion word's value when last retired from.
     last_seen: u32,
+    /// Entries retired since creation (wrapping): how a mark taken before
+    /// a retire is rewound.
+    retired: u32,
     _hal: PhantomData<H>,
 }
 
@@ -118,6 +121,7 @@ impl<H: Hal> Ring<H> {
             last_writeback: None,
             expected: None,
             last_seen: 0,
+            retired: 0,
             _hal: PhantomData,
         };
         // A `Hal` that broke its contract must not make the chip write
@@ -184,6 +188,14 @@ impl<H: Hal> Ring<H> {
             self.cell::<u32>(RING_OFF + (word as usize + i) * 4)
                 .write(words[i]);
         }
+    }
+
+    /// Whether the instruction at DMA address `addr` is in words in use
+    /// (from the oldest not retired up to the head): where the chip may be.
+    #[cfg(test)]
+    pub(super) fn in_use(&self, addr: u32) -> bool {
+        let word = addr.wrapping_sub(self.addr(0)) / 4;
+        word < RING_WORDS && (word + RING_WORDS - self.free_from) % RING_WORDS < self.used
     }
 
     /// The DMA address of the live tail (where a parked chip waits).
@@ -288,11 +300,14 @@ impl<H: Hal> Ring<H> {
     }
 
     /// Ends a request: everything pushed since the last one is `cookie`'s;
-    /// `writeback` is the completion value of its own write-back, if its
-    /// instructions end with one.
+    /// `writeback` is the completion value of its own write-back, if it has
+    /// one. Its words end there: an instruction pushed after its write-back
+    /// (an INTFLY) belongs to the next request, because when the completion
+    /// word says the write-back ran, the chip may not have run it yet.
     #[inline(always)]
     pub(super) fn end_request(&mut self, cookie: Cookie, writeback: Option<u32>) {
-        self.set_entry(self.first_entry + self.entries, cookie, self.head);
+        let end = writeback.map_or(self.head, |value| (value - self.addr(0)) / 4);
+        self.set_entry(self.first_entry + self.entries, cookie, end);
         self.entries += 1;
         self.last_cookie = Some(cookie);
         self.last_writeback = writeback;
@@ -432,6 +447,7 @@ impl<H: Hal> Ring<H> {
         self.first_entry = (self.first_entry + done + 1) & (MAX_ENTRIES - 1);
         self.entries -= done + 1;
         self.issued -= done + 1;
+        self.retired = self.retired.wrapping_add(done + 1);
         Cookie::new(cookie)
     }
 
@@ -470,24 +486,28 @@ impl<H: Hal> Ring<H> {
     pub(super) fn mark(&self) -> RingMark {
         RingMark {
             head: self.head,
-            used: self.used,
             entries: self.entries,
+            retired: self.retired,
             last_cookie: self.last_cookie,
             last_writeback: self.last_writeback,
         }
     }
 
-    /// Forgets what was prepared after `mark`. A mark from before the last
-    /// append or retire is refused (it would hand out words the chain
-    /// links or the chip may still run): it panics.
+    /// Forgets what was prepared after `mark`; retires since the mark
+    /// stand (they freed words before it). A mark from before the last
+    /// append is refused (it would take back requests the chain links): it
+    /// panics.
     pub(super) fn rewind(&mut self, mark: RingMark) {
-        assert!(
-            mark.entries >= self.issued && mark.entries <= self.entries,
-            "rewind to a mark from before the last append or retire"
-        );
+        // Entries ended since the mark: those left, plus those retired.
+        let retired = self.retired.wrapping_sub(mark.retired);
+        let added = (self.entries + retired).checked_sub(mark.entries);
+        let added = added.filter(|&a| a <= self.entries - self.issued);
+        let added = added.expect("rewind to a mark from before the last append");
+        self.entries -= added;
+        // The words claimed since the mark, wrap waste included: never a
+        // whole lap, as the reserve always stays free.
+        self.used -= (self.head + RING_WORDS - mark.head) % RING_WORDS;
         self.head = mark.head;
-        self.used = mark.used;
-        self.entries = mark.entries;
         self.last_cookie = mark.last_cookie;
         self.last_writeback = mark.last_writeback;
     }
@@ -570,6 +590,7 @@ mod tests {
                         self.pc += 8;
                     }
                     script::JUMP => self.pc = arg,
+                    script::INTFLY => self.pc += 8,
                     op if op == script::clear_sigp()[0] => self.pc += 8,
                     script::WAIT_RESELECT => {
                         if Self::word(ring, arg) != script::JUMP {
@@ -587,13 +608,16 @@ mod tests {
     #[derive(Clone, Debug)]
     enum Step {
         /// Requests of one copy each: through the one-pass run when
-        /// `batch`, else one by one; the last with its own write-back when
-        /// `writeback`; all taken back (rewound) when `rewind`.
+        /// `batch`, else one by one; the last with its own write-back and
+        /// an INTFLY when `writeback`; all taken back (rewound) when
+        /// `rewind`, after a retire when `retire_first` (the engine's
+        /// contract allows polls between a mark and its rewind).
         Push {
             n: usize,
             batch: bool,
             writeback: bool,
             rewind: bool,
+            retire_first: bool,
         },
         Append,
         Walk(usize),
@@ -602,8 +626,8 @@ mod tests {
 
     fn step() -> impl Strategy<Value = Step> {
         prop_oneof![
-            4 => (1..400usize, any::<bool>(), prop::bool::weighted(0.2), prop::bool::weighted(0.1))
-                .prop_map(|(n, batch, writeback, rewind)| Step::Push { n, batch, writeback, rewind }),
+            4 => (1..400usize, any::<bool>(), prop::bool::weighted(0.2), prop::bool::weighted(0.1), any::<bool>())
+                .prop_map(|(n, batch, writeback, rewind, retire_first)| Step::Push { n, batch, writeback, rewind, retire_first }),
             2 => Just(Step::Append),
             3 => (1..2000usize).prop_map(Step::Walk),
             2 => Just(Step::Retire),
@@ -640,7 +664,9 @@ mod tests {
             }
             .and_then(|()| {
                 if writeback && done == n - 1 {
-                    ring.push_writeback(cookie, ISSUE_RESERVE).map(Some)
+                    let own = ring.push_writeback(cookie, ISSUE_RESERVE)?;
+                    ring.push(ISSUE_RESERVE, &[], |_| script::intfly(0))?;
+                    Ok(Some(own))
                 } else {
                     Ok(None)
                 }
@@ -684,11 +710,17 @@ mod tests {
                     batch,
                     writeback,
                     rewind,
+                    retire_first,
                 } => {
                     let first = Cookie::new(prepared as i32 + 1).unwrap();
                     let mark = ring.mark();
                     let got = push(&mut ring, first, n, batch, writeback);
                     if rewind && got > 0 {
+                        if retire_first && let Some(c) = ring.retire() {
+                            let c = c.get() as usize;
+                            prop_assert!(c > retired && c <= walker.moves.len());
+                            retired = c;
+                        }
                         ring.rewind(mark);
                     } else {
                         prepared += got;
@@ -711,6 +743,11 @@ mod tests {
                     }
                 }
             }
+            prop_assert!(
+                ring.in_use(walker.pc),
+                "the chip is at {:#x}, in words the ring has freed",
+                walker.pc
+            );
         }
         ring.append();
         appended = prepared;
@@ -764,7 +801,7 @@ mod tests {
     }
 
     #[test]
-    #[should_panic(expected = "before the last append")]
+    #[should_panic(expected = "from before the last append")]
     fn a_mark_from_before_an_append_is_refused() {
         let mut ring = TestRing::new().unwrap();
         ring.reset();
