@@ -195,11 +195,20 @@ impl<H: Hal, R: Registers> Lsi53c895a<H, R> {
     /// half the cost of the MMIO write (QEMU-FACTS.md). I/O decoding must
     /// be on in the PCI command register.
     ///
+    /// # Panics
+    /// When the window does not reach ISTAT (its BAR is
+    /// [`regs::IO_SIZE`] ports).
+    ///
     /// # Safety
     /// `ports` must be the I/O BAR of the same chip as the register window
     /// the engine was made with: the engine writes ISTAT there, which on
     /// another device could start anything.
     pub unsafe fn set_doorbell(&mut self, ports: PortRegion) {
+        assert!(
+            usize::from(ports.len()) > regs::ISTAT,
+            "doorbell window of {} ports does not reach ISTAT",
+            ports.len()
+        );
         self.doorbell = Some(ports);
     }
 
@@ -456,7 +465,12 @@ unsafe impl<H: Hal, R: Registers> Engine for Lsi53c895a<H, R> {
             _ => self.emit_op(op)?,
         }
         if let Some(notify) = end {
-            let writeback = if notify.writeback || notify.interrupt {
+            // A request of no instructions (an interrupt-only request that
+            // asks for nothing) gets its own write-back: its words are
+            // claimed against the reserve `issue` needs, as every other
+            // request's are, so `issue` always finds room to link it.
+            let own = notify.writeback || notify.interrupt || matches!(op, Op::Interrupt);
+            let writeback = if own {
                 Some(self.emit_notify(cookie, notify)?)
             } else {
                 None

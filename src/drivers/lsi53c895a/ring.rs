@@ -198,6 +198,12 @@ impl<H: Hal> Ring<H> {
         word < RING_WORDS && (word + RING_WORDS - self.free_from) % RING_WORDS < self.used
     }
 
+    /// Requests prepared and not yet linked.
+    #[cfg(test)]
+    pub(super) fn unlinked(&self) -> u32 {
+        self.entries - self.issued
+    }
+
     /// The DMA address of the live tail (where a parked chip waits).
     #[cfg(test)]
     pub(super) fn tail_addr(&self) -> u32 {

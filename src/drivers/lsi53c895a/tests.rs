@@ -537,6 +537,50 @@ fn an_interrupt_acknowledge_keeps_a_pending_doorbell() {
     );
 }
 
+/// Review finding 3: a request of no instructions (`Op::Interrupt` with
+/// no flag) claimed no words, so nothing checked the reserve `issue` needs
+/// for its write-back and tail; with the ring full, `issue` could not link
+/// it and it was left behind, never to run.
+#[test]
+fn a_request_without_instructions_still_gets_linked() {
+    let mut engine = Lsi53c895a::<FakeHal32, FakeLsi>::new(FakeLsi::new()).unwrap();
+    // The chip stays stopped, so nothing retires and the ring fills.
+    engine.set_manual_start(true);
+    let src = Dma::<FakeHal32>::new(4).unwrap();
+    let dst = Dma::<FakeHal32>::new(4).unwrap();
+    let copy = Op::Copy {
+        dst: dst.paddr(),
+        src: src.paddr(),
+        len: 4,
+    };
+    let mut cookie = Cookie::new(1).unwrap();
+    // SAFETY: the test's buffers, and the chip never runs.
+    while unsafe { engine.prep(cookie, copy, Some(Notify::default())) }.is_ok() {
+        engine.issue();
+        cookie = cookie.next();
+    }
+    for _ in 0..64 {
+        // SAFETY: an interrupt-only request touches no memory.
+        if unsafe { engine.prep(cookie, Op::Interrupt, Some(Notify::default())) }.is_err() {
+            break;
+        }
+        engine.issue();
+        assert_eq!(engine.ring.unlinked(), 0, "a request was left unlinked");
+        cookie = cookie.next();
+    }
+}
+
+/// Review finding 4: a doorbell window too short for ISTAT panicked only
+/// at the first `issue`, after the batch was linked; it is refused when
+/// given.
+#[test]
+#[should_panic(expected = "doorbell window")]
+fn a_doorbell_window_without_istat_is_refused_when_given() {
+    let mut engine = Lsi53c895a::<FakeHal32, FakeLsi>::new(FakeLsi::new()).unwrap();
+    // SAFETY: refused before any port is touched.
+    unsafe { engine.set_doorbell(crate::mmio::PortRegion::new(0xc000, 0x10)) };
+}
+
 /// A prepared batch does not run until `issue`, even when the chip wakes
 /// for another reason (a doorbell rung by an interrupt acknowledge).
 #[test]
