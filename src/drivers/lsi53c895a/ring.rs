@@ -372,6 +372,14 @@ impl<H: Hal> Ring<H> {
     /// may take the JUMP as soon as it is stored.
     #[inline(always)]
     pub(super) fn append(&mut self) -> bool {
+        self.append_observed(|_| {})
+    }
+
+    /// [`Ring::append`], calling `between` after each store the chip might
+    /// see mid-way (the new tail, the JUMP's operand): how a test lets a
+    /// chip run there. The empty closure of `append` compiles to nothing.
+    #[inline(always)]
+    fn append_observed(&mut self, mut between: impl FnMut(&Self)) -> bool {
         let Some(last) = self.last_cookie.filter(|_| self.entries > self.issued) else {
             return false;
         };
@@ -387,6 +395,7 @@ impl<H: Hal> Ring<H> {
             return false;
         };
         self.write_tail(new_tail);
+        between(self);
         let old_tail = self.tail;
         let start = self.addr(old_tail + TAIL_WORDS);
         // Everything the JUMP leads to must be in memory before the JUMP,
@@ -394,6 +403,7 @@ impl<H: Hal> Ring<H> {
         // word, so the operand can land first).
         fence(Ordering::Release);
         self.write_words(old_tail + 1, [start]);
+        between(self);
         fence(Ordering::Release);
         self.write_words(old_tail, [script::JUMP]);
         self.tail = new_tail;
@@ -625,7 +635,9 @@ mod tests {
             rewind: bool,
             retire_first: bool,
         },
-        Append,
+        /// An append, the chip running this many instructions after each
+        /// store it might see mid-way.
+        Append(usize),
         Walk(usize),
         Retire,
     }
@@ -634,7 +646,7 @@ mod tests {
         prop_oneof![
             4 => (1..400usize, any::<bool>(), prop::bool::weighted(0.2), prop::bool::weighted(0.1), any::<bool>())
                 .prop_map(|(n, batch, writeback, rewind, retire_first)| Step::Push { n, batch, writeback, rewind, retire_first }),
-            2 => Just(Step::Append),
+            2 => prop_oneof![Just(0usize), 1..6usize].prop_map(Step::Append),
             3 => (1..2000usize).prop_map(Step::Walk),
             2 => Just(Step::Retire),
         ]
@@ -732,8 +744,15 @@ mod tests {
                         prepared += got;
                     }
                 }
-                Step::Append => {
-                    prop_assert_eq!(ring.append(), prepared > appended);
+                Step::Append(k) => {
+                    // The walker must not run what is being linked before
+                    // the link: it runs against the requests appended so
+                    // far, checked below.
+                    let linked = ring.append_observed(|ring| {
+                        walker.walk(ring, k);
+                    });
+                    check_walk(&walker, appended)?;
+                    prop_assert_eq!(linked, prepared > appended);
                     appended = prepared;
                 }
                 Step::Walk(k) => {
