@@ -358,6 +358,9 @@ enum Step {
     Ack,
     /// The engine collects what the completion word says is done.
     Poll,
+    /// `terminate` then `reset`: whatever had not run never runs, and a
+    /// new loop starts.
+    Reset,
 }
 
 fn step() -> impl Strategy<Value = Step> {
@@ -369,6 +372,7 @@ fn step() -> impl Strategy<Value = Step> {
         1 => prop::sample::select(vec![1usize, 2, 3, 5, 100, 500]).prop_map(Step::Slice),
         2 => Just(Step::Ack),
         1 => Just(Step::Poll),
+        1 => Just(Step::Reset),
     ]
 }
 
@@ -445,6 +449,15 @@ fn interleave(slice: usize, steps: &[Step]) -> Result<(), TestCaseError> {
                 if let Some(done) = engine.poll(false).completed {
                     newest_done = Some(done);
                 }
+            }
+            Step::Reset => {
+                engine.terminate();
+                record(&engine, &mut ran, &linked)?;
+                engine.reset().unwrap();
+                // What had not run is gone; completions count afresh.
+                linked.truncate(ran.len());
+                prepared.clear();
+                (last_linked, newest_done, rung) = (None, None, true);
             }
         }
         record(&engine, &mut ran, &linked)?;
