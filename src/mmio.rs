@@ -22,6 +22,38 @@ use core::sync::atomic::{AtomicU64, Ordering};
 use core::arch::asm;
 use volatile::VolatilePtr;
 
+/// What a register window counts: reads and writes apart, one atomic add
+/// per access.
+#[derive(Debug)]
+struct Counts {
+    reads: AtomicU64,
+    writes: AtomicU64,
+}
+
+impl Counts {
+    const fn new() -> Self {
+        Counts {
+            reads: AtomicU64::new(0),
+            writes: AtomicU64::new(0),
+        }
+    }
+
+    #[inline]
+    fn count(&self, read: bool) {
+        if read { &self.reads } else { &self.writes }.fetch_add(1, Ordering::Relaxed);
+    }
+
+    #[inline]
+    fn reads(&self) -> u64 {
+        self.reads.load(Ordering::Relaxed)
+    }
+
+    #[inline]
+    fn accesses(&self) -> u64 {
+        self.reads() + self.writes.load(Ordering::Relaxed)
+    }
+}
+
 /// A mapped range of device registers.
 ///
 /// Invariant: `base .. base + len` is mapped device memory, valid for
@@ -30,11 +62,10 @@ use volatile::VolatilePtr;
 pub struct MmioRegion {
     base: NonNull<u8>,
     len: usize,
-    reads: AtomicU64,
-    writes: AtomicU64,
+    counts: Counts,
 }
 
-// SAFETY: the region is a pair of plain addresses plus an atomic counter;
+// SAFETY: the region is a pair of plain addresses plus atomic counters;
 // device registers are safe to access from any CPU (the driver above decides
 // the order).
 unsafe impl Send for MmioRegion {}
@@ -52,8 +83,7 @@ impl MmioRegion {
         MmioRegion {
             base,
             len,
-            reads: AtomicU64::new(0),
-            writes: AtomicU64::new(0),
+            counts: Counts::new(),
         }
     }
 
@@ -80,13 +110,13 @@ impl MmioRegion {
     /// Volatile accesses made through this region since creation.
     #[inline]
     pub fn accesses(&self) -> u64 {
-        self.reads() + self.writes.load(Ordering::Relaxed)
+        self.counts.accesses()
     }
 
     /// The reads among [`MmioRegion::accesses`].
     #[inline]
     pub fn reads(&self) -> u64 {
-        self.reads.load(Ordering::Relaxed)
+        self.counts.reads()
     }
 
     /// A volatile pointer to the `T` at `offset`, counted as a read or a
@@ -104,7 +134,7 @@ impl MmioRegion {
             "register offset {offset:#x} outside or misaligned in a {:#x}-byte window",
             self.len
         );
-        if read { &self.reads } else { &self.writes }.fetch_add(1, Ordering::Relaxed);
+        self.counts.count(read);
         // SAFETY: the offset is inside the window and aligned (checked above),
         // and the window is valid device memory by the type's invariant.
         unsafe { VolatilePtr::new(self.base.add(offset).cast::<T>()) }
@@ -217,8 +247,7 @@ impl Registers for MmioRegion {
 pub struct PortRegion {
     base: u16,
     len: u16,
-    reads: AtomicU64,
-    writes: AtomicU64,
+    counts: Counts,
 }
 
 impl PortRegion {
@@ -233,8 +262,7 @@ impl PortRegion {
         PortRegion {
             base,
             len,
-            reads: AtomicU64::new(0),
-            writes: AtomicU64::new(0),
+            counts: Counts::new(),
         }
     }
 
@@ -259,13 +287,13 @@ impl PortRegion {
     /// Port accesses made through this window since creation.
     #[inline]
     pub fn accesses(&self) -> u64 {
-        self.reads() + self.writes.load(Ordering::Relaxed)
+        self.counts.accesses()
     }
 
     /// The reads among [`PortRegion::accesses`].
     #[inline]
     pub fn reads(&self) -> u64 {
-        self.reads.load(Ordering::Relaxed)
+        self.counts.reads()
     }
 
     /// The port at `offset`, for an access of `size` bytes, counted as a
@@ -283,7 +311,7 @@ impl PortRegion {
             "port offset {offset:#x} outside or misaligned in a {:#x}-port window",
             self.len
         );
-        if read { &self.reads } else { &self.writes }.fetch_add(1, Ordering::Relaxed);
+        self.counts.count(read);
         // `offset < len`, so the cast is exact; a window running past port
         // 0xffff would reach port 0 onwards, another device's: refused.
         self.base
