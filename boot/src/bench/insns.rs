@@ -85,6 +85,48 @@ fn api<E: Engine>(chan: &mut Channel<E>, ops: &[Op]) -> (u64, u64) {
     })
 }
 
+/// The parts of `N` requests of `ops` through `chan`, counted apart in a
+/// window of their own (the whole-request keys are counted without these
+/// TSC reads): instructions preparing, issuing, and in the status calls up
+/// to the one that finds the last request done, each less the cost of the
+/// TSC read that ends it.
+fn api_parts<E: Engine>(chan: &mut Channel<E>, ops: &[Op]) -> [u64; 3] {
+    for _ in 0..WARMUP {
+        request(chan, ops);
+    }
+    without_interrupts(|| {
+        // What one TSC read adds between two others.
+        let (a, b) = (time::rdtsc(), time::rdtsc());
+        let tsc = b - a;
+        let mut parts = [0; 3];
+        for _ in 0..N {
+            let start = time::rdtsc();
+            let last = if let [Op::Copy { dst, src, len }] = *ops {
+                // SAFETY: as in `request`.
+                unsafe { chan.prep_copy(dst, src, len, PrepFlags::empty()) }.expect("prep")
+            } else {
+                // SAFETY: as in `request`.
+                unsafe { chan.prep_batch(ops, PrepFlags::empty()) }
+                    .expect("prep_batch")
+                    .last
+            };
+            let prepared = time::rdtsc();
+            chan.issue_pending();
+            let issued = time::rdtsc();
+            while chan.status(last).status != Status::Complete {}
+            let done = time::rdtsc();
+            for (part, (from, to)) in
+                parts
+                    .iter_mut()
+                    .zip([(start, prepared), (prepared, issued), (issued, done)])
+            {
+                *part += (to - from).saturating_sub(tsc);
+            }
+        }
+        parts
+    })
+}
+
 /// Instructions of `N` runs of a bare chain (`run(n)` runs it `n` times).
 fn bare(mut run: impl FnMut(usize) -> u64) -> u64 {
     run(WARMUP);
@@ -93,6 +135,20 @@ fn bare(mut run: impl FnMut(usize) -> u64) -> u64 {
         run(N as usize);
         time::rdtsc() - start
     })
+}
+
+/// Reports the parts ([`api_parts`]) under the key [`report_count`] uses,
+/// with `.prep`, `.issue` and `.status` appended.
+fn report_parts(prefix: &str, batch: usize, parts: [u64; 3]) {
+    let per = N * batch as u64;
+    let key = if batch == 1 {
+        format!("{prefix}.insns.batch1")
+    } else {
+        format!("{prefix}.insns_per_copy.batch{batch}")
+    };
+    for (name, insns) in ["prep", "issue", "status"].iter().zip(parts) {
+        report(&format!("{key}.{name}"), insns as f64 / per as f64, "insns");
+    }
 }
 
 /// Reports `insns` of `N` requests of `batch` copies under `prefix`:
@@ -124,6 +180,11 @@ pub fn run() {
     for batch in BATCHES {
         let (insns, polls) = api(&mut cpu, &small_ops(batch, s, d));
         report_count("dma.small.cpu", batch, insns, Some(polls));
+        report_parts(
+            "dma.small.cpu",
+            batch,
+            api_parts(&mut cpu, &small_ops(batch, s, d)),
+        );
     }
     // The API's channel on the first chip, the bare chains on the second,
     // as in the throughput benchmarks.
@@ -139,6 +200,11 @@ pub fn run() {
     for batch in BATCHES {
         let (insns, polls) = api(&mut lsi, &small_ops(batch, s, d));
         report_count("dma.small", batch, insns, Some(polls));
+        report_parts(
+            "dma.small",
+            batch,
+            api_parts(&mut lsi, &small_ops(batch, s, d)),
+        );
         raw.build(small_moves(batch, s, d));
         let insns = bare(|n| raw.run(&mut chip, n));
         report_count("dma.small.raw", batch, insns, None);
