@@ -14,7 +14,8 @@
 //! 250-290 ns under 10.0's on the machine the README's numbers come from;
 //! a one-element `rep lodsd` ends its block and took 100-180 ns). These
 //! accessors are plain volatile loads and stores; the LSI53C895A driver
-//! makes at most two per issued batch.
+//! makes one per issued batch, a write, through a [`PortRegion`] when it
+//! has the chip's I/O BAR (an `out` ends its block by itself).
 
 use core::ptr::NonNull;
 use core::sync::atomic::{AtomicU64, Ordering};

@@ -66,7 +66,7 @@ fn deadline() -> u64 {
 }
 
 /// A chain started by a DSP write and ended by an INT, polled through
-/// ISTAT1.SRUN: today's way of running a script once.
+/// ISTAT1.SRUN: how the driver ran each batch before its resident loop.
 pub struct RawScript {
     script: Dma<KernelHal>,
 }
