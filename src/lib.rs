@@ -36,7 +36,9 @@
 //! **What it promises once, when it builds something** (`unsafe`
 //! constructors): [`mmio::MmioRegion::new`] (a device window of that
 //! size), [`mmio::PortRegion::new`] (the ports are one device's I/O
-//! registers, poked by nobody else), [`mm::frame::FrameDb::new`] (the frames it counts are RAM the
+//! registers, poked by nobody else), the drivers' constructors
+//! (`Lsi53c895a::new`, `EduEngine::new`: the window is that device's,
+//! driven by nothing else, and the edu mask is at most the device's own), [`mm::frame::FrameDb::new`] (the frames it counts are RAM the
 //! database alone hands out), [`mm::traits::OffsetMapper::new`],
 //! [`mm::space::AddressSpace::from_root`] (its hierarchy stays live, and it
 //! adds, changes or frees nothing in the span of the space's areas, nor

@@ -172,7 +172,9 @@ fn make_lsi_on<H: Hal>(
     let device = device.ok_or(DmaError::NotSupported)?;
     let regs =
         devices::map_bar(device, lsi53c895a::regs::MMIO_BAR).ok_or(DmaError::NotSupported)?;
-    let mut engine = Lsi53c895a::new(regs)?;
+    // SAFETY: BAR1 of the LSI53C895A found on the bus, reserved for this
+    // one channel by the caller's `Exclusive`.
+    let mut engine = unsafe { Lsi53c895a::new(regs) }?;
     // The doorbell through the I/O BAR when firmware assigned one: an
     // `out` costs QEMU less than an MMIO write.
     if let Some(ports) =
@@ -217,7 +219,10 @@ fn make_edu() -> Result<Channel<EduEngine<KernelHal>>, DmaError> {
     let regs = edu_device()
         .and_then(|dev| devices::map_bar(dev, 0))
         .ok_or(DmaError::NotSupported)?;
-    Ok(Channel::new(EduEngine::new(regs, EDU_DMA_MASK)?))
+    // SAFETY: BAR0 of the edu device found on the bus, reserved for this
+    // one channel; qemu-run.sh gives it `dma_mask=0xffffffff`, which
+    // EDU_DMA_MASK is.
+    Ok(Channel::new(unsafe { EduEngine::new(regs, EDU_DMA_MASK) }?))
 }
 
 /// A CPU copy channel.

@@ -95,7 +95,23 @@ impl<H: Hal, R: Registers, const N: usize> EduEngine<H, R, N> {
     /// bus mastering on), whose `dma_mask` property is `dma_mask`
     /// ([`regs::DEFAULT_DMA_MASK`] unless QEMU was told otherwise).
     /// `TimedOut` if a transfer someone else started never ends.
-    pub fn new(regs: R, dma_mask: u64) -> Result<Self, DmaError> {
+    ///
+    /// # Safety
+    /// `regs` must be the BAR0 of an edu device (or a fake one) that nothing
+    /// else drives while the engine lives, and `dma_mask` at most the
+    /// device's own: the device drops address bits above it silently, so a
+    /// larger mask would let a buffer's copy land at another address.
+    /// `unsafe` since issue 18 (the mask was a promise of a safe call).
+    ///
+    /// ```compile_fail,E0133
+    /// use dmaengine::drivers::edu::EduEngine;
+    /// use dmaengine::hal::Hal;
+    /// use dmaengine::mmio::MmioRegion;
+    /// fn take<H: Hal>(bar0: MmioRegion) {
+    ///     let _ = EduEngine::<H>::new(bar0, u64::MAX);
+    /// }
+    /// ```
+    pub unsafe fn new(regs: R, dma_mask: u64) -> Result<Self, DmaError> {
         let mut engine = EduEngine {
             regs,
             idle_polls: IDLE_POLLS,

@@ -127,7 +127,24 @@ impl<H: Hal, R: Registers> Lsi53c895a<H, R> {
     /// as SeaBIOS uses it to boot), sets up an empty ring in DMA memory
     /// below 4 GiB (about 200 KiB, from [`Hal::dma_alloc`]) and starts the
     /// resident loop, which parks at once.
-    pub fn new(regs: R) -> Result<Self, DmaError> {
+    ///
+    /// # Safety
+    /// `regs` must be the register window of an LSI53C895A (or a fake one)
+    /// that nothing else drives while the engine lives: the engine starts
+    /// its SCRIPTS processor, which moves memory, and another device's
+    /// registers written at these offsets could start anything. `unsafe`
+    /// since issue 18 (a window's own constructor vouches only that it is
+    /// some device's registers).
+    ///
+    /// ```compile_fail,E0133
+    /// use dmaengine::drivers::lsi53c895a::Lsi53c895a;
+    /// use dmaengine::hal::Hal;
+    /// use dmaengine::mmio::MmioRegion;
+    /// fn take<H: Hal>(bar1: MmioRegion) {
+    ///     let _ = Lsi53c895a::<H>::new(bar1);
+    /// }
+    /// ```
+    pub unsafe fn new(regs: R) -> Result<Self, DmaError> {
         let mut engine = Lsi53c895a {
             regs,
             doorbell: None,

@@ -19,8 +19,15 @@ type Chan = Channel<Lsi53c895a<FakeHal32, FakeLsi>>;
 const CELLS: usize = 64;
 const CELL: usize = 64;
 
+/// An engine over a fake chip.
+fn fake_engine() -> Lsi53c895a<FakeHal32, FakeLsi> {
+    // SAFETY: a fake chip, which moves only the test's own memory.
+    unsafe { Lsi53c895a::new(FakeLsi::new()) }.unwrap()
+}
+
 fn chan() -> Chan {
-    Channel::new(Lsi53c895a::new(FakeLsi::new()).expect("engine over the fake chip"))
+    // SAFETY: a fake chip, which moves only the test's own memory.
+    Channel::new(unsafe { Lsi53c895a::new(FakeLsi::new()) }.expect("engine over the fake chip"))
 }
 
 fn cells() -> (Dma<FakeHal32>, Vec<u8>) {
@@ -385,7 +392,7 @@ fn step() -> impl Strategy<Value = Step> {
 /// the timer alone (no further doorbell) must run every linked copy and
 /// the completion must reach the last one: no batch is lost.
 fn interleave(slice: usize, steps: &[Step]) -> Result<(), TestCaseError> {
-    let mut engine = Lsi53c895a::<FakeHal32, FakeLsi>::new(FakeLsi::new()).unwrap();
+    let mut engine = fake_engine();
     engine.device().set_slice(slice);
     let src = Dma::<FakeHal32>::new(4).unwrap();
     let dst = Dma::<FakeHal32>::new(4 * 4096).unwrap();
@@ -508,7 +515,7 @@ fn an_interrupt_acknowledge_keeps_a_pending_doorbell() {
     // Every slice length: one of them pauses the chip right after the
     // clear of the tail behind an interrupting batch.
     for slice in 1..12 {
-        let mut engine = Lsi53c895a::<FakeHal32, FakeLsi>::new(FakeLsi::new()).unwrap();
+        let mut engine = fake_engine();
         let src = Dma::<FakeHal32>::new(4).unwrap();
         let dst = Dma::<FakeHal32>::new(8).unwrap();
         let notify = |interrupt| Notify {
@@ -556,7 +563,7 @@ fn an_interrupt_acknowledge_keeps_a_pending_doorbell() {
 /// it and it was left behind, never to run.
 #[test]
 fn a_request_without_instructions_still_gets_linked() {
-    let mut engine = Lsi53c895a::<FakeHal32, FakeLsi>::new(FakeLsi::new()).unwrap();
+    let mut engine = fake_engine();
     // The chip stays stopped, so nothing retires and the ring fills.
     engine.set_manual_start(true);
     let src = Dma::<FakeHal32>::new(4).unwrap();
@@ -589,7 +596,7 @@ fn a_request_without_instructions_still_gets_linked() {
 #[test]
 #[should_panic(expected = "doorbell window")]
 fn a_doorbell_window_without_istat_is_refused_when_given() {
-    let mut engine = Lsi53c895a::<FakeHal32, FakeLsi>::new(FakeLsi::new()).unwrap();
+    let mut engine = fake_engine();
     // SAFETY: refused before any port is touched.
     unsafe { engine.set_doorbell(crate::mmio::PortRegion::new(0xc000, 0x10)) };
 }
