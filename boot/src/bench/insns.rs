@@ -20,7 +20,7 @@
 use alloc::format;
 use x86_64::instructions::interrupts::without_interrupts;
 
-use dmaengine::engine::{Channel, Engine, Op, PrepFlags, Status};
+use dmaengine::engine::{Channel, Cookie, Engine, Op, PrepFlags, Status};
 use dmaengine::hal::Dma;
 
 use super::bare::{BareChip, RawScript, SigpScript};
@@ -41,20 +41,28 @@ const POLL_LIMIT: u64 = 100_000_000;
 /// The batch sizes counted: one copy, and one batch of 16.
 const BATCHES: [usize; 2] = [1, 16];
 
-/// One request of `ops` through `chan` (`prep_copy` for a single copy,
-/// `prep_batch` otherwise), issued, then status calls until the last is
-/// complete; returns the status calls that found it in progress.
-fn request<E: Engine>(chan: &mut Channel<E>, ops: &[Op]) -> u64 {
-    let last = if let [Op::Copy { dst, src, len }] = *ops {
+/// Prepares `ops` through `chan` (`prep_copy` for a single copy,
+/// `prep_batch` otherwise); returns the last cookie. Inlined, so each
+/// window counts what a caller's own code would run.
+#[inline(always)]
+fn prep<E: Engine>(chan: &mut Channel<E>, ops: &[Op]) -> Cookie {
+    if let [Op::Copy { dst, src, len }] = *ops {
         // SAFETY: both buffers are the benchmark's, touched by nothing else
-        // until the request completes below.
+        // until the request completes (every caller waits for it).
         unsafe { chan.prep_copy(dst, src, len, PrepFlags::empty()) }.expect("prep")
     } else {
         // SAFETY: as above.
         unsafe { chan.prep_batch(ops, PrepFlags::empty()) }
             .expect("prep_batch")
             .last
-    };
+    }
+}
+
+/// One request of `ops` through `chan` ([`prep`]), issued, then status
+/// calls until the last is complete; returns the status calls that found
+/// it in progress.
+fn request<E: Engine>(chan: &mut Channel<E>, ops: &[Op]) -> u64 {
+    let last = prep(chan, ops);
     chan.issue_pending();
     let mut polls = 0;
     loop {
@@ -101,15 +109,7 @@ fn api_parts<E: Engine>(chan: &mut Channel<E>, ops: &[Op]) -> [u64; 3] {
         let mut parts = [0; 3];
         for _ in 0..N {
             let start = time::rdtsc();
-            let last = if let [Op::Copy { dst, src, len }] = *ops {
-                // SAFETY: as in `request`.
-                unsafe { chan.prep_copy(dst, src, len, PrepFlags::empty()) }.expect("prep")
-            } else {
-                // SAFETY: as in `request`.
-                unsafe { chan.prep_batch(ops, PrepFlags::empty()) }
-                    .expect("prep_batch")
-                    .last
-            };
+            let last = prep(chan, ops);
             let prepared = time::rdtsc();
             chan.issue_pending();
             let issued = time::rdtsc();

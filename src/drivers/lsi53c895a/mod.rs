@@ -14,7 +14,9 @@
 //! costs one read of the completion word; an earlier write-back's cookie
 //! waits in the *shadow* word of its Store. Requests that ask for a callback
 //! or an interrupt get their own write-back, plus an INTFLY for an
-//! interrupt. The shadow array sits beside the ring: the words of the
+//! interrupt, and so does a request of no instructions (an interrupt-only
+//! request that asks for nothing), so every request claims ring words
+//! against the reserve `issue` needs. The shadow array sits beside the ring: the words of the
 //! instruction at ring word `w` own shadow words `w..`, so they live and die
 //! with the instruction (a fill's Memory Move copies its pattern from
 //! there). A Store costs the chip two fetches and one write, where a Memory
@@ -211,6 +213,19 @@ impl<H: Hal, R: Registers> Lsi53c895a<H, R> {
     /// window: one `outb` per issued batch. Under QEMU 10 that is about
     /// half the cost of the MMIO write (QEMU-FACTS.md). I/O decoding must
     /// be on in the PCI command register.
+    ///
+    /// ```no_run
+    /// use dmaengine::drivers::lsi53c895a::{Lsi53c895a, regs};
+    /// use dmaengine::hal::Hal;
+    /// use dmaengine::mmio::{MmioRegion, PortRegion};
+    /// # fn f<H: Hal>(bar1: MmioRegion, bar0_port: u16) -> Result<(), dmaengine::engine::DmaError> {
+    /// // SAFETY: BAR1 of the chip, driven by nothing else.
+    /// let mut engine = unsafe { Lsi53c895a::<H>::new(bar1) }?;
+    /// // SAFETY: BAR0 of the same chip (the port its I/O BAR holds), I/O
+    /// // decoding on; nothing else pokes these ports.
+    /// unsafe { engine.set_doorbell(PortRegion::new(bar0_port, regs::IO_SIZE)) };
+    /// # Ok(()) }
+    /// ```
     ///
     /// # Panics
     /// When the window does not reach ISTAT (its BAR is
