@@ -162,6 +162,11 @@
 #[doc = include_str!("../README.md")]
 pub struct ReadmeDoctests;
 
+/// The `x86_64` crate this one is built on (its frames, pages, addresses
+/// and allocator traits are this crate's boundary types): name them as
+/// `dmaengine::x86_64::...` and no version has to be kept in step.
+pub use x86_64;
+
 pub mod drivers;
 pub mod engine;
 pub mod hal;

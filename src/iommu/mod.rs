@@ -302,7 +302,10 @@ impl<R: Registers, M: TableMapper, A: TableAllocator> Iommu<R, M, A> {
     /// gives): turns translation off if it was on, and installs an empty
     /// root table (every device then faults once translation is on, until
     /// attached to a domain). Tables come from `alloc` and are reached
-    /// through `mapper`. If the unit has an invalidation queue (ECAP.QI),
+    /// through `mapper`; an allocator that cannot free
+    /// ([`NoFree`](crate::mm::traits::NoFree)) keeps them all, its own
+    /// and the unit's, when the `Iommu` is dropped (a few frames, once).
+    /// If the unit has an invalidation queue (ECAP.QI),
     /// it is set up (two more frames: the ring and its status word) and
     /// used for every invalidation from then on.
     ///
@@ -324,7 +327,7 @@ impl<R: Registers, M: TableMapper, A: TableAllocator> Iommu<R, M, A> {
             return Err(IommuError::Unsupported);
         }
         let root = alloc
-            .allocate_frame()
+            .allocate_table()
             .ok_or(IommuError::OutOfMemory)?
             .start_address()
             .as_u64();
@@ -364,14 +367,14 @@ impl<R: Registers, M: TableMapper, A: TableAllocator> Iommu<R, M, A> {
     fn start_queue(&self) -> Result<(), IommuError> {
         let frames = {
             let mut tables = self.tables.borrow_mut();
-            let ring = tables.alloc.allocate_frame();
-            let status = tables.alloc.allocate_frame();
+            let ring = tables.alloc.allocate_table();
+            let status = tables.alloc.allocate_table();
             match (ring, status) {
                 (Some(ring), Some(status)) => (ring, status),
                 (ring, status) => {
                     for frame in [ring, status].into_iter().flatten() {
                         // SAFETY: just allocated, never handed to the unit.
-                        unsafe { tables.alloc.deallocate_frame(frame) };
+                        unsafe { tables.alloc.take_back(frame) };
                     }
                     return Err(IommuError::OutOfMemory);
                 }
@@ -638,7 +641,7 @@ impl<R: Registers, M: TableMapper, A: TableAllocator> Iommu<R, M, A> {
         if tables.context[bus as usize] == 0 {
             let table = tables
                 .alloc
-                .allocate_frame()
+                .allocate_table()
                 .ok_or(IommuError::OutOfMemory)?
                 .start_address()
                 .as_u64();
@@ -732,7 +735,7 @@ impl<R: Registers, M: TableMapper, A: TableAllocator> Drop for Iommu<R, M, A> {
                     // SAFETY: the queue's frames from this allocator; the
                     // queue is off, so the unit no longer reads or writes
                     // them.
-                    unsafe { tables.alloc.deallocate_frame(frame) };
+                    unsafe { tables.alloc.take_back(frame) };
                 }
             }
         }
@@ -741,12 +744,12 @@ impl<R: Registers, M: TableMapper, A: TableAllocator> Drop for Iommu<R, M, A> {
             let frame = PhysFrame::containing_address(PhysAddr::new_truncate(*table));
             // SAFETY: a context table from this allocator; translation is
             // off, so the unit no longer reads it.
-            unsafe { tables.alloc.deallocate_frame(frame) };
+            unsafe { tables.alloc.take_back(frame) };
             *table = 0;
         }
         let root = PhysFrame::containing_address(PhysAddr::new_truncate(self.root));
         // SAFETY: as above, for the root table.
-        unsafe { tables.alloc.deallocate_frame(root) };
+        unsafe { tables.alloc.take_back(root) };
     }
 }
 

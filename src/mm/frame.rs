@@ -125,20 +125,65 @@ impl PageInfo {
     }
 }
 
-/// The frames `base_pfn .. base_pfn + len` and their entries.
+/// The frames a database counts, with their entries: one run of
+/// consecutive frames ([`FrameDb::new`]), or several, as a memory map with
+/// holes gives them ([`FrameDb::with_runs`]).
 pub struct FrameDb<'a> {
     pages: &'a [PageInfo],
-    base_pfn: u64,
+    runs: Runs<'a>,
     /// Where the next free-frame search starts.
     hint: AtomicUsize,
 }
 
+/// Which frame each entry of [`FrameDb::pages`] counts.
+enum Runs<'a> {
+    /// Entry `i` counts frame `base + i`.
+    One { base: u64 },
+    /// Sorted, disjoint runs; entry `run.index + k` counts frame
+    /// `run.first + k`.
+    Many(&'a [FrameRun]),
+}
+
+/// Consecutive frames of RAM, one usable entry of a memory map, for
+/// [`FrameDb::with_runs`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FrameRun {
+    /// Its first frame's number.
+    first: u64,
+    frames: u64,
+    /// The database entry of its first frame (set by `with_runs`).
+    index: usize,
+}
+
+impl FrameRun {
+    /// `frames` frames from `first` on.
+    pub fn new(first: PhysFrame, frames: usize) -> FrameRun {
+        FrameRun {
+            first: pfn_of(first),
+            frames: frames as u64,
+            index: 0,
+        }
+    }
+
+    /// Its first frame.
+    pub fn first(&self) -> PhysFrame {
+        frame_of(self.first).expect("a frame number from a `PhysFrame`")
+    }
+
+    /// How many frames it has.
+    pub fn frames(&self) -> usize {
+        self.frames as usize
+    }
+}
+
 impl fmt::Debug for FrameDb<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("FrameDb")
-            .field("base_pfn", &self.base_pfn)
-            .field("frames", &self.pages.len())
-            .finish()
+        let mut d = f.debug_struct("FrameDb");
+        match self.runs {
+            Runs::One { base } => d.field("base_pfn", &base),
+            Runs::Many(runs) => d.field("runs", &runs.len()),
+        };
+        d.field("frames", &self.pages.len()).finish()
     }
 }
 
@@ -166,37 +211,133 @@ impl<'a> FrameDb<'a> {
     /// # Panics
     /// If the frames run past 2^52 bytes of physical address space.
     pub unsafe fn new(pages: &'a [PageInfo], first: PhysFrame) -> Self {
-        let base_pfn = pfn_of(first);
+        let base = pfn_of(first);
         assert!(
-            frame_of(base_pfn + pages.len() as u64).is_some(),
+            frame_of(base + pages.len() as u64).is_some(),
             "frames past 2^52 bytes of physical address space"
         );
+        // SAFETY: the caller's contract.
+        unsafe { Self::over(pages, Runs::One { base }) }
+    }
+
+    /// A database of the frames of `runs` (a memory map's usable entries,
+    /// holes between them), one entry each in `pages`, in the order of the
+    /// runs: every one free and owned by the database from now on. The
+    /// runs must be sorted by address, disjoint, none empty, below 2^52
+    /// bytes, and have as many frames in all as `pages` has entries, or
+    /// the answer is [`MmError::InvalidRuns`] and nothing is touched. The
+    /// database writes into each run where its entries start.
+    ///
+    /// ```
+    /// use dmaengine::mm::frame::{FrameDb, FrameRun, PageInfo};
+    /// use x86_64::structures::paging::PhysFrame;
+    /// use x86_64::PhysAddr;
+    ///
+    /// let frame = |addr| PhysFrame::containing_address(PhysAddr::new(addr));
+    /// // Four frames at 1 MiB, two at 4 GiB: a hole between, as a PC's
+    /// // memory map has below 4 GiB (shortened).
+    /// let mut runs = [
+    ///     FrameRun::new(frame(0x10_0000), 4),
+    ///     FrameRun::new(frame(0x1_0000_0000), 2),
+    /// ];
+    /// let pages: [PageInfo; 6] = Default::default();
+    /// // SAFETY: (in a kernel) those frames are RAM nothing else uses.
+    /// let db = unsafe { FrameDb::with_runs(&pages, &mut runs) }.unwrap();
+    /// assert_eq!(db.len(), 6);
+    /// assert!(db.state(frame(0x1_0000_1000)).is_some());
+    /// assert!(db.state(frame(0x8000_0000)).is_none(), "a hole");
+    /// ```
+    ///
+    /// # Safety
+    /// As for [`FrameDb::new`], for the frames of every run.
+    pub unsafe fn with_runs(
+        pages: &'a [PageInfo],
+        runs: &'a mut [FrameRun],
+    ) -> Result<Self, MmError> {
+        let mut index = 0usize;
+        let mut end = 0u64;
+        for run in runs.iter() {
+            let run_end = run
+                .first
+                .checked_add(run.frames)
+                .ok_or(MmError::InvalidRuns)?;
+            if run.frames == 0 || run.first < end || frame_of(run_end).is_none() {
+                return Err(MmError::InvalidRuns);
+            }
+            end = run_end;
+            index = index
+                .checked_add(run.frames as usize)
+                .ok_or(MmError::InvalidRuns)?;
+        }
+        if runs.is_empty() || index != pages.len() {
+            return Err(MmError::InvalidRuns);
+        }
+        let mut index = 0;
+        for run in runs.iter_mut() {
+            run.index = index;
+            index += run.frames as usize;
+        }
+        // SAFETY: the caller's contract.
+        Ok(unsafe { Self::over(pages, Runs::Many(runs)) })
+    }
+
+    /// # Safety
+    /// As for [`FrameDb::new`].
+    unsafe fn over(pages: &'a [PageInfo], runs: Runs<'a>) -> Self {
         for page in pages {
             page.counts.store(0, Ordering::Relaxed);
             page.kind.store(FrameKind::Free as u8, Ordering::Relaxed);
         }
         FrameDb {
             pages,
-            base_pfn,
+            runs,
             hint: AtomicUsize::new(0),
         }
     }
 
+    /// The entry of frame `pfn`, if the database counts it.
     #[inline]
     fn info(&self, pfn: u64) -> Option<&PageInfo> {
-        let index = pfn.checked_sub(self.base_pfn)?;
-        self.pages.get(usize::try_from(index).ok()?)
+        let index = match self.runs {
+            Runs::One { base } => usize::try_from(pfn.checked_sub(base)?).ok()?,
+            Runs::Many(runs) => {
+                let run = runs[..runs.partition_point(|r| r.first <= pfn)].last()?;
+                let offset = pfn - run.first;
+                if offset >= run.frames {
+                    return None;
+                }
+                run.index + offset as usize
+            }
+        };
+        self.pages.get(index)
+    }
+
+    /// The frame number entry `index` counts (`index < len`).
+    #[inline]
+    fn pfn_at(&self, index: usize) -> u64 {
+        match self.runs {
+            Runs::One { base } => base + index as u64,
+            Runs::Many(runs) => {
+                let run = runs[runs.partition_point(|r| r.index <= index) - 1];
+                run.first + (index - run.index) as u64
+            }
+        }
     }
 
     /// The first frame the database covers.
     pub fn first_frame(&self) -> PhysFrame {
-        frame_of(self.base_pfn).expect("checked when the database was made")
+        self.frame(0)
+            .or_else(|| match self.runs {
+                Runs::One { base } => frame_of(base),
+                Runs::Many(_) => None,
+            })
+            .expect("checked when the database was made")
     }
 
     /// The `index`th frame it covers, if it covers that many.
     pub fn frame(&self, index: usize) -> Option<PhysFrame> {
         (index < self.pages.len())
-            .then(|| frame_of(self.base_pfn + index as u64))
+            .then(|| frame_of(self.pfn_at(index)))
             .flatten()
     }
 
@@ -252,7 +393,7 @@ impl<'a> FrameDb<'a> {
                 let counts = if kind == FrameKind::Normal { REF } else { 0 };
                 self.pages[i].counts.store(counts, Ordering::Release);
                 self.hint.store(i + 1, Ordering::Relaxed);
-                return Ok(self.base_pfn + i as u64);
+                return Ok(self.pfn_at(i));
             }
         }
         Err(MmError::OutOfMemory)

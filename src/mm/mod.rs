@@ -89,6 +89,10 @@ pub enum MmError {
     /// and then freed, which `remap_pfn_range`'s contract forbids. Refused
     /// rather than copied onto itself; nothing changed.
     FreeFrameMapped,
+    /// The runs given to [`FrameDb::with_runs`](frame::FrameDb::with_runs)
+    /// overlap, are out of order, empty, past 2^52 bytes, or do not add up
+    /// to the entries given.
+    InvalidRuns,
 }
 
 impl fmt::Display for MmError {
@@ -109,6 +113,7 @@ impl fmt::Display for MmError {
             MmError::NotMapped => "nothing mapped there",
             MmError::Protection => "access not allowed by the area",
             MmError::FreeFrameMapped => "a raw entry maps a frame the allocator holds as free",
+            MmError::InvalidRuns => "memory runs overlap, are unsorted, empty, or miscounted",
         })
     }
 }
@@ -119,6 +124,10 @@ impl core::error::Error for MmError {}
 mod hardening_tests;
 #[cfg(all(test, loom))]
 mod loom_tests;
+#[cfg(test)]
+mod nofree_tests;
+#[cfg(test)]
+mod runs_tests;
 #[cfg(test)]
 mod soundness_tests;
 #[cfg(test)]

@@ -90,6 +90,11 @@ impl Memory {
         }
     }
 
+    /// The number of its first frame.
+    pub(crate) fn first_pfn(&self) -> u64 {
+        self.base as u64 >> 12
+    }
+
     pub(crate) fn db(&self) -> FrameDb<'_> {
         // SAFETY: the frames are this host allocation, used only by the
         // database while it lives.

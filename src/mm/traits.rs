@@ -1,6 +1,7 @@
 //! What the kernel plugs into an address space: how page-table frames are
-//! reached ([`TableMapper`]), where they come from (the `x86_64` crate's
-//! [`FrameAllocator`] and [`FrameDeallocator`]), and how mapped pages are
+//! reached ([`TableMapper`]), where they come from ([`TableAllocator`]:
+//! the `x86_64` crate's [`FrameAllocator`], with or without a
+//! [`FrameDeallocator`]), and how mapped pages are
 //! counted ([`PageCounter`], Linux's `struct page` counts; the crate's own
 //! [`FrameDb`](super::frame::FrameDb) is one implementation).
 //!
@@ -26,6 +27,72 @@ use x86_64::{PhysAddr, VirtAddr};
 pub unsafe trait TableMapper {
     /// The CPU pointer to the first byte of `frame`.
     fn frame_ptr(&self, frame: PhysFrame) -> *mut u8;
+}
+
+/// The [`PageCounter`] of a kernel that only remaps frames it manages
+/// itself (device memory, frames of its own) and keeps no page database:
+/// it counts nothing, so `remap_pfn_range`, `io_remap_pfn_range` and
+/// `insert_pfn` take any frame, while `insert_page` cannot be called (its
+/// page type, [`NoPage`], has no value) and copy-on-write faults, which
+/// need a fresh page, fail with [`MmError::OutOfMemory`](super::MmError::OutOfMemory).
+///
+/// ```
+/// use dmaengine::mm::space::AddressSpace;
+/// use dmaengine::mm::traits::{NoFree, NoPages, OffsetMapper};
+/// # use x86_64::structures::paging::{FrameAllocator, PhysFrame, Size4KiB};
+/// # use dmaengine::mm::tlb::TlbFlush;
+/// # struct Tables;
+/// # // SAFETY: never called in this example.
+/// # unsafe impl FrameAllocator<Size4KiB> for Tables {
+/// #     fn allocate_frame(&mut self) -> Option<PhysFrame> { None }
+/// # }
+/// # struct Tlb;
+/// # // SAFETY: nothing is ever mapped in this example.
+/// # unsafe impl TlbFlush for Tlb {
+/// #     fn flush_page(&mut self, _: PhysFrame, _: x86_64::VirtAddr) {}
+/// #     fn flush_all(&mut self, _: PhysFrame) {}
+/// # }
+/// type RemapOnly = AddressSpace<NoPages, OffsetMapper, NoFree<Tables>, Tlb>;
+/// ```
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct NoPages;
+
+/// The page of [`NoPages`]: there is none.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NoPage {}
+
+impl CountedPage for NoPage {
+    fn frame(&self) -> PhysFrame {
+        match *self {}
+    }
+}
+
+// SAFETY: it counts no frame: `try_map` never says yes, so nothing is
+// ever mapped as a counted page, and `unmap` has no count to give back.
+unsafe impl PageCounter for NoPages {
+    type Page = NoPage;
+
+    unsafe fn try_map(&self, _frame: PhysFrame) -> bool {
+        false
+    }
+
+    unsafe fn unmap(&self, _frame: PhysFrame) {}
+
+    fn covers(&self, _frame: PhysFrame) -> bool {
+        false
+    }
+
+    fn only_mapping(&self, _frame: PhysFrame) -> bool {
+        false
+    }
+
+    fn get(&self, _frame: PhysFrame) -> Option<NoPage> {
+        None
+    }
+
+    fn alloc_page(&self) -> Option<NoPage> {
+        None
+    }
 }
 
 /// Physical memory mapped at a fixed virtual offset (the "direct map" of
@@ -64,11 +131,95 @@ unsafe impl TableMapper for OffsetMapper {
     }
 }
 
-/// Where an address space's page-table frames come from and go back to:
-/// any `x86_64` frame allocator that can also take frames back.
-pub trait TableAllocator: FrameAllocator<Size4KiB> + FrameDeallocator<Size4KiB> {}
+/// Where an address space's (and an IOMMU's) page-table frames come from,
+/// and where the ones it no longer needs go.
+///
+/// Any `x86_64` allocator that also implements [`FrameDeallocator`] is
+/// one, taken by value (a kernel that shares one allocator among many
+/// spaces hands each a handle: a zero-sized type whose methods lock the
+/// kernel's allocator). An allocator that cannot free, such as one that
+/// walks the boot memory map once, is one wrapped in [`NoFree`]: the space
+/// then keeps the tables it empties and reuses them for its next ones
+/// ([`AddressSpace::spare_tables`](super::space::AddressSpace::spare_tables)
+/// says how many it holds, [`AddressSpace::release_tables`](super::space::AddressSpace::release_tables)
+/// hands them all to the kernel). An empty `deallocate_frame` instead
+/// would leak every table the space frees.
+///
+/// ```
+/// use dmaengine::mm::traits::{NoFree, TableAllocator};
+/// use x86_64::structures::paging::{FrameAllocator, PhysFrame, Size4KiB};
+/// use x86_64::PhysAddr;
+///
+/// /// The boot memory map's frames, handed out once each (blog_os style).
+/// struct BootFrames { next: u64, end: u64 }
+/// // SAFETY: each frame of the (here imaginary) free range is returned once.
+/// unsafe impl FrameAllocator<Size4KiB> for BootFrames {
+///     fn allocate_frame(&mut self) -> Option<PhysFrame> {
+///         (self.next < self.end).then(|| {
+///             self.next += 4096;
+///             PhysFrame::containing_address(PhysAddr::new(self.next - 4096))
+///         })
+///     }
+/// }
+///
+/// fn tables(boot: BootFrames) -> impl TableAllocator {
+///     NoFree(boot)
+/// }
+/// # let _ = tables(BootFrames { next: 0x10_0000, end: 0x20_0000 });
+/// ```
+///
+/// # Safety
+/// `allocate_table` returns only frames of RAM nobody else uses, each once
+/// until it is given back; `take_back` that returns `true` owns the frame
+/// from then on.
+pub unsafe trait TableAllocator {
+    /// A frame for a page table, or `None` when there is none left.
+    fn allocate_table(&mut self) -> Option<PhysFrame>;
 
-impl<A: FrameAllocator<Size4KiB> + FrameDeallocator<Size4KiB>> TableAllocator for A {}
+    /// Offers back a table frame: `true` if the allocator took it, `false`
+    /// if it cannot free (the caller keeps the frame).
+    ///
+    /// # Safety
+    /// `frame` came from this allocator's `allocate_table` and nothing
+    /// uses it any more: no table links it, no TLB or IOTLB caches it.
+    unsafe fn take_back(&mut self, frame: PhysFrame) -> bool;
+}
+
+// SAFETY: `FrameAllocator`'s contract is `allocate_table`'s;
+// `deallocate_frame` takes ownership of the frame.
+unsafe impl<A: FrameAllocator<Size4KiB> + FrameDeallocator<Size4KiB>> TableAllocator for A {
+    #[inline]
+    fn allocate_table(&mut self) -> Option<PhysFrame> {
+        self.allocate_frame()
+    }
+
+    #[inline]
+    unsafe fn take_back(&mut self, frame: PhysFrame) -> bool {
+        // SAFETY: the caller's contract: the frame is this allocator's and
+        // unused.
+        unsafe { self.deallocate_frame(frame) };
+        true
+    }
+}
+
+/// An allocator that cannot free, as a [`TableAllocator`]: frames given
+/// back stay with whoever gave them (see the trait's docs).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct NoFree<A>(pub A);
+
+// SAFETY: `FrameAllocator`'s contract is `allocate_table`'s; nothing is
+// ever taken back.
+unsafe impl<A: FrameAllocator<Size4KiB>> TableAllocator for NoFree<A> {
+    #[inline]
+    fn allocate_table(&mut self) -> Option<PhysFrame> {
+        self.0.allocate_frame()
+    }
+
+    #[inline]
+    unsafe fn take_back(&mut self, _frame: PhysFrame) -> bool {
+        false
+    }
+}
 
 /// A counted reference to a page, as a [`PageCounter`] hands them out.
 pub trait CountedPage {

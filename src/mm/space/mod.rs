@@ -141,6 +141,10 @@ pub struct AddressSpace<
     tlb: T,
     root: u64,
     owns_root: bool,
+    /// The newest spare table's address + 1 (0: none); see
+    /// [`AddressSpace::spare_tables`].
+    spares: u64,
+    spare_count: usize,
     id: u32,
     vmas: [Option<Vma>; MAX_VMAS],
     /// Bumped when a slot's area is unmapped, so its old ids go stale.
@@ -213,7 +217,7 @@ impl<C: PageCounter, M: TableMapper, A: TableAllocator, T: TlbFlush, F: Format>
     /// As [`AddressSpace::new`], for a hierarchy in entry format `F` (an
     /// IOMMU domain's [`SecondLevel`](super::pte::SecondLevel) tables).
     pub fn new_in(counter: C, mapper: M, mut alloc: A, tlb: T, nx: bool) -> Result<Self, MmError> {
-        let root = alloc.allocate_frame().ok_or(MmError::OutOfMemory)?;
+        let root = alloc.allocate_table().ok_or(MmError::OutOfMemory)?;
         let space = Self::with_root(counter, mapper, alloc, tlb, nx, root, true);
         space.zero_table(space.root);
         Ok(space)
@@ -235,6 +239,8 @@ impl<C: PageCounter, M: TableMapper, A: TableAllocator, T: TlbFlush, F: Format>
             tlb,
             root: root.start_address().as_u64(),
             owns_root,
+            spares: 0,
+            spare_count: 0,
             id: NEXT_SPACE_ID.fetch_add(1, Ordering::Relaxed),
             vmas: [None; MAX_VMAS],
             vma_generations: [0; MAX_VMAS],
@@ -272,6 +278,62 @@ impl<C: PageCounter, M: TableMapper, A: TableAllocator, T: TlbFlush, F: Format>
     /// The table-frame allocator.
     pub fn allocator_mut(&mut self) -> &mut A {
         &mut self.alloc
+    }
+
+    /// Table frames the space keeps because its allocator cannot take
+    /// them back ([`NoFree`](super::traits::NoFree)); its next tables come
+    /// from them first. Always 0 with an allocator that frees.
+    pub fn spare_tables(&self) -> usize {
+        self.spare_count
+    }
+
+    /// Unmaps every area (as dropping does) and hands every frame the space
+    /// still holds of its own to `give`: its spare tables, then its root
+    /// if it made it. For a kernel whose allocator cannot free, which
+    /// would otherwise lose them: give them to its allocator's free list,
+    /// or to another space through [`AddressSpace::add_spare_table`]. The
+    /// root must not be loaded in CR3 any more.
+    pub fn release_tables(mut self, mut give: impl FnMut(PhysFrame)) {
+        self.unmap_all();
+        while let Some(table) = self.pop_spare() {
+            give(frame(table));
+        }
+        if self.owns_root {
+            self.owns_root = false;
+            give(frame(self.root));
+        }
+    }
+
+    /// Gives the space `table` as a spare, for its next page table (a frame
+    /// another space [`release_tables`](AddressSpace::release_tables) gave).
+    ///
+    /// # Safety
+    /// `table` is RAM nothing else uses from now on, reachable through the
+    /// space's mapper; and the space's allocator may be offered it back
+    /// (`take_back`) as if it had allocated it: with a [`NoFree`](super::traits::NoFree)
+    /// allocator that is always so, with one that frees the frame must
+    /// be one that allocator may free.
+    pub unsafe fn add_spare_table(&mut self, table: PhysFrame) {
+        let table = table.start_address().as_u64();
+        // SAFETY: the caller gives us the frame, unused, mapped by the mapper.
+        unsafe {
+            self.mapper
+                .frame_ptr(frame(table))
+                .cast::<u64>()
+                .write_volatile(self.spares)
+        };
+        self.spares = table + 1;
+        self.spare_count += 1;
+    }
+
+    /// Unmaps every area; whole areas never split a 2 MiB entry, so this
+    /// cannot fail.
+    fn unmap_all(&mut self) {
+        for slot in 0..MAX_VMAS {
+            if self.vmas[slot].is_some() {
+                let _ = self.unmap_vma(self.vma_id(slot));
+            }
+        }
     }
 
     /// Page-table entries written since creation (leaves and table links).
@@ -408,16 +470,18 @@ impl<C: PageCounter, M: TableMapper, A: TableAllocator, T: TlbFlush, F: Format> 
     for AddressSpace<C, M, A, T, F>
 {
     fn drop(&mut self) {
-        for slot in 0..MAX_VMAS {
-            if self.vmas[slot].is_some() {
-                // Whole areas never split a 2 MiB entry, so this cannot fail.
-                let _ = self.unmap_vma(self.vma_id(slot));
-            }
+        self.unmap_all();
+        // Spares are only kept when the allocator refused them, so they
+        // and the root stay unused RAM, leaked, if it refuses again
+        // (`release_tables` is how a kernel gets them back).
+        while let Some(table) = self.pop_spare() {
+            // SAFETY: a table from this allocator, unlinked and flushed.
+            unsafe { self.alloc.take_back(frame(table)) };
         }
         if self.owns_root {
             // SAFETY: the root came from this allocator in `new`; every
             // area is gone and the space must not be loaded (type docs).
-            unsafe { self.alloc.deallocate_frame(frame(self.root)) };
+            unsafe { self.alloc.take_back(frame(self.root)) };
         }
     }
 }

@@ -87,16 +87,37 @@ impl<C: PageCounter, M: TableMapper, A: TableAllocator, T: TlbFlush, F: Format>
         (0..512).all(|i| !F::is_live(self.read(table, i)))
     }
 
-    /// A zeroed table frame from the allocator.
+    /// A zeroed table frame: a spare one if the space keeps any, else one
+    /// from the allocator.
     pub(super) fn alloc_table(&mut self) -> Result<u64, MmError> {
-        let table = self
-            .alloc
-            .allocate_frame()
-            .ok_or(MmError::OutOfMemory)?
-            .start_address()
-            .as_u64();
+        let table = match self.pop_spare() {
+            Some(table) => table,
+            None => self
+                .alloc
+                .allocate_table()
+                .ok_or(MmError::OutOfMemory)?
+                .start_address()
+                .as_u64(),
+        };
         self.zero_table(table);
         Ok(table)
+    }
+
+    /// Takes the newest spare table off the list the spare frames
+    /// themselves hold: each one's first word is the next one's address
+    /// (+1, so that frame 0 can be one too; 0 ends the list).
+    pub(super) fn pop_spare(&mut self) -> Option<u64> {
+        let table = self.spares.checked_sub(1)?;
+        // SAFETY: a spare is a table frame of this space that nothing links
+        // or caches (it was freed after its flush); `TableMapper` maps it.
+        self.spares = unsafe {
+            self.mapper
+                .frame_ptr(frame(table))
+                .cast::<u64>()
+                .read_volatile()
+        };
+        self.spare_count -= 1;
+        Some(table)
     }
 
     /// Fills `tables` with zeroed table frames, all or none: on failure the
@@ -116,12 +137,25 @@ impl<C: PageCounter, M: TableMapper, A: TableAllocator, T: TlbFlush, F: Format>
         Ok(())
     }
 
-    /// Gives back a table frame nothing links and no CPU caches any more.
+    /// Gives back a table frame nothing links and no CPU caches any more;
+    /// the space keeps it as a spare if the allocator cannot take it.
     pub(super) fn free_table(&mut self, table: u64) {
         // SAFETY: the frame came from this allocator (only tables linked
-        // with OWNED, or split tables never linked, are freed), and its
-        // unlinking was flushed (or it was never linked).
-        unsafe { self.alloc.deallocate_frame(frame(table)) }
+        // with OWNED, or split tables never linked, are freed; spares are
+        // such tables too), and its unlinking was flushed (or it was never
+        // linked).
+        if !unsafe { self.alloc.take_back(frame(table)) } {
+            // SAFETY: as above, the frame is ours and unused; the mapper
+            // maps its 4096 bytes.
+            unsafe {
+                self.mapper
+                    .frame_ptr(frame(table))
+                    .cast::<u64>()
+                    .write_volatile(self.spares)
+            };
+            self.spares = table + 1;
+            self.spare_count += 1;
+        }
     }
 
     /// The table at `level` (1 = PT, 2 = PD) covering `va`, allocating the
