@@ -2,8 +2,11 @@
 //! with the `x86_64` crate adopts the mm half.
 //!
 //! The kernel here keeps its own `OffsetPageTable` over the live page
-//! tables and its own frame allocator (the `x86_64` traits over the boot
-//! allocator), and maps its own pages with them. It uses `dmaengine` only
+//! tables (made anew for each use, never held across a call of the
+//! crate's space) and its own frame allocator (the `x86_64` traits over
+//! the boot allocator), and maps its own pages with them. Its mappings
+//! and the crate's areas lie in different PML4 slots, so no page table
+//! holds entries of both. It uses `dmaengine` only
 //! to insert counted pages, remap a physical range and zap it, in the same
 //! hierarchy. The lines between `glue: begin` and `glue: end` are all it
 //! needs to do so (README.md gives their count, checked by a host test).
@@ -98,22 +101,29 @@ pub fn run() -> ExitCode {
     }
 }
 
-fn example() {
-    // The kernel's own view of its page tables, as it had before.
+/// The kernel's own view of its page tables, as it had before, made anew
+/// for each use: an `OffsetPageTable` holds a `&mut` to the PML4, which
+/// must not stay live across a call of the crate's space, which writes
+/// the same table through raw pointers (`TableMapper`'s contract).
+fn kernel_tables() -> OffsetPageTable<'static> {
     let root = Cr3::read().0.start_address().as_u64();
-    // SAFETY: the live PML4, reached through the direct map; nothing else
-    // holds a reference to it while the example runs.
-    let mut kernel = unsafe {
+    // SAFETY: the live PML4, reached through the direct map; each caller
+    // drops the view before the space is used again, so no other reference
+    // to the table is live meanwhile.
+    unsafe {
         OffsetPageTable::new(
             &mut *phys_to_virt(root).cast::<PageTable>(),
             VirtAddr::new(PHYS_OFFSET),
         )
-    };
+    }
+}
+
+fn example() {
     let own = KernelFrames.allocate_frame().expect("a frame");
     let own_page = Page::<Size4KiB>::containing_address(VirtAddr::new(KERNEL_PAGE));
     let flags = PageTableFlags::PRESENT | PageTableFlags::WRITABLE;
     // SAFETY: a fresh frame mapped at an address nothing else uses.
-    unsafe { kernel.map_to(own_page, own, flags, &mut KernelFrames) }
+    unsafe { kernel_tables().map_to(own_page, own, flags, &mut KernelFrames) }
         .expect("the kernel maps its own page")
         .flush();
     // SAFETY: just mapped, writable.
@@ -158,7 +168,7 @@ fn example() {
         };
         assert_eq!(back, 0x1000 + i as u64, "page {i} through the MMU");
     }
-    let seen = kernel.translate_addr(VirtAddr::new(AREA));
+    let seen = kernel_tables().translate_addr(VirtAddr::new(AREA));
     assert_eq!(
         seen,
         Some(pages[0].phys()),
@@ -188,7 +198,7 @@ fn example() {
     // SAFETY: just mapped, readable.
     assert_eq!(unsafe { mapped.add(3).read_volatile() }, 0x0072_656d_6170);
     assert!(
-        kernel
+        kernel_tables()
             .translate_page(Page::<Size2MiB>::containing_address(
                 remap_at.start_address()
             ))
@@ -224,7 +234,9 @@ fn example() {
     println!("zap_range: the area faults again; the kernel's own page reads as before");
     drop(space);
     assert!(
-        kernel.translate_addr(VirtAddr::new(KERNEL_PAGE)).is_some(),
+        kernel_tables()
+            .translate_addr(VirtAddr::new(KERNEL_PAGE))
+            .is_some(),
         "dropping the space left the kernel's mappings"
     );
     let _ = frames::free_contiguous(buffer, 512);

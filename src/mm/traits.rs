@@ -22,8 +22,13 @@ use x86_64::{PhysAddr, VirtAddr};
 /// a table frame its allocator gave it, a page its [`PageCounter`] gave
 /// it, or a frame mapped by one of its leaf entries), `frame_ptr` must
 /// return a pointer valid for reads and writes of 4096 bytes, 4096-aligned,
-/// through which the frame is accessed with write-back caching, and which
-/// nothing else uses as a Rust reference while the address space does.
+/// through which the frame is accessed with write-back caching; and no
+/// Rust reference to the frame's memory may be live across a call of the
+/// address space and used after it. A kernel that also keeps the `x86_64`
+/// crate's `OffsetPageTable` over the same hierarchy (which holds a
+/// `&mut` to the PML4) makes it anew for each use, from the raw pointer,
+/// and drops it before it calls the space again; raw pointers, and
+/// references that end before the call, are fine.
 pub unsafe trait TableMapper {
     /// The CPU pointer to the first byte of `frame`.
     fn frame_ptr(&self, frame: PhysFrame) -> *mut u8;

@@ -198,7 +198,10 @@ impl<C: PageCounter, M: TableMapper, A: TableAllocator, T: TlbFlush> AddressSpac
     /// a link of its own once an area of the space lies under it. Links the
     /// kernel made that the space's areas lie under (with or without bit
     /// 10 then) stay the kernel's: the crate writes entries below them but
-    /// never frees them.
+    /// never frees them. In practice: keep the kernel's own mappings in
+    /// other PML4 slots than the space's areas, and follow
+    /// [`TableMapper`]'s rule for an `OffsetPageTable` kept over the same
+    /// hierarchy (made anew for each use).
     pub unsafe fn from_root(
         root: PhysFrame,
         counter: C,
