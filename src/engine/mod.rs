@@ -29,7 +29,7 @@ use bitflags::bitflags;
 pub use channel::{ADDRESS_HISTORY, Batch, Channel, FAILURE_HISTORY, TxState};
 pub use cookie::{Cookie, Snapshot, is_complete};
 pub use faults::{FaultHook, FaultSource};
-pub use shared::{Completion, SharedChannel, TransferFuture};
+pub use shared::{Completion, SharedChannel, StaticChannel, TransferFuture};
 pub use transfer::{Buffers, PrepError, Transfer, TransferError};
 
 use crate::hal::{DmaAddr, Hal};

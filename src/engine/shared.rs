@@ -9,7 +9,9 @@
 //! running, and everyone waits for it (measured here: four vCPUs on two
 //! host cores submitted 5.7 thousand requests a second through a ticket
 //! lock, 4.6 million through this one). It is `Sync` when the
-//! engine is `Send`: put it in a `static` or share a reference.
+//! engine is `Send`: share a reference, or keep it in a `static` through
+//! [`StaticChannel`] (built empty at compile time, given its channel at
+//! boot).
 //!
 //! # What may run in an interrupt handler
 //!
@@ -311,6 +313,76 @@ impl<E: Engine, I: IrqControl> SharedChannel<E, I> {
         if let Some(name) = slot.take() {
             self.lock().remove_waker(name);
         }
+    }
+}
+
+/// A [`SharedChannel`] for a `static`: empty when the kernel is built
+/// (`const fn new`), given its channel once when the device is found. The
+/// engine's interrupt handler calls [`StaticChannel::handle_interrupt`],
+/// which answers `false` until then.
+///
+/// ```
+/// # use core::ptr::NonNull;
+/// use dmaengine::drivers::cpu::CpuEngine;
+/// use dmaengine::engine::Channel;
+/// use dmaengine::engine::shared::{NoMasking, StaticChannel};
+/// # use dmaengine::hal::{DmaAddr, Hal};
+/// # struct NoMemory;
+/// # // SAFETY: hands out no memory at all.
+/// # unsafe impl Hal for NoMemory {
+/// #     fn dma_alloc(_: usize, _: u64) -> Option<(DmaAddr, NonNull<u8>)> { None }
+/// #     unsafe fn dma_dealloc(_: DmaAddr, _: NonNull<u8>, _: usize) {}
+/// #     fn phys_to_virt(_: DmaAddr) -> NonNull<u8> { NonNull::dangling() }
+/// # }
+///
+/// static DMA: StaticChannel<CpuEngine<NoMemory>, NoMasking> = StaticChannel::new();
+///
+/// assert!(!DMA.handle_interrupt(), "nothing there yet");
+/// let shared = DMA.init(Channel::new(CpuEngine::new())).ok().unwrap();
+/// assert!(shared.lock().is_idle());
+/// // Only once: a second channel is handed back.
+/// assert!(DMA.init(Channel::new(CpuEngine::new())).is_err());
+/// ```
+pub struct StaticChannel<E: Engine, I: IrqControl> {
+    once: spin::Once<SharedChannel<E, I>>,
+}
+
+impl<E: Engine, I: IrqControl> StaticChannel<E, I> {
+    /// An empty slot.
+    pub const fn new() -> Self {
+        StaticChannel {
+            once: spin::Once::new(),
+        }
+    }
+
+    /// Shares `channel` from now on; if a channel is already there (or
+    /// being put there by another CPU), `channel` comes back untouched.
+    pub fn init(&self, channel: Channel<E>) -> Result<&SharedChannel<E, I>, Channel<E>> {
+        let mut channel = Some(channel);
+        let shared = self
+            .once
+            .call_once(|| SharedChannel::new(channel.take().expect("taken only here, once")));
+        match channel {
+            None => Ok(shared),
+            Some(channel) => Err(channel),
+        }
+    }
+
+    /// The shared channel, once [`StaticChannel::init`] gave it one.
+    pub fn get(&self) -> Option<&SharedChannel<E, I>> {
+        self.once.get()
+    }
+
+    /// [`SharedChannel::handle_interrupt`] if there is a channel; `false`
+    /// (not this engine's interrupt) before.
+    pub fn handle_interrupt(&self) -> bool {
+        self.get().is_some_and(SharedChannel::handle_interrupt)
+    }
+}
+
+impl<E: Engine, I: IrqControl> Default for StaticChannel<E, I> {
+    fn default() -> Self {
+        Self::new()
     }
 }
 

@@ -407,3 +407,46 @@ impl DelayNs for NoDelay {
         std::thread::yield_now();
     }
 }
+
+#[test]
+fn a_static_channel_is_given_one_channel_and_hands_back_the_others() {
+    static SLOT: StaticChannel<CpuEngine<FakeHal>, NoMasking> = StaticChannel::new();
+    assert!(SLOT.get().is_none());
+    assert!(!SLOT.handle_interrupt());
+    let ids: Vec<(u64, Result<u64, u64>)> = std::thread::scope(|s| {
+        let racers: Vec<_> = (0..4)
+            .map(|_| {
+                s.spawn(|| {
+                    let channel = Channel::new(CpuEngine::new());
+                    let id = channel.id();
+                    (id, SLOT.init(channel).map(|c| c.id()).map_err(|c| c.id()))
+                })
+            })
+            .collect();
+        racers.into_iter().map(|r| r.join().unwrap()).collect()
+    });
+    let winners: Vec<_> = ids.iter().filter(|(_, r)| r.is_ok()).collect();
+    assert_eq!(winners.len(), 1);
+    let (winner, _) = winners[0];
+    for (id, result) in &ids {
+        // The winner's channel is the one shared; every other comes back.
+        assert_eq!(*result, if id == winner { Ok(*id) } else { Err(*id) });
+    }
+    assert_eq!(SLOT.get().map(SharedChannel::id), Some(*winner));
+    // Shared through the static: a copy moves real bytes.
+    let mut src = Dma::<FakeHal>::new(PAGE_SIZE).unwrap();
+    src.as_mut_slice()[..64].fill(0x5a);
+    let dst = Dma::<FakeHal>::new(PAGE_SIZE).unwrap();
+    let shared = SLOT.get().unwrap();
+    // SAFETY: both buffers are ours and untouched until the copy ended.
+    let cookie = unsafe {
+        shared
+            .lock()
+            .prep_copy(dst.paddr(), src.paddr(), 64, PrepFlags::empty())
+    }
+    .unwrap();
+    shared.lock().issue_pending();
+    assert_eq!(shared.lock().status(cookie).status, Status::Complete);
+    assert!(dst.as_slice()[..64].iter().all(|&b| b == 0x5a));
+    assert_eq!(dst.as_slice()[64], 0, "nothing past the copy");
+}
