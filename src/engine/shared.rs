@@ -357,6 +357,9 @@ impl<E: Engine, I: IrqControl> StaticChannel<E, I> {
 
     /// Shares `channel` from now on; if a channel is already there (or
     /// being put there by another CPU), `channel` comes back untouched.
+    // The refused channel is handed back whole (it owns a ring the kernel
+    // may reuse); this runs once per device, at boot.
+    #[allow(clippy::result_large_err)]
     pub fn init(&self, channel: Channel<E>) -> Result<&SharedChannel<E, I>, Channel<E>> {
         let mut channel = Some(channel);
         let shared = self
