@@ -26,6 +26,9 @@
 //! a request whose DMA the unit refused then ends in error, never
 //! `Complete`.
 
+pub mod dma;
+#[cfg(test)]
+mod dma_tests;
 #[cfg(test)]
 mod fake;
 pub mod regs;
@@ -143,6 +146,14 @@ pub enum IommuError {
     TimedOut,
     /// The device is already attached to a domain (detach it first).
     Attached,
+    /// Another device is attached under the same domain id with other
+    /// tables: the unit caches translations by id, so each could reach
+    /// the other's pages.
+    DomainIdInUse,
+    /// An IOVA window that is not page-aligned or runs past 48 bits.
+    BadWindow,
+    /// No device is attached to the space.
+    NotAttached,
     /// The unit refused an invalidation descriptor (FSTS.IQE).
     QueueError,
 }
@@ -154,6 +165,9 @@ impl fmt::Display for IommuError {
             IommuError::OutOfMemory => "no frame for an IOMMU table",
             IommuError::TimedOut => "the IOMMU did not finish a command in time",
             IommuError::Attached => "the device is already attached to a domain",
+            IommuError::DomainIdInUse => "the domain id is in use with other tables",
+            IommuError::BadWindow => "the IOVA window is misaligned or past 48 bits",
+            IommuError::NotAttached => "no device is attached",
             IommuError::QueueError => "the IOMMU refused an invalidation descriptor",
         })
     }
@@ -479,7 +493,9 @@ impl<R: Registers, M: TableMapper, A: TableAllocator> Iommu<R, M, A> {
     /// [`IotlbFlush`] unmaps from `tables` (the id the [`Domain`] was made
     /// with): the unit caches the device's translations under `domain`,
     /// and an unmap that flushed another id would let it reach a page
-    /// already given back. The device must have no DMA in flight aimed at
+    /// already given back. (Two domains under one id are refused with
+    /// [`IommuError::DomainIdInUse`]: each device could reach the other's
+    /// pages through the cache.) The device must have no DMA in flight aimed at
     /// addresses meant for another domain (or for no translation): from
     /// here on, they are translated through `tables`.
     pub unsafe fn attach(
@@ -494,6 +510,9 @@ impl<R: Registers, M: TableMapper, A: TableAllocator> Iommu<R, M, A> {
         let lo = unsafe { entry.read_volatile() };
         if lo & regs::CONTEXT_PRESENT != 0 {
             return Err(IommuError::Attached);
+        }
+        if self.id_used_elsewhere(domain, tables.start_address().as_u64()) {
+            return Err(IommuError::DomainIdInUse);
         }
         let hi = regs::CONTEXT_AW_4LEVEL | regs::context_domain(domain.get());
         // SAFETY: as above; the high half first, the present bit last, so
@@ -652,6 +671,24 @@ impl<R: Registers, M: TableMapper, A: TableAllocator> Iommu<R, M, A> {
             tables.context[bus as usize] = table;
         }
         Ok(tables.context[bus as usize])
+    }
+
+    /// Whether a present context entry names `domain` with tables other
+    /// than `tables` (a scan of the context tables in use: at attach time
+    /// only).
+    fn id_used_elsewhere(&self, domain: DomainId, tables: u64) -> bool {
+        let context = self.tables.borrow().context;
+        context.iter().filter(|&&t| t != 0).any(|&table| {
+            (0..256).any(|devfn| {
+                let entry = self.entry(table, devfn);
+                // SAFETY: a context entry (16 bytes) in a table this unit
+                // owns.
+                let (lo, hi) = unsafe { (entry.read_volatile(), entry.add(1).read_volatile()) };
+                lo & regs::CONTEXT_PRESENT != 0
+                    && hi & regs::context_domain(u16::MAX) == regs::context_domain(domain.get())
+                    && lo & !0xfff != tables
+            })
+        })
     }
 
     /// A pointer to the low half of 16-byte entry `index` of the table at

@@ -1,0 +1,539 @@
+//! DMA through the IOMMU, one domain per device: [`IovaHal<D>`] is a
+//! [`Hal`] whose DMA addresses are IOVAs in device `D`'s own domain, so a
+//! driver over it (any of the crate's three) hands its device IOVAs, and
+//! the device reaches the pages mapped for it and nothing else.
+//!
+//! Linux's `dma_map_*` take the device as an argument; the crate's [`Hal`]
+//! is a set of associated functions (as `virtio-drivers`' is), so the
+//! device is a type instead: the kernel names one per device, says where
+//! its [`IovaSpace`] lives (a `static`) and what memory lies under it, and
+//! builds the driver over `IovaHal<ThatType>`. Nothing else changes for
+//! the driver.
+//!
+//! ```
+//! use dmaengine::iommu::dma::{DeviceDma, IovaHal, IovaSpace, UnitAccess};
+//! # use core::ptr::NonNull;
+//! # use dmaengine::engine::shared::NoMasking;
+//! # use dmaengine::hal::{DmaAddr, Hal};
+//! # use dmaengine::iommu::Iommu;
+//! # use dmaengine::mm::traits::OffsetMapper;
+//! # use dmaengine::mmio::MmioRegion;
+//! # struct Frames;
+//! # // SAFETY: never called in this example.
+//! # unsafe impl x86_64::structures::paging::FrameAllocator<x86_64::structures::paging::Size4KiB> for Frames {
+//! #     fn allocate_frame(&mut self) -> Option<x86_64::structures::paging::PhysFrame> { None }
+//! # }
+//! # impl x86_64::structures::paging::FrameDeallocator<x86_64::structures::paging::Size4KiB> for Frames {
+//! #     unsafe fn deallocate_frame(&mut self, _: x86_64::structures::paging::PhysFrame) {}
+//! # }
+//! # struct PhysHal;
+//! # // SAFETY: hands out no memory in this example.
+//! # unsafe impl Hal for PhysHal {
+//! #     fn dma_alloc(_: usize, _: u64) -> Option<(DmaAddr, NonNull<u8>)> { None }
+//! #     unsafe fn dma_dealloc(_: DmaAddr, _: NonNull<u8>, _: usize) {}
+//! #     fn phys_to_virt(_: DmaAddr) -> NonNull<u8> { NonNull::dangling() }
+//! # }
+//! /// The kernel's VT-d unit, behind its lock.
+//! struct Unit;
+//! // SAFETY: (in a kernel) `with` locks the one unit, interrupts off.
+//! unsafe impl UnitAccess for Unit {
+//!     type Regs = MmioRegion;
+//!     type Mapper = OffsetMapper;
+//!     type Alloc = Frames;
+//!     fn with<T>(f: impl FnOnce(&Iommu<MmioRegion, OffsetMapper, Frames>) -> T) -> T {
+//!         # unimplemented!()
+//!         // f(&UNIT.lock())
+//!     }
+//! }
+//!
+//! /// The LSI53C895A, in a domain of its own.
+//! struct Lsi;
+//! static LSI_IOVAS: IovaSpace<Lsi> = IovaSpace::new(0x8000_0000);
+//! // SAFETY: the IOVA space is this static alone; the memory under it is
+//! // the kernel's physical Hal; `virt_to_phys` is left refusing.
+//! unsafe impl DeviceDma for Lsi {
+//!     type Unit = Unit;
+//!     type Memory = PhysHal;
+//!     type Irq = NoMasking;
+//!     type Mapper = OffsetMapper;
+//!     type Alloc = Frames;
+//!     fn space() -> &'static IovaSpace<Lsi> {
+//!         &LSI_IOVAS
+//!     }
+//! }
+//!
+//! // The driver is built over `IovaHal<Lsi>`: `Lsi53c895a<IovaHal<Lsi>>`.
+//! type LsiHal = IovaHal<Lsi>;
+//! ```
+//!
+//! At boot the kernel [`attach`](IovaSpace::attach)es the device (its PCI
+//! requester id, a domain id of its own, a mapper and an allocator for the
+//! domain's tables) and turns translation on ([`Iommu::enable`]); each
+//! channel over the device learns of the DMA the unit refused with one
+//! call, [`IovaSpace::report_faults_to`].
+//!
+//! IOVAs come from a window of [`WINDOW_PAGES`] pages from the base the
+//! space was made with (below 4 GiB for a device such as the
+//! LSI53C895A, whose descriptors hold 32-bit addresses), first fit, and
+//! are reused only after their unmapping was flushed from the IOTLB.
+//!
+//! Locks: the space's own lock (interrupts masked through `D::Irq`) is
+//! taken first, then the unit's ([`UnitAccess::with`]) for an IOTLB
+//! flush; a channel with its fault hook takes its own lock, then the
+//! unit's. So the kernel must never lock a channel or call into a space
+//! from inside `with`.
+
+use core::marker::PhantomData;
+use core::ptr::NonNull;
+
+use x86_64::structures::paging::{Page, PhysFrame};
+use x86_64::{PhysAddr, VirtAddr};
+
+use super::{DmaFault, DomainId, Iommu, IommuError, SourceId};
+use crate::engine::shared::IrqControl;
+use crate::engine::{Channel, DmaError, Engine, FaultHook, FaultSource};
+use crate::hal::{Direction, DmaAddr, Hal, PAGE_SIZE};
+use crate::mm::pte::SecondLevel;
+use crate::mm::space::{AddressSpace, VmaId};
+use crate::mm::tlb::TlbFlush;
+use crate::mm::traits::{NoPages, TableAllocator, TableMapper};
+use crate::mm::vma::{PageProt, VmFlags};
+use crate::mmio::Registers;
+
+/// Pages of IOVA space each device has (64 MiB).
+pub const WINDOW_PAGES: usize = WORDS * 64;
+/// Words of the IOVA bitmap.
+const WORDS: usize = 256;
+const PAGE: u64 = PAGE_SIZE as u64;
+
+/// The kernel's IOMMU unit, reachable from any CPU.
+///
+/// # Safety
+/// `with` runs `f` with the same [`Iommu`] every time, and no two calls
+/// of `with` (on any CPU, or in an interrupt handler) overlap: a lock,
+/// taken with interrupts off if a handler also uses the unit. The crate
+/// calls nothing inside `f` that calls `with` again.
+pub unsafe trait UnitAccess: 'static {
+    /// The unit's register window.
+    type Regs: Registers;
+    /// How the unit's own tables are reached.
+    type Mapper: TableMapper;
+    /// Where the unit's own tables come from.
+    type Alloc: TableAllocator;
+
+    /// Runs `f` with the unit.
+    fn with<T>(f: impl FnOnce(&Iommu<Self::Regs, Self::Mapper, Self::Alloc>) -> T) -> T;
+}
+
+/// One device behind the IOMMU: where its IOVA space lives and what memory
+/// lies under it.
+///
+/// # Safety
+/// `space` returns the same static every time, used for this device
+/// alone. `virt_to_phys`, if implemented, returns the physical address of
+/// the byte at `va` in the kernel's address space, a page that stays
+/// there (not moved or swapped) while any buffer on it is shared.
+pub unsafe trait DeviceDma: Sized + 'static {
+    /// The unit the device sits behind.
+    type Unit: UnitAccess;
+    /// The physical memory under the IOVAs: the kernel's `Hal` as it would
+    /// be without an IOMMU (its DMA addresses are physical addresses).
+    type Memory: Hal;
+    /// Interrupt masking around the space's lock: [`X86Interrupts`] if an
+    /// interrupt handler may allocate, free or share DMA memory of this
+    /// device (dropping a `Dma` buffer does).
+    ///
+    /// [`X86Interrupts`]: crate::engine::shared::X86Interrupts
+    type Irq: IrqControl;
+    /// How the domain's tables are reached.
+    type Mapper: TableMapper + Send;
+    /// Where the domain's tables come from.
+    type Alloc: TableAllocator + Send;
+
+    /// The device's IOVA space.
+    fn space() -> &'static IovaSpace<Self>;
+
+    /// The physical address of the byte at `va`, for
+    /// [`Hal::share`] of memory that did not come
+    /// from `dma_alloc`. The default refuses such sharing.
+    fn virt_to_phys(va: *const u8) -> Option<u64> {
+        let _ = va;
+        None
+    }
+}
+
+/// A device's domain: second-level tables of raw frames (nothing counted),
+/// flushed through the unit.
+type DeviceDomain<D> = AddressSpace<
+    NoPages,
+    <D as DeviceDma>::Mapper,
+    <D as DeviceDma>::Alloc,
+    UnitFlush<<D as DeviceDma>::Unit>,
+    SecondLevel,
+>;
+
+/// The IOTLB flush of domain `id`, through [`UnitAccess::with`].
+pub struct UnitFlush<U: UnitAccess> {
+    id: DomainId,
+    _unit: PhantomData<fn() -> U>,
+}
+
+// SAFETY: each call returns after the unit's own flusher for `id` has
+// (see `IotlbFlush`); the domain using it is made with the same id.
+unsafe impl<U: UnitAccess> TlbFlush for UnitFlush<U> {
+    fn flush_page(&mut self, root: PhysFrame, va: VirtAddr) {
+        U::with(|unit| unit.flusher(self.id).flush_page(root, va));
+    }
+
+    fn flush_all(&mut self, root: PhysFrame) {
+        U::with(|unit| unit.flusher(self.id).flush_all(root));
+    }
+}
+
+/// A device's IOVA space: its domain and which IOVAs are in use. Kept in a
+/// `static` (see the [module docs](self)).
+pub struct IovaSpace<D: DeviceDma> {
+    base: u64,
+    state: spin::Mutex<Option<State<D>>>,
+}
+
+struct State<D: DeviceDma> {
+    domain: DeviceDomain<D>,
+    area: VmaId,
+    device: SourceId,
+    attached: bool,
+    /// One bit per window page, set while it is mapped or reserved.
+    used: [u64; WORDS],
+}
+
+impl<D: DeviceDma> IovaSpace<D> {
+    /// An empty space whose window starts at IOVA `base`; it works once
+    /// [`attach`](IovaSpace::attach)ed.
+    pub const fn new(base: u64) -> Self {
+        IovaSpace {
+            base,
+            state: spin::Mutex::new(None),
+        }
+    }
+
+    /// Runs `f` on the state, under the lock, interrupts masked by `D::Irq`.
+    fn locked<T>(&self, f: impl FnOnce(&mut Option<State<D>>) -> T) -> T {
+        let were_on = D::Irq::disable();
+        let result = f(&mut self.state.lock());
+        D::Irq::restore(were_on);
+        result
+    }
+
+    /// Builds the device's domain (id `id`, tables from `alloc` reached
+    /// through `mapper`) over the window and attaches `device` (its PCI
+    /// requester id) to it; a device detached since is attached again to
+    /// the same domain (`mapper` and `alloc` are then dropped, and `device`
+    /// and `id` must be the first attach's). A failed first attach keeps
+    /// nothing. Its DMA is
+    /// translated once the unit's translation is on ([`Iommu::enable`]).
+    ///
+    /// The domain's tables are never freed: they stay for a later attach,
+    /// and so the unit can never walk a freed table.
+    pub fn attach(
+        &self,
+        device: SourceId,
+        id: DomainId,
+        mapper: D::Mapper,
+        alloc: D::Alloc,
+    ) -> Result<(), IommuError> {
+        let window_end = self.base.checked_add(WINDOW_PAGES as u64 * PAGE);
+        if !self.base.is_multiple_of(PAGE) || window_end.is_none_or(|end| end > 1 << 48) {
+            return Err(IommuError::BadWindow);
+        }
+        self.locked(|state| {
+            let Some(state) = state else {
+                let flush = UnitFlush {
+                    id,
+                    _unit: PhantomData,
+                };
+                let mut domain = DeviceDomain::<D>::new_in(NoPages, mapper, alloc, flush, false)
+                    .map_err(|_| IommuError::OutOfMemory)?;
+                let rw = VmFlags::READ | VmFlags::WRITE | VmFlags::SHARED;
+                let area = domain
+                    .map_vma(page(self.base), WINDOW_PAGES as u64, rw)
+                    .map_err(|_| IommuError::BadWindow)?;
+                let root = domain.root();
+                // SAFETY: the tables are this domain's, kept in the static
+                // from here on and never freed; `id` is the one its
+                // flusher invalidates; the unit refuses an id in use with
+                // other tables. On an error the device was not attached,
+                // and the domain, never seen by the unit, is dropped.
+                D::Unit::with(|unit| unsafe { unit.attach(device, id, root) })?;
+                *state = Some(State {
+                    domain,
+                    area,
+                    device,
+                    attached: true,
+                    used: [0; WORDS],
+                });
+                return Ok(());
+            };
+            if state.attached {
+                return Err(IommuError::Attached);
+            }
+            // One space, one device and one id: the flusher is bound to
+            // the id the domain was made with.
+            if state.domain.tlb_mut().id != id {
+                return Err(IommuError::DomainIdInUse);
+            }
+            if state.device != device {
+                return Err(IommuError::Attached);
+            }
+            let root = state.domain.root();
+            // SAFETY: as above, for the domain kept since the first attach.
+            D::Unit::with(|unit| unsafe { unit.attach(device, id, root) })?;
+            state.attached = true;
+            Ok(())
+        })
+    }
+
+    /// Detaches the device: its DMA faults from now on (see
+    /// [`Iommu::detach`]). Memory allocated or shared through the space
+    /// stays valid; freeing it still unmaps it.
+    pub fn detach(&self) -> Result<(), IommuError> {
+        self.locked(|state| {
+            let Some(state) = state.as_mut().filter(|s| s.attached) else {
+                return Ok(());
+            };
+            D::Unit::with(|unit| unit.detach(state.device))?;
+            state.attached = false;
+            Ok(())
+        })
+    }
+
+    /// The device attached, if it is.
+    pub fn device(&self) -> Option<SourceId> {
+        self.locked(|state| state.as_ref().filter(|s| s.attached).map(|s| s.device))
+    }
+
+    /// IOVA pages mapped (or reserved) now.
+    pub fn pages_in_use(&self) -> usize {
+        self.locked(|state| {
+            state
+                .as_ref()
+                .map_or(0, |s| s.used.iter().map(|w| w.count_ones() as usize).sum())
+        })
+    }
+
+    /// Gives `channel` this device's faults: each time it reports
+    /// progress, the DMA the unit refused for the device fails the request
+    /// that made it ([`Channel::set_fault_hook`]). `Err` if no device is
+    /// attached.
+    pub fn report_faults_to<E: Engine<Hal = IovaHal<D>>>(
+        &self,
+        channel: &mut Channel<E>,
+    ) -> Result<(), IommuError> {
+        let device = self.device().ok_or(IommuError::NotAttached)?;
+        let hook = FaultHook::new(&UnitFaults::<D::Unit>(PhantomData), device);
+        // SAFETY: the source is a zero-sized value whose every call goes
+        // through `UnitAccess::with`, which serialises all uses of the
+        // unit from any thread; it needs nothing to stay alive.
+        unsafe { channel.set_fault_hook(Some(hook)) };
+        Ok(())
+    }
+
+    /// Reserves `pages` free IOVA pages whose last byte is at most `mask`
+    /// and maps them with `map(iova of page i, i)`; all or nothing.
+    fn map(
+        &self,
+        pages: usize,
+        mask: u64,
+        mut frame_of: impl FnMut(usize) -> Option<u64>,
+        prot: PageProt,
+    ) -> Result<u64, DmaError> {
+        if pages == 0 {
+            return Err(DmaError::ZeroLength);
+        }
+        self.locked(|state| {
+            let state = state.as_mut().ok_or(DmaError::NotSupported)?;
+            // Page i's last byte is base + (i + 1) * PAGE - 1 <= mask.
+            let limit = (mask.saturating_sub(self.base).saturating_add(1) / PAGE)
+                .min(WINDOW_PAGES as u64) as usize;
+            let first = state.find(pages, limit).ok_or(DmaError::NoMemory)?;
+            let iova = self.base + first as u64 * PAGE;
+            for i in 0..pages {
+                let mapped = frame_of(i).ok_or(DmaError::NotSupported).and_then(|phys| {
+                    let frame = PhysFrame::containing_address(
+                        PhysAddr::try_new(phys).map_err(|_| DmaError::BeyondDmaMask)?,
+                    );
+                    let at = page(iova + i as u64 * PAGE);
+                    // SAFETY: the frames are DMA memory the `Memory` Hal
+                    // gave, or a buffer `share`'s caller keeps valid; both
+                    // are unmapped (and flushed) before they go back. The
+                    // domain is never loaded into a CPU and has no
+                    // copy-on-write area.
+                    unsafe { state.domain.remap_pfn_range(state.area, at, frame, 1, prot) }
+                        .map_err(|_| DmaError::NoMemory)
+                });
+                if let Err(e) = mapped {
+                    // All or nothing: what was mapped comes out again.
+                    if i > 0
+                        && state
+                            .domain
+                            .zap_range(state.area, page(iova), i as u64)
+                            .is_ok()
+                    {
+                        for j in first..first + i {
+                            state.mark(j, false);
+                        }
+                    }
+                    return Err(e);
+                }
+                state.mark(first + i, true);
+            }
+            Ok(iova)
+        })
+    }
+
+    /// Unmaps `pages` pages from `iova` (the IOTLB forgets them before
+    /// this returns) and frees their IOVAs; returns the physical address
+    /// the first one mapped.
+    fn unmap(&self, iova: u64, pages: usize) -> Option<u64> {
+        self.locked(|state| {
+            let state = state.as_mut()?;
+            let first = usize::try_from(iova.checked_sub(self.base)? / PAGE).ok()?;
+            if first.checked_add(pages)? > WINDOW_PAGES {
+                return None;
+            }
+            let phys = state
+                .domain
+                .translate(VirtAddr::try_new(iova).ok()?)
+                .and_then(|leaf| leaf.phys_of(VirtAddr::new(iova)))
+                .map(PhysAddr::as_u64);
+            state
+                .domain
+                .zap_range(state.area, page(iova & !(PAGE - 1)), pages as u64)
+                .ok()?;
+            for i in first..first + pages {
+                state.mark(i, false);
+            }
+            phys
+        })
+    }
+
+    /// The physical address IOVA `iova` maps.
+    fn phys_of(&self, iova: u64) -> Option<u64> {
+        self.locked(|state| {
+            let va = VirtAddr::try_new(iova).ok()?;
+            Some(state.as_ref()?.domain.translate(va)?.phys_of(va)?.as_u64())
+        })
+    }
+}
+
+impl<D: DeviceDma> State<D> {
+    /// The first run of `pages` free window pages below page `limit`.
+    fn find(&self, pages: usize, limit: usize) -> Option<usize> {
+        let mut run = 0;
+        for i in 0..limit {
+            if self.used[i / 64] & 1 << (i % 64) != 0 {
+                run = 0;
+                continue;
+            }
+            run += 1;
+            if run == pages {
+                return Some(i + 1 - pages);
+            }
+        }
+        None
+    }
+
+    fn mark(&mut self, index: usize, used: bool) {
+        let bit = 1 << (index % 64);
+        if used {
+            self.used[index / 64] |= bit;
+        } else {
+            self.used[index / 64] &= !bit;
+        }
+    }
+}
+
+/// A unit's faults through [`UnitAccess::with`]: a [`FaultSource`] with
+/// nothing to keep alive.
+struct UnitFaults<U>(PhantomData<fn() -> U>);
+
+impl<U: UnitAccess> FaultSource for UnitFaults<U> {
+    fn take_fault_of(&self, device: SourceId) -> Option<DmaFault> {
+        U::with(|unit| unit.take_fault_of(device))
+    }
+}
+
+fn page(iova: u64) -> Page {
+    Page::containing_address(VirtAddr::new_truncate(iova))
+}
+
+/// The [`Hal`] of device `D`: DMA addresses are IOVAs of its domain (see
+/// the [module docs](self)).
+pub struct IovaHal<D: DeviceDma>(PhantomData<fn() -> D>);
+
+// SAFETY: `dma_alloc` returns the `Memory` Hal's memory (contiguous,
+// zeroed, mapped for the CPU), mapped for the device at consecutive IOVAs
+// before it is returned and unmapped (IOTLB flushed) before it goes back;
+// `share` maps exactly the buffer's pages (read-only when the device only
+// reads) and `unshare` removes them, so the device reaches nothing else.
+unsafe impl<D: DeviceDma> Hal for IovaHal<D> {
+    fn dma_alloc(pages: usize, dma_mask: u64) -> Option<(DmaAddr, NonNull<u8>)> {
+        // Anywhere in physical memory: the device sees the IOVAs only.
+        let (phys, ptr) = D::Memory::dma_alloc(pages, u64::MAX)?;
+        let frame = |i: usize| Some(phys + (i * PAGE_SIZE) as u64);
+        match D::space().map(pages, dma_mask, frame, PageProt::READ_WRITE) {
+            Ok(iova) => Some((iova, ptr)),
+            Err(_) => {
+                // SAFETY: just allocated, never handed to a device.
+                unsafe { D::Memory::dma_dealloc(phys, ptr, pages) };
+                None
+            }
+        }
+    }
+
+    unsafe fn dma_dealloc(iova: DmaAddr, vaddr: NonNull<u8>, pages: usize) {
+        if let Some(phys) = D::space().unmap(iova, pages) {
+            // SAFETY: the caller's contract: this allocation, unused; the
+            // device can no longer reach it (unmapped, flushed).
+            unsafe { D::Memory::dma_dealloc(phys, vaddr, pages) };
+        }
+    }
+
+    /// # Panics
+    /// If `iova` is not mapped in the device's domain: no request of the
+    /// device's channels may name one (their `prep` contract).
+    fn phys_to_virt(iova: DmaAddr) -> NonNull<u8> {
+        let phys = D::space()
+            .phys_of(iova)
+            .expect("an IOVA this device's space mapped");
+        D::Memory::phys_to_virt(phys)
+    }
+
+    unsafe fn share(buffer: NonNull<[u8]>, direction: Direction) -> Result<DmaAddr, DmaError> {
+        let start = buffer.cast::<u8>().as_ptr() as u64;
+        let last = (buffer.len() as u64)
+            .checked_sub(1)
+            .ok_or(DmaError::ZeroLength)
+            .and_then(|n| start.checked_add(n).ok_or(DmaError::BeyondDmaMask))?;
+        let first_page = start & !(PAGE - 1);
+        let pages = ((last & !(PAGE - 1)) - first_page) / PAGE + 1;
+        let prot = if direction == Direction::ToDevice {
+            PageProt::READ_ONLY
+        } else {
+            PageProt::READ_WRITE
+        };
+        let frame = |i: usize| {
+            let va = first_page + i as u64 * PAGE;
+            D::virt_to_phys(va as *const u8).map(|pa| pa & !(PAGE - 1))
+        };
+        let iova = D::space().map(pages as usize, u64::MAX, frame, prot)?;
+        Ok(iova + (start - first_page))
+    }
+
+    unsafe fn unshare(iova: DmaAddr, buffer: NonNull<[u8]>, _direction: Direction) {
+        // The values of a successful `share`: non-empty, not wrapping.
+        let start = buffer.cast::<u8>().as_ptr() as u64;
+        let last = start + buffer.len() as u64 - 1;
+        let pages = ((last & !(PAGE - 1)) - (start & !(PAGE - 1))) / PAGE + 1;
+        D::space().unmap(iova & !(PAGE - 1), pages as usize);
+    }
+}

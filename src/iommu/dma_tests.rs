@@ -1,0 +1,271 @@
+//! Host tests of the per-device IOVA layer against the fake unit: each
+//! device reaches exactly the memory its own space mapped for it, at IOVAs
+//! its window gave, until that memory goes back; a channel over it moves
+//! real bytes and learns of its device's refused DMA.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use super::dma::{DeviceDma, IovaHal, IovaSpace, UnitAccess, WINDOW_PAGES};
+use super::fake::{Access, FakeVtd};
+use super::{DomainId, Iommu, IommuError, SourceId};
+use crate::drivers::cpu::CpuEngine;
+use crate::engine::shared::NoMasking;
+use crate::engine::{Channel, ErrorKind, PrepFlags, Status};
+use crate::hal::fake::FakeHal;
+use crate::hal::{Direction, Dma, Hal, SharedBuffer};
+use crate::mm::frame::FrameDb;
+use crate::mm::tests::{Memory, mapper};
+use crate::mm::traits::OffsetMapper;
+
+type Unit = Iommu<FakeVtd, OffsetMapper, &'static FrameDb<'static>>;
+
+/// Frames for the unit's and the domains' tables, for the whole run.
+fn tables() -> &'static FrameDb<'static> {
+    let mem: &'static Memory = Box::leak(Box::new(Memory::new(256)));
+    Box::leak(Box::new(mem.db()))
+}
+
+/// One unit per test (tests run in parallel), each behind its lock.
+static UNITS: [Mutex<Option<Unit>>; 3] = [const { Mutex::new(None) }; 3];
+
+struct TestUnit<const N: usize>;
+
+// SAFETY: the same unit every time, behind a mutex.
+unsafe impl<const N: usize> UnitAccess for TestUnit<N> {
+    type Regs = FakeVtd;
+    type Mapper = OffsetMapper;
+    type Alloc = &'static FrameDb<'static>;
+
+    fn with<T>(f: impl FnOnce(&Unit) -> T) -> T {
+        f(UNITS[N].lock().unwrap().as_ref().expect("the test made it"))
+    }
+}
+
+/// A fresh unit `N`, translation on.
+fn unit<const N: usize>() {
+    // SAFETY: the fake is this unit's window; tables from host memory.
+    let unit = unsafe { Iommu::new(FakeVtd::new(), mapper(), tables()) }.unwrap();
+    unit.enable().unwrap();
+    *UNITS[N].lock().unwrap() = Some(unit);
+}
+
+fn dma<const N: usize>(source: SourceId, iova: u64, write: bool) -> Access {
+    TestUnit::<N>::with(|unit| unit.regs.dma(source.raw(), iova, write))
+}
+
+/// Declares device type `$name` on unit `$unit`, its space at `$base`.
+macro_rules! device {
+    ($name:ident, $space:ident, $unit:literal, $base:expr) => {
+        struct $name;
+        static $space: IovaSpace<$name> = IovaSpace::new($base);
+        // SAFETY: its own static; host memory is its own physical address,
+        // so a pointer is its physical address.
+        unsafe impl DeviceDma for $name {
+            type Unit = TestUnit<$unit>;
+            type Memory = FakeHal;
+            type Irq = NoMasking;
+            type Mapper = OffsetMapper;
+            type Alloc = &'static FrameDb<'static>;
+            fn space() -> &'static IovaSpace<$name> {
+                &$space
+            }
+            fn virt_to_phys(va: *const u8) -> Option<u64> {
+                Some(va as u64)
+            }
+        }
+    };
+}
+
+const WINDOW: u64 = 0x8000_0000;
+
+struct NoDelay;
+
+impl embedded_hal::delay::DelayNs for NoDelay {
+    fn delay_ns(&mut self, _ns: u32) {}
+}
+const LSI: SourceId = SourceId {
+    bus: 0,
+    device: 3,
+    function: 0,
+};
+const EDU: SourceId = SourceId {
+    bus: 0,
+    device: 4,
+    function: 0,
+};
+
+device!(Lsi0, LSI0, 0, WINDOW);
+device!(Edu0, EDU0, 0, WINDOW);
+
+fn id(n: u16) -> DomainId {
+    DomainId::new(n).unwrap()
+}
+
+#[test]
+fn each_device_reaches_its_own_memory_and_nothing_else() {
+    unit::<0>();
+    LSI0.attach(LSI, id(1), mapper(), tables()).unwrap();
+    EDU0.attach(EDU, id(2), mapper(), tables()).unwrap();
+    let live = FakeHal::live_pages();
+
+    let mut lsi = Dma::<IovaHal<Lsi0>>::new(8192).unwrap();
+    let edu = Dma::<IovaHal<Edu0>>::new(4096).unwrap();
+    let (at, theirs) = (lsi.paddr(), edu.paddr());
+    assert!((WINDOW..WINDOW + (WINDOW_PAGES * 4096) as u64).contains(&at));
+    // Both windows start at the same IOVA: only the domains tell them apart.
+    assert_eq!(at, theirs);
+    lsi.as_mut_slice()[4096 + 7] = 0x42;
+    let phys = |access| match access {
+        Access::Ok(pa) => pa,
+        other => panic!("refused: {other:?}"),
+    };
+    // The LSI reaches its buffer, both pages, at consecutive IOVAs.
+    let second = phys(dma::<0>(LSI, at + 4096 + 7, true));
+    // SAFETY: the fake Hal's memory is host memory at its physical address.
+    assert_eq!(unsafe { *(second as *const u8) }, 0x42);
+    assert_eq!(phys(dma::<0>(LSI, at, false)), lsi.as_ptr() as u64);
+    assert_eq!(phys(dma::<0>(EDU, theirs, true)), edu.as_ptr() as u64);
+    // Past its buffer: refused (not present).
+    assert_eq!(dma::<0>(LSI, at + 8192, false), Access::Fault(6));
+    TestUnit::<0>::with(|unit| {
+        assert_eq!(unit.take_fault().map(|f| f.source), Some(LSI));
+    });
+    assert_eq!(LSI0.pages_in_use(), 2);
+
+    // Freed: unmapped and flushed before the memory goes back.
+    drop(lsi);
+    assert_eq!(dma::<0>(LSI, at, false), Access::Fault(6));
+    TestUnit::<0>::with(|unit| unit.take_fault());
+    assert_eq!(LSI0.pages_in_use(), 0);
+    assert_eq!(phys(dma::<0>(EDU, theirs, false)), edu.as_ptr() as u64);
+    drop(edu);
+    assert_eq!(FakeHal::live_pages(), live, "all memory back");
+
+    // A second attach of the same space is refused; after a detach, the
+    // device's DMA faults until it is attached again.
+    assert_eq!(
+        LSI0.attach(LSI, id(1), mapper(), tables()),
+        Err(IommuError::Attached)
+    );
+    let again = Dma::<IovaHal<Lsi0>>::new(4096).unwrap();
+    LSI0.detach().unwrap();
+    assert_eq!(LSI0.device(), None);
+    assert_eq!(dma::<0>(LSI, again.paddr(), false), Access::Fault(2));
+    TestUnit::<0>::with(|unit| unit.take_fault());
+    LSI0.attach(LSI, id(1), mapper(), tables()).unwrap();
+    assert_eq!(
+        phys(dma::<0>(LSI, again.paddr(), false)),
+        again.as_ptr() as u64
+    );
+}
+
+device!(Lsi1, LSI1, 1, WINDOW);
+device!(Other1, OTHER1, 1, 0x4000_0000);
+
+#[test]
+fn masks_ids_and_shared_buffers_are_checked() {
+    unit::<1>();
+    let live = FakeHal::live_pages();
+    // Nothing before the device is attached.
+    assert!(Dma::<IovaHal<Lsi1>>::new(4096).is_err());
+    LSI1.attach(LSI, id(1), mapper(), tables()).unwrap();
+    // Another device may not reuse the id with other tables.
+    assert_eq!(
+        OTHER1.attach(EDU, id(1), mapper(), tables()),
+        Err(IommuError::DomainIdInUse)
+    );
+    assert_eq!(FakeHal::live_pages(), live);
+    // The refusal kept nothing: the same space attaches under its own id.
+    OTHER1.attach(EDU, id(4), mapper(), tables()).unwrap();
+    assert_eq!(OTHER1.device(), Some(EDU));
+    // A mask below the window: no IOVA fits, nothing is left allocated.
+    assert!(Dma::<IovaHal<Lsi1>>::new_below(4096, WINDOW - 1).is_err());
+    assert_eq!(FakeHal::live_pages(), live);
+    assert_eq!(LSI1.pages_in_use(), 0);
+    // A mask inside the window: the IOVA stays under it.
+    let low = Dma::<IovaHal<Lsi1>>::new_below(4096, WINDOW + 0x1fff).unwrap();
+    assert!(low.paddr() + 4095 <= WINDOW + 0x1fff);
+    // A window that runs past 48 bits is refused.
+    device!(Far1, FAR1, 1, (1 << 48) - 4096);
+    assert_eq!(
+        FAR1.attach(EDU, id(3), mapper(), tables()),
+        Err(IommuError::BadWindow)
+    );
+
+    // A buffer that is not DMA memory, shared for the device to read: it
+    // reads it, may not write it, and loses it when unshared.
+    let mut bytes = vec![0u8; 6000];
+    bytes[5000] = 0x77;
+    let at = SharedBuffer::<IovaHal<Lsi1>>::to_device(&bytes, |shared| {
+        let iova = shared.dma_addr();
+        let pa = match dma::<1>(LSI, iova + 5000, false) {
+            Access::Ok(pa) => pa,
+            other => panic!("refused: {other:?}"),
+        };
+        // SAFETY: the buffer's own byte, host memory.
+        assert_eq!(unsafe { *(pa as *const u8) }, 0x77);
+        assert_eq!(dma::<1>(LSI, iova, true), Access::Fault(5), "read-only");
+        iova
+    })
+    .unwrap();
+    TestUnit::<1>::with(|unit| unit.take_fault());
+    assert_eq!(dma::<1>(LSI, at, false), Access::Fault(6), "unshared");
+    TestUnit::<1>::with(|unit| unit.take_fault());
+    assert_eq!(LSI1.pages_in_use(), 1, "only the low buffer");
+    // Direction::FromDevice maps writable.
+    let mut out = vec![0u8; 64];
+    SharedBuffer::<IovaHal<Lsi1>>::from_device(&mut out, Direction::FromDevice, |shared| {
+        assert!(matches!(
+            dma::<1>(LSI, shared.dma_addr(), true),
+            Access::Ok(_)
+        ));
+    })
+    .unwrap();
+}
+
+device!(Cpu2, CPU2, 2, WINDOW);
+
+#[test]
+fn a_channel_over_the_iova_hal_copies_and_fails_on_its_devices_refused_dma() {
+    unit::<2>();
+    CPU2.attach(LSI, id(1), mapper(), tables()).unwrap();
+    let mut chan: Channel<CpuEngine<IovaHal<Cpu2>>> = Channel::new(CpuEngine::new());
+    CPU2.report_faults_to(&mut chan).unwrap();
+    let mut src = Dma::<IovaHal<Cpu2>>::new(4096).unwrap();
+    src.as_mut_slice().fill(0x3c);
+    let dst = Dma::<IovaHal<Cpu2>>::new(4096).unwrap();
+    let transfer = chan
+        .copy(dst, 16, src, 0, 100, PrepFlags::empty())
+        .map_err(|e| e.error)
+        .unwrap();
+    chan.issue_pending();
+    let (dst, _src) = transfer
+        .wait(&mut chan, &mut NoDelay, Duration::from_millis(100))
+        .unwrap();
+    assert!(dst.as_slice()[16..116].iter().all(|&b| b == 0x3c));
+    assert_eq!((dst.as_slice()[15], dst.as_slice()[116]), (0, 0), "guards");
+
+    // A buffer the device may only read, made the destination of a copy:
+    // the unit refuses the device's write (here the fake's access stands
+    // for it), and the next status check pins the fault on that request.
+    let mut plain = vec![0u8; 4096];
+    let buffer = core::ptr::NonNull::from(plain.as_mut_slice());
+    // SAFETY: `plain` is not touched until `unshare` below.
+    let ro = unsafe { IovaHal::<Cpu2>::share(buffer, Direction::ToDevice) }.unwrap();
+    // SAFETY: both ends are this test's memory, mapped in the domain; the
+    // CPU engine writes `plain` through the domain's translation.
+    let cookie = unsafe { chan.prep_copy(ro, dst.paddr(), 64, PrepFlags::empty()) }.unwrap();
+    chan.issue_pending();
+    assert_eq!(dma::<2>(LSI, ro, true), Access::Fault(5));
+    assert_eq!(
+        chan.status(cookie).status,
+        Status::Error(ErrorKind::WriteFailed)
+    );
+    assert!(chan.is_halted());
+    TestUnit::<2>::with(|unit| assert_eq!(unit.take_fault(), None, "claimed by the channel"));
+    // SAFETY: the values of the `share` above; the request has ended.
+    unsafe { IovaHal::<Cpu2>::unshare(ro, buffer, Direction::ToDevice) };
+    assert_eq!(plain[..64], dst.as_slice()[..64], "the CPU engine did copy");
+    assert!(plain[64..].iter().all(|&b| b == 0), "and nothing past it");
+}
