@@ -5,27 +5,27 @@
 //!
 //! Linux's `dma_map_*` take the device as an argument; the crate's [`Hal`]
 //! is a set of associated functions (as `virtio-drivers`' is), so the
-//! device is a type instead: the kernel names one per device, says where
-//! its [`IovaSpace`] lives (a `static`) and what memory lies under it, and
-//! builds the driver over `IovaHal<ThatType>`. Nothing else changes for
-//! the driver.
+//! device is a type instead: the kernel says once what lies under every
+//! space ([`IommuPlatform`]: its unit behind its lock, its physical DMA
+//! memory), names one type per device with the `static` its
+//! [`IovaSpace`] lives in ([`DeviceDma`]), and builds the driver over
+//! `IovaHal<ThatType>`. Nothing else changes for the driver.
 //!
 //! ```
-//! use dmaengine::iommu::dma::{DeviceDma, IovaHal, IovaSpace, UnitAccess};
+//! use dmaengine::engine::shared::X86Interrupts;
+//! use dmaengine::iommu::Iommu;
+//! use dmaengine::iommu::dma::{DeviceDma, IommuPlatform, IovaHal, IovaSpace};
+//! use dmaengine::mm::traits::{NoFree, OffsetMapper};
+//! use dmaengine::mmio::MmioRegion;
 //! # use core::ptr::NonNull;
-//! # use dmaengine::engine::shared::NoMasking;
 //! # use dmaengine::hal::{DmaAddr, Hal};
-//! # use dmaengine::iommu::Iommu;
-//! # use dmaengine::mm::traits::OffsetMapper;
-//! # use dmaengine::mmio::MmioRegion;
-//! # struct Frames;
-//! # // SAFETY: never called in this example.
-//! # unsafe impl x86_64::structures::paging::FrameAllocator<x86_64::structures::paging::Size4KiB> for Frames {
-//! #     fn allocate_frame(&mut self) -> Option<x86_64::structures::paging::PhysFrame> { None }
+//! # use x86_64::structures::paging::{FrameAllocator, PhysFrame, Size4KiB};
+//! # struct BootFrames;
+//! # // SAFETY: hands out nothing in this example.
+//! # unsafe impl FrameAllocator<Size4KiB> for BootFrames {
+//! #     fn allocate_frame(&mut self) -> Option<PhysFrame> { None }
 //! # }
-//! # impl x86_64::structures::paging::FrameDeallocator<x86_64::structures::paging::Size4KiB> for Frames {
-//! #     unsafe fn deallocate_frame(&mut self, _: x86_64::structures::paging::PhysFrame) {}
-//! # }
+//! # /// The kernel's Hal without an IOMMU.
 //! # struct PhysHal;
 //! # // SAFETY: hands out no memory in this example.
 //! # unsafe impl Hal for PhysHal {
@@ -33,36 +33,42 @@
 //! #     unsafe fn dma_dealloc(_: DmaAddr, _: NonNull<u8>, _: usize) {}
 //! #     fn phys_to_virt(_: DmaAddr) -> NonNull<u8> { NonNull::dangling() }
 //! # }
-//! /// The kernel's VT-d unit, behind its lock.
-//! struct Unit;
-//! // SAFETY: (in a kernel) `with` locks the one unit, interrupts off.
-//! unsafe impl UnitAccess for Unit {
+//! type Unit = Iommu<MmioRegion, OffsetMapper, NoFree<BootFrames>>;
+//! static UNIT: spin::Mutex<Option<Unit>> = spin::Mutex::new(None);
+//!
+//! /// The kernel, as the IOVA layer sees it.
+//! struct Kernel;
+//! // SAFETY: one unit, set once at boot, behind a lock taken with
+//! // interrupts off; `PhysHal` is the kernel's DMA memory.
+//! unsafe impl IommuPlatform for Kernel {
 //!     type Regs = MmioRegion;
 //!     type Mapper = OffsetMapper;
-//!     type Alloc = Frames;
-//!     fn with<T>(f: impl FnOnce(&Iommu<MmioRegion, OffsetMapper, Frames>) -> T) -> T {
-//!         # unimplemented!()
-//!         // f(&UNIT.lock())
+//!     type Alloc = NoFree<BootFrames>;
+//!     type Memory = PhysHal;
+//!     type Irq = X86Interrupts;
+//!     fn with_unit<T>(f: impl FnOnce(&Unit) -> T) -> T {
+//!         let were_on = x86_64::instructions::interrupts::are_enabled();
+//!         x86_64::instructions::interrupts::disable();
+//!         let result = f(UNIT.lock().as_ref().expect("set at boot"));
+//!         if were_on {
+//!             x86_64::instructions::interrupts::enable();
+//!         }
+//!         result
 //!     }
 //! }
 //!
 //! /// The LSI53C895A, in a domain of its own.
 //! struct Lsi;
 //! static LSI_IOVAS: IovaSpace<Lsi> = IovaSpace::new(0x8000_0000);
-//! // SAFETY: the IOVA space is this static alone; the memory under it is
-//! // the kernel's physical Hal; `virt_to_phys` is left refusing.
+//! // SAFETY: this static serves the LSI alone.
 //! unsafe impl DeviceDma for Lsi {
-//!     type Unit = Unit;
-//!     type Memory = PhysHal;
-//!     type Irq = NoMasking;
-//!     type Mapper = OffsetMapper;
-//!     type Alloc = Frames;
+//!     type Platform = Kernel;
 //!     fn space() -> &'static IovaSpace<Lsi> {
 //!         &LSI_IOVAS
 //!     }
 //! }
 //!
-//! // The driver is built over `IovaHal<Lsi>`: `Lsi53c895a<IovaHal<Lsi>>`.
+//! // Its driver: `Lsi53c895a<IovaHal<Lsi>>`.
 //! type LsiHal = IovaHal<Lsi>;
 //! ```
 //!
@@ -77,8 +83,8 @@
 //! LSI53C895A, whose descriptors hold 32-bit addresses), first fit, and
 //! are reused only after their unmapping was flushed from the IOTLB.
 //!
-//! Locks: the space's own lock (interrupts masked through `D::Irq`) is
-//! taken first, then the unit's ([`UnitAccess::with`]) for an IOTLB
+//! Locks: the space's own lock (interrupts masked through the platform's
+//! `Irq`) is taken first, then the unit's ([`IommuPlatform::with_unit`]) for an IOTLB
 //! flush; a channel with its fault hook takes its own lock, then the
 //! unit's. So the kernel must never lock a channel or call into a space
 //! from inside `with`.
@@ -106,87 +112,89 @@ pub const WINDOW_PAGES: usize = WORDS * 64;
 const WORDS: usize = 256;
 const PAGE: u64 = PAGE_SIZE as u64;
 
-/// The kernel's IOMMU unit, reachable from any CPU.
+/// What the kernel provides under every device's IOVA space: its VT-d
+/// unit, reachable from any CPU, the physical memory it hands devices,
+/// and how its locks mask interrupts.
 ///
 /// # Safety
-/// `with` runs `f` with the same [`Iommu`] every time, and no two calls
-/// of `with` (on any CPU, or in an interrupt handler) overlap: a lock,
+/// `with_unit` runs `f` with the same [`Iommu`] every time (a kernel that
+/// replaces its unit detaches every space first), and no two calls of
+/// `with_unit` (on any CPU, or in an interrupt handler) overlap: a lock,
 /// taken with interrupts off if a handler also uses the unit. The crate
-/// calls nothing inside `f` that calls `with` again.
-pub unsafe trait UnitAccess: 'static {
+/// calls nothing inside `f` that calls `with_unit` again.
+/// `virt_to_phys`, if implemented, returns the physical address of the
+/// byte at `va` in the kernel's address space, on a page that stays there
+/// (not moved or swapped) while any buffer on it is shared.
+pub unsafe trait IommuPlatform: 'static {
     /// The unit's register window.
     type Regs: Registers;
-    /// How the unit's own tables are reached.
-    type Mapper: TableMapper;
-    /// Where the unit's own tables come from.
-    type Alloc: TableAllocator;
-
-    /// Runs `f` with the unit.
-    fn with<T>(f: impl FnOnce(&Iommu<Self::Regs, Self::Mapper, Self::Alloc>) -> T) -> T;
-}
-
-/// One device behind the IOMMU: where its IOVA space lives and what memory
-/// lies under it.
-///
-/// # Safety
-/// `space` returns the same static every time, used for this device
-/// alone. `virt_to_phys`, if implemented, returns the physical address of
-/// the byte at `va` in the kernel's address space, a page that stays
-/// there (not moved or swapped) while any buffer on it is shared.
-pub unsafe trait DeviceDma: Sized + 'static {
-    /// The unit the device sits behind.
-    type Unit: UnitAccess;
+    /// How the unit's and the domains' tables are reached.
+    type Mapper: TableMapper + Send;
+    /// Where the unit's and the domains' tables come from.
+    type Alloc: TableAllocator + Send;
     /// The physical memory under the IOVAs: the kernel's `Hal` as it would
     /// be without an IOMMU (its DMA addresses are physical addresses).
     type Memory: Hal;
-    /// Interrupt masking around the space's lock: [`X86Interrupts`] if an
-    /// interrupt handler may allocate, free or share DMA memory of this
-    /// device (dropping a `Dma` buffer does).
+    /// Interrupt masking around each space's lock: [`X86Interrupts`] if an
+    /// interrupt handler may allocate, free or share DMA memory (dropping
+    /// a `Dma` buffer does).
     ///
     /// [`X86Interrupts`]: crate::engine::shared::X86Interrupts
     type Irq: IrqControl;
-    /// How the domain's tables are reached.
-    type Mapper: TableMapper + Send;
-    /// Where the domain's tables come from.
-    type Alloc: TableAllocator + Send;
 
-    /// The device's IOVA space.
-    fn space() -> &'static IovaSpace<Self>;
+    /// Runs `f` with the unit.
+    fn with_unit<T>(f: impl FnOnce(&Iommu<Self::Regs, Self::Mapper, Self::Alloc>) -> T) -> T;
 
-    /// The physical address of the byte at `va`, for
-    /// [`Hal::share`] of memory that did not come
-    /// from `dma_alloc`. The default refuses such sharing.
+    /// The physical address of the byte at `va`, for [`Hal::share`] of
+    /// memory that did not come from `dma_alloc`. The default refuses
+    /// such sharing.
     fn virt_to_phys(va: *const u8) -> Option<u64> {
         let _ = va;
         None
     }
 }
 
+/// One device behind the IOMMU: where its IOVA space lives.
+///
+/// # Safety
+/// `space` returns the same static every time, used for this device
+/// alone.
+pub unsafe trait DeviceDma: Sized + 'static {
+    /// The kernel's platform.
+    type Platform: IommuPlatform;
+
+    /// The device's IOVA space.
+    fn space() -> &'static IovaSpace<Self>;
+}
+
+/// The platform of device `D`.
+type Pf<D> = <D as DeviceDma>::Platform;
+
 /// A device's domain: second-level tables of raw frames (nothing counted),
 /// flushed through the unit.
 type DeviceDomain<D> = AddressSpace<
     NoPages,
-    <D as DeviceDma>::Mapper,
-    <D as DeviceDma>::Alloc,
-    UnitFlush<<D as DeviceDma>::Unit>,
+    <Pf<D> as IommuPlatform>::Mapper,
+    <Pf<D> as IommuPlatform>::Alloc,
+    UnitFlush<Pf<D>>,
     SecondLevel,
 >;
 
-/// The IOTLB flush of domain `id`, through [`UnitAccess::with`].
-pub struct UnitFlush<U: UnitAccess> {
+/// The IOTLB flush of domain `id`, through [`IommuPlatform::with_unit`].
+pub struct UnitFlush<U: IommuPlatform> {
     id: DomainId,
     _unit: PhantomData<fn() -> U>,
 }
 
 // SAFETY: each call returns after the unit's own flusher for `id` has
 // (see `IotlbFlush`); the domain using it is made with the same id.
-unsafe impl<U: UnitAccess> TlbFlush for UnitFlush<U> {
+unsafe impl<U: IommuPlatform> TlbFlush for UnitFlush<U> {
     fn flush_page(&mut self, root: PhysFrame, va: VirtAddr) {
-        U::with(|unit| unit.flusher(self.id).flush_page(root, va));
+        U::with_unit(|unit| unit.flusher(self.id).flush_page(root, va));
     }
 
     fn flush_all(&mut self, root: PhysFrame) {
-        U::with(|unit| unit.flusher(self.id).flush_all(root));
+        U::with_unit(|unit| unit.flusher(self.id).flush_all(root));
     }
 }
 
@@ -216,11 +224,12 @@ impl<D: DeviceDma> IovaSpace<D> {
         }
     }
 
-    /// Runs `f` on the state, under the lock, interrupts masked by `D::Irq`.
+    /// Runs `f` on the state, under the lock, interrupts masked by the
+    /// platform's `Irq`.
     fn locked<T>(&self, f: impl FnOnce(&mut Option<State<D>>) -> T) -> T {
-        let were_on = D::Irq::disable();
+        let were_on = <Pf<D> as IommuPlatform>::Irq::disable();
         let result = f(&mut self.state.lock());
-        D::Irq::restore(were_on);
+        <Pf<D> as IommuPlatform>::Irq::restore(were_on);
         result
     }
 
@@ -238,8 +247,8 @@ impl<D: DeviceDma> IovaSpace<D> {
         &self,
         device: SourceId,
         id: DomainId,
-        mapper: D::Mapper,
-        alloc: D::Alloc,
+        mapper: <Pf<D> as IommuPlatform>::Mapper,
+        alloc: <Pf<D> as IommuPlatform>::Alloc,
     ) -> Result<(), IommuError> {
         let window_end = self.base.checked_add(WINDOW_PAGES as u64 * PAGE);
         if !self.base.is_multiple_of(PAGE) || window_end.is_none_or(|end| end > 1 << 48) {
@@ -263,7 +272,7 @@ impl<D: DeviceDma> IovaSpace<D> {
                 // flusher invalidates; the unit refuses an id in use with
                 // other tables. On an error the device was not attached,
                 // and the domain, never seen by the unit, is dropped.
-                D::Unit::with(|unit| unsafe { unit.attach(device, id, root) })?;
+                Pf::<D>::with_unit(|unit| unsafe { unit.attach(device, id, root) })?;
                 *state = Some(State {
                     domain,
                     area,
@@ -286,7 +295,7 @@ impl<D: DeviceDma> IovaSpace<D> {
             }
             let root = state.domain.root();
             // SAFETY: as above, for the domain kept since the first attach.
-            D::Unit::with(|unit| unsafe { unit.attach(device, id, root) })?;
+            Pf::<D>::with_unit(|unit| unsafe { unit.attach(device, id, root) })?;
             state.attached = true;
             Ok(())
         })
@@ -300,7 +309,7 @@ impl<D: DeviceDma> IovaSpace<D> {
             let Some(state) = state.as_mut().filter(|s| s.attached) else {
                 return Ok(());
             };
-            D::Unit::with(|unit| unit.detach(state.device))?;
+            Pf::<D>::with_unit(|unit| unit.detach(state.device))?;
             state.attached = false;
             Ok(())
         })
@@ -329,9 +338,9 @@ impl<D: DeviceDma> IovaSpace<D> {
         channel: &mut Channel<E>,
     ) -> Result<(), IommuError> {
         let device = self.device().ok_or(IommuError::NotAttached)?;
-        let hook = FaultHook::new(&UnitFaults::<D::Unit>(PhantomData), device);
+        let hook = FaultHook::new(&UnitFaults::<Pf<D>>(PhantomData), device);
         // SAFETY: the source is a zero-sized value whose every call goes
-        // through `UnitAccess::with`, which serialises all uses of the
+        // through `IommuPlatform::with_unit`, which serialises all uses of the
         // unit from any thread; it needs nothing to stay alive.
         unsafe { channel.set_fault_hook(Some(hook)) };
         Ok(())
@@ -452,13 +461,13 @@ impl<D: DeviceDma> State<D> {
     }
 }
 
-/// A unit's faults through [`UnitAccess::with`]: a [`FaultSource`] with
+/// A unit's faults through [`IommuPlatform::with_unit`]: a [`FaultSource`] with
 /// nothing to keep alive.
 struct UnitFaults<U>(PhantomData<fn() -> U>);
 
-impl<U: UnitAccess> FaultSource for UnitFaults<U> {
+impl<U: IommuPlatform> FaultSource for UnitFaults<U> {
     fn take_fault_of(&self, device: SourceId) -> Option<DmaFault> {
-        U::with(|unit| unit.take_fault_of(device))
+        U::with_unit(|unit| unit.take_fault_of(device))
     }
 }
 
@@ -478,13 +487,13 @@ pub struct IovaHal<D: DeviceDma>(PhantomData<fn() -> D>);
 unsafe impl<D: DeviceDma> Hal for IovaHal<D> {
     fn dma_alloc(pages: usize, dma_mask: u64) -> Option<(DmaAddr, NonNull<u8>)> {
         // Anywhere in physical memory: the device sees the IOVAs only.
-        let (phys, ptr) = D::Memory::dma_alloc(pages, u64::MAX)?;
+        let (phys, ptr) = <Pf<D> as IommuPlatform>::Memory::dma_alloc(pages, u64::MAX)?;
         let frame = |i: usize| Some(phys + (i * PAGE_SIZE) as u64);
         match D::space().map(pages, dma_mask, frame, PageProt::READ_WRITE) {
             Ok(iova) => Some((iova, ptr)),
             Err(_) => {
                 // SAFETY: just allocated, never handed to a device.
-                unsafe { D::Memory::dma_dealloc(phys, ptr, pages) };
+                unsafe { <Pf<D> as IommuPlatform>::Memory::dma_dealloc(phys, ptr, pages) };
                 None
             }
         }
@@ -494,7 +503,7 @@ unsafe impl<D: DeviceDma> Hal for IovaHal<D> {
         if let Some(phys) = D::space().unmap(iova, pages) {
             // SAFETY: the caller's contract: this allocation, unused; the
             // device can no longer reach it (unmapped, flushed).
-            unsafe { D::Memory::dma_dealloc(phys, vaddr, pages) };
+            unsafe { <Pf<D> as IommuPlatform>::Memory::dma_dealloc(phys, vaddr, pages) };
         }
     }
 
@@ -505,7 +514,7 @@ unsafe impl<D: DeviceDma> Hal for IovaHal<D> {
         let phys = D::space()
             .phys_of(iova)
             .expect("an IOVA this device's space mapped");
-        D::Memory::phys_to_virt(phys)
+        <Pf<D> as IommuPlatform>::Memory::phys_to_virt(phys)
     }
 
     unsafe fn share(buffer: NonNull<[u8]>, direction: Direction) -> Result<DmaAddr, DmaError> {
@@ -523,7 +532,7 @@ unsafe impl<D: DeviceDma> Hal for IovaHal<D> {
         };
         let frame = |i: usize| {
             let va = first_page + i as u64 * PAGE;
-            D::virt_to_phys(va as *const u8).map(|pa| pa & !(PAGE - 1))
+            Pf::<D>::virt_to_phys(va as *const u8).map(|pa| pa & !(PAGE - 1))
         };
         let iova = D::space().map(pages as usize, u64::MAX, frame, prot)?;
         Ok(iova + (start - first_page))

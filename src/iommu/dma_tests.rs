@@ -3,17 +3,19 @@
 //! its window gave, until that memory goes back; a channel over it moves
 //! real bytes and learns of its device's refused DMA.
 
+use std::ptr::NonNull;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use super::dma::{DeviceDma, IovaHal, IovaSpace, UnitAccess, WINDOW_PAGES};
+use super::dma::{DeviceDma, IommuPlatform, IovaHal, IovaSpace, WINDOW_PAGES};
 use super::fake::{Access, FakeVtd};
 use super::{DomainId, Iommu, IommuError, SourceId};
 use crate::drivers::cpu::CpuEngine;
 use crate::engine::shared::NoMasking;
 use crate::engine::{Channel, ErrorKind, PrepFlags, Status};
 use crate::hal::fake::FakeHal;
-use crate::hal::{Direction, Dma, Hal, SharedBuffer};
+use crate::hal::{Direction, Dma, DmaAddr, Hal, SharedBuffer};
 use crate::mm::frame::FrameDb;
 use crate::mm::tests::{Memory, mapper};
 use crate::mm::traits::OffsetMapper;
@@ -31,14 +33,49 @@ static UNITS: [Mutex<Option<Unit>>; 3] = [const { Mutex::new(None) }; 3];
 
 struct TestUnit<const N: usize>;
 
-// SAFETY: the same unit every time, behind a mutex.
-unsafe impl<const N: usize> UnitAccess for TestUnit<N> {
+/// Pages each unit's devices hold of the fake Hal (tests run in parallel,
+/// so the fake's own total is no measure).
+static LIVE: [AtomicUsize; 3] = [const { AtomicUsize::new(0) }; 3];
+
+/// The fake Hal, counted per unit.
+struct Counted<const N: usize>;
+
+// SAFETY: the fake Hal's memory, passed through.
+unsafe impl<const N: usize> Hal for Counted<N> {
+    fn dma_alloc(pages: usize, dma_mask: u64) -> Option<(DmaAddr, NonNull<u8>)> {
+        let got = FakeHal::dma_alloc(pages, dma_mask)?;
+        LIVE[N].fetch_add(pages, Ordering::SeqCst);
+        Some(got)
+    }
+    unsafe fn dma_dealloc(paddr: DmaAddr, vaddr: NonNull<u8>, pages: usize) {
+        LIVE[N].fetch_sub(pages, Ordering::SeqCst);
+        // SAFETY: the caller's contract, passed on.
+        unsafe { FakeHal::dma_dealloc(paddr, vaddr, pages) }
+    }
+    fn phys_to_virt(paddr: DmaAddr) -> NonNull<u8> {
+        FakeHal::phys_to_virt(paddr)
+    }
+}
+
+fn live<const N: usize>() -> usize {
+    LIVE[N].load(Ordering::SeqCst)
+}
+
+// SAFETY: the same unit every time, behind a mutex; host memory is its own
+// physical address, so a pointer is its physical address.
+unsafe impl<const N: usize> IommuPlatform for TestUnit<N> {
     type Regs = FakeVtd;
     type Mapper = OffsetMapper;
     type Alloc = &'static FrameDb<'static>;
+    type Memory = Counted<N>;
+    type Irq = NoMasking;
 
-    fn with<T>(f: impl FnOnce(&Unit) -> T) -> T {
+    fn with_unit<T>(f: impl FnOnce(&Unit) -> T) -> T {
         f(UNITS[N].lock().unwrap().as_ref().expect("the test made it"))
+    }
+
+    fn virt_to_phys(va: *const u8) -> Option<u64> {
+        Some(va as u64)
     }
 }
 
@@ -51,7 +88,7 @@ fn unit<const N: usize>() {
 }
 
 fn dma<const N: usize>(source: SourceId, iova: u64, write: bool) -> Access {
-    TestUnit::<N>::with(|unit| unit.regs.dma(source.raw(), iova, write))
+    TestUnit::<N>::with_unit(|unit| unit.regs.dma(source.raw(), iova, write))
 }
 
 /// Declares device type `$name` on unit `$unit`, its space at `$base`.
@@ -59,19 +96,11 @@ macro_rules! device {
     ($name:ident, $space:ident, $unit:literal, $base:expr) => {
         struct $name;
         static $space: IovaSpace<$name> = IovaSpace::new($base);
-        // SAFETY: its own static; host memory is its own physical address,
-        // so a pointer is its physical address.
+        // SAFETY: its own static.
         unsafe impl DeviceDma for $name {
-            type Unit = TestUnit<$unit>;
-            type Memory = FakeHal;
-            type Irq = NoMasking;
-            type Mapper = OffsetMapper;
-            type Alloc = &'static FrameDb<'static>;
+            type Platform = TestUnit<$unit>;
             fn space() -> &'static IovaSpace<$name> {
                 &$space
-            }
-            fn virt_to_phys(va: *const u8) -> Option<u64> {
-                Some(va as u64)
             }
         }
     };
@@ -107,7 +136,6 @@ fn each_device_reaches_its_own_memory_and_nothing_else() {
     unit::<0>();
     LSI0.attach(LSI, id(1), mapper(), tables()).unwrap();
     EDU0.attach(EDU, id(2), mapper(), tables()).unwrap();
-    let live = FakeHal::live_pages();
 
     let mut lsi = Dma::<IovaHal<Lsi0>>::new(8192).unwrap();
     let edu = Dma::<IovaHal<Edu0>>::new(4096).unwrap();
@@ -128,7 +156,7 @@ fn each_device_reaches_its_own_memory_and_nothing_else() {
     assert_eq!(phys(dma::<0>(EDU, theirs, true)), edu.as_ptr() as u64);
     // Past its buffer: refused (not present).
     assert_eq!(dma::<0>(LSI, at + 8192, false), Access::Fault(6));
-    TestUnit::<0>::with(|unit| {
+    TestUnit::<0>::with_unit(|unit| {
         assert_eq!(unit.take_fault().map(|f| f.source), Some(LSI));
     });
     assert_eq!(LSI0.pages_in_use(), 2);
@@ -136,11 +164,11 @@ fn each_device_reaches_its_own_memory_and_nothing_else() {
     // Freed: unmapped and flushed before the memory goes back.
     drop(lsi);
     assert_eq!(dma::<0>(LSI, at, false), Access::Fault(6));
-    TestUnit::<0>::with(|unit| unit.take_fault());
+    TestUnit::<0>::with_unit(|unit| unit.take_fault());
     assert_eq!(LSI0.pages_in_use(), 0);
     assert_eq!(phys(dma::<0>(EDU, theirs, false)), edu.as_ptr() as u64);
     drop(edu);
-    assert_eq!(FakeHal::live_pages(), live, "all memory back");
+    assert_eq!(live::<0>(), 0, "all memory back");
 
     // A second attach of the same space is refused; after a detach, the
     // device's DMA faults until it is attached again.
@@ -152,7 +180,7 @@ fn each_device_reaches_its_own_memory_and_nothing_else() {
     LSI0.detach().unwrap();
     assert_eq!(LSI0.device(), None);
     assert_eq!(dma::<0>(LSI, again.paddr(), false), Access::Fault(2));
-    TestUnit::<0>::with(|unit| unit.take_fault());
+    TestUnit::<0>::with_unit(|unit| unit.take_fault());
     LSI0.attach(LSI, id(1), mapper(), tables()).unwrap();
     assert_eq!(
         phys(dma::<0>(LSI, again.paddr(), false)),
@@ -166,7 +194,6 @@ device!(Other1, OTHER1, 1, 0x4000_0000);
 #[test]
 fn masks_ids_and_shared_buffers_are_checked() {
     unit::<1>();
-    let live = FakeHal::live_pages();
     // Nothing before the device is attached.
     assert!(Dma::<IovaHal<Lsi1>>::new(4096).is_err());
     LSI1.attach(LSI, id(1), mapper(), tables()).unwrap();
@@ -175,13 +202,13 @@ fn masks_ids_and_shared_buffers_are_checked() {
         OTHER1.attach(EDU, id(1), mapper(), tables()),
         Err(IommuError::DomainIdInUse)
     );
-    assert_eq!(FakeHal::live_pages(), live);
+    assert_eq!(live::<1>(), 0);
     // The refusal kept nothing: the same space attaches under its own id.
     OTHER1.attach(EDU, id(4), mapper(), tables()).unwrap();
     assert_eq!(OTHER1.device(), Some(EDU));
     // A mask below the window: no IOVA fits, nothing is left allocated.
     assert!(Dma::<IovaHal<Lsi1>>::new_below(4096, WINDOW - 1).is_err());
-    assert_eq!(FakeHal::live_pages(), live);
+    assert_eq!(live::<1>(), 0);
     assert_eq!(LSI1.pages_in_use(), 0);
     // A mask inside the window: the IOVA stays under it.
     let low = Dma::<IovaHal<Lsi1>>::new_below(4096, WINDOW + 0x1fff).unwrap();
@@ -209,9 +236,9 @@ fn masks_ids_and_shared_buffers_are_checked() {
         iova
     })
     .unwrap();
-    TestUnit::<1>::with(|unit| unit.take_fault());
+    TestUnit::<1>::with_unit(|unit| unit.take_fault());
     assert_eq!(dma::<1>(LSI, at, false), Access::Fault(6), "unshared");
-    TestUnit::<1>::with(|unit| unit.take_fault());
+    TestUnit::<1>::with_unit(|unit| unit.take_fault());
     assert_eq!(LSI1.pages_in_use(), 1, "only the low buffer");
     // Direction::FromDevice maps writable.
     let mut out = vec![0u8; 64];
@@ -250,7 +277,7 @@ fn a_channel_over_the_iova_hal_copies_and_fails_on_its_devices_refused_dma() {
     // the unit refuses the device's write (here the fake's access stands
     // for it), and the next status check pins the fault on that request.
     let mut plain = vec![0u8; 4096];
-    let buffer = core::ptr::NonNull::from(plain.as_mut_slice());
+    let buffer = NonNull::from(plain.as_mut_slice());
     // SAFETY: `plain` is not touched until `unshare` below.
     let ro = unsafe { IovaHal::<Cpu2>::share(buffer, Direction::ToDevice) }.unwrap();
     // SAFETY: both ends are this test's memory, mapped in the domain; the
@@ -263,7 +290,7 @@ fn a_channel_over_the_iova_hal_copies_and_fails_on_its_devices_refused_dma() {
         Status::Error(ErrorKind::WriteFailed)
     );
     assert!(chan.is_halted());
-    TestUnit::<2>::with(|unit| assert_eq!(unit.take_fault(), None, "claimed by the channel"));
+    TestUnit::<2>::with_unit(|unit| assert_eq!(unit.take_fault(), None, "claimed by the channel"));
     // SAFETY: the values of the `share` above; the request has ended.
     unsafe { IovaHal::<Cpu2>::unshare(ro, buffer, Direction::ToDevice) };
     assert_eq!(plain[..64], dst.as_slice()[..64], "the CPU engine did copy");
