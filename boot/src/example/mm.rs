@@ -1,5 +1,5 @@
-//! `./qemu-run.sh example`: how a kernel that already manages its memory
-//! with the `x86_64` crate adopts the mm half.
+//! How a kernel that already manages its memory with the `x86_64` crate
+//! adopts the mm half.
 //!
 //! The kernel here keeps its own `OffsetPageTable` over the live page
 //! tables (made anew for each use, never held across a call of the
@@ -25,7 +25,6 @@ use x86_64::structures::paging::{
 };
 use x86_64::{PhysAddr, VirtAddr};
 
-use crate::exit::ExitCode;
 use crate::mem::{PHYS_OFFSET, frames, phys_to_virt};
 use crate::recover::{Caught, catch};
 use crate::{platform, println};
@@ -86,21 +85,6 @@ fn adopt(db_first: PhysFrame, nx: bool) -> Space {
 }
 // glue: end
 
-/// Runs the example; every check that fails is a panic, reported as a
-/// failure of the run.
-pub fn run() -> ExitCode {
-    match catch(example) {
-        Ok(()) => {
-            println!("example done");
-            ExitCode::Success
-        }
-        Err(why) => {
-            println!("example FAILED: {why}");
-            ExitCode::Failure
-        }
-    }
-}
-
 /// The kernel's own view of its page tables, as it had before, made anew
 /// for each use: an `OffsetPageTable` holds a `&mut` to the PML4, which
 /// must not stay live across a call of the crate's space, which writes
@@ -118,7 +102,8 @@ fn kernel_tables() -> OffsetPageTable<'static> {
     }
 }
 
-fn example() {
+/// Runs the mm half's example; a failed check panics.
+pub fn run() {
     let own = KernelFrames.allocate_frame().expect("a frame");
     let own_page = Page::<Size4KiB>::containing_address(VirtAddr::new(KERNEL_PAGE));
     let flags = PageTableFlags::PRESENT | PageTableFlags::WRITABLE;

@@ -1,0 +1,28 @@
+//! `./qemu-run.sh example`: kernels written as an outsider would, from the
+//! README and rustdoc, each adopting one part of the crate with the glue
+//! between its `glue: begin` and `glue: end` markers (counted by a host
+//! test, which holds each to the README's number):
+//! - [`mm`]: a kernel with its own `x86_64` page tables and frame
+//!   allocator inserts, remaps and zaps pages in the same hierarchy;
+//! - [`dma`]: a kernel with PCI configuration access, a frame allocator
+//!   and a delay copies memory with the LSI53C895A.
+
+mod dma;
+mod mm;
+
+use crate::exit::ExitCode;
+use crate::println;
+use crate::recover::catch;
+
+/// Runs every example; a check that fails is a panic, reported as a
+/// failure of the run.
+pub fn run() -> ExitCode {
+    for (name, example) in [("mm", mm::run as fn()), ("dma", dma::run)] {
+        if let Err(why) = catch(example) {
+            println!("example {name} FAILED: {why}");
+            return ExitCode::Failure;
+        }
+    }
+    println!("example done");
+    ExitCode::Success
+}
