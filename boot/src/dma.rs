@@ -215,7 +215,12 @@ pub fn shared_edu_channel() -> Result<SharedEdu, DmaError> {
     Exclusive::take(&EDU_TAKEN, || make_edu().map(SharedChannel::new))
 }
 
-fn make_edu() -> Result<Channel<EduEngine<KernelHal>>, DmaError> {
+/// As [`edu_channel`], over the DMA layer `H` (the IOMMU's, say).
+pub fn edu_channel_over<H: Hal>() -> Result<Exclusive<Channel<EduEngine<H>>>, DmaError> {
+    Exclusive::take(&EDU_TAKEN, make_edu)
+}
+
+fn make_edu<H: Hal>() -> Result<Channel<EduEngine<H>>, DmaError> {
     let regs = edu_device()
         .and_then(|dev| devices::map_bar(dev, 0))
         .ok_or(DmaError::NotSupported)?;
