@@ -29,17 +29,26 @@
 //!   never touch that memory again, and reads addresses in its `Hal`'s
 //!   address space.
 //! - [`mm::traits::TableMapper`], [`mm::traits::PageCounter`],
-//!   [`mm::tlb::TlbFlush`] and `x86_64`'s `FrameAllocator`: page tables
-//!   reached where it says, counts that free a page only at zero, a flush
-//!   that really flushes, frames nobody else uses.
+//!   [`mm::tlb::TlbFlush`], [`mm::traits::TableAllocator`] and `x86_64`'s
+//!   `FrameAllocator`: page tables reached where it says (and no Rust
+//!   reference to one held across a call of the space), counts that free
+//!   a page only at zero, a flush that really flushes, frames nobody else
+//!   uses.
+//! - [`iommu::dma::IommuPlatform`] and [`iommu::dma::DeviceDma`]: one unit,
+//!   its uses serialised by the kernel's lock; `virt_to_phys` answers the
+//!   real physical address of a page that does not move; one static IOVA
+//!   space per device.
 //!
 //! **What it promises once, when it builds something** (`unsafe`
 //! constructors): [`mmio::MmioRegion::new`] (a device window of that
 //! size), [`mmio::PortRegion::new`] (the ports are one device's I/O
 //! registers, poked by nobody else), the drivers' constructors
 //! (`Lsi53c895a::new`, `EduEngine::new`: the window is that device's,
-//! driven by nothing else, and the edu mask is at most the device's own), [`mm::frame::FrameDb::new`] (the frames it counts are RAM the
-//! database alone hands out), [`mm::traits::OffsetMapper::new`],
+//! driven by nothing else, and the edu mask is at most the device's own),
+//! [`mm::frame::FrameDb::new`] and [`mm::frame::FrameDb::with_runs`] (the
+//! frames it counts are RAM the database alone hands out),
+//! [`mm::space::AddressSpace::add_spare_table`] (a frame nobody else
+//! uses), [`mm::traits::OffsetMapper::new`],
 //! [`mm::space::AddressSpace::from_root`] (its hierarchy stays live, and it
 //! adds, changes or frees nothing in the span of the space's areas, nor
 //! sets bit 10 on a link of its own under one; the crate refuses areas over
