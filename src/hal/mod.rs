@@ -12,6 +12,7 @@ use crate::engine::DmaError;
 
 #[cfg(test)]
 pub mod fake;
+pub mod pool;
 
 /// An address as a DMA-capable device sees it (a physical address when no
 /// IOMMU translates device accesses).
@@ -30,9 +31,13 @@ pub const PAGE_SIZE: usize = 4096;
 pub unsafe trait Hal {
     /// Allocates `pages` contiguous zeroed pages of DMA memory whose every
     /// byte has a DMA address at most `dma_mask` (a device's reach: the
-    /// LSI53C895A's descriptors need `0xffff_ffff`, a zone like Linux's
-    /// `GFP_DMA32`): their DMA address and CPU pointer, or `None` if no
-    /// such memory is left.
+    /// LSI53C895A's descriptors need `0xffff_ffff`, the edu device's
+    /// default is 28 bits; a zone like Linux's `GFP_DMA32`): their DMA
+    /// address and CPU pointer, or `None` if no such memory is left. A
+    /// kernel whose allocator has no zones, or cannot free, serves this
+    /// from a [`pool::DmaPool`] it fills at boot; behind an IOMMU
+    /// ([`crate::iommu::dma`]) the mask applies to IOVAs, and any RAM will
+    /// do.
     fn dma_alloc(pages: usize, dma_mask: u64) -> Option<(DmaAddr, NonNull<u8>)>;
 
     /// Frees memory from [`Hal::dma_alloc`].
