@@ -1,4 +1,4 @@
-//! A pool of DMA memory the kernel sets aside at boot, for a [`Hal`]
+//! A pool of DMA memory the kernel sets aside at boot, for a [`Hal`](super::Hal)
 //! whose frame allocator cannot free, or has no zones to honour a
 //! device's DMA mask (Linux's `ZONE_DMA`/`ZONE_DMA32` in miniature).
 //!
