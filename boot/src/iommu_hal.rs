@@ -8,7 +8,7 @@
 
 use dmaengine::engine::shared::X86Interrupts;
 use dmaengine::iommu::dma::{DeviceDma, IommuPlatform, IovaSpace};
-use dmaengine::iommu::{DomainId, IommuError};
+use dmaengine::iommu::{DomainId, IommuError, SourceId};
 use dmaengine::mm::frame::FrameDb;
 use dmaengine::mm::traits::OffsetMapper;
 use dmaengine::mmio::MmioRegion;
@@ -56,9 +56,16 @@ pub struct Lsi;
 
 static LSI_IOVAS: IovaSpace<Lsi> = IovaSpace::new(0x8000_0000);
 
-// SAFETY: this static serves the LSI53C895A alone.
+/// The LSI53C895A's requester id, set by the first [`attach`].
+static LSI_SOURCE: spin::Once<SourceId> = spin::Once::new();
+
+// SAFETY: the LSI53C895A's requester id as found on the bus (set once),
+// and a static that serves it alone.
 unsafe impl DeviceDma for Lsi {
     type Platform = Kernel;
+    fn source() -> SourceId {
+        *LSI_SOURCE.get().expect("set before the first attach")
+    }
     fn space() -> &'static IovaSpace<Lsi> {
         &LSI_IOVAS
     }
@@ -69,9 +76,16 @@ pub struct Edu;
 
 static EDU_IOVAS: IovaSpace<Edu> = IovaSpace::new(0x8000_0000);
 
-// SAFETY: this static serves the edu device alone.
+/// The edu device's requester id, set by the first [`attach`].
+static EDU_SOURCE: spin::Once<SourceId> = spin::Once::new();
+
+// SAFETY: the edu device's requester id as found on the bus (set once),
+// and a static that serves it alone.
 unsafe impl DeviceDma for Edu {
     type Platform = Kernel;
+    fn source() -> SourceId {
+        *EDU_SOURCE.get().expect("set before the first attach")
+    }
     fn space() -> &'static IovaSpace<Edu> {
         &EDU_IOVAS
     }
@@ -87,24 +101,40 @@ pub struct Attached;
 
 /// Takes the unit, attaches the LSI53C895A (`lsi`) and the edu device
 /// (`edu`) to their spaces and turns translation on. Dropping the guard
-/// detaches them and turns translation off: the kernel's rule is that the
-/// devices' channels go first.
-pub fn attach(
+/// detaches them and turns translation off; a detach that fails keeps
+/// the unit as it is, translating, for good.
+///
+/// # Safety
+/// Every channel over `IovaHal<Lsi>` or `IovaHal<Edu>` is dropped (its
+/// requests ended) before the guard: translation off turns the IOVAs
+/// still in flight into physical addresses.
+pub unsafe fn attach(
     lsi: &crate::pci::Device,
     edu: &crate::pci::Device,
 ) -> Result<Attached, &'static str> {
-    *UNIT.lock() = Some(take()?);
+    {
+        let mut unit = UNIT.lock();
+        if unit.is_some() {
+            return Err("the spaces are attached already");
+        }
+        *unit = Some(take()?);
+    }
     let guard = Attached;
+    let lsi = *LSI_SOURCE.call_once(|| source_of(lsi));
+    let edu = *EDU_SOURCE.call_once(|| source_of(edu));
+    if (lsi, edu) != (Lsi::source(), Edu::source()) {
+        return Err("other devices than the first attach's");
+    }
     let why = |e| match e {
         IommuError::OutOfMemory => "no memory for a domain",
         _ => "a device is attached elsewhere",
     };
     let id = |n| DomainId::new(n).expect("a domain id");
     LSI_IOVAS
-        .attach(source_of(lsi), id(LSI_DOMAIN), mapper(), db())
+        .attach(id(LSI_DOMAIN), mapper(), db())
         .map_err(why)?;
     EDU_IOVAS
-        .attach(source_of(edu), id(EDU_DOMAIN), mapper(), db())
+        .attach(id(EDU_DOMAIN), mapper(), db())
         .map_err(why)?;
     Kernel::with_unit(|unit| unit.enable()).map_err(|_| "the unit would not translate")?;
     Ok(guard)
@@ -119,13 +149,16 @@ impl Attached {
 
 impl Drop for Attached {
     fn drop(&mut self) {
-        let _ = LSI_IOVAS.detach();
-        let _ = EDU_IOVAS.detach();
-        // SAFETY: the kernel's rule (see `attach`): the device's channels
-        // are dropped before the guard, so nothing is in flight.
+        if LSI_IOVAS.detach().is_err() || EDU_IOVAS.detach().is_err() {
+            // A device may still translate through its domain: the unit
+            // stays, translating, rather than let its IOVAs through.
+            return;
+        }
+        // SAFETY: `attach`'s contract: the devices' channels are gone, and
+        // both devices are detached.
         let _ = Kernel::with_unit(|unit| unsafe { unit.disable() });
-        // Dropping the unit frees its own tables; the space keeps its
-        // domain's for the next attach.
+        // Dropping the unit frees its own tables; the spaces keep their
+        // domains' for the next attach.
         UNIT.lock().take();
     }
 }

@@ -1,7 +1,11 @@
 //! DMA through the IOMMU, one domain per device: [`IovaHal<D>`] is a
 //! [`Hal`] whose DMA addresses are IOVAs in device `D`'s own domain, so a
 //! driver over it (any of the crate's three) hands its device IOVAs, and
-//! the device reaches the pages mapped for it and nothing else.
+//! the device reaches the pages mapped for it and nothing else: whole
+//! pages, so a buffer shared with [`Hal::share`] that does not fill its
+//! first and last pages shares the rest of them too (as Linux's
+//! `dma_map_single` without bounce buffers does); share page-aligned
+//! buffers, or use [`Dma`](crate::hal::Dma) buffers, where that matters.
 //!
 //! Linux's `dma_map_*` take the device as an argument; the crate's [`Hal`]
 //! is a set of associated functions (as `virtio-drivers`' is), so the
@@ -13,7 +17,7 @@
 //!
 //! ```
 //! use dmaengine::engine::shared::X86Interrupts;
-//! use dmaengine::iommu::Iommu;
+//! use dmaengine::iommu::{Iommu, SourceId};
 //! use dmaengine::iommu::dma::{DeviceDma, IommuPlatform, IovaHal, IovaSpace};
 //! use dmaengine::mm::traits::{NoFree, OffsetMapper};
 //! use dmaengine::mmio::MmioRegion;
@@ -60,9 +64,13 @@
 //! /// The LSI53C895A, in a domain of its own.
 //! struct Lsi;
 //! static LSI_IOVAS: IovaSpace<Lsi> = IovaSpace::new(0x8000_0000);
-//! // SAFETY: this static serves the LSI alone.
+//! // SAFETY: the LSI's requester id (00:03.0 on this machine), and a
+//! // static that serves it alone.
 //! unsafe impl DeviceDma for Lsi {
 //!     type Platform = Kernel;
+//!     fn source() -> SourceId {
+//!         SourceId { bus: 0, device: 3, function: 0 }
+//!     }
 //!     fn space() -> &'static IovaSpace<Lsi> {
 //!         &LSI_IOVAS
 //!     }
@@ -72,9 +80,9 @@
 //! type LsiHal = IovaHal<Lsi>;
 //! ```
 //!
-//! At boot the kernel [`attach`](IovaSpace::attach)es the device (its PCI
-//! requester id, a domain id of its own, a mapper and an allocator for the
-//! domain's tables) and turns translation on ([`Iommu::enable`]); each
+//! At boot the kernel [`attach`](IovaSpace::attach)es the device (a domain
+//! id of its own, a mapper and an allocator for the domain's tables) and
+//! turns translation on ([`Iommu::enable`]); each
 //! channel over the device learns of the DMA the unit refused with one
 //! call, [`IovaSpace::report_faults_to`].
 //!
@@ -87,7 +95,7 @@
 //! `Irq`) is taken first, then the unit's ([`IommuPlatform::with_unit`]) for an IOTLB
 //! flush; a channel with its fault hook takes its own lock, then the
 //! unit's. So the kernel must never lock a channel or call into a space
-//! from inside `with`.
+//! from inside `with_unit`.
 
 use core::marker::PhantomData;
 use core::ptr::NonNull;
@@ -122,9 +130,11 @@ const PAGE: u64 = PAGE_SIZE as u64;
 /// `with_unit` (on any CPU, or in an interrupt handler) overlap: a lock,
 /// taken with interrupts off if a handler also uses the unit. The crate
 /// calls nothing inside `f` that calls `with_unit` again.
-/// `virt_to_phys`, if implemented, returns the physical address of the
-/// byte at `va` in the kernel's address space, on a page that stays there
-/// (not moved or swapped) while any buffer on it is shared.
+/// `Memory`'s DMA addresses are the physical addresses of the memory it
+/// returns (it is the kernel's Hal without an IOMMU: they are mapped as
+/// frames). `virt_to_phys`, if implemented, returns the physical address
+/// of the byte at `va` in the kernel's address space, on a page that stays
+/// there (not moved or swapped) while any buffer on it is shared.
 pub unsafe trait IommuPlatform: 'static {
     /// The unit's register window.
     type Regs: Registers;
@@ -154,14 +164,24 @@ pub unsafe trait IommuPlatform: 'static {
     }
 }
 
-/// One device behind the IOMMU: where its IOVA space lives.
+/// One device behind the IOMMU: which device it is and where its IOVA
+/// space lives.
 ///
 /// # Safety
-/// `space` returns the same static every time, used for this device
-/// alone.
+/// `source` returns the requester id of the device whose drivers use
+/// `IovaHal<Self>`, the same one every time from the first attach on, and
+/// no other `DeviceDma` type names it (a space attaches it to its domain:
+/// a wrong one would give another device this one's memory). `space` returns the same static every time,
+/// used for this device alone.
 pub unsafe trait DeviceDma: Sized + 'static {
     /// The kernel's platform.
     type Platform: IommuPlatform;
+
+    /// The device's PCI requester id (bus, device, function): the one
+    /// device `IovaHal<Self>` serves, claimed by no other `DeviceDma` type
+    /// (a kernel that finds it on the bus at boot keeps it in a `static`
+    /// set once, before the first attach).
+    fn source() -> SourceId;
 
     /// The device's IOVA space.
     fn space() -> &'static IovaSpace<Self>;
@@ -208,7 +228,8 @@ pub struct IovaSpace<D: DeviceDma> {
 struct State<D: DeviceDma> {
     domain: DeviceDomain<D>,
     area: VmaId,
-    device: SourceId,
+    /// The device's context entry may be in force (a failed invalidation
+    /// leaves that unknown, so it counts as attached).
     attached: bool,
     /// One bit per window page, set while it is mapped or reserved.
     used: [u64; WORDS],
@@ -234,18 +255,24 @@ impl<D: DeviceDma> IovaSpace<D> {
     }
 
     /// Builds the device's domain (id `id`, tables from `alloc` reached
-    /// through `mapper`) over the window and attaches `device` (its PCI
-    /// requester id) to it; a device detached since is attached again to
-    /// the same domain (`mapper` and `alloc` are then dropped, and `device`
-    /// and `id` must be the first attach's). A failed first attach keeps
-    /// nothing. Its DMA is
-    /// translated once the unit's translation is on ([`Iommu::enable`]).
+    /// through `mapper`) over the window and attaches the device
+    /// ([`DeviceDma::source`]) to it; a device detached since is attached
+    /// again to the same domain (`mapper` and `alloc` are then dropped, and
+    /// `id` must be the first attach's). Its DMA is translated once the
+    /// unit's translation is on ([`Iommu::enable`]).
     ///
-    /// The domain's tables are never freed: they stay for a later attach,
-    /// and so the unit can never walk a freed table.
+    /// The unit is asked first whether it would take the device and the id
+    /// ([`Iommu::check_attach`]), all under its lock, so a refusal takes
+    /// no table from `alloc`. The domain's tables are never freed once
+    /// built: they stay for a later attach, so the unit can never walk a
+    /// freed table; an attach whose invalidation failed (`TimedOut`,
+    /// `QueueError`) may have left the device attached, and the space says
+    /// so ([`IovaSpace::device`]) until a [`detach`](IovaSpace::detach)
+    /// succeeds. A space is meant to live in a `static` (hence
+    /// `&'static self`); one that is dropped leaks its domain rather than
+    /// free what the unit may walk.
     pub fn attach(
-        &self,
-        device: SourceId,
+        &'static self,
         id: DomainId,
         mapper: <Pf<D> as IommuPlatform>::Mapper,
         alloc: <Pf<D> as IommuPlatform>::Alloc,
@@ -254,50 +281,52 @@ impl<D: DeviceDma> IovaSpace<D> {
         if !self.base.is_multiple_of(PAGE) || window_end.is_none_or(|end| end > 1 << 48) {
             return Err(IommuError::BadWindow);
         }
+        let device = D::source();
         self.locked(|state| {
             let Some(state) = state else {
-                let flush = UnitFlush {
-                    id,
-                    _unit: PhantomData,
-                };
-                let mut domain = DeviceDomain::<D>::new_in(NoPages, mapper, alloc, flush, false)
-                    .map_err(|_| IommuError::OutOfMemory)?;
-                let rw = VmFlags::READ | VmFlags::WRITE | VmFlags::SHARED;
-                let area = domain
-                    .map_vma(page(self.base), WINDOW_PAGES as u64, rw)
-                    .map_err(|_| IommuError::BadWindow)?;
-                let root = domain.root();
-                // SAFETY: the tables are this domain's, kept in the static
-                // from here on and never freed; `id` is the one its
-                // flusher invalidates; the unit refuses an id in use with
-                // other tables. On an error the device was not attached,
-                // and the domain, never seen by the unit, is dropped.
-                Pf::<D>::with_unit(|unit| unsafe { unit.attach(device, id, root) })?;
-                *state = Some(State {
-                    domain,
-                    area,
-                    device,
-                    attached: true,
-                    used: [0; WORDS],
+                return Pf::<D>::with_unit(|unit| {
+                    unit.check_attach(device, id)?;
+                    let flush = UnitFlush {
+                        id,
+                        _unit: PhantomData,
+                    };
+                    let mut domain =
+                        DeviceDomain::<D>::new_in(NoPages, mapper, alloc, flush, false)
+                            .map_err(|_| IommuError::OutOfMemory)?;
+                    let rw = VmFlags::READ | VmFlags::WRITE | VmFlags::SHARED;
+                    let area = domain
+                        .map_vma(page(self.base), WINDOW_PAGES as u64, rw)
+                        .map_err(|_| IommuError::BadWindow)?;
+                    let root = domain.root();
+                    // SAFETY: the tables are this domain's, kept in the
+                    // static from here on (whatever `attach` answers) and
+                    // never freed; `id` is the one its flusher
+                    // invalidates; the unit refuses an id in use with
+                    // other tables.
+                    let attached = unsafe { unit.attach(device, id, root) };
+                    *state = Some(State {
+                        domain,
+                        area,
+                        // Written but maybe not in force: detach again.
+                        attached: attached.is_ok() || written(attached),
+                        used: [0; WORDS],
+                    });
+                    attached
                 });
-                return Ok(());
             };
             if state.attached {
                 return Err(IommuError::Attached);
             }
-            // One space, one device and one id: the flusher is bound to
-            // the id the domain was made with.
+            // One space, one id: the flusher is bound to the id the domain
+            // was made with.
             if state.domain.tlb_mut().id != id {
                 return Err(IommuError::DomainIdInUse);
             }
-            if state.device != device {
-                return Err(IommuError::Attached);
-            }
             let root = state.domain.root();
             // SAFETY: as above, for the domain kept since the first attach.
-            Pf::<D>::with_unit(|unit| unsafe { unit.attach(device, id, root) })?;
-            state.attached = true;
-            Ok(())
+            let attached = Pf::<D>::with_unit(|unit| unsafe { unit.attach(device, id, root) });
+            state.attached = attached.is_ok() || written(attached);
+            attached
         })
     }
 
@@ -309,7 +338,7 @@ impl<D: DeviceDma> IovaSpace<D> {
             let Some(state) = state.as_mut().filter(|s| s.attached) else {
                 return Ok(());
             };
-            Pf::<D>::with_unit(|unit| unit.detach(state.device))?;
+            Pf::<D>::with_unit(|unit| unit.detach(D::source()))?;
             state.attached = false;
             Ok(())
         })
@@ -317,7 +346,7 @@ impl<D: DeviceDma> IovaSpace<D> {
 
     /// The device attached, if it is.
     pub fn device(&self) -> Option<SourceId> {
-        self.locked(|state| state.as_ref().filter(|s| s.attached).map(|s| s.device))
+        self.locked(|state| state.as_ref().filter(|s| s.attached).map(|_| D::source()))
     }
 
     /// IOVA pages mapped (or reserved) now.
@@ -471,6 +500,22 @@ impl<U: IommuPlatform> FaultSource for UnitFaults<U> {
     }
 }
 
+/// Whether a failed attach had already written the context entry: an
+/// invalidation that did not finish.
+fn written(attached: Result<(), IommuError>) -> bool {
+    matches!(attached, Err(IommuError::TimedOut | IommuError::QueueError))
+}
+
+impl<D: DeviceDma> Drop for IovaSpace<D> {
+    fn drop(&mut self) {
+        // The unit may still walk the domain (a space outside a static,
+        // dropped while attached): its tables are leaked, never freed.
+        if let Some(state) = self.state.get_mut().take() {
+            core::mem::forget(state);
+        }
+    }
+}
+
 fn page(iova: u64) -> Page {
     Page::containing_address(VirtAddr::new_truncate(iova))
 }
@@ -482,8 +527,10 @@ pub struct IovaHal<D: DeviceDma>(PhantomData<fn() -> D>);
 // SAFETY: `dma_alloc` returns the `Memory` Hal's memory (contiguous,
 // zeroed, mapped for the CPU), mapped for the device at consecutive IOVAs
 // before it is returned and unmapped (IOTLB flushed) before it goes back;
-// `share` maps exactly the buffer's pages (read-only when the device only
-// reads) and `unshare` removes them, so the device reaches nothing else.
+// `share` maps exactly the pages the buffer lies on (read-only when the
+// device only reads) and `unshare` removes them; requests name only
+// addresses inside the buffers, so the rest of a partial page is reached
+// only by a device that disobeys its descriptors.
 unsafe impl<D: DeviceDma> Hal for IovaHal<D> {
     fn dma_alloc(pages: usize, dma_mask: u64) -> Option<(DmaAddr, NonNull<u8>)> {
         // Anywhere in physical memory: the device sees the IOVAs only.

@@ -91,14 +91,18 @@ fn dma<const N: usize>(source: SourceId, iova: u64, write: bool) -> Access {
     TestUnit::<N>::with_unit(|unit| unit.regs.dma(source.raw(), iova, write))
 }
 
-/// Declares device type `$name` on unit `$unit`, its space at `$base`.
+/// Declares device type `$name` (requester `$source`) on unit `$unit`, its
+/// space at `$base`.
 macro_rules! device {
-    ($name:ident, $space:ident, $unit:literal, $base:expr) => {
+    ($name:ident, $space:ident, $unit:literal, $source:expr, $base:expr) => {
         struct $name;
         static $space: IovaSpace<$name> = IovaSpace::new($base);
-        // SAFETY: its own static.
+        // SAFETY: its own static; one type per source on each unit.
         unsafe impl DeviceDma for $name {
             type Platform = TestUnit<$unit>;
+            fn source() -> SourceId {
+                $source
+            }
             fn space() -> &'static IovaSpace<$name> {
                 &$space
             }
@@ -123,9 +127,14 @@ const EDU: SourceId = SourceId {
     device: 4,
     function: 0,
 };
+const FAR: SourceId = SourceId {
+    bus: 0,
+    device: 5,
+    function: 0,
+};
 
-device!(Lsi0, LSI0, 0, WINDOW);
-device!(Edu0, EDU0, 0, WINDOW);
+device!(Lsi0, LSI0, 0, LSI, WINDOW);
+device!(Edu0, EDU0, 0, EDU, WINDOW);
 
 fn id(n: u16) -> DomainId {
     DomainId::new(n).unwrap()
@@ -134,8 +143,8 @@ fn id(n: u16) -> DomainId {
 #[test]
 fn each_device_reaches_its_own_memory_and_nothing_else() {
     unit::<0>();
-    LSI0.attach(LSI, id(1), mapper(), tables()).unwrap();
-    EDU0.attach(EDU, id(2), mapper(), tables()).unwrap();
+    LSI0.attach(id(1), mapper(), tables()).unwrap();
+    EDU0.attach(id(2), mapper(), tables()).unwrap();
 
     let mut lsi = Dma::<IovaHal<Lsi0>>::new(8192).unwrap();
     let edu = Dma::<IovaHal<Edu0>>::new(4096).unwrap();
@@ -173,7 +182,7 @@ fn each_device_reaches_its_own_memory_and_nothing_else() {
     // A second attach of the same space is refused; after a detach, the
     // device's DMA faults until it is attached again.
     assert_eq!(
-        LSI0.attach(LSI, id(1), mapper(), tables()),
+        LSI0.attach(id(1), mapper(), tables()),
         Err(IommuError::Attached)
     );
     let again = Dma::<IovaHal<Lsi0>>::new(4096).unwrap();
@@ -181,30 +190,30 @@ fn each_device_reaches_its_own_memory_and_nothing_else() {
     assert_eq!(LSI0.device(), None);
     assert_eq!(dma::<0>(LSI, again.paddr(), false), Access::Fault(2));
     TestUnit::<0>::with_unit(|unit| unit.take_fault());
-    LSI0.attach(LSI, id(1), mapper(), tables()).unwrap();
+    LSI0.attach(id(1), mapper(), tables()).unwrap();
     assert_eq!(
         phys(dma::<0>(LSI, again.paddr(), false)),
         again.as_ptr() as u64
     );
 }
 
-device!(Lsi1, LSI1, 1, WINDOW);
-device!(Other1, OTHER1, 1, 0x4000_0000);
+device!(Lsi1, LSI1, 1, LSI, WINDOW);
+device!(Other1, OTHER1, 1, EDU, 0x4000_0000);
 
 #[test]
 fn masks_ids_and_shared_buffers_are_checked() {
     unit::<1>();
     // Nothing before the device is attached.
     assert!(Dma::<IovaHal<Lsi1>>::new(4096).is_err());
-    LSI1.attach(LSI, id(1), mapper(), tables()).unwrap();
+    LSI1.attach(id(1), mapper(), tables()).unwrap();
     // Another device may not reuse the id with other tables.
     assert_eq!(
-        OTHER1.attach(EDU, id(1), mapper(), tables()),
+        OTHER1.attach(id(1), mapper(), tables()),
         Err(IommuError::DomainIdInUse)
     );
     assert_eq!(live::<1>(), 0);
     // The refusal kept nothing: the same space attaches under its own id.
-    OTHER1.attach(EDU, id(4), mapper(), tables()).unwrap();
+    OTHER1.attach(id(4), mapper(), tables()).unwrap();
     assert_eq!(OTHER1.device(), Some(EDU));
     // A mask below the window: no IOVA fits, nothing is left allocated.
     assert!(Dma::<IovaHal<Lsi1>>::new_below(4096, WINDOW - 1).is_err());
@@ -214,9 +223,9 @@ fn masks_ids_and_shared_buffers_are_checked() {
     let low = Dma::<IovaHal<Lsi1>>::new_below(4096, WINDOW + 0x1fff).unwrap();
     assert!(low.paddr() + 4095 <= WINDOW + 0x1fff);
     // A window that runs past 48 bits is refused.
-    device!(Far1, FAR1, 1, (1 << 48) - 4096);
+    device!(Far1, FAR1, 1, FAR, (1 << 48) - 4096);
     assert_eq!(
-        FAR1.attach(EDU, id(3), mapper(), tables()),
+        FAR1.attach(id(3), mapper(), tables()),
         Err(IommuError::BadWindow)
     );
 
@@ -251,12 +260,12 @@ fn masks_ids_and_shared_buffers_are_checked() {
     .unwrap();
 }
 
-device!(Cpu2, CPU2, 2, WINDOW);
+device!(Cpu2, CPU2, 2, LSI, WINDOW);
 
 #[test]
 fn a_channel_over_the_iova_hal_copies_and_fails_on_its_devices_refused_dma() {
     unit::<2>();
-    CPU2.attach(LSI, id(1), mapper(), tables()).unwrap();
+    CPU2.attach(id(1), mapper(), tables()).unwrap();
     let mut chan: Channel<CpuEngine<IovaHal<Cpu2>>> = Channel::new(CpuEngine::new());
     CPU2.report_faults_to(&mut chan).unwrap();
     let mut src = Dma::<IovaHal<Cpu2>>::new(4096).unwrap();

@@ -28,6 +28,8 @@
 
 pub mod dma;
 #[cfg(test)]
+mod dma_failure_tests;
+#[cfg(test)]
 mod dma_tests;
 #[cfg(test)]
 mod fake;
@@ -152,6 +154,8 @@ pub enum IommuError {
     DomainIdInUse,
     /// An IOVA window that is not page-aligned or runs past 48 bits.
     BadWindow,
+    /// A domain id past the unit's number of domains (CAP.ND).
+    BadDomainId,
     /// No device is attached to the space.
     NotAttached,
     /// The unit refused an invalidation descriptor (FSTS.IQE).
@@ -167,6 +171,7 @@ impl fmt::Display for IommuError {
             IommuError::Attached => "the device is already attached to a domain",
             IommuError::DomainIdInUse => "the domain id is in use with other tables",
             IommuError::BadWindow => "the IOVA window is misaligned or past 48 bits",
+            IommuError::BadDomainId => "the domain id is past the unit's number of domains",
             IommuError::NotAttached => "no device is attached",
             IommuError::QueueError => "the IOMMU refused an invalidation descriptor",
         })
@@ -304,6 +309,8 @@ pub struct Iommu<R: Registers, M: TableMapper, A: TableAllocator> {
     frcd: usize,
     nfr: usize,
     psi: bool,
+    /// Domain ids the unit takes: 2^(4 + 2 * CAP.ND).
+    domains: u32,
     tables: RefCell<Tables<A>>,
     /// The invalidation queue, when the unit has one.
     queue: RefCell<Option<Queue>>,
@@ -353,6 +360,7 @@ impl<R: Registers, M: TableMapper, A: TableAllocator> Iommu<R, M, A> {
             frcd: regs::cap_fro(cap),
             nfr: regs::cap_nfr(cap),
             psi: cap & regs::CAP_PSI != 0,
+            domains: regs::cap_domains(cap),
             tables: RefCell::new(Tables {
                 alloc,
                 context: [0; 256],
@@ -495,7 +503,10 @@ impl<R: Registers, M: TableMapper, A: TableAllocator> Iommu<R, M, A> {
     /// and an unmap that flushed another id would let it reach a page
     /// already given back. (Two domains under one id are refused with
     /// [`IommuError::DomainIdInUse`]: each device could reach the other's
-    /// pages through the cache.) The device must have no DMA in flight aimed at
+    /// pages through the cache.) If `attach` answers `TimedOut` or
+    /// `QueueError`, the entry was written and may be in use: keep the
+    /// tables as for a failed [`Iommu::detach`], and detach before
+    /// freeing them. The device must have no DMA in flight aimed at
     /// addresses meant for another domain (or for no translation): from
     /// here on, they are translated through `tables`.
     pub unsafe fn attach(
@@ -504,13 +515,7 @@ impl<R: Registers, M: TableMapper, A: TableAllocator> Iommu<R, M, A> {
         domain: DomainId,
         tables: PhysFrame,
     ) -> Result<(), IommuError> {
-        let context = self.context_table(device.bus)?;
-        let entry = self.entry(context, device.devfn());
-        // SAFETY: a context entry (16 bytes) in a table this unit owns.
-        let lo = unsafe { entry.read_volatile() };
-        if lo & regs::CONTEXT_PRESENT != 0 {
-            return Err(IommuError::Attached);
-        }
+        let entry = self.free_entry(device, domain)?;
         if self.id_used_elsewhere(domain, tables.start_address().as_u64()) {
             return Err(IommuError::DomainIdInUse);
         }
@@ -532,7 +537,9 @@ impl<R: Registers, M: TableMapper, A: TableAllocator> Iommu<R, M, A> {
     /// theirs is refused (a write dropped, a read returning zeros, both
     /// recorded as faults), so none reaches memory; their channels report
     /// them failed when they check the unit's faults (see
-    /// [`crate::engine::FaultHook`]). What is unsafe is what may come
+    /// [`crate::engine::FaultHook`]); a channel without a fault hook hears
+    /// nothing, and its engine (the LSI53C895A's SCRIPTS) runs on, its
+    /// requests in progress, until the channel's `terminate`. What is unsafe is what may come
     /// next: attaching the device elsewhere ([`Iommu::attach`]) or turning
     /// translation off ([`Iommu::disable`]) while they are in flight.
     ///
@@ -671,6 +678,36 @@ impl<R: Registers, M: TableMapper, A: TableAllocator> Iommu<R, M, A> {
             tables.context[bus as usize] = table;
         }
         Ok(tables.context[bus as usize])
+    }
+
+    /// Whether [`Iommu::attach`] of `device` to a domain not yet built
+    /// under id `domain` would be refused, checked before the domain's
+    /// tables are taken from an allocator (that may not free): the id fits
+    /// the unit, no device uses it, `device` is attached to nothing, and
+    /// its bus's context table exists (made now if not). What `attach`
+    /// itself may still answer then is an invalidation's failure.
+    pub fn check_attach(&self, device: SourceId, domain: DomainId) -> Result<(), IommuError> {
+        self.free_entry(device, domain)?;
+        if self.id_used_elsewhere(domain, u64::MAX) {
+            return Err(IommuError::DomainIdInUse);
+        }
+        Ok(())
+    }
+
+    /// The context entry of `device`, if it is free and `domain` fits the
+    /// unit.
+    fn free_entry(&self, device: SourceId, domain: DomainId) -> Result<*mut u64, IommuError> {
+        if u32::from(domain.get()) >= self.domains {
+            return Err(IommuError::BadDomainId);
+        }
+        let context = self.context_table(device.bus)?;
+        let entry = self.entry(context, device.devfn());
+        // SAFETY: a context entry (16 bytes) in a table this unit owns.
+        let lo = unsafe { entry.read_volatile() };
+        if lo & regs::CONTEXT_PRESENT != 0 {
+            return Err(IommuError::Attached);
+        }
+        Ok(entry)
     }
 
     /// Whether a present context entry names `domain` with tables other

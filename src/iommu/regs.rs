@@ -47,6 +47,10 @@ pub const fn cap_fro(cap: u64) -> usize {
 pub const fn cap_nfr(cap: u64) -> usize {
     ((cap >> 40) & 0xff) as usize + 1
 }
+/// CAP bits 2:0, ND: the unit takes 2^(4 + 2 * ND) domain ids.
+pub const fn cap_domains(cap: u64) -> u32 {
+    1 << (4 + 2 * (cap & 7) as u32)
+}
 /// CAP bit 39, PSI: page-selective IOTLB invalidation is supported.
 pub const CAP_PSI: u64 = 1 << 39;
 /// ECAP bit 1, QI: queued invalidation is supported (units of VT-d

@@ -90,10 +90,13 @@ fn lsi_over_the_iova_hal_once(victim: &dmaengine::mm::frame::PageRef<'_>) {
 
     use crate::iommu_hal::{Edu, Lsi, attach};
     type Hal = IovaHal<Lsi>;
-    let guard = attach(
-        lsi_device().expect("the LSI53C895A"),
-        crate::dma::edu_device().expect("the edu device"),
-    )
+    // SAFETY: both channels below are dropped before the guard.
+    let guard = unsafe {
+        attach(
+            lsi_device().expect("the LSI53C895A"),
+            crate::dma::edu_device().expect("the edu device"),
+        )
+    }
     .expect("the devices' domains");
     // The edu device, in its own domain at the same IOVAs, copies too.
     let edu_copied = {

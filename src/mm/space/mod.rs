@@ -38,6 +38,10 @@ use super::vma::{VmFlags, Vma};
 
 /// Areas an address space holds.
 pub const MAX_VMAS: usize = 64;
+
+/// The end of the spare-table list: above every physical address, bit 0
+/// (an entry's present bit) clear.
+const NO_SPARE: u64 = !0xfff;
 /// The end of the lower (user) half of the canonical address space.
 pub const USER_END: u64 = 1 << 47;
 
@@ -141,7 +145,7 @@ pub struct AddressSpace<
     tlb: T,
     root: u64,
     owns_root: bool,
-    /// The newest spare table's address + 1 (0: none); see
+    /// The newest spare table's address ([`NO_SPARE`]: none); see
     /// [`AddressSpace::spare_tables`].
     spares: u64,
     spare_count: usize,
@@ -242,7 +246,7 @@ impl<C: PageCounter, M: TableMapper, A: TableAllocator, T: TlbFlush, F: Format>
             tlb,
             root: root.start_address().as_u64(),
             owns_root,
-            spares: 0,
+            spares: NO_SPARE,
             spare_count: 0,
             id: NEXT_SPACE_ID.fetch_add(1, Ordering::Relaxed),
             vmas: [None; MAX_VMAS],
@@ -312,21 +316,16 @@ impl<C: PageCounter, M: TableMapper, A: TableAllocator, T: TlbFlush, F: Format>
     ///
     /// # Safety
     /// `table` is RAM nothing else uses from now on, reachable through the
-    /// space's mapper; and the space's allocator may be offered it back
+    /// space's mapper, and not already a table or a spare of this space
+    /// (the same frame twice would be handed out as two tables); and the
+    /// space's allocator may be offered it back
     /// (`take_back`) as if it had allocated it: with a [`NoFree`](super::traits::NoFree)
     /// allocator that is always so, with one that frees the frame must
     /// be one that allocator may free.
     pub unsafe fn add_spare_table(&mut self, table: PhysFrame) {
-        let table = table.start_address().as_u64();
-        // SAFETY: the caller gives us the frame, unused, mapped by the mapper.
-        unsafe {
-            self.mapper
-                .frame_ptr(frame(table))
-                .cast::<u64>()
-                .write_volatile(self.spares)
-        };
-        self.spares = table + 1;
-        self.spare_count += 1;
+        // SAFETY: the caller's contract: the frame is RAM given to this
+        // space alone, mapped by the mapper, no table or spare of it.
+        unsafe { self.push_spare(table.start_address().as_u64()) };
     }
 
     /// Unmaps every area; whole areas never split a 2 MiB entry, so this

@@ -5,7 +5,7 @@ use core::ops::Range;
 
 use x86_64::VirtAddr;
 
-use super::{AddressSpace, Leaf, USER_END, frame};
+use super::{AddressSpace, Leaf, NO_SPARE, USER_END, frame};
 use crate::mm::MmError;
 use crate::mm::pte::{self, ADDR_1G, ADDR_2M, ADDR_4K, Format, HUGE, PAGE_4K};
 use crate::mm::tlb::TlbFlush;
@@ -104,10 +104,14 @@ impl<C: PageCounter, M: TableMapper, A: TableAllocator, T: TlbFlush, F: Format>
     }
 
     /// Takes the newest spare table off the list the spare frames
-    /// themselves hold: each one's first word is the next one's address
-    /// (+1, so that frame 0 can be one too; 0 ends the list).
+    /// themselves hold: each one's first word is the next one's address,
+    /// [`NO_SPARE`] at the end. Neither has bit 0 set, so a stale walk of a
+    /// spare would find no present entry there.
     pub(super) fn pop_spare(&mut self) -> Option<u64> {
-        let table = self.spares.checked_sub(1)?;
+        let table = self.spares;
+        if table == NO_SPARE {
+            return None;
+        }
         // SAFETY: a spare is a table frame of this space that nothing links
         // or caches (it was freed after its flush); `TableMapper` maps it.
         self.spares = unsafe {
@@ -118,6 +122,24 @@ impl<C: PageCounter, M: TableMapper, A: TableAllocator, T: TlbFlush, F: Format>
         };
         self.spare_count -= 1;
         Some(table)
+    }
+
+    /// Puts `table` at the head of the spare list.
+    ///
+    /// # Safety
+    /// `table` is a frame of RAM the space alone uses from now on, linked
+    /// nowhere and cached by no TLB, not already a spare, and reachable
+    /// through the mapper.
+    pub(super) unsafe fn push_spare(&mut self, table: u64) {
+        // SAFETY: the caller's contract; the mapper maps its 4096 bytes.
+        unsafe {
+            self.mapper
+                .frame_ptr(frame(table))
+                .cast::<u64>()
+                .write_volatile(self.spares)
+        };
+        self.spares = table;
+        self.spare_count += 1;
     }
 
     /// Fills `tables` with zeroed table frames, all or none: on failure the
@@ -145,16 +167,9 @@ impl<C: PageCounter, M: TableMapper, A: TableAllocator, T: TlbFlush, F: Format>
         // such tables too), and its unlinking was flushed (or it was never
         // linked).
         if !unsafe { self.alloc.take_back(frame(table)) } {
-            // SAFETY: as above, the frame is ours and unused; the mapper
-            // maps its 4096 bytes.
-            unsafe {
-                self.mapper
-                    .frame_ptr(frame(table))
-                    .cast::<u64>()
-                    .write_volatile(self.spares)
-            };
-            self.spares = table + 1;
-            self.spare_count += 1;
+            // SAFETY: as above: ours, unlinked, flushed, and not a spare
+            // (spares are linked nowhere, so never freed as tables).
+            unsafe { self.push_spare(table) };
         }
     }
 
