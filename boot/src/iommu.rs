@@ -55,6 +55,21 @@ impl Drop for Exclusive {
     }
 }
 
+/// Takes over the unit for the IOVA layer, which keeps it in a
+/// `StaticUnit`: [`released`] says when that unit has been dropped.
+pub fn take_unit() -> Result<Unit, &'static str> {
+    let unit = take()?;
+    // The unit leaves the guard; TAKEN stays set until `released`.
+    let unit = core::mem::ManuallyDrop::new(unit);
+    // SAFETY: read once out of a guard that is never dropped or used again.
+    Ok(unsafe { core::ptr::read(&unit.0) })
+}
+
+/// The unit [`take_unit`] gave out has been dropped: it may be taken again.
+pub fn released() {
+    TAKEN.store(false, Ordering::Release);
+}
+
 /// Takes over the unit.
 pub fn take() -> Result<Exclusive, &'static str> {
     let base = base().ok_or("no DMA-remapping unit in the ACPI DMAR table")?;

@@ -1,49 +1,41 @@
 //! The kernel's glue for `dmaengine::iommu::dma`: DMA addresses that are
 //! IOVAs in a device's own domain. [`Kernel`] says what lies under every
-//! space (the unit a test took, behind a lock; the frames of [`KernelHal`];
-//! the CPU's page tables for shared buffers), and [`Lsi`] and [`Edu`] are
-//! the LSI53C895A's and the edu device's spaces, so a driver over
-//! `IovaHal<Lsi>` hands the chip only IOVAs of its own domain. While
-//! [`attach`]'s guard lives, the unit is the guard's.
+//! space (the unit a test took, in a `StaticUnit`; the frames of
+//! [`KernelHal`]; the CPU's page tables for shared buffers), and [`Lsi`]
+//! and [`Edu`] are the LSI53C895A's and the edu device's spaces, so a
+//! driver over `IovaHal<Lsi>` hands the chip only IOVAs of its own domain.
+//! While [`attach`]'s guard lives, the unit is the guard's.
 
 use dmaengine::engine::shared::X86Interrupts;
-use dmaengine::iommu::dma::{DeviceDma, IommuPlatform, IovaSpace};
-use dmaengine::iommu::{DomainId, IommuError, SourceId};
+use dmaengine::iommu::dma::{DeviceDma, IommuPlatform, StaticUnit};
+use dmaengine::iommu::{DomainId, IommuError};
 use dmaengine::mm::frame::FrameDb;
 use dmaengine::mm::traits::OffsetMapper;
 use dmaengine::mmio::MmioRegion;
-use spin::Mutex;
 
 use crate::dma::KernelHal;
-use crate::iommu::{Exclusive, Unit, source_of, take};
+use crate::iommu::{released, source_of, take_unit};
 use crate::mem::paging;
 use crate::mm::{db, mapper};
 
+/// The unit's lock, as the IOVA layer takes it.
+pub type Unit = StaticUnit<MmioRegion, OffsetMapper, &'static FrameDb<'static>, X86Interrupts>;
+
 /// The unit while an [`Attached`] guard lives.
-static UNIT: Mutex<Option<Exclusive>> = Mutex::new(None);
+static UNIT: Unit = StaticUnit::new();
 
 /// The kernel under the IOVA spaces.
 pub struct Kernel;
 
-// SAFETY: `with_unit` locks the one unit a guard installed, interrupts
-// off; a guard detaches its space before it takes the unit back, so every
-// space sees one unit while attached. `KernelHal` is DMA memory by
-// physical address; `paging::translate` walks the live page tables, whose
-// kernel mappings never move a page.
+// SAFETY: `KernelHal` hands out memory by physical address;
+// `paging::translate` walks the live page tables, whose kernel mappings
+// never move a page.
 unsafe impl IommuPlatform for Kernel {
-    type Regs = MmioRegion;
-    type Mapper = OffsetMapper;
-    type Alloc = &'static FrameDb<'static>;
+    type Unit = Unit;
     type Memory = KernelHal;
-    type Irq = X86Interrupts;
 
-    fn with_unit<T>(f: impl FnOnce(&Unit) -> T) -> T {
-        x86_64::instructions::interrupts::without_interrupts(|| {
-            f(UNIT
-                .lock()
-                .as_ref()
-                .expect("a unit while a space is in use"))
-        })
+    fn unit() -> &'static Unit {
+        &UNIT
     }
 
     fn virt_to_phys(va: *const u8) -> Option<u64> {
@@ -51,45 +43,14 @@ unsafe impl IommuPlatform for Kernel {
     }
 }
 
-/// The LSI53C895A's IOVAs: 64 MiB from 2 GiB, within its 32-bit reach.
-pub struct Lsi;
-
-static LSI_IOVAS: IovaSpace<Lsi> = IovaSpace::new(0x8000_0000);
-
-/// The LSI53C895A's requester id, set by the first [`attach`].
-static LSI_SOURCE: spin::Once<SourceId> = spin::Once::new();
-
-// SAFETY: the LSI53C895A's requester id as found on the bus (set once),
-// and a static that serves it alone.
-unsafe impl DeviceDma for Lsi {
-    type Platform = Kernel;
-    fn source() -> SourceId {
-        *LSI_SOURCE.get().expect("set before the first attach")
-    }
-    fn space() -> &'static IovaSpace<Lsi> {
-        &LSI_IOVAS
-    }
-}
-
-/// The edu device's IOVAs: the same window, in a domain of its own.
-pub struct Edu;
-
-static EDU_IOVAS: IovaSpace<Edu> = IovaSpace::new(0x8000_0000);
-
-/// The edu device's requester id, set by the first [`attach`].
-static EDU_SOURCE: spin::Once<SourceId> = spin::Once::new();
-
-// SAFETY: the edu device's requester id as found on the bus (set once),
-// and a static that serves it alone.
-unsafe impl DeviceDma for Edu {
-    type Platform = Kernel;
-    fn source() -> SourceId {
-        *EDU_SOURCE.get().expect("set before the first attach")
-    }
-    fn space() -> &'static IovaSpace<Edu> {
-        &EDU_IOVAS
-    }
-}
+dmaengine::iova_device!(
+    /// The LSI53C895A's IOVAs: 64 MiB from 2 GiB, within its 32-bit reach.
+    pub Lsi: Kernel, 0x8000_0000
+);
+dmaengine::iova_device!(
+    /// The edu device's IOVAs: the same window, in a domain of its own.
+    pub Edu: Kernel, 0x8000_0000
+);
 
 /// The domain ids of the two spaces.
 const LSI_DOMAIN: u16 = 7;
@@ -105,51 +66,50 @@ pub struct Attached;
 /// the unit as it is, translating, for good.
 ///
 /// # Safety
-/// Every channel over `IovaHal<Lsi>` or `IovaHal<Edu>` is dropped (its
-/// requests ended) before the guard: translation off turns the IOVAs
-/// still in flight into physical addresses.
+/// `lsi` and `edu` are those devices (the spaces give each what its
+/// driver maps), and every channel over `IovaHal<Lsi>` or `IovaHal<Edu>`
+/// is dropped (its requests ended) before the guard: translation off
+/// turns the IOVAs still in flight into physical addresses.
 pub unsafe fn attach(
     lsi: &crate::pci::Device,
     edu: &crate::pci::Device,
 ) -> Result<Attached, &'static str> {
-    {
-        let mut unit = UNIT.lock();
-        if unit.is_some() {
-            return Err("the spaces are attached already");
-        }
-        *unit = Some(take()?);
+    // `take_unit` refuses while the installed unit is out (TAKEN), so a
+    // second unit cannot meet the first here; if it did, it is leaked, not
+    // dropped (dropping it would turn the installed one's translation off).
+    if let Err(second) = UNIT.install(take_unit()?) {
+        core::mem::forget(second);
+        return Err("the spaces are attached already");
     }
     let guard = Attached;
-    let lsi = *LSI_SOURCE.call_once(|| source_of(lsi));
-    let edu = *EDU_SOURCE.call_once(|| source_of(edu));
-    if (lsi, edu) != (Lsi::source(), Edu::source()) {
-        return Err("other devices than the first attach's");
-    }
     let why = |e| match e {
         IommuError::OutOfMemory => "no memory for a domain",
         _ => "a device is attached elsewhere",
     };
     let id = |n| DomainId::new(n).expect("a domain id");
-    LSI_IOVAS
-        .attach(id(LSI_DOMAIN), mapper(), db())
-        .map_err(why)?;
-    EDU_IOVAS
-        .attach(id(EDU_DOMAIN), mapper(), db())
-        .map_err(why)?;
+    // SAFETY: the caller's contract: these are the spaces' devices.
+    unsafe {
+        Lsi::space()
+            .attach(source_of(lsi), id(LSI_DOMAIN), mapper(), db())
+            .map_err(why)?;
+        Edu::space()
+            .attach(source_of(edu), id(EDU_DOMAIN), mapper(), db())
+            .map_err(why)?;
+    }
     Kernel::with_unit(|unit| unit.enable()).map_err(|_| "the unit would not translate")?;
     Ok(guard)
 }
 
 impl Attached {
     /// Runs `f` with the unit (for its fault records).
-    pub fn with_unit<T>(&self, f: impl FnOnce(&Unit) -> T) -> T {
+    pub fn with_unit<T>(&self, f: impl FnOnce(&dmaengine::iommu::dma::UnitOf<Kernel>) -> T) -> T {
         Kernel::with_unit(f)
     }
 }
 
 impl Drop for Attached {
     fn drop(&mut self) {
-        if LSI_IOVAS.detach().is_err() || EDU_IOVAS.detach().is_err() {
+        if Lsi::space().detach().is_err() || Edu::space().detach().is_err() {
             // A device may still translate through its domain: the unit
             // stays, translating, rather than let its IOVAs through.
             return;
@@ -157,8 +117,10 @@ impl Drop for Attached {
         // SAFETY: `attach`'s contract: the devices' channels are gone, and
         // both devices are detached.
         let _ = Kernel::with_unit(|unit| unsafe { unit.disable() });
-        // Dropping the unit frees its own tables; the spaces keep their
-        // domains' for the next attach.
-        UNIT.lock().take();
+        // SAFETY: both spaces are detached, and no space is used until the
+        // next `attach` installs a unit. Dropping it frees its own tables;
+        // the spaces keep their domains' for the next attach.
+        drop(unsafe { UNIT.take() });
+        released();
     }
 }

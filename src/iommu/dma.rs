@@ -10,15 +10,14 @@
 //! Linux's `dma_map_*` take the device as an argument; the crate's [`Hal`]
 //! is a set of associated functions (as `virtio-drivers`' is), so the
 //! device is a type instead: the kernel says once what lies under every
-//! space ([`IommuPlatform`]: its unit behind its lock, its physical DMA
-//! memory), names one type per device with the `static` its
-//! [`IovaSpace`] lives in ([`DeviceDma`]), and builds the driver over
-//! `IovaHal<ThatType>`. Nothing else changes for the driver.
+//! space ([`IommuPlatform`]: its unit in a [`StaticUnit`], its physical
+//! DMA memory), declares one type per device with [`iova_device!`]
+//! (which gives it a `static` [`IovaSpace`] of its own), and builds the
+//! driver over `IovaHal<ThatType>`. Nothing else changes for the driver.
 //!
 //! ```
 //! use dmaengine::engine::shared::X86Interrupts;
-//! use dmaengine::iommu::{Iommu, SourceId};
-//! use dmaengine::iommu::dma::{DeviceDma, IommuPlatform, IovaHal, IovaSpace};
+//! use dmaengine::iommu::dma::{IommuPlatform, IovaHal, StaticUnit};
 //! use dmaengine::mm::traits::{NoFree, OffsetMapper};
 //! use dmaengine::mmio::MmioRegion;
 //! # use core::ptr::NonNull;
@@ -37,65 +36,44 @@
 //! #     unsafe fn dma_dealloc(_: DmaAddr, _: NonNull<u8>, _: usize) {}
 //! #     fn phys_to_virt(_: DmaAddr) -> NonNull<u8> { NonNull::dangling() }
 //! # }
-//! type Unit = Iommu<MmioRegion, OffsetMapper, NoFree<BootFrames>>;
-//! static UNIT: spin::Mutex<Option<Unit>> = spin::Mutex::new(None);
+//! type Unit = StaticUnit<MmioRegion, OffsetMapper, NoFree<BootFrames>, X86Interrupts>;
+//! /// Installed at boot, once the DMAR table named the unit.
+//! static UNIT: Unit = StaticUnit::new();
 //!
 //! /// The kernel, as the IOVA layer sees it.
 //! struct Kernel;
-//! // SAFETY: one unit, set once at boot, behind a lock taken with
-//! // interrupts off; `PhysHal` is the kernel's DMA memory.
+//! // SAFETY: `PhysHal` hands out memory by physical address.
 //! unsafe impl IommuPlatform for Kernel {
-//!     type Regs = MmioRegion;
-//!     type Mapper = OffsetMapper;
-//!     type Alloc = NoFree<BootFrames>;
+//!     type Unit = Unit;
 //!     type Memory = PhysHal;
-//!     type Irq = X86Interrupts;
-//!     fn with_unit<T>(f: impl FnOnce(&Unit) -> T) -> T {
-//!         let were_on = x86_64::instructions::interrupts::are_enabled();
-//!         x86_64::instructions::interrupts::disable();
-//!         let result = f(UNIT.lock().as_ref().expect("set at boot"));
-//!         if were_on {
-//!             x86_64::instructions::interrupts::enable();
-//!         }
-//!         result
+//!     fn unit() -> &'static Unit {
+//!         &UNIT
 //!     }
 //! }
 //!
-//! /// The LSI53C895A, in a domain of its own.
-//! struct Lsi;
-//! static LSI_IOVAS: IovaSpace<Lsi> = IovaSpace::new(0x8000_0000);
-//! // SAFETY: the LSI's requester id (00:03.0 on this machine), and a
-//! // static that serves it alone.
-//! unsafe impl DeviceDma for Lsi {
-//!     type Platform = Kernel;
-//!     fn source() -> SourceId {
-//!         SourceId { bus: 0, device: 3, function: 0 }
-//!     }
-//!     fn space() -> &'static IovaSpace<Lsi> {
-//!         &LSI_IOVAS
-//!     }
-//! }
-//!
+//! // The LSI53C895A, with its IOVAs from 2 GiB in a domain of its own.
+//! dmaengine::iova_device!(Lsi: Kernel, 0x8000_0000);
 //! // Its driver: `Lsi53c895a<IovaHal<Lsi>>`.
 //! type LsiHal = IovaHal<Lsi>;
 //! ```
 //!
-//! At boot the kernel [`attach`](IovaSpace::attach)es the device (a domain
-//! id of its own, a mapper and an allocator for the domain's tables) and
-//! turns translation on ([`Iommu::enable`]); each
-//! channel over the device learns of the DMA the unit refused with one
-//! call, [`IovaSpace::report_faults_to`].
+//! At boot the kernel installs the unit ([`StaticUnit::install`]),
+//! [`attach`](IovaSpace::attach)es each device to its space (its PCI
+//! requester id, a domain id of its own, a mapper and an allocator for
+//! the domain's tables) and turns translation on ([`Iommu::enable`]);
+//! each channel over the device learns of the DMA the unit refused with
+//! one call, [`IovaSpace::report_faults_to`].
 //!
 //! IOVAs come from a window of [`WINDOW_PAGES`] pages from the base the
 //! space was made with (below 4 GiB for a device such as the
 //! LSI53C895A, whose descriptors hold 32-bit addresses), first fit, and
 //! are reused only after their unmapping was flushed from the IOTLB.
 //!
-//! Locks: the space's own lock (interrupts masked through the platform's
-//! `Irq`) is taken first, then the unit's ([`IommuPlatform::with_unit`]) for an IOTLB
-//! flush; a channel with its fault hook takes its own lock, then the
+//! Locks: the space's own lock (interrupts masked through the unit's
+//! `Irq`) is taken first, then the unit's ([`StaticUnit::with`]) for an
+//! IOTLB flush; a channel with its fault hook takes its own lock, then the
 //! unit's. So the kernel must never lock a channel or call into a space
-//! from inside `with_unit`.
+//! from inside [`StaticUnit::with`].
 
 use core::marker::PhantomData;
 use core::ptr::NonNull;
@@ -120,40 +98,142 @@ pub const WINDOW_PAGES: usize = WORDS * 64;
 const WORDS: usize = 256;
 const PAGE: u64 = PAGE_SIZE as u64;
 
-/// What the kernel provides under every device's IOVA space: its VT-d
-/// unit, reachable from any CPU, the physical memory it hands devices,
-/// and how its locks mask interrupts.
-///
-/// # Safety
-/// `with_unit` runs `f` with the same [`Iommu`] every time (a kernel that
-/// replaces its unit detaches every space first), and no two calls of
-/// `with_unit` (on any CPU, or in an interrupt handler) overlap: a lock,
-/// taken with interrupts off if a handler also uses the unit. The crate
-/// calls nothing inside `f` that calls `with_unit` again.
-/// `Memory`'s DMA addresses are the physical addresses of the memory it
-/// returns (it is the kernel's Hal without an IOMMU: they are mapped as
-/// frames). `virt_to_phys`, if implemented, returns the physical address
-/// of the byte at `va` in the kernel's address space, on a page that stays
-/// there (not moved or swapped) while any buffer on it is shared.
-pub unsafe trait IommuPlatform: 'static {
+/// The kernel's VT-d unit in a `static`, behind a lock taken with
+/// interrupts masked through `I`: built empty at compile time, given the
+/// unit once at boot ([`StaticUnit::install`]). Every use of the unit by
+/// the IOVA layer goes through it, from any CPU.
+pub struct StaticUnit<R: Registers, M: TableMapper, A: TableAllocator, I: IrqControl> {
+    unit: spin::Mutex<Option<Iommu<R, M, A>>>,
+    _irq: PhantomData<fn() -> I>,
+}
+
+impl<R: Registers, M: TableMapper, A: TableAllocator, I: IrqControl> StaticUnit<R, M, A, I> {
+    /// No unit yet.
+    pub const fn new() -> Self {
+        StaticUnit {
+            unit: spin::Mutex::new(None),
+            _irq: PhantomData,
+        }
+    }
+
+    /// Puts `unit` in; if one is there already, `unit` comes back.
+    // The refused unit is handed back whole (its tables are its own).
+    #[allow(clippy::result_large_err)]
+    pub fn install(&self, unit: Iommu<R, M, A>) -> Result<(), Iommu<R, M, A>> {
+        self.with_lock(|slot| match slot {
+            Some(_) => Err(unit),
+            None => {
+                *slot = Some(unit);
+                Ok(())
+            }
+        })
+    }
+
+    /// Runs `f` with the unit under the lock, interrupts masked; `None`
+    /// (and `f` not run) if no unit was installed.
+    pub fn with<T>(&self, f: impl FnOnce(&Iommu<R, M, A>) -> T) -> Option<T> {
+        self.with_lock(|slot| slot.as_ref().map(f))
+    }
+
+    /// Takes the unit out (dropping it turns translation off and frees its
+    /// tables).
+    ///
+    /// # Safety
+    /// No [`IovaSpace`] over this unit is attached (each one's `detach`
+    /// succeeded, or it was never attached), and none is used until a
+    /// unit is installed again: a space attached through one unit must
+    /// never meet another.
+    pub unsafe fn take(&self) -> Option<Iommu<R, M, A>> {
+        self.with_lock(Option::take)
+    }
+
+    fn with_lock<T>(&self, f: impl FnOnce(&mut Option<Iommu<R, M, A>>) -> T) -> T {
+        let were_on = I::disable();
+        let result = f(&mut self.unit.lock());
+        I::restore(were_on);
+        result
+    }
+}
+
+impl<R: Registers, M: TableMapper, A: TableAllocator, I: IrqControl> Default
+    for StaticUnit<R, M, A, I>
+{
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+mod sealed {
+    pub trait Sealed {}
+}
+
+/// A lock around the unit: [`StaticUnit`] (sealed, so the layer's locking
+/// is always the crate's own).
+pub trait UnitLock: sealed::Sealed + Sync + 'static {
     /// The unit's register window.
     type Regs: Registers;
     /// How the unit's and the domains' tables are reached.
     type Mapper: TableMapper + Send;
     /// Where the unit's and the domains' tables come from.
     type Alloc: TableAllocator + Send;
+    /// Interrupt masking around the unit's lock and each space's.
+    type Irq: IrqControl;
+
+    /// Runs `f` with the unit, serialised with every other use.
+    ///
+    /// # Panics
+    /// If no unit is installed: a space is attached only through an
+    /// installed unit, which stays until every space is detached.
+    fn with_unit<T>(&self, f: impl FnOnce(&Iommu<Self::Regs, Self::Mapper, Self::Alloc>) -> T)
+    -> T;
+}
+
+impl<R, M, A, I> sealed::Sealed for StaticUnit<R, M, A, I>
+where
+    R: Registers,
+    M: TableMapper,
+    A: TableAllocator,
+    I: IrqControl,
+{
+}
+
+impl<R, M, A, I> UnitLock for StaticUnit<R, M, A, I>
+where
+    R: Registers + Send + 'static,
+    M: TableMapper + Send + 'static,
+    A: TableAllocator + Send + 'static,
+    I: IrqControl + 'static,
+{
+    type Regs = R;
+    type Mapper = M;
+    type Alloc = A;
+    type Irq = I;
+
+    fn with_unit<T>(&self, f: impl FnOnce(&Iommu<R, M, A>) -> T) -> T {
+        self.with(f).expect("the IOMMU unit is installed")
+    }
+}
+
+/// What the kernel provides under every device's IOVA space: its VT-d
+/// unit (in a [`StaticUnit`]), the physical memory it hands devices, and
+/// how a CPU address becomes a physical one.
+///
+/// # Safety
+/// `unit` returns the same static every time. `Memory`'s DMA addresses are
+/// the physical addresses of the memory it returns (it is the kernel's Hal
+/// without an IOMMU: they are mapped as frames). `virt_to_phys`, if
+/// implemented, returns the physical address of the byte at `va` in the
+/// kernel's address space, on a page that stays there (not moved or
+/// swapped) while any buffer on it is shared.
+pub unsafe trait IommuPlatform: 'static {
+    /// The unit's lock: a [`StaticUnit`].
+    type Unit: UnitLock;
     /// The physical memory under the IOVAs: the kernel's `Hal` as it would
     /// be without an IOMMU (its DMA addresses are physical addresses).
     type Memory: Hal;
-    /// Interrupt masking around each space's lock: [`X86Interrupts`] if an
-    /// interrupt handler may allocate, free or share DMA memory (dropping
-    /// a `Dma` buffer does).
-    ///
-    /// [`X86Interrupts`]: crate::engine::shared::X86Interrupts
-    type Irq: IrqControl;
 
-    /// Runs `f` with the unit.
-    fn with_unit<T>(f: impl FnOnce(&Iommu<Self::Regs, Self::Mapper, Self::Alloc>) -> T) -> T;
+    /// The unit.
+    fn unit() -> &'static Self::Unit;
 
     /// The physical address of the byte at `va`, for [`Hal::share`] of
     /// memory that did not come from `dma_alloc`. The default refuses
@@ -162,40 +242,71 @@ pub unsafe trait IommuPlatform: 'static {
         let _ = va;
         None
     }
+
+    /// Runs `f` with the unit ([`UnitLock::with_unit`]).
+    fn with_unit<T>(f: impl FnOnce(&UnitOf<Self>) -> T) -> T {
+        Self::unit().with_unit(f)
+    }
 }
 
-/// One device behind the IOMMU: which device it is and where its IOVA
-/// space lives.
+/// The unit under platform `P`.
+pub type UnitOf<P> = Iommu<
+    <<P as IommuPlatform>::Unit as UnitLock>::Regs,
+    <<P as IommuPlatform>::Unit as UnitLock>::Mapper,
+    <<P as IommuPlatform>::Unit as UnitLock>::Alloc,
+>;
+
+/// One device behind the IOMMU: where its IOVA space lives. The
+/// [`iova_device!`](crate::iova_device) macro writes the type, its space
+/// and this impl in one line.
 ///
 /// # Safety
-/// `source` returns the requester id of the device whose drivers use
-/// `IovaHal<Self>`, the same one every time from the first attach on, and
-/// no other `DeviceDma` type names it (a space attaches it to its domain:
-/// a wrong one would give another device this one's memory). `space` returns the same static every time,
-/// used for this device alone.
+/// `space` returns the same static every time, used for this device
+/// alone.
 pub unsafe trait DeviceDma: Sized + 'static {
     /// The kernel's platform.
     type Platform: IommuPlatform;
-
-    /// The device's PCI requester id (bus, device, function): the one
-    /// device `IovaHal<Self>` serves, claimed by no other `DeviceDma` type
-    /// (a kernel that finds it on the bus at boot keeps it in a `static`
-    /// set once, before the first attach).
-    fn source() -> SourceId;
 
     /// The device's IOVA space.
     fn space() -> &'static IovaSpace<Self>;
 }
 
+/// Declares a device type for [`IovaHal`]: `iova_device!(pub Lsi: Kernel,
+/// 0x8000_0000);` is a unit struct `Lsi` whose IOVA space, a static of its
+/// own, lies under platform `Kernel` with its window from IOVA
+/// `0x8000_0000`. The space is reached as `Lsi::space()`
+/// ([`DeviceDma::space`]).
+#[macro_export]
+macro_rules! iova_device {
+    ($(#[$meta:meta])* $vis:vis $name:ident: $platform:ty, $base:expr) => {
+        $(#[$meta])*
+        $vis struct $name;
+
+        // SAFETY: the static is this type's own, declared here and named
+        // nowhere else.
+        unsafe impl $crate::iommu::dma::DeviceDma for $name {
+            type Platform = $platform;
+
+            fn space() -> &'static $crate::iommu::dma::IovaSpace<$name> {
+                static SPACE: $crate::iommu::dma::IovaSpace<$name> =
+                    $crate::iommu::dma::IovaSpace::new($base);
+                &SPACE
+            }
+        }
+    };
+}
+
 /// The platform of device `D`.
 type Pf<D> = <D as DeviceDma>::Platform;
+/// The unit lock of device `D`'s platform.
+type Lk<D> = <Pf<D> as IommuPlatform>::Unit;
 
 /// A device's domain: second-level tables of raw frames (nothing counted),
 /// flushed through the unit.
 type DeviceDomain<D> = AddressSpace<
     NoPages,
-    <Pf<D> as IommuPlatform>::Mapper,
-    <Pf<D> as IommuPlatform>::Alloc,
+    <Lk<D> as UnitLock>::Mapper,
+    <Lk<D> as UnitLock>::Alloc,
     UnitFlush<Pf<D>>,
     SecondLevel,
 >;
@@ -228,6 +339,8 @@ pub struct IovaSpace<D: DeviceDma> {
 struct State<D: DeviceDma> {
     domain: DeviceDomain<D>,
     area: VmaId,
+    /// The device its first attach named.
+    device: SourceId,
     /// The device's context entry may be in force (a failed invalidation
     /// leaves that unknown, so it counts as attached).
     attached: bool,
@@ -248,17 +361,18 @@ impl<D: DeviceDma> IovaSpace<D> {
     /// Runs `f` on the state, under the lock, interrupts masked by the
     /// platform's `Irq`.
     fn locked<T>(&self, f: impl FnOnce(&mut Option<State<D>>) -> T) -> T {
-        let were_on = <Pf<D> as IommuPlatform>::Irq::disable();
+        let were_on = <Lk<D> as UnitLock>::Irq::disable();
         let result = f(&mut self.state.lock());
-        <Pf<D> as IommuPlatform>::Irq::restore(were_on);
+        <Lk<D> as UnitLock>::Irq::restore(were_on);
         result
     }
 
     /// Builds the device's domain (id `id`, tables from `alloc` reached
-    /// through `mapper`) over the window and attaches the device
-    /// ([`DeviceDma::source`]) to it; a device detached since is attached
-    /// again to the same domain (`mapper` and `alloc` are then dropped, and
-    /// `id` must be the first attach's). Its DMA is translated once the
+    /// through `mapper`) over the window and attaches `device` (its PCI
+    /// requester id) to it; a device detached since is attached again to
+    /// the same domain (`mapper` and `alloc` are then dropped, and `device`
+    /// and `id` must be the first attach's, else `Attached` or
+    /// `DomainIdInUse`). Its DMA is translated once the
     /// unit's translation is on ([`Iommu::enable`]).
     ///
     /// The unit is asked first whether it would take the device and the id
@@ -271,17 +385,23 @@ impl<D: DeviceDma> IovaSpace<D> {
     /// succeeds. A space is meant to live in a `static` (hence
     /// `&'static self`); one that is dropped leaks its domain rather than
     /// free what the unit may walk.
-    pub fn attach(
+    ///
+    /// # Safety
+    /// `device` is the requester id of the device whose drivers use
+    /// `IovaHal<D>`, and no other space is attached to it: the device
+    /// reaches what this space maps, so another device's id would give
+    /// that device this one's memory.
+    pub unsafe fn attach(
         &'static self,
+        device: SourceId,
         id: DomainId,
-        mapper: <Pf<D> as IommuPlatform>::Mapper,
-        alloc: <Pf<D> as IommuPlatform>::Alloc,
+        mapper: <Lk<D> as UnitLock>::Mapper,
+        alloc: <Lk<D> as UnitLock>::Alloc,
     ) -> Result<(), IommuError> {
         let window_end = self.base.checked_add(WINDOW_PAGES as u64 * PAGE);
         if !self.base.is_multiple_of(PAGE) || window_end.is_none_or(|end| end > 1 << 48) {
             return Err(IommuError::BadWindow);
         }
-        let device = D::source();
         self.locked(|state| {
             let Some(state) = state else {
                 return Pf::<D>::with_unit(|unit| {
@@ -307,6 +427,7 @@ impl<D: DeviceDma> IovaSpace<D> {
                     *state = Some(State {
                         domain,
                         area,
+                        device,
                         // Written but maybe not in force: detach again.
                         attached: attached.is_ok() || written(attached),
                         used: [0; WORDS],
@@ -314,7 +435,7 @@ impl<D: DeviceDma> IovaSpace<D> {
                     attached
                 });
             };
-            if state.attached {
+            if state.attached || state.device != device {
                 return Err(IommuError::Attached);
             }
             // One space, one id: the flusher is bound to the id the domain
@@ -338,7 +459,7 @@ impl<D: DeviceDma> IovaSpace<D> {
             let Some(state) = state.as_mut().filter(|s| s.attached) else {
                 return Ok(());
             };
-            Pf::<D>::with_unit(|unit| unit.detach(D::source()))?;
+            Pf::<D>::with_unit(|unit| unit.detach(state.device))?;
             state.attached = false;
             Ok(())
         })
@@ -346,7 +467,7 @@ impl<D: DeviceDma> IovaSpace<D> {
 
     /// The device attached, if it is.
     pub fn device(&self) -> Option<SourceId> {
-        self.locked(|state| state.as_ref().filter(|s| s.attached).map(|_| D::source()))
+        self.locked(|state| state.as_ref().filter(|s| s.attached).map(|s| s.device))
     }
 
     /// IOVA pages mapped (or reserved) now.

@@ -6,11 +6,10 @@
 //! failed attach, freeing a root the unit's context entry still named.)
 
 use std::cell::Cell;
-use std::sync::Mutex;
 
 use x86_64::structures::paging::{FrameAllocator, PhysFrame, Size4KiB};
 
-use super::dma::{DeviceDma, IommuPlatform, IovaHal, IovaSpace};
+use super::dma::{DeviceDma, IommuPlatform, IovaHal, StaticUnit, UnitLock};
 use super::fake::{Access, FakeVtd};
 use super::{DomainId, Iommu, IommuError, SourceId, regs};
 use crate::engine::shared::NoMasking;
@@ -69,23 +68,20 @@ unsafe impl FrameAllocator<Size4KiB> for Boot {
     }
 }
 
-type Unit = Iommu<Stuck, OffsetMapper, NoFree<Boot>>;
+type Unit = StaticUnit<Stuck, OffsetMapper, NoFree<Boot>, NoMasking>;
 
-static UNITS: [Mutex<Option<Unit>>; 2] = [const { Mutex::new(None) }; 2];
+static UNITS: [Unit; 2] = [const { StaticUnit::new() }; 2];
 
 struct Platform<const N: usize>;
 
-// SAFETY: the same unit every time, behind a mutex; host memory is its own
-// physical address.
+// SAFETY: the fake Hal's addresses are host addresses, the test's
+// physical addresses.
 unsafe impl<const N: usize> IommuPlatform for Platform<N> {
-    type Regs = Stuck;
-    type Mapper = OffsetMapper;
-    type Alloc = NoFree<Boot>;
+    type Unit = Unit;
     type Memory = FakeHal;
-    type Irq = NoMasking;
 
-    fn with_unit<T>(f: impl FnOnce(&Unit) -> T) -> T {
-        f(UNITS[N].lock().unwrap().as_ref().expect("the test made it"))
+    fn unit() -> &'static Unit {
+        &UNITS[N]
     }
 }
 
@@ -103,16 +99,16 @@ fn unit<const N: usize>() -> &'static FrameDb<'static> {
     // SAFETY: the fake is this unit's window; tables from host memory.
     let unit = unsafe { Iommu::new(stuck, mapper(), NoFree(Boot(frames()))) }.unwrap();
     unit.enable().unwrap();
-    *UNITS[N].lock().unwrap() = Some(unit);
+    assert!(UNITS[N].install(unit).is_ok(), "one unit per test");
     frames()
 }
 
 fn stuck<const N: usize>(on: bool) {
-    Platform::<N>::with_unit(|unit| unit.regs.stuck.set(on));
+    UNITS[N].with_unit(|unit| unit.regs.stuck.set(on));
 }
 
 fn dma<const N: usize>(source: SourceId, iova: u64, write: bool) -> Access {
-    Platform::<N>::with_unit(|unit| unit.regs.unit.dma(source.raw(), iova, write))
+    UNITS[N].with_unit(|unit| unit.regs.unit.dma(source.raw(), iova, write))
 }
 
 const LSI: SourceId = SourceId {
@@ -127,19 +123,16 @@ const EDU: SourceId = SourceId {
 };
 
 macro_rules! device {
-    ($name:ident, $space:ident, $unit:literal, $source:expr) => {
-        struct $name;
-        static $space: IovaSpace<$name> = IovaSpace::new(0x8000_0000);
-        // SAFETY: its own static; one type per source on each unit.
-        unsafe impl DeviceDma for $name {
-            type Platform = Platform<$unit>;
-            fn source() -> SourceId {
-                $source
-            }
-            fn space() -> &'static IovaSpace<$name> {
-                &$space
-            }
-        }
+    ($name:ident, $unit:literal) => {
+        crate::iova_device!($name: Platform<$unit>, 0x8000_0000);
+    };
+}
+
+/// Attaches device type `$name` as `$source` under domain id `$id`.
+macro_rules! attach {
+    ($name:ident, $source:expr, $id:expr, $tables:expr) => {
+        // SAFETY: each test's devices are distinct requesters on its unit.
+        unsafe { $name::space().attach($source, id($id), mapper(), NoFree(Boot($tables))) }
     };
 }
 
@@ -147,23 +140,20 @@ fn id(n: u16) -> DomainId {
     DomainId::new(n).unwrap()
 }
 
-device!(Lsi0, LSI0, 0, LSI);
+device!(Lsi0, 0);
 
 #[test]
 fn an_attach_whose_invalidation_hangs_keeps_the_domain_and_counts_as_attached() {
     let tables = unit::<0>();
     stuck::<0>(true);
-    assert_eq!(
-        LSI0.attach(id(1), mapper(), NoFree(Boot(tables))),
-        Err(IommuError::TimedOut)
-    );
+    assert_eq!(attach!(Lsi0, LSI, 1, tables), Err(IommuError::TimedOut));
     stuck::<0>(false);
     // The entry was written: the space says the device may be attached,
     // and the root the entry names is still a table, not a free frame.
-    assert_eq!(LSI0.device(), Some(LSI));
-    let root = Platform::<0>::with_unit(|unit| unit.regs.unit.dma(LSI.raw(), 0x8000_0000, false));
+    assert_eq!(Lsi0::space().device(), Some(LSI));
+    let root = UNITS[0].with_unit(|unit| unit.regs.unit.dma(LSI.raw(), 0x8000_0000, false));
     assert_eq!(root, Access::Fault(6), "translated through the kept domain");
-    Platform::<0>::with_unit(|unit| unit.take_fault());
+    UNITS[0].with_unit(|unit| unit.take_fault());
     let in_use = (0..tables.len())
         .filter(|&i| tables.state(tables.frame(i).unwrap()).unwrap().kind == FrameKind::PageTable)
         .count();
@@ -174,51 +164,48 @@ fn an_attach_whose_invalidation_hangs_keeps_the_domain_and_counts_as_attached() 
         dma::<0>(LSI, buf.paddr(), true),
         Access::Ok(buf.as_ptr() as u64)
     );
-    LSI0.detach().unwrap();
-    assert_eq!(LSI0.device(), None);
+    Lsi0::space().detach().unwrap();
+    assert_eq!(Lsi0::space().device(), None);
     assert_eq!(dma::<0>(LSI, buf.paddr(), true), Access::Fault(2));
-    Platform::<0>::with_unit(|unit| unit.take_fault());
+    UNITS[0].with_unit(|unit| unit.take_fault());
 
     // A re-attach that hangs the same way also counts as attached, so the
     // next detach goes to the unit.
     stuck::<0>(true);
-    assert_eq!(
-        LSI0.attach(id(1), mapper(), NoFree(Boot(tables))),
-        Err(IommuError::TimedOut)
-    );
+    assert_eq!(attach!(Lsi0, LSI, 1, tables), Err(IommuError::TimedOut));
     stuck::<0>(false);
-    assert_eq!(LSI0.device(), Some(LSI));
-    LSI0.detach().unwrap();
+    assert_eq!(Lsi0::space().device(), Some(LSI));
+    Lsi0::space().detach().unwrap();
     assert_eq!(dma::<0>(LSI, buf.paddr(), true), Access::Fault(2));
-    Platform::<0>::with_unit(|unit| unit.take_fault());
-    LSI0.attach(id(1), mapper(), NoFree(Boot(tables))).unwrap();
+    UNITS[0].with_unit(|unit| unit.take_fault());
+    attach!(Lsi0, LSI, 1, tables).unwrap();
     assert_eq!(
         dma::<0>(LSI, buf.paddr(), true),
         Access::Ok(buf.as_ptr() as u64)
     );
 }
 
-device!(Lsi1, LSI1, 1, LSI);
-device!(Edu1, EDU1, 1, EDU);
+device!(Lsi1, 1);
+device!(Edu1, 1);
 
 #[test]
 fn a_refused_attach_takes_no_table_from_an_allocator_that_cannot_free() {
     let tables = unit::<1>();
-    LSI1.attach(id(1), mapper(), NoFree(Boot(tables))).unwrap();
+    attach!(Lsi1, LSI, 1, tables).unwrap();
     let free = tables.free_frames();
     for _ in 0..5 {
         assert_eq!(
-            EDU1.attach(id(1), mapper(), NoFree(Boot(tables))),
+            attach!(Edu1, EDU, 1, tables),
             Err(IommuError::DomainIdInUse)
         );
         assert_eq!(
-            EDU1.attach(id(200), mapper(), NoFree(Boot(tables))),
+            attach!(Edu1, EDU, 200, tables),
             Err(IommuError::BadDomainId),
             "the fake unit has 16 domain ids"
         );
     }
     assert_eq!(tables.free_frames(), free, "no frame taken");
-    assert_eq!(EDU1.device(), None);
-    EDU1.attach(id(2), mapper(), NoFree(Boot(tables))).unwrap();
+    assert_eq!(Edu1::space().device(), None);
+    attach!(Edu1, EDU, 2, tables).unwrap();
     assert_eq!(tables.free_frames(), free - 1, "its root");
 }

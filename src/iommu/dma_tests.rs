@@ -4,11 +4,10 @@
 //! real bytes and learns of its device's refused DMA.
 
 use std::ptr::NonNull;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use super::dma::{DeviceDma, IommuPlatform, IovaHal, IovaSpace, WINDOW_PAGES};
+use super::dma::{DeviceDma, IommuPlatform, IovaHal, StaticUnit, UnitLock, WINDOW_PAGES};
 use super::fake::{Access, FakeVtd};
 use super::{DomainId, Iommu, IommuError, SourceId};
 use crate::drivers::cpu::CpuEngine;
@@ -20,7 +19,7 @@ use crate::mm::frame::FrameDb;
 use crate::mm::tests::{Memory, mapper};
 use crate::mm::traits::OffsetMapper;
 
-type Unit = Iommu<FakeVtd, OffsetMapper, &'static FrameDb<'static>>;
+type Unit = StaticUnit<FakeVtd, OffsetMapper, &'static FrameDb<'static>, NoMasking>;
 
 /// Frames for the unit's and the domains' tables, for the whole run.
 fn tables() -> &'static FrameDb<'static> {
@@ -28,8 +27,8 @@ fn tables() -> &'static FrameDb<'static> {
     Box::leak(Box::new(mem.db()))
 }
 
-/// One unit per test (tests run in parallel), each behind its lock.
-static UNITS: [Mutex<Option<Unit>>; 3] = [const { Mutex::new(None) }; 3];
+/// One unit per test (tests run in parallel).
+static UNITS: [Unit; 3] = [const { StaticUnit::new() }; 3];
 
 struct TestUnit<const N: usize>;
 
@@ -61,17 +60,14 @@ fn live<const N: usize>() -> usize {
     LIVE[N].load(Ordering::SeqCst)
 }
 
-// SAFETY: the same unit every time, behind a mutex; host memory is its own
-// physical address, so a pointer is its physical address.
+// SAFETY: the fake Hal's addresses are host addresses, which are the
+// test's physical addresses, and so are pointers.
 unsafe impl<const N: usize> IommuPlatform for TestUnit<N> {
-    type Regs = FakeVtd;
-    type Mapper = OffsetMapper;
-    type Alloc = &'static FrameDb<'static>;
+    type Unit = Unit;
     type Memory = Counted<N>;
-    type Irq = NoMasking;
 
-    fn with_unit<T>(f: impl FnOnce(&Unit) -> T) -> T {
-        f(UNITS[N].lock().unwrap().as_ref().expect("the test made it"))
+    fn unit() -> &'static Unit {
+        &UNITS[N]
     }
 
     fn virt_to_phys(va: *const u8) -> Option<u64> {
@@ -84,29 +80,25 @@ fn unit<const N: usize>() {
     // SAFETY: the fake is this unit's window; tables from host memory.
     let unit = unsafe { Iommu::new(FakeVtd::new(), mapper(), tables()) }.unwrap();
     unit.enable().unwrap();
-    *UNITS[N].lock().unwrap() = Some(unit);
+    assert!(UNITS[N].install(unit).is_ok(), "one unit per test");
 }
 
 fn dma<const N: usize>(source: SourceId, iova: u64, write: bool) -> Access {
-    TestUnit::<N>::with_unit(|unit| unit.regs.dma(source.raw(), iova, write))
+    UNITS[N].with_unit(|unit| unit.regs.dma(source.raw(), iova, write))
 }
 
-/// Declares device type `$name` (requester `$source`) on unit `$unit`, its
-/// space at `$base`.
+/// Declares device type `$name` on unit `$unit`, its space at `$base`.
 macro_rules! device {
-    ($name:ident, $space:ident, $unit:literal, $source:expr, $base:expr) => {
-        struct $name;
-        static $space: IovaSpace<$name> = IovaSpace::new($base);
-        // SAFETY: its own static; one type per source on each unit.
-        unsafe impl DeviceDma for $name {
-            type Platform = TestUnit<$unit>;
-            fn source() -> SourceId {
-                $source
-            }
-            fn space() -> &'static IovaSpace<$name> {
-                &$space
-            }
-        }
+    ($name:ident, $unit:literal, $base:expr) => {
+        crate::iova_device!($name: TestUnit<$unit>, $base);
+    };
+}
+
+/// Attaches `$name`'s space to `source` under domain id `$id`.
+macro_rules! attach {
+    ($name:ident, $source:expr, $id:expr) => {
+        // SAFETY: each test's devices are distinct requesters on its unit.
+        unsafe { $name::space().attach($source, id($id), mapper(), tables()) }
     };
 }
 
@@ -133,8 +125,8 @@ const FAR: SourceId = SourceId {
     function: 0,
 };
 
-device!(Lsi0, LSI0, 0, LSI, WINDOW);
-device!(Edu0, EDU0, 0, EDU, WINDOW);
+device!(Lsi0, 0, WINDOW);
+device!(Edu0, 0, WINDOW);
 
 fn id(n: u16) -> DomainId {
     DomainId::new(n).unwrap()
@@ -143,8 +135,8 @@ fn id(n: u16) -> DomainId {
 #[test]
 fn each_device_reaches_its_own_memory_and_nothing_else() {
     unit::<0>();
-    LSI0.attach(id(1), mapper(), tables()).unwrap();
-    EDU0.attach(id(2), mapper(), tables()).unwrap();
+    attach!(Lsi0, LSI, 1).unwrap();
+    attach!(Edu0, EDU, 2).unwrap();
 
     let mut lsi = Dma::<IovaHal<Lsi0>>::new(8192).unwrap();
     let edu = Dma::<IovaHal<Edu0>>::new(4096).unwrap();
@@ -165,69 +157,60 @@ fn each_device_reaches_its_own_memory_and_nothing_else() {
     assert_eq!(phys(dma::<0>(EDU, theirs, true)), edu.as_ptr() as u64);
     // Past its buffer: refused (not present).
     assert_eq!(dma::<0>(LSI, at + 8192, false), Access::Fault(6));
-    TestUnit::<0>::with_unit(|unit| {
+    UNITS[0].with_unit(|unit| {
         assert_eq!(unit.take_fault().map(|f| f.source), Some(LSI));
     });
-    assert_eq!(LSI0.pages_in_use(), 2);
+    assert_eq!(Lsi0::space().pages_in_use(), 2);
 
     // Freed: unmapped and flushed before the memory goes back.
     drop(lsi);
     assert_eq!(dma::<0>(LSI, at, false), Access::Fault(6));
-    TestUnit::<0>::with_unit(|unit| unit.take_fault());
-    assert_eq!(LSI0.pages_in_use(), 0);
+    UNITS[0].with_unit(|unit| unit.take_fault());
+    assert_eq!(Lsi0::space().pages_in_use(), 0);
     assert_eq!(phys(dma::<0>(EDU, theirs, false)), edu.as_ptr() as u64);
     drop(edu);
     assert_eq!(live::<0>(), 0, "all memory back");
 
     // A second attach of the same space is refused; after a detach, the
     // device's DMA faults until it is attached again.
-    assert_eq!(
-        LSI0.attach(id(1), mapper(), tables()),
-        Err(IommuError::Attached)
-    );
+    assert_eq!(attach!(Lsi0, LSI, 1), Err(IommuError::Attached));
     let again = Dma::<IovaHal<Lsi0>>::new(4096).unwrap();
-    LSI0.detach().unwrap();
-    assert_eq!(LSI0.device(), None);
+    Lsi0::space().detach().unwrap();
+    assert_eq!(Lsi0::space().device(), None);
     assert_eq!(dma::<0>(LSI, again.paddr(), false), Access::Fault(2));
-    TestUnit::<0>::with_unit(|unit| unit.take_fault());
-    LSI0.attach(id(1), mapper(), tables()).unwrap();
+    UNITS[0].with_unit(|unit| unit.take_fault());
+    attach!(Lsi0, LSI, 1).unwrap();
     assert_eq!(
         phys(dma::<0>(LSI, again.paddr(), false)),
         again.as_ptr() as u64
     );
 }
 
-device!(Lsi1, LSI1, 1, LSI, WINDOW);
-device!(Other1, OTHER1, 1, EDU, 0x4000_0000);
+device!(Lsi1, 1, WINDOW);
+device!(Other1, 1, 0x4000_0000);
 
 #[test]
 fn masks_ids_and_shared_buffers_are_checked() {
     unit::<1>();
     // Nothing before the device is attached.
     assert!(Dma::<IovaHal<Lsi1>>::new(4096).is_err());
-    LSI1.attach(id(1), mapper(), tables()).unwrap();
+    attach!(Lsi1, LSI, 1).unwrap();
     // Another device may not reuse the id with other tables.
-    assert_eq!(
-        OTHER1.attach(id(1), mapper(), tables()),
-        Err(IommuError::DomainIdInUse)
-    );
+    assert_eq!(attach!(Other1, EDU, 1), Err(IommuError::DomainIdInUse));
     assert_eq!(live::<1>(), 0);
     // The refusal kept nothing: the same space attaches under its own id.
-    OTHER1.attach(id(4), mapper(), tables()).unwrap();
-    assert_eq!(OTHER1.device(), Some(EDU));
+    attach!(Other1, EDU, 4).unwrap();
+    assert_eq!(Other1::space().device(), Some(EDU));
     // A mask below the window: no IOVA fits, nothing is left allocated.
     assert!(Dma::<IovaHal<Lsi1>>::new_below(4096, WINDOW - 1).is_err());
     assert_eq!(live::<1>(), 0);
-    assert_eq!(LSI1.pages_in_use(), 0);
+    assert_eq!(Lsi1::space().pages_in_use(), 0);
     // A mask inside the window: the IOVA stays under it.
     let low = Dma::<IovaHal<Lsi1>>::new_below(4096, WINDOW + 0x1fff).unwrap();
     assert!(low.paddr() + 4095 <= WINDOW + 0x1fff);
     // A window that runs past 48 bits is refused.
-    device!(Far1, FAR1, 1, FAR, (1 << 48) - 4096);
-    assert_eq!(
-        FAR1.attach(id(3), mapper(), tables()),
-        Err(IommuError::BadWindow)
-    );
+    device!(Far1, 1, (1 << 48) - 4096);
+    assert_eq!(attach!(Far1, FAR, 3), Err(IommuError::BadWindow));
 
     // A buffer that is not DMA memory, shared for the device to read: it
     // reads it, may not write it, and loses it when unshared.
@@ -245,10 +228,10 @@ fn masks_ids_and_shared_buffers_are_checked() {
         iova
     })
     .unwrap();
-    TestUnit::<1>::with_unit(|unit| unit.take_fault());
+    UNITS[1].with_unit(|unit| unit.take_fault());
     assert_eq!(dma::<1>(LSI, at, false), Access::Fault(6), "unshared");
-    TestUnit::<1>::with_unit(|unit| unit.take_fault());
-    assert_eq!(LSI1.pages_in_use(), 1, "only the low buffer");
+    UNITS[1].with_unit(|unit| unit.take_fault());
+    assert_eq!(Lsi1::space().pages_in_use(), 1, "only the low buffer");
     // Direction::FromDevice maps writable.
     let mut out = vec![0u8; 64];
     SharedBuffer::<IovaHal<Lsi1>>::from_device(&mut out, Direction::FromDevice, |shared| {
@@ -260,14 +243,14 @@ fn masks_ids_and_shared_buffers_are_checked() {
     .unwrap();
 }
 
-device!(Cpu2, CPU2, 2, LSI, WINDOW);
+device!(Cpu2, 2, WINDOW);
 
 #[test]
 fn a_channel_over_the_iova_hal_copies_and_fails_on_its_devices_refused_dma() {
     unit::<2>();
-    CPU2.attach(id(1), mapper(), tables()).unwrap();
+    attach!(Cpu2, LSI, 1).unwrap();
     let mut chan: Channel<CpuEngine<IovaHal<Cpu2>>> = Channel::new(CpuEngine::new());
-    CPU2.report_faults_to(&mut chan).unwrap();
+    Cpu2::space().report_faults_to(&mut chan).unwrap();
     let mut src = Dma::<IovaHal<Cpu2>>::new(4096).unwrap();
     src.as_mut_slice().fill(0x3c);
     let dst = Dma::<IovaHal<Cpu2>>::new(4096).unwrap();
@@ -299,7 +282,7 @@ fn a_channel_over_the_iova_hal_copies_and_fails_on_its_devices_refused_dma() {
         Status::Error(ErrorKind::WriteFailed)
     );
     assert!(chan.is_halted());
-    TestUnit::<2>::with_unit(|unit| assert_eq!(unit.take_fault(), None, "claimed by the channel"));
+    UNITS[2].with_unit(|unit| assert_eq!(unit.take_fault(), None, "claimed by the channel"));
     // SAFETY: the values of the `share` above; the request has ended.
     unsafe { IovaHal::<Cpu2>::unshare(ro, buffer, Direction::ToDevice) };
     assert_eq!(plain[..64], dst.as_slice()[..64], "the CPU engine did copy");
