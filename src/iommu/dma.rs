@@ -11,7 +11,7 @@
 //! is a set of associated functions (as `virtio-drivers`' is), so the
 //! device is a type instead: the kernel says once what lies under every
 //! space ([`IommuPlatform`]: its unit in a [`StaticUnit`], its physical
-//! DMA memory), declares one type per device with [`iova_device!`]
+//! DMA memory), declares one type per device with [`iova_device!`](crate::iova_device)
 //! (which gives it a `static` [`IovaSpace`] of its own), and builds the
 //! driver over `IovaHal<ThatType>`. Nothing else changes for the driver.
 //!
