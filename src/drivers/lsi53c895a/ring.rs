@@ -231,8 +231,14 @@ impl<H: Hal> Ring<H> {
 
     #[inline(always)]
     fn set_entry(&mut self, index: u32, cookie: Cookie, end: u32) {
+        self.write_entry(index, cookie.get(), end);
+    }
+
+    /// [`Ring::set_entry`] with the cookie's value.
+    #[inline(always)]
+    fn write_entry(&mut self, index: u32, cookie: i32, end: u32) {
         let at = ENTRY_OFF + (index & (MAX_ENTRIES - 1)) as usize * ENTRY_BYTES;
-        self.cell::<i32>(at).write(cookie.get());
+        self.cell::<i32>(at).write(cookie);
         self.cell::<u32>(at + 4).write(end);
     }
 
@@ -298,11 +304,19 @@ impl<H: Hal> Ring<H> {
     /// address after the Store: the chip has fetched both of its words).
     #[inline(always)]
     pub(super) fn push_writeback(&mut self, cookie: Cookie, keep: u32) -> Result<u32, EngineError> {
+        let at = self.reserve(STORE_WORDS, keep)?;
+        Ok(self.write_writeback(at, cookie))
+    }
+
+    /// Writes a write-back for `cookie` into the claimed words from `at`
+    /// (see [`Ring::push_writeback`]); returns the value it leaves.
+    #[inline(always)]
+    fn write_writeback(&mut self, at: u32, cookie: Cookie) -> u32 {
+        self.cell::<u32>(SHADOW_OFF + at as usize * 4)
+            .write(cookie.get() as u32);
         let completion = self.completion_addr();
-        self.push(keep, &[cookie.get() as u32], |_| {
-            script::store(regs::DSP, 4, completion)
-        })?;
-        Ok(self.addr(self.head))
+        self.write_words(at, script::store(regs::DSP, 4, completion));
+        self.addr(at + STORE_WORDS)
     }
 
     /// Ends a request: everything pushed since the last one is `cookie`'s;
@@ -335,13 +349,22 @@ impl<H: Hal> Ring<H> {
         {
             return 0;
         }
+        // Short of the cookies' wrap, a request's cookie is the one before
+        // plus 1 (a run across the wrap takes the general path).
+        if i32::try_from(n)
+            .ok()
+            .and_then(|n| first.get().checked_add(n))
+            .is_none()
+        {
+            return 0;
+        }
         let (at, entry) = (self.head, self.first_entry + self.entries);
-        let (mut cookie, mut last) = (first, first);
-        let mut done = 0;
+        let mut cookie = first.get();
         for op in ops {
             let Op::Copy { dst, src, len } = *op else {
                 break;
             };
+            let done = (cookie - first.get()) as u32;
             let word = at + done * MOVE_WORDS;
             // The channel checked every address against the 32-bit DMA mask
             // and every length against MAX_MOVE: the casts are exact.
@@ -349,12 +372,11 @@ impl<H: Hal> Ring<H> {
                 word,
                 script::memory_move(len as u32, src as u32, dst as u32),
             );
-            self.set_entry(entry + done, cookie, word + MOVE_WORDS);
-            last = cookie;
-            cookie = cookie.next();
-            done += 1;
+            self.write_entry(entry + done, cookie, word + MOVE_WORDS);
+            cookie += 1;
         }
-        if done > 0 {
+        let done = (cookie - first.get()) as u32;
+        if let Some(last) = Cookie::new(cookie - 1).filter(|_| done > 0) {
             self.entries += done;
             self.head = at + done * MOVE_WORDS;
             self.used += done * MOVE_WORDS;
@@ -383,16 +405,17 @@ impl<H: Hal> Ring<H> {
         let Some(last) = self.last_cookie.filter(|_| self.entries > self.issued) else {
             return false;
         };
-        // ISSUE_RESERVE guarantees the room for both of these.
-        let done = match self.last_writeback {
-            Some(value) => value,
-            None => match self.push_writeback(last, 0) {
-                Ok(value) => value,
+        // ISSUE_RESERVE guarantees the room for these: a write-back and a
+        // tail claimed together take at most one wrap's waste.
+        let (done, new_tail) = match self.last_writeback {
+            Some(value) => match self.reserve(TAIL_WORDS, 0) {
+                Ok(tail) => (value, tail),
                 Err(_) => return false,
             },
-        };
-        let Ok(new_tail) = self.reserve(TAIL_WORDS, 0) else {
-            return false;
+            None => match self.reserve(STORE_WORDS + TAIL_WORDS, 0) {
+                Ok(at) => (self.write_writeback(at, last), at + STORE_WORDS),
+                Err(_) => return false,
+            },
         };
         self.write_tail(new_tail);
         between(self);
