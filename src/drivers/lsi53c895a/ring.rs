@@ -142,13 +142,13 @@ impl<H: Hal> Ring<H> {
     /// and panics before any access.
     #[inline(always)]
     fn cell<T: Copy>(&self, offset: usize) -> VolatilePtr<'_, T> {
-        assert!(
-            offset.is_multiple_of(align_of::<T>())
-                && offset
-                    .checked_add(size_of::<T>())
-                    .is_some_and(|end| end <= BLOCK_BYTES),
-            "ring block offset {offset:#x} outside or misaligned"
-        );
+        if !(offset.is_multiple_of(align_of::<T>())
+            && offset
+                .checked_add(size_of::<T>())
+                .is_some_and(|end| end <= BLOCK_BYTES))
+        {
+            outside_block(offset);
+        }
         // SAFETY: the offset is inside the block (checked above), which is
         // one live allocation from `dma_alloc` for as long as `self`, only
         // ever reached through raw pointers (the chip and this type).
@@ -576,6 +576,14 @@ impl<H: Hal> Ring<H> {
         self.last_seen = 0;
         self.addr(0)
     }
+}
+
+/// The panic of [`Ring::cell`], out of line: formatted in place, the offset
+/// was stored to the stack ahead of every access to the block, in case.
+#[cold]
+#[inline(never)]
+fn outside_block(offset: usize) -> ! {
+    panic!("ring block offset {offset:#x} outside or misaligned")
 }
 
 impl<H: Hal> Drop for Ring<H> {
