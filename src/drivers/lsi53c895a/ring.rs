@@ -142,6 +142,20 @@ impl<H: Hal> Ring<H> {
     /// and panics before any access.
     #[inline(always)]
     fn cell<T: Copy>(&self, offset: usize) -> VolatilePtr<'_, T> {
+        // SAFETY: the ring's own block, borrowed with `self`.
+        unsafe { Self::cell_of(&self.block, offset) }
+    }
+
+    /// [`Ring::cell`] from a copy of the block's address: stores through
+    /// cells made the compiler load `self.block` again after each (it
+    /// cannot tell that they leave it alone); a copy in a local is loaded
+    /// once.
+    ///
+    /// # Safety
+    /// `block` is a ring's block address, and that ring stays borrowed as
+    /// long as `block` is (the block lives as long as its ring).
+    #[inline(always)]
+    unsafe fn cell_of<T: Copy>(block: &NonNull<u8>, offset: usize) -> VolatilePtr<'_, T> {
         if !(offset.is_multiple_of(align_of::<T>())
             && offset
                 .checked_add(size_of::<T>())
@@ -150,9 +164,10 @@ impl<H: Hal> Ring<H> {
             outside_block(offset);
         }
         // SAFETY: the offset is inside the block (checked above), which is
-        // one live allocation from `dma_alloc` for as long as `self`, only
-        // ever reached through raw pointers (the chip and this type).
-        unsafe { VolatilePtr::new(self.block.add(offset).cast::<T>()) }
+        // one live allocation from `dma_alloc` for as long as its ring, and
+        // so as `block` (the caller's contract), only ever reached through
+        // raw pointers (the chip and this type).
+        unsafe { VolatilePtr::new(block.add(offset).cast::<T>()) }
     }
 
     /// The DMA address of ring word `word`.
@@ -184,8 +199,10 @@ impl<H: Hal> Ring<H> {
     /// (Unlinked words: the chip sees none of them until the link.)
     #[inline(always)]
     fn write_words<const N: usize>(&mut self, word: u32, words: [u32; N]) {
+        let block = self.block;
         for i in (0..N).rev() {
-            self.cell::<u32>(RING_OFF + (word as usize + i) * 4)
+            // SAFETY: the ring's block; `self` stays borrowed meanwhile.
+            unsafe { Self::cell_of::<u32>(&block, RING_OFF + (word as usize + i) * 4) }
                 .write(words[i]);
         }
     }
