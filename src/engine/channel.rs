@@ -821,6 +821,9 @@ impl<E: Engine> Channel<E> {
     /// `Error(kind)` means the engine no longer touches the request's
     /// memory; the destination's contents are undefined (see
     /// [`ErrorKind::Aborted`]).
+    // Inlined: through a call, the answer went through the stack and the
+    // call saved and restored six registers.
+    #[inline(always)]
     pub fn status(&mut self, cookie: Cookie) -> TxState {
         if !self.snapshot().is_complete(cookie) {
             self.collect(true);
