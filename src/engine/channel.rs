@@ -1206,20 +1206,28 @@ fn check_batch(
     limits: Limits,
     piece_max: usize,
 ) -> Result<bool, DmaError> {
-    let copies = caps.contains(Capabilities::COPY) && limits.align <= 1;
+    // The common case first, in a loop of its own: a batch of copies the
+    // engine takes as they are. Sharing the loop with `check_op`'s
+    // fallback cost every copy some 10 instructions of that fallback's
+    // set-up.
+    if caps.contains(Capabilities::COPY) && limits.align <= 1 {
+        let mut longest = 0;
+        let all_valid = ops.iter().all(|op| match *op {
+            Op::Copy { dst, src, len } => {
+                longest = longest.max(len);
+                copy_is_valid(dst, src, len, limits.dma_mask)
+            }
+            _ => false,
+        });
+        if all_valid {
+            return Ok(longest <= piece_max);
+        }
+    }
+    // Anything else, request by request through `check_op`, which also
+    // says why one is refused.
     let mut one_descriptor_each = true;
     for op in ops {
-        let len = match *op {
-            // The common case; anything it does not accept goes through
-            // `check_op`, which also says why.
-            Op::Copy { dst, src, len }
-                if copies && copy_is_valid(dst, src, len, limits.dma_mask) =>
-            {
-                len
-            }
-            _ => check_op(op, caps, limits)?,
-        };
-        one_descriptor_each &= len <= piece_max;
+        one_descriptor_each &= check_op(op, caps, limits)? <= piece_max;
     }
     Ok(one_descriptor_each)
 }
