@@ -484,7 +484,7 @@ impl<E: Engine> Channel<E> {
         let mut cookie = first;
         let written = if one_descriptor_each {
             // The common case, in one pass through the driver.
-            cookie = cookie_after(first, ops.len() - 1);
+            cookie = first.after(ops.len() - 1);
             // The error's conversion is out of line: inlined, it became a
             // table jump taken on success too, which an emulator looks up
             // at run time.
@@ -521,7 +521,7 @@ impl<E: Engine> Channel<E> {
         // Only the newest ADDRESS_HISTORY are kept: older ones would be
         // overwritten within this loop.
         let skip = ops.len().saturating_sub(ADDRESS_HISTORY);
-        self.remember(cookie_after(first, skip), &ops[skip..]);
+        self.remember(first.after(skip), &ops[skip..]);
         Ok(Batch {
             first,
             last: cookie,
@@ -1253,22 +1253,6 @@ fn copy_is_valid(dst: DmaAddr, src: DmaAddr, len: usize, mask: u64) -> bool {
 #[inline(never)]
 fn engine_error(e: EngineError) -> DmaError {
     e.into()
-}
-
-/// The cookie `n` places after `first`, wrapping from `i32::MAX` to 1 as
-/// [`Cookie::next`] does.
-#[inline(always)]
-fn cookie_after(first: Cookie, n: usize) -> Cookie {
-    // Short of the wrap, a sum: the divisions below cost a batch some 20
-    // instructions each time.
-    if let Ok(n) = i32::try_from(n)
-        && let Some(cookie) = first.get().checked_add(n).and_then(Cookie::new)
-    {
-        return cookie;
-    }
-    let span = i32::MAX as u64;
-    let value = (first.get() as u64 - 1 + n as u64 % span) % span + 1;
-    Cookie::new(value as i32).unwrap_or(Cookie::FIRST)
 }
 
 fn page_range(page: DmaAddr, offset: usize, len: usize) -> Result<DmaAddr, DmaError> {

@@ -535,10 +535,7 @@ unsafe impl<H: Hal, R: Registers> Engine for Lsi53c895a<H, R> {
         } else {
             self.ring.push_copies(first, run)
         };
-        let mut cookie = first;
-        for _ in 0..done {
-            cookie = cookie.next();
-        }
+        let mut cookie = first.after(done as usize);
         for &op in &run[done as usize..] {
             // SAFETY: the caller's contract covers every op.
             unsafe { self.prep(cookie, op, Some(Notify::default())) }?;
