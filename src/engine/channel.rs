@@ -319,7 +319,9 @@ impl<E: Engine> Channel<E> {
 
     /// The cookie the next request gets.
     fn next_cookie(&self) -> Cookie {
-        Cookie::new(self.last_used).map_or(Cookie::FIRST, Cookie::next)
+        // `last_used` is 0 before any request (then the first) or a cookie,
+        // whose successor this is: past `i32::MAX` the sum is not positive.
+        Cookie::new(self.last_used.wrapping_add(1)).unwrap_or(Cookie::FIRST)
     }
 
     /// Writes the descriptors of validated request `op` as `cookie`. On
