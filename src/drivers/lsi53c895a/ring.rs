@@ -142,17 +142,32 @@ impl<H: Hal> Ring<H> {
     /// and panics before any access.
     #[inline(always)]
     fn cell<T: Copy>(&self, offset: usize) -> VolatilePtr<'_, T> {
-        assert!(
-            offset.is_multiple_of(align_of::<T>())
-                && offset
-                    .checked_add(size_of::<T>())
-                    .is_some_and(|end| end <= BLOCK_BYTES),
-            "ring block offset {offset:#x} outside or misaligned"
-        );
+        // SAFETY: the ring's own block, borrowed with `self`.
+        unsafe { Self::cell_of(&self.block, offset) }
+    }
+
+    /// [`Ring::cell`] from a copy of the block's address: stores through
+    /// cells made the compiler load `self.block` again after each (it
+    /// cannot tell that they leave it alone); a copy in a local is loaded
+    /// once.
+    ///
+    /// # Safety
+    /// `block` is a ring's block address, and that ring stays borrowed as
+    /// long as `block` is (the block lives as long as its ring).
+    #[inline(always)]
+    unsafe fn cell_of<T: Copy>(block: &NonNull<u8>, offset: usize) -> VolatilePtr<'_, T> {
+        if !(offset.is_multiple_of(align_of::<T>())
+            && offset
+                .checked_add(size_of::<T>())
+                .is_some_and(|end| end <= BLOCK_BYTES))
+        {
+            outside_block(offset);
+        }
         // SAFETY: the offset is inside the block (checked above), which is
-        // one live allocation from `dma_alloc` for as long as `self`, only
-        // ever reached through raw pointers (the chip and this type).
-        unsafe { VolatilePtr::new(self.block.add(offset).cast::<T>()) }
+        // one live allocation from `dma_alloc` for as long as its ring, and
+        // so as `block` (the caller's contract), only ever reached through
+        // raw pointers (the chip and this type).
+        unsafe { VolatilePtr::new(block.add(offset).cast::<T>()) }
     }
 
     /// The DMA address of ring word `word`.
@@ -184,8 +199,10 @@ impl<H: Hal> Ring<H> {
     /// (Unlinked words: the chip sees none of them until the link.)
     #[inline(always)]
     fn write_words<const N: usize>(&mut self, word: u32, words: [u32; N]) {
+        let block = self.block;
         for i in (0..N).rev() {
-            self.cell::<u32>(RING_OFF + (word as usize + i) * 4)
+            // SAFETY: the ring's block; `self` stays borrowed meanwhile.
+            unsafe { Self::cell_of::<u32>(&block, RING_OFF + (word as usize + i) * 4) }
                 .write(words[i]);
         }
     }
@@ -231,8 +248,14 @@ impl<H: Hal> Ring<H> {
 
     #[inline(always)]
     fn set_entry(&mut self, index: u32, cookie: Cookie, end: u32) {
+        self.write_entry(index, cookie.get(), end);
+    }
+
+    /// [`Ring::set_entry`] with the cookie's value.
+    #[inline(always)]
+    fn write_entry(&mut self, index: u32, cookie: i32, end: u32) {
         let at = ENTRY_OFF + (index & (MAX_ENTRIES - 1)) as usize * ENTRY_BYTES;
-        self.cell::<i32>(at).write(cookie.get());
+        self.cell::<i32>(at).write(cookie);
         self.cell::<u32>(at + 4).write(end);
     }
 
@@ -298,11 +321,19 @@ impl<H: Hal> Ring<H> {
     /// address after the Store: the chip has fetched both of its words).
     #[inline(always)]
     pub(super) fn push_writeback(&mut self, cookie: Cookie, keep: u32) -> Result<u32, EngineError> {
+        let at = self.reserve(STORE_WORDS, keep)?;
+        Ok(self.write_writeback(at, cookie))
+    }
+
+    /// Writes a write-back for `cookie` into the claimed words from `at`
+    /// (see [`Ring::push_writeback`]); returns the value it leaves.
+    #[inline(always)]
+    fn write_writeback(&mut self, at: u32, cookie: Cookie) -> u32 {
+        self.cell::<u32>(SHADOW_OFF + at as usize * 4)
+            .write(cookie.get() as u32);
         let completion = self.completion_addr();
-        self.push(keep, &[cookie.get() as u32], |_| {
-            script::store(regs::DSP, 4, completion)
-        })?;
-        Ok(self.addr(self.head))
+        self.write_words(at, script::store(regs::DSP, 4, completion));
+        self.addr(at + STORE_WORDS)
     }
 
     /// Ends a request: everything pushed since the last one is `cookie`'s;
@@ -335,13 +366,22 @@ impl<H: Hal> Ring<H> {
         {
             return 0;
         }
+        // Short of the cookies' wrap, a request's cookie is the one before
+        // plus 1 (a run across the wrap takes the general path).
+        if i32::try_from(n)
+            .ok()
+            .and_then(|n| first.get().checked_add(n))
+            .is_none()
+        {
+            return 0;
+        }
         let (at, entry) = (self.head, self.first_entry + self.entries);
-        let (mut cookie, mut last) = (first, first);
-        let mut done = 0;
+        let mut cookie = first.get();
         for op in ops {
             let Op::Copy { dst, src, len } = *op else {
                 break;
             };
+            let done = (cookie - first.get()) as u32;
             let word = at + done * MOVE_WORDS;
             // The channel checked every address against the 32-bit DMA mask
             // and every length against MAX_MOVE: the casts are exact.
@@ -349,12 +389,11 @@ impl<H: Hal> Ring<H> {
                 word,
                 script::memory_move(len as u32, src as u32, dst as u32),
             );
-            self.set_entry(entry + done, cookie, word + MOVE_WORDS);
-            last = cookie;
-            cookie = cookie.next();
-            done += 1;
+            self.write_entry(entry + done, cookie, word + MOVE_WORDS);
+            cookie += 1;
         }
-        if done > 0 {
+        let done = (cookie - first.get()) as u32;
+        if let Some(last) = Cookie::new(cookie - 1).filter(|_| done > 0) {
             self.entries += done;
             self.head = at + done * MOVE_WORDS;
             self.used += done * MOVE_WORDS;
@@ -383,16 +422,17 @@ impl<H: Hal> Ring<H> {
         let Some(last) = self.last_cookie.filter(|_| self.entries > self.issued) else {
             return false;
         };
-        // ISSUE_RESERVE guarantees the room for both of these.
-        let done = match self.last_writeback {
-            Some(value) => value,
-            None => match self.push_writeback(last, 0) {
-                Ok(value) => value,
+        // ISSUE_RESERVE guarantees the room for these: a write-back and a
+        // tail claimed together take at most one wrap's waste.
+        let (done, new_tail) = match self.last_writeback {
+            Some(value) => match self.reserve(TAIL_WORDS, 0) {
+                Ok(tail) => (value, tail),
                 Err(_) => return false,
             },
-        };
-        let Ok(new_tail) = self.reserve(TAIL_WORDS, 0) else {
-            return false;
+            None => match self.reserve(STORE_WORDS + TAIL_WORDS, 0) {
+                Ok(at) => (self.write_writeback(at, last), at + STORE_WORDS),
+                Err(_) => return false,
+            },
         };
         self.write_tail(new_tail);
         between(self);
@@ -553,6 +593,14 @@ impl<H: Hal> Ring<H> {
         self.last_seen = 0;
         self.addr(0)
     }
+}
+
+/// The panic of [`Ring::cell`], out of line: formatted in place, the offset
+/// was stored to the stack ahead of every access to the block, in case.
+#[cold]
+#[inline(never)]
+fn outside_block(offset: usize) -> ! {
+    panic!("ring block offset {offset:#x} outside or misaligned")
 }
 
 impl<H: Hal> Drop for Ring<H> {
