@@ -26,6 +26,7 @@
 //! a request whose DMA the unit refused then ends in error, never
 //! `Complete`.
 
+pub mod dmar;
 #[cfg(test)]
 mod fake;
 pub mod regs;
