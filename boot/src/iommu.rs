@@ -6,6 +6,7 @@ use core::ops::Deref;
 use core::ptr::NonNull;
 use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
 
+use dmaengine::iommu::dmar::Dmar;
 use dmaengine::iommu::{DmaFault, Iommu, SourceId, regs};
 use dmaengine::mm::frame::FrameDb;
 use dmaengine::mm::traits::OffsetMapper;
@@ -35,7 +36,8 @@ static TAKEN: AtomicBool = AtomicBool::new(false);
 /// `IOMMU=off`).
 pub fn base() -> Option<u64> {
     let rsdp = platform().boot.rsdp()?;
-    acpi::dmar_units(rsdp).first().copied()
+    let dmar = Dmar::parse(acpi::dmar(rsdp)?).ok()?;
+    dmar.units().next().map(|unit| unit.register_base)
 }
 
 /// The unit, held by one user at a time (dropping it turns translation off
