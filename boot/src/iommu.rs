@@ -7,7 +7,7 @@ use core::ptr::NonNull;
 use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
 
 use dmaengine::iommu::dmar::Dmar;
-use dmaengine::iommu::{DmaFault, Iommu, SourceId, regs};
+use dmaengine::iommu::{DmaFault, Iommu, IommuError, Missing, SourceId, regs};
 use dmaengine::mm::frame::FrameDb;
 use dmaengine::mm::traits::OffsetMapper;
 use dmaengine::mmio::MmioRegion;
@@ -72,9 +72,17 @@ pub fn take() -> Result<Exclusive, &'static str> {
     // frame database, which the direct map covers.
     match unsafe { Iommu::new(regs, mapper(), db()) } {
         Ok(unit) => Ok(Exclusive(unit)),
-        Err(_) => {
+        Err(e) => {
             TAKEN.store(false, Ordering::Release);
-            Err("the IOMMU refused to start")
+            Err(match e {
+                IommuError::Unsupported(Missing::FourLevelTables) => {
+                    "the IOMMU has no 4-level tables (QEMU: -device intel-iommu,aw-bits=48)"
+                }
+                IommuError::Unsupported(Missing::QueuedInvalidation) => {
+                    "the IOMMU (VT-d 6 or later) has no invalidation queue"
+                }
+                _ => "the IOMMU refused to start",
+            })
         }
     }
 }

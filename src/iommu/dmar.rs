@@ -127,7 +127,7 @@ pub enum DmarError {
     ScopeTooShort {
         /// Where it starts.
         offset: usize,
-        /// Its length field.
+        /// Its length field (0 if fewer than 2 bytes were left for it).
         length: u8,
     },
     /// A device scope that runs past the end of its structure.
@@ -211,7 +211,7 @@ impl fmt::Display for DmarError {
                 limit,
             } => write!(
                 f,
-                "RMRR at offset {offset} spans {base:#x}..={limit:#x}, not whole 4 KiB pages"
+                "RMRR at offset {offset} spans {base:#x}..={limit:#x}, not a run of whole 4 KiB pages"
             ),
         }
     }
@@ -234,7 +234,8 @@ pub struct Dmar<'a> {
 impl<'a> Dmar<'a> {
     /// Checks `bytes` (the whole table from its ACPI header on; bytes past
     /// the header's length are ignored) and every structure and device
-    /// scope in it.
+    /// scope in it. A table whose checksum fails is refused, not read:
+    /// ACPI calls it invalid, and its lengths are then not worth trusting.
     pub fn parse(bytes: &'a [u8]) -> Result<Dmar<'a>, DmarError> {
         let Some(fixed) = bytes.first_chunk::<STRUCTURES>() else {
             return Err(DmarError::TooShort {
@@ -528,8 +529,8 @@ pub struct Drhd<'a> {
     /// §8.3 Flags (byte 4): bit 0 INCLUDE_PCI_ALL, the rest reserved.
     pub flags: u8,
     /// §8.3 Size (byte 5): bits 3:0 hold N, the register set spans 2^N
-    /// 4 KiB pages (a field since VT-d 3.0; reserved and 0 before, which
-    /// reads as one page, all such units had).
+    /// 4 KiB pages (reserved, so 0, in older revisions of the spec, which
+    /// reads as the one page their units had).
     pub size: u8,
     /// §8.3 Segment Number (bytes 6-7): the PCI segment the unit serves.
     pub segment: u16,
@@ -758,7 +759,8 @@ impl From<u8> for ScopeKind {
 pub struct DeviceScope<'a> {
     /// §8.3.1 Type (byte 0).
     pub kind: ScopeKind,
-    /// §8.3.1 Flags (byte 2; reserved before VT-d 3.x), as given.
+    /// §8.3.1 Flags (byte 2; reserved in older revisions of the spec), as
+    /// given.
     pub flags: u8,
     /// §8.3.1 Enumeration ID (byte 4): an I/O APIC id, HPET number or
     /// ANDD device number, by `kind`; unused for PCI scopes.
