@@ -8,7 +8,7 @@
 //! - [`mm`]: page-table insertion: `insert_page`, `remap_pfn_range` and the
 //!   rules around them, on x86_64 4-level page tables.
 //! - [`iommu`]: an Intel VT-d unit between the engines and memory: DMA
-//!   domains built by the same page-table walker, faults reported.
+//!   domains built by the same page-table walker, faults reported, the DMAR table read.
 //! - [`mmio`]: register windows accessed through volatile pointers.
 //!
 //! The crate builds for `x86_64-unknown-none` and for the host, where its

@@ -1,13 +1,12 @@
 //! Just enough ACPI to find the DMA-remapping units and the processors:
 //! the RSDP the PVH start info points at, the RSDT or XSDT, the DMAR
-//! table's DRHD structures (their register base addresses) and the MADT's
+//! table's bytes (the library's `iommu::dmar` parses them) and the MADT's
 //! local APICs, I/O APICs and interrupt source overrides. Source: ACPI 6.5 §5.2.5
-//! (RSDP), §5.2.6 (header), §5.2.7-8 (RSDT/XSDT); VT-d spec §8.1 (DMAR) and
-//! §8.3 (DRHD).
+//! (RSDP), §5.2.6 (header), §5.2.7-8 (RSDT/XSDT).
 
 use alloc::vec::Vec;
 
-use crate::mem::phys_to_virt;
+use crate::mem::{DIRECT_MAP_SIZE, phys_to_virt};
 
 fn read<T: Copy>(pa: u64) -> T {
     // SAFETY: ACPI tables lie in RAM or firmware memory the direct map
@@ -40,32 +39,23 @@ fn tables(rsdp: u64) -> Vec<u64> {
         .collect()
 }
 
-/// The register base address of every DMA-remapping unit (DRHD) the DMAR
-/// table lists, or none without a DMAR table.
-pub fn dmar_units(rsdp: u64) -> Vec<u64> {
-    let Some(dmar) = tables(rsdp)
+/// The DMAR table's bytes (its header's length of them), for
+/// `dmaengine::iommu::dmar::Dmar::parse` to check and read, or `None`
+/// without a DMAR table.
+pub fn dmar(rsdp: u64) -> Option<&'static [u8]> {
+    let dmar = tables(rsdp)
         .into_iter()
-        .find(|&t| read::<[u8; 4]>(t) == *b"DMAR")
-    else {
-        return Vec::new();
-    };
-    let length = read::<u32>(dmar + 4) as u64;
-    let mut units = Vec::new();
-    // Remapping structures start after the 36-byte header, the host
-    // address width, the flags and 10 reserved bytes.
-    let mut at = dmar + 48;
-    while at + 4 <= dmar + length {
-        let kind: u16 = read(at);
-        let size = read::<u16>(at + 2) as u64;
-        if size < 4 {
-            break;
-        }
-        if kind == 0 {
-            units.push(read::<u64>(at + 8));
-        }
-        at += size;
+        .find(|&t| read::<[u8; 4]>(t) == *b"DMAR")?;
+    let length: u32 = read(dmar + 4);
+    // A length that would run the slice past the direct map is a lie the
+    // parser could not catch: it trusts the slice.
+    if dmar.saturating_add(length as u64) > DIRECT_MAP_SIZE {
+        return None;
     }
-    units
+    // SAFETY: the firmware's table, all of it within the direct map
+    // (checked above), which maps every physical address below 4 GiB;
+    // nothing writes ACPI tables after boot.
+    Some(unsafe { core::slice::from_raw_parts(phys_to_virt(dmar), length as usize) })
 }
 
 /// What the MADT says about the processors and interrupt controllers

@@ -6,7 +6,8 @@ use core::ops::Deref;
 use core::ptr::NonNull;
 use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
 
-use dmaengine::iommu::{DmaFault, Iommu, SourceId, regs};
+use dmaengine::iommu::dmar::Dmar;
+use dmaengine::iommu::{DmaFault, Iommu, IommuError, Missing, SourceId, regs};
 use dmaengine::mm::frame::FrameDb;
 use dmaengine::mm::traits::OffsetMapper;
 use dmaengine::mmio::MmioRegion;
@@ -31,11 +32,14 @@ pub type Domain<'a> = dmaengine::iommu::Domain<
 static TAKEN: AtomicBool = AtomicBool::new(false);
 
 /// The register base of the first DMA-remapping unit, if ACPI lists one
-/// (`qemu-run.sh` gives QEMU `-machine q35 -device intel-iommu` unless
-/// `IOMMU=off`).
+/// in a DMAR table the library's parser accepts (`qemu-run.sh` gives QEMU
+/// `-machine q35 -device intel-iommu,intremap=off,aw-bits=48` unless
+/// `IOMMU=off`). A table it refuses counts as none, which also leaves the
+/// guest suite without its IOMMU tests.
 pub fn base() -> Option<u64> {
     let rsdp = platform().boot.rsdp()?;
-    acpi::dmar_units(rsdp).first().copied()
+    let dmar = Dmar::parse(acpi::dmar(rsdp)?).ok()?;
+    dmar.units().next().map(|unit| unit.register_base)
 }
 
 /// The unit, held by one user at a time (dropping it turns translation off
@@ -85,9 +89,17 @@ pub fn take() -> Result<Exclusive, &'static str> {
     // frame database, which the direct map covers.
     match unsafe { Iommu::new(regs, mapper(), db()) } {
         Ok(unit) => Ok(Exclusive(unit)),
-        Err(_) => {
+        Err(e) => {
             TAKEN.store(false, Ordering::Release);
-            Err("the IOMMU refused to start")
+            Err(match e {
+                IommuError::Unsupported(Missing::FourLevelTables) => {
+                    "the IOMMU has no 4-level tables (QEMU: -device intel-iommu,aw-bits=48)"
+                }
+                IommuError::Unsupported(Missing::QueuedInvalidation) => {
+                    "the IOMMU (VT-d 6 or later) has no invalidation queue"
+                }
+                _ => "the IOMMU refused to start",
+            })
         }
     }
 }

@@ -42,6 +42,9 @@ struct State {
     events: usize,
     /// A unit that never turns translation off (a wedged one).
     refuses_disable: bool,
+    /// VER's major version, and CAP bits the unit lacks.
+    version: u32,
+    missing_cap: u64,
 }
 
 /// The fake unit.
@@ -84,6 +87,16 @@ impl FakeVtd {
     pub fn refusing_to_disable() -> FakeVtd {
         let fake = FakeVtd::default();
         fake.state.borrow_mut().refuses_disable = true;
+        fake
+    }
+
+    /// A unit of VT-d major version `version`, without a queue, lacking
+    /// the CAP bits `missing_cap`.
+    pub fn reporting(version: u32, missing_cap: u64) -> FakeVtd {
+        let fake = FakeVtd::default();
+        let mut s = fake.state.borrow_mut();
+        (s.version, s.missing_cap) = (version, missing_cap);
+        drop(s);
         fake
     }
 
@@ -225,6 +238,7 @@ impl Registers for FakeVtd {
         s.accesses += 1;
         s.reads += 1;
         match offset {
+            regs::VER => s.version << 4,
             regs::GSTS => s.gsts,
             regs::FSTS => s.fsts,
             _ => 0,
@@ -261,7 +275,10 @@ impl Registers for FakeVtd {
         s.accesses += 1;
         s.reads += 1;
         match offset {
-            regs::CAP => regs::CAP_SAGAW_4LEVEL | regs::CAP_PSI | ((FRO / 16) as u64) << 24,
+            regs::CAP => {
+                (regs::CAP_SAGAW_4LEVEL | regs::CAP_PSI | ((FRO / 16) as u64) << 24)
+                    & !s.missing_cap
+            }
             regs::ECAP => ((IRO / 16) as u64) << 8 | if s.has_queue { regs::ECAP_QI } else { 0 },
             regs::IQH => (s.iqh as u64) << 4,
             regs::RTADDR => s.rtaddr,

@@ -25,12 +25,18 @@
 //! unit ([`Channel::set_fault_hook`](crate::engine::Channel::set_fault_hook)):
 //! a request whose DMA the unit refused then ends in error, never
 //! `Complete`.
+//!
+//! [`dmar`] parses ACPI's DMAR table from its bytes: the units' register
+//! bases ([`Dmar::units`]), the unit covering a PCI function
+//! ([`Dmar::unit_for`]) and the reserved memory regions a device keeps
+//! using ([`Dmar::reserved_regions_for`]), with every length checked.
 
 pub mod dma;
 #[cfg(test)]
 mod dma_failure_tests;
 #[cfg(test)]
 mod dma_tests;
+pub mod dmar;
 #[cfg(test)]
 mod fake;
 pub mod regs;
@@ -49,6 +55,8 @@ use crate::mm::space::AddressSpace;
 use crate::mm::tlb::TlbFlush;
 use crate::mm::traits::{PageCounter, TableAllocator, TableMapper};
 use crate::mmio::Registers;
+
+pub use dmar::{Dmar, DmarError};
 
 /// Register reads a wait for the hardware makes before giving up.
 const WAIT_POLLS: u32 = 1_000_000;
@@ -137,11 +145,26 @@ pub struct DmaFault {
     pub reason: u8,
 }
 
+/// What a unit lacks that [`Iommu::new`] needs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Missing {
+    /// CAP.SAGAW bit 2 (spec 11.4.2): 48-bit, 4-level second-level tables,
+    /// the only layout the driver builds. QEMU's `intel-iommu` reports it
+    /// only with `aw-bits=48`; its default on QEMU 7.2, 39 bits, gives
+    /// 3-level tables alone.
+    FourLevelTables,
+    /// ECAP.QI (spec 11.4.3) on a unit of VT-d version 6 or later (VER bits
+    /// 7:4): such a unit has no register-based invalidation (spec 6.5), so
+    /// without the queue nothing could be invalidated.
+    QueuedInvalidation,
+}
+
 /// Errors of the IOMMU driver.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum IommuError {
-    /// The unit cannot do 4-level (48-bit) second-level translation.
-    Unsupported,
+    /// The unit lacks a capability the driver needs (which one: the
+    /// field).
+    Unsupported(Missing),
     /// No frame for a root or context table.
     OutOfMemory,
     /// The unit did not finish a command in time.
@@ -165,7 +188,13 @@ pub enum IommuError {
 impl fmt::Display for IommuError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
-            IommuError::Unsupported => "the unit has no 4-level second-level translation",
+            IommuError::Unsupported(Missing::FourLevelTables) => {
+                "the unit has no 4-level (48-bit) second-level tables, CAP.SAGAW bit 2 \
+                 (QEMU: -device intel-iommu,aw-bits=48)"
+            }
+            IommuError::Unsupported(Missing::QueuedInvalidation) => {
+                "the unit is VT-d version 6 or later without an invalidation queue, ECAP.QI"
+            }
             IommuError::OutOfMemory => "no frame for an IOMMU table",
             IommuError::TimedOut => "the IOMMU did not finish a command in time",
             IommuError::Attached => "the device is already attached to a domain",
@@ -330,6 +359,16 @@ impl<R: Registers, M: TableMapper, A: TableAllocator> Iommu<R, M, A> {
     /// it is set up (two more frames: the ring and its status word) and
     /// used for every invalidation from then on.
     ///
+    /// A unit without 4-level second-level tables, or one of VT-d version
+    /// 6 or later without the queue, is refused before anything is
+    /// allocated or written: [`IommuError::Unsupported`] says which
+    /// ([`Missing`]). On QEMU the unit is `-machine q35 -device
+    /// intel-iommu,aw-bits=48` (add `intremap=off` unless the kernel
+    /// remaps interrupts); QEMU 7.2's default `aw-bits=39` gives only
+    /// 3-level tables, so plain `-device intel-iommu` is refused with
+    /// `Unsupported(Missing::FourLevelTables)`. The register base comes
+    /// from ACPI's DMAR table ([`dmar::Dmar::units`]).
+    ///
     /// # Safety
     /// `regs` must be this unit's register window and nothing else may
     /// program the unit; queued invalidation must be off (it is at reset).
@@ -345,7 +384,10 @@ impl<R: Registers, M: TableMapper, A: TableAllocator> Iommu<R, M, A> {
         let cap = regs.read64(regs::CAP);
         let ecap = regs.read64(regs::ECAP);
         if cap & regs::CAP_SAGAW_4LEVEL == 0 {
-            return Err(IommuError::Unsupported);
+            return Err(IommuError::Unsupported(Missing::FourLevelTables));
+        }
+        if ecap & regs::ECAP_QI == 0 && regs::ver_major(regs.read32(regs::VER)) >= 6 {
+            return Err(IommuError::Unsupported(Missing::QueuedInvalidation));
         }
         let root = alloc
             .allocate_table()

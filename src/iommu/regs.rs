@@ -6,6 +6,10 @@
 
 /// 11.4.1 Version Register (32-bit): major version in bits 7:4.
 pub const VER: usize = 0x00;
+/// VER bits 7:4, Max: the VT-d major version the unit implements.
+pub const fn ver_major(ver: u32) -> u32 {
+    (ver >> 4) & 0xf
+}
 /// 11.4.2 Capability Register (64-bit).
 pub const CAP: usize = 0x08;
 /// 11.4.3 Extended Capability Register (64-bit).

@@ -6,7 +6,7 @@ use x86_64::structures::paging::{Page, PhysFrame};
 use x86_64::{PhysAddr, VirtAddr};
 
 use super::fake::{Access, FakeVtd};
-use super::{DmaFault, DomainId, Iommu, IommuError, SourceId, domain};
+use super::{DmaFault, DomainId, Iommu, IommuError, Missing, SourceId, domain, regs};
 use crate::engine::{
     Capabilities, Channel, Cookie, DmaError, Engine, EngineError, ErrorKind, FaultHook, Limits,
     Notify, Op, PrepFlags, Progress, Status, Termination,
@@ -29,6 +29,37 @@ const IOVA: u64 = 0x10_0000;
 
 fn page(addr: u64) -> Page {
     Page::from_start_address(VirtAddr::new(addr)).unwrap()
+}
+
+#[test]
+fn a_unit_lacking_what_the_driver_needs_is_refused_by_name() {
+    let mem = Memory::new(8);
+    let db = mem.db();
+    let free = db.free_frames();
+    let start = |unit: FakeVtd| {
+        // SAFETY: the fake is this unit's register window; tables come
+        // from the database, reached 1:1.
+        unsafe { Iommu::new(unit, mapper(), &db) }.map(|_| ())
+    };
+    // QEMU 7.2's plain `-device intel-iommu`: 39-bit, 3-level tables only.
+    let three_level = start(FakeVtd::reporting(1, regs::CAP_SAGAW_4LEVEL)).unwrap_err();
+    assert_eq!(
+        three_level,
+        IommuError::Unsupported(Missing::FourLevelTables)
+    );
+    assert!(
+        three_level.to_string().contains("aw-bits=48"),
+        "{three_level}"
+    );
+    assert_eq!(
+        start(FakeVtd::reporting(6, 0)),
+        Err(IommuError::Unsupported(Missing::QueuedInvalidation)),
+        "version 6 has no register-based invalidation"
+    );
+    assert_eq!(db.free_frames(), free, "refused before any table");
+    // Version 5 still has the registers: taken, and its frames given back.
+    assert_eq!(start(FakeVtd::reporting(5, 0)), Ok(()));
+    assert_eq!(db.free_frames(), free);
 }
 
 #[test]
