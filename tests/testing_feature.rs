@@ -9,8 +9,8 @@ use std::alloc::{Layout, alloc_zeroed};
 use dmaengine::drivers::edu::EduEngine;
 use dmaengine::drivers::lsi53c895a::Lsi53c895a;
 use dmaengine::engine::{Channel, PrepFlags, Status};
-use dmaengine::hal::Dma;
 use dmaengine::hal::fake::{FakeHal, FakeHal32};
+use dmaengine::hal::{Dma, Hal};
 use dmaengine::iommu::{DomainId, Iommu, SourceId, domain};
 use dmaengine::mm::frame::{FrameDb, PageInfo};
 use dmaengine::mm::traits::OffsetMapper;
@@ -24,18 +24,35 @@ use x86_64::{PhysAddr, VirtAddr};
 const GUARD: u8 = 0xee;
 
 /// A destination of `len` guard bytes.
-fn guarded<H: dmaengine::hal::Hal>(len: usize) -> Dma<H> {
+fn guarded<H: Hal>(len: usize) -> Dma<H> {
     let mut buf = Dma::<H>::new(len).unwrap();
     buf.as_mut_slice().fill(GUARD);
     buf
 }
 
-fn pattern<H: dmaengine::hal::Hal>(len: usize) -> Dma<H> {
+fn pattern<H: Hal>(len: usize) -> Dma<H> {
     let mut buf = Dma::<H>::new(len).unwrap();
     for (i, b) in buf.as_mut_slice().iter_mut().enumerate() {
         *b = (i * 31 + 7) as u8;
     }
     buf
+}
+
+#[test]
+fn the_fake_hal_refuses_what_it_cannot_allocate_whoever_asks() {
+    // `Hal::dma_alloc` is safe to call: a kernel's glue may ask the fake
+    // directly, with any count.
+    assert!(FakeHal::dma_alloc(0, u64::MAX).is_none());
+    assert!(FakeHal::dma_alloc(usize::MAX / 4096 + 2, u64::MAX).is_none());
+    assert!(
+        FakeHal32::dma_alloc(1, 0xff_ffff).is_none(),
+        "below the arena"
+    );
+    let (paddr, ptr) = FakeHal::dma_alloc(2, u64::MAX).unwrap();
+    assert!(FakeHal::is_live(paddr));
+    // SAFETY: the allocation just made, of two pages, used by nothing.
+    unsafe { FakeHal::dma_dealloc(paddr, ptr, 2) };
+    assert!(!FakeHal::is_live(paddr));
 }
 
 #[test]

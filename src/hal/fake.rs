@@ -82,6 +82,12 @@ fn layout(pages: usize) -> Layout {
 // construction), identified by their own address, and freed exactly once.
 unsafe impl Hal for FakeHal {
     fn dma_alloc(pages: usize, dma_mask: u64) -> Option<(DmaAddr, NonNull<u8>)> {
+        // Anyone may call this safe function: no pages (a zero-size
+        // allocation is undefined) and sizes past `isize::MAX` (which would
+        // wrap to fewer bytes than asked) are refused.
+        if pages == 0 || pages > isize::MAX as usize / PAGE_SIZE {
+            return None;
+        }
         // SAFETY: the layout has a non-zero size.
         let ptr = NonNull::new(unsafe { alloc_zeroed(layout(pages)) })?;
         if ptr.as_ptr() as u64 + (pages * PAGE_SIZE) as u64 - 1 > dma_mask {
