@@ -57,7 +57,11 @@
 //! and [`iommu::Iommu::new`] (which also covers dropping the unit: that
 //! turns translation off as [`iommu::Iommu::disable`] does; a unit that
 //! will not turn it off keeps its tables, leaked, rather than freeing what
-//! it may walk).
+//! it may walk). With the `testing` feature, the fake devices'
+//! constructors too (`FakeLsi::new`, `FakeEdu::new`, `FakeVtd::new` and
+//! its variants): a fake moves or reads host memory wherever its registers
+//! point, as the device would, so only a driver (or a caller pointing it
+//! at memory of its own) may write them.
 //!
 //! **What it promises per call** (`unsafe fn`s):
 //! - Raw DMA addresses: the request methods of [`engine::Channel`]
@@ -105,6 +109,10 @@
 //! # Features
 //! - `test-hooks`: fault injection and state setting for tests (an LSI
 //!   illegal instruction, its manual-start mode, a channel's next cookie).
+//! - `testing` (host only: it links `std`): the fakes the crate's own tests
+//!   use, public so that a kernel can test its glue on the host: a fake
+//!   [`Hal`](hal::Hal) over host memory (`hal::fake`) and fake devices for
+//!   the drivers to drive (`testing`: the LSI53C895A, edu and VT-d).
 //!
 //! # Example
 //!
@@ -159,7 +167,9 @@
 //! assert!(dst.as_slice().iter().all(|&b| b == 0xab));
 //! # Ok::<(), dmaengine::engine::DmaError>(())
 //! ```
-#![cfg_attr(not(test), no_std)]
+// The `testing` feature's fakes keep host state in `std` (heap arenas,
+// mutexes); only a host build enables it.
+#![cfg_attr(not(any(test, feature = "testing")), no_std)]
 #![deny(
     unsafe_op_in_unsafe_fn,
     missing_docs,
@@ -183,3 +193,5 @@ pub mod iommu;
 pub mod mm;
 pub mod mmio;
 mod sync;
+#[cfg(all(feature = "testing", not(test)))]
+pub mod testing;

@@ -1,6 +1,43 @@
-//! A [`Hal`] over host memory, for host tests: DMA addresses are the host
-//! virtual addresses of page-aligned heap allocations, so a CPU engine can
-//! copy through them.
+//! [`Hal`]s over host memory, for host tests (public with the `testing`
+//! feature): [`FakeHal`], whose DMA addresses are the host virtual
+//! addresses of page-aligned heap allocations, so a CPU engine (or a fake
+//! device) can copy through them, and which counts what is allocated and
+//! shared; and [`FakeHal32`], whose DMA addresses are 32-bit, in an arena
+//! mapped at [`ARENA_BASE`], for drivers that cannot reach above 4 GiB
+//! (the LSI53C895A's).
+//!
+//! Not modelled: physical memory (addresses are host addresses, or offsets
+//! from [`ARENA_BASE`]), caches and coherence (host memory is coherent), an
+//! IOMMU between device and memory (`share` hands out the buffer's own
+//! address), and zones: [`FakeHal`] refuses a mask its heap allocation
+//! happens to exceed (a 32-bit one, mostly, on a 64-bit host), and
+//! [`FakeHal32`] any mask short of its arena's end. [`FakeHal32`] shares
+//! nothing (the default refusal), and its arena of 32 MiB is one for the
+//! whole process, never freed. Both are process-global: tests running in
+//! parallel share their counts, so a test checks its own addresses
+//! ([`FakeHal::is_live`]) rather than totals.
+//!
+//! # Example
+//!
+//! A buffer comes from the fake, is live while owned, and goes back when
+//! dropped:
+//!
+//! ```
+//! use dmaengine::hal::Dma;
+//! use dmaengine::hal::fake::FakeHal;
+//!
+//! let buf = Dma::<FakeHal>::new(5000)?;
+//! let paddr = buf.paddr();
+//! assert!(FakeHal::is_live(paddr));
+//! assert_eq!(paddr % 4096, 0, "page-aligned");
+//! drop(buf);
+//! assert!(!FakeHal::is_live(paddr));
+//! # Ok::<(), dmaengine::engine::DmaError>(())
+//! ```
+//!
+//! The fake devices in [`testing`](crate::testing) use these for their
+//! memory; their examples show a [`Channel`](crate::engine::Channel) over
+//! each.
 
 use std::alloc::{Layout, alloc_zeroed, dealloc};
 use std::collections::HashMap;
@@ -13,7 +50,10 @@ use crate::engine::DmaError;
 /// Outstanding allocations, to check that everything is freed.
 static LIVE: Mutex<Option<HashMap<DmaAddr, usize>>> = Mutex::new(None);
 
-/// The fake HAL.
+/// A [`Hal`] over the host heap: zeroed, page-aligned allocations whose
+/// DMA address is their host address, checked on free (freeing what it
+/// did not allocate panics), and `share` that hands out a buffer's own
+/// address and records it until `unshare`.
 pub struct FakeHal;
 
 impl FakeHal {
@@ -42,6 +82,12 @@ fn layout(pages: usize) -> Layout {
 // construction), identified by their own address, and freed exactly once.
 unsafe impl Hal for FakeHal {
     fn dma_alloc(pages: usize, dma_mask: u64) -> Option<(DmaAddr, NonNull<u8>)> {
+        // Anyone may call this safe function: no pages (a zero-size
+        // allocation is undefined) and sizes past `isize::MAX` (which would
+        // wrap to fewer bytes than asked) are refused.
+        if pages == 0 || pages > isize::MAX as usize / PAGE_SIZE {
+            return None;
+        }
         // SAFETY: the layout has a non-zero size.
         let ptr = NonNull::new(unsafe { alloc_zeroed(layout(pages)) })?;
         if ptr.as_ptr() as u64 + (pages * PAGE_SIZE) as u64 - 1 > dma_mask {

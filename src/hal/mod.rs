@@ -10,7 +10,7 @@ use core::ptr::NonNull;
 
 use crate::engine::DmaError;
 
-#[cfg(test)]
+#[cfg(any(test, feature = "testing"))]
 pub mod fake;
 pub mod pool;
 

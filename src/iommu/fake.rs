@@ -2,12 +2,84 @@
 //! QEMU's command semantics: one-shot GCMD bits, ICC and IVT cleared when
 //! done), one fault recording register, and a DMA path that walks the root,
 //! context and second-level tables in host memory as the hardware does,
-//! through an IOTLB that keeps translations until invalidated.
+//! through an IOTLB that keeps translations until invalidated. Public with
+//! the `testing` feature. A test plays the devices behind the unit: each
+//! [`FakeVtd::dma`] is one access by one device, translated or refused
+//! and recorded as the unit would.
+//!
+//! Tables are read at their physical addresses as host pointers (1:1), so
+//! the frames a test gives the [`Iommu`] and its domains must be host
+//! memory whose address is their physical address.
+//!
+//! Not modelled: anything but second-level, 4-level translation in legacy
+//! mode (no scalable mode, no first-level, no pass-through, no interrupt
+//! remapping), more than one fault recording register, caching of context
+//! entries (only leaf translations are cached, in one IOTLB for every
+//! domain, which a domain-selective invalidation empties entirely), the
+//! fault event's message itself (only a count of events sent), and
+//! devices: nothing accesses memory unless the test calls
+//! [`FakeVtd::dma`], which returns the address the access would reach
+//! and touches no memory there.
+//!
+//! # Example
+//!
+//! A device confined to its domain: it reaches the page the domain maps,
+//! and an access anywhere else is refused and reported as a fault. The
+//! unit is lent (`&FakeVtd` is a register window too), so the test keeps
+//! it to play the device.
+//!
+//! ```
+//! use std::alloc::{Layout, alloc_zeroed};
+//! use x86_64::structures::paging::{Page, PhysFrame};
+//! use x86_64::{PhysAddr, VirtAddr};
+//! use dmaengine::iommu::{DomainId, Iommu, SourceId, domain};
+//! use dmaengine::mm::frame::{FrameDb, PageInfo};
+//! use dmaengine::mm::traits::OffsetMapper;
+//! use dmaengine::mm::vma::VmFlags;
+//! use dmaengine::testing::vtd::{Access, FakeVtd};
+//!
+//! // 32 frames of host memory, never freed, counted by a frame database.
+//! let layout = Layout::from_size_align(32 * 4096, 4096).unwrap();
+//! // SAFETY: the layout is not empty.
+//! let base = unsafe { alloc_zeroed(layout) } as u64;
+//! let infos: Vec<PageInfo> = (0..32).map(|_| PageInfo::default()).collect();
+//! let first = PhysFrame::containing_address(PhysAddr::new(base));
+//! // SAFETY: the frames are this allocation, which only the database
+//! // hands out.
+//! let db = unsafe { FrameDb::new(&infos, first) };
+//! // SAFETY: host memory is reached at its "physical" address.
+//! let mapper = || unsafe { OffsetMapper::new(VirtAddr::zero()) };
+//!
+//! // SAFETY: the unit is driven by this Iommu alone, and walks the tables
+//! // the database gives it, in host memory.
+//! let unit = unsafe { FakeVtd::new() };
+//! // SAFETY: as above.
+//! let iommu = unsafe { Iommu::new(&unit, mapper(), &db) }.unwrap();
+//! let id = DomainId::new(1).unwrap();
+//! let mut dom = domain(&iommu, id, &db, mapper(), &db).unwrap();
+//! let iova = Page::from_start_address(VirtAddr::new(0x10_0000)).unwrap();
+//! let area = dom.map_vma(iova, 1, VmFlags::READ | VmFlags::WRITE | VmFlags::SHARED).unwrap();
+//! let page = db.alloc_page().unwrap();
+//! dom.insert_pages(area, iova, core::slice::from_ref(&page)).unwrap();
+//! let device = SourceId { bus: 0, device: 3, function: 0 };
+//! // SAFETY: the domain outlives the attachment (detached below).
+//! unsafe { iommu.attach(device, id, dom.root()) }.unwrap();
+//! iommu.enable().unwrap();
+//!
+//! let inside = unit.dma(device.raw(), 0x10_0010, true);
+//! assert_eq!(inside, Access::Ok(page.phys().as_u64() + 0x10));
+//! assert!(matches!(unit.dma(device.raw(), 0x20_0000, true), Access::Fault(_)));
+//! let fault = iommu.take_fault().unwrap();
+//! assert_eq!((fault.source, fault.address, fault.write), (device, 0x20_0000, true));
+//! iommu.detach(device).unwrap();
+//! ```
+//!
+//! [`Iommu`]: crate::iommu::Iommu
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 
-use super::regs;
+use crate::iommu::regs;
 use crate::mmio::Registers;
 
 /// Where the fake places the IOTLB and fault recording registers.
@@ -47,8 +119,10 @@ struct State {
     missing_cap: u64,
 }
 
-/// The fake unit.
-#[derive(Default)]
+/// The fake unit: give it (or a reference to it) to [`Iommu::new`] as the
+/// register window.
+///
+/// [`Iommu::new`]: crate::iommu::Iommu::new
 pub struct FakeVtd {
     state: RefCell<State>,
 }
@@ -69,23 +143,41 @@ fn read(pa: u64) -> u64 {
 
 impl FakeVtd {
     /// A unit in its reset state.
-    pub fn new() -> FakeVtd {
-        FakeVtd::default()
+    ///
+    /// # Safety
+    /// The unit reads the root, context and page tables, and writes the
+    /// invalidation queue's status words, at the physical addresses its
+    /// registers are given, as host pointers: its registers must be
+    /// written only by one [`Iommu`](crate::iommu::Iommu) (under
+    /// `Iommu::new`'s contract) whose tables are host memory mapped 1:1,
+    /// or by a caller that points them only at such memory it owns.
+    pub unsafe fn new() -> FakeVtd {
+        FakeVtd {
+            state: RefCell::default(),
+        }
     }
 
     /// A unit with an invalidation queue, which its driver must then use:
     /// the fake stops honouring the invalidation registers once the queue
     /// is on.
-    pub fn with_queue() -> FakeVtd {
-        let fake = FakeVtd::default();
+    ///
+    /// # Safety
+    /// As for [`FakeVtd::new`].
+    pub unsafe fn with_queue() -> FakeVtd {
+        // SAFETY: the caller's promise.
+        let fake = unsafe { FakeVtd::new() };
         fake.state.borrow_mut().has_queue = true;
         fake
     }
 
     /// A unit that ignores every request to turn translation off, as a
     /// wedged one would.
-    pub fn refusing_to_disable() -> FakeVtd {
-        let fake = FakeVtd::default();
+    ///
+    /// # Safety
+    /// As for [`FakeVtd::new`].
+    pub unsafe fn refusing_to_disable() -> FakeVtd {
+        // SAFETY: the caller's promise.
+        let fake = unsafe { FakeVtd::new() };
         fake.state.borrow_mut().refuses_disable = true;
         fake
     }
@@ -326,5 +418,34 @@ impl Registers for FakeVtd {
     }
     fn reads(&self) -> u64 {
         self.state.borrow().reads
+    }
+}
+
+/// A lent unit is a register window too, so a test keeps the unit to play
+/// the devices (with [`FakeVtd::dma`]) while the driver owns a reference.
+impl Registers for &FakeVtd {
+    fn read8(&self, offset: usize) -> u8 {
+        FakeVtd::read8(self, offset)
+    }
+    fn write8(&self, offset: usize, value: u8) {
+        FakeVtd::write8(self, offset, value)
+    }
+    fn read32(&self, offset: usize) -> u32 {
+        FakeVtd::read32(self, offset)
+    }
+    fn write32(&self, offset: usize, value: u32) {
+        FakeVtd::write32(self, offset, value)
+    }
+    fn read64(&self, offset: usize) -> u64 {
+        FakeVtd::read64(self, offset)
+    }
+    fn write64(&self, offset: usize, value: u64) {
+        FakeVtd::write64(self, offset, value)
+    }
+    fn accesses(&self) -> u64 {
+        FakeVtd::accesses(self)
+    }
+    fn reads(&self) -> u64 {
+        FakeVtd::reads(self)
     }
 }

@@ -3,10 +3,54 @@
 //! start (QEMU finishes them 100 ms of virtual time later), the
 //! interrupt-status and acknowledge registers, and a switch that makes a
 //! transfer never finish. Memory is [`FakeHal`]'s (host memory, 1:1).
+//! Public with the `testing` feature.
+//!
+//! Not modelled: time (a transfer ends after a number of reads of the
+//! command register, [`FakeEdu::latency`], not 100 ms later, and never
+//! between two reads), the interrupt line itself (only its status
+//! register: the test calls the channel's interrupt handler or polls),
+//! the device's other registers (liveness check, factorial, the raise
+//! register: they read 0) and its address mask (every address reaches
+//! host memory). What QEMU 7.2 refuses it refuses by panicking: a
+//! transfer started while one runs, one outside the device buffer, one
+//! that would reach the buffer's last byte.
+//!
+//! # Example
+//!
+//! A copy through [`EduEngine`], which the fake finishes after
+//! [`FakeEdu::latency`] polls of each transfer:
+//!
+//! ```
+//! use dmaengine::drivers::edu::EduEngine;
+//! use dmaengine::engine::{Channel, PrepFlags, Status};
+//! use dmaengine::hal::Dma;
+//! use dmaengine::hal::fake::FakeHal;
+//! use dmaengine::testing::edu::FakeEdu;
+//!
+//! // SAFETY: the fake device is driven by this engine alone, moves only
+//! // the buffers the channel hands it and drops no address bit.
+//! let engine = unsafe { EduEngine::<FakeHal, _>::new(FakeEdu::new(2), u64::MAX) }.unwrap();
+//! let mut chan = Channel::new(engine);
+//! let mut src = Dma::<FakeHal>::new(100)?;
+//! src.as_mut_slice().fill(7);
+//! let dst = Dma::<FakeHal>::new(100)?;
+//! // SAFETY: both buffers are ours, and read only after the request ends.
+//! let cookie = unsafe { chan.prep_copy(dst.paddr(), src.paddr(), 100, PrepFlags::empty()) }?;
+//! chan.issue_pending();
+//! while chan.status(cookie).status == Status::InProgress {}
+//! assert_eq!(chan.status(cookie).status, Status::Complete);
+//! assert_eq!(dst.as_slice(), src.as_slice());
+//! // Into the device's buffer and out of it.
+//! // SAFETY: the fake's count is read; no register is touched.
+//! assert_eq!(unsafe { chan.engine().regs() }.transfers(), 2);
+//! # Ok::<(), dmaengine::engine::DmaError>(())
+//! ```
+//!
+//! [`EduEngine`]: crate::drivers::edu::EduEngine
 
 use core::cell::RefCell;
 
-use super::regs;
+use crate::drivers::edu::regs;
 use crate::hal::Hal;
 use crate::hal::fake::FakeHal;
 use crate::mmio::Registers;
@@ -26,7 +70,12 @@ struct State {
     transfers: u64,
 }
 
-/// The fake device.
+/// The fake device: give it to [`EduEngine::new`] as the register window,
+/// and reach it again through [`EduEngine::regs`] (nothing written through
+/// it) to count its transfers or wedge it.
+///
+/// [`EduEngine::new`]: crate::drivers::edu::EduEngine::new
+/// [`EduEngine::regs`]: crate::drivers::edu::EduEngine::regs
 #[derive(Debug)]
 pub struct FakeEdu {
     state: RefCell<State>,
@@ -38,7 +87,17 @@ pub struct FakeEdu {
 
 impl FakeEdu {
     /// A device whose transfers take `latency` command reads.
-    pub fn new(latency: u32) -> Self {
+    ///
+    /// # Safety
+    /// A transfer reads or writes host memory at the address in its source
+    /// or destination register ([`FakeHal`]'s DMA addresses are host
+    /// pointers): the registers must be written only by one driver (under
+    /// [`EduEngine::new`]'s contract), or by a caller that points them only
+    /// at memory it owns and touches nothing else there until the transfer
+    /// ends.
+    ///
+    /// [`EduEngine::new`]: crate::drivers::edu::EduEngine::new
+    pub unsafe fn new(latency: u32) -> Self {
         FakeEdu {
             state: RefCell::new(State {
                 src: 0,

@@ -1,4 +1,4 @@
-//! A fake LSI53C895A for host tests: the SCRIPTS subset the driver uses,
+//! A fake LSI53C895A for host tests (public with the `testing` feature): the SCRIPTS subset the driver uses,
 //! executed against [`FakeHal32`] memory, with QEMU's timing rules: at most
 //! a slice of instructions (100 on QEMU 7.2, 500 on 10.0; any number in
 //! tests) inside the register write that started them, then a slice per
@@ -17,10 +17,62 @@
 //! status bit set, INTF cleared, DSTAT read), so a soft reset clears the
 //! status but leaves the line as it was until DSTAT is read.
 
+//!
+//! Not modelled: SCSI (no bus, no targets; of SCRIPTS only what a copy
+//! engine runs: Memory Move, the Store of DSP, WAIT RESELECT, the read of
+//! CTEST2, JUMP, INT and INTFLY, and any other instruction stops the chip
+//! with IID), the registers the driver does not use
+//! (they read 0 and ignore writes), PCI config space and the I/O BAR
+//! (so [`Lsi53c895a::set_doorbell`] cannot be used with it), bus errors,
+//! and time: a slice runs inside the register write that started it or
+//! when the test calls [`FakeLsi::tick`], never on its own. Memory is
+//! [`FakeHal32`]'s arena; any other address panics.
+//!
+//! # Example
+//!
+//! A kernel's glue over the fake chip: a [`Channel`] on an
+//! [`Lsi53c895a`] copies between [`FakeHal32`] buffers, and the bytes
+//! around the copy stay as they were.
+//!
+//! ```
+//! use core::time::Duration;
+//! use dmaengine::drivers::lsi53c895a::Lsi53c895a;
+//! use dmaengine::engine::{Channel, PrepFlags};
+//! use dmaengine::hal::Dma;
+//! use dmaengine::hal::fake::FakeHal32;
+//! use dmaengine::testing::lsi53c895a::FakeLsi;
+//!
+//! struct NoDelay;
+//! impl embedded_hal::delay::DelayNs for NoDelay {
+//!     fn delay_ns(&mut self, _ns: u32) {}
+//! }
+//!
+//! // SAFETY: the fake chip is driven by this engine alone and moves only
+//! // the buffers the channel hands it.
+//! let engine = unsafe { Lsi53c895a::<FakeHal32, _>::new(FakeLsi::new()) }.unwrap();
+//! let mut chan = Channel::new(engine);
+//! let mut src = Dma::<FakeHal32>::new(64)?;
+//! src.as_mut_slice().fill(0x5a);
+//! let dst = Dma::<FakeHal32>::new(64)?;
+//! let transfer = chan.copy(dst, 8, src, 0, 48, PrepFlags::empty()).map_err(|e| e.error)?;
+//! chan.issue_pending();
+//! let (dst, _src) = transfer.wait(&mut chan, &mut NoDelay, Duration::from_millis(10)).unwrap();
+//! assert!(dst.as_slice()[8..56].iter().all(|&b| b == 0x5a));
+//! assert!(dst.as_slice()[..8].iter().chain(&dst.as_slice()[56..]).all(|&b| b == 0));
+//! // The chip ran one Memory Move for the copy: 48 bytes.
+//! // SAFETY: the fake's own log is read; no register is touched.
+//! let moves = unsafe { chan.engine().regs() }.take_moves();
+//! assert!(moves.iter().any(|&(count, _, _)| count == 48));
+//! # Ok::<(), dmaengine::engine::DmaError>(())
+//! ```
+//!
+//! [`Channel`]: crate::engine::Channel
+//! [`Lsi53c895a`]: crate::drivers::lsi53c895a::Lsi53c895a
+//! [`Lsi53c895a::set_doorbell`]: crate::drivers::lsi53c895a::Lsi53c895a::set_doorbell
 use core::cell::RefCell;
 
-use super::regs::{self, Dmode, Dstat, Istat, Istat1};
-use super::script;
+use crate::drivers::lsi53c895a::regs::{self, Dmode, Dstat, Istat, Istat1};
+use crate::drivers::lsi53c895a::script;
 use crate::hal::fake::FakeHal32;
 use crate::hal::{DmaAddr, Hal};
 use crate::mmio::Registers;
@@ -51,8 +103,13 @@ struct State {
     reads: u64,
 }
 
-/// The fake chip.
-#[derive(Default, Debug)]
+/// The fake chip: give it to [`Lsi53c895a::new`] as the register window,
+/// and reach it again through [`Lsi53c895a::regs`] (nothing written
+/// through it) to [`tick`](FakeLsi::tick) it or look at its state.
+///
+/// [`Lsi53c895a::new`]: crate::drivers::lsi53c895a::Lsi53c895a::new
+/// [`Lsi53c895a::regs`]: crate::drivers::lsi53c895a::Lsi53c895a::regs
+#[derive(Debug)]
 pub struct FakeLsi {
     state: RefCell<State>,
 }
@@ -81,8 +138,20 @@ fn move_bytes(dst: u32, src: u32, count: u32) {
 
 impl FakeLsi {
     /// A chip in its reset state.
-    pub fn new() -> Self {
-        Self::default()
+    ///
+    /// # Safety
+    /// The chip runs the SCRIPTS at whatever address its DSP register is
+    /// given, and they read and write [`FakeHal32`] memory wherever they
+    /// point, as the real chip's would: its registers must be written
+    /// only by one driver (under [`Lsi53c895a::new`]'s contract), or by a
+    /// caller that points it only at arena memory it owns and touches
+    /// nothing else there until the chip stops.
+    ///
+    /// [`Lsi53c895a::new`]: crate::drivers::lsi53c895a::Lsi53c895a::new
+    pub unsafe fn new() -> Self {
+        FakeLsi {
+            state: RefCell::default(),
+        }
     }
 
     /// Sets the instructions run per slice (QEMU 7.2: 100, 10.0: 500; a
