@@ -193,5 +193,5 @@ pub mod iommu;
 pub mod mm;
 pub mod mmio;
 mod sync;
-#[cfg(all(feature = "testing", not(test)))]
+#[cfg(feature = "testing")]
 pub mod testing;

@@ -93,7 +93,9 @@ fn frames() -> &'static FrameDb<'static> {
 /// A fresh unit `N`, translation on; the frames its domains come from.
 fn unit<const N: usize>() -> &'static FrameDb<'static> {
     let stuck = Stuck {
-        unit: FakeVtd::new(),
+        // SAFETY: its registers are written only by the `Iommu` below,
+        // whose tables are host memory.
+        unit: unsafe { FakeVtd::new() },
         stuck: Cell::new(false),
     };
     // SAFETY: the fake is this unit's window; tables from host memory.

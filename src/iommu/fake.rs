@@ -184,8 +184,12 @@ impl FakeVtd {
 
     /// A unit of VT-d major version `version`, without a queue, lacking
     /// the CAP bits `missing_cap`.
-    pub fn reporting(version: u32, missing_cap: u64) -> FakeVtd {
-        let fake = FakeVtd::default();
+    ///
+    /// # Safety
+    /// As for [`FakeVtd::new`].
+    pub unsafe fn reporting(version: u32, missing_cap: u64) -> FakeVtd {
+        // SAFETY: the caller's promise.
+        let fake = unsafe { FakeVtd::new() };
         let mut s = fake.state.borrow_mut();
         (s.version, s.missing_cap) = (version, missing_cap);
         drop(s);

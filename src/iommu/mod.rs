@@ -37,8 +37,10 @@ mod dma_failure_tests;
 #[cfg(test)]
 mod dma_tests;
 pub mod dmar;
-#[cfg(test)]
-mod fake;
+// Public with the `testing` feature, as `dmaengine::testing::*`.
+#[cfg(any(test, feature = "testing"))]
+#[doc(hidden)]
+pub mod fake;
 pub mod regs;
 #[cfg(test)]
 mod tests;

@@ -24,8 +24,10 @@
 //! finishes its transfer (wedged) keeps them in flight for good: their
 //! buffers leak rather than come back while it may still write them.
 
-#[cfg(test)]
-mod fake;
+// Public with the `testing` feature, as `dmaengine::testing::*`.
+#[cfg(any(test, feature = "testing"))]
+#[doc(hidden)]
+pub mod fake;
 pub mod regs;
 #[cfg(test)]
 mod tests;

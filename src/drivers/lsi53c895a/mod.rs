@@ -61,8 +61,10 @@
 //! otherwise: under QEMU 10 an MMIO store in mid-block makes QEMU translate
 //! the block again, and an `out` ends its block by itself.
 
-#[cfg(test)]
-pub(crate) mod fake;
+// Public with the `testing` feature, as `dmaengine::testing::*`.
+#[cfg(any(test, feature = "testing"))]
+#[doc(hidden)]
+pub mod fake;
 pub mod regs;
 mod ring;
 pub mod script;
