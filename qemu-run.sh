@@ -8,7 +8,7 @@
 #                                 apart, under -icount shift=0,sleep=off -smp 1: run
 #                                 when the filter is empty, insns or insns.KEY
 #   ./qemu-run.sh soak [requests] random copies, fills and zeroes (default 1000000)
-#   ./qemu-run.sh example         kernels of the README's kind adopt the mm and DMA halves
+#   ./qemu-run.sh example         kernels of the README's kind adopt the mm half, the DMA half, the IOMMU
 #   ./qemu-run.sh selftest        the harness's canaries (must report failures)
 #   ./qemu-run.sh MODE [filter] -- EXTRA QEMU ARGS
 #

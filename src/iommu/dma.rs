@@ -296,6 +296,33 @@ macro_rules! iova_device {
     };
 }
 
+/// Declares a platform for the IOVA layer with its unit in a static of its
+/// own: `iova_platform!(unsafe pub Kernel: StaticUnit<..>, PhysHal);` is
+/// a unit struct `Kernel` implementing [`IommuPlatform`] with
+/// `Unit = StaticUnit<..>` (reached as `Kernel::unit()`, to install the
+/// unit) and `Memory = PhysHal`, and no `virt_to_phys` (write the impl by
+/// hand to share buffers that are not DMA memory). The `unsafe` is the
+/// kernel's word that `PhysHal` hands out memory by physical address.
+#[macro_export]
+macro_rules! iova_platform {
+    ($(#[$meta:meta])* unsafe $vis:vis $name:ident: $unit:ty, $memory:ty) => {
+        $(#[$meta])*
+        $vis struct $name;
+
+        // SAFETY: the caller's `unsafe`: `$memory`'s DMA addresses are
+        // physical addresses; the unit is a static of this type's own.
+        unsafe impl $crate::iommu::dma::IommuPlatform for $name {
+            type Unit = $unit;
+            type Memory = $memory;
+
+            fn unit() -> &'static $unit {
+                static UNIT: $unit = <$unit>::new();
+                &UNIT
+            }
+        }
+    };
+}
+
 /// The platform of device `D`.
 type Pf<D> = <D as DeviceDma>::Platform;
 /// The unit lock of device `D`'s platform.

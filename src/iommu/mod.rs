@@ -98,6 +98,15 @@ pub struct SourceId {
 }
 
 impl SourceId {
+    /// Function `function` of device `device` on bus `bus`.
+    pub const fn new(bus: u8, device: u8, function: u8) -> SourceId {
+        SourceId {
+            bus,
+            device,
+            function,
+        }
+    }
+
     /// The 16-bit requester id: bus in bits 15:8, device 7:3, function 2:0.
     pub const fn raw(self) -> u16 {
         (self.bus as u16) << 8 | ((self.device as u16 & 0x1f) << 3) | (self.function as u16 & 7)

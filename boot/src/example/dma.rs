@@ -18,7 +18,7 @@ use crate::{pci, platform, println};
 
 // glue: begin
 /// DMA memory: the kernel's frames, reached through its direct map.
-struct Frames;
+pub(super) struct Frames;
 
 // SAFETY: contiguous frames from the kernel's allocator, zeroed here and
 // reached through the direct map (write-back, coherent on x86); each one
@@ -42,8 +42,9 @@ unsafe impl Hal for Frames {
     }
 }
 
-/// The LSI53C895A's copy channel, if the chip is on the bus.
-fn lsi_channel(devices: &[pci::Device]) -> Option<Channel<Lsi53c895a<Frames>>> {
+/// The LSI53C895A's copy channel over DMA layer `H`, if the chip is on
+/// the bus.
+pub(super) fn lsi_channel<H: Hal>(devices: &[pci::Device]) -> Option<Channel<Lsi53c895a<H>>> {
     let chip = pci::find(devices, regs::VENDOR_ID, regs::DEVICE_ID)?;
     chip.enable(true, true, true);
     let (bar, len) = chip.mem_bar(regs::MMIO_BAR)?;
@@ -62,7 +63,8 @@ fn lsi_channel(devices: &[pci::Device]) -> Option<Channel<Lsi53c895a<Frames>>> {
 
 /// Runs the DMA half's example; a failed check panics.
 pub fn run() {
-    let mut chan = lsi_channel(&platform().pci).expect("the LSI53C895A (qemu-run.sh adds one)");
+    let mut chan =
+        lsi_channel::<Frames>(&platform().pci).expect("the LSI53C895A (qemu-run.sh adds one)");
     let mut src = Dma::<Frames>::new(2 * PAGE_SIZE).expect("DMA memory");
     for (i, byte) in src.as_mut_slice().iter_mut().enumerate() {
         *byte = (i * 13 + 5) as u8;

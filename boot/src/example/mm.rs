@@ -31,7 +31,7 @@ use crate::{platform, println};
 
 /// The kernel's own frame allocator, in the `x86_64` crate's terms.
 #[derive(Clone, Copy)]
-struct KernelFrames;
+pub(super) struct KernelFrames;
 
 // SAFETY: the boot allocator hands each frame out once until it is freed.
 unsafe impl FrameAllocator<Size4KiB> for KernelFrames {

@@ -5,9 +5,12 @@
 //! - [`mm`]: a kernel with its own `x86_64` page tables and frame
 //!   allocator inserts, remaps and zaps pages in the same hierarchy;
 //! - [`dma`]: a kernel with PCI configuration access, a frame allocator
-//!   and a delay copies memory with the LSI53C895A.
+//!   and a delay copies memory with the LSI53C895A;
+//! - [`iommu`]: the same kernel confines the chip with the VT-d unit its
+//!   ACPI DMAR table names.
 
 mod dma;
+mod iommu;
 mod mm;
 
 use crate::exit::ExitCode;
@@ -17,7 +20,12 @@ use crate::recover::catch;
 /// Runs every example; a check that fails is a panic, reported as a
 /// failure of the run.
 pub fn run() -> ExitCode {
-    for (name, example) in [("mm", mm::run as fn()), ("dma", dma::run)] {
+    let examples = [
+        ("mm", mm::run as fn()),
+        ("dma", dma::run),
+        ("iommu", iommu::run),
+    ];
+    for (name, example) in examples {
         if let Err(why) = catch(example) {
             println!("example {name} FAILED: {why}");
             return ExitCode::Failure;
