@@ -1,8 +1,9 @@
 //! How a kernel confines a device with the IOMMU, from the bytes of ACPI's
 //! DMAR table to a channel whose device reaches only what its own domain
 //! maps. It builds on the DMA example's `Hal` and channel (the DMA glue)
-//! and the mm example's frame allocator; the glue is what lies between the
-//! markers.
+//! and the mm example's frame allocator, here as one that cannot free
+//! (`NoFree`: the unit and the domain keep their tables); the glue is what
+//! lies between the markers.
 
 use core::ptr::NonNull;
 use core::time::Duration;
@@ -14,7 +15,7 @@ use dmaengine::hal::{Dma, DmaAddr};
 use dmaengine::iommu::dma::{DeviceDma, IommuPlatform, IovaHal, StaticUnit};
 use dmaengine::iommu::regs::MMIO_SIZE;
 use dmaengine::iommu::{Dmar, DomainId, Iommu, SourceId};
-use dmaengine::mm::traits::OffsetMapper;
+use dmaengine::mm::traits::{NoFree, OffsetMapper};
 use dmaengine::mmio::MmioRegion;
 use x86_64::VirtAddr;
 
@@ -27,7 +28,7 @@ use crate::{acpi, pci, platform, println};
 // glue: begin
 dmaengine::iova_platform!(
     /// The kernel under the IOVA layer: `Frames` is physical memory.
-    unsafe Kernel: StaticUnit<MmioRegion, OffsetMapper, KernelFrames, X86Interrupts>, Frames
+    unsafe Kernel: StaticUnit<MmioRegion, OffsetMapper, NoFree<KernelFrames>, X86Interrupts>, Frames
 );
 dmaengine::iova_device!(Lsi: Kernel, 0x8000_0000);
 
@@ -39,12 +40,13 @@ fn confined_lsi(dmar: &[u8], bus: &[pci::Device]) -> Option<Channel<Lsi53c895a<I
     let window = NonNull::new(phys_to_virt(unit.register_base))?;
     // SAFETY: the direct map maps all RAM at PHYS_OFFSET, for good.
     let mapper = unsafe { OffsetMapper::new(VirtAddr::new(PHYS_OFFSET)) };
+    let tables = NoFree(KernelFrames);
     // SAFETY: the unit's registers, mapped uncached by the direct map;
     // nothing but this `Iommu` programs the unit.
-    let unit = unsafe { Iommu::new(MmioRegion::new(window, MMIO_SIZE), mapper, KernelFrames) };
+    let unit = unsafe { Iommu::new(MmioRegion::new(window, MMIO_SIZE), mapper, tables) };
     Kernel::unit().install(unit.ok()?).ok()?;
     // SAFETY: `lsi` is the chip whose channel below uses `IovaHal<Lsi>`.
-    unsafe { Lsi::space().attach(lsi, DomainId::new(1)?, mapper, KernelFrames) }.ok()?;
+    unsafe { Lsi::space().attach(lsi, DomainId::new(1)?, mapper, tables) }.ok()?;
     Kernel::unit().with(Iommu::enable)?.ok()?;
     let mut chan = lsi_channel(bus)?;
     Lsi::space().report_faults_to(&mut chan).ok()?;

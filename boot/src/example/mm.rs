@@ -12,7 +12,7 @@
 //! needs to do so (README.md gives their count, checked by a host test).
 
 use dmaengine::mm::MmError;
-use dmaengine::mm::frame::{FrameDb, PageInfo};
+use dmaengine::mm::frame::{FrameDb, FrameRun, PageInfo};
 use dmaengine::mm::space::AddressSpace;
 use dmaengine::mm::tlb::TlbFlush;
 use dmaengine::mm::traits::OffsetMapper;
@@ -72,11 +72,11 @@ unsafe impl TlbFlush for Flush {
 
 type Space = AddressSpace<&'static FrameDb<'static>, OffsetMapper, KernelFrames, Flush>;
 
-fn adopt(db_first: PhysFrame, nx: bool) -> Space {
+fn adopt(runs: &'static mut [FrameRun], nx: bool) -> Space {
     static DB: spin::Once<FrameDb<'static>> = spin::Once::new();
-    // SAFETY: the frames from `db_first` were taken from the allocator for
-    // the database alone; the direct map covers them and every table.
-    let db = DB.call_once(|| unsafe { FrameDb::new(&PAGES, db_first) });
+    // SAFETY: the runs' frames were taken from the allocator for the
+    // database alone; the direct map covers them and every table.
+    let db = DB.call_once(|| unsafe { FrameDb::with_runs(&PAGES, runs) }.expect("a memory map"));
     // SAFETY: the direct map covers all RAM at PHYS_OFFSET, for good.
     let mapper = unsafe { OffsetMapper::new(VirtAddr::new(PHYS_OFFSET)) };
     // SAFETY: the live hierarchy outlives the space; the kernel leaves the
@@ -115,11 +115,18 @@ pub fn run() {
     unsafe { (KERNEL_PAGE as *mut u64).write_volatile(0x6b65_726e_656c) };
     println!("the kernel mapped its own page at {KERNEL_PAGE:#x} with OffsetPageTable");
 
-    let db_first = frames::alloc_contiguous(DB_FRAMES, 1).expect("frames for the database");
-    let mut space = adopt(
-        PhysFrame::containing_address(PhysAddr::new(db_first)),
-        platform().nx,
-    );
+    // The database counts two runs of RAM, as a memory map with holes
+    // gives them (the frames between them, if any, are not counted).
+    let mut runs = [0, 1].map(|_| {
+        let pa = frames::alloc_contiguous(DB_FRAMES / 2, 1).expect("frames for the database");
+        FrameRun::new(
+            PhysFrame::containing_address(PhysAddr::new(pa)),
+            DB_FRAMES / 2,
+        )
+    });
+    runs.sort_by_key(FrameRun::first);
+    let runs = alloc::boxed::Box::leak(alloc::boxed::Box::new(runs));
+    let mut space = adopt(runs, platform().nx);
     let area_page = |n: u64| Page::<Size4KiB>::containing_address(VirtAddr::new(AREA + n * 4096));
     let rw = VmFlags::READ | VmFlags::WRITE | VmFlags::SHARED | VmFlags::MAYWRITE;
     let area = space
