@@ -34,10 +34,13 @@
 //!   reference to one held across a call of the space), counts that free
 //!   a page only at zero, a flush that really flushes, frames nobody else
 //!   uses.
-//! - [`iommu::dma::IommuPlatform`] and [`iommu::dma::DeviceDma`]: one unit,
-//!   its uses serialised by the kernel's lock; `virt_to_phys` answers the
-//!   real physical address of a page that does not move; one static IOVA
-//!   space per device.
+//! - [`iommu::dma::IommuPlatform`] and [`iommu::dma::DeviceDma`] (or the
+//!   `iova_platform!` macro, whose `unsafe` says the same, and
+//!   `iova_device!`, which needs no word): the unit's static and the
+//!   memory under the IOVAs are what they say (the `Memory` Hal's
+//!   addresses are physical), `virt_to_phys` answers the real physical
+//!   address of a page that does not move, and each device has a static
+//!   IOVA space of its own.
 //!
 //! **What it promises once, when it builds something** (`unsafe`
 //! constructors): [`mmio::MmioRegion::new`] (a device window of that
@@ -48,7 +51,9 @@
 //! [`mm::frame::FrameDb::new`] and [`mm::frame::FrameDb::with_runs`] (the
 //! frames it counts are RAM the database alone hands out),
 //! [`mm::space::AddressSpace::add_spare_table`] (a frame nobody else
-//! uses), [`mm::traits::OffsetMapper::new`],
+//! uses, not one of the space's already), [`hal::pool::DmaPool::init`]
+//! (the run is RAM given to the pool alone, mapped where it says),
+//! [`mm::traits::OffsetMapper::new`],
 //! [`mm::space::AddressSpace::from_root`] (its hierarchy stays live, and it
 //! adds, changes or frees nothing in the span of the space's areas, nor
 //! sets bit 10 on a link of its own under one; the crate refuses areas over
@@ -95,6 +100,10 @@
 //!   the address is an interrupt message (0xfee0_0000..=0xfeef_ffff on
 //!   x86), never memory; [`engine::Channel::set_fault_hook`]: the fault
 //!   source outlives the hook and is used by nobody else meanwhile.
+//! - [`iommu::dma::IovaSpace::attach`]: the requester id is that of the
+//!   device whose drivers use the space's `IovaHal`, attached to no other
+//!   space; [`iommu::dma::StaticUnit::take`]: no space is attached through
+//!   the unit, and none is used until another is installed.
 //!
 //! Everything else is checked: addresses, lengths and counts passed to the
 //! copy and mapping calls are checked before any sum, and bad ones get an
