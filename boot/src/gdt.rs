@@ -26,8 +26,20 @@ const STACK_SIZE: usize = 32 * 1024;
 #[repr(C, align(16))]
 struct Stack([u8; STACK_SIZE]);
 
+/// The ring-0 stack of system calls: 128 KiB, as a call such as
+/// `grant_lsi` builds a channel (some 7 KiB) and moves it through several
+/// frames. At 32 KiB, a build with one code-generation unit (which inlines
+/// more, and so keeps more copies live in one frame) ran past its bottom
+/// into the statics below it, and the kernel jumped to address 0. The
+/// stack has no guard page below it (it is a static in the kernel image):
+/// an overflow corrupts rather than faults.
+const RING0_STACK_SIZE: usize = 128 * 1024;
+
+#[repr(C, align(16))]
+struct Ring0Stack([u8; RING0_STACK_SIZE]);
+
 static mut DOUBLE_FAULT_STACK: Stack = Stack([0; STACK_SIZE]);
-static mut RING0_STACK: Stack = Stack([0; STACK_SIZE]);
+static mut RING0_STACK: Ring0Stack = Ring0Stack([0; RING0_STACK_SIZE]);
 
 static TSS: spin::Once<TaskStateSegment> = spin::Once::new();
 static GDT: spin::Once<GlobalDescriptorTable<8>> = spin::Once::new();
@@ -96,7 +108,8 @@ pub fn init() {
         let mut tss = TaskStateSegment::new();
         tss.interrupt_stack_table[DOUBLE_FAULT_IST as usize] =
             stack_top(&raw mut DOUBLE_FAULT_STACK);
-        tss.privilege_stack_table[0] = stack_top(&raw mut RING0_STACK);
+        tss.privilege_stack_table[0] =
+            VirtAddr::from_ptr(&raw mut RING0_STACK) + RING0_STACK_SIZE as u64;
         tss
     });
     let gdt = GDT.call_once(|| segments(tss));
