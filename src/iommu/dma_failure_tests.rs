@@ -11,6 +11,7 @@ use x86_64::structures::paging::{FrameAllocator, PhysFrame, Size4KiB};
 
 use super::dma::{DeviceDma, IommuPlatform, IovaHal, StaticUnit, UnitLock};
 use super::fake::{Access, FakeVtd};
+use super::tests::{EDU, LSI};
 use super::{DomainId, Iommu, IommuError, SourceId, regs};
 use crate::engine::shared::NoMasking;
 use crate::hal::Dma;
@@ -112,17 +113,6 @@ fn stuck<const N: usize>(on: bool) {
 fn dma<const N: usize>(source: SourceId, iova: u64, write: bool) -> Access {
     UNITS[N].with_unit(|unit| unit.regs.unit.dma(source.raw(), iova, write))
 }
-
-const LSI: SourceId = SourceId {
-    bus: 0,
-    device: 3,
-    function: 0,
-};
-const EDU: SourceId = SourceId {
-    bus: 0,
-    device: 4,
-    function: 0,
-};
 
 macro_rules! device {
     ($name:ident, $unit:literal) => {

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use super::dma::{DeviceDma, IommuPlatform, IovaHal, StaticUnit, UnitLock, WINDOW_PAGES};
 use super::fake::{Access, FakeVtd};
+use super::tests::{EDU, LSI};
 use super::{DomainId, Iommu, IommuError, SourceId};
 use crate::drivers::cpu::CpuEngine;
 use crate::engine::shared::NoMasking;
@@ -109,16 +110,6 @@ struct NoDelay;
 impl embedded_hal::delay::DelayNs for NoDelay {
     fn delay_ns(&mut self, _ns: u32) {}
 }
-const LSI: SourceId = SourceId {
-    bus: 0,
-    device: 3,
-    function: 0,
-};
-const EDU: SourceId = SourceId {
-    bus: 0,
-    device: 4,
-    function: 0,
-};
 const FAR: SourceId = SourceId {
     bus: 0,
     device: 5,

@@ -15,12 +15,13 @@ use crate::mm::frame::PageRef;
 use crate::mm::tests::{Memory, counts, mapper, table_frames};
 use crate::mm::vma::{PageProt, VmFlags};
 
-const LSI: SourceId = SourceId {
+/// The requesters the host tests of this module use.
+pub(super) const LSI: SourceId = SourceId {
     bus: 0,
     device: 3,
     function: 0,
 };
-const EDU: SourceId = SourceId {
+pub(super) const EDU: SourceId = SourceId {
     bus: 0,
     device: 4,
     function: 0,
