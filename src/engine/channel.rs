@@ -1286,16 +1286,8 @@ mod id_tests {
 mod check_tests {
     use proptest::prelude::*;
 
+    use super::super::tests::edge_copy;
     use super::{Capabilities, Limits, Op, check_op, copy_is_valid};
-
-    fn hostile() -> impl Strategy<Value = u64> {
-        prop_oneof![
-            0u64..0x1000,
-            0xffff_f000u64..0x1_0000_1000,
-            u64::MAX - 0x1000..=u64::MAX,
-            any::<u64>(),
-        ]
-    }
 
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(if cfg!(miri) { 64 } else { 4000 }))]
@@ -1306,28 +1298,7 @@ mod check_tests {
         /// 64-bit mask, sides close together or apart, lengths at the edge
         /// of overlapping and of the mask.
         #[test]
-        fn copy_is_valid_accepts_exactly_what_check_op_accepts(
-            d in hostile(),
-            s in hostile(),
-            delta in -80i64..80,
-            close in any::<bool>(),
-            l in hostile(),
-            edge in 0u64..6,
-            wide in any::<bool>(),
-            at_the_top in 0u8..4,
-        ) {
-            let mask = if wide { u64::MAX } else { 0xffff_ffff };
-            let l = if close && edge < 3 { (delta.unsigned_abs() + edge).saturating_sub(1) } else { l };
-            // Sometimes a side whose last byte is the mask's, or one past.
-            let top = |by: u64| mask.wrapping_sub(l).wrapping_add(by);
-            let (d, s) = match at_the_top {
-                1 => (top(1), s),
-                2 => (d, top(1)),
-                3 => (top(2), s),
-                _ => (d, s),
-            };
-            let src = if close { d.wrapping_add_signed(delta) } else { s };
-            let len = usize::try_from(l).unwrap_or(usize::MAX);
+        fn copy_is_valid_accepts_exactly_what_check_op_accepts((d, src, len, mask) in edge_copy()) {
             let limits = Limits { max_len: usize::MAX, dma_mask: mask, align: 1 };
             let checked = check_op(&Op::Copy { dst: d, src, len }, Capabilities::COPY, limits);
             prop_assert_eq!(copy_is_valid(d, src, len, mask), checked.is_ok());

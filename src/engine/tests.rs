@@ -1168,7 +1168,7 @@ fn wait_all_names_the_request_that_failed_and_why() {
 
 /// Addresses and lengths a hostile caller picks: small, huge, near every
 /// boundary that a sum can cross.
-fn hostile_u64() -> impl proptest::strategy::Strategy<Value = u64> {
+pub(crate) fn hostile_u64() -> impl proptest::strategy::Strategy<Value = u64> {
     use proptest::prelude::*;
     prop_oneof![
         0u64..0x10_0000,
@@ -1176,6 +1176,38 @@ fn hostile_u64() -> impl proptest::strategy::Strategy<Value = u64> {
         u64::MAX - 0x1000..=u64::MAX,
         any::<u64>(),
     ]
+}
+
+/// A copy at the edges the checks decide on, with its mask: `(dst, src,
+/// len, mask)`. The mask is 32 or 64 bits wide; the sides are hostile
+/// numbers, or close together (within 80 bytes) with, often, a length at
+/// the edge of overlapping (their distance, one less or one more); and
+/// sometimes one side's last byte is the mask's, or one past it.
+pub(crate) fn edge_copy() -> impl proptest::strategy::Strategy<Value = (u64, u64, usize, u64)> {
+    use proptest::prelude::*;
+    let sides = (hostile_u64(), hostile_u64(), -80i64..80, any::<bool>());
+    let shape = (hostile_u64(), 0u64..6, any::<bool>(), 0u8..4);
+    (sides, shape).prop_map(|((d, s, delta, close), (l, edge, wide, at_the_top))| {
+        let mask = if wide { u64::MAX } else { 0xffff_ffff };
+        let l = if close && edge < 3 {
+            (delta.unsigned_abs() + edge).saturating_sub(1)
+        } else {
+            l
+        };
+        let top = |by: u64| mask.wrapping_sub(l).wrapping_add(by);
+        let (d, s) = match at_the_top {
+            1 => (top(1), s),
+            2 => (d, top(1)),
+            3 => (top(2), s),
+            _ => (d, s),
+        };
+        let src = if close {
+            d.wrapping_add_signed(delta)
+        } else {
+            s
+        };
+        (d, src, usize::try_from(l).unwrap_or(usize::MAX), mask)
+    })
 }
 
 /// Whether `[addr, addr + len)` is a range the engine may be given, in
@@ -1201,35 +1233,12 @@ proptest::proptest! {
     /// one copy is refused with the error `prep` gives the same copy, on a
     /// 32-bit and a 64-bit mask, with sides far apart or close together.
     #[test]
-    fn a_batched_copy_is_refused_as_a_single_one_is(
-        d in hostile_u64(),
-        s in hostile_u64(),
-        delta in -80i64..80,
-        close in proptest::prelude::any::<bool>(),
-        l in hostile_u64(),
-        wide in proptest::prelude::any::<bool>(),
-        at_the_top in 0u8..4,
-        edge in 0u64..6,
-    ) {
-        // Often, with the sides close, a length at the edge of overlapping:
-        // the distance between them, one less or one more.
-        let l = if close && edge < 3 { (delta.unsigned_abs() + edge).saturating_sub(1) } else { l };
-        let mask = if wide { u64::MAX } else { 0xffff_ffff };
-        // Sometimes a side whose last byte is the mask's, or one past it.
-        let top = |by: u64| mask.wrapping_sub(l).wrapping_add(by);
-        let (d, s) = match at_the_top {
-            1 => (top(1), s),
-            2 => (d, top(1)),
-            3 => (top(2), s),
-            _ => (d, s),
-        };
+    fn a_batched_copy_is_refused_as_a_single_one_is((d, src, len, mask) in edge_copy()) {
         let channel = || {
             let mut engine = Scripted::new(1 << 16, 40);
             engine.dma_mask = mask;
             Channel::new(engine)
         };
-        let src = if close { d.wrapping_add_signed(delta) } else { s };
-        let len = usize::try_from(l).unwrap_or(usize::MAX);
         let op = Op::Copy { dst: d, src, len };
         // SAFETY: the scripted engine never touches memory.
         let single = unsafe { channel().prep(op, PrepFlags::empty(), None) }.map(|_| ());

@@ -51,7 +51,8 @@ pub const fn cap_fro(cap: u64) -> usize {
 pub const fn cap_nfr(cap: u64) -> usize {
     ((cap >> 40) & 0xff) as usize + 1
 }
-/// CAP bits 2:0, ND: the unit takes 2^(4 + 2 * ND) domain ids.
+/// CAP bits 2:0, ND: the unit takes 2^(4 + 2 * ND) domain ids (VT-d spec
+/// 11.4.2, Capability Register; QEMU reports ND = 6: 16-bit ids).
 pub const fn cap_domains(cap: u64) -> u32 {
     1 << (4 + 2 * (cap & 7) as u32)
 }
