@@ -10,6 +10,7 @@ use core::marker::PhantomData;
 
 use crate::engine::{
     Capabilities, Cookie, DmaError, Engine, EngineError, Limits, Notify, Op, Progress, Termination,
+    copy_is_valid,
 };
 use crate::hal::Hal;
 
@@ -108,6 +109,29 @@ unsafe impl<H: Hal, const N: usize> Engine for CpuEngine<H, N> {
         *slot = Some((cookie, op, end.is_some()));
         self.len += 1;
         Ok(())
+    }
+
+    unsafe fn prep_copies(&mut self, first: Cookie, ops: &[Op], dma_mask: u64) -> bool {
+        let Some(slots) = self.queue.get_mut(self.len..self.len + ops.len()) else {
+            return false;
+        };
+        // All checked before any is written: a refusal has nothing to undo.
+        let valid = ops.iter().all(|op| match *op {
+            Op::Copy { dst, src, len } => {
+                copy_is_valid(dst, src, len, dma_mask) & (len <= isize::MAX as usize)
+            }
+            _ => false,
+        });
+        if !valid {
+            return false;
+        }
+        let mut cookie = first;
+        for (slot, &op) in slots.iter_mut().zip(ops) {
+            *slot = Some((cookie, op, true));
+            cookie = cookie.next();
+        }
+        self.len += ops.len();
+        true
     }
 
     fn issue(&mut self) {

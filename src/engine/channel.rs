@@ -19,13 +19,12 @@ const MAX_CALLBACKS: usize = 64;
 /// reports later can be pinned on the request that caused it.
 pub const ADDRESS_HISTORY: usize = 64;
 
-/// Where one request read and wrote: the request as it was prepared (kept
-/// whole: decoding it is left to the rare fault that needs it).
-#[derive(Clone, Copy, Debug)]
-struct Footprint {
-    cookie: Cookie,
-    op: Op,
-}
+/// Slots of the footprint array: a request's op is kept in the slot of its
+/// cookie modulo this. A power of two twice [`ADDRESS_HISTORY`], so the last
+/// `ADDRESS_HISTORY` cookies always have slots of their own, across the
+/// cookies' wrap too (from `i32::MAX`, slot 127, to 1, slot 1: a window of
+/// 64 cookies around it never meets a residue twice).
+const FOOTPRINT_SLOTS: usize = 2 * ADDRESS_HISTORY;
 /// Failures (and terminations) whose cookies a channel still answers
 /// `Error` for. Older ones fall back to the 2005 I/OAT proposal's snapshot rule, which
 /// calls every cookie outside the in-flight window complete.
@@ -125,9 +124,12 @@ pub struct Channel<E: Engine> {
     /// the failures `wait_all` has yet to report are those after it.
     failures_reported: usize,
     callbacks: [Option<(Cookie, Callback)>; MAX_CALLBACKS],
-    /// The last ADDRESS_HISTORY requests' addresses, oldest overwritten.
-    footprints: [Option<Footprint>; ADDRESS_HISTORY],
-    next_footprint: usize,
+    /// Where the last ADDRESS_HISTORY requests read and wrote: each request
+    /// as it was prepared (decoding it is left to the rare fault that needs
+    /// it), in the slot of its cookie ([`FOOTPRINT_SLOTS`]). The cookie is
+    /// not stored: the slot and `last_used` say it. A slot never written
+    /// holds `Op::Interrupt`, which touches no page.
+    footprints: [Op; FOOTPRINT_SLOTS],
     callback_head: usize,
     callback_len: usize,
     /// Tasks awaiting requests (see [`super::shared`]).
@@ -170,8 +172,7 @@ impl<E: Engine> Channel<E> {
             callbacks: [None; MAX_CALLBACKS],
             callback_head: 0,
             callback_len: 0,
-            footprints: [None; ADDRESS_HISTORY],
-            next_footprint: 0,
+            footprints: [Op::Interrupt; FOOTPRINT_SLOTS],
             wakers: WakerSlots::new(),
             faults: None,
         }
@@ -264,6 +265,9 @@ impl<E: Engine> Channel<E> {
         };
         self.last_used = previous;
         self.last_completed = previous;
+        // The cookies before `next` were never this channel's: slots keyed
+        // by them must not pin a fault on them.
+        self.footprints = [Op::Interrupt; FOOTPRINT_SLOTS];
         Ok(())
     }
 
@@ -451,7 +455,7 @@ impl<E: Engine> Channel<E> {
         if notify.interrupt {
             self.interrupt_through = cookie.get();
         }
-        self.remember(cookie, core::slice::from_ref(&op));
+        self.footprints[cookie.get() as usize % FOOTPRINT_SLOTS] = op;
         if let Some(callback) = callback {
             let slot = (self.callback_head + self.callback_len) % MAX_CALLBACKS;
             self.callbacks[slot] = Some((cookie, callback));
@@ -474,10 +478,29 @@ impl<E: Engine> Channel<E> {
         if ops.is_empty() {
             return Err(DmaError::ZeroLength);
         }
-        // Validated in one pass before the ring changes.
         self.check_flags(flags)?;
-        let one_descriptor_each = check_batch(ops, self.caps, self.limits, self.piece_max)?;
         let first = self.next_cookie();
+        // The common case: copies, no notification, checked by the engine
+        // as it writes them.
+        let checked_and_written = self.plain_copies
+            && !flags.contains(PrepFlags::INTERRUPT)
+            // SAFETY: the caller upholds `prep`'s contract for every op;
+            // checking the ops themselves is `prep_copies`' own.
+            && unsafe { self.engine.prep_copies(first, ops, self.limits.dma_mask) };
+        if checked_and_written {
+            let last = first.after(ops.len() - 1);
+            self.last_used = last.get();
+            self.prepared = true;
+            let skip = ops.len().saturating_sub(ADDRESS_HISTORY);
+            self.remember(first.after(skip), &ops[skip..]);
+            return Ok(Batch {
+                first,
+                last,
+                len: ops.len(),
+            });
+        }
+        // Validated in one pass before the ring changes.
+        let one_descriptor_each = check_batch(ops, self.caps, self.limits, self.piece_max)?;
         let last = Notify {
             writeback: false,
             interrupt: flags.contains(PrepFlags::INTERRUPT),
@@ -897,21 +920,15 @@ impl<E: Engine> Channel<E> {
         })
     }
 
-    /// Remembers the requests `ops`, whose cookies run from `first`.
+    /// Remembers the requests `ops`, whose cookies run from `first` (at most
+    /// [`ADDRESS_HISTORY`] of them: the caller passes the newest), in the
+    /// slots of their cookies: at most two contiguous copies.
     #[inline(always)]
     fn remember(&mut self, first: Cookie, ops: &[Op]) {
-        // The slot is kept in a local and wrapped where it indexes, which
-        // spares the bounds check: stored in `self` at each step, it was
-        // reloaded after every footprint (the compiler cannot tell the two
-        // apart).
-        let mut at = self.next_footprint;
-        let mut cookie = first;
-        for op in ops {
-            self.footprints[at % ADDRESS_HISTORY] = Some(Footprint { cookie, op: *op });
-            at += 1;
-            cookie = cookie.next();
-        }
-        self.next_footprint = at % ADDRESS_HISTORY;
+        let start = first.get() as usize % FOOTPRINT_SLOTS;
+        let (before_end, after_wrap) = ops.split_at(ops.len().min(FOOTPRINT_SLOTS - start));
+        self.footprints[start..start + before_end.len()].copy_from_slice(before_end);
+        self.footprints[..after_wrap.len()].copy_from_slice(after_wrap);
     }
 
     /// Pins a DMA fault an IOMMU recorded (the faulting page's address, and
@@ -934,7 +951,7 @@ impl<E: Engine> Channel<E> {
 
     /// The newest remembered request that wrote (or read) the page of
     /// `page`, and the error a fault there gives it.
-    fn culprit(&self, page: DmaAddr, write: bool) -> Option<(Cookie, ErrorKind)> {
+    pub(super) fn culprit(&self, page: DmaAddr, write: bool) -> Option<(Cookie, ErrorKind)> {
         let page = page & !(PAGE_SIZE as u64 - 1);
         let page_last = page | (PAGE_SIZE as u64 - 1);
         // Compared by last bytes: an end one past the last byte does not
@@ -944,20 +961,24 @@ impl<E: Engine> Channel<E> {
             let last = start.saturating_add((len as u64).saturating_sub(1));
             start <= page_last && page <= last
         };
-        let culprit = (1..=ADDRESS_HISTORY)
-            .map(|back| (self.next_footprint + ADDRESS_HISTORY - back) % ADDRESS_HISTORY)
-            .filter_map(|slot| self.footprints[slot])
-            .find(|f| match f.op {
-                Op::Copy { dst, src, len } => touches(if write { dst } else { src }, len),
-                Op::Fill { dst, len, .. } | Op::Zero { dst, len } => write && touches(dst, len),
-                Op::Interrupt => false,
-            })?;
+        // The last ADDRESS_HISTORY cookies, newest first: before the first
+        // wrap those below 1 name slots never written.
+        let newest = Cookie::new(self.last_used)?;
+        let culprit = (0..ADDRESS_HISTORY)
+            .map(|back| newest.before(back))
+            .find(
+                |c| match self.footprints[c.get() as usize % FOOTPRINT_SLOTS] {
+                    Op::Copy { dst, src, len } => touches(if write { dst } else { src }, len),
+                    Op::Fill { dst, len, .. } | Op::Zero { dst, len } => write && touches(dst, len),
+                    Op::Interrupt => false,
+                },
+            )?;
         let kind = if write {
             ErrorKind::WriteFailed
         } else {
             ErrorKind::ReadFailed
         };
-        Some((culprit.cookie, kind))
+        Some((culprit, kind))
     }
 
     /// Services the engine's interrupt: collects completions and failures
@@ -1234,14 +1255,18 @@ fn check_batch(
     Ok(one_descriptor_each)
 }
 
-/// Whether [`check_op`] accepts a copy on an engine that takes copies at any
-/// alignment, computed without an early exit (under an emulator each branch
-/// ends a translated block): both sides' last bytes (`side + len - 1`) are
+/// Whether a channel accepts a copy of `len` bytes from `src` to `dst` on an
+/// engine that takes copies at any alignment and addresses up to `mask`
+/// (length limits aside), computed without an early exit (under an
+/// emulator each branch ends a translated block): both sides' last bytes (`side + len - 1`) are
 /// within `mask` without wrapping, and the sides are more than `len - 1`
 /// bytes apart, so they do not overlap. An empty copy's `len - 1` wraps to
 /// the largest value, which no distance exceeds.
+///
+/// Public for engines whose [`Engine::prep_copies`] checks copies as it
+/// writes them: the channel's own check, so both accept the same copies.
 #[inline(always)]
-fn copy_is_valid(dst: DmaAddr, src: DmaAddr, len: usize, mask: u64) -> bool {
+pub fn copy_is_valid(dst: DmaAddr, src: DmaAddr, len: usize, mask: u64) -> bool {
     let Ok(span) = u64::try_from(len.wrapping_sub(1)) else {
         return false;
     };

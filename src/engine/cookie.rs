@@ -53,6 +53,15 @@ impl Cookie {
         Cookie::new(value as i32).unwrap_or(Cookie::FIRST)
     }
 
+    /// The cookie `n` requests before this one, across the wrap (the
+    /// inverse of [`Cookie::after`]).
+    pub(crate) fn before(self, n: usize) -> Cookie {
+        let span = i32::MAX as u64;
+        // In 1..2 * span: no overflow, and positive before the reduction.
+        let value = self.get() as u64 + span - n as u64 % span;
+        Cookie::new(((value - 1) % span + 1) as i32).unwrap_or(Cookie::FIRST)
+    }
+
     /// The cookie assigned after this one: `i32::MAX` wraps back to 1.
     #[inline]
     pub const fn next(self) -> Cookie {
@@ -137,6 +146,26 @@ mod tests {
         // A whole lap (i32::MAX cookies) comes back to the start.
         assert_eq!(c(5).after(i32::MAX as usize), c(5));
         assert_eq!(c(5).after(i32::MAX as usize + 2), c(7));
+    }
+
+    #[test]
+    fn before_undoes_after_across_the_wrap() {
+        for start in [1, 2, 63, 64, i32::MAX - 1, i32::MAX] {
+            for n in [
+                0,
+                1,
+                2,
+                63,
+                64,
+                127,
+                i32::MAX as usize - 1,
+                i32::MAX as usize,
+            ] {
+                assert_eq!(c(start).after(n).before(n), c(start), "{start} + {n}");
+            }
+        }
+        assert_eq!(c(1).before(1), c(i32::MAX));
+        assert_eq!(c(3).before(2), c(1));
     }
 
     #[test]

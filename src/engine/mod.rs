@@ -26,7 +26,7 @@ use core::fmt;
 
 use bitflags::bitflags;
 
-pub use channel::{ADDRESS_HISTORY, Batch, Channel, FAILURE_HISTORY, TxState};
+pub use channel::{ADDRESS_HISTORY, Batch, Channel, FAILURE_HISTORY, TxState, copy_is_valid};
 pub use cookie::{Cookie, Snapshot, is_complete};
 pub use faults::{FaultHook, FaultSource};
 pub use shared::{Completion, SharedChannel, StaticChannel, TransferFuture};
@@ -451,6 +451,26 @@ pub unsafe trait Engine {
             cookie = cookie.next();
         }
         Ok(())
+    }
+
+    /// Checks and writes a batch of copies in one pass, each request one
+    /// descriptor, cookies consecutive from `first`, none asking for a
+    /// notification: how [`Channel::prep_batch`] prepares its common case
+    /// without a pass of its own over the ops to validate them. Returns
+    /// whether it wrote them all; `false` leaves the engine as it was (the
+    /// channel then validates the ops one by one, says why one is refused,
+    /// or prepares them through [`Engine::prep_run`]). An engine writes
+    /// them only if every op is an [`Op::Copy`] that [`copy_is_valid`]
+    /// accepts against `dma_mask` (the channel's, from [`Limits`]) and fits
+    /// one descriptor. The default writes nothing.
+    ///
+    /// # Safety
+    /// As for [`Engine::prep`], for every op: the caller vouches for the
+    /// memory of each copy; checking the copies themselves is this
+    /// method's.
+    unsafe fn prep_copies(&mut self, first: Cookie, ops: &[Op], dma_mask: u64) -> bool {
+        let _ = (first, ops, dma_mask);
+        false
     }
 
     /// Hands every prepared descriptor to the hardware. Safe: it runs only

@@ -1368,6 +1368,64 @@ fn an_iommu_fault_is_pinned_on_the_request_that_touched_the_page() {
 }
 
 #[test]
+fn faults_are_pinned_on_the_last_address_history_requests_across_the_cookie_wrap() {
+    use super::ADDRESS_HISTORY;
+    let mut chan = Channel::new(Scripted::new(1 << 20, 4096));
+    chan.set_next_cookie(cookie(i32::MAX - 9)).unwrap();
+    // Request i writes page 0x100 + i; the cookies wrap after the tenth.
+    let page = |i: u64| (0x100 + i) << 12;
+    let n = ADDRESS_HISTORY as u64 + 8;
+    let mut cookies = Vec::new();
+    for i in 0..n {
+        cookies.push(copy(&mut chan, page(i), 0x80_0000, 64).unwrap());
+        if i % 16 == 15 {
+            chan.issue_pending();
+        }
+    }
+    assert_eq!(cookies[10], cookie(1), "the cookies wrapped");
+    // The oldest eight are forgotten, the 64 after them each found.
+    for i in 0..8 {
+        assert_eq!(chan.culprit(page(i), true), None, "request {i}");
+    }
+    for i in 8..n {
+        assert_eq!(
+            chan.culprit(page(i), true),
+            Some((cookies[i as usize], ErrorKind::WriteFailed)),
+            "request {i}"
+        );
+    }
+    // Batches remember the same way, split at the end of the slots.
+    let ops: Vec<Op> = (0..40u64)
+        .map(|i| Op::Copy {
+            dst: page(0x200 + i),
+            src: 0x80_0000,
+            len: 64,
+        })
+        .collect();
+    let b = batch(&mut chan, &ops).unwrap();
+    assert_eq!(
+        chan.culprit(page(0x200), true),
+        Some((b.first, ErrorKind::WriteFailed))
+    );
+    assert_eq!(
+        chan.culprit(page(0x227), true),
+        Some((b.last, ErrorKind::WriteFailed))
+    );
+    // Cookies set anew: what the old ones touched is not pinned on new ones.
+    chan.issue_pending();
+    chan.engine_mut().complete_upto = Some(b.last);
+    assert_eq!(chan.status(b.last).status, Status::Complete);
+    chan.set_next_cookie(cookie(5000)).unwrap();
+    assert_eq!(chan.culprit(page(0x227), true), None);
+    let fresh = copy(&mut chan, page(0x300), 0x80_0000, 64).unwrap();
+    assert_eq!(
+        chan.culprit(page(0x300), true),
+        Some((fresh, ErrorKind::WriteFailed))
+    );
+    assert_eq!(chan.culprit(page(0x226), true), None);
+}
+
+#[test]
 fn buffers_the_caller_owns_are_shared_for_a_copy_and_unshared_after() {
     use crate::hal::fake::FakeHal32;
     use crate::hal::{Direction, SharedBuffer};

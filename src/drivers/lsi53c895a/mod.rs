@@ -536,7 +536,8 @@ unsafe impl<H: Hal, R: Registers> Engine for Lsi53c895a<H, R> {
         let done = if self.inject {
             0
         } else {
-            self.ring.push_copies(first, run)
+            self.ring
+                .push_copies(first, run, self.limits().dma_mask, false)
         };
         let mut cookie = first.after(done as usize);
         for &op in &run[done as usize..] {
@@ -549,6 +550,15 @@ unsafe impl<H: Hal, R: Registers> Engine for Lsi53c895a<H, R> {
             unsafe { self.prep(cookie, op, Some(last)) }?;
         }
         Ok(())
+    }
+
+    #[inline(always)]
+    unsafe fn prep_copies(&mut self, first: Cookie, ops: &[Op], dma_mask: u64) -> bool {
+        // The chip's addresses are 32 bits whatever mask the caller passed.
+        let mask = dma_mask.min(self.limits().dma_mask);
+        !self.halted
+            && !self.inject
+            && self.ring.push_copies(first, ops, mask, true) as usize == ops.len()
     }
 
     // Inlined into the channel's `issue_pending`: a call of its own cost

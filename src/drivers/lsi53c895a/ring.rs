@@ -26,7 +26,7 @@ use volatile::VolatilePtr;
 
 use super::regs;
 use super::script::{self, MOVE_WORDS, STORE_WORDS, TC_WORDS};
-use crate::engine::{Cookie, DmaError, EngineError, Op};
+use crate::engine::{Cookie, DmaError, EngineError, Op, copy_is_valid};
 use crate::hal::{DmaAddr, Hal, PAGE_SIZE};
 
 /// Words in the instruction ring (64 KiB: about 5400 Memory Moves).
@@ -350,14 +350,24 @@ impl<H: Hal> Ring<H> {
         self.last_writeback = writeback;
     }
 
-    /// Appends the leading plain copies of `ops` as one Memory Move each,
-    /// request by request from cookie `first`, in one pass: room for all
-    /// of them (before the ring's end, with [`ISSUE_RESERVE`] left) is
-    /// checked once. Stops at the first op that is not a copy; returns how
-    /// many it appended (0 when they do not fit in one stretch: the caller
-    /// takes the general path).
+    /// Appends the leading copies of `ops` that are valid (within `mask`,
+    /// not wrapping, not overlapping: [`copy_is_valid`]; at most
+    /// [`MAX_MOVE`](script::MAX_MOVE) bytes) as one Memory Move each, request
+    /// by request from cookie `first`, in one pass: room for all of them
+    /// (before the ring's end, with [`ISSUE_RESERVE`] left) is checked once.
+    /// Stops at the first op that is not such a copy; returns how many it
+    /// appended (0 when they do not fit in one stretch: the caller takes
+    /// the general path). With `all_or_none`, appends nothing unless every
+    /// op is one: the words written for those before are left unclaimed,
+    /// where the chip cannot reach them.
     #[inline(always)]
-    pub(super) fn push_copies(&mut self, first: Cookie, ops: &[Op]) -> u32 {
+    pub(super) fn push_copies(
+        &mut self,
+        first: Cookie,
+        ops: &[Op],
+        mask: u64,
+        all_or_none: bool,
+    ) -> u32 {
         let n = ops.len() as u32;
         let words = n * MOVE_WORDS;
         if self.entries + n > MAX_ENTRIES
@@ -376,30 +386,32 @@ impl<H: Hal> Ring<H> {
             return 0;
         }
         let (at, entry) = (self.head, self.first_entry + self.entries);
-        let mut cookie = first.get();
+        let mut done = 0;
         for op in ops {
             let Op::Copy { dst, src, len } = *op else {
                 break;
             };
-            let done = (cookie - first.get()) as u32;
+            if !(copy_is_valid(dst, src, len, mask) & (len <= script::MAX_MOVE as usize)) {
+                break;
+            }
             let word = at + done * MOVE_WORDS;
-            // The channel checked every address against the 32-bit DMA mask
-            // and every length against MAX_MOVE: the casts are exact.
+            // Checked just now: within the 32-bit mask (the engine's), at
+            // most MAX_MOVE long: the casts are exact.
             self.write_words(
                 word,
                 script::memory_move(len as u32, src as u32, dst as u32),
             );
-            self.write_entry(entry + done, cookie, word + MOVE_WORDS);
-            cookie += 1;
+            self.write_entry(entry + done, first.get() + done as i32, word + MOVE_WORDS);
+            done += 1;
         }
-        let done = (cookie - first.get()) as u32;
-        if let Some(last) = Cookie::new(cookie - 1).filter(|_| done > 0) {
-            self.entries += done;
-            self.head = at + done * MOVE_WORDS;
-            self.used += done * MOVE_WORDS;
-            self.last_cookie = Some(last);
-            self.last_writeback = None;
+        if done == 0 || (all_or_none && done < n) {
+            return 0;
         }
+        self.entries += done;
+        self.head = at + done * MOVE_WORDS;
+        self.used += done * MOVE_WORDS;
+        self.last_cookie = Cookie::new(first.get() + done as i32 - 1);
+        self.last_writeback = None;
         done
     }
 
@@ -712,7 +724,7 @@ mod tests {
         let ops: Vec<Op> = (0..n).map(copy).collect();
         let plain = if writeback { n - 1 } else { n };
         let mut done = if batch && !ring.entries_full() {
-            ring.push_copies(first, &ops[..plain]) as usize
+            ring.push_copies(first, &ops[..plain], u32::MAX as u64, false) as usize
         } else {
             0
         };

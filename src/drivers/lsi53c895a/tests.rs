@@ -666,3 +666,82 @@ fn terminate_and_reset_leave_the_interrupt_line_low() {
         "line low after an idle terminate"
     );
 }
+
+/// A copy at the edges of what the chip takes: sides at the ends of its
+/// 32-bit addresses, past them, or close together (overlapping or just
+/// not); lengths at the ends of a Memory Move's 24-bit count.
+fn edge_copy() -> impl Strategy<Value = (u64, u64, usize)> {
+    let max = super::script::MAX_MOVE as u64;
+    let side = prop_oneof![
+        Just(0u64),
+        Just(0xffff_ffff),
+        Just(0x1_0000_0000),
+        Just(u64::MAX),
+        (0..2 * max).prop_map(|k| 0xffff_ffff - k),
+        any::<u64>(),
+        0x10_0000..0x20_0000u64,
+    ];
+    let len = prop_oneof![
+        Just(0u64),
+        Just(1),
+        Just(max),
+        Just(max + 1),
+        Just(u64::MAX),
+        1..200u64,
+    ];
+    (side.clone(), side, len, -100i64..100, any::<bool>()).prop_map(|(d, s, len, delta, close)| {
+        let s = if close {
+            d.wrapping_add_signed(delta)
+        } else {
+            s
+        };
+        (d, s, len as usize)
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: if cfg!(miri) { ProptestConfig::default().cases } else { 1000 }, ..ProptestConfig::default() })]
+
+    /// The driver checks a batch of copies as it writes it
+    /// (`Engine::prep_copies`): a hostile copy anywhere in a batch of good
+    /// ones gets the error it gets alone, and a refused batch leaves no
+    /// trace: the next request takes the next cookie and the chip runs only
+    /// it. Memory is the fake Hal's, which the engine only points at (the
+    /// chip runs nothing of a refused batch, and a hostile copy that is
+    /// accepted is never issued).
+    #[test]
+    fn a_hostile_copy_in_a_batch_is_refused_as_alone_and_leaves_no_trace(
+        (d, s, len) in edge_copy(),
+        before in 0..20usize,
+        after in 0..20usize,
+    ) {
+        let src = Dma::<FakeHal32>::new(64).unwrap();
+        let dst = Dma::<FakeHal32>::new(64 * 41).unwrap();
+        let good = |k: usize| Op::Copy { dst: dst.paddr() + 64 * k as u64, src: src.paddr(), len: 64 };
+        let hostile = Op::Copy { dst: d, src: s, len };
+        let mut ops: Vec<Op> = (0..before).map(good).collect();
+        ops.push(hostile);
+        ops.extend((before..before + after).map(good));
+        // SAFETY: never issued (the alone case), and its channel dropped
+        // without issuing: nothing runs.
+        let alone = unsafe { chan().prep(hostile, PrepFlags::empty(), None) }.map(|_| ());
+        let mut chan = chan();
+        let mark = chan.engine().mark();
+        // SAFETY: the good copies are the test's buffers; the hostile one is
+        // refused, or accepted and then never issued (the channel is
+        // dropped unissued when the batch is accepted).
+        let batch = unsafe { chan.prep_batch(&ops, PrepFlags::empty()) };
+        prop_assert_eq!(batch.map(|_| ()), alone);
+        if batch.is_ok() {
+            return Ok(());
+        }
+        prop_assert_eq!(format!("{:?}", chan.engine().mark()), format!("{mark:?}"));
+        // SAFETY: the test's buffers.
+        let next = unsafe { chan.prep_copy(dst.paddr() + 64 * 40, src.paddr(), 64, PrepFlags::empty()) }.unwrap();
+        prop_assert_eq!(next, Cookie::FIRST);
+        chan.issue_pending();
+        prop_assert_eq!(drive(&mut chan, next, 100), Status::Complete);
+        let moves = chan.engine().device().take_moves();
+        prop_assert_eq!(moves.len(), 1, "the chip ran only the request after the refusal");
+    }
+}
