@@ -210,7 +210,7 @@ impl<E: Engine> DmaChannel for Channel<E> {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct ClientId {
     index: usize,
-    generation: u32,
+    generation: u64,
     registry: u32,
 }
 
@@ -219,8 +219,18 @@ pub struct ClientId {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct ChannelHandle {
     index: usize,
-    generation: u32,
+    generation: u64,
     registry: u32,
+}
+
+/// The generation of a slot used up: after 2^64 - 1 uses (never, in
+/// practice), rather than wrap to a generation a stale handle still holds,
+/// the slot is left empty for good.
+pub(crate) const RETIRED: u64 = u64::MAX;
+
+/// The generation after `generation`: [`RETIRED`] at the end, never a wrap.
+fn next_generation(generation: u64) -> u64 {
+    generation.saturating_add(1)
 }
 
 /// Registry identities, so a handle of one is refused by another.
@@ -313,8 +323,11 @@ struct State<const C: usize, const N: usize> {
     clients: [Option<Client>; C],
     slots: [Option<SlotInfo>; N],
     /// Bumped each time a slot is emptied, so old handles go stale.
-    client_generations: [u32; C],
-    channel_generations: [u32; N],
+    /// Each slot's generation: a handle names one use of a slot. They never
+    /// wrap (a wrapped generation would make a stale handle good again): a
+    /// slot whose generation reached [`RETIRED`] is never used again.
+    client_generations: [u64; C],
+    channel_generations: [u64; N],
     /// The registry's identity.
     id: u32,
 }
@@ -611,14 +624,20 @@ impl<'a, const C: usize, const N: usize, I: IrqControl> Registry<'a, C, N, I> {
         state
     }
 
+    /// Sets every slot's generation: how a test reaches the last ones.
+    #[cfg(test)]
+    pub(crate) fn set_generations(&self, generation: u64) {
+        let mut state = self.state();
+        state.client_generations = [generation; C];
+        state.channel_generations = [generation; N];
+    }
+
     /// Registers a client (`dma_async_client_register`). It holds no
     /// channel until it asks for some.
     pub fn register_client(&self, callback: EventCallback) -> Result<ClientId, RegistryError> {
         let mut state = self.state();
-        let slot = state
-            .clients
-            .iter()
-            .position(Option::is_none)
+        let slot = (0..C)
+            .find(|&i| state.clients[i].is_none() && state.client_generations[i] != RETIRED)
             .ok_or(RegistryError::Full)?;
         state.clients[slot] = Some(Client {
             callback,
@@ -634,7 +653,7 @@ impl<'a, const C: usize, const N: usize, I: IrqControl> Registry<'a, C, N, I> {
         self.request_locked(&mut state, client, 0)?;
         state.clients[client.index] = None;
         state.client_generations[client.index] =
-            state.client_generations[client.index].wrapping_add(1);
+            next_generation(state.client_generations[client.index]);
         state.offer(&self.cells);
         Ok(())
     }
@@ -705,10 +724,8 @@ impl<'a, const C: usize, const N: usize, I: IrqControl> Registry<'a, C, N, I> {
         fallback: bool,
     ) -> Result<ChannelHandle, RegistryError> {
         let mut state = self.state();
-        let index = state
-            .slots
-            .iter()
-            .position(Option::is_none)
+        let index = (0..N)
+            .find(|&i| state.slots[i].is_none() && state.channel_generations[i] != RETIRED)
             .ok_or(RegistryError::Full)?;
         if channel.is_halted() {
             channel.reset().map_err(|_| RegistryError::ResetFailed)?;
@@ -742,7 +759,7 @@ impl<'a, const C: usize, const N: usize, I: IrqControl> Registry<'a, C, N, I> {
         let mut state = self.state();
         let index = state.channel_index(handle)?;
         let slot = state.slots[index].take().ok_or(RegistryError::Unknown)?;
-        state.channel_generations[index] = state.channel_generations[index].wrapping_add(1);
+        state.channel_generations[index] = next_generation(state.channel_generations[index]);
         let taken = core::mem::replace(
             &mut *self.cells[index].lock(),
             Cell {

@@ -648,6 +648,42 @@ mod registry {
         }
     }
 
+    /// A slot's generation never wraps: a slot used up is left empty, so a
+    /// handle of its last use stays refused.
+    #[test]
+    fn a_slot_whose_generations_ran_out_is_never_used_again() {
+        use super::super::registry::RETIRED;
+        let mut chans = cpu_channels(2);
+        let mut it = chans.iter_mut();
+        let reg: Registry<'_, 2, 2> = Registry::new();
+        reg.set_generations(RETIRED - 1);
+        let a = reg.register_client(cb(1)).unwrap();
+        reg.request_channels(a, 1).unwrap();
+        let h = reg.add_channel(it.next().unwrap()).unwrap();
+        let taken = reg.remove_channel(h).unwrap();
+        // Slot 0 is used up: the channel comes back in slot 1.
+        let again = reg.add_channel(taken).unwrap();
+        assert_ne!(again, h);
+        assert_eq!(reg.channel(a, h).err(), Some(RegistryError::Unknown));
+        assert!(reg.channel(a, again).is_ok());
+        assert_eq!(
+            reg.add_channel(it.next().unwrap()).err(),
+            Some(RegistryError::Full),
+            "one slot left, in use"
+        );
+        reg.unregister_client(a).unwrap();
+        let b = reg.register_client(cb(2)).unwrap();
+        let c = reg.register_client(cb(3));
+        assert_eq!(
+            c.err(),
+            Some(RegistryError::Full),
+            "client slot 0 is used up"
+        );
+        assert_ne!(a, b);
+        assert_eq!(reg.request_channels(a, 1), Err(RegistryError::Unknown));
+        take_events();
+    }
+
     #[test]
     fn channels_go_to_clients_as_they_appear_and_come_back() {
         let mut chans = cpu_channels(3);
