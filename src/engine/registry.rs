@@ -100,18 +100,17 @@
 //! ```
 
 use core::marker::PhantomData;
-use core::mem::ManuallyDrop;
 use core::ops::{Deref, DerefMut};
 use core::time::Duration;
 
 use embedded_hal::delay::DelayNs;
 
-use super::shared::{IrqControl, NoMasking};
+use crate::sync::{IrqControl, Masked, NoMasking};
 
 use super::{Capabilities, Channel, Cookie, DmaError, Engine, Limits, Op, PrepFlags, TxState};
 use crate::hal::DmaAddr;
+use crate::sync::SpinMutex;
 use crate::sync::atomic::{AtomicU32, Ordering};
-use crate::sync::{SpinMutex, SpinMutexGuard};
 
 /// The operations of a channel that do not depend on its engine's type.
 pub trait DmaChannel {
@@ -347,45 +346,6 @@ pub struct Registry<'a, const C: usize = 8, const N: usize = 8, I: IrqControl = 
     /// This registry's identity (0 until the first handle is made).
     id: AtomicU32,
     _irq: PhantomData<fn() -> I>,
-}
-
-/// A lock held with this CPU's interrupts masked by `I` until dropped.
-struct Masked<'g, T, I: IrqControl> {
-    guard: ManuallyDrop<SpinMutexGuard<'g, T>>,
-    were_on: bool,
-    _irq: PhantomData<fn() -> I>,
-}
-
-impl<'g, T, I: IrqControl> Masked<'g, T, I> {
-    fn lock(mutex: &'g SpinMutex<T>) -> Self {
-        let were_on = I::disable();
-        Masked {
-            guard: ManuallyDrop::new(mutex.lock()),
-            were_on,
-            _irq: PhantomData,
-        }
-    }
-}
-
-impl<T, I: IrqControl> Deref for Masked<'_, T, I> {
-    type Target = T;
-    fn deref(&self) -> &T {
-        &self.guard
-    }
-}
-
-impl<T, I: IrqControl> DerefMut for Masked<'_, T, I> {
-    fn deref_mut(&mut self) -> &mut T {
-        &mut self.guard
-    }
-}
-
-impl<T, I: IrqControl> Drop for Masked<'_, T, I> {
-    fn drop(&mut self) {
-        // SAFETY: the guard is dropped once, here, and not used after.
-        unsafe { ManuallyDrop::drop(&mut self.guard) };
-        I::restore(self.were_on);
-    }
 }
 
 /// A client's channel, locked: other users of this channel wait, nobody

@@ -58,7 +58,6 @@
 
 use core::future::Future;
 use core::marker::PhantomData;
-use core::mem::ManuallyDrop;
 use core::ops::{Deref, DerefMut};
 use core::pin::Pin;
 use core::task::{Context, Poll};
@@ -68,58 +67,15 @@ use embedded_hal::delay::DelayNs;
 
 use super::wakers::SlotName;
 use super::{Buffers, Channel, Cookie, DmaError, Engine, Status, Transfer, TransferError};
-use crate::sync::{SpinMutex, SpinMutexGuard};
+use crate::sync::{Masked, SpinMutex};
+
+// Defined with the lock they mask around; named here, where the channels
+// that take them are, as they always were.
+#[cfg(target_arch = "x86_64")]
+pub use crate::sync::X86Interrupts;
+pub use crate::sync::{IrqControl, NoMasking};
 
 pub use super::wakers::WAKER_SLOTS;
-
-/// Masking the local CPU's interrupts around a lock that an interrupt
-/// handler also takes.
-pub trait IrqControl {
-    /// Turns interrupts off on this CPU; returns whether they were on.
-    fn disable() -> bool;
-    /// Turns them back on if they were on before the matching `disable`.
-    fn restore(were_on: bool);
-}
-
-/// x86_64's `RFLAGS.IF`, with `cli` and `sti`: only in ring 0 (elsewhere
-/// they fault with #GP).
-#[cfg(target_arch = "x86_64")]
-#[derive(Debug)]
-pub enum X86Interrupts {}
-
-#[cfg(target_arch = "x86_64")]
-impl IrqControl for X86Interrupts {
-    #[inline]
-    fn disable() -> bool {
-        let were_on = x86_64::instructions::interrupts::are_enabled();
-        if were_on {
-            x86_64::instructions::interrupts::disable();
-        }
-        were_on
-    }
-
-    #[inline]
-    fn restore(were_on: bool) {
-        if were_on {
-            x86_64::instructions::interrupts::enable();
-        }
-    }
-}
-
-/// No masking: for a channel that no interrupt handler touches (one that
-/// is only polled), and for threads in host tests.
-#[derive(Debug)]
-pub enum NoMasking {}
-
-impl IrqControl for NoMasking {
-    #[inline]
-    fn disable() -> bool {
-        false
-    }
-
-    #[inline]
-    fn restore(_were_on: bool) {}
-}
 
 /// A channel behind a lock taken with interrupts off (see the [module
 /// docs](self)).
@@ -174,9 +130,7 @@ pub struct SharedChannel<E: Engine, I: IrqControl> {
 /// }
 /// ```
 pub struct SharedGuard<'a, E: Engine, I: IrqControl> {
-    guard: ManuallyDrop<SpinMutexGuard<'a, Channel<E>>>,
-    were_on: bool,
-    _irq: PhantomData<fn() -> I>,
+    guard: Masked<'a, Channel<E>, I>,
     /// Not `Send`: see above.
     _this_cpu: PhantomData<*const ()>,
 }
@@ -194,16 +148,6 @@ impl<E: Engine, I: IrqControl> DerefMut for SharedGuard<'_, E, I> {
     #[inline]
     fn deref_mut(&mut self) -> &mut Channel<E> {
         &mut self.guard
-    }
-}
-
-impl<E: Engine, I: IrqControl> Drop for SharedGuard<'_, E, I> {
-    #[inline]
-    fn drop(&mut self) {
-        // SAFETY: the guard is dropped once, here, and not used after.
-        unsafe { ManuallyDrop::drop(&mut self.guard) };
-        // Only now: an interrupt taken here finds the lock free.
-        I::restore(self.were_on);
     }
 }
 
@@ -232,11 +176,8 @@ impl<E: Engine, I: IrqControl> SharedChannel<E, I> {
     /// guard is dropped. Keep the guard briefly: other CPUs spin on it.
     #[inline]
     pub fn lock(&self) -> SharedGuard<'_, E, I> {
-        let were_on = I::disable();
         SharedGuard {
-            guard: ManuallyDrop::new(self.channel.lock()),
-            were_on,
-            _irq: PhantomData,
+            guard: Masked::lock(&self.channel),
             _this_cpu: PhantomData,
         }
     }

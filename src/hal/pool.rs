@@ -47,7 +47,7 @@
 use core::ptr::NonNull;
 
 use super::{DmaAddr, PAGE_SIZE};
-use crate::engine::shared::IrqControl;
+use crate::sync::IrqControl;
 
 const PAGE: u64 = PAGE_SIZE as u64;
 
@@ -244,7 +244,7 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
-    use crate::engine::shared::NoMasking;
+    use crate::sync::NoMasking;
 
     /// Host memory standing in for the reserved run (its address is its
     /// "physical" address); filled with 0xa5 so zeroing shows.

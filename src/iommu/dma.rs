@@ -82,7 +82,6 @@ use x86_64::structures::paging::{Page, PhysFrame};
 use x86_64::{PhysAddr, VirtAddr};
 
 use super::{DmaFault, DomainId, Iommu, IommuError, SourceId};
-use crate::engine::shared::IrqControl;
 use crate::engine::{Channel, DmaError, Engine, FaultHook, FaultSource};
 use crate::hal::{Direction, DmaAddr, Hal, PAGE_SIZE};
 use crate::mm::pte::SecondLevel;
@@ -91,6 +90,7 @@ use crate::mm::tlb::TlbFlush;
 use crate::mm::traits::{NoPages, TableAllocator, TableMapper};
 use crate::mm::vma::{PageProt, VmFlags};
 use crate::mmio::Registers;
+use crate::sync::IrqControl;
 
 /// Pages of IOVA space each device has (64 MiB).
 pub const WINDOW_PAGES: usize = WORDS * 64;
