@@ -11,7 +11,7 @@ use dmaengine::drivers::edu::{self, EduEngine};
 use dmaengine::drivers::lsi53c895a::{self, Lsi53c895a};
 use dmaengine::engine::shared::X86Interrupts;
 use dmaengine::engine::{Channel, DmaError, SharedChannel};
-use dmaengine::hal::{DmaAddr, Hal};
+use dmaengine::hal::{DmaAddr, Hal, HalError};
 use x86_64::instructions::interrupts::without_interrupts;
 
 use crate::mem::{PAGE_SIZE, frames, phys_to_virt};
@@ -58,20 +58,20 @@ unsafe impl Hal for KernelHal {
     unsafe fn share(
         buffer: NonNull<[u8]>,
         _direction: dmaengine::hal::Direction,
-    ) -> Result<DmaAddr, DmaError> {
+    ) -> Result<DmaAddr, HalError> {
         let start = buffer.cast::<u8>().as_ptr() as u64;
         let len = buffer.len() as u64;
         let last = len
             .checked_sub(1)
-            .ok_or(DmaError::ZeroLength)
-            .and_then(|n| start.checked_add(n).ok_or(DmaError::BeyondDmaMask))?;
-        let first_pa = crate::mem::paging::translate(start).ok_or(DmaError::NotSupported)?;
+            .ok_or(HalError::ZeroLength)
+            .and_then(|n| start.checked_add(n).ok_or(HalError::BeyondDmaMask))?;
+        let first_pa = crate::mem::paging::translate(start).ok_or(HalError::NotSupported)?;
         let mut page = start & !(PAGE_SIZE - 1);
         while page < last & !(PAGE_SIZE - 1) {
             page += PAGE_SIZE;
             let expected = first_pa + (page - start);
             if crate::mem::paging::translate(page) != Some(expected) {
-                return Err(DmaError::NotSupported);
+                return Err(HalError::NotSupported);
             }
         }
         Ok(first_pa)

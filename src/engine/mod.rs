@@ -32,7 +32,7 @@ pub use faults::{FaultHook, FaultSource};
 pub use shared::{Completion, SharedChannel, StaticChannel, TransferFuture};
 pub use transfer::{Buffers, PrepError, Transfer, TransferError};
 
-use crate::hal::{DmaAddr, Hal};
+use crate::hal::{DmaAddr, Hal, HalError};
 
 bitflags! {
     /// Per-request flags (the I/OAT / Linux `DMA_PREP_*` flags).
@@ -185,6 +185,19 @@ impl fmt::Display for DmaError {
 }
 
 impl core::error::Error for DmaError {}
+
+/// The HAL's refusals are the engine's errors of the same name, so `?`
+/// passes a [`Dma`](crate::hal::Dma) allocation's error on.
+impl From<HalError> for DmaError {
+    fn from(e: HalError) -> Self {
+        match e {
+            HalError::ZeroLength => DmaError::ZeroLength,
+            HalError::BeyondDmaMask => DmaError::BeyondDmaMask,
+            HalError::NotSupported => DmaError::NotSupported,
+            HalError::NoMemory => DmaError::NoMemory,
+        }
+    }
+}
 
 /// A completion callback: `func(cookie, status, context)`, run from
 /// whichever of `status`, `wait`, `poll` or `handle_interrupt` first sees the

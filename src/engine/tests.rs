@@ -11,7 +11,7 @@ use proptest::strategy::Strategy;
 use super::*;
 use crate::drivers::cpu::CpuEngine;
 use crate::hal::fake::FakeHal;
-use crate::hal::{Dma, PAGE_SIZE};
+use crate::hal::{Dma, HalError, PAGE_SIZE};
 
 /// An engine whose hardware is the test: it records descriptors, and
 /// completes or fails them when told to.
@@ -1494,11 +1494,11 @@ fn buffers_the_caller_owns_are_shared_for_a_copy_and_unshared_after() {
     assert_eq!(dst, src);
     assert_eq!(
         SharedBuffer::<FakeHal>::to_device(&[], |_| ()),
-        Err(DmaError::ZeroLength)
+        Err(HalError::ZeroLength)
     );
     assert_eq!(
         SharedBuffer::<FakeHal32>::to_device(&src, |_| ()),
-        Err(DmaError::NotSupported),
+        Err(HalError::NotSupported),
         "a Hal that cannot share says so"
     );
 }

@@ -44,8 +44,8 @@ use std::collections::HashMap;
 use std::ptr::NonNull;
 use std::sync::Mutex;
 
+use super::HalError;
 use super::{Direction, DmaAddr, Hal, PAGE_SIZE};
-use crate::engine::DmaError;
 
 /// Outstanding allocations, to check that everything is freed.
 static LIVE: Mutex<Option<HashMap<DmaAddr, usize>>> = Mutex::new(None);
@@ -117,7 +117,7 @@ unsafe impl Hal for FakeHal {
         NonNull::new(paddr as *mut u8).expect("null DMA address")
     }
 
-    unsafe fn share(buffer: NonNull<[u8]>, direction: Direction) -> Result<DmaAddr, DmaError> {
+    unsafe fn share(buffer: NonNull<[u8]>, direction: Direction) -> Result<DmaAddr, HalError> {
         let dma = buffer.cast::<u8>().as_ptr() as DmaAddr;
         SHARES.lock().unwrap().push((dma, buffer.len(), direction));
         Ok(dma)
@@ -224,9 +224,9 @@ fn the_default_share_refuses_an_empty_buffer_as_zero_length() {
     let empty: &[u8] = &[];
     // SAFETY: nothing is shared (both calls refuse).
     let shared = unsafe { FakeHal32::share(NonNull::from(empty), Direction::ToDevice) };
-    assert_eq!(shared, Err(DmaError::ZeroLength));
+    assert_eq!(shared, Err(HalError::ZeroLength));
     let byte = [0u8; 1];
     // SAFETY: as above.
     let shared = unsafe { FakeHal32::share(NonNull::from(&byte[..]), Direction::ToDevice) };
-    assert_eq!(shared, Err(DmaError::NotSupported));
+    assert_eq!(shared, Err(HalError::NotSupported));
 }

@@ -8,11 +8,38 @@
 use core::marker::PhantomData;
 use core::ptr::NonNull;
 
-use crate::engine::DmaError;
-
 #[cfg(any(test, feature = "testing"))]
 pub mod fake;
 pub mod pool;
+
+/// Why the kernel's [`Hal`] (or a [`Dma`] or [`SharedBuffer`] over it)
+/// refused memory. The HAL sits below the engine, so it has its own
+/// errors; the engine turns each into the `DmaError` of the same name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HalError {
+    /// A buffer or allocation of zero bytes.
+    ZeroLength,
+    /// The buffer's addresses wrap, or lie beyond what devices can reach.
+    BeyondDmaMask,
+    /// The Hal cannot share this buffer (only [`Dma`] buffers can be used,
+    /// or its pages are not physically contiguous).
+    NotSupported,
+    /// DMA memory (or address space for it) is exhausted.
+    NoMemory,
+}
+
+impl core::fmt::Display for HalError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(match self {
+            HalError::ZeroLength => "zero-length buffer",
+            HalError::BeyondDmaMask => "buffer beyond the devices' reach",
+            HalError::NotSupported => "buffer cannot be shared with devices",
+            HalError::NoMemory => "out of DMA memory",
+        })
+    }
+}
+
+impl core::error::Error for HalError {}
 
 /// An address as a DMA-capable device sees it (a physical address when no
 /// IOMMU translates device accesses).
@@ -66,12 +93,12 @@ pub unsafe trait Hal {
     /// `buffer` must stay valid, and not be accessed by the CPU in a way
     /// that conflicts with `direction`, until the matching
     /// [`Hal::unshare`].
-    unsafe fn share(buffer: NonNull<[u8]>, direction: Direction) -> Result<DmaAddr, DmaError> {
+    unsafe fn share(buffer: NonNull<[u8]>, direction: Direction) -> Result<DmaAddr, HalError> {
         let _ = direction;
         if buffer.is_empty() {
-            return Err(DmaError::ZeroLength);
+            return Err(HalError::ZeroLength);
         }
-        Err(DmaError::NotSupported)
+        Err(HalError::NotSupported)
     }
 
     /// Ends a [`Hal::share`]: afterwards no device can reach the buffer (an
@@ -164,7 +191,7 @@ impl<H: Hal> SharedBuffer<'_, H> {
     pub fn to_device<R>(
         buffer: &[u8],
         f: impl FnOnce(&SharedBuffer<'_, H>) -> R,
-    ) -> Result<R, DmaError> {
+    ) -> Result<R, HalError> {
         SharedBuffer::<H>::scoped(NonNull::from(buffer), Direction::ToDevice, f)
     }
 
@@ -174,7 +201,7 @@ impl<H: Hal> SharedBuffer<'_, H> {
         buffer: &mut [u8],
         direction: Direction,
         f: impl FnOnce(&SharedBuffer<'_, H>) -> R,
-    ) -> Result<R, DmaError> {
+    ) -> Result<R, HalError> {
         SharedBuffer::<H>::scoped(NonNull::from(buffer), direction, f)
     }
 
@@ -184,9 +211,9 @@ impl<H: Hal> SharedBuffer<'_, H> {
         buffer: NonNull<[u8]>,
         direction: Direction,
         f: impl FnOnce(&SharedBuffer<'_, H>) -> R,
-    ) -> Result<R, DmaError> {
+    ) -> Result<R, HalError> {
         if buffer.is_empty() {
-            return Err(DmaError::ZeroLength);
+            return Err(HalError::ZeroLength);
         }
         // SAFETY: the caller's borrow of the buffer lasts for this whole
         // call, and `shared` below is dropped (unshared) before it returns
@@ -251,19 +278,19 @@ unsafe impl<H: Hal> Sync for Dma<H> {}
 impl<H: Hal> Dma<H> {
     /// Allocates `len` bytes (rounded up to whole pages), zeroed, anywhere
     /// devices can reach.
-    pub fn new(len: usize) -> Result<Self, DmaError> {
+    pub fn new(len: usize) -> Result<Self, HalError> {
         Self::new_below(len, u64::MAX)
     }
 
     /// Allocates `len` bytes (rounded up to whole pages), zeroed, with
     /// every DMA address at most `dma_mask` (a channel's
     /// [`Limits::dma_mask`](crate::engine::Limits::dma_mask)).
-    pub fn new_below(len: usize, dma_mask: u64) -> Result<Self, DmaError> {
+    pub fn new_below(len: usize, dma_mask: u64) -> Result<Self, HalError> {
         if len == 0 {
-            return Err(DmaError::ZeroLength);
+            return Err(HalError::ZeroLength);
         }
         let pages = len.div_ceil(PAGE_SIZE);
-        let (paddr, vaddr) = H::dma_alloc(pages, dma_mask).ok_or(DmaError::NoMemory)?;
+        let (paddr, vaddr) = H::dma_alloc(pages, dma_mask).ok_or(HalError::NoMemory)?;
         Ok(Dma {
             paddr,
             vaddr,

@@ -82,8 +82,8 @@ use x86_64::structures::paging::{Page, PhysFrame};
 use x86_64::{PhysAddr, VirtAddr};
 
 use super::{DmaFault, DomainId, Iommu, IommuError, SourceId};
-use crate::engine::{Channel, DmaError, Engine, FaultHook, FaultSource};
-use crate::hal::{Direction, DmaAddr, Hal, PAGE_SIZE};
+use crate::engine::{Channel, Engine, FaultHook, FaultSource};
+use crate::hal::{Direction, DmaAddr, Hal, HalError, PAGE_SIZE};
 use crate::mm::pte::SecondLevel;
 use crate::mm::space::{AddressSpace, VmaId};
 use crate::mm::tlb::TlbFlush;
@@ -531,21 +531,21 @@ impl<D: DeviceDma> IovaSpace<D> {
         mask: u64,
         mut frame_of: impl FnMut(usize) -> Option<u64>,
         prot: PageProt,
-    ) -> Result<u64, DmaError> {
+    ) -> Result<u64, HalError> {
         if pages == 0 {
-            return Err(DmaError::ZeroLength);
+            return Err(HalError::ZeroLength);
         }
         self.locked(|state| {
-            let state = state.as_mut().ok_or(DmaError::NotSupported)?;
+            let state = state.as_mut().ok_or(HalError::NotSupported)?;
             // Page i's last byte is base + (i + 1) * PAGE - 1 <= mask.
             let limit = (mask.saturating_sub(self.base).saturating_add(1) / PAGE)
                 .min(WINDOW_PAGES as u64) as usize;
-            let first = state.find(pages, limit).ok_or(DmaError::NoMemory)?;
+            let first = state.find(pages, limit).ok_or(HalError::NoMemory)?;
             let iova = self.base + first as u64 * PAGE;
             for i in 0..pages {
-                let mapped = frame_of(i).ok_or(DmaError::NotSupported).and_then(|phys| {
+                let mapped = frame_of(i).ok_or(HalError::NotSupported).and_then(|phys| {
                     let frame = PhysFrame::containing_address(
-                        PhysAddr::try_new(phys).map_err(|_| DmaError::BeyondDmaMask)?,
+                        PhysAddr::try_new(phys).map_err(|_| HalError::BeyondDmaMask)?,
                     );
                     let at = page(iova + i as u64 * PAGE);
                     // SAFETY: the frames are DMA memory the `Memory` Hal
@@ -554,7 +554,7 @@ impl<D: DeviceDma> IovaSpace<D> {
                     // domain is never loaded into a CPU and has no
                     // copy-on-write area.
                     unsafe { state.domain.remap_pfn_range(state.area, at, frame, 1, prot) }
-                        .map_err(|_| DmaError::NoMemory)
+                        .map_err(|_| HalError::NoMemory)
                 });
                 if let Err(e) = mapped {
                     // All or nothing: what was mapped comes out again.
@@ -712,12 +712,12 @@ unsafe impl<D: DeviceDma> Hal for IovaHal<D> {
         <Pf<D> as IommuPlatform>::Memory::phys_to_virt(phys)
     }
 
-    unsafe fn share(buffer: NonNull<[u8]>, direction: Direction) -> Result<DmaAddr, DmaError> {
+    unsafe fn share(buffer: NonNull<[u8]>, direction: Direction) -> Result<DmaAddr, HalError> {
         let start = buffer.cast::<u8>().as_ptr() as u64;
         let last = (buffer.len() as u64)
             .checked_sub(1)
-            .ok_or(DmaError::ZeroLength)
-            .and_then(|n| start.checked_add(n).ok_or(DmaError::BeyondDmaMask))?;
+            .ok_or(HalError::ZeroLength)
+            .and_then(|n| start.checked_add(n).ok_or(HalError::BeyondDmaMask))?;
         let first_page = start & !(PAGE - 1);
         let pages = ((last & !(PAGE - 1)) - first_page) / PAGE + 1;
         let prot = if direction == Direction::ToDevice {

@@ -1252,5 +1252,5 @@ fn lsi_copies_between_owned_buffers() {
             Direction::ToDevice,
         )
     };
-    assert_eq!(refused, Err(DmaError::ZeroLength));
+    assert_eq!(refused, Err(dmaengine::hal::HalError::ZeroLength));
 }
