@@ -84,11 +84,12 @@ use x86_64::{PhysAddr, VirtAddr};
 use super::{DmaFault, DomainId, Iommu, IommuError, SourceId};
 use crate::engine::{Channel, Engine, FaultHook, FaultSource};
 use crate::hal::{Direction, DmaAddr, Hal, HalError, PAGE_SIZE};
+use crate::mm::pte::PageProt;
 use crate::mm::pte::SecondLevel;
 use crate::mm::space::{AddressSpace, VmaId};
 use crate::mm::tlb::TlbFlush;
 use crate::mm::traits::{NoPages, TableAllocator, TableMapper};
-use crate::mm::vma::{PageProt, VmFlags};
+use crate::mm::vma::VmFlags;
 use crate::mmio::Registers;
 use crate::sync::IrqControl;
 

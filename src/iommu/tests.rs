@@ -12,8 +12,9 @@ use crate::engine::{
     Notify, Op, PrepFlags, Progress, Status, Termination,
 };
 use crate::mm::frame::PageRef;
+use crate::mm::pte::PageProt;
 use crate::mm::tests::{Memory, counts, mapper, table_frames};
-use crate::mm::vma::{PageProt, VmFlags};
+use crate::mm::vma::VmFlags;
 
 /// The requesters the host tests of this module use.
 pub(super) const LSI: SourceId = SourceId {

@@ -14,6 +14,7 @@ use x86_64::{PhysAddr, VirtAddr};
 
 use super::MmError;
 use super::frame::{FrameDb, FrameKind, PageRef};
+use super::pte::PageProt;
 use super::pte::{self, PAGE_2M, PAGE_4K};
 use super::space::{AddressSpace, PartialInsert, VmaId, WriteFault};
 use super::tests::{
@@ -22,7 +23,7 @@ use super::tests::{
 };
 use super::tlb::TlbFlush;
 use super::traits::{OffsetMapper, PageCounter, TableAllocator, TableMapper};
-use super::vma::{PageProt, VmFlags};
+use super::vma::VmFlags;
 
 /// The page-table frames reachable from `root` (host memory, mapped 1:1).
 fn reachable_tables(root: u64) -> BTreeSet<u64> {

@@ -12,11 +12,12 @@ use x86_64::structures::paging::{FrameAllocator, PhysFrame, Size4KiB};
 
 use super::MmError;
 use super::frame::FrameDb;
+use super::pte::PageProt;
 use super::space::AddressSpace;
 use super::space::WriteFault;
 use super::tests::{BASE, Memory, SHARED_RW, Tlb, mapper, npages, pg, table_frames, va};
 use super::traits::{NoFree, NoPages, OffsetMapper};
-use super::vma::{PageProt, VmFlags};
+use super::vma::VmFlags;
 use crate::mm::pte::PAGE_4K;
 
 /// Hands out the database's frames and never takes one back; counts what

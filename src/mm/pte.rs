@@ -263,7 +263,36 @@ pub const fn index(va: u64, level: u32) -> usize {
     ((va >> (12 + 9 * (level - 1))) & 0x1ff) as usize
 }
 
-use super::vma::PageProt;
+/// How the pages of a mapping may be accessed (Linux's `pgprot_t`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct PageProt {
+    /// Writes allowed.
+    pub writable: bool,
+    /// Instruction fetches allowed.
+    pub executable: bool,
+    /// The memory type.
+    pub cache: CacheMode,
+}
+
+impl PageProt {
+    /// Read-only, not executable, write-back.
+    pub const READ_ONLY: PageProt = PageProt {
+        writable: false,
+        executable: false,
+        cache: CacheMode::WriteBack,
+    };
+    /// Read-write, not executable, write-back.
+    pub const READ_WRITE: PageProt = PageProt {
+        writable: true,
+        executable: false,
+        cache: CacheMode::WriteBack,
+    };
+
+    /// The same protection with another memory type.
+    pub const fn with_cache(self, cache: CacheMode) -> PageProt {
+        PageProt { cache, ..self }
+    }
+}
 
 #[cfg(test)]
 mod tests {

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use super::MmError;
 use super::frame::{FrameKind, PageRef};
+use super::pte::PageProt;
 use super::pte::{self, PAGE_2M, PAGE_4K};
 use super::space::AddressSpace;
 use super::space::{VmaId, WriteFault};
@@ -15,7 +16,6 @@ use super::tests::{
     BASE, COW, FakeAlloc, Memory, SHARED_RW, Space, Tlb, counts, fr, kernel_hierarchy, kernel_leaf,
     mapper, new_space, page_bytes, pg, va,
 };
-use super::vma::PageProt;
 use x86_64::structures::paging::PhysFrame;
 
 /// How long a race test hammers (Miri runs it much slower, so fewer).

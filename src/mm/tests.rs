@@ -12,11 +12,12 @@ use x86_64::{PhysAddr, VirtAddr};
 
 use super::MmError;
 use super::frame::{FrameDb, FrameKind, PageInfo, PageRef};
+use super::pte::PageProt;
 use super::pte::{self, CacheMode, PAGE_2M, PAGE_4K};
 use super::space::{AddressSpace, Inserted, PartialInsert, VmaId};
 use super::tlb::TlbFlush;
 use super::traits::{OffsetMapper, TableAllocator};
-use super::vma::{PageProt, VmFlags};
+use super::vma::VmFlags;
 
 /// Records every flush.
 #[derive(Default, Debug)]

@@ -7,6 +7,8 @@ use x86_64::VirtAddr;
 use x86_64::structures::paging::Page;
 
 use super::pte::CacheMode;
+// Defined with the entry bits it becomes; the areas' public name for it.
+pub use super::pte::PageProt;
 
 bitflags! {
     /// VMA flags (Linux's `VM_*`, with the same meanings).
@@ -44,37 +46,6 @@ impl VmFlags {
         self.intersection(VmFlags::SHARED.union(VmFlags::MAYWRITE))
             .bits()
             == VmFlags::MAYWRITE.bits()
-    }
-}
-
-/// How the pages of a mapping may be accessed (Linux's `pgprot_t`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct PageProt {
-    /// Writes allowed.
-    pub writable: bool,
-    /// Instruction fetches allowed.
-    pub executable: bool,
-    /// The memory type.
-    pub cache: CacheMode,
-}
-
-impl PageProt {
-    /// Read-only, not executable, write-back.
-    pub const READ_ONLY: PageProt = PageProt {
-        writable: false,
-        executable: false,
-        cache: CacheMode::WriteBack,
-    };
-    /// Read-write, not executable, write-back.
-    pub const READ_WRITE: PageProt = PageProt {
-        writable: true,
-        executable: false,
-        cache: CacheMode::WriteBack,
-    };
-
-    /// The same protection with another memory type.
-    pub const fn with_cache(self, cache: CacheMode) -> PageProt {
-        PageProt { cache, ..self }
     }
 }
 

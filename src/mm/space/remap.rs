@@ -4,10 +4,11 @@ use x86_64::structures::paging::{Page, PhysFrame};
 
 use super::{AddressSpace, VmaId};
 use crate::mm::MmError;
+use crate::mm::pte::PageProt;
 use crate::mm::pte::{self, CacheMode, Format, HUGE, PAGE_1G, PAGE_2M, PAGE_4K};
 use crate::mm::tlb::{FULL_FLUSH_THRESHOLD, TlbFlush};
 use crate::mm::traits::{PageCounter, TableAllocator, TableMapper};
-use crate::mm::vma::{PageProt, VmFlags};
+use crate::mm::vma::VmFlags;
 
 impl<C: PageCounter, M: TableMapper, A: TableAllocator, T: TlbFlush, F: Format>
     AddressSpace<C, M, A, T, F>
