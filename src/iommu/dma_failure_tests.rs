@@ -17,7 +17,7 @@ use crate::engine::shared::NoMasking;
 use crate::hal::Dma;
 use crate::hal::fake::FakeHal;
 use crate::mm::frame::{FrameDb, FrameKind};
-use crate::mm::tests::{Memory, mapper};
+use crate::mm::testing::{Memory, mapper};
 use crate::mm::traits::{NoFree, OffsetMapper};
 use crate::mmio::Registers;
 

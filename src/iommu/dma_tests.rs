@@ -17,7 +17,7 @@ use crate::engine::{Channel, ErrorKind, PrepFlags, Status};
 use crate::hal::fake::FakeHal;
 use crate::hal::{Direction, Dma, DmaAddr, Hal, SharedBuffer};
 use crate::mm::frame::FrameDb;
-use crate::mm::tests::{Memory, mapper};
+use crate::mm::testing::{Memory, mapper};
 use crate::mm::traits::OffsetMapper;
 
 type Unit = StaticUnit<FakeVtd, OffsetMapper, &'static FrameDb<'static>, NoMasking>;

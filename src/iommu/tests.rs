@@ -13,7 +13,7 @@ use crate::engine::{
 };
 use crate::mm::frame::PageRef;
 use crate::mm::pte::PageProt;
-use crate::mm::tests::{Memory, counts, mapper, table_frames};
+use crate::mm::testing::{Memory, counts, mapper, table_frames};
 use crate::mm::vma::VmFlags;
 
 /// The requesters the host tests of this module use.

@@ -17,7 +17,7 @@ use super::frame::{FrameDb, FrameKind, PageRef};
 use super::pte::PageProt;
 use super::pte::{self, PAGE_2M, PAGE_4K};
 use super::space::{AddressSpace, PartialInsert, VmaId, WriteFault};
-use super::tests::{
+use super::testing::{
     BASE, COW, Memory, SHARED_RW, Space, Tlb, bytes_to_pages, counts, fr, mapper, new_space,
     npages, page_bytes, pg, table_frames, va,
 };

@@ -131,4 +131,6 @@ mod runs_tests;
 #[cfg(test)]
 mod soundness_tests;
 #[cfg(test)]
-pub(crate) mod tests;
+pub(crate) mod testing;
+#[cfg(test)]
+mod tests;

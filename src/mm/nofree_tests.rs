@@ -15,7 +15,7 @@ use super::frame::FrameDb;
 use super::pte::PageProt;
 use super::space::AddressSpace;
 use super::space::WriteFault;
-use super::tests::{BASE, Memory, SHARED_RW, Tlb, mapper, npages, pg, table_frames, va};
+use super::testing::{BASE, Memory, SHARED_RW, Tlb, mapper, npages, pg, table_frames, va};
 use super::traits::{NoFree, NoPages, OffsetMapper};
 use super::vma::VmFlags;
 use crate::mm::pte::PAGE_4K;

@@ -9,7 +9,7 @@ use proptest::prelude::*;
 use super::MmError;
 use super::frame::{FrameDb, FrameKind, FrameRun, PageInfo};
 use super::space::AddressSpace;
-use super::tests::{BASE, Memory, SHARED_RW, Tlb, fr, mapper, pg, va};
+use super::testing::{BASE, Memory, SHARED_RW, Tlb, fr, mapper, pg, va};
 
 fn infos(n: usize) -> Vec<PageInfo> {
     (0..n).map(|_| PageInfo::default()).collect()

@@ -12,7 +12,7 @@ use super::pte::PageProt;
 use super::pte::{self, PAGE_2M, PAGE_4K};
 use super::space::AddressSpace;
 use super::space::{VmaId, WriteFault};
-use super::tests::{
+use super::testing::{
     BASE, COW, FakeAlloc, Memory, SHARED_RW, Space, Tlb, counts, fr, kernel_hierarchy, kernel_leaf,
     mapper, new_space, page_bytes, pg, va,
 };
