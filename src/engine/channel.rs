@@ -1311,7 +1311,7 @@ mod id_tests {
 mod check_tests {
     use proptest::prelude::*;
 
-    use super::super::tests::edge_copy;
+    use super::super::fake::edge_copy;
     use super::{Capabilities, Limits, Op, check_op, copy_is_valid};
 
     proptest! {

@@ -511,6 +511,8 @@ pub unsafe trait Engine {
     fn reset(&mut self) -> Result<(), DmaError>;
 }
 
+#[cfg(test)]
+mod fake;
 #[cfg(all(test, loom))]
 mod loom_tests;
 #[cfg(test)]

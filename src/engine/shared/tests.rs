@@ -7,9 +7,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll, Wake, Waker};
 
-use super::super::tests::Scripted;
 use super::*;
 use crate::drivers::cpu::CpuEngine;
+use crate::engine::fake::Scripted;
 use crate::engine::{Capabilities, ErrorKind, Fault, Op, PrepFlags};
 use crate::hal::fake::FakeHal;
 use crate::hal::{Dma, PAGE_SIZE};
