@@ -11,7 +11,7 @@ use x86_64::structures::paging::{FrameAllocator, PhysFrame, Size4KiB};
 
 use super::dma::{DeviceDma, IommuPlatform, IovaHal, StaticUnit, UnitLock};
 use super::fake::{Access, FakeVtd};
-use super::tests::{EDU, LSI};
+use super::testing::{EDU, LSI};
 use super::{DomainId, Iommu, IommuError, SourceId, regs};
 use crate::engine::shared::NoMasking;
 use crate::hal::Dma;

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use super::dma::{DeviceDma, IommuPlatform, IovaHal, StaticUnit, UnitLock, WINDOW_PAGES};
 use super::fake::{Access, FakeVtd};
-use super::tests::{EDU, LSI};
+use super::testing::{EDU, LSI};
 use super::{DomainId, Iommu, IommuError, SourceId};
 use crate::drivers::cpu::CpuEngine;
 use crate::engine::shared::NoMasking;

@@ -43,6 +43,8 @@ pub mod dmar;
 pub mod fake;
 pub mod regs;
 #[cfg(test)]
+mod testing;
+#[cfg(test)]
 mod tests;
 
 use core::cell::RefCell;

@@ -16,17 +16,8 @@ use crate::mm::pte::PageProt;
 use crate::mm::testing::{Memory, counts, mapper, table_frames};
 use crate::mm::vma::VmFlags;
 
-/// The requesters the host tests of this module use.
-pub(super) const LSI: SourceId = SourceId {
-    bus: 0,
-    device: 3,
-    function: 0,
-};
-pub(super) const EDU: SourceId = SourceId {
-    bus: 0,
-    device: 4,
-    function: 0,
-};
+use super::testing::{EDU, LSI};
+
 const IOVA: u64 = 0x10_0000;
 
 fn page(addr: u64) -> Page {
