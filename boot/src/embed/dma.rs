@@ -235,7 +235,7 @@ pub fn cpu_channel() -> CpuChannel {
     Channel::new(CpuEngine::new())
 }
 
-/// The copy-break measured on this machine at start-up: copies below it go
+/// The copy-break measured on this machine on first use: copies below it go
 /// to the CPU engine, the rest to the LSI53C895A. `None` without the chip.
 pub fn copy_break() -> Option<dmaengine::engine::copybreak::CopyBreak> {
     static MEASURED: spin::Once<Option<dmaengine::engine::copybreak::CopyBreak>> =

@@ -372,6 +372,8 @@ pub fn run_script(calls: &[Call]) -> Result<Outcome, MmError> {
 }
 
 fn run_process(mut process: Process) -> Result<Outcome, MmError> {
+    static TRAPS: spin::Once = spin::Once::new();
+    TRAPS.call_once(register_traps);
     CURRENT.store(&raw mut process, Ordering::Release);
     let exit = with_loaded(&mut process.space, |_| {
         let ended = recover::catch(|| {
@@ -909,10 +911,10 @@ fn write_fault(cr2: u64, error_code: u64) -> bool {
     process.space.handle_write_fault(va(cr2)).is_ok()
 }
 
-/// Serves `int 0x80`.
 /// Registers the system call and user copy-on-write faults with the trap
-/// layer.
-pub fn init() {
+/// layer; done by the first process run, so modes without processes leave
+/// those vectors alone.
+fn register_traps() {
     crate::trap::register(crate::trap::SYSCALL_VECTOR, on_syscall);
     crate::trap::register(crate::trap::PAGE_FAULT, on_page_fault);
 }
