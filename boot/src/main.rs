@@ -24,8 +24,10 @@ mod testing;
 // rather than where the folder puts it.
 use apps::{demo, soak, user};
 use embed::{devices, dma, executor, iommu, iommu_hal, mm};
-use platform::{acpi, apic, exit, gdt, ioapic, irq, mem, pci, pvh, serial, smp, time, trap};
-use testing::{harness, recover, rng, tests};
+use platform::{
+    acpi, apic, exit, gdt, ioapic, irq, mem, pci, pvh, recover, rng, serial, smp, time, trap,
+};
+use testing::{harness, tests};
 
 use alloc::vec::Vec;
 

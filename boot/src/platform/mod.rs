@@ -1,6 +1,7 @@
 //! The machine the kernel runs on: entry, boot information, descriptor
 //! tables, traps, interrupt controllers, timers, the other CPUs, PCI, ACPI,
-//! the serial console and physical memory. Nothing here knows about DMA.
+//! the serial console, physical memory, fault recovery (`recover::catch`)
+//! and the seeded randomness. Nothing here knows about DMA.
 
 pub mod acpi;
 pub mod apic;
@@ -12,6 +13,8 @@ pub mod irq;
 pub mod mem;
 pub mod pci;
 pub mod pvh;
+pub mod recover;
+pub mod rng;
 pub mod serial;
 pub mod smp;
 pub mod time;
