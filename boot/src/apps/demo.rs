@@ -97,7 +97,7 @@ fn dma_section() {
     use dmaengine::hal::Dma;
 
     println!("== DMA copy engines");
-    let mut lsi = match dma::lsi_channel() {
+    let mut lsi = match dma::LSI.channel() {
         Ok(chan) => chan,
         Err(e) => {
             println!("  no LSI53C895A channel: {e}");

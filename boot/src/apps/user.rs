@@ -47,7 +47,7 @@ use dmaengine::mm::pte::{self, CacheMode, PAGE_4K};
 use dmaengine::mm::space::VmaId;
 use dmaengine::mm::vma::{PageProt, VmFlags};
 
-use crate::dma::{LsiChannel, lsi_channel};
+use crate::dma::{LSI, LsiChannel};
 use crate::mm::{Space, bytes_to_pages, db, fr, mapper, new_space, npages, pg, va, with_loaded};
 use crate::recover::{self, Caught, Fault};
 use crate::trap::TrapFrame;
@@ -573,7 +573,7 @@ impl Process {
         if self.grant.is_some() {
             return EBUSY;
         }
-        let Some(device) = crate::dma::second_lsi_device() else {
+        let Some(device) = crate::dma::LSI2.device() else {
             return ENODEV;
         };
         let Some((bar, size)) = device.mem_bar(lsi53c895a::regs::MMIO_BAR) else {
@@ -592,7 +592,7 @@ impl Process {
         if bar != page || size > PAGE_4K || shared {
             return ENODEV;
         }
-        let Ok(mut chip) = crate::dma::second_lsi_channel() else {
+        let Ok(mut chip) = crate::dma::LSI2.channel() else {
             return EBUSY;
         };
         // The channel only reserves the chip: its resident loop is stopped
@@ -726,7 +726,7 @@ impl Process {
             _ => return EFAULT,
         };
         if self.lsi.is_none() {
-            self.lsi = lsi_channel().ok();
+            self.lsi = LSI.channel().ok();
         }
         let Some(chan) = self.lsi.as_mut() else {
             return ENODEV;
@@ -802,7 +802,7 @@ impl Process {
         let Ok(unit) = crate::iommu::take() else {
             return EIO;
         };
-        let (Some(chan), Some(device)) = (self.lsi.as_mut(), crate::dma::lsi_device()) else {
+        let (Some(chan), Some(device)) = (self.lsi.as_mut(), crate::dma::LSI.device()) else {
             return ENODEV;
         };
         let id = DomainId::new(5).expect("a domain id");
