@@ -104,7 +104,8 @@ extern "C" fn kernel_main(start_info: u32) -> ! {
     // The layers above the trap layer register their handlers with it:
     // recovery is the fallback every mode relies on to report a fault.
     recover::init();
-    let boot = pvh::parse(start_info.into()).unwrap_or_else(|e| fatal("boot info", &e));
+    let boot =
+        pvh::parse(start_info.into(), mem::phys_to_virt).unwrap_or_else(|e| fatal("boot info", &e));
     let frames_at_boot = mem::frames::init(&boot);
     let nx = mem::paging::init(&boot).unwrap_or_else(|e| fatal("paging", &e));
     mem::heap::init().unwrap_or_else(|e| fatal("heap", &e));
@@ -114,6 +115,9 @@ extern "C" fn kernel_main(start_info: u32) -> ! {
         .unwrap_or_else(|| fatal("ACPI", &"no MADT: the kernel needs the APICs it lists"));
     irq::init(&madt);
     let tsc_hz = time::init();
+    // The tick is wired here so the clock needs nothing from the interrupt
+    // layer, which (through the APIC) uses the clock.
+    irq::register_isa(0, time::tick).expect("the PIT's line 0 is wired and free");
     apic::calibrate_timer();
     apic::start_timer();
     x86_64::instructions::interrupts::enable();

@@ -80,55 +80,87 @@ fn paths_after(text: &str, prefix: &str) -> Vec<String> {
     names
 }
 
-#[test]
-fn boot_folders_have_no_dependency_cycles() {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../src");
-    let owner = owners(&src);
+/// Which folder or module uses which, from the `crate::` paths of every
+/// file below the root. With `modules`, a module the crate root names (say
+/// `platform::time`) is its own node; otherwise each folder is one node.
+fn dependencies(src: &Path, modules: bool) -> BTreeMap<String, BTreeSet<String>> {
+    let owner = owners(src);
     let mut files = Vec::new();
-    sources(&src, &mut files);
+    sources(src, &mut files);
     let mut edges: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     for file in &files {
-        let relative = file.strip_prefix(&src).unwrap();
+        let relative = file.strip_prefix(src).unwrap();
+        let mut parts = relative.iter().map(|p| p.to_string_lossy().into_owned());
+        let first = parts.next().expect("a file below src");
         // Files directly in src (main.rs) are the root, which may use all.
-        let Some(from) = relative.parent().and_then(|p| p.iter().next()) else {
+        let Some(second) = parts.next() else {
             continue;
         };
-        let from = from.to_string_lossy().into_owned();
+        let stem = second.trim_end_matches(".rs").to_string();
+        let node = |name: String| -> Option<String> {
+            let folder = owner.get(&name)?;
+            Some(if modules && *folder != name {
+                name
+            } else {
+                folder.clone()
+            })
+        };
+        let from = node(stem.clone())
+            .filter(|n| owner.get(&stem) == Some(&first) || *n == first)
+            .unwrap_or(first.clone());
         let text = std::fs::read_to_string(file).expect("a source file");
-        for name in crate_names(&text) {
-            if let Some(to) = owner.get(&name).filter(|to| **to != from) {
-                edges.entry(from.clone()).or_default().insert(to.clone());
+        for to in crate_names(&text).into_iter().filter_map(node) {
+            if to != from {
+                edges.entry(from.clone()).or_default().insert(to);
             }
         }
     }
-    assert!(
-        edges.contains_key("embed") && edges.contains_key("apps"),
-        "the parse found the folders' uses: {edges:?}"
-    );
-    // Depth-first search; a folder met again while on the path closes a cycle.
+    edges
+}
+
+/// Panics naming the first cycle in `edges` (a depth-first search: a node
+/// met again while on the path closes one).
+fn assert_acyclic(what: &str, edges: &BTreeMap<String, BTreeSet<String>>) {
     fn visit(
         at: &str,
         edges: &BTreeMap<String, BTreeSet<String>>,
         path: &mut Vec<String>,
         done: &mut BTreeSet<String>,
+        what: &str,
     ) {
         if let Some(start) = path.iter().position(|p| p == at) {
-            panic!(
-                "boot/src folders form a cycle: {:?} -> {at}",
-                &path[start..]
-            );
+            panic!("boot/src {what} form a cycle: {:?} -> {at}", &path[start..]);
         }
         if !done.insert(at.to_string()) {
             return;
         }
         path.push(at.to_string());
         for next in edges.get(at).into_iter().flatten() {
-            visit(next, edges, path, done);
+            visit(next, edges, path, done, what);
         }
         path.pop();
     }
     let mut done = BTreeSet::new();
     for from in edges.keys() {
-        visit(from, &edges, &mut Vec::new(), &mut done);
+        visit(from, edges, &mut Vec::new(), &mut done, what);
     }
+}
+
+#[test]
+fn boot_folders_and_modules_have_no_dependency_cycles() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../src");
+    let folders = dependencies(&src, false);
+    assert!(
+        folders.contains_key("embed") && folders.contains_key("apps"),
+        "the parse found the folders' uses: {folders:?}"
+    );
+    assert_acyclic("folders", &folders);
+    let modules = dependencies(&src, true);
+    assert!(
+        modules
+            .get("apic")
+            .is_some_and(|uses| uses.contains("time")),
+        "the parse found the modules' uses: {modules:?}"
+    );
+    assert_acyclic("modules", &modules);
 }
