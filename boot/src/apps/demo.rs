@@ -87,9 +87,49 @@ pub fn run() -> ExitCode {
     mm_section();
     concurrency_section();
     user_section();
+    stray_dma_section();
     println!();
     println!("demo done");
     ExitCode::Success
+}
+
+/// A ring-3 driver aims its chip at the kernel's first page, which its
+/// domain does not map: the IOMMU drops the write and records the fault.
+fn stray_dma_section() {
+    use crate::user::{self, Exit};
+
+    const KERNEL_PAGE: u64 = 0x10_0000;
+    println!("== IOMMU");
+    // SAFETY: the kernel image's first page, mapped by the direct map;
+    // read only.
+    let page =
+        || unsafe { core::slice::from_raw_parts(crate::mem::phys_to_virt(KERNEL_PAGE), 4096) };
+    let before = page().to_vec();
+    match user::run(user::rogue_driver(), false) {
+        Ok(outcome) if outcome.granted => {
+            let faults = outcome
+                .dma_faults
+                .iter()
+                .filter(|f| f.write && f.address == KERNEL_PAGE)
+                .count();
+            println!(
+                "  a ring-3 driver's chip told to write physical {KERNEL_PAGE:#x}: {} fault(s) recorded, the process {}, the page's 4096 bytes {}",
+                faults,
+                if matches!(outcome.exit, Exit::Code(0)) {
+                    "told through dma_faults"
+                } else {
+                    "not told"
+                },
+                if page() == &before[..] {
+                    "untouched"
+                } else {
+                    "CHANGED"
+                }
+            );
+        }
+        Ok(_) => println!("  no VT-d unit or second LSI53C895A: skipped"),
+        Err(e) => println!("  could not build the process: {e}"),
+    }
 }
 
 /// Copies each CPU makes through the shared channel in the concurrency
