@@ -80,7 +80,7 @@ case "${IOMMU:-on}" in
 esac
 # The CPU model gets 1 GiB pages (pdpe1gb), which QEMU's default lacks.
 # The edu device gets a 32-bit DMA mask (its default is 28 bits, which
-# would silently truncate buffers above 256 MiB); boot/src/dma.rs assumes it.
+# would silently truncate buffers above 256 MiB); boot/src/embed/dma.rs assumes it.
 # Four CPUs unless SMP says otherwise (TCG runs each in its own thread;
 # idle application processors halt).
 smp=${SMP:-4}

@@ -11,35 +11,23 @@
 
 extern crate alloc;
 
-mod acpi;
-mod apic;
+// The folders show the architecture: the machine, the glue a kernel embedding
+// the crate writes, what runs on top, the test harness and the benchmarks.
+mod apps;
 mod bench;
-mod demo;
-mod devices;
-mod dma;
-mod entry;
+mod embed;
 mod example;
-mod executor;
-mod exit;
-mod gdt;
-mod harness;
-mod ioapic;
-mod iommu;
-mod iommu_hal;
-mod irq;
-mod mem;
-mod mm;
-mod pci;
-mod pvh;
-mod recover;
-mod rng;
-mod serial;
-mod smp;
-mod soak;
-mod tests;
-mod time;
-mod trap;
-mod user;
+mod platform;
+mod testing;
+
+// Short names for the modules the others use, so a path says what it uses
+// rather than where the folder puts it.
+use apps::{demo, soak, user};
+use embed::{devices, dma, executor, iommu, iommu_hal, mm};
+use platform::{
+    acpi, apic, exit, gdt, ioapic, irq, mem, pci, pvh, recover, rng, serial, smp, time, trap,
+};
+use testing::{harness, tests};
 
 use alloc::vec::Vec;
 
@@ -75,16 +63,49 @@ fn fatal(what: &str, why: &dyn core::fmt::Display) -> ! {
 
 /// Entered from `entry.rs` in 64-bit mode with `.bss` zeroed and interrupts
 /// off; `start_info` is the physical address of the PVH start info.
+/// What the command line asks for: the mode, its filter and the seed.
+struct Command<'a> {
+    mode: &'a str,
+    filter: Option<&'a str>,
+}
+
+/// Splits the command line into the mode (first word, `demo` if none), the
+/// optional filter and `seed=N`, which seeds the randomized tests.
+fn parse_command(cmdline: &str) -> Command<'_> {
+    let mut words = cmdline.split_whitespace();
+    let mode = words.next().unwrap_or("demo");
+    let mut filter = None;
+    for word in words {
+        match word.strip_prefix("seed=").map(str::parse::<u64>) {
+            Some(Ok(seed)) => rng::set_seed(seed),
+            Some(Err(_)) => {
+                println!("error: bad seed in {word:?}");
+                exit_qemu(ExitCode::BadCommandLine);
+            }
+            None => filter = Some(word),
+        }
+    }
+    Command { mode, filter }
+}
+
+/// Entered from `entry.rs` in 64-bit mode with `.bss` zeroed and interrupts
+/// off; `start_info` is the physical address of the PVH start info.
+///
+/// Brings the machine up, then hands over to the mode. The layers only some
+/// modes use start when first used: the harness arms its watchdog when it
+/// runs, the first ring-3 process registers the system call, and the
+/// copy-break is measured when the demo first routes a copy.
 #[unsafe(no_mangle)]
 extern "C" fn kernel_main(start_info: u32) -> ! {
     serial::init();
     println!("dmaengine tiny kernel: booted");
     gdt::init();
     trap::init();
-    // The layers above the trap layer register their handlers with it.
+    // The layers above the trap layer register their handlers with it:
+    // recovery is the fallback every mode relies on to report a fault.
     recover::init();
-    user::init();
-    let boot = pvh::parse(start_info.into()).unwrap_or_else(|e| fatal("boot info", &e));
+    let boot =
+        pvh::parse(start_info.into(), mem::phys_to_virt).unwrap_or_else(|e| fatal("boot info", &e));
     let frames_at_boot = mem::frames::init(&boot);
     let nx = mem::paging::init(&boot).unwrap_or_else(|e| fatal("paging", &e));
     mem::heap::init().unwrap_or_else(|e| fatal("heap", &e));
@@ -93,8 +114,10 @@ extern "C" fn kernel_main(start_info: u32) -> ! {
         .and_then(acpi::madt)
         .unwrap_or_else(|| fatal("ACPI", &"no MADT: the kernel needs the APICs it lists"));
     irq::init(&madt);
-    harness::init();
     let tsc_hz = time::init();
+    // The tick is wired here so the clock needs nothing from the interrupt
+    // layer, which (through the APIC) uses the clock.
+    irq::register_isa(0, time::tick).expect("the PIT's line 0 is wired and free");
     apic::calibrate_timer();
     apic::start_timer();
     x86_64::instructions::interrupts::enable();
@@ -111,25 +134,7 @@ extern "C" fn kernel_main(start_info: u32) -> ! {
         pages_1g: mem::paging::pages_1g_supported(),
     });
 
-    // Measured once at start-up, while nothing else uses the chip.
-    match dma::copy_break() {
-        Some(policy) => println!("copy-break: {} bytes (measured)", policy.threshold()),
-        None => println!("copy-break: not measured (no LSI53C895A)"),
-    }
-    let cmdline = platform.boot.cmdline();
-    let mut words = cmdline.split_whitespace();
-    let mode = words.next().unwrap_or("demo");
-    let mut filter = None;
-    for word in words {
-        match word.strip_prefix("seed=").map(str::parse::<u64>) {
-            Some(Ok(seed)) => rng::set_seed(seed),
-            Some(Err(_)) => {
-                println!("error: bad seed in {word:?}");
-                exit_qemu(ExitCode::BadCommandLine);
-            }
-            None => filter = Some(word),
-        }
-    }
+    let Command { mode, filter } = parse_command(platform.boot.cmdline());
     println!(
         "seed: {} (SEED={} ./qemu-run.sh ... repeats this run)",
         rng::seed(),
@@ -144,7 +149,7 @@ extern "C" fn kernel_main(start_info: u32) -> ! {
         "example" => example::run(),
         other => {
             println!(
-                "error: unknown mode {other:?} (expected demo, test, bench, soak or selftest)"
+                "error: unknown mode {other:?} (expected demo, test, bench, soak, example or selftest)"
             );
             ExitCode::BadCommandLine
         }

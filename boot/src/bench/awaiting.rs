@@ -10,7 +10,7 @@ use dmaengine::engine::{Cookie, Engine, Op, PrepFlags, SharedChannel, Status};
 use dmaengine::hal::Dma;
 
 use super::{ns_per_iter, report};
-use crate::dma::{KernelHal, release_edu, release_lsi, serviced_edu, serviced_lsi};
+use crate::dma::{EDU, KernelHal, LSI};
 use crate::{executor, println, time};
 
 /// More than the 99 moves QEMU runs inside the start write: the batch
@@ -66,11 +66,11 @@ pub fn run() {
         println!("async benchmarks skipped: no DMA memory");
         return;
     };
-    if crate::dma::lsi_device().is_none() || crate::dma::edu_device().is_none() {
+    if crate::dma::LSI.device().is_none() || crate::dma::EDU.device().is_none() {
         println!("async benchmarks skipped: no LSI53C895A or edu device");
         return;
     }
-    let (lsi, lsi_line) = serviced_lsi();
+    let (lsi, lsi_line) = LSI.serviced().expect("LSI53C895A channel");
     let copy = |len: usize, k: usize| Op::Copy {
         dst: dst.paddr() + (k * len) as u64,
         src: src.paddr() + (k * len) as u64,
@@ -112,7 +112,7 @@ pub fn run() {
 
     // One edu copy (two of its 100 ms transfers) and as many LSI batches
     // as take as long, first one after the other, then awaited together.
-    let (edu, edu_line) = serviced_edu();
+    let (edu, edu_line) = EDU.serviced().expect("edu channel");
     let edu_op = [Op::Copy {
         dst: dst.paddr() + (32 << 10),
         src: src.paddr() + (32 << 10),
@@ -140,8 +140,8 @@ pub fn run() {
         let (mut a, mut b) = (pin!(edu_copy()), pin!(lsi_batches()));
         executor::run(&mut [a.as_mut(), b.as_mut()], LIMIT_NS).expect("both");
     });
-    release_edu(edu_line);
-    release_lsi(lsi_line);
+    EDU.release(edu_line);
+    LSI.release(lsi_line);
     report("dma.overlap.lsi_batches", batches as f64, "batches");
     report("dma.overlap.one_by_one.ms", one_by_one / 1e6, "ms");
     report("dma.overlap.together.ms", together / 1e6, "ms");

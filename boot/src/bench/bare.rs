@@ -11,7 +11,7 @@ use dmaengine::drivers::lsi53c895a::script;
 use dmaengine::hal::Dma;
 use dmaengine::mmio::{MmioRegion, PortRegion};
 
-use crate::dma::{KernelHal, LsiChannel, second_lsi_channel, second_lsi_device};
+use crate::dma::{KernelHal, LSI2, LsiChannel};
 use crate::{devices, time};
 
 /// How long one bare run may take before the benchmark gives up (a
@@ -33,8 +33,8 @@ pub struct BareChip {
 impl BareChip {
     /// Takes the second chip; `None` without one or while it is in use.
     pub fn take() -> Option<BareChip> {
-        let dev = second_lsi_device()?;
-        let chan = second_lsi_channel().ok()?;
+        let dev = LSI2.device()?;
+        let chan = LSI2.channel().ok()?;
         let mut chip = BareChip {
             chan,
             regs: devices::map_bar(dev, regs::MMIO_BAR)?,

@@ -12,7 +12,7 @@ use dmaengine::hal::Dma;
 
 use super::bare::{BareChip, RawScript, SigpScript};
 use super::report;
-use crate::dma::{KernelHal, LsiChannel, cpu_channel, lsi_channel, lsi_device};
+use crate::dma::{KernelHal, LSI, LsiChannel, cpu_channel};
 use crate::{devices, println, time};
 
 const SIZES: [(&str, usize); 4] = [
@@ -307,7 +307,7 @@ pub fn run() {
     // The API's channel takes the first chip, the hand-written chains the
     // second, so neither stops the other's script.
     let (mut places, mut chip, mut raw, mut sigp) = match (
-        lsi_channel(),
+        LSI.channel(),
         BareChip::take(),
         RawScript::new(4096),
         SigpScript::new(SIGP_BATCHES[1]),
@@ -416,7 +416,10 @@ pub fn run() {
     copy_break(places.chan(), s, d);
     // The API channel's own register page: the first chip's (the direct
     // map gives a BAR one address, so this window is the channel's page).
-    if let Some(regs) = lsi_device().and_then(|dev| devices::map_bar(dev, regs::MMIO_BAR)) {
+    if let Some(regs) = LSI
+        .device()
+        .and_then(|dev| devices::map_bar(dev, regs::MMIO_BAR))
+    {
         tlb_alias(&mut places, tlb_slot(regs.base().as_ptr() as usize), s, d);
     }
 }

@@ -26,7 +26,7 @@ use dmaengine::hal::Dma;
 use super::bare::{BareChip, RawScript, SigpScript};
 use super::dma::{small_moves, small_ops};
 use super::report;
-use crate::dma::{KernelHal, cpu_channel, lsi_channel};
+use crate::dma::{KernelHal, LSI, cpu_channel};
 use crate::{println, time};
 
 /// Requests counted per key.
@@ -189,7 +189,7 @@ pub fn run() {
     // The API's channel on the first chip, the bare chains on the second,
     // as in the throughput benchmarks.
     let (Ok(mut lsi), Some(mut chip), Some(mut raw), Some(mut sigp)) = (
-        lsi_channel(),
+        LSI.channel(),
         BareChip::take(),
         RawScript::new(BATCHES[1]),
         SigpScript::new(BATCHES[1]),

@@ -16,7 +16,7 @@ use x86_64::{PhysAddr, VirtAddr};
 
 use super::bare::{BareChip, RawScript};
 use super::report;
-use crate::dma::{LsiChannel, lsi_channel, lsi_device, second_lsi_device};
+use crate::dma::{LSI, LSI2, LsiChannel};
 use crate::iommu::{source_of, take};
 use crate::mm::{db, mapper, new_space};
 use crate::{platform, println, time};
@@ -140,7 +140,7 @@ fn user_driver_vs_kernel() {
             }
         }
         let (Ok(mut chip), Ok(src), Ok(dst)) = (
-            crate::dma::second_lsi_channel(),
+            crate::dma::LSI2.channel(),
             dmaengine::hal::Dma::<crate::dma::KernelHal>::new(4096),
             dmaengine::hal::Dma::<crate::dma::KernelHal>::new(4096),
         ) else {
@@ -182,10 +182,10 @@ fn copy_with_and_without_translation(unit: &crate::iommu::Unit) {
     const SIZE: usize = 1 << 20;
     const N: usize = 40;
     let (Ok(mut lsi), Some(dev), Some(mut chip), Some(second), Some(mut raw)) = (
-        lsi_channel(),
-        lsi_device(),
+        LSI.channel(),
+        LSI.device(),
         BareChip::take(),
-        second_lsi_device(),
+        LSI2.device(),
         RawScript::new(1),
     ) else {
         return;

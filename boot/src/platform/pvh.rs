@@ -2,8 +2,6 @@
 //! 1: the command line at offset 24, the E820-style memory map at 40/48).
 //! Both are copied out before the frame allocator can hand out their memory.
 
-use crate::mem::phys_to_virt;
-
 /// `hvm_start_info.magic`.
 const START_INFO_MAGIC: u32 = 0x336e_c578;
 /// E820 type of usable RAM.
@@ -59,31 +57,40 @@ impl BootInfo {
     }
 }
 
-/// Reads `T` at physical address `pa` through the direct map.
-fn read_phys<T: Copy>(pa: u64) -> T {
-    // SAFETY: callers pass addresses inside the start info structures, which
-    // QEMU placed in RAM covered by the boot direct map; `read_unaligned`
-    // makes no alignment assumption.
-    unsafe { phys_to_virt(pa).cast::<T>().read_unaligned() }
+/// The start info's physical memory as the kernel reaches it: through the
+/// direct map the caller passes down, so the boot protocol sits below the
+/// memory layer that consumes its map.
+struct Reader(fn(u64) -> *mut u8);
+
+impl Reader {
+    /// Reads `T` at physical address `pa`.
+    fn read<T: Copy>(&self, pa: u64) -> T {
+        // SAFETY: callers pass addresses inside the start info structures,
+        // which QEMU placed in RAM covered by the boot direct map that `self`
+        // maps through; `read_unaligned` makes no alignment assumption.
+        unsafe { (self.0)(pa).cast::<T>().read_unaligned() }
+    }
 }
 
-/// Parses the start info at physical address `start_info`.
-pub fn parse(start_info: u64) -> Result<BootInfo, &'static str> {
-    if read_phys::<u32>(start_info) != START_INFO_MAGIC {
+/// Parses the start info at physical address `start_info`, reading it
+/// through `direct_map` (physical to virtual address).
+pub fn parse(start_info: u64, direct_map: fn(u64) -> *mut u8) -> Result<BootInfo, &'static str> {
+    let phys = Reader(direct_map);
+    if phys.read::<u32>(start_info) != START_INFO_MAGIC {
         return Err("no PVH start info (boot with qemu -kernel)");
     }
-    let version: u32 = read_phys(start_info + 4);
+    let version: u32 = phys.read(start_info + 4);
     let mut info = BootInfo {
         regions: [Region::default(); MAX_REGIONS],
         region_count: 0,
         cmdline: [0; MAX_CMDLINE],
         cmdline_len: 0,
-        rsdp: read_phys(start_info + 32),
+        rsdp: phys.read(start_info + 32),
     };
-    let cmdline: u64 = read_phys(start_info + 24);
+    let cmdline: u64 = phys.read(start_info + 24);
     if cmdline != 0 {
         while info.cmdline_len < MAX_CMDLINE {
-            let byte: u8 = read_phys(cmdline + info.cmdline_len as u64);
+            let byte: u8 = phys.read(cmdline + info.cmdline_len as u64);
             if byte == 0 {
                 break;
             }
@@ -94,14 +101,14 @@ pub fn parse(start_info: u64) -> Result<BootInfo, &'static str> {
     if version < 1 {
         return Err("PVH start info version 0 has no memory map");
     }
-    let map: u64 = read_phys(start_info + 40);
-    let entries: u32 = read_phys(start_info + 48);
+    let map: u64 = phys.read(start_info + 40);
+    let entries: u32 = phys.read(start_info + 48);
     for i in 0..(entries as usize).min(MAX_REGIONS) {
         let entry = map + 24 * i as u64;
         info.regions[i] = Region {
-            start: read_phys(entry),
-            len: read_phys(entry + 8),
-            kind: read_phys(entry + 16),
+            start: phys.read(entry),
+            len: phys.read(entry + 8),
+            kind: phys.read(entry + 16),
         };
         info.region_count += 1;
     }

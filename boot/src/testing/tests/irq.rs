@@ -89,8 +89,8 @@ pub(super) fn listen_job(_cpu: usize) {
 fn edu_msi_arrives_on_the_cpu_it_names() {
     let cpus = smp::cpus();
     let target = cpus - 1;
-    let line = dma::edu_device().expect("edu").irq_line;
-    let (edu, message) = dma::serviced_edu_msi(target).expect("edu MSI");
+    let line = dma::EDU.device().expect("edu").irq_line;
+    let (edu, message) = dma::EDU.serviced_msi(target).expect("edu MSI");
     let msi_before: Vec<u64> = (0..cpus)
         .map(|c| irq::msi_count(message.vector, c))
         .collect();
@@ -109,7 +109,7 @@ fn edu_msi_arrives_on_the_cpu_it_names() {
         .map(|c| irq::msi_count(message.vector, c))
         .collect();
     let intx_after = irq::count(line);
-    dma::release_edu_msi(message);
+    dma::EDU.release_msi(message);
     drop(edu);
     let (dst, _) = outcome
         .expect("edu prep")

@@ -10,11 +10,11 @@ use dmaengine::mm::frame::{FrameDb, PageInfo};
 use dmaengine::mm::space::AddressSpace;
 use dmaengine::mm::tlb::TlbFlush;
 use dmaengine::mm::traits::OffsetMapper;
-use x86_64::registers::control::{Cr3, Cr3Flags};
 use x86_64::structures::paging::{Page, PhysFrame};
 use x86_64::{PhysAddr, VirtAddr};
 
-use crate::mem::{PHYS_OFFSET, frames, paging};
+use crate::mem::paging::{self, load};
+use crate::mem::{PHYS_OFFSET, frames};
 
 /// The end of the user half of the address space.
 pub use dmaengine::mm::space::USER_END;
@@ -149,17 +149,6 @@ pub fn kernel_root() -> u64 {
         .get()
         .copied()
         .unwrap_or_else(|| paging::root().as_u64())
-}
-
-/// Loads the page tables at `root`.
-///
-/// # Safety
-/// `root` must be a PML4 that maps the kernel (see [`new_space`]) and stays
-/// alive while loaded.
-pub unsafe fn load(root: u64) {
-    let frame = PhysFrame::containing_address(PhysAddr::new(root));
-    // SAFETY: per the contract, the kernel keeps running on these tables.
-    unsafe { Cr3::write(frame, Cr3Flags::empty()) };
 }
 
 /// Goes back to the kernel's own page tables if something else is loaded.

@@ -10,7 +10,7 @@ use dmaengine::drivers::cpu::CpuEngine;
 use dmaengine::drivers::edu::{self, EduEngine};
 use dmaengine::drivers::lsi53c895a::{self, Lsi53c895a};
 use dmaengine::engine::shared::X86Interrupts;
-use dmaengine::engine::{Channel, DmaError, SharedChannel};
+use dmaengine::engine::{Channel, DmaError, Engine, SharedChannel};
 use dmaengine::hal::{DmaAddr, Hal, HalError};
 use x86_64::instructions::interrupts::without_interrupts;
 
@@ -124,52 +124,169 @@ impl<C> Drop for Exclusive<C> {
     }
 }
 
-static LSI_TAKEN: AtomicBool = AtomicBool::new(false);
-static LSI2_TAKEN: AtomicBool = AtomicBool::new(false);
-static EDU_TAKEN: AtomicBool = AtomicBool::new(false);
-
 /// A channel over the LSI53C895A's SCRIPTS processor.
 pub type LsiChannel = Exclusive<Channel<Lsi53c895a<KernelHal>>>;
 /// The LSI53C895A's channel shared with its interrupt handler.
-pub type SharedLsi = Exclusive<SharedChannel<Lsi53c895a<KernelHal>, X86Interrupts>>;
+pub type SharedLsi = Shared<Lsi53c895a<KernelHal>>;
+/// A channel over QEMU's edu device.
+pub type EduChannel = Exclusive<Channel<EduEngine<KernelHal>>>;
 /// A channel over the CPU engine.
 pub type CpuChannel = Channel<CpuEngine<KernelHal>>;
+/// A device's channel shared with its interrupt handler.
+pub type Shared<E> = Exclusive<SharedChannel<E, X86Interrupts>>;
 
-/// The LSI53C895A's PCI function.
-pub fn lsi_device() -> Option<&'static crate::pci::Device> {
-    devices::find(lsi53c895a::regs::VENDOR_ID, lsi53c895a::regs::DEVICE_ID)
+/// One DMA device the kernel drives, as a row of the device table: how to
+/// find it on the bus and start its engine, whether a channel holds it, and
+/// the shared channel its interrupt handler services. Every device goes
+/// through the same take / share / service / release path below.
+pub struct DmaDevice<E: Engine> {
+    find: fn() -> Option<&'static crate::pci::Device>,
+    /// Starts the engine over the device's BARs; the caller holds `taken`.
+    open: fn(&'static crate::pci::Device) -> Result<E, DmaError>,
+    taken: AtomicBool,
+    serviced: spin::Mutex<Option<Arc<Shared<E>>>>,
+    /// The interrupt handler: `service` on this row (a plain `fn`, as the
+    /// interrupt layer takes).
+    interrupt: irq::Handler,
 }
 
-/// Takes over the LSI53C895A as a copy channel (`Busy` while another
-/// channel holds it).
-pub fn lsi_channel() -> Result<LsiChannel, DmaError> {
-    Exclusive::take(&LSI_TAKEN, make_lsi)
+/// The device table: the two LSI53C895As `qemu-run.sh` gives the machine
+/// (the second is optional) and the edu device.
+pub static LSI: DmaDevice<Lsi53c895a<KernelHal>> = DmaDevice::new(
+    || devices::find(lsi53c895a::regs::VENDOR_ID, lsi53c895a::regs::DEVICE_ID),
+    open_lsi,
+    || LSI.service(),
+);
+/// The second LSI53C895A, if the machine has one.
+pub static LSI2: DmaDevice<Lsi53c895a<KernelHal>> = DmaDevice::new(
+    || devices::find_nth(lsi53c895a::regs::VENDOR_ID, lsi53c895a::regs::DEVICE_ID, 1),
+    open_lsi,
+    || LSI2.service(),
+);
+/// QEMU's edu device.
+pub static EDU: DmaDevice<EduEngine<KernelHal>> = DmaDevice::new(
+    || devices::find(edu::regs::VENDOR_ID, edu::regs::DEVICE_ID),
+    open_edu,
+    || EDU.service(),
+);
+
+impl<E: Engine> DmaDevice<E> {
+    const fn new(
+        find: fn() -> Option<&'static crate::pci::Device>,
+        open: fn(&'static crate::pci::Device) -> Result<E, DmaError>,
+        interrupt: irq::Handler,
+    ) -> Self {
+        DmaDevice {
+            find,
+            open,
+            taken: AtomicBool::new(false),
+            serviced: spin::Mutex::new(None),
+            interrupt,
+        }
+    }
+
+    /// The device's PCI function, enabled for DMA.
+    pub fn device(&self) -> Option<&'static crate::pci::Device> {
+        (self.find)()
+    }
+
+    fn engine(&self) -> Result<E, DmaError> {
+        (self.open)(self.device().ok_or(DmaError::NotSupported)?)
+    }
+
+    /// Takes over the device as a copy channel (`Busy` while another
+    /// channel holds it).
+    pub fn channel(&'static self) -> Result<Exclusive<Channel<E>>, DmaError> {
+        Exclusive::take(&self.taken, || self.engine().map(Channel::new))
+    }
+
+    /// As [`Self::channel`], shared with an interrupt handler.
+    pub fn shared(&'static self) -> Result<Shared<E>, DmaError> {
+        Exclusive::take(&self.taken, || {
+            self.engine().map(|e| SharedChannel::new(Channel::new(e)))
+        })
+    }
+
+    /// The shared channel, serviced by its interrupt handler on the
+    /// device's PCI line until [`Self::release`].
+    pub fn serviced(&'static self) -> Result<(Arc<Shared<E>>, u8), DmaError> {
+        let channel = Arc::new(self.shared()?);
+        let line = self.device().ok_or(DmaError::NotSupported)?.irq_line;
+        without_interrupts(|| *self.serviced.lock() = Some(channel.clone()));
+        irq::register(line, self.interrupt).expect("register the interrupt handler");
+        Ok((channel, line))
+    }
+
+    /// The shared channel being serviced, if any (for jobs on other CPUs).
+    pub fn serviced_channel(&self) -> Option<Arc<Shared<E>>> {
+        without_interrupts(|| self.serviced.lock().clone())
+    }
+
+    /// Stops servicing the shared channel on `line`.
+    pub fn release(&self, line: u8) {
+        irq::unregister(line, self.interrupt);
+        without_interrupts(|| self.serviced.lock().take());
+    }
+
+    /// The shared channel, serviced through MSI on CPU `cpu` (whose
+    /// interrupts must be on for its completions to arrive) until
+    /// [`Self::release_msi`].
+    pub fn serviced_msi(
+        &'static self,
+        cpu: usize,
+    ) -> Result<(Arc<Shared<E>>, irq::MsiMessage), irq::IrqError> {
+        let device = self.device().ok_or(irq::IrqError::NoSuchLine)?;
+        let channel = Arc::new(self.shared().map_err(|_| irq::IrqError::NoSuchLine)?);
+        let message = irq::allocate_msi(cpu, self.interrupt)?;
+        without_interrupts(|| *self.serviced.lock() = Some(channel.clone()));
+        if !device.enable_msi(message.address, message.data) {
+            without_interrupts(|| self.serviced.lock().take());
+            irq::free_msi(message.vector);
+            return Err(irq::IrqError::NoSuchLine);
+        }
+        Ok((channel, message))
+    }
+
+    /// Stops servicing the channel through MSI: the device is back on its
+    /// INTx pin.
+    pub fn release_msi(&self, message: irq::MsiMessage) {
+        if let Some(device) = self.device() {
+            device.disable_msi();
+        }
+        irq::free_msi(message.vector);
+        without_interrupts(|| self.serviced.lock().take());
+    }
+
+    /// Runs the interrupt handler of the serviced channel, if one is there.
+    fn service(&self) {
+        if let Some(channel) = self.serviced.lock().as_ref() {
+            channel.handle_interrupt();
+        }
+    }
+
+    /// Pins `fault` on the serviced channel if this device made it.
+    fn fail(&self, fault: dmaengine::iommu::DmaFault) {
+        if self
+            .device()
+            .is_some_and(|d| crate::iommu::source_of(d) == fault.source)
+            && let Some(channel) = self.serviced.lock().as_ref()
+        {
+            channel.lock().fail_at(fault.address, fault.write);
+        }
+    }
 }
 
-/// As [`lsi_channel`], shared.
-pub fn shared_lsi_channel() -> Result<SharedLsi, DmaError> {
-    Exclusive::take(&LSI_TAKEN, || make_lsi().map(SharedChannel::new))
+/// Pins a DMA fault on the serviced channel of the device that made it
+/// ([`Channel::fail_at`]): a sink for [`crate::iommu::route_faults`].
+pub fn fail_serviced(fault: dmaengine::iommu::DmaFault) {
+    LSI.fail(fault);
+    LSI2.fail(fault);
+    EDU.fail(fault);
 }
 
-/// The second LSI53C895A, if the machine has one (`qemu-run.sh` gives it
-/// two).
-pub fn second_lsi_device() -> Option<&'static crate::pci::Device> {
-    devices::find_nth(lsi53c895a::regs::VENDOR_ID, lsi53c895a::regs::DEVICE_ID, 1)
-}
-
-/// Takes over the second LSI53C895A as a copy channel.
-pub fn second_lsi_channel() -> Result<LsiChannel, DmaError> {
-    Exclusive::take(&LSI2_TAKEN, || make_lsi_on(second_lsi_device()))
-}
-
-fn make_lsi() -> Result<Channel<Lsi53c895a<KernelHal>>, DmaError> {
-    make_lsi_on(lsi_device())
-}
-
-fn make_lsi_on<H: Hal>(
-    device: Option<&'static crate::pci::Device>,
-) -> Result<Channel<Lsi53c895a<H>>, DmaError> {
-    let device = device.ok_or(DmaError::NotSupported)?;
+/// Starts the LSI53C895A's engine over DMA layer `H`; the caller holds the
+/// device.
+fn open_lsi<H: Hal>(device: &'static crate::pci::Device) -> Result<Lsi53c895a<H>, DmaError> {
     let regs =
         devices::map_bar(device, lsi53c895a::regs::MMIO_BAR).ok_or(DmaError::NotSupported)?;
     // SAFETY: BAR1 of the LSI53C895A found on the bus, reserved for this
@@ -183,51 +300,34 @@ fn make_lsi_on<H: Hal>(
         // SAFETY: BAR0 of the same chip whose BAR1 the engine drives.
         unsafe { engine.set_doorbell(ports) };
     }
-    Ok(Channel::new(engine))
+    Ok(engine)
 }
-
-/// As [`lsi_channel`], over the DMA layer `H` (the IOMMU's, say).
-pub fn lsi_channel_over<H: Hal>() -> Result<Exclusive<Channel<Lsi53c895a<H>>>, DmaError> {
-    Exclusive::take(&LSI_TAKEN, || make_lsi_on(lsi_device()))
-}
-
-/// A channel over QEMU's edu device.
-pub type EduChannel = Exclusive<Channel<EduEngine<KernelHal>>>;
-/// The edu device's channel shared with its interrupt handler.
-pub type SharedEdu = Exclusive<SharedChannel<EduEngine<KernelHal>, X86Interrupts>>;
 
 /// The DMA mask `qemu-run.sh` gives the edu device (`dma_mask=0xffffffff`).
 pub const EDU_DMA_MASK: u64 = 0xffff_ffff;
 
-/// The edu device's PCI function.
-pub fn edu_device() -> Option<&'static crate::pci::Device> {
-    devices::find(edu::regs::VENDOR_ID, edu::regs::DEVICE_ID)
-}
-
-/// Takes over the edu device as a copy channel (`Busy` while another
-/// channel holds it).
-pub fn edu_channel() -> Result<EduChannel, DmaError> {
-    Exclusive::take(&EDU_TAKEN, make_edu)
-}
-
-/// As [`edu_channel`], shared.
-pub fn shared_edu_channel() -> Result<SharedEdu, DmaError> {
-    Exclusive::take(&EDU_TAKEN, || make_edu().map(SharedChannel::new))
-}
-
-/// As [`edu_channel`], over the DMA layer `H` (the IOMMU's, say).
-pub fn edu_channel_over<H: Hal>() -> Result<Exclusive<Channel<EduEngine<H>>>, DmaError> {
-    Exclusive::take(&EDU_TAKEN, make_edu)
-}
-
-fn make_edu<H: Hal>() -> Result<Channel<EduEngine<H>>, DmaError> {
-    let regs = edu_device()
-        .and_then(|dev| devices::map_bar(dev, 0))
-        .ok_or(DmaError::NotSupported)?;
+/// Starts the edu device's engine over DMA layer `H`; the caller holds the
+/// device.
+fn open_edu<H: Hal>(device: &'static crate::pci::Device) -> Result<EduEngine<H>, DmaError> {
+    let regs = devices::map_bar(device, 0).ok_or(DmaError::NotSupported)?;
     // SAFETY: BAR0 of the edu device found on the bus, reserved for this
     // one channel; qemu-run.sh gives it `dma_mask=0xffffffff`, which
     // EDU_DMA_MASK is.
-    Ok(Channel::new(unsafe { EduEngine::new(regs, EDU_DMA_MASK) }?))
+    unsafe { EduEngine::new(regs, EDU_DMA_MASK) }
+}
+
+/// The LSI53C895A as a channel over the DMA layer `H` (the IOMMU's, say).
+pub fn lsi_channel_over<H: Hal>() -> Result<Exclusive<Channel<Lsi53c895a<H>>>, DmaError> {
+    Exclusive::take(&LSI.taken, || {
+        open_lsi(LSI.device().ok_or(DmaError::NotSupported)?).map(Channel::new)
+    })
+}
+
+/// The edu device as a channel over the DMA layer `H` (the IOMMU's, say).
+pub fn edu_channel_over<H: Hal>() -> Result<Exclusive<Channel<EduEngine<H>>>, DmaError> {
+    Exclusive::take(&EDU.taken, || {
+        open_edu(EDU.device().ok_or(DmaError::NotSupported)?).map(Channel::new)
+    })
 }
 
 /// A CPU copy channel.
@@ -235,7 +335,7 @@ pub fn cpu_channel() -> CpuChannel {
     Channel::new(CpuEngine::new())
 }
 
-/// The copy-break measured on this machine at start-up: copies below it go
+/// The copy-break measured on this machine on first use: copies below it go
 /// to the CPU engine, the rest to the LSI53C895A. `None` without the chip.
 pub fn copy_break() -> Option<dmaengine::engine::copybreak::CopyBreak> {
     static MEASURED: spin::Once<Option<dmaengine::engine::copybreak::CopyBreak>> =
@@ -252,7 +352,7 @@ fn measure_copy_break() -> Result<dmaengine::engine::copybreak::CopyBreak, DmaEr
 
     const SIZES: [usize; 9] = [32, 64, 128, 256, 512, 1024, 2048, 4096, 16384];
     const RUNS: usize = 7;
-    let mut lsi = lsi_channel()?;
+    let mut lsi = LSI.channel()?;
     let mut cpu = cpu_channel();
     let src = Dma::<KernelHal>::new_below(16384, lsi.limits().dma_mask)?;
     let dst = Dma::<KernelHal>::new_below(16384, lsi.limits().dma_mask)?;
@@ -297,139 +397,4 @@ fn measure_copy_break() -> Result<dmaengine::engine::copybreak::CopyBreak, DmaEr
         };
     }
     Ok(CopyBreak::from_timings(&timings))
-}
-
-/// The shared channels the interrupt handlers service while a test or a
-/// benchmark uses them.
-static LSI_SLOT: spin::Mutex<Option<Arc<SharedLsi>>> = spin::Mutex::new(None);
-static LSI2_SLOT: spin::Mutex<Option<Arc<SharedLsi>>> = spin::Mutex::new(None);
-static EDU_SLOT: spin::Mutex<Option<Arc<SharedEdu>>> = spin::Mutex::new(None);
-
-/// Where an interrupt handler finds the shared channel it services.
-type Slot<E> = spin::Mutex<Option<Arc<Exclusive<SharedChannel<E, X86Interrupts>>>>>;
-
-/// Runs the interrupt handler of the channel in `slot`, if one is there.
-fn service<E: dmaengine::engine::Engine>(slot: &Slot<E>) {
-    if let Some(channel) = slot.lock().as_ref() {
-        channel.handle_interrupt();
-    }
-}
-
-fn lsi_irq() {
-    service(&LSI_SLOT);
-}
-
-fn lsi2_irq() {
-    service(&LSI2_SLOT);
-}
-
-fn edu_irq() {
-    service(&EDU_SLOT);
-}
-
-/// Puts `channel` in `slot` and registers `handler` on the PCI line of
-/// `device`.
-fn serve<C>(
-    channel: C,
-    slot: &spin::Mutex<Option<Arc<C>>>,
-    device: Option<&'static crate::pci::Device>,
-    handler: irq::Handler,
-) -> (Arc<C>, u8) {
-    let channel = Arc::new(channel);
-    let line = device.expect("a serviced device exists").irq_line;
-    without_interrupts(|| *slot.lock() = Some(channel.clone()));
-    irq::register(line, handler).expect("register the interrupt handler");
-    (channel, line)
-}
-
-/// Pins a DMA fault on the serviced channel of the device that made it
-/// ([`Channel::fail_at`]): a sink for [`crate::iommu::route_faults`].
-pub fn fail_serviced(fault: dmaengine::iommu::DmaFault) {
-    fn fail<E: dmaengine::engine::Engine>(
-        slot: &Slot<E>,
-        device: Option<&'static crate::pci::Device>,
-        fault: dmaengine::iommu::DmaFault,
-    ) {
-        if device.is_some_and(|d| crate::iommu::source_of(d) == fault.source)
-            && let Some(channel) = slot.lock().as_ref()
-        {
-            channel.lock().fail_at(fault.address, fault.write);
-        }
-    }
-    fail(&LSI_SLOT, lsi_device(), fault);
-    fail(&LSI2_SLOT, second_lsi_device(), fault);
-    fail(&EDU_SLOT, edu_device(), fault);
-}
-
-/// The shared LSI channel, serviced by its interrupt handler until
-/// [`release_lsi`].
-pub fn serviced_lsi() -> (Arc<SharedLsi>, u8) {
-    let channel = shared_lsi_channel().expect("LSI53C895A channel");
-    serve(channel, &LSI_SLOT, lsi_device(), lsi_irq)
-}
-
-/// The shared LSI channel being serviced, if any (for jobs on other CPUs).
-pub fn serviced_lsi_channel() -> Option<Arc<SharedLsi>> {
-    without_interrupts(|| LSI_SLOT.lock().clone())
-}
-
-/// Stops servicing the shared LSI channel.
-pub fn release_lsi(line: u8) {
-    irq::unregister(line, lsi_irq);
-    without_interrupts(|| LSI_SLOT.lock().take());
-}
-
-/// The second LSI53C895A's channel, shared and serviced by its interrupt
-/// handler until [`release_second_lsi`]; `None` without a second chip.
-pub fn serviced_second_lsi() -> Option<(Arc<SharedLsi>, u8)> {
-    let channel = Exclusive::take(&LSI2_TAKEN, || {
-        make_lsi_on(second_lsi_device()).map(SharedChannel::new)
-    })
-    .ok()?;
-    Some(serve(channel, &LSI2_SLOT, second_lsi_device(), lsi2_irq))
-}
-
-/// Stops servicing the second LSI channel.
-pub fn release_second_lsi(line: u8) {
-    irq::unregister(line, lsi2_irq);
-    without_interrupts(|| LSI2_SLOT.lock().take());
-}
-
-/// The shared edu channel, serviced by its interrupt handler until
-/// [`release_edu`].
-pub fn serviced_edu() -> (Arc<SharedEdu>, u8) {
-    let channel = shared_edu_channel().expect("edu channel");
-    serve(channel, &EDU_SLOT, edu_device(), edu_irq)
-}
-
-/// Stops servicing the shared edu channel.
-pub fn release_edu(line: u8) {
-    irq::unregister(line, edu_irq);
-    without_interrupts(|| EDU_SLOT.lock().take());
-}
-
-/// The shared edu channel, serviced through MSI on CPU `cpu` (whose
-/// interrupts must be on for its completions to arrive) until
-/// [`release_edu_msi`].
-pub fn serviced_edu_msi(cpu: usize) -> Result<(Arc<SharedEdu>, irq::MsiMessage), irq::IrqError> {
-    let device = edu_device().ok_or(irq::IrqError::NoSuchLine)?;
-    let channel = Arc::new(shared_edu_channel().map_err(|_| irq::IrqError::NoSuchLine)?);
-    let message = irq::allocate_msi(cpu, edu_irq)?;
-    without_interrupts(|| *EDU_SLOT.lock() = Some(channel.clone()));
-    if !device.enable_msi(message.address, message.data) {
-        without_interrupts(|| EDU_SLOT.lock().take());
-        irq::free_msi(message.vector);
-        return Err(irq::IrqError::NoSuchLine);
-    }
-    Ok((channel, message))
-}
-
-/// Stops servicing the edu channel through MSI: the device is back on its
-/// INTx pin.
-pub fn release_edu_msi(message: irq::MsiMessage) {
-    if let Some(device) = edu_device() {
-        device.disable_msi();
-    }
-    irq::free_msi(message.vector);
-    without_interrupts(|| EDU_SLOT.lock().take());
 }

@@ -182,13 +182,13 @@ fn nmi_handler(_frame: &mut trap::TrapFrame, _cr2: u64) -> bool {
 /// shootdowns for `root` reach it.
 ///
 /// # Safety
-/// As for [`crate::mm::load`]; only from a job on AP `cpu`.
+/// As for [`crate::mem::paging::load`]; only from a job on AP `cpu`.
 pub unsafe fn load_root(cpu: usize, root: u64, kernel_root: u64) {
     // Recorded first: a shootdown from now on reaches this CPU, and one
     // before found the old tables (whose load below drops everything).
     LOADED[cpu].store(root, Ordering::Release);
     // SAFETY: per the caller's contract.
-    unsafe { crate::mm::load(if root == 0 { kernel_root } else { root }) };
+    unsafe { crate::mem::paging::load(if root == 0 { kernel_root } else { root }) };
 }
 
 /// Flushes `pages` pages from `start` (every translation if `None`) of the

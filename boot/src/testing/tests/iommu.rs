@@ -13,7 +13,7 @@ use x86_64::VirtAddr;
 use x86_64::structures::paging::{Page, PhysFrame};
 
 use super::irq::{STOP, listen_job};
-use crate::dma::{lsi_channel, lsi_device};
+use crate::dma::LSI;
 use crate::harness::Test;
 use crate::iommu::{source_of, take};
 use crate::mem::phys_to_virt;
@@ -93,8 +93,8 @@ fn lsi_over_the_iova_hal_once(victim: &dmaengine::mm::frame::PageRef<'_>) {
     // SAFETY: both channels below are dropped before the guard.
     let guard = unsafe {
         attach(
-            lsi_device().expect("the LSI53C895A"),
-            crate::dma::edu_device().expect("the edu device"),
+            LSI.device().expect("the LSI53C895A"),
+            crate::dma::EDU.device().expect("the edu device"),
         )
     }
     .expect("the devices' domains");
@@ -178,8 +178,8 @@ fn fault_interrupt_fails_the_request() {
     bytes(&victim).fill(0x5a);
     let before = checksum(bytes(&victim));
     let unit = take().expect("the IOMMU");
-    let (lsi, line) = crate::dma::serviced_lsi();
-    let source = source_of(lsi_device().expect("its PCI function"));
+    let (lsi, line) = crate::dma::LSI.serviced().expect("LSI53C895A channel");
+    let source = source_of(LSI.device().expect("its PCI function"));
     let id = DomainId::new(1).expect("a domain id");
     let (src, dst) = (
         db().alloc_page().expect("a page"),
@@ -224,7 +224,7 @@ fn fault_interrupt_fails_the_request() {
     let listened = cpu == 0 || crate::smp::wait_for(cpu, 5_000_000_000);
     let taken_on_cpu = crate::irq::msi_count(route.vector(), cpu);
     drop(route);
-    crate::dma::release_lsi(line);
+    crate::dma::LSI.release(line);
     drop(lsi);
     // SAFETY: the channel is dropped and the chip released: nothing is in
     // flight.
@@ -379,7 +379,7 @@ fn run_driver(program: &[u8]) -> crate::user::Outcome {
     );
     assert_eq!(db().free_frames(), free, "every frame back");
     drop(take().expect("the unit is free again"));
-    drop(crate::dma::second_lsi_channel().expect("the chip is free again"));
+    drop(crate::dma::LSI2.channel().expect("the chip is free again"));
     outcome
 }
 
@@ -419,7 +419,7 @@ fn ring3_rogue_driver() {
         "the process was told of its fault: {:?}",
         outcome.exit
     );
-    let chip = source_of(crate::dma::second_lsi_device().expect("the second chip"));
+    let chip = source_of(crate::dma::LSI2.device().expect("the second chip"));
     assert!(
         outcome
             .dma_faults
@@ -531,8 +531,8 @@ fn lsi_domain<'u>(
 
 fn with_lsi_domain(body: impl FnOnce(Ctx<'_, '_>)) {
     let unit = take().expect("the IOMMU");
-    let mut lsi = lsi_channel().expect("the LSI53C895A");
-    let source = source_of(lsi_device().expect("its PCI function"));
+    let mut lsi = LSI.channel().expect("the LSI53C895A");
+    let source = source_of(LSI.device().expect("its PCI function"));
     let id = DomainId::new(1).expect("a domain id");
     let src = db().alloc_page().expect("a page");
     let dst = db().alloc_page().expect("a page");
@@ -634,7 +634,7 @@ fn stray_write() {
             assert_eq!(
                 fault,
                 DmaFault {
-                    source: source_of(lsi_device().expect("LSI")),
+                    source: source_of(LSI.device().expect("LSI")),
                     address: target,
                     write: true,
                     reason: iommu::regs::REASON_WRITE,
@@ -671,7 +671,7 @@ fn refused_write_never_reads_complete() {
     bytes(&victim).fill(0x5a);
     let before = checksum(bytes(&victim));
     let target = victim.phys().as_u64();
-    let source = source_of(lsi_device().expect("LSI"));
+    let source = source_of(LSI.device().expect("LSI"));
     with_lsi_domain(
         |Ctx {
              lsi,
@@ -753,22 +753,22 @@ fn unmapped_iova_faults() {
 }
 
 fn lsi_dmatest_under_translation() {
-    let mut lsi = lsi_channel().expect("the LSI53C895A");
-    with_identity_domain(lsi_device().expect("its PCI function"), || {
+    let mut lsi = LSI.channel().expect("the LSI53C895A");
+    with_identity_domain(LSI.device().expect("its PCI function"), || {
         super::dma::random_batches(&mut *lsi, 7, 1500);
     });
 }
 
 fn edu_under_translation() {
     use dmaengine::hal::Dma;
-    let mut edu = crate::dma::edu_channel().expect("the edu device");
+    let mut edu = crate::dma::EDU.channel().expect("the edu device");
     let mask = edu.limits().dma_mask;
     let mut src = Dma::<crate::dma::KernelHal>::new_below(6000, mask).expect("buffer");
     let dst = Dma::<crate::dma::KernelHal>::new_below(6000, mask).expect("buffer");
     for (i, b) in src.as_mut_slice().iter_mut().enumerate() {
         *b = (i * 13 + 5) as u8;
     }
-    with_identity_domain(crate::dma::edu_device().expect("its PCI function"), || {
+    with_identity_domain(crate::dma::EDU.device().expect("its PCI function"), || {
         // SAFETY: both buffers are ours, untouched until the wait ends.
         let c = unsafe { edu.prep_copy(dst.paddr(), src.paddr(), 6000, PrepFlags::empty()) }
             .expect("prep");

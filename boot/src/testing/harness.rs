@@ -71,8 +71,9 @@ fn stack_canary_intact() -> bool {
 static DEADLINE_NS: AtomicU64 = AtomicU64::new(0);
 
 /// Arms the watchdog: the timer interrupt checks the running test's
-/// deadline after its EOI.
-pub fn init() {
+/// deadline after its EOI. Done by `run`, so only the test modes hook the
+/// timer.
+fn arm_watchdog() {
     crate::irq::after_eoi(0, on_tick);
 }
 
@@ -94,6 +95,7 @@ fn watchdog_expired() -> bool {
 
 /// Runs the tests whose names contain `filter` (all if `None`).
 pub fn run(tests: &[Test], filter: Option<&str>) -> ExitCode {
+    arm_watchdog();
     let selected = || {
         tests
             .iter()

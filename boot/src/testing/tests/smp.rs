@@ -13,10 +13,7 @@ use dmaengine::engine::{Channel, Engine, PrepFlags};
 use dmaengine::hal::Dma;
 
 use super::dma::{TIMEOUT, dst_pattern};
-use crate::dma::{
-    KernelHal, cpu_channel, edu_channel, lsi_channel, release_lsi, second_lsi_channel,
-    serviced_lsi, serviced_lsi_channel,
-};
+use crate::dma::{EDU, KernelHal, LSI, LSI2, cpu_channel};
 use crate::harness::Test;
 use crate::rng::Rng;
 use crate::smp::{self, MAX_CPUS};
@@ -209,7 +206,7 @@ fn copies_with(
 const SHARED_COPIES: usize = 150;
 
 fn shared_job(cpu: usize) {
-    let Some(channel) = serviced_lsi_channel() else {
+    let Some(channel) = LSI.serviced_channel() else {
         error(cpu);
         return;
     };
@@ -230,11 +227,11 @@ fn shared_job(cpu: usize) {
 /// moved by exactly the number of copies, and all of them completed.
 fn all_cpus_share_one_lsi_channel() {
     reset_reports();
-    let (channel, line) = serviced_lsi();
+    let (channel, line) = LSI.serviced().expect("LSI53C895A channel");
     let before = channel.lock().snapshot().last_used;
     let outcome = smp::run_on_all(shared_job, JOB_TIMEOUT_NS);
     let after = channel.lock().snapshot();
-    release_lsi(line);
+    LSI.release(line);
     drop(channel);
     outcome.expect("every CPU finished");
     let reports = check_reports("shared channel");
@@ -344,12 +341,12 @@ fn each_cpu_on_its_own_channel() {
         .request_per_cpu(client, smp::cpus())
         .expect("the client asks");
     let mut lent = Vec::new();
-    lent.push(lend(lsi_channel().expect("LSI"), |c| &mut **c, false));
+    lent.push(lend(LSI.channel().expect("LSI"), |c| &mut **c, false));
     if smp::cpus() > 1 {
-        lent.push(lend(edu_channel().expect("edu"), |c| &mut **c, false));
+        lent.push(lend(EDU.channel().expect("edu"), |c| &mut **c, false));
     }
     if smp::cpus() > 2 {
-        let second = second_lsi_channel().expect("second LSI53C895A");
+        let second = LSI2.channel().expect("second LSI53C895A");
         lent.push(lend(second, |c| &mut **c, false));
     }
     for _ in 3..smp::cpus() {

@@ -12,10 +12,7 @@ use dmaengine::engine::{
 use dmaengine::hal::Dma;
 use embedded_hal::delay::DelayNs;
 
-use crate::dma::{
-    EduChannel, KernelHal, LsiChannel, cpu_channel, edu_channel, edu_device, lsi_channel,
-    lsi_device,
-};
+use crate::dma::{EDU, EduChannel, KernelHal, LSI, LsiChannel, cpu_channel};
 use crate::harness::Test;
 use crate::rng::Rng;
 use crate::time::Delay;
@@ -353,7 +350,8 @@ fn dmatest<E: Engine>(
 }
 
 fn lsi() -> LsiChannel {
-    lsi_channel().unwrap_or_else(|e| panic!("LSI53C895A channel: {e}"))
+    LSI.channel()
+        .unwrap_or_else(|e| panic!("LSI53C895A channel: {e}"))
 }
 
 fn lsi_dmatest_small() {
@@ -570,7 +568,7 @@ fn on_complete(_cookie: Cookie, status: Status, context: usize) {
 
 fn lsi_interrupt_and_callback() {
     use x86_64::instructions::interrupts::without_interrupts;
-    let line = lsi_device().expect("LSI").irq_line;
+    let line = LSI.device().expect("LSI").irq_line;
     let src = buffer(4096, src_pattern);
     let dst = buffer(4096, dst_pattern);
     CALLBACK_RAN.store(false, Ordering::Release);
@@ -629,7 +627,7 @@ fn lsi_interrupt_and_callback() {
 fn lsi_terminate_no_storm() {
     use x86_64::instructions::interrupts::{self, without_interrupts};
     const N: usize = 2000;
-    let line = lsi_device().expect("LSI").irq_line;
+    let line = LSI.device().expect("LSI").irq_line;
     let src = buffer(64 * N, src_pattern);
     let dst = buffer(128 * N, dst_pattern);
     without_interrupts(|| *LSI_FOR_IRQ.lock() = Some(lsi()));
@@ -947,7 +945,7 @@ fn lsi_fence() {
 }
 
 fn edu() -> EduChannel {
-    edu_channel().unwrap_or_else(|e| panic!("edu channel: {e}"))
+    EDU.channel().unwrap_or_else(|e| panic!("edu channel: {e}"))
 }
 
 static EDU_FOR_IRQ: spin::Mutex<Option<EduChannel>> = spin::Mutex::new(None);
@@ -967,7 +965,7 @@ fn edu_done(_cookie: Cookie, status: Status, _context: usize) {
 /// the request is in progress long after `issue_pending` returns.
 fn edu_copy_by_interrupt() {
     use x86_64::instructions::interrupts::without_interrupts;
-    let line = edu_device().expect("edu").irq_line;
+    let line = EDU.device().expect("edu").irq_line;
     let src = buffer(4096, src_pattern);
     let dst = buffer(4096, dst_pattern);
     EDU_DONE.store(false, Ordering::Release);
@@ -1178,7 +1176,7 @@ fn registry_with_every_engine() {
 fn one_channel_per_chip() {
     let first = lsi();
     assert_eq!(
-        lsi_channel().err(),
+        LSI.channel().err(),
         Some(DmaError::Busy),
         "a second engine on the same chip"
     );

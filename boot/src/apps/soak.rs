@@ -15,7 +15,7 @@ use core::time::Duration;
 use dmaengine::engine::{Channel, DmaError, Engine, Op, PrepFlags};
 use dmaengine::hal::Dma;
 
-use crate::dma::{KernelHal, cpu_channel, lsi_channel};
+use crate::dma::{KernelHal, LSI, cpu_channel};
 use crate::exit::ExitCode;
 use crate::rng::{self, Rng};
 use crate::time::Delay;
@@ -230,7 +230,7 @@ pub fn run(requests: Option<&str>) -> ExitCode {
         println!("error: soak takes a number of requests, got {requests:?}");
         return ExitCode::BadCommandLine;
     };
-    let mut lsi = match lsi_channel() {
+    let mut lsi = match LSI.channel() {
         Ok(chan) => chan,
         Err(e) => {
             println!("error: no LSI53C895A channel: {e}");

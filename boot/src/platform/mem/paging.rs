@@ -3,8 +3,9 @@
 //! (a null dereference faults) and EFER.NXE is turned on when supported.
 
 use x86_64::PhysAddr;
-use x86_64::registers::control::Cr3;
+use x86_64::registers::control::{Cr3, Cr3Flags};
 use x86_64::registers::model_specific::{Efer, EferFlags};
+use x86_64::structures::paging::PhysFrame;
 use x86_64::structures::paging::{PageTable, PageTableFlags as F};
 
 use super::{PAGE_SIZE, frames, phys_to_virt};
@@ -171,4 +172,16 @@ pub fn init(info: &BootInfo) -> Result<bool, frames::FrameError> {
     }
     x86_64::instructions::tlb::flush_all();
     Ok(nx)
+}
+
+/// Loads the page tables at `root`: here, below the memory glue, so the
+/// other CPUs (`smp::load_root`) can switch tables without reaching up.
+///
+/// # Safety
+/// `root` must be a PML4 that maps the kernel (the memory glue's
+/// `new_space` makes such) and stays alive while loaded.
+pub unsafe fn load(root: u64) {
+    let frame = PhysFrame::containing_address(PhysAddr::new(root));
+    // SAFETY: per the contract, the kernel keeps running on these tables.
+    unsafe { Cr3::write(frame, Cr3Flags::empty()) };
 }

@@ -11,10 +11,7 @@ use dmaengine::engine::{Channel, Op, PrepFlags, SharedChannel};
 use dmaengine::hal::DmaAddr;
 
 use super::dma::{TIMEOUT, buffer, dst_pattern, first_mismatch, src_pattern, window};
-use crate::dma::{
-    KernelHal, SharedLsi, release_edu, release_lsi, release_second_lsi, serviced_edu, serviced_lsi,
-    serviced_second_lsi,
-};
+use crate::dma::{EDU, KernelHal, LSI, LSI2, SharedLsi};
 use crate::harness::Test;
 use crate::mem::phys_to_virt;
 use crate::time::Delay;
@@ -69,9 +66,9 @@ async fn lsi_rounds(lsi: &SharedLsi, src: DmaAddr, dst: DmaAddr) {
 /// (which of the CPU fill and the LSI batches end first depends on whether
 /// the emulator paces SCRIPTS), and every byte is checked.
 fn lsi_edu_and_cpu_at_once() {
-    let (lsi, lsi_line) = serviced_lsi();
-    let second = serviced_second_lsi();
-    let (edu, edu_line) = serviced_edu();
+    let (lsi, lsi_line) = LSI.serviced().expect("LSI53C895A channel");
+    let second = LSI2.serviced().ok();
+    let (edu, edu_line) = EDU.serviced().expect("edu channel");
     let cpu: SharedChannel<CpuEngine<KernelHal>, X86Interrupts> =
         SharedChannel::new(Channel::new(CpuEngine::new()));
     let lsi2_line = second.as_ref().map(|(_, line)| *line);
@@ -138,11 +135,11 @@ fn lsi_edu_and_cpu_at_once() {
             TIMEOUT.as_nanos() as u64,
         )
     };
-    release_lsi(lsi_line);
+    LSI.release(lsi_line);
     if let Some(line) = lsi2_line {
-        release_second_lsi(line);
+        LSI2.release(line);
     }
-    release_edu(edu_line);
+    EDU.release(edu_line);
     drop((lsi, second, edu));
     assert_eq!(outcome, Ok(()), "every task ended");
     let tasks = if lsi2_line.is_some() { 4 } else { 3 };
@@ -199,7 +196,7 @@ fn check_lsi_slots(dst: &[u8]) {
 /// is added. Either way every byte is checked.
 fn await_arms_its_interrupt() {
     const MOVES: usize = 1000;
-    let (lsi, line) = serviced_lsi();
+    let (lsi, line) = LSI.serviced().expect("LSI53C895A channel");
     let src = buffer(16 * MOVES, src_pattern);
     let dst = buffer(32 * MOVES, dst_pattern);
     let ops: Vec<Op> = (0..MOVES)
@@ -226,7 +223,7 @@ fn await_arms_its_interrupt() {
             ),
         }
     };
-    release_lsi(line);
+    LSI.release(line);
     drop(lsi);
     assert_eq!(outcome, Ok(Ok(())), "the batch ended, complete");
     if waited {
@@ -255,7 +252,7 @@ fn await_arms_its_interrupt() {
 /// after the drop is elsewhere, and its canary survives), and the
 /// forgotten future's waker is woken and let go when its request ends.
 fn dropped_futures() {
-    let (edu, line) = serviced_edu();
+    let (edu, line) = EDU.serviced().expect("edu channel");
     let canary = |i: usize| 0xa5 ^ (i as u8);
     let src = buffer(4096, src_pattern);
     let dst = buffer(4096, dst_pattern);
@@ -292,7 +289,7 @@ fn dropped_futures() {
     let after_pages = after.paddr()..after.paddr() + 8192;
     let wait = edu.wait(last, &mut Delay, TIMEOUT);
     let wakers = edu.lock().wakers_waiting();
-    release_edu(line);
+    EDU.release(line);
     drop(edu);
     wait.expect("both requests ran on");
     assert!(

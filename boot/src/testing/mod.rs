@@ -1,0 +1,4 @@
+//! The in-guest test harness and the tests themselves.
+
+pub mod harness;
+pub mod tests;
