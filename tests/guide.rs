@@ -436,6 +436,27 @@ fn every_link_and_image_in_the_guide_leads_somewhere() {
     assert!(checked > 10, "only {checked} links found: the parser is broken");
 }
 
+#[test]
+fn the_readmes_links_into_the_guide_lead_somewhere() {
+    let Some(src) = guide_src() else { return };
+    let root = src.join("../..");
+    let readme = fs::read_to_string(root.join("README.md")).unwrap();
+    let targets = link_targets(&readme);
+    assert!(targets.iter().filter(|t| t.starts_with("guide/src/")).count() >= 10);
+    for target in targets {
+        if target.starts_with("http://") || target.starts_with("https://") {
+            continue;
+        }
+        let (path, anchor) = target.split_once('#').unwrap_or((&target, ""));
+        let file = root.join(path);
+        assert!(file.exists(), "README.md: link {target:?}: no such file");
+        if !anchor.is_empty() {
+            let text = fs::read_to_string(&file).unwrap();
+            assert!(heading_ids(&text).iter().any(|id| id == anchor), "README.md: link {target:?}: no such heading");
+        }
+    }
+}
+
 /// `path` with `.` and `..` resolved lexically (not through symbolic links).
 fn normalize(path: &Path) -> PathBuf {
     let mut out = PathBuf::new();
