@@ -68,14 +68,38 @@ fn lsi_bits() -> Rows {
 fn lsi_scripts() -> Rows {
     let w = |words: u32| u64::from(words);
     vec![
-        row("MEMORY_MOVE", &[script::memory_move(0, 0, 0)[0].into(), w(script::MOVE_WORDS)]),
-        row("STORE", &[script::store(regs::DSP, 4, 0)[0].into(), w(script::STORE_WORDS)]),
+        row(
+            "MEMORY_MOVE",
+            &[
+                script::memory_move(0, 0, 0)[0].into(),
+                w(script::MOVE_WORDS),
+            ],
+        ),
+        row(
+            "STORE",
+            &[
+                script::store(regs::DSP, 4, 0)[0].into(),
+                w(script::STORE_WORDS),
+            ],
+        ),
         row("JUMP", &[script::jump(0)[0].into(), w(script::TC_WORDS)]),
         row("INT", &[script::int(0)[0].into(), w(script::TC_WORDS)]),
-        row("INTFLY", &[script::intfly(0)[0].into(), w(script::TC_WORDS)]),
-        row("MOVE_REG_OR_TO_SFBR", &[script::clear_sigp()[0].into(), w(script::TC_WORDS)]),
-        row("WAIT_RESELECT", &[script::wait_reselect(0)[0].into(), w(script::TC_WORDS)]),
-        row("ILLEGAL", &[script::illegal()[0].into(), w(script::TC_WORDS)]),
+        row(
+            "INTFLY",
+            &[script::intfly(0)[0].into(), w(script::TC_WORDS)],
+        ),
+        row(
+            "MOVE_REG_OR_TO_SFBR",
+            &[script::clear_sigp()[0].into(), w(script::TC_WORDS)],
+        ),
+        row(
+            "WAIT_RESELECT",
+            &[script::wait_reselect(0)[0].into(), w(script::TC_WORDS)],
+        ),
+        row(
+            "ILLEGAL",
+            &[script::illegal()[0].into(), w(script::TC_WORDS)],
+        ),
     ]
 }
 
@@ -107,7 +131,8 @@ fn pte_bits() -> Rows {
 /// Chapter 6: each cache mode's PAT index and the bits that select it in
 /// a 4 KiB and in a 2 MiB entry, under Linux's PAT.
 fn pat_modes() -> Rows {
-    let mode = |name, m: CacheMode| row(name, &[m.pat_index(), m.pte_bits(false), m.pte_bits(true)]);
+    let mode =
+        |name, m: CacheMode| row(name, &[m.pat_index(), m.pte_bits(false), m.pte_bits(true)]);
     vec![
         mode("WriteBack", CacheMode::WriteBack),
         mode("WriteCombining", CacheMode::WriteCombining),
@@ -244,7 +269,11 @@ fn markdown_files(dir: &Path) -> Vec<PathBuf> {
 fn parse_value(cell: &str) -> Option<u64> {
     let cell = cell.trim().trim_matches('`').replace('_', "");
     if let Some(bit) = cell.strip_prefix("bit ") {
-        return bit.trim().parse::<u32>().ok().and_then(|b| 1u64.checked_shl(b));
+        return bit
+            .trim()
+            .parse::<u32>()
+            .ok()
+            .and_then(|b| 1u64.checked_shl(b));
     }
     match cell.strip_prefix("0x") {
         Some(hex) => u64::from_str_radix(hex, 16).ok(),
@@ -295,7 +324,10 @@ fn register_and_encoding_tables_match_the_constants() {
             let want = expected
                 .get(name.as_str())
                 .unwrap_or_else(|| panic!("{}: no check named {name}", file.display()));
-            assert!(seen.insert(name.clone(), ()).is_none(), "table {name} twice");
+            assert!(
+                seen.insert(name.clone(), ()).is_none(),
+                "table {name} twice"
+            );
             let mut got = BTreeMap::new();
             for cells in &rows {
                 let key = cells[0].trim_matches('`').to_string();
@@ -312,7 +344,10 @@ fn register_and_encoding_tables_match_the_constants() {
                         i + 2
                     );
                 }
-                assert!(got.insert(key.clone(), ()).is_none(), "table {name}: {key} twice");
+                assert!(
+                    got.insert(key.clone(), ()).is_none(),
+                    "table {name}: {key} twice"
+                );
             }
             for (n, _) in want {
                 assert!(got.contains_key(*n), "table {name} lacks the row {n}");
@@ -320,7 +355,10 @@ fn register_and_encoding_tables_match_the_constants() {
         }
     }
     for name in expected.keys() {
-        assert!(seen.contains_key(*name), "no table marked `<!-- checked: {name} -->`");
+        assert!(
+            seen.contains_key(*name),
+            "no table marked `<!-- checked: {name} -->`"
+        );
     }
 }
 
@@ -355,7 +393,10 @@ fn heading_ids(text: &str) -> Vec<String> {
         }
         if let Some(h) = line.strip_prefix('#') {
             let id = heading_id(h.trim_start_matches('#').trim());
-            let n = ids.iter().filter(|i| **i == id || i.starts_with(&format!("{id}-"))).count();
+            let n = ids
+                .iter()
+                .filter(|i| **i == id || i.starts_with(&format!("{id}-")))
+                .count();
             ids.push(if n == 0 { id } else { format!("{id}-{n}") });
         }
     }
@@ -382,7 +423,13 @@ fn link_targets(text: &str) -> Vec<String> {
             while let Some(at) = rest.find(pattern) {
                 rest = &rest[at + pattern.len()..];
                 if let Some(stop) = rest.find(end) {
-                    out.push(rest[..stop].split_whitespace().next().unwrap_or("").to_string());
+                    out.push(
+                        rest[..stop]
+                            .split_whitespace()
+                            .next()
+                            .unwrap_or("")
+                            .to_string(),
+                    );
                     rest = &rest[stop..];
                 }
             }
@@ -400,7 +447,12 @@ fn every_link_and_image_in_the_guide_leads_somewhere() {
     for file in markdown_files(&src) {
         let text = fs::read_to_string(&file).unwrap();
         let dir = file.parent().unwrap();
-        let chapter = file.strip_prefix(&src).unwrap().to_str().unwrap().to_string();
+        let chapter = file
+            .strip_prefix(&src)
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .to_string();
         if chapter != "SUMMARY.md" {
             assert!(
                 summary.contains(&format!("]({chapter})")),
@@ -417,11 +469,18 @@ fn every_link_and_image_in_the_guide_leads_somewhere() {
                 Some((p, a)) => (p, Some(a)),
                 None => (target.as_str(), None),
             };
-            let file_linked = if path.is_empty() { file.clone() } else { dir.join(path) };
+            let file_linked = if path.is_empty() {
+                file.clone()
+            } else {
+                dir.join(path)
+            };
             // The built book holds only what is under guide/src (the
             // symbolic link to the recorded charts is copied as a folder).
             let lexical = normalize(&file_linked);
-            assert!(lexical.starts_with(&src), "{what}: outside guide/src, so absent from the built book");
+            assert!(
+                lexical.starts_with(&src),
+                "{what}: outside guide/src, so absent from the built book"
+            );
             assert!(file_linked.exists(), "{what}: no such file");
             if let Some(anchor) = anchor {
                 let linked = fs::read_to_string(&file_linked).unwrap();
@@ -433,7 +492,10 @@ fn every_link_and_image_in_the_guide_leads_somewhere() {
             checked += 1;
         }
     }
-    assert!(checked > 10, "only {checked} links found: the parser is broken");
+    assert!(
+        checked > 10,
+        "only {checked} links found: the parser is broken"
+    );
 }
 
 #[test]
@@ -442,7 +504,13 @@ fn the_readmes_links_into_the_guide_lead_somewhere() {
     let root = src.join("../..");
     let readme = fs::read_to_string(root.join("README.md")).unwrap();
     let targets = link_targets(&readme);
-    assert!(targets.iter().filter(|t| t.starts_with("guide/src/")).count() >= 10);
+    assert!(
+        targets
+            .iter()
+            .filter(|t| t.starts_with("guide/src/"))
+            .count()
+            >= 10
+    );
     for target in targets {
         if target.starts_with("http://") || target.starts_with("https://") {
             continue;
@@ -452,7 +520,10 @@ fn the_readmes_links_into_the_guide_lead_somewhere() {
         assert!(file.exists(), "README.md: link {target:?}: no such file");
         if !anchor.is_empty() {
             let text = fs::read_to_string(&file).unwrap();
-            assert!(heading_ids(&text).iter().any(|id| id == anchor), "README.md: link {target:?}: no such heading");
+            assert!(
+                heading_ids(&text).iter().any(|id| id == anchor),
+                "README.md: link {target:?}: no such heading"
+            );
         }
     }
 }
@@ -482,8 +553,14 @@ fn the_pictures_are_svg_a_browser_opens() {
         let text = fs::read_to_string(&path).unwrap();
         assert!(text.contains("<svg") && text.contains("xmlns=\"http://www.w3.org/2000/svg\""));
         assert!(text.trim_end().ends_with("</svg>"), "{}", path.display());
-        assert_eq!(text.matches("<text").count(), text.matches("</text>").count());
+        assert_eq!(
+            text.matches("<text").count(),
+            text.matches("</text>").count()
+        );
         n += 1;
     }
-    assert!(n >= 3, "the ring, the page walk and the VT-d tables at least");
+    assert!(
+        n >= 3,
+        "the ring, the page walk and the VT-d tables at least"
+    );
 }
