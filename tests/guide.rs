@@ -564,3 +564,68 @@ fn the_pictures_are_svg_a_browser_opens() {
         "the ring, the page walk and the VT-d tables at least"
     );
 }
+
+/// The value of every `attr="..."` in `html`.
+fn attribute_values<'a>(html: &'a str, attr: &str) -> Vec<&'a str> {
+    let pattern = format!(" {attr}=\"");
+    let mut out = Vec::new();
+    let mut rest = html;
+    while let Some(at) = rest.find(&pattern) {
+        rest = &rest[at + pattern.len()..];
+        if let Some(stop) = rest.find('"') {
+            out.push(&rest[..stop]);
+            rest = &rest[stop..];
+        }
+    }
+    out
+}
+
+/// The built book (`mdbook build guide`, into `target/guide/`), if it has
+/// been built: every relative `href` and `src` of every page leads to a
+/// file the book holds, and every `#anchor` to an id on that page.
+#[test]
+fn the_built_books_links_and_images_resolve() {
+    let Some(src) = guide_src() else { return };
+    let book = src.join("../../target/guide");
+    if !book.join("index.html").exists() {
+        eprintln!("the guide is not built (mdbook build guide): nothing to check");
+        return;
+    }
+    let mut checked = 0;
+    for entry in fs::read_dir(&book).unwrap() {
+        let page = entry.unwrap().path();
+        // 404.html links from the site's root, wherever it is served.
+        if page.extension().is_none_or(|e| e != "html") || page.ends_with("404.html") {
+            continue;
+        }
+        let html = fs::read_to_string(&page).unwrap();
+        let name = page.file_name().unwrap().to_string_lossy().to_string();
+        let values = attribute_values(&html, "href")
+            .into_iter()
+            .chain(attribute_values(&html, "src"));
+        for target in values {
+            if target.contains("://") || target.starts_with("mailto:") || target.starts_with("{{") {
+                continue;
+            }
+            let (path, anchor) = target.split_once('#').unwrap_or((target, ""));
+            let file = if path.is_empty() {
+                page.clone()
+            } else {
+                book.join(path)
+            };
+            assert!(
+                file.is_file(),
+                "{name}: {target:?} is not in the built book"
+            );
+            if !anchor.is_empty() && file.extension().is_some_and(|e| e == "html") {
+                let linked = fs::read_to_string(&file).unwrap();
+                assert!(
+                    linked.contains(&format!("id=\"{anchor}\"")),
+                    "{name}: {target:?}: no such id"
+                );
+            }
+            checked += 1;
+        }
+    }
+    assert!(checked > 100, "only {checked} links in the built book");
+}
