@@ -1,6 +1,7 @@
 //! The guide (`guide/`, an mdBook) against the code: every table marked
 //! `<!-- checked: NAME -->` holds exactly the rows the function for NAME
-//! builds from the crate's constants, so a changed register offset, bit or
+//! builds from the crate's constants (and the example kernels' glue counts),
+//! so a changed register offset, bit or
 //! SCRIPTS encoding fails here until the guide follows; and every relative
 //! link and image in the guide's sources leads to a file (and heading)
 //! that exists.
@@ -217,6 +218,31 @@ fn vtd_descriptors() -> Rows {
     ]
 }
 
+/// Chapter 2: the lines of glue each example kernel needs, counted as
+/// `boot/guest-tests` counts them for the README (code lines between the
+/// `glue: begin` and `glue: end` markers, comments and blank lines left
+/// out).
+fn glue_counts() -> Rows {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let count = |name: &str| {
+        let path = root.join(format!("boot/src/example/{name}.rs"));
+        let example = fs::read_to_string(path).unwrap();
+        let start = example.find("// glue: begin").expect("glue markers");
+        let end = example.find("// glue: end").expect("glue markers");
+        example[start..end]
+            .lines()
+            .skip(1)
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with("//"))
+            .count() as u64
+    };
+    vec![
+        row("dma", &[count("dma")]),
+        row("mm", &[count("mm")]),
+        row("iommu", &[count("iommu")]),
+    ]
+}
+
 /// Every checked table, by the name its marker gives.
 fn tables() -> Vec<(&'static str, Rows)> {
     vec![
@@ -231,6 +257,7 @@ fn tables() -> Vec<(&'static str, Rows)> {
         ("vtd-registers", vtd_registers()),
         ("vtd-bits", vtd_bits()),
         ("vtd-descriptors", vtd_descriptors()),
+        ("glue", glue_counts()),
     ]
 }
 
