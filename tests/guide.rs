@@ -1,10 +1,10 @@
 //! The guide (`guide/`, an mdBook) against the code: every table marked
 //! `<!-- checked: NAME -->` holds exactly the rows the function for NAME
-//! builds from the crate's constants (and the example kernels' glue counts),
-//! so a changed register offset, bit or
-//! SCRIPTS encoding fails here until the guide follows; and every relative
-//! link and image in the guide's sources leads to a file (and heading)
-//! that exists.
+//! builds from the crate's constants (and the example kernels' glue
+//! counts), so a changed register offset, bit or SCRIPTS encoding fails
+//! here until the guide follows; and every relative link and image in the
+//! guide's sources, the README and the built book leads to a file (and
+//! heading) that exists.
 //!
 //! The guide is not in the published package: without `guide/` these tests
 //! pass without checking anything.
