@@ -11,7 +11,7 @@
 //! and later let only the last instruction of a translated block touch a
 //! device and translate the block again around any other access (an
 //! LSI53C895A register read took about 90 ns under QEMU 7.2's TCG and
-//! 250-290 ns under 10.0's on the machine the README's numbers come from;
+//! 250-290 ns under 10.0's on the machine the guide's numbers come from;
 //! a one-element `rep lodsd` ends its block and took 100-180 ns). These
 //! accessors are plain volatile loads and stores; the LSI53C895A driver
 //! makes one per issued batch, a write, through a [`PortRegion`] when it

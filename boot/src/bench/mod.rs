@@ -99,7 +99,7 @@ fn mmio_pair(name: &str, regs: &MmioRegion, read_at: usize, write_at: usize) {
 /// translated again up to the access and run. A string instruction with a
 /// repeat prefix always ends its block, so it is never re-translated.
 /// These keys measure what the drivers' ordinary accesses pay for that (the
-/// drivers do not use string instructions; see the README's performance
+/// drivers do not use string instructions; see the guide's performance
 /// notes).
 fn mmio_string(name: &str, regs: &MmioRegion, read_at: usize, write_at: usize) {
     const N: u64 = 20_000;
