@@ -187,6 +187,12 @@ pub trait UnitLock: sealed::Sealed + Sync + 'static {
     /// installed unit, which stays until every space is detached.
     fn with_unit<T>(&self, f: impl FnOnce(&Iommu<Self::Regs, Self::Mapper, Self::Alloc>) -> T)
     -> T;
+
+    /// [`UnitLock::with_unit`], or `None` if no unit is installed.
+    fn try_with_unit<T>(
+        &self,
+        f: impl FnOnce(&Iommu<Self::Regs, Self::Mapper, Self::Alloc>) -> T,
+    ) -> Option<T>;
 }
 
 impl<R, M, A, I> sealed::Sealed for StaticUnit<R, M, A, I>
@@ -212,6 +218,10 @@ where
 
     fn with_unit<T>(&self, f: impl FnOnce(&Iommu<R, M, A>) -> T) -> T {
         self.with(f).expect("the IOMMU unit is installed")
+    }
+
+    fn try_with_unit<T>(&self, f: impl FnOnce(&Iommu<R, M, A>) -> T) -> Option<T> {
+        self.with(f)
     }
 }
 
@@ -432,36 +442,41 @@ impl<D: DeviceDma> IovaSpace<D> {
         }
         self.locked(|state| {
             let Some(state) = state else {
-                return Pf::<D>::with_unit(|unit| {
-                    unit.check_attach(device, id)?;
-                    let flush = UnitFlush {
-                        id,
-                        _unit: PhantomData,
-                    };
-                    let mut domain =
-                        DeviceDomain::<D>::new_in(NoPages, mapper, alloc, flush, false)
-                            .map_err(|_| IommuError::OutOfMemory)?;
-                    let rw = VmFlags::READ | VmFlags::WRITE | VmFlags::SHARED;
-                    let area = domain
-                        .map_vma(page(self.base), WINDOW_PAGES as u64, rw)
-                        .map_err(|_| IommuError::BadWindow)?;
-                    let root = domain.root();
-                    // SAFETY: the tables are this domain's, kept in the
-                    // static from here on (whatever `attach` answers) and
-                    // never freed; `id` is the one its flusher
-                    // invalidates; the unit refuses an id in use with
-                    // other tables.
-                    let attached = unsafe { unit.attach(device, id, root) };
-                    *state = Some(State {
-                        domain,
-                        area,
-                        device,
-                        // Written but maybe not in force: detach again.
-                        attached: attached.is_ok() || written(attached),
-                        used: [0; WORDS],
-                    });
-                    attached
-                });
+                // Before a unit is installed: refused, not a panic with the
+                // space's lock held and interrupts masked.
+                let unit = <Pf<D> as IommuPlatform>::unit();
+                return unit
+                    .try_with_unit(|unit| {
+                        unit.check_attach(device, id)?;
+                        let flush = UnitFlush {
+                            id,
+                            _unit: PhantomData,
+                        };
+                        let mut domain =
+                            DeviceDomain::<D>::new_in(NoPages, mapper, alloc, flush, false)
+                                .map_err(|_| IommuError::OutOfMemory)?;
+                        let rw = VmFlags::READ | VmFlags::WRITE | VmFlags::SHARED;
+                        let area = domain
+                            .map_vma(page(self.base), WINDOW_PAGES as u64, rw)
+                            .map_err(|_| IommuError::BadWindow)?;
+                        let root = domain.root();
+                        // SAFETY: the tables are this domain's, kept in the
+                        // static from here on (whatever `attach` answers) and
+                        // never freed; `id` is the one its flusher
+                        // invalidates; the unit refuses an id in use with
+                        // other tables.
+                        let attached = unsafe { unit.attach(device, id, root) };
+                        *state = Some(State {
+                            domain,
+                            area,
+                            device,
+                            // Written but maybe not in force: detach again.
+                            attached: attached.is_ok() || written(attached),
+                            used: [0; WORDS],
+                        });
+                        attached
+                    })
+                    .unwrap_or(Err(IommuError::NoUnit));
             };
             if state.attached || state.device != device {
                 return Err(IommuError::Attached);
@@ -473,7 +488,9 @@ impl<D: DeviceDma> IovaSpace<D> {
             }
             let root = state.domain.root();
             // SAFETY: as above, for the domain kept since the first attach.
-            let attached = Pf::<D>::with_unit(|unit| unsafe { unit.attach(device, id, root) });
+            let attached = <Pf<D> as IommuPlatform>::unit()
+                .try_with_unit(|unit| unsafe { unit.attach(device, id, root) })
+                .unwrap_or(Err(IommuError::NoUnit));
             state.attached = attached.is_ok() || written(attached);
             attached
         })

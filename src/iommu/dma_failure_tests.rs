@@ -201,3 +201,48 @@ fn a_refused_attach_takes_no_table_from_an_allocator_that_cannot_free() {
     attach!(Edu1, EDU, 2, tables).unwrap();
     assert_eq!(tables.free_frames(), free - 1, "its root");
 }
+
+/// Interrupt masking that counts how deep it is (0: interrupts on).
+static MASKED: std::sync::atomic::AtomicIsize = std::sync::atomic::AtomicIsize::new(0);
+
+struct CountingIrq;
+
+impl crate::sync::IrqControl for CountingIrq {
+    fn disable() -> bool {
+        MASKED.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0
+    }
+    fn restore(_were_on: bool) {
+        MASKED.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+type UnitLater = StaticUnit<FakeVtd, OffsetMapper, &'static FrameDb<'static>, CountingIrq>;
+
+struct NoUnitYet;
+// SAFETY: one static unit; the fake Hal's addresses are the test's
+// physical addresses.
+unsafe impl IommuPlatform for NoUnitYet {
+    type Unit = UnitLater;
+    type Memory = FakeHal;
+    fn unit() -> &'static UnitLater {
+        static UNIT: UnitLater = StaticUnit::new();
+        &UNIT
+    }
+}
+
+crate::iova_device!(Early: NoUnitYet, 0x8000_0000);
+
+/// An attach before any unit was installed (a separate, safe step) is
+/// refused with an error, and leaves interrupts as they were; it used to
+/// panic inside the space's lock with interrupts masked. (Found by a
+/// hostile review.)
+#[test]
+fn an_attach_before_a_unit_is_installed_is_refused() {
+    let mem: &'static Memory = Box::leak(Box::new(Memory::new(16)));
+    let db: &'static FrameDb<'static> = Box::leak(Box::new(mem.db()));
+    // SAFETY: LSI is this device's requester id, attached nowhere else.
+    let got = unsafe { Early::space().attach(LSI, DomainId::new(1).unwrap(), mapper(), db) };
+    assert_eq!(got, Err(IommuError::NoUnit));
+    assert_eq!(MASKED.load(std::sync::atomic::Ordering::SeqCst), 0);
+    assert_eq!(Early::space().device(), None);
+}

@@ -194,6 +194,9 @@ pub enum IommuError {
     BadDomainId,
     /// No device is attached to the space.
     NotAttached,
+    /// No unit is installed under the space yet
+    /// ([`StaticUnit::install`](dma::StaticUnit::install)).
+    NoUnit,
     /// The unit refused an invalidation descriptor (FSTS.IQE).
     QueueError,
 }
@@ -215,6 +218,7 @@ impl fmt::Display for IommuError {
             IommuError::BadWindow => "the IOVA window is misaligned or past 48 bits",
             IommuError::BadDomainId => "the domain id is past the unit's number of domains",
             IommuError::NotAttached => "no device is attached",
+            IommuError::NoUnit => "no IOMMU unit is installed",
             IommuError::QueueError => "the IOMMU refused an invalidation descriptor",
         })
     }
