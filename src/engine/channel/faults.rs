@@ -1,0 +1,137 @@
+//! Fault attribution: where the last requests read and wrote, so a DMA
+//! fault an IOMMU records is pinned on the request that caused it.
+
+use super::{ADDRESS_HISTORY, Channel, FOOTPRINT_SLOTS};
+use crate::engine::{Cookie, Engine, ErrorKind, FaultHook, Op};
+use crate::hal::{DmaAddr, PAGE_SIZE};
+
+impl<E: Engine> Channel<E> {
+    /// Makes the channel ask `hook` for its device's IOMMU faults each time
+    /// the engine reports progress, after reading it and before calling
+    /// any request complete: a request whose DMA the unit refused then
+    /// ends `Error(WriteFailed)` (or `ReadFailed`) as with
+    /// [`Channel::fail_at`], never `Complete`, although the engine, which
+    /// never learns of the refusal, reports it done. A fault of the device
+    /// that no remembered request explains ends every outstanding request
+    /// (`Error(BusFault)` for the first). `None` removes the hook. Make the
+    /// hook for the engine's own device: another's faults would be pinned
+    /// on this channel's requests, and its own left unread.
+    ///
+    /// The check relies on the unit recording a refused access before the
+    /// device's later writes (its completion) are seen, as QEMU's model
+    /// does (it records the fault within the access). Where recording
+    /// trails the device's writes, a fault read after the completion is
+    /// still pinned on its request by the next check, but the request may
+    /// have read `Complete` in between.
+    ///
+    /// # Safety
+    /// While the hook is installed (until it is replaced or the channel
+    /// dropped), the source it was made from must stay alive, and its
+    /// `take_fault_of` must be callable from whatever thread runs the
+    /// channel's methods: an [`Iommu`](crate::iommu::Iommu), which is not
+    /// `Sync`, must not be used elsewhere meanwhile (the same lock as the
+    /// channel's, or one CPU).
+    pub unsafe fn set_fault_hook(&mut self, hook: Option<FaultHook>) {
+        self.faults = hook;
+    }
+
+    /// Takes the device's IOMMU faults and pins each on its request;
+    /// returns whether that halted the channel.
+    #[inline(never)]
+    pub(super) fn claim_faults(&mut self) -> bool {
+        if let Some(cause) = self.claim_fault_causes() {
+            self.stop(Some(cause));
+        }
+        self.halted
+    }
+
+    /// Drains the device's IOMMU faults; returns the first one's cause: the
+    /// request that touched its page, or, when no remembered request did
+    /// (an older request, or the engine's own memory) and requests are
+    /// outstanding, the first of them with `BusFault`, since none of them
+    /// can be called complete.
+    pub(super) fn claim_fault_causes(&mut self) -> Option<(Cookie, ErrorKind)> {
+        let hook = self.faults?;
+        let mut cause = None;
+        // SAFETY: `set_fault_hook`'s contract: its source is alive and
+        // used by nobody else while the channel runs.
+        while let Some(fault) = unsafe { hook.take() } {
+            if cause.is_some() {
+                continue;
+            }
+            cause = self.culprit(fault.address, fault.write).or_else(|| {
+                (!self.is_idle()).then(|| {
+                    let first =
+                        Cookie::new(self.last_completed).map_or(Cookie::FIRST, Cookie::next);
+                    (first, ErrorKind::BusFault)
+                })
+            });
+        }
+        cause
+    }
+
+    /// Remembers the requests `ops`, whose cookies run from `first` (at most
+    /// [`ADDRESS_HISTORY`] of them: the caller passes the newest), in the
+    /// slots of their cookies: at most two contiguous copies.
+    #[inline(always)]
+    pub(super) fn remember(&mut self, first: Cookie, ops: &[Op]) {
+        let start = first.get() as usize % FOOTPRINT_SLOTS;
+        let (before_end, after_wrap) = ops.split_at(ops.len().min(FOOTPRINT_SLOTS - start));
+        self.footprints[start..start + before_end.len()].copy_from_slice(before_end);
+        self.footprints[..after_wrap.len()].copy_from_slice(after_wrap);
+    }
+
+    /// Pins a DMA fault an IOMMU recorded (the faulting page's address, and
+    /// whether the access was a write) on the newest of the last
+    /// [`ADDRESS_HISTORY`] requests that wrote (or read) that page: it ends
+    /// `Error(WriteFailed)` (or `ReadFailed`) even if the engine, which
+    /// never saw the fault (a faulting write is dropped, a faulting read
+    /// returns zeros), reported it complete; the channel stops and halts as
+    /// for any failure, and every request after it ends `Aborted` (their
+    /// destinations are undefined). Returns the request, or `None` if no
+    /// remembered request touched the page (nothing changes then). A
+    /// channel given a fault hook ([`Channel::set_fault_hook`]) calls it
+    /// itself before it reports completions.
+    pub fn fail_at(&mut self, page: DmaAddr, write: bool) -> Option<Cookie> {
+        let (cookie, kind) = self.culprit(page, write)?;
+        // Stop the engine first: nothing runs after the faulting request.
+        self.stop(Some((cookie, kind)));
+        Some(cookie)
+    }
+
+    /// The newest remembered request that wrote (or read) the page of
+    /// `page`, and the error a fault there gives it.
+    pub(in crate::engine) fn culprit(
+        &self,
+        page: DmaAddr,
+        write: bool,
+    ) -> Option<(Cookie, ErrorKind)> {
+        let page = page & !(PAGE_SIZE as u64 - 1);
+        let page_last = page | (PAGE_SIZE as u64 - 1);
+        // Compared by last bytes: an end one past the last byte does not
+        // exist for a range that reaches u64::MAX. Requests were validated
+        // (not empty, `start + len - 1` does not wrap), so the sum is exact.
+        let touches = |start: DmaAddr, len: usize| {
+            let last = start.saturating_add((len as u64).saturating_sub(1));
+            start <= page_last && page <= last
+        };
+        // The last ADDRESS_HISTORY cookies, newest first: before the first
+        // wrap those below 1 name slots never written.
+        let newest = Cookie::new(self.last_used)?;
+        let culprit = (0..ADDRESS_HISTORY)
+            .map(|back| newest.before(back))
+            .find(
+                |c| match self.footprints[c.get() as usize % FOOTPRINT_SLOTS] {
+                    Op::Copy { dst, src, len } => touches(if write { dst } else { src }, len),
+                    Op::Fill { dst, len, .. } | Op::Zero { dst, len } => write && touches(dst, len),
+                    Op::Interrupt => false,
+                },
+            )?;
+        let kind = if write {
+            ErrorKind::WriteFailed
+        } else {
+            ErrorKind::ReadFailed
+        };
+        Some((culprit, kind))
+    }
+}
