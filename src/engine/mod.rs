@@ -17,6 +17,7 @@ mod channel;
 mod cookie;
 pub mod copybreak;
 mod faults;
+mod fixed_ring;
 pub mod registry;
 pub mod shared;
 mod transfer;

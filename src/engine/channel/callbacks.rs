@@ -3,15 +3,14 @@
 
 use core::task::Waker;
 
-use super::failures::classify_in;
-use super::{Channel, MAX_CALLBACKS};
+use super::Channel;
 use crate::engine::wakers::SlotName;
 use crate::engine::{Cookie, Engine, Status};
 
 impl<E: Engine> Channel<E> {
     #[inline(always)]
     pub(super) fn run_callbacks(&mut self) {
-        if self.callback_len > 0 || self.wakers.used() > 0 {
+        if !self.callbacks.is_empty() || self.wakers.used() > 0 {
             self.run_callbacks_and_wake();
         }
     }
@@ -19,23 +18,17 @@ impl<E: Engine> Channel<E> {
     /// [`Channel::run_callbacks`] when there is something to run or wake.
     #[inline(never)]
     pub(super) fn run_callbacks_and_wake(&mut self) {
-        while self.callback_len > 0 {
-            let Some((cookie, callback)) = self.callbacks[self.callback_head] else {
-                break;
-            };
+        while let Some((cookie, callback)) = self.callbacks.front() {
             let status = self.classify(cookie);
             if status == Status::InProgress {
                 break;
             }
-            self.callbacks[self.callback_head] = None;
-            self.callback_head = (self.callback_head + 1) % MAX_CALLBACKS;
-            self.callback_len -= 1;
+            self.callbacks.pop_front();
             (callback.func)(cookie, status, callback.context);
         }
-        let (snapshot, wakers) = (self.snapshot(), &mut self.wakers);
+        let (snapshot, failures, wakers) = (self.snapshot(), &self.failures, &mut self.wakers);
         if wakers.used() > 0 {
-            let failures = (&self.failures, self.next_failure, self.failures_recorded);
-            wakers.wake_ended(|cookie| classify_in(snapshot, failures, cookie));
+            wakers.wake_ended(|cookie| failures.classify(snapshot, cookie));
         }
     }
 

@@ -2,6 +2,7 @@
 //! `status` and `wait_all` can say so after the fact.
 
 use super::{Channel, FAILURE_HISTORY};
+use crate::engine::fixed_ring::FixedRing;
 use crate::engine::{Cookie, DmaError, Engine, ErrorKind, Snapshot, Status};
 
 /// One failure or termination: the cookies it ended.
@@ -26,35 +27,59 @@ impl Failure {
     }
 }
 
-impl<E: Engine> Channel<E> {
-    pub(super) fn record(&mut self, failure: Failure) {
-        self.failures[self.next_failure] = Some(failure);
-        self.next_failure = (self.next_failure + 1) % FAILURE_HISTORY;
-        self.failures_recorded = self.failures_recorded.saturating_add(1);
+/// The channel's failure records: the last [`FAILURE_HISTORY`] failures
+/// and terminations, and how many `wait_all` has reported.
+pub(super) struct FailureLog {
+    records: FixedRing<Failure, FAILURE_HISTORY>,
+    /// Records pushed when `wait_all` last answered or `reset` ran: the
+    /// failures `wait_all` has yet to report are those after it.
+    reported: usize,
+}
+
+impl FailureLog {
+    /// No failure yet.
+    pub(super) const fn new() -> Self {
+        FailureLog {
+            records: FixedRing::new(),
+            reported: 0,
+        }
     }
 
+    /// Records a failure or termination, dropping the oldest record when
+    /// [`FAILURE_HISTORY`] are kept.
+    pub(super) fn record(&mut self, failure: Failure) {
+        self.records.push_evicting(failure);
+    }
+
+    /// Where `cookie` stands given the channel's snapshot.
     #[inline(always)]
-    pub(super) fn classify(&self, cookie: Cookie) -> Status {
-        classify_in(
-            self.snapshot(),
-            (&self.failures, self.next_failure, self.failures_recorded),
-            cookie,
-        )
+    pub(super) fn classify(&self, snapshot: Snapshot, cookie: Cookie) -> Status {
+        // In the in-flight window: no failure has ended it yet.
+        if !snapshot.is_complete(cookie) {
+            return Status::InProgress;
+        }
+        if self.records.is_empty() {
+            return Status::Complete;
+        }
+        self.ended(cookie)
+    }
+
+    /// How a cookie outside the in-flight window ended: by the newest
+    /// failure that ended it, or complete.
+    #[inline(never)]
+    fn ended(&self, cookie: Cookie) -> Status {
+        self.records
+            .newest_first()
+            .find_map(|f| f.kind_of(cookie))
+            .map_or(Status::Complete, Status::Error)
     }
 
     /// The oldest failure recorded since the last `wait_all` answer or
-    /// `reset`, as `wait_all` reports it: the failed request, or the first
-    /// request a termination ended.
-    pub(super) fn first_unreported_failure(&self) -> Option<DmaError> {
-        let unreported = self.failures_recorded.checked_sub(self.failures_reported)?;
-        if unreported == 0 {
-            return None;
-        }
-        // Record `n` (counting from 0) sits in slot `n % FAILURE_HISTORY`;
-        // only the newest FAILURE_HISTORY are kept.
-        let oldest_kept = self.failures_recorded.saturating_sub(FAILURE_HISTORY);
-        let n = self.failures_reported.max(oldest_kept);
-        let failure = self.failures[n % FAILURE_HISTORY]?;
+    /// `reset` still kept, as `wait_all` reports it: the failed request, or
+    /// the first request a termination ended.
+    pub(super) fn first_unreported(&self) -> Option<DmaError> {
+        let oldest_kept = self.records.pushed().saturating_sub(FAILURE_HISTORY);
+        let failure = self.records.get_pushed(self.reported.max(oldest_kept))?;
         Some(match failure.failed {
             Some((cookie, kind)) => DmaError::FailedAt { cookie, kind },
             None => DmaError::FailedAt {
@@ -63,42 +88,16 @@ impl<E: Engine> Channel<E> {
             },
         })
     }
+
+    /// Marks every failure recorded so far as reported.
+    pub(super) fn mark_reported(&mut self) {
+        self.reported = self.records.pushed();
+    }
 }
 
-/// A channel's failure records: the ring, its next slot and how many were
-/// recorded.
-type Failures<'a> = (&'a [Option<Failure>; FAILURE_HISTORY], usize, usize);
-
-/// Where `cookie` stands given a channel's snapshot and failure records.
-#[inline(always)]
-pub(super) fn classify_in(snapshot: Snapshot, failures: Failures<'_>, cookie: Cookie) -> Status {
-    // In the in-flight window: no failure has ended it yet.
-    if !snapshot.is_complete(cookie) {
-        return Status::InProgress;
+impl<E: Engine> Channel<E> {
+    #[inline(always)]
+    pub(super) fn classify(&self, cookie: Cookie) -> Status {
+        self.failures.classify(self.snapshot(), cookie)
     }
-    let (records, next, recorded) = failures;
-    if recorded == 0 {
-        return Status::Complete;
-    }
-    failed_in(records, next, recorded, cookie)
-}
-
-/// How a cookie outside the in-flight window ended, by the failure records
-/// (a channel's [`Failures`], passed apart: as one tuple, every status call
-/// stored it to the stack first).
-#[inline(never)]
-pub(super) fn failed_in(
-    records: &[Option<Failure>; FAILURE_HISTORY],
-    next: usize,
-    recorded: usize,
-    cookie: Cookie,
-) -> Status {
-    // Newest failure first: a cookie ended by one is reported by it.
-    for i in 1..=recorded.min(FAILURE_HISTORY) {
-        let slot = (next + FAILURE_HISTORY - i) % FAILURE_HISTORY;
-        if let Some(kind) = records[slot].and_then(|f| f.kind_of(cookie)) {
-            return Status::Error(kind);
-        }
-    }
-    Status::Complete
 }

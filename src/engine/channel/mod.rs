@@ -5,6 +5,7 @@ use core::time::Duration;
 
 use embedded_hal::delay::DelayNs;
 
+use super::fixed_ring::FixedRing;
 use super::wakers::WakerSlots;
 use super::{
     Callback, Capabilities, Cookie, DmaError, Engine, FaultHook, Limits, Op, Snapshot, Status,
@@ -17,7 +18,7 @@ mod prep;
 mod stop;
 mod validate;
 
-use failures::Failure;
+use failures::FailureLog;
 use stop::Stopping;
 pub use validate::copy_is_valid;
 
@@ -93,22 +94,15 @@ pub struct Channel<E: Engine> {
     /// A stop the engine has not confirmed: the requests not complete stay
     /// in flight until it does.
     stopping: Option<Stopping>,
-    failures: [Option<Failure>; FAILURE_HISTORY],
-    next_failure: usize,
-    /// Failures recorded since creation (only the last FAILURE_HISTORY kept).
-    failures_recorded: usize,
-    /// `failures_recorded` when `wait_all` last answered or `reset` ran:
-    /// the failures `wait_all` has yet to report are those after it.
-    failures_reported: usize,
-    callbacks: [Option<(Cookie, Callback)>; MAX_CALLBACKS],
+    failures: FailureLog,
+    /// Requests with callbacks, in cookie order.
+    callbacks: FixedRing<(Cookie, Callback), MAX_CALLBACKS>,
     /// Where the last ADDRESS_HISTORY requests read and wrote: each request
     /// as it was prepared (decoding it is left to the rare fault that needs
     /// it), in the slot of its cookie ([`FOOTPRINT_SLOTS`]). The cookie is
     /// not stored: the slot and `last_used` say it. A slot never written
     /// holds `Op::Interrupt`, which touches no page.
     footprints: [Op; FOOTPRINT_SLOTS],
-    callback_head: usize,
-    callback_len: usize,
     /// Tasks awaiting requests (see [`super::shared`]).
     wakers: WakerSlots,
     /// The last request prepared with [`PrepFlags::INTERRUPT`] (0: none).
@@ -142,13 +136,8 @@ impl<E: Engine> Channel<E> {
             prepared: false,
             halted: false,
             stopping: None,
-            failures: [None; FAILURE_HISTORY],
-            next_failure: 0,
-            failures_recorded: 0,
-            failures_reported: 0,
-            callbacks: [None; MAX_CALLBACKS],
-            callback_head: 0,
-            callback_len: 0,
+            failures: FailureLog::new(),
+            callbacks: FixedRing::new(),
             footprints: [Op::Interrupt; FOOTPRINT_SLOTS],
             wakers: WakerSlots::new(),
             faults: None,
@@ -331,8 +320,8 @@ impl<E: Engine> Channel<E> {
         }
         // Whether the wait ended well or not, the failure records say
         // what failed first.
-        let answer = self.first_unreported_failure();
-        self.failures_reported = self.failures_recorded;
+        let answer = self.failures.first_unreported();
+        self.failures.mark_reported();
         answer.map_or(Ok(()), Err)
     }
 

@@ -2,7 +2,7 @@
 //! copies, fills and zeroings.
 
 use super::validate::{check_batch, engine_error, page_range};
-use super::{ADDRESS_HISTORY, Batch, Channel, FOOTPRINT_SLOTS, MAX_CALLBACKS};
+use super::{ADDRESS_HISTORY, Batch, Channel, FOOTPRINT_SLOTS};
 use crate::engine::{Callback, Capabilities, Cookie, DmaError, Engine, Notify, Op, PrepFlags};
 use crate::hal::DmaAddr;
 
@@ -118,7 +118,7 @@ impl<E: Engine> Channel<E> {
         callback: Option<Callback>,
     ) -> Result<Cookie, DmaError> {
         self.validate(&op, flags)?;
-        if callback.is_some() && self.callback_len == MAX_CALLBACKS {
+        if callback.is_some() && self.callbacks.is_full() {
             return Err(DmaError::RingFull);
         }
         let cookie = self.next_cookie();
@@ -140,10 +140,10 @@ impl<E: Engine> Channel<E> {
             self.interrupt_through = cookie.get();
         }
         self.footprints[cookie.get() as usize % FOOTPRINT_SLOTS] = op;
-        if let Some(callback) = callback {
-            let slot = (self.callback_head + self.callback_len) % MAX_CALLBACKS;
-            self.callbacks[slot] = Some((cookie, callback));
-            self.callback_len += 1;
+        if let Some(callback) = callback
+            && self.callbacks.push((cookie, callback)).is_err()
+        {
+            unreachable!("a full callback queue refused the request before it was written");
         }
         Ok(cookie)
     }

@@ -21,7 +21,7 @@ impl<E: Engine> Channel<E> {
         } else {
             fault.cookie.get() - 1
         };
-        self.record(Failure {
+        self.failures.record(Failure {
             failed: Some((fault.cookie, fault.kind)),
             before,
             last: self.last_used,
@@ -112,13 +112,13 @@ impl<E: Engine> Channel<E> {
                 } else {
                     cookie.get() - 1
                 };
-                self.record(Failure {
+                self.failures.record(Failure {
                     failed: Some((cookie, kind)),
                     before,
                     last: self.last_used,
                 });
             }
-            None if !self.is_idle() => self.record(Failure {
+            None if !self.is_idle() => self.failures.record(Failure {
                 failed: None,
                 before: self.last_completed,
                 last: self.last_used,
@@ -151,7 +151,7 @@ impl<E: Engine> Channel<E> {
         }
         self.engine.reset()?;
         self.halted = false;
-        self.failures_reported = self.failures_recorded;
+        self.failures.mark_reported();
         Ok(())
     }
 }
