@@ -8,7 +8,7 @@
 //! client uses only the channels it was given, through [`Registry::channel`].
 //!
 //! Channels of any engine are held as `&mut dyn` [`DmaChannel`], the
-//! object-safe face of [`Channel`]; nothing here allocates.
+//! object-safe face of [`Channel`](super::Channel); nothing here allocates.
 //!
 //! # A channel per CPU
 //!
@@ -101,106 +101,15 @@
 
 use core::marker::PhantomData;
 use core::ops::{Deref, DerefMut};
-use core::time::Duration;
 
-use embedded_hal::delay::DelayNs;
-
-use crate::sync::{IrqControl, Masked, NoMasking};
-
-use super::{Capabilities, Channel, Cookie, DmaError, Engine, Limits, Op, PrepFlags, TxState};
-use crate::hal::DmaAddr;
-use crate::sync::SpinMutex;
 use crate::sync::atomic::{AtomicU32, Ordering};
+use crate::sync::{IrqControl, Masked, NoMasking, SpinMutex};
 
-/// The operations of a channel that do not depend on its engine's type.
-pub trait DmaChannel {
-    /// The channel's unique number.
-    fn id(&self) -> u64;
-    /// What its engine can do.
-    fn capabilities(&self) -> Capabilities;
-    /// What one descriptor may hold.
-    fn limits(&self) -> Limits;
-    /// See [`Channel::prep`].
-    ///
-    /// # Safety
-    /// As for [`Channel::prep`].
-    unsafe fn prep(&mut self, op: Op, flags: PrepFlags) -> Result<Cookie, DmaError>;
-    /// See [`Channel::issue_pending`].
-    fn issue_pending(&mut self);
-    /// See [`Channel::status`].
-    fn status(&mut self, cookie: Cookie) -> TxState;
-    /// See [`Channel::wait`].
-    fn wait(
-        &mut self,
-        cookie: Cookie,
-        delay: &mut dyn DelayNs,
-        timeout: Duration,
-    ) -> Result<(), DmaError>;
-    /// See [`Channel::terminate`].
-    fn terminate(&mut self);
-    /// See [`Channel::reset`].
-    fn reset(&mut self) -> Result<(), DmaError>;
-    /// See [`Channel::is_halted`].
-    fn is_halted(&self) -> bool;
-    /// See [`Channel::is_stopping`].
-    fn is_stopping(&self) -> bool;
+mod dyn_channel;
+mod state;
 
-    /// The 2005 I/OAT proposal's `dma_async_memcpy_buf_to_buf` on any channel.
-    ///
-    /// # Safety
-    /// As for [`Channel::prep`].
-    unsafe fn memcpy_buf_to_buf(
-        &mut self,
-        dst: DmaAddr,
-        src: DmaAddr,
-        len: usize,
-    ) -> Result<Cookie, DmaError> {
-        // SAFETY: the caller upholds `Channel::prep`'s contract.
-        unsafe { self.prep(Op::Copy { dst, src, len }, PrepFlags::empty()) }
-    }
-}
-
-impl<E: Engine> DmaChannel for Channel<E> {
-    fn id(&self) -> u64 {
-        Channel::id(self)
-    }
-    fn capabilities(&self) -> Capabilities {
-        self.engine().capabilities()
-    }
-    fn limits(&self) -> Limits {
-        self.engine().limits()
-    }
-    unsafe fn prep(&mut self, op: Op, flags: PrepFlags) -> Result<Cookie, DmaError> {
-        // SAFETY: the caller upholds `Channel::prep`'s contract.
-        unsafe { Channel::prep(self, op, flags, None) }
-    }
-    fn issue_pending(&mut self) {
-        Channel::issue_pending(self)
-    }
-    fn status(&mut self, cookie: Cookie) -> TxState {
-        Channel::status(self, cookie)
-    }
-    fn wait(
-        &mut self,
-        cookie: Cookie,
-        mut delay: &mut dyn DelayNs,
-        timeout: Duration,
-    ) -> Result<(), DmaError> {
-        Channel::wait(self, cookie, &mut delay, timeout)
-    }
-    fn terminate(&mut self) {
-        Channel::terminate(self)
-    }
-    fn reset(&mut self) -> Result<(), DmaError> {
-        Channel::reset(self)
-    }
-    fn is_halted(&self) -> bool {
-        Channel::is_halted(self)
-    }
-    fn is_stopping(&self) -> bool {
-        Channel::is_stopping(self)
-    }
-}
+pub use dyn_channel::DmaChannel;
+use state::{Cell, Client, SlotInfo, State};
 
 /// A registered client. It names one registration in one registry: after
 /// `unregister_client` it is refused ([`RegistryError::Unknown`]) even once
@@ -244,7 +153,7 @@ pub enum Event {
     ChannelAdded(ChannelHandle),
     /// This channel is no longer the client's (its engine went away, or the
     /// client asked for fewer); it was terminated: nothing is in flight once
-    /// its engine has stopped (see [`Channel::terminate`]; until then its
+    /// its engine has stopped (see [`Channel::terminate`](super::Channel::terminate); until then its
     /// requests stay in flight and their memory in the device's hands).
     ChannelRemoved(ChannelHandle),
 }
@@ -293,43 +202,6 @@ impl core::fmt::Display for RegistryError {
 }
 
 impl core::error::Error for RegistryError {}
-
-struct Client {
-    callback: EventCallback,
-    wanted: usize,
-}
-
-/// What the registry knows of a channel slot, under the state lock.
-#[derive(Clone, Copy)]
-struct SlotInfo {
-    owner: Option<usize>,
-    /// A fallback (CPU-engine) channel: handed out after every engine one.
-    fallback: bool,
-}
-
-/// A channel slot's own lock: the channel and who may use it, checked by
-/// [`Registry::channel`] without the state lock.
-struct Cell<'a> {
-    channel: Option<&'a mut (dyn DmaChannel + Send)>,
-    /// The handle that names this channel (generation and registry).
-    handle: Option<ChannelHandle>,
-    /// The client that holds it.
-    owner: Option<ClientId>,
-}
-
-/// Clients, owners and generations: everything but the channels.
-struct State<const C: usize, const N: usize> {
-    clients: [Option<Client>; C],
-    slots: [Option<SlotInfo>; N],
-    /// Bumped each time a slot is emptied, so old handles go stale.
-    /// Each slot's generation: a handle names one use of a slot. They never
-    /// wrap (a wrapped generation would make a stale handle good again): a
-    /// slot whose generation reached [`RETIRED`] is never used again.
-    client_generations: [u64; C],
-    channel_generations: [u64; N],
-    /// The registry's identity.
-    id: u32,
-}
 
 /// Up to `C` clients sharing up to `N` channels; `Sync`, with every method
 /// taking `&self` (see the [module docs](self#sharing-across-cpus)).
@@ -395,133 +267,6 @@ impl<I: IrqControl> DerefMut for ChannelGuard<'_, '_, I> {
 impl<const C: usize, const N: usize, I: IrqControl> Default for Registry<'_, C, N, I> {
     fn default() -> Self {
         Self::new()
-    }
-}
-
-impl<const C: usize, const N: usize> State<C, N> {
-    fn client_id(&self, index: usize) -> ClientId {
-        ClientId {
-            index,
-            generation: self.client_generations[index],
-            registry: self.id,
-        }
-    }
-
-    fn handle(&self, index: usize) -> ChannelHandle {
-        ChannelHandle {
-            index,
-            generation: self.channel_generations[index],
-            registry: self.id,
-        }
-    }
-
-    /// The slot of a live client, or why `client` names none.
-    fn client_index(&self, client: ClientId) -> Result<usize, RegistryError> {
-        if client.registry != self.id {
-            return Err(RegistryError::Foreign);
-        }
-        let live = self.clients.get(client.index).is_some_and(Option::is_some)
-            && self.client_generations[client.index] == client.generation;
-        live.then_some(client.index).ok_or(RegistryError::Unknown)
-    }
-
-    /// The slot of a live channel, or why `handle` names none.
-    fn channel_index(&self, handle: ChannelHandle) -> Result<usize, RegistryError> {
-        if handle.registry != self.id {
-            return Err(RegistryError::Foreign);
-        }
-        let live = self.slots.get(handle.index).is_some_and(Option::is_some)
-            && self.channel_generations[handle.index] == handle.generation;
-        live.then_some(handle.index).ok_or(RegistryError::Unknown)
-    }
-
-    fn held_by(&self, client: usize) -> usize {
-        self.slots
-            .iter()
-            .flatten()
-            .filter(|s| s.owner == Some(client))
-            .count()
-    }
-
-    fn wants_more(&self, client: usize) -> bool {
-        self.clients[client]
-            .as_ref()
-            .is_some_and(|c| self.held_by(client) < c.wanted)
-    }
-
-    /// A free channel of the given kind.
-    fn free(&self, fallback: bool) -> Option<usize> {
-        self.slots.iter().position(|s| {
-            s.as_ref()
-                .is_some_and(|s| s.owner.is_none() && s.fallback == fallback)
-        })
-    }
-
-    /// A fallback channel `client` holds.
-    fn owned_fallback(&self, client: usize) -> Option<usize> {
-        self.slots.iter().rposition(|s| {
-            s.as_ref()
-                .is_some_and(|s| s.owner == Some(client) && s.fallback)
-        })
-    }
-
-    /// Gives free channels to clients that want more, in registration
-    /// order, engine channels before fallbacks; then swaps free engine
-    /// channels in for fallbacks that clients hold.
-    fn offer(&mut self, cells: &[SpinMutex<Cell<'_>>]) {
-        for c in 0..C {
-            for fallback in [false, true] {
-                while self.wants_more(c)
-                    && let Some(index) = self.free(fallback)
-                {
-                    self.give(cells, c, index);
-                }
-            }
-        }
-        for c in 0..C {
-            while let Some(held) = self.owned_fallback(c)
-                && let Some(index) = self.free(false)
-            {
-                self.give(cells, c, index);
-                self.take_back(cells, held);
-            }
-        }
-    }
-
-    /// Hands free channel `index` to client `c` and tells it.
-    fn give(&mut self, cells: &[SpinMutex<Cell<'_>>], c: usize, index: usize) {
-        let Some(callback) = self.clients[c].as_ref().map(|client| client.callback) else {
-            return;
-        };
-        let (client, handle) = (self.client_id(c), self.handle(index));
-        if let Some(slot) = self.slots[index].as_mut() {
-            slot.owner = Some(c);
-            cells[index].lock().owner = Some(client);
-            (callback.func)(client, Event::ChannelAdded(handle), callback.context);
-        }
-    }
-
-    /// Takes channel `index` back from its owner: terminated (nothing stays
-    /// in flight), reset, and the owner told.
-    fn take_back(&mut self, cells: &[SpinMutex<Cell<'_>>], index: usize) {
-        let Some(slot) = self.slots[index].as_mut() else {
-            return;
-        };
-        let Some(owner) = slot.owner.take() else {
-            return;
-        };
-        {
-            let mut cell = cells[index].lock();
-            cell.owner = None;
-            if let Some(channel) = cell.channel.as_deref_mut() {
-                channel.terminate();
-                let _ = channel.reset();
-            }
-        }
-        if let Some(callback) = self.clients[owner].as_ref().map(|c| c.callback) {
-            let (client, handle) = (self.client_id(owner), self.handle(index));
-            (callback.func)(client, Event::ChannelRemoved(handle), callback.context);
-        }
     }
 }
 

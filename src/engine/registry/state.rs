@@ -1,0 +1,169 @@
+//! The registry's bookkeeping behind its lock: clients, owners and
+//! generations.
+
+use super::{ChannelHandle, ClientId, DmaChannel, Event, EventCallback, RegistryError};
+use crate::sync::SpinMutex;
+
+pub(super) struct Client {
+    pub(super) callback: EventCallback,
+    pub(super) wanted: usize,
+}
+
+/// What the registry knows of a channel slot, under the state lock.
+#[derive(Clone, Copy)]
+pub(super) struct SlotInfo {
+    pub(super) owner: Option<usize>,
+    /// A fallback (CPU-engine) channel: handed out after every engine one.
+    pub(super) fallback: bool,
+}
+
+/// A channel slot's own lock: the channel and who may use it, checked by
+/// [`Registry::channel`] without the state lock.
+pub(super) struct Cell<'a> {
+    pub(super) channel: Option<&'a mut (dyn DmaChannel + Send)>,
+    /// The handle that names this channel (generation and registry).
+    pub(super) handle: Option<ChannelHandle>,
+    /// The client that holds it.
+    pub(super) owner: Option<ClientId>,
+}
+
+/// Clients, owners and generations: everything but the channels.
+pub(super) struct State<const C: usize, const N: usize> {
+    pub(super) clients: [Option<Client>; C],
+    pub(super) slots: [Option<SlotInfo>; N],
+    /// Bumped each time a slot is emptied, so old handles go stale.
+    /// Each slot's generation: a handle names one use of a slot. They never
+    /// wrap (a wrapped generation would make a stale handle good again): a
+    /// slot whose generation reached [`RETIRED`] is never used again.
+    pub(super) client_generations: [u64; C],
+    pub(super) channel_generations: [u64; N],
+    /// The registry's identity.
+    pub(super) id: u32,
+}
+
+impl<const C: usize, const N: usize> State<C, N> {
+    pub(super) fn client_id(&self, index: usize) -> ClientId {
+        ClientId {
+            index,
+            generation: self.client_generations[index],
+            registry: self.id,
+        }
+    }
+
+    pub(super) fn handle(&self, index: usize) -> ChannelHandle {
+        ChannelHandle {
+            index,
+            generation: self.channel_generations[index],
+            registry: self.id,
+        }
+    }
+
+    /// The slot of a live client, or why `client` names none.
+    pub(super) fn client_index(&self, client: ClientId) -> Result<usize, RegistryError> {
+        if client.registry != self.id {
+            return Err(RegistryError::Foreign);
+        }
+        let live = self.clients.get(client.index).is_some_and(Option::is_some)
+            && self.client_generations[client.index] == client.generation;
+        live.then_some(client.index).ok_or(RegistryError::Unknown)
+    }
+
+    /// The slot of a live channel, or why `handle` names none.
+    pub(super) fn channel_index(&self, handle: ChannelHandle) -> Result<usize, RegistryError> {
+        if handle.registry != self.id {
+            return Err(RegistryError::Foreign);
+        }
+        let live = self.slots.get(handle.index).is_some_and(Option::is_some)
+            && self.channel_generations[handle.index] == handle.generation;
+        live.then_some(handle.index).ok_or(RegistryError::Unknown)
+    }
+
+    pub(super) fn held_by(&self, client: usize) -> usize {
+        self.slots
+            .iter()
+            .flatten()
+            .filter(|s| s.owner == Some(client))
+            .count()
+    }
+
+    pub(super) fn wants_more(&self, client: usize) -> bool {
+        self.clients[client]
+            .as_ref()
+            .is_some_and(|c| self.held_by(client) < c.wanted)
+    }
+
+    /// A free channel of the given kind.
+    pub(super) fn free(&self, fallback: bool) -> Option<usize> {
+        self.slots.iter().position(|s| {
+            s.as_ref()
+                .is_some_and(|s| s.owner.is_none() && s.fallback == fallback)
+        })
+    }
+
+    /// A fallback channel `client` holds.
+    pub(super) fn owned_fallback(&self, client: usize) -> Option<usize> {
+        self.slots.iter().rposition(|s| {
+            s.as_ref()
+                .is_some_and(|s| s.owner == Some(client) && s.fallback)
+        })
+    }
+
+    /// Gives free channels to clients that want more, in registration
+    /// order, engine channels before fallbacks; then swaps free engine
+    /// channels in for fallbacks that clients hold.
+    pub(super) fn offer(&mut self, cells: &[SpinMutex<Cell<'_>>]) {
+        for c in 0..C {
+            for fallback in [false, true] {
+                while self.wants_more(c)
+                    && let Some(index) = self.free(fallback)
+                {
+                    self.give(cells, c, index);
+                }
+            }
+        }
+        for c in 0..C {
+            while let Some(held) = self.owned_fallback(c)
+                && let Some(index) = self.free(false)
+            {
+                self.give(cells, c, index);
+                self.take_back(cells, held);
+            }
+        }
+    }
+
+    /// Hands free channel `index` to client `c` and tells it.
+    pub(super) fn give(&mut self, cells: &[SpinMutex<Cell<'_>>], c: usize, index: usize) {
+        let Some(callback) = self.clients[c].as_ref().map(|client| client.callback) else {
+            return;
+        };
+        let (client, handle) = (self.client_id(c), self.handle(index));
+        if let Some(slot) = self.slots[index].as_mut() {
+            slot.owner = Some(c);
+            cells[index].lock().owner = Some(client);
+            (callback.func)(client, Event::ChannelAdded(handle), callback.context);
+        }
+    }
+
+    /// Takes channel `index` back from its owner: terminated (nothing stays
+    /// in flight), reset, and the owner told.
+    pub(super) fn take_back(&mut self, cells: &[SpinMutex<Cell<'_>>], index: usize) {
+        let Some(slot) = self.slots[index].as_mut() else {
+            return;
+        };
+        let Some(owner) = slot.owner.take() else {
+            return;
+        };
+        {
+            let mut cell = cells[index].lock();
+            cell.owner = None;
+            if let Some(channel) = cell.channel.as_deref_mut() {
+                channel.terminate();
+                let _ = channel.reset();
+            }
+        }
+        if let Some(callback) = self.clients[owner].as_ref().map(|c| c.callback) {
+            let (client, handle) = (self.client_id(owner), self.handle(index));
+            (callback.func)(client, Event::ChannelRemoved(handle), callback.context);
+        }
+    }
+}
