@@ -1,0 +1,272 @@
+//! The ring against a walking model of the chip.
+
+use proptest::prelude::*;
+
+use super::block::BLOCK_BYTES;
+use super::*;
+use crate::hal::fake::FakeHal32;
+
+type TestRing = Ring<FakeHal32>;
+
+/// The chip as far as the ring is concerned: it follows the linked
+/// instructions from the start, logs each Memory Move's destination
+/// (no memory is touched: the destinations here are request numbers),
+/// stores DSP on a write-back, and parks in a WAIT unless the tail it
+/// waits in has become a JUMP (a doorbell always follows an append:
+/// the doorbell itself is the fake chip's business, in `tests.rs`).
+struct Walker {
+    pc: u32,
+    moves: Vec<u32>,
+}
+
+impl Walker {
+    fn word(ring: &TestRing, addr: u32) -> u32 {
+        let word = addr.wrapping_sub(ring.addr(0)) / 4;
+        assert!(word < RING_WORDS, "the chain left the ring at {addr:#x}");
+        ring.cell::<u32>(RING_OFF + word as usize * 4).read()
+    }
+
+    /// Runs at most `steps` instructions; returns whether it is parked.
+    fn walk(&mut self, ring: &TestRing, steps: usize) -> bool {
+        for _ in 0..steps {
+            let (op, arg) = (Self::word(ring, self.pc), Self::word(ring, self.pc + 4));
+            match op {
+                op if op >> 24 == 0xc0 => {
+                    self.moves.push(Self::word(ring, self.pc + 8));
+                    self.pc += 12;
+                }
+                op if op >> 29 == 0b111 => {
+                    assert_eq!(arg, ring.completion_addr(), "a Store elsewhere");
+                    ring.cell::<u32>(STATUS_OFF).write(self.pc + 8);
+                    self.pc += 8;
+                }
+                script::JUMP => self.pc = arg,
+                script::INTFLY => self.pc += 8,
+                op if op == script::clear_sigp()[0] => self.pc += 8,
+                script::WAIT_RESELECT => {
+                    if Self::word(ring, arg) != script::JUMP {
+                        return true;
+                    }
+                    self.pc = arg;
+                }
+                other => panic!("the chip met {other:#x} at {:#x}", self.pc),
+            }
+        }
+        false
+    }
+}
+
+#[derive(Clone, Debug)]
+enum Step {
+    /// Requests of one copy each: through the one-pass run when
+    /// `batch`, else one by one; the last with its own write-back and
+    /// an INTFLY when `writeback`; all taken back (rewound) when
+    /// `rewind`, after a retire when `retire_first` (the engine's
+    /// contract allows polls between a mark and its rewind).
+    Push {
+        n: usize,
+        batch: bool,
+        writeback: bool,
+        rewind: bool,
+        retire_first: bool,
+    },
+    /// An append, the chip running this many instructions after each
+    /// store it might see mid-way.
+    Append(usize),
+    Walk(usize),
+    Retire,
+}
+
+fn step() -> impl Strategy<Value = Step> {
+    prop_oneof![
+        4 => (1..400usize, any::<bool>(), prop::bool::weighted(0.2), prop::bool::weighted(0.1), any::<bool>())
+            .prop_map(|(n, batch, writeback, rewind, retire_first)| Step::Push { n, batch, writeback, rewind, retire_first }),
+        2 => prop_oneof![Just(0usize), 1..6usize].prop_map(Step::Append),
+        3 => (1..2000usize).prop_map(Step::Walk),
+        2 => Just(Step::Retire),
+    ]
+}
+
+/// Prepares `n` requests from cookie `first`, as the engine does; all
+/// or nothing. Returns how many were prepared.
+fn push(ring: &mut TestRing, first: Cookie, n: usize, batch: bool, writeback: bool) -> usize {
+    let mark = ring.mark();
+    let copy = |k: usize| Op::Copy {
+        dst: (first.get() as usize + k) as u64,
+        src: 0,
+        len: 4,
+    };
+    let ops: Vec<Op> = (0..n).map(copy).collect();
+    let plain = if writeback { n - 1 } else { n };
+    let mut done = if batch && !ring.entries_full() {
+        ring.push_copies(first, &ops[..plain], u32::MAX as u64, false) as usize
+    } else {
+        0
+    };
+    let mut cookie = Cookie::new(first.get() + done as i32).unwrap();
+    while done < n {
+        let Op::Copy { dst, .. } = ops[done] else {
+            unreachable!()
+        };
+        let pushed = if ring.entries_full() {
+            Err(EngineError::RingFull)
+        } else {
+            ring.push(ISSUE_RESERVE, &[], |_| {
+                script::memory_move(4, 0, dst as u32)
+            })
+        }
+        .and_then(|()| {
+            if writeback && done == n - 1 {
+                let own = ring.push_writeback(cookie, ISSUE_RESERVE)?;
+                ring.push(ISSUE_RESERVE, &[], |_| script::intfly(0))?;
+                Ok(Some(own))
+            } else {
+                Ok(None)
+            }
+        });
+        match pushed {
+            Ok(own) => ring.end_request(cookie, own),
+            Err(EngineError::RingFull) => {
+                ring.rewind(mark);
+                return 0;
+            }
+            Err(e) => panic!("{e:?}"),
+        }
+        cookie = cookie.next();
+        done += 1;
+    }
+    n
+}
+
+fn run(steps: &[Step]) -> Result<(), TestCaseError> {
+    let mut ring = TestRing::new().unwrap();
+    let mut walker = Walker {
+        pc: ring.reset(),
+        moves: Vec::new(),
+    };
+    // Request k (from 0) has cookie k + 1 and writes "address" k + 1.
+    let (mut prepared, mut appended, mut retired) = (0usize, 0usize, 0usize);
+    let check_walk = |walker: &Walker, appended: usize| -> Result<(), TestCaseError> {
+        prop_assert!(
+            walker.moves.len() <= appended,
+            "ran a request not yet appended"
+        );
+        for (k, &dst) in walker.moves.iter().enumerate() {
+            prop_assert_eq!(dst as usize, k + 1, "ran out of order or twice");
+        }
+        Ok(())
+    };
+    for step in steps {
+        match *step {
+            Step::Push {
+                n,
+                batch,
+                writeback,
+                rewind,
+                retire_first,
+            } => {
+                let first = Cookie::new(prepared as i32 + 1).unwrap();
+                let mark = ring.mark();
+                let got = push(&mut ring, first, n, batch, writeback);
+                if rewind && got > 0 {
+                    if retire_first && let Some(c) = ring.retire() {
+                        let c = c.get() as usize;
+                        prop_assert!(c > retired && c <= walker.moves.len());
+                        retired = c;
+                    }
+                    ring.rewind(mark);
+                } else {
+                    prepared += got;
+                }
+            }
+            Step::Append(k) => {
+                // The walker must not run what is being linked before
+                // the link: it runs against the requests appended so
+                // far, checked below.
+                let linked = ring.append_observed(|ring| {
+                    walker.walk(ring, k);
+                });
+                check_walk(&walker, appended)?;
+                prop_assert_eq!(linked, prepared > appended);
+                appended = prepared;
+            }
+            Step::Walk(k) => {
+                walker.walk(&ring, k);
+                check_walk(&walker, appended)?;
+            }
+            Step::Retire => {
+                if let Some(c) = ring.retire() {
+                    let c = c.get() as usize;
+                    prop_assert!(c > retired, "retired {} again", c);
+                    prop_assert!(c <= walker.moves.len(), "retired {} before it ran", c);
+                    retired = c;
+                }
+            }
+        }
+        prop_assert!(
+            ring.in_use(walker.pc),
+            "the chip is at {:#x}, in words the ring has freed",
+            walker.pc
+        );
+    }
+    ring.append();
+    appended = prepared;
+    let mut parked = false;
+    for _ in 0..1000 {
+        if walker.walk(&ring, 1000) {
+            parked = true;
+            break;
+        }
+    }
+    prop_assert!(parked, "the chain never parked");
+    check_walk(&walker, appended)?;
+    prop_assert_eq!(walker.moves.len(), appended, "appended requests never ran");
+    while let Some(c) = ring.retire() {
+        retired = c.get() as usize;
+    }
+    prop_assert_eq!(retired, appended, "the last completion was lost");
+    // Every word came back: one request at a time, the ring takes at
+    // least as many as fit with the reserve and a wrap's waste.
+    let room = (RING_WORDS - TAIL_WORDS - ISSUE_RESERVE - 2 * MOVE_WORDS) / MOVE_WORDS;
+    let first = Cookie::new(prepared as i32 + 1).unwrap();
+    let fits = (0..room as usize).take_while(|&k| {
+        push(
+            &mut ring,
+            Cookie::new(first.get() + k as i32).unwrap(),
+            1,
+            false,
+            false,
+        ) == 1
+    });
+    prop_assert_eq!(fits.count(), room as usize, "words leaked");
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: if cfg!(miri) { 4 } else { 256 }, ..ProptestConfig::default() })]
+
+    #[test]
+    fn the_ring_runs_what_was_appended_once_in_order_and_retires_only_what_ran(
+        steps in prop::collection::vec(step(), 1..80),
+    ) {
+        run(&steps)?;
+    }
+}
+
+#[test]
+#[should_panic(expected = "outside or misaligned")]
+fn a_cell_past_the_block_panics_before_any_access() {
+    let ring = TestRing::new().unwrap();
+    let _ = ring.cell::<u32>(BLOCK_BYTES);
+}
+
+#[test]
+#[should_panic(expected = "from before the last append")]
+fn a_mark_from_before_an_append_is_refused() {
+    let mut ring = TestRing::new().unwrap();
+    ring.reset();
+    let mark = ring.mark();
+    assert_eq!(push(&mut ring, Cookie::new(1).unwrap(), 3, true, false), 3);
+    assert!(ring.append());
+    ring.rewind(mark);
+}
