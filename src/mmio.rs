@@ -3,9 +3,11 @@
 //!
 //! Device memory is never reached through Rust references: every access is a
 //! volatile read or write through a raw pointer (`volatile` 0.6), so the
-//! compiler neither merges, reorders nor invents accesses. Each region counts
-//! its accesses, which is how benchmarks report MMIO per operation as a
-//! number that does not depend on machine noise.
+//! compiler neither merges, reorders nor invents accesses. With the
+//! `access-counts` feature each region also counts its accesses (one atomic
+//! add each), which is how benchmarks and tests report MMIO per operation
+//! as a number that does not depend on machine noise; without it, as in
+//! production, nothing is counted and nothing is paid.
 //!
 //! Under emulation an access costs far more than the instruction: QEMU 8.2
 //! and later let only the last instruction of a translated block touch a
@@ -18,19 +20,22 @@
 //! has the chip's I/O BAR (an `out` ends its block by itself).
 
 use core::ptr::NonNull;
+#[cfg(any(test, feature = "access-counts"))]
 use core::sync::atomic::{AtomicU64, Ordering};
 
 use core::arch::asm;
 use volatile::VolatilePtr;
 
-/// What a register window counts: reads and writes apart, one atomic add
-/// per access.
+/// What a register window counts with the `access-counts` feature: reads
+/// and writes apart, one atomic add per access.
+#[cfg(any(test, feature = "access-counts"))]
 #[derive(Debug)]
 struct Counts {
     reads: AtomicU64,
     writes: AtomicU64,
 }
 
+#[cfg(any(test, feature = "access-counts"))]
 impl Counts {
     const fn new() -> Self {
         Counts {
@@ -53,6 +58,21 @@ impl Counts {
     fn accesses(&self) -> u64 {
         self.reads() + self.writes.load(Ordering::Relaxed)
     }
+}
+
+/// Without the `access-counts` feature: nothing counted, no cost.
+#[cfg(not(any(test, feature = "access-counts")))]
+#[derive(Debug)]
+struct Counts;
+
+#[cfg(not(any(test, feature = "access-counts")))]
+impl Counts {
+    const fn new() -> Self {
+        Counts
+    }
+
+    #[inline(always)]
+    fn count(&self, _read: bool) {}
 }
 
 /// A mapped range of device registers.
@@ -108,20 +128,24 @@ impl MmioRegion {
         self.len == 0
     }
 
-    /// Volatile accesses made through this region since creation.
+    /// Volatile accesses made through this region since creation (with
+    /// the `access-counts` feature).
+    #[cfg(any(test, feature = "access-counts"))]
     #[inline]
     pub fn accesses(&self) -> u64 {
         self.counts.accesses()
     }
 
-    /// The reads among [`MmioRegion::accesses`].
+    /// The reads among [`MmioRegion::accesses`] (with the `access-counts`
+    /// feature).
+    #[cfg(any(test, feature = "access-counts"))]
     #[inline]
     pub fn reads(&self) -> u64 {
         self.counts.reads()
     }
 
     /// A volatile pointer to the `T` at `offset`, counted as a read or a
-    /// write (one atomic add per access).
+    /// write (with the `access-counts` feature: one atomic add).
     ///
     /// Register offsets are constants of the driver, so an offset outside the
     /// window or misaligned for `T` is a bug in the caller: it panics.
@@ -193,10 +217,16 @@ pub trait Registers {
     fn read64(&self, offset: usize) -> u64;
     /// Writes the 64-bit register at `offset`.
     fn write64(&self, offset: usize, value: u64);
-    /// Accesses made so far (how benchmarks count MMIO).
-    fn accesses(&self) -> u64;
-    /// The reads among them.
-    fn reads(&self) -> u64;
+    /// Accesses made so far, for implementations that count them (how
+    /// benchmarks count MMIO): 0 otherwise. [`MmioRegion`] counts with the
+    /// `access-counts` feature.
+    fn accesses(&self) -> u64 {
+        0
+    }
+    /// The reads among [`Registers::accesses`] (0 where not counted).
+    fn reads(&self) -> u64 {
+        0
+    }
 }
 
 impl Registers for MmioRegion {
@@ -224,10 +254,12 @@ impl Registers for MmioRegion {
     fn write64(&self, offset: usize, value: u64) {
         MmioRegion::write64(self, offset, value)
     }
+    #[cfg(any(test, feature = "access-counts"))]
     #[inline]
     fn accesses(&self) -> u64 {
         MmioRegion::accesses(self)
     }
+    #[cfg(any(test, feature = "access-counts"))]
     #[inline]
     fn reads(&self) -> u64 {
         MmioRegion::reads(self)
@@ -285,13 +317,17 @@ impl PortRegion {
         self.len == 0
     }
 
-    /// Port accesses made through this window since creation.
+    /// Port accesses made through this window since creation (with the
+    /// `access-counts` feature).
+    #[cfg(any(test, feature = "access-counts"))]
     #[inline]
     pub fn accesses(&self) -> u64 {
         self.counts.accesses()
     }
 
-    /// The reads among [`PortRegion::accesses`].
+    /// The reads among [`PortRegion::accesses`] (with the `access-counts`
+    /// feature).
+    #[cfg(any(test, feature = "access-counts"))]
     #[inline]
     pub fn reads(&self) -> u64 {
         self.counts.reads()
@@ -409,10 +445,12 @@ impl Registers for PortRegion {
             (value >> 32) as u32,
         );
     }
+    #[cfg(any(test, feature = "access-counts"))]
     #[inline]
     fn accesses(&self) -> u64 {
         PortRegion::accesses(self)
     }
+    #[cfg(any(test, feature = "access-counts"))]
     #[inline]
     fn reads(&self) -> u64 {
         PortRegion::reads(self)

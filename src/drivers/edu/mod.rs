@@ -64,8 +64,8 @@ struct Transfer {
 /// device in host tests).
 ///
 /// Through [`Channel::engine_mut`](crate::engine::Channel::engine_mut)
-/// only [`EduEngine::register_accesses`] is meant to be called (and
-/// [`EduEngine::regs`] under its contract).
+/// only `register_accesses` (with the `access-counts` feature) is meant to
+/// be called (and [`EduEngine::regs`] under its contract).
 ///
 /// What QEMU does that the driver depends on: a transfer completes 100 ms
 /// of virtual time after it starts; QEMU 7.2 aborts the whole emulator on a
@@ -143,12 +143,13 @@ impl<H: Hal, R: Registers, const N: usize> EduEngine<H, R, N> {
     /// write there points the device at memory nobody vouched for (the
     /// window's `write32` is safe). Reading is always fine; a fake
     /// device's own controls too. `unsafe` since this contract was
-    /// written: it was safe before. [`EduEngine::register_accesses`] is
-    /// the safe way to count accesses.
+    /// written: it was safe before. With the `access-counts` feature,
+    /// `register_accesses` is the safe way to count accesses.
     ///
     /// ```
     /// use dmaengine::drivers::edu::EduEngine;
     /// use dmaengine::hal::Hal;
+    /// # #[cfg(feature = "access-counts")]
     /// fn count<H: Hal>(engine: &EduEngine<H>) -> u64 {
     ///     engine.register_accesses()
     /// }
@@ -174,7 +175,8 @@ impl<H: Hal, R: Registers, const N: usize> EduEngine<H, R, N> {
     }
 
     /// Register accesses so far, as the window counts them
-    /// ([`Registers::accesses`]).
+    /// ([`Registers::accesses`]; with the `access-counts` feature).
+    #[cfg(any(test, feature = "access-counts"))]
     pub fn register_accesses(&self) -> u64 {
         self.regs.accesses()
     }

@@ -97,10 +97,10 @@ pub struct Mark {
 ///
 /// Through [`Channel::engine_mut`](crate::engine::Channel::engine_mut)
 /// these are meant to be called: [`Lsi53c895a::is_running`],
-/// [`Lsi53c895a::register_accesses`], [`Lsi53c895a::register_reads`],
-/// [`Lsi53c895a::dma_block`] (and
-/// [`Lsi53c895a::regs`] under its contract), and with the `test-hooks` feature
-/// `set_manual_start` and `inject_illegal_instruction`.
+/// [`Lsi53c895a::dma_block`], [`Lsi53c895a::regs`] under its contract,
+/// `register_accesses` and `register_reads` with the `access-counts`
+/// feature, and `set_manual_start` and `inject_illegal_instruction` with
+/// the `test-hooks` feature.
 ///
 /// What QEMU's emulation (7.2 and 10.0) does that the driver depends on:
 /// it runs at most a slice of SCRIPTS instructions (100 on 7.2, 500 on
@@ -182,11 +182,13 @@ impl<H: Hal, R: Registers> Lsi53c895a<H, R> {
     /// `write8`/`write32` are safe). Reading registers without side
     /// effects is fine, and so are a fake chip's own controls. `unsafe`
     /// since this contract was written: it was safe before.
-    /// [`Lsi53c895a::register_accesses`] is the safe way to count accesses.
+    /// With the `access-counts` feature, `register_accesses` is the safe way
+    /// to count accesses.
     ///
     /// ```
     /// use dmaengine::drivers::lsi53c895a::Lsi53c895a;
     /// use dmaengine::hal::Hal;
+    /// # #[cfg(feature = "access-counts")]
     /// fn count<H: Hal>(engine: &Lsi53c895a<H>) -> u64 {
     ///     engine.register_accesses()
     /// }
@@ -248,12 +250,15 @@ impl<H: Hal, R: Registers> Lsi53c895a<H, R> {
     }
 
     /// Register accesses so far, through the MMIO window and the doorbell's
-    /// ports ([`Registers::accesses`]): how benchmarks count them.
+    /// ports ([`Registers::accesses`]): how benchmarks count them. With the
+    /// `access-counts` feature.
+    #[cfg(any(test, feature = "access-counts"))]
     pub fn register_accesses(&self) -> u64 {
         self.regs.accesses() + self.doorbell.as_ref().map_or(0, PortRegion::accesses)
     }
 
     /// The reads among [`Lsi53c895a::register_accesses`].
+    #[cfg(any(test, feature = "access-counts"))]
     pub fn register_reads(&self) -> u64 {
         self.regs.reads() + self.doorbell.as_ref().map_or(0, PortRegion::reads)
     }
