@@ -24,13 +24,6 @@ const FORBIDDEN: &[(&str, &str)] = &[
     ("drivers", "mm"),
 ];
 
-/// Edges still to remove, named so that no new one slips in: the channel
-/// tests move real bytes through the CPU engine, which lives in `drivers`.
-const KNOWN: &[(&str, &str)] = &[
-    ("src/engine/tests.rs", "drivers"),
-    ("src/engine/shared/tests.rs", "drivers"),
-];
-
 fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
     for entry in fs::read_dir(dir).expect("readable src directory") {
         let path = entry.expect("directory entry").path();
@@ -149,8 +142,7 @@ fn violations(src: &Path) -> Vec<String> {
             }
             for used in layers_named(&module, line) {
                 let forbidden = FORBIDDEN.contains(&(layer.as_str(), used.as_str()));
-                let known = KNOWN.contains(&(shown.as_str(), used.as_str()));
-                if forbidden && !known {
+                if forbidden {
                     bad.push(format!("{at}: {layer} -> {used}"));
                 }
             }

@@ -168,3 +168,54 @@ pub(crate) fn edge_copy() -> impl proptest::strategy::Strategy<Value = (u64, u64
         (d, src, usize::try_from(l).unwrap_or(usize::MAX), mask)
     })
 }
+
+/// A delay that only counts how long it was asked to wait.
+#[derive(Default)]
+pub(crate) struct CountingDelay {
+    pub(crate) waited_ns: u64,
+}
+
+impl embedded_hal::delay::DelayNs for CountingDelay {
+    fn delay_ns(&mut self, ns: u32) {
+        self.waited_ns += ns as u64;
+    }
+}
+
+/// A waker that counts its wakes.
+#[derive(Default)]
+pub(crate) struct Counter(pub(crate) std::sync::atomic::AtomicUsize);
+
+impl std::task::Wake for Counter {
+    fn wake(self: std::sync::Arc<Self>) {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    fn wake_by_ref(self: &std::sync::Arc<Self>) {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// A counting waker and a handle on its count.
+pub(crate) fn counter() -> (std::sync::Arc<Counter>, std::task::Waker) {
+    let c = std::sync::Arc::new(Counter::default());
+    (c.clone(), std::task::Waker::from(c))
+}
+
+/// A fake-HAL buffer of `len` bytes, each a function of its index and `seed`.
+pub(crate) fn filled(len: usize, seed: u8) -> crate::hal::Dma<crate::hal::fake::FakeHal> {
+    let mut buf = crate::hal::Dma::<crate::hal::fake::FakeHal>::new(len).unwrap();
+    for (i, b) in buf.as_mut_slice().iter_mut().enumerate() {
+        *b = (i as u8).wrapping_mul(31).wrapping_add(seed);
+    }
+    buf
+}
+
+/// A delay that only yields the thread: waits that need another thread to
+/// make progress.
+pub(crate) struct NoDelay;
+
+impl embedded_hal::delay::DelayNs for NoDelay {
+    fn delay_ns(&mut self, _ns: u32) {
+        std::thread::yield_now();
+    }
+}

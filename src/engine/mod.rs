@@ -513,7 +513,7 @@ pub unsafe trait Engine {
 }
 
 #[cfg(test)]
-mod fake;
+pub(crate) mod fake;
 #[cfg(all(test, loom))]
 mod loom_tests;
 #[cfg(test)]

@@ -3,35 +3,14 @@
 //! and several threads on one channel moving real bytes.
 
 use std::pin::pin;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::task::{Context, Poll, Wake, Waker};
+use std::sync::atomic::Ordering;
+use std::task::{Context, Poll};
 
 use super::*;
-use crate::drivers::cpu::CpuEngine;
-use crate::engine::fake::Scripted;
+use crate::engine::fake::{Counter, Scripted, counter};
 use crate::engine::{Capabilities, ErrorKind, Fault, Op, PrepFlags};
 use crate::hal::fake::FakeHal;
 use crate::hal::{Dma, PAGE_SIZE};
-
-/// A waker that counts its wakes.
-#[derive(Default)]
-struct Counter(AtomicUsize);
-
-impl Wake for Counter {
-    fn wake(self: Arc<Self>) {
-        self.0.fetch_add(1, Ordering::SeqCst);
-    }
-
-    fn wake_by_ref(self: &Arc<Self>) {
-        self.0.fetch_add(1, Ordering::SeqCst);
-    }
-}
-
-fn counter() -> (Arc<Counter>, Waker) {
-    let c = Arc::new(Counter::default());
-    (c.clone(), Waker::from(c))
-}
 
 fn wakes(c: &Counter) -> usize {
     c.0.load(Ordering::SeqCst)
@@ -266,50 +245,6 @@ fn with_every_slot_taken_a_future_wakes_itself_and_still_ends() {
     assert_eq!(wakes(&quiet), WAKER_SLOTS, "the registered ones were woken");
 }
 
-fn cpu_shared() -> SharedChannel<CpuEngine<FakeHal>, NoMasking> {
-    SharedChannel::new(Channel::new(CpuEngine::new()))
-}
-
-fn filled(len: usize, seed: u8) -> Dma<FakeHal> {
-    let mut buf = Dma::<FakeHal>::new(len).unwrap();
-    for (i, b) in buf.as_mut_slice().iter_mut().enumerate() {
-        *b = (i as u8).wrapping_mul(31).wrapping_add(seed);
-    }
-    buf
-}
-
-#[test]
-fn an_awaited_transfer_hands_back_its_buffers_with_the_bytes() {
-    let shared = cpu_shared();
-    let src = filled(PAGE_SIZE, 7);
-    let dst = filled(PAGE_SIZE, 0);
-    let expected: Vec<u8> = src.as_slice()[10..10 + 3000].to_vec();
-    let transfer = shared
-        .lock()
-        .copy(dst, 100, src, 10, 3000, PrepFlags::empty())
-        .unwrap();
-    let (_, waker) = counter();
-    let mut fut = pin!(shared.transfer(transfer));
-    let Poll::Ready(Ok((dst, Some(_src)))) = fut.as_mut().poll(&mut Context::from_waker(&waker))
-    else {
-        panic!("the CPU engine copies at issue");
-    };
-    assert_eq!(&dst.as_slice()[100..3100], &expected[..]);
-    assert_eq!(dst.as_slice()[99], filled(PAGE_SIZE, 0).as_slice()[99]);
-    assert_eq!(dst.as_slice()[3100], filled(PAGE_SIZE, 0).as_slice()[3100]);
-
-    let other = cpu_shared();
-    let transfer = shared
-        .lock()
-        .fill_buffer(dst, 0, 64, 0, PrepFlags::empty())
-        .unwrap();
-    let mut wrong = pin!(other.transfer(transfer));
-    assert!(matches!(
-        wrong.as_mut().poll(&mut Context::from_waker(&waker)),
-        Poll::Ready(Err(TransferError::WrongChannel(_)))
-    ));
-}
-
 #[test]
 fn a_dropped_pending_transfer_leaks_its_buffers_and_into_transfer_keeps_them() {
     let mut engine = Scripted::new(4096, 256);
@@ -355,98 +290,4 @@ fn a_dropped_pending_transfer_leaks_its_buffers_and_into_transfer_keeps_them() {
     let freed = dst.paddr();
     drop(dst);
     assert!(!FakeHal::is_live(freed));
-}
-
-#[test]
-fn four_threads_share_one_channel_and_every_copy_lands() {
-    const PER_THREAD: usize = 200;
-    let shared = cpu_shared();
-    std::thread::scope(|scope| {
-        for t in 0..4u8 {
-            let shared = &shared;
-            scope.spawn(move || {
-                let src = filled(PAGE_SIZE, t);
-                let mut dst = Dma::<FakeHal>::new(PAGE_SIZE).unwrap();
-                for i in 0..PER_THREAD {
-                    let len = 1 + (i * 37) % 512;
-                    let at = (i * 13) % (PAGE_SIZE - len);
-                    let cookie = {
-                        let mut channel = shared.lock();
-                        // SAFETY: inside buffers this thread owns, read only
-                        // after the wait.
-                        let c = unsafe {
-                            channel.prep_copy(
-                                dst.paddr() + at as u64,
-                                src.paddr() + at as u64,
-                                len,
-                                PrepFlags::empty(),
-                            )
-                        };
-                        c.unwrap()
-                    };
-                    shared
-                        .wait(cookie, &mut NoDelay, Duration::from_secs(5))
-                        .unwrap();
-                    assert_eq!(
-                        &dst.as_mut_slice()[at..at + len],
-                        &src.as_slice()[at..at + len]
-                    );
-                }
-            });
-        }
-    });
-    let snapshot = shared.lock().snapshot();
-    assert_eq!(snapshot.last_used, 4 * PER_THREAD as i32, "no cookie lost");
-    assert_eq!(snapshot.last_completed, snapshot.last_used);
-}
-
-struct NoDelay;
-
-impl DelayNs for NoDelay {
-    fn delay_ns(&mut self, _ns: u32) {
-        std::thread::yield_now();
-    }
-}
-
-#[test]
-fn a_static_channel_is_given_one_channel_and_hands_back_the_others() {
-    static SLOT: StaticChannel<CpuEngine<FakeHal>, NoMasking> = StaticChannel::new();
-    assert!(SLOT.get().is_none());
-    assert!(!SLOT.handle_interrupt());
-    let ids: Vec<(u64, Result<u64, u64>)> = std::thread::scope(|s| {
-        let racers: Vec<_> = (0..4)
-            .map(|_| {
-                s.spawn(|| {
-                    let channel = Channel::new(CpuEngine::new());
-                    let id = channel.id();
-                    (id, SLOT.init(channel).map(|c| c.id()).map_err(|c| c.id()))
-                })
-            })
-            .collect();
-        racers.into_iter().map(|r| r.join().unwrap()).collect()
-    });
-    let winners: Vec<_> = ids.iter().filter(|(_, r)| r.is_ok()).collect();
-    assert_eq!(winners.len(), 1);
-    let (winner, _) = winners[0];
-    for (id, result) in &ids {
-        // The winner's channel is the one shared; every other comes back.
-        assert_eq!(*result, if id == winner { Ok(*id) } else { Err(*id) });
-    }
-    assert_eq!(SLOT.get().map(SharedChannel::id), Some(*winner));
-    // Shared through the static: a copy moves real bytes.
-    let mut src = Dma::<FakeHal>::new(PAGE_SIZE).unwrap();
-    src.as_mut_slice()[..64].fill(0x5a);
-    let dst = Dma::<FakeHal>::new(PAGE_SIZE).unwrap();
-    let shared = SLOT.get().unwrap();
-    // SAFETY: both buffers are ours and untouched until the copy ended.
-    let cookie = unsafe {
-        shared
-            .lock()
-            .prep_copy(dst.paddr(), src.paddr(), 64, PrepFlags::empty())
-    }
-    .unwrap();
-    shared.lock().issue_pending();
-    assert_eq!(shared.lock().status(cookie).status, Status::Complete);
-    assert!(dst.as_slice()[..64].iter().all(|&b| b == 0x5a));
-    assert_eq!(dst.as_slice()[64], 0, "nothing past the copy");
 }

@@ -171,3 +171,6 @@ unsafe impl<H: Hal, const N: usize> Engine for CpuEngine<H, N> {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod api_tests;
