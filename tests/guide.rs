@@ -29,17 +29,17 @@ fn row(name: &'static str, values: &[u64]) -> (&'static str, Vec<u64>) {
 /// Chapter 4: the LSI53C895A registers the driver touches, and their offsets.
 fn lsi_registers() -> Rows {
     vec![
-        row("DSTAT", &[regs::DSTAT as u64]),
-        row("ISTAT", &[regs::ISTAT as u64]),
-        row("ISTAT1", &[regs::ISTAT1 as u64]),
-        row("CTEST2", &[regs::CTEST2 as u64]),
-        row("DSP", &[regs::DSP as u64]),
-        row("DSPS", &[regs::DSPS as u64]),
-        row("DMODE", &[regs::DMODE as u64]),
-        row("DIEN", &[regs::DIEN as u64]),
-        row("DCNTL", &[regs::DCNTL as u64]),
-        row("SIST0", &[regs::SIST0 as u64]),
-        row("SIST1", &[regs::SIST1 as u64]),
+        row("DSTAT", &[regs::DSTAT.offset() as u64]),
+        row("ISTAT", &[regs::ISTAT.offset() as u64]),
+        row("ISTAT1", &[regs::ISTAT1.offset() as u64]),
+        row("CTEST2", &[regs::CTEST2.offset() as u64]),
+        row("DSP", &[regs::DSP.offset() as u64]),
+        row("DSPS", &[regs::DSPS.offset() as u64]),
+        row("DMODE", &[regs::DMODE.offset() as u64]),
+        row("DIEN", &[regs::DIEN.offset() as u64]),
+        row("DCNTL", &[regs::DCNTL.offset() as u64]),
+        row("SIST0", &[regs::SIST0.offset() as u64]),
+        row("SIST1", &[regs::SIST1.offset() as u64]),
     ]
 }
 

@@ -1,6 +1,7 @@
 //! `./qemu-run.sh` with no mode: a short report of what the stack does.
 
 use dmaengine::drivers::edu;
+use dmaengine::mmio::Registers;
 
 use crate::exit::ExitCode;
 use crate::mem::{PAGE_SIZE, frames, heap};
@@ -73,7 +74,7 @@ pub fn run() -> ExitCode {
     match devices::find(edu::regs::VENDOR_ID, edu::regs::DEVICE_ID)
         .and_then(|d| devices::map_bar(d, 0))
     {
-        Some(regs) => println!("  ID register {:#010x}", regs.read32(edu::regs::ID)),
+        Some(regs) => println!("  ID register {:#010x}", regs.read(edu::regs::ID)),
         None => println!("  not present (qemu-run.sh adds -device edu)"),
     }
     println!(

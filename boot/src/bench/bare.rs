@@ -9,6 +9,7 @@ use core::sync::atomic::{Ordering, compiler_fence};
 use dmaengine::drivers::lsi53c895a::regs::{self, Dstat, Istat, Istat1};
 use dmaengine::drivers::lsi53c895a::script;
 use dmaengine::hal::Dma;
+use dmaengine::mmio::Registers;
 use dmaengine::mmio::{MmioRegion, PortRegion};
 
 use crate::dma::{KernelHal, LSI2, LsiChannel};
@@ -102,19 +103,19 @@ impl RawScript {
         if chip.parked_at.is_some() {
             chip.stop();
         }
-        let regs = &chip.regs;
+        let regs = &mut chip.regs;
         let deadline = deadline();
         let start = time::rdtsc();
         for _ in 0..n {
-            regs.write32(regs::DSP, self.script.paddr() as u32);
-            while Istat1::from_bits_retain(regs.read8(regs::ISTAT1)).contains(Istat1::SRUN) {
+            regs.write(regs::DSP, self.script.paddr() as u32);
+            while Istat1::from_bits_retain(regs.read(regs::ISTAT1)).contains(Istat1::SRUN) {
                 assert!(
                     time::rdtsc() < deadline,
                     "raw script still running after 10 s"
                 );
                 core::hint::spin_loop();
             }
-            let dstat = Dstat::from_bits_retain(regs.read8(regs::DSTAT));
+            let dstat = Dstat::from_bits_retain(regs.read_clearing(regs::DSTAT));
             assert!(
                 dstat.contains(Dstat::SIR),
                 "raw script did not end at its INT: DSTAT {dstat:?}"
@@ -192,7 +193,7 @@ impl SigpScript {
             return;
         }
         chip.stop();
-        chip.regs.write32(regs::DSP, start);
+        chip.regs.write(regs::DSP, start);
         chip.parked_at = Some(start);
     }
 
@@ -211,7 +212,7 @@ impl SigpScript {
             // The port write is `nomem` to the compiler: the zero must be in
             // memory before it.
             compiler_fence(Ordering::SeqCst);
-            chip.port.write8(regs::ISTAT, Istat::SIGP.bits());
+            chip.port.write(regs::ISTAT, Istat::SIGP.bits());
             // SAFETY: as for the zeroing; volatile, as the chip writes it.
             while unsafe { done.read_volatile() } == 0 {
                 assert!(
@@ -226,10 +227,10 @@ impl SigpScript {
 
     /// Panics unless the chain is parked again with no error: still
     /// running (SRUN, in its WAIT) and no DMA error or interrupt pending.
-    pub fn check(&self, chip: &BareChip) {
-        let istat1 = Istat1::from_bits_retain(chip.regs.read8(regs::ISTAT1));
-        let istat = Istat::from_bits_retain(chip.regs.read8(regs::ISTAT));
-        let dstat = Dstat::from_bits_retain(chip.regs.read8(regs::DSTAT));
+    pub fn check(&self, chip: &mut BareChip) {
+        let istat1 = Istat1::from_bits_retain(chip.regs.read(regs::ISTAT1));
+        let istat = Istat::from_bits_retain(chip.regs.read(regs::ISTAT));
+        let dstat = Dstat::from_bits_retain(chip.regs.read_clearing(regs::DSTAT));
         assert!(
             istat1.contains(Istat1::SRUN)
                 && !istat.contains(Istat::DIP)

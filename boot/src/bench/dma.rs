@@ -401,7 +401,7 @@ pub fn run() {
         let ops = small_ops(batch, s, d);
         let n = (16384 / batch / ROUNDS).max(1);
         let side = side_by_side(&mut places, &ops, n, |n| sigp.run(&mut chip, n));
-        sigp.check(&chip);
+        sigp.check(&mut chip);
         report(
             &format!("dma.small.sigp_raw.batch{batch}.copies_per_s"),
             side.bare,

@@ -210,7 +210,7 @@ pub fn run() {
         report_count("dma.small.raw", batch, insns, None);
         sigp.build(&mut chip, small_moves(batch, s, d));
         let insns = bare(|n| sigp.run(&mut chip, n));
-        sigp.check(&chip);
+        sigp.check(&mut chip);
         report_count("dma.small.sigp_raw", batch, insns, None);
     }
 }

@@ -148,14 +148,19 @@ fn mmio() {
         mmio_pair(
             "lsi",
             &regs,
-            lsi53c895a::regs::SCRATCHA,
-            lsi53c895a::regs::SCRATCHA,
+            lsi53c895a::regs::SCRATCHA.offset(),
+            lsi53c895a::regs::SCRATCHA.offset(),
         );
     }
     if let Some(regs) = devices::find(edu::regs::VENDOR_ID, edu::regs::DEVICE_ID)
         .and_then(|d| devices::map_bar(d, 0))
     {
-        mmio_pair("edu", &regs, edu::regs::ID, edu::regs::LIVENESS);
+        mmio_pair(
+            "edu",
+            &regs,
+            edu::regs::ID.offset(),
+            edu::regs::LIVENESS.offset(),
+        );
     }
 }
 

@@ -55,6 +55,14 @@ use crate::hal::Hal;
 use crate::hal::fake::FakeHal;
 use crate::mmio::Registers;
 
+/// The registers this fake decodes, as the offsets its accesses match.
+const DMA_CMD_AT: usize = regs::DMA_CMD.offset();
+const DMA_COUNT_AT: usize = regs::DMA_COUNT.offset();
+const DMA_DST_AT: usize = regs::DMA_DST.offset();
+const DMA_SRC_AT: usize = regs::DMA_SRC.offset();
+const ID_AT: usize = regs::ID.offset();
+const INTR_STATUS_AT: usize = regs::INTR_STATUS.offset();
+
 #[derive(Debug)]
 struct State {
     src: u64,
@@ -156,8 +164,8 @@ impl Registers for FakeEdu {
         s.accesses += 1;
         s.reads += 1;
         match offset {
-            regs::INTR_STATUS => s.intr,
-            regs::ID => regs::ID_VALUE,
+            INTR_STATUS_AT => s.intr,
+            ID_AT => regs::ID_VALUE,
             _ => 0,
         }
     }
@@ -165,7 +173,7 @@ impl Registers for FakeEdu {
     fn write32(&self, offset: usize, value: u32) {
         let mut s = self.state.borrow_mut();
         s.accesses += 1;
-        if offset == regs::INTR_ACK {
+        if offset == regs::INTR_ACK.offset() {
             s.intr &= !value;
         }
     }
@@ -174,7 +182,7 @@ impl Registers for FakeEdu {
         let mut s = self.state.borrow_mut();
         s.accesses += 1;
         s.reads += 1;
-        if offset != regs::DMA_CMD {
+        if offset != regs::DMA_CMD.offset() {
             return 0;
         }
         if s.cmd & regs::DMA_CMD_START != 0 && !self.stuck.get() {
@@ -190,10 +198,10 @@ impl Registers for FakeEdu {
         let mut s = self.state.borrow_mut();
         s.accesses += 1;
         match offset {
-            regs::DMA_SRC => s.src = value,
-            regs::DMA_DST => s.dst = value,
-            regs::DMA_COUNT => s.count = value,
-            regs::DMA_CMD if value & regs::DMA_CMD_START != 0 => {
+            DMA_SRC_AT => s.src = value,
+            DMA_DST_AT => s.dst = value,
+            DMA_COUNT_AT => s.count = value,
+            DMA_CMD_AT if value & regs::DMA_CMD_START != 0 => {
                 assert_eq!(s.cmd & regs::DMA_CMD_START, 0, "edu: started while busy");
                 // QEMU 7.2 aborts on a whole-buffer transfer.
                 let device = if value & regs::DMA_CMD_TO_RAM != 0 {

@@ -130,7 +130,7 @@ impl<H: Hal, R: Registers, const N: usize> EduEngine<H, R, N> {
         if !engine.wait_idle() {
             return Err(DmaError::TimedOut);
         }
-        engine.regs.write32(regs::INTR_ACK, regs::INTR_DMA);
+        engine.regs.write(regs::INTR_ACK, regs::INTR_DMA);
         Ok(engine)
     }
 
@@ -182,7 +182,7 @@ impl<H: Hal, R: Registers, const N: usize> EduEngine<H, R, N> {
     }
 
     fn busy(&self) -> bool {
-        self.regs.read64(regs::DMA_CMD) & regs::DMA_CMD_START != 0
+        self.regs.read(regs::DMA_CMD) & regs::DMA_CMD_START != 0
     }
 
     /// Spins until the device has no transfer in flight, for at most
@@ -214,10 +214,10 @@ impl<H: Hal, R: Registers, const N: usize> EduEngine<H, R, N> {
         } else {
             (t.ram, regs::BUFFER, 0)
         };
-        self.regs.write64(regs::DMA_SRC, src);
-        self.regs.write64(regs::DMA_DST, dst);
-        self.regs.write64(regs::DMA_COUNT, t.len.into());
-        self.regs.write64(
+        self.regs.write(regs::DMA_SRC, src);
+        self.regs.write(regs::DMA_DST, dst);
+        self.regs.write(regs::DMA_COUNT, t.len.into());
+        self.regs.write(
             regs::DMA_CMD,
             regs::DMA_CMD_START | regs::DMA_CMD_IRQ | direction,
         );
@@ -230,7 +230,7 @@ impl<H: Hal, R: Registers, const N: usize> EduEngine<H, R, N> {
         if !self.running || self.busy() {
             return false;
         }
-        self.regs.write32(regs::INTR_ACK, regs::INTR_DMA);
+        self.regs.write(regs::INTR_ACK, regs::INTR_DMA);
         if let Some(cookie) = self.queue[self.head].take().and_then(|t| t.completes) {
             self.completed = Some(cookie);
         }
@@ -329,14 +329,14 @@ unsafe impl<H: Hal, R: Registers, const N: usize> Engine for EduEngine<H, R, N> 
     }
 
     fn handle_interrupt(&mut self) -> bool {
-        let status = self.regs.read32(regs::INTR_STATUS);
+        let status = self.regs.read(regs::INTR_STATUS);
         if status & regs::INTR_DMA == 0 {
             return false;
         }
         if !self.advance() {
             // Not from a transfer we are waiting for: clear it all the same,
             // or the level-triggered line stays asserted.
-            self.regs.write32(regs::INTR_ACK, regs::INTR_DMA);
+            self.regs.write(regs::INTR_ACK, regs::INTR_DMA);
         }
         true
     }
@@ -363,7 +363,7 @@ unsafe impl<H: Hal, R: Registers, const N: usize> Engine for EduEngine<H, R, N> 
         self.queue = [None; N];
         self.len = 0;
         self.issued = 0;
-        self.regs.write32(regs::INTR_ACK, regs::INTR_DMA);
+        self.regs.write(regs::INTR_ACK, regs::INTR_DMA);
         Termination {
             completed: self.completed.take(),
             stopped: true,
@@ -383,7 +383,7 @@ unsafe impl<H: Hal, R: Registers, const N: usize> Engine for EduEngine<H, R, N> 
 impl<H: Hal, R: Registers, const N: usize> Drop for EduEngine<H, R, N> {
     fn drop(&mut self) {
         if self.wait_idle() {
-            self.regs.write32(regs::INTR_ACK, regs::INTR_DMA);
+            self.regs.write(regs::INTR_ACK, regs::INTR_DMA);
         }
     }
 }

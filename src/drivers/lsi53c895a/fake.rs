@@ -77,6 +77,14 @@ use crate::hal::fake::FakeHal32;
 use crate::hal::{DmaAddr, Hal};
 use crate::mmio::Registers;
 
+/// The registers this fake decodes, as the offsets its accesses match.
+const CTEST2_AT: usize = regs::CTEST2.offset();
+const DIEN_AT: usize = regs::DIEN.offset();
+const DMODE_AT: usize = regs::DMODE.offset();
+const DSTAT_AT: usize = regs::DSTAT.offset();
+const ISTAT_AT: usize = regs::ISTAT.offset();
+const ISTAT1_AT: usize = regs::ISTAT1.offset();
+
 /// Instructions per slice on QEMU 7.2.22 (10.0 runs 500).
 pub const SLICE_7_2: usize = 100;
 
@@ -236,7 +244,9 @@ impl FakeLsi {
                 }
                 // A Store of DSP (all the driver stores): the address of the
                 // next instruction, as QEMU stores it.
-                3 if insn & 0xf17f_0007 == script::STORE | (regs::DSP as u32) << 16 | 4 => {
+                3 if insn & 0xf17f_0007
+                    == script::STORE | (regs::DSP.offset() as u32) << 16 | 4 =>
+                {
                     let ptr = FakeHal32::phys_to_virt(arg as DmaAddr)
                         .as_ptr()
                         .cast::<u32>();
@@ -256,7 +266,7 @@ impl FakeLsi {
                 // Move register to SFBR with OR reads the register; reading
                 // CTEST2 clears the doorbell.
                 1 if insn & 0xff7f_0000
-                    == script::MOVE_REG_OR_TO_SFBR | (regs::CTEST2 as u32) << 16 =>
+                    == script::MOVE_REG_OR_TO_SFBR | (regs::CTEST2.offset() as u32) << 16 =>
                 {
                     s.istat0 &= !Istat::SIGP.bits();
                 }
@@ -283,14 +293,14 @@ impl Registers for FakeLsi {
         s.accesses += 1;
         s.reads += 1;
         match offset {
-            regs::ISTAT => s.istat0 | if s.dstat != 0 { Istat::DIP.bits() } else { 0 },
-            regs::ISTAT1 if s.srun => Istat1::SRUN.bits(),
-            regs::CTEST2 => {
+            ISTAT_AT => s.istat0 | if s.dstat != 0 { Istat::DIP.bits() } else { 0 },
+            ISTAT1_AT if s.srun => Istat1::SRUN.bits(),
+            CTEST2_AT => {
                 s.host_ctest2_reads += 1;
                 s.istat0 &= !Istat::SIGP.bits();
                 0
             }
-            regs::DSTAT => {
+            DSTAT_AT => {
                 let value = s.dstat | Dstat::DFE.bits();
                 if s.istat0 & Istat::INTF.bits() == 0 {
                     s.dstat = 0;
@@ -306,7 +316,7 @@ impl Registers for FakeLsi {
         let mut s = self.state.borrow_mut();
         s.accesses += 1;
         match offset {
-            regs::ISTAT => {
+            ISTAT_AT => {
                 let v = Istat::from_bits_retain(value);
                 // The low nibble is status; the top one is replaced.
                 s.istat0 = (s.istat0 & 0x0f) | (value & 0xf0);
@@ -341,8 +351,8 @@ impl Registers for FakeLsi {
                     };
                 }
             }
-            regs::DMODE => s.dmode = value,
-            regs::DIEN => s.dien = value,
+            DMODE_AT => s.dmode = value,
+            DIEN_AT => s.dien = value,
             _ => {}
         }
     }
@@ -351,13 +361,17 @@ impl Registers for FakeLsi {
         let mut s = self.state.borrow_mut();
         s.accesses += 1;
         s.reads += 1;
-        if offset == regs::DSP { s.dsp } else { 0 }
+        if offset == regs::DSP.offset() {
+            s.dsp
+        } else {
+            0
+        }
     }
 
     fn write32(&self, offset: usize, value: u32) {
         let mut s = self.state.borrow_mut();
         s.accesses += 1;
-        if offset == regs::DSP {
+        if offset == regs::DSP.offset() {
             s.dsp = value;
             if s.dmode & Dmode::MAN.bits() == 0 && !s.srun {
                 Self::run(&mut s);

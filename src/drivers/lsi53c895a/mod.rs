@@ -242,7 +242,7 @@ impl<H: Hal, R: Registers> Lsi53c895a<H, R> {
     /// another device could start anything.
     pub unsafe fn set_doorbell(&mut self, ports: PortRegion) {
         assert!(
-            usize::from(ports.len()) > regs::ISTAT,
+            usize::from(ports.len()) > regs::ISTAT.offset(),
             "doorbell window of {} ports does not reach ISTAT",
             ports.len()
         );
@@ -267,7 +267,7 @@ impl<H: Hal, R: Registers> Lsi53c895a<H, R> {
     /// loop's WAIT, and paused between QEMU's slices, included. `false`
     /// after an error, `terminate` and in manual start mode.
     pub fn is_running(&self) -> bool {
-        Istat1::from_bits_retain(self.regs.read8(regs::ISTAT1)).contains(Istat1::SRUN)
+        Istat1::from_bits_retain(self.regs.read(regs::ISTAT1)).contains(Istat1::SRUN)
     }
 
     /// Turned on, stops the processor (abort and soft reset: requests
@@ -284,7 +284,7 @@ impl<H: Hal, R: Registers> Lsi53c895a<H, R> {
             self.stop();
         }
         self.regs
-            .write8(regs::DMODE, if on { Dmode::MAN.bits() } else { 0 });
+            .write(regs::DMODE, if on { Dmode::MAN.bits() } else { 0 });
     }
 
     /// Fault injection: the next prepared request starts with an illegal
@@ -303,7 +303,7 @@ impl<H: Hal, R: Registers> Lsi53c895a<H, R> {
         }
         // DSP has moved past the instruction that failed: 8 bytes for the
         // two-dword instructions that raise IID.
-        let failed_at = self.regs.read32(regs::DSP).wrapping_sub(8);
+        let failed_at = self.regs.read(regs::DSP).wrapping_sub(8);
         let cookie = self.ring.owner_of(failed_at).or(self.ring.oldest());
         let kind = if errors.contains(Dstat::IID) {
             ErrorKind::InvalidDescriptor
@@ -332,7 +332,7 @@ impl<H: Hal, R: Registers> Lsi53c895a<H, R> {
         // stops by itself), or stopped by manual start mode.
         let completed = self.ring.retire().or(completed);
         if self.ring.issued() > 0 {
-            let dstat = Dstat::from_bits_retain(self.regs.read8(regs::DSTAT));
+            let dstat = Dstat::from_bits_retain(self.regs.read_clearing(regs::DSTAT));
             self.note_errors(dstat);
         }
         completed
@@ -356,28 +356,28 @@ impl<H: Hal, R: Registers> Lsi53c895a<H, R> {
         // `asm!` that may touch memory, which the compiler does not move
         // stores across either; x86 keeps stores in order.
         match &self.doorbell {
-            Some(ports) => ports.write8(regs::ISTAT, Istat::SIGP.bits()),
-            None => self.regs.write8(regs::ISTAT, Istat::SIGP.bits()),
+            Some(ports) => ports.write(regs::ISTAT, Istat::SIGP.bits()),
+            None => self.regs.write(regs::ISTAT, Istat::SIGP.bits()),
         }
     }
 
-    fn stop(&self) {
+    fn stop(&mut self) {
         // ABRT alone leaves QEMU's resume timer armed (and a parked WAIT
         // wakeable); the soft reset that follows stops the processor for
         // good (QEMU 7.2's and 10.0's behaviour).
-        self.regs.write8(regs::ISTAT, Istat::ABRT.bits());
-        self.regs.write8(regs::ISTAT, Istat::SRST.bits());
-        self.regs.write8(regs::ISTAT, 0);
+        self.regs.write(regs::ISTAT, Istat::ABRT.bits());
+        self.regs.write(regs::ISTAT, Istat::SRST.bits());
+        self.regs.write(regs::ISTAT, 0);
         // The abort raised the interrupt line (DSTAT.ABRT, which DIEN
         // enables) and the soft reset cleared the status without lowering
         // it: QEMU recomputes the line only when status changes hands, so
         // ISTAT now reads 0 while the line stays up, and `handle_interrupt`
         // would disown it forever. Clearing as for an interrupt (INTF, then
         // DSTAT, then SIST0/SIST1; QEMU-FACTS.md) lowers it.
-        self.regs.write8(regs::ISTAT, Istat::INTF.bits());
-        self.regs.read8(regs::DSTAT);
-        self.regs.read8(regs::SIST0);
-        self.regs.read8(regs::SIST1);
+        self.regs.write(regs::ISTAT, Istat::INTF.bits());
+        self.regs.read_clearing(regs::DSTAT);
+        self.regs.read_clearing(regs::SIST0);
+        self.regs.read_clearing(regs::SIST1);
     }
 }
 
@@ -523,7 +523,7 @@ unsafe impl<H: Hal, R: Registers> Engine for Lsi53c895a<H, R> {
     }
 
     fn handle_interrupt(&mut self) -> bool {
-        let istat = Istat::from_bits_retain(self.regs.read8(regs::ISTAT));
+        let istat = Istat::from_bits_retain(self.regs.read(regs::ISTAT));
         if !istat.intersects(Istat::INTF | Istat::DIP | Istat::SIP) {
             return false;
         }
@@ -535,11 +535,11 @@ unsafe impl<H: Hal, R: Registers> Engine for Lsi53c895a<H, R> {
         // processor parked with none pending wakes once and parks again).
         if istat.contains(Istat::INTF) {
             self.regs
-                .write8(regs::ISTAT, (Istat::INTF | Istat::SIGP).bits());
+                .write(regs::ISTAT, (Istat::INTF | Istat::SIGP).bits());
         }
-        let dstat = Dstat::from_bits_retain(self.regs.read8(regs::DSTAT));
-        self.regs.read8(regs::SIST0);
-        self.regs.read8(regs::SIST1);
+        let dstat = Dstat::from_bits_retain(self.regs.read_clearing(regs::DSTAT));
+        self.regs.read_clearing(regs::SIST0);
+        self.regs.read_clearing(regs::SIST1);
         self.note_errors(dstat);
         istat.contains(Istat::INTF) || dstat.intersects(Dstat::ERRORS)
     }
@@ -559,8 +559,8 @@ unsafe impl<H: Hal, R: Registers> Engine for Lsi53c895a<H, R> {
 
     fn reset(&mut self) -> Result<(), DmaError> {
         self.stop();
-        self.regs.write8(regs::DIEN, Dstat::ERRORS.bits());
-        self.regs.write8(
+        self.regs.write(regs::DIEN, Dstat::ERRORS.bits());
+        self.regs.write(
             regs::DMODE,
             if self.manual_start {
                 Dmode::MAN.bits()
@@ -575,7 +575,7 @@ unsafe impl<H: Hal, R: Registers> Engine for Lsi53c895a<H, R> {
         // The loop starts, clears the doorbell the soft reset already
         // cleared, and parks (in manual start mode it does not start).
         fence(Ordering::Release);
-        self.regs.write32(regs::DSP, start);
+        self.regs.write(regs::DSP, start);
         Ok(())
     }
 }

@@ -6,6 +6,8 @@
 
 use bitflags::bitflags;
 
+use crate::mmio::{ReadClears, ReadOnly, ReadWrite, Reg};
+
 /// PCI vendor ID (LSI Logic / Symbios).
 pub const VENDOR_ID: u16 = 0x1000;
 /// PCI device ID of the 53C895A.
@@ -22,33 +24,33 @@ pub const IO_SIZE: u16 = 0x100;
 
 /// 0x0C DSTAT: DMA status (TM 5, register 0x0C). Reading clears the bits
 /// (unless ISTAT.INTF is set) and is part of acknowledging an interrupt.
-pub const DSTAT: usize = 0x0c;
+pub const DSTAT: Reg<u8, ReadClears> = Reg::at(0x0c);
 /// 0x14 ISTAT: interrupt status (TM 5, register 0x14), see [`Istat`].
-pub const ISTAT: usize = 0x14;
+pub const ISTAT: Reg<u8, ReadWrite> = Reg::at(0x14);
 /// 0x15 ISTAT1: interrupt status one (TM 5, register 0x15), see [`Istat1`].
-pub const ISTAT1: usize = 0x15;
+pub const ISTAT1: Reg<u8, ReadOnly> = Reg::at(0x15);
 /// 0x1A CTEST2: chip test two (TM 5, register 0x1A). Reading it clears
 /// ISTAT.SIGP, so only a script reads it (QEMU `lsi_reg_readb`); the host
 /// never does, or it would lose a doorbell.
-pub const CTEST2: usize = 0x1a;
+pub const CTEST2: Reg<u8, ReadClears> = Reg::at(0x1a);
 /// 0x2C DSP: DMA SCRIPTS pointer (TM 5, register 0x2C-0x2F). Writing its
 /// last byte starts SCRIPTS at that address unless DMODE.MAN is set.
-pub const DSP: usize = 0x2c;
+pub const DSP: Reg<u32, ReadWrite> = Reg::at(0x2c);
 /// 0x30 DSPS: DMA SCRIPTS pointer save; the second dword of the last
 /// instruction fetched (an INT's value).
-pub const DSPS: usize = 0x30;
+pub const DSPS: Reg<u32, ReadWrite> = Reg::at(0x30);
 /// 0x34 SCRATCHA: 32-bit scratch register A, free for software use.
-pub const SCRATCHA: usize = 0x34;
+pub const SCRATCHA: Reg<u32, ReadWrite> = Reg::at(0x34);
 /// 0x38 DMODE: DMA mode (TM 5, register 0x38), see [`Dmode`].
-pub const DMODE: usize = 0x38;
+pub const DMODE: Reg<u8, ReadWrite> = Reg::at(0x38);
 /// 0x39 DIEN: DMA interrupt enable, same bits as DSTAT ([`Dstat`]).
-pub const DIEN: usize = 0x39;
+pub const DIEN: Reg<u8, ReadWrite> = Reg::at(0x39);
 /// 0x3B DCNTL: DMA control (TM 5, register 0x3B), see [`Dcntl`].
-pub const DCNTL: usize = 0x3b;
+pub const DCNTL: Reg<u8, ReadWrite> = Reg::at(0x3b);
 /// 0x42 SIST0: SCSI interrupt status zero; clear on read.
-pub const SIST0: usize = 0x42;
+pub const SIST0: Reg<u8, ReadClears> = Reg::at(0x42);
 /// 0x43 SIST1: SCSI interrupt status one; clear on read.
-pub const SIST1: usize = 0x43;
+pub const SIST1: Reg<u8, ReadClears> = Reg::at(0x43);
 
 bitflags! {
     /// ISTAT bits (TM 5, register 0x14).

@@ -5,6 +5,9 @@
 //! Load/Store, 10 = Transfer Control); the encodings below were also checked
 //! against QEMU 7.2 and 10.0 (measured there).
 
+use super::regs;
+use crate::mmio::Reg;
+
 /// Memory Move, first dword: bits 31-29 = 110 (bit 29 clear: not Load/Store),
 /// bits 23-0 the byte count. The second dword is the source, the third the
 /// destination (32-bit addresses).
@@ -54,10 +57,11 @@ pub const fn memory_move(count: u32, src: u32, dst: u32) -> [u32; 3] {
     [MEMORY_MOVE | count, src, dst]
 }
 
-/// A Store of `count` bytes (1-4) of the register at `reg` (its offset in
-/// the register window, below 0x80) to `addr`.
+/// A Store of `count` bytes (1-4) of register `reg` (its offset in the
+/// register window is below 0x80) to `addr`.
 #[inline]
-pub const fn store(reg: usize, count: u32, addr: u32) -> [u32; 2] {
+pub const fn store<T, A>(reg: Reg<T, A>, count: u32, addr: u32) -> [u32; 2] {
+    let reg = reg.offset();
     assert!(
         reg < 0x80 && count >= 1 && count <= 4,
         "Store: bad register or count"
@@ -87,7 +91,10 @@ pub const fn intfly(value: u32) -> [u32; 2] {
 /// doorbell), and changes nothing else the copy engine uses.
 #[inline]
 pub const fn clear_sigp() -> [u32; 2] {
-    [MOVE_REG_OR_TO_SFBR | (super::regs::CTEST2 as u32) << 16, 0]
+    [
+        MOVE_REG_OR_TO_SFBR | (regs::CTEST2.offset() as u32) << 16,
+        0,
+    ]
 }
 
 /// A WAIT RESELECT whose alternate address is `alt`: parks the processor
@@ -131,7 +138,7 @@ mod tests {
 
     #[test]
     fn store_fields() {
-        let [op, addr] = store(0x2c, 4, 0x1234_5678);
+        let [op, addr] = store(Reg::<u32, crate::mmio::ReadWrite>::at(0x2c), 4, 0x1234_5678);
         assert_eq!(bits(op, 31, 29), 0b111, "type: load/store");
         assert_eq!(bits(op, 28, 28), 0, "absolute address");
         assert_eq!(bits(op, 24, 24), 0, "store, not load");

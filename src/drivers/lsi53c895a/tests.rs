@@ -619,7 +619,7 @@ fn a_prepared_batch_waits_for_issue() {
     .unwrap();
     chan.engine()
         .device()
-        .write8(super::regs::ISTAT, super::regs::Istat::SIGP.bits());
+        .write(super::regs::ISTAT, super::regs::Istat::SIGP.bits());
     for _ in 0..10 {
         chan.engine().device().tick();
     }

@@ -6,6 +6,7 @@ use alloc::vec::Vec;
 use core::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
 use dmaengine::drivers::{edu, lsi53c895a};
+use dmaengine::mmio::Registers;
 use embedded_hal::delay::DelayNs;
 use pci_types::Bar;
 
@@ -283,10 +284,10 @@ fn pci_finds_lsi_and_edu() {
 fn edu_id_and_liveness() {
     let dev = devices::find(edu::regs::VENDOR_ID, edu::regs::DEVICE_ID).expect("edu");
     let regs = devices::map_bar(dev, 0).expect("edu BAR0 mapping");
-    assert_eq!(regs.read32(edu::regs::ID), edu::regs::ID_VALUE);
+    assert_eq!(regs.read(edu::regs::ID), edu::regs::ID_VALUE);
     for value in [0, 0x1234_5678, u32::MAX] {
-        regs.write32(edu::regs::LIVENESS, value);
-        assert_eq!(regs.read32(edu::regs::LIVENESS), !value);
+        regs.write(edu::regs::LIVENESS, value);
+        assert_eq!(regs.read(edu::regs::LIVENESS), !value);
     }
 }
 
@@ -304,9 +305,9 @@ fn edu_irq_handler() {
     let Some(regs) = devices::map_bar(dev, 0) else {
         return;
     };
-    let status = regs.read32(edu::regs::INTR_STATUS);
+    let status = regs.read(edu::regs::INTR_STATUS);
     if status != 0 {
-        regs.write32(edu::regs::INTR_ACK, status);
+        regs.write(edu::regs::INTR_ACK, status);
         EDU_IRQ_STATUS.fetch_or(status, Ordering::AcqRel);
         EDU_IRQ_SEEN.store(true, Ordering::Release);
     }
@@ -320,14 +321,14 @@ fn edu_factorial_interrupt() {
     let line = dev.irq_line;
     let count_before = irq::count(line);
     irq::register(line, edu_irq_handler).expect("register edu handler");
-    regs.write32(edu::regs::STATUS, edu::regs::STATUS_IRQ_FACTORIAL);
-    regs.write32(edu::regs::FACTORIAL, 10);
+    regs.write(edu::regs::STATUS, edu::regs::STATUS_IRQ_FACTORIAL);
+    regs.write(edu::regs::FACTORIAL, 10);
     let start = time::now_ns();
     while !EDU_IRQ_SEEN.load(Ordering::Acquire) && time::now_ns() - start < 2_000_000_000 {
         x86_64::instructions::hlt();
     }
     irq::unregister(line, edu_irq_handler);
-    regs.write32(edu::regs::STATUS, 0);
+    regs.write(edu::regs::STATUS, 0);
     assert!(
         EDU_IRQ_SEEN.load(Ordering::Acquire),
         "no interrupt on line {line} within 2 s"
@@ -341,12 +342,12 @@ fn edu_factorial_interrupt() {
         "the PIC delivered nothing on line {line}"
     );
     assert_eq!(
-        regs.read32(edu::regs::STATUS) & edu::regs::STATUS_COMPUTING,
+        regs.read(edu::regs::STATUS) & edu::regs::STATUS_COMPUTING,
         0
     );
-    assert_eq!(regs.read32(edu::regs::FACTORIAL), 3_628_800);
+    assert_eq!(regs.read(edu::regs::FACTORIAL), 3_628_800);
     assert_eq!(
-        regs.read32(edu::regs::INTR_STATUS),
+        regs.read(edu::regs::INTR_STATUS),
         0,
         "the handler acknowledged it"
     );

@@ -152,7 +152,7 @@ fn io_remap_edu_bar() {
     }
     .expect("io_remap");
     let leaf = space
-        .translate(va(AREA + edu::regs::ID as u64))
+        .translate(va(AREA + edu::regs::ID.offset() as u64))
         .expect("mapped");
     assert!(leaf.is_special());
     assert_eq!(
@@ -167,11 +167,16 @@ fn io_remap_edu_bar() {
     let (id, live) = with_loaded(&mut space, |_| {
         // SAFETY: the edu BAR is mapped uncached at AREA; 4-byte accesses.
         unsafe {
-            let id = core::ptr::read_volatile((AREA + edu::regs::ID as u64) as *const u32);
-            core::ptr::write_volatile((AREA + edu::regs::LIVENESS as u64) as *mut u32, 0x1357_9bdf);
+            let id = core::ptr::read_volatile((AREA + edu::regs::ID.offset() as u64) as *const u32);
+            core::ptr::write_volatile(
+                (AREA + edu::regs::LIVENESS.offset() as u64) as *mut u32,
+                0x1357_9bdf,
+            );
             (
                 id,
-                core::ptr::read_volatile((AREA + edu::regs::LIVENESS as u64) as *const u32),
+                core::ptr::read_volatile(
+                    (AREA + edu::regs::LIVENESS.offset() as u64) as *const u32,
+                ),
             )
         }
     });

@@ -26,6 +26,10 @@ use core::sync::atomic::{AtomicU64, Ordering};
 use core::arch::asm;
 use volatile::VolatilePtr;
 
+mod reg;
+
+pub use reg::{Access, ReadClears, ReadOnly, ReadWrite, Readable, Reg, Width, Writable, WriteOnly};
+
 /// What a register window counts with the `access-counts` feature: reads
 /// and writes apart, one atomic add per access.
 #[cfg(any(test, feature = "access-counts"))]
@@ -204,7 +208,36 @@ impl MmioRegion {
 
 /// Register access as a driver needs it: [`MmioRegion`] for real devices,
 /// a fake device in host tests.
+///
+/// Drivers use the typed accesses ([`Registers::read`], [`Registers::write`],
+/// [`Registers::read_clearing`]) with their [`Reg`] constants; the
+/// untyped ones below are what an implementation provides.
 pub trait Registers {
+    /// Reads `reg`, a register whose read changes nothing.
+    #[inline(always)]
+    fn read<T: Width, A: Readable>(&self, reg: Reg<T, A>) -> T
+    where
+        Self: Sized,
+    {
+        T::read_at(self, reg.offset())
+    }
+    /// Reads `reg`, a register whose read changes the device (it clears
+    /// what it reports): through `&mut`, as the read is a change.
+    #[inline(always)]
+    fn read_clearing<T: Width>(&mut self, reg: Reg<T, ReadClears>) -> T
+    where
+        Self: Sized,
+    {
+        T::read_at(self, reg.offset())
+    }
+    /// Writes `value` to `reg`.
+    #[inline(always)]
+    fn write<T: Width, A: Writable>(&self, reg: Reg<T, A>, value: T)
+    where
+        Self: Sized,
+    {
+        T::write_at(self, reg.offset(), value)
+    }
     /// Reads the 8-bit register at `offset`.
     fn read8(&self, offset: usize) -> u8;
     /// Writes the 8-bit register at `offset`.
