@@ -206,7 +206,9 @@ impl<'a> FrameDb<'a> {
     /// Those frames must be RAM that nothing else uses (the database hands
     /// them out as pages and page tables, which the crate writes through a
     /// [`TableMapper`](super::traits::TableMapper)), for as long as the
-    /// database lives.
+    /// database lives; and no other database may use the entries of
+    /// `pages` meanwhile (making one resets them: pages and tables still
+    /// out would be handed out again).
     ///
     /// # Panics
     /// If the frames run past 2^52 bytes of physical address space.
@@ -420,19 +422,40 @@ impl<'a> FrameDb<'a> {
     }
 
     /// Marks a free frame as `Reserved` or `Kernel` (taking it out of the
-    /// pool), or such a frame free again. Frames in use are refused.
+    /// pool), or relabels such a frame. Frames in use are refused, and so
+    /// is `Free` as the new kind: a frame out of the pool may be remapped
+    /// or used by the kernel, so only [`FrameDb::release`], whose caller
+    /// vouches that nothing uses it, puts it back.
     pub fn set_kind(&self, frame: PhysFrame, kind: FrameKind) -> Result<(), MmError> {
+        if !matches!(kind, FrameKind::Reserved | FrameKind::Kernel) {
+            return Err(MmError::NotInsertable);
+        }
+        self.relabel(frame, kind)
+    }
+
+    /// Puts a `Reserved` or `Kernel` frame back in the pool (a `Free` one
+    /// stays free); other kinds are refused.
+    ///
+    /// # Safety
+    /// Nothing uses the frame any more: no entry of an address space maps
+    /// it (or one that did was zapped and flushed), no device reaches it,
+    /// the kernel holds no pointer into it. The pool hands it out next as
+    /// a page or a page table.
+    pub unsafe fn release(&self, frame: PhysFrame) -> Result<(), MmError> {
+        self.relabel(frame, FrameKind::Free)
+    }
+
+    /// Changes the kind of a frame out of use (free, reserved or kernel)
+    /// to `kind`, one of those three.
+    fn relabel(&self, frame: PhysFrame, kind: FrameKind) -> Result<(), MmError> {
         let info = self.info(pfn_of(frame)).ok_or(MmError::NotInsertable)?;
         let mut current = info.kind.load(Ordering::Acquire);
         loop {
-            let allowed = matches!(
-                (FrameKind::from_u8(current), kind),
-                (
-                    FrameKind::Free | FrameKind::Reserved | FrameKind::Kernel,
-                    FrameKind::Free | FrameKind::Reserved | FrameKind::Kernel
-                )
+            let out_of_use = matches!(
+                FrameKind::from_u8(current),
+                FrameKind::Free | FrameKind::Reserved | FrameKind::Kernel
             );
-            if !allowed {
+            if !out_of_use {
                 return Err(MmError::NotInsertable);
             }
             // A check and a separate store would let the allocator claim
@@ -506,7 +529,8 @@ impl<'a> FrameDb<'a> {
 
 // SAFETY: `FrameDb::new`'s contract gives the database RAM nobody else
 // uses; a frame counts as mapped only while it is a held `Normal` page,
-// and is freed only with its last reference.
+// and is freed only with its last reference; `only_mapping` reads the
+// page's own counts: one reference, one mapping.
 unsafe impl<'a> PageCounter for &'a FrameDb<'a> {
     type Page = PageRef<'a>;
 

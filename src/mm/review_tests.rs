@@ -106,3 +106,42 @@ fn a_write_fault_the_counter_refuses_leaves_a_2mib_entry_whole() {
     drop(space);
     assert_eq!(db.free_frames(), db.len());
 }
+
+/// A frame the kernel took out of the pool (`Reserved`) and remapped into
+/// user space, which its `remap_pfn_range` contract keeps out of the
+/// allocator's hands: a safe call must not put it back in the pool. Before
+/// the fix `set_kind(frame, Free)` did, and the next page handed out was
+/// the frame user space still reached through the raw entry.
+#[test]
+fn a_reserved_frame_goes_back_to_the_pool_only_through_unsafe() {
+    use super::frame::FrameKind;
+    use super::testing::{SHARED_RW, new_space};
+    let mem = Memory::new(8);
+    let db = mem.db();
+    let mut space = new_space(&db);
+    let id = space.map_vma(pg(BASE), 1, SHARED_RW).unwrap();
+    let held: Vec<PageRef<'_>> = std::iter::from_fn(|| db.alloc_page().ok()).collect();
+    let reserved = held[0].frame();
+    drop(held);
+    db.set_kind(reserved, FrameKind::Reserved).unwrap();
+    // SAFETY: a reserved frame of host memory this test owns and never
+    // frees while mapped; host tables are never loaded.
+    unsafe { space.remap_pfn_range(id, pg(BASE), reserved, 1, PageProt::READ_WRITE) }.unwrap();
+
+    assert_eq!(
+        db.set_kind(reserved, FrameKind::Free),
+        Err(MmError::NotInsertable)
+    );
+    let pages: Vec<PageRef<'_>> = std::iter::from_fn(|| db.alloc_page().ok()).collect();
+    assert!(pages.iter().all(|p| p.frame() != reserved));
+    assert_eq!(
+        db.state(reserved).map(|s| s.kind),
+        Some(FrameKind::Reserved)
+    );
+    drop(pages);
+    space.unmap_vma(id).unwrap();
+    // SAFETY: the raw entry is gone (zapped and flushed); nothing uses
+    // the frame any more.
+    unsafe { db.release(reserved) }.unwrap();
+    assert_eq!(db.state(reserved).map(|s| s.kind), Some(FrameKind::Free));
+}
