@@ -145,3 +145,28 @@ fn a_reserved_frame_goes_back_to_the_pool_only_through_unsafe() {
     unsafe { db.release(reserved) }.unwrap();
     assert_eq!(db.state(reserved).map(|s| s.kind), Some(FrameKind::Free));
 }
+
+/// An area a caller builds itself (its fields are public) may claim any
+/// length: asking it about a range must answer, not overflow. Before the
+/// fix `end` added without a check and panicked (debug) or wrapped.
+#[test]
+fn an_area_built_with_hostile_numbers_answers_without_overflow() {
+    use super::vma::{VmFlags, Vma};
+    use x86_64::VirtAddr;
+    use x86_64::structures::paging::Page;
+    let top = Page::containing_address(VirtAddr::new(u64::MAX));
+    let vma = Vma {
+        start: top,
+        pages: u64::MAX,
+        flags: VmFlags::READ,
+        pgoff: 0,
+    };
+    assert_eq!(vma.end(), u64::MAX);
+    assert!(vma.contains(VirtAddr::new(u64::MAX)));
+    assert!(vma.contains_pages(top, u64::MAX));
+    assert!(!vma.contains(VirtAddr::new(0)));
+    let two = Vma { pages: 2, ..vma };
+    assert_eq!(two.end(), u64::MAX);
+    assert!(two.contains_pages(top, 2));
+    assert!(!two.contains_pages(top, 3) && !two.contains_pages(top, u64::MAX));
+}
