@@ -16,6 +16,11 @@ use super::MmError;
 use super::traits::{CountedPage, PageCounter};
 use crate::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
 
+mod runs;
+
+pub use runs::FrameRun;
+use runs::Runs;
+
 /// The frame with number `pfn` (`None` past 52 bits of address).
 #[inline]
 fn frame_of(pfn: u64) -> Option<PhysFrame> {
@@ -135,47 +140,6 @@ pub struct FrameDb<'a> {
     hint: AtomicUsize,
 }
 
-/// Which frame each entry of [`FrameDb::pages`] counts.
-enum Runs<'a> {
-    /// Entry `i` counts frame `base + i`.
-    One { base: u64 },
-    /// Sorted, disjoint runs; entry `run.index + k` counts frame
-    /// `run.first + k`.
-    Many(&'a [FrameRun]),
-}
-
-/// Consecutive frames of RAM, one usable entry of a memory map, for
-/// [`FrameDb::with_runs`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct FrameRun {
-    /// Its first frame's number.
-    first: u64,
-    frames: u64,
-    /// The database entry of its first frame (set by `with_runs`).
-    index: usize,
-}
-
-impl FrameRun {
-    /// `frames` frames from `first` on.
-    pub fn new(first: PhysFrame, frames: usize) -> FrameRun {
-        FrameRun {
-            first: pfn_of(first),
-            frames: frames as u64,
-            index: 0,
-        }
-    }
-
-    /// Its first frame.
-    pub fn first(&self) -> PhysFrame {
-        frame_of(self.first).expect("a frame number from a `PhysFrame`")
-    }
-
-    /// How many frames it has.
-    pub fn frames(&self) -> usize {
-        self.frames as usize
-    }
-}
-
 impl fmt::Debug for FrameDb<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut d = f.debug_struct("FrameDb");
@@ -256,29 +220,7 @@ impl<'a> FrameDb<'a> {
         pages: &'a [PageInfo],
         runs: &'a mut [FrameRun],
     ) -> Result<Self, MmError> {
-        let mut index = 0usize;
-        let mut end = 0u64;
-        for run in runs.iter() {
-            let run_end = run
-                .first
-                .checked_add(run.frames)
-                .ok_or(MmError::InvalidRuns)?;
-            if run.frames == 0 || run.first < end || frame_of(run_end).is_none() {
-                return Err(MmError::InvalidRuns);
-            }
-            end = run_end;
-            index = index
-                .checked_add(run.frames as usize)
-                .ok_or(MmError::InvalidRuns)?;
-        }
-        if runs.is_empty() || index != pages.len() {
-            return Err(MmError::InvalidRuns);
-        }
-        let mut index = 0;
-        for run in runs.iter_mut() {
-            run.index = index;
-            index += run.frames as usize;
-        }
+        runs::index(runs, pages.len())?;
         // SAFETY: the caller's contract.
         Ok(unsafe { Self::over(pages, Runs::Many(runs)) })
     }
@@ -300,30 +242,13 @@ impl<'a> FrameDb<'a> {
     /// The entry of frame `pfn`, if the database counts it.
     #[inline]
     fn info(&self, pfn: u64) -> Option<&PageInfo> {
-        let index = match self.runs {
-            Runs::One { base } => usize::try_from(pfn.checked_sub(base)?).ok()?,
-            Runs::Many(runs) => {
-                let run = runs[..runs.partition_point(|r| r.first <= pfn)].last()?;
-                let offset = pfn - run.first;
-                if offset >= run.frames {
-                    return None;
-                }
-                run.index + offset as usize
-            }
-        };
-        self.pages.get(index)
+        self.pages.get(self.runs.index_of(pfn)?)
     }
 
     /// The frame number entry `index` counts (`index < len`).
     #[inline]
     fn pfn_at(&self, index: usize) -> u64 {
-        match self.runs {
-            Runs::One { base } => base + index as u64,
-            Runs::Many(runs) => {
-                let run = runs[runs.partition_point(|r| r.index <= index) - 1];
-                run.first + (index - run.index) as u64
-            }
-        }
+        self.runs.pfn_at(index)
     }
 
     /// The first frame the database covers.
