@@ -4,9 +4,9 @@
 use x86_64::VirtAddr;
 use x86_64::structures::paging::PhysFrame;
 
-use super::{AddressSpace, VmaId, frame};
+use super::{AddressSpace, VmaId};
 use crate::mm::MmError;
-use crate::mm::pte::{self, ADDR_4K, PAGE_4K, SPECIAL, X86};
+use crate::mm::pte::{self, PAGE_4K, Pte, SPECIAL, X86};
 use crate::mm::tlb::TlbFlush;
 use crate::mm::traits::{CountedPage, PageCounter, TableAllocator, TableMapper};
 use crate::mm::vma::VmFlags;
@@ -66,7 +66,7 @@ impl<C: PageCounter, M: TableMapper, A: TableAllocator, T: TlbFlush> AddressSpac
             return Err(MmError::Protection);
         }
         let mut leaf = self.translate(addr).ok_or(MmError::NotMapped)?;
-        if leaf.entry & pte::WRITABLE != 0 {
+        if leaf.entry.has(pte::WRITABLE) {
             return Ok(WriteFault::Spurious);
         }
         if !vma.flags.is_cow() {
@@ -80,7 +80,7 @@ impl<C: PageCounter, M: TableMapper, A: TableAllocator, T: TlbFlush> AddressSpac
             // cannot be had, giving back what was taken leaves everything
             // as it was.
             let page = self.counted_copy(source)?;
-            let mut tables = [0u64; 2];
+            let mut tables = [None; 2];
             let levels = (leaf.level - 1) as usize;
             if let Err(e) = self.alloc_tables(&mut tables[..levels]) {
                 // SAFETY: the count `counted_copy` took, for an entry now
@@ -89,16 +89,18 @@ impl<C: PageCounter, M: TableMapper, A: TableAllocator, T: TlbFlush> AddressSpac
                 return Err(e);
             }
             // 1 GiB to 2 MiB, then 2 MiB to 4 KiB.
-            for table in tables.into_iter().take(levels) {
+            for table in tables.into_iter().flatten() {
                 self.split_leaf(&leaf, table);
                 leaf = self.translate(addr).ok_or(MmError::NotMapped)?;
             }
             copy = Some(page);
         }
-        let old = frame(leaf.phys().as_u64());
+        let old = PhysFrame::containing_address(leaf.phys());
         let counted = !leaf.is_special();
+        // SAFETY: the walk just above found `leaf`; nothing was freed since.
+        let table = unsafe { self.leaf_table(&leaf) };
         if counted && copy.is_none() && self.counter.only_mapping(old) {
-            self.write(leaf.table, leaf.index, leaf.entry | pte::WRITABLE);
+            self.write(table, leaf.index, leaf.entry.with(pte::WRITABLE));
             self.tlb.flush_page(self.root(), leaf.va);
             return Ok(WriteFault::Reused);
         }
@@ -122,8 +124,9 @@ impl<C: PageCounter, M: TableMapper, A: TableAllocator, T: TlbFlush> AddressSpac
         // Its entry holds the count `counted_copy` took; `copy`'s own
         // reference goes when it drops below.
         let cache = pte::PWT | pte::PCD | pte::PAT_4K;
-        let flags = (leaf.entry & !ADDR_4K & !SPECIAL & !cache) | pte::WRITABLE;
-        self.write(leaf.table, leaf.index, copy.phys().as_u64() | flags);
+        let flags = leaf.entry.flags(1) & !SPECIAL & !cache;
+        let entry = Pte::from_bits(copy.phys().as_u64() | flags).with(pte::WRITABLE);
+        self.write(table, leaf.index, entry);
         self.tlb.flush_page(self.root(), leaf.va);
         if counted {
             // SAFETY: the entry that mapped `old` (a counted page, so

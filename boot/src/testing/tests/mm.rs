@@ -159,7 +159,10 @@ fn io_remap_edu_bar() {
         CacheMode::of_entry(leaf.entry, leaf.level == 2),
         CacheMode::Uncached
     );
-    assert_eq!(leaf.entry & (pte::PCD | pte::PWT), pte::PCD | pte::PWT);
+    assert_eq!(
+        leaf.entry.bits() & (pte::PCD | pte::PWT),
+        pte::PCD | pte::PWT
+    );
     let flags = space.vma(v).unwrap().flags;
     assert!(
         flags.contains(VmFlags::PFNMAP | VmFlags::IO | VmFlags::DONTEXPAND | VmFlags::DONTDUMP)
@@ -342,7 +345,7 @@ fn fingerprint(
     Fingerprint {
         leaves: space
             .user_leaves()
-            .map(|l| (l.va.as_u64(), l.entry))
+            .map(|l| (l.va.as_u64(), l.entry.bits()))
             .collect(),
         counts: pages
             .iter()
