@@ -13,6 +13,7 @@ use x86_64::PhysAddr;
 use x86_64::structures::paging::{FrameAllocator, FrameDeallocator, PhysFrame, Size4KiB};
 
 use super::MmError;
+use super::pte::PAGE_4K;
 use super::traits::{CountedPage, PageCounter};
 use crate::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
 
@@ -24,13 +25,13 @@ use runs::Runs;
 /// The frame with number `pfn` (`None` past 52 bits of address).
 #[inline]
 fn frame_of(pfn: u64) -> Option<PhysFrame> {
-    let addr = PhysAddr::try_new(pfn.checked_mul(4096)?).ok()?;
+    let addr = PhysAddr::try_new(pfn.checked_mul(PAGE_4K)?).ok()?;
     Some(PhysFrame::containing_address(addr))
 }
 
 #[inline]
 fn pfn_of(frame: PhysFrame) -> u64 {
-    frame.start_address().as_u64() >> 12
+    frame.start_address().as_u64() / PAGE_4K
 }
 
 /// What a frame is used for.
@@ -517,7 +518,7 @@ impl PageRef<'_> {
     #[inline]
     pub fn frame(&self) -> PhysFrame {
         // The database checked at creation that its frames lie below 2^52.
-        PhysFrame::containing_address(PhysAddr::new_truncate(self.pfn << 12))
+        PhysFrame::containing_address(PhysAddr::new_truncate(self.pfn * PAGE_4K))
     }
 
     /// The page's physical address.

@@ -51,8 +51,10 @@ pub const ADDR_2M: u64 = 0x000f_ffff_ffe0_0000;
 /// Bits 30-51 of a 1 GiB leaf: the physical address (bit 12 is PAT).
 pub const ADDR_1G: u64 = 0x000f_ffff_c000_0000;
 
-/// Size of a 4 KiB page.
-pub const PAGE_4K: u64 = 4096;
+/// Size of a 4 KiB page: the crate's one page size,
+/// [`hal::PAGE_SIZE`](crate::hal::PAGE_SIZE), as the `u64` that address
+/// arithmetic wants.
+pub const PAGE_4K: u64 = crate::hal::PAGE_SIZE as u64;
 /// Size of a 2 MiB page.
 pub const PAGE_2M: u64 = 2 << 20;
 /// Size of a 1 GiB page.

@@ -81,7 +81,7 @@ impl<C: PageCounter, M: TableMapper, A: TableAllocator, T: TlbFlush, F: Format>
         let vma = self.vma_mut(id)?;
         vma.flags |= VmFlags::PFNMAP | VmFlags::IO | VmFlags::DONTEXPAND | VmFlags::DONTDUMP;
         if vma.flags.is_cow() {
-            vma.pgoff = phys >> 12;
+            vma.pgoff = phys / PAGE_4K;
         }
         Ok(())
     }
