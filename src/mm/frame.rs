@@ -13,19 +13,25 @@ use x86_64::PhysAddr;
 use x86_64::structures::paging::{FrameAllocator, FrameDeallocator, PhysFrame, Size4KiB};
 
 use super::MmError;
+use super::pte::PAGE_4K;
 use super::traits::{CountedPage, PageCounter};
 use crate::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
+
+mod runs;
+
+pub use runs::FrameRun;
+use runs::Runs;
 
 /// The frame with number `pfn` (`None` past 52 bits of address).
 #[inline]
 fn frame_of(pfn: u64) -> Option<PhysFrame> {
-    let addr = PhysAddr::try_new(pfn.checked_mul(4096)?).ok()?;
+    let addr = PhysAddr::try_new(pfn.checked_mul(PAGE_4K)?).ok()?;
     Some(PhysFrame::containing_address(addr))
 }
 
 #[inline]
 fn pfn_of(frame: PhysFrame) -> u64 {
-    frame.start_address().as_u64() >> 12
+    frame.start_address().as_u64() / PAGE_4K
 }
 
 /// What a frame is used for.
@@ -135,47 +141,6 @@ pub struct FrameDb<'a> {
     hint: AtomicUsize,
 }
 
-/// Which frame each entry of [`FrameDb::pages`] counts.
-enum Runs<'a> {
-    /// Entry `i` counts frame `base + i`.
-    One { base: u64 },
-    /// Sorted, disjoint runs; entry `run.index + k` counts frame
-    /// `run.first + k`.
-    Many(&'a [FrameRun]),
-}
-
-/// Consecutive frames of RAM, one usable entry of a memory map, for
-/// [`FrameDb::with_runs`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct FrameRun {
-    /// Its first frame's number.
-    first: u64,
-    frames: u64,
-    /// The database entry of its first frame (set by `with_runs`).
-    index: usize,
-}
-
-impl FrameRun {
-    /// `frames` frames from `first` on.
-    pub fn new(first: PhysFrame, frames: usize) -> FrameRun {
-        FrameRun {
-            first: pfn_of(first),
-            frames: frames as u64,
-            index: 0,
-        }
-    }
-
-    /// Its first frame.
-    pub fn first(&self) -> PhysFrame {
-        frame_of(self.first).expect("a frame number from a `PhysFrame`")
-    }
-
-    /// How many frames it has.
-    pub fn frames(&self) -> usize {
-        self.frames as usize
-    }
-}
-
 impl fmt::Debug for FrameDb<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut d = f.debug_struct("FrameDb");
@@ -206,7 +171,9 @@ impl<'a> FrameDb<'a> {
     /// Those frames must be RAM that nothing else uses (the database hands
     /// them out as pages and page tables, which the crate writes through a
     /// [`TableMapper`](super::traits::TableMapper)), for as long as the
-    /// database lives.
+    /// database lives; and no other database may use the entries of
+    /// `pages` meanwhile (making one resets them: pages and tables still
+    /// out would be handed out again).
     ///
     /// # Panics
     /// If the frames run past 2^52 bytes of physical address space.
@@ -254,29 +221,7 @@ impl<'a> FrameDb<'a> {
         pages: &'a [PageInfo],
         runs: &'a mut [FrameRun],
     ) -> Result<Self, MmError> {
-        let mut index = 0usize;
-        let mut end = 0u64;
-        for run in runs.iter() {
-            let run_end = run
-                .first
-                .checked_add(run.frames)
-                .ok_or(MmError::InvalidRuns)?;
-            if run.frames == 0 || run.first < end || frame_of(run_end).is_none() {
-                return Err(MmError::InvalidRuns);
-            }
-            end = run_end;
-            index = index
-                .checked_add(run.frames as usize)
-                .ok_or(MmError::InvalidRuns)?;
-        }
-        if runs.is_empty() || index != pages.len() {
-            return Err(MmError::InvalidRuns);
-        }
-        let mut index = 0;
-        for run in runs.iter_mut() {
-            run.index = index;
-            index += run.frames as usize;
-        }
+        runs::index(runs, pages.len())?;
         // SAFETY: the caller's contract.
         Ok(unsafe { Self::over(pages, Runs::Many(runs)) })
     }
@@ -298,30 +243,13 @@ impl<'a> FrameDb<'a> {
     /// The entry of frame `pfn`, if the database counts it.
     #[inline]
     fn info(&self, pfn: u64) -> Option<&PageInfo> {
-        let index = match self.runs {
-            Runs::One { base } => usize::try_from(pfn.checked_sub(base)?).ok()?,
-            Runs::Many(runs) => {
-                let run = runs[..runs.partition_point(|r| r.first <= pfn)].last()?;
-                let offset = pfn - run.first;
-                if offset >= run.frames {
-                    return None;
-                }
-                run.index + offset as usize
-            }
-        };
-        self.pages.get(index)
+        self.pages.get(self.runs.index_of(pfn)?)
     }
 
     /// The frame number entry `index` counts (`index < len`).
     #[inline]
     fn pfn_at(&self, index: usize) -> u64 {
-        match self.runs {
-            Runs::One { base } => base + index as u64,
-            Runs::Many(runs) => {
-                let run = runs[runs.partition_point(|r| r.index <= index) - 1];
-                run.first + (index - run.index) as u64
-            }
-        }
+        self.runs.pfn_at(index)
     }
 
     /// The first frame the database covers.
@@ -420,19 +348,40 @@ impl<'a> FrameDb<'a> {
     }
 
     /// Marks a free frame as `Reserved` or `Kernel` (taking it out of the
-    /// pool), or such a frame free again. Frames in use are refused.
+    /// pool), or relabels such a frame. Frames in use are refused, and so
+    /// is `Free` as the new kind: a frame out of the pool may be remapped
+    /// or used by the kernel, so only [`FrameDb::release`], whose caller
+    /// vouches that nothing uses it, puts it back.
     pub fn set_kind(&self, frame: PhysFrame, kind: FrameKind) -> Result<(), MmError> {
+        if !matches!(kind, FrameKind::Reserved | FrameKind::Kernel) {
+            return Err(MmError::NotInsertable);
+        }
+        self.relabel(frame, kind)
+    }
+
+    /// Puts a `Reserved` or `Kernel` frame back in the pool (a `Free` one
+    /// stays free); other kinds are refused.
+    ///
+    /// # Safety
+    /// Nothing uses the frame any more: no entry of an address space maps
+    /// it (or one that did was zapped and flushed), no device reaches it,
+    /// the kernel holds no pointer into it. The pool hands it out next as
+    /// a page or a page table.
+    pub unsafe fn release(&self, frame: PhysFrame) -> Result<(), MmError> {
+        self.relabel(frame, FrameKind::Free)
+    }
+
+    /// Changes the kind of a frame out of use (free, reserved or kernel)
+    /// to `kind`, one of those three.
+    fn relabel(&self, frame: PhysFrame, kind: FrameKind) -> Result<(), MmError> {
         let info = self.info(pfn_of(frame)).ok_or(MmError::NotInsertable)?;
         let mut current = info.kind.load(Ordering::Acquire);
         loop {
-            let allowed = matches!(
-                (FrameKind::from_u8(current), kind),
-                (
-                    FrameKind::Free | FrameKind::Reserved | FrameKind::Kernel,
-                    FrameKind::Free | FrameKind::Reserved | FrameKind::Kernel
-                )
+            let out_of_use = matches!(
+                FrameKind::from_u8(current),
+                FrameKind::Free | FrameKind::Reserved | FrameKind::Kernel
             );
-            if !allowed {
+            if !out_of_use {
                 return Err(MmError::NotInsertable);
             }
             // A check and a separate store would let the allocator claim
@@ -506,7 +455,8 @@ impl<'a> FrameDb<'a> {
 
 // SAFETY: `FrameDb::new`'s contract gives the database RAM nobody else
 // uses; a frame counts as mapped only while it is a held `Normal` page,
-// and is freed only with its last reference.
+// and is freed only with its last reference; `only_mapping` reads the
+// page's own counts: one reference, one mapping.
 unsafe impl<'a> PageCounter for &'a FrameDb<'a> {
     type Page = PageRef<'a>;
 
@@ -568,7 +518,7 @@ impl PageRef<'_> {
     #[inline]
     pub fn frame(&self) -> PhysFrame {
         // The database checked at creation that its frames lie below 2^52.
-        PhysFrame::containing_address(PhysAddr::new_truncate(self.pfn << 12))
+        PhysFrame::containing_address(PhysAddr::new_truncate(self.pfn * PAGE_4K))
     }
 
     /// The page's physical address.

@@ -273,7 +273,7 @@ fn fingerprint<C: PageCounter, M: TableMapper, A: TableAllocator, T: TlbFlush>(
     (
         space
             .user_leaves()
-            .map(|l| (l.va.as_u64(), l.entry))
+            .map(|l| (l.va.as_u64(), l.entry.bits()))
             .collect(),
         table_frames(db),
         db.free_frames(),
@@ -322,7 +322,7 @@ fn a_write_fault_on_a_2mib_copy_on_write_entry_splits_it_and_copies_one_page() {
     assert_eq!(space.handle_write_fault(va(at)), Ok(WriteFault::Copied));
     let leaf = space.translate(va(at)).unwrap();
     assert_eq!(leaf.level, 1);
-    assert!(!leaf.is_special() && leaf.entry & pte::WRITABLE != 0);
+    assert!(!leaf.is_special() && leaf.entry.bits() & pte::WRITABLE != 0);
     assert_ne!(leaf.phys().as_u64() >> 12, frames.pfn() + 5);
     assert!(page_bytes(leaf.phys().as_u64()).iter().all(|&b| b == 0x5a));
     // The other 511 pages still map the device frames, read-only, special.
@@ -333,7 +333,7 @@ fn a_write_fault_on_a_2mib_copy_on_write_entry_splits_it_and_copies_one_page() {
     assert_eq!(rest.len(), 511);
     assert!(rest.iter().all(|l| l.level == 1
         && l.is_special()
-        && l.entry & pte::WRITABLE == 0
+        && l.entry.bits() & pte::WRITABLE == 0
         && l.phys().as_u64() == (frames.pfn() << 12) + (l.va.as_u64() - BASE)));
     assert!(
         page_bytes((frames.pfn() + 5) << 12)
@@ -387,13 +387,13 @@ fn fork_write_protects_writable_special_entries_of_copy_on_write_areas() {
         )
     }
     .unwrap();
-    assert!(parent.translate(va(BASE)).unwrap().entry & pte::WRITABLE != 0);
+    assert!(parent.translate(va(BASE)).unwrap().entry.bits() & pte::WRITABLE != 0);
     let small_child = parent.fork_range(small, &mut child).unwrap();
     let huge_child = parent.fork_range(huge, &mut child).unwrap();
     for space in [&parent, &child] {
         for addr in [BASE, BASE + PAGE_2M] {
             assert_eq!(
-                space.translate(va(addr)).unwrap().entry & pte::WRITABLE,
+                space.translate(va(addr)).unwrap().entry.bits() & pte::WRITABLE,
                 0,
                 "{addr:#x} read-only on both sides"
             );
@@ -758,7 +758,7 @@ fn one_gib_entries_are_made_only_when_allowed_and_split_down_on_a_partial_zap() 
             CacheMode::of_entry(l.entry, l.level > 1),
             CacheMode::WriteThrough
         );
-        assert!(l.is_special() && l.entry & pte::WRITABLE != 0);
+        assert!(l.is_special() && l.entry.bits() & pte::WRITABLE != 0);
     }
     assert!(space.translate(va(BASE + 3 * PAGE_4K)).is_none());
     assert!(space.translate(va(BASE + 4 * PAGE_4K)).is_none());
@@ -830,14 +830,14 @@ fn copy_on_write_and_fork_of_a_1gib_entry() {
     for space in [&parent, &child] {
         let leaf = space.translate(va(BASE)).unwrap();
         assert_eq!(
-            (leaf.level, leaf.entry & pte::WRITABLE),
+            (leaf.level, leaf.entry.bits() & pte::WRITABLE),
             (3, 0),
             "write-protected"
         );
     }
     assert_eq!(child.handle_write_fault(va(at + 5)), Ok(WriteFault::Copied));
     let leaf = child.translate(va(at)).unwrap();
-    assert!(leaf.level == 1 && !leaf.is_special() && leaf.entry & pte::WRITABLE != 0);
+    assert!(leaf.level == 1 && !leaf.is_special() && leaf.entry.bits() & pte::WRITABLE != 0);
     assert!(page_bytes(leaf.phys().as_u64()).iter().all(|&b| b == 0x3c));
     assert_eq!(
         child
@@ -889,17 +889,23 @@ fn one_walker_builds_vt_d_second_level_tables_too() {
     let leaves: Vec<_> = domain.user_leaves().collect();
     assert_eq!(leaves.len(), 4);
     for (i, l) in leaves[..3].iter().enumerate() {
-        assert_eq!(l.entry, pages[i].phys().as_u64() | SL_READ | SL_WRITE);
+        assert_eq!(
+            l.entry.bits(),
+            pages[i].phys().as_u64() | SL_READ | SL_WRITE
+        );
         assert!(!l.is_special());
     }
     let big = leaves[3];
     assert_eq!(big.level, 2);
-    assert_eq!(big.entry, 0x40_0000 | SL_READ | pte::HUGE | SL_SPECIAL);
+    assert_eq!(
+        big.entry.bits(),
+        0x40_0000 | SL_READ | pte::HUGE | SL_SPECIAL
+    );
     assert!(big.is_special());
     assert!(
         leaves
             .iter()
-            .all(|l| l.entry & (1 << 11) == 0 && l.entry & pte::USER == 0)
+            .all(|l| l.entry.bits() & (1 << 11) == 0 && l.entry.bits() & pte::USER == 0)
     );
     // Links: R|W and the crate's ownership bit in software bit 52.
     let root = domain.root().start_address().as_u64();

@@ -127,6 +127,8 @@ mod loom_tests;
 #[cfg(test)]
 mod nofree_tests;
 #[cfg(test)]
+mod review_tests;
+#[cfg(test)]
 mod runs_tests;
 #[cfg(test)]
 mod soundness_tests;

@@ -8,6 +8,11 @@
 //! there (`PRESENT`, `WRITABLE`, `USER_ACCESSIBLE`, `WRITE_THROUGH`,
 //! `NO_CACHE`, `HUGE_PAGE`, `BIT_9`, `BIT_10`, `NO_EXECUTE`).
 
+use core::fmt;
+
+use x86_64::PhysAddr;
+use x86_64::structures::paging::PhysFrame;
+
 /// Bit 0: present.
 pub const PRESENT: u64 = 1 << 0;
 /// Bit 1: writable.
@@ -46,8 +51,10 @@ pub const ADDR_2M: u64 = 0x000f_ffff_ffe0_0000;
 /// Bits 30-51 of a 1 GiB leaf: the physical address (bit 12 is PAT).
 pub const ADDR_1G: u64 = 0x000f_ffff_c000_0000;
 
-/// Size of a 4 KiB page.
-pub const PAGE_4K: u64 = 4096;
+/// Size of a 4 KiB page: the crate's one page size,
+/// [`hal::PAGE_SIZE`](crate::hal::PAGE_SIZE), as the `u64` that address
+/// arithmetic wants.
+pub const PAGE_4K: u64 = crate::hal::PAGE_SIZE as u64;
 /// Size of a 2 MiB page.
 pub const PAGE_2M: u64 = 2 << 20;
 /// Size of a 1 GiB page.
@@ -106,11 +113,11 @@ impl CacheMode {
     }
 
     /// The mode a leaf entry selects, under [`LINUX_PAT`].
-    pub const fn of_entry(entry: u64, huge: bool) -> CacheMode {
+    pub const fn of_entry(entry: Pte, huge: bool) -> CacheMode {
         let pat = if huge { PAT_2M } else { PAT_4K };
-        let index = (if entry & PWT != 0 { 1 } else { 0 })
-            | (if entry & PCD != 0 { 2 } else { 0 })
-            | (if entry & pat != 0 { 4 } else { 0 });
+        let index = (if entry.has(PWT) { 1 } else { 0 })
+            | (if entry.has(PCD) { 2 } else { 0 })
+            | (if entry.has(pat) { 4 } else { 0 });
         match index {
             0 | 4 => CacheMode::WriteBack,
             1 => CacheMode::WriteCombining,
@@ -122,30 +129,138 @@ impl CacheMode {
     }
 }
 
-/// A link to a page table the crate allocated: present, writable and
-/// user-accessible (the leaves decide), marked [`OWNED`].
-#[inline]
-pub const fn table_link(table: u64) -> u64 {
-    table | PRESENT | WRITABLE | USER | OWNED
+/// One 8-byte page-table entry, as the MMU (or an IOMMU) reads it: what
+/// the walker reads, builds and writes, in place of a bare `u64`. Its
+/// meaning depends on the [`Format`] and the level; the bit constants of
+/// this module name the bits.
+#[repr(transparent)]
+#[derive(Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct Pte(u64);
+
+impl Pte {
+    /// The zero entry: nothing mapped, nothing linked, nothing kept.
+    pub const EMPTY: Pte = Pte(0);
+
+    /// The entry with these bits.
+    #[inline]
+    pub const fn from_bits(bits: u64) -> Pte {
+        Pte(bits)
+    }
+
+    /// Its bits.
+    #[inline]
+    pub const fn bits(self) -> u64 {
+        self.0
+    }
+
+    /// Whether every bit is clear.
+    #[inline]
+    pub const fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+
+    /// Whether every bit of `flags` is set.
+    #[inline]
+    pub const fn has(self, flags: u64) -> bool {
+        self.0 & flags == flags
+    }
+
+    /// The entry with `flags` set too.
+    #[inline]
+    pub const fn with(self, flags: u64) -> Pte {
+        Pte(self.0 | flags)
+    }
+
+    /// The entry with `flags` cleared.
+    #[inline]
+    pub const fn without(self, flags: u64) -> Pte {
+        Pte(self.0 & !flags)
+    }
+
+    /// Whether bit 7 is set: in a live entry at level 2 or 3, a 2 MiB or
+    /// 1 GiB leaf rather than a link (both formats).
+    #[inline]
+    pub const fn is_huge(self) -> bool {
+        self.has(HUGE)
+    }
+
+    /// The table a link points to (bits 12-51).
+    #[inline]
+    pub fn table(self) -> PhysFrame {
+        PhysFrame::containing_address(PhysAddr::new_truncate(self.0 & ADDR_4K))
+    }
+
+    /// The frame address of a leaf at `level`: bits 12-51 at level 1,
+    /// 21-51 at level 2 and 30-51 at level 3 (bit 12 of a large leaf is
+    /// PAT).
+    #[inline]
+    pub fn phys(self, level: u32) -> PhysAddr {
+        let mask = match level {
+            3 => ADDR_1G,
+            2 => ADDR_2M,
+            _ => ADDR_4K,
+        };
+        PhysAddr::new_truncate(self.0 & mask)
+    }
+
+    /// Every bit but the frame address of a leaf at `level`.
+    #[inline]
+    pub const fn flags(self, level: u32) -> u64 {
+        let mask = match level {
+            3 => ADDR_1G,
+            2 => ADDR_2M,
+            _ => ADDR_4K,
+        };
+        self.0 & !mask
+    }
 }
 
-/// A user leaf entry for physical address `phys` with protection `prot`:
-/// `huge` for a 2 MiB or 1 GiB leaf (page-size bit, PAT in bit 12), `special` for a
-/// raw PFN with nothing counted behind it, `nx` when EFER.NXE is on (else
-/// the execute-disable bit is reserved and must stay clear).
-#[inline]
-pub const fn leaf(phys: u64, prot: PageProt, huge: bool, special: bool, nx: bool) -> u64 {
-    phys | PRESENT
-        | USER
-        | (if prot.writable { WRITABLE } else { 0 })
-        | (if !prot.executable && nx {
-            NO_EXECUTE
-        } else {
-            0
-        })
-        | (if huge { HUGE } else { 0 })
-        | (if special { SPECIAL } else { 0 })
-        | prot.cache.pte_bits(huge)
+impl fmt::Debug for Pte {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Pte({:#x})", self.0)
+    }
+}
+
+/// What a leaf entry says besides its frame's address: everything a
+/// [`Format`] needs to build one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct LeafDesc {
+    /// How the mapping may be accessed.
+    pub prot: PageProt,
+    /// A 2 MiB or 1 GiB leaf (page-size bit set, PAT in bit 12), not a
+    /// 4 KiB one.
+    pub huge: bool,
+    /// A raw frame with nothing counted behind it (Linux's special PTE),
+    /// not a counted page.
+    pub special: bool,
+    /// The execute-disable bit may be used (EFER.NXE is on; without it the
+    /// bit is reserved and must stay clear).
+    pub nx: bool,
+}
+
+impl LeafDesc {
+    /// A 4 KiB leaf of a counted page.
+    pub const fn page(prot: PageProt, nx: bool) -> LeafDesc {
+        LeafDesc {
+            prot,
+            huge: false,
+            special: false,
+            nx,
+        }
+    }
+
+    /// A 4 KiB special leaf: a raw frame.
+    pub const fn raw(prot: PageProt, nx: bool) -> LeafDesc {
+        LeafDesc {
+            special: true,
+            ..LeafDesc::page(prot, nx)
+        }
+    }
+
+    /// The same leaf at 2 MiB or 1 GiB.
+    pub const fn huge(self) -> LeafDesc {
+        LeafDesc { huge: true, ..self }
+    }
 }
 
 /// The format of a page-table hierarchy's entries: the CPU's ([`X86`]), or
@@ -156,29 +271,28 @@ pub const fn leaf(phys: u64, prot: PageProt, huge: bool, special: bool, nx: bool
 /// walker serves both.
 pub trait Format {
     /// Whether `entry` maps something or links a table.
-    fn is_live(entry: u64) -> bool;
-    /// A link to the table at `table`, which this crate allocated.
-    fn table_link(table: u64) -> u64;
+    fn is_live(entry: Pte) -> bool;
+    /// A link to `table`, which this crate allocated.
+    fn table_link(table: PhysFrame) -> Pte;
     /// Whether a link's table was allocated by this crate.
-    fn is_owned(link: u64) -> bool;
-    /// A leaf mapping `phys` with `prot`: `huge` for a 2 MiB or 1 GiB one,
-    /// `special` for a raw frame with nothing counted behind it, `nx` when
-    /// execute-disable may be used.
-    fn leaf(phys: u64, prot: PageProt, huge: bool, special: bool, nx: bool) -> u64;
+    fn is_owned(link: Pte) -> bool;
+    /// A leaf mapping the frame at `phys` (aligned to the leaf's size) as
+    /// `desc` says.
+    fn leaf(phys: PhysAddr, desc: LeafDesc) -> Pte;
     /// Whether a leaf is special.
-    fn is_special(leaf: u64) -> bool;
+    fn is_special(leaf: Pte) -> bool;
     /// `leaf` retired by a zap: not live any more (the MMU or IOMMU
     /// ignores it), but still holding the frame's address, so the page
     /// tables themselves list the frames to give back after the one TLB
     /// flush of the zap. The default clears bits 0 and 1 (X86's present
     /// and writable, VT-d's read and write) and sets [`RETIRED`]; a format
     /// whose liveness lives elsewhere overrides it.
-    fn retire(leaf: u64) -> u64 {
-        (leaf & !0b11) | RETIRED
+    fn retire(leaf: Pte) -> Pte {
+        leaf.without(0b11).with(RETIRED)
     }
     /// Whether `entry` is a leaf [`Format::retire`] made.
-    fn is_retired(entry: u64) -> bool {
-        !Self::is_live(entry) && entry & RETIRED != 0
+    fn is_retired(entry: Pte) -> bool {
+        !Self::is_live(entry) && entry.has(RETIRED)
     }
 }
 
@@ -192,24 +306,39 @@ pub enum X86 {}
 
 impl Format for X86 {
     #[inline]
-    fn is_live(entry: u64) -> bool {
-        entry & PRESENT != 0
+    fn is_live(entry: Pte) -> bool {
+        entry.has(PRESENT)
+    }
+    /// Present, writable and user-accessible (the leaves decide), marked
+    /// [`OWNED`].
+    #[inline]
+    fn table_link(table: PhysFrame) -> Pte {
+        Pte(table.start_address().as_u64() | PRESENT | WRITABLE | USER | OWNED)
     }
     #[inline]
-    fn table_link(table: u64) -> u64 {
-        table_link(table)
+    fn is_owned(link: Pte) -> bool {
+        link.has(OWNED)
+    }
+    /// A user leaf; the cache mode's PAT bit is bit 12 in a huge one.
+    #[inline]
+    fn leaf(phys: PhysAddr, desc: LeafDesc) -> Pte {
+        let prot = desc.prot;
+        Pte(phys.as_u64()
+            | PRESENT
+            | USER
+            | (if prot.writable { WRITABLE } else { 0 })
+            | (if !prot.executable && desc.nx {
+                NO_EXECUTE
+            } else {
+                0
+            })
+            | (if desc.huge { HUGE } else { 0 })
+            | (if desc.special { SPECIAL } else { 0 })
+            | prot.cache.pte_bits(desc.huge))
     }
     #[inline]
-    fn is_owned(link: u64) -> bool {
-        link & OWNED != 0
-    }
-    #[inline]
-    fn leaf(phys: u64, prot: PageProt, huge: bool, special: bool, nx: bool) -> u64 {
-        leaf(phys, prot, huge, special, nx)
-    }
-    #[inline]
-    fn is_special(leaf: u64) -> bool {
-        leaf & SPECIAL != 0
+    fn is_special(leaf: Pte) -> bool {
+        leaf.has(SPECIAL)
     }
 }
 
@@ -233,27 +362,29 @@ pub enum SecondLevel {}
 
 impl Format for SecondLevel {
     #[inline]
-    fn is_live(entry: u64) -> bool {
-        entry & (SL_READ | SL_WRITE) != 0
+    fn is_live(entry: Pte) -> bool {
+        entry.bits() & (SL_READ | SL_WRITE) != 0
     }
     #[inline]
-    fn table_link(table: u64) -> u64 {
-        table | SL_READ | SL_WRITE | SL_OWNED
+    fn table_link(table: PhysFrame) -> Pte {
+        Pte(table.start_address().as_u64() | SL_READ | SL_WRITE | SL_OWNED)
     }
     #[inline]
-    fn is_owned(link: u64) -> bool {
-        link & SL_OWNED != 0
+    fn is_owned(link: Pte) -> bool {
+        link.has(SL_OWNED)
+    }
+    /// Read always, write as `prot` says; no cache or execute bits.
+    #[inline]
+    fn leaf(phys: PhysAddr, desc: LeafDesc) -> Pte {
+        Pte(phys.as_u64()
+            | SL_READ
+            | (if desc.prot.writable { SL_WRITE } else { 0 })
+            | (if desc.huge { HUGE } else { 0 })
+            | (if desc.special { SL_SPECIAL } else { 0 }))
     }
     #[inline]
-    fn leaf(phys: u64, prot: PageProt, huge: bool, special: bool, _nx: bool) -> u64 {
-        phys | SL_READ
-            | (if prot.writable { SL_WRITE } else { 0 })
-            | (if huge { HUGE } else { 0 })
-            | (if special { SL_SPECIAL } else { 0 })
-    }
-    #[inline]
-    fn is_special(leaf: u64) -> bool {
-        leaf & SL_SPECIAL != 0
+    fn is_special(leaf: Pte) -> bool {
+        leaf.has(SL_SPECIAL)
     }
 }
 
@@ -319,7 +450,7 @@ mod tests {
             for huge in [false, true] {
                 let bits = mode.pte_bits(huge);
                 assert_eq!(
-                    CacheMode::of_entry(bits, huge),
+                    CacheMode::of_entry(Pte::from_bits(bits), huge),
                     mode,
                     "{mode:?} huge={huge}"
                 );

@@ -14,6 +14,7 @@ use super::space::AddressSpace;
 use super::tlb::TlbFlush;
 use super::traits::OffsetMapper;
 use super::vma::VmFlags;
+use crate::hal::PAGE_SIZE;
 
 /// Records every flush.
 #[derive(Default, Debug)]
@@ -76,7 +77,7 @@ pub(crate) struct Memory {
 
 impl Memory {
     pub(crate) fn new(frames: usize) -> Memory {
-        let layout = Layout::from_size_align(frames * 4096, 4096).unwrap();
+        let layout = Layout::from_size_align(frames * PAGE_SIZE, PAGE_SIZE).unwrap();
         // SAFETY: non-zero size.
         let base = unsafe { alloc_zeroed(layout) };
         assert!(!base.is_null());
@@ -105,7 +106,7 @@ impl Drop for Memory {
         unsafe {
             dealloc(
                 self.base,
-                Layout::from_size_align(self.frames * 4096, 4096).unwrap(),
+                Layout::from_size_align(self.frames * PAGE_SIZE, PAGE_SIZE).unwrap(),
             )
         }
     }
@@ -134,7 +135,7 @@ pub(crate) fn table_frames(db: &FrameDb<'_>) -> usize {
 pub(crate) fn page_bytes(pa: u64) -> &'static mut [u8] {
     // SAFETY: test frames are host memory the fake HAL maps 1:1; callers
     // only use pages they own.
-    unsafe { core::slice::from_raw_parts_mut(pa as *mut u8, 4096) }
+    unsafe { core::slice::from_raw_parts_mut(pa as *mut u8, PAGE_SIZE) }
 }
 
 /// A kernel's frame allocator for table frames: frames of its own host

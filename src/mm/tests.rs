@@ -49,7 +49,7 @@ fn insert_page_rules() {
     let leaf = space.translate(va(BASE + PAGE_4K + 5)).unwrap();
     assert_eq!(leaf.phys().as_u64(), page.phys().as_u64());
     assert_eq!(
-        leaf.entry & (pte::PRESENT | pte::USER | pte::WRITABLE | pte::NO_EXECUTE),
+        leaf.entry.bits() & (pte::PRESENT | pte::USER | pte::WRITABLE | pte::NO_EXECUTE),
         pte::PRESENT | pte::USER | pte::WRITABLE | pte::NO_EXECUTE
     );
     assert!(!leaf.is_special());
@@ -101,7 +101,7 @@ fn insert_page_rules() {
         .unwrap();
     space.insert_page(cow, pg(BASE + PAGE_2M), &other).unwrap();
     assert_eq!(
-        space.translate(va(BASE + PAGE_2M)).unwrap().entry & pte::WRITABLE,
+        space.translate(va(BASE + PAGE_2M)).unwrap().entry.bits() & pte::WRITABLE,
         0
     );
     // A PFNMAP area refuses pages.
@@ -295,11 +295,11 @@ fn remap_pfn_range_uses_special_and_huge_entries() {
     let huge = space.translate(va(BASE + 8 * PAGE_2M)).unwrap();
     let small = space.translate(va(BASE + 9 * PAGE_2M)).unwrap();
     assert_eq!(
-        huge.entry & (pte::PAT_2M | pte::PCD | pte::PWT),
+        huge.entry.bits() & (pte::PAT_2M | pte::PCD | pte::PWT),
         pte::PAT_2M | pte::PCD | pte::PWT
     );
     assert_eq!(
-        small.entry & (pte::PAT_4K | pte::PCD | pte::PWT),
+        small.entry.bits() & (pte::PAT_4K | pte::PCD | pte::PWT),
         pte::PAT_4K | pte::PCD | pte::PWT
     );
     assert_eq!(
@@ -630,7 +630,7 @@ fn fork_copies_entries_and_counts_only_pages() {
     assert!(
         parent
             .translate(va(BASE + 4 * PAGE_2M))
-            .is_some_and(|l| l.entry & pte::WRITABLE != 0),
+            .is_some_and(|l| l.entry.bits() & pte::WRITABLE != 0),
         "shared stays writable"
     );
     drop(child);
@@ -914,7 +914,7 @@ fn check<A: TableAllocator>(
     // The kernel's own mappings are exactly as they were.
     for &(addr, entry) in world.kernel {
         prop_assert_eq!(
-            space.translate(va(addr)).map(|l| l.entry),
+            space.translate(va(addr)).map(|l| l.entry.bits()),
             Some(entry),
             "kernel page {:#x}",
             addr
@@ -1206,7 +1206,7 @@ fn write_faults_copy_on_write() {
     );
     let leaf = space.translate(va(BASE)).unwrap();
     assert_ne!(leaf.phys().as_u64(), page.phys().as_u64());
-    assert!(leaf.entry & pte::WRITABLE != 0 && !leaf.is_special());
+    assert!(leaf.entry.bits() & pte::WRITABLE != 0 && !leaf.is_special());
     assert_eq!(
         page_bytes(leaf.phys().as_u64())[100],
         0x11,
@@ -1328,7 +1328,7 @@ fn write_faults_copy_remapped_frames_and_forked_pages() {
     page_bytes(parent_page)[0] = 0x44;
     parent.fork_range(v, &mut child).unwrap();
     assert_eq!(
-        parent.translate(va(BASE)).unwrap().entry & pte::WRITABLE,
+        parent.translate(va(BASE)).unwrap().entry.bits() & pte::WRITABLE,
         0,
         "write-protected by fork"
     );

@@ -4,6 +4,8 @@
 //! cache not-present entries).
 
 use x86_64::VirtAddr;
+
+use super::pte::PAGE_4K;
 use x86_64::structures::paging::PhysFrame;
 
 /// Above this many pages, one full flush replaces page-by-page `invlpg`.
@@ -42,7 +44,7 @@ pub unsafe trait TlbFlush {
             self.flush_all(root);
         } else {
             for i in 0..pages {
-                self.flush_page(root, start + i * 4096);
+                self.flush_page(root, start + i * PAGE_4K);
             }
         }
     }

@@ -278,7 +278,11 @@ pub trait CountedPage {
 ///   as a page and is held (someone has a reference), and then keeps it
 ///   allocated (never reused) until a matching `unmap`;
 /// - `alloc_page` returns a frame nobody else uses, holding one reference;
-/// - `covers` is `true` for every frame `try_map` could accept.
+/// - `covers` is `true` for every frame `try_map` could accept;
+/// - `only_mapping` is `true` only when the one entry being faulted on
+///   holds the page's only reference and map count: a write fault then
+///   makes that page writable in place, so a page another space, a fork
+///   child or a driver still holds would take user space's writes.
 pub unsafe trait PageCounter {
     /// A counted reference to one page (dropping it gives the reference
     /// back).

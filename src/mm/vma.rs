@@ -6,7 +6,7 @@ use bitflags::bitflags;
 use x86_64::VirtAddr;
 use x86_64::structures::paging::Page;
 
-use super::pte::CacheMode;
+use super::pte::{CacheMode, PAGE_4K};
 // Defined with the entry bits it becomes; the areas' public name for it.
 pub use super::pte::PageProt;
 
@@ -78,28 +78,33 @@ impl Vma {
     /// One past its last byte, as a number: an area may reach the top of
     /// the lower half, and its end, 2^47, is not a canonical address (so no
     /// `VirtAddr`: the type changed from `VirtAddr` in issue 17, whose
-    /// constructor panicked there).
+    /// constructor panicked there). An area built by hand past the end of
+    /// the address space saturates at `u64::MAX`.
     pub fn end(&self) -> u64 {
-        // Areas lie at or below the end of the lower half (`map_vma`
-        // checks), so this cannot wrap.
-        self.start.start_address().as_u64() + self.pages * 4096
+        self.pages
+            .checked_mul(PAGE_4K)
+            .and_then(|len| self.start.start_address().as_u64().checked_add(len))
+            .unwrap_or(u64::MAX)
     }
 
-    /// Whether `count` pages from `first` lie inside the area.
+    /// Whether `count` pages from `first` lie inside the area. Counted in
+    /// pages from its start, so no area, however built, overflows.
     pub fn contains_pages(&self, first: Page, count: u64) -> bool {
-        let (start, first) = (
-            self.start.start_address().as_u64(),
-            first.start_address().as_u64(),
-        );
-        let end = self.end();
-        count
-            .checked_mul(4096)
-            .and_then(|len| first.checked_add(len))
-            .is_some_and(|last_end| first >= start && last_end <= end)
+        self.pages_from_start(first.start_address())
+            .and_then(|skip| skip.checked_add(count))
+            .is_some_and(|last| last <= self.pages)
     }
 
     /// Whether `addr` lies inside the area.
     pub fn contains(&self, addr: VirtAddr) -> bool {
-        (self.start.start_address().as_u64()..self.end()).contains(&addr.as_u64())
+        self.pages_from_start(addr)
+            .is_some_and(|page| page < self.pages)
+    }
+
+    /// Whole pages from the area's start to `addr`, if `addr` is not below it.
+    fn pages_from_start(&self, addr: VirtAddr) -> Option<u64> {
+        addr.as_u64()
+            .checked_sub(self.start.start_address().as_u64())
+            .map(|offset| offset / PAGE_4K)
     }
 }

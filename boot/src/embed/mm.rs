@@ -7,6 +7,7 @@ use alloc::vec::Vec;
 
 use dmaengine::mm::MmError;
 use dmaengine::mm::frame::{FrameDb, PageInfo};
+use dmaengine::mm::pte::PAGE_4K;
 use dmaengine::mm::space::AddressSpace;
 use dmaengine::mm::tlb::TlbFlush;
 use dmaengine::mm::traits::OffsetMapper;
@@ -76,7 +77,7 @@ unsafe impl TlbFlush for KernelTlb {
         if Self::active(root) {
             if pages <= dmaengine::mm::tlb::FULL_FLUSH_THRESHOLD as u64 {
                 for i in 0..pages {
-                    x86_64::instructions::tlb::flush(start + i * dmaengine::mm::pte::PAGE_4K);
+                    x86_64::instructions::tlb::flush(start + i * PAGE_4K);
                 }
             } else {
                 x86_64::instructions::tlb::flush_all();
@@ -127,12 +128,12 @@ pub fn fr(pfn: u64) -> PhysFrame {
 
 /// Pages in `[start, end)`.
 pub fn npages(start: u64, end: u64) -> u64 {
-    (end - start) / 4096
+    (end - start) / PAGE_4K
 }
 
 /// Whole pages in `bytes`.
 pub fn bytes_to_pages(bytes: u64) -> u64 {
-    bytes / 4096
+    bytes / PAGE_4K
 }
 
 /// The CR3 the kernel booted with, restored after every test.

@@ -2,10 +2,11 @@
 //! counted page behind an entry (`vm_normal_page`).
 
 use x86_64::VirtAddr;
+use x86_64::structures::paging::PhysFrame;
 
-use super::{AddressSpace, VmaId, frame};
+use super::{AddressSpace, VmaId};
 use crate::mm::MmError;
-use crate::mm::pte::{self, ADDR_4K, PAGE_4K, SPECIAL, X86};
+use crate::mm::pte::{self, PAGE_4K, Pte, SPECIAL, X86};
 use crate::mm::tlb::TlbFlush;
 use crate::mm::traits::{CountedPage, PageCounter, TableAllocator, TableMapper};
 use crate::mm::vma::VmFlags;
@@ -65,7 +66,7 @@ impl<C: PageCounter, M: TableMapper, A: TableAllocator, T: TlbFlush> AddressSpac
             return Err(MmError::Protection);
         }
         let mut leaf = self.translate(addr).ok_or(MmError::NotMapped)?;
-        if leaf.entry & pte::WRITABLE != 0 {
+        if leaf.entry.has(pte::WRITABLE) {
             return Ok(WriteFault::Spurious);
         }
         if !vma.flags.is_cow() {
@@ -73,46 +74,45 @@ impl<C: PageCounter, M: TableMapper, A: TableAllocator, T: TlbFlush> AddressSpac
         }
         // The 4 KiB frame behind `addr`, whatever the leaf's size.
         let source = leaf.frame_of(addr).ok_or(MmError::NotMapped)?;
-        // A fresh page is free memory, so only a raw frame that was freed
-        // while mapped can be it; copying it onto itself would be UB.
-        let fresh = |page: C::Page| {
-            if page.frame() == source {
-                Err(MmError::FreeFrameMapped)
-            } else {
-                Ok(page)
-            }
-        };
         let mut copy = None;
         if leaf.level >= 2 {
-            // The copy's page and every table first: if one cannot be had,
-            // dropping what was taken leaves everything as it was.
-            let page = fresh(self.counter.alloc_page().ok_or(MmError::OutOfMemory)?)?;
-            let mut tables = [0u64; 2];
+            // The copy's page, its count and every table first: if one
+            // cannot be had, giving back what was taken leaves everything
+            // as it was.
+            let page = self.counted_copy(source)?;
+            let mut tables = [None; 2];
             let levels = (leaf.level - 1) as usize;
-            self.alloc_tables(&mut tables[..levels])?;
+            if let Err(e) = self.alloc_tables(&mut tables[..levels]) {
+                // SAFETY: the count `counted_copy` took, for an entry now
+                // never written.
+                unsafe { self.counter.unmap(page.frame()) };
+                return Err(e);
+            }
             // 1 GiB to 2 MiB, then 2 MiB to 4 KiB.
-            for table in tables.into_iter().take(levels) {
+            for table in tables.into_iter().flatten() {
                 self.split_leaf(&leaf, table);
                 leaf = self.translate(addr).ok_or(MmError::NotMapped)?;
             }
             copy = Some(page);
         }
-        let old = frame(leaf.phys().as_u64());
+        let old = PhysFrame::containing_address(leaf.phys());
         let counted = !leaf.is_special();
+        // SAFETY: the walk just above found `leaf`; nothing was freed since.
+        let table = unsafe { self.leaf_table(&leaf) };
         if counted && copy.is_none() && self.counter.only_mapping(old) {
-            self.write(leaf.table, leaf.index, leaf.entry | pte::WRITABLE);
+            self.write(table, leaf.index, leaf.entry.with(pte::WRITABLE));
             self.tlb.flush_page(self.root(), leaf.va);
             return Ok(WriteFault::Reused);
         }
         let copy = match copy {
             Some(page) => page,
-            None => fresh(self.counter.alloc_page().ok_or(MmError::OutOfMemory)?)?,
+            None => self.counted_copy(source)?,
         };
         // SAFETY: the source is the frame the entry maps (a counted page, or
         // a raw frame a driver remapped, which `remap_pfn_range`'s contract
         // keeps valid while mapped), the destination a page just allocated
-        // to us; `TableMapper` maps both as 4096 bytes, and `fresh` checked
-        // they are distinct frames.
+        // to us; `TableMapper` maps both as 4096 bytes, and `counted_copy`
+        // checked they are distinct frames.
         unsafe {
             core::ptr::copy_nonoverlapping(
                 self.mapper.frame_ptr(old),
@@ -120,17 +120,13 @@ impl<C: PageCounter, M: TableMapper, A: TableAllocator, T: TlbFlush> AddressSpac
                 PAGE_4K as usize,
             );
         }
-        // The new mapping's reference and map count; `copy`'s own reference
-        // goes when it drops below.
-        // SAFETY: the count is for the entry written just below, which a
-        // later zap or fault gives back.
-        if !unsafe { self.counter.try_map(copy.frame()) } {
-            return Err(MmError::NotInsertable);
-        }
         // The copy is ordinary memory: write-back, whatever the original was.
+        // Its entry holds the count `counted_copy` took; `copy`'s own
+        // reference goes when it drops below.
         let cache = pte::PWT | pte::PCD | pte::PAT_4K;
-        let flags = (leaf.entry & !ADDR_4K & !SPECIAL & !cache) | pte::WRITABLE;
-        self.write(leaf.table, leaf.index, copy.phys().as_u64() | flags);
+        let flags = leaf.entry.flags(1) & !SPECIAL & !cache;
+        let entry = Pte::from_bits(copy.phys().as_u64() | flags).with(pte::WRITABLE);
+        self.write(table, leaf.index, entry);
         self.tlb.flush_page(self.root(), leaf.va);
         if counted {
             // SAFETY: the entry that mapped `old` (a counted page, so
@@ -139,5 +135,25 @@ impl<C: PageCounter, M: TableMapper, A: TableAllocator, T: TlbFlush> AddressSpac
             unsafe { self.counter.unmap(old) };
         }
         Ok(WriteFault::Copied)
+    }
+
+    /// A fresh page for a copy of `source`, with the map count of the
+    /// entry that will map it taken, before anything changes: a counter
+    /// may refuse that count, and the split a large entry needs must not
+    /// be left behind when it does.
+    fn counted_copy(&self, source: PhysFrame) -> Result<C::Page, MmError> {
+        let page = self.counter.alloc_page().ok_or(MmError::OutOfMemory)?;
+        // A fresh page is free memory, so only a raw frame that was freed
+        // while mapped can be it; copying it onto itself would be UB.
+        if page.frame() == source {
+            return Err(MmError::FreeFrameMapped);
+        }
+        // SAFETY: the count is for the entry the fault writes; the caller
+        // gives it back at once if it does not write it, and a later zap
+        // or fault gives it back otherwise.
+        if !unsafe { self.counter.try_map(page.frame()) } {
+            return Err(MmError::NotInsertable);
+        }
+        Ok(page)
     }
 }

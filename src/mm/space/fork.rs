@@ -1,6 +1,8 @@
 //! Copying an area into a child address space, as `fork` does.
 
-use super::{AddressSpace, Leaf, VmaId, frame};
+use x86_64::structures::paging::PhysFrame;
+
+use super::{AddressSpace, Leaf, VmaId};
 use crate::mm::MmError;
 use crate::mm::pte::{self, X86};
 use crate::mm::tlb::TlbFlush;
@@ -19,12 +21,12 @@ impl<C: PageCounter, M: TableMapper, A: TableAllocator, T: TlbFlush> AddressSpac
         let vma = *self.vma(id)?;
         let child_id = child.map_vma(vma.start, vma.pages, vma.flags)?;
         child.vma_mut(child_id)?.pgoff = vma.pgoff;
-        let cow_protect = |leaf: &Leaf| vma.flags.is_cow() && leaf.entry & pte::WRITABLE != 0;
+        let cow_protect = |leaf: &Leaf| vma.flags.is_cow() && leaf.entry.has(pte::WRITABLE);
         let (start, end) = (vma.start.start_address().as_u64(), vma.end());
         let mut va = start;
         while let Some(leaf) = self.next_leaf(va, end) {
             let entry = if cow_protect(&leaf) {
-                leaf.entry & !pte::WRITABLE
+                leaf.entry.without(pte::WRITABLE)
             } else {
                 leaf.entry
             };
@@ -32,7 +34,7 @@ impl<C: PageCounter, M: TableMapper, A: TableAllocator, T: TlbFlush> AddressSpac
             let copied = child.walk_alloc(leaf_va, leaf.level).and_then(|table| {
                 // A mapped counted page is held, so the counter takes it.
                 let taken = leaf.is_special() || {
-                    let page = frame(leaf.phys().as_u64());
+                    let page = PhysFrame::containing_address(leaf.phys());
                     // SAFETY: the count is for the child's copy of the
                     // entry, written just below; unmapping the child gives
                     // it back.
@@ -61,7 +63,10 @@ impl<C: PageCounter, M: TableMapper, A: TableAllocator, T: TlbFlush> AddressSpac
         while let Some(leaf) = self.next_leaf(va, end) {
             let leaf_end = leaf.va.as_u64() + leaf.size();
             if cow_protect(&leaf) {
-                self.write(leaf.table, leaf.index, leaf.entry & !pte::WRITABLE);
+                // SAFETY: `next_leaf` just found `leaf`; nothing was freed
+                // since.
+                let table = unsafe { self.leaf_table(&leaf) };
+                self.write(table, leaf.index, leaf.entry.without(pte::WRITABLE));
                 protected = Some(
                     protected.map_or((leaf.va.as_u64(), leaf_end), |(from, _)| (from, leaf_end)),
                 );

@@ -3,9 +3,12 @@
 
 use x86_64::structures::paging::{Page, PhysFrame};
 
+use x86_64::PhysAddr;
+
+use super::walk::Table;
 use super::{AddressSpace, VmaId};
 use crate::mm::MmError;
-use crate::mm::pte::{self, Format, PAGE_4K};
+use crate::mm::pte::{self, Format, LeafDesc, PAGE_4K, Pte};
 use crate::mm::tlb::TlbFlush;
 use crate::mm::traits::{CountedPage, PageCounter, TableAllocator, TableMapper};
 use crate::mm::vma::VmFlags;
@@ -42,20 +45,17 @@ impl<C: PageCounter, M: TableMapper, A: TableAllocator, T: TlbFlush, F: Format>
     /// The one per-entry path of `insert_page` and `insert_pages` (Linux's
     /// `insert_page_into_pte_locked`): an occupied entry is `Busy`, a frame
     /// the counter will not count is `NotInsertable`, else the page gains a
-    /// reference and a map count and the entry is written.
-    /// `bits` is the entry without its address (`pte::leaf` of the area's
-    /// protection), computed once per call.
+    /// reference and a map count and entry `index` of `table` is written.
+    /// `leaf` is the area's leaf without its address, built once per call.
     #[inline]
     fn insert_into_pte(
         &mut self,
-        slot: *mut u64,
+        table: Table,
+        index: usize,
         page: PhysFrame,
-        bits: u64,
+        leaf: Pte,
     ) -> Result<(), MmError> {
-        // SAFETY: `slot` points into a page table of this space (the
-        // callers take it from `entry_ptr` of a table `walk_alloc` gave);
-        // entries are read and written with single volatile accesses.
-        if unsafe { slot.read_volatile() } != 0 {
+        if !table.read(index).is_empty() {
             return Err(MmError::Busy);
         }
         // SAFETY: the count is for the entry written just below; the zap
@@ -63,8 +63,7 @@ impl<C: PageCounter, M: TableMapper, A: TableAllocator, T: TlbFlush, F: Format>
         if !unsafe { self.counter.try_map(page) } {
             return Err(MmError::NotInsertable);
         }
-        // SAFETY: as above.
-        unsafe { slot.write_volatile(page.start_address().as_u64() | bits) };
+        self.write(table, index, leaf.with(page.start_address().as_u64()));
         Ok(())
     }
 
@@ -81,13 +80,11 @@ impl<C: PageCounter, M: TableMapper, A: TableAllocator, T: TlbFlush, F: Format>
         }
         let (va, _) = Self::range_in(&vma, at, 1)?;
         let pt = self.walk_alloc(va, 1)?;
-        let slot = self.entry_ptr(pt, pte::index(va, 1));
-        let bits = F::leaf(0, vma.page_prot(), false, false, self.nx);
-        if let Err(e) = self.insert_into_pte(slot, page.frame(), bits) {
+        let leaf = F::leaf(PhysAddr::zero(), LeafDesc::page(vma.page_prot(), self.nx));
+        if let Err(e) = self.insert_into_pte(pt, pte::index(va, 1), page.frame(), leaf) {
             self.prune(va, va + PAGE_4K);
             return Err(e);
         }
-        self.entries_written += 1;
         self.vma_mut(id)?.flags |= VmFlags::MIXEDMAP;
         Ok(())
     }
@@ -112,7 +109,7 @@ impl<C: PageCounter, M: TableMapper, A: TableAllocator, T: TlbFlush, F: Format>
             return Ok(());
         }
         let (addr, _) = Self::range_in(&vma, at, pages.len() as u64).map_err(|e| fail(0, e))?;
-        let bits = F::leaf(0, vma.page_prot(), false, false, self.nx);
+        let leaf = F::leaf(PhysAddr::zero(), LeafDesc::page(vma.page_prot(), self.nx));
         let mut done = 0;
         let result = loop {
             if done == pages.len() {
@@ -123,22 +120,17 @@ impl<C: PageCounter, M: TableMapper, A: TableAllocator, T: TlbFlush, F: Format>
                 Ok(pt) => pt,
                 Err(e) => break Err(fail(done, e)),
             };
+            // The batch stays inside page table `pt`: `first + k` is below
+            // 512 by the choice of `batch_end`.
             let first = pte::index(va, 1);
             let batch_end = pages.len().min(done + 512 - first);
-            let entries = self.entry_ptr(pt, first);
             let mut error = None;
             for (k, page) in pages[done..batch_end].iter().enumerate() {
-                // SAFETY: `entries` is entry `first` of page table `pt` and
-                // the batch stays inside it: `first + k` is below 512 by the
-                // choice of `batch_end`.
-                let slot = unsafe { entries.add(k) };
-                if let Err(e) = self.insert_into_pte(slot, page.frame(), bits) {
+                if let Err(e) = self.insert_into_pte(pt, first + k, page.frame(), leaf) {
                     error = Some(fail(done + k, e));
                     break;
                 }
             }
-            let written = error.map_or(batch_end, |e| e.inserted) - done;
-            self.entries_written += written as u64;
             match error {
                 Some(error) => {
                     let failed_at = addr + error.inserted as u64 * PAGE_4K;
@@ -207,15 +199,12 @@ impl<C: PageCounter, M: TableMapper, A: TableAllocator, T: TlbFlush, F: Format>
         let pt = self.walk_alloc(va, 1)?;
         // Not live but not empty: not ours to overwrite (`map_vma` keeps
         // such entries out of areas, so this is a second line).
-        if self.read(pt, pte::index(va, 1)) != 0 {
+        if !pt.read(pte::index(va, 1)).is_empty() {
             return Err(MmError::Busy);
         }
         let entry = F::leaf(
-            frame.start_address().as_u64(),
-            vma.page_prot(),
-            false,
-            true,
-            self.nx,
+            frame.start_address(),
+            LeafDesc::raw(vma.page_prot(), self.nx),
         );
         self.write(pt, pte::index(va, 1), entry);
         Ok(Inserted::New)

@@ -31,7 +31,7 @@ pub use fault::WriteFault;
 pub use insert::{Inserted, PartialInsert};
 
 use super::MmError;
-use super::pte::{self, ADDR_1G, ADDR_2M, ADDR_4K, Format, PAGE_1G, PAGE_2M, PAGE_4K, X86};
+use super::pte::{self, Format, PAGE_1G, PAGE_2M, PAGE_4K, Pte, X86};
 use super::tlb::TlbFlush;
 use super::traits::{PageCounter, TableAllocator, TableMapper};
 use super::vma::{VmFlags, Vma};
@@ -64,12 +64,12 @@ static NEXT_SPACE_ID: AtomicU32 = AtomicU32::new(1);
 pub struct Leaf {
     /// The first virtual address it maps.
     pub va: VirtAddr,
-    /// The raw entry.
-    pub entry: u64,
+    /// The entry.
+    pub entry: Pte,
     /// 1 for a 4 KiB page, 2 for a 2 MiB page, 3 for a 1 GiB page.
     pub level: u32,
-    /// Physical address of the table holding the entry, and its index.
-    table: u64,
+    /// The table holding the entry, and its index.
+    table: PhysFrame,
     index: usize,
     /// Whether the entry is special in its format.
     special: bool,
@@ -89,12 +89,7 @@ impl Leaf {
     /// leaf, the large frame's base, not the address of some `va` inside it
     /// (see [`Leaf::phys_of`]).
     pub fn phys(&self) -> PhysAddr {
-        let mask = match self.level {
-            3 => ADDR_1G,
-            2 => ADDR_2M,
-            _ => ADDR_4K,
-        };
-        PhysAddr::new_truncate(self.entry & mask)
+        self.entry.phys(self.level)
     }
 
     /// The physical address `va` maps to, if this leaf covers `va`.
@@ -114,7 +109,7 @@ impl Leaf {
     /// The entry's flags, as the `x86_64` crate names them (bit 9,
     /// `BIT_9`, is [`pte::SPECIAL`]; meaningful for the CPU's format only).
     pub fn flags(&self) -> PageTableFlags {
-        PageTableFlags::from_bits_truncate(self.entry)
+        PageTableFlags::from_bits_truncate(self.entry.bits())
     }
 
     /// Whether it is special (no counted page behind it).
@@ -143,11 +138,10 @@ pub struct AddressSpace<
     mapper: M,
     alloc: A,
     tlb: T,
-    root: u64,
+    root: PhysFrame,
     owns_root: bool,
-    /// The newest spare table's address ([`NO_SPARE`]: none); see
-    /// [`AddressSpace::spare_tables`].
-    spares: u64,
+    /// The newest spare table; see [`AddressSpace::spare_tables`].
+    spares: Option<PhysFrame>,
     spare_count: usize,
     id: u32,
     vmas: [Option<Vma>; MAX_VMAS],
@@ -226,7 +220,7 @@ impl<C: PageCounter, M: TableMapper, A: TableAllocator, T: TlbFlush, F: Format>
     pub fn new_in(counter: C, mapper: M, mut alloc: A, tlb: T, nx: bool) -> Result<Self, MmError> {
         let root = alloc.allocate_table().ok_or(MmError::OutOfMemory)?;
         let space = Self::with_root(counter, mapper, alloc, tlb, nx, root, true);
-        space.zero_table(space.root);
+        space.root_table().clear();
         Ok(space)
     }
 
@@ -244,9 +238,9 @@ impl<C: PageCounter, M: TableMapper, A: TableAllocator, T: TlbFlush, F: Format>
             mapper,
             alloc,
             tlb,
-            root: root.start_address().as_u64(),
+            root,
             owns_root,
-            spares: NO_SPARE,
+            spares: None,
             spare_count: 0,
             id: NEXT_SPACE_ID.fetch_add(1, Ordering::Relaxed),
             vmas: [None; MAX_VMAS],
@@ -269,7 +263,7 @@ impl<C: PageCounter, M: TableMapper, A: TableAllocator, T: TlbFlush, F: Format>
 
     /// The root table (what CR3 loads).
     pub fn root(&self) -> PhysFrame {
-        frame(self.root)
+        self.root
     }
 
     /// The page counter.
@@ -303,11 +297,11 @@ impl<C: PageCounter, M: TableMapper, A: TableAllocator, T: TlbFlush, F: Format>
     pub fn release_tables(mut self, mut give: impl FnMut(PhysFrame)) {
         self.unmap_all();
         while let Some(table) = self.pop_spare() {
-            give(frame(table));
+            give(table);
         }
         if self.owns_root {
             self.owns_root = false;
-            give(frame(self.root));
+            give(self.root);
         }
     }
 
@@ -325,7 +319,7 @@ impl<C: PageCounter, M: TableMapper, A: TableAllocator, T: TlbFlush, F: Format>
     pub unsafe fn add_spare_table(&mut self, table: PhysFrame) {
         // SAFETY: the caller's contract: the frame is RAM given to this
         // space alone, mapped by the mapper, no table or spare of it.
-        unsafe { self.push_spare(table.start_address().as_u64()) };
+        unsafe { self.push_spare(table) };
     }
 
     /// Unmaps every area; whole areas never split a 2 MiB entry, so this
@@ -356,10 +350,13 @@ impl<C: PageCounter, M: TableMapper, A: TableAllocator, T: TlbFlush, F: Format>
         kernel_root: PhysFrame,
         slots: impl IntoIterator<Item = usize>,
     ) {
-        let kernel_root = kernel_root.start_address().as_u64();
+        // SAFETY: the caller's contract: a live PML4 reached through the
+        // mapper; only read.
+        let kernel_root = unsafe { self.table(kernel_root) };
+        let root = self.root_table();
         for slot in slots.into_iter().filter(|&s| s < 512) {
-            let entry = self.read(kernel_root, slot);
-            self.write(self.root, slot, entry);
+            let entry = kernel_root.read(slot);
+            self.write(root, slot, entry);
             self.shared[slot] = true;
         }
     }
@@ -478,12 +475,12 @@ impl<C: PageCounter, M: TableMapper, A: TableAllocator, T: TlbFlush, F: Format> 
         // (`release_tables` is how a kernel gets them back).
         while let Some(table) = self.pop_spare() {
             // SAFETY: a table from this allocator, unlinked and flushed.
-            unsafe { self.alloc.take_back(frame(table)) };
+            unsafe { self.alloc.take_back(table) };
         }
         if self.owns_root {
             // SAFETY: the root came from this allocator in `new`; every
             // area is gone and the space must not be loaded (type docs).
-            unsafe { self.alloc.take_back(frame(self.root)) };
+            unsafe { self.alloc.take_back(self.root) };
         }
     }
 }

@@ -1,11 +1,12 @@
 //! Mapping raw frame ranges (`remap_pfn_range`, `io_remap_pfn_range`).
 
+use x86_64::PhysAddr;
 use x86_64::structures::paging::{Page, PhysFrame};
 
 use super::{AddressSpace, VmaId};
 use crate::mm::MmError;
 use crate::mm::pte::PageProt;
-use crate::mm::pte::{self, CacheMode, Format, HUGE, PAGE_1G, PAGE_2M, PAGE_4K};
+use crate::mm::pte::{self, CacheMode, Format, LeafDesc, PAGE_1G, PAGE_2M, PAGE_4K, Pte};
 use crate::mm::tlb::{FULL_FLUSH_THRESHOLD, TlbFlush};
 use crate::mm::traits::{PageCounter, TableAllocator, TableMapper};
 use crate::mm::vma::VmFlags;
@@ -80,7 +81,7 @@ impl<C: PageCounter, M: TableMapper, A: TableAllocator, T: TlbFlush, F: Format>
         let vma = self.vma_mut(id)?;
         vma.flags |= VmFlags::PFNMAP | VmFlags::IO | VmFlags::DONTEXPAND | VmFlags::DONTDUMP;
         if vma.flags.is_cow() {
-            vma.pgoff = phys >> 12;
+            vma.pgoff = phys / PAGE_4K;
         }
         Ok(())
     }
@@ -153,11 +154,11 @@ impl<C: PageCounter, M: TableMapper, A: TableAllocator, T: TlbFlush, F: Format>
             let table_end = (*va & !(PAGE_2M - 1)) + PAGE_2M;
             while *va < end.min(table_end) {
                 let index = pte::index(*va, 1);
-                if self.read(pt, index) != 0 {
+                if !pt.read(index).is_empty() {
                     return Err(MmError::Busy);
                 }
-                let pa = va.wrapping_add(delta);
-                self.write(pt, index, F::leaf(pa, prot, false, true, self.nx));
+                let pa = PhysAddr::new_truncate(va.wrapping_add(delta));
+                self.write(pt, index, F::leaf(pa, LeafDesc::raw(prot, self.nx)));
                 *va += PAGE_4K;
             }
         }
@@ -177,12 +178,13 @@ impl<C: PageCounter, M: TableMapper, A: TableAllocator, T: TlbFlush, F: Format>
     ) -> Result<bool, MmError> {
         let table = self.walk_alloc(va, level)?;
         let index = pte::index(va, level);
-        let entry = self.read(table, index);
-        if entry == 0 {
-            self.write(table, index, F::leaf(pa, prot, true, true, self.nx));
+        let entry = table.read(index);
+        if entry.is_empty() {
+            let leaf = LeafDesc::raw(prot, self.nx).huge();
+            self.write(table, index, F::leaf(PhysAddr::new_truncate(pa), leaf));
             return Ok(true);
         }
-        if entry & HUGE != 0 {
+        if entry.is_huge() {
             return Err(MmError::Busy);
         }
         Ok(false)
@@ -194,7 +196,9 @@ impl<C: PageCounter, M: TableMapper, A: TableAllocator, T: TlbFlush, F: Format>
         let mut pages = 0usize;
         let mut va = start;
         while let Some(leaf) = self.next_leaf(va, end) {
-            self.write(leaf.table, leaf.index, 0);
+            // SAFETY: `next_leaf` just found `leaf`; nothing was freed since.
+            let table = unsafe { self.leaf_table(&leaf) };
+            self.write(table, leaf.index, Pte::EMPTY);
             pages += (leaf.size() / PAGE_4K) as usize;
             if pages <= FULL_FLUSH_THRESHOLD {
                 self.tlb.flush_page(self.root(), leaf.va);

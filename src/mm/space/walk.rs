@@ -3,11 +3,12 @@
 
 use core::ops::Range;
 
-use x86_64::VirtAddr;
+use x86_64::structures::paging::PhysFrame;
+use x86_64::{PhysAddr, VirtAddr};
 
-use super::{AddressSpace, Leaf, NO_SPARE, USER_END, frame};
+use super::{AddressSpace, Leaf, NO_SPARE, USER_END};
 use crate::mm::MmError;
-use crate::mm::pte::{self, ADDR_1G, ADDR_2M, ADDR_4K, Format, HUGE, PAGE_4K};
+use crate::mm::pte::{self, Format, PAGE_4K, Pte};
 use crate::mm::tlb::TlbFlush;
 use crate::mm::traits::{PageCounter, TableAllocator, TableMapper};
 
@@ -15,7 +16,7 @@ use crate::mm::traits::{PageCounter, TableAllocator, TableMapper};
 /// before they are reused (Linux's `mmu_gather` of tables): a CPU may hold a
 /// paging-structure entry pointing into a table until then.
 pub(super) struct TableGather {
-    frames: [u64; GATHER_TABLES],
+    frames: [PhysFrame; GATHER_TABLES],
     /// Each table's level: the retired leaves in it are given back before
     /// it is freed, and their address mask depends on it.
     levels: [u8; GATHER_TABLES],
@@ -27,9 +28,9 @@ pub(super) struct TableGather {
 const GATHER_TABLES: usize = 64;
 
 impl TableGather {
-    pub(super) const fn new() -> TableGather {
+    pub(super) fn new() -> TableGather {
         TableGather {
-            frames: [0; GATHER_TABLES],
+            frames: [PhysFrame::containing_address(PhysAddr::zero()); GATHER_TABLES],
             levels: [0; GATHER_TABLES],
             count: 0,
         }
@@ -45,61 +46,118 @@ pub(super) fn span(level: u32) -> u64 {
     1 << (12 + 9 * (level - 1))
 }
 
+/// A page table of the space's hierarchy, as the CPU reaches it: 512
+/// entries, each read and written with one volatile access (the MMU or
+/// IOMMU walks them concurrently, and must never see a torn entry). Making
+/// one is the only unsafe step: [`AddressSpace::table`].
+#[derive(Clone, Copy)]
+pub(super) struct Table {
+    frame: PhysFrame,
+    entries: *mut Pte,
+}
+
+impl Table {
+    /// Its frame.
+    pub(super) fn frame(self) -> PhysFrame {
+        self.frame
+    }
+
+    /// Entry `index`.
+    #[inline]
+    pub(super) fn read(self, index: usize) -> Pte {
+        assert!(index < 512, "a table has 512 entries");
+        // SAFETY: `AddressSpace::table`'s contract: 512 entries valid for
+        // reads and writes while the table is the space's; `index < 512`.
+        unsafe { self.entries.add(index).read_volatile() }
+    }
+
+    /// Empties every entry of a table nothing links yet (not counted as
+    /// entries written).
+    pub(super) fn clear(self) {
+        for index in 0..512 {
+            self.store(index, Pte::EMPTY);
+        }
+    }
+
+    /// Stores `value` in entry `index` (see [`AddressSpace::write`], which
+    /// counts it).
+    #[inline]
+    fn store(self, index: usize, value: Pte) {
+        assert!(index < 512, "a table has 512 entries");
+        // SAFETY: as for `read`.
+        unsafe { self.entries.add(index).write_volatile(value) }
+    }
+}
+
 impl<C: PageCounter, M: TableMapper, A: TableAllocator, T: TlbFlush, F: Format>
     AddressSpace<C, M, A, T, F>
 {
-    /// A pointer to entry `index` of the table at physical address `table`.
-    pub(super) fn entry_ptr(&self, table: u64, index: usize) -> *mut u64 {
-        debug_assert!(index < 512 && table.is_multiple_of(PAGE_4K));
-        let base = self.mapper.frame_ptr(frame(table)).cast::<u64>();
-        // SAFETY: `table` is a page table of this hierarchy (the root, one
-        // the allocator gave us, or a kernel table reached from the root),
-        // which `TableMapper`'s contract maps as 4096 bytes; `index < 512`.
-        unsafe { base.add(index) }
-    }
-
-    pub(super) fn read(&self, table: u64, index: usize) -> u64 {
-        // SAFETY: `entry_ptr` is in bounds and aligned; the MMU may read the
-        // entry concurrently, so it is accessed with single volatile loads.
-        unsafe { self.entry_ptr(table, index).read_volatile() }
-    }
-
-    pub(super) fn write(&mut self, table: u64, index: usize, value: u64) {
-        self.entries_written += 1;
-        // SAFETY: as for `read`; a single volatile store, so the MMU never
-        // sees a torn entry.
-        unsafe { self.entry_ptr(table, index).write_volatile(value) }
-    }
-
-    pub(super) fn zero_table(&self, table: u64) {
-        // SAFETY: a table frame just allocated to us and not yet linked, or
-        // the root before use; `TableMapper` maps its 4096 bytes.
-        unsafe {
-            self.mapper
-                .frame_ptr(frame(table))
-                .write_bytes(0, PAGE_4K as usize)
+    /// The table at `frame`, as the mapper reaches it.
+    ///
+    /// # Safety
+    /// `frame` is a page table of this space's hierarchy (its root, a
+    /// table linked under it, the kernel's or its own), or a frame the
+    /// space just took for one and has not linked yet; and the `Table` is
+    /// used only while that stays so. `TableMapper`'s contract then maps
+    /// its 4096 bytes.
+    pub(super) unsafe fn table(&self, frame: PhysFrame) -> Table {
+        Table {
+            frame,
+            entries: self.mapper.frame_ptr(frame).cast(),
         }
+    }
+
+    /// The root table.
+    pub(super) fn root_table(&self) -> Table {
+        // SAFETY: the root is this space's for its whole life (`new_in`
+        // allocated it, or `from_root`'s contract keeps it live).
+        unsafe { self.table(self.root) }
+    }
+
+    /// The table a live link found in a table of this space points to.
+    ///
+    /// # Safety
+    /// `link` is a live, non-leaf entry just read from a table of this
+    /// space: every such link points to a table of its hierarchy (the
+    /// crate's own, or the kernel's under `from_root`'s contract).
+    pub(super) unsafe fn child(&self, link: Pte) -> Table {
+        // SAFETY: the caller's contract.
+        unsafe { self.table(link.table()) }
+    }
+
+    /// The table holding `leaf`.
+    ///
+    /// # Safety
+    /// A walk of this space found `leaf`, and no table was freed since.
+    pub(super) unsafe fn leaf_table(&self, leaf: &Leaf) -> Table {
+        // SAFETY: the caller's contract: the walk read `leaf` from that
+        // table, which is still the space's.
+        unsafe { self.table(leaf.table) }
+    }
+
+    /// Writes entry `index` of `table`, counting it.
+    pub(super) fn write(&mut self, table: Table, index: usize, value: Pte) {
+        self.entries_written += 1;
+        table.store(index, value);
     }
 
     /// No entry is live (retired leaves are given back before the table is
     /// freed).
-    fn table_is_empty(&self, table: u64) -> bool {
-        (0..512).all(|i| !F::is_live(self.read(table, i)))
+    fn table_is_empty(table: Table) -> bool {
+        (0..512).all(|i| !F::is_live(table.read(i)))
     }
 
     /// A zeroed table frame: a spare one if the space keeps any, else one
     /// from the allocator.
-    pub(super) fn alloc_table(&mut self) -> Result<u64, MmError> {
-        let table = match self.pop_spare() {
-            Some(table) => table,
-            None => self
-                .alloc
-                .allocate_table()
-                .ok_or(MmError::OutOfMemory)?
-                .start_address()
-                .as_u64(),
+    pub(super) fn alloc_table(&mut self) -> Result<Table, MmError> {
+        let frame = match self.pop_spare() {
+            Some(frame) => frame,
+            None => self.alloc.allocate_table().ok_or(MmError::OutOfMemory)?,
         };
-        self.zero_table(table);
+        // SAFETY: a frame just taken for a table (the allocator's contract,
+        // or a spare of this space), not linked yet.
+        let table = unsafe { self.table(frame) };
+        table.clear();
         Ok(table)
     }
 
@@ -107,21 +165,14 @@ impl<C: PageCounter, M: TableMapper, A: TableAllocator, T: TlbFlush, F: Format>
     /// themselves hold: each one's first word is the next one's address,
     /// [`NO_SPARE`] at the end. Neither has bit 0 set, so a stale walk of a
     /// spare would find no present entry there.
-    pub(super) fn pop_spare(&mut self) -> Option<u64> {
-        let table = self.spares;
-        if table == NO_SPARE {
-            return None;
-        }
+    pub(super) fn pop_spare(&mut self) -> Option<PhysFrame> {
+        let frame = self.spares?;
         // SAFETY: a spare is a table frame of this space that nothing links
         // or caches (it was freed after its flush); `TableMapper` maps it.
-        self.spares = unsafe {
-            self.mapper
-                .frame_ptr(frame(table))
-                .cast::<u64>()
-                .read_volatile()
-        };
+        let next = unsafe { self.mapper.frame_ptr(frame).cast::<u64>().read_volatile() };
+        self.spares = (next != NO_SPARE).then(|| super::frame(next));
         self.spare_count -= 1;
-        Some(table)
+        Some(frame)
     }
 
     /// Puts `table` at the head of the spare list.
@@ -130,27 +181,30 @@ impl<C: PageCounter, M: TableMapper, A: TableAllocator, T: TlbFlush, F: Format>
     /// `table` is a frame of RAM the space alone uses from now on, linked
     /// nowhere and cached by no TLB, not already a spare, and reachable
     /// through the mapper.
-    pub(super) unsafe fn push_spare(&mut self, table: u64) {
+    pub(super) unsafe fn push_spare(&mut self, table: PhysFrame) {
+        let next = self
+            .spares
+            .map_or(NO_SPARE, |frame| frame.start_address().as_u64());
         // SAFETY: the caller's contract; the mapper maps its 4096 bytes.
         unsafe {
             self.mapper
-                .frame_ptr(frame(table))
+                .frame_ptr(table)
                 .cast::<u64>()
-                .write_volatile(self.spares)
+                .write_volatile(next)
         };
-        self.spares = table;
+        self.spares = Some(table);
         self.spare_count += 1;
     }
 
     /// Fills `tables` with zeroed table frames, all or none: on failure the
     /// ones taken go back (never linked, so no flush is owed).
-    pub(super) fn alloc_tables(&mut self, tables: &mut [u64]) -> Result<(), MmError> {
+    pub(super) fn alloc_tables(&mut self, tables: &mut [Option<Table>]) -> Result<(), MmError> {
         for i in 0..tables.len() {
             match self.alloc_table() {
-                Ok(table) => tables[i] = table,
+                Ok(table) => tables[i] = Some(table),
                 Err(e) => {
-                    for &table in &tables[..i] {
-                        self.free_table(table);
+                    for table in tables[..i].iter_mut().filter_map(Option::take) {
+                        self.free_table(table.frame());
                     }
                     return Err(e);
                 }
@@ -161,12 +215,12 @@ impl<C: PageCounter, M: TableMapper, A: TableAllocator, T: TlbFlush, F: Format>
 
     /// Gives back a table frame nothing links and no CPU caches any more;
     /// the space keeps it as a spare if the allocator cannot take it.
-    pub(super) fn free_table(&mut self, table: u64) {
+    pub(super) fn free_table(&mut self, table: PhysFrame) {
         // SAFETY: the frame came from this allocator (only tables linked
         // with OWNED, or split tables never linked, are freed; spares are
         // such tables too), and its unlinking was flushed (or it was never
         // linked).
-        if !unsafe { self.alloc.take_back(frame(table)) } {
+        if !unsafe { self.alloc.take_back(table) } {
             // SAFETY: as above: ours, unlinked, flushed, and not a spare
             // (spares are linked nowhere, so never freed as tables).
             unsafe { self.push_spare(table) };
@@ -176,17 +230,18 @@ impl<C: PageCounter, M: TableMapper, A: TableAllocator, T: TlbFlush, F: Format>
     /// The table at `level` (1 = PT, 2 = PD) covering `va`, allocating the
     /// missing tables on the way. A leaf above `level` in the way is `Busy`.
     /// On error, nothing it allocated is left behind.
-    pub(super) fn walk_alloc(&mut self, va: u64, level: u32) -> Result<u64, MmError> {
-        let mut table = self.root;
+    pub(super) fn walk_alloc(&mut self, va: u64, level: u32) -> Result<Table, MmError> {
+        let mut table = self.root_table();
         for current in (level + 1..=4).rev() {
             let index = pte::index(va, current);
-            let entry = self.read(table, index);
+            let entry = table.read(index);
             if F::is_live(entry) {
-                if entry & HUGE != 0 {
+                if entry.is_huge() {
                     self.prune(va, va + PAGE_4K);
                     return Err(MmError::Busy);
                 }
-                table = entry & ADDR_4K;
+                // SAFETY: a live link just read from a table of the space.
+                table = unsafe { self.child(entry) };
                 continue;
             }
             let child = match self.alloc_table() {
@@ -196,7 +251,7 @@ impl<C: PageCounter, M: TableMapper, A: TableAllocator, T: TlbFlush, F: Format>
                     return Err(e);
                 }
             };
-            self.write(table, index, F::table_link(child));
+            self.write(table, index, F::table_link(child.frame()));
             table = child;
         }
         Ok(table)
@@ -212,26 +267,28 @@ impl<C: PageCounter, M: TableMapper, A: TableAllocator, T: TlbFlush, F: Format>
     /// crate allocated always lies under one of its areas: it is made
     /// inside an area, and unlinked by the zap that empties it.
     pub(super) fn range_is_vacant(&self, start: u64, end: u64) -> bool {
-        self.vacant_in(self.root, 4, start, end)
+        self.vacant_in(self.root_table(), 4, start, end)
     }
 
-    fn vacant_in(&self, table: u64, level: u32, start: u64, end: u64) -> bool {
+    fn vacant_in(&self, table: Table, level: u32, start: u64, end: u64) -> bool {
         let size = span(level);
         let mut va = start;
         while va < end {
-            let entry = self.read(table, pte::index(va, level));
+            let entry = table.read(pte::index(va, level));
             let entry_start = va & !(size - 1);
             let entry_end = entry_start + size;
-            if entry != 0 {
-                let link = level > 1 && F::is_live(entry) && entry & HUGE == 0;
+            if !entry.is_empty() {
+                let link = level > 1 && F::is_live(entry) && !entry.is_huge();
                 let explained = !F::is_owned(entry)
                     || self.vmas.iter().flatten().any(|v| {
                         v.start.start_address().as_u64() < entry_end && entry_start < v.end()
                     });
-                if !link
-                    || !explained
-                    || !self.vacant_in(entry & ADDR_4K, level - 1, va, end.min(entry_end))
-                {
+                if !link || !explained {
+                    return false;
+                }
+                // SAFETY: a live link just read from a table of the space.
+                let child = unsafe { self.child(entry) };
+                if !self.vacant_in(child, level - 1, va, end.min(entry_end)) {
                     return false;
                 }
             }
@@ -243,26 +300,27 @@ impl<C: PageCounter, M: TableMapper, A: TableAllocator, T: TlbFlush, F: Format>
     /// The first leaf mapping anything in `[va, end)`.
     pub(super) fn next_leaf(&self, mut va: u64, end: u64) -> Option<Leaf> {
         'restart: while va < end {
-            let mut table = self.root;
+            let mut table = self.root_table();
             for level in (1..=4).rev() {
                 let index = pte::index(va, level);
-                let entry = self.read(table, index);
+                let entry = table.read(index);
                 let size = span(level);
                 if !F::is_live(entry) || (level == 4 && self.shared[index]) {
                     va = (va & !(size - 1)).checked_add(size)?;
                     continue 'restart;
                 }
-                if level == 1 || entry & HUGE != 0 {
+                if level == 1 || entry.is_huge() {
                     return Some(Leaf {
                         va: VirtAddr::new_truncate(va & !(size - 1)),
                         entry,
                         level,
-                        table,
+                        table: table.frame(),
                         index,
                         special: F::is_special(entry),
                     });
                 }
-                table = entry & ADDR_4K;
+                // SAFETY: a live link just read from a table of the space.
+                table = unsafe { self.child(entry) };
             }
         }
         None
@@ -311,21 +369,24 @@ impl<C: PageCounter, M: TableMapper, A: TableAllocator, T: TlbFlush, F: Format>
     /// Unlinks the emptied owned tables under `[start, end)` into `gather`
     /// (flushing and freeing early when it fills).
     pub(super) fn unlink_empty(&mut self, gather: &mut TableGather, start: u64, end: u64) {
-        self.prune_level(gather, self.root, 4, start, end);
+        self.prune_level(gather, self.root_table(), 4, start, end);
     }
 
     /// Gives gathered table frames back, and the frames of the retired
     /// leaves in them. Only after a flush that followed their unlinking.
     pub(super) fn free_gathered(&mut self, gather: &mut TableGather) {
         for i in 0..gather.count {
-            let (table, level) = (gather.frames[i], gather.levels[i] as u32);
+            let (frame, level) = (gather.frames[i], gather.levels[i] as u32);
+            // SAFETY: a table of the space unlinked (and flushed) but not
+            // yet freed: it stays the space's until `free_table` below.
+            let table = unsafe { self.table(frame) };
             for index in 0..512 {
-                let entry = self.read(table, index);
+                let entry = table.read(index);
                 if F::is_retired(entry) {
                     self.release(table, index, level, entry);
                 }
             }
-            self.free_table(table);
+            self.free_table(frame);
         }
         gather.count = 0;
     }
@@ -333,38 +394,36 @@ impl<C: PageCounter, M: TableMapper, A: TableAllocator, T: TlbFlush, F: Format>
     /// Clears retired leaf `entry` (entry `index` of `table`, at `level`)
     /// and gives its frame's count back. Only after a flush that followed
     /// its retiring.
-    fn release(&mut self, table: u64, index: usize, level: u32, entry: u64) {
-        let mask = match level {
-            3 => ADDR_1G,
-            2 => ADDR_2M,
-            _ => ADDR_4K,
-        };
-        self.write(table, index, 0);
+    fn release(&mut self, table: Table, index: usize, level: u32, entry: Pte) {
+        self.write(table, index, Pte::EMPTY);
+        let frame = PhysFrame::containing_address(entry.phys(level));
         // SAFETY: a retired leaf is a counted entry this space wrote (with
         // `try_map`'s count) and retired, and it was flushed since (this
         // function's precondition); clearing it gives its count back once.
-        unsafe { self.counter.unmap(frame(entry & mask)) };
+        unsafe { self.counter.unmap(frame) };
     }
 
     /// Gives back the retired leaves under `[start, end)` that are still
     /// linked (their tables hold live entries too). Only after a flush that
     /// followed their retiring.
     pub(super) fn release_retired(&mut self, start: u64, end: u64) {
-        self.release_level(self.root, 4, start, end);
+        self.release_level(self.root_table(), 4, start, end);
     }
 
-    fn release_level(&mut self, table: u64, level: u32, start: u64, end: u64) {
+    fn release_level(&mut self, table: Table, level: u32, start: u64, end: u64) {
         let size = span(level);
         let mut va = start;
         while va < end {
             let index = pte::index(va, level);
             let slot_end = (va & !(size - 1)).saturating_add(size);
-            let entry = self.read(table, index);
+            let entry = table.read(index);
             let shared = level == 4 && self.shared[index];
             if F::is_retired(entry) {
                 self.release(table, index, level, entry);
-            } else if level > 1 && F::is_live(entry) && entry & HUGE == 0 && !shared {
-                self.release_level(entry & ADDR_4K, level - 1, va, end.min(slot_end));
+            } else if level > 1 && F::is_live(entry) && !entry.is_huge() && !shared {
+                // SAFETY: a live link just read from a table of the space.
+                let child = unsafe { self.child(entry) };
+                self.release_level(child, level - 1, va, end.min(slot_end));
             }
             if index == 511 {
                 break;
@@ -377,7 +436,7 @@ impl<C: PageCounter, M: TableMapper, A: TableAllocator, T: TlbFlush, F: Format>
     fn prune_level(
         &mut self,
         gather: &mut TableGather,
-        table: u64,
+        table: Table,
         level: u32,
         start: u64,
         end: u64,
@@ -388,20 +447,21 @@ impl<C: PageCounter, M: TableMapper, A: TableAllocator, T: TlbFlush, F: Format>
             let index = pte::index(va, level);
             let slot_start = va & !(size - 1);
             let slot_end = slot_start.saturating_add(size);
-            let entry = self.read(table, index);
+            let entry = table.read(index);
             let shared = level == 4 && self.shared[index];
             // Every table is searched (the crate's tables may hang under a
             // kernel's); only those the crate allocated are unlinked.
-            if level > 1 && F::is_live(entry) && entry & HUGE == 0 && !shared {
-                let child = entry & ADDR_4K;
+            if level > 1 && F::is_live(entry) && !entry.is_huge() && !shared {
+                // SAFETY: a live link just read from a table of the space.
+                let child = unsafe { self.child(entry) };
                 let emptied = self.prune_level(gather, child, level - 1, va, end.min(slot_end));
                 if emptied && F::is_owned(entry) {
-                    self.write(table, index, 0);
+                    self.write(table, index, Pte::EMPTY);
                     if gather.count == GATHER_TABLES {
                         self.tlb.flush_all(self.root());
                         self.free_gathered(gather);
                     }
-                    gather.frames[gather.count] = child;
+                    gather.frames[gather.count] = child.frame();
                     gather.levels[gather.count] = (level - 1) as u8;
                     gather.count += 1;
                 }
@@ -411,6 +471,6 @@ impl<C: PageCounter, M: TableMapper, A: TableAllocator, T: TlbFlush, F: Format>
             }
             va = slot_end;
         }
-        level < 4 && self.table_is_empty(table)
+        level < 4 && Self::table_is_empty(table)
     }
 }

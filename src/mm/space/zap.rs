@@ -3,10 +3,10 @@
 use x86_64::VirtAddr;
 use x86_64::structures::paging::Page;
 
-use super::walk::TableGather;
+use super::walk::{Table, TableGather};
 use super::{AddressSpace, Leaf, VmaId};
 use crate::mm::MmError;
-use crate::mm::pte::{self, ADDR_1G, ADDR_2M, Format, HUGE, PAGE_2M, PAGE_4K};
+use crate::mm::pte::{self, Format, PAGE_2M, PAGE_4K, Pte};
 use crate::mm::tlb::TlbFlush;
 use crate::mm::traits::{PageCounter, TableAllocator, TableMapper};
 
@@ -36,11 +36,13 @@ impl<C: PageCounter, M: TableMapper, A: TableAllocator, T: TlbFlush, F: Format>
         let mut va = start;
         while let Some(leaf) = self.next_leaf(va, end) {
             let value = if leaf.is_special() {
-                0
+                Pte::EMPTY
             } else {
                 F::retire(leaf.entry)
             };
-            self.write(leaf.table, leaf.index, value);
+            // SAFETY: `next_leaf` just found `leaf`; nothing was freed since.
+            let table = unsafe { self.leaf_table(&leaf) };
+            self.write(table, leaf.index, value);
             let leaf_end = leaf.va.as_u64() + leaf.size();
             retired =
                 Some(retired.map_or((leaf.va.as_u64(), leaf_end), |(from, _)| (from, leaf_end)));
@@ -104,9 +106,9 @@ impl<C: PageCounter, M: TableMapper, A: TableAllocator, T: TlbFlush, F: Format>
             .filter(|l| l.level == 3 && partial(l))
             .count();
         needed += giants;
-        let mut tables = [0u64; 4];
+        let mut tables = [None; 4];
         self.alloc_tables(&mut tables[..needed])?;
-        let mut next = tables[..needed].iter().copied();
+        let mut next = tables.into_iter().flatten();
         for leaf in edges
             .iter()
             .flatten()
@@ -122,7 +124,7 @@ impl<C: PageCounter, M: TableMapper, A: TableAllocator, T: TlbFlush, F: Format>
             let table = next.next().expect("counted above");
             match leaf {
                 Some(leaf) => self.split_leaf(&leaf, table),
-                None => self.free_table(table),
+                None => self.free_table(table.frame()),
             }
         }
         Ok(())
@@ -132,23 +134,23 @@ impl<C: PageCounter, M: TableMapper, A: TableAllocator, T: TlbFlush, F: Format>
     /// entries one level down that map the same frames with the same bits:
     /// 2 MiB leaves for a 1 GiB one, 4 KiB leaves for a 2 MiB one (whose
     /// PAT bit moves from bit 12 to bit 7).
-    pub(super) fn split_leaf(&mut self, leaf: &Leaf, table: u64) {
+    pub(super) fn split_leaf(&mut self, leaf: &Leaf, table: Table) {
         // The flags keep bit 12 (PAT of a large leaf) and bit 63 (NX).
-        let (base, step, mut flags) = if leaf.level == 3 {
-            (leaf.entry & ADDR_1G, PAGE_2M, leaf.entry & !ADDR_1G)
-        } else {
-            (leaf.entry & ADDR_2M, PAGE_4K, leaf.entry & !ADDR_2M)
-        };
+        let base = leaf.phys().as_u64();
+        let step = if leaf.level == 3 { PAGE_2M } else { PAGE_4K };
+        let mut flags = leaf.entry.flags(leaf.level);
         if leaf.level == 2 {
-            flags &= !(HUGE | pte::PAT_2M);
-            if leaf.entry & pte::PAT_2M != 0 {
+            flags &= !(pte::HUGE | pte::PAT_2M);
+            if leaf.entry.has(pte::PAT_2M) {
                 flags |= pte::PAT_4K;
             }
         }
         for i in 0..512 {
-            self.write(table, i, (base + i as u64 * step) | flags);
+            self.write(table, i, Pte::from_bits((base + i as u64 * step) | flags));
         }
-        self.write(leaf.table, leaf.index, F::table_link(table));
+        // SAFETY: the caller's walk found `leaf`; nothing was freed since.
+        let parent = unsafe { self.leaf_table(leaf) };
+        self.write(parent, leaf.index, F::table_link(table.frame()));
         self.tlb.flush_page(self.root(), leaf.va);
     }
 }

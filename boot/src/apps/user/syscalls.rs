@@ -18,9 +18,9 @@ impl Process {
         while at < end {
             // Below the end of the user half: canonical.
             let leaf = self.space.translate(va(at)).ok_or(EFAULT)?;
-            let usable = leaf.entry & pte::USER != 0
+            let usable = leaf.entry.has(pte::USER)
                 && !leaf.is_special()
-                && (!write || leaf.entry & pte::WRITABLE != 0);
+                && (!write || leaf.entry.has(pte::WRITABLE));
             if !usable {
                 return Err(EFAULT);
             }

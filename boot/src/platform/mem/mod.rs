@@ -10,8 +10,8 @@ pub mod paging;
 pub const PHYS_OFFSET: u64 = 0xffff_8000_0000_0000;
 /// How much physical address space the direct map covers.
 pub const DIRECT_MAP_SIZE: u64 = 4 << 30;
-/// Size of a base page.
-pub const PAGE_SIZE: u64 = 4096;
+/// Size of a base page: the library's.
+pub const PAGE_SIZE: u64 = dmaengine::mm::pte::PAGE_4K;
 
 /// The direct-map address of physical address `pa`.
 pub fn phys_to_virt(pa: u64) -> *mut u8 {

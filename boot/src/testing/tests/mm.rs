@@ -159,7 +159,10 @@ fn io_remap_edu_bar() {
         CacheMode::of_entry(leaf.entry, leaf.level == 2),
         CacheMode::Uncached
     );
-    assert_eq!(leaf.entry & (pte::PCD | pte::PWT), pte::PCD | pte::PWT);
+    assert_eq!(
+        leaf.entry.bits() & (pte::PCD | pte::PWT),
+        pte::PCD | pte::PWT
+    );
     let flags = space.vma(v).unwrap().flags;
     assert!(
         flags.contains(VmFlags::PFNMAP | VmFlags::IO | VmFlags::DONTEXPAND | VmFlags::DONTDUMP)
@@ -347,7 +350,7 @@ fn fingerprint(
     Fingerprint {
         leaves: space
             .user_leaves()
-            .map(|l| (l.va.as_u64(), l.entry))
+            .map(|l| (l.va.as_u64(), l.entry.bits()))
             .collect(),
         counts: pages
             .iter()
@@ -550,7 +553,9 @@ fn bad_requests_change_nothing() {
         db.get(fr(free)).is_none() && !db.insertable(fr(free)),
         "a reserved frame is not a page"
     );
-    db.set_kind(fr(free), FrameKind::Free).unwrap();
+    // SAFETY: the frame was free before the test reserved it; nothing
+    // maps or uses it.
+    unsafe { db.release(fr(free)) }.unwrap();
     assert!(
         db.get(fr(crate::mem::kernel_image().start / PAGE_4K))
             .is_none(),

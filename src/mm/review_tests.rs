@@ -1,0 +1,172 @@
+//! Host tests of the holes a hostile review of issue 20 found: what a
+//! page counter may do within its contract, and what safe calls may do to
+//! frames the kernel took out of the database.
+
+use std::alloc::{Layout, alloc_zeroed, dealloc};
+
+use super::MmError;
+use super::frame::{FrameDb, PageRef};
+use super::pte::{PAGE_2M, PAGE_4K, PageProt};
+use super::space::AddressSpace;
+use super::testing::{BASE, COW, Memory, Tlb, fr, mapper, npages, pg, table_frames, va};
+use super::traits::PageCounter;
+use x86_64::structures::paging::PhysFrame;
+
+/// The database's counter, except that it never takes a count: what any
+/// counter may answer for a page it will not have mapped (a count at its
+/// maximum, a policy of its own).
+struct Refusing<'a>(&'a FrameDb<'a>);
+
+// SAFETY: every answer is the database's, except that `try_map` says no,
+// which the contract always allows.
+unsafe impl<'a> PageCounter for Refusing<'a> {
+    type Page = PageRef<'a>;
+
+    unsafe fn try_map(&self, _frame: PhysFrame) -> bool {
+        false
+    }
+
+    unsafe fn unmap(&self, frame: PhysFrame) {
+        // SAFETY: the caller's contract; never reached, no count was taken.
+        unsafe { PageCounter::unmap(&self.0, frame) }
+    }
+
+    fn covers(&self, frame: PhysFrame) -> bool {
+        PageCounter::covers(&self.0, frame)
+    }
+
+    fn only_mapping(&self, frame: PhysFrame) -> bool {
+        PageCounter::only_mapping(&self.0, frame)
+    }
+
+    fn get(&self, frame: PhysFrame) -> Option<PageRef<'a>> {
+        PageCounter::get(&self.0, frame)
+    }
+
+    fn alloc_page(&self) -> Option<PageRef<'a>> {
+        PageCounter::alloc_page(&self.0)
+    }
+}
+
+/// 2 MiB of host memory on a 2 MiB boundary, standing in for device frames.
+struct Huge(*mut u8);
+
+impl Huge {
+    const LAYOUT: Layout = match Layout::from_size_align(PAGE_2M as usize, PAGE_2M as usize) {
+        Ok(layout) => layout,
+        Err(_) => panic!("2 MiB is a valid layout"),
+    };
+
+    fn new() -> Huge {
+        // SAFETY: non-zero size.
+        let base = unsafe { alloc_zeroed(Self::LAYOUT) };
+        assert!(!base.is_null());
+        Huge(base)
+    }
+}
+
+impl Drop for Huge {
+    fn drop(&mut self) {
+        // SAFETY: allocated in `new` with this layout.
+        unsafe { dealloc(self.0, Self::LAYOUT) }
+    }
+}
+
+/// A write fault on a 2 MiB special entry whose copy the counter will not
+/// count must fail having changed nothing. Before the fix the fault split
+/// the entry (a new table, 512 entries) and only then asked for the count:
+/// the error left the split behind.
+#[test]
+fn a_write_fault_the_counter_refuses_leaves_a_2mib_entry_whole() {
+    let device = Huge::new();
+    let mem = Memory::new(16);
+    let db = mem.db();
+    let mut space = AddressSpace::new(Refusing(&db), mapper(), &db, Tlb::default(), true).unwrap();
+    let id = space
+        .map_vma(pg(BASE), npages(BASE, BASE + PAGE_2M), COW)
+        .unwrap();
+    let frame = fr(device.0 as u64 / PAGE_4K);
+    // SAFETY: host memory this test owns and keeps while mapped; host
+    // tables are never loaded.
+    unsafe { space.remap_pfn_range(id, pg(BASE), frame, 512, PageProt::READ_ONLY) }.unwrap();
+    let before = space.translate(va(BASE)).unwrap();
+    assert_eq!(before.level, 2);
+    let (tables, free) = (table_frames(&db), db.free_frames());
+
+    assert_eq!(
+        space.handle_write_fault(va(BASE + 3 * PAGE_4K)),
+        Err(MmError::NotInsertable)
+    );
+    assert_eq!(
+        space.translate(va(BASE)),
+        Some(before),
+        "still one 2 MiB entry"
+    );
+    assert_eq!((table_frames(&db), db.free_frames()), (tables, free));
+    drop(space);
+    assert_eq!(db.free_frames(), db.len());
+}
+
+/// A frame the kernel took out of the pool (`Reserved`) and remapped into
+/// user space, which its `remap_pfn_range` contract keeps out of the
+/// allocator's hands: a safe call must not put it back in the pool. Before
+/// the fix `set_kind(frame, Free)` did, and the next page handed out was
+/// the frame user space still reached through the raw entry.
+#[test]
+fn a_reserved_frame_goes_back_to_the_pool_only_through_unsafe() {
+    use super::frame::FrameKind;
+    use super::testing::{SHARED_RW, new_space};
+    let mem = Memory::new(8);
+    let db = mem.db();
+    let mut space = new_space(&db);
+    let id = space.map_vma(pg(BASE), 1, SHARED_RW).unwrap();
+    let held: Vec<PageRef<'_>> = std::iter::from_fn(|| db.alloc_page().ok()).collect();
+    let reserved = held[0].frame();
+    drop(held);
+    db.set_kind(reserved, FrameKind::Reserved).unwrap();
+    // SAFETY: a reserved frame of host memory this test owns and never
+    // frees while mapped; host tables are never loaded.
+    unsafe { space.remap_pfn_range(id, pg(BASE), reserved, 1, PageProt::READ_WRITE) }.unwrap();
+
+    assert_eq!(
+        db.set_kind(reserved, FrameKind::Free),
+        Err(MmError::NotInsertable)
+    );
+    let pages: Vec<PageRef<'_>> = std::iter::from_fn(|| db.alloc_page().ok()).collect();
+    assert!(pages.iter().all(|p| p.frame() != reserved));
+    assert_eq!(
+        db.state(reserved).map(|s| s.kind),
+        Some(FrameKind::Reserved)
+    );
+    drop(pages);
+    space.unmap_vma(id).unwrap();
+    // SAFETY: the raw entry is gone (zapped and flushed); nothing uses
+    // the frame any more.
+    unsafe { db.release(reserved) }.unwrap();
+    assert_eq!(db.state(reserved).map(|s| s.kind), Some(FrameKind::Free));
+}
+
+/// An area a caller builds itself (its fields are public) may claim any
+/// length: asking it about a range must answer, not overflow. Before the
+/// fix `end` added without a check and panicked (debug) or wrapped.
+#[test]
+fn an_area_built_with_hostile_numbers_answers_without_overflow() {
+    use super::vma::{VmFlags, Vma};
+    use x86_64::VirtAddr;
+    use x86_64::structures::paging::Page;
+    let top = Page::containing_address(VirtAddr::new(u64::MAX));
+    let vma = Vma {
+        start: top,
+        pages: u64::MAX,
+        flags: VmFlags::READ,
+        pgoff: 0,
+    };
+    assert_eq!(vma.end(), u64::MAX);
+    assert!(vma.contains(VirtAddr::new(u64::MAX)));
+    assert!(vma.contains_pages(top, u64::MAX));
+    assert!(!vma.contains(VirtAddr::new(0)));
+    let two = Vma { pages: 2, ..vma };
+    assert_eq!(two.end(), u64::MAX);
+    assert!(two.contains_pages(top, 2));
+    assert!(!two.contains_pages(top, 3) && !two.contains_pages(top, u64::MAX));
+}
