@@ -49,6 +49,9 @@ const HEADER: usize = 36;
 /// §8.1: the remapping structures start after the header, the host
 /// address width (1 byte), the flags (1) and 10 reserved bytes.
 const STRUCTURES: usize = HEADER + 12;
+/// x86_64's physical addresses end below 2^52 (MAXPHYADDR is at most 52,
+/// Intel SDM vol. 3A §4.1.4): registers and reserved memory lie below.
+const PHYS_END: u64 = 1 << 52;
 /// §8.3.1: a device scope's fixed part (type, length, flags, reserved,
 /// enumeration id, start bus) before its path.
 const SCOPE_FIXED: usize = 6;
@@ -145,8 +148,22 @@ pub enum DmarError {
         /// Its length field.
         length: u8,
     },
-    /// An RMRR whose limit is below its base, or whose ends are not 4 KiB
-    /// boundaries (§8.4: base 4 KiB-aligned, limit + 1 too).
+    /// A DRHD whose register set is not whole pages of physical address
+    /// space: a base of 0 or inside a page (§8.3: the set is 2^N 4 KiB
+    /// pages), or a set that runs past 2^52 (x86_64's widest physical
+    /// address, Intel SDM vol. 3A §4.1.4). A kernel maps and writes what
+    /// it is given, so such a unit is refused rather than handed on.
+    RegisterBase {
+        /// Where the DRHD starts.
+        offset: usize,
+        /// Its register base address.
+        base: u64,
+        /// Its size field.
+        size: u8,
+    },
+    /// An RMRR whose limit is below its base, whose ends are not 4 KiB
+    /// boundaries (§8.4: base 4 KiB-aligned, limit + 1 too), or that runs
+    /// past 2^52 (no physical address is there to identity-map).
     Region {
         /// Where the RMRR starts.
         offset: usize,
@@ -204,6 +221,11 @@ impl fmt::Display for DmarError {
             DmarError::OddPath { offset, length } => write!(
                 f,
                 "device scope at offset {offset} claims {length} bytes: an odd-length path"
+            ),
+            DmarError::RegisterBase { offset, base, size } => write!(
+                f,
+                "DRHD at offset {offset} puts its registers (size field {size:#x}) at {base:#x}, \
+                 not whole pages below 2^52"
             ),
             DmarError::Region {
                 offset,
@@ -463,19 +485,34 @@ fn structure_at(table: &[u8], at: usize) -> Result<(Structure<'_>, usize), DmarE
     let scopes = |from: usize| Scopes::checked(s, from, at);
     let structure = match kind {
         // §8.3: flags (4), size (5), segment (6), register base (8).
-        0 => Structure::Drhd(Drhd {
-            flags: u8_at(4)?,
-            size: u8_at(5)?,
-            segment: u16_at(6)?,
-            register_base: u64_at(8)?,
-            scopes: scopes(16)?,
-        }),
+        0 => {
+            let unit = Drhd {
+                flags: u8_at(4)?,
+                size: u8_at(5)?,
+                segment: u16_at(6)?,
+                register_base: u64_at(8)?,
+                scopes: scopes(16)?,
+            };
+            // A kernel maps these pages and writes the unit's registers
+            // there: page 0, a base inside a page, or a set past physical
+            // memory would aim those writes at RAM or nowhere.
+            let base = unit.register_base;
+            let end = base.checked_add(unit.register_size());
+            if base == 0 || base & 0xfff != 0 || end.is_none_or(|end| end > PHYS_END) {
+                return Err(DmarError::RegisterBase {
+                    offset: at,
+                    base,
+                    size: unit.size,
+                });
+            }
+            Structure::Drhd(unit)
+        }
         // §8.4: reserved (4), segment (6), base (8), limit (16).
         1 => {
             let (base, limit) = (u64_at(8)?, u64_at(16)?);
             let aligned =
                 base & 0xfff == 0 && limit.checked_add(1).is_some_and(|end| end & 0xfff == 0);
-            if limit < base || !aligned {
+            if limit < base || !aligned || limit >= PHYS_END {
                 return Err(DmarError::Region {
                     offset: at,
                     base,
@@ -534,7 +571,9 @@ pub struct Drhd<'a> {
     pub size: u8,
     /// §8.3 Segment Number (bytes 6-7): the PCI segment the unit serves.
     pub segment: u16,
-    /// §8.3 Register Base Address (bytes 8-15): the unit's register set.
+    /// §8.3 Register Base Address (bytes 8-15): the unit's register set,
+    /// [`Drhd::register_size`] bytes of it, which [`Dmar::parse`] checked
+    /// are whole pages, not page 0, below 2^52.
     pub register_base: u64,
     scopes: Scopes<'a>,
 }
@@ -542,7 +581,9 @@ pub struct Drhd<'a> {
 impl<'a> Drhd<'a> {
     /// §8.3 Flags bit 0, INCLUDE_PCI_ALL: the unit covers every PCI device
     /// of its segment that no other unit's scope names (its own scopes
-    /// then list only IOAPICs and HPETs; QEMU's unit is one).
+    /// then list only IOAPICs and HPETs). QEMU 7.2's unit is not one: it
+    /// names each PCI function of bus 0 in an endpoint scope instead
+    /// (measured by the guest suite).
     pub fn include_pci_all(&self) -> bool {
         self.flags & 1 != 0
     }
