@@ -590,6 +590,25 @@ impl<D: DeviceDma> IovaSpace<D> {
                 }
                 state.mark(first + i, true);
             }
+            // A unit that cached the pages as not present, or has not
+            // seen the new entries, must before the device is told of
+            // them; one that will not is given nothing.
+            let id = state.domain.tlb_mut().id;
+            let published = <Pf<D> as IommuPlatform>::unit()
+                .try_with_unit(|unit| unit.flusher(id).mapped(VirtAddr::new(iova), pages as u64))
+                .unwrap_or(Err(IommuError::NoUnit));
+            if published.is_err() {
+                if state
+                    .domain
+                    .zap_range(state.area, page(iova), pages as u64)
+                    .is_ok()
+                {
+                    for j in first..first + pages {
+                        state.mark(j, false);
+                    }
+                }
+                return Err(HalError::NotSupported);
+            }
             Ok(iova)
         })
     }

@@ -17,8 +17,11 @@
 //! 6.5): a one-page ring of descriptors, each batch followed by an
 //! invalidation-wait descriptor whose status write the driver polls.
 //! Without one, it is register-based (the context command and IOTLB
-//! registers). Faults are polled with [`Iommu::take_fault`] (or per device
-//! with [`Iommu::take_fault_of`]), or arrive as an MSI after
+//! registers). A unit with Caching Mode (CAP.CM) or Required Write-Buffer
+//! Flushing (CAP.RWBF) must also hear of new mappings:
+//! [`IotlbFlush::mapped`] does what it needs. Faults are polled with
+//! [`Iommu::take_fault`] (or per device with [`Iommu::take_fault_of`]),
+//! or arrive as an MSI after
 //! [`Iommu::enable_fault_interrupts`]. A channel whose device is behind
 //! the unit reads its device's faults itself before it reports a request
 //! complete once given a [`FaultHook`](crate::engine::FaultHook) of the
@@ -346,6 +349,38 @@ fn invalidate<R: Registers>(
     }
 }
 
+/// Writes GCMD: the persistent state bits of GSTS, minus `clear`, plus the
+/// command `set`.
+fn command<R: Registers>(regs: &R, set: u32, clear: u32) {
+    let status = regs.read32(regs::GSTS) & regs::GSTS_PERSISTENT;
+    regs.write32(regs::GCMD, (status & !clear) | set);
+}
+
+/// Flushes the unit's write buffer (GCMD.WBF) and waits for GSTS.WBFS to
+/// clear: what a unit with CAP.RWBF needs before it sees table writes that
+/// no invalidation followed (spec 6.8).
+fn flush_write_buffer<R: Registers>(regs: &R) -> Result<(), IommuError> {
+    command(regs, regs::GCMD_WBF, 0);
+    for _ in 0..WAIT_POLLS {
+        if regs.read32(regs::GSTS) & regs::GSTS_WBFS == 0 {
+            return Ok(());
+        }
+    }
+    Err(IommuError::TimedOut)
+}
+
+/// What a unit needs after entries of its tables went from not present to
+/// present (CAP bits read once by [`Iommu::new`]).
+#[derive(Clone, Copy)]
+struct Publish {
+    /// CAP.CM: it may have cached the entries as not present, so they
+    /// need an IOTLB invalidation.
+    caching_mode: bool,
+    /// CAP.RWBF: it may not see the writes until its write buffer is
+    /// flushed.
+    write_buffer: bool,
+}
+
 /// One VT-d DMA-remapping unit.
 pub struct Iommu<R: Registers, M: TableMapper, A: TableAllocator> {
     regs: R,
@@ -355,6 +390,7 @@ pub struct Iommu<R: Registers, M: TableMapper, A: TableAllocator> {
     frcd: usize,
     nfr: usize,
     psi: bool,
+    publish: Publish,
     /// Domain ids the unit takes: 2^(4 + 2 * CAP.ND).
     domains: u32,
     tables: RefCell<Tables<A>>,
@@ -419,6 +455,10 @@ impl<R: Registers, M: TableMapper, A: TableAllocator> Iommu<R, M, A> {
             frcd: regs::cap_fro(cap),
             nfr: regs::cap_nfr(cap),
             psi: cap & regs::CAP_PSI != 0,
+            publish: Publish {
+                caching_mode: cap & regs::CAP_CM != 0,
+                write_buffer: cap & regs::CAP_RWBF != 0,
+            },
             domains: regs::cap_domains(cap),
             tables: RefCell::new(Tables {
                 alloc,
@@ -544,8 +584,17 @@ impl<R: Registers, M: TableMapper, A: TableAllocator> Iommu<R, M, A> {
             iotlb: self.iotlb,
             domain,
             psi: self.psi,
+            publish: self.publish,
             queue: &self.queue,
         }
+    }
+
+    /// Whether the unit reports Caching Mode (CAP.CM, spec 6.1): it may
+    /// cache entries it found not present, so each new mapping needs
+    /// [`IotlbFlush::mapped`] before a device uses it. Domain id 0, which
+    /// such a unit reserves, is never used ([`DomainId::new`] refuses it).
+    pub fn caching_mode(&self) -> bool {
+        self.publish.caching_mode
     }
 
     /// Attaches `device` to the domain `domain` whose second-level tables
@@ -803,11 +852,8 @@ impl<R: Registers, M: TableMapper, A: TableAllocator> Iommu<R, M, A> {
         unsafe { self.mapper.frame_ptr(frame).write_bytes(0, 4096) }
     }
 
-    /// Writes GCMD: the persistent state bits of GSTS, minus `clear`, plus
-    /// the command `set`.
     fn command(&self, set: u32, clear: u32) {
-        let status = self.regs.read32(regs::GSTS) & regs::GSTS_PERSISTENT;
-        self.regs.write32(regs::GCMD, (status & !clear) | set);
+        command(&self.regs, set, clear);
     }
 
     fn wait_status(&self, bit: u32) -> Result<(), IommuError> {
@@ -893,6 +939,7 @@ pub struct IotlbFlush<'a, R: Registers> {
     iotlb: usize,
     domain: DomainId,
     psi: bool,
+    publish: Publish,
     queue: &'a RefCell<Option<Queue>>,
 }
 
@@ -900,6 +947,43 @@ impl<R: Registers> IotlbFlush<'_, R> {
     /// The domain it flushes.
     pub fn domain(&self) -> DomainId {
         self.domain
+    }
+
+    /// Makes the `pages` pages from `start`, just mapped in the domain
+    /// where nothing was, usable by its devices: on a unit with Caching
+    /// Mode (CAP.CM) an IOTLB invalidation of them (it may have cached
+    /// them as not present, spec 6.1), else on one with CAP.RWBF a
+    /// write-buffer flush (spec 6.8), else nothing. Call it after
+    /// `insert_pages` or `remap_pfn_range` on a [`Domain`], before a
+    /// device is told of the pages (the IOVA layer,
+    /// [`IovaHal`](dma::IovaHal), does). Unmaps need nothing more: their
+    /// invalidation is the domain's own.
+    ///
+    /// On an error the unit may still refuse the pages (its accesses
+    /// fault; no memory is at stake).
+    pub fn mapped(&self, start: VirtAddr, pages: u64) -> Result<(), IommuError> {
+        if self.publish.caching_mode {
+            let one_by_one = self.psi && pages <= crate::mm::tlb::FULL_FLUSH_THRESHOLD as u64;
+            if !one_by_one {
+                return self.invalidate(Invalidation::Domain(self.domain));
+            }
+            // A page-selective invalidation drops the paging-structure
+            // caches of the page too (no IH), so a table that was missing
+            // when the device looked is seen as well.
+            for i in 0..pages {
+                let page = start.as_u64().wrapping_add(i * 4096);
+                self.invalidate(Invalidation::Page(self.domain, page))?;
+            }
+            return Ok(());
+        }
+        if self.publish.write_buffer {
+            return flush_write_buffer(self.regs);
+        }
+        Ok(())
+    }
+
+    fn invalidate(&self, request: Invalidation) -> Result<(), IommuError> {
+        invalidate(self.regs, self.iotlb, self.queue, request)
     }
 
     fn domain_selective(&self) {

@@ -63,7 +63,17 @@ pub const TESTS: &[Test] = &[
         "iommu.dmar_unit_for_names_qemus_unit_for_every_pci_function",
         unit_for_every_pci_function,
     ),
+    Test::new("iommu.the_unit_says_if_it_caches_misses", caching_mode),
 ];
+
+/// Prints whether the unit reports Caching Mode (QEMU's `caching-mode=on`),
+/// for the host test that boots the IOMMU tests with it: they must pass
+/// either way, and that test checks they ran with it.
+fn caching_mode() {
+    let unit = take().expect("the IOMMU");
+    let on = if unit.caching_mode() { "on" } else { "off" };
+    crate::println!("iommu: caching mode {on}");
+}
 
 /// QEMU's DMAR table, read as a kernel would: its one unit, at the
 /// register base the other tests drive, covers every function PCI
