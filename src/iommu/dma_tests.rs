@@ -10,7 +10,7 @@ use std::time::Duration;
 use super::dma::{DeviceDma, IommuPlatform, IovaHal, StaticUnit, UnitLock, WINDOW_PAGES};
 use super::fake::{Access, FakeVtd};
 use super::testing::{EDU, LSI};
-use super::{DomainId, Iommu, IommuError, SourceId};
+use super::{DomainId, Iommu, IommuError, SourceId, regs};
 use crate::drivers::cpu::CpuEngine;
 use crate::engine::shared::NoMasking;
 use crate::engine::{Channel, ErrorKind, PrepFlags, Status};
@@ -29,13 +29,13 @@ fn tables() -> &'static FrameDb<'static> {
 }
 
 /// One unit per test (tests run in parallel).
-static UNITS: [Unit; 3] = [const { StaticUnit::new() }; 3];
+static UNITS: [Unit; 5] = [const { StaticUnit::new() }; 5];
 
 struct TestUnit<const N: usize>;
 
 /// Pages each unit's devices hold of the fake Hal (tests run in parallel,
 /// so the fake's own total is no measure).
-static LIVE: [AtomicUsize; 3] = [const { AtomicUsize::new(0) }; 3];
+static LIVE: [AtomicUsize; 5] = [const { AtomicUsize::new(0) }; 5];
 
 /// The fake Hal, counted per unit.
 struct Counted<const N: usize>;
@@ -78,8 +78,13 @@ unsafe impl<const N: usize> IommuPlatform for TestUnit<N> {
 
 /// A fresh unit `N`, translation on.
 fn unit<const N: usize>() {
+    unit_with::<N>(0);
+}
+
+/// A fresh unit `N` that also reports CAP bits `cap`, translation on.
+fn unit_with<const N: usize>(cap: u64) {
     // SAFETY: the fake is this unit's window; tables from host memory.
-    let unit = unsafe { Iommu::new(FakeVtd::new(), mapper(), tables()) }.unwrap();
+    let unit = unsafe { Iommu::new(FakeVtd::new().and_cap(cap), mapper(), tables()) }.unwrap();
     unit.enable().unwrap();
     assert!(UNITS[N].install(unit).is_ok(), "one unit per test");
 }
@@ -278,4 +283,52 @@ fn a_channel_over_the_iova_hal_copies_and_fails_on_its_devices_refused_dma() {
     unsafe { IovaHal::<Cpu2>::unshare(ro, buffer, Direction::ToDevice) };
     assert_eq!(plain[..64], dst.as_slice()[..64], "the CPU engine did copy");
     assert!(plain[64..].iter().all(|&b| b == 0), "and nothing past it");
+}
+
+device!(Lsi3, 3, WINDOW);
+device!(Lsi4, 4, WINDOW);
+
+/// A device that touched an IOVA before it was mapped (a stray or early
+/// access: refused) then reaches the memory mapped there, on a unit that
+/// caches failed lookups (CAP.CM).
+#[test]
+fn a_mapping_is_usable_on_a_unit_that_caches_misses() {
+    unit_with::<3>(regs::CAP_CM);
+    attach!(Lsi3, LSI, 1).unwrap();
+    assert_eq!(
+        dma::<3>(LSI, WINDOW, true),
+        Access::Fault(5),
+        "not yet mapped"
+    );
+    UNITS[3].with_unit(|unit| unit.take_fault());
+    let buffer = Dma::<IovaHal<Lsi3>>::new(4096).unwrap();
+    assert_eq!(buffer.paddr(), WINDOW, "first fit");
+    assert_eq!(
+        dma::<3>(LSI, WINDOW, true),
+        Access::Ok(buffer.as_ptr() as u64),
+        "CM: the failed lookup was invalidated when the page was mapped"
+    );
+}
+
+/// The same on a unit that sees table writes only after a write-buffer
+/// flush (CAP.RWBF).
+#[test]
+fn a_mapping_is_usable_on_a_unit_that_buffers_table_writes() {
+    unit_with::<4>(regs::CAP_RWBF);
+    attach!(Lsi4, LSI, 1).unwrap();
+    assert_eq!(
+        dma::<4>(LSI, WINDOW, true),
+        Access::Fault(5),
+        "not yet mapped"
+    );
+    UNITS[4].with_unit(|unit| unit.take_fault());
+    let flushes = UNITS[4].with_unit(|unit| unit.regs.write_buffer_flushes());
+    let buffer = Dma::<IovaHal<Lsi4>>::new(4096).unwrap();
+    assert_eq!(
+        dma::<4>(LSI, WINDOW, true),
+        Access::Ok(buffer.as_ptr() as u64),
+        "RWBF: the new entries were flushed to the unit"
+    );
+    let flushed = UNITS[4].with_unit(|unit| unit.regs.write_buffer_flushes());
+    assert_eq!(flushed, flushes + 1, "one flush for the mapping");
 }

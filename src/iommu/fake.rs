@@ -11,6 +11,13 @@
 //! the frames a test gives the [`Iommu`] and its domains must be host
 //! memory whose address is their physical address.
 //!
+//! A unit given [`FakeVtd::and_cap`] CAP.CM caches failed lookups as well
+//! (until an IOTLB invalidation covers them), so a mapping made present
+//! without one stays refused; with CAP.RWBF it keeps seeing each table
+//! entry as it first read it until its write buffer is flushed (GCMD.WBF,
+//! done when GSTS.WBFS reads clear) or an invalidation flushes it
+//! implicitly (spec 6.8).
+//!
 //! Not modelled: anything but second-level, 4-level translation in legacy
 //! mode (no scalable mode, no first-level, no pass-through, no interrupt
 //! remapping), more than one fault recording register, caching of context
@@ -117,6 +124,49 @@ struct State {
     /// VER's major version, and CAP bits the unit lacks.
     version: u32,
     missing_cap: u64,
+    /// CAP bits the unit reports beyond the usual (CM, RWBF).
+    extra_cap: u64,
+    /// CM: lookups that failed, (source, page, write) -> fault reason.
+    failed: BTreeMap<(u16, u64, bool), u8>,
+    /// RWBF: table entries as the unit first read them since its write
+    /// buffer was last flushed, by physical address.
+    seen: BTreeMap<u64, u64>,
+    /// GSTS reads left before a write-buffer flush is done.
+    wbf_reads: u32,
+    /// Write-buffer flushes done.
+    wb_flushes: usize,
+}
+
+impl State {
+    /// An invalidation flushes the write buffer too (spec 6.8).
+    fn flush_write_buffer(&mut self) {
+        self.seen.clear();
+    }
+
+    /// An IOTLB invalidation of `page` (or of everything): with CM, the
+    /// failed lookups it covers go too.
+    fn invalidate_iotlb(&mut self, page: Option<u64>) {
+        self.invalidations += 1;
+        match page {
+            Some(page) => {
+                self.iotlb.retain(|&(_, p), _| p != page);
+                self.failed.retain(|&(_, p, _), _| p != page);
+            }
+            None => {
+                self.iotlb.clear();
+                self.failed.clear();
+            }
+        }
+        self.flush_write_buffer();
+    }
+
+    /// A table entry as the unit sees it.
+    fn read_entry(&mut self, pa: u64) -> u64 {
+        if self.extra_cap & regs::CAP_RWBF == 0 {
+            return read(pa);
+        }
+        *self.seen.entry(pa).or_insert_with(|| read(pa))
+    }
 }
 
 /// The fake unit: give it (or a reference to it) to [`Iommu::new`] as the
@@ -196,6 +246,20 @@ impl FakeVtd {
         fake
     }
 
+    /// The unit, reporting the CAP bits `cap` as well: [`regs::CAP_CM`] (it
+    /// caches failed lookups) and [`regs::CAP_RWBF`] (it sees table writes
+    /// only after a write-buffer flush or an invalidation), as the module
+    /// docs say; other bits are ignored.
+    pub fn and_cap(self, cap: u64) -> FakeVtd {
+        self.state.borrow_mut().extra_cap |= cap & (regs::CAP_CM | regs::CAP_RWBF);
+        self
+    }
+
+    /// Write-buffer flushes (GCMD.WBF) the unit has finished.
+    pub fn write_buffer_flushes(&self) -> usize {
+        self.state.borrow().wb_flushes
+    }
+
     /// Queue descriptors the unit has processed.
     pub fn descriptors(&self) -> usize {
         self.state.borrow().descriptors
@@ -208,15 +272,10 @@ impl FakeVtd {
             let (low, high) = (read(at), read(at + 8));
             s.descriptors += 1;
             match low & 0xf {
-                0x1 => {}
+                0x1 => s.flush_write_buffer(),
                 0x2 => {
-                    s.invalidations += 1;
-                    if low & (3 << 4) == regs::DESC_IOTLB_PAGE {
-                        let page = high & !0xfff;
-                        s.iotlb.retain(|&(_, p), _| p != page);
-                    } else {
-                        s.iotlb.clear();
-                    }
+                    let page = (low & (3 << 4) == regs::DESC_IOTLB_PAGE).then_some(high & !0xfff);
+                    s.invalidate_iotlb(page);
                 }
                 0x5 if low & (1 << 5) != 0 => {
                     // SAFETY: test memory is host memory, 1:1; the driver
@@ -255,13 +314,20 @@ impl FakeVtd {
         {
             return Access::Ok(frame | (iova & 0xfff));
         }
-        let outcome = Self::walk(s.root, source, iova, write);
+        let cached = s.failed.get(&(source, page, write)).copied();
+        let outcome = match cached {
+            Some(reason) => Err(reason),
+            None => Self::walk(&mut s, source, iova, write),
+        };
         match outcome {
             Ok((frame, writable)) => {
                 s.iotlb.insert((source, page), (frame, writable));
                 Access::Ok(frame | (iova & 0xfff))
             }
             Err(reason) => {
+                if s.extra_cap & regs::CAP_CM != 0 {
+                    s.failed.insert((source, page, write), reason);
+                }
                 if s.frcd.1 & regs::FRCD_F == 0 {
                     s.frcd = (
                         page,
@@ -285,14 +351,15 @@ impl FakeVtd {
 
     /// Walks root -> context -> four second-level levels; `Ok((page
     /// frame, writable))` or the fault reason.
-    fn walk(root: u64, source: u16, iova: u64, write: bool) -> Result<(u64, bool), u8> {
-        let root_entry = read(root + 16 * (source as u64 >> 8));
+    fn walk(s: &mut State, source: u16, iova: u64, write: bool) -> Result<(u64, bool), u8> {
+        let root = s.root;
+        let root_entry = s.read_entry(root + 16 * (source as u64 >> 8));
         if root_entry & regs::ROOT_PRESENT == 0 {
             return Err(1);
         }
         let context = root_entry & !0xfff;
-        let lo = read(context + 16 * (source as u64 & 0xff));
-        let hi = read(context + 16 * (source as u64 & 0xff) + 8);
+        let lo = s.read_entry(context + 16 * (source as u64 & 0xff));
+        let hi = s.read_entry(context + 16 * (source as u64 & 0xff) + 8);
         if lo & regs::CONTEXT_PRESENT == 0 {
             return Err(2);
         }
@@ -301,7 +368,7 @@ impl FakeVtd {
         let want = if write { 2 } else { 1 };
         for level in (1..=4u32).rev() {
             let index = (iova >> (12 + 9 * (level - 1))) & 0x1ff;
-            let entry = read(table + 8 * index);
+            let entry = s.read_entry(table + 8 * index);
             assert_eq!(entry & (1 << 11), 0, "SNP faults in legacy mode");
             if entry & want == 0 {
                 return Err(if write {
@@ -335,7 +402,18 @@ impl Registers for FakeVtd {
         s.reads += 1;
         match offset {
             regs::VER => s.version << 4,
-            regs::GSTS => s.gsts,
+            regs::GSTS => {
+                let gsts = s.gsts;
+                if s.wbf_reads > 0 {
+                    s.wbf_reads -= 1;
+                    if s.wbf_reads == 0 {
+                        s.gsts &= !regs::GSTS_WBFS;
+                        s.flush_write_buffer();
+                        s.wb_flushes += 1;
+                    }
+                }
+                gsts
+            }
             regs::FSTS => s.fsts,
             _ => 0,
         }
@@ -353,6 +431,13 @@ impl Registers for FakeVtd {
                     s.gsts |= regs::GSTS_TES;
                 } else if !s.refuses_disable {
                     s.gsts &= !regs::GSTS_TES;
+                }
+                // The flush ends a couple of status reads later, so a
+                // driver that does not wait for WBFS to clear never sees
+                // it done.
+                if value & regs::GCMD_WBF != 0 && s.extra_cap & regs::CAP_RWBF != 0 {
+                    s.gsts |= regs::GSTS_WBFS;
+                    s.wbf_reads = 2;
                 }
                 if value & regs::GCMD_QIE != 0 && s.has_queue {
                     s.gsts |= regs::GSTS_QIES;
@@ -372,7 +457,7 @@ impl Registers for FakeVtd {
         s.reads += 1;
         match offset {
             regs::CAP => {
-                (regs::CAP_SAGAW_4LEVEL | regs::CAP_PSI | ((FRO / 16) as u64) << 24)
+                (regs::CAP_SAGAW_4LEVEL | regs::CAP_PSI | ((FRO / 16) as u64) << 24 | s.extra_cap)
                     & !s.missing_cap
             }
             regs::ECAP => ((IRO / 16) as u64) << 8 | if s.has_queue { regs::ECAP_QI } else { 0 },
@@ -397,18 +482,12 @@ impl Registers for FakeVtd {
             // on units that have only the queue).
             o if s.gsts & regs::GSTS_QIES != 0
                 && (o == regs::CCMD || o == IRO + regs::IVA_REG || o == IRO + regs::IOTLB_REG) => {}
-            regs::CCMD => {}
+            regs::CCMD => s.flush_write_buffer(),
             o if o == IRO + regs::IVA_REG => s.iva = value,
             o if o == IRO + regs::IOTLB_REG && value & regs::IOTLB_IVT != 0 => {
-                s.invalidations += 1;
-                let domain_or_all = value & (3 << 60);
-                if domain_or_all == regs::IOTLB_PAGE {
-                    let page = s.iva & !0xfff;
-                    s.iotlb.retain(|&(_, p), _| p != page);
-                } else {
-                    // Global or domain-selective: the fake keeps one domain.
-                    s.iotlb.clear();
-                }
+                // Global or domain-selective: the fake keeps one domain.
+                let page = (value & (3 << 60) == regs::IOTLB_PAGE).then_some(s.iva & !0xfff);
+                s.invalidate_iotlb(page);
             }
             o if o == FRO + 8 && value & regs::FRCD_F != 0 => {
                 s.frcd = (0, 0);

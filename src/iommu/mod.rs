@@ -2,8 +2,8 @@
 //! unit, with one domain per device (or per group of devices a caller
 //! chooses).
 //!
-//! A domain is an [`AddressSpace`] in VT-d's second-level format
-//! ([`SecondLevel`]): the same walker and the same operations as the CPU's
+//! A domain is an [`AddressSpace`](crate::mm::space::AddressSpace) in VT-d's second-level format
+//! ([`SecondLevel`](crate::mm::pte::SecondLevel)): the same walker and the same operations as the CPU's
 //! page tables (`insert_pages` maps counted pages for DMA and holds them
 //! while mapped, `remap_pfn_range` maps raw frames with 2 MiB and 1 GiB
 //! entries, `zap_range` unmaps), with an [`IotlbFlush`] in place of the
@@ -17,8 +17,11 @@
 //! 6.5): a one-page ring of descriptors, each batch followed by an
 //! invalidation-wait descriptor whose status write the driver polls.
 //! Without one, it is register-based (the context command and IOTLB
-//! registers). Faults are polled with [`Iommu::take_fault`] (or per device
-//! with [`Iommu::take_fault_of`]), or arrive as an MSI after
+//! registers). A unit with Caching Mode (CAP.CM) or Required Write-Buffer
+//! Flushing (CAP.RWBF) must also hear of new mappings:
+//! [`IotlbFlush::mapped`] does what it needs. Faults are polled with
+//! [`Iommu::take_fault`] (or per device with [`Iommu::take_fault_of`]),
+//! or arrive as an MSI after
 //! [`Iommu::enable_fault_interrupts`]. A channel whose device is behind
 //! the unit reads its device's faults itself before it reports a request
 //! complete once given a [`FaultHook`](crate::engine::FaultHook) of the
@@ -31,16 +34,20 @@
 //! ([`Dmar::unit_for`]) and the reserved memory regions a device keeps
 //! using ([`Dmar::reserved_regions_for`]), with every length checked.
 
+mod context;
 pub mod dma;
 #[cfg(test)]
 mod dma_failure_tests;
 #[cfg(test)]
 mod dma_tests;
 pub mod dmar;
+mod domain;
 // Public with the `testing` feature, as `dmaengine::testing::*`.
 #[cfg(any(test, feature = "testing"))]
 #[doc(hidden)]
 pub mod fake;
+mod fault;
+mod queue;
 pub mod regs;
 #[cfg(test)]
 mod testing;
@@ -49,44 +56,23 @@ mod tests;
 
 use core::cell::RefCell;
 use core::fmt;
-use core::sync::atomic::{Ordering, fence};
 
+use x86_64::PhysAddr;
 use x86_64::structures::paging::PhysFrame;
-use x86_64::{PhysAddr, VirtAddr};
 
-use crate::mm::pte::SecondLevel;
-use crate::mm::space::AddressSpace;
-use crate::mm::tlb::TlbFlush;
-use crate::mm::traits::{PageCounter, TableAllocator, TableMapper};
+use crate::mm::traits::{TableAllocator, TableMapper};
 use crate::mmio::Registers;
 
+use context::Tables;
+use fault::Unclaimed;
+use queue::{Invalidation, Publish, Queue, command, invalidate};
+
 pub use dmar::{Dmar, DmarError};
+pub use domain::{Domain, DomainId, IotlbFlush, domain};
+pub use fault::{DmaFault, UNCLAIMED_FAULTS};
 
 /// Register reads a wait for the hardware makes before giving up.
 const WAIT_POLLS: u32 = 1_000_000;
-
-/// Faults of other devices [`Iommu::take_fault_of`] read from the
-/// registers while looking for one device's, kept for their owners.
-pub const UNCLAIMED_FAULTS: usize = 16;
-
-/// Faults read from the registers and not yet taken, oldest first.
-struct Unclaimed {
-    faults: [Option<DmaFault>; UNCLAIMED_FAULTS],
-    len: usize,
-}
-
-impl Unclaimed {
-    /// Removes and returns the oldest fault `wanted` accepts.
-    fn take(&mut self, wanted: impl Fn(&DmaFault) -> bool) -> Option<DmaFault> {
-        let at = self.faults[..self.len]
-            .iter()
-            .position(|f| f.as_ref().is_some_and(&wanted))?;
-        let fault = self.faults[at].take();
-        self.faults[at..self.len].rotate_left(1);
-        self.len -= 1;
-        fault
-    }
-}
 
 /// A PCI requester: bus, device and function (the "source id").
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -126,36 +112,6 @@ impl SourceId {
     fn devfn(self) -> usize {
         (self.raw() & 0xff) as usize
     }
-}
-
-/// A domain's id (VT-d domain ids are 16 bits; 0 is kept unused).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct DomainId(u16);
-
-impl DomainId {
-    /// Domain `id`, if it is not 0.
-    pub const fn new(id: u16) -> Option<DomainId> {
-        if id == 0 { None } else { Some(DomainId(id)) }
-    }
-
-    /// The id.
-    pub const fn get(self) -> u16 {
-        self.0
-    }
-}
-
-/// A DMA access the unit refused, as its fault recording register held it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct DmaFault {
-    /// The device that made the access.
-    pub source: SourceId,
-    /// The page of the address it used (an IOVA), 4 KiB-aligned.
-    pub address: u64,
-    /// Whether it was a write (else a read).
-    pub write: bool,
-    /// The VT-d fault reason (5: write not allowed, 6: read not allowed,
-    /// 2: no context entry, ...).
-    pub reason: u8,
 }
 
 /// What a unit lacks that [`Iommu::new`] needs.
@@ -226,126 +182,6 @@ impl fmt::Display for IommuError {
 
 impl core::error::Error for IommuError {}
 
-/// The root and context tables, behind a `RefCell` so domains (which
-/// borrow the unit for their IOTLB flushes) and attach calls can coexist.
-struct Tables<A> {
-    alloc: A,
-    /// Physical address of each bus's context table, 0 if none.
-    context: [u64; 256],
-}
-
-/// The invalidation queue (spec 6.5.2): one page of 256 descriptors, and a
-/// status word the unit writes when it reaches a wait descriptor.
-struct Queue {
-    /// The ring's physical address and CPU pointer.
-    ring: u64,
-    ring_ptr: *mut u64,
-    /// The status word's physical address and CPU pointer.
-    status: u64,
-    status_ptr: *mut u32,
-    /// The next descriptor slot.
-    tail: u32,
-    /// The status data of the last wait descriptor.
-    seq: u32,
-}
-
-// SAFETY: the two pointers reach frames the queue owns (allocated for it,
-// freed only with it); nothing about them is tied to the thread that made
-// them.
-unsafe impl Send for Queue {}
-
-/// One invalidation request, for the registers or the queue.
-#[derive(Clone, Copy)]
-enum Invalidation {
-    /// Every context-cache entry.
-    Context,
-    /// Every IOTLB entry.
-    Global,
-    /// The IOTLB entries (and paging-structure caches) of a domain.
-    Domain(DomainId),
-    /// One page of a domain.
-    Page(DomainId, u64),
-}
-
-impl Queue {
-    /// Writes the descriptors of `request` and a wait descriptor, hands
-    /// them to the unit and waits for the status write.
-    fn submit<R: Registers>(&mut self, regs: &R, request: Invalidation) -> Result<(), IommuError> {
-        let desc = match request {
-            Invalidation::Context => [regs::DESC_CONTEXT_GLOBAL, 0],
-            Invalidation::Global => [regs::DESC_IOTLB | regs::DESC_IOTLB_GLOBAL, 0],
-            Invalidation::Domain(id) => [
-                regs::DESC_IOTLB | regs::DESC_IOTLB_DOMAIN | (id.get() as u64) << 16,
-                0,
-            ],
-            Invalidation::Page(id, page) => [
-                regs::DESC_IOTLB | regs::DESC_IOTLB_PAGE | (id.get() as u64) << 16,
-                page & !0xfff,
-            ],
-        };
-        self.seq = self.seq.wrapping_add(1);
-        let wait = [regs::DESC_WAIT | (self.seq as u64) << 32, self.status];
-        for d in [desc, wait] {
-            // SAFETY: `ring_ptr` maps the queue's page (256 descriptors of
-            // two quadwords) and `tail` is below 256; the unit reads only
-            // the slots between its head and the tail we publish below,
-            // which it has finished (every submit waits for them).
-            unsafe {
-                let slot = self.ring_ptr.add(2 * self.tail as usize);
-                slot.write_volatile(d[0]);
-                slot.add(1).write_volatile(d[1]);
-            }
-            self.tail = (self.tail + 1) % regs::QUEUE_DESCRIPTORS;
-        }
-        // The descriptors are in memory before the unit is told of them.
-        fence(Ordering::Release);
-        regs.write64(regs::IQT, (self.tail as u64) << 4);
-        for _ in 0..WAIT_POLLS {
-            // SAFETY: `status_ptr` maps the status word, which only the unit
-            // writes (by the wait descriptor) and we read.
-            if unsafe { self.status_ptr.read_volatile() } == self.seq {
-                return Ok(());
-            }
-            if regs.read32(regs::FSTS) & regs::FSTS_IQE != 0 {
-                return Err(IommuError::QueueError);
-            }
-        }
-        Err(IommuError::TimedOut)
-    }
-}
-
-/// Runs `request` through the queue if there is one, else through the
-/// registers.
-fn invalidate<R: Registers>(
-    regs: &R,
-    iotlb: usize,
-    queue: &RefCell<Option<Queue>>,
-    request: Invalidation,
-) -> Result<(), IommuError> {
-    if let Some(queue) = queue.borrow_mut().as_mut() {
-        return queue.submit(regs, request);
-    }
-    match request {
-        Invalidation::Context => {
-            regs.write64(regs::CCMD, regs::CCMD_ICC | regs::CCMD_GLOBAL);
-            for _ in 0..WAIT_POLLS {
-                if regs.read64(regs::CCMD) & regs::CCMD_ICC == 0 {
-                    return Ok(());
-                }
-            }
-            Err(IommuError::TimedOut)
-        }
-        Invalidation::Global => iotlb_command(regs, iotlb, regs::IOTLB_GLOBAL),
-        Invalidation::Domain(id) => {
-            iotlb_command(regs, iotlb, regs::IOTLB_DOMAIN | (id.get() as u64) << 32)
-        }
-        Invalidation::Page(id, page) => {
-            regs.write64(iotlb + regs::IVA_REG, page & !0xfff);
-            iotlb_command(regs, iotlb, regs::IOTLB_PAGE | (id.get() as u64) << 32)
-        }
-    }
-}
-
 /// One VT-d DMA-remapping unit.
 pub struct Iommu<R: Registers, M: TableMapper, A: TableAllocator> {
     regs: R,
@@ -355,6 +191,7 @@ pub struct Iommu<R: Registers, M: TableMapper, A: TableAllocator> {
     frcd: usize,
     nfr: usize,
     psi: bool,
+    publish: Publish,
     /// Domain ids the unit takes: 2^(4 + 2 * CAP.ND).
     domains: u32,
     tables: RefCell<Tables<A>>,
@@ -419,6 +256,10 @@ impl<R: Registers, M: TableMapper, A: TableAllocator> Iommu<R, M, A> {
             frcd: regs::cap_fro(cap),
             nfr: regs::cap_nfr(cap),
             psi: cap & regs::CAP_PSI != 0,
+            publish: Publish {
+                caching_mode: cap & regs::CAP_CM != 0,
+                write_buffer: cap & regs::CAP_RWBF != 0,
+            },
             domains: regs::cap_domains(cap),
             tables: RefCell::new(Tables {
                 alloc,
@@ -544,270 +385,21 @@ impl<R: Registers, M: TableMapper, A: TableAllocator> Iommu<R, M, A> {
             iotlb: self.iotlb,
             domain,
             psi: self.psi,
+            publish: self.publish,
             queue: &self.queue,
         }
     }
 
-    /// Attaches `device` to the domain `domain` whose second-level tables
-    /// are rooted at `tables` (an [`AddressSpace`] in [`SecondLevel`]
-    /// format's root): its DMA is translated through them from now on.
-    ///
-    /// # Safety
-    /// `tables` must stay a live second-level hierarchy, reachable by the
-    /// unit, until the device is detached (and the domain's IOTLB entries
-    /// flushed by its [`IotlbFlush`]); if [`Iommu::detach`] fails, they
-    /// must be kept (leaked). `domain` must be the id whose
-    /// [`IotlbFlush`] unmaps from `tables` (the id the [`Domain`] was made
-    /// with): the unit caches the device's translations under `domain`,
-    /// and an unmap that flushed another id would let it reach a page
-    /// already given back. (Two domains under one id are refused with
-    /// [`IommuError::DomainIdInUse`]: each device could reach the other's
-    /// pages through the cache.) If `attach` answers `TimedOut` or
-    /// `QueueError`, the entry was written and may be in use: keep the
-    /// tables as for a failed [`Iommu::detach`], and detach before
-    /// freeing them. The device must have no DMA in flight aimed at
-    /// addresses meant for another domain (or for no translation): from
-    /// here on, they are translated through `tables`.
-    pub unsafe fn attach(
-        &self,
-        device: SourceId,
-        domain: DomainId,
-        tables: PhysFrame,
-    ) -> Result<(), IommuError> {
-        let entry = self.free_entry(device, domain)?;
-        if self.id_used_elsewhere(domain, tables.start_address().as_u64()) {
-            return Err(IommuError::DomainIdInUse);
-        }
-        let hi = regs::CONTEXT_AW_4LEVEL | regs::context_domain(domain.get());
-        // SAFETY: as above; the high half first, the present bit last, so
-        // the unit never sees half an entry.
-        unsafe {
-            entry.add(1).write_volatile(hi);
-            entry.write_volatile(tables.start_address().as_u64() | regs::CONTEXT_PRESENT);
-        }
-        self.invalidate(Invalidation::Context)?;
-        self.invalidate(Invalidation::Domain(domain))
+    /// Whether the unit reports Caching Mode (CAP.CM, spec 6.1): it may
+    /// cache entries it found not present, so each new mapping needs
+    /// [`IotlbFlush::mapped`] before a device uses it. Domain id 0, which
+    /// such a unit reserves, is never used ([`DomainId::new`] refuses it).
+    pub fn caching_mode(&self) -> bool {
+        self.publish.caching_mode
     }
 
-    /// Detaches `device`: its DMA faults again (until attached elsewhere).
-    ///
-    /// Safe with requests in flight (audited for issue 17): once the
-    /// context entry is gone and the caches invalidated, each access of
-    /// theirs is refused (a write dropped, a read returning zeros, both
-    /// recorded as faults), so none reaches memory; their channels report
-    /// them failed when they check the unit's faults (see
-    /// [`crate::engine::FaultHook`]); a channel without a fault hook hears
-    /// nothing, and its engine (the LSI53C895A's SCRIPTS) runs on, its
-    /// requests in progress, until the channel's `terminate`. What is unsafe is what may come
-    /// next: attaching the device elsewhere ([`Iommu::attach`]) or turning
-    /// translation off ([`Iommu::disable`]) while they are in flight.
-    ///
-    /// On an error the invalidation did not finish: the unit may still
-    /// translate the device through the old domain's tables, which must
-    /// then be kept (see [`Iommu::attach`]).
-    pub fn detach(&self, device: SourceId) -> Result<(), IommuError> {
-        let context = self.tables.borrow().context[device.bus as usize];
-        if context == 0 {
-            return Ok(());
-        }
-        let entry = self.entry(context, device.devfn());
-        // SAFETY: a context entry in a table this unit owns; present bit
-        // first, so the unit never sees half an entry.
-        unsafe {
-            entry.write_volatile(0);
-            entry.add(1).write_volatile(0);
-        }
-        self.invalidate(Invalidation::Context)?;
-        self.invalidate(Invalidation::Global)
-    }
-
-    /// Sends a fault event, the MSI message `address`/`data` (on x86,
-    /// 0xfee00000 with the target's APIC ID in bits 19:12, and the vector),
-    /// each time a fault is recorded while none is pending (spec 7.3.1,
-    /// 11.4.9.2-5). The handler reads the faults with
-    /// [`Iommu::take_fault`] until it answers `None`: only then does the
-    /// next fault raise an event again.
-    ///
-    /// `unsafe` since issue 17 (it was safe): the unit writes `data` to
-    /// `address` as a DMA write that no domain checks.
-    ///
-    /// # Safety
-    /// `address` must be one the platform takes as an interrupt message,
-    /// never as memory (on x86, within 0xfee00000..=0xfeefffff), and
-    /// `data` a fixed or lowest-priority message to a vector (32 or above)
-    /// whose handler tolerates being run at any time.
-    ///
-    /// ```compile_fail,E0133
-    /// # use dmaengine::iommu::Iommu;
-    /// # use dmaengine::mm::traits::{TableAllocator, TableMapper};
-    /// # use dmaengine::mmio::Registers;
-    /// fn aim<R: Registers, M: TableMapper, A: TableAllocator>(unit: &Iommu<R, M, A>) {
-    ///     // Safe code can no longer have the unit write 4 bytes anywhere.
-    ///     unit.enable_fault_interrupts(0x1000, 0x5a5a_5a5a);
-    /// }
-    /// ```
-    pub unsafe fn enable_fault_interrupts(&self, address: u64, data: u32) {
-        self.regs.write32(regs::FEDATA, data);
-        self.regs.write32(regs::FEADDR, address as u32 & !0b11);
-        self.regs.write32(regs::FEUADDR, (address >> 32) as u32);
-        self.regs.write32(regs::FECTL, 0);
-    }
-
-    /// Masks fault events again (faults are still recorded, for
-    /// [`Iommu::take_fault`]).
-    pub fn disable_fault_interrupts(&self) {
-        self.regs.write32(regs::FECTL, regs::FECTL_IM);
-    }
-
-    /// The oldest recorded fault, or `None`: first those
-    /// [`Iommu::take_fault_of`] kept for other devices, then the registers'
-    /// (cleared as they are read).
-    pub fn take_fault(&self) -> Option<DmaFault> {
-        self.unclaimed
-            .borrow_mut()
-            .take(|_| true)
-            .or_else(|| self.read_fault())
-    }
-
-    /// The oldest recorded fault of `device`, or `None`. Faults of other
-    /// devices read from the registers on the way are kept (up to
-    /// [`UNCLAIMED_FAULTS`]) for [`Iommu::take_fault_of`] with their
-    /// device, or [`Iommu::take_fault`]. While that many wait for owners
-    /// that do not ask, it reads no more registers (it answers `None`) and
-    /// the unit, its records full, drops new faults (FSTS.PFO): a kernel
-    /// that also services faults nobody claims drains them with
-    /// `take_fault`.
-    pub fn take_fault_of(&self, device: SourceId) -> Option<DmaFault> {
-        let mut unclaimed = self.unclaimed.borrow_mut();
-        if let Some(fault) = unclaimed.take(|f| f.source == device) {
-            return Some(fault);
-        }
-        while unclaimed.len < UNCLAIMED_FAULTS {
-            let fault = self.read_fault()?;
-            if fault.source == device {
-                return Some(fault);
-            }
-            let at = unclaimed.len;
-            unclaimed.faults[at] = Some(fault);
-            unclaimed.len = at + 1;
-        }
-        None
-    }
-
-    /// The first fault in the recording registers, cleared, or `None`.
-    fn read_fault(&self) -> Option<DmaFault> {
-        if self.regs.read32(regs::FSTS) & regs::FSTS_PPF == 0 {
-            return None;
-        }
-        for i in 0..self.nfr {
-            let at = self.frcd + 16 * i;
-            let high = self.regs.read64(at + 8);
-            if high & regs::FRCD_F == 0 {
-                continue;
-            }
-            let low = self.regs.read64(at);
-            // Writing F back (1) clears the record.
-            self.regs.write64(at + 8, regs::FRCD_F);
-            self.regs.write32(regs::FSTS, regs::FSTS_PFO);
-            return Some(DmaFault {
-                source: SourceId::from_raw(regs::frcd_source(high)),
-                address: low & !0xfff,
-                write: high & regs::FRCD_T_READ == 0,
-                reason: regs::frcd_reason(high),
-            });
-        }
-        None
-    }
-
-    /// The context table of `bus`, made (and linked in the root table) on
-    /// first use.
-    fn context_table(&self, bus: u8) -> Result<u64, IommuError> {
-        let mut tables = self.tables.borrow_mut();
-        if tables.context[bus as usize] == 0 {
-            let table = tables
-                .alloc
-                .allocate_table()
-                .ok_or(IommuError::OutOfMemory)?
-                .start_address()
-                .as_u64();
-            self.zero(table);
-            let root_entry = self.entry(self.root, bus as usize);
-            // SAFETY: the root entry of `bus` in our root table.
-            unsafe { root_entry.write_volatile(table | regs::ROOT_PRESENT) };
-            tables.context[bus as usize] = table;
-        }
-        Ok(tables.context[bus as usize])
-    }
-
-    /// Whether [`Iommu::attach`] of `device` to a domain not yet built
-    /// under id `domain` would be refused, checked before the domain's
-    /// tables are taken from an allocator (that may not free): the id fits
-    /// the unit, no device uses it, `device` is attached to nothing, and
-    /// its bus's context table exists (made now if not). What `attach`
-    /// itself may still answer then is an invalidation's failure.
-    pub fn check_attach(&self, device: SourceId, domain: DomainId) -> Result<(), IommuError> {
-        self.free_entry(device, domain)?;
-        if self.id_used_elsewhere(domain, u64::MAX) {
-            return Err(IommuError::DomainIdInUse);
-        }
-        Ok(())
-    }
-
-    /// The context entry of `device`, if it is free and `domain` fits the
-    /// unit.
-    fn free_entry(&self, device: SourceId, domain: DomainId) -> Result<*mut u64, IommuError> {
-        if u32::from(domain.get()) >= self.domains {
-            return Err(IommuError::BadDomainId);
-        }
-        let context = self.context_table(device.bus)?;
-        let entry = self.entry(context, device.devfn());
-        // SAFETY: a context entry (16 bytes) in a table this unit owns.
-        let lo = unsafe { entry.read_volatile() };
-        if lo & regs::CONTEXT_PRESENT != 0 {
-            return Err(IommuError::Attached);
-        }
-        Ok(entry)
-    }
-
-    /// Whether a present context entry names `domain` with tables other
-    /// than `tables` (a scan of the context tables in use: at attach time
-    /// only).
-    fn id_used_elsewhere(&self, domain: DomainId, tables: u64) -> bool {
-        let context = self.tables.borrow().context;
-        context.iter().filter(|&&t| t != 0).any(|&table| {
-            (0..256).any(|devfn| {
-                let entry = self.entry(table, devfn);
-                // SAFETY: a context entry (16 bytes) in a table this unit
-                // owns.
-                let (lo, hi) = unsafe { (entry.read_volatile(), entry.add(1).read_volatile()) };
-                lo & regs::CONTEXT_PRESENT != 0
-                    && hi & regs::context_domain(u16::MAX) == regs::context_domain(domain.get())
-                    && lo & !0xfff != tables
-            })
-        })
-    }
-
-    /// A pointer to the low half of 16-byte entry `index` of the table at
-    /// `table` (a root or context table).
-    fn entry(&self, table: u64, index: usize) -> *mut u64 {
-        let frame = PhysFrame::containing_address(PhysAddr::new_truncate(table));
-        let base = self.mapper.frame_ptr(frame).cast::<u64>();
-        // SAFETY: a table frame of ours, mapped as 4096 bytes by the mapper's
-        // contract; `index < 256`, 16 bytes each.
-        unsafe { base.add(2 * (index & 0xff)) }
-    }
-
-    fn zero(&self, table: u64) {
-        let frame = PhysFrame::containing_address(PhysAddr::new_truncate(table));
-        // SAFETY: a frame just allocated to us; the mapper maps 4096 bytes.
-        unsafe { self.mapper.frame_ptr(frame).write_bytes(0, 4096) }
-    }
-
-    /// Writes GCMD: the persistent state bits of GSTS, minus `clear`, plus
-    /// the command `set`.
     fn command(&self, set: u32, clear: u32) {
-        let status = self.regs.read32(regs::GSTS) & regs::GSTS_PERSISTENT;
-        self.regs.write32(regs::GCMD, (status & !clear) | set);
+        command(&self.regs, set, clear);
     }
 
     fn wait_status(&self, bit: u32) -> Result<(), IommuError> {
@@ -817,28 +409,6 @@ impl<R: Registers, M: TableMapper, A: TableAllocator> Iommu<R, M, A> {
             }
         }
         Err(IommuError::TimedOut)
-    }
-}
-
-/// Issues an IOTLB invalidation and waits for it.
-fn iotlb_command<R: Registers>(regs: &R, iotlb: usize, kind: u64) -> Result<(), IommuError> {
-    regs.write64(
-        iotlb + regs::IOTLB_REG,
-        regs::IOTLB_IVT | regs::IOTLB_DRAIN | kind,
-    );
-    for _ in 0..WAIT_POLLS {
-        if regs.read64(iotlb + regs::IOTLB_REG) & regs::IOTLB_IVT == 0 {
-            return Ok(());
-        }
-    }
-    Err(IommuError::TimedOut)
-}
-
-impl<R: Registers, M: TableMapper, A: TableAllocator> crate::engine::FaultSource
-    for Iommu<R, M, A>
-{
-    fn take_fault_of(&self, device: SourceId) -> Option<DmaFault> {
-        Iommu::take_fault_of(self, device)
     }
 }
 
@@ -884,79 +454,4 @@ impl<R: Registers, M: TableMapper, A: TableAllocator> Drop for Iommu<R, M, A> {
         // SAFETY: as above, for the root table.
         unsafe { tables.alloc.take_back(root) };
     }
-}
-
-/// A domain's IOTLB flush: what a second-level [`AddressSpace`] calls where
-/// the CPU's would flush its TLB.
-pub struct IotlbFlush<'a, R: Registers> {
-    regs: &'a R,
-    iotlb: usize,
-    domain: DomainId,
-    psi: bool,
-    queue: &'a RefCell<Option<Queue>>,
-}
-
-impl<R: Registers> IotlbFlush<'_, R> {
-    /// The domain it flushes.
-    pub fn domain(&self) -> DomainId {
-        self.domain
-    }
-
-    fn domain_selective(&self) {
-        let done = invalidate(
-            self.regs,
-            self.iotlb,
-            self.queue,
-            Invalidation::Domain(self.domain),
-        );
-        // The caller frees memory the unit may still translate to as soon
-        // as this returns: a unit that never finishes is fatal.
-        assert!(
-            done.is_ok(),
-            "the IOMMU did not finish an IOTLB invalidation"
-        );
-    }
-}
-
-// SAFETY: both calls return only after the unit reports the invalidation
-// done (IVT clear, or the status write of the wait descriptor queued after
-// it), with reads and writes drained; a page-selective one
-// covers the page, a domain-selective one the whole domain (and the
-// paging-structure caches, which the unit invalidates with the IOTLB).
-unsafe impl<R: Registers> TlbFlush for IotlbFlush<'_, R> {
-    fn flush_page(&mut self, _root: PhysFrame, va: VirtAddr) {
-        if !self.psi {
-            self.domain_selective();
-            return;
-        }
-        let page = Invalidation::Page(self.domain, va.as_u64());
-        if invalidate(self.regs, self.iotlb, self.queue, page).is_err() {
-            self.domain_selective();
-        }
-    }
-
-    fn flush_all(&mut self, _root: PhysFrame) {
-        self.domain_selective();
-    }
-}
-
-/// A DMA domain: second-level tables built by the same walker as the CPU's
-/// page tables, flushed through the unit's IOTLB.
-pub type Domain<'a, C, M, A, R> = AddressSpace<C, M, A, IotlbFlush<'a, R>, SecondLevel>;
-
-/// Makes a domain with id `id` on `iommu`: pages counted by `counter`,
-/// tables from `alloc` reached through `mapper` (the unit reads them
-/// directly, so they must be ordinary RAM).
-pub fn domain<'a, C: PageCounter, M: TableMapper, A: TableAllocator, R: Registers, M2, A2>(
-    iommu: &'a Iommu<R, M2, A2>,
-    id: DomainId,
-    counter: C,
-    mapper: M,
-    alloc: A,
-) -> Result<Domain<'a, C, M, A, R>, crate::mm::MmError>
-where
-    M2: TableMapper,
-    A2: TableAllocator,
-{
-    AddressSpace::new_in(counter, mapper, alloc, iommu.flusher(id), false)
 }

@@ -56,6 +56,14 @@ pub const fn cap_nfr(cap: u64) -> usize {
 pub const fn cap_domains(cap: u64) -> u32 {
     1 << (4 + 2 * (cap & 7) as u32)
 }
+/// CAP bit 7, CM (spec 11.4.2, 6.1): Caching Mode: the unit may cache
+/// not-present and erroneous entries, so making an entry present needs an
+/// invalidation too, and domain id 0 is reserved.
+pub const CAP_CM: u64 = 1 << 7;
+/// CAP bit 4, RWBF (spec 11.4.2, 6.8): Required Write-Buffer Flushing: the
+/// unit may not see writes to its tables until software flushes its write
+/// buffer (GCMD.WBF) or invalidates (which flushes it implicitly).
+pub const CAP_RWBF: u64 = 1 << 4;
 /// CAP bit 39, PSI: page-selective IOTLB invalidation is supported.
 pub const CAP_PSI: u64 = 1 << 39;
 /// ECAP bit 1, QI: queued invalidation is supported (units of VT-d
@@ -74,6 +82,11 @@ pub const GCMD_SRTP: u32 = 1 << 30;
 /// GCMD bit 26, QIE: enable queued invalidation (GSTS bit 26, QIES, says
 /// it is on).
 pub const GCMD_QIE: u32 = 1 << 26;
+/// GCMD bit 27, WBF (spec 11.4.4): flush the write buffer (only on a unit
+/// with CAP.RWBF); GSTS bit 27, WBFS, stays set until the flush is done.
+pub const GCMD_WBF: u32 = 1 << 27;
+/// GSTS bit 27, WBFS: a write-buffer flush is in progress.
+pub const GSTS_WBFS: u32 = 1 << 27;
 /// GSTS bit 26, QIES.
 pub const GSTS_QIES: u32 = 1 << 26;
 /// GSTS bit 31, TES: translation is enabled.

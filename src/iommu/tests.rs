@@ -175,6 +175,60 @@ fn reaches_only_what_its_domain_maps(unit: FakeVtd, queued: bool) {
     );
 }
 
+/// On a unit with Caching Mode, with or without its queue: a device that
+/// looked before its domain had the page keeps being refused until
+/// [`IotlbFlush::mapped`](super::IotlbFlush::mapped), then reaches it; one
+/// that looked before it was attached reaches its domain once `attach`
+/// returns.
+#[test]
+fn with_caching_mode_new_mappings_are_invalidated() {
+    for queued in [false, true] {
+        let mem = Memory::new(64);
+        let db = mem.db();
+        // SAFETY: the fake is this unit's register window; tables come
+        // from the database, reached 1:1.
+        let unit = unsafe {
+            if queued {
+                FakeVtd::with_queue()
+            } else {
+                FakeVtd::new()
+            }
+        };
+        // SAFETY: as above.
+        let iommu = unsafe { Iommu::new(unit.and_cap(regs::CAP_CM), mapper(), &db) }.unwrap();
+        assert!(iommu.caching_mode());
+        iommu.enable().unwrap();
+        let v = &iommu.regs;
+        assert_eq!(
+            v.dma(LSI.raw(), IOVA, true),
+            Access::Fault(1),
+            "no root entry yet"
+        );
+        let id = DomainId::new(1).unwrap();
+        let mut dom = domain(&iommu, id, &db, mapper(), &db).unwrap();
+        let rw = VmFlags::READ | VmFlags::WRITE | VmFlags::SHARED;
+        let area = dom.map_vma(page(IOVA), 4, rw).unwrap();
+        // SAFETY: the domain lives until after `detach` below.
+        unsafe { iommu.attach(LSI, id, dom.root()) }.unwrap();
+        assert_eq!(v.dma(LSI.raw(), IOVA, true), Access::Fault(5), "attached");
+        let pages: Vec<PageRef<'_>> = (0..2).map(|_| db.alloc_page().unwrap()).collect();
+        dom.insert_pages(area, page(IOVA), &pages).unwrap();
+        assert_eq!(
+            v.dma(LSI.raw(), IOVA, true),
+            Access::Fault(5),
+            "the fake caches the miss, as CM allows"
+        );
+        dom.tlb_mut().mapped(VirtAddr::new(IOVA), 2).unwrap();
+        for (i, p) in pages.iter().enumerate() {
+            let at = IOVA + i as u64 * 4096;
+            assert_eq!(v.dma(LSI.raw(), at, true), Access::Ok(p.phys().as_u64()));
+        }
+        while iommu.take_fault().is_some() {}
+        iommu.detach(LSI).unwrap();
+        assert_eq!(v.descriptors() > 0, queued);
+    }
+}
+
 #[test]
 fn a_fault_event_is_sent_once_per_fault_read_and_never_while_masked() {
     let mem = Memory::new(16);

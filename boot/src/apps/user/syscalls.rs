@@ -249,7 +249,17 @@ impl Process {
             pages.push(page);
         }
         match grant.domain.insert_pages(grant.area, pg(iova), &pages) {
-            Ok(()) => 0,
+            // The device is attached already: a unit with Caching Mode (or
+            // a write buffer) must hear of the new pages before the
+            // process tells its device of them; if it will not, they come
+            // out again (all or nothing).
+            Ok(()) => match grant.domain.tlb_mut().mapped(crate::mm::va(iova), count) {
+                Ok(()) => 0,
+                Err(_) => {
+                    let _ = grant.domain.zap_range(grant.area, pg(iova), count);
+                    EIO
+                }
+            },
             Err(partial) => {
                 // All or nothing: the pages the call did map come out again.
                 if partial.inserted > 0 {

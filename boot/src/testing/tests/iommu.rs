@@ -59,7 +59,59 @@ pub const TESTS: &[Test] = &[
         "iommu.the_lsi_over_an_iova_hal_sees_only_what_it_was_given",
         lsi_over_the_iova_hal,
     ),
+    Test::new(
+        "iommu.dmar_unit_for_names_qemus_unit_for_every_pci_function",
+        unit_for_every_pci_function,
+    ),
+    Test::new("iommu.the_unit_says_if_it_caches_misses", caching_mode),
 ];
+
+/// Prints whether the unit reports Caching Mode (QEMU's `caching-mode=on`),
+/// for the host test that boots the IOMMU tests with it: they must pass
+/// either way, and that test checks they ran with it.
+fn caching_mode() {
+    let unit = take().expect("the IOMMU");
+    let on = if unit.caching_mode() { "on" } else { "off" };
+    crate::println!("iommu: caching mode {on}");
+}
+
+/// QEMU's DMAR table, read as a kernel would: its one unit, at the
+/// register base the other tests drive, covers every function PCI
+/// enumeration found on segment 0 (q35 puts them all on bus 0, so no
+/// bridge is asked about). QEMU 7.2 names each of them in an endpoint
+/// scope and sets no INCLUDE_PCI_ALL, so a function it did not name has
+/// no unit. Nothing on segment 1; no reserved region.
+fn unit_for_every_pci_function() {
+    use dmaengine::iommu::dmar::{Dmar, ScopeKind};
+    let rsdp = crate::platform().boot.rsdp().expect("the RSDP");
+    let bytes = crate::acpi::dmar(rsdp).expect("a DMAR table");
+    let dmar = Dmar::parse(bytes).expect("QEMU's DMAR table parses");
+    let base = crate::iommu::base().expect("a unit");
+    let devices = &crate::platform().pci;
+    assert!(devices.len() >= 3, "host bridge, LSI and edu at least");
+    let bridges = |bus, device, function| -> Option<core::ops::RangeInclusive<u8>> {
+        panic!("asked about a bridge at {bus}:{device}.{function}")
+    };
+    for device in devices {
+        let id = source_of(device);
+        let unit = dmar
+            .unit_for(0, id, bridges)
+            .expect("a unit for every function");
+        assert_eq!(unit.register_base, base, "{id:?}");
+        assert!(dmar.unit_for(1, id, bridges).is_none(), "no segment 1");
+        assert_eq!(dmar.reserved_regions_for(0, id, bridges).count(), 0);
+    }
+    let unit = dmar.units().next().expect("a unit");
+    let named = unit
+        .scopes()
+        .filter(|s| s.kind == ScopeKind::PciEndpoint)
+        .count();
+    if !unit.include_pci_all() {
+        assert_eq!(named, devices.len(), "each function named");
+        let absent = dmaengine::iommu::SourceId::new(7, 0, 0);
+        assert!(dmar.unit_for(0, absent, bridges).is_none(), "{absent:?}");
+    }
+}
 
 /// The LSI53C895A driven through the library's `IovaHal` (`iommu_hal` is
 /// the kernel's glue): the chip's own ring and completion word
