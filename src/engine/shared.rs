@@ -232,9 +232,7 @@ impl<E: Engine, I: IrqControl> SharedChannel<E, I> {
     /// ([`Channel::interrupt_after`]). The caller holds the lock, so no
     /// interrupt can end it in between.
     // Out of line: a request that ended by the first poll (the common case
-    // for short copies) never parks, and inlined here the preparation of
-    // the interrupt request made every poll's frame larger (an awaited
-    // 4 KiB copy took 90 ns more on QEMU 7.2).
+    // for short copies) never parks (performance note H3, in the guide).
     #[inline(never)]
     fn park(
         channel: &mut Channel<E>,

@@ -320,9 +320,9 @@ impl<H: Hal, R: Registers> Lsi53c895a<H, R> {
 
     /// [`Engine::poll`] with work outstanding after the completion word
     /// was read: whether the chip stopped, and why (a failure is left in
-    /// `self.fault`); returns the newest request complete. It returns no
-    /// [`Progress`]: one coming back from this call went through the
-    /// stack on every poll, this call or not.
+    /// `self.fault`); returns the newest request complete, not a
+    /// [`Progress`] (performance note H2, in the guide's performance
+    /// chapter).
     #[inline(never)]
     fn poll_hardware(&mut self, completed: Option<Cookie>) -> Option<Cookie> {
         if self.is_running() {
@@ -501,8 +501,7 @@ unsafe impl<H: Hal, R: Registers> Engine for Lsi53c895a<H, R> {
             && self.ring.push_copies(first, ops, mask, true) as usize == ops.len()
     }
 
-    // Inlined into the channel's `issue_pending`: a call of its own cost
-    // every batch 8 instructions of register saving.
+    // Inlined into the channel's `issue_pending` (performance note H2).
     #[inline(always)]
     fn issue(&mut self) {
         if self.link() {

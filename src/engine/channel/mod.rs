@@ -273,8 +273,7 @@ impl<E: Engine> Channel<E> {
     /// `Error(kind)` means the engine no longer touches the request's
     /// memory; the destination's contents are undefined (see
     /// [`ErrorKind::Aborted`](crate::engine::ErrorKind::Aborted)).
-    // Inlined: through a call, the answer went through the stack and the
-    // call saved and restored six registers.
+    // Performance note H2 (guide, performance chapter).
     #[inline(always)]
     pub fn status(&mut self, cookie: Cookie) -> TxState {
         if !self.snapshot().is_complete(cookie) {

@@ -104,9 +104,8 @@ impl<E: Engine> Channel<E> {
         unsafe { self.prep_inlined(op, flags, callback) }
     }
 
-    /// [`Channel::prep`], inlined into [`Channel::prep_copy`]: through a
-    /// call, a copy's request went through the stack, and the call saved
-    /// six registers and restored them (some 30 instructions of about 180).
+    /// [`Channel::prep`], inlined into [`Channel::prep_copy`] (performance
+    /// note H2, in the guide's performance chapter).
     ///
     /// # Safety
     /// As for [`Channel::prep`].
@@ -194,9 +193,7 @@ impl<E: Engine> Channel<E> {
         let written = if one_descriptor_each {
             // The common case, in one pass through the driver.
             cookie = first.after(ops.len() - 1);
-            // The error's conversion is out of line: inlined, it became a
-            // table jump taken on success too, which an emulator looks up
-            // at run time.
+            // The error's conversion is out of line (performance note H3).
             // SAFETY: every op was validated and fits one descriptor; the
             // caller upholds `prep`'s contract for each.
             unsafe { self.engine.prep_run(first, ops, last) }.map_err(engine_error)

@@ -10,9 +10,7 @@ impl<E: Engine> Channel<E> {
     /// Checks `op` and `flags` against the engine without changing
     /// anything. Every sum is checked: addresses and lengths come from
     /// callers.
-    // Inlined, like the rest of the per-request path: under an emulator
-    // each return is an indirect jump looked up at run time, a large part
-    // of a small request's cost.
+    // Performance note H1 (guide, performance chapter).
     #[inline(always)]
     pub(super) fn validate(&self, op: &Op, flags: PrepFlags) -> Result<(), DmaError> {
         self.check_flags(flags)?;
@@ -93,10 +91,8 @@ pub(super) fn check_op(op: &Op, caps: Capabilities, limits: Limits) -> Result<us
 
 /// Checks every request of a batch (see [`check_op`]); returns whether each
 /// takes one descriptor of at most `piece_max` bytes. Not generic, and not
-/// inlined into [`Channel::prep_batch`]: compiled inside each engine's
-/// `prep_batch`, this loop's registers spilled differently from one engine
-/// type to another (a change to the LSI driver's `Mark` alone added 13
-/// instructions per request, 25 ns under TCG).
+/// inlined into [`Channel::prep_batch`] (performance note H4, in the guide's
+/// performance chapter).
 #[inline(never)]
 pub(super) fn check_batch(
     ops: &[Op],
@@ -132,9 +128,9 @@ pub(super) fn check_batch(
 
 /// Whether a channel accepts a copy of `len` bytes from `src` to `dst` on an
 /// engine that takes copies at any alignment and addresses up to `mask`
-/// (length limits aside), computed without an early exit (under an
-/// emulator each branch ends a translated block): both sides' last bytes (`side + len - 1`) are
-/// within `mask` without wrapping, and the sides are more than `len - 1`
+/// (length limits aside), computed without an early exit (performance note
+/// H5): both sides' last bytes (`side + len - 1`) are within `mask` without
+/// wrapping, and the sides are more than `len - 1`
 /// bytes apart, so they do not overlap. An empty copy's `len - 1` wraps to
 /// the largest value, which no distance exceeds.
 ///

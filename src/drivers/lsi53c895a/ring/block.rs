@@ -118,8 +118,8 @@ impl<H: Hal> Ring<H> {
     }
 }
 
-/// The panic of [`Ring::cell`], out of line: formatted in place, the offset
-/// was stored to the stack ahead of every access to the block, in case.
+/// The panic of [`Ring::cell`], out of line (performance note H3, in the
+/// guide's performance chapter).
 #[cold]
 #[inline(never)]
 fn outside_block(offset: usize) -> ! {

@@ -161,8 +161,7 @@ impl<H: Hal> Ring<H> {
 
     /// Claims `n` contiguous ring words, leaving `keep` words free, and
     /// returns the first. Wraps to word 0 with a JUMP when the end is near.
-    // The per-request path is inlined: under an emulator each return is an
-    // indirect jump looked up at run time.
+    // Performance note H1 (guide, performance chapter).
     #[inline(always)]
     fn reserve(&mut self, n: u32, keep: u32) -> Result<u32, EngineError> {
         if self.head + n + TC_WORDS > RING_WORDS {
