@@ -201,6 +201,7 @@ pub mod hal;
 pub mod iommu;
 pub mod mm;
 pub mod mmio;
+mod slots;
 mod sync;
 #[cfg(feature = "testing")]
 pub mod testing;

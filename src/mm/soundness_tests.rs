@@ -355,3 +355,30 @@ fn areas_over_kernel_markers_are_refused_and_change_nothing() {
     assert_eq!(peek(slot), marker);
     assert_eq!(counts(&db, held.pfn()), (1, 0));
 }
+
+/// An area's handle stays stale after its area is unmapped, however many
+/// areas the slot held since: it must never name a later area (where a
+/// driver holding it would insert pages into memory it was never given).
+#[test]
+fn a_stale_area_handle_never_names_a_later_area() {
+    let memory = Memory::new(32);
+    let db = memory.db();
+    let mut space = new_space(&db);
+    let old = space.map_vma(pg(BASE), 1, SHARED_RW).unwrap();
+    space.unmap_vma(old).unwrap();
+    // Every area since in the same slot, until its generations run out,
+    // and one more.
+    space.set_vma_generations_to_last();
+    let between = space.map_vma(pg(BASE), 1, SHARED_RW).unwrap();
+    space.unmap_vma(between).unwrap();
+    let Ok(new) = space.map_vma(pg(BASE + 16 * PAGE_4K), 1, SHARED_RW) else {
+        return;
+    };
+    assert_eq!(
+        space.vma(old).err(),
+        Some(MmError::NoSuchVma),
+        "the stale handle names {new:?}'s area"
+    );
+    assert!(space.unmap_vma(old).is_err());
+    assert!(space.vma(new).is_ok());
+}

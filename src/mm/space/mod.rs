@@ -35,6 +35,7 @@ use super::pte::{self, Format, PAGE_1G, PAGE_2M, PAGE_4K, Pte, X86};
 use super::tlb::TlbFlush;
 use super::traits::{PageCounter, TableAllocator, TableMapper};
 use super::vma::{VmFlags, Vma};
+use crate::slots::{Key, SlotMap};
 
 /// Areas an address space holds.
 pub const MAX_VMAS: usize = 64;
@@ -51,8 +52,7 @@ pub const USER_END: u64 = 1 << 47;
 /// ([`MmError::ForeignVma`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct VmaId {
-    index: usize,
-    generation: u32,
+    key: Key,
     space: u32,
 }
 
@@ -144,9 +144,9 @@ pub struct AddressSpace<
     spares: Option<PhysFrame>,
     spare_count: usize,
     id: u32,
-    vmas: [Option<Vma>; MAX_VMAS],
-    /// Bumped when a slot's area is unmapped, so its old ids go stale.
-    vma_generations: [u32; MAX_VMAS],
+    /// The areas, in a generational slot map: an unmapped area's ids go
+    /// stale and stay stale.
+    vmas: SlotMap<Vma, MAX_VMAS>,
     /// PML4 slots shared with the kernel, never touched by this space.
     shared: [bool; 512],
     nx: bool,
@@ -243,8 +243,7 @@ impl<C: PageCounter, M: TableMapper, A: TableAllocator, T: TlbFlush, F: Format>
             spares: None,
             spare_count: 0,
             id: NEXT_SPACE_ID.fetch_add(1, Ordering::Relaxed),
-            vmas: [None; MAX_VMAS],
-            vma_generations: [0; MAX_VMAS],
+            vmas: SlotMap::new(),
             shared: [false; 512],
             nx,
             pages_1g: false,
@@ -326,8 +325,8 @@ impl<C: PageCounter, M: TableMapper, A: TableAllocator, T: TlbFlush, F: Format>
     /// cannot fail.
     fn unmap_all(&mut self) {
         for slot in 0..MAX_VMAS {
-            if self.vmas[slot].is_some() {
-                let _ = self.unmap_vma(self.vma_id(slot));
+            if let Some(key) = self.vmas.key_at(slot) {
+                let _ = self.unmap_vma(self.vma_id(key));
             }
         }
     }
@@ -382,63 +381,60 @@ impl<C: PageCounter, M: TableMapper, A: TableAllocator, T: TlbFlush, F: Format>
             .ok_or(MmError::OutOfRange)?;
         let overlaps_kernel =
             (pte::index(first, 4)..=pte::index(end - 1, 4)).any(|s| self.shared[s]);
-        let overlaps_vma = self.vmas.iter().flatten().any(|v| {
+        let overlaps_vma = self.vmas.iter().any(|(_, v)| {
             let v_start = v.start.start_address().as_u64();
             v_start < end && first < v.end()
         });
         if overlaps_kernel || overlaps_vma || !self.range_is_vacant(first, end) {
             return Err(MmError::Overlap);
         }
-        let slot = self
-            .vmas
-            .iter()
-            .position(Option::is_none)
-            .ok_or(MmError::TooManyVmas)?;
-        self.vmas[slot] = Some(Vma {
+        let vma = Vma {
             start,
             pages,
             flags,
             pgoff: 0,
-        });
-        Ok(self.vma_id(slot))
+        };
+        let key = self.vmas.insert(vma).map_err(|_| MmError::TooManyVmas)?;
+        Ok(self.vma_id(key))
     }
 
-    fn vma_id(&self, index: usize) -> VmaId {
+    fn vma_id(&self, key: Key) -> VmaId {
         VmaId {
-            index,
-            generation: self.vma_generations[index],
+            key,
             space: self.id,
         }
     }
 
-    /// The slot of the live area `id` names.
-    fn vma_index(&self, id: VmaId) -> Result<usize, MmError> {
+    /// The area `id`.
+    pub fn vma(&self, id: VmaId) -> Result<&Vma, MmError> {
         if id.space != self.id {
             return Err(MmError::ForeignVma);
         }
-        let live = self.vmas.get(id.index).is_some_and(Option::is_some)
-            && self.vma_generations[id.index] == id.generation;
-        live.then_some(id.index).ok_or(MmError::NoSuchVma)
-    }
-
-    /// The area `id`.
-    pub fn vma(&self, id: VmaId) -> Result<&Vma, MmError> {
-        let index = self.vma_index(id)?;
-        self.vmas[index].as_ref().ok_or(MmError::NoSuchVma)
+        self.vmas.get(id.key).ok_or(MmError::NoSuchVma)
     }
 
     fn vma_mut(&mut self, id: VmaId) -> Result<&mut Vma, MmError> {
-        let index = self.vma_index(id)?;
-        self.vmas[index].as_mut().ok_or(MmError::NoSuchVma)
+        if id.space != self.id {
+            return Err(MmError::ForeignVma);
+        }
+        self.vmas.get_mut(id.key).ok_or(MmError::NoSuchVma)
     }
 
     /// The area containing `addr`, if any.
     fn vma_at(&self, addr: VirtAddr) -> Option<Vma> {
         self.vmas
             .iter()
-            .flatten()
+            .map(|(_, v)| v)
             .find(|v| v.contains(addr))
             .copied()
+    }
+
+    /// Moves every area slot to its last generation before running out:
+    /// how a test reaches the end of the generations without that many
+    /// `map_vma`s.
+    #[cfg(test)]
+    pub(crate) fn set_vma_generations_to_last(&mut self) {
+        self.vmas.set_generations(crate::slots::RETIRED - 1);
     }
 
     /// Removes area `id` and everything mapped in it; `id` is stale after.
@@ -446,8 +442,7 @@ impl<C: PageCounter, M: TableMapper, A: TableAllocator, T: TlbFlush, F: Format>
         let vma = *self.vma(id)?;
         let start = vma.start.start_address().as_u64();
         self.zap(start, vma.end())?;
-        self.vmas[id.index] = None;
-        self.vma_generations[id.index] = self.vma_generations[id.index].wrapping_add(1);
+        self.vmas.remove(id.key);
         Ok(())
     }
 

@@ -280,7 +280,7 @@ impl<C: PageCounter, M: TableMapper, A: TableAllocator, T: TlbFlush, F: Format>
             if !entry.is_empty() {
                 let link = level > 1 && F::is_live(entry) && !entry.is_huge();
                 let explained = !F::is_owned(entry)
-                    || self.vmas.iter().flatten().any(|v| {
+                    || self.vmas.iter().any(|(_, v)| {
                         v.start.start_address().as_u64() < entry_end && entry_start < v.end()
                     });
                 if !link || !explained {
