@@ -36,7 +36,7 @@ fn a_unit_lacking_what_the_driver_needs_is_refused_by_name() {
         unsafe { Iommu::new(FakeVtd::reporting(version, missing_cap), mapper(), &db) }.map(|_| ())
     };
     // QEMU 7.2's plain `-device intel-iommu`: 39-bit, 3-level tables only.
-    let three_level = start(1, regs::CAP_SAGAW_4LEVEL).unwrap_err();
+    let three_level = start(1, regs::Cap::SAGAW_4LEVEL.bits()).unwrap_err();
     assert_eq!(
         three_level,
         IommuError::Unsupported(Missing::FourLevelTables)
@@ -195,7 +195,7 @@ fn with_caching_mode_new_mappings_are_invalidated() {
             }
         };
         // SAFETY: as above.
-        let iommu = unsafe { Iommu::new(unit.and_cap(regs::CAP_CM), mapper(), &db) }.unwrap();
+        let iommu = unsafe { Iommu::new(unit.and_cap(regs::Cap::CM), mapper(), &db) }.unwrap();
         assert!(iommu.caching_mode());
         iommu.enable().unwrap();
         let v = &iommu.regs;
