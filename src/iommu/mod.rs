@@ -127,6 +127,12 @@ pub enum Missing {
     /// 7:4): such a unit has no register-based invalidation (spec 6.5), so
     /// without the queue nothing could be invalidated.
     QueuedInvalidation,
+    /// IOTLB registers (ECAP.IRO) or fault recording registers (CAP.FRO,
+    /// NFR) inside the unit's first 4 KiB ([`regs::MMIO_SIZE`], the window
+    /// the driver is given; spec 11.4.2, 11.4.3): a unit with a larger
+    /// register set (DMAR Size above 0) that puts them further is not
+    /// driven.
+    OnePageRegisters,
 }
 
 /// Errors of the IOMMU driver.
@@ -167,6 +173,9 @@ impl fmt::Display for IommuError {
             }
             IommuError::Unsupported(Missing::QueuedInvalidation) => {
                 "the unit is VT-d version 6 or later without an invalidation queue, ECAP.QI"
+            }
+            IommuError::Unsupported(Missing::OnePageRegisters) => {
+                "the unit's IOTLB or fault recording registers lie past its first 4 KiB"
             }
             IommuError::OutOfMemory => "no frame for an IOMMU table",
             IommuError::TimedOut => "the IOMMU did not finish a command in time",
@@ -214,8 +223,9 @@ impl<R: Registers, M: TableMapper, A: TableAllocator> Iommu<R, M, A> {
     /// it is set up (two more frames: the ring and its status word) and
     /// used for every invalidation from then on.
     ///
-    /// A unit without 4-level second-level tables, or one of VT-d version
-    /// 6 or later without the queue, is refused before anything is
+    /// A unit without 4-level second-level tables, one of VT-d version 6
+    /// or later without the queue, or one whose IOTLB or fault recording
+    /// registers lie past the window's 4 KiB, is refused before anything is
     /// allocated or written: [`IommuError::Unsupported`] says which
     /// ([`Missing`]). On QEMU the unit is `-machine q35 -device
     /// intel-iommu,aw-bits=48` (add `intremap=off` unless the kernel
@@ -245,6 +255,12 @@ impl<R: Registers, M: TableMapper, A: TableAllocator> Iommu<R, M, A> {
         if !ecaps.contains(Ecap::QI) && regs::ver_major(regs.read32(regs::VER)) >= 6 {
             return Err(IommuError::Unsupported(Missing::QueuedInvalidation));
         }
+        // The IOTLB registers span 16 bytes from IRO, each fault record 16
+        // bytes from FRO: all must lie in the window the caller mapped.
+        let (iotlb, frcd, nfr) = (regs::ecap_iro(ecap), regs::cap_fro(cap), regs::cap_nfr(cap));
+        if iotlb + 16 > regs::MMIO_SIZE || frcd + 16 * nfr > regs::MMIO_SIZE {
+            return Err(IommuError::Unsupported(Missing::OnePageRegisters));
+        }
         let root = alloc
             .allocate_table()
             .ok_or(IommuError::OutOfMemory)?
@@ -254,9 +270,9 @@ impl<R: Registers, M: TableMapper, A: TableAllocator> Iommu<R, M, A> {
             regs,
             mapper,
             root,
-            iotlb: regs::ecap_iro(ecap),
-            frcd: regs::cap_fro(cap),
-            nfr: regs::cap_nfr(cap),
+            iotlb,
+            frcd,
+            nfr,
             psi: caps.contains(Cap::PSI),
             publish: Publish {
                 caching_mode: caps.contains(Cap::CM),
