@@ -181,32 +181,38 @@ fn vtd_registers() -> Rows {
     ]
 }
 
-/// Chapter 7: register bits and table-entry bits of the VT-d driver.
+/// Every named flag of the `bitflags` type `F`, as `Type::NAME` rows: a
+/// flag added to `iommu::regs` fails here until the guide lists it.
+fn flag_rows<F: bitflags::Flags>(ty: &str) -> Rows
+where
+    F::Bits: Into<u64>,
+{
+    F::FLAGS
+        .iter()
+        .map(|flag| {
+            let name: &'static str = Box::leak(format!("{ty}::{}", flag.name()).into_boxed_str());
+            (name, vec![flag.value().bits().into()])
+        })
+        .collect()
+}
+
+/// Chapter 7: register bits and table-entry bits of the VT-d driver, every
+/// flag of every `bitflags` type in `iommu::regs`.
 fn vtd_bits() -> Rows {
-    vec![
-        row("GCMD_TE", &[vtd::GCMD_TE.into()]),
-        row("GCMD_SRTP", &[vtd::GCMD_SRTP.into()]),
-        row("GCMD_QIE", &[vtd::GCMD_QIE.into()]),
-        row("GSTS_TES", &[vtd::GSTS_TES.into()]),
-        row("GSTS_RTPS", &[vtd::GSTS_RTPS.into()]),
-        row("GSTS_QIES", &[vtd::GSTS_QIES.into()]),
-        row("CAP_SAGAW_4LEVEL", &[vtd::CAP_SAGAW_4LEVEL]),
-        row("CAP_PSI", &[vtd::CAP_PSI]),
-        row("CAP_CM", &[vtd::CAP_CM]),
-        row("CAP_RWBF", &[vtd::CAP_RWBF]),
-        row("GCMD_WBF", &[vtd::GCMD_WBF.into()]),
-        row("GSTS_WBFS", &[vtd::GSTS_WBFS.into()]),
-        row("ECAP_QI", &[vtd::ECAP_QI]),
-        row("FSTS_PFO", &[vtd::FSTS_PFO.into()]),
-        row("FSTS_PPF", &[vtd::FSTS_PPF.into()]),
-        row("FSTS_IQE", &[vtd::FSTS_IQE.into()]),
-        row("FECTL_IP", &[vtd::FECTL_IP.into()]),
-        row("FECTL_IM", &[vtd::FECTL_IM.into()]),
-        row("FRCD_T_READ", &[vtd::FRCD_T_READ]),
-        row("FRCD_F", &[vtd::FRCD_F]),
-        row("ROOT_PRESENT", &[vtd::ROOT_PRESENT]),
-        row("CONTEXT_PRESENT", &[vtd::CONTEXT_PRESENT]),
+    [
+        flag_rows::<vtd::Gcmd>("Gcmd"),
+        flag_rows::<vtd::Gsts>("Gsts"),
+        flag_rows::<vtd::Cap>("Cap"),
+        flag_rows::<vtd::Ecap>("Ecap"),
+        flag_rows::<vtd::Ccmd>("Ccmd"),
+        flag_rows::<vtd::Iotlb>("Iotlb"),
+        flag_rows::<vtd::Fsts>("Fsts"),
+        flag_rows::<vtd::Fectl>("Fectl"),
+        flag_rows::<vtd::Frcd>("Frcd"),
+        flag_rows::<vtd::RootEntry>("RootEntry"),
+        flag_rows::<vtd::ContextEntry>("ContextEntry"),
     ]
+    .concat()
 }
 
 /// Chapter 7: the invalidation-queue descriptors' low dwords, and the

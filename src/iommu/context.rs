@@ -7,7 +7,8 @@ use x86_64::PhysAddr;
 use x86_64::structures::paging::PhysFrame;
 
 use super::queue::Invalidation;
-use super::{DomainId, Iommu, IommuError, SourceId, regs};
+use super::regs::{self, ContextEntry, RootEntry};
+use super::{DomainId, Iommu, IommuError, SourceId};
 use crate::mm::traits::{TableAllocator, TableMapper};
 use crate::mmio::Registers;
 
@@ -55,7 +56,7 @@ impl<R: Registers, M: TableMapper, A: TableAllocator> Iommu<R, M, A> {
         // the unit never sees half an entry.
         unsafe {
             entry.add(1).write_volatile(hi);
-            entry.write_volatile(tables.start_address().as_u64() | regs::CONTEXT_PRESENT);
+            entry.write_volatile(tables.start_address().as_u64() | ContextEntry::P.bits());
         }
         self.invalidate(Invalidation::Context)?;
         self.invalidate(Invalidation::Domain(domain))
@@ -107,7 +108,7 @@ impl<R: Registers, M: TableMapper, A: TableAllocator> Iommu<R, M, A> {
             self.zero(table);
             let root_entry = self.entry(self.root, bus as usize);
             // SAFETY: the root entry of `bus` in our root table.
-            unsafe { root_entry.write_volatile(table | regs::ROOT_PRESENT) };
+            unsafe { root_entry.write_volatile(table | RootEntry::P.bits()) };
             tables.context[bus as usize] = table;
         }
         Ok(tables.context[bus as usize])
@@ -137,7 +138,7 @@ impl<R: Registers, M: TableMapper, A: TableAllocator> Iommu<R, M, A> {
         let entry = self.entry(context, device.devfn());
         // SAFETY: a context entry (16 bytes) in a table this unit owns.
         let lo = unsafe { entry.read_volatile() };
-        if lo & regs::CONTEXT_PRESENT != 0 {
+        if ContextEntry::from_bits_retain(lo).contains(ContextEntry::P) {
             return Err(IommuError::Attached);
         }
         Ok(entry)
@@ -154,7 +155,7 @@ impl<R: Registers, M: TableMapper, A: TableAllocator> Iommu<R, M, A> {
                 // SAFETY: a context entry (16 bytes) in a table this unit
                 // owns.
                 let (lo, hi) = unsafe { (entry.read_volatile(), entry.add(1).read_volatile()) };
-                lo & regs::CONTEXT_PRESENT != 0
+                ContextEntry::from_bits_retain(lo).contains(ContextEntry::P)
                     && hi & regs::context_domain(u16::MAX) == regs::context_domain(domain.get())
                     && lo & !0xfff != tables
             })

@@ -43,7 +43,7 @@ impl Registers for Stuck {
     fn read64(&self, offset: usize) -> u64 {
         let value = self.unit.read64(offset);
         if offset == regs::CCMD && self.stuck.get() {
-            value | regs::CCMD_ICC
+            value | regs::Ccmd::ICC.bits()
         } else {
             value
         }

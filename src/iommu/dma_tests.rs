@@ -78,11 +78,11 @@ unsafe impl<const N: usize> IommuPlatform for TestUnit<N> {
 
 /// A fresh unit `N`, translation on.
 fn unit<const N: usize>() {
-    unit_with::<N>(0);
+    unit_with::<N>(regs::Cap::empty());
 }
 
 /// A fresh unit `N` that also reports CAP bits `cap`, translation on.
-fn unit_with<const N: usize>(cap: u64) {
+fn unit_with<const N: usize>(cap: regs::Cap) {
     // SAFETY: the fake is this unit's window; tables from host memory.
     let unit = unsafe { Iommu::new(FakeVtd::new().and_cap(cap), mapper(), tables()) }.unwrap();
     unit.enable().unwrap();
@@ -293,7 +293,7 @@ device!(Lsi4, 4, WINDOW);
 /// caches failed lookups (CAP.CM).
 #[test]
 fn a_mapping_is_usable_on_a_unit_that_caches_misses() {
-    unit_with::<3>(regs::CAP_CM);
+    unit_with::<3>(regs::Cap::CM);
     attach!(Lsi3, LSI, 1).unwrap();
     assert_eq!(
         dma::<3>(LSI, WINDOW, true),
@@ -314,7 +314,7 @@ fn a_mapping_is_usable_on_a_unit_that_caches_misses() {
 /// flush (CAP.RWBF).
 #[test]
 fn a_mapping_is_usable_on_a_unit_that_buffers_table_writes() {
-    unit_with::<4>(regs::CAP_RWBF);
+    unit_with::<4>(regs::Cap::RWBF);
     attach!(Lsi4, LSI, 1).unwrap();
     assert_eq!(
         dma::<4>(LSI, WINDOW, true),

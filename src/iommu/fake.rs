@@ -86,7 +86,7 @@
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 
-use crate::iommu::regs;
+use crate::iommu::regs::{self, Cap};
 use crate::mmio::Registers;
 
 /// Where the fake places the IOTLB and fault recording registers.
@@ -125,7 +125,7 @@ struct State {
     version: u32,
     missing_cap: u64,
     /// CAP bits the unit reports beyond the usual (CM, RWBF).
-    extra_cap: u64,
+    extra_cap: Cap,
     /// CM: lookups that failed, (source, page, write) -> fault reason.
     failed: BTreeMap<(u16, u64, bool), u8>,
     /// RWBF: table entries as the unit first read them since its write
@@ -162,7 +162,7 @@ impl State {
 
     /// A table entry as the unit sees it.
     fn read_entry(&mut self, pa: u64) -> u64 {
-        if self.extra_cap & regs::CAP_RWBF == 0 {
+        if !self.extra_cap.contains(Cap::RWBF) {
             return read(pa);
         }
         *self.seen.entry(pa).or_insert_with(|| read(pa))
@@ -246,12 +246,12 @@ impl FakeVtd {
         fake
     }
 
-    /// The unit, reporting the CAP bits `cap` as well: [`regs::CAP_CM`] (it
-    /// caches failed lookups) and [`regs::CAP_RWBF`] (it sees table writes
+    /// The unit, reporting the CAP bits `cap` as well: [`Cap::CM`] (it
+    /// caches failed lookups) and [`Cap::RWBF`] (it sees table writes
     /// only after a write-buffer flush or an invalidation), as the module
     /// docs say; other bits are ignored.
-    pub fn and_cap(self, cap: u64) -> FakeVtd {
-        self.state.borrow_mut().extra_cap |= cap & (regs::CAP_CM | regs::CAP_RWBF);
+    pub fn and_cap(self, cap: Cap) -> FakeVtd {
+        self.state.borrow_mut().extra_cap |= cap & (Cap::CM | Cap::RWBF);
         self
     }
 
@@ -283,7 +283,7 @@ impl FakeVtd {
                     unsafe { ((high & !0b11) as *mut u32).write_volatile((low >> 32) as u32) };
                 }
                 _ => {
-                    s.fsts |= regs::FSTS_IQE;
+                    s.fsts |= regs::Fsts::IQE.bits();
                     return;
                 }
             }
@@ -305,7 +305,7 @@ impl FakeVtd {
     /// the tables (when translation is on), or refused and recorded.
     pub fn dma(&self, source: u16, iova: u64, write: bool) -> Access {
         let mut s = self.state.borrow_mut();
-        if s.gsts & regs::GSTS_TES == 0 {
+        if s.gsts & regs::Gsts::TES.bits() == 0 {
             return Access::Ok(iova);
         }
         let page = iova & !0xfff;
@@ -325,24 +325,24 @@ impl FakeVtd {
                 Access::Ok(frame | (iova & 0xfff))
             }
             Err(reason) => {
-                if s.extra_cap & regs::CAP_CM != 0 {
+                if s.extra_cap.contains(Cap::CM) {
                     s.failed.insert((source, page, write), reason);
                 }
-                if s.frcd.1 & regs::FRCD_F == 0 {
+                if s.frcd.1 & regs::Frcd::F.bits() == 0 {
                     s.frcd = (
                         page,
-                        regs::FRCD_F
-                            | if write { 0 } else { regs::FRCD_T_READ }
+                        regs::Frcd::F.bits()
+                            | if write { 0 } else { regs::Frcd::T.bits() }
                             | (reason as u64) << 32
                             | source as u64,
                     );
                     // An event for a fault recorded while none was pending.
-                    if s.fsts & regs::FSTS_PPF == 0 && s.events_on {
+                    if s.fsts & regs::Fsts::PPF.bits() == 0 && s.events_on {
                         s.events += 1;
                     }
-                    s.fsts |= regs::FSTS_PPF;
+                    s.fsts |= regs::Fsts::PPF.bits();
                 } else {
-                    s.fsts |= regs::FSTS_PFO;
+                    s.fsts |= regs::Fsts::PFO.bits();
                 }
                 Access::Fault(reason)
             }
@@ -354,13 +354,13 @@ impl FakeVtd {
     fn walk(s: &mut State, source: u16, iova: u64, write: bool) -> Result<(u64, bool), u8> {
         let root = s.root;
         let root_entry = s.read_entry(root + 16 * (source as u64 >> 8));
-        if root_entry & regs::ROOT_PRESENT == 0 {
+        if root_entry & regs::RootEntry::P.bits() == 0 {
             return Err(1);
         }
         let context = root_entry & !0xfff;
         let lo = s.read_entry(context + 16 * (source as u64 & 0xff));
         let hi = s.read_entry(context + 16 * (source as u64 & 0xff) + 8);
-        if lo & regs::CONTEXT_PRESENT == 0 {
+        if lo & regs::ContextEntry::P.bits() == 0 {
             return Err(2);
         }
         assert_eq!(hi & 7, regs::CONTEXT_AW_4LEVEL, "4-level tables");
@@ -407,7 +407,7 @@ impl Registers for FakeVtd {
                 if s.wbf_reads > 0 {
                     s.wbf_reads -= 1;
                     if s.wbf_reads == 0 {
-                        s.gsts &= !regs::GSTS_WBFS;
+                        s.gsts &= !regs::Gsts::WBFS.bits();
                         s.flush_write_buffer();
                         s.wb_flushes += 1;
                     }
@@ -423,31 +423,31 @@ impl Registers for FakeVtd {
         s.accesses += 1;
         match offset {
             regs::GCMD => {
-                if value & regs::GCMD_SRTP != 0 {
+                if value & regs::Gcmd::SRTP.bits() != 0 {
                     s.root = s.rtaddr;
-                    s.gsts |= regs::GSTS_RTPS;
+                    s.gsts |= regs::Gsts::RTPS.bits();
                 }
-                if value & regs::GCMD_TE != 0 {
-                    s.gsts |= regs::GSTS_TES;
+                if value & regs::Gcmd::TE.bits() != 0 {
+                    s.gsts |= regs::Gsts::TES.bits();
                 } else if !s.refuses_disable {
-                    s.gsts &= !regs::GSTS_TES;
+                    s.gsts &= !regs::Gsts::TES.bits();
                 }
                 // The flush ends a couple of status reads later, so a
                 // driver that does not wait for WBFS to clear never sees
                 // it done.
-                if value & regs::GCMD_WBF != 0 && s.extra_cap & regs::CAP_RWBF != 0 {
-                    s.gsts |= regs::GSTS_WBFS;
+                if value & regs::Gcmd::WBF.bits() != 0 && s.extra_cap.contains(Cap::RWBF) {
+                    s.gsts |= regs::Gsts::WBFS.bits();
                     s.wbf_reads = 2;
                 }
-                if value & regs::GCMD_QIE != 0 && s.has_queue {
-                    s.gsts |= regs::GSTS_QIES;
+                if value & regs::Gcmd::QIE.bits() != 0 && s.has_queue {
+                    s.gsts |= regs::Gsts::QIES.bits();
                 } else {
-                    s.gsts &= !regs::GSTS_QIES;
+                    s.gsts &= !regs::Gsts::QIES.bits();
                     s.iqh = 0;
                 }
             }
-            regs::FSTS => s.fsts &= !(value & regs::FSTS_PFO),
-            regs::FECTL => s.events_on = value & regs::FECTL_IM == 0,
+            regs::FSTS => s.fsts &= !(value & regs::Fsts::PFO.bits()),
+            regs::FECTL => s.events_on = value & regs::Fectl::IM.bits() == 0,
             _ => {}
         }
     }
@@ -457,10 +457,20 @@ impl Registers for FakeVtd {
         s.reads += 1;
         match offset {
             regs::CAP => {
-                (regs::CAP_SAGAW_4LEVEL | regs::CAP_PSI | ((FRO / 16) as u64) << 24 | s.extra_cap)
+                (regs::Cap::SAGAW_4LEVEL.bits()
+                    | regs::Cap::PSI.bits()
+                    | ((FRO / 16) as u64) << 24
+                    | s.extra_cap.bits())
                     & !s.missing_cap
             }
-            regs::ECAP => ((IRO / 16) as u64) << 8 | if s.has_queue { regs::ECAP_QI } else { 0 },
+            regs::ECAP => {
+                ((IRO / 16) as u64) << 8
+                    | if s.has_queue {
+                        regs::Ecap::QI.bits()
+                    } else {
+                        0
+                    }
+            }
             regs::IQH => (s.iqh as u64) << 4,
             regs::RTADDR => s.rtaddr,
             o if o == FRO => s.frcd.0,
@@ -474,24 +484,25 @@ impl Registers for FakeVtd {
         match offset {
             regs::RTADDR => s.rtaddr = value,
             regs::IQA => s.iqa = value,
-            regs::IQT if s.gsts & regs::GSTS_QIES != 0 => {
+            regs::IQT if s.gsts & regs::Gsts::QIES.bits() != 0 => {
                 let tail = ((value >> 4) & 0x7fff) as u32;
                 FakeVtd::run_queue(&mut s, tail);
             }
             // With the queue on, the invalidation registers do nothing (as
             // on units that have only the queue).
-            o if s.gsts & regs::GSTS_QIES != 0
+            o if s.gsts & regs::Gsts::QIES.bits() != 0
                 && (o == regs::CCMD || o == IRO + regs::IVA_REG || o == IRO + regs::IOTLB_REG) => {}
             regs::CCMD => s.flush_write_buffer(),
             o if o == IRO + regs::IVA_REG => s.iva = value,
-            o if o == IRO + regs::IOTLB_REG && value & regs::IOTLB_IVT != 0 => {
+            o if o == IRO + regs::IOTLB_REG && value & regs::Iotlb::IVT.bits() != 0 => {
                 // Global or domain-selective: the fake keeps one domain.
-                let page = (value & (3 << 60) == regs::IOTLB_PAGE).then_some(s.iva & !0xfff);
+                let page =
+                    (value & (3 << 60) == regs::Iotlb::PAGE.bits()).then_some(s.iva & !0xfff);
                 s.invalidate_iotlb(page);
             }
-            o if o == FRO + 8 && value & regs::FRCD_F != 0 => {
+            o if o == FRO + 8 && value & regs::Frcd::F.bits() != 0 => {
                 s.frcd = (0, 0);
-                s.fsts &= !regs::FSTS_PPF;
+                s.fsts &= !regs::Fsts::PPF.bits();
             }
             _ => {}
         }

@@ -3,7 +3,8 @@
 //! (or kept for the device's own channel), and the fault event that
 //! announces them.
 
-use super::{Iommu, SourceId, regs};
+use super::regs::{self, Fectl, Frcd, Fsts};
+use super::{Iommu, SourceId};
 use crate::mm::traits::{TableAllocator, TableMapper};
 use crate::mmio::Registers;
 
@@ -80,7 +81,7 @@ impl<R: Registers, M: TableMapper, A: TableAllocator> Iommu<R, M, A> {
     /// Masks fault events again (faults are still recorded, for
     /// [`Iommu::take_fault`]).
     pub fn disable_fault_interrupts(&self) {
-        self.regs.write32(regs::FECTL, regs::FECTL_IM);
+        self.regs.write32(regs::FECTL, Fectl::IM.bits());
     }
 
     /// The oldest recorded fault, or `None`: first those
@@ -120,23 +121,23 @@ impl<R: Registers, M: TableMapper, A: TableAllocator> Iommu<R, M, A> {
 
     /// The first fault in the recording registers, cleared, or `None`.
     fn read_fault(&self) -> Option<DmaFault> {
-        if self.regs.read32(regs::FSTS) & regs::FSTS_PPF == 0 {
+        if !Fsts::from_bits_retain(self.regs.read32(regs::FSTS)).contains(Fsts::PPF) {
             return None;
         }
         for i in 0..self.nfr {
             let at = self.frcd + 16 * i;
             let high = self.regs.read64(at + 8);
-            if high & regs::FRCD_F == 0 {
+            if !Frcd::from_bits_retain(high).contains(Frcd::F) {
                 continue;
             }
             let low = self.regs.read64(at);
             // Writing F back (1) clears the record.
-            self.regs.write64(at + 8, regs::FRCD_F);
-            self.regs.write32(regs::FSTS, regs::FSTS_PFO);
+            self.regs.write64(at + 8, Frcd::F.bits());
+            self.regs.write32(regs::FSTS, Fsts::PFO.bits());
             return Some(DmaFault {
                 source: SourceId::from_raw(regs::frcd_source(high)),
                 address: low & !0xfff,
-                write: high & regs::FRCD_T_READ == 0,
+                write: !Frcd::from_bits_retain(high).contains(Frcd::T),
                 reason: regs::frcd_reason(high),
             });
         }

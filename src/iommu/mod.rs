@@ -66,6 +66,7 @@ use crate::mmio::Registers;
 use context::Tables;
 use fault::Unclaimed;
 use queue::{Invalidation, Publish, Queue, command, invalidate};
+use regs::{Cap, Ecap, Gcmd, Gsts};
 
 pub use dmar::{Dmar, DmarError};
 pub use domain::{Domain, DomainId, IotlbFlush, domain};
@@ -126,6 +127,12 @@ pub enum Missing {
     /// 7:4): such a unit has no register-based invalidation (spec 6.5), so
     /// without the queue nothing could be invalidated.
     QueuedInvalidation,
+    /// IOTLB registers (ECAP.IRO) or fault recording registers (CAP.FRO,
+    /// NFR) inside the unit's first 4 KiB ([`regs::MMIO_SIZE`], the window
+    /// the driver is given; spec 11.4.2, 11.4.3): a unit with a larger
+    /// register set (DMAR Size above 0) that puts them further is not
+    /// driven.
+    OnePageRegisters,
 }
 
 /// Errors of the IOMMU driver.
@@ -166,6 +173,9 @@ impl fmt::Display for IommuError {
             }
             IommuError::Unsupported(Missing::QueuedInvalidation) => {
                 "the unit is VT-d version 6 or later without an invalidation queue, ECAP.QI"
+            }
+            IommuError::Unsupported(Missing::OnePageRegisters) => {
+                "the unit's IOTLB or fault recording registers lie past its first 4 KiB"
             }
             IommuError::OutOfMemory => "no frame for an IOMMU table",
             IommuError::TimedOut => "the IOMMU did not finish a command in time",
@@ -213,8 +223,9 @@ impl<R: Registers, M: TableMapper, A: TableAllocator> Iommu<R, M, A> {
     /// it is set up (two more frames: the ring and its status word) and
     /// used for every invalidation from then on.
     ///
-    /// A unit without 4-level second-level tables, or one of VT-d version
-    /// 6 or later without the queue, is refused before anything is
+    /// A unit without 4-level second-level tables, one of VT-d version 6
+    /// or later without the queue, or one whose IOTLB or fault recording
+    /// registers lie past the window's 4 KiB, is refused before anything is
     /// allocated or written: [`IommuError::Unsupported`] says which
     /// ([`Missing`]). On QEMU the unit is `-machine q35 -device
     /// intel-iommu,aw-bits=48` (add `intremap=off` unless the kernel
@@ -237,11 +248,18 @@ impl<R: Registers, M: TableMapper, A: TableAllocator> Iommu<R, M, A> {
     pub unsafe fn new(regs: R, mapper: M, mut alloc: A) -> Result<Self, IommuError> {
         let cap = regs.read64(regs::CAP);
         let ecap = regs.read64(regs::ECAP);
-        if cap & regs::CAP_SAGAW_4LEVEL == 0 {
+        let (caps, ecaps) = (Cap::from_bits_retain(cap), Ecap::from_bits_retain(ecap));
+        if !caps.contains(Cap::SAGAW_4LEVEL) {
             return Err(IommuError::Unsupported(Missing::FourLevelTables));
         }
-        if ecap & regs::ECAP_QI == 0 && regs::ver_major(regs.read32(regs::VER)) >= 6 {
+        if !ecaps.contains(Ecap::QI) && regs::ver_major(regs.read32(regs::VER)) >= 6 {
             return Err(IommuError::Unsupported(Missing::QueuedInvalidation));
+        }
+        // The IOTLB registers span 16 bytes from IRO, each fault record 16
+        // bytes from FRO: all must lie in the window the caller mapped.
+        let (iotlb, frcd, nfr) = (regs::ecap_iro(ecap), regs::cap_fro(cap), regs::cap_nfr(cap));
+        if iotlb + 16 > regs::MMIO_SIZE || frcd + 16 * nfr > regs::MMIO_SIZE {
+            return Err(IommuError::Unsupported(Missing::OnePageRegisters));
         }
         let root = alloc
             .allocate_table()
@@ -252,13 +270,13 @@ impl<R: Registers, M: TableMapper, A: TableAllocator> Iommu<R, M, A> {
             regs,
             mapper,
             root,
-            iotlb: regs::ecap_iro(ecap),
-            frcd: regs::cap_fro(cap),
-            nfr: regs::cap_nfr(cap),
-            psi: cap & regs::CAP_PSI != 0,
+            iotlb,
+            frcd,
+            nfr,
+            psi: caps.contains(Cap::PSI),
             publish: Publish {
-                caching_mode: cap & regs::CAP_CM != 0,
-                write_buffer: cap & regs::CAP_RWBF != 0,
+                caching_mode: caps.contains(Cap::CM),
+                write_buffer: caps.contains(Cap::RWBF),
             },
             domains: regs::cap_domains(cap),
             tables: RefCell::new(Tables {
@@ -272,11 +290,11 @@ impl<R: Registers, M: TableMapper, A: TableAllocator> Iommu<R, M, A> {
             }),
         };
         iommu.zero(root);
-        iommu.command(0, regs::GSTS_TES);
+        iommu.command(Gcmd::empty(), Gsts::TES);
         iommu.regs.write64(regs::RTADDR, root);
-        iommu.command(regs::GCMD_SRTP, 0);
-        iommu.wait_status(regs::GSTS_RTPS)?;
-        if ecap & regs::ECAP_QI != 0 {
+        iommu.command(Gcmd::SRTP, Gsts::empty());
+        iommu.wait_status(Gsts::RTPS)?;
+        if ecaps.contains(Ecap::QI) {
             iommu.start_queue()?;
         }
         iommu.invalidate(Invalidation::Context)?;
@@ -318,8 +336,8 @@ impl<R: Registers, M: TableMapper, A: TableAllocator> Iommu<R, M, A> {
         });
         self.regs.write64(regs::IQT, 0);
         self.regs.write64(regs::IQA, ring);
-        self.command(regs::GCMD_QIE, 0);
-        self.wait_status(regs::GSTS_QIES)
+        self.command(Gcmd::QIE, Gsts::empty());
+        self.wait_status(Gsts::QIES)
     }
 
     /// Whether invalidations go through the queue.
@@ -334,8 +352,8 @@ impl<R: Registers, M: TableMapper, A: TableAllocator> Iommu<R, M, A> {
     /// Turns translation on: from now on every device reaches only what its
     /// domain maps.
     pub fn enable(&self) -> Result<(), IommuError> {
-        self.command(regs::GCMD_TE, 0);
-        self.wait_status(regs::GSTS_TES)
+        self.command(Gcmd::TE, Gsts::empty());
+        self.wait_status(Gsts::TES)
     }
 
     /// Turns translation off: devices reach physical memory directly.
@@ -363,9 +381,9 @@ impl<R: Registers, M: TableMapper, A: TableAllocator> Iommu<R, M, A> {
     /// }
     /// ```
     pub unsafe fn disable(&self) -> Result<(), IommuError> {
-        self.command(0, regs::GSTS_TES);
+        self.command(Gcmd::empty(), Gsts::TES);
         for _ in 0..WAIT_POLLS {
-            if self.regs.read32(regs::GSTS) & regs::GSTS_TES == 0 {
+            if !self.status().contains(Gsts::TES) {
                 return Ok(());
             }
         }
@@ -374,7 +392,7 @@ impl<R: Registers, M: TableMapper, A: TableAllocator> Iommu<R, M, A> {
 
     /// Whether translation is on.
     pub fn is_enabled(&self) -> bool {
-        self.regs.read32(regs::GSTS) & regs::GSTS_TES != 0
+        self.status().contains(Gsts::TES)
     }
 
     /// The flusher a domain with id `domain` uses: page-selective (or
@@ -398,13 +416,18 @@ impl<R: Registers, M: TableMapper, A: TableAllocator> Iommu<R, M, A> {
         self.publish.caching_mode
     }
 
-    fn command(&self, set: u32, clear: u32) {
+    fn command(&self, set: Gcmd, clear: Gsts) {
         command(&self.regs, set, clear);
     }
 
-    fn wait_status(&self, bit: u32) -> Result<(), IommuError> {
+    /// GSTS.
+    fn status(&self) -> Gsts {
+        Gsts::from_bits_retain(self.regs.read32(regs::GSTS))
+    }
+
+    fn wait_status(&self, bit: Gsts) -> Result<(), IommuError> {
         for _ in 0..WAIT_POLLS {
-            if self.regs.read32(regs::GSTS) & bit != 0 {
+            if self.status().contains(bit) {
                 return Ok(());
             }
         }
@@ -426,9 +449,8 @@ impl<R: Registers, M: TableMapper, A: TableAllocator> Drop for Iommu<R, M, A> {
         // The queue off next (the unit then reads neither page), and its
         // pages back.
         if let Some(queue) = self.queue.get_mut().take() {
-            self.command(0, regs::GSTS_QIES);
-            let stopped =
-                (0..WAIT_POLLS).any(|_| self.regs.read32(regs::GSTS) & regs::GSTS_QIES == 0);
+            self.command(Gcmd::empty(), Gsts::QIES);
+            let stopped = (0..WAIT_POLLS).any(|_| !self.status().contains(Gsts::QIES));
             let tables = self.tables.get_mut();
             // A queue that would not stop keeps its pages: leaked, never
             // reused while the unit may still write the status word.

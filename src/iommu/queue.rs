@@ -6,7 +6,8 @@
 use core::cell::RefCell;
 use core::sync::atomic::{Ordering, fence};
 
-use super::{DomainId, IommuError, WAIT_POLLS, regs};
+use super::regs::{self, Ccmd, Fsts, Gcmd, Gsts, Iotlb};
+use super::{DomainId, IommuError, WAIT_POLLS};
 use crate::mmio::Registers;
 
 /// The invalidation queue (spec 6.5.2): one page of 256 descriptors, and a
@@ -85,7 +86,7 @@ impl Queue {
             if unsafe { self.status_ptr.read_volatile() } == self.seq {
                 return Ok(());
             }
-            if regs.read32(regs::FSTS) & regs::FSTS_IQE != 0 {
+            if Fsts::from_bits_retain(regs.read32(regs::FSTS)).contains(Fsts::IQE) {
                 return Err(IommuError::QueueError);
             }
         }
@@ -106,39 +107,39 @@ pub(super) fn invalidate<R: Registers>(
     }
     match request {
         Invalidation::Context => {
-            regs.write64(regs::CCMD, regs::CCMD_ICC | regs::CCMD_GLOBAL);
+            regs.write64(regs::CCMD, (Ccmd::ICC | Ccmd::GLOBAL).bits());
             for _ in 0..WAIT_POLLS {
-                if regs.read64(regs::CCMD) & regs::CCMD_ICC == 0 {
+                if !Ccmd::from_bits_retain(regs.read64(regs::CCMD)).contains(Ccmd::ICC) {
                     return Ok(());
                 }
             }
             Err(IommuError::TimedOut)
         }
-        Invalidation::Global => iotlb_command(regs, iotlb, regs::IOTLB_GLOBAL),
-        Invalidation::Domain(id) => {
-            iotlb_command(regs, iotlb, regs::IOTLB_DOMAIN | (id.get() as u64) << 32)
-        }
+        Invalidation::Global => iotlb_command(regs, iotlb, Iotlb::GLOBAL, 0),
+        Invalidation::Domain(id) => iotlb_command(regs, iotlb, Iotlb::DOMAIN, id.get()),
         Invalidation::Page(id, page) => {
             regs.write64(iotlb + regs::IVA_REG, page & !0xfff);
-            iotlb_command(regs, iotlb, regs::IOTLB_PAGE | (id.get() as u64) << 32)
+            iotlb_command(regs, iotlb, Iotlb::PAGE, id.get())
         }
     }
 }
 
 /// Writes GCMD: the persistent state bits of GSTS, minus `clear`, plus the
 /// command `set`.
-pub(super) fn command<R: Registers>(regs: &R, set: u32, clear: u32) {
-    let status = regs.read32(regs::GSTS) & regs::GSTS_PERSISTENT;
-    regs.write32(regs::GCMD, (status & !clear) | set);
+pub(super) fn command<R: Registers>(regs: &R, set: Gcmd, clear: Gsts) {
+    // GSTS reports each persistent command's state at its GCMD bit (11.4.5).
+    let status = Gcmd::from_bits_retain(regs.read32(regs::GSTS)) - Gcmd::ONE_SHOT;
+    let clear = Gcmd::from_bits_retain(clear.bits());
+    regs.write32(regs::GCMD, ((status - clear) | set).bits());
 }
 
 /// Flushes the unit's write buffer (GCMD.WBF) and waits for GSTS.WBFS to
 /// clear: what a unit with CAP.RWBF needs before it sees table writes that
 /// no invalidation followed (spec 6.8).
 pub(super) fn flush_write_buffer<R: Registers>(regs: &R) -> Result<(), IommuError> {
-    command(regs, regs::GCMD_WBF, 0);
+    command(regs, Gcmd::WBF, Gsts::empty());
     for _ in 0..WAIT_POLLS {
-        if regs.read32(regs::GSTS) & regs::GSTS_WBFS == 0 {
+        if !Gsts::from_bits_retain(regs.read32(regs::GSTS)).contains(Gsts::WBFS) {
             return Ok(());
         }
     }
@@ -157,14 +158,21 @@ pub(super) struct Publish {
     pub(super) write_buffer: bool,
 }
 
-/// Issues an IOTLB invalidation and waits for it.
-fn iotlb_command<R: Registers>(regs: &R, iotlb: usize, kind: u64) -> Result<(), IommuError> {
+/// Issues an IOTLB invalidation of granularity `kind` for domain `domain`
+/// (bits 47:32, unused by a global one) and waits for it.
+fn iotlb_command<R: Registers>(
+    regs: &R,
+    iotlb: usize,
+    kind: Iotlb,
+    domain: u16,
+) -> Result<(), IommuError> {
+    let command = Iotlb::IVT | Iotlb::DR | Iotlb::DW | kind;
     regs.write64(
         iotlb + regs::IOTLB_REG,
-        regs::IOTLB_IVT | regs::IOTLB_DRAIN | kind,
+        command.bits() | u64::from(domain) << 32,
     );
     for _ in 0..WAIT_POLLS {
-        if regs.read64(iotlb + regs::IOTLB_REG) & regs::IOTLB_IVT == 0 {
+        if !Iotlb::from_bits_retain(regs.read64(iotlb + regs::IOTLB_REG)).contains(Iotlb::IVT) {
             return Ok(());
         }
     }

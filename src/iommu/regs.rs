@@ -3,6 +3,12 @@
 //! Directed I/O, Architecture Specification (rev. 4), chapter 9 "Translation
 //! Structure Formats" and chapter 11 "Register Descriptions" (section numbers
 //! below); the QEMU behaviour the driver relies on is noted where it is used.
+//!
+//! Register bits are [`bitflags`](mod@bitflags) types named after their register
+//! ([`Gcmd`], [`Gsts`], [`Cap`], ...); multi-bit fields that hold numbers
+//! (offsets, counts, ids, fault reasons) are read by the functions here.
+
+use bitflags::bitflags;
 
 /// 11.4.1 Version Register (32-bit): major version in bits 7:4.
 pub const VER: usize = 0x00;
@@ -39,9 +45,6 @@ pub const FEUADDR: usize = 0x44;
 /// recording register ends at 0x230); map a 4 KiB page.
 pub const MMIO_SIZE: usize = 0x1000;
 
-/// CAP bits 12:8, SAGAW: bit 2 set means 48-bit, 4-level second-level
-/// tables are supported (the only layout this driver uses).
-pub const CAP_SAGAW_4LEVEL: u64 = 1 << (8 + 2);
 /// CAP bits 33:24, FRO: offset of the first fault recording register, in
 /// 16-byte units.
 pub const fn cap_fro(cap: u64) -> usize {
@@ -56,73 +59,16 @@ pub const fn cap_nfr(cap: u64) -> usize {
 pub const fn cap_domains(cap: u64) -> u32 {
     1 << (4 + 2 * (cap & 7) as u32)
 }
-/// CAP bit 7, CM (spec 11.4.2, 6.1): Caching Mode: the unit may cache
-/// not-present and erroneous entries, so making an entry present needs an
-/// invalidation too, and domain id 0 is reserved.
-pub const CAP_CM: u64 = 1 << 7;
-/// CAP bit 4, RWBF (spec 11.4.2, 6.8): Required Write-Buffer Flushing: the
-/// unit may not see writes to its tables until software flushes its write
-/// buffer (GCMD.WBF) or invalidates (which flushes it implicitly).
-pub const CAP_RWBF: u64 = 1 << 4;
-/// CAP bit 39, PSI: page-selective IOTLB invalidation is supported.
-pub const CAP_PSI: u64 = 1 << 39;
-/// ECAP bit 1, QI: queued invalidation is supported (units of VT-d
-/// version 6 and later support no other, spec 6.5).
-pub const ECAP_QI: u64 = 1 << 1;
 /// ECAP bits 17:8, IRO: offset of the IOTLB registers, in 16-byte units.
 pub const fn ecap_iro(ecap: u64) -> usize {
     (((ecap >> 8) & 0x3ff) * 16) as usize
 }
-
-/// GCMD bit 31, TE: enable translation. GCMD bit 30, SRTP: set the root
-/// table pointer. GSTS has the matching status bits (TES, RTPS).
-pub const GCMD_TE: u32 = 1 << 31;
-/// GCMD bit 30, SRTP.
-pub const GCMD_SRTP: u32 = 1 << 30;
-/// GCMD bit 26, QIE: enable queued invalidation (GSTS bit 26, QIES, says
-/// it is on).
-pub const GCMD_QIE: u32 = 1 << 26;
-/// GCMD bit 27, WBF (spec 11.4.4): flush the write buffer (only on a unit
-/// with CAP.RWBF); GSTS bit 27, WBFS, stays set until the flush is done.
-pub const GCMD_WBF: u32 = 1 << 27;
-/// GSTS bit 27, WBFS: a write-buffer flush is in progress.
-pub const GSTS_WBFS: u32 = 1 << 27;
-/// GSTS bit 26, QIES.
-pub const GSTS_QIES: u32 = 1 << 26;
-/// GSTS bit 31, TES: translation is enabled.
-pub const GSTS_TES: u32 = 1 << 31;
-/// GSTS bit 30, RTPS: the root table pointer is set.
-pub const GSTS_RTPS: u32 = 1 << 30;
-/// The GSTS bits that are persistent states rather than one-shot commands:
-/// a GCMD write must carry them (11.4.4: software reads GSTS, masks the
-/// one-shot bits, ORs the command; QEMU acts again on any one-shot bit left
-/// set).
-pub const GSTS_PERSISTENT: u32 = 0x96ff_ffff;
-
-/// CCMD bit 63, ICC: invalidate the context cache (cleared by hardware
-/// when done).
-pub const CCMD_ICC: u64 = 1 << 63;
-/// CCMD bits 62:61 = 01: global invalidation.
-pub const CCMD_GLOBAL: u64 = 1 << 61;
 
 /// 11.4.8.1 IOTLB Invalidate Register, at ECAP.IRO + 8 (64-bit).
 pub const IOTLB_REG: usize = 8;
 /// 11.4.8.2 Invalidate Address Register, at ECAP.IRO (64-bit): address
 /// in bits 63:12, address mask (log2 of pages) in bits 5:0.
 pub const IVA_REG: usize = 0;
-/// IOTLB bit 63, IVT: invalidate (cleared by hardware when done).
-pub const IOTLB_IVT: u64 = 1 << 63;
-/// IOTLB bits 61:60 = 01: global invalidation.
-pub const IOTLB_GLOBAL: u64 = 1 << 60;
-/// IOTLB bits 61:60 = 10: domain-selective invalidation (domain in bits
-/// 47:32).
-pub const IOTLB_DOMAIN: u64 = 2 << 60;
-/// IOTLB bits 61:60 = 11: page-selective invalidation (domain in bits
-/// 47:32, address in IVA).
-pub const IOTLB_PAGE: u64 = 3 << 60;
-/// IOTLB bits 49:48, DR and DW: drain reads and writes first.
-pub const IOTLB_DRAIN: u64 = 3 << 48;
-
 /// Invalidation Queue Head Register (64-bit): the offset of the next
 /// descriptor the unit fetches, in bits 18:4 (16-byte descriptors).
 pub const IQH: usize = 0x80;
@@ -136,10 +82,6 @@ pub const IQT: usize = 0x88;
 pub const IQA: usize = 0x90;
 /// Descriptors in a one-page queue (QS = 0).
 pub const QUEUE_DESCRIPTORS: u32 = 256;
-/// FSTS bit 4, IQE: the unit found a descriptor it could not process
-/// (the queue then stops; write 1 to clear).
-pub const FSTS_IQE: u32 = 1 << 4;
-
 /// 6.5.2.1 Context-cache Invalidate Descriptor: type 1 in bits 3:0,
 /// granularity in bits 5:4 (01: global).
 pub const DESC_CONTEXT_GLOBAL: u64 = 0x1 | 1 << 4;
@@ -160,22 +102,7 @@ pub const DESC_IOTLB_PAGE: u64 = 3 << 4;
 /// 6): fetch nothing after it until then.
 pub const DESC_WAIT: u64 = 0x5 | 1 << 5 | 1 << 6;
 
-/// FSTS bit 1, PPF: a fault recording register holds a fault.
-pub const FSTS_PPF: u32 = 1 << 1;
-/// FSTS bit 0, PFO: a fault was lost because every register was full
-/// (write 1 to clear).
-pub const FSTS_PFO: u32 = 1 << 0;
-/// FECTL bit 31, IM: fault interrupts masked (the reset value).
-pub const FECTL_IM: u32 = 1 << 31;
-/// FECTL bit 30, IP: a fault event is pending, held back by IM.
-pub const FECTL_IP: u32 = 1 << 30;
-
-/// 11.4.14 Fault Recording Register, high half (at +8): bit 63, F: a fault
-/// is recorded (write 1 to clear).
-pub const FRCD_F: u64 = 1 << 63;
-/// Bit 62, T: the faulting request was a read (0: a write).
-pub const FRCD_T_READ: u64 = 1 << 62;
-/// Bits 39:32, FR: the fault reason.
+/// Fault recording register, high half, bits 39:32, FR: the fault reason.
 pub const fn frcd_reason(high: u64) -> u8 {
     (high >> 32) as u8
 }
@@ -191,16 +118,160 @@ pub const REASON_WRITE: u8 = 5;
 /// mapped).
 pub const REASON_READ: u8 = 6;
 
-/// 9.1 Root Entry (16 bytes, 256 per table, one per bus), low half: bit 0,
-/// P: present; bits 63:12: the bus's context table.
-pub const ROOT_PRESENT: u64 = 1 << 0;
-/// 9.3 Context Entry (16 bytes, 256 per table, one per device and
-/// function), low half: bit 0, P: present; bits 3:2, TT = 00: untranslated
-/// requests go through the second-level tables at bits 63:12.
-pub const CONTEXT_PRESENT: u64 = 1 << 0;
 /// Context entry, high half, bits 2:0, AW = 010: 48-bit, 4-level tables.
 pub const CONTEXT_AW_4LEVEL: u64 = 2;
 /// Context entry, high half, bits 23:8: the domain id.
 pub const fn context_domain(id: u16) -> u64 {
     (id as u64) << 8
+}
+
+bitflags! {
+    /// 11.4.2 Capability Register (CAP) bits the driver reads.
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+    pub struct Cap: u64 {
+        /// Bit 4, RWBF (11.4.2, 6.8): table writes need a write-buffer flush (or an invalidation) to be seen.
+        const RWBF = 1 << 4;
+        /// Bit 7, CM (11.4.2, 6.1): Caching Mode: not-present entries may be cached; domain id 0 is reserved.
+        const CM = 1 << 7;
+        /// Bit 10, SAGAW bit 2 (11.4.2): 48-bit, 4-level second-level tables, the only layout the driver builds.
+        const SAGAW_4LEVEL = 1 << (8 + 2);
+        /// Bit 39, PSI (11.4.2): page-selective IOTLB invalidation is supported.
+        const PSI = 1 << 39;
+    }
+}
+
+bitflags! {
+    /// 11.4.3 Extended Capability Register (ECAP) bits the driver reads.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+    pub struct Ecap: u64 {
+        /// Bit 1, QI (11.4.3, 6.5): queued invalidation, the only kind units of version 6 and later have.
+        const QI = 1 << 1;
+    }
+}
+
+bitflags! {
+    /// 11.4.4 Global Command Register (GCMD) commands. A write sets every
+    /// command at once, so the driver writes the persistent states GSTS
+    /// reports, minus [`Gcmd::ONE_SHOT`], with its own command added (QEMU
+    /// acts again on any one-shot bit left set).
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+    pub struct Gcmd: u32 {
+        /// Bit 31, TE (11.4.4): enable translation (GSTS.TES confirms).
+        const TE = 1 << 31;
+        /// Bit 30, SRTP (11.4.4): latch RTADDR as the root table, one-shot (GSTS.RTPS confirms).
+        const SRTP = 1 << 30;
+        /// Bit 29, SFL (11.4.4): set the fault log pointer, one-shot (never used here).
+        const SFL = 1 << 29;
+        /// Bit 27, WBF (11.4.4, 6.8): flush the write buffer, one-shot (GSTS.WBFS clears when done).
+        const WBF = 1 << 27;
+        /// Bit 26, QIE (11.4.4): enable queued invalidation (GSTS.QIES confirms).
+        const QIE = 1 << 26;
+        /// Bit 24, SIRTP (11.4.4): set the interrupt remapping table pointer, one-shot (never used here).
+        const SIRTP = 1 << 24;
+        /// The one-shot commands (11.4.4): never carried over from GSTS into a new GCMD write.
+        const ONE_SHOT = Self::SRTP.bits() | Self::SFL.bits() | Self::WBF.bits() | Self::SIRTP.bits();
+    }
+}
+
+bitflags! {
+    /// 11.4.5 Global Status Register (GSTS) bits the driver polls.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+    pub struct Gsts: u32 {
+        /// Bit 31, TES (11.4.5): translation is enabled.
+        const TES = 1 << 31;
+        /// Bit 30, RTPS (11.4.5): the root table pointer is set.
+        const RTPS = 1 << 30;
+        /// Bit 27, WBFS (11.4.5): a write-buffer flush is in progress.
+        const WBFS = 1 << 27;
+        /// Bit 26, QIES (11.4.5): queued invalidation is on.
+        const QIES = 1 << 26;
+    }
+}
+
+bitflags! {
+    /// 11.4.7 Context Command Register (CCMD, 64-bit).
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+    pub struct Ccmd: u64 {
+        /// Bit 63, ICC (11.4.7): invalidate the context cache; hardware clears it when done.
+        const ICC = 1 << 63;
+        /// Bits 62:61 = 01, CIRG global (11.4.7): every context-cache entry.
+        const GLOBAL = 1 << 61;
+    }
+}
+
+bitflags! {
+    /// 11.4.8.1 IOTLB Invalidate Register (at ECAP.IRO + 8); the domain id
+    /// goes in bits 47:32.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+    pub struct Iotlb: u64 {
+        /// Bit 63, IVT (11.4.8.1): invalidate; hardware clears it when done.
+        const IVT = 1 << 63;
+        /// Bits 61:60 = 01, IIRG global (11.4.8.1): every IOTLB entry.
+        const GLOBAL = 1 << 60;
+        /// Bits 61:60 = 10, IIRG domain-selective (11.4.8.1): the domain's entries.
+        const DOMAIN = 2 << 60;
+        /// Bits 61:60 = 11, IIRG page-selective (11.4.8.1): the page in IVA, in the domain.
+        const PAGE = 3 << 60;
+        /// Bit 49, DR (11.4.8.1): drain reads before the invalidation completes.
+        const DR = 1 << 49;
+        /// Bit 48, DW (11.4.8.1): drain writes before the invalidation completes.
+        const DW = 1 << 48;
+    }
+}
+
+bitflags! {
+    /// 11.4.9.1 Fault Status Register (FSTS) bits the driver reads and clears.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+    pub struct Fsts: u32 {
+        /// Bit 0, PFO (11.4.9.1): a fault was lost, every record full; write 1 to clear.
+        const PFO = 1 << 0;
+        /// Bit 1, PPF (11.4.9.1): a fault recording register holds a fault.
+        const PPF = 1 << 1;
+        /// Bit 4, IQE (11.4.9.1, 6.5.2.10): the queue met a descriptor it could not process; write 1 to clear.
+        const IQE = 1 << 4;
+    }
+}
+
+bitflags! {
+    /// 11.4.9.2 Fault Event Control Register (FECTL).
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+    pub struct Fectl: u32 {
+        /// Bit 31, IM (11.4.9.2): fault events masked (the reset value).
+        const IM = 1 << 31;
+        /// Bit 30, IP (11.4.9.2): a fault event is pending, held back by IM.
+        const IP = 1 << 30;
+    }
+}
+
+bitflags! {
+    /// 11.4.14 Fault Recording Register, high quadword (at +8); the reason
+    /// and the requester are fields ([`frcd_reason`], [`frcd_source`]).
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+    pub struct Frcd: u64 {
+        /// Bit 63, F (11.4.14): a fault is recorded; write 1 to clear.
+        const F = 1 << 63;
+        /// Bit 62, T (11.4.14): the faulting request was a read (0: a write).
+        const T = 1 << 62;
+    }
+}
+
+bitflags! {
+    /// 9.1 Root Entry, low quadword (16 bytes per bus, 256 per table); bits
+    /// 63:12 hold the bus's context table.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+    pub struct RootEntry: u64 {
+        /// Bit 0, P (9.1): present.
+        const P = 1 << 0;
+    }
+}
+
+bitflags! {
+    /// 9.3 Context Entry, low quadword (16 bytes per device and function);
+    /// bits 63:12 hold the second-level tables, and TT (bits 3:2) = 00
+    /// sends untranslated requests through them.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+    pub struct ContextEntry: u64 {
+        /// Bit 0, P (9.3): present.
+        const P = 1 << 0;
+    }
 }

@@ -36,7 +36,7 @@ fn a_unit_lacking_what_the_driver_needs_is_refused_by_name() {
         unsafe { Iommu::new(FakeVtd::reporting(version, missing_cap), mapper(), &db) }.map(|_| ())
     };
     // QEMU 7.2's plain `-device intel-iommu`: 39-bit, 3-level tables only.
-    let three_level = start(1, regs::CAP_SAGAW_4LEVEL).unwrap_err();
+    let three_level = start(1, regs::Cap::SAGAW_4LEVEL.bits()).unwrap_err();
     assert_eq!(
         three_level,
         IommuError::Unsupported(Missing::FourLevelTables)
@@ -54,6 +54,80 @@ fn a_unit_lacking_what_the_driver_needs_is_refused_by_name() {
     // Version 5 still has the registers: taken, and its frames given back.
     assert_eq!(start(5, 0), Ok(()));
     assert_eq!(db.free_frames(), free);
+}
+
+/// The fake unit with its CAP and ECAP fields replaced: FRO (bits 33:24)
+/// and NFR (47:40) by `cap`, IRO (ECAP bits 17:8) by `ecap`, when given.
+struct Relocated {
+    unit: FakeVtd,
+    cap: Option<u64>,
+    ecap: Option<u64>,
+}
+
+impl crate::mmio::Registers for Relocated {
+    fn read8(&self, offset: usize) -> u8 {
+        self.unit.read8(offset)
+    }
+    fn write8(&self, offset: usize, value: u8) {
+        self.unit.write8(offset, value)
+    }
+    fn read32(&self, offset: usize) -> u32 {
+        self.unit.read32(offset)
+    }
+    fn write32(&self, offset: usize, value: u32) {
+        self.unit.write32(offset, value)
+    }
+    fn read64(&self, offset: usize) -> u64 {
+        let value = self.unit.read64(offset);
+        match (offset, self.cap, self.ecap) {
+            (regs::CAP, Some(fields), _) => value & !(0xff_03ff << 24) | fields,
+            (regs::ECAP, _, Some(fields)) => value & !(0x3ff << 8) | fields,
+            _ => value,
+        }
+    }
+    fn write64(&self, offset: usize, value: u64) {
+        self.unit.write64(offset, value)
+    }
+    fn accesses(&self) -> u64 {
+        self.unit.accesses()
+    }
+    fn reads(&self) -> u64 {
+        self.unit.reads()
+    }
+}
+
+/// A unit whose CAP or ECAP put its fault recording or IOTLB registers
+/// past the one page the driver is given ([`regs::MMIO_SIZE`]; units with
+/// a larger register set exist) is refused by name before anything is
+/// allocated or written, not left to fail a bounds check later.
+#[test]
+fn a_unit_with_registers_past_the_window_is_refused() {
+    let mem = Memory::new(8);
+    let db = mem.db();
+    let free = db.free_frames();
+    let start = |cap: Option<u64>, ecap: Option<u64>| {
+        // SAFETY: the fake is this unit's register window, written only by
+        // the `Iommu` made over it; tables come from the database, reached
+        // 1:1.
+        let unit = unsafe { FakeVtd::new() };
+        let unit = Relocated { unit, cap, ecap };
+        // SAFETY: as above.
+        unsafe { Iommu::new(unit, mapper(), &db) }.map(|_| ())
+    };
+    let past = Err(IommuError::Unsupported(Missing::OnePageRegisters));
+    // IOTLB registers at 0x1000 (IRO 0x100): past the page.
+    assert_eq!(start(None, Some(0x100 << 8)), past);
+    // One fault record at 0xff0 fits; a second (NFR 1) does not; nor does
+    // the last record of 256 from 0x200.
+    assert!(start(Some(0xff << 24), None).is_ok());
+    assert_eq!(start(Some(0xff << 24 | 1 << 40), None), past);
+    assert_eq!(start(Some(0x20 << 24 | 0xff << 40), None), past);
+    assert_eq!(db.free_frames(), free, "refused before any table");
+    assert!(
+        IommuError::Unsupported(Missing::OnePageRegisters)
+            .to_string()
+            .contains("4 KiB"),
+    );
 }
 
 #[test]
@@ -195,7 +269,7 @@ fn with_caching_mode_new_mappings_are_invalidated() {
             }
         };
         // SAFETY: as above.
-        let iommu = unsafe { Iommu::new(unit.and_cap(regs::CAP_CM), mapper(), &db) }.unwrap();
+        let iommu = unsafe { Iommu::new(unit.and_cap(regs::Cap::CM), mapper(), &db) }.unwrap();
         assert!(iommu.caching_mode());
         iommu.enable().unwrap();
         let v = &iommu.regs;

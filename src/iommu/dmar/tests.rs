@@ -468,6 +468,26 @@ fn lying_structure_lengths_are_refused() {
 }
 
 #[test]
+fn nothing_past_the_declared_length_is_read() {
+    // A table whose header stops halfway through its unit, handed over
+    // with the rest of the unit's bytes after it (a whole mapped page,
+    // say): the unit is refused as running past the end, not completed
+    // from the bytes beyond.
+    let whole = qemu();
+    let mut cut = whole.clone();
+    cut[4..8].copy_from_slice(&60u32.to_le_bytes());
+    fix_checksum(&mut cut[..60]);
+    assert_eq!(
+        Dmar::parse(&cut).unwrap_err(),
+        DmarError::StructurePastEnd {
+            offset: 48,
+            kind: 0,
+            length: 24
+        }
+    );
+}
+
+#[test]
 fn lying_scope_lengths_are_refused() {
     // QEMU's table: the DRHD at 48, its scope at 64 (length byte at 65).
     for (length, error) in [
