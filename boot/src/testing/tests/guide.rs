@@ -98,10 +98,11 @@ impl Chip {
         }
     }
 
-    /// The chapter's acknowledge: INTF with SIGP (keeping any doorbell),
-    /// then DSTAT, then SIST0 and SIST1. Returns DSTAT.
-    fn acknowledge(&self) -> u8 {
-        self.write8(ISTAT, ISTAT_INTF | ISTAT_SIGP);
+    /// The chapter's acknowledge, with `intf` the ISTAT value to write
+    /// first: then DSTAT (which does not clear while INTF is set), then
+    /// SIST0 and SIST1. Returns DSTAT.
+    fn acknowledge(&self, intf: u8) -> u8 {
+        self.write8(ISTAT, intf);
         let dstat = self.read8(DSTAT);
         self.read8(SIST0);
         self.read8(SIST1);
@@ -109,12 +110,13 @@ impl Chip {
     }
 
     /// The chapter's stop: abort, soft reset, release, then clear the
-    /// status the abort raised.
+    /// status the abort raised (INTF alone: the soft reset cleared SIGP,
+    /// there is no doorbell to keep).
     fn stop(&self) {
         self.write8(ISTAT, ISTAT_ABRT);
         self.write8(ISTAT, ISTAT_SRST);
         self.write8(ISTAT, 0);
-        self.acknowledge();
+        self.acknowledge(ISTAT_INTF);
     }
 }
 
@@ -207,6 +209,9 @@ fn guide_chapter4_by_hand() {
     //    read DSTAT (which acknowledges it) and the INT's value in DSPS.
     ring.put(0, &memory_move(LEN, at(src(0)), at(dst(0))));
     ring.put(3, &[INT, 0x0c4a_0001]);
+    // The words are in memory before the chip can fetch them: volatile
+    // stores stay in order with the volatile DSP write, and x86 keeps
+    // stores in order.
     chip.write32(DSP, ring.addr(0));
     chip.wait_for("the INT", || chip.read8(ISTAT) & ISTAT_DIP != 0);
     let dstat = chip.read8(DSTAT);
@@ -275,7 +280,9 @@ fn guide_chapter4_by_hand() {
     chip.wait_for("the third write-back", || {
         completion.get(COMPLETION / 4) == ring.addr(intfly)
     });
-    assert_eq!(chip.acknowledge() & DSTAT_ERRORS, 0, "no error");
+    // INTF with SIGP: INTF alone would drop a doorbell rung meanwhile.
+    let dstat = chip.acknowledge(ISTAT_INTF | ISTAT_SIGP);
+    assert_eq!(dstat & DSTAT_ERRORS, 0, "no error");
     assert_eq!(chip.read8(ISTAT) & (ISTAT_DIP | ISTAT_SIP | ISTAT_INTF), 0);
     let mut want = expected(3);
     want[COMPLETION..COMPLETION + 4].copy_from_slice(&ring.addr(intfly).to_le_bytes());
@@ -286,5 +293,13 @@ fn guide_chapter4_by_hand() {
     chip.stop();
     assert_eq!(chip.read8(ISTAT1) & ISTAT1_SRUN, 0, "stopped");
     assert_eq!(chip.read8(ISTAT) & (ISTAT_DIP | ISTAT_SIP | ISTAT_INTF), 0);
+    // For good: a doorbell no longer wakes the WAIT it was parked in.
+    chip.write8(ISTAT, ISTAT_SIGP);
+    assert_eq!(
+        chip.read8(ISTAT1) & ISTAT1_SRUN,
+        0,
+        "a doorbell wakes nothing"
+    );
     assert_eq!(snapshot(&data), want, "nothing moved after the stop");
+    chip.stop();
 }
