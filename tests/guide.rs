@@ -26,6 +26,18 @@ fn row(name: &'static str, values: &[u64]) -> (&'static str, Vec<u64>) {
     (name, values.to_vec())
 }
 
+/// Chapter 4: how the chip is found on the bus, and its two register BARs.
+fn lsi_pci() -> Rows {
+    vec![
+        row("VENDOR_ID", &[regs::VENDOR_ID.into()]),
+        row("DEVICE_ID", &[regs::DEVICE_ID.into()]),
+        row("IO_BAR", &[regs::IO_BAR as u64]),
+        row("IO_SIZE", &[regs::IO_SIZE.into()]),
+        row("MMIO_BAR", &[regs::MMIO_BAR as u64]),
+        row("MMIO_SIZE", &[regs::MMIO_SIZE as u64]),
+    ]
+}
+
 /// Chapter 4: the LSI53C895A registers the driver touches, and their offsets.
 fn lsi_registers() -> Rows {
     vec![
@@ -54,6 +66,7 @@ fn lsi_bits() -> Rows {
         row("ISTAT.SIP", &[b(Istat::SIP.bits())]),
         row("ISTAT.DIP", &[b(Istat::DIP.bits())]),
         row("ISTAT1.SRUN", &[b(Istat1::SRUN.bits())]),
+        row("DSTAT.DFE", &[b(Dstat::DFE.bits())]),
         row("DSTAT.MDPE", &[b(Dstat::MDPE.bits())]),
         row("DSTAT.BF", &[b(Dstat::BF.bits())]),
         row("DSTAT.ABRT", &[b(Dstat::ABRT.bits())]),
@@ -256,6 +269,7 @@ fn glue_counts() -> Rows {
 /// Every checked table, by the name its marker gives.
 fn tables() -> Vec<(&'static str, Rows)> {
     vec![
+        ("lsi-pci", lsi_pci()),
         ("lsi-registers", lsi_registers()),
         ("lsi-bits", lsi_bits()),
         ("lsi-scripts", lsi_scripts()),

@@ -200,6 +200,13 @@ impl<E: Engine> DmaDevice<E> {
         Exclusive::take(&self.taken, || self.engine().map(Channel::new))
     }
 
+    /// Takes over the device with no engine on it, for code that programs
+    /// it by hand (`Busy` while a channel holds it); no channel can take it
+    /// until the guard is dropped.
+    pub fn by_hand(&'static self) -> Result<Exclusive<&'static crate::pci::Device>, DmaError> {
+        Exclusive::take(&self.taken, || self.device().ok_or(DmaError::NotSupported))
+    }
+
     /// As [`Self::channel`], shared with an interrupt handler.
     pub fn shared(&'static self) -> Result<Shared<E>, DmaError> {
         Exclusive::take(&self.taken, || {

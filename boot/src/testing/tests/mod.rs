@@ -6,6 +6,7 @@ use crate::harness::Test;
 
 mod awaiting;
 mod dma;
+mod guide;
 mod iommu;
 mod irq;
 mod kernel;
@@ -19,6 +20,7 @@ pub fn all() -> Vec<Test> {
     let mut tests = Vec::new();
     tests.extend_from_slice(kernel::TESTS);
     tests.extend_from_slice(dma::TESTS);
+    tests.extend_from_slice(guide::TESTS);
     tests.extend_from_slice(awaiting::TESTS);
     tests.extend_from_slice(irq::TESTS);
     tests.extend_from_slice(smp::TESTS);
