@@ -38,20 +38,27 @@ fn lsi_pci() -> Rows {
     ]
 }
 
-/// Chapter 4: the LSI53C895A registers the driver touches, and their offsets.
+/// A register row's values: its offset, then its width in bits (from the
+/// register's type).
+fn reg<T, A>(r: dmaengine::mmio::Reg<T, A>) -> [u64; 2] {
+    [r.offset() as u64, 8 * size_of::<T>() as u64]
+}
+
+/// Chapter 4: the LSI53C895A registers the driver touches, their offsets
+/// and widths.
 fn lsi_registers() -> Rows {
     vec![
-        row("DSTAT", &[regs::DSTAT.offset() as u64]),
-        row("ISTAT", &[regs::ISTAT.offset() as u64]),
-        row("ISTAT1", &[regs::ISTAT1.offset() as u64]),
-        row("CTEST2", &[regs::CTEST2.offset() as u64]),
-        row("DSP", &[regs::DSP.offset() as u64]),
-        row("DSPS", &[regs::DSPS.offset() as u64]),
-        row("DMODE", &[regs::DMODE.offset() as u64]),
-        row("DIEN", &[regs::DIEN.offset() as u64]),
-        row("DCNTL", &[regs::DCNTL.offset() as u64]),
-        row("SIST0", &[regs::SIST0.offset() as u64]),
-        row("SIST1", &[regs::SIST1.offset() as u64]),
+        row("DSTAT", &reg(regs::DSTAT)),
+        row("ISTAT", &reg(regs::ISTAT)),
+        row("ISTAT1", &reg(regs::ISTAT1)),
+        row("CTEST2", &reg(regs::CTEST2)),
+        row("DSP", &reg(regs::DSP)),
+        row("DSPS", &reg(regs::DSPS)),
+        row("DMODE", &reg(regs::DMODE)),
+        row("DIEN", &reg(regs::DIEN)),
+        row("DCNTL", &reg(regs::DCNTL)),
+        row("SIST0", &reg(regs::SIST0)),
+        row("SIST1", &reg(regs::SIST1)),
     ]
 }
 
