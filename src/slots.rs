@@ -19,6 +19,13 @@ pub(crate) struct Key {
     generation: u64,
 }
 
+impl Key {
+    /// The slot's index (where a caller keeps data beside the map).
+    pub(crate) fn index(self) -> usize {
+        self.index
+    }
+}
+
 struct Slot<T> {
     generation: u64,
     value: Option<T>,
@@ -49,6 +56,13 @@ impl<T, const N: usize> SlotMap<T, N> {
     #[inline(always)]
     pub(crate) fn len(&self) -> usize {
         self.len
+    }
+
+    /// Whether [`SlotMap::insert`] would find a slot.
+    pub(crate) fn has_room(&self) -> bool {
+        self.slots
+            .iter()
+            .any(|s| s.value.is_none() && s.generation != RETIRED)
     }
 
     /// Puts `value` in the first free slot that is not retired; gives it
@@ -86,6 +100,16 @@ impl<T, const N: usize> SlotMap<T, N> {
             .filter(|s| s.generation == key.generation)?
             .value
             .as_mut()
+    }
+
+    /// The value in slot `index`, whichever use of the slot it is.
+    pub(crate) fn get_index(&self, index: usize) -> Option<&T> {
+        self.slots.get(index)?.value.as_ref()
+    }
+
+    /// [`SlotMap::get_index`], mutably.
+    pub(crate) fn get_index_mut(&mut self, index: usize) -> Option<&mut T> {
+        self.slots.get_mut(index)?.value.as_mut()
     }
 
     /// Takes out the value `key` names, if it is still there; the key (and
@@ -217,10 +241,12 @@ mod tests {
                 }
                 for &(key, v, live) in &keys {
                     prop_assert_eq!(map.get(key).copied(), live.then_some(v));
-                    prop_assert_eq!(map.key_at(key.index) == Some(key), live);
+                    prop_assert_eq!(map.key_at(key.index()) == Some(key), live);
+                    prop_assert_eq!(map.get_index(key.index()).is_some(), map.key_at(key.index()).is_some());
                 }
                 prop_assert_eq!(map.len(), keys.iter().filter(|k| k.2).count());
                 prop_assert_eq!(map.iter().count(), map.len());
+                prop_assert_eq!(map.has_room(), map.len() < 3);
             }
         }
     }

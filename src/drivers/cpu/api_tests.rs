@@ -155,7 +155,7 @@ mod channel {
         /// handle of its last use stays refused.
         #[test]
         fn a_slot_whose_generations_ran_out_is_never_used_again() {
-            use super::super::registry::RETIRED;
+            use crate::slots::RETIRED;
             let mut chans = cpu_channels(2);
             let mut it = chans.iter_mut();
             let reg: Registry<'_, 2, 2> = Registry::new();

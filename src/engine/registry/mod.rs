@@ -102,6 +102,7 @@
 use core::marker::PhantomData;
 use core::ops::{Deref, DerefMut};
 
+use crate::slots::{Key, SlotMap};
 use crate::sync::atomic::{AtomicU32, Ordering};
 use crate::sync::{IrqControl, Masked, NoMasking, SpinMutex};
 
@@ -117,8 +118,7 @@ use state::{Cell, Client, SlotInfo, State};
 /// ([`RegistryError::Foreign`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct ClientId {
-    index: usize,
-    generation: u64,
+    key: Key,
     registry: u32,
 }
 
@@ -126,19 +126,8 @@ pub struct ClientId {
 /// once that channel is removed (even if added again: it gets a new handle).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct ChannelHandle {
-    index: usize,
-    generation: u64,
+    key: Key,
     registry: u32,
-}
-
-/// The generation of a slot used up: after 2^64 - 1 uses (never, in
-/// practice), rather than wrap to a generation a stale handle still holds,
-/// the slot is left empty for good.
-pub(crate) const RETIRED: u64 = u64::MAX;
-
-/// The generation after `generation`: [`RETIRED`] at the end, never a wrap.
-fn next_generation(generation: u64) -> u64 {
-    generation.saturating_add(1)
 }
 
 /// Registry identities, so a handle of one is refused by another.
@@ -276,10 +265,8 @@ impl<'a, const C: usize, const N: usize, I: IrqControl> Registry<'a, C, N, I> {
     pub const fn new() -> Self {
         Registry {
             state: SpinMutex::new(State {
-                clients: [const { None }; C],
-                slots: [None; N],
-                client_generations: [0; C],
-                channel_generations: [0; N],
+                clients: SlotMap::new(),
+                slots: SlotMap::new(),
                 id: 0,
             }),
             cells: [const {
@@ -300,10 +287,8 @@ impl<'a, const C: usize, const N: usize, I: IrqControl> Registry<'a, C, N, I> {
     pub fn new() -> Self {
         Registry {
             state: SpinMutex::new(State {
-                clients: [const { None }; C],
-                slots: [None; N],
-                client_generations: [0; C],
-                channel_generations: [0; N],
+                clients: SlotMap::new(),
+                slots: SlotMap::new(),
                 id: 0,
             }),
             cells: core::array::from_fn(|_| {
@@ -333,22 +318,25 @@ impl<'a, const C: usize, const N: usize, I: IrqControl> Registry<'a, C, N, I> {
     #[cfg(test)]
     pub(crate) fn set_generations(&self, generation: u64) {
         let mut state = self.state();
-        state.client_generations = [generation; C];
-        state.channel_generations = [generation; N];
+        state.clients.set_generations(generation);
+        state.slots.set_generations(generation);
     }
 
     /// Registers a client (`dma_async_client_register`). It holds no
     /// channel until it asks for some.
     pub fn register_client(&self, callback: EventCallback) -> Result<ClientId, RegistryError> {
         let mut state = self.state();
-        let slot = (0..C)
-            .find(|&i| state.clients[i].is_none() && state.client_generations[i] != RETIRED)
-            .ok_or(RegistryError::Full)?;
-        state.clients[slot] = Some(Client {
-            callback,
-            wanted: 0,
-        });
-        Ok(state.client_id(slot))
+        let key = state
+            .clients
+            .insert(Client {
+                callback,
+                wanted: 0,
+            })
+            .map_err(|_| RegistryError::Full)?;
+        Ok(ClientId {
+            key,
+            registry: state.id,
+        })
     }
 
     /// Unregisters a client, taking back its channels (it is told of each)
@@ -356,9 +344,7 @@ impl<'a, const C: usize, const N: usize, I: IrqControl> Registry<'a, C, N, I> {
     pub fn unregister_client(&self, client: ClientId) -> Result<(), RegistryError> {
         let mut state = self.state();
         self.request_locked(&mut state, client, 0)?;
-        state.clients[client.index] = None;
-        state.client_generations[client.index] =
-            next_generation(state.client_generations[client.index]);
+        state.clients.remove(client.key);
         state.offer(&self.cells);
         Ok(())
     }
@@ -378,8 +364,9 @@ impl<'a, const C: usize, const N: usize, I: IrqControl> Registry<'a, C, N, I> {
         count: usize,
     ) -> Result<(), RegistryError> {
         let index = state.client_index(client)?;
-        let entry = state.clients[index]
-            .as_mut()
+        let entry = state
+            .clients
+            .get_index_mut(index)
             .ok_or(RegistryError::Unknown)?;
         entry.wanted = count;
         let mut held = state.held_by(index);
@@ -389,8 +376,9 @@ impl<'a, const C: usize, const N: usize, I: IrqControl> Registry<'a, C, N, I> {
                 if held <= count {
                     break;
                 }
-                let owned = state.slots[slot]
-                    .as_ref()
+                let owned = state
+                    .slots
+                    .get_index(slot)
                     .is_some_and(|s| s.owner == Some(index) && s.fallback == fallback);
                 if owned {
                     state.take_back(&self.cells, slot);
@@ -429,22 +417,28 @@ impl<'a, const C: usize, const N: usize, I: IrqControl> Registry<'a, C, N, I> {
         fallback: bool,
     ) -> Result<ChannelHandle, RegistryError> {
         let mut state = self.state();
-        let index = (0..N)
-            .find(|&i| state.slots[i].is_none() && state.channel_generations[i] != RETIRED)
-            .ok_or(RegistryError::Full)?;
+        if !state.slots.has_room() {
+            return Err(RegistryError::Full);
+        }
         if channel.is_halted() {
             channel.reset().map_err(|_| RegistryError::ResetFailed)?;
         }
-        let handle = state.handle(index);
-        *self.cells[index].lock() = Cell {
+        let key = state
+            .slots
+            .insert(SlotInfo {
+                owner: None,
+                fallback,
+            })
+            .map_err(|_| RegistryError::Full)?;
+        let handle = ChannelHandle {
+            key,
+            registry: state.id,
+        };
+        *self.cells[key.index()].lock() = Cell {
             channel: Some(channel),
             handle: Some(handle),
             owner: None,
         };
-        state.slots[index] = Some(SlotInfo {
-            owner: None,
-            fallback,
-        });
         state.offer(&self.cells);
         Ok(handle)
     }
@@ -463,8 +457,10 @@ impl<'a, const C: usize, const N: usize, I: IrqControl> Registry<'a, C, N, I> {
     ) -> Result<&'a mut (dyn DmaChannel + Send), RegistryError> {
         let mut state = self.state();
         let index = state.channel_index(handle)?;
-        let slot = state.slots[index].take().ok_or(RegistryError::Unknown)?;
-        state.channel_generations[index] = next_generation(state.channel_generations[index]);
+        let slot = state
+            .slots
+            .remove(handle.key)
+            .ok_or(RegistryError::Unknown)?;
         let taken = core::mem::replace(
             &mut *self.cells[index].lock(),
             Cell {
@@ -476,10 +472,10 @@ impl<'a, const C: usize, const N: usize, I: IrqControl> Registry<'a, C, N, I> {
         let channel = taken.channel.ok_or(RegistryError::Unknown)?;
         channel.terminate();
         if let Some(owner) = slot.owner
-            && let Some(client) = state.clients[owner].as_ref()
+            && let Some(client) = state.clients.get_index(owner)
+            && let Some(id) = state.client_id(owner)
         {
-            let callback = client.callback;
-            let client = state.client_id(owner);
+            let (callback, client) = (client.callback, id);
             (callback.func)(client, Event::ChannelRemoved(handle), callback.context);
         }
         // A reset that fails leaves the channel halted; `add_channel` tries
@@ -501,7 +497,11 @@ impl<'a, const C: usize, const N: usize, I: IrqControl> Registry<'a, C, N, I> {
         if client.registry != id || handle.registry != id {
             return Err(RegistryError::Foreign);
         }
-        let cell = Masked::lock(self.cells.get(handle.index).ok_or(RegistryError::Unknown)?);
+        let cell = Masked::lock(
+            self.cells
+                .get(handle.key.index())
+                .ok_or(RegistryError::Unknown)?,
+        );
         if cell.handle != Some(handle) || cell.channel.is_none() {
             return Err(RegistryError::Unknown);
         }
@@ -543,16 +543,19 @@ impl<'a, const C: usize, const N: usize, I: IrqControl> Registry<'a, C, N, I> {
         }
         let nth = cpu % held;
         let owned = |fallback: bool| {
-            state.slots.iter().enumerate().filter(move |(_, s)| {
-                s.as_ref()
-                    .is_some_and(|s| s.owner == Some(index) && s.fallback == fallback)
-            })
+            state
+                .slots
+                .iter()
+                .filter(move |(_, s)| s.owner == Some(index) && s.fallback == fallback)
         };
-        let (slot, _) = owned(false)
+        let (key, _) = owned(false)
             .chain(owned(true))
             .nth(nth)
             .ok_or(RegistryError::NoChannel)?;
-        Ok(state.handle(slot))
+        Ok(ChannelHandle {
+            key,
+            registry: state.id,
+        })
     }
 
     /// How many channels `client` holds (0 for a stale or foreign id).

@@ -2,6 +2,7 @@
 //! generations.
 
 use super::{ChannelHandle, ClientId, DmaChannel, Event, EventCallback, RegistryError};
+use crate::slots::SlotMap;
 use crate::sync::SpinMutex;
 
 pub(super) struct Client {
@@ -27,35 +28,32 @@ pub(super) struct Cell<'a> {
     pub(super) owner: Option<ClientId>,
 }
 
-/// Clients, owners and generations: everything but the channels.
+/// Clients, owners and generations: everything but the channels. Clients
+/// and channel slots are generational slot maps ([`crate::slots`]): a
+/// handle names one use of a slot, and once that use ends it is stale for
+/// good.
 pub(super) struct State<const C: usize, const N: usize> {
-    pub(super) clients: [Option<Client>; C],
-    pub(super) slots: [Option<SlotInfo>; N],
-    /// Bumped each time a slot is emptied, so old handles go stale.
-    /// Each slot's generation: a handle names one use of a slot. They never
-    /// wrap (a wrapped generation would make a stale handle good again): a
-    /// slot whose generation reached [`RETIRED`] is never used again.
-    pub(super) client_generations: [u64; C],
-    pub(super) channel_generations: [u64; N],
+    pub(super) clients: SlotMap<Client, C>,
+    pub(super) slots: SlotMap<SlotInfo, N>,
     /// The registry's identity.
     pub(super) id: u32,
 }
 
 impl<const C: usize, const N: usize> State<C, N> {
-    pub(super) fn client_id(&self, index: usize) -> ClientId {
-        ClientId {
-            index,
-            generation: self.client_generations[index],
+    /// The id of the client in slot `index`, if there is one.
+    pub(super) fn client_id(&self, index: usize) -> Option<ClientId> {
+        self.clients.key_at(index).map(|key| ClientId {
+            key,
             registry: self.id,
-        }
+        })
     }
 
-    pub(super) fn handle(&self, index: usize) -> ChannelHandle {
-        ChannelHandle {
-            index,
-            generation: self.channel_generations[index],
+    /// The handle of the channel in slot `index`, if there is one.
+    pub(super) fn handle(&self, index: usize) -> Option<ChannelHandle> {
+        self.slots.key_at(index).map(|key| ChannelHandle {
+            key,
             registry: self.id,
-        }
+        })
     }
 
     /// The slot of a live client, or why `client` names none.
@@ -63,9 +61,10 @@ impl<const C: usize, const N: usize> State<C, N> {
         if client.registry != self.id {
             return Err(RegistryError::Foreign);
         }
-        let live = self.clients.get(client.index).is_some_and(Option::is_some)
-            && self.client_generations[client.index] == client.generation;
-        live.then_some(client.index).ok_or(RegistryError::Unknown)
+        self.clients
+            .get(client.key)
+            .map(|_| client.key.index())
+            .ok_or(RegistryError::Unknown)
     }
 
     /// The slot of a live channel, or why `handle` names none.
@@ -73,37 +72,39 @@ impl<const C: usize, const N: usize> State<C, N> {
         if handle.registry != self.id {
             return Err(RegistryError::Foreign);
         }
-        let live = self.slots.get(handle.index).is_some_and(Option::is_some)
-            && self.channel_generations[handle.index] == handle.generation;
-        live.then_some(handle.index).ok_or(RegistryError::Unknown)
+        self.slots
+            .get(handle.key)
+            .map(|_| handle.key.index())
+            .ok_or(RegistryError::Unknown)
     }
 
     pub(super) fn held_by(&self, client: usize) -> usize {
         self.slots
             .iter()
-            .flatten()
-            .filter(|s| s.owner == Some(client))
+            .filter(|(_, s)| s.owner == Some(client))
             .count()
     }
 
     pub(super) fn wants_more(&self, client: usize) -> bool {
-        self.clients[client]
-            .as_ref()
+        self.clients
+            .get_index(client)
             .is_some_and(|c| self.held_by(client) < c.wanted)
     }
 
     /// A free channel of the given kind.
     pub(super) fn free(&self, fallback: bool) -> Option<usize> {
-        self.slots.iter().position(|s| {
-            s.as_ref()
+        (0..N).find(|&i| {
+            self.slots
+                .get_index(i)
                 .is_some_and(|s| s.owner.is_none() && s.fallback == fallback)
         })
     }
 
     /// A fallback channel `client` holds.
     pub(super) fn owned_fallback(&self, client: usize) -> Option<usize> {
-        self.slots.iter().rposition(|s| {
-            s.as_ref()
+        (0..N).rev().find(|&i| {
+            self.slots
+                .get_index(i)
                 .is_some_and(|s| s.owner == Some(client) && s.fallback)
         })
     }
@@ -133,11 +134,13 @@ impl<const C: usize, const N: usize> State<C, N> {
 
     /// Hands free channel `index` to client `c` and tells it.
     pub(super) fn give(&mut self, cells: &[SpinMutex<Cell<'_>>], c: usize, index: usize) {
-        let Some(callback) = self.clients[c].as_ref().map(|client| client.callback) else {
+        let Some(callback) = self.clients.get_index(c).map(|client| client.callback) else {
             return;
         };
-        let (client, handle) = (self.client_id(c), self.handle(index));
-        if let Some(slot) = self.slots[index].as_mut() {
+        let (Some(client), Some(handle)) = (self.client_id(c), self.handle(index)) else {
+            return;
+        };
+        if let Some(slot) = self.slots.get_index_mut(index) {
             slot.owner = Some(c);
             cells[index].lock().owner = Some(client);
             (callback.func)(client, Event::ChannelAdded(handle), callback.context);
@@ -147,7 +150,8 @@ impl<const C: usize, const N: usize> State<C, N> {
     /// Takes channel `index` back from its owner: terminated (nothing stays
     /// in flight), reset, and the owner told.
     pub(super) fn take_back(&mut self, cells: &[SpinMutex<Cell<'_>>], index: usize) {
-        let Some(slot) = self.slots[index].as_mut() else {
+        let handle = self.handle(index);
+        let Some(slot) = self.slots.get_index_mut(index) else {
             return;
         };
         let Some(owner) = slot.owner.take() else {
@@ -161,8 +165,9 @@ impl<const C: usize, const N: usize> State<C, N> {
                 let _ = channel.reset();
             }
         }
-        if let Some(callback) = self.clients[owner].as_ref().map(|c| c.callback) {
-            let (client, handle) = (self.client_id(owner), self.handle(index));
+        if let Some(callback) = self.clients.get_index(owner).map(|c| c.callback)
+            && let (Some(client), Some(handle)) = (self.client_id(owner), handle)
+        {
             (callback.func)(client, Event::ChannelRemoved(handle), callback.context);
         }
     }
