@@ -446,6 +446,45 @@ impl PortRegion {
 
 /// I/O space has no 64-bit accesses: a 64-bit register is two 32-bit ones,
 /// low half first.
+/// One 8-bit register of a [`PortRegion`], its port checked once: each
+/// write is then a bare `out` (a doorbell rung per issued batch pays no
+/// bounds check). It owns the window it was taken from, so the window's
+/// invariant holds as long as it does.
+#[derive(Debug)]
+pub struct PortReg8 {
+    region: PortRegion,
+    port: u16,
+}
+
+impl PortReg8 {
+    /// Register `reg` of `region`, or `None` where it lies outside the
+    /// window (or past port 0xffff).
+    pub fn new<A: Writable>(region: PortRegion, reg: Reg<u8, A>) -> Option<Self> {
+        let offset = u16::try_from(reg.offset())
+            .ok()
+            .filter(|&o| o < region.len)?;
+        let port = region.base.checked_add(offset)?;
+        Some(PortReg8 { region, port })
+    }
+
+    /// The window it belongs to.
+    pub fn region(&self) -> &PortRegion {
+        &self.region
+    }
+
+    /// Writes `value` to the register.
+    #[inline(always)]
+    pub fn write(&self, value: u8) {
+        self.region.counts.count(false);
+        // SAFETY: the port is inside the device's window (checked when this
+        // was made), which the window's invariant gives to its owner; `out`
+        // touches no memory of the program's.
+        unsafe {
+            asm!("out dx, al", in("dx") self.port, in("al") value, options(nostack, preserves_flags))
+        };
+    }
+}
+
 impl Registers for PortRegion {
     #[inline]
     fn read8(&self, offset: usize) -> u8 {

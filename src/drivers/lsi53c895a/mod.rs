@@ -82,7 +82,7 @@ use crate::engine::{
     Progress, Termination,
 };
 use crate::hal::{DmaAddr, Hal};
-use crate::mmio::{MmioRegion, PortRegion, Registers};
+use crate::mmio::{MmioRegion, PortReg8, PortRegion, Registers};
 
 /// A saved preparation point (see [`Engine::mark`]).
 #[derive(Clone, Copy, Debug)]
@@ -116,8 +116,8 @@ pub struct Mark {
 /// physical memory return zeros and set no error bit.
 pub struct Lsi53c895a<H: Hal, R: Registers = MmioRegion> {
     regs: R,
-    /// The chip's I/O BAR, when the kernel gave it: the doorbell.
-    doorbell: Option<PortRegion>,
+    /// ISTAT in the chip's I/O BAR, when the kernel gave it: the doorbell.
+    doorbell: Option<PortReg8>,
     ring: Ring<H>,
     halted: bool,
     fault: Option<Fault>,
@@ -241,12 +241,13 @@ impl<H: Hal, R: Registers> Lsi53c895a<H, R> {
     /// the engine was made with: the engine writes ISTAT there, which on
     /// another device could start anything.
     pub unsafe fn set_doorbell(&mut self, ports: PortRegion) {
+        let len = ports.len();
+        let doorbell = PortReg8::new(ports, regs::ISTAT);
         assert!(
-            usize::from(ports.len()) > regs::ISTAT.offset(),
-            "doorbell window of {} ports does not reach ISTAT",
-            ports.len()
+            doorbell.is_some(),
+            "doorbell window of {len} ports does not reach ISTAT"
         );
-        self.doorbell = Some(ports);
+        self.doorbell = doorbell;
     }
 
     /// Register accesses so far, through the MMIO window and the doorbell's
@@ -254,13 +255,13 @@ impl<H: Hal, R: Registers> Lsi53c895a<H, R> {
     /// `access-counts` feature.
     #[cfg(any(test, feature = "access-counts"))]
     pub fn register_accesses(&self) -> u64 {
-        self.regs.accesses() + self.doorbell.as_ref().map_or(0, PortRegion::accesses)
+        self.regs.accesses() + self.doorbell.as_ref().map_or(0, |d| d.region().accesses())
     }
 
     /// The reads among [`Lsi53c895a::register_accesses`].
     #[cfg(any(test, feature = "access-counts"))]
     pub fn register_reads(&self) -> u64 {
-        self.regs.reads() + self.doorbell.as_ref().map_or(0, PortRegion::reads)
+        self.regs.reads() + self.doorbell.as_ref().map_or(0, |d| d.region().reads())
     }
 
     /// Whether SCRIPTS are running (ISTAT1.SRUN): parked in the resident
@@ -356,7 +357,7 @@ impl<H: Hal, R: Registers> Lsi53c895a<H, R> {
         // `asm!` that may touch memory, which the compiler does not move
         // stores across either; x86 keeps stores in order.
         match &self.doorbell {
-            Some(ports) => ports.write(regs::ISTAT, Istat::SIGP.bits()),
+            Some(doorbell) => doorbell.write(Istat::SIGP.bits()),
             None => self.regs.write(regs::ISTAT, Istat::SIGP.bits()),
         }
     }
