@@ -1,0 +1,112 @@
+//! Fault attribution: an IOMMU fault pinned on the request that touched the page.
+
+use super::*;
+
+#[test]
+fn an_iommu_fault_is_pinned_on_the_request_that_touched_the_page() {
+    let mut chan = Channel::new(Scripted::new(1 << 20, 64));
+    let a = copy(&mut chan, 0x10_0000, 0x20_0000, 64).unwrap();
+    let b = copy(&mut chan, 0x11_0000, 0x21_0000, 0x1800).unwrap();
+    let c = copy(&mut chan, 0x12_0000, 0x22_0000, 64).unwrap();
+    chan.issue_pending();
+    chan.engine_mut().complete_upto = Some(c);
+    assert_eq!(chan.status(c).status, Status::Complete);
+    // A page nobody wrote: nothing happens.
+    assert_eq!(chan.fail_at(0x30_0000, true), None);
+    assert!(!chan.is_halted());
+    // A write into b's second page (b spans two pages).
+    assert_eq!(chan.fail_at(0x11_1000, true), Some(b));
+    assert_eq!(chan.engine().terminated, 1, "the engine was stopped");
+    assert!(chan.is_halted());
+    assert_eq!(chan.status(a).status, Status::Complete);
+    assert_eq!(chan.status(b).status, Status::Error(ErrorKind::WriteFailed));
+    assert_eq!(chan.status(c).status, Status::Error(ErrorKind::Aborted));
+    chan.reset().unwrap();
+    // A read fault is pinned on a request that read the page.
+    let d = copy(&mut chan, 0x13_0000, 0x23_0000, 64).unwrap();
+    assert_eq!(
+        chan.fail_at(0x13_0000, false),
+        None,
+        "d wrote that page, never read it"
+    );
+    assert_eq!(chan.fail_at(0x23_0000, false), Some(d));
+    assert_eq!(chan.status(d).status, Status::Error(ErrorKind::ReadFailed));
+}
+
+#[test]
+fn faults_are_pinned_on_the_last_address_history_requests_across_the_cookie_wrap() {
+    use super::ADDRESS_HISTORY;
+    let mut chan = Channel::new(Scripted::new(1 << 20, 4096));
+    chan.set_next_cookie(cookie(i32::MAX - 9)).unwrap();
+    // Request i writes page 0x100 + i; the cookies wrap after the tenth.
+    let page = |i: u64| (0x100 + i) << 12;
+    let n = ADDRESS_HISTORY as u64 + 8;
+    let mut cookies = Vec::new();
+    for i in 0..n {
+        cookies.push(copy(&mut chan, page(i), 0x80_0000, 64).unwrap());
+        if i % 16 == 15 {
+            chan.issue_pending();
+        }
+    }
+    assert_eq!(cookies[10], cookie(1), "the cookies wrapped");
+    // The oldest eight are forgotten, the 64 after them each found.
+    for i in 0..8 {
+        assert_eq!(chan.culprit(page(i), true), None, "request {i}");
+    }
+    for i in 8..n {
+        assert_eq!(
+            chan.culprit(page(i), true),
+            Some((cookies[i as usize], ErrorKind::WriteFailed)),
+            "request {i}"
+        );
+    }
+    // Batches remember the same way, split at the end of the slots.
+    let ops: Vec<Op> = (0..40u64)
+        .map(|i| Op::Copy {
+            dst: page(0x200 + i),
+            src: 0x80_0000,
+            len: 64,
+        })
+        .collect();
+    let b = batch(&mut chan, &ops).unwrap();
+    assert_eq!(
+        chan.culprit(page(0x200), true),
+        Some((b.first, ErrorKind::WriteFailed))
+    );
+    assert_eq!(
+        chan.culprit(page(0x227), true),
+        Some((b.last, ErrorKind::WriteFailed))
+    );
+    // Cookies set anew: what the old ones touched is not pinned on new ones.
+    chan.issue_pending();
+    chan.engine_mut().complete_upto = Some(b.last);
+    assert_eq!(chan.status(b.last).status, Status::Complete);
+    chan.set_next_cookie(cookie(5000)).unwrap();
+    assert_eq!(chan.culprit(page(0x227), true), None);
+    let fresh = copy(&mut chan, page(0x300), 0x80_0000, 64).unwrap();
+    assert_eq!(
+        chan.culprit(page(0x300), true),
+        Some((fresh, ErrorKind::WriteFailed))
+    );
+    assert_eq!(chan.culprit(page(0x226), true), None);
+}
+
+#[test]
+fn a_fault_on_the_last_page_of_the_address_space_is_pinned() {
+    let mut engine = Scripted::new(1 << 20, 64);
+    engine.dma_mask = u64::MAX;
+    let mut chan = Channel::new(engine);
+    // SAFETY: the scripted engine never touches memory.
+    let last_byte = unsafe { chan.fill(u64::MAX, 1, 0xab, PrepFlags::empty()) }.unwrap();
+    let ending_there = copy(&mut chan, u64::MAX - 0xf, 0x10_0000, 16).unwrap();
+    assert_eq!(chan.fail_at(u64::MAX, true), Some(ending_there));
+    chan.reset().unwrap();
+    // SAFETY: as above.
+    let again = unsafe { chan.fill(u64::MAX, 1, 0xab, PrepFlags::empty()) }.unwrap();
+    assert_ne!(again, last_byte);
+    assert_eq!(chan.fail_at(!0xfff, true), Some(again));
+    assert_eq!(
+        chan.status(again).status,
+        Status::Error(ErrorKind::WriteFailed)
+    );
+}
