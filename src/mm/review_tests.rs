@@ -170,3 +170,71 @@ fn an_area_built_with_hostile_numbers_answers_without_overflow() {
     assert!(two.contains_pages(top, 2));
     assert!(!two.contains_pages(top, 3) && !two.contains_pages(top, u64::MAX));
 }
+
+/// Walking every leaf of the whole address space, as a kernel's debugger
+/// or a test would: each leaf once, in address order, and the walk ends.
+/// Before the fix a range crossing the non-canonical hole wrapped the
+/// table indexes at 2^48, found the first user leaf again, and went back
+/// to it for ever.
+#[test]
+fn a_walk_across_the_non_canonical_hole_sees_each_leaf_once_and_ends() {
+    use super::testing::{SHARED_RW, new_space};
+    use x86_64::VirtAddr;
+    let mem = Memory::new(16);
+    let db = mem.db();
+    let mut space = new_space(&db);
+    let id = space.map_vma(pg(BASE), 1, SHARED_RW).unwrap();
+    let page = db.alloc_page().unwrap();
+    space.insert_page(id, pg(BASE), &page).unwrap();
+    let everything = VirtAddr::zero()..VirtAddr::new(u64::MAX);
+    let seen: Vec<u64> = space
+        .leaves(everything)
+        .take(4)
+        .map(|l| l.va.as_u64())
+        .collect();
+    assert_eq!(seen, [BASE]);
+}
+
+/// The same walk over a kernel's hierarchy with a 2 MiB page at the very
+/// top of the address space: it is found, and stepping past it ends the
+/// walk instead of overflowing.
+#[test]
+fn a_walk_ends_after_a_leaf_at_the_top_of_the_address_space() {
+    use super::testing::FakeAlloc;
+    use x86_64::VirtAddr;
+    use x86_64::structures::paging::{
+        FrameAllocator, Mapper, OffsetPageTable, Page, PageTable, PageTableFlags, Size2MiB,
+    };
+    let mut tables = FakeAlloc::new(8);
+    let root = tables.allocate_frame().unwrap();
+    let top = 0xffff_ffff_ffe0_0000u64;
+    // SAFETY: a fresh frame of host memory, reached at offset 0; the
+    // mapping is never used.
+    unsafe {
+        let pml4 = root.start_address().as_u64() as *mut PageTable;
+        pml4.write(PageTable::new());
+        let mut kernel = OffsetPageTable::new(&mut *pml4, VirtAddr::zero());
+        let page = Page::<Size2MiB>::from_start_address(VirtAddr::new(top)).unwrap();
+        let frame = x86_64::structures::paging::PhysFrame::<Size2MiB>::from_start_address(
+            x86_64::PhysAddr::new(0x8000_0000),
+        )
+        .unwrap();
+        let flags = PageTableFlags::PRESENT | PageTableFlags::WRITABLE;
+        kernel
+            .map_to(page, frame, flags, &mut tables)
+            .unwrap()
+            .ignore();
+    }
+    let mem = Memory::new(8);
+    let db = mem.db();
+    // SAFETY: the hierarchy lives in host memory reached at offset 0 and
+    // outlives the space, which creates no area in it.
+    let space = unsafe { AddressSpace::from_root(root, &db, mapper(), &db, Tlb::default(), true) };
+    let everything = VirtAddr::zero()..VirtAddr::new(u64::MAX);
+    let seen: Vec<u64> = space
+        .leaves(everything)
+        .take(4)
+        .map(|l| l.va.as_u64())
+        .collect();
+    assert_eq!(seen, [top]);
+}

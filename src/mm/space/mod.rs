@@ -44,6 +44,9 @@ pub const MAX_VMAS: usize = 64;
 const NO_SPARE: u64 = !0xfff;
 /// The end of the lower (user) half of the canonical address space.
 pub const USER_END: u64 = 1 << 47;
+/// The start of the upper (kernel) half: between the two, addresses are
+/// not canonical and no entry maps them.
+const KERNEL_START: u64 = !(USER_END - 1);
 
 /// An area's handle: one `map_vma` of one address space. Once the area is
 /// unmapped the handle is stale ([`MmError::NoSuchVma`]) even if a new area
