@@ -197,7 +197,8 @@ fn a_walk_across_the_non_canonical_hole_sees_each_leaf_once_and_ends() {
 
 /// The same walk over a kernel's hierarchy with a 2 MiB page at the very
 /// top of the address space: it is found, and stepping past it ends the
-/// walk instead of overflowing.
+/// walk instead of overflowing; `translate` finds it for its last byte
+/// too (it looked in `[va, va + 1)`, which does not exist there).
 #[test]
 fn a_walk_ends_after_a_leaf_at_the_top_of_the_address_space() {
     use super::testing::FakeAlloc;
@@ -237,4 +238,8 @@ fn a_walk_ends_after_a_leaf_at_the_top_of_the_address_space() {
         .map(|l| l.va.as_u64())
         .collect();
     assert_eq!(seen, [top]);
+    let last = space
+        .translate(VirtAddr::new(u64::MAX))
+        .map(|l| l.va.as_u64());
+    assert_eq!(last, Some(top), "the last byte is mapped too");
 }

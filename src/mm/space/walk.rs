@@ -359,8 +359,11 @@ impl<C: PageCounter, M: TableMapper, A: TableAllocator, T: TlbFlush, F: Format>
     }
 
     pub(super) fn translate_u64(&self, va: u64) -> Option<Leaf> {
-        self.next_leaf(va, va.checked_add(1)?)
-            .filter(|leaf| leaf.va.as_u64() <= va)
+        // By its page, whose start plus one never overflows (`va + 1` does
+        // at the last byte): a leaf holding the page holds `va`.
+        let page = va & !(PAGE_4K - 1);
+        self.next_leaf(page, page + 1)
+            .filter(|leaf| leaf.va.as_u64() <= page)
     }
 
     /// Frees the tables this crate allocated under `[start, end)` that are
