@@ -243,3 +243,97 @@ fn a_walk_ends_after_a_leaf_at_the_top_of_the_address_space() {
         .map(|l| l.va.as_u64());
     assert_eq!(last, Some(top), "the last byte is mapped too");
 }
+
+/// A page whose `frame()` answers differently on each call (the trait is
+/// safe to implement; nothing said it must be stable).
+struct Fickle<'a> {
+    pages: Vec<PageRef<'a>>,
+    calls: std::cell::Cell<usize>,
+}
+
+impl super::traits::CountedPage for Fickle<'_> {
+    fn frame(&self) -> PhysFrame {
+        let call = self.calls.get();
+        self.calls.set(call + 1);
+        self.pages[call % self.pages.len()].frame()
+    }
+}
+
+/// The database's counter, handing out [`Fickle`] pages of three frames.
+struct FickleCounter<'a>(&'a FrameDb<'a>);
+
+// SAFETY: NOT kept since the fix: its pages' frames change between calls,
+// which the contract now forbids; the test checks that a fault asks once,
+// so the broken promise does no harm. Every count is the database's, and
+// its pages are held pages of the database, nobody else's.
+unsafe impl<'a> PageCounter for FickleCounter<'a> {
+    type Page = Fickle<'a>;
+
+    unsafe fn try_map(&self, frame: PhysFrame) -> bool {
+        // SAFETY: the caller's contract, passed on.
+        unsafe { PageCounter::try_map(&self.0, frame) }
+    }
+
+    unsafe fn unmap(&self, frame: PhysFrame) {
+        // SAFETY: the caller's contract, passed on.
+        unsafe { PageCounter::unmap(&self.0, frame) }
+    }
+
+    fn covers(&self, frame: PhysFrame) -> bool {
+        PageCounter::covers(&self.0, frame)
+    }
+
+    fn only_mapping(&self, frame: PhysFrame) -> bool {
+        PageCounter::only_mapping(&self.0, frame)
+    }
+
+    fn get(&self, frame: PhysFrame) -> Option<Fickle<'a>> {
+        let page = self.0.get(frame)?;
+        Some(Fickle {
+            pages: vec![page],
+            calls: Default::default(),
+        })
+    }
+
+    fn alloc_page(&self) -> Option<Fickle<'a>> {
+        let pages = (0..3)
+            .map(|_| self.0.alloc_page().ok())
+            .collect::<Option<_>>()?;
+        Some(Fickle {
+            pages,
+            calls: Default::default(),
+        })
+    }
+}
+
+/// A copy-on-write fault asks the copy's page for its frame once: the
+/// frame it counts is the frame it copies into and the frame the entry
+/// maps. Before the fix it asked four times, and with a page whose answer
+/// changed the entry mapped a frame whose count was taken on another (so
+/// the mapped one could be freed under user space).
+#[test]
+fn a_cow_copy_maps_the_frame_it_counted() {
+    use super::frame::FrameKind;
+    use super::testing::counts;
+    let mem = Memory::new(16);
+    let db = mem.db();
+    let mut space =
+        AddressSpace::new(FickleCounter(&db), mapper(), &db, Tlb::default(), true).unwrap();
+    let id = space.map_vma(pg(BASE), 1, COW).unwrap();
+    let device = db.frame(15).unwrap();
+    db.set_kind(device, FrameKind::Reserved).unwrap();
+    // SAFETY: a reserved frame of host memory this test owns, never freed
+    // while mapped; host tables are never loaded.
+    unsafe { space.remap_pfn_range(id, pg(BASE), device, 1, PageProt::READ_ONLY) }.unwrap();
+    space.handle_write_fault(va(BASE)).unwrap();
+    let leaf = space.translate(va(BASE)).unwrap();
+    assert!(!leaf.is_special());
+    let mapped = leaf.phys().as_u64() / PAGE_4K;
+    assert_eq!(
+        counts(&db, mapped),
+        (1, 1),
+        "the entry holds its frame's count"
+    );
+    drop(space);
+    assert_eq!(db.free_frames(), db.len() - 1, "all but the device frame");
+}
