@@ -280,8 +280,26 @@ impl<C: PageCounter, M: TableMapper, A: TableAllocator, T: TlbFlush, F: Format>
     }
 
     /// The table-frame allocator.
-    pub fn allocator_mut(&mut self) -> &mut A {
-        &mut self.alloc
+    ///
+    /// Shared only: with a `&mut`, a caller could swap two spaces'
+    /// allocators (or put in a new one), and each space would then give
+    /// its tables back to an allocator that never gave them out, breaking
+    /// [`TableAllocator::take_back`]'s promise to the kernel (`allocator_mut`
+    /// did until issue 20):
+    ///
+    /// ```compile_fail,E0599
+    /// # use dmaengine::mm::space::AddressSpace;
+    /// # use dmaengine::mm::traits::{PageCounter, TableAllocator, TableMapper};
+    /// # use dmaengine::mm::tlb::TlbFlush;
+    /// fn swap<C: PageCounter, M: TableMapper, A: TableAllocator, T: TlbFlush>(
+    ///     a: &mut AddressSpace<C, M, A, T>,
+    ///     b: &mut AddressSpace<C, M, A, T>,
+    /// ) {
+    ///     core::mem::swap(a.allocator_mut(), b.allocator_mut());
+    /// }
+    /// ```
+    pub fn allocator(&self) -> &A {
+        &self.alloc
     }
 
     /// Table frames the space keeps because its allocator cannot take
