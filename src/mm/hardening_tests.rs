@@ -616,6 +616,7 @@ enum Call {
     InsertPfn(u64, u64),
     Zap(u64, u64),
     NormalPage(u64),
+    Leaves(u64, u64),
     WriteFault(u64),
 }
 
@@ -628,6 +629,7 @@ fn call() -> impl Strategy<Value = Call> {
         (hostile(), hostile()).prop_map(|(a, p)| Call::InsertPfn(a, p)),
         (hostile(), hostile()).prop_map(|(a, n)| Call::Zap(a, n)),
         hostile().prop_map(Call::NormalPage),
+        (hostile(), hostile()).prop_map(|(a, b)| Call::Leaves(a, b)),
         hostile().prop_map(Call::WriteFault),
     ]
 }
@@ -672,6 +674,15 @@ proptest! {
                 Call::InsertPfn(a, p) => unsafe { space.insert_pfn(ids[0], any_page(a), any_frame(p)) }.is_err(),
                 Call::Zap(a, n) => space.zap_range(id, any_page(a), n).is_err(),
                 Call::NormalPage(a) => { let _ = space.normal_page(id, any_addr(a)); let _ = space.translate(any_addr(a)); true }
+                // Each leaf once, in order, inside the range, and the walk
+                // ends: at most every leaf the space has.
+                Call::Leaves(a, b) => {
+                    let (from, to) = (any_addr(a), any_addr(b));
+                    let all = space.user_leaves().count();
+                    let seen: Vec<u64> = space.leaves(from..to).take(all + 1).map(|l| l.va.as_u64()).collect();
+                    prop_assert!(seen.len() <= all && seen.windows(2).all(|w| w[0] < w[1]), "{:x?}", seen);
+                    true
+                }
                 Call::WriteFault(a) => space.handle_write_fault(any_addr(a)).is_err(),
             };
             if failed {
