@@ -483,7 +483,7 @@ impl<D: DeviceDma> IovaSpace<D> {
             }
             // One space, one id: the flusher is bound to the id the domain
             // was made with.
-            if state.domain.tlb_mut().id != id {
+            if state.domain.tlb().id != id {
                 return Err(IommuError::DomainIdInUse);
             }
             let root = state.domain.root();

@@ -98,12 +98,13 @@ fn assert_tables_freed_after_flush<'a>(
     op: impl FnOnce(&mut OrderSpace<'a>),
 ) {
     let before = table_set(db);
-    space.tlb_mut().safe_after_flush.clear();
+    // SAFETY: the test's recorder, reset; it stays this space's.
+    unsafe { space.tlb_mut() }.safe_after_flush.clear();
     op(space);
     let after = table_set(db);
     let freed: Vec<u64> = before.difference(&after).copied().collect();
     assert!(!freed.is_empty(), "{what}: the scenario must free tables");
-    let log = &space.tlb_mut().safe_after_flush;
+    let log = &space.tlb().safe_after_flush;
     for frame in freed {
         assert!(
             log.iter().any(|safe| safe.contains(&frame)),
@@ -172,14 +173,15 @@ fn page_table_frames_are_freed_only_after_a_flush_that_follows_their_unlinking()
         .map_vma(pg(BASE), npages(BASE, BASE + PAGE_4K), SHARED_RW)
         .unwrap();
     let mut tables_made = 0;
-    space.tlb_mut().safe_after_flush.clear();
+    // SAFETY: the test's recorder, reset; it stays this space's.
+    unsafe { space.tlb_mut() }.safe_after_flush.clear();
     let before = db.free_frames();
     assert_eq!(
         space.insert_page(v, pg(BASE), &page),
         Err(MmError::OutOfMemory)
     );
     assert_eq!(db.free_frames(), before);
-    for safe in &space.tlb_mut().safe_after_flush {
+    for safe in &space.tlb().safe_after_flush {
         tables_made = tables_made.max(safe.len());
     }
     assert_eq!(
@@ -400,7 +402,7 @@ fn fork_write_protects_writable_special_entries_of_copy_on_write_areas() {
         }
     }
     assert!(
-        parent.tlb_mut().pages.contains(&BASE),
+        parent.tlb().pages.contains(&BASE),
         "the downgrade was flushed"
     );
     // A write on either side gets a private copy; the device frames stay.

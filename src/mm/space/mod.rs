@@ -275,7 +275,36 @@ impl<C: PageCounter, M: TableMapper, A: TableAllocator, T: TlbFlush, F: Format>
     }
 
     /// The TLB flusher.
-    pub fn tlb_mut(&mut self) -> &mut T {
+    pub fn tlb(&self) -> &T {
+        &self.tlb
+    }
+
+    /// The TLB flusher, to change.
+    ///
+    /// `unsafe` since issue 20: a flusher may know its space by more than
+    /// the root it is given (an IOMMU domain's flushes by the domain id it
+    /// was made with), so a safe swap of two spaces' flushers, or a new
+    /// one put in, left each space flushing the other's translations while
+    /// it freed its own frames under a device or CPU still caching them:
+    ///
+    /// ```compile_fail,E0133
+    /// # use dmaengine::mm::space::AddressSpace;
+    /// # use dmaengine::mm::traits::{PageCounter, TableAllocator, TableMapper};
+    /// # use dmaengine::mm::tlb::TlbFlush;
+    /// fn swap<C: PageCounter, M: TableMapper, A: TableAllocator, T: TlbFlush>(
+    ///     a: &mut AddressSpace<C, M, A, T>,
+    ///     b: &mut AddressSpace<C, M, A, T>,
+    /// ) {
+    ///     core::mem::swap(a.tlb_mut(), b.tlb_mut());
+    /// }
+    /// ```
+    ///
+    /// # Safety
+    /// The flusher stays one that flushes this space's translations
+    /// everywhere they may be cached, as [`TlbFlush`] requires for its
+    /// root: change its state, but do not swap it with, or replace it by,
+    /// another space's.
+    pub unsafe fn tlb_mut(&mut self) -> &mut T {
         &mut self.tlb
     }
 
