@@ -337,3 +337,53 @@ fn a_cow_copy_maps_the_frame_it_counted() {
     drop(space);
     assert_eq!(db.free_frames(), db.len() - 1, "all but the device frame");
 }
+
+/// Sharing a kernel slot that an area of the space already lies in would
+/// put the kernel's tables under that area: the next insertion there
+/// walks into them and writes the kernel's hierarchy. Before the fix
+/// `share_kernel_slots` took the slot anyway (its contract did not forbid
+/// it) and `insert_page` linked a table of the space into the kernel's
+/// page directory; now the slot is refused and nothing changes.
+#[test]
+fn a_kernel_slot_under_an_area_is_not_shared() {
+    use super::testing::{FakeAlloc, SHARED_RW, kernel_hierarchy, new_space};
+    let mut kernel_alloc = FakeAlloc::new(16);
+    let (kernel_root, _) = kernel_hierarchy(&mut kernel_alloc);
+    let mem = Memory::new(16);
+    let db = mem.db();
+    let mut space = new_space(&db);
+    // In slot 0, in the gigabyte whose directory the kernel has.
+    let at = BASE + 20 * PAGE_2M;
+    let id = space.map_vma(pg(at), 1, SHARED_RW).unwrap();
+    let before: Vec<_> = space.user_leaves().collect();
+    // The kernel's directory entry for `at` (host memory, reached 1:1).
+    let kernel_pde = || {
+        let mut table = kernel_root.start_address().as_u64();
+        for level in [4, 3] {
+            // SAFETY: live tables of the kernel's hierarchy in host memory.
+            let entry = unsafe {
+                (table as *const u64)
+                    .add(super::pte::index(at, level))
+                    .read()
+            };
+            table = entry & super::pte::ADDR_4K;
+        }
+        // SAFETY: as above: the directory.
+        unsafe { (table as *const u64).add(super::pte::index(at, 2)).read() }
+    };
+    assert_eq!(kernel_pde(), 0);
+
+    // SAFETY: the kernel's hierarchy lives in host memory, outliving the
+    // space.
+    let shared = unsafe { space.share_kernel_slots(kernel_root, [0, 256]) };
+    assert_eq!(shared, Err(MmError::Overlap));
+    let page = db.alloc_page().unwrap();
+    space.insert_page(id, pg(at), &page).unwrap();
+    assert_eq!(kernel_pde(), 0, "the kernel's directory is untouched");
+    // SAFETY: as above; slot 256 holds no area and nothing of the space.
+    unsafe { space.share_kernel_slots(kernel_root, [256]) }.unwrap();
+    space.unmap_vma(id).unwrap();
+    assert!(before.is_empty() && space.user_leaves().next().is_none());
+    drop(space);
+    assert_eq!(db.free_frames(), db.len() - 1, "all but the held page");
+}

@@ -685,7 +685,7 @@ fn areas_may_not_overlap_each_other_or_the_kernel() {
     let kernel = new_space(&db);
     let mut space = new_space(&db);
     // SAFETY: `kernel` outlives `space` in this test.
-    unsafe { space.share_kernel_slots(kernel.root(), [0, 256]) };
+    unsafe { space.share_kernel_slots(kernel.root(), [0, 256]) }.unwrap();
     assert_eq!(
         space.map_vma(pg(0x1000), npages(0x1000, 0x2000), SHARED_RW),
         Err(MmError::Overlap),

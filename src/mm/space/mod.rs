@@ -390,7 +390,11 @@ impl<C: PageCounter, M: TableMapper, A: TableAllocator, T: TlbFlush, F: Format>
     /// Copies PML4 entries `slots` from the table `kernel_root` (the
     /// kernel's own mappings), so the kernel keeps running when this space
     /// is loaded. Those slots are never modified or freed by this space,
-    /// and no area may be created in them.
+    /// and no area may be created in them. A slot an area of the space
+    /// already lies in, or whose entry the space already uses, is refused
+    /// (`Overlap`, nothing shared): the area's next insertion would walk
+    /// into the kernel's tables and write them. Slots past 511 are
+    /// ignored; sharing a slot again copies its entry again.
     ///
     /// # Safety
     /// `kernel_root` must be a live PML4 reachable through the mapper,
@@ -399,16 +403,34 @@ impl<C: PageCounter, M: TableMapper, A: TableAllocator, T: TlbFlush, F: Format>
         &mut self,
         kernel_root: PhysFrame,
         slots: impl IntoIterator<Item = usize>,
-    ) {
+    ) -> Result<(), MmError> {
+        let mut wanted = [false; 512];
+        for slot in slots.into_iter().filter(|&s| s < 512) {
+            wanted[slot] = true;
+        }
+        let root = self.root_table();
+        let slot_size = 1u64 << 39;
+        let in_use = |slot: usize| {
+            let (start, end) = (slot as u64 * slot_size, (slot as u64 + 1) * slot_size);
+            let area = self
+                .vmas
+                .iter()
+                .flatten()
+                .any(|v| v.start.start_address().as_u64() < end && start < v.end());
+            area || (!self.shared[slot] && !root.read(slot).is_empty())
+        };
+        if (0..512).any(|slot| wanted[slot] && in_use(slot)) {
+            return Err(MmError::Overlap);
+        }
         // SAFETY: the caller's contract: a live PML4 reached through the
         // mapper; only read.
         let kernel_root = unsafe { self.table(kernel_root) };
-        let root = self.root_table();
-        for slot in slots.into_iter().filter(|&s| s < 512) {
+        for slot in (0..512).filter(|&slot| wanted[slot]) {
             let entry = kernel_root.read(slot);
             self.write(root, slot, entry);
             self.shared[slot] = true;
         }
+        Ok(())
     }
 
     // ---- areas ----
