@@ -87,6 +87,12 @@
 //! - [`mm::traits::PageCounter`]'s `try_map` and `unmap`: only the address
 //!   space whose entry is counted calls them, each mapping counted is given
 //!   back once, after its entry is cleared and flushed.
+//! - [`mm::space::AddressSpace::tlb_mut`]: the flusher stays one that
+//!   flushes that space (an IOMMU domain's keeps its domain id), never
+//!   swapped with or replaced by another space's.
+//! - [`mm::frame::FrameDb::release`]: nothing uses the reserved or kernel
+//!   frame it puts back in the pool (no entry maps it, no device or
+//!   kernel pointer reaches it); taking a frame out (`set_kind`) is safe.
 //! - [`mm::space::AddressSpace::remap_pfn_range`], `io_remap_pfn_range` and
 //!   `insert_pfn`: the frames are device memory, or RAM the kernel owns and
 //!   neither frees nor reuses (in particular never a free frame of the

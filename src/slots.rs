@@ -9,6 +9,19 @@
 //! is retired (never filled again) rather than wrapped back to one a stale
 //! key still holds. Nothing allocates.
 
+use core::sync::atomic::{AtomicU64, Ordering};
+
+/// The next identity from `counter`, which never wraps: a channel, an
+/// address space or a registry is told apart from every other by its id
+/// (a transfer, an area id or a client id carries it), so an id is never
+/// handed out twice. Once the ids run out (2^64 - 1 of them: never, in
+/// practice) every new one is 0, which the owners of ids refuse.
+pub(crate) fn take_id(counter: &AtomicU64) -> u64 {
+    counter
+        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |id| id.checked_add(1))
+        .unwrap_or(0)
+}
+
 /// A slot's generation once used up: the slot is never filled again.
 pub(crate) const RETIRED: u64 = u64::MAX;
 
@@ -180,7 +193,19 @@ impl<T, const N: usize> SlotMap<T, N> {
 mod tests {
     use proptest::prelude::*;
 
-    use super::{Key, RETIRED, SlotMap};
+    use super::{Key, RETIRED, SlotMap, take_id};
+    use core::sync::atomic::AtomicU64;
+
+    #[test]
+    fn ids_stop_at_the_last_one_instead_of_wrapping() {
+        let counter = AtomicU64::new(u64::from(u32::MAX));
+        assert_eq!(take_id(&counter), u64::from(u32::MAX));
+        assert_eq!(take_id(&counter), 1 << 32, "past 32 bits, not back to 0");
+        let counter = AtomicU64::new(u64::MAX - 1);
+        assert_eq!(take_id(&counter), u64::MAX - 1);
+        assert_eq!(take_id(&counter), 0, "out of ids: 0, which is refused");
+        assert_eq!(take_id(&counter), 0, "never back to 1");
+    }
 
     #[derive(Clone, Debug)]
     enum Step {

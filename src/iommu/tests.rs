@@ -292,7 +292,7 @@ fn with_caching_mode_new_mappings_are_invalidated() {
             Access::Fault(5),
             "the fake caches the miss, as CM allows"
         );
-        dom.tlb_mut().mapped(VirtAddr::new(IOVA), 2).unwrap();
+        dom.tlb().mapped(VirtAddr::new(IOVA), 2).unwrap();
         for (i, p) in pages.iter().enumerate() {
             let at = IOVA + i as u64 * 4096;
             assert_eq!(v.dma(LSI.raw(), at, true), Access::Ok(p.phys().as_u64()));

@@ -98,12 +98,13 @@ fn assert_tables_freed_after_flush<'a>(
     op: impl FnOnce(&mut OrderSpace<'a>),
 ) {
     let before = table_set(db);
-    space.tlb_mut().safe_after_flush.clear();
+    // SAFETY: the test's recorder, reset; it stays this space's.
+    unsafe { space.tlb_mut() }.safe_after_flush.clear();
     op(space);
     let after = table_set(db);
     let freed: Vec<u64> = before.difference(&after).copied().collect();
     assert!(!freed.is_empty(), "{what}: the scenario must free tables");
-    let log = &space.tlb_mut().safe_after_flush;
+    let log = &space.tlb().safe_after_flush;
     for frame in freed {
         assert!(
             log.iter().any(|safe| safe.contains(&frame)),
@@ -172,14 +173,15 @@ fn page_table_frames_are_freed_only_after_a_flush_that_follows_their_unlinking()
         .map_vma(pg(BASE), npages(BASE, BASE + PAGE_4K), SHARED_RW)
         .unwrap();
     let mut tables_made = 0;
-    space.tlb_mut().safe_after_flush.clear();
+    // SAFETY: the test's recorder, reset; it stays this space's.
+    unsafe { space.tlb_mut() }.safe_after_flush.clear();
     let before = db.free_frames();
     assert_eq!(
         space.insert_page(v, pg(BASE), &page),
         Err(MmError::OutOfMemory)
     );
     assert_eq!(db.free_frames(), before);
-    for safe in &space.tlb_mut().safe_after_flush {
+    for safe in &space.tlb().safe_after_flush {
         tables_made = tables_made.max(safe.len());
     }
     assert_eq!(
@@ -400,7 +402,7 @@ fn fork_write_protects_writable_special_entries_of_copy_on_write_areas() {
         }
     }
     assert!(
-        parent.tlb_mut().pages.contains(&BASE),
+        parent.tlb().pages.contains(&BASE),
         "the downgrade was flushed"
     );
     // A write on either side gets a private copy; the device frames stay.
@@ -616,6 +618,7 @@ enum Call {
     InsertPfn(u64, u64),
     Zap(u64, u64),
     NormalPage(u64),
+    Leaves(u64, u64),
     WriteFault(u64),
 }
 
@@ -628,6 +631,7 @@ fn call() -> impl Strategy<Value = Call> {
         (hostile(), hostile()).prop_map(|(a, p)| Call::InsertPfn(a, p)),
         (hostile(), hostile()).prop_map(|(a, n)| Call::Zap(a, n)),
         hostile().prop_map(Call::NormalPage),
+        (hostile(), hostile()).prop_map(|(a, b)| Call::Leaves(a, b)),
         hostile().prop_map(Call::WriteFault),
     ]
 }
@@ -672,6 +676,15 @@ proptest! {
                 Call::InsertPfn(a, p) => unsafe { space.insert_pfn(ids[0], any_page(a), any_frame(p)) }.is_err(),
                 Call::Zap(a, n) => space.zap_range(id, any_page(a), n).is_err(),
                 Call::NormalPage(a) => { let _ = space.normal_page(id, any_addr(a)); let _ = space.translate(any_addr(a)); true }
+                // Each leaf once, in order, inside the range, and the walk
+                // ends: at most every leaf the space has.
+                Call::Leaves(a, b) => {
+                    let (from, to) = (any_addr(a), any_addr(b));
+                    let all = space.user_leaves().count();
+                    let seen: Vec<u64> = space.leaves(from..to).take(all + 1).map(|l| l.va.as_u64()).collect();
+                    prop_assert!(seen.len() <= all && seen.windows(2).all(|w| w[0] < w[1]), "{:x?}", seen);
+                    true
+                }
                 Call::WriteFault(a) => space.handle_write_fault(any_addr(a)).is_err(),
             };
             if failed {

@@ -486,6 +486,30 @@ mod tests {
     }
 
     #[test]
+    fn leaves_are_built_from_their_description() {
+        let phys = PhysAddr::new(0x20_0000);
+        let wt = PageProt::READ_WRITE.with_cache(CacheMode::WriteThrough);
+        let page = X86::leaf(phys, LeafDesc::page(wt, true));
+        assert_eq!(
+            page.bits(),
+            0x20_0000 | PRESENT | USER | WRITABLE | NO_EXECUTE | PAT_4K | PCD | PWT
+        );
+        let huge = X86::leaf(phys, LeafDesc::raw(wt, false).huge());
+        assert_eq!(
+            huge.bits(),
+            0x20_0000 | PRESENT | USER | WRITABLE | HUGE | SPECIAL | PAT_2M | PCD | PWT,
+            "PAT in bit 12, no NX without EFER.NXE"
+        );
+        assert!(huge.is_huge() && X86::is_special(huge) && !X86::is_special(page));
+        assert_eq!((huge.phys(2), huge.flags(2) & PAT_2M), (phys, PAT_2M));
+        let sl = SecondLevel::leaf(phys, LeafDesc::raw(PageProt::READ_ONLY, true).huge());
+        assert_eq!(sl.bits(), 0x20_0000 | SL_READ | HUGE | SL_SPECIAL);
+        let retired = X86::retire(page);
+        assert!(!X86::is_live(retired) && X86::is_retired(retired));
+        assert_eq!(retired.phys(1), phys);
+    }
+
+    #[test]
     fn indexes() {
         let va = 0x0000_7f12_3456_7000u64;
         assert_eq!(index(va, 4), 0xfe);

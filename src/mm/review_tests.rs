@@ -170,3 +170,220 @@ fn an_area_built_with_hostile_numbers_answers_without_overflow() {
     assert!(two.contains_pages(top, 2));
     assert!(!two.contains_pages(top, 3) && !two.contains_pages(top, u64::MAX));
 }
+
+/// Walking every leaf of the whole address space, as a kernel's debugger
+/// or a test would: each leaf once, in address order, and the walk ends.
+/// Before the fix a range crossing the non-canonical hole wrapped the
+/// table indexes at 2^48, found the first user leaf again, and went back
+/// to it for ever.
+#[test]
+fn a_walk_across_the_non_canonical_hole_sees_each_leaf_once_and_ends() {
+    use super::testing::{SHARED_RW, new_space};
+    use x86_64::VirtAddr;
+    let mem = Memory::new(16);
+    let db = mem.db();
+    let mut space = new_space(&db);
+    let id = space.map_vma(pg(BASE), 1, SHARED_RW).unwrap();
+    let page = db.alloc_page().unwrap();
+    space.insert_page(id, pg(BASE), &page).unwrap();
+    let everything = VirtAddr::zero()..VirtAddr::new(u64::MAX);
+    let seen: Vec<u64> = space
+        .leaves(everything)
+        .take(4)
+        .map(|l| l.va.as_u64())
+        .collect();
+    assert_eq!(seen, [BASE]);
+}
+
+/// The same walk over a kernel's hierarchy with a 2 MiB page at the very
+/// top of the address space: it is found, and stepping past it ends the
+/// walk instead of overflowing; `translate` finds it for its last byte
+/// too (it looked in `[va, va + 1)`, which does not exist there).
+#[test]
+fn a_walk_ends_after_a_leaf_at_the_top_of_the_address_space() {
+    use super::testing::FakeAlloc;
+    use x86_64::VirtAddr;
+    use x86_64::structures::paging::{
+        FrameAllocator, Mapper, OffsetPageTable, Page, PageTable, PageTableFlags, Size2MiB,
+    };
+    let mut tables = FakeAlloc::new(8);
+    let root = tables.allocate_frame().unwrap();
+    let top = 0xffff_ffff_ffe0_0000u64;
+    // SAFETY: a fresh frame of host memory, reached at offset 0; the
+    // mapping is never used.
+    unsafe {
+        let pml4 = root.start_address().as_u64() as *mut PageTable;
+        pml4.write(PageTable::new());
+        let mut kernel = OffsetPageTable::new(&mut *pml4, VirtAddr::zero());
+        let page = Page::<Size2MiB>::from_start_address(VirtAddr::new(top)).unwrap();
+        let frame = x86_64::structures::paging::PhysFrame::<Size2MiB>::from_start_address(
+            x86_64::PhysAddr::new(0x8000_0000),
+        )
+        .unwrap();
+        let flags = PageTableFlags::PRESENT | PageTableFlags::WRITABLE;
+        kernel
+            .map_to(page, frame, flags, &mut tables)
+            .unwrap()
+            .ignore();
+    }
+    let mem = Memory::new(8);
+    let db = mem.db();
+    // SAFETY: the hierarchy lives in host memory reached at offset 0 and
+    // outlives the space, which creates no area in it.
+    let space = unsafe { AddressSpace::from_root(root, &db, mapper(), &db, Tlb::default(), true) };
+    let everything = VirtAddr::zero()..VirtAddr::new(u64::MAX);
+    let seen: Vec<u64> = space
+        .leaves(everything)
+        .take(4)
+        .map(|l| l.va.as_u64())
+        .collect();
+    assert_eq!(seen, [top]);
+    let last = space
+        .translate(VirtAddr::new(u64::MAX))
+        .map(|l| l.va.as_u64());
+    assert_eq!(last, Some(top), "the last byte is mapped too");
+}
+
+/// A page whose `frame()` answers differently on each call (the trait is
+/// safe to implement; nothing said it must be stable).
+struct Fickle<'a> {
+    pages: Vec<PageRef<'a>>,
+    calls: std::cell::Cell<usize>,
+}
+
+impl super::traits::CountedPage for Fickle<'_> {
+    fn frame(&self) -> PhysFrame {
+        let call = self.calls.get();
+        self.calls.set(call + 1);
+        self.pages[call % self.pages.len()].frame()
+    }
+}
+
+/// The database's counter, handing out [`Fickle`] pages of three frames.
+struct FickleCounter<'a>(&'a FrameDb<'a>);
+
+// SAFETY: NOT kept since the fix: its pages' frames change between calls,
+// which the contract now forbids; the test checks that a fault asks once,
+// so the broken promise does no harm. Every count is the database's, and
+// its pages are held pages of the database, nobody else's.
+unsafe impl<'a> PageCounter for FickleCounter<'a> {
+    type Page = Fickle<'a>;
+
+    unsafe fn try_map(&self, frame: PhysFrame) -> bool {
+        // SAFETY: the caller's contract, passed on.
+        unsafe { PageCounter::try_map(&self.0, frame) }
+    }
+
+    unsafe fn unmap(&self, frame: PhysFrame) {
+        // SAFETY: the caller's contract, passed on.
+        unsafe { PageCounter::unmap(&self.0, frame) }
+    }
+
+    fn covers(&self, frame: PhysFrame) -> bool {
+        PageCounter::covers(&self.0, frame)
+    }
+
+    fn only_mapping(&self, frame: PhysFrame) -> bool {
+        PageCounter::only_mapping(&self.0, frame)
+    }
+
+    fn get(&self, frame: PhysFrame) -> Option<Fickle<'a>> {
+        let page = self.0.get(frame)?;
+        Some(Fickle {
+            pages: vec![page],
+            calls: Default::default(),
+        })
+    }
+
+    fn alloc_page(&self) -> Option<Fickle<'a>> {
+        let pages = (0..3)
+            .map(|_| self.0.alloc_page().ok())
+            .collect::<Option<_>>()?;
+        Some(Fickle {
+            pages,
+            calls: Default::default(),
+        })
+    }
+}
+
+/// A copy-on-write fault asks the copy's page for its frame once: the
+/// frame it counts is the frame it copies into and the frame the entry
+/// maps. Before the fix it asked four times, and with a page whose answer
+/// changed the entry mapped a frame whose count was taken on another (so
+/// the mapped one could be freed under user space).
+#[test]
+fn a_cow_copy_maps_the_frame_it_counted() {
+    use super::frame::FrameKind;
+    use super::testing::counts;
+    let mem = Memory::new(16);
+    let db = mem.db();
+    let mut space =
+        AddressSpace::new(FickleCounter(&db), mapper(), &db, Tlb::default(), true).unwrap();
+    let id = space.map_vma(pg(BASE), 1, COW).unwrap();
+    let device = db.frame(15).unwrap();
+    db.set_kind(device, FrameKind::Reserved).unwrap();
+    // SAFETY: a reserved frame of host memory this test owns, never freed
+    // while mapped; host tables are never loaded.
+    unsafe { space.remap_pfn_range(id, pg(BASE), device, 1, PageProt::READ_ONLY) }.unwrap();
+    space.handle_write_fault(va(BASE)).unwrap();
+    let leaf = space.translate(va(BASE)).unwrap();
+    assert!(!leaf.is_special());
+    let mapped = leaf.phys().as_u64() / PAGE_4K;
+    assert_eq!(
+        counts(&db, mapped),
+        (1, 1),
+        "the entry holds its frame's count"
+    );
+    drop(space);
+    assert_eq!(db.free_frames(), db.len() - 1, "all but the device frame");
+}
+
+/// Sharing a kernel slot that an area of the space already lies in would
+/// put the kernel's tables under that area: the next insertion there
+/// walks into them and writes the kernel's hierarchy. Before the fix
+/// `share_kernel_slots` took the slot anyway (its contract did not forbid
+/// it) and `insert_page` linked a table of the space into the kernel's
+/// page directory; now the slot is refused and nothing changes.
+#[test]
+fn a_kernel_slot_under_an_area_is_not_shared() {
+    use super::testing::{FakeAlloc, SHARED_RW, kernel_hierarchy, new_space};
+    let mut kernel_alloc = FakeAlloc::new(16);
+    let (kernel_root, _) = kernel_hierarchy(&mut kernel_alloc);
+    let mem = Memory::new(16);
+    let db = mem.db();
+    let mut space = new_space(&db);
+    // In slot 0, in the gigabyte whose directory the kernel has.
+    let at = BASE + 20 * PAGE_2M;
+    let id = space.map_vma(pg(at), 1, SHARED_RW).unwrap();
+    let before: Vec<_> = space.user_leaves().collect();
+    // The kernel's directory entry for `at` (host memory, reached 1:1).
+    let kernel_pde = || {
+        let mut table = kernel_root.start_address().as_u64();
+        for level in [4, 3] {
+            // SAFETY: live tables of the kernel's hierarchy in host memory.
+            let entry = unsafe {
+                (table as *const u64)
+                    .add(super::pte::index(at, level))
+                    .read()
+            };
+            table = entry & super::pte::ADDR_4K;
+        }
+        // SAFETY: as above: the directory.
+        unsafe { (table as *const u64).add(super::pte::index(at, 2)).read() }
+    };
+    assert_eq!(kernel_pde(), 0);
+
+    // SAFETY: the kernel's hierarchy lives in host memory, outliving the
+    // space.
+    let shared = unsafe { space.share_kernel_slots(kernel_root, [0, 256]) };
+    assert_eq!(shared, Err(MmError::Overlap));
+    let page = db.alloc_page().unwrap();
+    space.insert_page(id, pg(at), &page).unwrap();
+    assert_eq!(kernel_pde(), 0, "the kernel's directory is untouched");
+    // SAFETY: as above; slot 256 holds no area and nothing of the space.
+    unsafe { space.share_kernel_slots(kernel_root, [256]) }.unwrap();
+    space.unmap_vma(id).unwrap();
+    assert!(before.is_empty() && space.user_leaves().next().is_none());
+    drop(space);
+    assert_eq!(db.free_frames(), db.len() - 1, "all but the held page");
+}

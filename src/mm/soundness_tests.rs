@@ -235,8 +235,12 @@ fn kernel_slot(root: PhysFrame, addr: u64, level: u32) -> *mut u64 {
     (table as *mut u64).wrapping_add(pte::index(addr, level))
 }
 
-fn peek(slot: *mut u64) -> u64 {
-    // SAFETY: a slot of a live host page table (`kernel_slot`).
+/// The entry at `slot`.
+///
+/// # Safety
+/// `slot` is a [`kernel_slot`] of a hierarchy still live in host memory.
+unsafe fn peek(slot: *mut u64) -> u64 {
+    // SAFETY: the caller's contract.
     unsafe { slot.read() }
 }
 
@@ -286,7 +290,8 @@ fn kernel_markers_and_bit_10_links_are_left_alone() {
     let link = kernel_slot(root, empty_at, 2);
     // SAFETY: the kernel's own link, in host memory.
     unsafe { link.write(peek(link) | pte::OWNED) };
-    let link_before = peek(link);
+    // SAFETY: as above.
+    let link_before = unsafe { peek(link) };
     let kernel_tables = kernel_alloc.out_counter().get();
     let alloc = FakeAlloc::new(16);
     let out = alloc.out_counter();
@@ -315,9 +320,15 @@ fn kernel_markers_and_bit_10_links_are_left_alone() {
         .unwrap();
     space.unmap_vma(beside).unwrap();
     drop(space);
-    assert_eq!(peek(kernel_slot(root, marker_at[0], 1)), retired_like);
-    assert_eq!(peek(kernel_slot(root, marker_at[1], 1)), special_like);
-    assert_eq!(peek(link), link_before);
+    // SAFETY: slots of the kernel's hierarchy, still live in host memory.
+    let after = unsafe {
+        [
+            peek(kernel_slot(root, marker_at[0], 1)),
+            peek(kernel_slot(root, marker_at[1], 1)),
+            peek(link),
+        ]
+    };
+    assert_eq!(after, [retired_like, special_like, link_before]);
     assert_eq!(counts(&db, held.pfn()), (1, 0), "the held page's counts");
     assert_eq!(counts(&db, page.pfn()), (1, 0));
     assert_eq!(out.get(), 0, "the crate's allocator got back what it gave");
@@ -352,7 +363,8 @@ fn areas_over_kernel_markers_are_refused_and_change_nothing() {
         space.unmap_vma(id).unwrap();
     }
     drop(space);
-    assert_eq!(peek(slot), marker);
+    // SAFETY: a slot of the kernel's hierarchy, still live in host memory.
+    assert_eq!(unsafe { peek(slot) }, marker);
     assert_eq!(counts(&db, held.pfn()), (1, 0));
 }
 

@@ -521,7 +521,8 @@ fn zap_splits_huge_entries_and_frees_tables() {
     }
     .unwrap();
     let tables = table_frames(&db);
-    space.tlb_mut().pages.clear();
+    // SAFETY: the test's recorder, reset; it stays this space's.
+    unsafe { space.tlb_mut() }.pages.clear();
     space
         .zap_range(
             v,
@@ -549,13 +550,13 @@ fn zap_splits_huge_entries_and_frees_tables() {
         space.translate(va(BASE + 3 * PAGE_4K)).is_none()
             && space.translate(va(BASE + 4 * PAGE_4K)).is_none()
     );
-    assert!(space.tlb_mut().pages.contains(&(BASE + 3 * PAGE_4K)));
+    assert!(space.tlb().pages.contains(&(BASE + 3 * PAGE_4K)));
     space
         .zap_range(v, pg(BASE), npages(BASE, BASE + 2 * PAGE_2M))
         .unwrap();
     assert_eq!(table_frames(&db), 1, "only the root is left");
     assert!(
-        space.tlb_mut().full > 0,
+        space.tlb().full > 0,
         "1024 pages: one full flush, not 1024 invlpg"
     );
 }
@@ -684,7 +685,7 @@ fn areas_may_not_overlap_each_other_or_the_kernel() {
     let kernel = new_space(&db);
     let mut space = new_space(&db);
     // SAFETY: `kernel` outlives `space` in this test.
-    unsafe { space.share_kernel_slots(kernel.root(), [0, 256]) };
+    unsafe { space.share_kernel_slots(kernel.root(), [0, 256]) }.unwrap();
     assert_eq!(
         space.map_vma(pg(0x1000), npages(0x1000, 0x2000), SHARED_RW),
         Err(MmError::Overlap),
@@ -957,7 +958,7 @@ fn run_model<'a, A: TableAllocator>(
     };
     for op in ops {
         let before = model.pages.clone();
-        let flushes = (space.tlb_mut().pages.len(), space.tlb_mut().full);
+        let flushes = (space.tlb().pages.len(), space.tlb().full);
         match op {
             Op::InsertPage { area, page, frame } => {
                 let (start, n, _) = AREAS[area];
@@ -1145,7 +1146,7 @@ fn run_model<'a, A: TableAllocator>(
                         model.pages.remove(k);
                     }
                     // Every page whose entry went away was flushed.
-                    let tlb = space.tlb_mut();
+                    let tlb = space.tlb();
                     let full = tlb.full > flushes.1;
                     for k in removed {
                         let flushed = tlb.pages[flushes.0..].iter().any(|&p| {
@@ -1228,7 +1229,7 @@ fn write_faults_copy_on_write() {
         (1, 1),
         "the copy is held by the mapping alone"
     );
-    assert!(space.tlb_mut().pages.contains(&BASE));
+    assert!(space.tlb().pages.contains(&BASE));
     assert_eq!(space.handle_write_fault(va(BASE)), Ok(WriteFault::Spurious));
     // A page only the mapping holds is made writable in place.
     let own = db.alloc_page().unwrap();
@@ -1403,9 +1404,10 @@ fn a_zap_of_any_size_flushes_once() {
         space.insert_page(v, pg(BASE + i * PAGE_4K), &page).unwrap();
     }
     assert_eq!(counts(&db, page.pfn()), (1 + pages as u32, pages as u32));
-    *space.tlb_mut() = Tlb::default();
+    // SAFETY: the test's recorder, reset; it stays this space's.
+    *unsafe { space.tlb_mut() } = Tlb::default();
     space.zap_range(v, pg(BASE), pages).unwrap();
-    let tlb = space.tlb_mut();
+    let tlb = space.tlb();
     assert_eq!((tlb.full, tlb.pages.len()), (1, 0), "one full flush");
     assert_eq!(counts(&db, page.pfn()), (1, 0), "every count back");
     assert_eq!(table_frames(&db), tables_before, "every table back");
@@ -1418,9 +1420,10 @@ fn a_zap_of_any_size_flushes_once() {
     for i in [0, 2, 4] {
         space.insert_page(v, pg(BASE + i * PAGE_4K), &page).unwrap();
     }
-    *space.tlb_mut() = Tlb::default();
+    // SAFETY: the test's recorder, reset; it stays this space's.
+    *unsafe { space.tlb_mut() } = Tlb::default();
     space.zap_range(v, pg(BASE), 5).unwrap();
-    let tlb = space.tlb_mut();
+    let tlb = space.tlb();
     assert_eq!(tlb.full, 0);
     assert_eq!(
         tlb.pages,

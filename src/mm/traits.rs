@@ -279,6 +279,8 @@ pub trait CountedPage {
 ///   allocated (never reused) until a matching `unmap`;
 /// - `alloc_page` returns a frame nobody else uses, holding one reference;
 /// - `covers` is `true` for every frame `try_map` could accept;
+/// - [`CountedPage::frame`] of a page `get` or `alloc_page` handed out
+///   is the same frame on every call (the frame `try_map` then counts);
 /// - `only_mapping` is `true` only when the one entry being faulted on
 ///   holds the page's only reference and map count: a write fault then
 ///   makes that page writable in place, so a page another space, a fork

@@ -106,7 +106,7 @@ pub fn new_space(nx: bool) -> Result<Space, MmError> {
     let kernel_root = PhysFrame::containing_address(paging::root());
     // SAFETY: the kernel's PML4 lives for the whole run, and its slots 0 and
     // 256 map the kernel image and the direct map for good.
-    unsafe { space.share_kernel_slots(kernel_root, KERNEL_SLOTS) };
+    unsafe { space.share_kernel_slots(kernel_root, KERNEL_SLOTS) }?;
     Ok(space)
 }
 

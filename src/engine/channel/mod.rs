@@ -1,6 +1,6 @@
 //! A channel: one engine's ring seen through cookies.
 
-use core::sync::atomic::{AtomicU64, Ordering};
+use core::sync::atomic::AtomicU64;
 use core::time::Duration;
 
 use embedded_hal::delay::DelayNs;
@@ -18,6 +18,7 @@ mod prep;
 mod stop;
 mod validate;
 
+use crate::slots::take_id;
 use failures::FailureLog;
 use stop::Stopping;
 pub use validate::copy_is_valid;
@@ -40,18 +41,6 @@ const FOOTPRINT_SLOTS: usize = 2 * ADDRESS_HISTORY;
 pub const FAILURE_HISTORY: usize = 32;
 
 static NEXT_CHANNEL_ID: AtomicU64 = AtomicU64::new(1);
-
-/// The next id from `counter`, which never wraps: a [`Transfer`] is
-/// matched to its channel by id, so an id must never be handed out twice.
-/// Once the ids run out (2^64 - 1 channels: never, in practice) every
-/// channel gets 0, which no transfer is accepted by (its buffers leak).
-///
-/// [`Transfer`]: super::Transfer
-fn take_id(counter: &AtomicU64) -> u64 {
-    counter
-        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |id| id.checked_add(1))
-        .unwrap_or(0)
-}
 
 /// The cookies [`Channel::prep_batch`] assigned: `first` to `last`, in
 /// order, one per request.
@@ -357,20 +346,5 @@ pub(crate) fn wait_for_status(
                 step_us = (step_us * 2).min(1000);
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod id_tests {
-    use core::sync::atomic::AtomicU64;
-
-    use super::take_id;
-
-    #[test]
-    fn channel_ids_stop_at_the_last_one_instead_of_wrapping() {
-        let counter = AtomicU64::new(u64::MAX - 1);
-        assert_eq!(take_id(&counter), u64::MAX - 1);
-        assert_eq!(take_id(&counter), 0, "out of ids: no channel's");
-        assert_eq!(take_id(&counter), 0, "never back to 1");
     }
 }

@@ -102,8 +102,8 @@
 use core::marker::PhantomData;
 use core::ops::{Deref, DerefMut};
 
-use crate::slots::{Key, SlotMap};
-use crate::sync::atomic::{AtomicU32, Ordering};
+use crate::slots::{Key, SlotMap, take_id};
+use crate::sync::atomic::{AtomicU64, Ordering};
 use crate::sync::{IrqControl, Masked, NoMasking, SpinMutex};
 
 mod dyn_channel;
@@ -119,7 +119,7 @@ use state::{Cell, Client, SlotInfo, State};
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct ClientId {
     key: Key,
-    registry: u32,
+    registry: u64,
 }
 
 /// A channel in the registry: one `add_channel` of one registry, refused
@@ -127,13 +127,14 @@ pub struct ClientId {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct ChannelHandle {
     key: Key,
-    registry: u32,
+    registry: u64,
 }
 
 /// Registry identities, so a handle of one is refused by another.
 // `core`'s even under loom: a static outlives the model's executions, and
 // the number is only an identity.
-static NEXT_REGISTRY_ID: core::sync::atomic::AtomicU32 = core::sync::atomic::AtomicU32::new(1);
+/// Registry identities: 64 bits, never wrapping ([`take_id`]).
+static NEXT_REGISTRY_ID: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(1);
 
 /// What a client's callback is told.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -205,7 +206,7 @@ pub struct Registry<'a, const C: usize = 8, const N: usize = 8, I: IrqControl = 
     state: SpinMutex<State<C, N>>,
     cells: [SpinMutex<Cell<'a>>; N],
     /// This registry's identity (0 until the first handle is made).
-    id: AtomicU32,
+    id: AtomicU64,
     _irq: PhantomData<fn() -> I>,
 }
 
@@ -276,7 +277,7 @@ impl<'a, const C: usize, const N: usize, I: IrqControl> Registry<'a, C, N, I> {
                     owner: None,
                 })
             }; N],
-            id: AtomicU32::new(0),
+            id: AtomicU64::new(0),
             _irq: PhantomData,
         }
     }
@@ -298,7 +299,7 @@ impl<'a, const C: usize, const N: usize, I: IrqControl> Registry<'a, C, N, I> {
                     owner: None,
                 })
             }),
-            id: AtomicU32::new(0),
+            id: AtomicU64::new(0),
             _irq: PhantomData,
         }
     }
@@ -308,7 +309,7 @@ impl<'a, const C: usize, const N: usize, I: IrqControl> Registry<'a, C, N, I> {
     fn state(&self) -> Masked<'_, State<C, N>, I> {
         let mut state = Masked::lock(&self.state);
         if state.id == 0 {
-            state.id = NEXT_REGISTRY_ID.fetch_add(1, Ordering::Relaxed);
+            state.id = take_id(&NEXT_REGISTRY_ID);
             self.id.store(state.id, Ordering::Release);
         }
         state
@@ -494,7 +495,7 @@ impl<'a, const C: usize, const N: usize, I: IrqControl> Registry<'a, C, N, I> {
         handle: ChannelHandle,
     ) -> Result<ChannelGuard<'_, 'a, I>, RegistryError> {
         let id = self.id.load(Ordering::Acquire);
-        if client.registry != id || handle.registry != id {
+        if id == 0 || client.registry != id || handle.registry != id {
             return Err(RegistryError::Foreign);
         }
         let cell = Masked::lock(

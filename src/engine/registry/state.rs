@@ -35,8 +35,10 @@ pub(super) struct Cell<'a> {
 pub(super) struct State<const C: usize, const N: usize> {
     pub(super) clients: SlotMap<Client, C>,
     pub(super) slots: SlotMap<SlotInfo, N>,
-    /// The registry's identity.
-    pub(super) id: u32,
+    /// The registry's identity:
+    /// 0 until the first handle is made, and once ids ran out (never, in
+    /// practice): every id is refused then.
+    pub(super) id: u64,
 }
 
 impl<const C: usize, const N: usize> State<C, N> {
@@ -58,7 +60,7 @@ impl<const C: usize, const N: usize> State<C, N> {
 
     /// The slot of a live client, or why `client` names none.
     pub(super) fn client_index(&self, client: ClientId) -> Result<usize, RegistryError> {
-        if client.registry != self.id {
+        if client.registry != self.id || self.id == 0 {
             return Err(RegistryError::Foreign);
         }
         self.clients
@@ -69,7 +71,7 @@ impl<const C: usize, const N: usize> State<C, N> {
 
     /// The slot of a live channel, or why `handle` names none.
     pub(super) fn channel_index(&self, handle: ChannelHandle) -> Result<usize, RegistryError> {
-        if handle.registry != self.id {
+        if handle.registry != self.id || self.id == 0 {
             return Err(RegistryError::Foreign);
         }
         self.slots

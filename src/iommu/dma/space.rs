@@ -162,7 +162,7 @@ impl<D: DeviceDma> IovaSpace<D> {
             }
             // One space, one id: the flusher is bound to the id the domain
             // was made with.
-            if state.domain.tlb_mut().id != id {
+            if state.domain.tlb().id != id {
                 return Err(IommuError::DomainIdInUse);
             }
             let root = state.domain.root();
@@ -272,7 +272,7 @@ impl<D: DeviceDma> IovaSpace<D> {
             // A unit that cached the pages as not present, or has not
             // seen the new entries, must before the device is told of
             // them; one that will not is given nothing.
-            let id = state.domain.tlb_mut().id;
+            let id = state.domain.tlb().id;
             let published = <Pf<D> as IommuPlatform>::unit()
                 .try_with_unit(|unit| unit.flusher(id).mapped(VirtAddr::new(iova), pages as u64))
                 .unwrap_or(Err(IommuError::NoUnit));

@@ -79,13 +79,13 @@ impl<C: PageCounter, M: TableMapper, A: TableAllocator, T: TlbFlush> AddressSpac
             // The copy's page, its count and every table first: if one
             // cannot be had, giving back what was taken leaves everything
             // as it was.
-            let page = self.counted_copy(source)?;
+            let (page, page_frame) = self.counted_copy(source)?;
             let mut tables = [None; 2];
             let levels = (leaf.level - 1) as usize;
             if let Err(e) = self.alloc_tables(&mut tables[..levels]) {
                 // SAFETY: the count `counted_copy` took, for an entry now
                 // never written.
-                unsafe { self.counter.unmap(page.frame()) };
+                unsafe { self.counter.unmap(page_frame) };
                 return Err(e);
             }
             // 1 GiB to 2 MiB, then 2 MiB to 4 KiB.
@@ -93,7 +93,7 @@ impl<C: PageCounter, M: TableMapper, A: TableAllocator, T: TlbFlush> AddressSpac
                 self.split_leaf(&leaf, table);
                 leaf = self.translate(addr).ok_or(MmError::NotMapped)?;
             }
-            copy = Some(page);
+            copy = Some((page, page_frame));
         }
         let old = PhysFrame::containing_address(leaf.phys());
         let counted = !leaf.is_special();
@@ -104,8 +104,8 @@ impl<C: PageCounter, M: TableMapper, A: TableAllocator, T: TlbFlush> AddressSpac
             self.tlb.flush_page(self.root(), leaf.va);
             return Ok(WriteFault::Reused);
         }
-        let copy = match copy {
-            Some(page) => page,
+        let (_copy, copy_frame) = match copy {
+            Some(copy) => copy,
             None => self.counted_copy(source)?,
         };
         // SAFETY: the source is the frame the entry maps (a counted page, or
@@ -116,16 +116,16 @@ impl<C: PageCounter, M: TableMapper, A: TableAllocator, T: TlbFlush> AddressSpac
         unsafe {
             core::ptr::copy_nonoverlapping(
                 self.mapper.frame_ptr(old),
-                self.mapper.frame_ptr(copy.frame()),
+                self.mapper.frame_ptr(copy_frame),
                 PAGE_4K as usize,
             );
         }
         // The copy is ordinary memory: write-back, whatever the original was.
-        // Its entry holds the count `counted_copy` took; `copy`'s own
-        // reference goes when it drops below.
+        // Its entry holds the count `counted_copy` took; the page's own
+        // reference goes when `_copy` drops below.
         let cache = pte::PWT | pte::PCD | pte::PAT_4K;
         let flags = leaf.entry.flags(1) & !SPECIAL & !cache;
-        let entry = Pte::from_bits(copy.phys().as_u64() | flags).with(pte::WRITABLE);
+        let entry = Pte::from_bits(copy_frame.start_address().as_u64() | flags).with(pte::WRITABLE);
         self.write(table, leaf.index, entry);
         self.tlb.flush_page(self.root(), leaf.va);
         if counted {
@@ -137,23 +137,25 @@ impl<C: PageCounter, M: TableMapper, A: TableAllocator, T: TlbFlush> AddressSpac
         Ok(WriteFault::Copied)
     }
 
-    /// A fresh page for a copy of `source`, with the map count of the
-    /// entry that will map it taken, before anything changes: a counter
-    /// may refuse that count, and the split a large entry needs must not
-    /// be left behind when it does.
-    fn counted_copy(&self, source: PhysFrame) -> Result<C::Page, MmError> {
+    /// A fresh page for a copy of `source`, and its frame, with the map
+    /// count of the entry that will map it taken, before anything changes:
+    /// a counter may refuse that count, and the split a large entry needs
+    /// must not be left behind when it does. The frame is asked for once,
+    /// so the frame counted is the frame copied into and mapped.
+    fn counted_copy(&self, source: PhysFrame) -> Result<(C::Page, PhysFrame), MmError> {
         let page = self.counter.alloc_page().ok_or(MmError::OutOfMemory)?;
+        let frame = page.frame();
         // A fresh page is free memory, so only a raw frame that was freed
         // while mapped can be it; copying it onto itself would be UB.
-        if page.frame() == source {
+        if frame == source {
             return Err(MmError::FreeFrameMapped);
         }
         // SAFETY: the count is for the entry the fault writes; the caller
         // gives it back at once if it does not write it, and a later zap
         // or fault gives it back otherwise.
-        if !unsafe { self.counter.try_map(page.frame()) } {
+        if !unsafe { self.counter.try_map(frame) } {
             return Err(MmError::NotInsertable);
         }
-        Ok(page)
+        Ok((page, frame))
     }
 }

@@ -22,7 +22,7 @@ mod walk;
 mod zap;
 
 use core::marker::PhantomData;
-use core::sync::atomic::{AtomicU32, Ordering};
+use core::sync::atomic::AtomicU64;
 
 use x86_64::structures::paging::{Page, PageTableFlags, PhysFrame};
 use x86_64::{PhysAddr, VirtAddr};
@@ -35,7 +35,7 @@ use super::pte::{self, Format, PAGE_1G, PAGE_2M, PAGE_4K, Pte, X86};
 use super::tlb::TlbFlush;
 use super::traits::{PageCounter, TableAllocator, TableMapper};
 use super::vma::{VmFlags, Vma};
-use crate::slots::{Key, SlotMap};
+use crate::slots::{Key, SlotMap, take_id};
 
 /// Areas an address space holds.
 pub const MAX_VMAS: usize = 64;
@@ -45,6 +45,9 @@ pub const MAX_VMAS: usize = 64;
 const NO_SPARE: u64 = !0xfff;
 /// The end of the lower (user) half of the canonical address space.
 pub const USER_END: u64 = 1 << 47;
+/// The start of the upper (kernel) half: between the two, addresses are
+/// not canonical and no entry maps them.
+const KERNEL_START: u64 = !(USER_END - 1);
 
 /// An area's handle: one `map_vma` of one address space. Once the area is
 /// unmapped the handle is stale ([`MmError::NoSuchVma`]) even if a new area
@@ -53,11 +56,13 @@ pub const USER_END: u64 = 1 << 47;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct VmaId {
     key: Key,
-    space: u32,
+    space: u64,
 }
 
 /// Address-space identities, so a `VmaId` of one is refused by another.
-static NEXT_SPACE_ID: AtomicU32 = AtomicU32::new(1);
+/// (64 bits, never wrapping: a `VmaId` of a space made 2^32 spaces ago
+/// must not be taken for one of a space that reused its id.)
+static NEXT_SPACE_ID: AtomicU64 = AtomicU64::new(1);
 
 /// One leaf entry found by a walk.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -143,7 +148,9 @@ pub struct AddressSpace<
     /// The newest spare table; see [`AddressSpace::spare_tables`].
     spares: Option<PhysFrame>,
     spare_count: usize,
-    id: u32,
+    /// 0 once ids ran out (never, in practice): such a space refuses
+    /// every area id as foreign.
+    id: u64,
     /// The areas, in a generational slot map: an unmapped area's ids go
     /// stale and stay stale.
     vmas: SlotMap<Vma, MAX_VMAS>,
@@ -242,7 +249,7 @@ impl<C: PageCounter, M: TableMapper, A: TableAllocator, T: TlbFlush, F: Format>
             owns_root,
             spares: None,
             spare_count: 0,
-            id: NEXT_SPACE_ID.fetch_add(1, Ordering::Relaxed),
+            id: take_id(&NEXT_SPACE_ID),
             vmas: SlotMap::new(),
             shared: [false; 512],
             nx,
@@ -271,13 +278,60 @@ impl<C: PageCounter, M: TableMapper, A: TableAllocator, T: TlbFlush, F: Format>
     }
 
     /// The TLB flusher.
-    pub fn tlb_mut(&mut self) -> &mut T {
+    pub fn tlb(&self) -> &T {
+        &self.tlb
+    }
+
+    /// The TLB flusher, to change.
+    ///
+    /// `unsafe` since issue 20: a flusher may know its space by more than
+    /// the root it is given (an IOMMU domain's flushes by the domain id it
+    /// was made with), so a safe swap of two spaces' flushers, or a new
+    /// one put in, left each space flushing the other's translations while
+    /// it freed its own frames under a device or CPU still caching them:
+    ///
+    /// ```compile_fail,E0133
+    /// # use dmaengine::mm::space::AddressSpace;
+    /// # use dmaengine::mm::traits::{PageCounter, TableAllocator, TableMapper};
+    /// # use dmaengine::mm::tlb::TlbFlush;
+    /// fn swap<C: PageCounter, M: TableMapper, A: TableAllocator, T: TlbFlush>(
+    ///     a: &mut AddressSpace<C, M, A, T>,
+    ///     b: &mut AddressSpace<C, M, A, T>,
+    /// ) {
+    ///     core::mem::swap(a.tlb_mut(), b.tlb_mut());
+    /// }
+    /// ```
+    ///
+    /// # Safety
+    /// The flusher stays one that flushes this space's translations
+    /// everywhere they may be cached, as [`TlbFlush`] requires for its
+    /// root: change its state, but do not swap it with, or replace it by,
+    /// another space's.
+    pub unsafe fn tlb_mut(&mut self) -> &mut T {
         &mut self.tlb
     }
 
     /// The table-frame allocator.
-    pub fn allocator_mut(&mut self) -> &mut A {
-        &mut self.alloc
+    ///
+    /// Shared only: with a `&mut`, a caller could swap two spaces'
+    /// allocators (or put in a new one), and each space would then give
+    /// its tables back to an allocator that never gave them out, breaking
+    /// [`TableAllocator::take_back`]'s promise to the kernel (`allocator_mut`
+    /// did until issue 20):
+    ///
+    /// ```compile_fail,E0599
+    /// # use dmaengine::mm::space::AddressSpace;
+    /// # use dmaengine::mm::traits::{PageCounter, TableAllocator, TableMapper};
+    /// # use dmaengine::mm::tlb::TlbFlush;
+    /// fn swap<C: PageCounter, M: TableMapper, A: TableAllocator, T: TlbFlush>(
+    ///     a: &mut AddressSpace<C, M, A, T>,
+    ///     b: &mut AddressSpace<C, M, A, T>,
+    /// ) {
+    ///     core::mem::swap(a.allocator_mut(), b.allocator_mut());
+    /// }
+    /// ```
+    pub fn allocator(&self) -> &A {
+        &self.alloc
     }
 
     /// Table frames the space keeps because its allocator cannot take
@@ -339,7 +393,11 @@ impl<C: PageCounter, M: TableMapper, A: TableAllocator, T: TlbFlush, F: Format>
     /// Copies PML4 entries `slots` from the table `kernel_root` (the
     /// kernel's own mappings), so the kernel keeps running when this space
     /// is loaded. Those slots are never modified or freed by this space,
-    /// and no area may be created in them.
+    /// and no area may be created in them. A slot an area of the space
+    /// already lies in, or whose entry the space already uses, is refused
+    /// (`Overlap`, nothing shared): the area's next insertion would walk
+    /// into the kernel's tables and write them. Slots past 511 are
+    /// ignored; sharing a slot again copies its entry again.
     ///
     /// # Safety
     /// `kernel_root` must be a live PML4 reachable through the mapper,
@@ -348,16 +406,33 @@ impl<C: PageCounter, M: TableMapper, A: TableAllocator, T: TlbFlush, F: Format>
         &mut self,
         kernel_root: PhysFrame,
         slots: impl IntoIterator<Item = usize>,
-    ) {
+    ) -> Result<(), MmError> {
+        let mut wanted = [false; 512];
+        for slot in slots.into_iter().filter(|&s| s < 512) {
+            wanted[slot] = true;
+        }
+        let root = self.root_table();
+        let slot_size = 1u64 << 39;
+        let in_use = |slot: usize| {
+            let (start, end) = (slot as u64 * slot_size, (slot as u64 + 1) * slot_size);
+            let area = self
+                .vmas
+                .iter()
+                .any(|(_, v)| v.start.start_address().as_u64() < end && start < v.end());
+            area || (!self.shared[slot] && !root.read(slot).is_empty())
+        };
+        if (0..512).any(|slot| wanted[slot] && in_use(slot)) {
+            return Err(MmError::Overlap);
+        }
         // SAFETY: the caller's contract: a live PML4 reached through the
         // mapper; only read.
         let kernel_root = unsafe { self.table(kernel_root) };
-        let root = self.root_table();
-        for slot in slots.into_iter().filter(|&s| s < 512) {
+        for slot in (0..512).filter(|&slot| wanted[slot]) {
             let entry = kernel_root.read(slot);
             self.write(root, slot, entry);
             self.shared[slot] = true;
         }
+        Ok(())
     }
 
     // ---- areas ----
@@ -407,14 +482,14 @@ impl<C: PageCounter, M: TableMapper, A: TableAllocator, T: TlbFlush, F: Format>
 
     /// The area `id`.
     pub fn vma(&self, id: VmaId) -> Result<&Vma, MmError> {
-        if id.space != self.id {
+        if id.space != self.id || self.id == 0 {
             return Err(MmError::ForeignVma);
         }
         self.vmas.get(id.key).ok_or(MmError::NoSuchVma)
     }
 
     fn vma_mut(&mut self, id: VmaId) -> Result<&mut Vma, MmError> {
-        if id.space != self.id {
+        if id.space != self.id || self.id == 0 {
             return Err(MmError::ForeignVma);
         }
         self.vmas.get_mut(id.key).ok_or(MmError::NoSuchVma)

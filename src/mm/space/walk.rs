@@ -6,7 +6,7 @@ use core::ops::Range;
 use x86_64::structures::paging::PhysFrame;
 use x86_64::{PhysAddr, VirtAddr};
 
-use super::{AddressSpace, Leaf, NO_SPARE, USER_END};
+use super::{AddressSpace, KERNEL_START, Leaf, NO_SPARE, USER_END};
 use crate::mm::MmError;
 use crate::mm::pte::{self, Format, PAGE_4K, Pte};
 use crate::mm::tlb::TlbFlush;
@@ -300,6 +300,12 @@ impl<C: PageCounter, M: TableMapper, A: TableAllocator, T: TlbFlush, F: Format>
     /// The first leaf mapping anything in `[va, end)`.
     pub(super) fn next_leaf(&self, mut va: u64, end: u64) -> Option<Leaf> {
         'restart: while va < end {
+            // The indexes of a non-canonical address wrap onto the entries
+            // of the lower half.
+            if (USER_END..KERNEL_START).contains(&va) {
+                va = KERNEL_START;
+                continue;
+            }
             let mut table = self.root_table();
             for level in (1..=4).rev() {
                 let index = pte::index(va, level);
@@ -340,7 +346,9 @@ impl<C: PageCounter, M: TableMapper, A: TableAllocator, T: TlbFlush, F: Format>
         let mut va = start;
         core::iter::from_fn(move || {
             let leaf = self.next_leaf(va, end)?;
-            va = leaf.va.as_u64() + leaf.size();
+            // A leaf may end at the top of the address space: nothing is
+            // past it, and `u64::MAX` ends the walk.
+            va = leaf.va.as_u64().saturating_add(leaf.size());
             Some(leaf)
         })
     }
@@ -351,8 +359,11 @@ impl<C: PageCounter, M: TableMapper, A: TableAllocator, T: TlbFlush, F: Format>
     }
 
     pub(super) fn translate_u64(&self, va: u64) -> Option<Leaf> {
-        self.next_leaf(va, va.checked_add(1)?)
-            .filter(|leaf| leaf.va.as_u64() <= va)
+        // By its page, whose start plus one never overflows (`va + 1` does
+        // at the last byte): a leaf holding the page holds `va`.
+        let page = va & !(PAGE_4K - 1);
+        self.next_leaf(page, page + 1)
+            .filter(|leaf| leaf.va.as_u64() <= page)
     }
 
     /// Frees the tables this crate allocated under `[start, end)` that are

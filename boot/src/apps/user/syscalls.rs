@@ -253,7 +253,7 @@ impl Process {
             // a write buffer) must hear of the new pages before the
             // process tells its device of them; if it will not, they come
             // out again (all or nothing).
-            Ok(()) => match grant.domain.tlb_mut().mapped(crate::mm::va(iova), count) {
+            Ok(()) => match grant.domain.tlb().mapped(crate::mm::va(iova), count) {
                 Ok(()) => 0,
                 Err(_) => {
                     let _ = grant.domain.zap_range(grant.area, pg(iova), count);
