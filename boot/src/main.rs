@@ -61,6 +61,24 @@ fn fatal(what: &str, why: &dyn core::fmt::Display) -> ! {
     exit_qemu(ExitCode::Failure)
 }
 
+/// Moves the boot CPU's ring-0 and double-fault stacks to guarded ones
+/// (an unmapped page below each), now that frames and the kernel's tables
+/// are up: a stack overflow in a system call then faults instead of
+/// running into the kernel's statics.
+fn guard_kernel_stacks() {
+    use mem::paging::map_guarded_stack;
+    // Stack places 0..MAX_CPUS are the APs'.
+    const RING0_STACK_PLACE: usize = smp::MAX_CPUS;
+    const DOUBLE_FAULT_STACK_PLACE: usize = smp::MAX_CPUS + 1;
+    let pages = |bytes: usize| (bytes / mem::PAGE_SIZE as usize) as u64;
+    let ring0 = map_guarded_stack(RING0_STACK_PLACE, pages(gdt::RING0_STACK_SIZE));
+    let double_fault = map_guarded_stack(DOUBLE_FAULT_STACK_PLACE, pages(gdt::STACK_SIZE));
+    match (ring0, double_fault) {
+        (Ok(ring0), Ok(double_fault)) => gdt::load_guarded_stacks(ring0, double_fault),
+        (Err(e), _) | (_, Err(e)) => fatal("kernel stacks", &e),
+    }
+}
+
 /// Entered from `entry.rs` in 64-bit mode with `.bss` zeroed and interrupts
 /// off; `start_info` is the physical address of the PVH start info.
 /// What the command line asks for: the mode, its filter and the seed.
@@ -109,6 +127,7 @@ extern "C" fn kernel_main(start_info: u32) -> ! {
     let frames_at_boot = mem::frames::init(&boot);
     let nx = mem::paging::init(&boot).unwrap_or_else(|e| fatal("paging", &e));
     mem::heap::init().unwrap_or_else(|e| fatal("heap", &e));
+    guard_kernel_stacks();
     let madt = boot
         .rsdp()
         .and_then(acpi::madt)

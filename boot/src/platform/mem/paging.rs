@@ -45,18 +45,28 @@ pub fn translate(va: u64) -> Option<u64> {
     tables.translate_addr(va).map(|pa| pa.as_u64())
 }
 
-/// The PML4 slot of the APs' stacks (below each, an unmapped guard page).
+/// The PML4 slot of the kernel's guarded stacks (below each, an unmapped
+/// guard page): the APs', and the boot CPU's ring-0 and double-fault ones.
 pub const STACKS_SLOT: usize = 257;
 
-/// Maps a stack of `pages` fresh zeroed pages for CPU `cpu` in the kernel's
-/// tables (4 KiB pages in [`STACKS_SLOT`]), with the page below it left
-/// unmapped: an overflow faults there instead of running into other
-/// memory. Returns the stack's top. Call at boot, before any address space
-/// shares the kernel's slots.
-pub fn map_guarded_stack(cpu: usize, pages: u64) -> Result<u64, frames::FrameError> {
+/// Pages between the starts of two stack places in [`STACKS_SLOT`]: a
+/// stack of up to this many pages less one, and its guard page.
+const STACK_STRIDE_PAGES: u64 = 64;
+
+/// Maps a stack of `pages` fresh zeroed pages (fewer than 64) at stack
+/// place `place` (place `cpu` for AP `cpu`, the boot CPU's two after the
+/// last AP's) in the kernel's tables (4 KiB pages in [`STACKS_SLOT`]),
+/// with the page below it left unmapped: an overflow faults there instead
+/// of running into other memory. Returns the stack's top. Call at boot,
+/// once per place, before any address space shares the kernel's slots.
+pub fn map_guarded_stack(place: usize, pages: u64) -> Result<u64, frames::FrameError> {
     use x86_64::structures::paging::{Mapper, OffsetPageTable, Page, PhysFrame};
+    assert!(
+        pages < STACK_STRIDE_PAGES,
+        "a stack of {pages} pages overlaps the next place"
+    );
     let base = 0xffff_0000_0000_0000 | (STACKS_SLOT as u64) << 39;
-    let guard = base + cpu as u64 * (pages + 1) * PAGE_SIZE;
+    let guard = base + place as u64 * STACK_STRIDE_PAGES * PAGE_SIZE;
     // SAFETY: the active PML4 (the kernel's, at boot), reached through the
     // direct map; only the boot CPU edits the kernel's tables, here.
     let mut tables = unsafe {

@@ -14,7 +14,7 @@ use crate::harness::Test;
 use crate::mem::frames::{self, FrameAllocator, FrameError};
 use crate::mem::{PAGE_SIZE, heap, phys_to_virt};
 use crate::recover::{Caught, catch};
-use crate::{devices, irq, time};
+use crate::{devices, gdt, irq, time};
 
 pub const TESTS: &[Test] = &[
     Test::new(
@@ -29,6 +29,10 @@ pub const TESTS: &[Test] = &[
     Test::new("heap.alloc_and_free", heap_alloc_and_free),
     Test::new("fault.page_fault_reports_cr2", page_fault_reports_cr2),
     Test::new("fault.null_page_is_unmapped", null_page_is_unmapped),
+    Test::new(
+        "fault.kernel_stacks_have_guard_pages",
+        kernel_stacks_have_guard_pages,
+    ),
     Test::new(
         "fault.other_exceptions_are_reported",
         other_exceptions_are_reported,
@@ -351,4 +355,31 @@ fn edu_factorial_interrupt() {
         0,
         "the handler acknowledged it"
     );
+}
+
+/// The stacks the CPU switches to by itself (the ring-0 stack of a system
+/// call or an interrupt from ring 3, the double-fault stack) end at an
+/// unmapped page: an overflow faults there instead of running into
+/// whatever lies below, as the APs' stacks do.
+fn kernel_stacks_have_guard_pages() {
+    for (name, top, size) in [
+        ("ring-0", gdt::ring0_stack_top(), gdt::RING0_STACK_SIZE),
+        (
+            "double-fault",
+            gdt::double_fault_stack_top(),
+            gdt::STACK_SIZE,
+        ),
+    ] {
+        let bottom = top - size as u64;
+        assert!(
+            crate::mem::paging::translate(bottom).is_some()
+                && crate::mem::paging::translate(top - 8).is_some(),
+            "the {name} stack is mapped"
+        );
+        assert_eq!(
+            crate::mem::paging::translate(bottom - 1),
+            None,
+            "the page below the {name} stack is mapped: an overflow would run into it"
+        );
+    }
 }
