@@ -326,7 +326,11 @@ pub struct Termination {
     /// and will not again: every request after `completed` is abandoned.
     /// `false`: the device may still be working on one of them (it has no
     /// abort, or has not obeyed it yet); the engine takes no new work, and
-    /// a later `terminate` says whether it has stopped since.
+    /// a later `terminate` says whether it has stopped since. An engine
+    /// that answers `false` raises its interrupt once the device has
+    /// stopped (edu's transfer in flight interrupts at its end): tasks
+    /// awaiting its requests sleep until then, and the channel's
+    /// `handle_interrupt` finds the stop over and wakes them.
     pub stopped: bool,
 }
 

@@ -241,6 +241,13 @@ impl<E: Engine, I: IrqControl> SharedChannel<E, I> {
         slot: &mut Option<SlotName>,
     ) {
         *slot = channel.register_waker(cookie, cx.waker(), *slot);
+        // A stop waiting for a device slow to obey ends with the device's
+        // interrupt (`Termination::stopped`), which wakes the task: no
+        // interrupt request is needed (none can be made on a halted
+        // channel), and polling meanwhile would only spin.
+        if slot.is_some() && channel.is_stopping() {
+            return;
+        }
         // Every slot taken, or no room for the interrupt request: be polled
         // again rather than never.
         if slot.is_none() || channel.interrupt_after(cookie).is_err() {

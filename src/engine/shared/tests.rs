@@ -291,3 +291,36 @@ fn a_dropped_pending_transfer_leaks_its_buffers_and_into_transfer_keeps_them() {
     drop(dst);
     assert!(!FakeHal::is_live(freed));
 }
+
+/// A request awaited while its channel waits for a device slow to stop
+/// (edu's transfer in flight runs to its end) is not polled in a loop: its
+/// task sleeps until the device's interrupt says the stop is over, then
+/// reads `Aborted`. It used to wake itself on every poll, spinning its
+/// executor for as long as the device took.
+#[test]
+fn an_await_during_a_slow_stop_sleeps_until_the_device_stops() {
+    let mut engine = Scripted::new(4096, 256);
+    engine.more_caps = Capabilities::INTERRUPT | Capabilities::INTERRUPT_OP;
+    engine.busy = true;
+    let shared: Shared = SharedChannel::new(Channel::new(engine));
+    let cookie = prep(&shared, 0);
+    shared.lock().issue_pending();
+    shared.lock().terminate();
+    assert!(shared.lock().is_stopping());
+    let (count, waker) = counter();
+    let mut cx = Context::from_waker(&waker);
+    let mut fut = pin!(shared.completion(cookie));
+    for _ in 0..3 {
+        assert_eq!(fut.as_mut().poll(&mut cx), Poll::Pending);
+    }
+    assert_eq!(wakes(&count), 0, "woken while nothing changed: a spin");
+    // The device stops and interrupts.
+    shared.lock().engine_mut().busy = false;
+    shared.lock().engine_mut().raised = true;
+    assert!(shared.handle_interrupt());
+    assert_eq!(wakes(&count), 1, "woken when the stop ended");
+    assert_eq!(
+        fut.as_mut().poll(&mut cx),
+        Poll::Ready(Err(DmaError::Failed(ErrorKind::Aborted)))
+    );
+}
