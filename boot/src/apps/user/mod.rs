@@ -33,10 +33,15 @@
 //! matrix lists every bad input the tests throw at these calls.
 //!
 //! Here: the layout, building and running a process, and the grant of a
-//! chip; `syscalls` serves the calls, `programs` holds the ring-3 code.
+//! chip; `syscalls` serves the calls, `grant` the ring-3 driver's chip and
+//! domain, `programs` holds the ring-3 code.
 
+mod grant;
 mod programs;
 mod syscalls;
+
+use grant::Grant;
+pub use grant::{GRANT_IOVA, GRANT_IOVA_SIZE, GRANT_REGS};
 
 pub use programs::{
     BENCH_DRIVER_COPIES, bench_driver, copy_on_write, faulting, lsi_driver, privileged,
@@ -183,48 +188,6 @@ struct Process {
     dma_faults: Vec<iommu::DmaFault>,
     output: String,
     echo: bool,
-}
-
-/// IOVAs a process may map for its chip: 16 MiB at 1 GiB (below 4 GiB, as
-/// SCRIPTS addresses are 32 bits).
-pub const GRANT_IOVA: u64 = 0x4000_0000;
-pub const GRANT_IOVA_SIZE: u64 = 16 << 20;
-/// Where `grant_lsi` maps the chip's registers.
-pub const GRANT_REGS: u64 = DEVICE + (1 << 20);
-/// The domain id of a process's chip.
-const GRANT_DOMAIN: u16 = 6;
-
-/// A chip given to a process: the kernel holds its channel (so nothing
-/// else takes the chip, and dropping it stops the chip), the unit (leaked
-/// for the grant's life, as a domain borrows it) and the domain.
-struct Grant {
-    chip: LsiChannel,
-    unit: *mut crate::iommu::Exclusive,
-    domain: core::mem::ManuallyDrop<crate::iommu::Domain<'static>>,
-    area: VmaId,
-    source: iommu::SourceId,
-}
-
-impl Grant {
-    fn unit(&self) -> &crate::iommu::Exclusive {
-        // SAFETY: `unit` is the box `grant_lsi` leaked, freed only in `drop`.
-        unsafe { &*self.unit }
-    }
-}
-
-impl Drop for Grant {
-    fn drop(&mut self) {
-        // The chip first: it may still be running the process's script,
-        // and must not reach a page after the domain lets it go.
-        self.chip.terminate();
-        let _ = self.unit().detach(self.source);
-        // SAFETY: dropped once, here; the chip is stopped and detached.
-        unsafe { core::mem::ManuallyDrop::drop(&mut self.domain) };
-        // SAFETY: the box `grant_lsi` leaked; the domain that borrowed it
-        // is gone, and nothing else refers to it. Dropping the unit turns
-        // translation off and frees its tables.
-        drop(unsafe { alloc::boxed::Box::from_raw(self.unit) });
-    }
 }
 
 /// The process running now (only while `run` is inside ring 3).
