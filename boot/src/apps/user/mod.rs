@@ -32,9 +32,9 @@
 //! enters the ring as one batch or not at all. README.md's "Bad input"
 //! matrix lists every bad input the tests throw at these calls.
 //!
-//! Here: the layout, building and running a process, and the grant of a
-//! chip; `syscalls` serves the calls, `grant` the ring-3 driver's chip and
-//! domain, `programs` holds the ring-3 code.
+//! Here: the layout, building and running a process; `syscalls` serves the
+//! calls, `grant` holds the ring-3 driver's chip and domain, `programs` the
+//! ring-3 code.
 
 mod grant;
 mod programs;
