@@ -153,6 +153,12 @@ extern "C" fn kernel_main(start_info: u32) -> ! {
         pages_1g: mem::paging::pages_1g_supported(),
     });
 
+    // The embedding (embed/) is handed what it needs, once: it never
+    // reaches back up for the platform.
+    embed::devices::init(&platform.pci);
+    embed::iommu::init(platform.boot.rsdp());
+    embed::mm::init(platform.pages_1g);
+
     let Command { mode, filter } = parse_command(platform.boot.cmdline());
     println!(
         "seed: {} (SEED={} ./qemu-run.sh ... repeats this run)",
@@ -165,7 +171,7 @@ extern "C" fn kernel_main(start_info: u32) -> ! {
         "selftest" => harness::run(&tests::selftest(), filter),
         "bench" => bench::run(filter),
         "soak" => soak::run(filter),
-        "example" => example::run(),
+        "example" => example::run(platform),
         other => {
             println!(
                 "error: unknown mode {other:?} (expected demo, test, bench, soak, example or selftest)"

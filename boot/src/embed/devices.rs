@@ -5,7 +5,16 @@ use core::ptr::NonNull;
 use dmaengine::mmio::{MmioRegion, PortRegion};
 
 use crate::mem::{DIRECT_MAP_SIZE, phys_to_virt};
-use crate::{pci, platform};
+use crate::pci;
+
+/// The PCI functions the kernel found, handed over at boot ([`init`]).
+static DEVICES: spin::Once<&'static [pci::Device]> = spin::Once::new();
+
+/// Hands the embedding the PCI functions the kernel enumerated (once, at
+/// boot): [`find`] looks there.
+pub fn init(devices: &'static [pci::Device]) {
+    DEVICES.call_once(|| devices);
+}
 
 /// Finds a device by ID and enables memory decoding and bus mastering.
 pub fn find(vendor: u16, device: u16) -> Option<&'static pci::Device> {
@@ -14,8 +23,8 @@ pub fn find(vendor: u16, device: u16) -> Option<&'static pci::Device> {
 
 /// As [`find`], for the `n`th such function on the bus (0 is the first).
 pub fn find_nth(vendor: u16, device: u16, n: usize) -> Option<&'static pci::Device> {
-    let dev = platform()
-        .pci
+    let dev = DEVICES
+        .get()?
         .iter()
         .filter(|d| d.vendor == vendor && d.device == device)
         .nth(n)?;

@@ -14,7 +14,7 @@ use dmaengine::mmio::MmioRegion;
 
 use crate::mem::phys_to_virt;
 use crate::mm::{db, mapper};
-use crate::{acpi, irq, pci, platform};
+use crate::{acpi, irq, pci};
 
 /// The unit, with its tables in the frame database.
 pub type Unit = Iommu<MmioRegion, OffsetMapper, &'static FrameDb<'static>>;
@@ -37,9 +37,18 @@ static TAKEN: AtomicBool = AtomicBool::new(false);
 /// `IOMMU=off`). A table it refuses counts as none, which also leaves the
 /// guest suite without its IOMMU tests.
 pub fn base() -> Option<u64> {
-    let rsdp = platform().boot.rsdp()?;
-    let dmar = Dmar::parse(acpi::dmar(rsdp)?).ok()?;
-    dmar.units().next().map(|unit| unit.register_base)
+    *BASE.get()?
+}
+
+/// The first unit's register base ([`base`]), found at boot ([`init`]).
+static BASE: spin::Once<Option<u64>> = spin::Once::new();
+
+/// Looks for the VT-d unit in the ACPI tables under `rsdp` (once, at boot).
+pub fn init(rsdp: Option<u64>) {
+    BASE.call_once(|| {
+        let dmar = Dmar::parse(acpi::dmar(rsdp?)?).ok()?;
+        dmar.units().next().map(|unit| unit.register_base)
+    });
 }
 
 /// The unit, held by one user at a time (dropping it turns translation off

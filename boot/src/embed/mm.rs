@@ -99,10 +99,19 @@ unsafe impl TlbFlush for KernelTlb {
 pub type Space =
     AddressSpace<&'static FrameDb<'static>, OffsetMapper, &'static FrameDb<'static>, KernelTlb>;
 
+/// Whether new spaces may use 1 GiB leaves: the CPU has them (handed
+/// over at boot, [`init`]).
+static PAGES_1G: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
+
+/// Tells the embedding whether the CPU has 1 GiB pages (once, at boot).
+pub fn init(pages_1g: bool) {
+    PAGES_1G.store(pages_1g, core::sync::atomic::Ordering::Relaxed);
+}
+
 /// A new address space sharing the kernel's slots with the running one.
 pub fn new_space(nx: bool) -> Result<Space, MmError> {
     let mut space = AddressSpace::new(db(), mapper(), db(), KernelTlb, nx)?;
-    space.set_1g_pages(crate::platform().pages_1g);
+    space.set_1g_pages(PAGES_1G.load(core::sync::atomic::Ordering::Relaxed));
     let kernel_root = PhysFrame::containing_address(paging::root());
     // SAFETY: the kernel's PML4 lives for the whole run, and its slots 0 and
     // 256 map the kernel image and the direct map for good.

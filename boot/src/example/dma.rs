@@ -14,7 +14,7 @@ use dmaengine::mmio::{MmioRegion, PortRegion};
 
 use crate::mem::{frames, phys_to_virt};
 use crate::time::Delay;
-use crate::{pci, platform, println};
+use crate::{Platform, pci, println};
 
 // glue: begin
 /// DMA memory: the kernel's frames, reached through its direct map.
@@ -62,9 +62,9 @@ pub(super) fn lsi_channel<H: Hal>(devices: &[pci::Device]) -> Option<Channel<Lsi
 // glue: end
 
 /// Runs the DMA half's example; a failed check panics.
-pub fn run() {
+pub fn run(platform: &Platform) {
     let mut chan =
-        lsi_channel::<Frames>(&platform().pci).expect("the LSI53C895A (qemu-run.sh adds one)");
+        lsi_channel::<Frames>(&platform.pci).expect("the LSI53C895A (qemu-run.sh adds one)");
     let mut src = Dma::<Frames>::new(2 * PAGE_SIZE).expect("DMA memory");
     for (i, byte) in src.as_mut_slice().iter_mut().enumerate() {
         *byte = (i * 13 + 5) as u8;

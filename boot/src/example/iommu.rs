@@ -23,7 +23,7 @@ use super::dma::{Frames, lsi_channel};
 use super::mm::KernelFrames;
 use crate::mem::{PHYS_OFFSET, phys_to_virt};
 use crate::time::Delay;
-use crate::{acpi, pci, platform, println};
+use crate::{Platform, acpi, pci, println};
 
 // glue: begin
 dmaengine::iova_platform!(
@@ -55,10 +55,10 @@ fn confined_lsi(dmar: &[u8], bus: &[pci::Device]) -> Option<Channel<Lsi53c895a<I
 // glue: end
 
 /// Runs the IOMMU example; a failed check panics.
-pub fn run() {
-    let rsdp = platform().boot.rsdp().expect("the RSDP");
+pub fn run(platform: &Platform) {
+    let rsdp = platform.boot.rsdp().expect("the RSDP");
     let dmar = acpi::dmar(rsdp).expect("a DMAR table (qemu-run.sh adds intel-iommu)");
-    let mut chan = confined_lsi(dmar, &platform().pci).expect("the LSI53C895A, confined");
+    let mut chan = confined_lsi(dmar, &platform.pci).expect("the LSI53C895A, confined");
     let mut src = Dma::<IovaHal<Lsi>>::new(4096).expect("DMA memory");
     src.as_mut_slice().fill(0x1f);
     let dst = Dma::<IovaHal<Lsi>>::new(4096).expect("DMA memory");

@@ -27,7 +27,7 @@ use x86_64::{PhysAddr, VirtAddr};
 
 use crate::mem::{PHYS_OFFSET, frames, phys_to_virt};
 use crate::recover::{Caught, catch};
-use crate::{platform, println};
+use crate::{Platform, println};
 
 /// The kernel's own frame allocator, in the `x86_64` crate's terms.
 #[derive(Clone, Copy)]
@@ -103,7 +103,7 @@ fn kernel_tables() -> OffsetPageTable<'static> {
 }
 
 /// Runs the mm half's example; a failed check panics.
-pub fn run() {
+pub fn run(platform: &Platform) {
     let own = KernelFrames.allocate_frame().expect("a frame");
     let own_page = Page::<Size4KiB>::containing_address(VirtAddr::new(KERNEL_PAGE));
     let flags = PageTableFlags::PRESENT | PageTableFlags::WRITABLE;
@@ -126,7 +126,7 @@ pub fn run() {
     });
     runs.sort_by_key(FrameRun::first);
     let runs = alloc::boxed::Box::leak(alloc::boxed::Box::new(runs));
-    let mut space = adopt(runs, platform().nx);
+    let mut space = adopt(runs, platform.nx);
     let area_page = |n: u64| Page::<Size4KiB>::containing_address(VirtAddr::new(AREA + n * 4096));
     let rw = VmFlags::READ | VmFlags::WRITE | VmFlags::SHARED | VmFlags::MAYWRITE;
     let area = space

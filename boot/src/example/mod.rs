@@ -13,20 +13,21 @@ mod dma;
 mod iommu;
 mod mm;
 
+use crate::Platform;
 use crate::exit::ExitCode;
 use crate::println;
 use crate::recover::catch;
 
 /// Runs every example; a check that fails is a panic, reported as a
 /// failure of the run.
-pub fn run() -> ExitCode {
+pub fn run(platform: &'static Platform) -> ExitCode {
     let examples = [
-        ("mm", mm::run as fn()),
+        ("mm", mm::run as fn(&'static Platform)),
         ("dma", dma::run),
         ("iommu", iommu::run),
     ];
     for (name, example) in examples {
-        if let Err(why) = catch(example) {
+        if let Err(why) = catch(|| example(platform)) {
             println!("example {name} FAILED: {why}");
             return ExitCode::Failure;
         }
