@@ -58,10 +58,17 @@ if ! command -v "$QEMU" >/dev/null; then
 fi
 
 # The kernel builds into its own target directory, so a `cargo test` that is
-# running this script never waits on its own build lock.
-cargo build --release --quiet -p dmaengine-boot --target x86_64-unknown-none --target-dir target/kernel \
-    || die "kernel build failed"
-kernel=target/kernel/x86_64-unknown-none/release/dmaengine-boot
+# running this script never waits on its own build lock. The test rig (the
+# guest suite, the benchmarks, the crate's test hooks and access counts) is
+# built only for the modes that run it, into a directory of its own; the
+# demo, the examples and the soak run the kernel an embedder would build.
+case "$mode" in
+    test|selftest|bench) features=(--features rig); kernel_dir=target/kernel-rig ;;
+    *) features=(); kernel_dir=target/kernel ;;
+esac
+cargo build --release --quiet -p dmaengine-boot --target x86_64-unknown-none --target-dir "$kernel_dir" \
+    "${features[@]}" || die "kernel build failed"
+kernel=$kernel_dir/x86_64-unknown-none/release/dmaengine-boot
 
 accel=${ACCEL:-tcg}
 case "$mode" in demo|selftest|example) default_timeout=120 ;; test) default_timeout=300 ;; soak) default_timeout=3600 ;; *) default_timeout=900 ;; esac
