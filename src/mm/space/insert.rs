@@ -124,13 +124,28 @@ impl<C: PageCounter, M: TableMapper, A: TableAllocator, T: TlbFlush, F: Format>
             // 512 by the choice of `batch_end`.
             let first = pte::index(va, 1);
             let batch_end = pages.len().min(done + 512 - first);
+            let batch = &pages[done..batch_end];
+            // The entries this batch writes, checked once (a check and a
+            // count per entry made the loop a third dearer).
+            let run = pt.run(first, batch.len());
             let mut error = None;
-            for (k, page) in pages[done..batch_end].iter().enumerate() {
-                if let Err(e) = self.insert_into_pte(pt, first + k, page.frame(), leaf) {
-                    error = Some(fail(done + k, e));
+            let mut written = 0;
+            for (k, page) in batch.iter().enumerate() {
+                if !run.read(k).is_empty() {
+                    error = Some(fail(done + k, MmError::Busy));
                     break;
                 }
+                let frame = page.frame();
+                // SAFETY: the count is for the entry written just below; the
+                // zap that clears it gives it back.
+                if !unsafe { self.counter.try_map(frame) } {
+                    error = Some(fail(done + k, MmError::NotInsertable));
+                    break;
+                }
+                run.store(k, leaf.with(frame.start_address().as_u64()));
+                written += 1;
             }
+            self.entries_written += written;
             match error {
                 Some(error) => {
                     let failed_at = addr + error.inserted as u64 * PAGE_4K;

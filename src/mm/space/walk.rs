@@ -71,6 +71,21 @@ impl Table {
         unsafe { self.entries.add(index).read_volatile() }
     }
 
+    /// Entries `first .. first + len` of the table, checked once: the
+    /// accesses of a loop over them then need no check of their own.
+    #[inline]
+    pub(super) fn run(self, first: usize, len: usize) -> TableRun {
+        assert!(
+            first.checked_add(len).is_some_and(|end| end <= 512),
+            "a table has 512 entries"
+        );
+        TableRun {
+            // SAFETY: `first <= 512`, inside the table's 512 entries.
+            entries: unsafe { self.entries.add(first) },
+            len,
+        }
+    }
+
     /// Empties every entry of a table nothing links yet (not counted as
     /// entries written).
     pub(super) fn clear(self) {
@@ -86,6 +101,35 @@ impl Table {
         assert!(index < 512, "a table has 512 entries");
         // SAFETY: as for `read`.
         unsafe { self.entries.add(index).write_volatile(value) }
+    }
+}
+
+/// Consecutive entries of one [`Table`] ([`Table::run`]): what a batch of
+/// inserts writes, its bounds checked when it was made.
+#[derive(Clone, Copy)]
+pub(super) struct TableRun {
+    entries: *mut Pte,
+    len: usize,
+}
+
+impl TableRun {
+    /// Entry `k` of the run.
+    #[inline]
+    pub(super) fn read(self, k: usize) -> Pte {
+        assert!(k < self.len, "past the run");
+        // SAFETY: `Table::run` checked the run lies in the table, whose
+        // entries are valid for volatile reads and writes (`Table::read`);
+        // `k < len`.
+        unsafe { self.entries.add(k).read_volatile() }
+    }
+
+    /// Stores `value` in entry `k` of the run. Not counted: the caller adds
+    /// the entries it wrote to `entries_written` once.
+    #[inline]
+    pub(super) fn store(self, k: usize, value: Pte) {
+        assert!(k < self.len, "past the run");
+        // SAFETY: as for `read`.
+        unsafe { self.entries.add(k).write_volatile(value) }
     }
 }
 
