@@ -130,22 +130,22 @@ impl<C: PageCounter, M: TableMapper, A: TableAllocator, T: TlbFlush, F: Format>
             let run = pt.run(first, batch.len());
             let mut error = None;
             let mut written = 0;
-            for (k, page) in batch.iter().enumerate() {
-                if !run.read(k).is_empty() {
-                    error = Some(fail(done + k, MmError::Busy));
+            for (slot, page) in run.slots().zip(batch) {
+                if !slot.read().is_empty() {
+                    error = Some(fail(done + written, MmError::Busy));
                     break;
                 }
                 let frame = page.frame();
                 // SAFETY: the count is for the entry written just below; the
                 // zap that clears it gives it back.
                 if !unsafe { self.counter.try_map(frame) } {
-                    error = Some(fail(done + k, MmError::NotInsertable));
+                    error = Some(fail(done + written, MmError::NotInsertable));
                     break;
                 }
-                run.store(k, leaf.with(frame.start_address().as_u64()));
+                slot.store(leaf.with(frame.start_address().as_u64()));
                 written += 1;
             }
-            self.entries_written += written;
+            self.entries_written += written as u64;
             match error {
                 Some(error) => {
                     let failed_at = addr + error.inserted as u64 * PAGE_4K;

@@ -113,23 +113,35 @@ pub(super) struct TableRun {
 }
 
 impl TableRun {
-    /// Entry `k` of the run.
+    /// Its entries, in order.
     #[inline]
-    pub(super) fn read(self, k: usize) -> Pte {
-        assert!(k < self.len, "past the run");
-        // SAFETY: `Table::run` checked the run lies in the table, whose
-        // entries are valid for volatile reads and writes (`Table::read`);
+    pub(super) fn slots(self) -> impl Iterator<Item = Slot> {
+        // SAFETY: `Table::run` checked that the run lies in the table;
         // `k < len`.
-        unsafe { self.entries.add(k).read_volatile() }
+        (0..self.len).map(move |k| Slot(unsafe { self.entries.add(k) }))
+    }
+}
+
+/// One entry of a [`TableRun`], made only by [`TableRun::slots`]: inside
+/// its table, so its accesses need no check.
+#[derive(Clone, Copy)]
+pub(super) struct Slot(*mut Pte);
+
+impl Slot {
+    /// The entry.
+    #[inline]
+    pub(super) fn read(self) -> Pte {
+        // SAFETY: a slot of a checked run, in a table whose entries are
+        // valid for volatile reads and writes (`Table::read`).
+        unsafe { self.0.read_volatile() }
     }
 
-    /// Stores `value` in entry `k` of the run. Not counted: the caller adds
-    /// the entries it wrote to `entries_written` once.
+    /// Stores `value`. Not counted: the caller adds the entries it wrote to
+    /// `entries_written` once.
     #[inline]
-    pub(super) fn store(self, k: usize, value: Pte) {
-        assert!(k < self.len, "past the run");
+    pub(super) fn store(self, value: Pte) {
         // SAFETY: as for `read`.
-        unsafe { self.entries.add(k).write_volatile(value) }
+        unsafe { self.0.write_volatile(value) }
     }
 }
 
