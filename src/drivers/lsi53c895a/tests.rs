@@ -805,3 +805,42 @@ fn a_batch_across_the_cookie_wrap_completes_under_its_cookies() {
     }
     assert_eq!(chan.engine().device().take_moves().len(), 4);
 }
+
+/// Batches around the ring's capacity, with and without an interrupt at
+/// the end (the general path, whose run of copies `push_copies` writes
+/// before the last request may be refused): a refusal is rewound whole.
+#[test]
+fn a_batch_refused_near_the_ring_capacity_leaves_no_trace() {
+    let src = Dma::<FakeHal32>::new(64).unwrap();
+    let dst = Dma::<FakeHal32>::new(64 * 2).unwrap();
+    let cap = (super::ring::RING_WORDS / super::script::MOVE_WORDS) as usize;
+    let (mut accepted, mut refused) = (0, 0);
+    for n in cap - 40..cap + 4 {
+        for flags in [PrepFlags::empty(), PrepFlags::INTERRUPT] {
+            let ops: Vec<Op> = (0..n)
+                .map(|_| Op::Copy {
+                    dst: dst.paddr(),
+                    src: src.paddr(),
+                    len: 64,
+                })
+                .collect();
+            let mut chan = chan();
+            let mark = format!("{:?}", chan.engine().mark());
+            // SAFETY: the test's buffers.
+            if unsafe { chan.prep_batch(&ops, flags) }.is_ok() {
+                accepted += 1;
+                continue;
+            }
+            refused += 1;
+            assert_eq!(format!("{:?}", chan.engine().mark()), mark, "n = {n}");
+            // SAFETY: the test's buffers.
+            let next =
+                unsafe { chan.prep_copy(dst.paddr() + 64, src.paddr(), 64, PrepFlags::empty()) }
+                    .unwrap();
+            assert_eq!(next, Cookie::FIRST, "n = {n}");
+            chan.issue_pending();
+            assert_eq!(drive(&mut chan, next, 100), Status::Complete, "n = {n}");
+        }
+    }
+    assert!(accepted > 0 && refused > 0, "the boundary was crossed");
+}
