@@ -745,3 +745,102 @@ proptest! {
         prop_assert_eq!(moves.len(), 1, "the chip ran only the request after the refusal");
     }
 }
+
+/// A batch of good copies longer than the ring holds is refused whole
+/// (`RingFull`): nothing claimed, no cookie consumed, the channel still
+/// takes and runs the next request.
+#[test]
+fn a_batch_longer_than_the_ring_is_refused_whole() {
+    let src = Dma::<FakeHal32>::new(64).unwrap();
+    let dst = Dma::<FakeHal32>::new(64 * 2).unwrap();
+    let n = (super::ring::RING_WORDS / super::script::MOVE_WORDS) as usize + 8;
+    let ops: Vec<Op> = (0..n)
+        .map(|_| Op::Copy {
+            dst: dst.paddr(),
+            src: src.paddr(),
+            len: 64,
+        })
+        .collect();
+    let mut chan = chan();
+    let mark = format!("{:?}", chan.engine().mark());
+    // SAFETY: the test's buffers; refused, so never issued.
+    let batch = unsafe { chan.prep_batch(&ops, PrepFlags::empty()) };
+    assert_eq!(batch.map(|_| ()), Err(DmaError::RingFull));
+    assert_eq!(format!("{:?}", chan.engine().mark()), mark);
+    // SAFETY: the test's buffers.
+    let next =
+        unsafe { chan.prep_copy(dst.paddr() + 64, src.paddr(), 64, PrepFlags::empty()) }.unwrap();
+    assert_eq!(next, Cookie::FIRST);
+    chan.issue_pending();
+    assert_eq!(drive(&mut chan, next, 100), Status::Complete);
+    assert_eq!(chan.engine().device().take_moves().len(), 1);
+}
+
+/// A batch across the cookies' wrap takes the general path and every
+/// request completes under its own cookie.
+#[test]
+fn a_batch_across_the_cookie_wrap_completes_under_its_cookies() {
+    let src = Dma::<FakeHal32>::new(64).unwrap();
+    let dst = Dma::<FakeHal32>::new(64 * 4).unwrap();
+    let ops: Vec<Op> = (0..4u64)
+        .map(|k| Op::Copy {
+            dst: dst.paddr() + 64 * k,
+            src: src.paddr(),
+            len: 64,
+        })
+        .collect();
+    let mut chan = chan();
+    chan.set_next_cookie(Cookie::new(i32::MAX - 1).unwrap())
+        .unwrap();
+    // SAFETY: the test's buffers.
+    let b = unsafe { chan.prep_batch(&ops, PrepFlags::empty()) }.unwrap();
+    assert_eq!((b.first.get(), b.last.get()), (i32::MAX - 1, 2));
+    chan.issue_pending();
+    assert_eq!(drive(&mut chan, b.last, 200), Status::Complete);
+    for c in [i32::MAX - 1, i32::MAX, 1, 2] {
+        assert_eq!(
+            chan.status(Cookie::new(c).unwrap()).status,
+            Status::Complete
+        );
+    }
+    assert_eq!(chan.engine().device().take_moves().len(), 4);
+}
+
+/// Batches around the ring's capacity, with and without an interrupt at
+/// the end (the general path, whose run of copies `push_copies` writes
+/// before the last request may be refused): a refusal is rewound whole.
+#[test]
+fn a_batch_refused_near_the_ring_capacity_leaves_no_trace() {
+    let src = Dma::<FakeHal32>::new(64).unwrap();
+    let dst = Dma::<FakeHal32>::new(64 * 2).unwrap();
+    let cap = (super::ring::RING_WORDS / super::script::MOVE_WORDS) as usize;
+    let (mut accepted, mut refused) = (0, 0);
+    for n in cap - 40..cap + 4 {
+        for flags in [PrepFlags::empty(), PrepFlags::INTERRUPT] {
+            let ops: Vec<Op> = (0..n)
+                .map(|_| Op::Copy {
+                    dst: dst.paddr(),
+                    src: src.paddr(),
+                    len: 64,
+                })
+                .collect();
+            let mut chan = chan();
+            let mark = format!("{:?}", chan.engine().mark());
+            // SAFETY: the test's buffers.
+            if unsafe { chan.prep_batch(&ops, flags) }.is_ok() {
+                accepted += 1;
+                continue;
+            }
+            refused += 1;
+            assert_eq!(format!("{:?}", chan.engine().mark()), mark, "n = {n}");
+            // SAFETY: the test's buffers.
+            let next =
+                unsafe { chan.prep_copy(dst.paddr() + 64, src.paddr(), 64, PrepFlags::empty()) }
+                    .unwrap();
+            assert_eq!(next, Cookie::FIRST, "n = {n}");
+            chan.issue_pending();
+            assert_eq!(drive(&mut chan, next, 100), Status::Complete, "n = {n}");
+        }
+    }
+    assert!(accepted > 0 && refused > 0, "the boundary was crossed");
+}
