@@ -174,7 +174,7 @@ extern "C" fn kernel_main(start_info: u32) -> ! {
         rng::seed()
     );
     let code = match mode {
-        "demo" => demo::run(),
+        "demo" => demo::run(platform),
         #[cfg(feature = "rig")]
         "test" => harness::run(&tests::all(), filter),
         #[cfg(feature = "rig")]

@@ -8,17 +8,16 @@ use crate::mem::{PAGE_SIZE, frames, heap};
 use crate::mm::{bytes_to_pages, fr, npages, pg};
 use crate::pvh::E820_RAM;
 use crate::recover::{Caught, catch};
-use crate::{devices, dma, irq, platform, println, time, trap};
+use crate::{Platform, devices, dma, irq, println, time, trap};
 
 /// Prints the report.
-pub fn run() -> ExitCode {
+pub fn run(p: &Platform) -> ExitCode {
     // Measured first, while no channel holds the chip; the copy-break
     // section below routes copies by it.
     match dma::copy_break() {
         Some(policy) => println!("copy-break: {} bytes (measured)", policy.threshold()),
         None => println!("copy-break: not measured (no LSI53C895A)"),
     }
-    let p = platform();
     println!();
     println!("== memory");
     let ram: u64 = p
@@ -85,7 +84,7 @@ pub fn run() -> ExitCode {
         trap::EXCEPTIONS.load(core::sync::atomic::Ordering::Relaxed)
     );
     dma_section();
-    mm_section();
+    mm_section(p.nx);
     concurrency_section();
     user_section();
     stray_dma_section();
@@ -414,13 +413,13 @@ fn copy_break_section(lsi: &mut dma::LsiChannel) {
 
 /// Pages inserted into a user address space and the edu BAR remapped into
 /// it, read through the MMU.
-fn mm_section() {
+fn mm_section(nx: bool) {
     use dmaengine::mm::pte::{CacheMode, PAGE_4K};
     use dmaengine::mm::vma::{PageProt, VmFlags};
 
     println!("== page-table insertion");
     let db = crate::mm::db();
-    let Ok(mut space) = crate::mm::new_space(platform().nx) else {
+    let Ok(mut space) = crate::mm::new_space(nx) else {
         println!("  no address space");
         return;
     };
