@@ -750,6 +750,10 @@ proptest! {
 /// (`RingFull`): nothing claimed, no cookie consumed, the channel still
 /// takes and runs the next request.
 #[test]
+#[cfg_attr(
+    miri,
+    ignore = "thousands of copies: minutes under Miri; the ring's unsafe core runs there in its own tests"
+)]
 fn a_batch_longer_than_the_ring_is_refused_whole() {
     let src = Dma::<FakeHal32>::new(64).unwrap();
     let dst = Dma::<FakeHal32>::new(64 * 2).unwrap();
@@ -810,6 +814,10 @@ fn a_batch_across_the_cookie_wrap_completes_under_its_cookies() {
 /// the end (the general path, whose run of copies `push_copies` writes
 /// before the last request may be refused): a refusal is rewound whole.
 #[test]
+#[cfg_attr(
+    miri,
+    ignore = "thousands of copies: minutes under Miri; the ring's unsafe core runs there in its own tests"
+)]
 fn a_batch_refused_near_the_ring_capacity_leaves_no_trace() {
     let src = Dma::<FakeHal32>::new(64).unwrap();
     let dst = Dma::<FakeHal32>::new(64 * 2).unwrap();
