@@ -428,6 +428,16 @@ impl<'a> FrameDb<'a> {
             && info.add_if_referenced(REF + MAP)
     }
 
+    /// [`FrameDb::try_map`] for each page in order, stopping at the first
+    /// refused; how many were counted. A separate function so that the
+    /// database's fields are read once, not again after each atomic add.
+    fn try_map_pages(&self, pages: &[PageRef<'_>]) -> usize {
+        pages
+            .iter()
+            .take_while(|page| self.try_map(page.frame()))
+            .count()
+    }
+
     /// Records one mapping fewer, freeing the page with its last reference.
     #[inline]
     fn unmap(&self, frame: PhysFrame) {
@@ -463,6 +473,11 @@ unsafe impl<'a> PageCounter for &'a FrameDb<'a> {
     #[inline]
     unsafe fn try_map(&self, frame: PhysFrame) -> bool {
         FrameDb::try_map(self, frame)
+    }
+
+    #[inline]
+    unsafe fn try_map_pages(&self, pages: &[PageRef<'a>]) -> usize {
+        FrameDb::try_map_pages(self, pages)
     }
 
     #[inline]

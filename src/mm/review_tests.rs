@@ -8,7 +8,7 @@ use super::MmError;
 use super::frame::{FrameDb, PageRef};
 use super::pte::{PAGE_2M, PAGE_4K, PageProt};
 use super::space::AddressSpace;
-use super::testing::{BASE, COW, Memory, Tlb, fr, mapper, npages, pg, table_frames, va};
+use super::testing::{BASE, COW, Memory, Tlb, counts, fr, mapper, npages, pg, table_frames, va};
 use super::traits::PageCounter;
 use x86_64::structures::paging::PhysFrame;
 
@@ -386,4 +386,108 @@ fn a_kernel_slot_under_an_area_is_not_shared() {
     assert!(before.is_empty() && space.user_leaves().next().is_none());
     drop(space);
     assert_eq!(db.free_frames(), db.len() - 1, "all but the held page");
+}
+
+/// The database's counter, except that it refuses the frames in `refused`.
+struct RefusingSome<'a> {
+    db: &'a FrameDb<'a>,
+    refused: Vec<u64>,
+}
+
+// SAFETY: every answer is the database's, except that `try_map` may say
+// no, which the contract always allows.
+unsafe impl<'a> PageCounter for RefusingSome<'a> {
+    type Page = PageRef<'a>;
+
+    unsafe fn try_map(&self, frame: PhysFrame) -> bool {
+        // SAFETY: the caller's contract, passed on.
+        !self
+            .refused
+            .contains(&(frame.start_address().as_u64() / PAGE_4K))
+            && unsafe { PageCounter::try_map(&self.db, frame) }
+    }
+
+    unsafe fn unmap(&self, frame: PhysFrame) {
+        // SAFETY: the caller's contract, passed on.
+        unsafe { PageCounter::unmap(&self.db, frame) }
+    }
+
+    fn covers(&self, frame: PhysFrame) -> bool {
+        PageCounter::covers(&self.db, frame)
+    }
+
+    fn only_mapping(&self, frame: PhysFrame) -> bool {
+        PageCounter::only_mapping(&self.db, frame)
+    }
+
+    fn get(&self, frame: PhysFrame) -> Option<PageRef<'a>> {
+        PageCounter::get(&self.db, frame)
+    }
+
+    fn alloc_page(&self) -> Option<PageRef<'a>> {
+        PageCounter::alloc_page(&self.db)
+    }
+}
+
+/// `insert_pages` checks the entries, counts the pages and stores the
+/// entries in separate passes over each page table's part. Whichever of a
+/// taken entry and a refused page comes first is the error, at its index;
+/// the pages before it are mapped and counted, the rest untouched, and the
+/// second page table is left as it was found (pruned if it was new).
+#[test]
+fn insert_pages_stops_at_the_first_taken_entry_or_refused_page() {
+    use super::space::PartialInsert;
+    // 10 pages across a page-table boundary: 4 before it, 6 after.
+    let start = BASE + PAGE_2M - 4 * PAGE_4K;
+    // (taken entry, refused page, expected stop)
+    let cases = [
+        (7, 3, (3, MmError::NotInsertable)),
+        (2, 5, (2, MmError::Busy)),
+        (9, 6, (6, MmError::NotInsertable)),
+        (5, 8, (5, MmError::Busy)),
+        (1, 1, (1, MmError::Busy)),
+    ];
+    for (taken, refused, (stop, error)) in cases {
+        let mem = Memory::new(64);
+        let db = mem.db();
+        let pages: Vec<PageRef<'_>> = (0..10).map(|_| db.alloc_page().unwrap()).collect();
+        let blocker = db.alloc_page().unwrap();
+        let counter = RefusingSome {
+            db: &db,
+            refused: vec![pages[refused].pfn()],
+        };
+        let mut space = AddressSpace::new(counter, mapper(), &db, Tlb::default(), true).unwrap();
+        let v = space
+            .map_vma(pg(start), npages(start, start + 10 * PAGE_4K), COW)
+            .unwrap();
+        let at = start + taken as u64 * PAGE_4K;
+        space.insert_page(v, pg(at), &blocker).unwrap();
+        let tables = table_frames(&db);
+        assert_eq!(
+            space.insert_pages(v, pg(start), &pages),
+            Err(PartialInsert {
+                inserted: stop,
+                error
+            }),
+            "taken {taken}, refused {refused}"
+        );
+        for (i, page) in pages.iter().enumerate() {
+            let va_i = start + i as u64 * PAGE_4K;
+            let mapped = space.translate(va(va_i)).map(|l| l.phys().as_u64());
+            if i < stop {
+                assert_eq!(counts(&db, page.pfn()), (2, 1), "page {i}");
+                assert_eq!(mapped, Some(page.phys().as_u64()), "page {i}");
+            } else {
+                assert_eq!(counts(&db, page.pfn()), (1, 0), "page {i}");
+                let want = (i == taken).then(|| blocker.phys().as_u64());
+                assert_eq!(mapped, want, "page {i}");
+            }
+        }
+        // The page table the blocker is not in stays only if an entry
+        // went into it (the first 4 pages are in one, the rest in the next).
+        let other_kept = if taken < 4 { stop > 4 } else { stop > 0 };
+        assert_eq!(table_frames(&db), tables + usize::from(other_kept));
+        drop(space);
+        assert_eq!(db.free_frames(), db.len() - 11, "only the held pages");
+    }
 }

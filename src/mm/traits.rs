@@ -303,6 +303,28 @@ pub unsafe trait PageCounter {
     /// [`unmap`]: PageCounter::unmap
     unsafe fn try_map(&self, frame: PhysFrame) -> bool;
 
+    /// Counts the pages of `pages` in order as [`try_map`] does, stopping
+    /// at the first it refuses; returns how many it counted (at most
+    /// `pages.len()`). `insert_pages` calls it once per page table. The
+    /// default calls `try_map` for each; a counter whose lookup has state
+    /// to set up once (a table base, a run of memory) may do it in one
+    /// pass.
+    ///
+    /// # Safety
+    /// As [`try_map`]'s, for each page counted: the caller writes one
+    /// entry for each of the first `n` pages (`n` returned), and gives
+    /// each count back with one [`unmap`].
+    ///
+    /// [`try_map`]: PageCounter::try_map
+    /// [`unmap`]: PageCounter::unmap
+    unsafe fn try_map_pages(&self, pages: &[Self::Page]) -> usize {
+        pages
+            .iter()
+            // SAFETY: the caller's contract, page by page.
+            .take_while(|page| unsafe { self.try_map(page.frame()) })
+            .count()
+    }
+
     /// Gives back one reference and one map count; the page is freed with
     /// its last reference.
     ///

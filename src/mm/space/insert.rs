@@ -125,26 +125,32 @@ impl<C: PageCounter, M: TableMapper, A: TableAllocator, T: TlbFlush, F: Format>
             let first = pte::index(va, 1);
             let batch_end = pages.len().min(done + 512 - first);
             let batch = &pages[done..batch_end];
-            // The entries this batch writes, checked once (a check and a
-            // count per entry made the loop a third dearer).
+            // Three passes over the batch, each a tight loop (one pass
+            // doing all three kept the counter's fields and the error in
+            // memory, a fifth dearer per page): the entries free up to the
+            // first taken one, the pages the counter counts among those,
+            // and the stores. Nothing else writes this space's tables
+            // meanwhile (`&mut self`), and the MMU writes only live
+            // entries, so the entries found free stay free.
             let run = pt.run(first, batch.len());
-            let mut error = None;
-            let mut written = 0;
-            for (slot, page) in run.slots().zip(batch) {
-                if !slot.read().is_empty() {
-                    error = Some(fail(done + written, MmError::Busy));
-                    break;
-                }
-                let frame = page.frame();
-                // SAFETY: the count is for the entry written just below; the
-                // zap that clears it gives it back.
-                if !unsafe { self.counter.try_map(frame) } {
-                    error = Some(fail(done + written, MmError::NotInsertable));
-                    break;
-                }
-                slot.store(leaf.with(frame.start_address().as_u64()));
-                written += 1;
+            let free = run
+                .slots()
+                .take_while(|slot| slot.read().is_empty())
+                .count();
+            // SAFETY: each page counted gets its entry in the loop below;
+            // the zap that clears it gives the count back.
+            let counted = unsafe { self.counter.try_map_pages(&batch[..free]) };
+            let written = counted.min(free);
+            for (slot, page) in run.slots().zip(&batch[..written]) {
+                slot.store(leaf.with(page.frame().start_address().as_u64()));
             }
+            let error = if written < free {
+                Some(fail(done + written, MmError::NotInsertable))
+            } else if free < batch.len() {
+                Some(fail(done + written, MmError::Busy))
+            } else {
+                None
+            };
             self.entries_written += written as u64;
             match error {
                 Some(error) => {
