@@ -11,7 +11,7 @@ use crate::recover::{Caught, catch};
 use crate::{Platform, devices, dma, irq, println, time, trap};
 
 /// Prints the report.
-pub fn run(p: &Platform) -> ExitCode {
+pub fn run(p: &'static Platform) -> ExitCode {
     // Measured first, while no channel holds the chip; the copy-break
     // section below routes copies by it.
     match dma::copy_break() {
@@ -86,8 +86,8 @@ pub fn run(p: &Platform) -> ExitCode {
     dma_section();
     mm_section(p.nx);
     concurrency_section();
-    user_section();
-    stray_dma_section();
+    user_section(p);
+    stray_dma_section(p);
     println!();
     println!("demo done");
     ExitCode::Success
@@ -95,7 +95,7 @@ pub fn run(p: &Platform) -> ExitCode {
 
 /// A ring-3 driver aims its chip at the kernel's first page, which its
 /// domain does not map: the IOMMU drops the write and records the fault.
-fn stray_dma_section() {
+fn stray_dma_section(p: &'static Platform) {
     use crate::user::{self, Exit};
 
     const KERNEL_PAGE: u64 = 0x10_0000;
@@ -105,7 +105,7 @@ fn stray_dma_section() {
     let page =
         || unsafe { core::slice::from_raw_parts(crate::mem::phys_to_virt(KERNEL_PAGE), 4096) };
     let before = page().to_vec();
-    match user::run(user::rogue_driver(), false) {
+    match user::run(p, user::rogue_driver(), false) {
         Ok(outcome) if outcome.granted => {
             let faults = outcome
                 .dma_faults
@@ -492,18 +492,18 @@ fn mm_section(nx: bool) {
 
 /// A ring-3 process that maps pages, has the LSI53C895A copy into them and
 /// reads a device through its own mapping; then one that faults.
-fn user_section() {
+fn user_section(p: &'static Platform) {
     use crate::user::{self, Exit};
 
     println!("== ring-3 processes");
-    match user::run(user::story(), true) {
+    match user::run(p, user::story(), true) {
         Ok(outcome) => match outcome.exit {
             Exit::Code(0) => println!("  the process exited 0: every check it made held"),
             other => println!("  the process ended with {other:?}"),
         },
         Err(e) => println!("  could not build the process: {e}"),
     }
-    match user::run(user::faulting(), false).map(|o| o.exit) {
+    match user::run(p, user::faulting(), false).map(|o| o.exit) {
         Ok(Exit::Killed(fault)) => println!(
             "  a process reading an unmapped address was ended: {fault}; the kernel goes on"
         ),

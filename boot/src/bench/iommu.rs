@@ -127,7 +127,8 @@ fn user_driver_vs_kernel() {
     let copies = crate::user::BENCH_DRIVER_COPIES;
     let (mut user_runs, mut kernel_runs) = (Vec::new(), Vec::new());
     for _ in 0..3 {
-        let Ok(outcome) = crate::user::run(crate::user::bench_driver(), false) else {
+        let Ok(outcome) = crate::user::run(crate::platform(), crate::user::bench_driver(), false)
+        else {
             return;
         };
         match outcome.exit {

@@ -1,10 +1,8 @@
 //! Reaching the emulated devices: PCI lookup and MMIO windows over BARs.
 
-use core::ptr::NonNull;
-
 use dmaengine::mmio::{MmioRegion, PortRegion};
 
-use crate::mem::{DIRECT_MAP_SIZE, phys_to_virt};
+use crate::mem::device_window;
 use crate::pci;
 
 /// The PCI functions the kernel found, handed over at boot ([`init`]).
@@ -45,15 +43,14 @@ pub fn map_io_bar(dev: &pci::Device, slot: usize, len: u16) -> Option<PortRegion
 /// An MMIO window over memory BAR `slot` of `dev`.
 ///
 /// The direct map covers the PCI hole below 4 GiB uncached (see
-/// `mem::paging`), so a BAR there needs no new mapping.
+/// `mem::paging`), so a BAR there needs no new mapping; a BAR anywhere
+/// else (above 4 GiB, or sharing a 2 MiB page with RAM) gets no window.
 pub fn map_bar(dev: &pci::Device, slot: usize) -> Option<MmioRegion> {
     let (pa, len) = dev.mem_bar(slot)?;
-    if pa == 0 || pa + len > DIRECT_MAP_SIZE {
-        return None;
-    }
-    let base = NonNull::new(phys_to_virt(pa))?;
+    let base = device_window(pa, len)?;
     // SAFETY: the BAR is assigned device memory (firmware programmed it and
     // memory decoding is on), mapped uncached by the direct map for the
-    // kernel's life, and the kernel never makes references into it.
+    // kernel's life (`device_window`), and the kernel never makes
+    // references into it.
     Some(unsafe { MmioRegion::new(base, len as usize) })
 }

@@ -3,7 +3,6 @@
 //! database, one user at a time.
 
 use core::ops::Deref;
-use core::ptr::NonNull;
 use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
 
 use dmaengine::iommu::dmar::Dmar;
@@ -12,7 +11,7 @@ use dmaengine::mm::frame::FrameDb;
 use dmaengine::mm::traits::OffsetMapper;
 use dmaengine::mmio::MmioRegion;
 
-use crate::mem::phys_to_virt;
+use crate::mem::device_window;
 use crate::mm::{db, mapper};
 use crate::{acpi, irq, pci};
 
@@ -86,12 +85,13 @@ pub fn released() {
 /// Takes over the unit.
 pub fn take() -> Result<Exclusive, &'static str> {
     let base = base().ok_or("no DMA-remapping unit in the ACPI DMAR table")?;
+    let window = device_window(base, regs::MMIO_SIZE as u64)
+        .ok_or("the DMAR's register page is not device memory the direct map maps uncached")?;
     if TAKEN.swap(true, Ordering::AcqRel) {
         return Err("the IOMMU is in use");
     }
-    let window = NonNull::new(phys_to_virt(base)).ok_or("null register window")?;
     // SAFETY: the DRHD's register page, device memory the direct map maps
-    // uncached; the kernel never makes references into it.
+    // uncached (`device_window`); the kernel never makes references into it.
     let regs = unsafe { MmioRegion::new(window, regs::MMIO_SIZE) };
     // SAFETY: the unit's own register window, programmed by nobody else
     // (TAKEN); queued invalidation is off since reset; tables come from the

@@ -12,7 +12,7 @@ use dmaengine::engine::{Channel, DmaError, PrepFlags};
 use dmaengine::hal::{Dma, DmaAddr, Hal, PAGE_SIZE};
 use dmaengine::mmio::{MmioRegion, PortRegion};
 
-use crate::mem::{frames, phys_to_virt};
+use crate::mem::{device_window, frames, phys_to_virt};
 use crate::time::Delay;
 use crate::{Platform, pci, println};
 
@@ -49,8 +49,8 @@ pub(super) fn lsi_channel<H: Hal>(devices: &[pci::Device]) -> Option<Channel<Lsi
     chip.enable(true, true, true);
     let (bar, len) = chip.mem_bar(regs::MMIO_BAR)?;
     // SAFETY: the chip's register BAR, mapped uncached by the direct map
-    // for good; nothing else drives the chip.
-    let window = unsafe { MmioRegion::new(NonNull::new(phys_to_virt(bar))?, len as usize) };
+    // for good (`device_window`); nothing else drives the chip.
+    let window = unsafe { MmioRegion::new(device_window(bar, len)?, len as usize) };
     // SAFETY: as above: the window is this chip's, driven by this engine.
     let mut engine = unsafe { Lsi53c895a::new(window) }.ok()?;
     if let Some(port) = chip.io_bar(regs::IO_BAR) {

@@ -5,7 +5,6 @@
 //! (`NoFree`: the unit and the domain keep their tables); the glue is what
 //! lies between the markers.
 
-use core::ptr::NonNull;
 use core::time::Duration;
 
 use dmaengine::drivers::lsi53c895a::{Lsi53c895a, regs};
@@ -21,7 +20,7 @@ use x86_64::VirtAddr;
 
 use super::dma::{Frames, lsi_channel};
 use super::mm::KernelFrames;
-use crate::mem::{PHYS_OFFSET, phys_to_virt};
+use crate::mem::{PHYS_OFFSET, device_window};
 use crate::time::Delay;
 use crate::{Platform, acpi, pci, println};
 
@@ -37,11 +36,11 @@ fn confined_lsi(dmar: &[u8], bus: &[pci::Device]) -> Option<Channel<Lsi53c895a<I
     let at = pci::find(bus, regs::VENDOR_ID, regs::DEVICE_ID)?.address;
     let lsi = SourceId::new(at.bus(), at.device(), at.function());
     let unit = Dmar::parse(dmar).ok()?.unit_for(0, lsi, |_, _, _| None)?;
-    let window = NonNull::new(phys_to_virt(unit.register_base))?;
+    let window = device_window(unit.register_base, MMIO_SIZE as u64)?;
     // SAFETY: the direct map maps all RAM at PHYS_OFFSET, for good.
     let mapper = unsafe { OffsetMapper::new(VirtAddr::new(PHYS_OFFSET)) };
     let tables = NoFree(KernelFrames);
-    // SAFETY: the unit's registers, mapped uncached by the direct map;
+    // SAFETY: the unit's registers, mapped uncached (`device_window`);
     // nothing but this `Iommu` programs the unit.
     let unit = unsafe { Iommu::new(MmioRegion::new(window, MMIO_SIZE), mapper, tables) };
     Kernel::unit().install(unit.ok()?).ok()?;

@@ -14,7 +14,7 @@
 
 use core::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
-use crate::mem::phys_to_virt;
+use crate::mem::{PAGE_SIZE, device_window};
 use crate::{time, trap};
 
 /// CPUs this kernel drives at most.
@@ -105,8 +105,14 @@ fn write(offset: usize, value: u32) {
 
 /// Finds the local APIC at `base` (physical), numbers the boot CPU 0 and
 /// enables its APIC, with LINT0 (the 8259's virtual wire) masked.
+///
+/// A base the direct map does not map as device memory is fatal: the
+/// kernel cannot take interrupts without it.
 pub fn init(base: u64) {
-    BASE.store(phys_to_virt(base) as u64, Ordering::Release);
+    let Some(window) = device_window(base, PAGE_SIZE) else {
+        panic!("the MADT's local APIC base {base:#x} is not device memory");
+    };
+    BASE.store(window.as_ptr() as u64, Ordering::Release);
     IDS[0].store(id() as usize + 1, Ordering::Release);
     trap::register(SPURIOUS_VECTOR, on_spurious);
     trap::register(TIMER_VECTOR, on_timer);

@@ -13,7 +13,7 @@ use alloc::vec::Vec;
 use spin::Mutex;
 
 use crate::acpi::IoApicEntry;
-use crate::mem::phys_to_virt;
+use crate::mem::{PAGE_SIZE, device_window};
 
 /// IOREGSEL: the index of the register IOWIN reaches.
 const IOREGSEL: usize = 0x00;
@@ -75,8 +75,13 @@ static UNITS: Mutex<Vec<Unit>> = Mutex::new(Vec::new());
 pub fn init(entries: &[IoApicEntry]) {
     let mut units = UNITS.lock();
     for entry in entries {
+        // A unit the direct map does not map as device memory is left out:
+        // its pins stay unrouted.
+        let Some(window) = device_window(entry.address, PAGE_SIZE) else {
+            continue;
+        };
         let unit = Unit {
-            base: phys_to_virt(entry.address) as usize,
+            base: window.as_ptr() as usize,
             gsi_base: entry.gsi_base,
             pins: 0,
         };

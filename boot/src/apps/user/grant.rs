@@ -63,7 +63,7 @@ impl Process {
         // The page must hold this BAR alone: mapping it must not hand the
         // process another device's registers.
         let page = bar & !(PAGE_4K - 1);
-        let shared = platform().pci.iter().any(|d| {
+        let shared = self.platform.pci.iter().any(|d| {
             (0..6).any(|slot| {
                 d.mem_bar(slot).is_some_and(|(at, len)| {
                     (at, len) != (bar, size) && at < page + PAGE_4K && page < at + len

@@ -68,7 +68,7 @@ use crate::dma::{LSI, LsiChannel};
 use crate::mm::{Space, bytes_to_pages, db, fr, mapper, new_space, npages, pg, va, with_loaded};
 use crate::recover::{self, Caught, Fault};
 use crate::trap::TrapFrame;
-use crate::{devices, gdt, mem, platform, print, time};
+use crate::{Platform, devices, gdt, mem, print, time};
 
 /// Where a process's code is loaded (PML4 slot 1; slot 0 is the kernel).
 pub const CODE: u64 = (1 << 39) + (4 << 20);
@@ -172,6 +172,9 @@ pub struct Outcome {
 pub type Call = [u64; 4];
 
 struct Process {
+    /// The machine it runs on: its PCI devices are what `grant_lsi` may
+    /// hand out.
+    platform: &'static Platform,
     space: Space,
     data: PageRef<'static>,
     /// The script's page and its results page, for `run_script`.
@@ -227,8 +230,13 @@ unsafe extern "C" {
     fn enter_user(rip: u64, rsp: u64, cs: u64, ss: u64) -> !;
 }
 
-fn build(program: &[u8], echo: bool, calls: Option<&[Call]>) -> Result<Process, MmError> {
-    let mut space = new_space(platform().nx)?;
+fn build(
+    platform: &'static Platform,
+    program: &[u8],
+    echo: bool,
+    calls: Option<&[Call]>,
+) -> Result<Process, MmError> {
+    let mut space = new_space(platform.nx)?;
     let code_pages = (program.len() as u64).div_ceil(PAGE_4K).max(1);
     let code = space.map_vma(
         pg(CODE),
@@ -304,6 +312,7 @@ fn build(program: &[u8], echo: bool, calls: Option<&[Call]>) -> Result<Process, 
         None => None,
     };
     Ok(Process {
+        platform,
         space,
         data,
         script,
@@ -330,18 +339,23 @@ fn zeroed_page() -> Result<PageRef<'static>, MmError> {
 /// Runs `program` (position-independent machine code, entered at its first
 /// byte) in ring 3 until it ends. With `echo`, its writes go to the console
 /// as well.
-pub fn run(program: &[u8], echo: bool) -> Result<Outcome, MmError> {
-    run_process(build(program, echo, None)?)
+pub fn run(platform: &'static Platform, program: &[u8], echo: bool) -> Result<Outcome, MmError> {
+    run_process(build(platform, program, echo, None)?)
 }
 
 /// Runs a process that makes the system calls `calls` in turn (with any
 /// numbers at all: this is how bad input is thrown at the kernel), records
 /// each result in [`Outcome::results`], and exits 0.
-pub fn run_script(calls: &[Call]) -> Result<Outcome, MmError> {
+pub fn run_script(platform: &'static Platform, calls: &[Call]) -> Result<Outcome, MmError> {
     if calls.len() > MAX_SCRIPT_CALLS {
         return Err(MmError::OutOfRange);
     }
-    let mut outcome = run_process(build(programs::script_runner(), false, Some(calls))?)?;
+    let mut outcome = run_process(build(
+        platform,
+        programs::script_runner(),
+        false,
+        Some(calls),
+    )?)?;
     outcome.results.truncate(calls.len());
     Ok(outcome)
 }

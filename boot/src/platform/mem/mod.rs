@@ -19,6 +19,19 @@ pub fn phys_to_virt(pa: u64) -> *mut u8 {
     (PHYS_OFFSET + pa) as *mut u8
 }
 
+/// The direct-map address of the `len` bytes of device memory at `pa`, if
+/// the direct map maps all of them uncached: none of the 2 MiB pages they
+/// lie in holds RAM (`paging::init` made exactly those uncached). A range
+/// that wraps, starts at 0, is empty or reaches past the direct map is
+/// refused too, whoever asked for it (a BAR, an ACPI table's register base).
+pub fn device_window(pa: u64, len: u64) -> Option<core::ptr::NonNull<u8>> {
+    let end = pa.checked_add(len)?;
+    if pa == 0 || len == 0 || end > DIRECT_MAP_SIZE || !paging::uncached(pa, end) {
+        return None;
+    }
+    core::ptr::NonNull::new(phys_to_virt(pa))
+}
+
 unsafe extern "C" {
     static __kernel_start: u8;
     static __kernel_end: u8;

@@ -2,6 +2,8 @@
 //! in the direct map becomes uncached, page 0 of the identity map is removed
 //! (a null dereference faults) and EFER.NXE is turned on when supported.
 
+use core::sync::atomic::{AtomicU64, Ordering};
+
 use x86_64::PhysAddr;
 use x86_64::registers::control::{Cr3, Cr3Flags};
 use x86_64::registers::model_specific::{Efer, EferFlags};
@@ -15,6 +17,21 @@ use crate::pvh::{BootInfo, E820_RAM};
 const DIRECT_MAP_SLOT: usize = 256;
 /// Size of a 2 MiB page.
 const HUGE: u64 = 2 << 20;
+
+/// One bit per 2 MiB page of the direct map: set when `init` made it
+/// uncached (it holds no RAM).
+static UNCACHED: [AtomicU64; CHUNKS / 64] = [const { AtomicU64::new(0) }; CHUNKS / 64];
+/// 2 MiB pages in the direct map.
+const CHUNKS: usize = (super::DIRECT_MAP_SIZE / HUGE) as usize;
+
+/// Whether the direct map maps every byte of `start..end` uncached
+/// (`start < end <= DIRECT_MAP_SIZE`).
+pub fn uncached(start: u64, end: u64) -> bool {
+    (start / HUGE..end.div_ceil(HUGE)).all(|chunk| {
+        let chunk = chunk as usize;
+        UNCACHED[chunk / 64].load(Ordering::Acquire) & (1 << (chunk % 64)) != 0
+    })
+}
 
 /// A page table reached through the direct map.
 ///
@@ -166,6 +183,8 @@ pub fn init(info: &BootInfo) -> Result<bool, frames::FrameError> {
                         flags |= F::NO_EXECUTE;
                     }
                     entry.set_addr(PhysAddr::new(pa), flags);
+                    let chunk = g * 512 + i;
+                    UNCACHED[chunk / 64].fetch_or(1 << (chunk % 64), Ordering::Release);
                 }
             }
         }

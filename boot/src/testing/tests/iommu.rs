@@ -404,7 +404,7 @@ fn grant_calls_refuse_bad_input() {
     ];
     let free = db().free_frames();
     let calls: alloc::vec::Vec<[u64; 4]> = rows.iter().map(|row| row.1).collect();
-    let outcome = crate::user::run_script(&calls).expect("the process");
+    let outcome = crate::user::run_script(crate::platform(), &calls).expect("the process");
     assert!(
         matches!(outcome.exit, crate::user::Exit::Code(0)),
         "{:?}",
@@ -423,7 +423,7 @@ fn grant_calls_refuse_bad_input() {
 /// process's pages freed), the unit and the chip free for the next user.
 fn run_driver(program: &[u8]) -> crate::user::Outcome {
     let free = db().free_frames();
-    let outcome = crate::user::run(program, false).expect("the process");
+    let outcome = crate::user::run(crate::platform(), program, false).expect("the process");
     assert!(
         outcome.granted,
         "the process was given the chip: {:?}",

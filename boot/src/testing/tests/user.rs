@@ -48,16 +48,19 @@ const PAGE: u64 = 4096;
 fn failed_dma_copy_changes_nothing() {
     let free = db().free_frames();
     let heap = user::HEAP;
-    let outcome = user::run_script(&[
-        [MAP_PAGES, 3, 0, 0],
-        // Bytes worth noticing after the page boundary: the script itself.
-        [DMA_COPY, heap + 4100, user::SCRIPT, 200],
-        // 96 bytes from page 1 into page 0 (fine), then 104 bytes whose
-        // sides overlap (refused): the whole call must do nothing.
-        [DMA_COPY, heap + 4000, heap + 4100, 200],
-        // A later copy that succeeds (and issues whatever is in the ring).
-        [DMA_COPY, heap + 2 * PAGE, user::SCRIPT, 16],
-    ])
+    let outcome = user::run_script(
+        crate::platform(),
+        &[
+            [MAP_PAGES, 3, 0, 0],
+            // Bytes worth noticing after the page boundary: the script itself.
+            [DMA_COPY, heap + 4100, user::SCRIPT, 200],
+            // 96 bytes from page 1 into page 0 (fine), then 104 bytes whose
+            // sides overlap (refused): the whole call must do nothing.
+            [DMA_COPY, heap + 4000, heap + 4100, 200],
+            // A later copy that succeeds (and issues whatever is in the ring).
+            [DMA_COPY, heap + 2 * PAGE, user::SCRIPT, 16],
+        ],
+    )
     .expect("process");
     assert!(matches!(outcome.exit, Exit::Code(0)), "{:?}", outcome.exit);
     assert_eq!(outcome.results, [heap as i64, 0, EINVAL, 0]);
@@ -204,7 +207,7 @@ fn bad_system_call_inputs() {
     // call moved the heap), the device maps, and the process exits.
     calls.push([MAP_PAGES, 1, 0, 0]);
     calls.push([MAP_DEVICE, 0, 0, 0]);
-    let outcome = user::run_script(&calls).expect("process");
+    let outcome = user::run_script(crate::platform(), &calls).expect("process");
     assert!(matches!(outcome.exit, Exit::Code(0)), "{:?}", outcome.exit);
     assert_eq!(outcome.results[0], user::HEAP as i64);
     for (row, &got) in MATRIX.iter().zip(&outcome.results[1..]) {
@@ -227,7 +230,7 @@ fn bad_system_call_inputs() {
 fn story() {
     let free = db().free_frames();
     let translated = user::TRANSLATED_COPIES.load(core::sync::atomic::Ordering::Relaxed);
-    let outcome = user::run(user::story(), false).expect("process");
+    let outcome = user::run(crate::platform(), user::story(), false).expect("process");
     if crate::iommu::base().is_some() {
         assert_eq!(
             user::TRANSLATED_COPIES.load(core::sync::atomic::Ordering::Relaxed),
@@ -255,7 +258,7 @@ fn story() {
 
 fn fault_ends_the_process() {
     let free = db().free_frames();
-    let outcome = user::run(user::faulting(), false).expect("process");
+    let outcome = user::run(crate::platform(), user::faulting(), false).expect("process");
     match outcome.exit {
         Exit::Killed(f) => {
             assert_eq!((f.vector, f.cr2), (14, 0x100_0000_0000));
@@ -265,12 +268,12 @@ fn fault_ends_the_process() {
     }
     assert_eq!(db().free_frames(), free);
     // The kernel is fine: the next process runs.
-    let again = user::run(user::story(), false).expect("process");
+    let again = user::run(crate::platform(), user::story(), false).expect("process");
     assert!(matches!(again.exit, Exit::Code(0)), "{:?}", again.exit);
 }
 
 fn privileged_instruction() {
-    let outcome = user::run(user::privileged(), false).expect("process");
+    let outcome = user::run(crate::platform(), user::privileged(), false).expect("process");
     assert!(
         matches!(outcome.exit, Exit::Killed(f) if f.vector == 13),
         "{:?}",
@@ -279,13 +282,13 @@ fn privileged_instruction() {
 }
 
 fn hung_process() {
-    let outcome = user::run(user::spinning(), false).expect("process");
+    let outcome = user::run(crate::platform(), user::spinning(), false).expect("process");
     assert!(matches!(outcome.exit, Exit::Hung), "{:?}", outcome.exit);
 }
 
 fn unmap_faults() {
     let free = db().free_frames();
-    let outcome = user::run(user::unmapping(), false).expect("process");
+    let outcome = user::run(crate::platform(), user::unmapping(), false).expect("process");
     match outcome.exit {
         Exit::Killed(f) => {
             assert_eq!(f.vector, 14, "{f}");
@@ -303,7 +306,7 @@ fn unmap_faults() {
 
 fn copy_on_write() {
     let free = db().free_frames();
-    let outcome = user::run(user::copy_on_write(), false).expect("process");
+    let outcome = user::run(crate::platform(), user::copy_on_write(), false).expect("process");
     assert!(matches!(outcome.exit, Exit::Code(0)), "{:?}", outcome.exit);
     assert_eq!(
         outcome.original_data_word,
@@ -316,6 +319,6 @@ fn copy_on_write() {
         "the copy was freed with the process"
     );
     // Without the fault path the write would end the process.
-    let story = user::run(user::story(), false).expect("process");
+    let story = user::run(crate::platform(), user::story(), false).expect("process");
     assert!(matches!(story.exit, Exit::Code(0)));
 }
