@@ -48,6 +48,41 @@ mod tests;
 
 use block::{ENTRY_BYTES, ENTRY_OFF, RING_OFF, SHADOW_OFF, STATUS_OFF};
 
+/// An entry: requests `last - count + 1 ..= last`, whose instructions
+/// end before ring word `end`. An entry of several requests is a run of
+/// plain copies ([`Ring::push_copies`]): one Memory Move each, the last
+/// `count * MOVE_WORDS` words before `end`, in order. Stored as two words:
+/// `last`, then `end | count << 16` (both below 2^16: `end` is a ring word,
+/// and a run fits in the ring).
+#[derive(Clone, Copy, Debug)]
+struct Entry {
+    last: i32,
+    end: u32,
+    count: u32,
+}
+
+const _: () = assert!(RING_WORDS < 1 << 16);
+
+impl Entry {
+    /// Its first request's cookie (a run never crosses the cookies' wrap).
+    fn first(self) -> i32 {
+        self.last - (self.count as i32 - 1)
+    }
+
+    /// The cookie of the request whose instructions include ring word
+    /// `word`, one of this entry's. Words before a run's moves (an
+    /// INTFLY the request before it left after its write-back) are its
+    /// first request's, as they are any request's.
+    fn owner_of(self, word: u32) -> i32 {
+        let moves_from = self.end.saturating_sub(self.count * MOVE_WORDS);
+        if self.count > 1 && (moves_from..self.end).contains(&word) {
+            self.last - ((self.end - 1 - word) / MOVE_WORDS) as i32
+        } else {
+            self.first()
+        }
+    }
+}
+
 /// A saved preparation point: what requests prepared after it changed.
 #[derive(Clone, Copy, Debug)]
 pub(super) struct RingMark {
@@ -100,9 +135,20 @@ impl<H: Hal> Ring<H> {
     #[inline(always)]
     fn write_words<const N: usize>(&mut self, word: u32, words: [u32; N]) {
         let block = self.block;
+        // SAFETY: the ring's block; `self` stays borrowed meanwhile.
+        unsafe { Self::write_words_in(&block, word, words) }
+    }
+
+    /// [`Ring::write_words`] through a copy of the block's address, which a
+    /// loop keeps in a register (see [`Ring::cell_of`]).
+    ///
+    /// # Safety
+    /// As for [`Ring::cell_of`].
+    #[inline(always)]
+    unsafe fn write_words_in<const N: usize>(block: &NonNull<u8>, word: u32, words: [u32; N]) {
         for i in (0..N).rev() {
-            // SAFETY: the ring's block; `self` stays borrowed meanwhile.
-            unsafe { Self::cell_of::<u32>(&block, RING_OFF + (word as usize + i) * 4) }
+            // SAFETY: the caller's contract.
+            unsafe { Self::cell_of::<u32>(block, RING_OFF + (word as usize + i) * 4) }
                 .write(words[i]);
         }
     }
@@ -141,22 +187,23 @@ impl<H: Hal> Ring<H> {
 
     /// The entry at `index` (taken modulo the array's length).
     #[inline(always)]
-    fn entry(&self, index: u32) -> (i32, u32) {
+    fn entry(&self, index: u32) -> Entry {
         let at = ENTRY_OFF + (index & (MAX_ENTRIES - 1)) as usize * ENTRY_BYTES;
-        (self.cell::<i32>(at).read(), self.cell::<u32>(at + 4).read())
+        let packed = self.cell::<u32>(at + 4).read();
+        Entry {
+            last: self.cell::<i32>(at).read(),
+            end: packed & 0xffff,
+            count: packed >> 16,
+        }
     }
 
+    /// Writes the entry at `index` (taken modulo the array's length).
     #[inline(always)]
-    fn set_entry(&mut self, index: u32, cookie: Cookie, end: u32) {
-        self.write_entry(index, cookie.get(), end);
-    }
-
-    /// [`Ring::set_entry`] with the cookie's value.
-    #[inline(always)]
-    fn write_entry(&mut self, index: u32, cookie: i32, end: u32) {
+    fn write_entry(&mut self, index: u32, entry: Entry) {
         let at = ENTRY_OFF + (index & (MAX_ENTRIES - 1)) as usize * ENTRY_BYTES;
-        self.cell::<i32>(at).write(cookie);
-        self.cell::<u32>(at + 4).write(end);
+        self.cell::<i32>(at).write(entry.last);
+        self.cell::<u32>(at + 4)
+            .write(entry.end | (entry.count << 16));
     }
 
     /// Claims `n` contiguous ring words, leaving `keep` words free, and
@@ -243,7 +290,12 @@ impl<H: Hal> Ring<H> {
     #[inline(always)]
     pub(super) fn end_request(&mut self, cookie: Cookie, writeback: Option<u32>) {
         let end = writeback.map_or(self.head, |value| (value - self.addr(0)) / 4);
-        self.set_entry(self.first_entry + self.entries, cookie, end);
+        let entry = Entry {
+            last: cookie.get(),
+            end,
+            count: 1,
+        };
+        self.write_entry(self.first_entry + self.entries, entry);
         self.entries += 1;
         self.last_cookie = Some(cookie);
         self.last_writeback = writeback;
@@ -253,12 +305,12 @@ impl<H: Hal> Ring<H> {
     /// not wrapping, not overlapping: [`copy_is_valid`]; at most
     /// [`MAX_MOVE`](script::MAX_MOVE) bytes) as one Memory Move each, request
     /// by request from cookie `first`, in one pass: room for all of them
-    /// (before the ring's end, with [`ISSUE_RESERVE`] left) is checked once.
-    /// Stops at the first op that is not such a copy; returns how many it
-    /// appended (0 when they do not fit in one stretch: the caller takes
-    /// the general path). With `all_or_none`, appends nothing unless every
-    /// op is one: the words written for those before are left unclaimed,
-    /// where the chip cannot reach them.
+    /// (before the ring's end, with [`ISSUE_RESERVE`] left) is checked once,
+    /// and they share one entry. Stops at the first op that is not such a
+    /// copy; returns how many it appended (0 when they do not fit in one
+    /// stretch: the caller takes the general path). With `all_or_none`,
+    /// appends nothing unless every op is one: the words written for those
+    /// before are left unclaimed, where the chip cannot reach them.
     #[inline(always)]
     pub(super) fn push_copies(
         &mut self,
@@ -269,7 +321,7 @@ impl<H: Hal> Ring<H> {
     ) -> u32 {
         let n = ops.len() as u32;
         let words = n * MOVE_WORDS;
-        if self.entries + n > MAX_ENTRIES
+        if self.entries == MAX_ENTRIES
             || self.head + words + TC_WORDS > RING_WORDS
             || self.used + words + ISSUE_RESERVE > RING_WORDS
         {
@@ -284,8 +336,41 @@ impl<H: Hal> Ring<H> {
         {
             return 0;
         }
-        let (at, entry) = (self.head, self.first_entry + self.entries);
-        let mut done = 0;
+        let at = self.head;
+        let word = self.write_moves(at, ops, mask);
+        let done = (word - at) / MOVE_WORDS;
+        if done == 0 || (all_or_none && done < n) {
+            return 0;
+        }
+        // `done * MOVE_WORDS` fit in the ring, so `done` fits an entry's
+        // 16-bit count, and `word` its 16-bit end.
+        let last = first.get() + done as i32 - 1;
+        let entry = Entry {
+            last,
+            end: word,
+            count: done,
+        };
+        self.write_entry(self.first_entry + self.entries, entry);
+        self.entries += 1;
+        self.head = word;
+        self.used += done * MOVE_WORDS;
+        self.last_cookie = Cookie::new(last);
+        self.last_writeback = None;
+        done
+    }
+
+    /// The loop of [`Ring::push_copies`]: writes one Memory Move per op
+    /// from ring word `at` on, up to the first op that is not a valid
+    /// plain copy; returns the ring word after the last move written.
+    /// Out of line, so the loop has the registers to itself (inlined into
+    /// `prep_batch` it spilled and reloaded 8 values per copy).
+    #[inline(never)]
+    fn write_moves(&mut self, at: u32, ops: &[Op], mask: u64) -> u32 {
+        // The caller's room check covers every word, stated here once.
+        assert!(at as usize + ops.len() * MOVE_WORDS as usize <= RING_WORDS as usize);
+        // In a local, so the stores below leave it in a register.
+        let block = self.block;
+        let mut word = at;
         for op in ops {
             let Op::Copy { dst, src, len } = *op else {
                 break;
@@ -293,25 +378,14 @@ impl<H: Hal> Ring<H> {
             if !(copy_is_valid(dst, src, len, mask) & (len <= script::MAX_MOVE as usize)) {
                 break;
             }
-            let word = at + done * MOVE_WORDS;
             // Checked just now: within the 32-bit mask (the engine's), at
             // most MAX_MOVE long: the casts are exact.
-            self.write_words(
-                word,
-                script::memory_move(len as u32, src as u32, dst as u32),
-            );
-            self.write_entry(entry + done, first.get() + done as i32, word + MOVE_WORDS);
-            done += 1;
+            let words = script::memory_move(len as u32, src as u32, dst as u32);
+            // SAFETY: the ring's block; `self` stays borrowed meanwhile.
+            unsafe { Self::write_words_in(&block, word, words) };
+            word += MOVE_WORDS;
         }
-        if done == 0 || (all_or_none && done < n) {
-            return 0;
-        }
-        self.entries += done;
-        self.head = at + done * MOVE_WORDS;
-        self.used += done * MOVE_WORDS;
-        self.last_cookie = Cookie::new(first.get() + done as i32 - 1);
-        self.last_writeback = None;
-        done
+        word
     }
 
     /// Links every request ended since the last append behind the live
@@ -406,9 +480,11 @@ impl<H: Hal> Ring<H> {
             last
         } else {
             let written = self.written_back(completion)?;
-            (0..self.issued).find(|&k| self.entry(self.first_entry + k).0 as u32 == written)?
+            (0..self.issued).find(|&k| self.entry(self.first_entry + k).last as u32 == written)?
         };
-        let (cookie, end) = self.entry(self.first_entry + done);
+        let Entry {
+            last: cookie, end, ..
+        } = self.entry(self.first_entry + done);
         self.used -= (end + RING_WORDS - self.free_from) % RING_WORDS;
         self.free_from = end;
         self.first_entry = (self.first_entry + done + 1) & (MAX_ENTRIES - 1);
@@ -427,14 +503,15 @@ impl<H: Hal> Ring<H> {
         }
         let mut start = self.free_from;
         for k in 0..self.issued {
-            let (cookie, end) = self.entry(self.first_entry + k);
+            let entry = self.entry(self.first_entry + k);
+            let end = entry.end;
             let inside = if start <= end {
                 (start..end).contains(&word)
             } else {
                 word >= start || word < end
             };
             if inside {
-                return Cookie::new(cookie);
+                return Cookie::new(entry.owner_of(word));
             }
             start = end;
         }
@@ -444,7 +521,7 @@ impl<H: Hal> Ring<H> {
     /// The oldest request not retired.
     pub(super) fn oldest(&self) -> Option<Cookie> {
         (self.entries > 0)
-            .then(|| Cookie::new(self.entry(self.first_entry).0))
+            .then(|| Cookie::new(self.entry(self.first_entry).first()))
             .flatten()
     }
 

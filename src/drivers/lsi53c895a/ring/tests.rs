@@ -270,3 +270,46 @@ fn a_mark_from_before_an_append_is_refused() {
     assert!(ring.append());
     ring.rewind(mark);
 }
+
+/// Every word of a linked request is attributed to that request, also
+/// inside a run of copies that shares one entry, and the INTFLY a request
+/// leaves after its own write-back to the request after it.
+#[test]
+fn each_word_is_attributed_to_the_request_it_belongs_to() {
+    let mut ring = TestRing::new().unwrap();
+    ring.reset();
+    let c = |n: i32| Cookie::new(n).unwrap();
+    // Request 1 on its own, with a write-back and an INTFLY after it.
+    assert_eq!(push(&mut ring, c(1), 1, false, true), 1);
+    let run_from = ring.head;
+    // Requests 2..=5 as one run, then 6 on its own.
+    assert_eq!(push(&mut ring, c(2), 4, true, false), 4);
+    assert_eq!(ring.head - run_from, 4 * MOVE_WORDS, "one move each");
+    assert_eq!(push(&mut ring, c(6), 1, false, false), 1);
+    assert!(ring.append());
+    let owner = |word: u32| ring.owner_of(ring.addr(word)).map(Cookie::get);
+    // Ring word 0 is the first tail; request 1 starts after it.
+    let first = TAIL_WORDS;
+    assert_eq!(owner(first), Some(1), "request 1's move");
+    assert_eq!(owner(first + MOVE_WORDS), Some(1), "its write-back");
+    assert_eq!(
+        owner(run_from - TC_WORDS),
+        Some(2),
+        "the INTFLY after its write-back belongs to the next request"
+    );
+    for k in 0..4 {
+        for w in 0..MOVE_WORDS {
+            assert_eq!(
+                owner(run_from + k * MOVE_WORDS + w),
+                Some(2 + k as i32),
+                "word {w} of the run's move {k}"
+            );
+        }
+    }
+    assert_eq!(owner(run_from + 4 * MOVE_WORDS), Some(6));
+    assert_eq!(ring.oldest().map(Cookie::get), Some(1));
+    // A run first: the oldest request is its first.
+    ring.reset();
+    assert_eq!(push(&mut ring, c(7), 3, true, false), 3);
+    assert_eq!(ring.oldest().map(Cookie::get), Some(7));
+}
