@@ -275,11 +275,18 @@ impl<H: Hal> Ring<H> {
     /// (see [`Ring::push_writeback`]); returns the value it leaves.
     #[inline(always)]
     fn write_writeback(&mut self, at: u32, cookie: Cookie) -> u32 {
-        self.cell::<u32>(SHADOW_OFF + at as usize * 4)
-            .write(cookie.get() as u32);
-        let completion = self.completion_addr();
-        self.write_words(at, script::store(regs::DSP, 4, completion));
-        self.addr(at + STORE_WORDS)
+        // In locals, so the stores below leave them in registers.
+        let (block, completion, next) = (
+            self.block,
+            self.completion_addr(),
+            self.addr(at + STORE_WORDS),
+        );
+        // SAFETY: the ring's block; `self` stays borrowed meanwhile.
+        unsafe {
+            Self::cell_of::<u32>(&block, SHADOW_OFF + at as usize * 4).write(cookie.get() as u32);
+            Self::write_words_in(&block, at, script::store(regs::DSP, 4, completion));
+        }
+        next
     }
 
     /// Ends a request: everything pushed since the last one is `cookie`'s;
@@ -419,18 +426,22 @@ impl<H: Hal> Ring<H> {
                 Err(_) => return false,
             },
         };
-        self.write_tail(new_tail);
+        // In locals, so the stores below leave them in registers.
+        let (block, old_tail) = (self.block, self.tail);
+        let (me, start) = (self.addr(new_tail), self.addr(old_tail + TAIL_WORDS));
+        // SAFETY: the ring's block; `self` stays borrowed meanwhile.
+        unsafe { Self::write_tail_in(&block, new_tail, me) };
         between(self);
-        let old_tail = self.tail;
-        let start = self.addr(old_tail + TAIL_WORDS);
         // Everything the JUMP leads to must be in memory before the JUMP,
         // and its operand before its opcode (the clear ignores its second
         // word, so the operand can land first).
         fence(Ordering::Release);
-        self.write_words(old_tail + 1, [start]);
+        // SAFETY: as above.
+        unsafe { Self::write_words_in(&block, old_tail + 1, [start]) };
         between(self);
         fence(Ordering::Release);
-        self.write_words(old_tail, [script::JUMP]);
+        // SAFETY: as above.
+        unsafe { Self::write_words_in(&block, old_tail, [script::JUMP]) };
         self.tail = new_tail;
         self.issued = self.entries;
         self.last_writeback = Some(done);
@@ -442,9 +453,23 @@ impl<H: Hal> Ring<H> {
     /// alternate address is the tail itself.
     #[inline(always)]
     fn write_tail(&mut self, word: u32) {
-        let me = self.addr(word);
-        self.write_words(word, script::clear_sigp());
-        self.write_words(word + TC_WORDS, script::wait_reselect(me));
+        let (block, me) = (self.block, self.addr(word));
+        // SAFETY: the ring's block; `self` stays borrowed meanwhile.
+        unsafe { Self::write_tail_in(&block, word, me) }
+    }
+
+    /// [`Ring::write_tail`] through a copy of the block's address; `me` is
+    /// the DMA address of ring word `word`.
+    ///
+    /// # Safety
+    /// As for [`Ring::cell_of`].
+    #[inline(always)]
+    unsafe fn write_tail_in(block: &NonNull<u8>, word: u32, me: u32) {
+        // SAFETY: the caller's contract.
+        unsafe {
+            Self::write_words_in(block, word, script::clear_sigp());
+            Self::write_words_in(block, word + TC_WORDS, script::wait_reselect(me));
+        }
     }
 
     fn read_completion(&self) -> u32 {
