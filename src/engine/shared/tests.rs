@@ -324,3 +324,89 @@ fn an_await_during_a_slow_stop_sleeps_until_the_device_stops() {
         Poll::Ready(Err(DmaError::Failed(ErrorKind::Aborted)))
     );
 }
+
+/// Futures across a `terminate` and a `reset`: one parked before the
+/// terminate is woken by it and reads `Aborted`; one made after it reads
+/// `Aborted` at once, also after the reset; a request prepared after the
+/// reset is awaited and completes as any other, and the stale cookies'
+/// waker slots do not keep it from being woken.
+#[test]
+fn futures_across_terminate_and_reset_end_once_with_the_right_answer() {
+    let shared = interrupting();
+    let (first, second) = (prep(&shared, 0), prep(&shared, 1));
+    let (count, waker) = counter();
+    let mut cx = Context::from_waker(&waker);
+    let mut parked = pin!(shared.completion(second));
+    assert_eq!(parked.as_mut().poll(&mut cx), Poll::Pending);
+    assert_eq!(shared.lock().wakers_waiting(), 1);
+
+    shared.lock().terminate();
+    assert_eq!(wakes(&count), 1, "the terminate woke the parked task");
+    assert_eq!(shared.lock().wakers_waiting(), 0);
+    let aborted = Poll::Ready(Err(DmaError::Failed(ErrorKind::Aborted)));
+    assert_eq!(parked.as_mut().poll(&mut cx), aborted);
+    assert_eq!(pin!(shared.completion(first)).poll(&mut cx), aborted);
+
+    shared.lock().reset().unwrap();
+    assert_eq!(pin!(shared.completion(first)).poll(&mut cx), aborted);
+    let third = prep(&shared, 2);
+    assert!(third.get() > second.get(), "cookies go on after a reset");
+    let mut fresh = pin!(shared.completion(third));
+    assert_eq!(fresh.as_mut().poll(&mut cx), Poll::Pending);
+    assert_eq!(shared.lock().wakers_waiting(), 1);
+    shared.lock().engine_mut().complete_upto = Some(third);
+    shared.lock().engine_mut().raised = true;
+    assert!(shared.handle_interrupt());
+    assert_eq!(wakes(&count), 2, "woken by the interrupt that ended it");
+    assert_eq!(fresh.as_mut().poll(&mut cx), Poll::Ready(Ok(())));
+    assert_eq!(shared.lock().wakers_waiting(), 0);
+}
+
+/// A transfer awaited while its channel stops a device slow to obey keeps
+/// its buffers until the device has stopped: the future stays pending (the
+/// device may still write the destination), and answers `Aborted` with
+/// the buffers only after the device's interrupt says it stopped.
+#[test]
+fn a_transfer_future_hands_its_buffers_back_only_after_a_slow_stop_ends() {
+    let mut engine = Scripted::new(4096, 256);
+    engine.dma_mask = u64::MAX;
+    engine.more_caps = Capabilities::INTERRUPT | Capabilities::INTERRUPT_OP;
+    engine.busy = true;
+    let shared: Shared = SharedChannel::new(Channel::new(engine));
+    let dst = Dma::<FakeHal>::new(PAGE_SIZE).unwrap();
+    let at = dst.paddr();
+    let transfer = shared
+        .lock()
+        .fill_buffer(dst, 0, 64, 0, PrepFlags::empty())
+        .unwrap();
+    shared.lock().issue_pending();
+    shared.lock().terminate();
+    assert!(shared.lock().is_stopping());
+    let (count, waker) = counter();
+    let mut cx = Context::from_waker(&waker);
+    let mut fut = Box::pin(shared.transfer(transfer));
+    for _ in 0..3 {
+        assert!(
+            fut.as_mut().poll(&mut cx).is_pending(),
+            "the device may still write it"
+        );
+    }
+    assert_eq!(wakes(&count), 0, "woken while nothing changed: a spin");
+    assert!(FakeHal::is_live(at));
+    shared.lock().engine_mut().busy = false;
+    shared.lock().engine_mut().raised = true;
+    assert!(shared.handle_interrupt());
+    assert_eq!(wakes(&count), 1, "woken when the stop ended");
+    match fut.as_mut().poll(&mut cx) {
+        Poll::Ready(Err(TransferError::Failed { kind, dst, src })) => {
+            assert_eq!(kind, ErrorKind::Aborted);
+            assert_eq!(dst.paddr(), at);
+            assert!(src.is_none());
+        }
+        other => panic!(
+            "expected the buffers back with Aborted, got {:?}",
+            other.is_ready()
+        ),
+    }
+    assert!(!FakeHal::is_live(at), "freed once handed back and dropped");
+}
