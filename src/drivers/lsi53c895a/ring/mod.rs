@@ -6,8 +6,8 @@
 //! keeps data of its own from shadow word `w` on (a write-back's cookie, a
 //! fill's pattern), so that data lives and dies with the instruction; the
 //! completion word, which every write-back overwrites with the chip's DSP;
-//! a zero buffer that zeroing copies read; and the request entries (each
-//! request's cookie and the ring word after its last instruction).
+//! a zero buffer that zeroing copies read; and the request entries (one
+//! per request, or one per run of plain copies: see [`Entry`]).
 //!
 //! A safe type over a tiny unsafe core, as Hubris' DMA rings are: every
 //! access to the block goes through [`Ring::cell`], whose bounds check is
