@@ -176,3 +176,30 @@ fn the_reader_sees_each_kind_of_path() {
     assert!(layers_named(&hal, "x: my_crate::engine").is_empty());
     assert_eq!(code("use a; // crate::engine"), "use a; ");
 }
+
+/// Rooms that hold one thing: no library file (tests aside) grows past 600
+/// lines, where a file starts to hold several.
+#[test]
+fn no_library_file_is_over_600_lines() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = Vec::new();
+    rust_files(&src, &mut files);
+    let mut long: Vec<String> = files
+        .iter()
+        .filter(|f| {
+            let rel = f.strip_prefix(&src).expect("under src");
+            !rel.components().any(|c| c.as_os_str() == "tests")
+                && !rel.to_string_lossy().contains("tests.rs")
+        })
+        .filter_map(|f| {
+            let lines = fs::read_to_string(f).expect("readable").lines().count();
+            (lines > 600).then(|| format!("{}: {lines} lines", f.display()))
+        })
+        .collect();
+    long.sort();
+    assert!(
+        long.is_empty(),
+        "files over 600 lines:\n{}",
+        long.join("\n")
+    );
+}

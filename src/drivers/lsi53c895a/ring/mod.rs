@@ -43,45 +43,12 @@ pub(super) const TAIL_WORDS: u32 = 2 * TC_WORDS;
 pub(super) const ISSUE_RESERVE: u32 =
     (STORE_WORDS + TC_WORDS) + STORE_WORDS + (TAIL_WORDS + TC_WORDS) + TAIL_WORDS;
 mod block;
+mod entry;
 #[cfg(test)]
 mod tests;
 
-use block::{ENTRY_BYTES, ENTRY_OFF, RING_OFF, SHADOW_OFF, STATUS_OFF};
-
-/// An entry: requests `last - count + 1 ..= last`, whose instructions
-/// end before ring word `end`. An entry of several requests is a run of
-/// plain copies ([`Ring::push_copies`]): one Memory Move each, the last
-/// `count * MOVE_WORDS` words before `end`, in order. Stored as two words:
-/// `last`, then `end | count << 16` (both below 2^16: `end` is a ring word,
-/// and a run fits in the ring).
-#[derive(Clone, Copy, Debug)]
-struct Entry {
-    last: i32,
-    end: u32,
-    count: u32,
-}
-
-const _: () = assert!(RING_WORDS < 1 << 16);
-
-impl Entry {
-    /// Its first request's cookie (a run never crosses the cookies' wrap).
-    fn first(self) -> i32 {
-        self.last - (self.count as i32 - 1)
-    }
-
-    /// The cookie of the request whose instructions include ring word
-    /// `word`, one of this entry's. Words before a run's moves (an
-    /// INTFLY the request before it left after its write-back) are its
-    /// first request's, as they are any request's.
-    fn owner_of(self, word: u32) -> i32 {
-        let moves_from = self.end.saturating_sub(self.count * MOVE_WORDS);
-        if self.count > 1 && (moves_from..self.end).contains(&word) {
-            self.last - ((self.end - 1 - word) / MOVE_WORDS) as i32
-        } else {
-            self.first()
-        }
-    }
-}
+use block::{RING_OFF, SHADOW_OFF, STATUS_OFF};
+use entry::Entry;
 
 /// A saved preparation point: what requests prepared after it changed.
 #[derive(Clone, Copy, Debug)]
@@ -183,27 +150,6 @@ impl<H: Hal> Ring<H> {
     #[inline(always)]
     pub(super) fn entries_full(&self) -> bool {
         self.entries == MAX_ENTRIES
-    }
-
-    /// The entry at `index` (taken modulo the array's length).
-    #[inline(always)]
-    fn entry(&self, index: u32) -> Entry {
-        let at = ENTRY_OFF + (index & (MAX_ENTRIES - 1)) as usize * ENTRY_BYTES;
-        let packed = self.cell::<u32>(at + 4).read();
-        Entry {
-            last: self.cell::<i32>(at).read(),
-            end: packed & 0xffff,
-            count: packed >> 16,
-        }
-    }
-
-    /// Writes the entry at `index` (taken modulo the array's length).
-    #[inline(always)]
-    fn write_entry(&mut self, index: u32, entry: Entry) {
-        let at = ENTRY_OFF + (index & (MAX_ENTRIES - 1)) as usize * ENTRY_BYTES;
-        self.cell::<i32>(at).write(entry.last);
-        self.cell::<u32>(at + 4)
-            .write(entry.end | (entry.count << 16));
     }
 
     /// Claims `n` contiguous ring words, leaving `keep` words free, and
