@@ -279,8 +279,11 @@ pub trait CountedPage {
 ///   allocated (never reused) until a matching `unmap`;
 /// - `alloc_page` returns a frame nobody else uses, holding one reference;
 /// - `covers` is `true` for every frame `try_map` could accept;
-/// - [`CountedPage::frame`] of a page `get` or `alloc_page` handed out
-///   is the same frame on every call (the frame `try_map` then counts);
+/// - [`CountedPage::frame`] of every `Self::Page` is the same frame on
+///   every call, whoever made the page (`get`, `alloc_page`, a clone, the
+///   type's own constructors): the address space asks more than once, and
+///   maps the frame it counted only if the answers agree (`insert_pages`
+///   counts in one pass and stores in the next);
 /// - `only_mapping` is `true` only when the one entry being faulted on
 ///   holds the page's only reference and map count: a write fault then
 ///   makes that page writable in place, so a page another space, a fork
@@ -312,8 +315,9 @@ pub unsafe trait PageCounter {
     ///
     /// # Safety
     /// As [`try_map`]'s, for each page counted: the caller writes one
-    /// entry for each of the first `n` pages (`n` returned), and gives
-    /// each count back with one [`unmap`].
+    /// entry for each of the first `n` pages (`n` returned), mapping the
+    /// frame the page gives (the trait's contract makes it the frame
+    /// counted here), and gives each count back with one [`unmap`].
     ///
     /// [`try_map`]: PageCounter::try_map
     /// [`unmap`]: PageCounter::unmap

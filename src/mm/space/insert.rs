@@ -137,8 +137,11 @@ impl<C: PageCounter, M: TableMapper, A: TableAllocator, T: TlbFlush, F: Format>
                 .slots()
                 .take_while(|slot| slot.read().is_empty())
                 .count();
-            // SAFETY: each page counted gets its entry in the loop below;
-            // the zap that clears it gives the count back.
+            // SAFETY: each page counted gets its entry in the loop below,
+            // which asks the page for its frame again: `PageCounter`'s
+            // contract makes every page's answer the same, so the entry
+            // maps the frame counted. The zap that clears it gives the
+            // count back.
             let counted = unsafe { self.counter.try_map_pages(&batch[..free]) };
             let written = counted.min(free);
             for (slot, page) in run.slots().zip(&batch[..written]) {

@@ -32,7 +32,20 @@ impl Walker {
             let (op, arg) = (Self::word(ring, self.pc), Self::word(ring, self.pc + 4));
             match op {
                 op if op >> 24 == 0xc0 => {
-                    self.moves.push(Self::word(ring, self.pc + 8));
+                    let dst = Self::word(ring, self.pc + 8);
+                    // A fault on this move is its request's, whichever of
+                    // its words the chip reports (the destinations here
+                    // are the cookies).
+                    for w in 0..MOVE_WORDS {
+                        let owner = ring.owner_of(self.pc + w * 4).map(Cookie::get);
+                        assert_eq!(
+                            owner,
+                            Some(dst as i32),
+                            "word {w} of the move at {:#x}",
+                            self.pc
+                        );
+                    }
+                    self.moves.push(dst);
                     self.pc += 12;
                 }
                 op if op >> 29 == 0b111 => {
@@ -312,4 +325,34 @@ fn each_word_is_attributed_to_the_request_it_belongs_to() {
     ring.reset();
     assert_eq!(push(&mut ring, c(7), 3, true, false), 3);
     assert_eq!(ring.oldest().map(Cookie::get), Some(7));
+}
+
+/// Next to the cookies' wrap a run stops short of it (the general path
+/// takes `i32::MAX`), and faults and completions are still attributed
+/// exactly: the walker checks each move's owner as it runs it.
+#[test]
+fn runs_next_to_the_cookies_wrap_keep_their_owners() {
+    let mut ring = TestRing::new().unwrap();
+    let mut walker = Walker {
+        pc: ring.reset(),
+        moves: Vec::new(),
+    };
+    let c = |n: i32| Cookie::new(n).unwrap();
+    let max = i32::MAX;
+    assert_eq!(push(&mut ring, c(max - 4), 4, true, false), 4);
+    assert_eq!(ring.unlinked(), 1, "one run up to i32::MAX - 1");
+    let ops = [Op::Copy {
+        dst: max as u64,
+        src: 0,
+        len: 4,
+    }];
+    assert_eq!(ring.push_copies(c(max), &ops, u32::MAX as u64, false), 0);
+    assert_eq!(push(&mut ring, c(max), 1, false, false), 1);
+    assert_eq!(push(&mut ring, c(1), 2, true, false), 2);
+    assert_eq!(ring.oldest().map(Cookie::get), Some(max - 4));
+    assert!(ring.append());
+    assert!(walker.walk(&ring, 100), "parked after the batch");
+    assert_eq!(walker.moves.len(), 7);
+    assert_eq!(ring.retire().map(Cookie::get), Some(2));
+    assert_eq!(ring.issued(), 0);
 }
