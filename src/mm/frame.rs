@@ -129,6 +129,18 @@ impl PageInfo {
             }
         }
     }
+
+    /// Records one more mapping of its page if it is an insertable page
+    /// (`Normal` and held); returns whether it was.
+    #[inline]
+    fn try_map(&self) -> bool {
+        // The kind is only a fast refusal; what decides is the count. An
+        // add followed by an undo (as before issue 17) let `take_free`'s
+        // store land in between, and the undo then took a reference and a
+        // mapping off the next owner's page.
+        self.kind.load(Ordering::Acquire) == FrameKind::Normal as u8
+            && self.add_if_referenced(REF + MAP)
+    }
 }
 
 /// The frames a database counts, with their entries: one run of
@@ -417,25 +429,25 @@ impl<'a> FrameDb<'a> {
     /// [`FrameDb::insertable`]); returns whether it was.
     #[inline]
     fn try_map(&self, frame: PhysFrame) -> bool {
-        let Some(info) = self.info(pfn_of(frame)) else {
-            return false;
-        };
-        // The kind is only a fast refusal; what decides is the count. An
-        // add followed by an undo (as before issue 17) let `take_free`'s
-        // store land in between, and the undo then took a reference and a
-        // mapping off the next owner's page.
-        info.kind.load(Ordering::Acquire) == FrameKind::Normal as u8
-            && info.add_if_referenced(REF + MAP)
+        self.info(pfn_of(frame)).is_some_and(PageInfo::try_map)
     }
 
     /// [`FrameDb::try_map`] for each page in order, stopping at the first
-    /// refused; how many were counted. A separate function so that the
-    /// database's fields are read once, not again after each atomic add.
-    fn try_map_pages(&self, pages: &[PageRef<'_>]) -> usize {
-        pages
-            .iter()
-            .take_while(|page| self.try_map(page.frame()))
-            .count()
+    /// refused or when `frames` is full, writing each counted page's frame
+    /// to `frames`; how many were counted. The database's fields are
+    /// copied into locals first: read through `self`, they were read again
+    /// after each atomic add.
+    fn try_map_pages(&self, pages: &[PageRef<'_>], frames: &mut [PhysFrame]) -> usize {
+        let (entries, runs) = (self.pages, self.runs);
+        for (i, (page, slot)) in pages.iter().zip(frames.iter_mut()).enumerate() {
+            let frame = page.frame();
+            let info = runs.index_of(pfn_of(frame)).and_then(|at| entries.get(at));
+            if !info.is_some_and(PageInfo::try_map) {
+                return i;
+            }
+            *slot = frame;
+        }
+        pages.len().min(frames.len())
     }
 
     /// Records one mapping fewer, freeing the page with its last reference.
@@ -476,8 +488,8 @@ unsafe impl<'a> PageCounter for &'a FrameDb<'a> {
     }
 
     #[inline]
-    unsafe fn try_map_pages(&self, pages: &[PageRef<'a>]) -> usize {
-        FrameDb::try_map_pages(self, pages)
+    unsafe fn try_map_pages(&self, pages: &[PageRef<'a>], frames: &mut [PhysFrame]) -> usize {
+        FrameDb::try_map_pages(self, pages, frames)
     }
 
     #[inline]

@@ -492,18 +492,13 @@ fn insert_pages_stops_at_the_first_taken_entry_or_refused_page() {
     }
 }
 
-/// Whether `insert_pages` maps the frame it counted when a page's frame
+/// `insert_pages` maps the frame it counted even when a page's frame
 /// changes between calls (a page the counter never handed out, built by
-/// the test). Since the three-pass change it asks twice, once to count and
-/// once to store, so it maps a frame counted nowhere, freed under user
-/// space when the page is dropped: the mapped frame reads (0, 0). The
-/// contract now forbids such a page (every `Self::Page`'s frame is
-/// stable), so this is not a bug of a conforming counter; unlike a
-/// copy-on-write fault (`a_cow_copy_maps_the_frame_it_counted`), the
-/// broken promise does harm here. Kept, ignored, for the day the count
-/// and the store share one read.
+/// the test). With the count and the store in separate passes (4ae1963) it
+/// asked twice and mapped a frame counted nowhere, freed under user space
+/// when the page was dropped: the mapped frame read (0, 0). The counter
+/// now hands the store the frame it counted, read once.
 #[test]
-#[ignore = "insert_pages reads each page's frame twice; the contract forbids a page whose frame changes"]
 fn insert_pages_maps_the_frame_it_counted() {
     let mem = Memory::new(16);
     let db = mem.db();

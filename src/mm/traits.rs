@@ -279,11 +279,11 @@ pub trait CountedPage {
 ///   allocated (never reused) until a matching `unmap`;
 /// - `alloc_page` returns a frame nobody else uses, holding one reference;
 /// - `covers` is `true` for every frame `try_map` could accept;
-/// - [`CountedPage::frame`] of every `Self::Page` is the same frame on
-///   every call, whoever made the page (`get`, `alloc_page`, a clone, the
-///   type's own constructors): the address space asks more than once, and
-///   maps the frame it counted only if the answers agree (`insert_pages`
-///   counts in one pass and stores in the next);
+/// - `try_map_pages`, if overridden, counts each page as `try_map` would,
+///   the first `n` it returns and no other, and writes to `frames` the
+///   frame it counted for each of them;
+/// - [`CountedPage::frame`] of a page `get` or `alloc_page` handed out
+///   is the same frame on every call (the frame `try_map` then counts);
 /// - `only_mapping` is `true` only when the one entry being faulted on
 ///   holds the page's only reference and map count: a write fault then
 ///   makes that page writable in place, so a page another space, a fork
@@ -307,26 +307,31 @@ pub unsafe trait PageCounter {
     unsafe fn try_map(&self, frame: PhysFrame) -> bool;
 
     /// Counts the pages of `pages` in order as [`try_map`] does, stopping
-    /// at the first it refuses; returns how many it counted (at most
-    /// `pages.len()`). `insert_pages` calls it once per page table. The
-    /// default calls `try_map` for each; a counter whose lookup has state
-    /// to set up once (a table base, a run of memory) may do it in one
-    /// pass.
+    /// at the first it refuses or when `frames` is full, and writes each
+    /// counted page's frame (the one it counted, read once) to `frames`
+    /// at the page's index; returns how many it counted. `insert_pages`
+    /// calls it for up to 64 pages at a time, then writes the entries from
+    /// `frames`. The default calls `try_map` for each; a counter whose
+    /// lookup has state to set up once (a table base, a run of memory) may
+    /// do it in one pass.
     ///
     /// # Safety
     /// As [`try_map`]'s, for each page counted: the caller writes one
-    /// entry for each of the first `n` pages (`n` returned), mapping the
-    /// frame the page gives (the trait's contract makes it the frame
-    /// counted here), and gives each count back with one [`unmap`].
+    /// entry mapping `frames[i]` for each of the first `n` pages (`n`
+    /// returned), and gives each count back with one [`unmap`].
     ///
     /// [`try_map`]: PageCounter::try_map
     /// [`unmap`]: PageCounter::unmap
-    unsafe fn try_map_pages(&self, pages: &[Self::Page]) -> usize {
-        pages
-            .iter()
+    unsafe fn try_map_pages(&self, pages: &[Self::Page], frames: &mut [PhysFrame]) -> usize {
+        for (i, (page, slot)) in pages.iter().zip(frames.iter_mut()).enumerate() {
+            let frame = page.frame();
             // SAFETY: the caller's contract, page by page.
-            .take_while(|page| unsafe { self.try_map(page.frame()) })
-            .count()
+            if !unsafe { self.try_map(frame) } {
+                return i;
+            }
+            *slot = frame;
+        }
+        pages.len().min(frames.len())
     }
 
     /// Gives back one reference and one map count; the page is freed with

@@ -7,6 +7,7 @@ use super::{frame_of, pfn_of};
 use crate::mm::MmError;
 
 /// The frames of a database, in the order of its entries.
+#[derive(Clone, Copy)]
 pub(super) enum Runs<'a> {
     /// Entry `i` counts frame `base + i`.
     One { base: u64 },

@@ -13,6 +13,9 @@ use crate::mm::tlb::TlbFlush;
 use crate::mm::traits::{CountedPage, PageCounter, TableAllocator, TableMapper};
 use crate::mm::vma::VmFlags;
 
+/// Pages `insert_pages` counts at a time before it writes their entries.
+const COUNT_CHUNK: usize = 64;
+
 /// What `insert_pfn` did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Inserted {
@@ -110,6 +113,8 @@ impl<C: PageCounter, M: TableMapper, A: TableAllocator, T: TlbFlush, F: Format>
         }
         let (addr, _) = Self::range_in(&vma, at, pages.len() as u64).map_err(|e| fail(0, e))?;
         let leaf = F::leaf(PhysAddr::zero(), LeafDesc::page(vma.page_prot(), self.nx));
+        // The frames a count hands the stores.
+        let mut frames = [PhysFrame::containing_address(PhysAddr::zero()); COUNT_CHUNK];
         let mut done = 0;
         let result = loop {
             if done == pages.len() {
@@ -125,27 +130,37 @@ impl<C: PageCounter, M: TableMapper, A: TableAllocator, T: TlbFlush, F: Format>
             let first = pte::index(va, 1);
             let batch_end = pages.len().min(done + 512 - first);
             let batch = &pages[done..batch_end];
-            // Three passes over the batch, each a tight loop (one pass
-            // doing all three kept the counter's fields and the error in
-            // memory, a fifth dearer per page): the entries free up to the
-            // first taken one, the pages the counter counts among those,
-            // and the stores. Nothing else writes this space's tables
+            // Passes over the batch, each a tight loop (one pass doing
+            // everything kept the counter's fields and the error in memory,
+            // a fifth dearer per page): the entries free up to the first
+            // taken one; then, up to 64 pages at a time, the pages the
+            // counter counts, each page's frame read once, and the stores
+            // of those frames. Nothing else writes this space's tables
             // meanwhile (`&mut self`), and the MMU writes only live
             // entries, so the entries found free stay free.
-            let run = pt.run(first, batch.len());
-            let free = run
+            let free = pt
+                .run(first, batch.len())
                 .slots()
                 .take_while(|slot| slot.read().is_empty())
                 .count();
-            // SAFETY: each page counted gets its entry in the loop below,
-            // which asks the page for its frame again: `PageCounter`'s
-            // contract makes every page's answer the same, so the entry
-            // maps the frame counted. The zap that clears it gives the
-            // count back.
-            let counted = unsafe { self.counter.try_map_pages(&batch[..free]) };
-            let written = counted.min(free);
-            for (slot, page) in run.slots().zip(&batch[..written]) {
-                slot.store(leaf.with(page.frame().start_address().as_u64()));
+            let free_run = pt.run(first, free);
+            let mut written = 0;
+            while written < free {
+                let chunk = &batch[written..free.min(written + COUNT_CHUNK)];
+                // SAFETY: each page counted gets its entry just below,
+                // mapping the frame it was counted with; the zap that
+                // clears the entry gives the count back.
+                let counted = unsafe { self.counter.try_map_pages(chunk, &mut frames) };
+                let counted = counted.min(chunk.len());
+                for (k, frame) in frames[..counted].iter().enumerate() {
+                    free_run
+                        .slot(written + k)
+                        .store(leaf.with(frame.start_address().as_u64()));
+                }
+                written += counted;
+                if counted < chunk.len() {
+                    break;
+                }
             }
             let error = if written < free {
                 Some(fail(done + written, MmError::NotInsertable))

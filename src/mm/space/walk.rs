@@ -113,6 +113,15 @@ pub(super) struct TableRun {
 }
 
 impl TableRun {
+    /// Its entry `k`; panics unless `k` is below the run's length.
+    #[inline]
+    pub(super) fn slot(self, k: usize) -> Slot {
+        assert!(k < self.len, "past the run");
+        // SAFETY: `Table::run` checked that the run lies in the table;
+        // `k < len`.
+        Slot(unsafe { self.entries.add(k) })
+    }
+
     /// Its entries, in order.
     #[inline]
     pub(super) fn slots(self) -> impl Iterator<Item = Slot> {
