@@ -39,7 +39,8 @@ impl Walker {
                     // check walks the linked entries, and checking every
                     // move made this test 28 s long here, a quarter of an hour
                     // under Miri.
-                    let checked = self.moves.len() % if cfg!(miri) { 256 } else { 8 } == 0;
+                    let every = if cfg!(miri) { 256 } else { 8 };
+                    let checked = self.moves.len().is_multiple_of(every);
                     for w in (0..MOVE_WORDS).filter(|_| checked) {
                         let owner = ring.owner_of(self.pc + w * 4).map(Cookie::get);
                         assert_eq!(
