@@ -255,7 +255,7 @@ impl<'a> FrameDb<'a> {
     /// The entry of frame `pfn`, if the database counts it.
     #[inline]
     fn info(&self, pfn: u64) -> Option<&PageInfo> {
-        self.pages.get(self.runs.index_of(pfn)?)
+        self.runs.entry(self.pages, pfn)
     }
 
     /// The frame number entry `index` counts (`index < len`).
@@ -441,8 +441,10 @@ impl<'a> FrameDb<'a> {
         let (entries, runs) = (self.pages, self.runs);
         for (i, (page, slot)) in pages.iter().zip(frames.iter_mut()).enumerate() {
             let frame = page.frame();
-            let info = runs.index_of(pfn_of(frame)).and_then(|at| entries.get(at));
-            if !info.is_some_and(PageInfo::try_map) {
+            if !runs
+                .entry(entries, pfn_of(frame))
+                .is_some_and(PageInfo::try_map)
+            {
                 return i;
             }
             *slot = frame;

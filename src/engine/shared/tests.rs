@@ -22,6 +22,21 @@ fn scripted() -> Shared {
     SharedChannel::new(Channel::new(Scripted::new(4096, 256)))
 }
 
+/// The engine reports every request up to `cookie` ended and raises its
+/// interrupt, which the channel takes.
+fn end_through(shared: &Shared, cookie: Cookie) {
+    shared.lock().engine_mut().complete_upto = Some(cookie);
+    shared.lock().engine_mut().raised = true;
+    assert!(shared.handle_interrupt());
+}
+
+/// A device slow to stop has stopped, and says so with its interrupt.
+fn device_stops(shared: &Shared) {
+    shared.lock().engine_mut().busy = false;
+    shared.lock().engine_mut().raised = true;
+    assert!(shared.handle_interrupt());
+}
+
 /// Prepares a 64-byte copy between addresses the scripted engine never
 /// touches.
 fn prep(shared: &Shared, k: u64) -> Cookie {
@@ -49,16 +64,12 @@ fn a_completion_is_woken_by_the_interrupt_that_ends_it() {
     );
     assert_eq!(shared.lock().wakers_waiting(), 1);
     // The first ends: not the one awaited, no wake.
-    shared.lock().engine_mut().complete_upto = Some(first);
-    shared.lock().engine_mut().raised = true;
-    assert!(shared.handle_interrupt());
+    end_through(&shared, first);
     assert_eq!(wakes(&count), 0);
     // Re-polling keeps the one slot.
     assert_eq!(fut.as_mut().poll(&mut cx), Poll::Pending);
     assert_eq!(shared.lock().wakers_waiting(), 1);
-    shared.lock().engine_mut().complete_upto = Some(second);
-    shared.lock().engine_mut().raised = true;
-    assert!(shared.handle_interrupt());
+    end_through(&shared, second);
     assert_eq!(wakes(&count), 1, "woken from the interrupt");
     assert_eq!(shared.lock().wakers_waiting(), 0);
     assert_eq!(fut.as_mut().poll(&mut cx), Poll::Ready(Ok(())));
@@ -104,9 +115,7 @@ fn a_future_that_must_wait_arms_one_interrupt_and_one_that_need_not_arms_none() 
     assert_eq!(shared.lock().snapshot().last_used, cookie.get(), "only one");
 
     // Its interrupt wakes both.
-    shared.lock().engine_mut().complete_upto = Some(cookie);
-    shared.lock().engine_mut().raised = true;
-    assert!(shared.handle_interrupt());
+    end_through(&shared, cookie);
     assert_eq!(wakes(&count), 2);
     assert_eq!(fut_a.as_mut().poll(&mut cx), Poll::Ready(Ok(())));
     assert_eq!(fut_b.as_mut().poll(&mut cx), Poll::Ready(Ok(())));
@@ -315,9 +324,7 @@ fn an_await_during_a_slow_stop_sleeps_until_the_device_stops() {
     }
     assert_eq!(wakes(&count), 0, "woken while nothing changed: a spin");
     // The device stops and interrupts.
-    shared.lock().engine_mut().busy = false;
-    shared.lock().engine_mut().raised = true;
-    assert!(shared.handle_interrupt());
+    device_stops(&shared);
     assert_eq!(wakes(&count), 1, "woken when the stop ended");
     assert_eq!(
         fut.as_mut().poll(&mut cx),
@@ -354,9 +361,7 @@ fn futures_across_terminate_and_reset_end_once_with_the_right_answer() {
     let mut fresh = pin!(shared.completion(third));
     assert_eq!(fresh.as_mut().poll(&mut cx), Poll::Pending);
     assert_eq!(shared.lock().wakers_waiting(), 1);
-    shared.lock().engine_mut().complete_upto = Some(third);
-    shared.lock().engine_mut().raised = true;
-    assert!(shared.handle_interrupt());
+    end_through(&shared, third);
     assert_eq!(wakes(&count), 2, "woken by the interrupt that ended it");
     assert_eq!(fresh.as_mut().poll(&mut cx), Poll::Ready(Ok(())));
     assert_eq!(shared.lock().wakers_waiting(), 0);
@@ -393,9 +398,7 @@ fn a_transfer_future_hands_its_buffers_back_only_after_a_slow_stop_ends() {
     }
     assert_eq!(wakes(&count), 0, "woken while nothing changed: a spin");
     assert!(FakeHal::is_live(at));
-    shared.lock().engine_mut().busy = false;
-    shared.lock().engine_mut().raised = true;
-    assert!(shared.handle_interrupt());
+    device_stops(&shared);
     assert_eq!(wakes(&count), 1, "woken when the stop ended");
     match fut.as_mut().poll(&mut cx) {
         Poll::Ready(Err(TransferError::Failed { kind, dst, src })) => {

@@ -3,7 +3,7 @@
 
 use x86_64::structures::paging::PhysFrame;
 
-use super::{frame_of, pfn_of};
+use super::{PageInfo, frame_of, pfn_of};
 use crate::mm::MmError;
 
 /// The frames of a database, in the order of its entries.
@@ -29,6 +29,13 @@ impl Runs<'_> {
                 (offset < run.frames).then(|| run.index + offset as usize)
             }
         }
+    }
+
+    /// The entry of `pages` (the database's) counting frame `pfn`, if one
+    /// does.
+    #[inline]
+    pub(super) fn entry<'p>(&self, pages: &'p [PageInfo], pfn: u64) -> Option<&'p PageInfo> {
+        pages.get(self.index_of(pfn)?)
     }
 
     /// The frame number entry `index` counts (`index` below the entries).
