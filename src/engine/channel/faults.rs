@@ -78,7 +78,10 @@ impl<E: Engine> Channel<E> {
         let start = first.get() as usize % FOOTPRINT_SLOTS;
         let (before_end, after_wrap) = ops.split_at(ops.len().min(FOOTPRINT_SLOTS - start));
         self.footprints[start..start + before_end.len()].copy_from_slice(before_end);
-        self.footprints[..after_wrap.len()].copy_from_slice(after_wrap);
+        // Usually nothing wraps: a call to copy nothing still costs a call.
+        if !after_wrap.is_empty() {
+            self.footprints[..after_wrap.len()].copy_from_slice(after_wrap);
+        }
     }
 
     /// Pins a DMA fault an IOMMU recorded (the faulting page's address, and

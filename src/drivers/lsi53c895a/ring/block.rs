@@ -39,7 +39,7 @@ impl<H: Hal> Ring<H> {
             issued: 0,
             last_cookie: None,
             last_writeback: None,
-            expected: None,
+            linked: None,
             last_seen: 0,
             retired: 0,
             _hal: PhantomData,

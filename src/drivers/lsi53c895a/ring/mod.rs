@@ -60,6 +60,18 @@ pub(super) struct RingMark {
     last_writeback: Option<u32>,
 }
 
+/// The last linked batch, as [`Ring::append`] left it: the value its
+/// final write-back leaves in the completion word, the ring word its last
+/// request's instructions end before (its entry's `end`), and that
+/// request's cookie. Retiring the whole batch, the usual case, needs no
+/// entry read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Linked {
+    value: u32,
+    end: u32,
+    last: Cookie,
+}
+
 /// The ring and the rest of the engine's DMA block.
 pub(super) struct Ring<H: Hal> {
     block: NonNull<u8>,
@@ -81,8 +93,9 @@ pub(super) struct Ring<H: Hal> {
     /// own write-back has run, if its instructions end with one.
     last_cookie: Option<Cookie>,
     last_writeback: Option<u32>,
-    /// The completion word's value once the last linked batch has ended.
-    expected: Option<u32>,
+    /// What the completion word says once the last linked batch has
+    /// ended, and what retiring it then frees: see [`Linked`].
+    linked: Option<Linked>,
     /// The completion word's value when last retired from.
     last_seen: u32,
     /// Entries retired since creation (wrapping): how a mark taken before
@@ -360,24 +373,34 @@ impl<H: Hal> Ring<H> {
         let Some(last) = self.last_cookie.filter(|_| self.entries > self.issued) else {
             return false;
         };
+        // Where the last request's words end, as its entry has it: before
+        // its own write-back, or here (nothing is claimed after a request
+        // ends but the next request's words).
+        let end = match self.last_writeback {
+            Some(value) => (value - self.addr(0)) / 4,
+            None => self.head,
+        };
+        debug_assert_eq!(end, self.entry(self.first_entry + self.entries - 1).end);
         // ISSUE_RESERVE guarantees the room for these: a write-back and a
         // tail claimed together take at most one wrap's waste.
+        // Each claim is written with one store sequence (one bounds check).
         let (done, new_tail) = match self.last_writeback {
             Some(value) => match self.reserve(TAIL_WORDS, 0) {
-                Ok(tail) => (value, tail),
+                Ok(tail) => {
+                    self.write_tail(tail);
+                    (value, tail)
+                }
                 Err(_) => return false,
             },
             None => match self.reserve(STORE_WORDS + TAIL_WORDS, 0) {
-                Ok(at) => (self.write_writeback(at, last), at + STORE_WORDS),
+                Ok(at) => (self.write_writeback_and_tail(at, last), at + STORE_WORDS),
                 Err(_) => return false,
             },
         };
+        between(self);
         // In locals, so the stores below leave them in registers.
         let (block, old_tail) = (self.block, self.tail);
-        let (me, start) = (self.addr(new_tail), self.addr(old_tail + TAIL_WORDS));
-        // SAFETY: the ring's block; `self` stays borrowed meanwhile.
-        unsafe { Self::write_tail_in(&block, new_tail, me) };
-        between(self);
+        let start = self.addr(old_tail + TAIL_WORDS);
         // Everything the JUMP leads to must be in memory before the JUMP,
         // and its operand before its opcode (the clear ignores its second
         // word, so the operand can land first).
@@ -391,7 +414,11 @@ impl<H: Hal> Ring<H> {
         self.tail = new_tail;
         self.issued = self.entries;
         self.last_writeback = Some(done);
-        self.expected = Some(done);
+        self.linked = Some(Linked {
+            value: done,
+            end,
+            last,
+        });
         true
     }
 
@@ -399,23 +426,26 @@ impl<H: Hal> Ring<H> {
     /// alternate address is the tail itself.
     #[inline(always)]
     fn write_tail(&mut self, word: u32) {
-        let (block, me) = (self.block, self.addr(word));
-        // SAFETY: the ring's block; `self` stays borrowed meanwhile.
-        unsafe { Self::write_tail_in(&block, word, me) }
+        let words = tail_words(self.addr(word));
+        self.write_words(word, words);
     }
 
-    /// [`Ring::write_tail`] through a copy of the block's address; `me` is
-    /// the DMA address of ring word `word`.
-    ///
-    /// # Safety
-    /// As for [`Ring::cell_of`].
+    /// A write-back for `cookie` at claimed word `at` (see
+    /// [`Ring::push_writeback`]) and a tail right after it, stored as one
+    /// sequence; returns the value the write-back leaves.
     #[inline(always)]
-    unsafe fn write_tail_in(block: &NonNull<u8>, word: u32, me: u32) {
-        // SAFETY: the caller's contract.
+    fn write_writeback_and_tail(&mut self, at: u32, cookie: Cookie) -> u32 {
+        const WORDS: usize = (STORE_WORDS + TAIL_WORDS) as usize;
+        // In locals, so the stores below leave them in registers.
+        let (block, tail) = (self.block, self.addr(at + STORE_WORDS));
+        let [s0, s1] = script::store(regs::DSP, 4, self.completion_addr());
+        let [c0, c1, w0, w1] = tail_words(tail);
+        // SAFETY: the ring's block; `self` stays borrowed meanwhile.
         unsafe {
-            Self::write_words_in(block, word, script::clear_sigp());
-            Self::write_words_in(block, word + TC_WORDS, script::wait_reselect(me));
+            Self::cell_of::<u32>(&block, SHADOW_OFF + at as usize * 4).write(cookie.get() as u32);
+            Self::write_words_in::<WORDS>(&block, at, [s0, s1, c0, c1, w0, w1]);
         }
+        tail
     }
 
     fn read_completion(&self) -> u32 {
@@ -444,25 +474,35 @@ impl<H: Hal> Ring<H> {
             return None;
         }
         self.last_seen = completion;
-        let last = self.issued.checked_sub(1)?;
-        // Usually the whole linked run is done, which the value its final
-        // write-back leaves says without a look at the shadow words.
-        let done = if self.expected == Some(completion) {
-            last
-        } else {
-            let written = self.written_back(completion)?;
-            (0..self.issued).find(|&k| self.entry(self.first_entry + k).last as u32 == written)?
-        };
+        if self.issued == 0 {
+            return None;
+        }
+        // Usually the whole linked batch is done, which the value its final
+        // write-back leaves says without a look at the shadow words or the
+        // entries.
+        if let Some(linked) = self.linked.filter(|l| l.value == completion) {
+            self.free_through(self.issued, linked.end);
+            return Some(linked.last);
+        }
+        let written = self.written_back(completion)?;
+        let done = (0..self.issued).find(|&k| self.entry(self.first_entry + k).last as u32 == written)?;
         let Entry {
             last: cookie, end, ..
         } = self.entry(self.first_entry + done);
+        self.free_through(done + 1, end);
+        Cookie::new(cookie)
+    }
+
+    /// Retires the `n` oldest entries, whose words end before ring word
+    /// `end`.
+    #[inline(always)]
+    fn free_through(&mut self, n: u32, end: u32) {
         self.used -= (end + RING_WORDS - self.free_from) % RING_WORDS;
         self.free_from = end;
-        self.first_entry = (self.first_entry + done + 1) & (MAX_ENTRIES - 1);
-        self.entries -= done + 1;
-        self.issued -= done + 1;
-        self.retired = self.retired.wrapping_add(done + 1);
-        Cookie::new(cookie)
+        self.first_entry = (self.first_entry + n) & (MAX_ENTRIES - 1);
+        self.entries -= n;
+        self.issued -= n;
+        self.retired = self.retired.wrapping_add(n);
     }
 
     /// The linked request whose instructions include the one at DMA
@@ -548,8 +588,17 @@ impl<H: Hal> Ring<H> {
         self.free_from = 0;
         self.first_entry = 0;
         self.forget_requests();
-        self.expected = None;
+        self.linked = None;
         self.last_seen = 0;
         self.addr(0)
     }
+}
+
+/// The words of a tail whose first word has DMA address `me`: the
+/// doorbell's clear, then a WAIT RESELECT back to the clear.
+#[inline(always)]
+const fn tail_words(me: u32) -> [u32; TAIL_WORDS as usize] {
+    let [c0, c1] = script::clear_sigp();
+    let [w0, w1] = script::wait_reselect(me);
+    [c0, c1, w0, w1]
 }
