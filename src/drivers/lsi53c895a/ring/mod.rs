@@ -44,21 +44,13 @@ pub(super) const ISSUE_RESERVE: u32 =
     (STORE_WORDS + TC_WORDS) + STORE_WORDS + (TAIL_WORDS + TC_WORDS) + TAIL_WORDS;
 mod block;
 mod entry;
+mod mark;
 #[cfg(test)]
 mod tests;
 
 use block::{RING_OFF, SHADOW_OFF, STATUS_OFF};
 use entry::Entry;
-
-/// A saved preparation point: what requests prepared after it changed.
-#[derive(Clone, Copy, Debug)]
-pub(super) struct RingMark {
-    head: u32,
-    entries: u32,
-    retired: u32,
-    last_cookie: Option<Cookie>,
-    last_writeback: Option<u32>,
-}
+pub(super) use mark::RingMark;
 
 /// The last linked batch, as [`Ring::append`] left it: the value its
 /// final write-back leaves in the completion word, the ring word its last
@@ -485,7 +477,8 @@ impl<H: Hal> Ring<H> {
             return Some(linked.last);
         }
         let written = self.written_back(completion)?;
-        let done = (0..self.issued).find(|&k| self.entry(self.first_entry + k).last as u32 == written)?;
+        let done =
+            (0..self.issued).find(|&k| self.entry(self.first_entry + k).last as u32 == written)?;
         let Entry {
             last: cookie, end, ..
         } = self.entry(self.first_entry + done);
@@ -534,37 +527,6 @@ impl<H: Hal> Ring<H> {
         (self.entries > 0)
             .then(|| Cookie::new(self.entry(self.first_entry).first()))
             .flatten()
-    }
-
-    /// The preparation point now.
-    #[inline(always)]
-    pub(super) fn mark(&self) -> RingMark {
-        RingMark {
-            head: self.head,
-            entries: self.entries,
-            retired: self.retired,
-            last_cookie: self.last_cookie,
-            last_writeback: self.last_writeback,
-        }
-    }
-
-    /// Forgets what was prepared after `mark`; retires since the mark
-    /// stand (they freed words before it). A mark from before the last
-    /// append is refused (it would take back requests the chain links): it
-    /// panics.
-    pub(super) fn rewind(&mut self, mark: RingMark) {
-        // Entries ended since the mark: those left, plus those retired.
-        let retired = self.retired.wrapping_sub(mark.retired);
-        let added = (self.entries + retired).checked_sub(mark.entries);
-        let added = added.filter(|&a| a <= self.entries - self.issued);
-        let added = added.expect("rewind to a mark from before the last append");
-        self.entries -= added;
-        // The words claimed since the mark, wrap waste included: never a
-        // whole lap, as the reserve always stays free.
-        self.used -= (self.head + RING_WORDS - mark.head) % RING_WORDS;
-        self.head = mark.head;
-        self.last_cookie = mark.last_cookie;
-        self.last_writeback = mark.last_writeback;
     }
 
     /// Forgets every request; the words stay claimed until [`Ring::reset`]

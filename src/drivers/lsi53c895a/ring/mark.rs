@@ -1,0 +1,48 @@
+//! Preparation points: what a failed request takes back.
+
+use super::{RING_WORDS, Ring};
+use crate::engine::Cookie;
+use crate::hal::Hal;
+
+/// A saved preparation point: what requests prepared after it changed.
+#[derive(Clone, Copy, Debug)]
+pub(in crate::drivers::lsi53c895a) struct RingMark {
+    head: u32,
+    entries: u32,
+    retired: u32,
+    last_cookie: Option<Cookie>,
+    last_writeback: Option<u32>,
+}
+
+impl<H: Hal> Ring<H> {
+    /// The preparation point now.
+    #[inline(always)]
+    pub(in crate::drivers::lsi53c895a) fn mark(&self) -> RingMark {
+        RingMark {
+            head: self.head,
+            entries: self.entries,
+            retired: self.retired,
+            last_cookie: self.last_cookie,
+            last_writeback: self.last_writeback,
+        }
+    }
+
+    /// Forgets what was prepared after `mark`; retires since the mark
+    /// stand (they freed words before it). A mark from before the last
+    /// append is refused (it would take back requests the chain links): it
+    /// panics.
+    pub(in crate::drivers::lsi53c895a) fn rewind(&mut self, mark: RingMark) {
+        // Entries ended since the mark: those left, plus those retired.
+        let retired = self.retired.wrapping_sub(mark.retired);
+        let added = (self.entries + retired).checked_sub(mark.entries);
+        let added = added.filter(|&a| a <= self.entries - self.issued);
+        let added = added.expect("rewind to a mark from before the last append");
+        self.entries -= added;
+        // The words claimed since the mark, wrap waste included: never a
+        // whole lap, as the reserve always stays free.
+        self.used -= (self.head + RING_WORDS - mark.head) % RING_WORDS;
+        self.head = mark.head;
+        self.last_cookie = mark.last_cookie;
+        self.last_writeback = mark.last_writeback;
+    }
+}
