@@ -239,3 +239,110 @@ impl SigpScript {
         );
     }
 }
+
+/// A [`RawScript`] with a fixed-slot ring's boundary cost: after every `k`
+/// Memory Moves (and after the last one, closing a partial slot), a Store
+/// of DSP to a scratch completion word and a JUMP to the next instruction.
+///
+/// ```text
+///    MOVE MEMORY ... x k
+///    STORE DSP -> scratch word
+///    JUMP (next instruction)
+///    ... (repeated per slot)
+///    INT 0
+/// ```
+pub struct SlotScript {
+    script: Dma<KernelHal>,
+    /// Byte offset of the scratch completion word in `script`.
+    done_at: usize,
+}
+
+impl SlotScript {
+    /// Room for `moves` Memory Moves with a boundary after each (the
+    /// densest layout, `k` = 1).
+    pub fn new(moves: usize) -> Option<SlotScript> {
+        let done_at = 4
+            * (moves * (script::MOVE_WORDS + script::STORE_WORDS + script::TC_WORDS) as usize
+                + script::TC_WORDS as usize);
+        Some(SlotScript {
+            script: Dma::new(done_at + 4).ok()?,
+            done_at,
+        })
+    }
+
+    /// Writes the chain of `moves` with a boundary every `k` moves.
+    pub fn build(&mut self, k: usize, moves: impl Iterator<Item = (u32, u32, u32)>) {
+        assert!(k > 0);
+        let start = self.script.paddr() as u32;
+        let done = start + self.done_at as u32;
+        let mut words = Vec::new();
+        let mut in_slot = 0;
+        let boundary = |words: &mut Vec<u32>| {
+            words.extend_from_slice(&script::store(regs::DSP, 4, done));
+            // The JUMP's own address plus its two words.
+            let next = start + 4 * (words.len() + script::TC_WORDS as usize) as u32;
+            words.extend_from_slice(&script::jump(next));
+        };
+        for (count, src, dst) in moves {
+            words.extend_from_slice(&script::memory_move(count, src, dst));
+            in_slot += 1;
+            if in_slot == k {
+                boundary(&mut words);
+                in_slot = 0;
+            }
+        }
+        if in_slot > 0 {
+            boundary(&mut words);
+        }
+        words.extend_from_slice(&script::int(0));
+        assert!(4 * words.len() <= self.done_at, "more moves than room");
+        write_words(&mut self.script, &words);
+    }
+
+    /// The scratch completion word's current value, and the chain's
+    /// address range (start, end) the stored DSP must lie in.
+    pub fn done_word(&self) -> (u32, u32, u32) {
+        let ptr = self
+            .script
+            .as_ptr()
+            .wrapping_add(self.done_at)
+            .cast::<u32>();
+        // SAFETY: inside our buffer, 4-byte aligned; volatile, as the chip
+        // writes it.
+        let word = unsafe { ptr.read_volatile() };
+        let start = self.script.paddr() as u32;
+        (word, start, start + self.done_at as u32)
+    }
+
+    /// Zeroes the scratch completion word.
+    pub fn clear_done(&mut self) {
+        self.script.as_mut_slice()[self.done_at..self.done_at + 4].fill(0);
+    }
+
+    /// Runs the chain `n` times on `chip` (as [`RawScript::run`]); returns
+    /// TSC cycles from first start to last stop.
+    pub fn run(&self, chip: &mut BareChip, n: usize) -> u64 {
+        if chip.parked_at.is_some() {
+            chip.stop();
+        }
+        let regs = &mut chip.regs;
+        let deadline = deadline();
+        let start = time::rdtsc();
+        for _ in 0..n {
+            regs.write(regs::DSP, self.script.paddr() as u32);
+            while Istat1::from_bits_retain(regs.read(regs::ISTAT1)).contains(Istat1::SRUN) {
+                assert!(
+                    time::rdtsc() < deadline,
+                    "slot script still running after 10 s"
+                );
+                core::hint::spin_loop();
+            }
+            let dstat = Dstat::from_bits_retain(regs.read_clearing(regs::DSTAT));
+            assert!(
+                dstat.contains(Dstat::SIR),
+                "slot script did not end at its INT: DSTAT {dstat:?}"
+            );
+        }
+        time::rdtsc() - start
+    }
+}

@@ -10,7 +10,7 @@ use dmaengine::drivers::lsi53c895a::{regs, script};
 use dmaengine::engine::{Channel, Cookie, Engine, Op, PrepFlags, Status};
 use dmaengine::hal::Dma;
 
-use super::bare::{BareChip, RawScript, SigpScript};
+use super::bare::{BareChip, RawScript, SigpScript, SlotScript};
 use super::report;
 use crate::dma::{KernelHal, LSI, LsiChannel, cpu_channel};
 use crate::{devices, println, time};
@@ -520,4 +520,97 @@ fn copy_break(lsi: &mut LsiChannel, s: u64, d: u64) {
         mixed / engine_only,
         "x",
     );
+}
+
+/// Slot boundaries (moves per slot) of the fixed-slot experiment.
+const SLOT_KS: [usize; 3] = [1, 16, 64];
+/// Batch sizes of the fixed-slot experiment.
+const SLOT_BATCHES: [usize; 3] = [16, 256, 4096];
+
+/// Fixed-slot ring cost: a DSP-started chain of 64-byte Memory Moves with a
+/// STORE DSP + JUMP after every K moves, against the plain [`RawScript`]
+/// chain of the same moves, in alternating rounds on the second chip.
+pub fn slots() {
+    let len = SMALL * SLOT_BATCHES[2];
+    let (Ok(mut src), Ok(mut dst)) = (Dma::<KernelHal>::new(len), Dma::<KernelHal>::new(len))
+    else {
+        println!("slots benchmark skipped: no DMA memory");
+        return;
+    };
+    for (i, b) in src.as_mut_slice().iter_mut().enumerate() {
+        *b = (i as u32).wrapping_mul(2_654_435_761).to_le_bytes()[3] | 1;
+    }
+    let (s, d) = (src.paddr(), dst.paddr());
+    let (mut chip, mut raw, mut slot) = match (
+        BareChip::take(),
+        RawScript::new(SLOT_BATCHES[2]),
+        SlotScript::new(SLOT_BATCHES[2]),
+    ) {
+        (Some(chip), Some(raw), Some(slot)) => (chip, raw, slot),
+        _ => {
+            println!("slots benchmark skipped: no second LSI53C895A");
+            return;
+        }
+    };
+    // Zeroes the batch's destination, runs `f` once, checks it copied.
+    let mut verify = |what: &str, batch: usize, f: &mut dyn FnMut()| {
+        let bytes = SMALL * batch;
+        dst.as_mut_slice()[..bytes].fill(0);
+        core::sync::atomic::fence(core::sync::atomic::Ordering::SeqCst);
+        f();
+        core::sync::atomic::fence(core::sync::atomic::Ordering::SeqCst);
+        assert!(
+            dst.as_slice()[..bytes] == src.as_slice()[..bytes],
+            "slots: {what} batch {batch}: destination differs from source"
+        );
+    };
+    for &batch in &SLOT_BATCHES {
+        raw.build(small_moves(batch, s, d));
+        verify("plain", batch, &mut || {
+            raw.run(&mut chip, 1);
+        });
+        let n = (16384 / batch / ROUNDS).max(2);
+        for &k in &SLOT_KS {
+            slot.build(k, small_moves(batch, s, d));
+            slot.clear_done();
+            verify("slot", batch, &mut || {
+                slot.run(&mut chip, 1);
+            });
+            let (word, lo, hi) = slot.done_word();
+            assert!(
+                (lo..hi).contains(&word),
+                "slots: k{k} batch {batch}: completion word {word:#x} not in the chain {lo:#x}..{hi:#x}"
+            );
+            println!(
+                "slots: k{k} batch {batch}: verified, completion word {word:#x} (chain {lo:#x}..{hi:#x})"
+            );
+            raw.run(&mut chip, 1);
+            let (mut plain_v, mut slot_v) = (Vec::new(), Vec::new());
+            for round in 0..ROUNDS {
+                if round % 2 == 0 {
+                    plain_v.push(per_second(batch * n, raw.run(&mut chip, n)));
+                }
+                slot_v.push(per_second(batch * n, slot.run(&mut chip, n)));
+                if round % 2 == 1 {
+                    plain_v.push(per_second(batch * n, raw.run(&mut chip, n)));
+                }
+            }
+            let (plain_m, slot_m) = (median(plain_v), median(slot_v));
+            report(
+                &format!("slots.batch{batch}.k{k}.plain.copies_per_s"),
+                plain_m,
+                "copies/s",
+            );
+            report(
+                &format!("slots.batch{batch}.k{k}.slot.copies_per_s"),
+                slot_m,
+                "copies/s",
+            );
+            report(
+                &format!("slots.batch{batch}.k{k}.ratio"),
+                slot_m / plain_m,
+                "x",
+            );
+        }
+    }
 }

@@ -65,6 +65,10 @@ pub fn run(filter: Option<&str>) -> ExitCode {
     if wanted("iommu") {
         iommu::run();
     }
+    // Only when named: the fixed-slot experiment.
+    if filter.is_some() && wanted("slots") {
+        dma::slots();
+    }
     // Only when named: its counts mean instructions only under `-icount`,
     // which `qemu-run.sh` gives a boot of its own.
     if filter.is_some() && wanted("insns") {
