@@ -442,6 +442,29 @@ pub unsafe trait Engine {
         end: Option<Notify>,
     ) -> Result<(), EngineError>;
 
+    /// Writes the request `cookie` whose op fits one descriptor
+    /// ([`Limits`]): [`Engine::prep`] with `end` `Some(notify)`, all or
+    /// nothing. On error the engine is as it was before the call: nothing
+    /// of the request stays where [`Engine::issue`] would hand it to the
+    /// hardware. The default takes a mark, prepares, and rewinds to the
+    /// mark on error; a driver whose `prep` writes nothing of such a
+    /// request before the point where it can no longer fail may skip the
+    /// mark (how [`Channel::prep`] prepares a single request).
+    ///
+    /// # Safety
+    /// As for [`Engine::prep`]. An override must leave the engine as it
+    /// was whenever it returns an error.
+    #[inline(always)]
+    unsafe fn prep_one(
+        &mut self,
+        cookie: Cookie,
+        op: Op,
+        notify: Notify,
+    ) -> Result<(), EngineError> {
+        // SAFETY: the caller's contract, passed on.
+        unsafe { prep_one_marked(self, cookie, op, notify) }
+    }
+
     /// Writes one descriptor per request for the requests `ops`, whose
     /// cookies run consecutively from `first`; each op fits one descriptor
     /// ([`Limits`]), and `last` is the notification of the last request
@@ -514,6 +537,29 @@ pub unsafe trait Engine {
 
     /// Brings a stopped engine back to an empty, working ring.
     fn reset(&mut self) -> Result<(), DmaError>;
+}
+
+/// [`Engine::prep_one`] through a mark: prepares, and rewinds to the mark
+/// taken first if `prep` fails (the default, and what a driver's override
+/// falls back to for the requests it cannot prepare without one).
+///
+/// # Safety
+/// As for [`Engine::prep`].
+#[inline(always)]
+pub(crate) unsafe fn prep_one_marked<E: Engine + ?Sized>(
+    engine: &mut E,
+    cookie: Cookie,
+    op: Op,
+    notify: Notify,
+) -> Result<(), EngineError> {
+    let mark = engine.mark();
+    // SAFETY: the caller's contract, passed on.
+    let result = unsafe { engine.prep(cookie, op, Some(notify)) };
+    if result.is_err() {
+        // SAFETY: the mark was taken in this call, nothing issued since.
+        unsafe { engine.rewind(mark) };
+    }
+    result
 }
 
 #[cfg(test)]

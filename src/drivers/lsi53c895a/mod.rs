@@ -69,6 +69,7 @@ pub mod fake;
 pub mod regs;
 mod ring;
 pub mod script;
+mod stopped;
 #[cfg(test)]
 mod tests;
 
@@ -78,8 +79,8 @@ use regs::{Dmode, Dstat, Istat, Istat1};
 use ring::{ISSUE_RESERVE, Ring, RingMark};
 
 use crate::engine::{
-    Capabilities, Cookie, DmaError, Engine, EngineError, ErrorKind, Fault, Limits, Notify, Op,
-    Progress, Termination,
+    Capabilities, Cookie, DmaError, Engine, EngineError, Fault, Limits, Notify, Op, Progress,
+    Termination, prep_one_marked,
 };
 use crate::hal::{DmaAddr, Hal};
 use crate::mmio::{MmioRegion, PortReg8, PortRegion, Registers};
@@ -296,49 +297,6 @@ impl<H: Hal, R: Registers> Lsi53c895a<H, R> {
         self.inject = true;
     }
 
-    /// Records the failure behind error bits read from DSTAT.
-    fn note_errors(&mut self, dstat: Dstat) {
-        let errors = dstat & Dstat::ERRORS;
-        if errors.is_empty() || self.halted || self.ring.issued() == 0 {
-            return;
-        }
-        // DSP has moved past the instruction that failed: 8 bytes for the
-        // two-dword instructions that raise IID.
-        let failed_at = self.regs.read(regs::DSP).wrapping_sub(8);
-        let cookie = self.ring.owner_of(failed_at).or(self.ring.oldest());
-        let kind = if errors.contains(Dstat::IID) {
-            ErrorKind::InvalidDescriptor
-        } else if errors.contains(Dstat::ABRT) {
-            ErrorKind::Aborted
-        } else {
-            ErrorKind::BusFault
-        };
-        if let Some(cookie) = cookie {
-            self.fault = Some(Fault { cookie, kind });
-        }
-        self.halted = true;
-    }
-
-    /// [`Engine::poll`] with work outstanding after the completion word
-    /// was read: whether the chip stopped, and why (a failure is left in
-    /// `self.fault`); returns the newest request complete, not a
-    /// [`Progress`] (performance note H2, in the guide's performance
-    /// chapter).
-    #[inline(never)]
-    fn poll_hardware(&mut self, completed: Option<Cookie>) -> Option<Cookie> {
-        if self.is_running() {
-            return completed;
-        }
-        // Stopped with work outstanding: failed (the resident loop never
-        // stops by itself), or stopped by manual start mode.
-        let completed = self.ring.retire().or(completed);
-        if self.ring.issued() > 0 {
-            let dstat = Dstat::from_bits_retain(self.regs.read_clearing(regs::DSTAT));
-            self.note_errors(dstat);
-        }
-        completed
-    }
-
     /// The first half of `issue`: the prepared requests linked behind the
     /// live tail ([`Ring::append`]). The processor may take the link as
     /// soon as it is written (when it is busy before the tail); the
@@ -360,25 +318,6 @@ impl<H: Hal, R: Registers> Lsi53c895a<H, R> {
             Some(doorbell) => doorbell.write(Istat::SIGP.bits()),
             None => self.regs.write(regs::ISTAT, Istat::SIGP.bits()),
         }
-    }
-
-    fn stop(&mut self) {
-        // ABRT alone leaves QEMU's resume timer armed (and a parked WAIT
-        // wakeable); the soft reset that follows stops the processor for
-        // good (QEMU 7.2's and 10.0's behaviour).
-        self.regs.write(regs::ISTAT, Istat::ABRT.bits());
-        self.regs.write(regs::ISTAT, Istat::SRST.bits());
-        self.regs.write(regs::ISTAT, 0);
-        // The abort raised the interrupt line (DSTAT.ABRT, which DIEN
-        // enables) and the soft reset cleared the status without lowering
-        // it: QEMU recomputes the line only when status changes hands, so
-        // ISTAT now reads 0 while the line stays up, and `handle_interrupt`
-        // would disown it forever. Clearing as for an interrupt (INTF, then
-        // DSTAT, then SIST0/SIST1; QEMU-FACTS.md) lowers it.
-        self.regs.write(regs::ISTAT, Istat::INTF.bits());
-        self.regs.read_clearing(regs::DSTAT);
-        self.regs.read_clearing(regs::SIST0);
-        self.regs.read_clearing(regs::SIST1);
     }
 }
 
@@ -454,6 +393,25 @@ unsafe impl<H: Hal, R: Registers> Engine for Lsi53c895a<H, R> {
             self.ring.end_request(cookie, writeback);
         }
         Ok(())
+    }
+
+    #[inline(always)]
+    unsafe fn prep_one(
+        &mut self,
+        cookie: Cookie,
+        op: Op,
+        notify: Notify,
+    ) -> Result<(), EngineError> {
+        // A plain copy that asks for no notification: `prep` refuses it
+        // before it claims a word (halted, no entry free, no room in the
+        // reserve's check), and then pushes one Memory Move and ends the
+        // request, neither of which can fail. So no mark.
+        if matches!(op, Op::Copy { .. }) && !self.inject && notify == Notify::default() {
+            // SAFETY: the caller's contract, passed on.
+            return unsafe { self.prep(cookie, op, Some(notify)) };
+        }
+        // SAFETY: the caller's contract, passed on.
+        unsafe { prep_one_marked(self, cookie, op, notify) }
     }
 
     unsafe fn prep_run(

@@ -780,6 +780,39 @@ fn a_batch_longer_than_the_ring_is_refused_whole() {
     assert_eq!(chan.engine().device().take_moves().len(), 1);
 }
 
+/// Single copies prepared until the ring is full: the refused one (which
+/// `prep_one` prepares without a mark) leaves the ring as it was, consumes
+/// no cookie, and the chip runs exactly the copies prepared before it.
+#[test]
+#[cfg_attr(
+    miri,
+    ignore = "thousands of copies: minutes under Miri; the ring's unsafe core runs there in its own tests"
+)]
+fn a_single_copy_refused_for_room_leaves_the_ring_as_it_was() {
+    let src = Dma::<FakeHal32>::new(64).unwrap();
+    let dst = Dma::<FakeHal32>::new(64 * 2).unwrap();
+    let mut chan = chan();
+    let mut prepared = 0;
+    let refused = loop {
+        let mark = format!("{:?}", chan.engine().mark());
+        let snapshot = chan.snapshot();
+        // SAFETY: the test's buffers, touched by nothing else.
+        match unsafe { chan.prep_copy(dst.paddr(), src.paddr(), 64, PrepFlags::empty()) } {
+            Ok(_) => prepared += 1,
+            Err(e) => break (e, mark, snapshot),
+        }
+    };
+    let (error, mark, snapshot) = refused;
+    assert_eq!(error, DmaError::RingFull);
+    assert_eq!(format!("{:?}", chan.engine().mark()), mark);
+    assert_eq!(chan.snapshot(), snapshot);
+    assert!(prepared > 1000, "the ring held {prepared} copies");
+    let last = Cookie::new(snapshot.last_used).unwrap();
+    chan.issue_pending();
+    assert_eq!(drive(&mut chan, last, 100), Status::Complete);
+    assert_eq!(chan.engine().device().take_moves().len(), prepared);
+}
+
 /// A batch across the cookies' wrap takes the general path and every
 /// request completes under its own cookie.
 #[test]

@@ -20,12 +20,8 @@ impl<E: Engine> Channel<E> {
         op: Op,
         notify: Notify,
     ) -> Result<(), DmaError> {
-        let len = match op {
-            Op::Copy { len, .. } | Op::Fill { len, .. } | Op::Zero { len, .. } => len,
-            Op::Interrupt => 0,
-        };
         // The common case: one descriptor, the request as it is.
-        if len <= self.piece_max {
+        if op_len(op) <= self.piece_max {
             // SAFETY: validated and fitting one descriptor; the caller
             // upholds `prep`'s contract, whose end is this engine's.
             return Ok(unsafe { self.engine.prep(cookie, op, Some(notify)) }?);
@@ -125,14 +121,24 @@ impl<E: Engine> Channel<E> {
             writeback: callback.is_some(),
             interrupt: flags.contains(PrepFlags::INTERRUPT),
         };
-        let mark = self.engine.mark();
-        // SAFETY: validated above; the caller upholds this function's
-        // contract, which is `emit`'s.
-        if let Err(e) = unsafe { self.emit(cookie, op, notify) } {
-            // SAFETY: the mark was taken just now, nothing issued since.
-            unsafe { self.engine.rewind(mark) };
-            return Err(e);
-        }
+        // The common case, one descriptor: the engine's `prep_one` leaves
+        // nothing behind when it fails (and may need no mark for that).
+        let written = if op_len(op) <= self.piece_max {
+            // SAFETY: validated and fitting one descriptor; the caller
+            // upholds `prep`'s contract, whose end is this engine's.
+            unsafe { self.engine.prep_one(cookie, op, notify) }.map_err(DmaError::from)
+        } else {
+            let mark = self.engine.mark();
+            // SAFETY: validated above; the caller upholds this function's
+            // contract, which is `emit_pieces`'.
+            let written = unsafe { self.emit_pieces(cookie, op, notify) };
+            if written.is_err() {
+                // SAFETY: the mark was taken just now, nothing issued since.
+                unsafe { self.engine.rewind(mark) };
+            }
+            written
+        };
+        written?;
         self.last_used = cookie.get();
         self.prepared = true;
         if notify.interrupt {
@@ -352,5 +358,14 @@ impl<E: Engine> Channel<E> {
     ) -> Result<Cookie, DmaError> {
         // SAFETY: the caller upholds `prep`'s contract.
         unsafe { self.prep(Op::Zero { dst, len }, flags, None) }
+    }
+}
+
+/// The bytes `op` writes (0 for an interrupt-only request).
+#[inline(always)]
+fn op_len(op: Op) -> usize {
+    match op {
+        Op::Copy { len, .. } | Op::Fill { len, .. } | Op::Zero { len, .. } => len,
+        Op::Interrupt => 0,
     }
 }
