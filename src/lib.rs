@@ -71,11 +71,12 @@
 //! **What it promises per call** (`unsafe fn`s):
 //! - Raw DMA addresses: the request methods of [`engine::Channel`]
 //!   (`prep`, `prep_batch`, `prep_copy`, `fill`, ...) and the descriptor
-//!   methods of [`engine::Engine`] (`prep`, `prep_run`, `rewind`): every
-//!   address is a DMA address of the engine's `Hal`, of memory the kernel
-//!   owns and neither frees nor touches in a conflicting way until the
-//!   channel (or the engine) reports the request ended; a mark given to
-//!   `rewind` is the same engine's since its last issue. The owned-buffer
+//!   methods of [`engine::Engine`] (`prep`, `prep_one`, `prep_run`,
+//!   `rewind`): every address is a DMA address of the engine's `Hal`, of
+//!   memory the kernel owns and neither frees nor touches in a conflicting
+//!   way until the channel (or the engine) reports the request ended; a
+//!   mark given to `rewind` is the same engine's since its last issue; an
+//!   engine's own `prep_one` leaves nothing behind when it fails. The owned-buffer
 //!   calls (`copy`, `fill_buffer`, `SharedChannel::transfer`) are safe:
 //!   their types admit only buffers of the engine's own `Hal`, and the
 //!   buffers come back only once the engine has stopped touching them (a
