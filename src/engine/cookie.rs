@@ -94,6 +94,11 @@ impl fmt::Display for Cookie {
 #[inline]
 pub const fn is_complete(cookie: Cookie, last_completed: i32, last_used: i32) -> bool {
     let c = cookie.get();
+    // Nothing in flight, the usual answer once a request is found done:
+    // what the rule below says too, in fewer instructions.
+    if last_completed == last_used {
+        return true;
+    }
     if last_completed <= last_used {
         c <= last_completed || c > last_used
     } else {

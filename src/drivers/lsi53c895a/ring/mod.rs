@@ -397,7 +397,7 @@ impl<H: Hal> Ring<H> {
         // and its operand before its opcode (the clear ignores its second
         // word, so the operand can land first).
         fence(Ordering::Release);
-        // SAFETY: as above.
+        // SAFETY: the ring's block; `self` stays borrowed meanwhile.
         unsafe { Self::write_words_in(&block, old_tail + 1, [start]) };
         between(self);
         fence(Ordering::Release);
@@ -405,7 +405,8 @@ impl<H: Hal> Ring<H> {
         unsafe { Self::write_words_in(&block, old_tail, [script::JUMP]) };
         self.tail = new_tail;
         self.issued = self.entries;
-        self.last_writeback = Some(done);
+        // `last_writeback` is left as it is: it is read only while a
+        // request is unlinked, and the next one sets it when it ends.
         self.linked = Some(Linked {
             value: done,
             end,
