@@ -24,7 +24,7 @@ use core::sync::atomic::{Ordering, fence};
 
 use super::regs;
 use super::script::{self, MOVE_WORDS, STORE_WORDS, TC_WORDS};
-use crate::engine::{Cookie, EngineError, Op, copy_is_valid};
+use crate::engine::{Cookie, EngineError, Op};
 use crate::hal::{DmaAddr, Hal};
 
 /// Words in the instruction ring (64 KiB: about 5400 Memory Moves).
@@ -260,7 +260,7 @@ impl<H: Hal> Ring<H> {
     }
 
     /// Appends the leading copies of `ops` that are valid (within `mask`,
-    /// not wrapping, not overlapping: [`copy_is_valid`]; at most
+    /// not wrapping, not overlapping: [`copy_is_valid`](crate::engine::copy_is_valid); at most
     /// [`MAX_MOVE`](script::MAX_MOVE) bytes) as one Memory Move each, request
     /// by request from cookie `first`, in one pass: room for all of them
     /// (before the ring's end, with [`ISSUE_RESERVE`] left) is checked once,
@@ -280,6 +280,7 @@ impl<H: Hal> Ring<H> {
         let n = ops.len() as u32;
         let words = n * MOVE_WORDS;
         if self.entries == MAX_ENTRIES
+            || mask < script::MAX_MOVE as u64
             || self.head + words + TC_WORDS > RING_WORDS
             || self.used + words + ISSUE_RESERVE > RING_WORDS
         {
@@ -319,7 +320,9 @@ impl<H: Hal> Ring<H> {
 
     /// The loop of [`Ring::push_copies`]: writes one Memory Move per op
     /// from ring word `at` on, up to the first op that is not a valid
-    /// plain copy; returns the ring word after the last move written.
+    /// plain copy ([`is_one_move`]: `mask` is at least
+    /// [`MAX_MOVE`](script::MAX_MOVE)); returns the ring word after the
+    /// last move written.
     /// Out of line, so the loop has the registers to itself (inlined into
     /// `prep_batch` it spilled and reloaded 8 values per copy).
     #[inline(never)]
@@ -333,7 +336,7 @@ impl<H: Hal> Ring<H> {
             let Op::Copy { dst, src, len } = *op else {
                 break;
             };
-            if !(copy_is_valid(dst, src, len, mask) & (len <= script::MAX_MOVE as usize)) {
+            if !is_one_move(dst, src, len, mask) {
                 break;
             }
             // Checked just now: within the 32-bit mask (the engine's), at
@@ -564,4 +567,18 @@ const fn tail_words(me: u32) -> [u32; TAIL_WORDS as usize] {
     let [c0, c1] = script::clear_sigp();
     let [w0, w1] = script::wait_reselect(me);
     [c0, c1, w0, w1]
+}
+
+/// Whether the channel accepts a copy of `len` bytes from `src` to `dst`
+/// ([`copy_is_valid`](crate::engine::copy_is_valid) against `mask`) that one Memory Move holds (at most
+/// [`MAX_MOVE`](script::MAX_MOVE) bytes), for a `mask` of at least
+/// `MAX_MOVE`: then a length of 1 to `MAX_MOVE` keeps `mask - (len - 1)`
+/// from wrapping, which `copy_is_valid` checks on its own, so this takes
+/// one comparison fewer per copy of a batch. A test checks that both agree.
+#[inline(always)]
+fn is_one_move(dst: DmaAddr, src: DmaAddr, len: usize, mask: u64) -> bool {
+    let span = len.wrapping_sub(1) as u64;
+    (span < script::MAX_MOVE as u64)
+        & (dst.max(src) <= mask.wrapping_sub(span))
+        & (dst.abs_diff(src) > span)
 }

@@ -361,3 +361,54 @@ fn runs_next_to_the_cookies_wrap_keep_their_owners() {
     assert_eq!(ring.retire().map(Cookie::get), Some(2));
     assert_eq!(ring.issued(), 0);
 }
+
+/// Addresses and lengths at the edges `is_one_move` and `copy_is_valid`
+/// decide at: 0, `MAX_MOVE`, the 32-bit mask, and their neighbours.
+fn edges() -> Vec<u64> {
+    let max = script::MAX_MOVE as u64;
+    let top = u32::MAX as u64;
+    let mut edges = vec![0, 1, 63, 64, 65, u64::MAX];
+    for edge in [max, top - max, top - 64, top] {
+        edges.extend([edge - 1, edge, edge + 1]);
+    }
+    edges
+}
+
+/// The batch loop's check accepts exactly the copies the channel accepts
+/// that fit one Memory Move: every combination of edges, for the masks it
+/// is used with (the engine's, and the least and the most allowed).
+#[test]
+fn is_one_move_agrees_with_the_channels_check_at_the_edges() {
+    let edges = edges();
+    for mask in [script::MAX_MOVE as u64, u32::MAX as u64, u64::MAX] {
+        for &dst in &edges {
+            for &src in &edges {
+                for &len in &edges {
+                    let len = len as usize;
+                    assert_eq!(
+                        is_one_move(dst, src, len, mask),
+                        crate::engine::copy_is_valid(dst, src, len, mask)
+                            && len <= script::MAX_MOVE as usize,
+                        "dst {dst:#x} src {src:#x} len {len:#x} mask {mask:#x}"
+                    );
+                }
+            }
+        }
+    }
+}
+
+proptest! {
+    /// As above, anywhere.
+    #[test]
+    fn is_one_move_agrees_with_the_channels_check(
+        dst in any::<u64>(),
+        src in any::<u64>(),
+        len in 0..2 * script::MAX_MOVE as usize,
+        mask in script::MAX_MOVE as u64..=u64::MAX,
+    ) {
+        prop_assert_eq!(
+            is_one_move(dst, src, len, mask),
+            crate::engine::copy_is_valid(dst, src, len, mask) && len <= script::MAX_MOVE as usize
+        );
+    }
+}
