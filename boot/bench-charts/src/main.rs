@@ -7,6 +7,10 @@
 //! - `mm.svg`: nanoseconds per page for each way of mapping 64 MiB.
 //!
 //! Usage: `dmaengine-bench-charts <latest.csv> <output folder>`.
+//!
+//! With `--tables <7.2 csv> <10.0 csv> <chapter.md>` it rewrites the
+//! performance chapter's tables from two recorded runs instead (see
+//! [`tables`]).
 
 use std::collections::BTreeMap;
 use std::error::Error;
@@ -14,14 +18,18 @@ use std::path::Path;
 
 use plotters::prelude::*;
 
-/// The results: key to value, plus the QEMU version row if there is one.
+mod tables;
+
+/// The results: key to value and to unit, plus the QEMU version row if
+/// there is one.
 struct Results {
     values: BTreeMap<String, f64>,
+    units: BTreeMap<String, String>,
     qemu: String,
 }
 
 fn parse(csv: &str) -> Results {
-    let mut values = BTreeMap::new();
+    let (mut values, mut units) = (BTreeMap::new(), BTreeMap::new());
     let mut qemu = String::from("QEMU version unknown");
     for line in csv.lines().skip(1) {
         let mut fields = line.split(',');
@@ -32,9 +40,16 @@ fn parse(csv: &str) -> Results {
             qemu = format!("QEMU {value}");
         } else if let Ok(v) = value.parse::<f64>() {
             values.insert(key.to_string(), v);
+            if let Some(unit) = fields.next().filter(|u| !u.is_empty()) {
+                units.insert(key.to_string(), unit.to_string());
+            }
         }
     }
-    Results { values, qemu }
+    Results {
+        values,
+        units,
+        qemu,
+    }
 }
 
 const SIZES: [(&str, f64); 4] = [
@@ -221,8 +236,25 @@ fn mm(results: &Results, dir: &Path) -> Result<(), Box<dyn Error>> {
 
 fn main() -> Result<(), Box<dyn Error>> {
     let args: Vec<String> = std::env::args().collect();
+    if let [_, flag, first, second, chapter] = args.as_slice()
+        && flag == "--tables"
+    {
+        let (first, second) = (
+            parse(&std::fs::read_to_string(first)?),
+            parse(&std::fs::read_to_string(second)?),
+        );
+        let text = tables::rewrite(&std::fs::read_to_string(chapter)?, &first, &second)
+            .map_err(|e| format!("{chapter}: {e}"))?;
+        std::fs::write(chapter, text)?;
+        println!("rewrote the tables of {chapter}");
+        return Ok(());
+    }
     let [_, csv, dir] = args.as_slice() else {
-        return Err("usage: dmaengine-bench-charts <latest.csv> <output folder>".into());
+        return Err(concat!(
+            "usage: dmaengine-bench-charts <latest.csv> <output folder>\n",
+            "   or: dmaengine-bench-charts --tables <7.2 csv> <10.0 csv> <chapter.md>"
+        )
+        .into());
     };
     let results = parse(&std::fs::read_to_string(csv)?);
     if results.values.is_empty() {
