@@ -271,6 +271,9 @@ mod tests {
         // Rewriting again changes nothing.
         assert_eq!(rewrite(&out, &seven, &ten).unwrap(), out);
         let unmarked = rewrite("no markers here\n", &seven, &ten);
-        assert_eq!(unmarked, Err("no `<!-- recorded:bandwidth -->` marker".into()));
+        assert_eq!(
+            unmarked,
+            Err("no `<!-- recorded:bandwidth -->` marker".into())
+        );
     }
 }
