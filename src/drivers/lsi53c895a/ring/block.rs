@@ -6,7 +6,7 @@ use core::ptr::NonNull;
 
 use volatile::VolatilePtr;
 
-use super::{MAX_ENTRIES, RING_WORDS, Ring, ZERO_BYTES};
+use super::{Linked, MAX_ENTRIES, RING_WORDS, Ring, ZERO_BYTES};
 use crate::engine::DmaError;
 use crate::hal::{DmaAddr, Hal, PAGE_SIZE};
 
@@ -39,7 +39,7 @@ impl<H: Hal> Ring<H> {
             issued: 0,
             last_cookie: None,
             last_writeback: None,
-            linked: None,
+            linked: Linked::NONE,
             last_seen: 0,
             retired: 0,
             _hal: PhantomData,

@@ -56,12 +56,23 @@ pub(super) use mark::RingMark;
 /// final write-back leaves in the completion word, the ring word its last
 /// request's instructions end before (its entry's `end`), and that
 /// request's cookie. Retiring the whole batch, the usual case, needs no
-/// entry read.
+/// entry read. Meaningful only while a request is linked and not retired
+/// (`issued > 0`): each append sets it first, so no `Option`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Linked {
     value: u32,
     end: u32,
     last: Cookie,
+}
+
+impl Linked {
+    /// Before the first append: a value no write-back leaves (they leave
+    /// the address after a ring word).
+    const NONE: Linked = Linked {
+        value: 0,
+        end: 0,
+        last: Cookie::FIRST,
+    };
 }
 
 /// The ring and the rest of the engine's DMA block.
@@ -87,7 +98,7 @@ pub(super) struct Ring<H: Hal> {
     last_writeback: Option<u32>,
     /// What the completion word says once the last linked batch has
     /// ended, and what retiring it then frees: see [`Linked`].
-    linked: Option<Linked>,
+    linked: Linked,
     /// The completion word's value when last retired from.
     last_seen: u32,
     /// Entries retired since creation (wrapping): how a mark taken before
@@ -410,11 +421,11 @@ impl<H: Hal> Ring<H> {
         self.issued = self.entries;
         // `last_writeback` is left as it is: it is read only while a
         // request is unlinked, and the next one sets it when it ends.
-        self.linked = Some(Linked {
+        self.linked = Linked {
             value: done,
             end,
             last,
-        });
+        };
         true
     }
 
@@ -476,7 +487,8 @@ impl<H: Hal> Ring<H> {
         // Usually the whole linked batch is done, which the value its final
         // write-back leaves says without a look at the shadow words or the
         // entries.
-        if let Some(linked) = self.linked.filter(|l| l.value == completion) {
+        let linked = self.linked;
+        if linked.value == completion {
             self.free_through(self.issued, linked.end);
             return Some(linked.last);
         }
@@ -554,7 +566,7 @@ impl<H: Hal> Ring<H> {
         self.free_from = 0;
         self.first_entry = 0;
         self.forget_requests();
-        self.linked = None;
+        self.linked = Linked::NONE;
         self.last_seen = 0;
         self.addr(0)
     }
