@@ -347,7 +347,8 @@ pub struct Termination {
 /// prepared, so they are safe to call in any order, also through
 /// [`Channel::engine_mut`] (where they confuse the channel's bookkeeping,
 /// never memory: a request whose end the channel misses stays in flight,
-/// and an owned buffer leaks).
+/// and an owned buffer leaks; `engine_mut` itself is `unsafe` because the
+/// reference could move the engine out of its channel).
 ///
 /// Safe code keeps compiling for what leaves memory alone, and stops at
 /// the descriptors:
@@ -357,8 +358,10 @@ pub struct Termination {
 /// use dmaengine::engine::{Channel, Engine};
 /// use dmaengine::hal::Hal;
 /// fn look<H: Hal>(chan: &mut Channel<CpuEngine<H>>) {
-///     chan.engine_mut().issue();
-///     let _ = chan.engine_mut().poll(true);
+///     // SAFETY: the engine stays in its channel.
+///     let engine = unsafe { chan.engine_mut() };
+///     engine.issue();
+///     let _ = engine.poll(true);
 /// }
 /// ```
 ///
@@ -367,9 +370,11 @@ pub struct Termination {
 /// use dmaengine::engine::{Channel, Cookie, Engine, Op};
 /// use dmaengine::hal::Hal;
 /// fn scribble<H: Hal>(chan: &mut Channel<CpuEngine<H>>) {
+///     // SAFETY: the engine stays in its channel.
+///     let engine = unsafe { chan.engine_mut() };
 ///     let op = Op::Copy { dst: 0x1000, src: 0x2000, len: 64 };
-///     let _ = chan.engine_mut().prep(Cookie::FIRST, op, None);
-///     chan.engine_mut().issue();
+///     let _ = engine.prep(Cookie::FIRST, op, None);
+///     engine.issue();
 /// }
 /// ```
 ///

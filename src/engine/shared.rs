@@ -91,8 +91,9 @@ pub struct SharedChannel<E: Engine, I: IrqControl> {
 /// Not `Send` (a type check, since it was found to be `Send`): it restores
 /// the interrupt flag of the CPU that locked it, so it must be dropped on
 /// that CPU, and a task holding it across an `.await` could resume on
-/// another. Through it, as through [`Channel::engine_mut`], no safe call
-/// reaches raw DMA: the engine's `prep` is `unsafe`.
+/// another. Through it, as through [`Channel::engine_mut`] (itself
+/// `unsafe`), no safe call reaches raw DMA: the engine's `prep` is
+/// `unsafe`.
 ///
 /// ```
 /// # use core::ptr::NonNull;

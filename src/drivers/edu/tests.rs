@@ -60,7 +60,7 @@ fn what_the_device_cannot_do_is_not_supported_not_ring_full() {
     };
     assert_eq!(
         // SAFETY: refused, nothing runs.
-        unsafe { chan.engine_mut().prep(Cookie::FIRST, fill, None) },
+        unsafe { chan.test_engine().prep(Cookie::FIRST, fill, None) },
         Err(EngineError::NotSupported)
     );
     // SAFETY: refused, nothing runs.
@@ -93,7 +93,7 @@ fn a_stuck_device_keeps_the_buffers_until_it_has_stopped() {
     assert!(chan.is_halted() && chan.is_stopping());
     // SAFETY: refused (the engine takes no new work), nothing runs.
     let refused = unsafe {
-        chan.engine_mut().prep(
+        chan.test_engine().prep(
             Cookie::FIRST,
             Op::Copy {
                 dst: 0x1000,

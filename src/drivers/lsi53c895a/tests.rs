@@ -109,7 +109,7 @@ fn prepare(chan: &mut Chan, epoch: &mut usize, inject: bool) {
         *epoch += 1;
     }
     if inject {
-        chan.engine_mut().inject_illegal_instruction();
+        chan.test_engine().inject_illegal_instruction();
     }
 }
 

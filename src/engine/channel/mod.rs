@@ -149,12 +149,39 @@ impl<E: Engine> Channel<E> {
     /// The engine, for driver-specific controls (each driver's type docs
     /// say which of its methods are meant for this). The [`Engine`] methods
     /// that point the device at memory (`prep`, `prep_run`, `rewind`) are
-    /// `unsafe`, so this gives no safe path to raw DMA; the safe ones
-    /// (`issue`, `poll`, `terminate`, `reset`, ...) change the ring behind
-    /// the channel's back and break its bookkeeping: cookies may then be
-    /// reported wrongly or never end, and an owned buffer whose request
-    /// never ends leaks, but none comes back while the device may touch it.
-    pub fn engine_mut(&mut self) -> &mut E {
+    /// `unsafe` in their own right; the safe ones (`issue`, `poll`,
+    /// `terminate`, `reset`, ...) change the ring behind the channel's back
+    /// and break its bookkeeping: cookies may then be reported wrongly or
+    /// never end, and an owned buffer whose request never ends leaks, but
+    /// none comes back while the device may touch it.
+    ///
+    /// `unsafe` since a `&mut E` also lets the engine itself be moved out
+    /// (`mem::replace`, `mem::swap`, `mem::take`): the channel credits what
+    /// the engine it holds reports to every cookie before it, so another
+    /// engine's completion handed an owned buffer back while the engine
+    /// that held its request, moved elsewhere, could still run it.
+    ///
+    /// ```compile_fail,E0133
+    /// use dmaengine::drivers::cpu::CpuEngine;
+    /// use dmaengine::engine::Channel;
+    /// use dmaengine::hal::Hal;
+    /// fn swap_out<H: Hal>(chan: &mut Channel<CpuEngine<H>>) -> CpuEngine<H> {
+    ///     core::mem::replace(chan.engine_mut(), CpuEngine::new())
+    /// }
+    /// ```
+    ///
+    /// # Safety
+    /// The engine stays this channel's: it is not moved out, replaced or
+    /// swapped through the reference (its limits and capabilities, read
+    /// once by [`Channel::new`], stay as they were too).
+    pub unsafe fn engine_mut(&mut self) -> &mut E {
+        &mut self.engine
+    }
+
+    /// [`Channel::engine_mut`] for the tests that script a fake engine in
+    /// place (they never move it out).
+    #[cfg(test)]
+    pub(crate) fn test_engine(&mut self) -> &mut E {
         &mut self.engine
     }
 

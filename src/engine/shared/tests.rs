@@ -25,15 +25,15 @@ fn scripted() -> Shared {
 /// The engine reports every request up to `cookie` ended and raises its
 /// interrupt, which the channel takes.
 fn end_through(shared: &Shared, cookie: Cookie) {
-    shared.lock().engine_mut().complete_upto = Some(cookie);
-    shared.lock().engine_mut().raised = true;
+    shared.lock().test_engine().complete_upto = Some(cookie);
+    shared.lock().test_engine().raised = true;
     assert!(shared.handle_interrupt());
 }
 
 /// A device slow to stop has stopped, and says so with its interrupt.
 fn device_stops(shared: &Shared) {
-    shared.lock().engine_mut().busy = false;
-    shared.lock().engine_mut().raised = true;
+    shared.lock().test_engine().busy = false;
+    shared.lock().test_engine().raised = true;
     assert!(shared.handle_interrupt());
 }
 
@@ -91,7 +91,7 @@ fn a_future_that_must_wait_arms_one_interrupt_and_one_that_need_not_arms_none() 
     // Ended before the first poll: no interrupt request is added.
     let done = prep(&shared, 0);
     shared.lock().issue_pending();
-    shared.lock().engine_mut().complete_upto = Some(done);
+    shared.lock().test_engine().complete_upto = Some(done);
     let mut fut = pin!(shared.completion(done));
     assert_eq!(fut.as_mut().poll(&mut cx), Poll::Ready(Ok(())));
     assert_eq!(shared.lock().snapshot().last_used, done.get());
@@ -163,8 +163,8 @@ fn a_failure_wakes_the_failed_and_the_aborted_with_their_errors() {
             Poll::Pending
         );
     }
-    shared.lock().engine_mut().complete_upto = Some(cookies[0]);
-    shared.lock().engine_mut().fault = Some(Fault {
+    shared.lock().test_engine().complete_upto = Some(cookies[0]);
+    shared.lock().test_engine().fault = Some(Fault {
         cookie: cookies[1],
         kind: ErrorKind::WriteFailed,
     });
@@ -201,7 +201,7 @@ fn a_dropped_future_frees_its_slot_and_a_stale_one_cannot_clear_another() {
     // reuses slot 0; dropping `first` must leave `second` registered.
     let mut first = Box::pin(shared.completion(a));
     let _ = first.as_mut().poll(&mut Context::from_waker(&waker_a));
-    shared.lock().engine_mut().complete_upto = Some(a);
+    shared.lock().test_engine().complete_upto = Some(a);
     shared.lock().poll();
     assert_eq!(wakes(&count_a), 1);
     let mut second = pin!(shared.completion(b));
@@ -212,7 +212,7 @@ fn a_dropped_future_frees_its_slot_and_a_stale_one_cannot_clear_another() {
         1,
         "the stale name cleared nothing"
     );
-    shared.lock().engine_mut().complete_upto = Some(b);
+    shared.lock().test_engine().complete_upto = Some(b);
     shared.lock().poll();
     assert_eq!(wakes(&count_b), 1);
 }
@@ -246,7 +246,7 @@ fn with_every_slot_taken_a_future_wakes_itself_and_still_ends() {
             .is_pending()
     );
     assert_eq!(wakes(&count), 1, "no slot: asked to be polled again");
-    shared.lock().engine_mut().complete_upto = Some(last);
+    shared.lock().test_engine().complete_upto = Some(last);
     assert_eq!(
         extra.as_mut().poll(&mut Context::from_waker(&own)),
         Poll::Ready(Ok(()))
@@ -294,7 +294,7 @@ fn a_dropped_pending_transfer_leaks_its_buffers_and_into_transfer_keeps_them() {
     let back = Pin::into_inner(fut).into_transfer().expect("still pending");
     assert_ne!(back.cookie(), cookie);
     assert_eq!(shared.lock().wakers_waiting(), 0);
-    shared.lock().engine_mut().complete_upto = Some(back.cookie());
+    shared.lock().test_engine().complete_upto = Some(back.cookie());
     let (dst, _) = back.finish(&mut shared.lock()).expect("ended");
     let freed = dst.paddr();
     drop(dst);

@@ -9,7 +9,7 @@ fn an_iommu_fault_is_pinned_on_the_request_that_touched_the_page() {
     let b = copy(&mut chan, 0x11_0000, 0x21_0000, 0x1800).unwrap();
     let c = copy(&mut chan, 0x12_0000, 0x22_0000, 64).unwrap();
     chan.issue_pending();
-    chan.engine_mut().complete_upto = Some(c);
+    chan.test_engine().complete_upto = Some(c);
     assert_eq!(chan.status(c).status, Status::Complete);
     // A page nobody wrote: nothing happens.
     assert_eq!(chan.fail_at(0x30_0000, true), None);
@@ -79,7 +79,7 @@ fn faults_are_pinned_on_the_last_address_history_requests_across_the_cookie_wrap
     );
     // Cookies set anew: what the old ones touched is not pinned on new ones.
     chan.issue_pending();
-    chan.engine_mut().complete_upto = Some(b.last);
+    chan.test_engine().complete_upto = Some(b.last);
     assert_eq!(chan.status(b.last).status, Status::Complete);
     chan.set_next_cookie(cookie(5000)).unwrap();
     assert_eq!(chan.culprit(page(0x227), true), None);

@@ -77,7 +77,7 @@ fn engine_refusals_keep_their_meaning() {
         (EngineError::NotSupported, DmaError::NotSupported),
     ] {
         let mut chan = Channel::new(Scripted::new(1 << 20, 64));
-        chan.engine_mut().refuse = Some(refusal);
+        chan.test_engine().refuse = Some(refusal);
         assert_eq!(copy(&mut chan, 0x1000, 0x2000, 16), Err(error));
         assert_eq!(chan.snapshot().last_used, 0, "no cookie consumed");
     }
@@ -86,9 +86,9 @@ fn engine_refusals_keep_their_meaning() {
 #[test]
 fn sums_near_the_top_of_the_address_space_are_checked() {
     let mut chan = Channel::new(Scripted::new(1 << 20, 64));
-    chan.engine_mut().dma_mask = u64::MAX;
+    chan.test_engine().dma_mask = u64::MAX;
     // A new channel reads the limits once: build it with the mask set.
-    let mut chan = Channel::new(core::mem::take(chan.engine_mut()));
+    let mut chan = Channel::new(core::mem::take(chan.test_engine()));
     let top = u64::MAX;
     assert!(
         copy(&mut chan, 0x1000, top - 15, 16).is_ok(),

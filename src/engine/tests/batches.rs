@@ -38,7 +38,7 @@ fn a_batch_enters_the_ring_whole_or_not_at_all() {
     assert_eq!(cookies, vec![cookie(1), cookie(2), cookie(3)]);
     assert!(chan.engine().prepared.iter().all(|p| p.2.is_some()));
     chan.issue_pending();
-    chan.engine_mut().complete_upto = Some(batch.last);
+    chan.test_engine().complete_upto = Some(batch.last);
     assert_eq!(chan.status(batch.first).status, Status::Complete);
 }
 

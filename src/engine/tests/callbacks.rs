@@ -41,7 +41,7 @@ fn callbacks_run_once_in_order_with_the_final_status() {
         "callbacks need a write-back"
     );
     chan.issue_pending();
-    chan.engine_mut().complete_upto = Some(cookies[0]);
+    chan.test_engine().complete_upto = Some(cookies[0]);
     chan.poll();
     chan.poll();
     chan.terminate();

@@ -10,8 +10,8 @@ fn a_fault_fails_one_request_and_aborts_the_rest_until_reset() {
         .collect();
     chan.issue_pending();
     let late = copy(&mut chan, 0x900000, 0x10000, 64).unwrap();
-    chan.engine_mut().complete_upto = Some(c[0]);
-    chan.engine_mut().fault = Some(Fault {
+    chan.test_engine().complete_upto = Some(c[0]);
+    chan.test_engine().fault = Some(Fault {
         cookie: c[2],
         kind: ErrorKind::InvalidDescriptor,
     });
@@ -51,7 +51,7 @@ fn a_fault_fails_one_request_and_aborts_the_rest_until_reset() {
         Status::Error(ErrorKind::Aborted),
         "old fates are remembered"
     );
-    chan.engine_mut().complete_upto = Some(next);
+    chan.test_engine().complete_upto = Some(next);
     assert_eq!(
         chan.wait(next, &mut delay, Duration::from_millis(1)),
         Ok(())
@@ -65,7 +65,7 @@ fn terminate_aborts_everything_not_written_back() {
         .map(|i| copy(&mut chan, 0x100000 * (i + 1), 0x10000, 64).unwrap())
         .collect();
     chan.issue_pending();
-    chan.engine_mut().complete_upto = Some(c[1]);
+    chan.test_engine().complete_upto = Some(c[1]);
     chan.terminate();
     let fates: Vec<Status> = c.iter().map(|&k| chan.status(k).status).collect();
     assert_eq!(
@@ -112,8 +112,8 @@ fn wait_all_names_the_request_that_failed_and_why() {
         .map(|i| copy(&mut chan, 0x10_0000 + i * 0x1000, 0x20_0000, 64).unwrap())
         .collect();
     chan.issue_pending();
-    chan.engine_mut().complete_upto = Some(cookies[0]);
-    chan.engine_mut().fault = Some(Fault {
+    chan.test_engine().complete_upto = Some(cookies[0]);
+    chan.test_engine().fault = Some(Fault {
         cookie: cookies[1],
         kind: ErrorKind::InvalidDescriptor,
     });
@@ -135,7 +135,7 @@ fn wait_all_names_the_request_that_failed_and_why() {
         .map(|i| copy(&mut chan, 0x10_0000 + i * 0x1000, 0x20_0000, 64).unwrap())
         .collect();
     chan.issue_pending();
-    chan.engine_mut().complete_upto = Some(more[0]);
+    chan.test_engine().complete_upto = Some(more[0]);
     chan.poll();
     chan.terminate();
     assert!(chan.is_idle(), "terminated: nothing left to wait for");
@@ -144,7 +144,7 @@ fn wait_all_names_the_request_that_failed_and_why() {
         .map(|i| copy(&mut chan, 0x10_0000 + i * 0x1000, 0x20_0000, 64).unwrap())
         .collect();
     chan.issue_pending();
-    chan.engine_mut().complete_upto = Some(more[0]);
+    chan.test_engine().complete_upto = Some(more[0]);
     chan.poll();
     // The timeout path: nothing more completes.
     assert_eq!(
@@ -167,7 +167,7 @@ fn wait_all_reports_a_termination_and_a_failure_of_an_idle_channel() {
         .map(|i| copy(&mut chan, 0x10_0000 + i * 0x1000, 0x20_0000, 64).unwrap())
         .collect();
     chan.issue_pending();
-    chan.engine_mut().complete_upto = Some(c[0]);
+    chan.test_engine().complete_upto = Some(c[0]);
     chan.poll();
     chan.terminate();
     assert!(chan.is_idle());
@@ -186,7 +186,7 @@ fn wait_all_reports_a_termination_and_a_failure_of_an_idle_channel() {
         .map(|i| copy(&mut chan, 0x10_0000 + i * 0x1000, 0x20_0000, 64).unwrap())
         .collect();
     chan.issue_pending();
-    chan.engine_mut().fault = Some(Fault {
+    chan.test_engine().fault = Some(Fault {
         cookie: d[0],
         kind: ErrorKind::ReadFailed,
     });
@@ -207,7 +207,7 @@ fn wait_all_reports_a_termination_and_a_failure_of_an_idle_channel() {
     chan.reset().unwrap();
     let f = copy(&mut chan, 0x10_0000, 0x20_0000, 64).unwrap();
     chan.issue_pending();
-    chan.engine_mut().complete_upto = Some(f);
+    chan.test_engine().complete_upto = Some(f);
     assert_eq!(chan.wait_all(&mut delay, Duration::from_millis(1)), Ok(()));
     assert_eq!(chan.status(e).status, Status::Error(ErrorKind::WriteFailed));
 }
@@ -226,8 +226,8 @@ fn a_fault_whose_engine_has_not_stopped_keeps_the_buffers_in_flight() {
         .unwrap();
     let cookie = transfer.cookie();
     chan.issue_pending();
-    chan.engine_mut().busy = true;
-    chan.engine_mut().complete_upto = Some(cookie);
+    chan.test_engine().busy = true;
+    chan.test_engine().complete_upto = Some(cookie);
     assert_eq!(chan.fail_at(page, true), Some(cookie));
     assert!(chan.is_halted() && chan.is_stopping());
     // Its completion (taken by the stop) does not make it `Complete`.
@@ -242,7 +242,7 @@ fn a_fault_whose_engine_has_not_stopped_keeps_the_buffers_in_flight() {
         _ => panic!("buffers handed back while the engine runs"),
     };
     assert_eq!(chan.reset(), Err(DmaError::Busy));
-    chan.engine_mut().busy = false;
+    chan.test_engine().busy = false;
     chan.poll();
     assert!(!chan.is_stopping());
     match transfer.finish(&mut chan) {

@@ -20,7 +20,7 @@ fn cookies_are_assigned_in_order_and_complete_in_order() {
         1,
         "a second issue with nothing prepared does nothing"
     );
-    chan.engine_mut().complete_upto = Some(a);
+    chan.test_engine().complete_upto = Some(a);
     let state = chan.status(b);
     assert_eq!(state.status, Status::InProgress);
     assert_eq!(
@@ -31,7 +31,7 @@ fn cookies_are_assigned_in_order_and_complete_in_order() {
         }
     );
     assert_eq!(chan.status(a).status, Status::Complete);
-    chan.engine_mut().complete_upto = Some(b);
+    chan.test_engine().complete_upto = Some(b);
     assert_eq!(chan.status(b).status, Status::Complete);
     assert!(chan.is_idle());
 }
@@ -129,7 +129,7 @@ fn cookies_wrap_from_max_to_one() {
     );
     assert_eq!(chan.set_next_cookie(cookie(7)), Err(DmaError::Busy));
     chan.issue_pending();
-    chan.engine_mut().complete_upto = Some(c[1]);
+    chan.test_engine().complete_upto = Some(c[1]);
     chan.poll();
     assert_eq!(chan.status(c[1]).status, Status::Complete);
     assert_eq!(chan.status(c[2]).status, Status::InProgress);
@@ -140,7 +140,7 @@ fn cookies_wrap_from_max_to_one() {
             last_used: 2
         }
     );
-    chan.engine_mut().complete_upto = Some(c[3]);
+    chan.test_engine().complete_upto = Some(c[3]);
     assert!(c.iter().all(|&k| chan.status(k).status == Status::Complete));
 }
 

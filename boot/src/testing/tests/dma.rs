@@ -234,14 +234,16 @@ fn engine_refusals() {
         pattern: 0,
     };
     assert_eq!(
-        // SAFETY: refused (edu cannot fill), nothing runs.
+        // SAFETY: refused (edu cannot fill), nothing runs; the engine
+        // stays in its channel.
         unsafe { edu.engine_mut().prep(Cookie::FIRST, fill, None) },
         Err(EngineError::NotSupported)
     );
     let mut lsi = lsi();
     let src = buffer(64 * 2, src_pattern);
     let dst = buffer(128 * 2, dst_pattern);
-    lsi.engine_mut().inject_illegal_instruction();
+    // SAFETY: the engine stays in its channel.
+    unsafe { lsi.engine_mut() }.inject_illegal_instruction();
     let cookies = prep_slots(&mut lsi, &src, &dst, 0..1);
     lsi.issue_pending();
     assert!(lsi.wait(cookies[0], &mut Delay, TIMEOUT).is_err());
@@ -251,7 +253,8 @@ fn engine_refusals() {
         len: 64,
     };
     assert_eq!(
-        // SAFETY: refused (the engine is halted), nothing runs.
+        // SAFETY: refused (the engine is halted), nothing runs; the engine
+        // stays in its channel.
         unsafe { lsi.engine_mut().prep(Cookie::FIRST, copy, None) },
         Err(EngineError::Halted),
         "a halted ring is not a full one"
@@ -665,7 +668,8 @@ fn lsi_illegal_instruction() {
     let src = buffer(64 * 8, src_pattern);
     let dst = buffer(128 * 8, dst_pattern);
     let mut cookies = prep_slots(&mut chan, &src, &dst, 0..3);
-    chan.engine_mut().inject_illegal_instruction();
+    // SAFETY: the engine stays in its channel.
+    unsafe { chan.engine_mut() }.inject_illegal_instruction();
     cookies.extend(prep_slots(&mut chan, &src, &dst, 3..6));
     chan.issue_pending();
     let last = cookies[5];
@@ -791,7 +795,8 @@ fn lsi_abort_mid_chain() {
 
 fn lsi_stalled_engine() {
     let mut chan = lsi();
-    chan.engine_mut().set_manual_start(true);
+    // SAFETY: the engine stays in its channel.
+    unsafe { chan.engine_mut() }.set_manual_start(true);
     let src = buffer(64 * 2, src_pattern);
     let dst = buffer(128 * 2, dst_pattern);
     let cookies = prep_slots(&mut chan, &src, &dst, 0..2);
@@ -808,7 +813,8 @@ fn lsi_stalled_engine() {
     for c in &cookies {
         assert_eq!(chan.status(*c).status, Status::Error(ErrorKind::Aborted));
     }
-    chan.engine_mut().set_manual_start(false);
+    // SAFETY: the engine stays in its channel.
+    unsafe { chan.engine_mut() }.set_manual_start(false);
     chan.reset().expect("reset");
     let again = prep_slots(&mut chan, &src, &dst, 0..2);
     chan.wait(again[1], &mut Delay, TIMEOUT)
