@@ -170,7 +170,7 @@ mod channel {
             assert_eq!(reg.channel(a, h).err(), Some(RegistryError::Unknown));
             assert!(reg.channel(a, again).is_ok());
             assert_eq!(
-                reg.add_channel(it.next().unwrap()).err(),
+                reg.add_channel(it.next().unwrap()).err().map(|e| e.error),
                 Some(RegistryError::Full),
                 "one slot left, in use"
             );
@@ -479,6 +479,54 @@ mod channel {
             assert_eq!(take_events(), [(2, Event::ChannelAdded(h2))]);
             assert_eq!(reg.channel(new, h).err(), Some(RegistryError::Unknown));
             assert!(reg.channel(new, h2).is_ok());
+        }
+
+        /// A channel the registry refuses comes back to the caller, who
+        /// lent it for the registry's lifetime: lost, its requests in flight
+        /// could never be seen to end, and a `'static` channel was gone.
+        #[test]
+        fn a_refused_channel_comes_back_with_its_requests() {
+            use std::sync::Arc;
+            use std::sync::atomic::{AtomicBool, Ordering};
+
+            let mut chans = cpu_channels(2);
+            let reg: Registry<'_, 2, 1> = Registry::new();
+            let (first, second) = chans.split_at_mut(1);
+            reg.add_channel(&mut first[0]).unwrap();
+            let id = second[0].id();
+            let refused = reg.add_channel(&mut second[0]).unwrap_err();
+            assert_eq!(refused.error, RegistryError::Full);
+            assert_eq!(refused.channel.id(), id, "the same channel, back");
+
+            // Halted and still stopping: the reset fails, and the caller
+            // polls it to its end.
+            let busy = Arc::new(AtomicBool::new(true));
+            let mut engine = Scripted::new(1 << 20, 64);
+            engine.busy_flag = Some(busy.clone());
+            engine.dma_mask = u64::MAX;
+            let mut chan = Channel::new(engine);
+            let dst = Dma::<FakeHal>::new(64).unwrap();
+            let transfer = chan
+                .fill_buffer(dst, 0, 64, 7, crate::engine::PrepFlags::empty())
+                .map_err(|e| e.error)
+                .unwrap();
+            chan.issue_pending();
+            chan.terminate();
+            assert!(chan.is_stopping());
+            let reg: Registry<'_, 2, 4> = Registry::new();
+            let refused = reg.add_channel(&mut chan).unwrap_err();
+            assert_eq!(refused.error, RegistryError::ResetFailed);
+            assert!(refused.channel.is_stopping());
+            busy.store(false, Ordering::Relaxed);
+            let cookie = transfer.cookie();
+            assert_eq!(
+                refused.channel.status(cookie).status,
+                Status::Error(crate::engine::ErrorKind::Aborted)
+            );
+            assert!(matches!(
+                transfer.finish(&mut chan),
+                Err(crate::engine::TransferError::Failed { .. })
+            ));
         }
 
         #[test]

@@ -193,6 +193,39 @@ impl core::fmt::Display for RegistryError {
 
 impl core::error::Error for RegistryError {}
 
+/// A channel the registry did not add: why, and the channel back (the
+/// caller lent it for the registry's whole lifetime, so a refusal that kept
+/// it would lose it for good, with whatever it still has in flight).
+pub struct AddError<'a> {
+    /// Why (`Full` or `ResetFailed`); the registry is unchanged.
+    pub error: RegistryError,
+    /// The channel, as it was given (a `ResetFailed` one still halted).
+    pub channel: &'a mut (dyn DmaChannel + Send),
+}
+
+impl core::fmt::Debug for AddError<'_> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("AddError")
+            .field("error", &self.error)
+            .finish_non_exhaustive()
+    }
+}
+
+impl core::fmt::Display for AddError<'_> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "channel not added: {}", self.error)
+    }
+}
+
+impl core::error::Error for AddError<'_> {}
+
+/// For `?`: the channel is dropped with the error (as before it came back).
+impl From<AddError<'_>> for RegistryError {
+    fn from(e: AddError<'_>) -> RegistryError {
+        e.error
+    }
+}
+
 /// Up to `C` clients sharing up to `N` channels; `Sync`, with every method
 /// taking `&self` (see the [module docs](self#sharing-across-cpus)).
 ///
@@ -394,11 +427,11 @@ impl<'a, const C: usize, const N: usize, I: IrqControl> Registry<'a, C, N, I> {
     /// Adds a channel (an engine appeared); it goes to a client that wants
     /// one, if any, or replaces a fallback a client holds. A halted channel
     /// is reset first, so no client is handed a channel that refuses
-    /// everything.
+    /// everything. A refused channel comes back in the error.
     pub fn add_channel(
         &self,
         channel: &'a mut (dyn DmaChannel + Send),
-    ) -> Result<ChannelHandle, RegistryError> {
+    ) -> Result<ChannelHandle, AddError<'a>> {
         self.add(channel, false)
     }
 
@@ -408,7 +441,7 @@ impl<'a, const C: usize, const N: usize, I: IrqControl> Registry<'a, C, N, I> {
     pub fn add_fallback_channel(
         &self,
         channel: &'a mut (dyn DmaChannel + Send),
-    ) -> Result<ChannelHandle, RegistryError> {
+    ) -> Result<ChannelHandle, AddError<'a>> {
         self.add(channel, true)
     }
 
@@ -416,21 +449,33 @@ impl<'a, const C: usize, const N: usize, I: IrqControl> Registry<'a, C, N, I> {
         &self,
         channel: &'a mut (dyn DmaChannel + Send),
         fallback: bool,
-    ) -> Result<ChannelHandle, RegistryError> {
+    ) -> Result<ChannelHandle, AddError<'a>> {
         let mut state = self.state();
         if !state.slots.has_room() {
-            return Err(RegistryError::Full);
+            return Err(AddError {
+                error: RegistryError::Full,
+                channel,
+            });
         }
-        if channel.is_halted() {
-            channel.reset().map_err(|_| RegistryError::ResetFailed)?;
+        if channel.is_halted() && channel.reset().is_err() {
+            // Still stopping, say: only the caller can poll it to its end.
+            return Err(AddError {
+                error: RegistryError::ResetFailed,
+                channel,
+            });
         }
-        let key = state
-            .slots
-            .insert(SlotInfo {
-                owner: None,
-                fallback,
-            })
-            .map_err(|_| RegistryError::Full)?;
+        let key = match state.slots.insert(SlotInfo {
+            owner: None,
+            fallback,
+        }) {
+            Ok(key) => key,
+            Err(_) => {
+                return Err(AddError {
+                    error: RegistryError::Full,
+                    channel,
+                });
+            }
+        };
         let handle = ChannelHandle {
             key,
             registry: state.id,
