@@ -75,8 +75,20 @@ pub unsafe trait Hal {
     unsafe fn dma_dealloc(paddr: DmaAddr, vaddr: NonNull<u8>, pages: usize);
 
     /// The CPU pointer through which the kernel reaches DMA address `paddr`
-    /// (the CPU engine copies through it).
+    /// and the rest of its page (the CPU engine copies through it), and
+    /// the bytes after that page too when [`Hal::CPU_CONTIGUOUS`] says so.
     fn phys_to_virt(paddr: DmaAddr) -> NonNull<u8>;
+
+    /// Whether the bytes at consecutive DMA addresses of one allocation or
+    /// share lie at consecutive CPU addresses from the pointer
+    /// [`Hal::phys_to_virt`] gives, across pages: true (the default) for
+    /// DMA addresses that are physical addresses of physically contiguous
+    /// memory in a linear map; false for a Hal that maps pages from
+    /// wherever they are at consecutive DMA addresses (an IOMMU's IOVAs
+    /// for a shared buffer), through which the CPU engine then reaches each
+    /// page on its own rather than run on from the first page's frame into
+    /// the next frame, another owner's.
+    const CPU_CONTIGUOUS: bool = true;
 
     /// Makes `buffer`, memory the caller owns that did not come from
     /// [`Hal::dma_alloc`] (a stack array, a heap `Vec`), reachable by

@@ -29,13 +29,13 @@ fn tables() -> &'static FrameDb<'static> {
 }
 
 /// One unit per test (tests run in parallel).
-static UNITS: [Unit; 5] = [const { StaticUnit::new() }; 5];
+static UNITS: [Unit; 6] = [const { StaticUnit::new() }; 6];
 
 struct TestUnit<const N: usize>;
 
 /// Pages each unit's devices hold of the fake Hal (tests run in parallel,
 /// so the fake's own total is no measure).
-static LIVE: [AtomicUsize; 5] = [const { AtomicUsize::new(0) }; 5];
+static LIVE: [AtomicUsize; 6] = [const { AtomicUsize::new(0) }; 6];
 
 /// The fake Hal, counted per unit.
 struct Counted<const N: usize>;
@@ -331,4 +331,84 @@ fn a_mapping_is_usable_on_a_unit_that_buffers_table_writes() {
     );
     let flushed = UNITS[4].with_unit(|unit| unit.regs.write_buffer_flushes());
     assert_eq!(flushed, flushes + 1, "one flush for the mapping");
+}
+
+/// The page the next share's first page is scattered to (see [`Scattered`]).
+static SCATTER: std::sync::Mutex<Option<(u64, u64)>> = std::sync::Mutex::new(None);
+
+/// Unit 5's platform: as [`TestUnit`], but the page `SCATTER` names lies
+/// at another frame, as a buffer's pages do in a real kernel (virtually
+/// contiguous, physically anywhere).
+struct Scattered;
+
+// SAFETY: as for `TestUnit`; the scattered page stands for a frame the
+// test owns (it reads the result through the frames, never the buffer).
+unsafe impl IommuPlatform for Scattered {
+    type Unit = Unit;
+    type Memory = Counted<5>;
+
+    fn unit() -> &'static Unit {
+        &UNITS[5]
+    }
+
+    fn virt_to_phys(va: *const u8) -> Option<u64> {
+        let va = va as u64;
+        match *SCATTER.lock().unwrap() {
+            Some((page, frame)) if va & !0xfff == page => Some(frame + (va & 0xfff)),
+            _ => Some(va),
+        }
+    }
+}
+
+crate::iova_device!(Cpu5: Scattered, WINDOW);
+
+/// A shared buffer's pages sit at consecutive IOVAs but at frames
+/// anywhere: the CPU engine over the IOVA Hal must reach each page through
+/// its own frame, never run on from the first frame into the next one
+/// (someone else's memory).
+#[test]
+fn the_cpu_engine_reaches_each_page_of_a_scattered_share_through_its_own_frame() {
+    unit::<5>();
+    attach!(Cpu5, LSI, 1).unwrap();
+    let mut chan: Channel<CpuEngine<IovaHal<Cpu5>>> = Channel::new(CpuEngine::new());
+    let mut src = Dma::<IovaHal<Cpu5>>::new(2 * 4096).unwrap();
+    src.as_mut_slice().fill(0x5a);
+    // Frames: the buffer's first page lies at `frames[0]`; `frames[1]`,
+    // the frame after it, is another owner's.
+    let frames = Dma::<FakeHal>::new(2 * 4096).unwrap();
+    let mut plain = Dma::<FakeHal>::new(2 * 4096).unwrap();
+    let buffer = NonNull::from(plain.as_mut_slice());
+    *SCATTER.lock().unwrap() = Some((plain.paddr(), frames.paddr()));
+    // SAFETY: `plain` (and the frame standing for its first page) is not
+    // touched until `unshare` below.
+    let iova = unsafe { IovaHal::<Cpu5>::share(buffer, Direction::FromDevice) }.unwrap();
+    // SAFETY: both IOVA ranges are this test's buffers, whole, mapped in
+    // the domain until the copy has ended (waited for below).
+    let cookie =
+        unsafe { chan.prep_copy(iova, src.paddr(), 2 * 4096, PrepFlags::empty()) }.unwrap();
+    chan.wait(cookie, &mut NoDelay, Duration::from_millis(100))
+        .unwrap();
+    // SAFETY: the values of the `share` above; the copy has ended.
+    unsafe { IovaHal::<Cpu5>::unshare(iova, buffer, Direction::FromDevice) };
+    let frames = frames.as_slice();
+    assert!(
+        frames[4096..].iter().all(|&b| b == 0),
+        "the frame after the first one is not the buffer's"
+    );
+    assert!(frames[..4096].iter().all(|&b| b == 0x5a), "first page");
+    assert!(
+        plain.as_slice()[4096..].iter().all(|&b| b == 0x5a),
+        "second page"
+    );
+    // A fill across a page boundary keeps the pattern's phase.
+    let transfer = chan
+        .fill_buffer(src, 4090, 20, 0x0807_0605_0403_0201, PrepFlags::empty())
+        .map_err(|e| e.error)
+        .unwrap();
+    let (src, _) = transfer
+        .wait(&mut chan, &mut NoDelay, Duration::from_millis(100))
+        .unwrap();
+    let filled: Vec<u8> = (0..20).map(|i| i % 8 + 1).collect();
+    assert_eq!(src.as_slice()[4090..4110], filled[..]);
+    assert_eq!((src.as_slice()[4089], src.as_slice()[4110]), (0x5a, 0x5a));
 }

@@ -12,7 +12,7 @@ use crate::engine::{
     Capabilities, Cookie, DmaError, Engine, EngineError, Limits, Notify, Op, Progress, Termination,
     copy_is_valid,
 };
-use crate::hal::Hal;
+use crate::hal::{Hal, PAGE_SIZE};
 
 /// A CPU engine holding up to `N` prepared descriptors.
 pub struct CpuEngine<H: Hal, const N: usize = 256> {
@@ -46,6 +46,60 @@ impl<H: Hal, const N: usize> CpuEngine<H, N> {
     }
 
     fn run(op: Op) {
+        if H::CPU_CONTIGUOUS {
+            Self::run_linear(op);
+        } else {
+            Self::run_by_page(op);
+        }
+    }
+
+    /// `op` through a Hal whose pages need not be adjacent for the CPU
+    /// (see [`Hal::CPU_CONTIGUOUS`]): in pieces that stay inside one page
+    /// of each side, each side's page looked up on its own.
+    #[inline(never)]
+    fn run_by_page(op: Op) {
+        let room = |addr: u64| PAGE_SIZE - (addr % PAGE_SIZE as u64) as usize;
+        let (dst, len) = match op {
+            Op::Copy { dst, len, .. } | Op::Fill { dst, len, .. } | Op::Zero { dst, len } => {
+                (dst, len)
+            }
+            Op::Interrupt => return,
+        };
+        let mut done = 0;
+        while done < len {
+            // The request was validated: `dst + len - 1` (and the
+            // source's) do not wrap, so these sums are exact.
+            let at = done as u64;
+            let mut n = (len - done).min(room(dst + at));
+            let piece = match op {
+                Op::Copy { src, .. } => {
+                    n = n.min(room(src + at));
+                    Op::Copy {
+                        dst: dst + at,
+                        src: src + at,
+                        len: n,
+                    }
+                }
+                // Keep the pattern's phase across pieces.
+                Op::Fill { pattern, .. } => Op::Fill {
+                    dst: dst + at,
+                    len: n,
+                    pattern: pattern.rotate_right(8 * (done % 8) as u32),
+                },
+                Op::Zero { .. } => Op::Zero {
+                    dst: dst + at,
+                    len: n,
+                },
+                Op::Interrupt => Op::Interrupt,
+            };
+            Self::run_linear(piece);
+            done += n;
+        }
+    }
+
+    /// `op` through `H::phys_to_virt` of its first bytes alone: each side
+    /// contiguous for the CPU.
+    fn run_linear(op: Op) {
         match op {
             Op::Copy { dst, src, len } => {
                 let (d, s) = (H::phys_to_virt(dst), H::phys_to_virt(src));
@@ -73,7 +127,8 @@ impl<H: Hal, const N: usize> CpuEngine<H, N> {
 
 // SAFETY: every request runs to its end inside `issue`, on this CPU, before
 // `poll` reports it complete; `terminate` and `reset` find nothing running
-// (there is no device); addresses are read through `H::phys_to_virt`.
+// (there is no device); addresses are read through `H::phys_to_virt`, page
+// by page unless `H::CPU_CONTIGUOUS`.
 unsafe impl<H: Hal, const N: usize> Engine for CpuEngine<H, N> {
     type Mark = usize;
     type Hal = H;

@@ -18,8 +18,14 @@ pub struct IovaHal<D: DeviceDma>(PhantomData<fn() -> D>);
 // `share` maps exactly the pages the buffer lies on (read-only when the
 // device only reads) and `unshare` removes them; requests name only
 // addresses inside the buffers, so the rest of a partial page is reached
-// only by a device that disobeys its descriptors.
+// only by a device that disobeys its descriptors. A shared buffer's frames
+// are anywhere, so `phys_to_virt` answers for one page (`CPU_CONTIGUOUS`).
 unsafe impl<D: DeviceDma> Hal for IovaHal<D> {
+    /// A shared buffer's pages are at consecutive IOVAs but their frames
+    /// (and so their CPU addresses in the kernel's map of frames) are
+    /// wherever they were.
+    const CPU_CONTIGUOUS: bool = false;
+
     fn dma_alloc(pages: usize, dma_mask: u64) -> Option<(DmaAddr, NonNull<u8>)> {
         // Anywhere in physical memory: the device sees the IOVAs only.
         let (phys, ptr) = <Pf<D> as IommuPlatform>::Memory::dma_alloc(pages, u64::MAX)?;
