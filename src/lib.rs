@@ -81,6 +81,9 @@
 //!   their types admit only buffers of the engine's own `Hal`, and the
 //!   buffers come back only once the engine has stopped touching them (a
 //!   request whose engine never stops keeps them, leaked).
+//! - [`engine::Channel::engine_mut`]: the engine stays the channel's (not
+//!   moved out, replaced or swapped through the reference: the channel
+//!   credits what its engine reports to every cookie before it).
 //! - The drivers' `regs()` (LSI53C895A, edu): nothing written through it,
 //!   no read with a side effect.
 //! - `Lsi53c895a::set_doorbell`: the ports are the I/O BAR of the same chip
