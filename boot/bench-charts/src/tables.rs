@@ -189,6 +189,12 @@ fn basics(runs: &[Run<'_>; 2]) -> String {
     out
 }
 
+/// The cells that read `n/a` in `table`: a key one of the runs lacks
+/// (a benchmark skipped, or renamed).
+pub fn missing(table: &str) -> usize {
+    table.matches("n/a").count()
+}
+
 /// `chapter` with every marked table rewritten from `first` and `second`;
 /// an error names a table whose markers are missing.
 pub fn rewrite(chapter: &str, first: &Results, second: &Results) -> Result<String, String> {
@@ -268,6 +274,8 @@ mod tests {
         assert!(out.contains("| mm.floor.ns_per_page | 17.1 ns | 11.8 ns |"));
         assert!(!out.contains("old"));
         assert!(out.ends_with("<!-- /recorded:basics -->\nprose after\n"));
+        // Every cell but the six whose keys the runs above have.
+        assert_eq!(missing(&out), 4 * 8 + 4 * 9 + 2 * 6 + 2 * BASICS.len() - 6);
         // Rewriting again changes nothing.
         assert_eq!(rewrite(&out, &seven, &ten).unwrap(), out);
         let unmarked = rewrite("no markers here\n", &seven, &ten);
