@@ -141,7 +141,10 @@ static NEXT_REGISTRY_ID: core::sync::atomic::AtomicU64 = core::sync::atomic::Ato
 /// What a client's callback is told.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Event {
-    /// This channel is now the client's.
+    /// This channel is now the client's. One taken back from another
+    /// client while its engine was still stopping (an engine whose
+    /// `terminate` cannot stop it at once) comes halted: its `reset`
+    /// refuses until the engine has stopped, then makes it usable.
     ChannelAdded(ChannelHandle),
     /// This channel is no longer the client's (its engine went away, or the
     /// client asked for fewer); it was terminated: nothing is in flight once
