@@ -63,9 +63,9 @@ struct Transfer {
 /// through registers `R` (its BAR0, [`regs::MMIO_SIZE`] bytes; a fake
 /// device in host tests).
 ///
-/// Through [`Channel::engine_mut`](crate::engine::Channel::engine_mut)
-/// only `register_accesses` (with the `access-counts` feature) is meant to
-/// be called (and [`EduEngine::regs`] under its contract).
+/// Through [`Channel::engine`](crate::engine::Channel::engine) only
+/// `register_accesses` (with the `access-counts` feature) is meant to be
+/// called (and [`EduEngine::regs`] under its contract).
 ///
 /// What QEMU does that the driver depends on: a transfer completes 100 ms
 /// of virtual time after it starts; QEMU 7.2 aborts the whole emulator on a

@@ -96,8 +96,10 @@ pub struct Mark {
 /// registers `R` (its MMIO window, BAR1, [`regs::MMIO_SIZE`] bytes; a fake
 /// chip in host tests).
 ///
-/// Through [`Channel::engine_mut`](crate::engine::Channel::engine_mut)
-/// these are meant to be called: [`Lsi53c895a::is_running`],
+/// Through [`Channel::engine`](crate::engine::Channel::engine) (or
+/// [`Channel::engine_mut`](crate::engine::Channel::engine_mut), `unsafe`,
+/// for those that take `&mut self`) these are meant to be called:
+/// [`Lsi53c895a::is_running`],
 /// [`Lsi53c895a::dma_block`], [`Lsi53c895a::regs`] under its contract,
 /// `register_accesses` and `register_reads` with the `access-counts`
 /// feature, and `set_manual_start` and `inject_illegal_instruction` with
