@@ -18,6 +18,7 @@ mod cookie;
 pub mod copybreak;
 mod faults;
 mod fixed_ring;
+mod op;
 pub mod registry;
 pub mod shared;
 mod transfer;
@@ -30,10 +31,11 @@ use bitflags::bitflags;
 pub use channel::{ADDRESS_HISTORY, Batch, Channel, FAILURE_HISTORY, TxState, copy_is_valid};
 pub use cookie::{Cookie, Snapshot, is_complete};
 pub use faults::{FaultHook, FaultSource};
+pub use op::Op;
 pub use shared::{Completion, SharedChannel, StaticChannel, TransferFuture};
 pub use transfer::{Buffers, PrepError, Transfer, TransferError};
 
-use crate::hal::{DmaAddr, Hal, HalError};
+use crate::hal::{Hal, HalError};
 
 bitflags! {
     /// Per-request flags (the I/OAT / Linux `DMA_PREP_*` flags).
@@ -210,47 +212,6 @@ pub struct Callback {
     pub func: fn(Cookie, Status, usize),
     /// Passed through as the third argument.
     pub context: usize,
-}
-
-/// One descriptor's work, at most [`Limits::max_len`] bytes. More kinds
-/// of work may come (as [`Op::Interrupt`] did): a `match` outside the crate
-/// needs a wildcard arm.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum Op {
-    /// Copy `len` bytes from `src` to `dst`.
-    Copy {
-        /// Destination DMA address.
-        dst: DmaAddr,
-        /// Source DMA address.
-        src: DmaAddr,
-        /// Bytes.
-        len: usize,
-    },
-    /// Fill `len` bytes at `dst` with `pattern` repeated: byte `i` is byte
-    /// `i % 8` of `pattern.to_le_bytes()`.
-    Fill {
-        /// Destination DMA address.
-        dst: DmaAddr,
-        /// Bytes.
-        len: usize,
-        /// The 8-byte pattern.
-        pattern: u64,
-    },
-    /// Zero `len` bytes at `dst`.
-    Zero {
-        /// Destination DMA address.
-        dst: DmaAddr,
-        /// Bytes.
-        len: usize,
-    },
-    /// Nothing to move: the request ends when every request before it has
-    /// (engines run their rings in order), and with [`PrepFlags::INTERRUPT`]
-    /// the engine interrupts then (Linux's `device_prep_dma_interrupt`).
-    /// Needs [`Capabilities::INTERRUPT_OP`]. The futures of a
-    /// [`SharedChannel`] prepare one when the request they wait for asked
-    /// for no interrupt and has not ended (see [`Channel::interrupt_after`]).
-    Interrupt,
 }
 
 /// What the engine must do when the last descriptor of a request is done.

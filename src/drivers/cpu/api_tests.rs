@@ -401,12 +401,14 @@ mod channel {
             assert_eq!(reg.channel(p, h).err(), Some(RegistryError::Unknown));
         }
 
-        #[test]
-        fn a_channel_removed_before_its_engine_stopped_keeps_its_requests_in_flight() {
-            use std::sync::Arc;
-            use std::sync::atomic::{AtomicBool, Ordering};
-
-            let busy = Arc::new(AtomicBool::new(true));
+        /// A channel over an engine that stays busy (and so cannot stop)
+        /// until its flag is cleared, with one owned fill prepared on it.
+        fn busy_fill() -> (
+            Channel<Scripted>,
+            std::sync::Arc<std::sync::atomic::AtomicBool>,
+            crate::engine::Transfer<FakeHal>,
+        ) {
+            let busy = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
             let mut engine = Scripted::new(1 << 20, 64);
             engine.busy_flag = Some(busy.clone());
             engine.dma_mask = u64::MAX;
@@ -416,6 +418,14 @@ mod channel {
                 .fill_buffer(dst, 0, 64, 7, crate::engine::PrepFlags::empty())
                 .map_err(|e| e.error)
                 .unwrap();
+            (chan, busy, transfer)
+        }
+
+        #[test]
+        fn a_channel_removed_before_its_engine_stopped_keeps_its_requests_in_flight() {
+            use std::sync::atomic::Ordering;
+
+            let (mut chan, busy, transfer) = busy_fill();
             let cookie = transfer.cookie();
             chan.issue_pending();
             let reg: Registry<'_, 2, 4> = Registry::new();
@@ -486,8 +496,7 @@ mod channel {
         /// could never be seen to end, and a `'static` channel was gone.
         #[test]
         fn a_refused_channel_comes_back_with_its_requests() {
-            use std::sync::Arc;
-            use std::sync::atomic::{AtomicBool, Ordering};
+            use std::sync::atomic::Ordering;
 
             let mut chans = cpu_channels(2);
             let reg: Registry<'_, 2, 1> = Registry::new();
@@ -500,16 +509,7 @@ mod channel {
 
             // Halted and still stopping: the reset fails, and the caller
             // polls it to its end.
-            let busy = Arc::new(AtomicBool::new(true));
-            let mut engine = Scripted::new(1 << 20, 64);
-            engine.busy_flag = Some(busy.clone());
-            engine.dma_mask = u64::MAX;
-            let mut chan = Channel::new(engine);
-            let dst = Dma::<FakeHal>::new(64).unwrap();
-            let transfer = chan
-                .fill_buffer(dst, 0, 64, 7, crate::engine::PrepFlags::empty())
-                .map_err(|e| e.error)
-                .unwrap();
+            let (mut chan, busy, transfer) = busy_fill();
             chan.issue_pending();
             chan.terminate();
             assert!(chan.is_stopping());

@@ -59,10 +59,9 @@ impl<H: Hal, const N: usize> CpuEngine<H, N> {
     #[inline(never)]
     fn run_by_page(op: Op) {
         let room = |addr: u64| PAGE_SIZE - (addr % PAGE_SIZE as u64) as usize;
-        let (dst, len) = match op {
-            Op::Copy { dst, len, .. } | Op::Fill { dst, len, .. } | Op::Zero { dst, len } => {
-                (dst, len)
-            }
+        let (dst, src, len) = match op {
+            Op::Copy { dst, src, len } => (dst, Some(src), len),
+            Op::Fill { dst, len, .. } | Op::Zero { dst, len } => (dst, None, len),
             Op::Interrupt => return,
         };
         let mut done = 0;
@@ -70,28 +69,10 @@ impl<H: Hal, const N: usize> CpuEngine<H, N> {
             // The request was validated: `dst + len - 1` (and the
             // source's) do not wrap, so these sums are exact.
             let at = done as u64;
-            let mut n = (len - done).min(room(dst + at));
-            let piece = match op {
-                Op::Copy { src, .. } => {
-                    n = n.min(room(src + at));
-                    Op::Copy {
-                        dst: dst + at,
-                        src: src + at,
-                        len: n,
-                    }
-                }
-                // Keep the pattern's phase across pieces.
-                Op::Fill { pattern, .. } => Op::Fill {
-                    dst: dst + at,
-                    len: n,
-                    pattern: pattern.rotate_right(8 * (done % 8) as u32),
-                },
-                Op::Zero { .. } => Op::Zero {
-                    dst: dst + at,
-                    len: n,
-                },
-                Op::Interrupt => Op::Interrupt,
-            };
+            let n = (len - done)
+                .min(room(dst + at))
+                .min(src.map_or(usize::MAX, |src| room(src + at)));
+            let piece = op.piece(done, n);
             Self::run_linear(piece);
             done += n;
         }

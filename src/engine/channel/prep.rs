@@ -21,7 +21,7 @@ impl<E: Engine> Channel<E> {
         notify: Notify,
     ) -> Result<(), DmaError> {
         // The common case: one descriptor, the request as it is.
-        if op_len(op) <= self.piece_max {
+        if op.len() <= self.piece_max {
             // SAFETY: validated and fitting one descriptor; the caller
             // upholds `prep`'s contract, whose end is this engine's.
             return Ok(unsafe { self.engine.prep(cookie, op, Some(notify)) }?);
@@ -42,37 +42,15 @@ impl<E: Engine> Channel<E> {
         notify: Notify,
     ) -> Result<(), DmaError> {
         let piece_max = self.piece_max;
-        let (dst, len) = match op {
-            Op::Copy { dst, len, .. } | Op::Fill { dst, len, .. } | Op::Zero { dst, len } => {
-                (dst, len)
-            }
+        let len = op.len();
+        if let Op::Interrupt = op {
             // SAFETY: an interrupt-only request touches no memory.
-            Op::Interrupt => return Ok(unsafe { self.engine.prep(cookie, op, Some(notify)) }?),
-        };
+            return Ok(unsafe { self.engine.prep(cookie, op, Some(notify)) }?);
+        }
         let mut done = 0;
         while done < len {
             let n = (len - done).min(piece_max);
-            // `validate` checked that `dst + len - 1` (and `src + len - 1`)
-            // do not wrap, so these sums are exact.
-            let at = done as u64;
-            let piece = match op {
-                Op::Copy { src, .. } => Op::Copy {
-                    dst: dst + at,
-                    src: src + at,
-                    len: n,
-                },
-                // Keep the pattern's phase across pieces.
-                Op::Fill { pattern, .. } => Op::Fill {
-                    dst: dst + at,
-                    len: n,
-                    pattern: pattern.rotate_right(8 * (done % 8) as u32),
-                },
-                Op::Zero { .. } => Op::Zero {
-                    dst: dst + at,
-                    len: n,
-                },
-                Op::Interrupt => Op::Interrupt,
-            };
+            let piece = op.piece(done, n);
             done += n;
             let end = (done == len).then_some(notify);
             // SAFETY: each piece lies inside the validated request, whose
@@ -123,7 +101,7 @@ impl<E: Engine> Channel<E> {
         };
         // The common case, one descriptor: the engine's `prep_one` leaves
         // nothing behind when it fails (and may need no mark for that).
-        let written = if op_len(op) <= self.piece_max {
+        let written = if op.len() <= self.piece_max {
             // SAFETY: validated and fitting one descriptor; the caller
             // upholds `prep`'s contract, whose end is this engine's.
             unsafe { self.engine.prep_one(cookie, op, notify) }.map_err(DmaError::from)
@@ -358,14 +336,5 @@ impl<E: Engine> Channel<E> {
     ) -> Result<Cookie, DmaError> {
         // SAFETY: the caller upholds `prep`'s contract.
         unsafe { self.prep(Op::Zero { dst, len }, flags, None) }
-    }
-}
-
-/// The bytes `op` writes (0 for an interrupt-only request).
-#[inline(always)]
-fn op_len(op: Op) -> usize {
-    match op {
-        Op::Copy { len, .. } | Op::Fill { len, .. } | Op::Zero { len, .. } => len,
-        Op::Interrupt => 0,
     }
 }
