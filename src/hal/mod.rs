@@ -55,6 +55,11 @@ pub const PAGE_SIZE: usize = 4096;
 /// page-aligned, mapped for the CPU at the returned pointer, reachable by
 /// devices at the returned DMA address, coherent between the two (as on
 /// x86), and not used by anything else until `dma_dealloc`.
+/// `phys_to_virt` of a DMA address they handed out (by `dma_alloc` or
+/// `share`) must point at the same bytes the device reaches there, to the
+/// end of that page, and on across the following pages of the allocation
+/// or share unless [`Hal::CPU_CONTIGUOUS`] is `false` (the CPU engine
+/// copies through it).
 pub unsafe trait Hal {
     /// Allocates `pages` contiguous zeroed pages of DMA memory whose every
     /// byte has a DMA address at most `dma_mask` (a device's reach: the
