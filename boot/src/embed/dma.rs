@@ -284,7 +284,8 @@ impl<E: Engine> DmaDevice<E> {
 }
 
 /// Pins a DMA fault on the serviced channel of the device that made it
-/// ([`Channel::fail_at`]): a sink for [`crate::iommu::route_faults`].
+/// ([`Channel::fail_at`], which needs the channel's fault attribution on):
+/// a sink for [`crate::iommu::route_faults`].
 pub fn fail_serviced(fault: dmaengine::iommu::DmaFault) {
     LSI.fail(fault);
     LSI2.fail(fault);

@@ -31,8 +31,38 @@ impl<E: Engine> Channel<E> {
     /// channel's methods: an [`Iommu`](crate::iommu::Iommu), which is not
     /// `Sync`, must not be used elsewhere meanwhile (the same lock as the
     /// channel's, or one CPU).
+    ///
+    /// A hook turns fault attribution on ([`Channel::set_fault_attribution`]);
+    /// removing it leaves attribution as it is.
     pub unsafe fn set_fault_hook(&mut self, hook: Option<FaultHook>) {
+        if hook.is_some() {
+            self.set_fault_attribution(true);
+        }
         self.faults = hook;
+    }
+
+    /// Turns fault attribution on or off: whether the channel remembers
+    /// where its last [`ADDRESS_HISTORY`] requests read and wrote, so that
+    /// [`Channel::fail_at`] can pin an IOMMU fault on one. Off by default:
+    /// a channel whose device no IOMMU translates gets no fault to pin, and
+    /// remembering costs every request a copy of its op (about 10 guest
+    /// instructions for one request, 5 per copy in a batch). A kernel that
+    /// puts the device behind an IOMMU turns it on before it prepares the
+    /// requests a fault may hit: only requests prepared while it is on are
+    /// remembered, and turning it on forgets any remembered before it was
+    /// last turned off. [`Channel::set_fault_hook`] turns it on.
+    pub fn set_fault_attribution(&mut self, on: bool) {
+        if on && !self.attribution {
+            // Slots left from before it was turned off name requests whose
+            // cookies newer ones have taken: none may be pinned.
+            self.footprints = [Op::Interrupt; FOOTPRINT_SLOTS];
+        }
+        self.attribution = on;
+    }
+
+    /// Whether fault attribution is on ([`Channel::set_fault_attribution`]).
+    pub fn fault_attribution(&self) -> bool {
+        self.attribution
     }
 
     /// Takes the device's IOMMU faults and pins each on its request;
@@ -70,11 +100,23 @@ impl<E: Engine> Channel<E> {
         cause
     }
 
-    /// Remembers the requests `ops`, whose cookies run from `first` (at most
-    /// [`ADDRESS_HISTORY`] of them: the caller passes the newest), in the
-    /// slots of their cookies: at most two contiguous copies.
+    /// Remembers the requests `ops`, whose cookies run from `first`, in the
+    /// slots of their cookies, when fault attribution is on: the newest
+    /// [`ADDRESS_HISTORY`] of them, in at most two contiguous copies.
     #[inline(always)]
     pub(super) fn remember(&mut self, first: Cookie, ops: &[Op]) {
+        if self.attribution {
+            self.remember_newest(first, ops);
+        }
+    }
+
+    /// [`Channel::remember`] when attribution is on.
+    #[inline(never)]
+    fn remember_newest(&mut self, first: Cookie, ops: &[Op]) {
+        // Only the newest ADDRESS_HISTORY are kept: older ones would be
+        // overwritten within this call.
+        let skip = ops.len().saturating_sub(ADDRESS_HISTORY);
+        let (first, ops) = (first.after(skip), &ops[skip..]);
         let start = first.get() as usize % FOOTPRINT_SLOTS;
         let (before_end, after_wrap) = ops.split_at(ops.len().min(FOOTPRINT_SLOTS - start));
         self.footprints[start..start + before_end.len()].copy_from_slice(before_end);
@@ -94,7 +136,9 @@ impl<E: Engine> Channel<E> {
     /// destinations are undefined). Returns the request, or `None` if no
     /// remembered request touched the page (nothing changes then). A
     /// channel given a fault hook ([`Channel::set_fault_hook`]) calls it
-    /// itself before it reports completions.
+    /// itself before it reports completions. Only requests prepared while
+    /// fault attribution was on ([`Channel::set_fault_attribution`], off by
+    /// default) are remembered: with it off, this returns `None`.
     pub fn fail_at(&mut self, page: DmaAddr, write: bool) -> Option<Cookie> {
         let (cookie, kind) = self.culprit(page, write)?;
         // Stop the engine first: nothing runs after the faulting request.
@@ -109,6 +153,9 @@ impl<E: Engine> Channel<E> {
         page: DmaAddr,
         write: bool,
     ) -> Option<(Cookie, ErrorKind)> {
+        if !self.attribution {
+            return None;
+        }
         let page = page & !(PAGE_SIZE as u64 - 1);
         let page_last = page | (PAGE_SIZE as u64 - 1);
         // Compared by last bytes: an end one past the last byte does not

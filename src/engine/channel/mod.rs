@@ -90,8 +90,12 @@ pub struct Channel<E: Engine> {
     /// as it was prepared (decoding it is left to the rare fault that needs
     /// it), in the slot of its cookie ([`FOOTPRINT_SLOTS`]). The cookie is
     /// not stored: the slot and `last_used` say it. A slot never written
-    /// holds `Op::Interrupt`, which touches no page.
+    /// holds `Op::Interrupt`, which touches no page. Written only while
+    /// `attribution` is on.
     footprints: [Op; FOOTPRINT_SLOTS],
+    /// Fault attribution is on: `footprints` are kept
+    /// ([`Channel::set_fault_attribution`]).
+    attribution: bool,
     /// Tasks awaiting requests (see [`super::shared`]).
     wakers: WakerSlots,
     /// The last request prepared with [`PrepFlags::INTERRUPT`] (0: none).
@@ -128,6 +132,7 @@ impl<E: Engine> Channel<E> {
             failures: FailureLog::new(),
             callbacks: FixedRing::new(),
             footprints: [Op::Interrupt; FOOTPRINT_SLOTS],
+            attribution: false,
             wakers: WakerSlots::new(),
             faults: None,
         }

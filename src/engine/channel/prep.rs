@@ -2,7 +2,7 @@
 //! copies, fills and zeroings.
 
 use super::validate::{check_batch, engine_error, page_range};
-use super::{ADDRESS_HISTORY, Batch, Channel, FOOTPRINT_SLOTS};
+use super::{Batch, Channel, FOOTPRINT_SLOTS};
 use crate::engine::{Callback, Capabilities, Cookie, DmaError, Engine, Notify, Op, PrepFlags};
 use crate::hal::DmaAddr;
 
@@ -122,7 +122,9 @@ impl<E: Engine> Channel<E> {
         if notify.interrupt {
             self.interrupt_through = cookie.get();
         }
-        self.footprints[cookie.get() as usize % FOOTPRINT_SLOTS] = op;
+        if self.attribution {
+            self.footprints[cookie.get() as usize % FOOTPRINT_SLOTS] = op;
+        }
         if let Some(callback) = callback
             && self.callbacks.push((cookie, callback)).is_err()
         {
@@ -158,8 +160,7 @@ impl<E: Engine> Channel<E> {
             let last = first.after(ops.len() - 1);
             self.last_used = last.get();
             self.prepared = true;
-            let skip = ops.len().saturating_sub(ADDRESS_HISTORY);
-            self.remember(first.after(skip), &ops[skip..]);
+            self.remember(first, ops);
             return Ok(Batch {
                 first,
                 last,
@@ -208,10 +209,7 @@ impl<E: Engine> Channel<E> {
         if last.interrupt {
             self.interrupt_through = cookie.get();
         }
-        // Only the newest ADDRESS_HISTORY are kept: older ones would be
-        // overwritten within this loop.
-        let skip = ops.len().saturating_sub(ADDRESS_HISTORY);
-        self.remember(first.after(skip), &ops[skip..]);
+        self.remember(first, ops);
         Ok(Batch {
             first,
             last: cookie,

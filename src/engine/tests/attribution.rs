@@ -5,6 +5,7 @@ use super::*;
 #[test]
 fn an_iommu_fault_is_pinned_on_the_request_that_touched_the_page() {
     let mut chan = Channel::new(Scripted::new(1 << 20, 64));
+    chan.set_fault_attribution(true);
     let a = copy(&mut chan, 0x10_0000, 0x20_0000, 64).unwrap();
     let b = copy(&mut chan, 0x11_0000, 0x21_0000, 0x1800).unwrap();
     let c = copy(&mut chan, 0x12_0000, 0x22_0000, 64).unwrap();
@@ -37,6 +38,7 @@ fn an_iommu_fault_is_pinned_on_the_request_that_touched_the_page() {
 fn faults_are_pinned_on_the_last_address_history_requests_across_the_cookie_wrap() {
     use super::ADDRESS_HISTORY;
     let mut chan = Channel::new(Scripted::new(1 << 20, 4096));
+    chan.set_fault_attribution(true);
     chan.set_next_cookie(cookie(i32::MAX - 9)).unwrap();
     // Request i writes page 0x100 + i; the cookies wrap after the tenth.
     let page = |i: u64| (0x100 + i) << 12;
@@ -96,6 +98,7 @@ fn a_fault_on_the_last_page_of_the_address_space_is_pinned() {
     let mut engine = Scripted::new(1 << 20, 64);
     engine.dma_mask = u64::MAX;
     let mut chan = Channel::new(engine);
+    chan.set_fault_attribution(true);
     // SAFETY: the scripted engine never touches memory.
     let last_byte = unsafe { chan.fill(u64::MAX, 1, 0xab, PrepFlags::empty()) }.unwrap();
     let ending_there = copy(&mut chan, u64::MAX - 0xf, 0x10_0000, 16).unwrap();
@@ -109,4 +112,34 @@ fn a_fault_on_the_last_page_of_the_address_space_is_pinned() {
         chan.status(again).status,
         Status::Error(ErrorKind::WriteFailed)
     );
+}
+
+#[test]
+fn without_attribution_no_fault_is_pinned_and_turning_it_on_forgets_the_old_requests() {
+    let mut chan = Channel::new(Scripted::new(1 << 20, 64));
+    assert!(!chan.fault_attribution(), "off by default");
+    let unseen = copy(&mut chan, 0x10_0000, 0x20_0000, 64).unwrap();
+    assert_eq!(chan.fail_at(0x10_0000, true), None);
+    assert!(!chan.is_halted(), "a fault nobody can pin changes nothing");
+    chan.set_fault_attribution(true);
+    let seen = copy(&mut chan, 0x11_0000, 0x21_0000, 64).unwrap();
+    assert_eq!(chan.culprit(0x10_0000, true), None, "prepared while off");
+    assert_eq!(
+        chan.culprit(0x11_0000, true),
+        Some((seen, ErrorKind::WriteFailed))
+    );
+    // Off again, then a request whose cookie is remembered from before.
+    chan.set_fault_attribution(false);
+    assert_eq!(chan.culprit(0x11_0000, true), None);
+    chan.issue_pending();
+    chan.test_engine().complete_upto = Some(seen);
+    assert_eq!(chan.status(seen).status, Status::Complete);
+    chan.set_next_cookie(seen).unwrap();
+    let reused = copy(&mut chan, 0x12_0000, 0x22_0000, 64).unwrap();
+    assert_eq!(reused, seen, "the cookie was used again");
+    chan.set_fault_attribution(true);
+    // The slot of `seen` held 0x11_0000's copy: on again, it is forgotten.
+    assert_eq!(chan.culprit(0x11_0000, true), None);
+    assert_eq!(chan.culprit(0x12_0000, true), None, "prepared while off");
+    assert_ne!(unseen, seen);
 }

@@ -163,6 +163,7 @@ fn wait_all_names_the_request_that_failed_and_why() {
 fn wait_all_reports_a_termination_and_a_failure_of_an_idle_channel() {
     let mut delay = CountingDelay::default();
     let mut chan = Channel::new(Scripted::new(1 << 20, 64));
+    chan.set_fault_attribution(true);
     let c: Vec<_> = (0..3)
         .map(|i| copy(&mut chan, 0x10_0000 + i * 0x1000, 0x20_0000, 64).unwrap())
         .collect();
@@ -217,6 +218,7 @@ fn a_fault_whose_engine_has_not_stopped_keeps_the_buffers_in_flight() {
     let mut engine = Scripted::new(1 << 20, 64);
     engine.dma_mask = u64::MAX;
     let mut chan = Channel::new(engine);
+    chan.set_fault_attribution(true);
     let src = Dma::<FakeHal>::new(64).unwrap();
     let dst = Dma::<FakeHal>::new(64).unwrap();
     let page = dst.paddr();

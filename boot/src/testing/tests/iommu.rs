@@ -238,6 +238,7 @@ fn fault_interrupt_fails_the_request() {
         db().alloc_page().expect("a page"),
     );
     let block = lsi.lock().engine().dma_block();
+    lsi.lock().set_fault_attribution(true);
     let (domain, _) = lsi_domain(&unit, id, block, &src, &dst);
     bytes(&src).fill(0xc3);
     // SAFETY: the domain outlives the attachment (detached below).
@@ -592,6 +593,8 @@ fn with_lsi_domain(body: impl FnOnce(Ctx<'_, '_>)) {
     // SAFETY: the domain outlives the attachment (detached below).
     unsafe { unit.attach(source, id, domain.root()) }.expect("attach");
     unit.enable().expect("translation on");
+    // Behind the unit: a fault is pinned on the request that made it.
+    lsi.set_fault_attribution(true);
     body(Ctx {
         lsi: &mut lsi,
         domain: &mut domain,
