@@ -37,7 +37,7 @@ impl<H: Hal> Ring<H> {
             first_entry: 0,
             entries: 0,
             issued: 0,
-            last_cookie: None,
+            last_cookie: crate::engine::Cookie::FIRST,
             last_writeback: None,
             linked: Linked::NONE,
             last_seen: 0,

@@ -10,7 +10,7 @@ pub(in crate::drivers::lsi53c895a) struct RingMark {
     head: u32,
     entries: u32,
     retired: u32,
-    last_cookie: Option<Cookie>,
+    last_cookie: Cookie,
     last_writeback: Option<u32>,
 }
 

@@ -92,9 +92,11 @@ pub(super) struct Ring<H: Hal> {
     first_entry: u32,
     entries: u32,
     issued: u32,
-    /// The last prepared request, and the completion word's value once its
-    /// own write-back has run, if its instructions end with one.
-    last_cookie: Option<Cookie>,
+    /// The last prepared request (meaningful only while a request is
+    /// unlinked, `entries > issued`: each one ending sets it, so no
+    /// `Option`), and the completion word's value once its own write-back
+    /// has run, if its instructions end with one.
+    last_cookie: Cookie,
     last_writeback: Option<u32>,
     /// What the completion word says once the last linked batch has
     /// ended, and what retiring it then frees: see [`Linked`].
@@ -266,7 +268,7 @@ impl<H: Hal> Ring<H> {
         };
         self.write_entry(self.first_entry + self.entries, entry);
         self.entries += 1;
-        self.last_cookie = Some(cookie);
+        self.last_cookie = cookie;
         self.last_writeback = writeback;
     }
 
@@ -324,7 +326,8 @@ impl<H: Hal> Ring<H> {
         self.entries += 1;
         self.head = word;
         self.used += done * MOVE_WORDS;
-        self.last_cookie = Cookie::new(last);
+        // `last` is at least `first`, short of the wrap (checked above).
+        self.last_cookie = Cookie::new(last).unwrap_or(first);
         self.last_writeback = None;
         done
     }
@@ -376,9 +379,10 @@ impl<H: Hal> Ring<H> {
     /// chip run there. The empty closure of `append` compiles to nothing.
     #[inline(always)]
     fn append_observed(&mut self, mut between: impl FnMut(&Self)) -> bool {
-        let Some(last) = self.last_cookie.filter(|_| self.entries > self.issued) else {
+        if self.entries == self.issued {
             return false;
-        };
+        }
+        let last = self.last_cookie;
         // Where the last request's words end, as its entry has it: before
         // its own write-back, or here (nothing is claimed after a request
         // ends but the next request's words).
@@ -550,7 +554,6 @@ impl<H: Hal> Ring<H> {
     pub(super) fn forget_requests(&mut self) {
         self.entries = 0;
         self.issued = 0;
-        self.last_cookie = None;
         self.last_writeback = None;
     }
 
