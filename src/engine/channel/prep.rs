@@ -99,6 +99,15 @@ impl<E: Engine> Channel<E> {
             writeback: callback.is_some(),
             interrupt: flags.contains(PrepFlags::INTERRUPT),
         };
+        // Remembered before the engine is called, so the op need not be
+        // kept for after it: if the engine refuses it, the slot is that of
+        // a cookie not yet used, which no fault is pinned on (`culprit`
+        // looks at the cookies up to `last_used` only, and none of the
+        // newest ADDRESS_HISTORY shares its slot), and it is written again
+        // when the cookie is used.
+        if self.attribution {
+            self.footprints[cookie.get() as usize % FOOTPRINT_SLOTS] = op;
+        }
         // The common case, one descriptor: the engine's `prep_one` leaves
         // nothing behind when it fails (and may need no mark for that).
         let written = if op.len() <= self.piece_max {
@@ -121,9 +130,6 @@ impl<E: Engine> Channel<E> {
         self.prepared = true;
         if notify.interrupt {
             self.interrupt_through = cookie.get();
-        }
-        if self.attribution {
-            self.footprints[cookie.get() as usize % FOOTPRINT_SLOTS] = op;
         }
         if let Some(callback) = callback
             && self.callbacks.push((cookie, callback)).is_err()

@@ -143,3 +143,25 @@ fn without_attribution_no_fault_is_pinned_and_turning_it_on_forgets_the_old_requ
     assert_eq!(chan.culprit(0x12_0000, true), None, "prepared while off");
     assert_ne!(unseen, seen);
 }
+
+#[test]
+fn a_request_the_engine_refuses_is_never_pinned() {
+    let mut chan = Channel::new(Scripted::new(1 << 20, 64));
+    chan.set_fault_attribution(true);
+    let done = copy(&mut chan, 0x10_0000, 0x20_0000, 64).unwrap();
+    chan.test_engine().refuse = Some(EngineError::RingFull);
+    assert_eq!(
+        copy(&mut chan, 0x11_0000, 0x21_0000, 64),
+        Err(DmaError::RingFull)
+    );
+    assert_eq!(chan.snapshot().last_used, done.get(), "no cookie taken");
+    // Its op may sit in the slot of the cookie it would have had, which
+    // is not one of the remembered requests'.
+    assert_eq!(chan.fail_at(0x11_0000, true), None);
+    assert!(!chan.is_halted());
+    chan.test_engine().refuse = None;
+    let next = copy(&mut chan, 0x12_0000, 0x22_0000, 64).unwrap();
+    assert_eq!(next, done.next(), "the refused request's cookie, used now");
+    assert_eq!(chan.culprit(0x11_0000, true), None);
+    assert_eq!(chan.fail_at(0x12_0000, true), Some(next));
+}
