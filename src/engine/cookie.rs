@@ -99,6 +99,11 @@ pub const fn is_complete(cookie: Cookie, last_completed: i32, last_used: i32) ->
     if last_completed == last_used {
         return true;
     }
+    // The newest request, the one a caller usually waits for, is in the
+    // window whenever it is not empty.
+    if c == last_used {
+        return false;
+    }
     if last_completed <= last_used {
         c <= last_completed || c > last_used
     } else {
@@ -227,6 +232,36 @@ mod tests {
         };
         for v in [1, 9, 10, i32::MAX] {
             assert!(s.is_complete(c(v)));
+        }
+    }
+
+    proptest::proptest! {
+        /// The rule against its definition: a cookie is in flight when it
+        /// is one of the `in_flight` cookies that follow `last_completed`
+        /// (its distance along the cycle of positive values is 1 to
+        /// `in_flight`), whatever the window, across the wrap too.
+        #[test]
+        fn is_complete_is_the_window_rule(
+            completed in 1..=i32::MAX,
+            in_flight in 0..2000i64,
+            offset in -3000i64..3000,
+            anywhere in 1..=i32::MAX,
+            pick in 0..4u8,
+        ) {
+            let span = i32::MAX as i64;
+            // The cookie `n` places after `from`, along 1..=i32::MAX.
+            let step = |from: i32, n: i64| ((from as i64 - 1 + n).rem_euclid(span) + 1) as i32;
+            let used = step(completed, in_flight);
+            // The window's edges, a cookie near it, or any.
+            let cookie = match pick {
+                0 => used,
+                1 => completed,
+                2 => step(completed, offset),
+                _ => anywhere,
+            };
+            let distance = (cookie as i64 - completed as i64).rem_euclid(span);
+            let in_window = (1..=in_flight).contains(&distance);
+            proptest::prop_assert_eq!(is_complete(c(cookie), completed, used), !in_window);
         }
     }
 }
