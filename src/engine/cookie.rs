@@ -242,20 +242,26 @@ mod tests {
         /// `in_flight`), whatever the window, across the wrap too.
         #[test]
         fn is_complete_is_the_window_rule(
-            completed in 1..=i32::MAX,
+            // 0 (nothing before), any, or near the wrap.
+            completed in proptest::prop_oneof![
+                proptest::strategy::Just(0),
+                1..=i32::MAX,
+                i32::MAX - 3000..=i32::MAX,
+            ],
             in_flight in 0..2000i64,
             offset in -3000i64..3000,
             anywhere in 1..=i32::MAX,
             pick in 0..4u8,
         ) {
             let span = i32::MAX as i64;
-            // The cookie `n` places after `from`, along 1..=i32::MAX.
+            // The cookie `n` places after `from`, along 1..=i32::MAX (0,
+            // before the first cookie, comes before 1).
             let step = |from: i32, n: i64| ((from as i64 - 1 + n).rem_euclid(span) + 1) as i32;
-            let used = step(completed, in_flight);
+            let used = if in_flight == 0 { completed } else { step(completed, in_flight) };
             // The window's edges, a cookie near it, or any.
             let cookie = match pick {
-                0 => used,
-                1 => completed,
+                0 => used.max(1),
+                1 => completed.max(1),
                 2 => step(completed, offset),
                 _ => anywhere,
             };

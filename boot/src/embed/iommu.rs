@@ -129,7 +129,8 @@ pub struct FaultRoute<'a> {
 
 /// Sends `unit`'s fault events to CPU `cpu` as an MSI; the handler gives
 /// each fault to `sink` (which routes it to the channel of the device that
-/// faulted, for one). One route at a time.
+/// faulted, for one: `Channel::fail_at` pins it only on a channel with
+/// fault attribution on, off by default). One route at a time.
 ///
 /// # Safety
 /// The route must be dropped, not forgotten, before `unit` is: the

@@ -91,7 +91,10 @@ pub struct Channel<E: Engine> {
     /// it), in the slot of its cookie ([`FOOTPRINT_SLOTS`]). The cookie is
     /// not stored: the slot and `last_used` say it. A slot never written
     /// holds `Op::Interrupt`, which touches no page. Written only while
-    /// `attribution` is on.
+    /// `attribution` is on. The slot of the next cookie may hold a request
+    /// the engine refused (its op is stored before the engine is asked):
+    /// no fault is pinned on a cookie not yet used, and the slot is written
+    /// again when it is.
     footprints: [Op; FOOTPRINT_SLOTS],
     /// Fault attribution is on: `footprints` are kept
     /// ([`Channel::set_fault_attribution`]).

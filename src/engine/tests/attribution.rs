@@ -165,3 +165,65 @@ fn a_request_the_engine_refuses_is_never_pinned() {
     assert_eq!(chan.culprit(0x11_0000, true), None);
     assert_eq!(chan.fail_at(0x12_0000, true), Some(next));
 }
+
+#[test]
+fn a_batch_across_the_cookie_wrap_is_remembered_in_its_cookies_slots() {
+    let mut chan = Channel::new(Scripted::new(1 << 20, 64));
+    chan.set_fault_attribution(true);
+    chan.set_next_cookie(cookie(i32::MAX - 1)).unwrap();
+    // Cookies i32::MAX - 1 (slot 126), i32::MAX (slot 127), then 1 (slot
+    // 1, not 0) and 2.
+    let page = |i: u64| (0x100 + i) << 12;
+    let ops: Vec<Op> = (0..4u64)
+        .map(|i| Op::Copy {
+            dst: page(i),
+            src: 0x80_0000,
+            len: 64,
+        })
+        .collect();
+    let b = batch(&mut chan, &ops).unwrap();
+    assert_eq!(b.last, cookie(2), "the cookies wrapped");
+    for (i, c) in [i32::MAX - 1, i32::MAX, 1, 2].into_iter().enumerate() {
+        assert_eq!(
+            chan.culprit(page(i as u64), true),
+            Some((cookie(c), ErrorKind::WriteFailed)),
+            "request {i}"
+        );
+    }
+}
+
+/// A source with no faults: the hook is only installed.
+struct NoFaults;
+
+impl FaultSource for NoFaults {
+    fn take_fault_of(&self, _: crate::iommu::SourceId) -> Option<crate::iommu::DmaFault> {
+        None
+    }
+}
+
+#[test]
+fn a_hook_keeps_attribution_on_while_it_is_installed() {
+    let mut chan = Channel::new(Scripted::new(1 << 20, 64));
+    let source = NoFaults;
+    // SAFETY: the source outlives the hook (removed below) and is used by
+    // nobody else.
+    unsafe {
+        chan.set_fault_hook(Some(FaultHook::new(
+            &source,
+            crate::iommu::SourceId::new(0, 3, 0),
+        )))
+    };
+    assert!(chan.fault_attribution(), "a hook turns it on");
+    chan.set_fault_attribution(false);
+    assert!(chan.fault_attribution(), "and keeps it on");
+    let c = copy(&mut chan, 0x10_0000, 0x20_0000, 64).unwrap();
+    assert_eq!(
+        chan.culprit(0x10_0000, true),
+        Some((c, ErrorKind::WriteFailed))
+    );
+    // SAFETY: removing a hook.
+    unsafe { chan.set_fault_hook(None) };
+    assert!(chan.fault_attribution(), "removing the hook leaves it");
+    chan.set_fault_attribution(false);
+    assert!(!chan.fault_attribution());
+}
