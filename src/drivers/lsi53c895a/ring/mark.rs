@@ -8,8 +8,7 @@ use crate::hal::Hal;
 #[derive(Clone, Copy, Debug)]
 pub(in crate::drivers::lsi53c895a) struct RingMark {
     head: u32,
-    entries: u32,
-    retired: u32,
+    pushed: u32,
     last_cookie: Cookie,
     last_writeback: Option<u32>,
 }
@@ -20,8 +19,7 @@ impl<H: Hal> Ring<H> {
     pub(in crate::drivers::lsi53c895a) fn mark(&self) -> RingMark {
         RingMark {
             head: self.head,
-            entries: self.entries,
-            retired: self.retired,
+            pushed: self.pushed,
             last_cookie: self.last_cookie,
             last_writeback: self.last_writeback,
         }
@@ -32,12 +30,13 @@ impl<H: Hal> Ring<H> {
     /// append is refused (it would take back requests the chain links): it
     /// panics.
     pub(in crate::drivers::lsi53c895a) fn rewind(&mut self, mark: RingMark) {
-        // Entries ended since the mark: those left, plus those retired.
-        let retired = self.retired.wrapping_sub(mark.retired);
-        let added = (self.entries + retired).checked_sub(mark.entries);
-        let added = added.filter(|&a| a <= self.entries - self.issued);
-        let added = added.expect("rewind to a mark from before the last append");
-        self.entries -= added;
+        // Entries ended since the mark: none of them linked.
+        let added = self.pushed.wrapping_sub(mark.pushed);
+        assert!(
+            added <= self.unlinked(),
+            "rewind to a mark from before the last append"
+        );
+        self.pushed = mark.pushed;
         // The words claimed since the mark, wrap waste included: never a
         // whole lap, as the reserve always stays free.
         self.used -= (self.head + RING_WORDS - mark.head) % RING_WORDS;

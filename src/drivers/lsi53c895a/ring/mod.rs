@@ -35,6 +35,9 @@ pub(super) const ZERO_BYTES: u32 = 64 * 1024;
 /// so the ring never holds more than `RING_WORDS / MOVE_WORDS + 1`; rounded
 /// up to a power of two so an index wraps with a mask, not a division.
 pub(super) const MAX_ENTRIES: u32 = (RING_WORDS / MOVE_WORDS + 1).next_power_of_two();
+// The entry counters wrap at 2^32, which an index modulo MAX_ENTRIES
+// follows only if MAX_ENTRIES divides it.
+const _: () = assert!(MAX_ENTRIES.is_power_of_two());
 /// Words in a tail: the doorbell's clear, then the WAIT RESELECT.
 pub(super) const TAIL_WORDS: u32 = 2 * TC_WORDS;
 /// Ring words kept free so [`Ring::append`] always finds room for a
@@ -87,13 +90,15 @@ pub(super) struct Ring<H: Hal> {
     used: u32,
     /// Oldest ring word still in use.
     free_from: u32,
-    /// Index of the oldest entry, entries in the queue, and how many of
-    /// them (from the oldest) are linked.
-    first_entry: u32,
-    entries: u32,
-    issued: u32,
+    /// Entries ended (pushed), linked (appended) and retired since
+    /// creation, each wrapping: entries in the queue are `pushed -
+    /// retired`, the linked ones `appended - retired`, and the oldest is
+    /// at index `retired` (taken modulo the array's length, which divides
+    /// 2^32). Retiring a batch is then one store.
+    pushed: u32,
+    appended: u32,
     /// The last prepared request (meaningful only while a request is
-    /// unlinked, `entries > issued`: each one ending sets it, so no
+    /// unlinked, `pushed != appended`: each one ending sets it, so no
     /// `Option`), and the completion word's value once its own write-back
     /// has run, if its instructions end with one.
     last_cookie: Cookie,
@@ -103,8 +108,6 @@ pub(super) struct Ring<H: Hal> {
     linked: Linked,
     /// The completion word's value when last retired from.
     last_seen: u32,
-    /// Entries retired since creation (wrapping): how a mark taken before
-    /// a retire is rewound.
     retired: u32,
     _hal: PhantomData<H>,
 }
@@ -147,9 +150,8 @@ impl<H: Hal> Ring<H> {
     }
 
     /// Requests prepared and not yet linked.
-    #[cfg(test)]
     pub(super) fn unlinked(&self) -> u32 {
-        self.entries - self.issued
+        self.pushed.wrapping_sub(self.appended)
     }
 
     /// The DMA address of the live tail (where a parked chip waits).
@@ -161,13 +163,19 @@ impl<H: Hal> Ring<H> {
     /// Requests linked into the chain and not yet retired.
     #[inline(always)]
     pub(super) fn issued(&self) -> u32 {
-        self.issued
+        self.appended.wrapping_sub(self.retired)
+    }
+
+    /// Requests ended and not yet retired, linked or not.
+    #[inline(always)]
+    fn entries(&self) -> u32 {
+        self.pushed.wrapping_sub(self.retired)
     }
 
     /// Whether no more requests can be tracked.
     #[inline(always)]
     pub(super) fn entries_full(&self) -> bool {
-        self.entries == MAX_ENTRIES
+        self.entries() == MAX_ENTRIES
     }
 
     /// Claims `n` contiguous ring words, leaving `keep` words free, and
@@ -266,8 +274,8 @@ impl<H: Hal> Ring<H> {
             end,
             count: 1,
         };
-        self.write_entry(self.first_entry + self.entries, entry);
-        self.entries += 1;
+        self.write_entry(self.pushed, entry);
+        self.pushed = self.pushed.wrapping_add(1);
         self.last_cookie = cookie;
         self.last_writeback = writeback;
     }
@@ -292,7 +300,7 @@ impl<H: Hal> Ring<H> {
     ) -> u32 {
         let n = ops.len() as u32;
         let words = n * MOVE_WORDS;
-        if self.entries == MAX_ENTRIES
+        if self.entries() == MAX_ENTRIES
             || mask < script::MAX_MOVE as u64
             || self.head + words + TC_WORDS > RING_WORDS
             || self.used + words + ISSUE_RESERVE > RING_WORDS
@@ -322,8 +330,8 @@ impl<H: Hal> Ring<H> {
             end: word,
             count: done,
         };
-        self.write_entry(self.first_entry + self.entries, entry);
-        self.entries += 1;
+        self.write_entry(self.pushed, entry);
+        self.pushed = self.pushed.wrapping_add(1);
         self.head = word;
         self.used += done * MOVE_WORDS;
         // `last` is at least `first`, short of the wrap (checked above).
@@ -379,7 +387,7 @@ impl<H: Hal> Ring<H> {
     /// chip run there. The empty closure of `append` compiles to nothing.
     #[inline(always)]
     fn append_observed(&mut self, mut between: impl FnMut(&Self)) -> bool {
-        if self.entries == self.issued {
+        if self.pushed == self.appended {
             return false;
         }
         let last = self.last_cookie;
@@ -390,7 +398,7 @@ impl<H: Hal> Ring<H> {
             Some(value) => (value - self.addr(0)) / 4,
             None => self.head,
         };
-        debug_assert_eq!(end, self.entry(self.first_entry + self.entries - 1).end);
+        debug_assert_eq!(end, self.entry(self.pushed.wrapping_sub(1)).end);
         // ISSUE_RESERVE guarantees the room for these: a write-back and a
         // tail claimed together take at most one wrap's waste.
         // Each claim is written with one store sequence (one bounds check).
@@ -422,7 +430,7 @@ impl<H: Hal> Ring<H> {
         // SAFETY: as above.
         unsafe { Self::write_words_in(&block, old_tail, [script::JUMP]) };
         self.tail = new_tail;
-        self.issued = self.entries;
+        self.appended = self.pushed;
         // `last_writeback` is left as it is: it is read only while a
         // request is unlinked, and the next one sets it when it ends.
         self.linked = Linked {
@@ -485,7 +493,7 @@ impl<H: Hal> Ring<H> {
             return None;
         }
         self.last_seen = completion;
-        if self.issued == 0 {
+        if self.appended == self.retired {
             return None;
         }
         // Usually the whole linked batch is done, which the value its final
@@ -493,29 +501,27 @@ impl<H: Hal> Ring<H> {
         // entries.
         let linked = self.linked;
         if linked.value == completion {
-            self.free_through(self.issued, linked.end);
+            self.free_through(self.appended, linked.end);
             return Some(linked.last);
         }
         let written = self.written_back(completion)?;
-        let done =
-            (0..self.issued).find(|&k| self.entry(self.first_entry + k).last as u32 == written)?;
+        let done = (0..self.issued())
+            .find(|&k| self.entry(self.retired.wrapping_add(k)).last as u32 == written)?;
+        let through = self.retired.wrapping_add(done);
         let Entry {
             last: cookie, end, ..
-        } = self.entry(self.first_entry + done);
-        self.free_through(done + 1, end);
+        } = self.entry(through);
+        self.free_through(through.wrapping_add(1), end);
         Cookie::new(cookie)
     }
 
-    /// Retires the `n` oldest entries, whose words end before ring word
-    /// `end`.
+    /// Retires the entries before `retired` (a value of the counter, at
+    /// most `appended`), whose words end before ring word `end`.
     #[inline(always)]
-    fn free_through(&mut self, n: u32, end: u32) {
+    fn free_through(&mut self, retired: u32, end: u32) {
         self.used -= (end + RING_WORDS - self.free_from) % RING_WORDS;
         self.free_from = end;
-        self.first_entry = (self.first_entry + n) & (MAX_ENTRIES - 1);
-        self.entries -= n;
-        self.issued -= n;
-        self.retired = self.retired.wrapping_add(n);
+        self.retired = retired;
     }
 
     /// The linked request whose instructions include the one at DMA
@@ -526,8 +532,8 @@ impl<H: Hal> Ring<H> {
             return None;
         }
         let mut start = self.free_from;
-        for k in 0..self.issued {
-            let entry = self.entry(self.first_entry + k);
+        for k in 0..self.issued() {
+            let entry = self.entry(self.retired.wrapping_add(k));
             let end = entry.end;
             let inside = if start <= end {
                 (start..end).contains(&word)
@@ -544,16 +550,16 @@ impl<H: Hal> Ring<H> {
 
     /// The oldest request not retired.
     pub(super) fn oldest(&self) -> Option<Cookie> {
-        (self.entries > 0)
-            .then(|| Cookie::new(self.entry(self.first_entry).first()))
+        (self.entries() > 0)
+            .then(|| Cookie::new(self.entry(self.retired).first()))
             .flatten()
     }
 
     /// Forgets every request; the words stay claimed until [`Ring::reset`]
     /// (the chip has stopped, or is stopping, where they are).
     pub(super) fn forget_requests(&mut self) {
-        self.entries = 0;
-        self.issued = 0;
+        self.pushed = self.retired;
+        self.appended = self.retired;
         self.last_writeback = None;
     }
 
@@ -567,7 +573,6 @@ impl<H: Hal> Ring<H> {
         self.tail = 0;
         self.used = TAIL_WORDS;
         self.free_from = 0;
-        self.first_entry = 0;
         self.forget_requests();
         self.linked = Linked::NONE;
         self.last_seen = 0;
