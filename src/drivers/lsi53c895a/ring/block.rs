@@ -32,7 +32,6 @@ impl<H: Hal> Ring<H> {
             dma,
             head: 0,
             tail: 0,
-            used: 0,
             free_from: 0,
             pushed: 0,
             appended: 0,

@@ -1,6 +1,6 @@
 //! Preparation points: what a failed request takes back.
 
-use super::{RING_WORDS, Ring};
+use super::Ring;
 use crate::engine::Cookie;
 use crate::hal::Hal;
 
@@ -37,9 +37,8 @@ impl<H: Hal> Ring<H> {
             "rewind to a mark from before the last append"
         );
         self.pushed = mark.pushed;
-        // The words claimed since the mark, wrap waste included: never a
-        // whole lap, as the reserve always stays free.
-        self.used -= (self.head + RING_WORDS - mark.head) % RING_WORDS;
+        // The words claimed since the mark, wrap waste included, are free
+        // again (never a whole lap, as the reserve always stays free).
         self.head = mark.head;
         self.last_cookie = mark.last_cookie;
         self.last_writeback = mark.last_writeback;

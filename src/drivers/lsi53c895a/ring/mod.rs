@@ -86,9 +86,8 @@ pub(super) struct Ring<H: Hal> {
     head: u32,
     /// Ring word of the live tail.
     tail: u32,
-    /// Words in use from `free_from` up to `head`, wrap waste included.
-    used: u32,
-    /// Oldest ring word still in use.
+    /// Oldest ring word still in use: the words in use run from here up
+    /// to `head`, wrap waste included ([`Ring::used`]).
     free_from: u32,
     /// Entries ended (pushed), linked (appended) and retired since
     /// creation, each wrapping: entries in the queue are `pushed -
@@ -146,7 +145,7 @@ impl<H: Hal> Ring<H> {
     #[cfg(test)]
     pub(super) fn in_use(&self, addr: u32) -> bool {
         let word = addr.wrapping_sub(self.addr(0)) / 4;
-        word < RING_WORDS && (word + RING_WORDS - self.free_from) % RING_WORDS < self.used
+        word < RING_WORDS && (word + RING_WORDS - self.free_from) % RING_WORDS < self.used()
     }
 
     /// Requests prepared and not yet linked.
@@ -172,25 +171,35 @@ impl<H: Hal> Ring<H> {
         self.pushed.wrapping_sub(self.retired)
     }
 
+    /// Words in use, from `free_from` up to `head` around the ring. Never
+    /// 0 (the live tail is always in use) nor the whole ring (every claim
+    /// leaves a word free: [`Ring::reserve`]), so the difference is
+    /// unambiguous.
+    #[inline(always)]
+    fn used(&self) -> u32 {
+        self.head.wrapping_sub(self.free_from) & (RING_WORDS - 1)
+    }
+
     /// Whether no more requests can be tracked.
     #[inline(always)]
     pub(super) fn entries_full(&self) -> bool {
         self.entries() == MAX_ENTRIES
     }
 
-    /// Claims `n` contiguous ring words, leaving `keep` words free, and
-    /// returns the first. Wraps to word 0 with a JUMP when the end is near.
+    /// Claims `n` contiguous ring words, leaving `keep` words free and
+    /// always one (so the words in use never fill the ring, which
+    /// [`Ring::used`] could not tell from none), and returns the first.
+    /// Wraps to word 0 with a JUMP when the end is near.
     // Performance note H1 (guide, performance chapter).
     #[inline(always)]
     fn reserve(&mut self, n: u32, keep: u32) -> Result<u32, EngineError> {
         if self.head + n + TC_WORDS > RING_WORDS {
             return self.reserve_wrapping(n, keep);
         }
-        if self.used + n + keep > RING_WORDS {
+        if self.used() + n + keep >= RING_WORDS {
             return Err(EngineError::RingFull);
         }
         let at = self.head;
-        self.used += n;
         self.head = at + n;
         Ok(at)
     }
@@ -199,12 +208,11 @@ impl<H: Hal> Ring<H> {
     #[inline(never)]
     fn reserve_wrapping(&mut self, n: u32, keep: u32) -> Result<u32, EngineError> {
         let waste = RING_WORDS - self.head;
-        if self.used + waste + n + keep > RING_WORDS {
+        if self.used() + waste + n + keep >= RING_WORDS {
             return Err(EngineError::RingFull);
         }
         let start = self.addr(0);
         self.write_words(self.head, script::jump(start));
-        self.used += waste + n;
         self.head = n;
         Ok(0)
     }
@@ -303,7 +311,7 @@ impl<H: Hal> Ring<H> {
         if self.entries() == MAX_ENTRIES
             || mask < script::MAX_MOVE as u64
             || self.head + words + TC_WORDS > RING_WORDS
-            || self.used + words + ISSUE_RESERVE > RING_WORDS
+            || self.used() + words + ISSUE_RESERVE >= RING_WORDS
         {
             return 0;
         }
@@ -333,7 +341,6 @@ impl<H: Hal> Ring<H> {
         self.write_entry(self.pushed, entry);
         self.pushed = self.pushed.wrapping_add(1);
         self.head = word;
-        self.used += done * MOVE_WORDS;
         // `last` is at least `first`, short of the wrap (checked above).
         self.last_cookie = Cookie::new(last).unwrap_or(first);
         self.last_writeback = None;
@@ -519,7 +526,6 @@ impl<H: Hal> Ring<H> {
     /// most `appended`), whose words end before ring word `end`.
     #[inline(always)]
     fn free_through(&mut self, retired: u32, end: u32) {
-        self.used -= (end + RING_WORDS - self.free_from) % RING_WORDS;
         self.free_from = end;
         self.retired = retired;
     }
@@ -571,7 +577,6 @@ impl<H: Hal> Ring<H> {
         self.write_tail(0);
         self.head = TAIL_WORDS;
         self.tail = 0;
-        self.used = TAIL_WORDS;
         self.free_from = 0;
         self.forget_requests();
         self.linked = Linked::NONE;

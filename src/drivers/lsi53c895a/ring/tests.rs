@@ -412,3 +412,37 @@ proptest! {
         );
     }
 }
+
+/// The words in use are counted as the distance from the oldest to the
+/// head, so they must never fill the ring (a full ring would read as an
+/// empty one, and its words would be claimed again under the chip): a
+/// claim that would take the last free word is refused, with or without a
+/// reserve kept, across the wrap too.
+#[test]
+fn claims_never_fill_the_ring() {
+    let mut ring = TestRing::new().unwrap();
+    ring.reset();
+    for keep in [0, ISSUE_RESERVE] {
+        let mut claimed = 0;
+        while ring.reserve(1, keep).is_ok() {
+            claimed += 1;
+            assert!(
+                claimed <= RING_WORDS,
+                "claimed more words than the ring has"
+            );
+        }
+        // Refused with a word free beyond `keep` (or a few more, when the
+        // last claim would have needed a wrap).
+        let used = ring.used();
+        assert!(used < RING_WORDS - keep, "keep {keep}: {used} in use");
+        assert!(
+            used + keep + 1 + 2 * TC_WORDS >= RING_WORDS,
+            "keep {keep}: {used} in use"
+        );
+        assert_eq!(ring.reserve(1, keep), Err(EngineError::RingFull));
+        // Free all but the live tail's words, with the head past the wrap
+        // on the second lap.
+        ring.free_from = ring.head.wrapping_sub(TAIL_WORDS) & (RING_WORDS - 1);
+        assert_eq!(ring.used(), TAIL_WORDS);
+    }
+}
