@@ -9,6 +9,7 @@ use crate::hal::Hal;
 pub(in crate::drivers::lsi53c895a) struct RingMark {
     head: u32,
     pushed: u32,
+    appended: u32,
     last_cookie: Cookie,
     last_writeback: Option<u32>,
 }
@@ -20,6 +21,7 @@ impl<H: Hal> Ring<H> {
         RingMark {
             head: self.head,
             pushed: self.pushed,
+            appended: self.appended,
             last_cookie: self.last_cookie,
             last_writeback: self.last_writeback,
         }
@@ -30,10 +32,12 @@ impl<H: Hal> Ring<H> {
     /// append is refused (it would take back requests the chain links): it
     /// panics.
     pub(in crate::drivers::lsi53c895a) fn rewind(&mut self, mark: RingMark) {
-        // Entries ended since the mark: none of them linked.
+        // Nothing linked since the mark (an append since would have
+        // linked the write-back and tail the head would go back behind),
+        // and the entries ended since it, none of them linked.
         let added = self.pushed.wrapping_sub(mark.pushed);
         assert!(
-            added <= self.unlinked(),
+            mark.appended == self.appended && added <= self.unlinked(),
             "rewind to a mark from before the last append"
         );
         self.pushed = mark.pushed;

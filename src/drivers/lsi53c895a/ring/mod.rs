@@ -36,8 +36,9 @@ pub(super) const ZERO_BYTES: u32 = 64 * 1024;
 /// up to a power of two so an index wraps with a mask, not a division.
 pub(super) const MAX_ENTRIES: u32 = (RING_WORDS / MOVE_WORDS + 1).next_power_of_two();
 // The entry counters wrap at 2^32, which an index modulo MAX_ENTRIES
-// follows only if MAX_ENTRIES divides it.
-const _: () = assert!(MAX_ENTRIES.is_power_of_two());
+// follows only if MAX_ENTRIES divides it; the words in use are a distance
+// modulo RING_WORDS, taken with a mask.
+const _: () = assert!(MAX_ENTRIES.is_power_of_two() && RING_WORDS.is_power_of_two());
 /// Words in a tail: the doorbell's clear, then the WAIT RESELECT.
 pub(super) const TAIL_WORDS: u32 = 2 * TC_WORDS;
 /// Ring words kept free so [`Ring::append`] always finds room for a
@@ -48,6 +49,7 @@ pub(super) const ISSUE_RESERVE: u32 =
 mod block;
 mod entry;
 mod mark;
+mod retire;
 #[cfg(test)]
 mod tests;
 
@@ -60,7 +62,7 @@ pub(super) use mark::RingMark;
 /// request's instructions end before (its entry's `end`), and that
 /// request's cookie. Retiring the whole batch, the usual case, needs no
 /// entry read. Meaningful only while a request is linked and not retired
-/// (`issued > 0`): each append sets it first, so no `Option`.
+/// (`issued() > 0`): each append sets it first, so no `Option`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Linked {
     value: u32,
@@ -89,13 +91,17 @@ pub(super) struct Ring<H: Hal> {
     /// Oldest ring word still in use: the words in use run from here up
     /// to `head`, wrap waste included ([`Ring::used`]).
     free_from: u32,
-    /// Entries ended (pushed), linked (appended) and retired since
-    /// creation, each wrapping: entries in the queue are `pushed -
-    /// retired`, the linked ones `appended - retired`, and the oldest is
-    /// at index `retired` (taken modulo the array's length, which divides
-    /// 2^32). Retiring a batch is then one store.
+    /// The entry counters, each wrapping: entries in the queue are
+    /// `pushed - retired`, the linked ones `appended - retired`, and the
+    /// oldest is at index `retired` (taken modulo the array's length,
+    /// which divides 2^32). Retiring a batch is then one store.
+    ///
+    /// Entries ended since creation.
     pushed: u32,
+    /// Entries linked since creation.
     appended: u32,
+    /// Entries retired since creation.
+    retired: u32,
     /// The last prepared request (meaningful only while a request is
     /// unlinked, `pushed != appended`: each one ending sets it, so no
     /// `Option`), and the completion word's value once its own write-back
@@ -107,7 +113,6 @@ pub(super) struct Ring<H: Hal> {
     linked: Linked,
     /// The completion word's value when last retired from.
     last_seen: u32,
-    retired: u32,
     _hal: PhantomData<H>,
 }
 
@@ -171,10 +176,11 @@ impl<H: Hal> Ring<H> {
         self.pushed.wrapping_sub(self.retired)
     }
 
-    /// Words in use, from `free_from` up to `head` around the ring. Never
-    /// 0 (the live tail is always in use) nor the whole ring (every claim
-    /// leaves a word free: [`Ring::reserve`]), so the difference is
-    /// unambiguous.
+    /// Words in use, from `free_from` up to `head` around the ring. Once
+    /// the ring is reset, never 0 (the live tail is always in use: only a
+    /// rewind, to a mark after the last append, moves the head back) nor
+    /// the whole ring (every claim leaves a word free: [`Ring::reserve`]),
+    /// so the distance is unambiguous.
     #[inline(always)]
     fn used(&self) -> u32 {
         self.head.wrapping_sub(self.free_from) & (RING_WORDS - 1)
@@ -292,7 +298,7 @@ impl<H: Hal> Ring<H> {
     /// not wrapping, not overlapping: [`copy_is_valid`](crate::engine::copy_is_valid); at most
     /// [`MAX_MOVE`](script::MAX_MOVE) bytes) as one Memory Move each, request
     /// by request from cookie `first`, in one pass: room for all of them
-    /// (before the ring's end, with [`ISSUE_RESERVE`] left) is checked once,
+    /// (before the ring's end, with [`ISSUE_RESERVE`] and a word more left) is checked once,
     /// and they share one entry. Stops at the first op that is not such a
     /// copy; returns how many it appended (0 when they do not fit in one
     /// stretch: the caller takes the general path). With `all_or_none`,
@@ -472,93 +478,6 @@ impl<H: Hal> Ring<H> {
             Self::write_words_in::<WORDS>(&block, at, [s0, s1, c0, c1, w0, w1]);
         }
         tail
-    }
-
-    fn read_completion(&self) -> u32 {
-        self.cell::<u32>(STATUS_OFF).read()
-    }
-
-    /// The cookie of the write-back that left `written` in the completion
-    /// word (`None` for a value no write-back leaves, such as the zero of a
-    /// reset).
-    #[inline(always)]
-    fn written_back(&self, written: u32) -> Option<u32> {
-        let offset = written.wrapping_sub(self.addr(0));
-        let word = (offset / 4).checked_sub(STORE_WORDS)?;
-        if !offset.is_multiple_of(4) || word >= RING_WORDS {
-            return None;
-        }
-        Some(self.cell::<u32>(SHADOW_OFF + word as usize * 4).read())
-    }
-
-    /// Retires the linked requests the completion word says are done;
-    /// returns the newest of them. Their words become free.
-    #[inline(always)]
-    pub(super) fn retire(&mut self) -> Option<Cookie> {
-        let completion = self.read_completion();
-        if completion == self.last_seen {
-            return None;
-        }
-        self.last_seen = completion;
-        if self.appended == self.retired {
-            return None;
-        }
-        // Usually the whole linked batch is done, which the value its final
-        // write-back leaves says without a look at the shadow words or the
-        // entries.
-        let linked = self.linked;
-        if linked.value == completion {
-            self.free_through(self.appended, linked.end);
-            return Some(linked.last);
-        }
-        let written = self.written_back(completion)?;
-        let done = (0..self.issued())
-            .find(|&k| self.entry(self.retired.wrapping_add(k)).last as u32 == written)?;
-        let through = self.retired.wrapping_add(done);
-        let Entry {
-            last: cookie, end, ..
-        } = self.entry(through);
-        self.free_through(through.wrapping_add(1), end);
-        Cookie::new(cookie)
-    }
-
-    /// Retires the entries before `retired` (a value of the counter, at
-    /// most `appended`), whose words end before ring word `end`.
-    #[inline(always)]
-    fn free_through(&mut self, retired: u32, end: u32) {
-        self.free_from = end;
-        self.retired = retired;
-    }
-
-    /// The linked request whose instructions include the one at DMA
-    /// address `addr`, if any.
-    pub(super) fn owner_of(&self, addr: u32) -> Option<Cookie> {
-        let word = addr.wrapping_sub(self.addr(0)) / 4;
-        if word >= RING_WORDS {
-            return None;
-        }
-        let mut start = self.free_from;
-        for k in 0..self.issued() {
-            let entry = self.entry(self.retired.wrapping_add(k));
-            let end = entry.end;
-            let inside = if start <= end {
-                (start..end).contains(&word)
-            } else {
-                word >= start || word < end
-            };
-            if inside {
-                return Cookie::new(entry.owner_of(word));
-            }
-            start = end;
-        }
-        None
-    }
-
-    /// The oldest request not retired.
-    pub(super) fn oldest(&self) -> Option<Cookie> {
-        (self.entries() > 0)
-            .then(|| Cookie::new(self.entry(self.retired).first()))
-            .flatten()
     }
 
     /// Forgets every request; the words stay claimed until [`Ring::reset`]

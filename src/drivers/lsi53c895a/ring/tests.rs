@@ -422,27 +422,73 @@ proptest! {
 fn claims_never_fill_the_ring() {
     let mut ring = TestRing::new().unwrap();
     ring.reset();
-    for keep in [0, ISSUE_RESERVE] {
+    // With the reserve first (it stops at the ring's end), then with
+    // none, from past the wrap: without the free word that pass filled
+    // the ring, which then read as empty and was claimed again.
+    for keep in [ISSUE_RESERVE, 0] {
+        let free = RING_WORDS - ring.used();
         let mut claimed = 0;
         while ring.reserve(1, keep).is_ok() {
             claimed += 1;
-            assert!(
-                claimed <= RING_WORDS,
-                "claimed more words than the ring has"
-            );
+            assert!(claimed < free, "claimed words in use");
         }
         // Refused with a word free beyond `keep` (or a few more, when the
         // last claim would have needed a wrap).
         let used = ring.used();
-        assert!(used < RING_WORDS - keep, "keep {keep}: {used} in use");
         assert!(
             used + keep + 1 + 2 * TC_WORDS >= RING_WORDS,
             "keep {keep}: {used} in use"
         );
         assert_eq!(ring.reserve(1, keep), Err(EngineError::RingFull));
-        // Free all but the live tail's words, with the head past the wrap
-        // on the second lap.
+        // Free all but the live tail's words (the head is past the wrap
+        // on the second pass).
         ring.free_from = ring.head.wrapping_sub(TAIL_WORDS) & (RING_WORDS - 1);
         assert_eq!(ring.used(), TAIL_WORDS);
     }
+}
+
+#[test]
+#[should_panic(expected = "from before the last append")]
+fn a_mark_taken_before_an_append_with_nothing_after_is_refused() {
+    let mut ring = TestRing::new().unwrap();
+    ring.reset();
+    assert_eq!(push(&mut ring, Cookie::new(1).unwrap(), 1, false, false), 1);
+    // Nothing is prepared between the mark and the append: a rewind would
+    // move the head back behind the write-back and tail just linked.
+    let mark = ring.mark();
+    assert!(ring.append());
+    ring.rewind(mark);
+}
+
+/// The entry counters wrap at 2^32: the ring runs as before across it.
+#[test]
+fn the_entry_counters_wrap() {
+    let c = |n: i32| Cookie::new(n).unwrap();
+    let mut ring = TestRing::new().unwrap();
+    ring.reset();
+    let start = u32::MAX - 2;
+    (ring.pushed, ring.appended, ring.retired) = (start, start, start);
+    // From 100: the helper's copies read 0..4 and write at the cookie,
+    // so lower cookies overlap and do not make a run.
+    let mut cookie = 100;
+    for round in 0..4 {
+        // A run of three and a single request, linked, then retired by
+        // the completion word as the chip would leave it.
+        assert_eq!(push(&mut ring, c(cookie), 3, true, false), 3);
+        assert_eq!(push(&mut ring, c(cookie + 3), 1, false, false), 1);
+        assert_eq!(ring.entries(), 2, "round {round}");
+        assert!(ring.append());
+        assert_eq!(ring.issued(), 2);
+        assert_eq!(
+            ring.owner_of(ring.addr(ring.free_from)).map(Cookie::get),
+            Some(cookie)
+        );
+        assert_eq!(ring.oldest(), Some(c(cookie)));
+        let done = ring.linked.value;
+        ring.cell::<u32>(STATUS_OFF).write(done);
+        assert_eq!(ring.retire(), Some(c(cookie + 3)), "round {round}");
+        assert_eq!((ring.entries(), ring.issued()), (0, 0));
+        cookie += 4;
+    }
+    assert!(ring.retired < start, "the counters wrapped");
 }
