@@ -33,6 +33,7 @@ impl<H: Hal> Ring<H> {
             head: 0,
             tail: 0,
             free_from: 0,
+            limit: 0,
             pushed: 0,
             appended: 0,
             last_cookie: crate::engine::Cookie::FIRST,

@@ -44,6 +44,10 @@ impl<H: Hal> Ring<H> {
         // The words claimed since the mark, wrap waste included, are free
         // again (never a whole lap, as the reserve always stays free).
         self.head = mark.head;
+        // The cached limit was computed for a later head (back across a
+        // wrap, one in the next lap): computed again, so its argument need
+        // not follow the head back.
+        self.refresh_limit();
         self.last_cookie = mark.last_cookie;
         self.last_writeback = mark.last_writeback;
     }

@@ -91,6 +91,12 @@ pub(super) struct Ring<H: Hal> {
     /// Oldest ring word still in use: the words in use run from here up
     /// to `head`, wrap waste included ([`Ring::used`]).
     free_from: u32,
+    /// A claim from `head` that ends at or before this word needs no
+    /// other check ([`Ring::reserve`]): computed by [`Ring::refresh_limit`]
+    /// from the words in use then, and never more than the exact bound
+    /// since (retiring only frees words; the head moves back or wraps only
+    /// where the limit is computed again).
+    limit: u32,
     /// The entry counters, each wrapping: entries in the queue are
     /// `pushed - retired`, the linked ones `appended - retired`, and the
     /// oldest is at index `retired` (taken modulo the array's length,
@@ -195,19 +201,49 @@ impl<H: Hal> Ring<H> {
     /// Claims `n` contiguous ring words, leaving `keep` words free and
     /// always one (so the words in use never fill the ring, which
     /// [`Ring::used`] could not tell from none), and returns the first.
-    /// Wraps to word 0 with a JUMP when the end is near.
+    /// Wraps to word 0 with a JUMP when the end is near. Usually one
+    /// comparison with the cached [`Ring::limit`](Ring); the exact checks
+    /// run when it says no.
     // Performance note H1 (guide, performance chapter).
     #[inline(always)]
     fn reserve(&mut self, n: u32, keep: u32) -> Result<u32, EngineError> {
-        if self.head + n + TC_WORDS > RING_WORDS {
-            return self.reserve_wrapping(n, keep);
-        }
-        if self.used() + n + keep >= RING_WORDS {
-            return Err(EngineError::RingFull);
-        }
         let at = self.head;
-        self.head = at + n;
-        Ok(at)
+        if keep <= ISSUE_RESERVE && at + n <= self.limit {
+            // What the limit stands for, checked in every host test.
+            debug_assert!(at + n + TC_WORDS <= RING_WORDS && self.used() + n + keep < RING_WORDS);
+            self.head = at + n;
+            return Ok(at);
+        }
+        self.reserve_exactly(n, keep)
+    }
+
+    /// [`Self::reserve`] with every check, when the cached limit says no:
+    /// then the limit is computed again.
+    #[inline(never)]
+    fn reserve_exactly(&mut self, n: u32, keep: u32) -> Result<u32, EngineError> {
+        let claimed = if self.head + n + TC_WORDS > RING_WORDS {
+            self.reserve_wrapping(n, keep)
+        } else if self.used() + n + keep >= RING_WORDS {
+            Err(EngineError::RingFull)
+        } else {
+            let at = self.head;
+            self.head = at + n;
+            Ok(at)
+        };
+        self.refresh_limit();
+        claimed
+    }
+
+    /// Computes [`Ring::limit`](Ring) from the ring as it is: the last
+    /// word a claim from the head may end at and still leave a JUMP's room
+    /// before the ring's end, [`ISSUE_RESERVE`] words and one more free.
+    /// `base` is the oldest word in use, counted in the lap after the
+    /// head's (the head is below it, by the free words).
+    pub(super) fn refresh_limit(&mut self) {
+        let base = self.head + RING_WORDS - self.used();
+        self.limit = (base - 1)
+            .saturating_sub(ISSUE_RESERVE)
+            .min(RING_WORDS - TC_WORDS);
     }
 
     /// [`Self::reserve`] when the words do not fit before the ring's end.
@@ -314,12 +350,16 @@ impl<H: Hal> Ring<H> {
     ) -> u32 {
         let n = ops.len() as u32;
         let words = n * MOVE_WORDS;
-        if self.entries() == MAX_ENTRIES
-            || mask < script::MAX_MOVE as u64
-            || self.head + words + TC_WORDS > RING_WORDS
-            || self.used() + words + ISSUE_RESERVE >= RING_WORDS
-        {
+        if self.entries() == MAX_ENTRIES || mask < script::MAX_MOVE as u64 {
             return 0;
+        }
+        // Room before the ring's end, with the reserve and a word more
+        // free: the cached limit, or the limit computed again.
+        if self.head + words > self.limit {
+            self.refresh_limit();
+            if self.head + words > self.limit {
+                return 0;
+            }
         }
         // Short of the cookies' wrap, a request's cookie is the one before
         // plus 1 (a run across the wrap takes the general path).
@@ -497,6 +537,7 @@ impl<H: Hal> Ring<H> {
         self.head = TAIL_WORDS;
         self.tail = 0;
         self.free_from = 0;
+        self.refresh_limit();
         self.forget_requests();
         self.linked = Linked::NONE;
         self.last_seen = 0;
