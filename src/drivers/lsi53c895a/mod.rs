@@ -299,6 +299,54 @@ impl<H: Hal, R: Registers> Lsi53c895a<H, R> {
         self.inject = true;
     }
 
+    /// [`Engine::prep_one`] for a copy that asks for no notification: one
+    /// Memory Move and the request's end, neither of which can fail once
+    /// the engine is running, an entry is free and the words are claimed
+    /// (so no mark). Takes the copy apart: an `Op` that reached an
+    /// out-of-line call here would be stored to the stack on every request
+    /// (4 instructions), whichever path ran.
+    ///
+    /// # Safety
+    /// As for [`Engine::prep_one`], for the copy.
+    #[inline(always)]
+    unsafe fn prep_plain_copy(
+        &mut self,
+        cookie: Cookie,
+        dst: DmaAddr,
+        src: DmaAddr,
+        len: usize,
+    ) -> Result<(), EngineError> {
+        if self.halted || self.inject || self.ring.entries_full() {
+            // SAFETY: the caller's contract, passed on.
+            return unsafe { self.prep_copy_refused(cookie, dst, src, len) };
+        }
+        // The channel checked both sides against the 32-bit DMA mask and
+        // the length against MAX_MOVE, so these casts are exact.
+        self.push_move(len as u32, src as u32, dst as u32, ISSUE_RESERVE)?;
+        self.ring.end_request(cookie, None);
+        Ok(())
+    }
+
+    /// [`Self::prep_plain_copy`] on a halted engine, with no entry free, or
+    /// with an illegal instruction to inject first: through `prep` and a
+    /// mark.
+    ///
+    /// # Safety
+    /// As for [`Self::prep_plain_copy`].
+    #[cold]
+    #[inline(never)]
+    unsafe fn prep_copy_refused(
+        &mut self,
+        cookie: Cookie,
+        dst: DmaAddr,
+        src: DmaAddr,
+        len: usize,
+    ) -> Result<(), EngineError> {
+        let op = Op::Copy { dst, src, len };
+        // SAFETY: the caller's contract, passed on.
+        unsafe { prep_one_marked(self, cookie, op, Notify::default()) }
+    }
+
     /// The first half of `issue`: the prepared requests linked behind the
     /// live tail ([`Ring::append`]). The processor may take the link as
     /// soon as it is written (when it is busy before the tail); the
@@ -404,13 +452,11 @@ unsafe impl<H: Hal, R: Registers> Engine for Lsi53c895a<H, R> {
         op: Op,
         notify: Notify,
     ) -> Result<(), EngineError> {
-        // A plain copy that asks for no notification: `prep` refuses it
-        // before it claims a word (halted, no entry free, no room in the
-        // reserve's check), and then pushes one Memory Move and ends the
-        // request, neither of which can fail. So no mark.
-        if matches!(op, Op::Copy { .. }) && !self.inject && notify == Notify::default() {
+        if let Op::Copy { dst, src, len } = op
+            && notify == Notify::default()
+        {
             // SAFETY: the caller's contract, passed on.
-            return unsafe { self.prep(cookie, op, Some(notify)) };
+            return unsafe { self.prep_plain_copy(cookie, dst, src, len) };
         }
         // SAFETY: the caller's contract, passed on.
         unsafe { prep_one_marked(self, cookie, op, notify) }
