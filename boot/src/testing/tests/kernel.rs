@@ -204,9 +204,12 @@ fn timer_interrupts_arrive() {
     let ticks = time::ticks() - start_ticks;
     let expected = WINDOW_MS * time::tick_millihz() / 1_000_000;
     // The PIC merges edges that arrive while QEMU's vCPU thread is not
-    // running, so a loaded host loses ticks; it can never add any.
+    // running, so a loaded host loses ticks, any share of them (more than
+    // half with two other builds on this 2-core machine); it can never add
+    // any. The rate itself is checked on the PIT's counter, polled
+    // (`tsc_agrees_with_the_pit`).
     assert!(
-        ticks >= expected / 2 && ticks <= expected * 105 / 100,
+        ticks >= 1 && ticks <= expected * 105 / 100,
         "{ticks} timer interrupts in {WINDOW_MS} ms, expected about {expected}"
     );
 }
@@ -240,9 +243,9 @@ fn delay_waits_as_long_as_asked() {
         elapsed_ms >= 200,
         "delay_ms(200) returned after {elapsed_ms} ms"
     );
-    // Lost ticks (see above) only lower the count.
+    // Lost ticks (see above) only lower the count, by any share.
     assert!(
-        (100..=215).contains(&ticks),
+        (1..=215).contains(&ticks),
         "delay_ms(200) took {ticks} PIT ticks"
     );
 }
