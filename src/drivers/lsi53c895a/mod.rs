@@ -316,7 +316,7 @@ impl<H: Hal, R: Registers> Lsi53c895a<H, R> {
         src: DmaAddr,
         len: usize,
     ) -> Result<(), EngineError> {
-        if self.halted || self.inject || self.ring.entries_full() {
+        if self.halted || self.inject {
             // SAFETY: the caller's contract, passed on.
             return unsafe { self.prep_copy_refused(cookie, dst, src, len) };
         }
@@ -417,9 +417,6 @@ unsafe impl<H: Hal, R: Registers> Engine for Lsi53c895a<H, R> {
     ) -> Result<(), EngineError> {
         if self.halted {
             return Err(EngineError::Halted);
-        }
-        if end.is_some() && self.ring.entries_full() {
-            return Err(EngineError::RingFull);
         }
         match op {
             // The channel checked every address against the 32-bit DMA mask

@@ -31,10 +31,15 @@ use crate::hal::{DmaAddr, Hal};
 pub(super) const RING_WORDS: u32 = 16 * 1024;
 /// Size of the zero buffer that zeroing copies read.
 pub(super) const ZERO_BYTES: u32 = 64 * 1024;
-/// Requests tracked at once: every request takes at least one Memory Move,
-/// so the ring never holds more than `RING_WORDS / MOVE_WORDS + 1`; rounded
-/// up to a power of two so an index wraps with a mask, not a division.
-pub(super) const MAX_ENTRIES: u32 = (RING_WORDS / MOVE_WORDS + 1).next_power_of_two();
+/// Requests tracked at once. Every request's instructions end with a
+/// Memory Move or a write-back Store, each at least [`STORE_WORDS`] long,
+/// and stay in words in use until the request is retired; the words in use
+/// never fill the ring ([`Ring::used`]), so fewer than
+/// `RING_WORDS / STORE_WORDS` requests are ever tracked, and the entries
+/// cannot run out: the paths that end a request do not check (a debug
+/// assertion does, in the host tests).
+pub(super) const MAX_ENTRIES: u32 = RING_WORDS / STORE_WORDS;
+const _: () = assert!(STORE_WORDS <= MOVE_WORDS);
 // The entry counters wrap at 2^32, which an index modulo MAX_ENTRIES
 // follows only if MAX_ENTRIES divides it; the words in use are a distance
 // modulo RING_WORDS, taken with a mask.
@@ -192,12 +197,6 @@ impl<H: Hal> Ring<H> {
         self.head.wrapping_sub(self.free_from) & (RING_WORDS - 1)
     }
 
-    /// Whether no more requests can be tracked.
-    #[inline(always)]
-    pub(super) fn entries_full(&self) -> bool {
-        self.entries() == MAX_ENTRIES
-    }
-
     /// Claims `n` contiguous ring words, leaving `keep` words free and
     /// always one (so the words in use never fill the ring, which
     /// [`Ring::used`] could not tell from none), and returns the first.
@@ -324,6 +323,7 @@ impl<H: Hal> Ring<H> {
             end,
             count: 1,
         };
+        debug_assert!(self.entries() < MAX_ENTRIES, "the entries ran out");
         self.write_entry(self.pushed, entry);
         self.pushed = self.pushed.wrapping_add(1);
         self.last_cookie = cookie;
@@ -350,7 +350,7 @@ impl<H: Hal> Ring<H> {
     ) -> u32 {
         let n = ops.len() as u32;
         let words = n * MOVE_WORDS;
-        if self.entries() == MAX_ENTRIES || mask < script::MAX_MOVE as u64 {
+        if mask < script::MAX_MOVE as u64 {
             return 0;
         }
         // Room before the ring's end, with the reserve and a word more
@@ -384,6 +384,7 @@ impl<H: Hal> Ring<H> {
             end: word,
             count: done,
         };
+        debug_assert!(self.entries() < MAX_ENTRIES, "the entries ran out");
         self.write_entry(self.pushed, entry);
         self.pushed = self.pushed.wrapping_add(1);
         self.head = word;
