@@ -121,7 +121,9 @@ pub enum Status {
     Error(ErrorKind),
 }
 
-/// Errors of the copy API. A call that returns one changed nothing.
+/// Errors of the copy API. A call that returns one changed nothing (it
+/// may have collected completions, as `poll` does), except
+/// [`Channel::reset`]'s `Busy` on a running channel, which terminated it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum DmaError {
     /// A request of zero bytes.
@@ -137,8 +139,10 @@ pub enum DmaError {
     OutOfPage,
     /// A range runs past the end of its buffer.
     OutOfBounds,
-    /// The ring has no room: wait for completions (or issue what is
-    /// prepared) and retry.
+    /// The ring has no room, or every cookie is in flight (`i32::MAX - 1`
+    /// requests not yet known to have ended: one more would make the
+    /// cookie rule call some of them complete): wait for completions (or
+    /// issue what is prepared) and retry.
     RingFull,
     /// The channel has stopped after an error or `terminate`; `reset` it.
     Halted,

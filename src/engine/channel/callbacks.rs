@@ -26,9 +26,9 @@ impl<E: Engine> Channel<E> {
             self.callbacks.pop_front();
             (callback.func)(cookie, status, callback.context);
         }
-        let (snapshot, failures, wakers) = (self.snapshot(), &self.failures, &mut self.wakers);
+        let (now, failures, wakers) = (self.now(), &self.failures, &mut self.wakers);
         if wakers.used() > 0 {
-            wakers.wake_ended(|cookie| failures.classify(snapshot, cookie));
+            wakers.wake_ended(|cookie| failures.classify(now, cookie));
         }
     }
 

@@ -13,10 +13,31 @@ pub(super) struct Failure {
     /// The requests it ended are those in `(before, last]`.
     pub(super) before: i32,
     pub(super) last: i32,
+    /// The channel's lap when it was recorded (`last` was then the last
+    /// cookie assigned).
+    pub(super) lap: u32,
+}
+
+/// Where the channel's cookies stand: the snapshot, and how many times
+/// they have wrapped.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Now {
+    pub(super) snapshot: Snapshot,
+    pub(super) lap: u32,
 }
 
 impl Failure {
-    fn kind_of(&self, cookie: Cookie) -> Option<ErrorKind> {
+    fn kind_of(&self, cookie: Cookie, now: Now) -> Option<ErrorKind> {
+        // A cookie assigned again since the record is not the one it
+        // names: after a lap or more every cookie was, and within a lap
+        // those after `last` up to the newest.
+        let span = i32::MAX as u64;
+        let since = (u64::from(now.lap.wrapping_sub(self.lap)) * span
+            + now.snapshot.last_used as u64)
+            .saturating_sub(self.last as u64);
+        if since >= span || !crate::engine::is_complete(cookie, self.last, now.snapshot.last_used) {
+            return None;
+        }
         if let Some((failed, kind)) = self.failed
             && failed == cookie
         {
@@ -53,24 +74,30 @@ impl FailureLog {
 
     /// Where `cookie` stands given the channel's snapshot.
     #[inline(always)]
-    pub(super) fn classify(&self, snapshot: Snapshot, cookie: Cookie) -> Status {
+    pub(super) fn classify(&self, now: Now, cookie: Cookie) -> Status {
         // In the in-flight window: no failure has ended it yet.
-        if !snapshot.is_complete(cookie) {
+        if !now.snapshot.is_complete(cookie) {
             return Status::InProgress;
         }
         if self.records.is_empty() {
             return Status::Complete;
         }
-        self.ended(cookie)
+        self.ended(now, cookie)
+    }
+
+    /// Whether no failure is recorded.
+    #[inline(always)]
+    pub(super) fn is_empty(&self) -> bool {
+        self.records.is_empty()
     }
 
     /// How a cookie outside the in-flight window ended: by the newest
     /// failure that ended it, or complete.
     #[inline(never)]
-    fn ended(&self, cookie: Cookie) -> Status {
+    pub(super) fn ended(&self, now: Now, cookie: Cookie) -> Status {
         self.records
             .newest_first()
-            .find_map(|f| f.kind_of(cookie))
+            .find_map(|f| f.kind_of(cookie, now))
             .map_or(Status::Complete, Status::Error)
     }
 
@@ -98,6 +125,23 @@ impl FailureLog {
 impl<E: Engine> Channel<E> {
     #[inline(always)]
     pub(super) fn classify(&self, cookie: Cookie) -> Status {
-        self.failures.classify(self.snapshot(), cookie)
+        // As `FailureLog::classify`, reading the lap only when a failure
+        // is recorded.
+        if !self.snapshot().is_complete(cookie) {
+            return Status::InProgress;
+        }
+        if self.failures.is_empty() {
+            return Status::Complete;
+        }
+        self.failures.ended(self.now(), cookie)
+    }
+
+    /// The snapshot and the lap, as the failure records read them.
+    #[inline(always)]
+    pub(super) fn now(&self) -> Now {
+        Now {
+            snapshot: self.snapshot(),
+            lap: self.lap,
+        }
     }
 }

@@ -140,8 +140,9 @@ impl<E: Engine> Channel<E> {
     }
 
     /// Pins a DMA fault an IOMMU recorded (the faulting page's address, and
-    /// whether the access was a write) on the newest of the last
-    /// [`ADDRESS_HISTORY`] requests that wrote (or read) that page: it ends
+    /// whether the access was a write) on the oldest request in flight that
+    /// wrote (or read) that page, or, if none in flight did, the newest of
+    /// the last [`ADDRESS_HISTORY`] requests that did: it ends
     /// `Error(WriteFailed)` (or `ReadFailed`) even if the engine, which
     /// never saw the fault (a faulting write is dropped, a faulting read
     /// returns zeros), reported it complete; the channel stops and halts as
@@ -159,8 +160,8 @@ impl<E: Engine> Channel<E> {
         Some(cookie)
     }
 
-    /// The newest remembered request that wrote (or read) the page of
-    /// `page`, and the error a fault there gives it.
+    /// The request a fault on the page of `page` is pinned on (see
+    /// [`Channel::fail_at`]), and the error it gives it.
     pub(in crate::engine) fn culprit(
         &self,
         page: DmaAddr,
@@ -178,18 +179,28 @@ impl<E: Engine> Channel<E> {
             let last = start.saturating_add((len as u64).saturating_sub(1));
             start <= page_last && page <= last
         };
+        let touched = |c: &Cookie| match self.footprints[c.get() as usize % FOOTPRINT_SLOTS] {
+            Op::Copy { dst, src, len } => touches(if write { dst } else { src }, len),
+            Op::Fill { dst, len, .. } | Op::Zero { dst, len } => write && touches(dst, len),
+            Op::Interrupt => false,
+        };
         // The last ADDRESS_HISTORY cookies, newest first: before the first
         // wrap those below 1 name slots never written.
         let newest = Cookie::new(self.last_used)?;
-        let culprit = (0..ADDRESS_HISTORY)
-            .map(|back| newest.before(back))
-            .find(
-                |c| match self.footprints[c.get() as usize % FOOTPRINT_SLOTS] {
-                    Op::Copy { dst, src, len } => touches(if write { dst } else { src }, len),
-                    Op::Fill { dst, len, .. } | Op::Zero { dst, len } => write && touches(dst, len),
-                    Op::Interrupt => false,
-                },
-            )?;
+        let remembered = (0..ADDRESS_HISTORY).map(|back| newest.before(back));
+        // The oldest request in flight that touched the page: the engine
+        // runs its requests in order, so it is the first that could have
+        // faulted there (every later one ends with an error anyway, and an
+        // earlier one that touched the page must not read `Complete`).
+        // Only when none in flight did, the newest that did: a fault
+        // reported after its request was found complete.
+        let snapshot = self.snapshot();
+        let culprit = remembered
+            .clone()
+            .take_while(|c| !snapshot.is_complete(*c))
+            .filter(touched)
+            .last()
+            .or_else(|| remembered.clone().find(touched))?;
         let kind = if write {
             ErrorKind::WriteFailed
         } else {

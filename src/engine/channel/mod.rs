@@ -77,6 +77,11 @@ pub struct Channel<E: Engine> {
     limits: Limits,
     last_used: i32,
     last_completed: i32,
+    /// How many times the cookies wrapped from `i32::MAX` to 1: with
+    /// `last_used`, how many cookies were assigned after a failure was
+    /// recorded, so a record is not read for a cookie assigned again a
+    /// lap later (see `failures.rs`).
+    lap: u32,
     /// Something is prepared and not yet issued.
     prepared: bool,
     halted: bool,
@@ -103,6 +108,8 @@ pub struct Channel<E: Engine> {
     wakers: WakerSlots,
     /// The last request prepared with [`PrepFlags::INTERRUPT`] (0: none).
     interrupt_through: i32,
+    /// The lap `interrupt_through` was assigned in.
+    interrupt_lap: u32,
     /// The longest piece one descriptor takes: `max_len` rounded down to
     /// the alignment (computed once: the limits are fixed).
     piece_max: usize,
@@ -128,7 +135,9 @@ impl<E: Engine> Channel<E> {
             id: take_id(&NEXT_CHANNEL_ID),
             last_used: 0,
             last_completed: 0,
+            lap: 0,
             interrupt_through: 0,
+            interrupt_lap: 0,
             prepared: false,
             halted: false,
             stopping: None,
@@ -224,12 +233,25 @@ impl<E: Engine> Channel<E> {
         } else {
             next.get() - 1
         };
+        // As if the cookies up to `previous` had been assigned.
+        if previous < self.last_used {
+            self.lap = self.lap.wrapping_add(1);
+        }
         self.last_used = previous;
         self.last_completed = previous;
         // The cookies before `next` were never this channel's: slots keyed
         // by them must not pin a fault on them.
         self.footprints = [Op::Interrupt; FOOTPRINT_SLOTS];
         Ok(())
+    }
+
+    /// Sets the snapshot as it would stand after requests nobody asked
+    /// about: how a test reaches a full in-flight window without 2^31
+    /// requests.
+    #[cfg(test)]
+    pub(crate) fn set_window(&mut self, last_completed: i32, last_used: i32) {
+        self.last_completed = last_completed;
+        self.last_used = last_used;
     }
 
     /// The engine's capabilities (read once, when the channel was made).
@@ -247,6 +269,85 @@ impl<E: Engine> Channel<E> {
         // `last_used` is 0 before any request (then the first) or a cookie,
         // whose successor this is: past `i32::MAX` the sum is not positive.
         Cookie::new(self.last_used.wrapping_add(1)).unwrap_or(Cookie::FIRST)
+    }
+
+    /// [`Channel::make_room_for_cookies`] for `cookie`, the next single
+    /// request's; counts the lap it starts, if it is 1 after `i32::MAX`
+    /// (before the request is written, so one that asks for an interrupt
+    /// records the new lap: [`Channel::refuse_cookie`] takes it back).
+    #[cold]
+    #[inline(never)]
+    pub(super) fn enter_cookie(&mut self, cookie: Cookie) -> Result<(), DmaError> {
+        self.make_room_for_cookies(1)?;
+        if cookie == Cookie::FIRST && self.last_used != 0 {
+            self.lap = self.lap.wrapping_add(1);
+        }
+        Ok(())
+    }
+
+    /// Takes back what [`Channel::enter_cookie`] counted for `cookie`,
+    /// whose request was refused.
+    #[cold]
+    #[inline(never)]
+    pub(super) fn refuse_cookie(&mut self, cookie: Cookie) {
+        if cookie == Cookie::FIRST && self.last_used != 0 {
+            self.lap = self.lap.wrapping_sub(1);
+        }
+    }
+
+    /// Makes `last` the last cookie assigned, the requests up to it
+    /// prepared (a batch, less than a lap: [`Channel::cookies_free`]),
+    /// counting the lap when the cookies wrapped on the way.
+    #[inline(always)]
+    pub(super) fn use_cookies_through(&mut self, last: Cookie) {
+        if last.get() < self.last_used {
+            self.lap = self.lap.wrapping_add(1);
+        }
+        self.last_used = last.get();
+    }
+
+    /// How many cookies were assigned after `cookie`, assigned when the
+    /// cookies had wrapped `lap` times (a lap or more: every value again).
+    pub(super) fn assigned_since(&self, lap: u32, cookie: i32) -> u64 {
+        let span = i32::MAX as u64;
+        let laps = u64::from(self.lap.wrapping_sub(lap));
+        (laps * span + self.last_used as u64).saturating_sub(cookie as u64)
+    }
+
+    /// How many more cookies may be assigned before the in-flight window
+    /// `(last_completed, last_used]` would wrap onto itself: one more and
+    /// the cookie rule would call requests still in flight complete.
+    pub(super) fn cookies_free(&self) -> usize {
+        let span = i64::from(i32::MAX);
+        let (done, used) = (i64::from(self.last_completed), i64::from(self.last_used));
+        // Before the first completion the window is `[1, last_used]`:
+        // every cookie may be in flight.
+        if done == 0 {
+            return (span - used) as usize;
+        }
+        (span - 1 - (used - done).rem_euclid(span)) as usize
+    }
+
+    /// Makes room for `n` more cookies when fewer are free
+    /// ([`Channel::cookies_free`]): collects completions first (an engine
+    /// that completes requests as they are issued, such as the CPU engine,
+    /// reports them only when asked, and a caller that trusts that may
+    /// never ask), then answers `RingFull` if there is still no room, or
+    /// `Halted` if the collection found a failure.
+    #[cold]
+    #[inline(never)]
+    pub(super) fn make_room_for_cookies(&mut self, n: usize) -> Result<(), DmaError> {
+        if self.cookies_free() >= n {
+            return Ok(());
+        }
+        self.poll();
+        if self.halted {
+            return Err(DmaError::Halted);
+        }
+        if self.cookies_free() < n {
+            return Err(DmaError::RingFull);
+        }
+        Ok(())
     }
 
     /// Hands everything prepared to the hardware.

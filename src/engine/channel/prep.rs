@@ -95,6 +95,11 @@ impl<E: Engine> Channel<E> {
             return Err(DmaError::RingFull);
         }
         let cookie = self.next_cookie();
+        // Once a lap, and at the window's edge, the exact check: the
+        // in-flight window must not wrap onto itself, and a lap is counted.
+        if cookie.get() == self.last_completed || cookie == Cookie::FIRST {
+            self.enter_cookie(cookie)?;
+        }
         let notify = Notify {
             writeback: callback.is_some(),
             interrupt: flags.contains(PrepFlags::INTERRUPT),
@@ -125,11 +130,14 @@ impl<E: Engine> Channel<E> {
             }
             written
         };
-        written?;
+        if let Err(e) = written {
+            self.refuse_cookie(cookie);
+            return Err(e);
+        }
         self.last_used = cookie.get();
         self.prepared = true;
         if notify.interrupt {
-            self.interrupt_through = cookie.get();
+            (self.interrupt_through, self.interrupt_lap) = (cookie.get(), self.lap);
         }
         if let Some(callback) = callback
             && self.callbacks.push((cookie, callback)).is_err()
@@ -155,6 +163,14 @@ impl<E: Engine> Channel<E> {
         }
         self.check_flags(flags)?;
         let first = self.next_cookie();
+        // The exact check when the cookies wrap or reach the window's edge
+        // (`last_completed` among them): room is made, a lap counted.
+        let n = ops.len();
+        let wraps = n - 1 > (i32::MAX - first.get()) as usize;
+        let at_edge = (self.last_completed.wrapping_sub(first.get()) as u32 as usize) < n;
+        if wraps || at_edge || first == Cookie::FIRST {
+            self.make_room_for_cookies(n)?;
+        }
         // The common case: copies, no notification, checked by the engine
         // as it writes them.
         let checked_and_written = self.plain_copies
@@ -164,7 +180,7 @@ impl<E: Engine> Channel<E> {
             && unsafe { self.engine.prep_copies(first, ops, self.limits.dma_mask) };
         if checked_and_written {
             let last = first.after(ops.len() - 1);
-            self.last_used = last.get();
+            self.use_cookies_through(last);
             self.prepared = true;
             self.remember(first, ops);
             return Ok(Batch {
@@ -210,10 +226,10 @@ impl<E: Engine> Channel<E> {
             unsafe { self.engine.rewind(mark) };
             return Err(e);
         }
-        self.last_used = cookie.get();
+        self.use_cookies_through(cookie);
         self.prepared = true;
         if last.interrupt {
-            self.interrupt_through = cookie.get();
+            (self.interrupt_through, self.interrupt_lap) = (cookie.get(), self.lap);
         }
         self.remember(first, ops);
         Ok(Batch {
@@ -234,7 +250,17 @@ impl<E: Engine> Channel<E> {
     /// [`PrepFlags::INTERRUPT`], and one that has ended by the first poll
     /// costs no interrupt at all.
     pub fn interrupt_after(&mut self, cookie: Cookie) -> Result<(), DmaError> {
+        // Covered by a request that asked for an interrupt only while
+        // that request is in flight: one of the last `in_flight` assigned
+        // (one that has ended interrupted already, and its cookie's value
+        // may since name another request).
+        let span = i64::from(i32::MAX);
+        let in_flight = match self.last_completed {
+            0 => i64::from(self.last_used),
+            done => (i64::from(self.last_used) - i64::from(done)).rem_euclid(span),
+        };
         let covered = self.interrupt_through != 0
+            && self.assigned_since(self.interrupt_lap, self.interrupt_through) < in_flight as u64
             && crate::engine::is_complete(cookie, self.interrupt_through, self.last_used);
         if !self.caps.contains(Capabilities::INTERRUPT_OP)
             || covered

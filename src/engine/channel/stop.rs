@@ -25,6 +25,7 @@ impl<E: Engine> Channel<E> {
             failed: Some((fault.cookie, fault.kind)),
             before,
             last: self.last_used,
+            lap: self.lap,
         });
         self.end_all();
     }
@@ -90,6 +91,9 @@ impl<E: Engine> Channel<E> {
             stop.failed = self.claim_fault_causes();
             self.stopping = Some(stop);
         }
+        // Where the engine really got to: a cause pinned from a fault may
+        // lie past it, and the requests between never ran.
+        let engine_done = end.completed.map_or(self.last_completed, Cookie::get);
         match stop.failed {
             // Not past a failed request: it must never read `Complete`.
             Some(_) => {}
@@ -107,21 +111,33 @@ impl<E: Engine> Channel<E> {
         self.stopping = None;
         match stop.failed {
             Some((cookie, kind)) => {
-                let before = if cookie == Cookie::FIRST {
+                let before_cause = if cookie == Cookie::FIRST {
                     i32::MAX
                 } else {
                     cookie.get() - 1
+                };
+                // The earlier of the two, counted back from the newest
+                // request (0, before any completion, is `i32::MAX` back).
+                let back = |c: i32| {
+                    (i64::from(self.last_used) - i64::from(c)).rem_euclid(i64::from(i32::MAX))
+                };
+                let before = if back(engine_done) > back(before_cause) {
+                    engine_done
+                } else {
+                    before_cause
                 };
                 self.failures.record(Failure {
                     failed: Some((cookie, kind)),
                     before,
                     last: self.last_used,
+                    lap: self.lap,
                 });
             }
             None if !self.is_idle() => self.failures.record(Failure {
                 failed: None,
                 before: self.last_completed,
                 last: self.last_used,
+                lap: self.lap,
             }),
             None => {}
         }
@@ -137,9 +153,11 @@ impl<E: Engine> Channel<E> {
     }
 
     /// Makes a halted channel usable again (terminating it first if it was
-    /// not halted). Cookies keep counting from where they were. `Busy`,
-    /// changing nothing, while the engine has not stopped (see
-    /// [`Channel::terminate`]; poll and retry).
+    /// not halted). Cookies keep counting from where they were. `Busy`
+    /// while the engine has not stopped (see [`Channel::terminate`]): the
+    /// channel is then halted and stopping (a running one was terminated,
+    /// and its requests end `Aborted` once the engine stops); poll and
+    /// call again.
     pub fn reset(&mut self) -> Result<(), DmaError> {
         if !self.halted {
             self.terminate();

@@ -102,7 +102,13 @@ fn a_fault_on_the_last_page_of_the_address_space_is_pinned() {
     // SAFETY: the scripted engine never touches memory.
     let last_byte = unsafe { chan.fill(u64::MAX, 1, 0xab, PrepFlags::empty()) }.unwrap();
     let ending_there = copy(&mut chan, u64::MAX - 0xf, 0x10_0000, 16).unwrap();
-    assert_eq!(chan.fail_at(u64::MAX, true), Some(ending_there));
+    // Both in flight wrote the page: the older is pinned, the newer
+    // aborted.
+    assert_eq!(chan.fail_at(u64::MAX, true), Some(last_byte));
+    assert_eq!(
+        chan.status(ending_there).status,
+        Status::Error(ErrorKind::Aborted)
+    );
     chan.reset().unwrap();
     // SAFETY: as above.
     let again = unsafe { chan.fill(u64::MAX, 1, 0xab, PrepFlags::empty()) }.unwrap();
@@ -226,4 +232,81 @@ fn a_hook_keeps_attribution_on_while_it_is_installed() {
     assert!(chan.fault_attribution(), "removing the hook leaves it");
     chan.set_fault_attribution(false);
     assert!(!chan.fault_attribution());
+}
+
+/// A source that hands out the faults it was given, oldest first.
+struct Faults(RefCell<std::collections::VecDeque<crate::iommu::DmaFault>>);
+
+impl FaultSource for Faults {
+    fn take_fault_of(&self, _: crate::iommu::SourceId) -> Option<crate::iommu::DmaFault> {
+        self.0.borrow_mut().pop_front()
+    }
+}
+
+/// Two requests in flight write a page the unit refuses: the fault is
+/// pinned on the older (the engine runs in order, so it faulted first),
+/// and neither reads `Complete`. Pinned on the newer, the older read
+/// `Complete`.
+#[test]
+fn a_fault_is_pinned_on_the_oldest_request_in_flight_that_touched_the_page() {
+    let device = crate::iommu::SourceId::new(0, 3, 0);
+    let page = 0x40_0000u64;
+    let fault = crate::iommu::DmaFault {
+        source: device,
+        address: page,
+        write: true,
+        reason: 5,
+    };
+    let source = Faults(RefCell::new([fault, fault].into()));
+    let mut chan = Channel::new(Scripted::new(1 << 20, 64));
+    // SAFETY: the source outlives the hook (removed below) and is used by
+    // nobody else.
+    unsafe { chan.set_fault_hook(Some(FaultHook::new(&source, device))) };
+    let first = copy(&mut chan, page, 0x20_0000, 64).unwrap();
+    for k in 0..3u64 {
+        copy(&mut chan, 0x50_0000 + k * 0x1000, 0x21_0000, 64).unwrap();
+    }
+    let last = copy(&mut chan, page + 0x800, 0x22_0000, 64).unwrap();
+    chan.issue_pending();
+    // The device went on (a refused write is dropped) and did them all.
+    chan.test_engine().complete_upto = Some(last);
+    assert_eq!(
+        chan.status(first).status,
+        Status::Error(ErrorKind::WriteFailed)
+    );
+    assert_eq!(chan.status(last).status, Status::Error(ErrorKind::Aborted));
+    // SAFETY: removing a hook.
+    unsafe { chan.set_fault_hook(None) };
+}
+
+/// A fault pinned on a request the engine had not reached: the engine
+/// stops where it was, and the requests between never ran, so they end
+/// `Aborted`, not `Complete`.
+#[test]
+fn requests_the_engine_never_reached_do_not_read_complete() {
+    let mut chan = Channel::new(Scripted::new(1 << 20, 64));
+    chan.set_fault_attribution(true);
+    let page = 0x40_0000u64;
+    let done = copy(&mut chan, 0x60_0000, 0x20_0000, 64).unwrap();
+    let skipped: Vec<_> = (0..3u64)
+        .map(|k| copy(&mut chan, 0x50_0000 + k * 0x1000, 0x21_0000, 64).unwrap())
+        .collect();
+    let toucher = copy(&mut chan, page, 0x22_0000, 64).unwrap();
+    chan.issue_pending();
+    // The engine did the first request only when it stopped.
+    chan.test_engine().complete_upto = Some(done);
+    assert_eq!(chan.fail_at(page, true), Some(toucher));
+    assert_eq!(chan.engine().terminated, 1, "the engine was stopped");
+    assert_eq!(chan.status(done).status, Status::Complete);
+    for c in skipped {
+        assert_eq!(
+            chan.status(c).status,
+            Status::Error(ErrorKind::Aborted),
+            "{c:?}"
+        );
+    }
+    assert_eq!(
+        chan.status(toucher).status,
+        Status::Error(ErrorKind::WriteFailed)
+    );
 }

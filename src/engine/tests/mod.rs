@@ -32,4 +32,5 @@ mod bad_input;
 mod batches;
 mod callbacks;
 mod failures;
+mod laps;
 mod requests;
