@@ -23,6 +23,13 @@ pub struct Timing {
     pub engine: f64,
 }
 
+impl Timing {
+    /// A time that is not a number (NaN) counts as the engine not faster.
+    fn engine_is_faster(&self) -> bool {
+        self.engine < self.cpu
+    }
+}
+
 /// Which channel a copy went to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Routed {
@@ -47,28 +54,29 @@ impl CopyBreak {
 
     /// The break point from timings at several sizes: the smallest measured
     /// size from which the engine is faster at that size and every larger
-    /// one measured (`usize::MAX` if it never is; 0 if it always is).
+    /// one measured (`usize::MAX` if it never is; 0 if it always is). Every
+    /// timing counts, in any order; a size measured more than once is one
+    /// the engine is faster at only if every measurement of it says so.
     pub fn from_timings(timings: &[Timing]) -> CopyBreak {
-        let mut sorted = [Timing {
-            bytes: 0,
-            cpu: 0.0,
-            engine: 0.0,
-        }; 32];
-        let n = timings.len().min(sorted.len());
-        sorted[..n].copy_from_slice(&timings[..n]);
-        let sorted = &mut sorted[..n];
-        sorted.sort_unstable_by_key(|t| t.bytes);
-        let mut threshold = usize::MAX;
-        for t in sorted.iter().rev() {
-            if t.engine < t.cpu {
-                threshold = t.bytes;
-            } else {
-                break;
-            }
-        }
-        if sorted.first().is_some_and(|t| t.bytes == threshold) {
-            threshold = 0;
-        }
+        // Two passes over the timings as given: nothing is copied or sorted,
+        // so there is no bound on how many (a fixed-size sorted copy once
+        // dropped all but the first 32).
+        let slower = timings
+            .iter()
+            .filter(|t| !t.engine_is_faster())
+            .map(|t| t.bytes)
+            .max();
+        let threshold = match slower {
+            None if timings.is_empty() => usize::MAX,
+            None => 0,
+            // The break lies above the largest size the engine loses at.
+            Some(slower) => timings
+                .iter()
+                .map(|t| t.bytes)
+                .filter(|&bytes| bytes > slower)
+                .min()
+                .unwrap_or(usize::MAX),
+        };
         CopyBreak { threshold }
     }
 
@@ -149,5 +157,36 @@ mod tests {
         assert_eq!(CopyBreak::from_timings(&[]).threshold(), usize::MAX);
         let policy = CopyBreak::new(1024);
         assert!(!policy.uses_engine(1023) && policy.uses_engine(1024));
+    }
+
+    /// Every timing counts, however many: the 33rd used to be dropped, so
+    /// a slower engine at the largest size measured left the break at 0.
+    #[test]
+    fn review_every_timing_counts() {
+        let mut timings: Vec<Timing> = (1..=32).map(|i| t(i * 64, 2.0, 1.0)).collect();
+        timings.push(t(1 << 20, 1.0, 2.0));
+        assert_eq!(
+            CopyBreak::from_timings(&timings).threshold(),
+            usize::MAX,
+            "the engine is slower at the largest size measured"
+        );
+        // And their order does not matter.
+        timings.reverse();
+        assert_eq!(CopyBreak::from_timings(&timings).threshold(), usize::MAX);
+        timings.push(t(1 << 21, 3.0, 1.0));
+        assert_eq!(CopyBreak::from_timings(&timings).threshold(), 1 << 21);
+    }
+
+    /// A size measured twice is one the engine is faster at only if both
+    /// measurements say so: the answer used to hang on the sort's order.
+    #[test]
+    fn a_size_measured_twice_is_faster_only_if_both_say_so() {
+        for timings in [
+            [t(64, 1.0, 2.0), t(64, 2.0, 1.0), t(128, 2.0, 1.0)],
+            [t(64, 2.0, 1.0), t(64, 1.0, 2.0), t(128, 2.0, 1.0)],
+            [t(128, 2.0, 1.0), t(64, 2.0, 1.0), t(64, 1.0, 2.0)],
+        ] {
+            assert_eq!(CopyBreak::from_timings(&timings).threshold(), 128);
+        }
     }
 }
