@@ -165,7 +165,10 @@ pub enum DmaError {
     },
     /// DMA memory is exhausted.
     NoMemory,
-    /// The transfer belongs to another channel.
+    /// The transfer belongs to another channel, or the request awaited
+    /// through a [`SharedChannel`] is of a channel since replaced behind its
+    /// lock (see [`shared`](self::shared#replacing-the-channel-behind-the-lock)):
+    /// its channel is the one to ask; its memory may still be in use.
     WrongChannel,
 }
 
@@ -186,7 +189,7 @@ impl fmt::Display for DmaError {
             DmaError::Failed(kind) => write!(f, "request failed: {kind}"),
             DmaError::FailedAt { cookie, kind } => write!(f, "request {cookie} failed: {kind}"),
             DmaError::NoMemory => f.write_str("out of DMA memory"),
-            DmaError::WrongChannel => f.write_str("transfer belongs to another channel"),
+            DmaError::WrongChannel => f.write_str("request belongs to another channel"),
         }
     }
 }

@@ -55,18 +55,36 @@
 //! gives the transfer back, to finish later. `mem::forget` on either future
 //! leaves its waker registered until the request ends, then it is woken and
 //! dropped: harmless.
+//!
+//! ## Replacing the channel behind the lock
+//!
+//! The guard lends the channel mutably, so it can be swapped for another
+//! (`mem::replace(&mut *shared.lock(), Channel::new(..))`). A cookie is a
+//! number on the channel that prepared it, and the new channel uses the
+//! same numbers, so the futures made before the replacement never ask the
+//! new channel about their requests: a [`Completion`] answers
+//! [`DmaError::WrongChannel`] and a [`TransferFuture`]
+//! [`TransferError::WrongChannel`] with its transfer, whose buffers stay
+//! out of reach (the old engine may still write them): finish it on the
+//! old channel. A task parked on the old channel is woken when the old
+//! channel sees its request end or is dropped. A cookie taken before the
+//! replacement and awaited through a future made after it is not told
+//! apart: await it first, or use a [`Transfer`], which knows its channel.
 
 use core::future::Future;
 use core::marker::PhantomData;
 use core::ops::{Deref, DerefMut};
 use core::pin::Pin;
+use core::sync::atomic::{AtomicU64, Ordering};
 use core::task::{Context, Poll};
 use core::time::Duration;
 
 use embedded_hal::delay::DelayNs;
 
 use super::wakers::SlotName;
-use super::{Buffers, Channel, Cookie, DmaError, Engine, Status, Transfer, TransferError};
+use super::{
+    Buffers, Channel, Cookie, DmaError, Engine, ErrorKind, Status, Transfer, TransferError,
+};
 use crate::sync::{Masked, SpinMutex};
 
 // Defined with the lock they mask around; named here, where the channels
@@ -81,8 +99,9 @@ pub use super::wakers::WAKER_SLOTS;
 /// docs](self)).
 pub struct SharedChannel<E: Engine, I: IrqControl> {
     channel: SpinMutex<Channel<E>>,
-    /// The channel's id, readable without the lock.
-    id: u64,
+    /// The id of the channel behind the lock, readable without it: written
+    /// (under the lock) by every guard whose channel was replaced.
+    id: AtomicU64,
     _irq: PhantomData<fn() -> I>,
 }
 
@@ -93,7 +112,8 @@ pub struct SharedChannel<E: Engine, I: IrqControl> {
 /// that CPU, and a task holding it across an `.await` could resume on
 /// another. Through it, as through [`Channel::engine_mut`] (itself
 /// `unsafe`), no safe call reaches raw DMA: the engine's `prep` is
-/// `unsafe`.
+/// `unsafe`. The channel itself may be replaced through it: see the
+/// [module docs](self#replacing-the-channel-behind-the-lock).
 ///
 /// ```
 /// # use core::ptr::NonNull;
@@ -132,8 +152,25 @@ pub struct SharedChannel<E: Engine, I: IrqControl> {
 /// ```
 pub struct SharedGuard<'a, E: Engine, I: IrqControl> {
     guard: Masked<'a, Channel<E>, I>,
+    /// [`SharedChannel::id`]'s copy, brought up to date when the guard is
+    /// dropped.
+    id: &'a AtomicU64,
     /// Not `Send`: see above.
     _this_cpu: PhantomData<*const ()>,
+}
+
+impl<E: Engine, I: IrqControl> Drop for SharedGuard<'_, E, I> {
+    #[inline]
+    fn drop(&mut self) {
+        // Still under the lock (the fields drop after this): whoever locks
+        // next, and whoever got a cookie or a guard from them, reads the
+        // new channel's id. Stored only when it changed, so the line is not
+        // written on every unlock.
+        let id = self.guard.id();
+        if self.id.load(Ordering::Relaxed) != id {
+            self.id.store(id, Ordering::Relaxed);
+        }
+    }
 }
 
 impl<E: Engine, I: IrqControl> Deref for SharedGuard<'_, E, I> {
@@ -155,10 +192,9 @@ impl<E: Engine, I: IrqControl> DerefMut for SharedGuard<'_, E, I> {
 impl<E: Engine, I: IrqControl> SharedChannel<E, I> {
     /// Shares `channel`.
     pub fn new(channel: Channel<E>) -> Self {
-        let id = channel.id();
         SharedChannel {
+            id: AtomicU64::new(channel.id()),
             channel: SpinMutex::new(channel),
-            id,
             _irq: PhantomData,
         }
     }
@@ -168,9 +204,11 @@ impl<E: Engine, I: IrqControl> SharedChannel<E, I> {
         self.channel.into_inner()
     }
 
-    /// The channel's [`Channel::id`].
+    /// The [`Channel::id`] of the channel behind the lock, without taking
+    /// it: after a replacement, the new channel's once the guard that
+    /// replaced it is dropped.
     pub fn id(&self) -> u64 {
-        self.id
+        self.id.load(Ordering::Relaxed)
     }
 
     /// Locks the channel, turning this CPU's interrupts off until the
@@ -179,6 +217,7 @@ impl<E: Engine, I: IrqControl> SharedChannel<E, I> {
     pub fn lock(&self) -> SharedGuard<'_, E, I> {
         SharedGuard {
             guard: Masked::lock(&self.channel),
+            id: &self.id,
             _this_cpu: PhantomData,
         }
     }
@@ -192,34 +231,55 @@ impl<E: Engine, I: IrqControl> SharedChannel<E, I> {
 
     /// Waits for `cookie` as [`Channel::wait`] does, but takes the lock
     /// only to look, never while it sleeps: other CPUs submit meanwhile.
+    /// [`DmaError::WrongChannel`] if the channel is replaced meanwhile (see
+    /// the [module docs](self#replacing-the-channel-behind-the-lock)).
     pub fn wait(
         &self,
         cookie: Cookie,
         delay: &mut impl DelayNs,
         timeout: Duration,
     ) -> Result<(), DmaError> {
-        super::channel::wait_for_status(delay, timeout, || {
+        let made_for = self.id();
+        let mut replaced = false;
+        let answer = super::channel::wait_for_status(delay, timeout, || {
             self.lock().issue_pending();
             // Between the two locks this CPU takes what the issue raised
             // (the engine's interrupt, an IOMMU's fault event aimed here),
             // so the status below already knows of it.
-            self.lock().status(cookie).status
-        })
+            let mut channel = self.lock();
+            if channel.id() != made_for {
+                replaced = true;
+                // Any ended status stops the wait; the answer is replaced
+                // below.
+                return Status::Error(ErrorKind::Aborted);
+            }
+            channel.status(cookie).status
+        });
+        if replaced {
+            return Err(DmaError::WrongChannel);
+        }
+        answer
     }
 
     /// A future that ends when `cookie` does: `Ok` if it completed, else
     /// `Failed(kind)`. Pending requests are issued when it is first polled.
+    /// The cookie is taken to be of the channel behind the lock now; if
+    /// that is replaced, the future answers [`DmaError::WrongChannel`]
+    /// (see the [module docs](self#replacing-the-channel-behind-the-lock)).
     pub fn completion(&self, cookie: Cookie) -> Completion<'_, E, I> {
         Completion {
             channel: self,
+            made_for: self.id(),
             cookie,
             slot: None,
         }
     }
 
     /// A future that ends when `transfer` does, with its buffers, as
-    /// [`Transfer::finish`] answers. The transfer's buffers are of the
-    /// engine's Hal (a type check since this took any Hal).
+    /// [`Transfer::finish`] answers (so [`TransferError::WrongChannel`],
+    /// buffers kept, if the transfer is not of the channel behind the lock
+    /// when polled). The transfer's buffers are of the engine's Hal (a type
+    /// check since this took any Hal).
     pub fn transfer(&self, transfer: Transfer<E::Hal>) -> TransferFuture<'_, E, I> {
         TransferFuture {
             channel: self,
@@ -256,6 +316,8 @@ impl<E: Engine, I: IrqControl> SharedChannel<E, I> {
         }
     }
 
+    /// Forgets the future's waker. A name given by a channel since
+    /// replaced names nothing in the new one: removing it there is a no-op.
     fn unpark(&self, slot: &mut Option<SlotName>) {
         if let Some(name) = slot.take() {
             self.lock().remove_waker(name);
@@ -340,6 +402,8 @@ impl<E: Engine, I: IrqControl> Default for StaticChannel<E, I> {
 #[must_use = "futures do nothing unless awaited"]
 pub struct Completion<'a, E: Engine, I: IrqControl> {
     channel: &'a SharedChannel<E, I>,
+    /// The id of the channel the cookie is of.
+    made_for: u64,
     cookie: Cookie,
     slot: Option<SlotName>,
 }
@@ -350,6 +414,13 @@ impl<E: Engine, I: IrqControl> Future for Completion<'_, E, I> {
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.get_mut();
         let mut channel = this.channel.lock();
+        if channel.id() != this.made_for {
+            // Its request is the old channel's, which holds its waker (if
+            // any) until the request ends or the channel is dropped; the
+            // new one reuses the numbers and must not be asked about it.
+            this.slot = None;
+            return Poll::Ready(Err(DmaError::WrongChannel));
+        }
         channel.issue_pending();
         let answer = match channel.status(this.cookie).status {
             Status::Complete => Ok(()),
@@ -411,6 +482,8 @@ impl<E: Engine, I: IrqControl> Future for TransferFuture<'_, E, I> {
                 Poll::Pending
             }
             answer => {
+                // After a replacement (`WrongChannel`) the name is the old
+                // channel's and names nothing in this one.
                 if let Some(name) = this.slot.take() {
                     channel.remove_waker(name);
                 }

@@ -413,3 +413,190 @@ fn a_transfer_future_hands_its_buffers_back_only_after_a_slow_stop_ends() {
     }
     assert!(!FakeHal::is_live(at), "freed once handed back and dropped");
 }
+
+/// A scripted channel for `shared` to be replaced with.
+fn another() -> Channel<Scripted> {
+    Channel::new(Scripted::new(4096, 256))
+}
+
+/// A future parked on a channel that was then replaced behind the lock
+/// (`mem::replace` through the guard) must not clear the waker of a task
+/// awaiting the new channel: both channels' first slot names used to be
+/// the same, so dropping it left the new task asleep forever.
+#[test]
+fn review_a_future_of_a_replaced_channel_clears_the_waker_of_another_b() {
+    let shared = scripted();
+    let (_count1, waker1) = counter();
+    let old_cookie = prep(&shared, 0);
+    let mut old_fut = Box::pin(shared.completion(old_cookie));
+    assert_eq!(
+        old_fut.as_mut().poll(&mut Context::from_waker(&waker1)),
+        Poll::Pending
+    );
+    let _old = core::mem::replace(&mut *shared.lock(), another());
+    let (count2, waker2) = counter();
+    let new_cookie = prep(&shared, 1);
+    let mut new_fut = Box::pin(shared.completion(new_cookie));
+    assert_eq!(
+        new_fut.as_mut().poll(&mut Context::from_waker(&waker2)),
+        Poll::Pending
+    );
+    assert_eq!(shared.lock().wakers_waiting(), 1);
+    drop(old_fut);
+    assert_eq!(
+        shared.lock().wakers_waiting(),
+        1,
+        "the old channel's future cleared the new task's waker"
+    );
+    end_through(&shared, new_cookie);
+    assert_eq!(wakes(&count2), 1, "the new task is never woken");
+}
+
+#[test]
+fn review_shared_id_is_the_channels_after_a_replace() {
+    let shared = scripted();
+    let (_count, waker) = counter();
+    let mut fut = Box::pin(shared.completion(prep(&shared, 0)));
+    assert_eq!(
+        fut.as_mut().poll(&mut Context::from_waker(&waker)),
+        Poll::Pending
+    );
+    let _old = core::mem::replace(&mut *shared.lock(), another());
+    assert_eq!(
+        shared.id(),
+        shared.lock().id(),
+        "SharedChannel::id is the channel's id"
+    );
+}
+
+/// A future made for a cookie of the channel that was replaced answers
+/// `WrongChannel`: it used to read the new channel's status for the same
+/// number, here a request of the new channel that completed, and answer
+/// `Ok` while the old engine might still be writing its memory.
+#[test]
+fn a_completion_of_a_replaced_channel_answers_wrong_channel_not_the_new_ones_status() {
+    let shared = scripted();
+    let old_cookie = prep(&shared, 0);
+    let (count, waker) = counter();
+    let mut cx = Context::from_waker(&waker);
+    let mut parked = Box::pin(shared.completion(old_cookie));
+    let mut unpolled = Box::pin(shared.completion(old_cookie));
+    assert_eq!(parked.as_mut().poll(&mut cx), Poll::Pending);
+    let _old = core::mem::replace(&mut *shared.lock(), another());
+    let new_cookie = prep(&shared, 1);
+    assert_eq!(new_cookie, old_cookie, "the same number on the new channel");
+    end_through(&shared, new_cookie);
+    assert_eq!(wakes(&count), 0, "the new channel holds no waker of it");
+    let wrong = Poll::Ready(Err(DmaError::WrongChannel));
+    assert_eq!(parked.as_mut().poll(&mut cx), wrong);
+    assert_eq!(unpolled.as_mut().poll(&mut cx), wrong);
+    assert_eq!(shared.lock().wakers_waiting(), 0, "it registered nothing");
+}
+
+/// The task of a future parked on a channel that was replaced is woken
+/// when that channel is dropped (its waker used to be dropped unwoken, and
+/// the task slept forever), and the future then answers `WrongChannel`.
+#[test]
+fn dropping_a_replaced_channel_wakes_the_tasks_it_held() {
+    let shared = scripted();
+    let cookie = prep(&shared, 0);
+    let (count, waker) = counter();
+    let mut cx = Context::from_waker(&waker);
+    let mut fut = Box::pin(shared.completion(cookie));
+    assert_eq!(fut.as_mut().poll(&mut cx), Poll::Pending);
+    let old = core::mem::replace(&mut *shared.lock(), another());
+    assert_eq!(old.wakers_waiting(), 1);
+    drop(old);
+    assert_eq!(wakes(&count), 1, "the task was let sleep forever");
+    assert_eq!(
+        fut.as_mut().poll(&mut cx),
+        Poll::Ready(Err(DmaError::WrongChannel))
+    );
+}
+
+/// A transfer future of a channel that was replaced hands its transfer
+/// back (the buffers stay out of reach: the old engine may still write
+/// them) and, as it answers, clears no waker of the new channel's.
+#[test]
+fn a_transfer_future_of_a_replaced_channel_keeps_its_buffers_and_clears_no_waker() {
+    let mut engine = Scripted::new(4096, 256);
+    engine.dma_mask = u64::MAX;
+    let shared: Shared = SharedChannel::new(Channel::new(engine));
+    let dst = Dma::<FakeHal>::new(PAGE_SIZE).unwrap();
+    let at = dst.paddr();
+    let transfer = shared
+        .lock()
+        .fill_buffer(dst, 0, 64, 0, PrepFlags::empty())
+        .unwrap();
+    let cookie = transfer.cookie();
+    let (_, waker) = counter();
+    let mut fut = Box::pin(shared.transfer(transfer));
+    assert!(
+        fut.as_mut()
+            .poll(&mut Context::from_waker(&waker))
+            .is_pending()
+    );
+    let old = core::mem::replace(&mut *shared.lock(), another());
+    let (count, new_waker) = counter();
+    let new_cookie = prep(&shared, 1);
+    let mut new_fut = pin!(shared.completion(new_cookie));
+    assert_eq!(
+        new_fut.as_mut().poll(&mut Context::from_waker(&new_waker)),
+        Poll::Pending
+    );
+    shared.lock().test_engine().complete_upto = Some(new_cookie);
+    let back = match fut.as_mut().poll(&mut Context::from_waker(&waker)) {
+        Poll::Ready(Err(TransferError::WrongChannel(back))) => back,
+        other => panic!("expected the transfer back, got {:?}", other.is_ready()),
+    };
+    assert_eq!(back.cookie(), cookie);
+    assert!(
+        FakeHal::is_live(at),
+        "not freed while the old engine may write it"
+    );
+    assert_eq!(
+        shared.lock().wakers_waiting(),
+        1,
+        "the old channel's slot name cleared the new task's waker"
+    );
+    shared.lock().poll();
+    assert_eq!(wakes(&count), 1);
+    // On its own channel it ends as any other.
+    let mut old = old;
+    old.test_engine().complete_upto = Some(cookie);
+    let (dst, _) = back.finish(&mut old).expect("ended on its channel");
+    assert_eq!(dst.paddr(), at);
+}
+
+/// A delay that replaces the shared channel the first time it is asked to
+/// wait, as another CPU could while `SharedChannel::wait` sleeps.
+struct ReplaceOnFirstDelay<'a> {
+    shared: &'a Shared,
+    old: Option<Channel<Scripted>>,
+}
+
+impl embedded_hal::delay::DelayNs for ReplaceOnFirstDelay<'_> {
+    fn delay_ns(&mut self, _: u32) {
+        if self.old.is_none() {
+            self.old = Some(core::mem::replace(&mut *self.shared.lock(), another()));
+        }
+    }
+}
+
+/// `SharedChannel::wait` for a cookie of a channel that is replaced while
+/// it waits answers `WrongChannel`; it used to read the new channel, where
+/// the number is no request at all, and answer `Ok`.
+#[test]
+fn a_wait_across_a_replace_answers_wrong_channel() {
+    let shared = scripted();
+    let cookie = prep(&shared, 0);
+    let mut delay = ReplaceOnFirstDelay {
+        shared: &shared,
+        old: None,
+    };
+    assert_eq!(
+        shared.wait(cookie, &mut delay, Duration::from_millis(1)),
+        Err(DmaError::WrongChannel)
+    );
+    assert!(delay.old.is_some(), "replaced while it waited");
+}
