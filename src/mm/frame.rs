@@ -20,7 +20,7 @@ use crate::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
 mod runs;
 
 pub use runs::FrameRun;
-use runs::Runs;
+use runs::{Runs, frames_fit};
 
 /// The frame with number `pfn` (`None` past 52 bits of address).
 #[inline]
@@ -192,7 +192,7 @@ impl<'a> FrameDb<'a> {
     pub unsafe fn new(pages: &'a [PageInfo], first: PhysFrame) -> Self {
         let base = pfn_of(first);
         assert!(
-            frame_of(base + pages.len() as u64).is_some(),
+            frames_fit(base, pages.len() as u64),
             "frames past 2^52 bytes of physical address space"
         );
         // SAFETY: the caller's contract.

@@ -135,3 +135,52 @@ fn a_space_builds_its_tables_and_maps_its_pages_across_the_holes() {
         "the tables went back; the page is held"
     );
 }
+
+/// The last frame below 2^52 bytes ends exactly at 2^52 and runs past
+/// nothing: `FrameDb::new` panics only for frames running past 2^52 and
+/// `with_runs` takes runs below it, yet both refused this one (they built
+/// an address from the exclusive end, and 2^52 is none).
+#[test]
+fn the_last_frame_below_2_pow_52_is_a_valid_database() {
+    let last = fr((1 << 40) - 1);
+    let pages = infos(1);
+    let mut runs = [FrameRun::new(last, 1)];
+    // SAFETY: never touched: only the constructors' checks run, and no
+    // space uses the database.
+    let by_runs = unsafe { FrameDb::with_runs(&pages, &mut runs) }.map(|db| db.len());
+    // SAFETY: as above.
+    let by_new = std::panic::catch_unwind(|| unsafe { FrameDb::new(&pages, last) }.len());
+    assert_eq!(
+        (by_runs, by_new.ok()),
+        (Ok(1), Some(1)),
+        "(with_runs, new) refused the last frame below 2^52 bytes"
+    );
+}
+
+/// One frame more than fits below 2^52 bytes is still refused: the last
+/// frame and the one past it, or two frames before and three; and a run
+/// whose count would overflow the end's arithmetic is refused without a
+/// panic.
+#[test]
+fn frames_running_past_2_pow_52_are_refused() {
+    let last = (1 << 40) - 1;
+    for (first, frames) in [(last, 2), (last - 1, 3)] {
+        let pages = infos(frames);
+        let mut runs = [FrameRun::new(fr(first), frames)];
+        // SAFETY: refused before any frame is counted; no space uses it.
+        let db = unsafe { FrameDb::with_runs(&pages, &mut runs) };
+        assert_eq!(
+            db.err(),
+            Some(MmError::InvalidRuns),
+            "{first:#x} + {frames}"
+        );
+        // SAFETY: as above; it panics before the database exists.
+        let made = std::panic::catch_unwind(|| unsafe { FrameDb::new(&pages, fr(first)) }.len());
+        assert!(made.is_err(), "new: {first:#x} + {frames} frames");
+    }
+    let pages = infos(2);
+    let mut runs = [FrameRun::new(fr(last), usize::MAX)];
+    // SAFETY: as above.
+    let db = unsafe { FrameDb::with_runs(&pages, &mut runs) };
+    assert_eq!(db.err(), Some(MmError::InvalidRuns));
+}

@@ -51,6 +51,19 @@ impl Runs<'_> {
     }
 }
 
+/// One past the last frame number below 2^52 bytes.
+const PFN_END: u64 = 1 << (52 - 12);
+
+/// Whether `frames` frames from frame number `first` on all lie below 2^52
+/// bytes. Compared as numbers, not as an address of their end: the end of
+/// the last frame, 2^52, is no valid `PhysAddr`, yet nothing runs past it.
+#[inline]
+pub(super) fn frames_fit(first: u64, frames: u64) -> bool {
+    PFN_END
+        .checked_sub(first)
+        .is_some_and(|room| frames <= room)
+}
+
 /// Consecutive frames of RAM, one usable entry of a memory map, for
 /// [`FrameDb::with_runs`](super::FrameDb::with_runs).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -90,14 +103,11 @@ pub(super) fn index(runs: &mut [FrameRun], entries: usize) -> Result<(), MmError
     let mut total = 0usize;
     let mut end = 0u64;
     for run in runs.iter() {
-        let run_end = run
-            .first
-            .checked_add(run.frames)
-            .ok_or(MmError::InvalidRuns)?;
-        if run.frames == 0 || run.first < end || frame_of(run_end).is_none() {
+        if run.frames == 0 || run.first < end || !frames_fit(run.first, run.frames) {
             return Err(MmError::InvalidRuns);
         }
-        end = run_end;
+        // No overflow: `frames_fit` keeps the sum at most 2^40.
+        end = run.first + run.frames;
         total = total
             .checked_add(run.frames as usize)
             .ok_or(MmError::InvalidRuns)?;
