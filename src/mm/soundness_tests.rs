@@ -1,21 +1,22 @@
 //! Host tests of issue 17's memory-management holes and bugs: counts that
 //! must not be resurrected, areas reaching the top of the lower half,
 //! copy-on-write never copying a frame onto itself, and kernel entries the
-//! crate must leave alone.
+//! crate must leave alone (a fork included).
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use super::MmError;
-use super::frame::{FrameKind, PageRef};
+use super::frame::{FrameDb, FrameKind, PageRef};
 use super::pte::PageProt;
-use super::pte::{self, PAGE_2M, PAGE_4K};
+use super::pte::{self, CacheMode, PAGE_2M, PAGE_4K};
 use super::space::AddressSpace;
-use super::space::{VmaId, WriteFault};
+use super::space::{Leaf, VmaId, WriteFault};
 use super::testing::{
     BASE, COW, FakeAlloc, Memory, SHARED_RW, Space, Tlb, counts, fr, kernel_hierarchy, kernel_leaf,
     mapper, new_space, page_bytes, pg, va,
 };
+use super::traits::OffsetMapper;
 use x86_64::structures::paging::PhysFrame;
 
 /// How long a race test hammers (Miri runs it much slower, so fewer).
@@ -244,6 +245,27 @@ unsafe fn peek(slot: *mut u64) -> u64 {
     unsafe { slot.read() }
 }
 
+/// Leaves an empty page table of the kernel's covering `addr` (and the
+/// tables above it), as a kernel's `OffsetPageTable` does once it unmaps
+/// the last page of a table; returns the kernel's page-directory entry
+/// linking it.
+fn kernel_empty_table(root: PhysFrame, alloc: &mut FakeAlloc, addr: u64) -> *mut u64 {
+    use x86_64::structures::paging::{Mapper, OffsetPageTable, PageTable, PageTableFlags as F};
+    // SAFETY: the kernel's root, a host frame reached at offset 0.
+    let mut kernel = unsafe {
+        OffsetPageTable::new(
+            &mut *(root.start_address().as_u64() as *mut PageTable),
+            va(0),
+        )
+    };
+    // SAFETY: a test frame never accessed through this mapping.
+    unsafe { kernel.map_to(pg(addr), fr(0x7_1000), F::PRESENT, alloc) }
+        .unwrap()
+        .ignore();
+    kernel.unmap(pg(addr)).unwrap().1.ignore();
+    kernel_slot(root, addr, 2)
+}
+
 /// A kernel hierarchy with entries the crate must not take for its own
 /// (issue 17, bug 4): in a page table the kernel uses, a non-present entry
 /// with bit 11 and the frame of a page someone holds (as a kernel may keep
@@ -256,7 +278,6 @@ unsafe fn peek(slot: *mut u64) -> u64 {
 /// kernel entry and count comes out as it went in.
 #[test]
 fn kernel_markers_and_bit_10_links_are_left_alone() {
-    use x86_64::structures::paging::{Mapper, OffsetPageTable, PageTable, PageTableFlags as F};
     let memory = Memory::new(32);
     let db = memory.db();
     let mut kernel_alloc = FakeAlloc::new(32);
@@ -272,22 +293,9 @@ fn kernel_markers_and_bit_10_links_are_left_alone() {
         kernel_slot(root, marker_at[0], 1).write(retired_like);
         kernel_slot(root, marker_at[1], 1).write(special_like);
     }
-    // An empty kernel page table (a page mapped then unmapped) whose link
-    // carries bit 10.
+    // An empty kernel page table whose link carries bit 10.
     let empty_at = BASE + 20 * PAGE_2M;
-    // SAFETY: the kernel's root, a host frame reached at offset 0.
-    let mut kernel = unsafe {
-        OffsetPageTable::new(
-            &mut *(root.start_address().as_u64() as *mut PageTable),
-            va(0),
-        )
-    };
-    // SAFETY: a test frame never accessed through this mapping.
-    unsafe { kernel.map_to(pg(empty_at), fr(0x7_1000), F::PRESENT, &mut kernel_alloc) }
-        .unwrap()
-        .ignore();
-    kernel.unmap(pg(empty_at)).unwrap().1.ignore();
-    let link = kernel_slot(root, empty_at, 2);
+    let link = kernel_empty_table(root, &mut kernel_alloc, empty_at);
     // SAFETY: the kernel's own link, in host memory.
     unsafe { link.write(peek(link) | pte::OWNED) };
     // SAFETY: as above.
@@ -393,4 +401,238 @@ fn a_stale_area_handle_never_names_a_later_area() {
     );
     assert!(space.unmap_vma(old).is_err());
     assert!(space.vma(new).is_ok());
+}
+
+/// Device frames the fork tests remap: 1 GiB-aligned, never read (host
+/// page tables are never loaded, and these tests fault on nothing).
+const DEVICE: u64 = 0x1_4000_0000;
+
+/// A space whose tables come from a [`FakeAlloc`] (a fork's parent and
+/// child share the type).
+type FakeAllocSpace<'a> = AddressSpace<&'a FrameDb<'a>, OffsetMapper, FakeAlloc, Tlb>;
+
+/// A space of its own (the parent of a fork into a kernel's hierarchy).
+fn fake_alloc_space<'a>(db: &'a FrameDb<'a>) -> FakeAllocSpace<'a> {
+    AddressSpace::new(db, mapper(), FakeAlloc::new(8), Tlb::default(), true).unwrap()
+}
+
+/// Asserts that `child` maps every page of `[start, start + bytes)` to the
+/// frame `parent` maps it to, with the same permissions, special bit and
+/// memory type (whatever the size of either side's entries); returns how
+/// many leaves of each level the child has there.
+fn assert_same_mappings(
+    parent: &FakeAllocSpace<'_>,
+    child: &FakeAllocSpace<'_>,
+    start: u64,
+    bytes: u64,
+) -> [usize; 4] {
+    let bits = |l: &Leaf| {
+        let access = pte::PRESENT | pte::WRITABLE | pte::USER | pte::NO_EXECUTE;
+        (
+            l.entry.bits() & access,
+            l.is_special(),
+            CacheMode::of_entry(l.entry, l.level > 1),
+        )
+    };
+    let mut levels = [0; 4];
+    for page in 0..bytes / PAGE_4K {
+        let at = va(start + page * PAGE_4K);
+        let (p, c) = (parent.translate(at).unwrap(), child.translate(at).unwrap());
+        assert_eq!(c.frame_of(at), p.frame_of(at), "frame at {at:?}");
+        assert_eq!(bits(&c), bits(&p), "bits at {at:?}: {c:?} for {p:?}");
+        if c.va == at {
+            levels[c.level as usize] += 1;
+        }
+    }
+    levels
+}
+
+/// A kernel's `OffsetPageTable` leaves a link to an empty page table once
+/// it unmaps the table's last page, and `map_vma` takes such a link as
+/// vacant. Before the fix `fork_range` copied a 2 MiB leaf of the parent
+/// over that link in the child: the kernel's table was cut out of its own
+/// hierarchy, and unmapping the child then cleared the slot to 0. Now the
+/// leaf goes below the kernel's table as 512 4 KiB entries (the PAT bit
+/// moved to bit 7, write-protected on both sides in a copy-on-write area),
+/// mapping every page to the parent's frame, and the link is the kernel's
+/// before, during and after.
+#[test]
+fn fork_keeps_a_kernels_link_where_the_parent_has_a_2mib_leaf() {
+    let memory = Memory::new(32);
+    let db = memory.db();
+    let mut kernel_alloc = FakeAlloc::new(32);
+    let (root, kernel_leaves) = kernel_hierarchy(&mut kernel_alloc);
+    let at = BASE + 16 * PAGE_2M;
+    let link = kernel_empty_table(root, &mut kernel_alloc, at);
+    // SAFETY: the kernel's own link, in host memory.
+    let link_before = unsafe { peek(link) };
+    let mut parent = fake_alloc_space(&db);
+    let id = parent.map_vma(pg(at), PAGE_2M / PAGE_4K, COW).unwrap();
+    // SAFETY: host tables are never loaded, nothing reads the frames.
+    unsafe {
+        let prot = PageProt::READ_WRITE;
+        parent.io_remap_pfn_range(
+            id,
+            pg(at),
+            fr(DEVICE >> 12),
+            512,
+            prot,
+            CacheMode::WriteThrough,
+        )
+    }
+    .unwrap();
+    assert_eq!(
+        parent.translate(va(at)).unwrap().level,
+        2,
+        "a 2 MiB leaf in the parent"
+    );
+    let alloc = FakeAlloc::new(8);
+    let out = alloc.out_counter();
+    // SAFETY: the kernel's hierarchy lives (in `kernel_alloc`) until the
+    // end of the test, after the space; the kernel changes nothing.
+    let mut child =
+        unsafe { AddressSpace::from_root(root, &db, mapper(), alloc, Tlb::default(), true) };
+
+    let cid = parent.fork_range(id, &mut child).unwrap();
+    // SAFETY: as above.
+    let link_now = unsafe { peek(link) };
+    assert_eq!(link_now, link_before, "the kernel's link after the fork");
+    let levels = assert_same_mappings(&parent, &child, at, PAGE_2M);
+    assert_eq!(
+        levels,
+        [0, 512, 0, 0],
+        "4 KiB entries below the kernel's table"
+    );
+    assert_eq!(
+        parent.translate(va(at)).unwrap().entry.bits() & pte::WRITABLE,
+        0
+    );
+    child.unmap_vma(cid).unwrap();
+    // SAFETY: as above.
+    let link_now = unsafe { peek(link) };
+    assert_eq!(link_now, link_before, "the kernel's link after the unmap");
+    assert!(child.leaves(va(at)..va(at + PAGE_2M)).next().is_none());
+    drop(child);
+    assert_eq!(out.get(), 0, "the crate's allocator got back what it gave");
+    for (addr, entry) in kernel_leaves {
+        assert_eq!(kernel_leaf(root, addr), entry, "kernel leaf at {addr:#x}");
+    }
+}
+
+/// The same for a 1 GiB leaf of the parent over a kernel's link to a page
+/// directory that links one empty page table: the leaf goes below the
+/// kernel's directory as 2 MiB entries, and below its page table as 4 KiB
+/// ones, every page mapping the parent's frame; both links stay the
+/// kernel's.
+#[test]
+fn fork_keeps_a_kernels_links_where_the_parent_has_a_1gib_leaf() {
+    let memory = Memory::new(32);
+    let db = memory.db();
+    let mut kernel_alloc = FakeAlloc::new(32);
+    let (root, kernel_leaves) = kernel_hierarchy(&mut kernel_alloc);
+    let at = 2 * pte::PAGE_1G;
+    let pd_link = kernel_empty_table(root, &mut kernel_alloc, at + 5 * PAGE_2M);
+    let pdpt_link = kernel_slot(root, at, 3);
+    // SAFETY: the kernel's own links, in host memory.
+    let links_before = unsafe { [peek(pdpt_link), peek(pd_link)] };
+    let mut parent = fake_alloc_space(&db);
+    parent.set_1g_pages(true);
+    let id = parent
+        .map_vma(pg(at), pte::PAGE_1G / PAGE_4K, SHARED_RW)
+        .unwrap();
+    // SAFETY: host tables are never loaded, nothing reads the frames.
+    unsafe {
+        let (prot, pages) = (PageProt::READ_WRITE, pte::PAGE_1G / PAGE_4K);
+        parent.io_remap_pfn_range(
+            id,
+            pg(at),
+            fr(DEVICE >> 12),
+            pages,
+            prot,
+            CacheMode::WriteProtected,
+        )
+    }
+    .unwrap();
+    assert_eq!(
+        parent.translate(va(at)).unwrap().level,
+        3,
+        "a 1 GiB leaf in the parent"
+    );
+    let alloc = FakeAlloc::new(8);
+    let out = alloc.out_counter();
+    // SAFETY: as in the test above.
+    let mut child =
+        unsafe { AddressSpace::from_root(root, &db, mapper(), alloc, Tlb::default(), true) };
+
+    let cid = parent.fork_range(id, &mut child).unwrap();
+    // SAFETY: as above.
+    let links = unsafe { [peek(pdpt_link), peek(pd_link)] };
+    assert_eq!(links, links_before, "the kernel's links after the fork");
+    let levels = assert_same_mappings(&parent, &child, at, pte::PAGE_1G);
+    assert_eq!(levels, [0, 512, 511, 0]);
+    child.unmap_vma(cid).unwrap();
+    // SAFETY: as above.
+    let links = unsafe { [peek(pdpt_link), peek(pd_link)] };
+    assert_eq!(links, links_before, "the kernel's links after the unmap");
+    drop(child);
+    assert_eq!(out.get(), 0, "the crate's allocator got back what it gave");
+    for (addr, entry) in kernel_leaves {
+        assert_eq!(kernel_leaf(root, addr), entry, "kernel leaf at {addr:#x}");
+    }
+}
+
+/// A fork that fails after copying a 2 MiB leaf below a kernel's link (the
+/// child's allocator has no table for the next 2 MiB) leaves the child as
+/// it was: before the fix the leaf had replaced the link, and the unmap
+/// that undoes the copy cleared it to 0.
+#[test]
+fn a_failed_fork_leaves_a_kernels_link_where_the_parent_has_a_2mib_leaf() {
+    let memory = Memory::new(32);
+    let db = memory.db();
+    let mut kernel_alloc = FakeAlloc::new(32);
+    let (root, kernel_leaves) = kernel_hierarchy(&mut kernel_alloc);
+    let at = BASE + 16 * PAGE_2M;
+    let link = kernel_empty_table(root, &mut kernel_alloc, at);
+    // SAFETY: the kernel's own link, in host memory.
+    let link_before = unsafe { peek(link) };
+    let mut parent = fake_alloc_space(&db);
+    let id = parent
+        .map_vma(pg(at), 2 * PAGE_2M / PAGE_4K, SHARED_RW)
+        .unwrap();
+    // A 2 MiB leaf, then one page in the next page directory entry (where
+    // the kernel has nothing).
+    for (offset, pages) in [(0, 512), (PAGE_2M, 1)] {
+        let frame = fr((DEVICE + offset) >> 12);
+        // SAFETY: host tables are never loaded, nothing reads the frames.
+        unsafe { parent.remap_pfn_range(id, pg(at + offset), frame, pages, PageProt::READ_ONLY) }
+            .unwrap();
+    }
+    let mut alloc = FakeAlloc::new(8);
+    alloc.limit = 0;
+    let out = alloc.out_counter();
+    // SAFETY: as in the tests above.
+    let mut child =
+        unsafe { AddressSpace::from_root(root, &db, mapper(), alloc, Tlb::default(), true) };
+
+    assert_eq!(parent.fork_range(id, &mut child), Err(MmError::OutOfMemory));
+    // SAFETY: as above.
+    let link_now = unsafe { peek(link) };
+    assert_eq!(
+        link_now, link_before,
+        "the kernel's link after the failed fork"
+    );
+    assert!(child.leaves(va(at)..va(at + 2 * PAGE_2M)).next().is_none());
+    assert!(
+        (0..512).all(|i| kernel_leaf(root, at + i * PAGE_4K) == 0),
+        "the kernel's table is empty again"
+    );
+    assert!(
+        child.map_vma(pg(at), 1, SHARED_RW).is_ok(),
+        "the child's area is gone"
+    );
+    drop(child);
+    assert_eq!(out.get(), 0);
+    for (addr, entry) in kernel_leaves {
+        assert_eq!(kernel_leaf(root, addr), entry, "kernel leaf at {addr:#x}");
+    }
 }

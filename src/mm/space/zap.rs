@@ -130,27 +130,33 @@ impl<C: PageCounter, M: TableMapper, A: TableAllocator, T: TlbFlush, F: Format>
         Ok(())
     }
 
-    /// Replaces large `leaf` by the fresh, zeroed table `table` holding 512
-    /// entries one level down that map the same frames with the same bits:
-    /// 2 MiB leaves for a 1 GiB one, 4 KiB leaves for a 2 MiB one (whose
-    /// PAT bit moves from bit 12 to bit 7).
+    /// Replaces large `leaf` by the fresh, zeroed table `table` holding its
+    /// [`pieces`]: the same frames with the same bits, one level down.
     pub(super) fn split_leaf(&mut self, leaf: &Leaf, table: Table) {
-        // The flags keep bit 12 (PAT of a large leaf) and bit 63 (NX).
-        let base = leaf.phys().as_u64();
-        let step = if leaf.level == 3 { PAGE_2M } else { PAGE_4K };
-        let mut flags = leaf.entry.flags(leaf.level);
-        if leaf.level == 2 {
-            flags &= !(pte::HUGE | pte::PAT_2M);
-            if leaf.entry.has(pte::PAT_2M) {
-                flags |= pte::PAT_4K;
-            }
-        }
-        for i in 0..512 {
-            self.write(table, i, Pte::from_bits((base + i as u64 * step) | flags));
+        for (i, piece) in pieces(leaf.entry, leaf.level).enumerate() {
+            self.write(table, i, piece);
         }
         // SAFETY: the caller's walk found `leaf`; nothing was freed since.
         let parent = unsafe { self.leaf_table(leaf) };
         self.write(parent, leaf.index, F::table_link(table.frame()));
         self.tlb.flush_page(self.root(), leaf.va);
     }
+}
+
+/// The 512 entries one level down that map what large leaf `entry` at
+/// `level` (2 or 3) maps, with the same bits: 2 MiB leaves for a 1 GiB one,
+/// 4 KiB leaves for a 2 MiB one (whose PAT bit moves from bit 12 to bit 7,
+/// where a 4 KiB entry keeps it).
+pub(super) fn pieces(entry: Pte, level: u32) -> impl Iterator<Item = Pte> {
+    // The flags keep bit 12 (PAT of a large leaf) and bit 63 (NX).
+    let base = entry.phys(level).as_u64();
+    let step = if level == 3 { PAGE_2M } else { PAGE_4K };
+    let mut flags = entry.flags(level);
+    if level == 2 {
+        flags &= !(pte::HUGE | pte::PAT_2M);
+        if entry.has(pte::PAT_2M) {
+            flags |= pte::PAT_4K;
+        }
+    }
+    (0..512).map(move |i| Pte::from_bits((base + i * step) | flags))
 }
