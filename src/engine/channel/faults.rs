@@ -74,11 +74,13 @@ impl<E: Engine> Channel<E> {
     }
 
     /// Takes the device's IOMMU faults and pins each on its request;
-    /// returns whether that halted the channel.
+    /// returns whether that halted the channel. `done` is what the engine
+    /// reported complete in the same poll (not yet applied: the requests
+    /// it covers may be the cause).
     #[inline(never)]
-    pub(super) fn claim_faults(&mut self) -> bool {
+    pub(super) fn claim_faults(&mut self, done: Option<Cookie>) -> bool {
         if let Some(cause) = self.claim_fault_causes() {
-            self.stop(Some(cause));
+            self.stop(Some(cause), done);
         }
         self.halted
     }
@@ -156,7 +158,7 @@ impl<E: Engine> Channel<E> {
     pub fn fail_at(&mut self, page: DmaAddr, write: bool) -> Option<Cookie> {
         let (cookie, kind) = self.culprit(page, write)?;
         // Stop the engine first: nothing runs after the faulting request.
-        self.stop(Some((cookie, kind)));
+        self.stop(Some((cookie, kind)), None);
         Some(cookie)
     }
 

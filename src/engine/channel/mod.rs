@@ -373,7 +373,7 @@ impl<E: Engine> Channel<E> {
             return;
         }
         let progress = self.engine.poll(check_hardware);
-        if self.faults.is_some() && self.claim_faults() {
+        if self.faults.is_some() && self.claim_faults(progress.completed) {
             self.run_callbacks();
             return;
         }

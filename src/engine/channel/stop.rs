@@ -12,6 +12,9 @@ pub(super) struct Stopping {
     /// The request whose failure caused it, and how (none for a
     /// termination).
     pub(super) failed: Option<(Cookie, ErrorKind)>,
+    /// The newest request the engine reported complete in the poll that
+    /// found the failure, which the channel had not applied yet.
+    pub(super) done: Option<Cookie>,
 }
 
 impl<E: Engine> Channel<E> {
@@ -57,21 +60,25 @@ impl<E: Engine> Channel<E> {
             self.engine.terminate();
             return;
         }
-        self.stop(None);
+        self.stop(None, None);
     }
 
     /// Asks the engine to stop and halts the channel; once the engine has
     /// stopped, ends every request not complete: the one `failed` names
     /// with its error and the rest `Aborted` (all `Aborted` for a
     /// termination).
-    pub(super) fn stop(&mut self, failed: Option<(Cookie, ErrorKind)>) {
+    /// `done` is what the engine reported complete in the poll that found
+    /// the failure, if the channel has not applied it.
+    pub(super) fn stop(&mut self, failed: Option<(Cookie, ErrorKind)>, done: Option<Cookie>) {
         self.halted = true;
         self.prepared = false;
         // A failure found while a termination waits for the engine names
         // the cause; a first failure stays the cause.
         match self.stopping {
-            Some(Stopping { failed: Some(_) }) => {}
-            _ => self.stopping = Some(Stopping { failed }),
+            Some(Stopping {
+                failed: Some(_), ..
+            }) => {}
+            _ => self.stopping = Some(Stopping { failed, done }),
         }
         self.finish_stop();
     }
@@ -93,7 +100,10 @@ impl<E: Engine> Channel<E> {
         }
         // Where the engine really got to: a cause pinned from a fault may
         // lie past it, and the requests between never ran.
-        let engine_done = end.completed.map_or(self.last_completed, Cookie::get);
+        let engine_done = end
+            .completed
+            .or(stop.done)
+            .map_or(self.last_completed, Cookie::get);
         match stop.failed {
             // Not past a failed request: it must never read `Complete`.
             Some(_) => {}

@@ -310,3 +310,39 @@ fn requests_the_engine_never_reached_do_not_read_complete() {
         Status::Error(ErrorKind::WriteFailed)
     );
 }
+
+/// The engine reported every request done in the poll that found a fault
+/// on a page only the last touched: the ones before it ran, and read
+/// `Complete` (the stop records the failure from what that poll
+/// reported, not from the completions the channel had applied before).
+#[test]
+fn requests_the_engine_finished_before_the_cause_read_complete() {
+    let device = crate::iommu::SourceId::new(0, 3, 0);
+    let page = 0x40_0000u64;
+    let fault = crate::iommu::DmaFault {
+        source: device,
+        address: page,
+        write: true,
+        reason: 5,
+    };
+    let source = Faults(RefCell::new([fault].into()));
+    let mut chan = Channel::new(Scripted::new(1 << 20, 64));
+    // SAFETY: the source outlives the hook (removed below) and is used by
+    // nobody else.
+    unsafe { chan.set_fault_hook(Some(FaultHook::new(&source, device))) };
+    let before: Vec<_> = (0..4u64)
+        .map(|k| copy(&mut chan, 0x50_0000 + k * 0x1000, 0x21_0000, 64).unwrap())
+        .collect();
+    let cause = copy(&mut chan, page, 0x22_0000, 64).unwrap();
+    chan.issue_pending();
+    chan.test_engine().complete_upto = Some(cause);
+    assert_eq!(
+        chan.status(cause).status,
+        Status::Error(ErrorKind::WriteFailed)
+    );
+    for c in before {
+        assert_eq!(chan.status(c).status, Status::Complete, "{c:?}");
+    }
+    // SAFETY: removing a hook.
+    unsafe { chan.set_fault_hook(None) };
+}
