@@ -211,7 +211,8 @@ impl From<HalError> for DmaError {
 
 /// A completion callback: `func(cookie, status, context)`, run from
 /// whichever of `status`, `wait`, `poll` or `handle_interrupt` first sees the
-/// request end. It runs with the channel borrowed, so it must not call back
+/// request end (or a `prep` that must collect completions first, when every
+/// cookie but one is in flight: see [`DmaError::RingFull`]). It runs with the channel borrowed, so it must not call back
 /// into it.
 #[derive(Clone, Copy, Debug)]
 pub struct Callback {

@@ -320,11 +320,10 @@ impl<E: Engine> Channel<E> {
     pub(super) fn cookies_free(&self) -> usize {
         let span = i64::from(i32::MAX);
         let (done, used) = (i64::from(self.last_completed), i64::from(self.last_used));
-        // Before the first completion the window is `[1, last_used]`:
-        // every cookie may be in flight.
-        if done == 0 {
-            return (span - used) as usize;
-        }
+        // At most `i32::MAX - 1` in flight: before the first completion
+        // (`done` 0, which counts as `i32::MAX`) too, so that no failure
+        // record or stop ever sees a window of every cookie, whose edges
+        // would coincide.
         (span - 1 - (used - done).rem_euclid(span)) as usize
     }
 

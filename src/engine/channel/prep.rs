@@ -97,7 +97,9 @@ impl<E: Engine> Channel<E> {
         let cookie = self.next_cookie();
         // Once a lap, and at the window's edge, the exact check: the
         // in-flight window must not wrap onto itself, and a lap is counted.
-        if cookie.get() == self.last_completed || cookie == Cookie::FIRST {
+        // (Cookies 1 and `i32::MAX`: a lap starts, or, before any
+        // completion, the window would hold every cookie.)
+        if cookie.get() == self.last_completed || cookie.get().wrapping_add(1) <= 2 {
             self.enter_cookie(cookie)?;
         }
         let notify = Notify {
@@ -163,10 +165,10 @@ impl<E: Engine> Channel<E> {
         }
         self.check_flags(flags)?;
         let first = self.next_cookie();
-        // The exact check when the cookies wrap or reach the window's edge
-        // (`last_completed` among them): room is made, a lap counted.
+        // The exact check when the cookies reach `i32::MAX` or the window's
+        // edge (`last_completed` among them): room is made, a lap counted.
         let n = ops.len();
-        let wraps = n - 1 > (i32::MAX - first.get()) as usize;
+        let wraps = n > (i32::MAX - first.get()) as usize;
         let at_edge = (self.last_completed.wrapping_sub(first.get()) as u32 as usize) < n;
         if wraps || at_edge || first == Cookie::FIRST {
             self.make_room_for_cookies(n)?;

@@ -115,7 +115,13 @@ impl<E: Engine> Channel<E> {
         }
         if !end.stopped {
             // Still in the device's hands: every request not complete stays
-            // in flight, and its memory with it.
+            // in flight, and its memory with it. What it reported done is
+            // kept for the failure record (the next `terminate` reports only
+            // what is new).
+            if stop.failed.is_some() && end.completed.is_some() {
+                stop.done = end.completed;
+                self.stopping = Some(stop);
+            }
             return;
         }
         self.stopping = None;

@@ -346,3 +346,32 @@ fn requests_the_engine_finished_before_the_cause_read_complete() {
     // SAFETY: removing a hook.
     unsafe { chan.set_fault_hook(None) };
 }
+
+/// A fault pinned while the device takes time to stop: what the first
+/// `terminate` reported done is kept until the device has stopped (the
+/// next reports only what is new), so those requests read `Complete`.
+#[test]
+fn what_a_slow_stop_reported_done_stays_complete() {
+    let mut chan = Channel::new(Scripted::new(1 << 20, 64));
+    chan.set_fault_attribution(true);
+    let page = 0x40_0000u64;
+    let done: Vec<_> = (0..3u64)
+        .map(|k| copy(&mut chan, 0x50_0000 + k * 0x1000, 0x21_0000, 64).unwrap())
+        .collect();
+    let toucher = copy(&mut chan, page, 0x22_0000, 64).unwrap();
+    chan.issue_pending();
+    chan.test_engine().complete_upto = Some(done[2]);
+    chan.test_engine().busy = true;
+    assert_eq!(chan.fail_at(page, true), Some(toucher));
+    assert!(chan.is_stopping());
+    chan.test_engine().busy = false;
+    chan.poll();
+    assert!(!chan.is_stopping());
+    assert_eq!(
+        chan.status(toucher).status,
+        Status::Error(ErrorKind::WriteFailed)
+    );
+    for c in done {
+        assert_eq!(chan.status(c).status, Status::Complete, "{c:?}");
+    }
+}

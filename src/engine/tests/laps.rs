@@ -53,17 +53,76 @@ fn the_in_flight_window_never_covers_every_cookie() {
     assert_eq!(batch(&mut chan, &[op; 3]).map(|b| b.last), Ok(cookie(13)));
 }
 
-/// Before the first completion the window is `[1, last_used]`: all of
-/// `i32::MAX` cookies may be in flight, and the wrap to 1 is refused.
+/// Before the first completion too, at most `i32::MAX - 1` requests are in
+/// flight (0 counts as `i32::MAX`): with every cookie in flight the
+/// window's edges would coincide, and a failure record or a stop could not
+/// tell "none ran" from "all ran".
 #[test]
-fn before_any_completion_the_cookies_do_not_wrap() {
+fn before_any_completion_the_window_keeps_a_cookie_free() {
     let mut chan = Channel::new(Scripted::new(1 << 20, 256));
-    chan.set_window(0, i32::MAX - 1);
-    assert_eq!(copy(&mut chan, 0x1000, 0x2000, 64), Ok(cookie(i32::MAX)));
+    chan.set_window(0, i32::MAX - 2);
+    assert_eq!(
+        copy(&mut chan, 0x1000, 0x2000, 64),
+        Ok(cookie(i32::MAX - 1))
+    );
     assert_eq!(copy(&mut chan, 0x1000, 0x2000, 64), Err(DmaError::RingFull));
+    let op = Op::Copy {
+        dst: 0x1000,
+        src: 0x2000,
+        len: 64,
+    };
+    assert_eq!(batch(&mut chan, &[op]), Err(DmaError::RingFull));
     assert_eq!(chan.status(cookie(1)).status, Status::InProgress);
-    chan.test_engine().complete_upto = Some(cookie(i32::MAX));
+    chan.test_engine().complete_upto = Some(cookie(i32::MAX - 1));
+    assert_eq!(copy(&mut chan, 0x1000, 0x2000, 64), Ok(cookie(i32::MAX)));
     assert_eq!(copy(&mut chan, 0x1000, 0x2000, 64), Ok(cookie(1)));
+}
+
+/// With all but one cookie in flight and none complete, a failure of
+/// cookie 1 ends every later request `Aborted`, and a fault pinned on the
+/// newest leaves none of those the engine never reached `Complete`.
+#[test]
+fn a_failure_with_the_window_full_ends_every_request_after_it() {
+    let mut chan = Channel::new(Scripted::new(1 << 20, 64));
+    chan.set_window(0, i32::MAX - 3);
+    let a = copy(&mut chan, 0x1000, 0x2000, 64).unwrap();
+    let b = copy(&mut chan, 0x1000, 0x2000, 64).unwrap();
+    assert_eq!((a, b), (cookie(i32::MAX - 2), cookie(i32::MAX - 1)));
+    chan.issue_pending();
+    chan.test_engine().fault = Some(Fault {
+        cookie: cookie(1),
+        kind: ErrorKind::ReadFailed,
+    });
+    chan.poll();
+    assert_eq!(
+        chan.status(cookie(1)).status,
+        Status::Error(ErrorKind::ReadFailed)
+    );
+    for c in [cookie(2), a, b] {
+        assert_eq!(
+            chan.status(c).status,
+            Status::Error(ErrorKind::Aborted),
+            "{c:?}"
+        );
+    }
+    // A fault pinned on the newest, nothing ever completed.
+    let mut chan = Channel::new(Scripted::new(1 << 20, 64));
+    chan.set_fault_attribution(true);
+    chan.set_window(0, i32::MAX - 5);
+    let skipped: Vec<_> = (0..3u64)
+        .map(|k| copy(&mut chan, 0x50_0000 + k * 0x1000, 0x21_0000, 64).unwrap())
+        .collect();
+    let toucher = copy(&mut chan, 0x40_0000, 0x22_0000, 64).unwrap();
+    assert_eq!(toucher, cookie(i32::MAX - 1));
+    chan.issue_pending();
+    assert_eq!(chan.fail_at(0x40_0000, true), Some(toucher));
+    for c in skipped.into_iter().chain([cookie(1), cookie(7)]) {
+        assert_eq!(
+            chan.status(c).status,
+            Status::Error(ErrorKind::Aborted),
+            "{c:?}"
+        );
+    }
 }
 
 /// A request that asked for an interrupt a lap ago covers nothing in this
