@@ -12,7 +12,7 @@
 //! | 1 | write | buffer, length | bytes written |
 //! | 2 | map_pages | count | address of `count` fresh pages (`insert_pages`) |
 //! | 3 | dma_copy | dst, src, length | 0, after the LSI53C895A copied between the caller's own pages (behind the IOMMU when there is one: the chip then reaches only those pages) |
-//! | 4 | map_device | - | address of the edu device's registers (`io_remap_pfn_range`, UC) |
+//! | 4 | map_device | - | address of the edu device's register page, read-only (`io_remap_pfn_range`, UC): a write there ends the process, as the page holds edu's DMA registers and edu is confined to no pages of the process's |
 //! | 5 | unmap | address, count | 0, after `zap_range` of `count` pages from `map_pages` |
 //! | 6 | grant_lsi | - | address of the second LSI53C895A's registers (uncached), the chip now the caller's, behind a domain of its own (needs a VT-d unit) |
 //! | 7 | iommu_map | address, count, iova | 0, after the caller's `count` heap pages from `address` are mapped for the chip at `iova` (each page counted until the process ends) |
@@ -44,7 +44,7 @@ use grant::Grant;
 pub use grant::{GRANT_IOVA, GRANT_IOVA_SIZE, GRANT_REGS};
 
 pub use programs::{
-    BENCH_DRIVER_COPIES, bench_driver, copy_on_write, faulting, lsi_driver, privileged,
+    BENCH_DRIVER_COPIES, bench_driver, copy_on_write, edu_dma, faulting, lsi_driver, privileged,
     rogue_driver, spinning, story, unmapping,
 };
 pub use syscalls::TRANSLATED_COPIES;
@@ -91,7 +91,7 @@ const MAX_SCRIPT_CALLS: usize = (PAGE_4K as usize / 32) - 1;
 /// Heap pages whose bytes [`Outcome::heap`] reports.
 const HEAP_SNAPSHOT_PAGES: u64 = 4;
 /// Where `map_device` puts the edu registers.
-const DEVICE: u64 = (1 << 39) + (512 << 20);
+pub const DEVICE: u64 = (1 << 39) + (512 << 20);
 /// The longest `dma_copy`.
 const MAX_COPY: u64 = 1 << 20;
 
@@ -249,7 +249,11 @@ fn build(
         SHARED_RW,
     )?;
     let heap = space.map_vma(pg(HEAP), npages(HEAP, HEAP + HEAP_SIZE), SHARED_RW)?;
-    let device = space.map_vma(pg(DEVICE), npages(DEVICE, DEVICE + PAGE_4K), SHARED_RW)?;
+    let device = space.map_vma(
+        pg(DEVICE),
+        npages(DEVICE, DEVICE + PAGE_4K),
+        VmFlags::READ | VmFlags::SHARED,
+    )?;
     let grant_regs = space.map_vma(
         pg(GRANT_REGS),
         npages(GRANT_REGS, GRANT_REGS + PAGE_4K),

@@ -316,6 +316,49 @@ user_\name\()_end:
     user_driver lsi_driver, 0x40002000, 256, 1, 1
     user_driver rogue_driver, 0x100000, 256, 1, 0
     user_driver bench_driver, 0x40002000, 64, 20000, 2
+
+/* Maps edu's registers and programs its DMA engine as a driver would:
+   4095 bytes (QEMU's edu stops QEMU for 4096) from the physical address in
+   the program's second-last quadword into edu's buffer (command 1), then
+   from the buffer to the physical address in its last quadword (command
+   3), polling the command register; exits 0 (71: no device). */
+    .global user_edu_dma_start
+    .global user_edu_dma_end
+user_edu_dma_start:
+    mov eax, 4
+    int 0x80
+    test rax, rax
+    js 71f
+    mov r13, rax
+    mov rax, [rip + 90f]
+    mov [r13 + 0x80], rax
+    mov qword ptr [r13 + 0x88], 0x40000
+    mov qword ptr [r13 + 0x90], 4095
+    mov qword ptr [r13 + 0x98], 1
+1:
+    mov rax, qword ptr [r13 + 0x98]
+    test al, 1
+    jnz 1b
+    mov qword ptr [r13 + 0x80], 0x40000
+    mov rax, [rip + 91f]
+    mov [r13 + 0x88], rax
+    mov qword ptr [r13 + 0x90], 4095
+    mov qword ptr [r13 + 0x98], 3
+2:
+    mov rax, qword ptr [r13 + 0x98]
+    test al, 1
+    jnz 2b
+    xor edi, edi
+    xor eax, eax
+    int 0x80
+71:
+    mov edi, 71
+    xor eax, eax
+    int 0x80
+    .balign 8
+90: .quad 0
+91: .quad 0
+user_edu_dma_end:
 "#
 );
 
@@ -340,6 +383,16 @@ unsafe extern "C" {
     static user_rogue_driver_end: u8;
     static user_bench_driver_start: u8;
     static user_bench_driver_end: u8;
+    static user_edu_dma_start: u8;
+    static user_edu_dma_end: u8;
+}
+
+/// Maps edu's registers (`map_device`) and programs edu's DMA: 4095 bytes
+/// from the physical address in the program's second-last quadword into
+/// edu's buffer, then from the buffer to the physical address in its last
+/// quadword (the caller patches both); exits 0 (71: no device).
+pub fn edu_dma() -> &'static [u8] {
+    bytes(&raw const user_edu_dma_start, &raw const user_edu_dma_end)
 }
 
 fn bytes(start: *const u8, end: *const u8) -> &'static [u8] {

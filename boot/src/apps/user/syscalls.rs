@@ -114,6 +114,12 @@ impl Process {
         if self.space.translate(va(DEVICE)).is_some() {
             return DEVICE as i64;
         }
+        // Read-only: this page also holds edu's DMA registers (source,
+        // destination, count, command at 0x80-0x98), and edu is behind no
+        // domain of the process's, so a write there would let ring 3 have
+        // edu copy between any physical addresses. edu's reads have no side
+        // effects, and the area lacks WRITE, so a write fault ends the
+        // process instead of upgrading the entry.
         // SAFETY: edu's BAR 0: device memory, which the kernel never hands out as RAM.
         match unsafe {
             self.space.io_remap_pfn_range(
@@ -121,7 +127,7 @@ impl Process {
                 pg(DEVICE),
                 fr(bar / PAGE_4K),
                 bytes_to_pages(PAGE_4K),
-                PageProt::READ_WRITE,
+                PageProt::READ_ONLY,
                 CacheMode::Uncached,
             )
         } {

@@ -35,7 +35,55 @@ pub const TESTS: &[Test] = &[
         "user.bad_system_call_inputs_get_their_errors_and_change_nothing",
         bad_system_call_inputs,
     ),
+    Test::new(
+        "user.hostile_process_cannot_start_edu_dma_into_kernel_pages",
+        edu_dma_from_ring3,
+    ),
 ];
+
+/// A process maps edu's registers (`map_device`) and programs edu's DMA
+/// itself, from one kernel page to another by physical address. edu is in
+/// no domain of the process's, so the register page must not be writable:
+/// the first register write ends the process, and the victim keeps its
+/// zeros.
+fn edu_dma_from_ring3() {
+    use crate::mem::phys_to_virt;
+    let src = db().alloc_page().expect("a page");
+    let victim = db().alloc_page().expect("a page");
+    let (s, v) = (src.phys().as_u64(), victim.phys().as_u64());
+    // SAFETY: two pages just allocated to this test; the direct map covers them.
+    unsafe {
+        phys_to_virt(s).write_bytes(0x5a, 4096);
+        phys_to_virt(v).write_bytes(0, 4096);
+    }
+    let mut program = user::edu_dma().to_vec();
+    let n = program.len();
+    program[n - 16..n - 8].copy_from_slice(&s.to_le_bytes());
+    program[n - 8..].copy_from_slice(&v.to_le_bytes());
+    let free = db().free_frames();
+    let outcome = user::run(crate::platform(), &program, false).expect("the process");
+    // SAFETY: as above.
+    let bytes = unsafe { core::slice::from_raw_parts(phys_to_virt(v), 4096) };
+    let written = bytes.iter().filter(|&&b| b != 0).count();
+    assert_eq!(
+        written, 0,
+        "the edu device wrote a kernel page for ring 3 ({:?})",
+        outcome.exit
+    );
+    match outcome.exit {
+        Exit::Killed(f) => {
+            assert_eq!(f.vector, 14, "{f}");
+            assert_eq!(f.cr2, user::DEVICE + 0x80, "edu's DMA source register");
+            assert_eq!(
+                f.error_code & 0b111,
+                0b111,
+                "a user write to a present page"
+            );
+        }
+        other => panic!("expected a write fault on the register page, got {other:?}"),
+    }
+    assert_eq!(db().free_frames(), free);
+}
 
 use crate::user::sys::{DMA_COPY, MAP_DEVICE, MAP_PAGES, UNMAP, WRITE};
 use crate::user::{EFAULT, EINVAL};
