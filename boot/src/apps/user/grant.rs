@@ -193,15 +193,21 @@ impl Process {
         }
     }
 
-    /// Reads every fault the unit recorded (the unit is the process's).
+    /// Reads every fault the unit recorded (the unit is the process's);
+    /// returns how many, whether kept or only counted.
     pub(super) fn collect_faults(&mut self) -> usize {
         let Some(grant) = self.grant.as_ref() else {
             return 0;
         };
-        let before = self.dma_faults.len();
+        let mut read = 0;
         while let Some(fault) = grant.unit().take_fault() {
-            self.dma_faults.push(fault);
+            read += 1;
+            if self.dma_faults.len() < MAX_KEPT_FAULTS {
+                self.dma_faults.push(fault);
+            } else {
+                self.dma_faults_dropped += 1;
+            }
         }
-        self.dma_faults.len() - before
+        read
     }
 }

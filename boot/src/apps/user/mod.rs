@@ -9,14 +9,14 @@
 //! | rax | call | arguments | returns |
 //! |---|---|---|---|
 //! | 0 | exit | code | (does not return) |
-//! | 1 | write | buffer, length | bytes written |
+//! | 1 | write | buffer, length | bytes written; -28 once the process's output would pass 64 KiB ([`MAX_OUTPUT`]) |
 //! | 2 | map_pages | count | address of `count` fresh pages (`insert_pages`) |
 //! | 3 | dma_copy | dst, src, length | 0, after the LSI53C895A copied between the caller's own pages (behind the IOMMU when there is one: the chip then reaches only those pages) |
 //! | 4 | map_device | - | address of the edu device's register page, read-only (`io_remap_pfn_range`, UC): a write there ends the process, as the page holds edu's DMA registers and edu is confined to no pages of the process's |
 //! | 5 | unmap | address, count | 0, after `zap_range` of `count` pages from `map_pages` |
 //! | 6 | grant_lsi | - | address of the second LSI53C895A's registers (uncached), the chip now the caller's, behind a domain of its own (needs a VT-d unit) |
 //! | 7 | iommu_map | address, count, iova | 0, after the caller's `count` heap pages from `address` are mapped for the chip at `iova` (each page counted until the process ends) |
-//! | 8 | dma_faults | - | DMA faults the unit recorded for the caller's chip since the last call |
+//! | 8 | dma_faults | - | DMA faults the unit recorded for the caller's chip since the last call (the kernel keeps the first [`MAX_KEPT_FAULTS`] for [`Outcome::dma_faults`] and counts the rest) |
 //!
 //! Calls 6-8 are the user-space driver model (UIO/VFIO): the process
 //! programs the chip itself (SCRIPTS in its own memory, DSP, ISTAT), and the
@@ -25,7 +25,8 @@
 //! dropped (every page reference given back, every table freed).
 //!
 //! Errors are negative: -14 (bad address), -12 (no memory), -22 (bad
-//! argument), -5 (the copy failed), -19 (no device). Every user pointer is
+//! argument), -5 (the copy failed), -19 (no device), -28 (no room left
+//! for output). Every user pointer is
 //! checked page by page against the process's own page tables: a bad one is
 //! an error value, never a kernel fault. Counts and lengths are checked
 //! before any sum, and a call that fails changes nothing: a `dma_copy`
@@ -44,8 +45,8 @@ use grant::Grant;
 pub use grant::{GRANT_IOVA, GRANT_IOVA_SIZE, GRANT_REGS};
 
 pub use programs::{
-    BENCH_DRIVER_COPIES, bench_driver, copy_on_write, edu_dma, faulting, lsi_driver, privileged,
-    rogue_driver, spinning, story, unmapping,
+    BENCH_DRIVER_COPIES, bench_driver, copy_on_write, edu_dma, endless_writer, faulting,
+    lsi_driver, privileged, rogue_driver, rogue_driver_100, spinning, story, unmapping,
 };
 pub use syscalls::TRANSLATED_COPIES;
 
@@ -94,6 +95,15 @@ const HEAP_SNAPSHOT_PAGES: u64 = 4;
 pub const DEVICE: u64 = (1 << 39) + (512 << 20);
 /// The longest `dma_copy`.
 const MAX_COPY: u64 = 1 << 20;
+/// The most output one process keeps, in bytes as stored (invalid UTF-8
+/// is kept as U+FFFD, three bytes a byte): ring 3 must not be able to fill
+/// the kernel's heap by writing. A `write` that would pass it gets
+/// [`ENOSPC`] and keeps nothing, so what was kept is whole calls.
+pub const MAX_OUTPUT: usize = 64 << 10;
+/// The DMA faults one process's [`Outcome`] keeps: a granted chip can
+/// fault for ever (one record a `dma_faults` call), and every record kept
+/// is kernel heap. Faults past these are counted, not kept.
+pub const MAX_KEPT_FAULTS: usize = 64;
 
 const SHARED_RW: VmFlags = VmFlags::READ
     .union(VmFlags::WRITE)
@@ -134,6 +144,8 @@ pub const EIO: i64 = -5;
 pub const ENODEV: i64 = -19;
 /// Taken already.
 pub const EBUSY: i64 = -16;
+/// No room left (the process's output is full).
+pub const ENOSPC: i64 = -28;
 
 /// How a process ended.
 #[derive(Debug)]
@@ -162,8 +174,11 @@ pub struct Outcome {
     /// nothing was mapped).
     pub heap: Vec<u8>,
     /// The DMA faults the unit recorded for a granted chip (those the
-    /// process read with `dma_faults` included).
+    /// process read with `dma_faults` included), the first
+    /// [`MAX_KEPT_FAULTS`] of them.
     pub dma_faults: Vec<iommu::DmaFault>,
+    /// The faults recorded past those.
+    pub dma_faults_dropped: u64,
     /// Whether the process had a chip granted.
     pub granted: bool,
 }
@@ -187,8 +202,11 @@ struct Process {
     lsi: Option<LsiChannel>,
     /// The chip granted to the process (`grant_lsi`), if any.
     grant: Option<Grant>,
-    /// DMA faults recorded for the granted chip so far.
+    /// DMA faults recorded for the granted chip so far (at most
+    /// [`MAX_KEPT_FAULTS`]).
     dma_faults: Vec<iommu::DmaFault>,
+    /// Faults recorded past those.
+    dma_faults_dropped: u64,
     output: String,
     echo: bool,
 }
@@ -327,6 +345,7 @@ fn build(
         lsi: None,
         grant: None,
         dma_faults: Vec::new(),
+        dma_faults_dropped: 0,
         output: String::new(),
         echo,
     })
@@ -429,6 +448,7 @@ fn run_process(mut process: Process) -> Result<Outcome, MmError> {
         results,
         heap,
         dma_faults: core::mem::take(&mut process.dma_faults),
+        dma_faults_dropped: process.dma_faults_dropped,
         granted,
     })
 }

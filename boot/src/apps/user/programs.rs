@@ -199,7 +199,8 @@ user_spin_end:
    Memory Move of `len` bytes from the source to IOVA `dst` then an INT,
    run `reps` times (each started through DSP, ISTAT polled, DSTAT read).
    `check` 1: the bytes must have landed; 0: the kernel must report a DMA
-   fault; 2: exit with the TSC cycles the runs took. Exits 0 (or the
+   fault; 2: exit with the TSC cycles the runs took; 3: the kernel must
+   report a DMA fault after every run. Exits 0 (or the
    cycles), or 61-67 naming the step that failed.
    The chip's registers and instructions, as the library's driver names
    them (drivers/lsi53c895a/regs.rs, script.rs; QEMU-FACTS.md): DSP at
@@ -261,6 +262,12 @@ user_\name\()_start:
     mov al, byte ptr [r13 + 0x0c]
     test al, 4
     jz 65f
+.if \check == 3
+    mov eax, 8
+    int 0x80
+    cmp rax, 1
+    jl 67f
+.endif
     dec r15d
     jnz 5b
     rdtsc
@@ -272,6 +279,8 @@ user_\name\()_start:
     mov rdi, r14
     xor eax, eax
     int 0x80
+.elseif \check == 3
+    nop
 .elseif \check == 1
     lea rsi, [r12 + 4096]
     lea rdi, [r12 + 8192]
@@ -316,6 +325,50 @@ user_\name\()_end:
     user_driver lsi_driver, 0x40002000, 256, 1, 1
     user_driver rogue_driver, 0x100000, 256, 1, 0
     user_driver bench_driver, 0x40002000, 64, 20000, 2
+    user_driver rogue_driver_100, 0x100000, 256, 100, 3
+
+/* Writes a page of 0xff (invalid UTF-8: 12 KiB as stored) until a write
+   is refused or 2000 were taken; exits with the count taken if the
+   refusal was -28, 9000 if none was refused, 9001 for another error,
+   9002 without a page. */
+    .global user_endless_writer_start
+    .global user_endless_writer_end
+user_endless_writer_start:
+    mov edi, 1
+    mov eax, 2
+    int 0x80
+    test rax, rax
+    js 3f
+    mov r12, rax
+    mov rdi, r12
+    mov al, 0xff
+    mov ecx, 4096
+    rep stosb
+    xor r13d, r13d
+1:
+    mov rdi, r12
+    mov esi, 4096
+    mov eax, 1
+    int 0x80
+    test rax, rax
+    js 2f
+    inc r13d
+    cmp r13d, 2000
+    jb 1b
+    mov edi, 9000
+    xor eax, eax
+    int 0x80
+2:
+    mov edi, 9001
+    cmp rax, -28
+    cmove edi, r13d
+    xor eax, eax
+    int 0x80
+3:
+    mov edi, 9002
+    xor eax, eax
+    int 0x80
+user_endless_writer_end:
 
 /* Maps edu's registers and programs its DMA engine as a driver would:
    4095 bytes (QEMU's edu stops QEMU for 4096) from the physical address in
@@ -383,8 +436,32 @@ unsafe extern "C" {
     static user_rogue_driver_end: u8;
     static user_bench_driver_start: u8;
     static user_bench_driver_end: u8;
+    static user_rogue_driver_100_start: u8;
+    static user_rogue_driver_100_end: u8;
+    static user_endless_writer_start: u8;
+    static user_endless_writer_end: u8;
     static user_edu_dma_start: u8;
     static user_edu_dma_end: u8;
+}
+
+/// As [`rogue_driver`], run 100 times, reading `dma_faults` after each
+/// run; exits 0 if every read reported a fault (67 at the first that did
+/// not).
+pub fn rogue_driver_100() -> &'static [u8] {
+    bytes(
+        &raw const user_rogue_driver_100_start,
+        &raw const user_rogue_driver_100_end,
+    )
+}
+
+/// Writes 4096 bytes of 0xff (12 KiB of U+FFFD as stored) until a write is
+/// refused; exits with the writes taken when the refusal was -28 (9000:
+/// 2000 taken and none refused; 9001: another error; 9002: no page).
+pub fn endless_writer() -> &'static [u8] {
+    bytes(
+        &raw const user_endless_writer_start,
+        &raw const user_endless_writer_end,
+    )
 }
 
 /// Maps edu's registers (`map_device`) and programs edu's DMA: 4095 bytes

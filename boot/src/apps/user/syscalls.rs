@@ -48,6 +48,9 @@ impl Process {
             });
         }
         let text = String::from_utf8_lossy(&bytes);
+        if self.output.len() + text.len() > MAX_OUTPUT {
+            return ENOSPC;
+        }
         if self.echo {
             print!("{text}");
         }

@@ -48,6 +48,10 @@ pub const TESTS: &[Test] = &[
         ring3_rogue_driver,
     ),
     Test::new(
+        "iommu.hostile_driver_faults_are_kept_up_to_a_bound",
+        endless_faults,
+    ),
+    Test::new(
         "iommu.grant_calls_refuse_bad_input_and_change_nothing",
         grant_calls_refuse_bad_input,
     ),
@@ -480,6 +484,24 @@ fn ring3_rogue_driver() {
             .any(|f| f.source == chip && f.write && f.address == KERNEL_PAGE),
         "a write fault at the kernel page: {:?}",
         outcome.dma_faults
+    );
+}
+
+/// A ring-3 driver whose chip faults again and again, read through
+/// `dma_faults` after each fault, must not grow the kernel's record of them
+/// without bound: the first `MAX_KEPT_FAULTS` are kept, the rest counted,
+/// and every call still says how many it read.
+fn endless_faults() {
+    let outcome = run_driver(crate::user::rogue_driver_100());
+    assert!(
+        matches!(outcome.exit, crate::user::Exit::Code(0)),
+        "every dma_faults call reported its fault: {:?}",
+        outcome.exit
+    );
+    assert_eq!(outcome.dma_faults.len(), crate::user::MAX_KEPT_FAULTS);
+    assert_eq!(
+        outcome.dma_faults_dropped,
+        100 - crate::user::MAX_KEPT_FAULTS as u64
     );
 }
 

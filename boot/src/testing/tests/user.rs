@@ -39,6 +39,10 @@ pub const TESTS: &[Test] = &[
         "user.hostile_process_cannot_start_edu_dma_into_kernel_pages",
         edu_dma_from_ring3,
     ),
+    Test::new(
+        "user.hostile_endless_writes_are_refused_at_the_output_bound",
+        endless_writes,
+    ),
 ];
 
 /// A process maps edu's registers (`map_device`) and programs edu's DMA
@@ -83,6 +87,27 @@ fn edu_dma_from_ring3() {
         other => panic!("expected a write fault on the register page, got {other:?}"),
     }
     assert_eq!(db().free_frames(), free);
+}
+
+/// A process writes 4096 invalid bytes (12 KiB as stored) again and again:
+/// the kernel keeps whole writes up to 64 KiB, refuses the sixth with
+/// -28, and goes on.
+fn endless_writes() {
+    let free = db().free_frames();
+    let outcome = user::run(crate::platform(), user::endless_writer(), false).expect("the process");
+    const STORED: usize = 3 * 4096;
+    let taken = user::MAX_OUTPUT / STORED;
+    assert!(
+        matches!(outcome.exit, Exit::Code(n) if n == taken as u64),
+        "{:?} (9000: never refused; 9001: refused with another error)",
+        outcome.exit
+    );
+    assert_eq!(outcome.output.len(), taken * STORED);
+    assert!(outcome.output.chars().all(|c| c == '\u{fffd}'));
+    assert_eq!(db().free_frames(), free);
+    // The kernel is fine: the next process runs.
+    let again = user::run(crate::platform(), user::story(), false).expect("process");
+    assert!(matches!(again.exit, Exit::Code(0)), "{:?}", again.exit);
 }
 
 use crate::user::sys::{DMA_COPY, MAP_DEVICE, MAP_PAGES, UNMAP, WRITE};
