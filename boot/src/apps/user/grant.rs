@@ -1,6 +1,10 @@
 //! The grant: a ring-3 driver given the second LSI53C895A behind a VT-d
 //! domain of its own (`grant_lsi`), the pages it maps for the chip
-//! (`iommu_map`), and the faults the unit records for it.
+//! (`iommu_map`), and the faults the unit records for it. The domain
+//! confines the chip's memory DMA only: its I/O-space moves and its
+//! interrupt messages (interrupt remapping is off) pass the unit untouched,
+//! so the process is trusted with I/O ports and interrupts (see the parent
+//! module).
 
 use super::*;
 

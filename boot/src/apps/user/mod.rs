@@ -20,9 +20,29 @@
 //!
 //! Calls 6-8 are the user-space driver model (UIO/VFIO): the process
 //! programs the chip itself (SCRIPTS in its own memory, DSP, ISTAT), and the
-//! chip reaches only the pages the process mapped into its domain. When the
-//! process ends, the chip is stopped first, then detached, then the domain
-//! dropped (every page reference given back, every table freed).
+//! chip's memory reads and writes reach only the pages the process mapped
+//! into its domain. When the process ends, the chip is stopped first, then
+//! detached, then the domain dropped (every page reference given back,
+//! every table freed).
+//!
+//! The domain confines memory DMA and nothing else, so a process given the
+//! chip is trusted with two things the kernel cannot take from it here:
+//! - I/O ports: with DMODE.DIOM (SIOM) set, a Memory Move's destination
+//!   (source) is PCI I/O space, which no VT-d unit sees (QEMU's lsi uses
+//!   `pci_io_as`), and SCRIPTS can set DMODE themselves with a register
+//!   write from inside the chain, so hiding the register page would not
+//!   help: the process can write (and read) any I/O port, this kernel's
+//!   PIC, PCI configuration and debug-exit ports included. Interrupt
+//!   remapping does not change this.
+//! - Interrupt messages: a Memory Move to 0xfee0_0000-0xfeef_ffff is an
+//!   interrupt request, which VT-d checks only with interrupt remapping,
+//!   and `qemu-run.sh` runs the unit with `intremap=off`: the chip can send
+//!   any vector to any CPU. Vectors 16-31 that push an error code (17, 21,
+//!   29, 30) arrive without one and mis-frame the trap frame
+//!   (`trap.rs`); the APIC refuses 0-15.
+//!
+//! Until interrupt remapping is on, a ring-3 driver of this chip is as
+//! trusted as the kernel with interrupts, and it always is with I/O ports.
 //!
 //! Errors are negative: -14 (bad address), -12 (no memory), -22 (bad
 //! argument), -5 (the copy failed), -19 (no device), -28 (no room left
