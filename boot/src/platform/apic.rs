@@ -26,6 +26,9 @@ const ID: usize = 0x20;
 const TPR: usize = 0x80;
 /// End-of-interrupt register: write 0 when a fixed interrupt is handled.
 const EOI: usize = 0xb0;
+/// The in-service register: 256 bits, 32 in each of eight registers 16
+/// bytes apart.
+const ISR: usize = 0x100;
 /// Spurious-interrupt vector register: the vector in bits 7-0, the APIC
 /// software enable in bit 8.
 const SVR: usize = 0xf0;
@@ -166,6 +169,27 @@ pub fn eoi() {
     write(EOI, 0);
 }
 
+/// Whether `vector` is in service on this CPU's local APIC: delivered by
+/// it and not yet ended by an EOI.
+pub fn in_service(vector: u8) -> bool {
+    read(ISR + 0x10 * (vector as usize / 32)) & (1 << (vector % 32)) != 0
+}
+
+/// The EOI for a handler whose vector may or may not have come through the
+/// local APIC's in-service register. A spurious interrupt, or an 8259
+/// interrupt taken as ExtINT, sets no in-service bit and must take no EOI
+/// (an EOI would end whatever else is in service); the same vector sent as
+/// a fixed interrupt message (a device's memory write to 0xfee0_0000 with
+/// interrupt remapping off) sets one, and without its EOI every vector of
+/// its priority class and below stays blocked on this CPU. Handlers run
+/// with interrupts off, so an in-service `vector` is the highest in
+/// service, the one an EOI ends.
+pub fn eoi_if_in_service(vector: u8) {
+    if in_service(vector) {
+        eoi();
+    }
+}
+
 /// Sends the IPI `command` (delivery mode, level, vector) to APIC ID
 /// `apic_id` and waits up to 10 ms for the local APIC to accept it.
 pub fn send_ipi(apic_id: u32, command: u32) {
@@ -234,7 +258,8 @@ fn on_wake(_frame: &mut trap::TrapFrame, _cr2: u64) -> bool {
     true
 }
 
-fn on_spurious(_frame: &mut trap::TrapFrame, _cr2: u64) -> bool {
+fn on_spurious(frame: &mut trap::TrapFrame, _cr2: u64) -> bool {
     SPURIOUS.fetch_add(1, Ordering::Relaxed);
+    eoi_if_in_service(frame.vector as u8);
     true
 }

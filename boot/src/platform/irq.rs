@@ -354,8 +354,10 @@ fn on_msi_vector(frame: &mut TrapFrame, _cr2: u64) -> bool {
 }
 
 /// The trap layer's handler for the 8259s' vectors: with every line masked
-/// only a spurious IRQ 7 or 15 can arrive, and it takes no EOI.
-fn on_pic_vector(_frame: &mut TrapFrame, _cr2: u64) -> bool {
+/// only a spurious IRQ 7 or 15 can arrive from the 8259s, and it takes no
+/// EOI; a device's interrupt message on one of these vectors does.
+fn on_pic_vector(frame: &mut TrapFrame, _cr2: u64) -> bool {
     SPURIOUS.fetch_add(1, Ordering::Relaxed);
+    apic::eoi_if_in_service(frame.vector as u8);
     true
 }

@@ -39,7 +39,10 @@
 //!   and `qemu-run.sh` runs the unit with `intremap=off`: the chip can send
 //!   any vector to any CPU. Vectors 16-31 that push an error code (17, 21,
 //!   29, 30) arrive without one and mis-frame the trap frame
-//!   (`trap.rs`); the APIC refuses 0-15.
+//!   (`trap.rs`); the APIC refuses 0-15. The handlers that take no EOI for
+//!   their own interrupts (the spurious vector 0xff, the 8259s' vectors)
+//!   take one for a message the local APIC has in service, so such a
+//!   message does not leave the CPU's interrupts blocked.
 //!
 //! Until interrupt remapping is on, a ring-3 driver of this chip is as
 //! trusted as the kernel with interrupts, and it always is with I/O ports.
@@ -66,7 +69,8 @@ pub use grant::{GRANT_IOVA, GRANT_IOVA_SIZE, GRANT_REGS};
 
 pub use programs::{
     BENCH_DRIVER_COPIES, bench_driver, copy_on_write, edu_dma, endless_writer, faulting,
-    lsi_driver, privileged, rogue_driver, rogue_driver_100, spinning, story, unmapping,
+    lsi_driver, msi_driver_27, msi_driver_ff, privileged, rogue_driver, rogue_driver_100, spinning,
+    story, unmapping,
 };
 pub use syscalls::TRANSLATED_COPIES;
 

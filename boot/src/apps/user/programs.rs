@@ -200,7 +200,8 @@ user_spin_end:
    run `reps` times (each started through DSP, ISTAT polled, DSTAT read).
    `check` 1: the bytes must have landed; 0: the kernel must report a DMA
    fault; 2: exit with the TSC cycles the runs took; 3: the kernel must
-   report a DMA fault after every run. Exits 0 (or the
+   report a DMA fault after every run; 4: the source's first dword is
+   `word`, and the run only has to end. Exits 0 (or the
    cycles), or 61-67 naming the step that failed.
    The chip's registers and instructions, as the library's driver names
    them (drivers/lsi53c895a/regs.rs, script.rs; QEMU-FACTS.md): DSP at
@@ -209,7 +210,7 @@ user_spin_end:
    clear it, has bit 2 (SIR) for an INT instruction; a Memory Move is
    0xc0000000 | count, then source, then destination; INT is 0x98080000
    and a value. */
-.macro user_driver name, dst, len, reps, check
+.macro user_driver name, dst, len, reps, check, word=0
     .global user_\name\()_start
     .global user_\name\()_end
 user_\name\()_start:
@@ -239,6 +240,9 @@ user_\name\()_start:
     inc ecx
     cmp ecx, 4096
     jb 1b
+.if \check == 4
+    mov dword ptr [r12 + 4096], \word
+.endif
     mov dword ptr [r12], 0xc0000000 + \len
     mov dword ptr [r12 + 4], 0x40001000
     mov dword ptr [r12 + 8], \dst
@@ -279,7 +283,7 @@ user_\name\()_start:
     mov rdi, r14
     xor eax, eax
     int 0x80
-.elseif \check == 3
+.elseif \check >= 3
     nop
 .elseif \check == 1
     lea rsi, [r12 + 4096]
@@ -326,6 +330,8 @@ user_\name\()_end:
     user_driver rogue_driver, 0x100000, 256, 1, 0
     user_driver bench_driver, 0x40002000, 64, 20000, 2
     user_driver rogue_driver_100, 0x100000, 256, 100, 3
+    user_driver msi_driver_ff, 0xfee00000, 4, 1, 4, 0xff
+    user_driver msi_driver_27, 0xfee00000, 4, 1, 4, 0x27
 
 /* Writes a page of 0xff (invalid UTF-8: 12 KiB as stored) until a write
    is refused or 2000 were taken; exits with the count taken if the
@@ -438,6 +444,10 @@ unsafe extern "C" {
     static user_bench_driver_end: u8;
     static user_rogue_driver_100_start: u8;
     static user_rogue_driver_100_end: u8;
+    static user_msi_driver_ff_start: u8;
+    static user_msi_driver_ff_end: u8;
+    static user_msi_driver_27_start: u8;
+    static user_msi_driver_27_end: u8;
     static user_endless_writer_start: u8;
     static user_endless_writer_end: u8;
     static user_edu_dma_start: u8;
@@ -451,6 +461,25 @@ pub fn rogue_driver_100() -> &'static [u8] {
     bytes(
         &raw const user_rogue_driver_100_start,
         &raw const user_rogue_driver_100_end,
+    )
+}
+
+/// As [`lsi_driver`], but the chip's Memory Move writes the dword 0xff to
+/// 0xfee00000: with interrupt remapping off, an interrupt message (fixed,
+/// vector 0xff, the spurious vector, to APIC ID 0); exits 0 once the chip
+/// stopped on its INT.
+pub fn msi_driver_ff() -> &'static [u8] {
+    bytes(
+        &raw const user_msi_driver_ff_start,
+        &raw const user_msi_driver_ff_end,
+    )
+}
+
+/// The same with vector 0x27, the first 8259's IRQ 7 (its spurious line).
+pub fn msi_driver_27() -> &'static [u8] {
+    bytes(
+        &raw const user_msi_driver_27_start,
+        &raw const user_msi_driver_27_end,
     )
 }
 

@@ -52,6 +52,14 @@ pub const TESTS: &[Test] = &[
         endless_faults,
     ),
     Test::new(
+        "iommu.hostile_driver_message_on_a_pic_vector_leaves_it_not_in_service",
+        message_on_a_pic_vector,
+    ),
+    Test::new(
+        "iommu.hostile_driver_message_on_the_spurious_vector_leaves_the_timer_ticking",
+        message_on_the_spurious_vector,
+    ),
+    Test::new(
         "iommu.grant_calls_refuse_bad_input_and_change_nothing",
         grant_calls_refuse_bad_input,
     ),
@@ -502,6 +510,68 @@ fn endless_faults() {
     assert_eq!(
         outcome.dma_faults_dropped,
         100 - crate::user::MAX_KEPT_FAULTS as u64
+    );
+}
+
+/// Spins for `ms` milliseconds with interrupts on.
+fn spin_ms(ms: u64) {
+    let start = crate::time::now_ns();
+    while crate::time::now_ns() - start < ms * 1_000_000 {
+        core::hint::spin_loop();
+    }
+}
+
+/// The granted chip sends vector 0x27 (the 8259's IRQ 7, whose handler
+/// takes no EOI for the 8259's own spurious interrupt) to this CPU as an
+/// interrupt message; the handler must end it, or the vector stays in
+/// service and blocks its priority class on this CPU for good.
+fn message_on_a_pic_vector() {
+    assert_eq!(crate::apic::id(), 0, "the message goes to APIC ID 0");
+    let taken = crate::irq::SPURIOUS.load(Ordering::Relaxed);
+    let outcome = run_driver(crate::user::msi_driver_27());
+    assert!(
+        matches!(outcome.exit, crate::user::Exit::Code(0)),
+        "{:?}",
+        outcome.exit
+    );
+    spin_ms(10);
+    assert!(
+        crate::irq::SPURIOUS.load(Ordering::Relaxed) > taken,
+        "the message arrived as vector 0x27"
+    );
+    assert!(
+        !crate::apic::in_service(0x27),
+        "vector 0x27 still in service"
+    );
+}
+
+/// The same with vector 0xff, the local APIC's spurious vector: left in
+/// service it blocks every maskable interrupt on this CPU, the timer (0xf0)
+/// included.
+fn message_on_the_spurious_vector() {
+    assert_eq!(crate::apic::id(), 0, "the message goes to APIC ID 0");
+    assert!(x86_64::instructions::interrupts::are_enabled());
+    let spurious = crate::apic::spurious();
+    let outcome = run_driver(crate::user::msi_driver_ff());
+    assert!(
+        matches!(outcome.exit, crate::user::Exit::Code(0)),
+        "{:?}",
+        outcome.exit
+    );
+    let ticks = crate::apic::ticks(0);
+    spin_ms(300);
+    let after = crate::apic::ticks(0);
+    assert!(
+        crate::apic::spurious() > spurious,
+        "the message arrived as vector 0xff"
+    );
+    assert!(
+        !crate::apic::in_service(0xff),
+        "vector 0xff still in service"
+    );
+    assert!(
+        after > ticks,
+        "the boot CPU's timer took no tick in 300 ms after the process ended ({ticks} -> {after})"
     );
 }
 
