@@ -12,13 +12,41 @@ use crate::mmio::Registers;
 /// registers while looking for one device's, kept for their owners.
 pub const UNCLAIMED_FAULTS: usize = 16;
 
-/// Faults read from the registers and not yet taken, oldest first.
+/// Devices a unit remembers individually for [`DmaFault::is_lost`]
+/// reports: those owed one (a fault of theirs went elsewhere) and, once
+/// faults have been lost, those already told.
+pub const OWED_DEVICES: usize = 32;
+
+/// Faults read from the registers and not yet taken, oldest first, and
+/// which devices are owed a report of lost faults.
 pub(super) struct Unclaimed {
     pub(super) faults: [Option<DmaFault>; UNCLAIMED_FAULTS],
     pub(super) len: usize,
+    /// Times faults were lost whose owner nobody knows (FSTS.PFO, or no
+    /// room to remember who was owed): every device that has not been told
+    /// since is owed a report.
+    pub(super) lost: u32,
+    /// Devices with the `lost` they were last told of; a device not here
+    /// was told of 0. A device is owed a report while its count differs
+    /// from `lost`.
+    pub(super) told: [Option<(SourceId, u32)>; OWED_DEVICES],
+    /// Slots of `told` in use: while none is and nothing was lost, no
+    /// device is owed, and a poll that finds no fault looks no further.
+    pub(super) named: usize,
 }
 
 impl Unclaimed {
+    /// Nothing kept, nothing lost.
+    pub(super) const fn new() -> Unclaimed {
+        Unclaimed {
+            faults: [None; UNCLAIMED_FAULTS],
+            len: 0,
+            lost: 0,
+            told: [None; OWED_DEVICES],
+            named: 0,
+        }
+    }
+
     /// Removes and returns the oldest fault `wanted` accepts.
     fn take(&mut self, wanted: impl Fn(&DmaFault) -> bool) -> Option<DmaFault> {
         let at = self.faults[..self.len]
@@ -28,6 +56,89 @@ impl Unclaimed {
         self.faults[at..self.len].rotate_left(1);
         self.len -= 1;
         fault
+    }
+
+    /// Keeps `fault` for its owner. With no room, the oldest kept fault
+    /// makes way, and its owner is owed a report instead.
+    fn keep(&mut self, fault: DmaFault) {
+        if self.len == UNCLAIMED_FAULTS
+            && let Some(oldest) = self.take(|_| true)
+        {
+            self.owe(oldest.source);
+        }
+        self.faults[self.len] = Some(fault);
+        self.len += 1;
+    }
+
+    fn slot(&self, device: SourceId) -> Option<usize> {
+        self.told
+            .iter()
+            .position(|t| t.is_some_and(|(d, _)| d == device))
+    }
+
+    fn owed(&self, device: SourceId) -> bool {
+        if self.lost == 0 && self.named == 0 {
+            return false;
+        }
+        let told = self
+            .slot(device)
+            .and_then(|at| self.told[at])
+            .map_or(0, |t| t.1);
+        told != self.lost
+    }
+
+    /// A slot whose device, dropped, stays owed or not as it is: an
+    /// empty one, else one that reads as absence does (absent devices are
+    /// owed exactly when `lost` is not 0).
+    fn free_slot(&self) -> Option<usize> {
+        let absent_alike = |t: &Option<(SourceId, u32)>| match *t {
+            None => true,
+            Some((_, told)) => (told != self.lost) == (self.lost != 0),
+        };
+        self.told.iter().position(absent_alike)
+    }
+
+    /// Names `entry` in slot `at`.
+    fn set(&mut self, at: usize, entry: (SourceId, u32)) {
+        if self.told[at].is_none() {
+            self.named += 1;
+        }
+        self.told[at] = Some(entry);
+    }
+
+    /// Makes `device`'s next [`Iommu::take_fault_of`] report lost faults.
+    fn owe(&mut self, device: SourceId) {
+        let owed = self.lost.wrapping_sub(1);
+        if let Some(at) = self.slot(device) {
+            self.set(at, (device, owed));
+        } else if self.lost == 0 {
+            match self.free_slot() {
+                Some(at) => self.set(at, (device, owed)),
+                // No room to name it: every device is owed one instead.
+                None => self.lost = 1,
+            }
+        }
+        // Absent while `lost` is not 0: already owed.
+    }
+
+    /// Records that `device` has been told of every loss so far.
+    fn tell(&mut self, device: SourceId) {
+        if let Some(at) = self.slot(device) {
+            if self.lost == 0 {
+                // Told of 0 reads as absence: the slot is free again.
+                self.told[at] = None;
+                self.named -= 1;
+            } else {
+                self.set(at, (device, self.lost));
+            }
+            return;
+        }
+        // `lost` is not 0 (`device` was owed, and absent). A free slot
+        // costs nobody anything; failing that, a device told already
+        // gives way and is told once more (a spurious report, never a
+        // missed one).
+        let at = self.free_slot().unwrap_or(0);
+        self.set(at, (device, self.lost));
     }
 }
 
@@ -45,13 +156,42 @@ pub struct DmaFault {
     pub reason: u8,
 }
 
+impl DmaFault {
+    /// The address of a report that faults were lost
+    /// ([`DmaFault::is_lost`]): the last page of the 64-bit space, past
+    /// every IOVA a unit translates (at most 57 bits), so a channel pins
+    /// it on no request's page and fails its first outstanding request.
+    pub const LOST_ADDRESS: u64 = !0xfff;
+
+    /// A report, made for `device`, that some of its faults may have
+    /// been lost.
+    pub(super) const fn lost(device: SourceId) -> DmaFault {
+        DmaFault {
+            source: device,
+            address: DmaFault::LOST_ADDRESS,
+            write: true,
+            reason: 0,
+        }
+    }
+
+    /// Whether this is no recorded fault but a report that faults of the
+    /// device may have been lost ([`Iommu::take_fault_of`]): its address
+    /// is [`DmaFault::LOST_ADDRESS`] and its reason 0 (a reason VT-d does
+    /// not use).
+    pub fn is_lost(&self) -> bool {
+        self.address == DmaFault::LOST_ADDRESS && self.reason == 0
+    }
+}
+
 impl<R: Registers, M: TableMapper, A: TableAllocator> Iommu<R, M, A> {
     /// Sends a fault event, the MSI message `address`/`data` (on x86,
     /// 0xfee00000 with the target's APIC ID in bits 19:12, and the vector),
     /// each time a fault is recorded while none is pending (spec 7.3.1,
     /// 11.4.9.2-5). The handler reads the faults with
-    /// [`Iommu::take_fault`] until it answers `None`: only then does the
-    /// next fault raise an event again.
+    /// [`Iommu::take_fault`] until it answers `None` (only then does the
+    /// next fault raise an event again), then wakes the channels with a
+    /// fault hook on the unit: each is owed a report of every fault of its
+    /// device the handler took ([`Iommu::take_fault_of`]).
     ///
     /// `unsafe` since issue 17 (it was safe): the unit writes `data` to
     /// `address` as a DMA write that no domain checks.
@@ -86,42 +226,75 @@ impl<R: Registers, M: TableMapper, A: TableAllocator> Iommu<R, M, A> {
 
     /// The oldest recorded fault, or `None`: first those
     /// [`Iommu::take_fault_of`] kept for other devices, then the registers'
-    /// (cleared as they are read).
+    /// (cleared as they are read). A fault taken here is its device's
+    /// still: the device's next [`Iommu::take_fault_of`] reports a lost
+    /// fault ([`DmaFault::is_lost`]), so a channel whose hook waited for it
+    /// calls no request complete that it may have hit.
     pub fn take_fault(&self) -> Option<DmaFault> {
-        self.unclaimed
-            .borrow_mut()
+        let mut unclaimed = self.unclaimed.borrow_mut();
+        let fault = unclaimed
             .take(|_| true)
-            .or_else(|| self.read_fault())
+            .or_else(|| self.read_fault(&mut unclaimed))?;
+        unclaimed.owe(fault.source);
+        Some(fault)
     }
 
     /// The oldest recorded fault of `device`, or `None`. Faults of other
     /// devices read from the registers on the way are kept (up to
     /// [`UNCLAIMED_FAULTS`]) for [`Iommu::take_fault_of`] with their
-    /// device, or [`Iommu::take_fault`]. While that many wait for owners
-    /// that do not ask, it reads no more registers (it answers `None`) and
-    /// the unit, its records full, drops new faults (FSTS.PFO): a kernel
-    /// that also services faults nobody claims drains them with
-    /// `take_fault`.
+    /// device, or [`Iommu::take_fault`]; when that many wait, the oldest
+    /// makes way and its device is owed a report instead, as for a fault
+    /// `take_fault` took.
+    ///
+    /// Faults the unit could not record (FSTS.PFO: all its records held
+    /// faults nobody had read) belong to no known device, so from then on
+    /// every device's next call reports them, once, after its recorded
+    /// faults: a fault with [`DmaFault::is_lost`], whose address no request
+    /// touches, which a channel's hook pins on its first outstanding
+    /// request (`BusFault`). The unit remembers [`OWED_DEVICES`] devices
+    /// by name; past that, a device may be told once more than needed
+    /// (a spurious report, never a missed one).
     pub fn take_fault_of(&self, device: SourceId) -> Option<DmaFault> {
         let mut unclaimed = self.unclaimed.borrow_mut();
         if let Some(fault) = unclaimed.take(|f| f.source == device) {
             return Some(fault);
         }
-        while unclaimed.len < UNCLAIMED_FAULTS {
-            let fault = self.read_fault()?;
+        while let Some(fault) = self.read_fault(&mut unclaimed) {
             if fault.source == device {
                 return Some(fault);
             }
-            let at = unclaimed.len;
-            unclaimed.faults[at] = Some(fault);
-            unclaimed.len = at + 1;
+            unclaimed.keep(fault);
+        }
+        if unclaimed.owed(device) {
+            unclaimed.tell(device);
+            return Some(DmaFault::lost(device));
         }
         None
     }
 
-    /// The first fault in the recording registers, cleared, or `None`.
-    fn read_fault(&self) -> Option<DmaFault> {
-        if !Fsts::from_bits_retain(self.regs.read32(regs::FSTS)).contains(Fsts::PPF) {
+    /// Clears what the registers hold from before the driver (firmware's
+    /// faults, and PFO): while PFO is set the unit records nothing new.
+    pub(super) fn clear_faults(&self) {
+        for i in 0..self.nfr {
+            let at = self.frcd + 16 * i;
+            if Frcd::from_bits_retain(self.regs.read64(at + 8)).contains(Frcd::F) {
+                self.regs.write64(at + 8, Frcd::F.bits());
+            }
+        }
+        self.regs.write32(regs::FSTS, Fsts::PFO.bits());
+    }
+
+    /// The first fault in the recording registers, cleared, or `None`; an
+    /// overflow (PFO) it sees is counted in `unclaimed` and cleared.
+    fn read_fault(&self, unclaimed: &mut Unclaimed) -> Option<DmaFault> {
+        let fsts = Fsts::from_bits_retain(self.regs.read32(regs::FSTS));
+        if fsts.contains(Fsts::PFO) {
+            // Cleared before it is counted: a fault lost after the clear
+            // sets it again, for the next read.
+            self.regs.write32(regs::FSTS, Fsts::PFO.bits());
+            unclaimed.lost = unclaimed.lost.wrapping_add(1);
+        }
+        if !fsts.contains(Fsts::PPF) {
             return None;
         }
         for i in 0..self.nfr {
@@ -133,7 +306,6 @@ impl<R: Registers, M: TableMapper, A: TableAllocator> Iommu<R, M, A> {
             let low = self.regs.read64(at);
             // Writing F back (1) clears the record.
             self.regs.write64(at + 8, Frcd::F.bits());
-            self.regs.write32(regs::FSTS, Fsts::PFO.bits());
             return Some(DmaFault {
                 source: SourceId::from_raw(regs::frcd_source(high)),
                 address: low & !0xfff,

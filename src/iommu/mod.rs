@@ -70,7 +70,7 @@ use regs::{Cap, Ecap, Gcmd, Gsts};
 
 pub use dmar::{Dmar, DmarError};
 pub use domain::{Domain, DomainId, IotlbFlush, domain};
-pub use fault::{DmaFault, UNCLAIMED_FAULTS};
+pub use fault::{DmaFault, OWED_DEVICES, UNCLAIMED_FAULTS};
 
 /// Register reads a wait for the hardware makes before giving up.
 const WAIT_POLLS: u32 = 1_000_000;
@@ -284,13 +284,11 @@ impl<R: Registers, M: TableMapper, A: TableAllocator> Iommu<R, M, A> {
                 context: [0; 256],
             }),
             queue: RefCell::new(None),
-            unclaimed: RefCell::new(Unclaimed {
-                faults: [None; UNCLAIMED_FAULTS],
-                len: 0,
-            }),
+            unclaimed: RefCell::new(Unclaimed::new()),
         };
         iommu.zero(root);
         iommu.command(Gcmd::empty(), Gsts::TES);
+        iommu.clear_faults();
         iommu.regs.write64(regs::RTADDR, root);
         iommu.command(Gcmd::SRTP, Gsts::empty());
         iommu.wait_status(Gsts::RTPS)?;

@@ -13,9 +13,14 @@ impl<E: Engine> Channel<E> {
     /// [`Channel::fail_at`], never `Complete`, although the engine, which
     /// never learns of the refusal, reports it done. A fault of the device
     /// that no remembered request explains ends every outstanding request
-    /// (`Error(BusFault)` for the first). `None` removes the hook. Make the
-    /// hook for the engine's own device: another's faults would be pinned
-    /// on this channel's requests, and its own left unread.
+    /// (`Error(BusFault)` for the first), as does a report that faults of
+    /// the device were lost ([`DmaFault::is_lost`]: an IOMMU unit makes
+    /// one when its records overflowed, or when another caller took the
+    /// device's fault). `None` removes the hook. Make the hook for the
+    /// engine's own device: another's faults would be pinned on this
+    /// channel's requests, and its own left unread.
+    ///
+    /// [`DmaFault::is_lost`]: crate::iommu::DmaFault::is_lost
     ///
     /// The check relies on the unit recording a refused access before the
     /// device's later writes (its completion) are seen, as QEMU's model
