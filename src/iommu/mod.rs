@@ -47,6 +47,8 @@ mod domain;
 #[doc(hidden)]
 pub mod fake;
 mod fault;
+#[cfg(test)]
+mod platform_tests;
 mod queue;
 pub mod regs;
 #[cfg(test)]

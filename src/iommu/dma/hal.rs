@@ -4,6 +4,7 @@
 use core::marker::PhantomData;
 use core::ptr::NonNull;
 
+use super::space::Cpu;
 use super::{DeviceDma, IommuPlatform, PAGE, Pf};
 use crate::hal::{Direction, DmaAddr, Hal, HalError, PAGE_SIZE};
 use crate::mm::pte::PageProt;
@@ -18,8 +19,10 @@ pub struct IovaHal<D: DeviceDma>(PhantomData<fn() -> D>);
 // `share` maps exactly the pages the buffer lies on (read-only when the
 // device only reads) and `unshare` removes them; requests name only
 // addresses inside the buffers, so the rest of a partial page is reached
-// only by a device that disobeys its descriptors. A shared buffer's frames
-// are anywhere, so `phys_to_virt` answers for one page (`CPU_CONTIGUOUS`).
+// only by a device that disobeys its descriptors. `phys_to_virt` answers
+// for a shared buffer from the CPU address `share` was given (its frames
+// are anywhere, so for one page: `CPU_CONTIGUOUS`), and for allocated
+// memory from `Memory`'s own answer for the frames it handed out.
 unsafe impl<D: DeviceDma> Hal for IovaHal<D> {
     /// A shared buffer's pages are at consecutive IOVAs but their frames
     /// (and so their CPU addresses in the kernel's map of frames) are
@@ -30,7 +33,7 @@ unsafe impl<D: DeviceDma> Hal for IovaHal<D> {
         // Anywhere in physical memory: the device sees the IOVAs only.
         let (phys, ptr) = <Pf<D> as IommuPlatform>::Memory::dma_alloc(pages, u64::MAX)?;
         let frame = |i: usize| Some(phys + (i * PAGE_SIZE) as u64);
-        match D::space().map(pages, dma_mask, frame, PageProt::READ_WRITE) {
+        match D::space().map(pages, dma_mask, frame, PageProt::READ_WRITE, None) {
             Ok(iova) => Some((iova, ptr)),
             Err(_) => {
                 // SAFETY: just allocated, never handed to a device.
@@ -48,14 +51,21 @@ unsafe impl<D: DeviceDma> Hal for IovaHal<D> {
         }
     }
 
+    /// A shared buffer's byte is reached where its sharer had it (the
+    /// `Memory` Hal never handed out those frames, so it need not know
+    /// them); allocated memory is reached through `Memory`.
+    ///
     /// # Panics
     /// If `iova` is not mapped in the device's domain: no request of the
     /// device's channels may name one (their `prep` contract).
     fn phys_to_virt(iova: DmaAddr) -> NonNull<u8> {
-        let phys = D::space()
-            .phys_of(iova)
-            .expect("an IOVA this device's space mapped");
-        <Pf<D> as IommuPlatform>::Memory::phys_to_virt(phys)
+        match D::space().cpu_of(iova) {
+            Some(Cpu::Shared(va)) => {
+                NonNull::new(va as *mut u8).expect("a shared buffer is not at address 0")
+            }
+            Some(Cpu::Phys(phys)) => <Pf<D> as IommuPlatform>::Memory::phys_to_virt(phys),
+            None => panic!("an IOVA this device's space mapped"),
+        }
     }
 
     unsafe fn share(buffer: NonNull<[u8]>, direction: Direction) -> Result<DmaAddr, HalError> {
@@ -75,7 +85,7 @@ unsafe impl<D: DeviceDma> Hal for IovaHal<D> {
             let va = first_page + i as u64 * PAGE;
             Pf::<D>::virt_to_phys(va as *const u8).map(|pa| pa & !(PAGE - 1))
         };
-        let iova = D::space().map(pages as usize, u64::MAX, frame, prot)?;
+        let iova = D::space().map(pages as usize, u64::MAX, frame, prot, Some(first_page))?;
         Ok(iova + (start - first_page))
     }
 

@@ -91,6 +91,12 @@ pub use space::{IovaSpace, UnitFlush};
 
 /// Pages of IOVA space each device has (64 MiB).
 pub const WINDOW_PAGES: usize = WORDS * 64;
+/// Buffers each device can have shared ([`Hal::share`]) at once; one more
+/// is refused (`NoMemory`) until one is unshared. The space remembers
+/// where each lies for the CPU, so [`IovaHal`]'s `phys_to_virt` answers
+/// for it without asking the `Memory` Hal about frames it never handed
+/// out.
+pub const SHARED_BUFFERS: usize = 64;
 /// Words of the IOVA bitmap.
 const WORDS: usize = 256;
 const PAGE: u64 = PAGE_SIZE as u64;

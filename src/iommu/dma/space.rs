@@ -7,7 +7,9 @@ use core::marker::PhantomData;
 use x86_64::structures::paging::{Page, PhysFrame};
 use x86_64::{PhysAddr, VirtAddr};
 
-use super::{DeviceDma, IommuPlatform, Lk, PAGE, Pf, UnitLock, WINDOW_PAGES, WORDS};
+use super::{
+    DeviceDma, IommuPlatform, Lk, PAGE, Pf, SHARED_BUFFERS, UnitLock, WINDOW_PAGES, WORDS,
+};
 use crate::engine::{Channel, Engine, FaultHook, FaultSource};
 use crate::hal::HalError;
 use crate::iommu::{DmaFault, DomainId, IommuError, SourceId};
@@ -63,6 +65,34 @@ struct State<D: DeviceDma> {
     attached: bool,
     /// One bit per window page, set while it is mapped or reserved.
     used: [u64; WORDS],
+    /// The buffers shared now: where the CPU reaches them, for
+    /// `phys_to_virt` (the `Memory` Hal answers only for its own frames).
+    shares: [Share; SHARED_BUFFERS],
+}
+
+/// A shared buffer's run of window pages and the CPU address of its first
+/// page; `pages == 0` is a free slot.
+#[derive(Clone, Copy)]
+struct Share {
+    first: usize,
+    pages: usize,
+    va: u64,
+}
+
+impl Share {
+    const FREE: Share = Share {
+        first: 0,
+        pages: 0,
+        va: 0,
+    };
+}
+
+/// Where the CPU reaches an IOVA's byte.
+pub(super) enum Cpu {
+    /// At this address: a byte of a shared buffer.
+    Shared(u64),
+    /// At this physical address: the `Memory` Hal's own.
+    Phys(u64),
 }
 
 impl<D: DeviceDma> IovaSpace<D> {
@@ -152,6 +182,7 @@ impl<D: DeviceDma> IovaSpace<D> {
                             // Written but maybe not in force: detach again.
                             attached: attached.is_ok() || written(attached),
                             used: [0; WORDS],
+                            shares: [Share::FREE; SHARED_BUFFERS],
                         });
                         attached
                     })
@@ -221,19 +252,34 @@ impl<D: DeviceDma> IovaSpace<D> {
     }
 
     /// Reserves `pages` free IOVA pages whose last byte is at most `mask`
-    /// and maps them with `map(iova of page i, i)`; all or nothing.
+    /// and maps them with `map(iova of page i, i)`; all or nothing. With
+    /// `shared`, the CPU address of the first page of a buffer being
+    /// shared, it is remembered for [`IovaSpace::cpu_of`] (at most
+    /// [`SHARED_BUFFERS`] at once: `NoMemory` beyond).
     pub(super) fn map(
         &self,
         pages: usize,
         mask: u64,
         mut frame_of: impl FnMut(usize) -> Option<u64>,
         prot: PageProt,
+        shared: Option<u64>,
     ) -> Result<u64, HalError> {
         if pages == 0 {
             return Err(HalError::ZeroLength);
         }
         self.locked(|state| {
             let state = state.as_mut().ok_or(HalError::NotSupported)?;
+            // Checked before anything is mapped: all or nothing.
+            let slot = match shared {
+                Some(_) => Some(
+                    state
+                        .shares
+                        .iter()
+                        .position(|s| s.pages == 0)
+                        .ok_or(HalError::NoMemory)?,
+                ),
+                None => None,
+            };
             // Page i's last byte is base + (i + 1) * PAGE - 1 <= mask.
             let limit = (mask.saturating_sub(self.base).saturating_add(1) / PAGE)
                 .min(WINDOW_PAGES as u64) as usize;
@@ -288,6 +334,9 @@ impl<D: DeviceDma> IovaSpace<D> {
                 }
                 return Err(HalError::NotSupported);
             }
+            if let (Some(at), Some(va)) = (slot, shared) {
+                state.shares[at] = Share { first, pages, va };
+            }
             Ok(iova)
         })
     }
@@ -314,15 +363,32 @@ impl<D: DeviceDma> IovaSpace<D> {
             for i in first..first + pages {
                 state.mark(i, false);
             }
+            for share in &mut state.shares {
+                if share.first < first + pages && first < share.first + share.pages {
+                    *share = Share::FREE;
+                }
+            }
             phys
         })
     }
 
-    /// The physical address IOVA `iova` maps.
-    pub(super) fn phys_of(&self, iova: u64) -> Option<u64> {
+    /// Where the CPU reaches the byte IOVA `iova` maps: in a shared buffer
+    /// at the address its sharer gave, else the frame's physical address
+    /// (DMA memory of the `Memory` Hal).
+    pub(super) fn cpu_of(&self, iova: u64) -> Option<Cpu> {
         self.locked(|state| {
+            let state = state.as_ref()?;
+            let index = usize::try_from(iova.checked_sub(self.base)? / PAGE).ok()?;
+            let shared = state
+                .shares
+                .iter()
+                .find(|s| s.first <= index && index < s.first + s.pages);
+            if let Some(share) = shared {
+                let offset = iova - (self.base + share.first as u64 * PAGE);
+                return Some(Cpu::Shared(share.va + offset));
+            }
             let va = VirtAddr::try_new(iova).ok()?;
-            Some(state.as_ref()?.domain.translate(va)?.phys_of(va)?.as_u64())
+            Some(Cpu::Phys(state.domain.translate(va)?.phys_of(va)?.as_u64()))
         })
     }
 }
