@@ -204,7 +204,7 @@ fn masks_ids_and_shared_buffers_are_checked() {
     // A mask inside the window: the IOVA stays under it.
     let low = Dma::<IovaHal<Lsi1>>::new_below(4096, WINDOW + 0x1fff).unwrap();
     assert!(low.paddr() + 4095 <= WINDOW + 0x1fff);
-    // A window that runs past 48 bits is refused.
+    // A window that runs past 48 bits (and so past 47) is refused.
     device!(Far1, 1, (1 << 48) - 4096);
     assert_eq!(attach!(Far1, FAR, 3), Err(IommuError::BadWindow));
 

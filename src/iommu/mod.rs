@@ -153,7 +153,8 @@ pub enum IommuError {
     /// tables: the unit caches translations by id, so each could reach
     /// the other's pages.
     DomainIdInUse,
-    /// An IOVA window that is not page-aligned or runs past 48 bits.
+    /// An IOVA window that is not page-aligned or ends past 2^47 (the top
+    /// of what a domain maps, as a process's lower half).
     BadWindow,
     /// A domain id past the unit's number of domains (CAP.ND).
     BadDomainId,
@@ -183,7 +184,7 @@ impl fmt::Display for IommuError {
             IommuError::TimedOut => "the IOMMU did not finish a command in time",
             IommuError::Attached => "the device is already attached to a domain",
             IommuError::DomainIdInUse => "the domain id is in use with other tables",
-            IommuError::BadWindow => "the IOVA window is misaligned or past 48 bits",
+            IommuError::BadWindow => "the IOVA window is misaligned or ends past 2^47",
             IommuError::BadDomainId => "the domain id is past the unit's number of domains",
             IommuError::NotAttached => "no device is attached",
             IommuError::NoUnit => "no IOMMU unit is installed",

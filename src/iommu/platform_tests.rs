@@ -7,8 +7,9 @@ use x86_64::structures::paging::{FrameAllocator, PhysFrame, Size4KiB};
 use super::dma::{DeviceDma, IommuPlatform, IovaHal, SHARED_BUFFERS, StaticUnit};
 use super::fake::FakeVtd;
 use super::testing::LSI;
-use super::{DomainId, Iommu};
+use super::{DomainId, Iommu, IommuError};
 use crate::engine::shared::NoMasking;
+use crate::hal::fake::FakeHal;
 use crate::hal::{Direction, Hal, HalError};
 use crate::mm::frame::FrameDb;
 use crate::mm::testing::{Memory, mapper};
@@ -147,4 +148,51 @@ fn phys_to_virt_of_a_shared_buffer_is_the_buffer() {
         extra.cast::<u8>(),
         "the slot the unshare freed"
     );
+}
+
+type Unit = StaticUnit<FakeVtd, OffsetMapper, NoFree<Boot>, NoMasking>;
+
+struct Platform;
+
+// SAFETY: the fake Hal's addresses are host addresses, the test's
+// physical addresses.
+unsafe impl IommuPlatform for Platform {
+    type Unit = Unit;
+    type Memory = FakeHal;
+    fn unit() -> &'static Unit {
+        static UNIT: Unit = StaticUnit::new();
+        &UNIT
+    }
+}
+
+// A window ending at 2^47 + 64 MiB, well below 2^48.
+crate::iova_device!(High: Platform, 1 << 47);
+
+/// `IovaSpace::attach` promises that a refusal takes no table from
+/// `alloc`, but it checked the window against 2^48 while `map_vma` stops at
+/// 2^47: a window in between took the domain's root table before `map_vma`
+/// refused it, and with an allocator that cannot free, the frame was gone
+/// for good, on every retry. Now the window is refused first.
+#[test]
+fn a_window_past_47_bits_is_refused_before_a_table_is_taken() {
+    // SAFETY: its registers are written only by this `Iommu`, whose
+    // tables are host memory.
+    let unit = unsafe { Iommu::new(FakeVtd::new(), mapper(), NoFree(Boot(frames()))) }.unwrap();
+    assert!(Platform::unit().install(unit).is_ok());
+    let tables = frames();
+    let free = tables.free_frames();
+    for _ in 0..3 {
+        // SAFETY: LSI is this device's requester id, attached nowhere else.
+        let got = unsafe {
+            High::space().attach(
+                LSI,
+                DomainId::new(1).unwrap(),
+                mapper(),
+                NoFree(Boot(tables)),
+            )
+        };
+        assert_eq!(got, Err(IommuError::BadWindow));
+    }
+    assert_eq!(tables.free_frames(), free, "a refused attach took frames");
+    assert_eq!(High::space().device(), None);
 }

@@ -14,7 +14,7 @@ use crate::engine::{Channel, Engine, FaultHook, FaultSource};
 use crate::hal::HalError;
 use crate::iommu::{DmaFault, DomainId, IommuError, SourceId};
 use crate::mm::pte::{PageProt, SecondLevel};
-use crate::mm::space::{AddressSpace, VmaId};
+use crate::mm::space::{AddressSpace, USER_END, VmaId};
 use crate::mm::tlb::TlbFlush;
 use crate::mm::traits::NoPages;
 use crate::mm::vma::VmFlags;
@@ -122,7 +122,10 @@ impl<D: DeviceDma> IovaSpace<D> {
     /// `DomainIdInUse`). Its DMA is translated once the
     /// unit's translation is on ([`Iommu::enable`](crate::iommu::Iommu::enable)).
     ///
-    /// The unit is asked first whether it would take the device and the id
+    /// A window (the space's base and [`WINDOW_PAGES`] pages) that is not
+    /// page-aligned or ends past 2^47 (a domain maps what a process's lower
+    /// half would) is refused with `BadWindow`. The unit is asked first
+    /// whether it would take the device and the id
     /// ([`Iommu::check_attach`](crate::iommu::Iommu::check_attach)), all under its lock, so a refusal takes
     /// no table from `alloc`. The domain's tables are never freed once
     /// built: they stay for a later attach, so the unit can never walk a
@@ -145,8 +148,10 @@ impl<D: DeviceDma> IovaSpace<D> {
         mapper: <Lk<D> as UnitLock>::Mapper,
         alloc: <Lk<D> as UnitLock>::Alloc,
     ) -> Result<(), IommuError> {
+        // A domain maps what a process's lower half would (`map_vma` stops
+        // at `USER_END`): checked here, before a table is taken.
         let window_end = self.base.checked_add(WINDOW_PAGES as u64 * PAGE);
-        if !self.base.is_multiple_of(PAGE) || window_end.is_none_or(|end| end > 1 << 48) {
+        if !self.base.is_multiple_of(PAGE) || window_end.is_none_or(|end| end > USER_END) {
             return Err(IommuError::BadWindow);
         }
         self.locked(|state| {
