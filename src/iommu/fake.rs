@@ -459,6 +459,8 @@ impl Registers for FakeVtd {
             regs::CAP => {
                 (regs::Cap::SAGAW_4LEVEL.bits()
                     | regs::Cap::PSI.bits()
+                    // MGAW: 48-bit IOVAs, as QEMU's `aw-bits=48`.
+                    | 47 << 16
                     | ((FRO / 16) as u64) << 24
                     | s.extra_cap.bits())
                     & !s.missing_cap

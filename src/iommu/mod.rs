@@ -153,8 +153,9 @@ pub enum IommuError {
     /// tables: the unit caches translations by id, so each could reach
     /// the other's pages.
     DomainIdInUse,
-    /// An IOVA window that is not page-aligned or ends past 2^47 (the top
-    /// of what a domain maps, as a process's lower half).
+    /// An IOVA window that is not page-aligned, or ends past 2^47 (the top
+    /// of what a domain maps, as a process's lower half) or past the
+    /// unit's guest address width ([`Iommu::address_width`]).
     BadWindow,
     /// A domain id past the unit's number of domains (CAP.ND).
     BadDomainId,
@@ -184,7 +185,9 @@ impl fmt::Display for IommuError {
             IommuError::TimedOut => "the IOMMU did not finish a command in time",
             IommuError::Attached => "the device is already attached to a domain",
             IommuError::DomainIdInUse => "the domain id is in use with other tables",
-            IommuError::BadWindow => "the IOVA window is misaligned or ends past 2^47",
+            IommuError::BadWindow => {
+                "the IOVA window is misaligned or ends past what the domain or unit translates"
+            }
             IommuError::BadDomainId => "the domain id is past the unit's number of domains",
             IommuError::NotAttached => "no device is attached",
             IommuError::NoUnit => "no IOMMU unit is installed",
@@ -207,6 +210,8 @@ pub struct Iommu<R: Registers, M: TableMapper, A: TableAllocator> {
     publish: Publish,
     /// Domain ids the unit takes: 2^(4 + 2 * CAP.ND).
     domains: u32,
+    /// Bits of the IOVAs the unit translates (CAP.MGAW + 1).
+    address_width: u32,
     tables: RefCell<Tables<A>>,
     /// The invalidation queue, when the unit has one.
     queue: RefCell<Option<Queue>>,
@@ -282,6 +287,7 @@ impl<R: Registers, M: TableMapper, A: TableAllocator> Iommu<R, M, A> {
                 write_buffer: caps.contains(Cap::RWBF),
             },
             domains: regs::cap_domains(cap),
+            address_width: regs::cap_mgaw(cap),
             tables: RefCell::new(Tables {
                 alloc,
                 context: [0; 256],
@@ -339,6 +345,14 @@ impl<R: Registers, M: TableMapper, A: TableAllocator> Iommu<R, M, A> {
         self.regs.write64(regs::IQA, ring);
         self.command(Gcmd::QIE, Gsts::empty());
         self.wait_status(Gsts::QIES)
+    }
+
+    /// Bits of the IOVAs the unit translates (CAP.MGAW + 1): it refuses a
+    /// device's DMA to an address at or above 2^width, whatever a domain
+    /// maps there. [`IovaSpace::attach`](dma::IovaSpace::attach) refuses a
+    /// window past it; a caller of [`domain`] maps below it.
+    pub fn address_width(&self) -> u32 {
+        self.address_width
     }
 
     /// Whether invalidations go through the queue.

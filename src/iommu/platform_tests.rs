@@ -6,7 +6,7 @@ use x86_64::structures::paging::{FrameAllocator, PhysFrame, Size4KiB};
 
 use super::dma::{DeviceDma, IommuPlatform, IovaHal, SHARED_BUFFERS, StaticUnit};
 use super::fake::FakeVtd;
-use super::testing::LSI;
+use super::testing::{EDU, LSI};
 use super::{DomainId, Iommu, IommuError};
 use crate::engine::shared::NoMasking;
 use crate::hal::fake::FakeHal;
@@ -195,4 +195,104 @@ fn a_window_past_47_bits_is_refused_before_a_table_is_taken() {
     }
     assert_eq!(tables.free_frames(), free, "a refused attach took frames");
     assert_eq!(High::space().device(), None);
+}
+
+/// The fake unit, reporting CAP.MGAW = 38 (39-bit guest addresses) with
+/// 4-level tables, as Intel's client units do (CAP 0x1c0000c40660462:
+/// SAGAW = 4-level only, MGAW = 39 bits; spec 11.4.2: DMA to an address
+/// above MGAW is refused).
+struct Mgaw39(FakeVtd);
+
+impl crate::mmio::Registers for Mgaw39 {
+    fn read8(&self, offset: usize) -> u8 {
+        self.0.read8(offset)
+    }
+    fn write8(&self, offset: usize, value: u8) {
+        self.0.write8(offset, value)
+    }
+    fn read32(&self, offset: usize) -> u32 {
+        self.0.read32(offset)
+    }
+    fn write32(&self, offset: usize, value: u32) {
+        self.0.write32(offset, value)
+    }
+    fn read64(&self, offset: usize) -> u64 {
+        let value = self.0.read64(offset);
+        if offset == super::regs::CAP {
+            value & !(0x3f << 16) | 38 << 16
+        } else {
+            value
+        }
+    }
+    fn write64(&self, offset: usize, value: u64) {
+        self.0.write64(offset, value)
+    }
+    fn accesses(&self) -> u64 {
+        self.0.accesses()
+    }
+    fn reads(&self) -> u64 {
+        self.0.reads()
+    }
+}
+
+type NarrowUnit = StaticUnit<Mgaw39, OffsetMapper, NoFree<Boot>, NoMasking>;
+
+struct Narrow;
+
+// SAFETY: the fake Hal's addresses are host addresses.
+unsafe impl IommuPlatform for Narrow {
+    type Unit = NarrowUnit;
+    type Memory = FakeHal;
+    fn unit() -> &'static NarrowUnit {
+        static UNIT: NarrowUnit = StaticUnit::new();
+        &UNIT
+    }
+}
+
+// A window at 1 TiB: below 2^47, above the unit's 2^39.
+crate::iova_device!(Far: Narrow, 1 << 40);
+// A window at 2 GiB, well inside it.
+crate::iova_device!(Near: Narrow, 0x8000_0000);
+
+/// Nothing read CAP.MGAW: a space whose window lies above the unit's guest
+/// address width was attached, and `IovaHal::dma_alloc` handed the driver
+/// IOVAs the unit refuses for every access. Now such a window is refused
+/// (taking no table), and one inside the width still attaches.
+#[test]
+fn a_window_above_the_units_mgaw_is_refused() {
+    // SAFETY: its registers are written only by this `Iommu`.
+    let unit =
+        unsafe { Iommu::new(Mgaw39(FakeVtd::new()), mapper(), NoFree(Boot(frames()))) }.unwrap();
+    assert_eq!(unit.address_width(), 39);
+    assert!(Narrow::unit().install(unit).is_ok());
+    let tables = frames();
+    let free = tables.free_frames();
+    // SAFETY: LSI is this device's requester id, attached nowhere else.
+    let got = unsafe {
+        Far::space().attach(
+            LSI,
+            DomainId::new(1).unwrap(),
+            mapper(),
+            NoFree(Boot(tables)),
+        )
+    };
+    let dma = crate::hal::Dma::<IovaHal<Far>>::new(4096).ok();
+    assert_eq!(
+        (got, dma.as_ref().map(|d| d.paddr() >> 39)),
+        (Err(IommuError::BadWindow), None),
+        "a window the unit cannot translate"
+    );
+    assert_eq!(tables.free_frames(), free, "refused before a table");
+    // SAFETY: EDU is this device's requester id, attached nowhere else.
+    let near = unsafe {
+        Near::space().attach(
+            EDU,
+            DomainId::new(2).unwrap(),
+            mapper(),
+            NoFree(Boot(tables)),
+        )
+    };
+    assert_eq!(near, Ok(()));
+    let dma = crate::hal::Dma::<IovaHal<Near>>::new(4096).unwrap();
+    assert!(dma.paddr() + 4095 < 1 << 39);
 }

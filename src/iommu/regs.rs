@@ -54,6 +54,12 @@ pub const fn cap_fro(cap: u64) -> usize {
 pub const fn cap_nfr(cap: u64) -> usize {
     ((cap >> 40) & 0xff) as usize + 1
 }
+/// CAP bits 21:16, MGAW: the widest guest address (IOVA) the unit
+/// translates is MGAW + 1 bits; DMA to an address above it is refused
+/// (spec 11.4.2; QEMU reports its `aw-bits` minus one).
+pub const fn cap_mgaw(cap: u64) -> u32 {
+    ((cap >> 16) & 0x3f) as u32 + 1
+}
 /// CAP bits 2:0, ND: the unit takes 2^(4 + 2 * ND) domain ids (VT-d spec
 /// 11.4.2, Capability Register; QEMU reports ND = 6: 16-bit ids).
 pub const fn cap_domains(cap: u64) -> u32 {

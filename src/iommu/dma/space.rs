@@ -124,7 +124,9 @@ impl<D: DeviceDma> IovaSpace<D> {
     ///
     /// A window (the space's base and [`WINDOW_PAGES`] pages) that is not
     /// page-aligned or ends past 2^47 (a domain maps what a process's lower
-    /// half would) is refused with `BadWindow`. The unit is asked first
+    /// half would) or past the unit's guest address width
+    /// ([`Iommu::address_width`](crate::iommu::Iommu::address_width)) is
+    /// refused with `BadWindow`. The unit is asked first
     /// whether it would take the device and the id
     /// ([`Iommu::check_attach`](crate::iommu::Iommu::check_attach)), all under its lock, so a refusal takes
     /// no table from `alloc`. The domain's tables are never freed once
@@ -151,9 +153,26 @@ impl<D: DeviceDma> IovaSpace<D> {
         // A domain maps what a process's lower half would (`map_vma` stops
         // at `USER_END`): checked here, before a table is taken.
         let window_end = self.base.checked_add(WINDOW_PAGES as u64 * PAGE);
-        if !self.base.is_multiple_of(PAGE) || window_end.is_none_or(|end| end > USER_END) {
+        let Some(end) = window_end.filter(|&end| end <= USER_END) else {
+            return Err(IommuError::BadWindow);
+        };
+        if !self.base.is_multiple_of(PAGE) {
             return Err(IommuError::BadWindow);
         }
+        // IOVAs past the unit's guest address width are refused by the
+        // unit for every access: checked with the unit, before a table is
+        // taken.
+        let fits = |unit: &super::UnitOf<Pf<D>>| {
+            // A width of 64 bits (CAP.MGAW 63) limits nothing.
+            if 1u64
+                .checked_shl(unit.address_width())
+                .is_some_and(|limit| end > limit)
+            {
+                Err(IommuError::BadWindow)
+            } else {
+                Ok(())
+            }
+        };
         self.locked(|state| {
             let Some(state) = state else {
                 // Before a unit is installed: refused, not a panic with the
@@ -161,6 +180,7 @@ impl<D: DeviceDma> IovaSpace<D> {
                 let unit = <Pf<D> as IommuPlatform>::unit();
                 return unit
                     .try_with_unit(|unit| {
+                        fits(unit)?;
                         unit.check_attach(device, id)?;
                         let flush = UnitFlush {
                             id,
@@ -202,9 +222,13 @@ impl<D: DeviceDma> IovaSpace<D> {
                 return Err(IommuError::DomainIdInUse);
             }
             let root = state.domain.root();
-            // SAFETY: as above, for the domain kept since the first attach.
             let attached = <Pf<D> as IommuPlatform>::unit()
-                .try_with_unit(|unit| unsafe { unit.attach(device, id, root) })
+                .try_with_unit(|unit| {
+                    fits(unit)?;
+                    // SAFETY: as above, for the domain kept since the
+                    // first attach.
+                    unsafe { unit.attach(device, id, root) }
+                })
                 .unwrap_or(Err(IommuError::NoUnit));
             state.attached = attached.is_ok() || written(attached);
             attached
