@@ -284,7 +284,7 @@ impl<R: Registers, M: TableMapper, A: TableAllocator> Iommu<R, M, A> {
         self.regs.write32(regs::FSTS, Fsts::PFO.bits());
     }
 
-    /// The first fault in the recording registers, cleared, or `None`; an
+    /// The oldest fault in the recording registers, cleared, or `None`; an
     /// overflow (PFO) it sees is counted in `unclaimed` and cleared.
     fn read_fault(&self, unclaimed: &mut Unclaimed) -> Option<DmaFault> {
         let fsts = Fsts::from_bits_retain(self.regs.read32(regs::FSTS));
@@ -297,7 +297,10 @@ impl<R: Registers, M: TableMapper, A: TableAllocator> Iommu<R, M, A> {
         if !fsts.contains(Fsts::PPF) {
             return None;
         }
-        for i in 0..self.nfr {
+        // The unit fills the records round robin, the oldest pending at
+        // FRI: from there, the first pending one is the oldest.
+        let fri = regs::fsts_fri(fsts.bits());
+        for i in (0..self.nfr).map(|k| (fri + k) % self.nfr) {
             let at = self.frcd + 16 * i;
             let high = self.regs.read64(at + 8);
             if !Frcd::from_bits_retain(high).contains(Frcd::F) {

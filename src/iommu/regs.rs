@@ -54,6 +54,12 @@ pub const fn cap_fro(cap: u64) -> usize {
 pub const fn cap_nfr(cap: u64) -> usize {
     ((cap >> 40) & 0xff) as usize + 1
 }
+/// FSTS bits 15:8, FRI: the fault recording register the unit filled
+/// first among those pending (spec 11.4.9.1), where the oldest fault is
+/// when any is; the unit fills the registers round robin from there.
+pub const fn fsts_fri(fsts: u32) -> usize {
+    ((fsts >> 8) & 0xff) as usize
+}
 /// CAP bits 21:16, MGAW: the widest guest address (IOVA) the unit
 /// translates is MGAW + 1 bits; DMA to an address above it is refused
 /// (spec 11.4.2; QEMU reports its `aw-bits` minus one).

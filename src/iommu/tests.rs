@@ -870,3 +870,101 @@ fn kept_faults_that_fill_the_buffer_hide_no_devices_refused_access() {
     want.push(DmaFault::LOST_ADDRESS);
     assert_eq!(edu, want, "the oldest made way, and the EDU is told");
 }
+
+/// A unit with three fault recording registers (real units have several;
+/// the fake has one), filled as the hardware fills them: round robin from
+/// the index FSTS.FRI reports for the first pending one (spec 7.3.1).
+struct ThreeRecords {
+    unit: FakeVtd,
+    /// (low, high) of each record.
+    records: std::cell::RefCell<[(u64, u64); 3]>,
+    /// FSTS.FRI: the first pending record.
+    fri: std::cell::Cell<u32>,
+}
+
+const FRO: usize = super::fake::FRO;
+
+impl crate::mmio::Registers for ThreeRecords {
+    fn read8(&self, offset: usize) -> u8 {
+        self.unit.read8(offset)
+    }
+    fn write8(&self, offset: usize, value: u8) {
+        self.unit.write8(offset, value)
+    }
+    fn read32(&self, offset: usize) -> u32 {
+        if offset == regs::FSTS {
+            let pending = self.records.borrow().iter().any(|r| r.1 >> 63 != 0);
+            return u32::from(pending) << 1 | self.fri.get() << 8;
+        }
+        self.unit.read32(offset)
+    }
+    fn write32(&self, offset: usize, value: u32) {
+        self.unit.write32(offset, value)
+    }
+    fn read64(&self, offset: usize) -> u64 {
+        if offset == regs::CAP {
+            // NFR (bits 47:40) = 2: three records.
+            return self.unit.read64(offset) | 2 << 40;
+        }
+        if (FRO..FRO + 48).contains(&offset) {
+            let r = self.records.borrow()[(offset - FRO) / 16];
+            return if (offset - FRO).is_multiple_of(16) {
+                r.0
+            } else {
+                r.1
+            };
+        }
+        self.unit.read64(offset)
+    }
+    fn write64(&self, offset: usize, value: u64) {
+        if (FRO..FRO + 48).contains(&offset) && (offset - FRO) % 16 == 8 {
+            if value >> 63 != 0 {
+                self.records.borrow_mut()[(offset - FRO) / 16] = (0, 0);
+            }
+            return;
+        }
+        self.unit.write64(offset, value)
+    }
+    fn accesses(&self) -> u64 {
+        self.unit.accesses()
+    }
+    fn reads(&self) -> u64 {
+        self.unit.reads()
+    }
+}
+
+/// `Iommu::take_fault` promises "the oldest recorded fault", but the
+/// records were scanned from index 0, ignoring FSTS.FRI, so on a unit with
+/// more than one record, once the hardware's round robin had wrapped, a
+/// newer fault (in record 0) came out before older ones. Now the scan
+/// starts at FRI.
+#[test]
+fn take_fault_returns_the_oldest_fault_on_a_unit_with_several_records() {
+    let mem = Memory::new(16);
+    let db = mem.db();
+    let unit = ThreeRecords {
+        // SAFETY: its registers are written only by the `Iommu` below.
+        unit: unsafe { FakeVtd::new() },
+        records: std::cell::RefCell::new([(0, 0); 3]),
+        fri: std::cell::Cell::new(0),
+    };
+    // SAFETY: the fake is this unit's window; tables from host memory.
+    let iommu = unsafe { Iommu::new(unit, mapper(), &db) }.unwrap();
+    let record = |page: u64| {
+        (
+            page,
+            1u64 << 63 | 1 << 62 | 6u64 << 32 | u64::from(LSI.raw()),
+        )
+    };
+    // Earlier faults filled records 0 and 1 and were read; the hardware
+    // then recorded at 2 (oldest now), wrapped, and recorded at 0.
+    iommu.regs.records.borrow_mut()[2] = record(0x1000);
+    iommu.regs.records.borrow_mut()[0] = record(0x2000);
+    iommu.regs.fri.set(2);
+    let order: Vec<_> = core::iter::from_fn(|| iommu.take_fault().map(|f| f.address)).collect();
+    assert_eq!(
+        order,
+        [0x1000, 0x2000],
+        "the older fault, in record 2 (FRI), first"
+    );
+}
