@@ -24,12 +24,13 @@ pub(super) struct Unclaimed {
     pub(super) len: usize,
     /// Times faults were lost whose owner nobody knows (FSTS.PFO, or no
     /// room to remember who was owed): every device that has not been told
-    /// since is owed a report.
-    pub(super) lost: u32,
+    /// since is owed a report. 64 bits, so it never wraps: back at 0,
+    /// every device absent from `told` would read as told.
+    pub(super) lost: u64,
     /// Devices with the `lost` they were last told of; a device not here
     /// was told of 0. A device is owed a report while its count differs
     /// from `lost`.
-    pub(super) told: [Option<(SourceId, u32)>; OWED_DEVICES],
+    pub(super) told: [Option<(SourceId, u64)>; OWED_DEVICES],
     /// Slots of `told` in use: while none is and nothing was lost, no
     /// device is owed, and a poll that finds no fault looks no further.
     pub(super) named: usize,
@@ -91,7 +92,7 @@ impl Unclaimed {
     /// empty one, else one that reads as absence does (absent devices are
     /// owed exactly when `lost` is not 0).
     fn free_slot(&self) -> Option<usize> {
-        let absent_alike = |t: &Option<(SourceId, u32)>| match *t {
+        let absent_alike = |t: &Option<(SourceId, u64)>| match *t {
             None => true,
             Some((_, told)) => (told != self.lost) == (self.lost != 0),
         };
@@ -99,7 +100,7 @@ impl Unclaimed {
     }
 
     /// Names `entry` in slot `at`.
-    fn set(&mut self, at: usize, entry: (SourceId, u32)) {
+    fn set(&mut self, at: usize, entry: (SourceId, u64)) {
         if self.told[at].is_none() {
             self.named += 1;
         }
@@ -224,9 +225,13 @@ impl<R: Registers, M: TableMapper, A: TableAllocator> Iommu<R, M, A> {
         self.regs.write32(regs::FECTL, Fectl::IM.bits());
     }
 
-    /// The oldest recorded fault, or `None`: first those
-    /// [`Iommu::take_fault_of`] kept for other devices, then the registers'
-    /// (cleared as they are read). A fault taken here is its device's
+    /// A recorded fault, or `None`: first those [`Iommu::take_fault_of`]
+    /// kept for other devices, oldest first, then the registers' (cleared
+    /// as they are read), from the record FSTS.FRI names. That is the
+    /// oldest only until the unit's round robin wraps past a record read
+    /// and cleared before it: FRI moves only when the unit sets PPF, so
+    /// the order is not guaranteed (a channel's hook pins the earliest
+    /// request among all the faults it drains, whatever their order). A fault taken here is its device's
     /// still: the device's next [`Iommu::take_fault_of`] reports a lost
     /// fault ([`DmaFault::is_lost`]), so a channel whose hook waited for it
     /// calls no request complete that it may have hit.
@@ -239,7 +244,8 @@ impl<R: Registers, M: TableMapper, A: TableAllocator> Iommu<R, M, A> {
         Some(fault)
     }
 
-    /// The oldest recorded fault of `device`, or `None`. Faults of other
+    /// A recorded fault of `device`, or `None` (in the order of
+    /// [`Iommu::take_fault`]). Faults of other
     /// devices read from the registers on the way are kept (up to
     /// [`UNCLAIMED_FAULTS`]) for [`Iommu::take_fault_of`] with their
     /// device, or [`Iommu::take_fault`]; when that many wait, the oldest
@@ -251,9 +257,15 @@ impl<R: Registers, M: TableMapper, A: TableAllocator> Iommu<R, M, A> {
     /// every device's next call reports them, once, after its recorded
     /// faults: a fault with [`DmaFault::is_lost`], whose address no request
     /// touches, which a channel's hook pins on its first outstanding
-    /// request (`BusFault`). The unit remembers [`OWED_DEVICES`] devices
-    /// by name; past that, a device may be told once more than needed
-    /// (a spurious report, never a missed one).
+    /// request (`BusFault`). This favours soundness over availability: a
+    /// device that faults faster than its faults are read overflows the
+    /// records, and every other device's next call then reports a lost
+    /// fault too (each time it happens), failing a request of each
+    /// channel with a hook; read faults promptly (an interrupt handler).
+    /// The unit remembers [`OWED_DEVICES`] devices by name; with more
+    /// calling this after a loss, some are told more than once, on every
+    /// call while the table stays full (spurious reports, never a missed
+    /// one).
     pub fn take_fault_of(&self, device: SourceId) -> Option<DmaFault> {
         let mut unclaimed = self.unclaimed.borrow_mut();
         if let Some(fault) = unclaimed.take(|f| f.source == device) {
@@ -284,7 +296,8 @@ impl<R: Registers, M: TableMapper, A: TableAllocator> Iommu<R, M, A> {
         self.regs.write32(regs::FSTS, Fsts::PFO.bits());
     }
 
-    /// The oldest fault in the recording registers, cleared, or `None`; an
+    /// A fault in the recording registers (see [`Iommu::take_fault`] on
+    /// the order), cleared, or `None`; an
     /// overflow (PFO) it sees is counted in `unclaimed` and cleared.
     fn read_fault(&self, unclaimed: &mut Unclaimed) -> Option<DmaFault> {
         let fsts = Fsts::from_bits_retain(self.regs.read32(regs::FSTS));
@@ -292,13 +305,14 @@ impl<R: Registers, M: TableMapper, A: TableAllocator> Iommu<R, M, A> {
             // Cleared before it is counted: a fault lost after the clear
             // sets it again, for the next read.
             self.regs.write32(regs::FSTS, Fsts::PFO.bits());
-            unclaimed.lost = unclaimed.lost.wrapping_add(1);
+            unclaimed.lost += 1;
         }
         if !fsts.contains(Fsts::PPF) {
             return None;
         }
-        // The unit fills the records round robin, the oldest pending at
-        // FRI: from there, the first pending one is the oldest.
+        // The unit fills the records round robin from FRI: from there, the
+        // first pending one is the oldest until the round robin wraps past
+        // a record cleared before it (FRI moves only when PPF is set).
         let fri = regs::fsts_fri(fsts.bits());
         for i in (0..self.nfr).map(|k| (fri + k) % self.nfr) {
             let at = self.frcd + 16 * i;

@@ -54,9 +54,11 @@ pub const fn cap_fro(cap: u64) -> usize {
 pub const fn cap_nfr(cap: u64) -> usize {
     ((cap >> 40) & 0xff) as usize + 1
 }
-/// FSTS bits 15:8, FRI: the fault recording register the unit filled
-/// first among those pending (spec 11.4.9.1), where the oldest fault is
-/// when any is; the unit fills the registers round robin from there.
+/// FSTS bits 15:8, FRI: the fault recording register the unit filled when
+/// it last set PPF (spec 11.4.9.1); the unit fills the registers round
+/// robin from there. Software clearing records does not move it, so once
+/// the round robin wraps past a cleared record it no longer names the
+/// oldest fault.
 pub const fn fsts_fri(fsts: u32) -> usize {
     ((fsts >> 8) & 0xff) as usize
 }

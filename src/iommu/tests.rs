@@ -968,3 +968,82 @@ fn take_fault_returns_the_oldest_fault_on_a_unit_with_several_records() {
         "the older fault, in record 2 (FRI), first"
     );
 }
+
+/// The interrupt handler took the first copy's fault (its device is owed a
+/// lost report), then the second copy's was recorded: the channel drains
+/// the recorded one first and the lost one after, and pins the earliest
+/// cause, so neither copy reads `Complete`.
+#[test]
+fn a_lost_fault_reported_after_a_later_recorded_one_still_fails_the_first_copy() {
+    let mem = Memory::new(32);
+    let db = mem.db();
+    // SAFETY: as in the tests above.
+    let iommu = unsafe { Iommu::new(FakeVtd::new(), mapper(), &db) }.unwrap();
+    let id = DomainId::new(1).unwrap();
+    let mut dom = domain(&iommu, id, &db, mapper(), &db).unwrap();
+    let rw = VmFlags::READ | VmFlags::WRITE | VmFlags::SHARED;
+    let area = dom.map_vma(page(IOVA), 2, rw).unwrap();
+    let pages: Vec<PageRef<'_>> = (0..2).map(|_| db.alloc_page().unwrap()).collect();
+    dom.insert_pages(area, page(IOVA), &pages).unwrap();
+    // SAFETY: the domain lives until after `detach` below.
+    unsafe { iommu.attach(LSI, id, dom.root()) }.unwrap();
+    iommu.enable().unwrap();
+    let mut chan = Channel::new(Behind::new(&iommu.regs, LSI, false));
+    // SAFETY: the unit outlives the channel; one thread.
+    unsafe { chan.set_fault_hook(Some(FaultHook::new(&iommu, LSI))) };
+    // SAFETY: the fake moves no bytes.
+    let first = unsafe { chan.prep_copy(0x7000_0000, IOVA, 64, PrepFlags::empty()) }.unwrap();
+    chan.issue_pending();
+    // The kernel's fault handler, as `enable_fault_interrupts` describes it.
+    while iommu.take_fault().is_some() {}
+    // SAFETY: the fake moves no bytes.
+    let second = unsafe { chan.prep_copy(0x7100_0000, IOVA, 64, PrepFlags::empty()) }.unwrap();
+    chan.issue_pending();
+    let (s1, s2) = (chan.status(first).status, chan.status(second).status);
+    assert_ne!(s2, Status::Complete, "the second copy's write was refused");
+    assert_ne!(
+        s1,
+        Status::Complete,
+        "the first copy's write was refused too"
+    );
+    drop(chan);
+    iommu.detach(LSI).unwrap();
+}
+
+/// A unit with several records whose round robin wrapped past a stale
+/// FSTS.FRI gives the newer fault first: the channel still pins the
+/// earlier copy (the earliest cause, not the first drained).
+#[test]
+fn faults_read_newest_first_still_fail_the_earliest_refused_copy() {
+    let mem = Memory::new(16);
+    let db = mem.db();
+    let unit = ThreeRecords {
+        // SAFETY: its registers are written only by the `Iommu` below.
+        unit: unsafe { FakeVtd::new() },
+        records: std::cell::RefCell::new([(0, 0); 3]),
+        fri: std::cell::Cell::new(0),
+    };
+    // SAFETY: the fake is this unit's window; tables from host memory.
+    let iommu = unsafe { Iommu::new(unit, mapper(), &db) }.unwrap();
+    let mut chan = Channel::new(Behind::new(&iommu.regs.unit, LSI, false));
+    // SAFETY: the unit outlives the channel; one thread.
+    unsafe { chan.set_fault_hook(Some(FaultHook::new(&iommu, LSI))) };
+    // SAFETY: the fake moves no bytes.
+    let first = unsafe { chan.prep_copy(0x7000_0000, IOVA, 64, PrepFlags::empty()) }.unwrap();
+    // SAFETY: as above.
+    let second = unsafe { chan.prep_copy(0x7100_0000, IOVA, 64, PrepFlags::empty()) }.unwrap();
+    chan.issue_pending();
+    let write_fault = |page: u64| (page, 1u64 << 63 | 5u64 << 32 | u64::from(LSI.raw()));
+    iommu.regs.fri.set(0);
+    iommu.regs.records.borrow_mut()[2] = write_fault(0x7000_0000);
+    iommu.regs.records.borrow_mut()[0] = write_fault(0x7100_0000);
+    // The engine (not lazy) ran both in `issue_pending` and reports them
+    // done at the next poll.
+    let (s1, s2) = (chan.status(first).status, chan.status(second).status);
+    assert_ne!(s2, Status::Complete, "the second copy's write was refused");
+    assert_ne!(
+        s1,
+        Status::Complete,
+        "the first copy's write was refused too"
+    );
+}

@@ -90,27 +90,39 @@ impl<E: Engine> Channel<E> {
         self.halted
     }
 
-    /// Drains the device's IOMMU faults; returns the first one's cause: the
-    /// request that touched its page, or, when no remembered request did
-    /// (an older request, or the engine's own memory) and requests are
-    /// outstanding, the first of them with `BusFault`, since none of them
-    /// can be called complete.
+    /// Drains the device's IOMMU faults; returns the earliest cause among
+    /// them: for each, the request that touched its page, or, when no
+    /// remembered request did (an older request, the engine's own memory,
+    /// or a fault the unit could not record) and requests are outstanding,
+    /// the first of them with `BusFault`, since none of them can be called
+    /// complete. The earliest, not the first drained: every request from
+    /// the cause on ends with an error, and the faults may come out in any
+    /// order (a unit's records are not read oldest first once its
+    /// round robin has wrapped, and a lost fault is reported after the
+    /// recorded ones).
     pub(super) fn claim_fault_causes(&mut self) -> Option<(Cookie, ErrorKind)> {
         let hook = self.faults?;
-        let mut cause = None;
+        let mut cause: Option<(Cookie, ErrorKind)> = None;
+        // Requests counted back from the newest: the earliest is the
+        // farthest back (0, before any completion, is `i32::MAX` back).
+        let back = |c: Cookie| {
+            (i64::from(self.last_used) - i64::from(c.get())).rem_euclid(i64::from(i32::MAX))
+        };
         // SAFETY: `set_fault_hook`'s contract: its source is alive and
         // used by nobody else while the channel runs.
         while let Some(fault) = unsafe { hook.take() } {
-            if cause.is_some() {
-                continue;
-            }
-            cause = self.culprit(fault.address, fault.write).or_else(|| {
+            let this = self.culprit(fault.address, fault.write).or_else(|| {
                 (!self.is_idle()).then(|| {
                     let first =
                         Cookie::new(self.last_completed).map_or(Cookie::FIRST, Cookie::next);
                     (first, ErrorKind::BusFault)
                 })
             });
+            if let Some(this) = this
+                && cause.is_none_or(|c| back(this.0) > back(c.0))
+            {
+                cause = Some(this);
+            }
         }
         cause
     }
