@@ -263,9 +263,15 @@ impl<E: Engine, I: IrqControl> SharedChannel<E, I> {
 
     /// A future that ends when `cookie` does: `Ok` if it completed, else
     /// `Failed(kind)`. Pending requests are issued when it is first polled.
-    /// The cookie is taken to be of the channel behind the lock now; if
-    /// that is replaced, the future answers [`DmaError::WrongChannel`]
-    /// (see the [module docs](self#replacing-the-channel-behind-the-lock)).
+    /// The cookie is taken to be of the channel [`SharedChannel::id`]
+    /// names now; if that is replaced, the future answers
+    /// [`DmaError::WrongChannel`] (see the
+    /// [module docs](self#replacing-the-channel-behind-the-lock)). That
+    /// id is read without the lock and follows a replacement when the
+    /// guard that made it is dropped: a completion made while that guard
+    /// is still held is of the channel it replaced, and may answer for a
+    /// request of that channel with the same cookie. Make completions
+    /// after dropping the guard that replaced the channel.
     pub fn completion(&self, cookie: Cookie) -> Completion<'_, E, I> {
         Completion {
             channel: self,

@@ -37,9 +37,10 @@
 //! - Interrupt messages: a Memory Move to 0xfee0_0000-0xfeef_ffff is an
 //!   interrupt request, which VT-d checks only with interrupt remapping,
 //!   and `qemu-run.sh` runs the unit with `intremap=off`: the chip can send
-//!   any vector to any CPU. Vectors 16-31 that push an error code (17, 21,
-//!   29, 30) arrive without one and mis-frame the trap frame
-//!   (`trap.rs`); the APIC refuses 0-15. The handlers that take no EOI for
+//!   any vector to any CPU. Vectors that push an error code (17, 21, 29,
+//!   30, and 8 and 10-14 if the APIC accepts vectors below 16 from a
+//!   message, which hardware refuses and QEMU's emulation may not) arrive
+//!   without one and mis-frame the trap frame (`trap.rs`). The handlers that take no EOI for
 //!   their own interrupts (the spurious vector 0xff, the 8259s' vectors)
 //!   take one for a message the local APIC has in service, so such a
 //!   message does not leave the CPU's interrupts blocked.
