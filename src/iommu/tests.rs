@@ -479,6 +479,34 @@ unsafe impl Engine for Behind<'_> {
     }
 }
 
+/// The set-up the hooked-channel tests share: a unit (`$iommu`) over a
+/// fresh frame database, a domain that maps two pages at [`IOVA`]
+/// attached for the LSI, translation on, and a channel (`$chan`) of the
+/// fake engine behind it with the unit's fault hook. A macro, because
+/// the values borrow one another and must all live to the test's end
+/// (each test detaches the LSI when it is done).
+macro_rules! hooked_lsi_behind_a_domain {
+    ($iommu:ident, $chan:ident) => {
+        let mem = Memory::new(32);
+        let db = mem.db();
+        // SAFETY: as in the tests above.
+        let $iommu = unsafe { Iommu::new(FakeVtd::new(), mapper(), &db) }.unwrap();
+        let id = DomainId::new(1).unwrap();
+        let mut dom = domain(&$iommu, id, &db, mapper(), &db).unwrap();
+        let rw = VmFlags::READ | VmFlags::WRITE | VmFlags::SHARED;
+        let area = dom.map_vma(page(IOVA), 2, rw).unwrap();
+        let pages: Vec<PageRef<'_>> = (0..2).map(|_| db.alloc_page().unwrap()).collect();
+        dom.insert_pages(area, page(IOVA), &pages).unwrap();
+        // SAFETY: the domain lives until the test detaches it.
+        unsafe { $iommu.attach(LSI, id, dom.root()) }.unwrap();
+        $iommu.enable().unwrap();
+        let mut $chan = Channel::new(Behind::new(&$iommu.regs, LSI, false));
+        // SAFETY: the unit outlives the channel, and this thread is the
+        // only one using either.
+        unsafe { $chan.set_fault_hook(Some(FaultHook::new(&$iommu, LSI))) };
+    };
+}
+
 /// Bug 5 of issue 17: a copy whose write the unit refused was reported
 /// `Complete` (the engine never learns of it) until someone read the fault
 /// and called `fail_at`. With the unit's fault hook, the channel reads its
@@ -486,23 +514,7 @@ unsafe impl Engine for Behind<'_> {
 /// another device, read on the way, stays for its owner.
 #[test]
 fn a_request_whose_write_the_unit_refused_never_reads_complete() {
-    let mem = Memory::new(32);
-    let db = mem.db();
-    // SAFETY: as in the tests above.
-    let iommu = unsafe { Iommu::new(FakeVtd::new(), mapper(), &db) }.unwrap();
-    let id = DomainId::new(1).unwrap();
-    let mut dom = domain(&iommu, id, &db, mapper(), &db).unwrap();
-    let rw = VmFlags::READ | VmFlags::WRITE | VmFlags::SHARED;
-    let area = dom.map_vma(page(IOVA), 2, rw).unwrap();
-    let pages: Vec<PageRef<'_>> = (0..2).map(|_| db.alloc_page().unwrap()).collect();
-    dom.insert_pages(area, page(IOVA), &pages).unwrap();
-    // SAFETY: the domain lives until after `detach` below.
-    unsafe { iommu.attach(LSI, id, dom.root()) }.unwrap();
-    iommu.enable().unwrap();
-    let mut chan = Channel::new(Behind::new(&iommu.regs, LSI, false));
-    // SAFETY: the unit outlives the channel, and this thread is the only
-    // one using either.
-    unsafe { chan.set_fault_hook(Some(FaultHook::new(&iommu, LSI))) };
+    hooked_lsi_behind_a_domain!(iommu, chan);
     let copy = |chan: &mut Channel<Behind<'_>>, dst: u64| {
         // SAFETY: the fake moves no bytes.
         let cookie = unsafe { chan.prep_copy(dst, IOVA, 64, PrepFlags::empty()) }.unwrap();
@@ -611,22 +623,7 @@ fn refused_dma_finished_while_the_engine_stops_is_not_called_complete() {
 /// does not read `Complete` (`Channel::set_fault_hook`'s promise).
 #[test]
 fn a_refused_write_lost_to_a_full_fault_record_never_reads_complete() {
-    let mem = Memory::new(32);
-    let db = mem.db();
-    // SAFETY: as in the tests above.
-    let iommu = unsafe { Iommu::new(FakeVtd::new(), mapper(), &db) }.unwrap();
-    let id = DomainId::new(1).unwrap();
-    let mut dom = domain(&iommu, id, &db, mapper(), &db).unwrap();
-    let rw = VmFlags::READ | VmFlags::WRITE | VmFlags::SHARED;
-    let area = dom.map_vma(page(IOVA), 2, rw).unwrap();
-    let pages: Vec<PageRef<'_>> = (0..2).map(|_| db.alloc_page().unwrap()).collect();
-    dom.insert_pages(area, page(IOVA), &pages).unwrap();
-    // SAFETY: the domain lives until after `detach` below.
-    unsafe { iommu.attach(LSI, id, dom.root()) }.unwrap();
-    iommu.enable().unwrap();
-    let mut chan = Channel::new(Behind::new(&iommu.regs, LSI, false));
-    // SAFETY: the unit outlives the channel; one thread.
-    unsafe { chan.set_fault_hook(Some(FaultHook::new(&iommu, LSI))) };
+    hooked_lsi_behind_a_domain!(iommu, chan);
     // Another device's stray read, recorded and not yet read by anyone.
     assert_eq!(iommu.regs.dma(EDU.raw(), 0x5000, false), Access::Fault(2));
     // The LSI writes a page its domain does not map: refused (the engine
@@ -649,22 +646,7 @@ fn a_refused_write_lost_to_a_full_fault_record_never_reads_complete() {
 /// the fault, so its refused copy does not read `Complete`.
 #[test]
 fn a_fault_handler_draining_take_fault_leaves_no_refused_copy_complete() {
-    let mem = Memory::new(32);
-    let db = mem.db();
-    // SAFETY: as in the tests above.
-    let iommu = unsafe { Iommu::new(FakeVtd::new(), mapper(), &db) }.unwrap();
-    let id = DomainId::new(1).unwrap();
-    let mut dom = domain(&iommu, id, &db, mapper(), &db).unwrap();
-    let rw = VmFlags::READ | VmFlags::WRITE | VmFlags::SHARED;
-    let area = dom.map_vma(page(IOVA), 2, rw).unwrap();
-    let pages: Vec<PageRef<'_>> = (0..2).map(|_| db.alloc_page().unwrap()).collect();
-    dom.insert_pages(area, page(IOVA), &pages).unwrap();
-    // SAFETY: the domain lives until after `detach` below.
-    unsafe { iommu.attach(LSI, id, dom.root()) }.unwrap();
-    iommu.enable().unwrap();
-    let mut chan = Channel::new(Behind::new(&iommu.regs, LSI, false));
-    // SAFETY: the unit outlives the channel; one thread.
-    unsafe { chan.set_fault_hook(Some(FaultHook::new(&iommu, LSI))) };
+    hooked_lsi_behind_a_domain!(iommu, chan);
     // SAFETY: the fake moves no bytes.
     let stray = unsafe { chan.prep_copy(0x7000_0000, IOVA, 64, PrepFlags::empty()) }.unwrap();
     chan.issue_pending();
@@ -975,22 +957,7 @@ fn take_fault_returns_the_oldest_fault_on_a_unit_with_several_records() {
 /// cause, so neither copy reads `Complete`.
 #[test]
 fn a_lost_fault_reported_after_a_later_recorded_one_still_fails_the_first_copy() {
-    let mem = Memory::new(32);
-    let db = mem.db();
-    // SAFETY: as in the tests above.
-    let iommu = unsafe { Iommu::new(FakeVtd::new(), mapper(), &db) }.unwrap();
-    let id = DomainId::new(1).unwrap();
-    let mut dom = domain(&iommu, id, &db, mapper(), &db).unwrap();
-    let rw = VmFlags::READ | VmFlags::WRITE | VmFlags::SHARED;
-    let area = dom.map_vma(page(IOVA), 2, rw).unwrap();
-    let pages: Vec<PageRef<'_>> = (0..2).map(|_| db.alloc_page().unwrap()).collect();
-    dom.insert_pages(area, page(IOVA), &pages).unwrap();
-    // SAFETY: the domain lives until after `detach` below.
-    unsafe { iommu.attach(LSI, id, dom.root()) }.unwrap();
-    iommu.enable().unwrap();
-    let mut chan = Channel::new(Behind::new(&iommu.regs, LSI, false));
-    // SAFETY: the unit outlives the channel; one thread.
-    unsafe { chan.set_fault_hook(Some(FaultHook::new(&iommu, LSI))) };
+    hooked_lsi_behind_a_domain!(iommu, chan);
     // SAFETY: the fake moves no bytes.
     let first = unsafe { chan.prep_copy(0x7000_0000, IOVA, 64, PrepFlags::empty()) }.unwrap();
     chan.issue_pending();
